@@ -1,0 +1,188 @@
+//! Command-line arguments (clap derive). One struct per command; the commands module runs them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::output::Format;
+
+/// Refit upgrades Kubernetes: one cluster node by node, and fleets of clusters stage by stage.
+#[derive(Debug, Parser)]
+#[command(name = "refit", version, about, long_about = None, after_help = "\
+Examples:
+  refit demo                         start a local sandbox cluster with demo workloads
+  refit sandbox up --workers 10      a sandbox at 1.36 with ten kwok workers
+  refit completion bash > /etc/bash_completion.d/refit
+
+Logs: set RUST_LOG (e.g. RUST_LOG=refit=debug). Exit codes: 0 done, 1 failed or blocked, 2 bad input.")]
+pub struct Cli {
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// A real local Kubernetes cluster (etcd, kube-apiserver, controller-manager, scheduler, kwok nodes).
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
+    /// Start a sandbox at 1.36 with demo workloads and show what runs.
+    #[command(after_help = "\
+Examples:
+  refit demo
+  refit demo --workers 10")]
+    Demo(DemoArgs),
+    /// Print shell completions.
+    #[command(after_help = "Example:\n  refit completion zsh > ~/.zfunc/_refit")]
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Where the sandbox lives.
+#[derive(Debug, Clone, Args)]
+pub struct SandboxDir {
+    /// Sandbox state directory (kubeconfig, certificates, logs).
+    #[arg(long, env = "REFIT_SANDBOX_DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// `refit sandbox ...`
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// Build the testbed binaries (Kubernetes releases, etcd, kwok) from the Go module proxy.
+    #[command(after_help = "\
+Examples:
+  refit sandbox build
+  REFIT_TESTBED_VERSIONS=1.36.4,1.37.1 refit sandbox build
+The cache is ~/.cache/refit/testbed unless REFIT_TESTBED_CACHE is set.")]
+    Build(BuildArgs),
+    /// Start a sandbox cluster that keeps running after this command returns.
+    #[command(after_help = "\
+Examples:
+  refit sandbox up
+  refit sandbox up --version 1.36.4 --control-plane 3 --workers 20 --workloads demo")]
+    Up(UpArgs),
+    /// Stop the sandbox and delete its directory.
+    Down(SandboxDir),
+    /// Show the sandbox's processes, control-plane members and nodes.
+    Status(SandboxDir),
+    /// Upgrade one node of the sandbox the way an operator's script would upgrade a real node.
+    #[command(after_help = "\
+A control-plane node gets its kube-apiserver, controller-manager and scheduler replaced by the
+target release (restarted in that order); a worker reports the new kubelet and kube-proxy.
+
+Examples:
+  refit sandbox upgrade-node control-plane-1 --to 1.37.1
+  refit sandbox upgrade-node worker-003 --to 1.37.1")]
+    UpgradeNode(UpgradeNodeArgs),
+    /// Add a worker node to the sandbox (replace-style upgrades create new nodes).
+    AddNode(AddNodeArgs),
+    /// Remove a worker node from the sandbox.
+    RemoveNode(RemoveNodeArgs),
+    /// Run the sandbox's apiserver load balancer (started by `sandbox up`; not for direct use).
+    #[command(hide = true)]
+    ServeLb(ServeLbArgs),
+}
+
+/// `refit sandbox build`
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Verify every cached binary's checksum, not only its size.
+    #[arg(long)]
+    pub verify: bool,
+}
+
+/// `refit sandbox up`
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub dir: SandboxDir,
+    /// Kubernetes version (a release like 1.36.4, or a minor like 1.36 for its built patch).
+    #[arg(long = "version", default_value = "1.36")]
+    pub kube_version: String,
+    /// Control-plane members (1 to 3).
+    #[arg(long = "control-plane", default_value_t = 1)]
+    pub control_planes: usize,
+    /// Worker nodes.
+    #[arg(long, default_value_t = 3)]
+    pub workers: usize,
+    /// Workloads to create.
+    #[arg(long, value_enum)]
+    pub workloads: Option<Workloads>,
+}
+
+/// Workload sets for the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workloads {
+    /// Deployments with PDBs, a StatefulSet, a DaemonSet, a single replica, emptyDir, a bare pod.
+    Demo,
+}
+
+/// `refit sandbox upgrade-node`
+#[derive(Debug, Args)]
+pub struct UpgradeNodeArgs {
+    #[command(flatten)]
+    pub dir: SandboxDir,
+    /// The node to upgrade.
+    pub node: String,
+    /// Target release (e.g. 1.37.1, or 1.37 for the built patch).
+    #[arg(long)]
+    pub to: String,
+}
+
+/// `refit sandbox add-node`
+#[derive(Debug, Args)]
+pub struct AddNodeArgs {
+    #[command(flatten)]
+    pub dir: SandboxDir,
+    /// Name of the new node.
+    pub node: String,
+    /// Kubelet version (default: the control plane's).
+    #[arg(long = "version")]
+    pub kube_version: Option<String>,
+    /// Labels (KEY=VALUE), repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Annotations (KEY=VALUE), repeatable.
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
+    pub annotations: Vec<String>,
+    /// Taints (KEY[=VALUE]:EFFECT), repeatable.
+    #[arg(long = "taint", value_name = "KEY[=VALUE]:EFFECT")]
+    pub taints: Vec<String>,
+}
+
+/// `refit sandbox remove-node`
+#[derive(Debug, Args)]
+pub struct RemoveNodeArgs {
+    #[command(flatten)]
+    pub dir: SandboxDir,
+    /// The node to remove.
+    pub node: String,
+}
+
+/// `refit sandbox serve-lb`
+#[derive(Debug, Args)]
+pub struct ServeLbArgs {
+    /// Address to listen on.
+    #[arg(long)]
+    pub listen: std::net::SocketAddr,
+    /// Backend apiserver addresses.
+    #[arg(long = "backend")]
+    pub backends: Vec<std::net::SocketAddr>,
+}
+
+/// `refit demo`
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub dir: SandboxDir,
+    /// Worker nodes in the demo sandbox.
+    #[arg(long, default_value_t = 6)]
+    pub workers: usize,
+}

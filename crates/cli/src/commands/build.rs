@@ -1,0 +1,78 @@
+//! `refit sandbox build`: fill the testbed cache, with visible progress.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use refit_testbed::{BuildEvent, Cache, Check, Component, TestbedVersions};
+use serde::Serialize;
+
+use crate::args::BuildArgs;
+use crate::output::{Format, print_structured, table};
+
+/// What [`ensure`] did for one component.
+#[derive(Serialize)]
+pub struct Built {
+    component: String,
+    state: &'static str,
+    seconds: Option<u64>,
+    path: String,
+}
+
+pub fn run(args: BuildArgs, format: Format) -> anyhow::Result<ExitCode> {
+    let versions = TestbedVersions::from_env()?;
+    let cache = Cache::from_env()?;
+    let check = if args.verify { Check::Full } else { Check::Quick };
+    let results = ensure(&cache, &versions.components(), check)?;
+    if !print_structured(format, &results)? {
+        let mut t = table(&["component", "state", "build seconds", "path"]);
+        for r in &results {
+            t.add_row(vec![
+                r.component.clone(),
+                r.state.to_string(),
+                r.seconds.map(|s| s.to_string()).unwrap_or_default(),
+                r.path.clone(),
+            ]);
+        }
+        println!("{t}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Builds what is missing with a spinner per component; used by `build`, `sandbox up` and `demo`.
+pub fn ensure(cache: &Cache, components: &[Component], check: Check) -> anyhow::Result<Vec<Built>> {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {prefix}: {wide_msg}")?);
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let mut results = Vec::new();
+    let mut on_event = |e: BuildEvent| match e {
+        BuildEvent::Cached(c) => {
+            results.push(Built {
+                path: cache.entry_dir(&c).display().to_string(),
+                component: c.to_string(),
+                state: "cached",
+                seconds: None,
+            });
+        }
+        BuildEvent::Started { component, reason } => {
+            bar.reset_elapsed();
+            bar.set_prefix(format!("building {component}"));
+            bar.set_message(reason);
+            bar.println(format!("building {component} from the Go module proxy (cold builds take minutes)"));
+        }
+        BuildEvent::Output { line, .. } => bar.set_message(line),
+        BuildEvent::Finished { component, seconds } => {
+            bar.println(format!("built {component} in {seconds}s"));
+            results.push(Built {
+                path: cache.entry_dir(&component).display().to_string(),
+                component: component.to_string(),
+                state: "built",
+                seconds: Some(seconds),
+            });
+        }
+    };
+    let outcome = cache.ensure(components, check, &mut on_event);
+    bar.finish_and_clear();
+    outcome?;
+    Ok(results)
+}

@@ -1,0 +1,482 @@
+//! `refit sandbox ...`: a detached testbed kept running for a person.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, ListParams};
+use refit_core::{Version, VersionRequest};
+use refit_testbed::{Cache, Check, Component, Lifetime, Testbed, TestbedConfig, TestbedVersions, WorkerSpec};
+use serde::Serialize;
+
+use crate::args::{AddNodeArgs, RemoveNodeArgs, SandboxDir, ServeLbArgs, UpArgs, UpgradeNodeArgs, Workloads};
+use crate::output::{Format, print_structured, table, usage};
+
+/// The namespace `--workloads demo` uses.
+pub const DEMO_NAMESPACE: &str = "demo";
+
+/// The sandbox directory: `--dir`, `REFIT_SANDBOX_DIR`, else `<state dir>/refit/sandbox`.
+pub fn sandbox_dir(dir: &SandboxDir) -> anyhow::Result<PathBuf> {
+    if let Some(d) = &dir.dir {
+        return Ok(d.clone());
+    }
+    let base = dirs::state_dir()
+        .or_else(dirs::data_local_dir)
+        .ok_or_else(|| usage("no state directory for the sandbox: pass --dir or set REFIT_SANDBOX_DIR"))?;
+    Ok(base.join("refit").join("sandbox"))
+}
+
+/// Resolves `1.36` or `1.36.4` against the configured testbed releases.
+pub fn resolve_version(input: &str, versions: &TestbedVersions) -> anyhow::Result<Version> {
+    let request: VersionRequest = input.parse().map_err(|e| usage(format!("{e}")))?;
+    let configured = || versions.kubernetes.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ");
+    match request {
+        VersionRequest::Exact(v) => Ok(v.release()),
+        VersionRequest::Minor(m) => versions.kubernetes_for_minor(m).cloned().ok_or_else(|| {
+            usage(format!(
+                "no {m}.x release in the testbed set ({}); add one to REFIT_TESTBED_VERSIONS",
+                configured()
+            ))
+        }),
+    }
+}
+
+/// Whether a sandbox is running in `dir` (its etcd is alive).
+fn running(dir: &std::path::Path) -> Option<Testbed> {
+    let tb = Testbed::attach(dir).ok()?;
+    tb.recorded_pids().iter().any(|(name, _, alive)| name == "etcd" && *alive).then_some(tb)
+}
+
+fn spinner(msg: &str) -> anyhow::Result<ProgressBar> {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")?);
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar.set_message(msg.to_string());
+    Ok(bar)
+}
+
+#[derive(Serialize)]
+struct UpResult {
+    dir: String,
+    kubeconfig: String,
+    version: String,
+    control_planes: usize,
+    workers: usize,
+    seconds: f64,
+}
+
+/// Starts the sandbox (building what it needs first); used by `sandbox up` and `demo`.
+pub async fn start(
+    dir: PathBuf,
+    version: &Version,
+    control_planes: usize,
+    workers: usize,
+    workloads: Option<Workloads>,
+    quiet: bool,
+) -> anyhow::Result<Testbed> {
+    if !(1..=3).contains(&control_planes) {
+        return Err(usage(format!("--control-plane must be 1, 2 or 3, not {control_planes}")));
+    }
+    if workers > 2000 {
+        return Err(usage(format!(
+            "--workers {workers} is more than one testbed can simulate here (at most 2000)"
+        )));
+    }
+    let versions = TestbedVersions::from_env()?;
+    let cache = Cache::from_env()?;
+    crate::commands::build::ensure(
+        &cache,
+        &[
+            Component::Etcd(versions.etcd.clone()),
+            Component::Kwok(versions.kwok.clone()),
+            Component::Kubernetes(version.clone()),
+        ],
+        Check::Quick,
+    )?;
+    if dir.join("state.json").exists() {
+        if running(&dir).is_some() {
+            return Err(usage(format!(
+                "a sandbox is already running in {}; stop it with `refit sandbox down` or pass another --dir",
+                dir.display()
+            )));
+        }
+        // A dead sandbox's leftovers (after a reboot): start afresh.
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing stale sandbox {}", dir.display()))?;
+    }
+    let exe = std::env::current_exe().context("locating the refit binary for the load balancer")?;
+    let config = TestbedConfig {
+        version: version.clone(),
+        control_planes,
+        workers,
+        worker_version: None,
+        dir: Some(dir.clone()),
+        lifetime: Lifetime::Detached,
+        lb_command: Some(vec![exe.display().to_string(), "sandbox".into(), "serve-lb".into()]),
+        addons: true,
+    };
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        spinner(&format!(
+            "starting etcd, {control_planes} control-plane member(s) at v{version} and {workers} kwok workers"
+        ))?
+    };
+    let tb = match Testbed::start(config).await {
+        Ok(tb) => tb,
+        Err(e) => {
+            bar.finish_and_clear();
+            // Leave nothing half-started behind.
+            if let Ok(tb) = Testbed::attach(&dir) {
+                tb.stop();
+            }
+            return Err(e).context("starting the sandbox");
+        }
+    };
+    if let Some(Workloads::Demo) = workloads {
+        bar.set_message("creating demo workloads");
+        install_demo(&tb).await?;
+    }
+    bar.finish_and_clear();
+    Ok(tb)
+}
+
+async fn install_demo(tb: &Testbed) -> anyhow::Result<()> {
+    tb.create_namespace(DEMO_NAMESPACE).await?;
+    let client = tb.client().await?;
+    refit_testbed::workloads::install_demo(&client, DEMO_NAMESPACE).await?;
+    // web 6 + api 4 + singleton 1 + cache 2 + db 3 + bare 1 + one agent per worker.
+    let workers = Api::<Node>::all(client.clone())
+        .list(&ListParams::default().labels("!node-role.kubernetes.io/control-plane"))
+        .await?
+        .items
+        .len();
+    refit_testbed::workloads::wait_pods_ready(
+        &client,
+        DEMO_NAMESPACE,
+        "",
+        17 + workers,
+        Duration::from_secs(180),
+    )
+    .await
+    .context("waiting for the demo workloads")?;
+    Ok(())
+}
+
+pub async fn up(args: UpArgs, format: Format) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let dir = sandbox_dir(&args.dir)?;
+    let versions = TestbedVersions::from_env()?;
+    let version = resolve_version(&args.kube_version, &versions)?;
+    let tb = start(dir.clone(), &version, args.control_planes, args.workers, args.workloads, false).await?;
+    let result = UpResult {
+        dir: dir.display().to_string(),
+        kubeconfig: tb.kubeconfig().display().to_string(),
+        version: version.to_string(),
+        control_planes: args.control_planes,
+        workers: args.workers,
+        seconds: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+    };
+    if !print_structured(format, &result)? {
+        println!(
+            "sandbox up in {:.1}s: Kubernetes v{} with {} control-plane member(s) and {} workers",
+            result.seconds, result.version, result.control_planes, result.workers
+        );
+        println!("kubeconfig: {}", result.kubeconfig);
+        println!("export KUBECONFIG={}", result.kubeconfig);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn down(dir: SandboxDir, format: Format) -> anyhow::Result<ExitCode> {
+    let dir = sandbox_dir(&dir)?;
+    if !dir.join("state.json").exists() {
+        return Err(usage(format!("no sandbox in {} (nothing to stop)", dir.display())));
+    }
+    let tb = Testbed::attach(&dir)?;
+    tb.stop();
+    std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    #[derive(Serialize)]
+    struct Down {
+        stopped: String,
+    }
+    if !print_structured(format, &Down { stopped: dir.display().to_string() })? {
+        println!("sandbox in {} stopped and removed", dir.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `sandbox status` and `demo` show.
+#[derive(Serialize)]
+pub struct SandboxStatus {
+    dir: String,
+    kubeconfig: String,
+    processes: Vec<ProcessRow>,
+    control_plane: Vec<MemberRow>,
+    nodes: Vec<NodeRow>,
+}
+
+#[derive(Serialize)]
+struct ProcessRow {
+    name: String,
+    pid: i32,
+    running: bool,
+}
+
+#[derive(Serialize)]
+struct MemberRow {
+    node: String,
+    apiserver: String,
+    version: String,
+}
+
+#[derive(Serialize)]
+struct NodeRow {
+    name: String,
+    role: String,
+    ready: bool,
+    schedulable: bool,
+    kubelet: String,
+    kube_proxy: String,
+}
+
+/// Reads the sandbox's processes, members and nodes.
+pub async fn collect_status(tb: &Testbed) -> anyhow::Result<SandboxStatus> {
+    let processes = tb
+        .recorded_pids()
+        .into_iter()
+        .map(|(name, pid, running)| ProcessRow { name, pid, running })
+        .collect();
+    let mut control_plane = Vec::new();
+    for m in tb.members() {
+        let version = match tb.apiserver_version(m.index).await {
+            Ok(v) => v,
+            Err(_) => "unreachable".to_string(),
+        };
+        control_plane.push(MemberRow { node: m.node.clone(), apiserver: m.apiserver_url(), version });
+    }
+    let client = tb.client().await?;
+    let nodes = Api::<Node>::all(client).list(&ListParams::default()).await.context("listing nodes")?;
+    let nodes = nodes
+        .items
+        .iter()
+        .map(|n| {
+            let labels = n.metadata.labels.clone().unwrap_or_default();
+            let info = n.status.as_ref().and_then(|s| s.node_info.clone()).unwrap_or_default();
+            NodeRow {
+                name: n.metadata.name.clone().unwrap_or_default(),
+                role: if labels.contains_key("node-role.kubernetes.io/control-plane") {
+                    "control-plane"
+                } else {
+                    "worker"
+                }
+                .into(),
+                ready: n
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+                schedulable: !n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false),
+                kubelet: info.kubelet_version,
+                kube_proxy: info.kube_proxy_version,
+            }
+        })
+        .collect();
+    Ok(SandboxStatus {
+        dir: tb.dir().display().to_string(),
+        kubeconfig: tb.kubeconfig().display().to_string(),
+        processes,
+        control_plane,
+        nodes,
+    })
+}
+
+/// Prints a status as tables (or JSON/YAML).
+pub fn print_status(status: &SandboxStatus, format: Format) -> anyhow::Result<()> {
+    if print_structured(format, status)? {
+        return Ok(());
+    }
+    println!("sandbox {}  (export KUBECONFIG={})\n", status.dir, status.kubeconfig);
+    let mut t = table(&["control-plane node", "apiserver", "version"]);
+    for m in &status.control_plane {
+        t.add_row(vec![m.node.clone(), m.apiserver.clone(), m.version.clone()]);
+    }
+    println!("{t}\n");
+    let mut t = table(&["node", "role", "ready", "schedulable", "kubelet", "kube-proxy"]);
+    for n in &status.nodes {
+        t.add_row(vec![
+            n.name.clone(),
+            n.role.clone(),
+            n.ready.to_string(),
+            n.schedulable.to_string(),
+            n.kubelet.clone(),
+            n.kube_proxy.clone(),
+        ]);
+    }
+    println!("{t}\n");
+    let mut t = table(&["process", "pid", "running"]);
+    for p in &status.processes {
+        t.add_row(vec![p.name.clone(), p.pid.to_string(), p.running.to_string()]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+fn attach_running(dir: &SandboxDir) -> anyhow::Result<Testbed> {
+    let dir = sandbox_dir(dir)?;
+    if !dir.join("state.json").exists() {
+        return Err(usage(format!("no sandbox in {}; start one with `refit sandbox up`", dir.display())));
+    }
+    running(&dir).ok_or_else(|| {
+        usage(format!(
+            "the sandbox in {} is not running; `refit sandbox down` then `refit sandbox up`",
+            dir.display()
+        ))
+    })
+}
+
+pub async fn status(dir: SandboxDir, format: Format) -> anyhow::Result<ExitCode> {
+    let tb = attach_running(&dir)?;
+    let status = collect_status(&tb).await?;
+    print_status(&status, format)?;
+    let all_running = status.processes.iter().all(|p| p.running);
+    Ok(if all_running { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+#[derive(Serialize)]
+struct NodeChange {
+    node: String,
+    role: &'static str,
+    from: String,
+    to: String,
+    seconds: f64,
+}
+
+pub async fn upgrade_node(args: UpgradeNodeArgs, format: Format) -> anyhow::Result<ExitCode> {
+    let tb = attach_running(&args.dir)?;
+    let versions = TestbedVersions::from_env()?;
+    let target = resolve_version(&args.to, &versions)?;
+    let client = tb.client().await?;
+    let node =
+        Api::<Node>::all(client).get_opt(&args.node).await.context("reading the node")?.ok_or_else(|| {
+            usage(format!("no node named {} in the sandbox (see `refit sandbox status`)", args.node))
+        })?;
+    let from = node.status.and_then(|s| s.node_info).map(|i| i.kubelet_version).unwrap_or_default();
+    let started = Instant::now();
+    let role = match tb.member_for_node(&args.node) {
+        Some(member) => {
+            // Build the target first if needed: an operator's script would fetch packages.
+            crate::commands::build::ensure(
+                &Cache::from_env()?,
+                &[Component::Kubernetes(target.clone())],
+                Check::Quick,
+            )?;
+            tb.upgrade_member(member.index, &target).await?;
+            "control-plane"
+        }
+        None => {
+            tb.set_node_version(&args.node, &target, &target).await?;
+            "worker"
+        }
+    };
+    let change = NodeChange {
+        node: args.node.clone(),
+        role,
+        from,
+        to: target.git_version(),
+        seconds: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+    };
+    if !print_structured(format, &change)? {
+        println!(
+            "{} ({}) upgraded {} -> {} in {:.1}s",
+            change.node, change.role, change.from, change.to, change.seconds
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_pairs(items: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|s| match s.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(usage(format!("{what} '{s}' is not KEY=VALUE"))),
+        })
+        .collect()
+}
+
+fn parse_taint(s: &str) -> anyhow::Result<serde_json::Value> {
+    let bad = || {
+        usage(format!(
+            "taint '{s}' is not KEY[=VALUE]:EFFECT (effect NoSchedule, PreferNoSchedule or NoExecute)"
+        ))
+    };
+    let (kv, effect) = s.rsplit_once(':').ok_or_else(bad)?;
+    if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") || kv.is_empty() {
+        return Err(bad());
+    }
+    let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+    Ok(serde_json::json!({"key": key, "value": value, "effect": effect}))
+}
+
+pub async fn add_node(args: AddNodeArgs, format: Format) -> anyhow::Result<ExitCode> {
+    let tb = attach_running(&args.dir)?;
+    let labels = parse_pairs(&args.labels, "label")?;
+    let annotations = parse_pairs(&args.annotations, "annotation")?;
+    let taints = args.taints.iter().map(|t| parse_taint(t)).collect::<anyhow::Result<Vec<_>>>()?;
+    let version = match &args.kube_version {
+        Some(v) => resolve_version(v, &TestbedVersions::from_env()?)?,
+        None => tb.members()[0].binaries.version.clone(),
+    };
+    let client = tb.client().await?;
+    if Api::<Node>::all(client).get_opt(&args.node).await?.is_some() {
+        return Err(usage(format!("a node named {} already exists", args.node)));
+    }
+    tb.add_workers(vec![WorkerSpec {
+        name: args.node.clone(),
+        version: version.clone(),
+        labels,
+        annotations,
+        taints,
+    }])
+    .await?;
+    #[derive(Serialize)]
+    struct Added {
+        node: String,
+        version: String,
+    }
+    if !print_structured(format, &Added { node: args.node.clone(), version: version.git_version() })? {
+        println!("node {} added at {} and Ready", args.node, version.git_version());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn remove_node(args: RemoveNodeArgs, format: Format) -> anyhow::Result<ExitCode> {
+    let tb = attach_running(&args.dir)?;
+    if tb.member_for_node(&args.node).is_some() {
+        return Err(usage(format!("{} runs a control-plane member; only workers can be removed", args.node)));
+    }
+    tb.remove_worker(&args.node).await?;
+    #[derive(Serialize)]
+    struct Removed {
+        node: String,
+    }
+    if !print_structured(format, &Removed { node: args.node.clone() })? {
+        println!("node {} removed", args.node);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn serve_lb(args: ServeLbArgs) -> anyhow::Result<ExitCode> {
+    if args.backends.is_empty() {
+        return Err(usage("serve-lb needs at least one --backend"));
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    refit_testbed::lb::serve(listener, args.backends).await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,54 @@
+//! `refit`: upgrades Kubernetes clusters node by node and fleets stage by stage.
+//!
+//! This file only wires things together: parse arguments, set up logging, run the command,
+//! turn its error into the documented exit code (0 done, 1 failed or blocked, 2 bad input).
+
+mod args;
+mod commands;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::Cli;
+use crate::output::UsageError;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            let usage = err.chain().any(|c| c.downcast_ref::<UsageError>().is_some())
+                || err.chain().any(|c| {
+                    matches!(
+                        c.downcast_ref::<refit_testbed::Error>(),
+                        Some(
+                            refit_testbed::Error::NotBuilt { .. }
+                                | refit_testbed::Error::NotFound(_)
+                                | refit_testbed::Error::Config(_)
+                        )
+                    )
+                });
+            // One line: the outermost context, then each cause.
+            let msg = err.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+            eprintln!("error: {msg}");
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default: warnings only).
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,kube_client=off"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

@@ -1,0 +1,9 @@
+//! Refit's pure domain.
+//!
+//! Everything here takes plain data (versions, a snapshot of a cluster, a run's journal) and
+//! returns decisions. No I/O, no Kubernetes client, no clock: the rules can be read in one place
+//! and tested exhaustively. See ARCHITECTURE.md for how the other crates feed it.
+
+pub mod version;
+
+pub use version::{MinorVersion, Version, VersionError, VersionRequest};
