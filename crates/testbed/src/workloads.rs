@@ -99,6 +99,41 @@ pub async fn apply_static_pods(
                 "containers": [{"name": component, "image": image, "command": [component]}],
             },
         });
+        // A kubelet replaces a mirror pod whose manifest changed (its mirror annotation is
+        // immutable): delete the old one, then create the new one.
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
+        let existing =
+            pods.get_opt(&name).await.map_err(|e| Error::kube(format!("getting pod {name}"), e))?;
+        if let Some(existing) = existing {
+            let current =
+                existing.spec.as_ref().and_then(|s| s.containers.first()).and_then(|c| c.image.clone());
+            if current.as_deref() == Some(image.as_str()) {
+                continue;
+            }
+            let dp = kube::api::DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
+            match pods.delete(&name, &dp).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(Error::kube(format!("deleting mirror pod {name}"), e)),
+            }
+            let start = Instant::now();
+            while pods
+                .get_opt(&name)
+                .await
+                .map_err(|e| Error::kube(format!("getting pod {name}"), e))?
+                .is_some()
+            {
+                if start.elapsed() > Duration::from_secs(30) {
+                    return Err(Error::NotReady {
+                        what: format!("deletion of mirror pod {name}"),
+                        seconds: 30,
+                        detail: "still present".into(),
+                        log: "kwok.log".into(),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         apply::<Pod>(client, pod).await?;
     }
     Ok(())
