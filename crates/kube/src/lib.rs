@@ -1,1 +1,54 @@
-//! placeholder
+//! Everything in Refit that talks to a Kubernetes API server.
+//!
+//! For now: building clients the way kubectl users expect (`--kubeconfig`, `--context`,
+//! `KUBECONFIG` with its path list merged), with the safety settings the design requires:
+//! connect and read timeouts so an unreachable cluster fails in seconds instead of hanging, and
+//! no automatic retry of 429/503/504 so that a PDB refusal of an eviction reaches the caller.
+
+pub mod connect;
+
+pub use connect::{ClusterTarget, Connection, connect};
+
+/// Everything that can go wrong reaching a cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The kubeconfig could not be found, read or parsed.
+    #[error("kubeconfig {path}: {detail}")]
+    Kubeconfig {
+        /// Which file (or `$KUBECONFIG`).
+        path: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The requested context is not in the kubeconfig.
+    #[error("context '{context}' is not in {path} (contexts there: {available}); pick one with --context")]
+    UnknownContext {
+        /// The context asked for.
+        context: String,
+        /// The kubeconfig searched.
+        path: String,
+        /// The contexts it has.
+        available: String,
+    },
+    /// The API server did not answer.
+    #[error(
+        "cannot reach the API server of context '{context}' at {server}: {detail}; check the cluster is up and --context/--kubeconfig point at it"
+    )]
+    Unreachable {
+        /// The context used.
+        context: String,
+        /// The server URL.
+        server: String,
+        /// The transport error.
+        detail: String,
+    },
+    /// Any other API error.
+    #[error("{context}: {source}")]
+    Api {
+        /// What we were doing.
+        context: String,
+        /// The client error.
+        #[source]
+        source: Box<kube::Error>,
+    },
+}

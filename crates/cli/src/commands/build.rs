@@ -41,7 +41,9 @@ pub fn run(args: BuildArgs, format: Format) -> anyhow::Result<ExitCode> {
 
 /// Builds what is missing with a spinner per component; used by `build`, `sandbox up` and `demo`.
 pub fn ensure(cache: &Cache, components: &[Component], check: Check) -> anyhow::Result<Vec<Built>> {
-    let bar = ProgressBar::new_spinner();
+    // On a terminal a spinner shows the latest line; elsewhere (CI logs) each step is a line.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = if tty { ProgressBar::new_spinner() } else { ProgressBar::hidden() };
     bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {prefix}: {wide_msg}")?);
     bar.enable_steady_tick(Duration::from_millis(120));
     let mut results = Vec::new();
@@ -57,12 +59,24 @@ pub fn ensure(cache: &Cache, components: &[Component], check: Check) -> anyhow::
         BuildEvent::Started { component, reason } => {
             bar.reset_elapsed();
             bar.set_prefix(format!("building {component}"));
-            bar.set_message(reason);
-            bar.println(format!("building {component} from the Go module proxy (cold builds take minutes)"));
+            bar.set_message(reason.clone());
+            let line =
+                format!("building {component} from the Go module proxy ({reason}; cold builds take minutes)");
+            if tty { bar.println(line) } else { eprintln!("{line}") }
         }
-        BuildEvent::Output { line, .. } => bar.set_message(line),
+        BuildEvent::Output { line, .. } => {
+            if !tty && line.starts_with("[build") {
+                eprintln!("{line}");
+            }
+            bar.set_message(line)
+        }
         BuildEvent::Finished { component, seconds } => {
-            bar.println(format!("built {component} in {seconds}s"));
+            let line = format!("built {component} in {seconds}s");
+            if tty {
+                bar.println(line)
+            } else {
+                eprintln!("{line}")
+            }
             results.push(Built {
                 path: cache.entry_dir(&component).display().to_string(),
                 component: component.to_string(),

@@ -35,7 +35,18 @@ pub fn resolve_version(input: &str, versions: &TestbedVersions) -> anyhow::Resul
     let request: VersionRequest = input.parse().map_err(|e| usage(format!("{e}")))?;
     let configured = || versions.kubernetes.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ");
     match request {
-        VersionRequest::Exact(v) => Ok(v.release()),
+        VersionRequest::Exact(v) => {
+            let v = v.release();
+            let built = Cache::from_env()?.built_kubernetes();
+            if versions.kubernetes.contains(&v) || built.contains(&v) {
+                Ok(v)
+            } else {
+                Err(usage(format!(
+                    "Kubernetes {v} is not in the testbed set ({}); add it to REFIT_TESTBED_VERSIONS to build it",
+                    configured()
+                )))
+            }
+        }
         VersionRequest::Minor(m) => versions.kubernetes_for_minor(m).cloned().ok_or_else(|| {
             usage(format!(
                 "no {m}.x release in the testbed set ({}); add one to REFIT_TESTBED_VERSIONS",
