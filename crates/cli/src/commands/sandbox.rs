@@ -228,6 +228,19 @@ pub struct SandboxStatus {
     processes: Vec<ProcessRow>,
     control_plane: Vec<MemberRow>,
     nodes: Vec<NodeRow>,
+    workloads: Vec<WorkloadRow>,
+}
+
+#[derive(Serialize)]
+struct WorkloadRow {
+    namespace: String,
+    kind: &'static str,
+    name: String,
+    ready: i32,
+    desired: i32,
+    /// For PodDisruptionBudgets: disruptions allowed now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disruptions_allowed: Option<i32>,
 }
 
 #[derive(Serialize)]
@@ -296,13 +309,63 @@ pub async fn collect_status(tb: &Testbed) -> anyhow::Result<SandboxStatus> {
             }
         })
         .collect();
+    let workloads = collect_workloads(&tb.client().await?).await?;
     Ok(SandboxStatus {
         dir: tb.dir().display().to_string(),
         kubeconfig: tb.kubeconfig().display().to_string(),
         processes,
         control_plane,
         nodes,
+        workloads,
     })
+}
+
+async fn collect_workloads(client: &kube::Client) -> anyhow::Result<Vec<WorkloadRow>> {
+    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    let lp = ListParams::default();
+    let ns_name = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        (m.namespace.clone().unwrap_or_default(), m.name.clone().unwrap_or_default())
+    };
+    let mut rows = Vec::new();
+    for d in Api::<Deployment>::all(client.clone()).list(&lp).await?.items {
+        let (namespace, name) = ns_name(&d.metadata);
+        let ready = d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
+        let desired = d.spec.replicas.unwrap_or(1);
+        rows.push(WorkloadRow { namespace, kind: "Deployment", name, ready, desired, disruptions_allowed: None });
+    }
+    for s in Api::<StatefulSet>::all(client.clone()).list(&lp).await?.items {
+        let (namespace, name) = ns_name(&s.metadata);
+        let ready = s.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
+        let desired = s.spec.replicas.unwrap_or(1);
+        rows.push(WorkloadRow { namespace, kind: "StatefulSet", name, ready, desired, disruptions_allowed: None });
+    }
+    for d in Api::<DaemonSet>::all(client.clone()).list(&lp).await?.items {
+        let (namespace, name) = ns_name(&d.metadata);
+        let st = d.status.unwrap_or_default();
+        rows.push(WorkloadRow {
+            namespace,
+            kind: "DaemonSet",
+            name,
+            ready: st.number_ready,
+            desired: st.desired_number_scheduled,
+            disruptions_allowed: None,
+        });
+    }
+    for p in Api::<PodDisruptionBudget>::all(client.clone()).list(&lp).await?.items {
+        let (namespace, name) = ns_name(&p.metadata);
+        let st = p.status.unwrap_or_default();
+        rows.push(WorkloadRow {
+            namespace,
+            kind: "PodDisruptionBudget",
+            name,
+            ready: st.current_healthy.unwrap_or(0),
+            desired: st.desired_healthy.unwrap_or(0),
+            disruptions_allowed: st.disruptions_allowed,
+        });
+    }
+    rows.sort_by(|a, b| (&a.namespace, a.kind, &a.name).cmp(&(&b.namespace, b.kind, &b.name)));
+    Ok(rows)
 }
 
 /// Prints a status as tables (or JSON/YAML).
@@ -325,6 +388,17 @@ pub fn print_status(status: &SandboxStatus, format: Format) -> anyhow::Result<()
             n.schedulable.to_string(),
             n.kubelet.clone(),
             n.kube_proxy.clone(),
+        ]);
+    }
+    println!("{t}\n");
+    let mut t = table(&["namespace", "kind", "name", "ready", "allowed disruptions"]);
+    for w in &status.workloads {
+        t.add_row(vec![
+            w.namespace.clone(),
+            w.kind.to_string(),
+            w.name.clone(),
+            format!("{}/{}", w.ready, w.desired),
+            w.disruptions_allowed.map(|d| d.to_string()).unwrap_or_default(),
         ]);
     }
     println!("{t}\n");
