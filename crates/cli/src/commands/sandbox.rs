@@ -332,13 +332,27 @@ async fn collect_workloads(client: &kube::Client) -> anyhow::Result<Vec<Workload
         let (namespace, name) = ns_name(&d.metadata);
         let ready = d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
         let desired = d.spec.replicas.unwrap_or(1);
-        rows.push(WorkloadRow { namespace, kind: "Deployment", name, ready, desired, disruptions_allowed: None });
+        rows.push(WorkloadRow {
+            namespace,
+            kind: "Deployment",
+            name,
+            ready,
+            desired,
+            disruptions_allowed: None,
+        });
     }
     for s in Api::<StatefulSet>::all(client.clone()).list(&lp).await?.items {
         let (namespace, name) = ns_name(&s.metadata);
         let ready = s.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
         let desired = s.spec.replicas.unwrap_or(1);
-        rows.push(WorkloadRow { namespace, kind: "StatefulSet", name, ready, desired, disruptions_allowed: None });
+        rows.push(WorkloadRow {
+            namespace,
+            kind: "StatefulSet",
+            name,
+            ready,
+            desired,
+            disruptions_allowed: None,
+        });
     }
     for d in Api::<DaemonSet>::all(client.clone()).list(&lp).await?.items {
         let (namespace, name) = ns_name(&d.metadata);
