@@ -36,6 +36,14 @@ Examples:
   refit demo
   refit demo --workers 10")]
     Demo(DemoArgs),
+    /// Every known release and where it can go; the hop path from one version to another.
+    #[command(after_help = "\
+Examples:
+  refit versions                         supported releases and their upgrade targets
+  refit versions --from 1.35.2           where 1.35.2 can go in one control-plane step
+  refit versions --from 1.35.2 --to 1.37 the hops: newest 1.36 patch, then newest 1.37 patch
+  refit versions --from 1.35.2 --to 1.37 --policy strict   (Kismatic: newest patch first)")]
+    Versions(VersionsArgs),
     /// Print shell completions.
     #[command(after_help = "Example:\n  refit completion zsh > ~/.zfunc/_refit")]
     Completion {
@@ -185,4 +193,27 @@ pub struct DemoArgs {
     /// Worker nodes in the demo sandbox.
     #[arg(long, default_value_t = 6)]
     pub workers: usize,
+}
+
+/// `refit versions`
+#[derive(Debug, Args)]
+pub struct VersionsArgs {
+    /// The version to upgrade from.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// The target: a release (1.37.1) or a minor (1.37 = its newest patch). Needs --from.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// `default`: the next minor from any patch; `strict`: only from the newest patch.
+    #[arg(long, default_value = "default")]
+    pub policy: String,
+    /// Allow end-of-life or unknown targets and downgrades (the output says what was forced).
+    #[arg(long)]
+    pub force: bool,
+    /// Include end-of-life releases in the list.
+    #[arg(long)]
+    pub all: bool,
+    /// A release catalog to use instead of the built-in one (air-gapped refresh).
+    #[arg(long, env = "REFIT_CATALOG")]
+    pub catalog: Option<PathBuf>,
 }

@@ -4,6 +4,9 @@
 //! returns decisions. No I/O, no Kubernetes client, no clock: the rules can be read in one place
 //! and tested exhaustively. See ARCHITECTURE.md for how the other crates feed it.
 
+pub mod catalog;
+pub mod path;
+pub mod skew;
 pub mod version;
 
 pub use version::{MinorVersion, Version, VersionError, VersionRequest};

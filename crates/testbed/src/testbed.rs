@@ -710,7 +710,9 @@ impl Testbed {
             );
             create_node(&client, node).await?;
             let etcd = if m.index == 0 { Some(&etcd_version) } else { None };
-            crate::workloads::apply_static_pods(&client, &m.node, &m.binaries.version, etcd).await?;
+            let endpoint = format!("127.0.0.1:{}", m.apiserver_port);
+            crate::workloads::apply_static_pods(&client, &m.node, &m.binaries.version, etcd, &endpoint)
+                .await?;
         }
         Ok(())
     }
@@ -822,8 +824,12 @@ impl Testbed {
         self.save()?;
         self.set_node_version(&node, version, version).await?;
         let client = self.client().await?;
-        let etcd = if index == 0 { Some(self.st().etcd_version.clone()) } else { None };
-        crate::workloads::apply_static_pods(&client, &node, version, etcd.as_ref()).await?;
+        let (etcd, endpoint) = {
+            let st = self.st();
+            let etcd = if index == 0 { Some(st.etcd_version.clone()) } else { None };
+            (etcd, format!("127.0.0.1:{}", st.members[index].apiserver_port))
+        };
+        crate::workloads::apply_static_pods(&client, &node, version, etcd.as_ref(), &endpoint).await?;
         Ok(())
     }
 

@@ -21,15 +21,15 @@ use crate::Error;
 
 const MANAGER: &str = "refit-testbed";
 
-/// CoreDNS image tag kubeadm deploys with a control plane of this minor
-/// (`cmd/kubeadm/app/constants` `CoreDNSVersion`; see data notes in the catalog for sources).
-pub fn coredns_version(minor: MinorVersion) -> &'static str {
-    match minor.minor {
-        0..=34 => "v1.12.1",
-        35 => "v1.13.1",
-        36 => "v1.14.2",
-        _ => "v1.14.6",
-    }
+/// CoreDNS image tag kubeadm deploys with a control plane of this minor, from the release
+/// catalog (the newest known minor's pairing for anything newer).
+pub fn coredns_version(minor: MinorVersion) -> String {
+    let catalog = refit_core::catalog::Catalog::embedded().ok();
+    catalog
+        .as_ref()
+        .and_then(|c| c.release(minor).or_else(|| c.releases.last()))
+        .map(|r| r.kubeadm.coredns.clone())
+        .unwrap_or_else(|| "v1.14.2".to_string())
 }
 
 /// Applies `obj` (a JSON manifest) with server-side apply.
@@ -59,6 +59,7 @@ pub async fn apply_static_pods(
     node: &str,
     version: &Version,
     etcd: Option<&Version>,
+    apiserver_endpoint: &str,
 ) -> Result<(), Error> {
     let nodes: Api<Node> = Api::all(client.clone());
     let n = nodes.get(node).await.map_err(|e| Error::kube(format!("getting node {node}"), e))?;
@@ -76,6 +77,16 @@ pub async fn apply_static_pods(
     }
     for (component, image) in components {
         let name = format!("{component}-{node}");
+        let mut annotations = json!({
+            "kubernetes.io/config.mirror": format!("{component}-{}", version.git_version()),
+            "kubernetes.io/config.source": "file",
+            "kubernetes.io/config.seen": "2026-01-01T00:00:00Z",
+        });
+        if component == "kube-apiserver" {
+            // kubeadm records where each apiserver listens; tools use it to ask each one.
+            annotations["kubeadm.kubernetes.io/kube-apiserver.advertise-address.endpoint"] =
+                json!(apiserver_endpoint);
+        }
         let pod = json!({
             "apiVersion": "v1",
             "kind": "Pod",
@@ -83,11 +94,7 @@ pub async fn apply_static_pods(
                 "name": name,
                 "namespace": "kube-system",
                 "labels": {"component": component, "tier": "control-plane"},
-                "annotations": {
-                    "kubernetes.io/config.mirror": format!("{component}-{}", version.git_version()),
-                    "kubernetes.io/config.source": "file",
-                    "kubernetes.io/config.seen": "2026-01-01T00:00:00Z",
-                },
+                "annotations": annotations,
                 "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid, "controller": true}],
             },
             "spec": {

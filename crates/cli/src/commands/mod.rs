@@ -3,6 +3,7 @@
 mod build;
 mod demo;
 mod sandbox;
+mod versions;
 
 use std::process::ExitCode;
 
@@ -25,9 +26,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             SandboxCommand::ServeLb(args) => sandbox::serve_lb(args).await,
         },
         Command::Demo(args) => demo::run(args, format).await,
+        Command::Versions(args) => versions::run(args, format),
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "refit", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// The catalog from `--catalog FILE`, else the built-in one. A bad file is bad input (exit 2).
+pub fn load_catalog(path: Option<&std::path::Path>) -> anyhow::Result<refit_core::catalog::Catalog> {
+    use refit_core::catalog::Catalog;
+    match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| crate::output::usage(format!("cannot read catalog {}: {e}", p.display())))?;
+            Catalog::from_yaml(&text).map_err(|e| crate::output::usage(format!("{}: {e}", p.display())))
+        }
+        None => Ok(Catalog::embedded()?),
     }
 }
