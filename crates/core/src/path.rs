@@ -169,51 +169,37 @@ pub fn upgrade_path(
         forced.push(format!("downgrade from {from} to {target}"));
     }
 
+    // Walk one minor at a time towards the target (backwards for a forced downgrade): each
+    // intermediate minor on its newest known patch, the last minor on the target itself.
     let mut hops = Vec::new();
     let mut current = from.clone();
     let (lo, hi) = (from.minor_version(), target.minor_version());
-    if target > from && hi > lo {
-        if policy == Policy::Strict
-            && let Some(newest) = catalog.newest_patch(lo)
-            && &current < newest
-        {
-            hops.push(Hop { from: current.clone(), to: newest.clone() });
-            current = newest.clone();
-        }
-        let mut minor = lo.next();
-        while minor <= hi {
-            let next = if minor == hi {
-                target.clone()
-            } else {
-                catalog
-                    .newest_patch(minor)
-                    .cloned()
-                    .ok_or(PathError::UnknownMinor { minor, newest: catalog.newest_minor() })?
-            };
-            hops.push(Hop { from: current.clone(), to: next.clone() });
-            current = next;
-            minor = minor.next();
-        }
-    } else if target < from && hi < lo {
-        // A forced downgrade walks back one minor at a time too.
-        let mut minor = MinorVersion::new(lo.major, lo.minor - 1);
-        loop {
-            let next = if minor == hi {
-                target.clone()
-            } else {
-                catalog
-                    .newest_patch(minor)
-                    .cloned()
-                    .ok_or(PathError::UnknownMinor { minor, newest: catalog.newest_minor() })?
-            };
-            hops.push(Hop { from: current.clone(), to: next.clone() });
-            current = next;
-            if minor == hi {
-                break;
-            }
-            minor = MinorVersion::new(minor.major, minor.minor - 1);
-        }
-    } else if target != from {
+    if policy == Policy::Strict
+        && hi > lo
+        && let Some(newest) = catalog.newest_patch(lo)
+        && &current < newest
+    {
+        hops.push(Hop { from: current.clone(), to: newest.clone() });
+        current = newest.clone();
+    }
+    let step = |m: MinorVersion| {
+        if hi > lo { m.next() } else { MinorVersion::new(m.major, m.minor.saturating_sub(1)) }
+    };
+    let mut minor = lo;
+    while minor != hi {
+        minor = step(minor);
+        let next = if minor == hi {
+            target.clone()
+        } else {
+            catalog
+                .newest_patch(minor)
+                .cloned()
+                .ok_or(PathError::UnknownMinor { minor, newest: catalog.newest_minor() })?
+        };
+        hops.push(Hop { from: current.clone(), to: next.clone() });
+        current = next;
+    }
+    if current != target {
         hops.push(Hop { from: current.clone(), to: target.clone() });
     }
     Ok(UpgradePath { from, to: target, hops, forced })

@@ -580,38 +580,47 @@ impl Testbed {
         .await
     }
 
+    /// Flags the controller-manager and the scheduler share: their member's kubeconfig for
+    /// everything, a TLS serving port with the testbed certificate, fast leader election
+    /// (only contended when there are several members).
+    fn controller_args(st: &State, index: usize, port: u16) -> Vec<String> {
+        let p = &st.pki;
+        let kubeconfig = st.dir.join(format!("member-{index}.kubeconfig"));
+        let ha = st.members.len() > 1;
+        vec![
+            format!("--kubeconfig={}", kubeconfig.display()),
+            format!("--authentication-kubeconfig={}", kubeconfig.display()),
+            format!("--authorization-kubeconfig={}", kubeconfig.display()),
+            "--bind-address=127.0.0.1".to_string(),
+            format!("--secure-port={port}"),
+            format!("--tls-cert-file={}", p.admin_cert.display()),
+            format!("--tls-private-key-file={}", p.admin_key.display()),
+            format!("--client-ca-file={}", p.ca_cert.display()),
+            format!("--leader-elect={ha}"),
+            "--leader-elect-lease-duration=6s".to_string(),
+            "--leader-elect-renew-deadline=4s".to_string(),
+            "--leader-elect-retry-period=1s".to_string(),
+            "--profiling=false".to_string(),
+        ]
+    }
+
     fn start_controller_manager(&self, index: usize) -> Result<(), Error> {
         let (program, args) = {
             let st = self.st();
             let m = &st.members[index];
-            let p = &st.pki;
-            let kubeconfig = st.dir.join(format!("member-{index}.kubeconfig"));
-            let ha = st.members.len() > 1;
-            let args = vec![
-                format!("--kubeconfig={}", kubeconfig.display()),
-                format!("--authentication-kubeconfig={}", kubeconfig.display()),
-                format!("--authorization-kubeconfig={}", kubeconfig.display()),
-                "--bind-address=127.0.0.1".to_string(),
-                format!("--secure-port={}", m.controller_manager_port),
-                format!("--tls-cert-file={}", p.admin_cert.display()),
-                format!("--tls-private-key-file={}", p.admin_key.display()),
-                format!("--client-ca-file={}", p.ca_cert.display()),
-                format!("--root-ca-file={}", p.ca_cert.display()),
-                format!("--service-account-private-key-file={}", p.sa_key.display()),
+            let mut args = Self::controller_args(&st, index, m.controller_manager_port);
+            args.extend([
+                format!("--root-ca-file={}", st.pki.ca_cert.display()),
+                format!("--service-account-private-key-file={}", st.pki.sa_key.display()),
                 format!("--controllers={CONTROLLERS}"),
                 "--use-service-account-credentials=false".to_string(),
-                format!("--leader-elect={ha}"),
-                "--leader-elect-lease-duration=6s".to_string(),
-                "--leader-elect-renew-deadline=4s".to_string(),
-                "--leader-elect-retry-period=1s".to_string(),
                 "--node-monitor-period=5s".to_string(),
                 "--node-monitor-grace-period=60s".to_string(),
                 "--kube-api-qps=200".to_string(),
                 "--kube-api-burst=400".to_string(),
                 "--concurrent-deployment-syncs=10".to_string(),
                 "--concurrent-replicaset-syncs=10".to_string(),
-                "--profiling=false".to_string(),
-            ];
+            ]);
             (m.binaries.controller_manager.clone(), args)
         };
         let pid = self.spawn(&format!("{CONTROLLER_MANAGER}-{index}"), &program, args)?;
@@ -623,25 +632,7 @@ impl Testbed {
         let (program, args) = {
             let st = self.st();
             let m = &st.members[index];
-            let p = &st.pki;
-            let kubeconfig = st.dir.join(format!("member-{index}.kubeconfig"));
-            let ha = st.members.len() > 1;
-            let args = vec![
-                format!("--kubeconfig={}", kubeconfig.display()),
-                format!("--authentication-kubeconfig={}", kubeconfig.display()),
-                format!("--authorization-kubeconfig={}", kubeconfig.display()),
-                "--bind-address=127.0.0.1".to_string(),
-                format!("--secure-port={}", m.scheduler_port),
-                format!("--tls-cert-file={}", p.admin_cert.display()),
-                format!("--tls-private-key-file={}", p.admin_key.display()),
-                format!("--client-ca-file={}", p.ca_cert.display()),
-                format!("--leader-elect={ha}"),
-                "--leader-elect-lease-duration=6s".to_string(),
-                "--leader-elect-renew-deadline=4s".to_string(),
-                "--leader-elect-retry-period=1s".to_string(),
-                "--profiling=false".to_string(),
-            ];
-            (m.binaries.scheduler.clone(), args)
+            (m.binaries.scheduler.clone(), Self::controller_args(&st, index, m.scheduler_port))
         };
         let pid = self.spawn(&format!("{SCHEDULER}-{index}"), &program, args)?;
         self.st().members[index].pids.insert(SCHEDULER.into(), pid);
