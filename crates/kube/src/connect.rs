@@ -31,6 +31,21 @@ pub struct Connection {
     pub context: String,
     /// The API server URL.
     pub server: String,
+    /// The resolved configuration (holds credentials: never printed).
+    config: Config,
+}
+
+impl Connection {
+    /// A client with the same credentials and TLS trust, aimed at another endpoint of the
+    /// same cluster (one apiserver of several, behind the load balancer).
+    pub fn client_for(&self, server: &str) -> Result<Client, Error> {
+        let mut config = self.config.clone();
+        config.cluster_url = server.parse().map_err(|e| Error::Kubeconfig {
+            path: server.to_string(),
+            detail: format!("not a URL: {e}"),
+        })?;
+        Client::try_from(config).map_err(|e| Error::Api { context: format!("client for {server}"), source: Box::new(e) })
+    }
 }
 
 impl std::fmt::Debug for Connection {
@@ -85,7 +100,7 @@ pub async fn connect(target: &ClusterTarget) -> Result<Connection, Error> {
     let client = Client::try_from(config)
         .map_err(|e| Error::Api { context: "building client".into(), source: Box::new(e) })?;
     match tokio::time::timeout(CONNECT_TIMEOUT + READ_TIMEOUT, client.apiserver_version()).await {
-        Ok(Ok(_)) => Ok(Connection { client, context, server }),
+        Ok(Ok(_)) => Ok(Connection { client, context, server, config }),
         Ok(Err(e)) => Err(Error::Unreachable { context, server, detail: e.to_string() }),
         Err(_) => Err(Error::Unreachable { context, server, detail: "timed out".into() }),
     }

@@ -6,6 +6,7 @@
 //! no automatic retry of 429/503/504 so that a PDB refusal of an eviction reaches the caller.
 
 pub mod connect;
+pub mod endpoints;
 
 pub use connect::{ClusterTarget, Connection, connect};
 

@@ -57,6 +57,9 @@ pub struct TestbedConfig {
     pub lb_command: Option<Vec<String>>,
     /// Deploy kubeadm's cluster add-ons: a kube-proxy DaemonSet and a CoreDNS Deployment.
     pub addons: bool,
+    /// Extra kube-apiserver flags, e.g. `--runtime-config=storage.k8s.io/v1beta1=true` to serve
+    /// an opt-in beta API that a later release removes.
+    pub apiserver_args: Vec<String>,
 }
 
 impl TestbedConfig {
@@ -71,12 +74,19 @@ impl TestbedConfig {
             lifetime: Lifetime::Attached,
             lb_command: None,
             addons: true,
+            apiserver_args: Vec::new(),
         }
     }
 
     /// Sets the number of control-plane members.
     pub fn control_planes(mut self, n: usize) -> Self {
         self.control_planes = n;
+        self
+    }
+
+    /// Adds a kube-apiserver flag.
+    pub fn apiserver_arg(mut self, arg: impl Into<String>) -> Self {
+        self.apiserver_args.push(arg.into());
         self
     }
 
@@ -160,6 +170,8 @@ struct State {
     members: Vec<Member>,
     next_worker: usize,
     addons: bool,
+    #[serde(default)]
+    apiserver_args: Vec<String>,
 }
 
 /// A running testbed.
@@ -267,6 +279,7 @@ impl Testbed {
             members,
             next_worker: 1,
             addons: config.addons,
+            apiserver_args: config.apiserver_args.clone(),
         };
         let testbed = Testbed {
             state: Mutex::new(state),
@@ -517,7 +530,7 @@ impl Testbed {
 
     fn apiserver_args(st: &State, m: &Member) -> Vec<String> {
         let p = &st.pki;
-        vec![
+        let mut args = vec![
             format!("--etcd-servers=https://127.0.0.1:{}", st.etcd_client_port),
             format!("--etcd-cafile={}", p.ca_cert.display()),
             format!("--etcd-certfile={}", p.admin_cert.display()),
@@ -540,7 +553,9 @@ impl Testbed {
             "--max-requests-inflight=1000".to_string(),
             "--max-mutating-requests-inflight=500".to_string(),
             "--profiling=false".to_string(),
-        ]
+        ];
+        args.extend(st.apiserver_args.iter().cloned());
+        args
     }
 
     async fn start_apiserver(&self, index: usize) -> Result<(), Error> {

@@ -128,6 +128,7 @@ pub async fn start(
         lifetime: Lifetime::Detached,
         lb_command: Some(vec![exe.display().to_string(), "sandbox".into(), "serve-lb".into()]),
         addons: true,
+        apiserver_args: Vec::new(),
     };
     let bar = if quiet {
         ProgressBar::hidden()
