@@ -97,7 +97,7 @@ pub async fn connect(target: &ClusterTarget) -> Result<Connection, Error> {
     // A PDB refusal (429) is information to act on, never something to retry silently.
     config.default_retry = false;
     let server = config.cluster_url.to_string();
-    let client = Client::try_from(config)
+    let client = Client::try_from(config.clone())
         .map_err(|e| Error::Api { context: "building client".into(), source: Box::new(e) })?;
     match tokio::time::timeout(CONNECT_TIMEOUT + READ_TIMEOUT, client.apiserver_version()).await {
         Ok(Ok(_)) => Ok(Connection { client, context, server, config }),
