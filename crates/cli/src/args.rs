@@ -36,6 +36,14 @@ Examples:
   refit demo
   refit demo --workers 10")]
     Demo(DemoArgs),
+    /// What the cluster runs: every component's version, skew violations, support, next versions.
+    #[command(after_help = "\
+Examples:
+  refit status
+  refit status --context prod -o json
+  refit status --kubeconfig ./admin.conf --kubectl none
+Exit code 1 when a component is outside the version skew policy.")]
+    Status(StatusArgs),
     /// Every known release and where it can go; the hop path from one version to another.
     #[command(after_help = "\
 Examples:
@@ -44,6 +52,17 @@ Examples:
   refit versions --from 1.35.2 --to 1.37 the hops: newest 1.36 patch, then newest 1.37 patch
   refit versions --from 1.35.2 --to 1.37 --policy strict   (Kismatic: newest patch first)")]
     Versions(VersionsArgs),
+    /// APIs the cluster still uses that a target release (or an earlier one) no longer serves.
+    #[command(after_help = "\
+Signals: kubectl last-applied annotations, managedFields, Helm v3 release manifests, and the
+apiserver_requested_deprecated_apis metric of every apiserver (requests since it started).
+
+Examples:
+  refit apis --to 1.37                       what blocks an upgrade to 1.37
+  refit apis --to 1.37 --context prod -o json
+  refit apis --to 1.25 --catalog ./catalog.yaml
+Exit code 1 when any removed API is in use (crossing this upgrade or already removed), 0 when none.")]
+    Apis(ApisArgs),
     /// Print shell completions.
     #[command(after_help = "Example:\n  refit completion zsh > ~/.zfunc/_refit")]
     Completion {
@@ -213,6 +232,43 @@ pub struct VersionsArgs {
     /// Include end-of-life releases in the list.
     #[arg(long)]
     pub all: bool,
+    /// A release catalog to use instead of the built-in one (air-gapped refresh).
+    #[arg(long, env = "REFIT_CATALOG")]
+    pub catalog: Option<PathBuf>,
+}
+
+/// Which cluster, as kubectl names it.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Path to the kubeconfig (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context (default: its current context).
+    #[arg(long)]
+    pub context: Option<String>,
+}
+
+/// `refit status`
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// kubectl binary whose client version is checked against the skew policy ("none" skips).
+    #[arg(long, default_value = "kubectl")]
+    pub kubectl: String,
+    /// A release catalog to use instead of the built-in one.
+    #[arg(long, env = "REFIT_CATALOG")]
+    pub catalog: Option<PathBuf>,
+}
+
+/// `refit apis`
+#[derive(Debug, Args)]
+pub struct ApisArgs {
+    /// The target release: a minor (1.37) or a release (1.37.1); removals up to it count.
+    #[arg(long)]
+    pub to: String,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// A release catalog to use instead of the built-in one (air-gapped refresh).
     #[arg(long, env = "REFIT_CATALOG")]
     pub catalog: Option<PathBuf>,

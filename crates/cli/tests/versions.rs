@@ -79,3 +79,19 @@ fn a_catalog_file_replaces_the_built_in_one_and_a_bad_one_is_refused() {
     let p = json(&["versions", "--catalog", path.to_str().unwrap(), "--from", "1.37.1", "--to", "1.38"]);
     assert_eq!(p["to"], "1.38.0");
 }
+
+#[test]
+fn path_output_snapshots() {
+    let table = refit()
+        .args(["versions", "--from", "1.35.2", "--to", "1.37", "--policy", "strict"])
+        .output()
+        .unwrap();
+    insta::assert_snapshot!("path_table", String::from_utf8(table.stdout).unwrap());
+    let json = refit()
+        .args(["versions", "--from", "1.37.1", "--to", "1.36.4", "--force", "-o", "json"])
+        .output()
+        .unwrap();
+    insta::assert_snapshot!("forced_path_json", String::from_utf8(json.stdout).unwrap());
+    let yaml = refit().args(["versions", "--from", "1.36.0", "--to", "1.36", "-o", "yaml"]).output().unwrap();
+    insta::assert_snapshot!("patch_path_yaml", String::from_utf8(yaml.stdout).unwrap());
+}

@@ -5,7 +5,9 @@
 //! and tested exhaustively. See ARCHITECTURE.md for how the other crates feed it.
 
 pub mod catalog;
+pub mod inventory;
 pub mod path;
+pub mod removed;
 pub mod skew;
 pub mod version;
 

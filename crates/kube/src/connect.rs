@@ -40,11 +40,11 @@ impl Connection {
     /// same cluster (one apiserver of several, behind the load balancer).
     pub fn client_for(&self, server: &str) -> Result<Client, Error> {
         let mut config = self.config.clone();
-        config.cluster_url = server.parse().map_err(|e| Error::Kubeconfig {
-            path: server.to_string(),
-            detail: format!("not a URL: {e}"),
-        })?;
-        Client::try_from(config).map_err(|e| Error::Api { context: format!("client for {server}"), source: Box::new(e) })
+        config.cluster_url = server
+            .parse()
+            .map_err(|e| Error::Kubeconfig { path: server.to_string(), detail: format!("not a URL: {e}") })?;
+        Client::try_from(config)
+            .map_err(|e| Error::Api { context: format!("client for {server}"), source: Box::new(e) })
     }
 }
 

@@ -8,8 +8,8 @@
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 
-use crate::connect::Connection;
 use crate::Error;
+use crate::connect::Connection;
 
 /// The annotation kubeadm puts on each kube-apiserver static pod.
 pub const ADVERTISE_ANNOTATION: &str = "kubeadm.kubernetes.io/kube-apiserver.advertise-address.endpoint";

@@ -5,8 +5,10 @@
 //! connect and read timeouts so an unreachable cluster fails in seconds instead of hanging, and
 //! no automatic retry of 429/503/504 so that a PDB refusal of an eviction reaches the caller.
 
+pub mod apis;
 pub mod connect;
 pub mod endpoints;
+pub mod inventory;
 
 pub use connect::{ClusterTarget, Connection, connect};
 
@@ -41,6 +43,15 @@ pub enum Error {
         /// The server URL.
         server: String,
         /// The transport error.
+        detail: String,
+    },
+    /// One apiserver of the cluster did not answer: a check that must ask each of them
+    /// (versions, deprecated-API metrics) would otherwise be silently incomplete.
+    #[error("apiserver {endpoint}: {detail}; every apiserver must answer for this check (is one down?)")]
+    Apiserver {
+        /// The apiserver's URL.
+        endpoint: String,
+        /// What failed.
         detail: String,
     },
     /// Any other API error.

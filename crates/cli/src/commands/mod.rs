@@ -1,8 +1,10 @@
 //! One module per command; `run` dispatches.
 
+mod apis;
 mod build;
 mod demo;
 mod sandbox;
+mod status;
 mod versions;
 
 use std::process::ExitCode;
@@ -27,6 +29,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Demo(args) => demo::run(args, format).await,
         Command::Versions(args) => versions::run(args, format),
+        Command::Apis(args) => apis::run(args, format).await,
+        Command::Status(args) => status::run(args, format).await,
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "refit", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
