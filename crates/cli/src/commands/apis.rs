@@ -122,3 +122,67 @@ fn render(r: &ApisReport<'_>) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use refit_core::catalog::Catalog;
+    use refit_core::removed::{ObjectRef, Signal};
+
+    fn obj(kind: &str, ns: &str, name: &str) -> ObjectRef {
+        ObjectRef { kind: kind.into(), namespace: Some(ns.into()), name: name.into() }
+    }
+
+    /// One finding of each signal, crossing and already removed, from the shipped catalog.
+    fn sample() -> Vec<Finding> {
+        let signals = vec![
+            Signal::LastApplied { object: obj("Ingress", "shop", "web"), api_version: "extensions/v1beta1".into() },
+            Signal::ManagedFields {
+                object: obj("HorizontalPodAutoscaler", "shop", "api"),
+                manager: "kubectl-client-side-apply".into(),
+                api_version: "autoscaling/v2beta2".into(),
+            },
+            Signal::HelmRelease {
+                release: "legacy".into(),
+                namespace: "ops".into(),
+                revision: 7,
+                object_kind: "PodSecurityPolicy".into(),
+                object_name: "restricted".into(),
+                api_version: "policy/v1beta1".into(),
+            },
+            Signal::Metric {
+                endpoint: "https://10.0.0.1:6443".into(),
+                group: "storage.k8s.io".into(),
+                version: "v1beta1".into(),
+                resource: "volumeattributesclasses".into(),
+                removed_release: "1.37".into(),
+            },
+        ];
+        findings(&Catalog::embedded().unwrap(), MinorVersion::new(1, 36), MinorVersion::new(1, 37), &signals)
+    }
+
+    fn report(found: &[Finding]) -> ApisReport<'_> {
+        ApisReport {
+            context: "prod",
+            server: "https://lb:6443",
+            current: "1.36.4".parse().unwrap(),
+            target: MinorVersion::new(1, 37),
+            catalog_newest: MinorVersion::new(1, 37),
+            summary: Summary::of(found),
+            findings: found,
+        }
+    }
+
+    #[test]
+    fn table_snapshot() {
+        let found = sample();
+        assert_eq!(found.len(), 4);
+        insta::assert_snapshot!(render(&report(&found)));
+    }
+
+    #[test]
+    fn json_snapshot() {
+        let found = sample();
+        insta::assert_json_snapshot!(report(&found));
+    }
+}
