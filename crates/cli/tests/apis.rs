@@ -208,6 +208,22 @@ async fn a_request_to_a_deprecated_beta_api_is_found_through_the_metric_of_its_a
     assert_eq!(metric["use_instead"], "storage.k8s.io/v1");
     assert_eq!(report["current"].as_str().unwrap(), default_version().unwrap().to_string());
 
+    // An operator that still writes through the beta leaves its mark in managedFields, even
+    // though refit reads the object through storage.k8s.io/v1.
+    let mut vac = DynamicObject::new("gold", &ar);
+    vac.data = serde_json::json!({"driverName": "csi.example.com", "parameters": {"iops": "3000"}});
+    let pp = kube::api::PostParams { field_manager: Some("legacy-operator".into()), ..Default::default() };
+    beta.create(&pp, &vac).await.expect("create through the beta");
+    let (code, report) = apis_json(&tb.kubeconfig(), &["--to", "1.37"]);
+    assert_eq!(code, 1, "{report:#}");
+    let managed = findings(&report)
+        .into_iter()
+        .find(|f| f["signal"] == "managed-fields" && f["kind"] == "VolumeAttributesClass")
+        .unwrap_or_else(|| panic!("no managed-fields finding: {report:#}"));
+    assert!(managed["location"].as_str().unwrap().contains("gold"), "{managed:#}");
+    assert!(managed["managers"].as_array().unwrap().iter().any(|m| m == "legacy-operator"), "{managed:#}");
+    assert_eq!(managed["severity"], "crossing");
+
     // Staying on 1.36 crosses no removal: nothing to report, exit 0.
     let (code, report) = apis_json(&tb.kubeconfig(), &["--to", "1.36"]);
     assert_eq!((code, findings(&report).len()), (0, 0), "{report:#}");

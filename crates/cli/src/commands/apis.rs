@@ -136,7 +136,10 @@ mod tests {
     /// One finding of each signal, crossing and already removed, from the shipped catalog.
     fn sample() -> Vec<Finding> {
         let signals = vec![
-            Signal::LastApplied { object: obj("Ingress", "shop", "web"), api_version: "extensions/v1beta1".into() },
+            Signal::LastApplied {
+                object: obj("Ingress", "shop", "web"),
+                api_version: "extensions/v1beta1".into(),
+            },
             Signal::ManagedFields {
                 object: obj("HorizontalPodAutoscaler", "shop", "api"),
                 manager: "kubectl-client-side-apply".into(),
