@@ -5,10 +5,12 @@
 //! and tested exhaustively. See ARCHITECTURE.md for how the other crates feed it.
 
 pub mod catalog;
+pub mod drain;
 pub mod inventory;
 pub mod path;
 pub mod removed;
 pub mod skew;
+pub mod snapshot;
 pub mod version;
 
 pub use version::{MinorVersion, Version, VersionError, VersionRequest};
