@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod drain;
 pub mod inventory;
 pub mod path;
+pub mod pdb;
 pub mod removed;
 pub mod skew;
 pub mod snapshot;

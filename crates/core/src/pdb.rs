@@ -1,0 +1,298 @@
+//! PodDisruptionBudget feasibility: will the evictions a batch needs ever be allowed?
+//!
+//! kubectl learns that a drain cannot finish by retrying a 429 forever. Refit predicts it
+//! before cordoning anything, from three facts per budget:
+//! - its ceiling: `expectedPods - desiredHealthy` is the most disruptions it can ever allow
+//!   (`minAvailable` equal to the replica count, or `maxUnavailable: 0`, makes it 0 for good);
+//! - its health: unhealthy pods already eat the budget (`currentHealthy < desiredHealthy`
+//!   leaves nothing to disrupt until they recover), unless the budget lets unhealthy pods be
+//!   evicted anyway (`unhealthyPodEvictionPolicy: AlwaysAllow`);
+//! - the batch: when every pod the budget covers sits on the nodes of one batch, the
+//!   replacements can only come up elsewhere, one budget's worth at a time.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::snapshot::PodInfo;
+
+/// A label selector (`matchLabels` + `matchExpressions`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Selector {
+    /// Exact labels.
+    pub match_labels: BTreeMap<String, String>,
+    /// Expressions.
+    pub match_expressions: Vec<Requirement>,
+}
+
+/// One `matchExpressions` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Requirement {
+    /// Label key.
+    pub key: String,
+    /// `In`, `NotIn`, `Exists`, `DoesNotExist`.
+    pub operator: String,
+    /// Values for In/NotIn.
+    pub values: Vec<String>,
+}
+
+impl Selector {
+    /// Whether `labels` satisfy the selector. An empty selector matches everything (policy/v1).
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|r| match r.operator.as_str() {
+                "In" => labels.get(&r.key).is_some_and(|v| r.values.contains(v)),
+                "NotIn" => labels.get(&r.key).is_none_or(|v| !r.values.contains(v)),
+                "Exists" => labels.contains_key(&r.key),
+                "DoesNotExist" => !labels.contains_key(&r.key),
+                // An unknown operator matches nothing (the apiserver would have refused it).
+                _ => false,
+            })
+    }
+}
+
+/// What the checks need from a PodDisruptionBudget (spec + the disruption controller's status).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PdbInfo {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Its selector.
+    pub selector: Selector,
+    /// `status.disruptionsAllowed`.
+    pub disruptions_allowed: i32,
+    /// `status.currentHealthy`.
+    pub current_healthy: i32,
+    /// `status.desiredHealthy`.
+    pub desired_healthy: i32,
+    /// `status.expectedPods`.
+    pub expected_pods: i32,
+    /// `spec.unhealthyPodEvictionPolicy == AlwaysAllow`.
+    pub always_allow_unhealthy: bool,
+}
+
+impl PdbInfo {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Whether the budget covers `pod`.
+    pub fn covers(&self, pod: &PodInfo) -> bool {
+        pod.namespace == self.namespace && self.selector.matches(&pod.labels)
+    }
+
+    /// The most disruptions this budget can ever allow with its current pod count.
+    pub fn ceiling(&self) -> i32 {
+        (self.expected_pods - self.desired_healthy).max(0)
+    }
+}
+
+/// Why a batch's drain will not finish, or will crawl.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "problem", rename_all = "kebab-case")]
+pub enum PdbProblem {
+    /// The budget can never allow a disruption (`minAvailable` = replicas, `maxUnavailable: 0`).
+    NeverAllows {
+        /// Covered pods the batch must evict.
+        pods: Vec<String>,
+    },
+    /// Unhealthy pods have used up the budget; evictions wait until they recover.
+    ExhaustedByUnhealthy {
+        /// Healthy pods now.
+        healthy: i32,
+        /// Healthy pods the budget requires.
+        required: i32,
+        /// Covered pods the batch must evict.
+        pods: Vec<String>,
+    },
+    /// Every pod the budget covers is on this batch's nodes: they leave one budget at a time
+    /// and each replacement must become ready elsewhere first.
+    AllInBatch {
+        /// Covered pods.
+        pods: Vec<String>,
+        /// Disruptions the budget allows at a time.
+        allowed: i32,
+    },
+}
+
+impl PdbProblem {
+    /// Whether the drain can never finish without intervention (versus merely slowing down).
+    pub fn blocks(&self) -> bool {
+        matches!(self, PdbProblem::NeverAllows { .. } | PdbProblem::ExhaustedByUnhealthy { .. })
+    }
+}
+
+/// A finding about one budget for one batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PdbFinding {
+    /// The budget (`namespace/name`).
+    pub pdb: String,
+    /// What is wrong.
+    pub problem: PdbProblem,
+}
+
+/// Checks every budget against the pods a batch of nodes must evict.
+///
+/// `evicted` are the pods the drain of the batch would evict (see [`crate::drain`]);
+/// `all_pods` is every pod of the cluster (to see where the rest of a budget's pods are).
+pub fn check_batch(pdbs: &[PdbInfo], evicted: &[&PodInfo], all_pods: &[PodInfo]) -> Vec<PdbFinding> {
+    let mut out = Vec::new();
+    for pdb in pdbs {
+        let mut pods: Vec<String> = evicted.iter().filter(|p| pdb.covers(p)).map(|p| p.key()).collect();
+        if pods.is_empty() {
+            continue;
+        }
+        pods.sort();
+        if pdb.ceiling() == 0 {
+            out.push(PdbFinding { pdb: pdb.key(), problem: PdbProblem::NeverAllows { pods } });
+            continue;
+        }
+        // The ceiling is above zero, so a healthy count at or below the requirement means
+        // pods the budget expects are unhealthy and hold the budget at zero.
+        if pdb.disruptions_allowed == 0
+            && pdb.current_healthy <= pdb.desired_healthy
+            && !pdb.always_allow_unhealthy
+        {
+            out.push(PdbFinding {
+                pdb: pdb.key(),
+                problem: PdbProblem::ExhaustedByUnhealthy {
+                    healthy: pdb.current_healthy,
+                    required: pdb.desired_healthy,
+                    pods,
+                },
+            });
+            continue;
+        }
+        let covered_total = all_pods.iter().filter(|p| pdb.covers(p) && !p.terminating).count();
+        if covered_total > 1 && pods.len() == covered_total {
+            out.push(PdbFinding {
+                pdb: pdb.key(),
+                problem: PdbProblem::AllInBatch { pods, allowed: pdb.disruptions_allowed },
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::build::pod;
+    use proptest::prelude::*;
+
+    fn labelled(name: &str, app: &str, node: &str) -> PodInfo {
+        let mut p = pod(name).owned_by("ReplicaSet", app);
+        p.labels.insert("app".into(), app.into());
+        p.node = Some(node.into());
+        p
+    }
+
+    fn budget(app: &str, expected: i32, desired: i32, healthy: i32) -> PdbInfo {
+        PdbInfo {
+            namespace: "default".into(),
+            name: app.into(),
+            selector: Selector {
+                match_labels: BTreeMap::from([("app".into(), app.into())]),
+                ..Default::default()
+            },
+            disruptions_allowed: (healthy - desired).max(0),
+            current_healthy: healthy,
+            desired_healthy: desired,
+            expected_pods: expected,
+            always_allow_unhealthy: false,
+        }
+    }
+
+    #[test]
+    fn selectors() {
+        let labels =
+            BTreeMap::from([("app".to_string(), "web".to_string()), ("tier".to_string(), "fe".to_string())]);
+        let req = |op: &str, vals: &[&str]| Requirement {
+            key: "tier".into(),
+            operator: op.into(),
+            values: vals.iter().map(|v| v.to_string()).collect(),
+        };
+        assert!(Selector::default().matches(&labels), "empty selects all");
+        assert!(
+            Selector { match_expressions: vec![req("In", &["fe", "be"])], ..Default::default() }
+                .matches(&labels)
+        );
+        assert!(
+            !Selector { match_expressions: vec![req("NotIn", &["fe"])], ..Default::default() }
+                .matches(&labels)
+        );
+        assert!(
+            Selector { match_expressions: vec![req("Exists", &[])], ..Default::default() }.matches(&labels)
+        );
+        assert!(
+            !Selector { match_expressions: vec![req("DoesNotExist", &[])], ..Default::default() }
+                .matches(&labels)
+        );
+        assert!(
+            !Selector { match_expressions: vec![req("Bogus", &[])], ..Default::default() }.matches(&labels)
+        );
+    }
+
+    #[test]
+    fn a_budget_that_can_never_allow_a_disruption_blocks() {
+        let pods =
+            vec![labelled("db-0", "db", "w-1"), labelled("db-1", "db", "w-2"), labelled("db-2", "db", "w-3")];
+        let pdb = budget("db", 3, 3, 3); // minAvailable: 3 of 3
+        let f = check_batch(&[pdb], &[&pods[0]], &pods);
+        assert!(matches!(&f[0].problem, PdbProblem::NeverAllows { pods } if pods == &["default/db-0"]));
+        assert!(f[0].problem.blocks());
+    }
+
+    #[test]
+    fn unhealthy_pods_eating_the_budget_block_unless_always_allow() {
+        let pods = vec![
+            labelled("api-0", "api", "w-1"),
+            labelled("api-1", "api", "w-2"),
+            labelled("api-2", "api", "w-3"),
+        ];
+        let mut pdb = budget("api", 3, 2, 2); // one unhealthy, maxUnavailable 1 used up
+        let f = check_batch(std::slice::from_ref(&pdb), &[&pods[0]], &pods);
+        assert!(matches!(f[0].problem, PdbProblem::ExhaustedByUnhealthy { healthy: 2, required: 2, .. }));
+        pdb.always_allow_unhealthy = true;
+        assert!(check_batch(&[pdb], &[&pods[0]], &pods).is_empty());
+    }
+
+    #[test]
+    fn every_replica_in_one_batch_is_reported_but_does_not_block() {
+        let pods = vec![
+            labelled("web-0", "web", "w-1"),
+            labelled("web-1", "web", "w-1"),
+            labelled("other", "x", "w-1"),
+        ];
+        let pdb = budget("web", 2, 1, 2);
+        let evicted: Vec<&PodInfo> = pods.iter().collect();
+        let f = check_batch(&[pdb], &evicted, &pods);
+        assert_eq!(f.len(), 1);
+        assert!(matches!(&f[0].problem, PdbProblem::AllInBatch { allowed: 1, .. }));
+        assert!(!f[0].problem.blocks());
+    }
+
+    #[test]
+    fn a_healthy_budget_with_room_is_fine_and_other_namespaces_are_ignored() {
+        let pods = vec![labelled("web-0", "web", "w-1"), labelled("web-1", "web", "w-2")];
+        assert!(check_batch(&[budget("web", 2, 1, 2)], &[&pods[0]], &pods).is_empty());
+        let mut other = budget("web", 2, 2, 2);
+        other.namespace = "elsewhere".into();
+        assert!(check_batch(&[other], &[&pods[0]], &pods).is_empty());
+    }
+
+    proptest! {
+        /// A budget whose ceiling is zero always blocks a batch that evicts one of its pods;
+        /// a budget with room and all pods healthy never blocks.
+        #[test]
+        fn ceiling_decides_blocking(expected in 1i32..10, desired in 0i32..12) {
+            let pods: Vec<PodInfo> = (0..expected).map(|i| labelled(&format!("p-{i}"), "app", &format!("w-{i}"))).collect();
+            let pdb = budget("app", expected, desired.min(expected), expected);
+            let f = check_batch(&[pdb.clone()], &[&pods[0]], &pods);
+            let blocks = f.iter().any(|f| f.problem.blocks());
+            prop_assert_eq!(blocks, pdb.ceiling() == 0);
+        }
+    }
+}
