@@ -290,7 +290,7 @@ mod tests {
         fn ceiling_decides_blocking(expected in 1i32..10, desired in 0i32..12) {
             let pods: Vec<PodInfo> = (0..expected).map(|i| labelled(&format!("p-{i}"), "app", &format!("w-{i}"))).collect();
             let pdb = budget("app", expected, desired.min(expected), expected);
-            let f = check_batch(&[pdb.clone()], &[&pods[0]], &pods);
+            let f = check_batch(std::slice::from_ref(&pdb), &[&pods[0]], &pods);
             let blocks = f.iter().any(|f| f.problem.blocks());
             prop_assert_eq!(blocks, pdb.ceiling() == 0);
         }
