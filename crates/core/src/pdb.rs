@@ -12,12 +12,12 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::snapshot::PodInfo;
 
 /// A label selector (`matchLabels` + `matchExpressions`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Selector {
     /// Exact labels.
     pub match_labels: BTreeMap<String, String>,
@@ -26,7 +26,7 @@ pub struct Selector {
 }
 
 /// One `matchExpressions` entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Requirement {
     /// Label key.
     pub key: String,
@@ -52,7 +52,7 @@ impl Selector {
 }
 
 /// What the checks need from a PodDisruptionBudget (spec + the disruption controller's status).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PdbInfo {
     /// Namespace.
     pub namespace: String,

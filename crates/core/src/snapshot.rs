@@ -106,6 +106,169 @@ impl PodInfo {
     }
 }
 
+/// A taint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Taint {
+    /// Key.
+    pub key: String,
+    /// Value (may be empty).
+    pub value: String,
+    /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`.
+    pub effect: String,
+}
+
+/// A toleration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Toleration {
+    /// Key; empty with operator `Exists` tolerates everything.
+    pub key: String,
+    /// `Equal` (default) or `Exists`.
+    pub operator: String,
+    /// Value for `Equal`.
+    pub value: String,
+    /// Effect; empty matches every effect.
+    pub effect: String,
+}
+
+impl Toleration {
+    /// Whether this toleration tolerates `taint` (the scheduler's rule).
+    pub fn tolerates(&self, taint: &Taint) -> bool {
+        if !self.effect.is_empty() && self.effect != taint.effect {
+            return false;
+        }
+        match self.operator.as_str() {
+            "Exists" => self.key.is_empty() || self.key == taint.key,
+            _ => self.key == taint.key && self.value == taint.value,
+        }
+    }
+}
+
+/// Requests of CPU (millicores), memory (bytes) and pod slots.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// CPU in millicores.
+    pub cpu_millis: i64,
+    /// Memory in bytes.
+    pub memory_bytes: i64,
+    /// Pod slots.
+    pub pods: i64,
+}
+
+impl Resources {
+    /// Component-wise sum.
+    pub fn plus(self, o: Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis + o.cpu_millis,
+            memory_bytes: self.memory_bytes + o.memory_bytes,
+            pods: self.pods + o.pods,
+        }
+    }
+
+    /// Whether `self` fits in `room`.
+    pub fn fits_in(self, room: Resources) -> bool {
+        self.cpu_millis <= room.cpu_millis && self.memory_bytes <= room.memory_bytes && self.pods <= room.pods
+    }
+
+    /// Component-wise difference.
+    pub fn minus(self, o: Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis - o.cpu_millis,
+            memory_bytes: self.memory_bytes - o.memory_bytes,
+            pods: self.pods - o.pods,
+        }
+    }
+}
+
+/// What the checks and the planner need to know about a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Name.
+    pub name: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Annotations (refit's own live under `refit.dev/`).
+    pub annotations: BTreeMap<String, String>,
+    /// Taints.
+    pub taints: Vec<Taint>,
+    /// `spec.unschedulable` (cordoned).
+    pub unschedulable: bool,
+    /// Ready condition is True.
+    pub ready: bool,
+    /// Conditions other than Ready that are True (MemoryPressure, DiskPressure, PIDPressure,
+    /// NetworkUnavailable).
+    pub pressure: Vec<String>,
+    /// kubelet version as reported.
+    pub kubelet: String,
+    /// Internal IP (for actions that reach the node).
+    pub address: Option<String>,
+    /// Allocatable resources.
+    pub allocatable: Resources,
+}
+
+impl NodeInfo {
+    /// Whether the node carries the control-plane role label.
+    pub fn is_control_plane(&self) -> bool {
+        self.labels.contains_key("node-role.kubernetes.io/control-plane")
+            || self.labels.contains_key("node-role.kubernetes.io/master")
+    }
+}
+
+/// A workload controller (Deployment, StatefulSet, DaemonSet, ReplicaSet, Job...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadInfo {
+    /// Kind.
+    pub kind: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Desired replicas (DaemonSets: desired scheduled).
+    pub replicas: i32,
+    /// For ReplicaSets: the Deployment that owns it, so pods map to what people know.
+    pub owner: Option<Owner>,
+}
+
+/// A PersistentVolume, reduced to whether it ties data to one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PvInfo {
+    /// Name.
+    pub name: String,
+    /// Bound claim as `namespace/name`.
+    pub claim: Option<String>,
+    /// `local` or `hostPath` volume source: the data lives on one node.
+    pub node_local: bool,
+}
+
+/// Scheduling constraints of a pod that decide where its replacement can go.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scheduling {
+    /// Resource requests (sum of containers; pod slots = 1).
+    pub requests: Resources,
+    /// `nodeSelector`.
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations.
+    pub tolerations: Vec<Toleration>,
+    /// Required node affinity: any term must match; within a term all requirements.
+    pub required_node_terms: Vec<Vec<crate::pdb::Requirement>>,
+}
+
+/// Everything preflight reads from a cluster, at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Nodes.
+    pub nodes: Vec<NodeInfo>,
+    /// Pods (all namespaces).
+    pub pods: Vec<PodInfo>,
+    /// Scheduling constraints by pod UID (kept apart: most rules never need them).
+    pub scheduling: BTreeMap<String, Scheduling>,
+    /// PodDisruptionBudgets.
+    pub pdbs: Vec<crate::pdb::PdbInfo>,
+    /// Workload controllers.
+    pub workloads: Vec<WorkloadInfo>,
+    /// PersistentVolumes.
+    pub pvs: Vec<PvInfo>,
+}
+
 /// Test builders, so each test reads like its scenario.
 #[cfg(test)]
 pub(crate) mod build {
