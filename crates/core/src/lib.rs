@@ -5,6 +5,7 @@
 //! and tested exhaustively. See ARCHITECTURE.md for how the other crates feed it.
 
 pub mod catalog;
+pub mod checks;
 pub mod drain;
 pub mod inventory;
 pub mod path;

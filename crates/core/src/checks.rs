@@ -1,0 +1,463 @@
+//! Preflight checks: named rules over a [`Snapshot`], each finding naming what it concerns and
+//! what to do. Kismatic's online-upgrade model (seed 001): readiness, safety and availability
+//! findings block the upgrade unless the operator chooses otherwise.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::drain::{self, DrainOptions};
+use crate::snapshot::{NodeInfo, PodInfo, Snapshot, Volume};
+use crate::version::Version;
+
+/// How serious a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Stops the upgrade in online mode.
+    Blocker,
+    /// Unsafe or unavailable, reported; does not stop the upgrade.
+    Warning,
+    /// Worth knowing (e.g. a node skipped because it is already at the target).
+    Info,
+}
+
+/// One finding of one check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// The rule's stable name (e.g. `unmanaged-pod`).
+    pub check: &'static str,
+    /// Severity.
+    pub severity: Severity,
+    /// What it concerns: `node/w-1`, `pod/ns/name`, `deployment/ns/name`, `pdb/ns/name`, `cluster`.
+    pub subject: String,
+    /// The node it happens on, when there is one (for per-node plans).
+    pub node: Option<String>,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+/// Settings of the checks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckOptions {
+    /// The target kubelet version (nodes already there are skipped unless `force`).
+    pub target: Option<Version>,
+    /// Include nodes already at the target.
+    pub force: bool,
+    /// Drain allowances (`--delete-emptydir-data`, `--force` for unmanaged pods).
+    pub drain: DrainOptions,
+    /// Label keys (or `key=value`) marking ingress nodes.
+    pub ingress_labels: Vec<String>,
+    /// Label keys (or `key=value`) marking storage nodes.
+    pub storage_labels: Vec<String>,
+}
+
+/// Annotation refit puts on a node it cordoned (value: the run id).
+pub const CORDONED_BY: &str = "refit.dev/cordoned-by";
+
+fn has_label(node: &NodeInfo, selectors: &[String]) -> Option<String> {
+    selectors
+        .iter()
+        .find(|s| match s.split_once('=') {
+            Some((k, v)) => node.labels.get(k).map(String::as_str) == Some(v),
+            None => node.labels.contains_key(s.as_str()),
+        })
+        .cloned()
+}
+
+/// Readiness of each node: Ready, no pressure, reachable, not cordoned by someone else, and
+/// whether it is already at the target.
+pub fn node_readiness(snapshot: &Snapshot, opts: &CheckOptions) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for n in &snapshot.nodes {
+        let subject = format!("node/{}", n.name);
+        let mut push = |check: &'static str, severity, message: String| {
+            out.push(Finding {
+                check,
+                severity,
+                subject: subject.clone(),
+                node: Some(n.name.clone()),
+                message,
+            })
+        };
+        if n.taints.iter().any(|t| t.key == "node.kubernetes.io/unreachable") {
+            push(
+                "node-unreachable",
+                Severity::Blocker,
+                "the node controller marked it unreachable: bring its kubelet back or remove the node".into(),
+            );
+        } else if !n.ready {
+            push(
+                "node-not-ready",
+                Severity::Blocker,
+                "not Ready: fix the node (kubelet, runtime, network) before upgrading".into(),
+            );
+        }
+        for p in &n.pressure {
+            push(
+                "node-pressure",
+                Severity::Blocker,
+                format!("{p} is True: free resources on the node before upgrading"),
+            );
+        }
+        if n.unschedulable && !n.annotations.contains_key(CORDONED_BY) {
+            push(
+                "cordoned-by-other",
+                Severity::Warning,
+                "cordoned by someone else: refit upgrades it but leaves it cordoned as found".into(),
+            );
+        }
+        if let Some(target) = &opts.target
+            && let Ok(v) = n.kubelet.parse::<Version>()
+            && v.release() == target.release()
+            && !opts.force
+        {
+            push(
+                "at-target",
+                Severity::Info,
+                format!("already at {target}: skipped (use --force to include it)"),
+            );
+        }
+    }
+    out
+}
+
+/// The owning workload a person knows: a ReplicaSet's Deployment, else the controller itself.
+fn workload_of(snapshot: &Snapshot, pod: &PodInfo) -> Option<(String, String)> {
+    let owner = pod.owner.as_ref()?;
+    if owner.kind == "ReplicaSet"
+        && let Some(rs) = snapshot
+            .workloads
+            .iter()
+            .find(|w| w.kind == "ReplicaSet" && w.namespace == pod.namespace && w.name == owner.name)
+        && let Some(dep) = &rs.owner
+    {
+        return Some((dep.kind.clone(), dep.name.clone()));
+    }
+    Some((owner.kind.clone(), owner.name.clone()))
+}
+
+/// Safety and availability of the workloads on the nodes being upgraded.
+pub fn workload_safety(snapshot: &Snapshot, nodes: &BTreeSet<String>, opts: &CheckOptions) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let local_pvs: BTreeSet<&str> =
+        snapshot.pvs.iter().filter(|pv| pv.node_local).filter_map(|pv| pv.claim.as_deref()).collect();
+    let mut single_seen = BTreeSet::new();
+    for pod in snapshot.pods.iter().filter(|p| p.node.as_ref().is_some_and(|n| nodes.contains(n))) {
+        let node = pod.node.clone();
+        let subject = format!("pod/{}", pod.key());
+        if pod.mirror || pod.terminating || pod.phase.is_terminal() {
+            continue;
+        }
+        if pod.owner.is_none() {
+            out.push(Finding {
+                check: "unmanaged-pod",
+                severity: if opts.drain.force { Severity::Warning } else { Severity::Blocker },
+                subject: subject.clone(),
+                node: node.clone(),
+                message: "not managed by a ReplicaSet, ReplicationController, Job, DaemonSet or StatefulSet: deleted by the drain, it will not come back (run it under a controller, or allow with --force)".into(),
+            });
+        }
+        for v in &pod.volumes {
+            let (what, path) = match v {
+                Volume::EmptyDir { name } => ("emptyDir", name.clone()),
+                Volume::HostPath { path, .. } => ("hostPath", path.clone()),
+                Volume::Claim { claim, .. }
+                    if local_pvs.contains(format!("{}/{claim}", pod.namespace).as_str()) =>
+                {
+                    ("local PersistentVolume", claim.clone())
+                }
+                _ => continue,
+            };
+            let blocker = what == "emptyDir" && !opts.drain.delete_emptydir_data;
+            out.push(Finding {
+                check: "local-data",
+                severity: if blocker { Severity::Blocker } else { Severity::Warning },
+                subject: subject.clone(),
+                node: node.clone(),
+                message: format!(
+                    "uses a {what} volume ({path}): its data stays on the node and is lost or unavailable when the pod moves{}",
+                    if blocker { " (allow with --delete-emptydir-data)" } else { "" }
+                ),
+            });
+        }
+        if let Some((kind, name)) = workload_of(snapshot, pod)
+            && kind != "DaemonSet"
+            && kind != "Job"
+            && let Some(w) = snapshot
+                .workloads
+                .iter()
+                .find(|w| w.kind == kind && w.namespace == pod.namespace && w.name == name)
+            && w.replicas <= 1
+            && single_seen.insert((kind.clone(), pod.namespace.clone(), name.clone()))
+        {
+            out.push(Finding {
+                check: "single-replica",
+                severity: Severity::Warning,
+                subject: format!("{}/{}/{}", kind.to_lowercase(), pod.namespace, name),
+                node: node.clone(),
+                message: "runs a single replica: unavailable while its node drains (scale to 2+ with a PDB)"
+                    .into(),
+            });
+        }
+    }
+    // DaemonSets scheduled on a single node.
+    let mut ds_nodes: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for p in &snapshot.pods {
+        if let (Some(o), Some(n)) = (&p.owner, &p.node)
+            && o.kind == "DaemonSet"
+        {
+            ds_nodes.entry((p.namespace.clone(), o.name.clone())).or_default().insert(n.clone());
+        }
+    }
+    for ((ns, name), on) in ds_nodes {
+        if on.len() == 1 && on.iter().all(|n| nodes.contains(n)) {
+            out.push(Finding {
+                check: "daemonset-single-node",
+                severity: Severity::Warning,
+                subject: format!("daemonset/{ns}/{name}"),
+                node: on.iter().next().cloned(),
+                message:
+                    "scheduled on one node only: what it serves is unavailable while that node is upgraded"
+                        .into(),
+            });
+        }
+    }
+    out
+}
+
+/// Cluster-level availability: etcd quorum size, control-plane and worker counts, special nodes.
+pub fn availability(snapshot: &Snapshot, opts: &CheckOptions) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let cluster = |check, message: String| Finding {
+        check,
+        severity: Severity::Warning,
+        subject: "cluster".into(),
+        node: None,
+        message,
+    };
+    let etcd = snapshot
+        .pods
+        .iter()
+        .filter(|p| {
+            p.mirror
+                && p.namespace == "kube-system"
+                && p.labels.get("component").map(String::as_str) == Some("etcd")
+        })
+        .count();
+    if etcd > 0 && etcd < 3 {
+        out.push(cluster("etcd-members", format!("{etcd} stacked etcd member(s): the cluster's datastore is unavailable while a member restarts (3 or more keep quorum)")));
+    }
+    let cps = snapshot.nodes.iter().filter(|n| n.is_control_plane()).count();
+    if cps < 2 {
+        out.push(cluster(
+            "control-plane-count",
+            format!("{cps} control-plane node(s): the API is unavailable while it is upgraded"),
+        ));
+    }
+    let workers = snapshot.nodes.iter().filter(|n| !n.is_control_plane()).count();
+    if workers < 2 {
+        out.push(cluster(
+            "worker-count",
+            format!("{workers} worker node(s): workloads have nowhere to go while a worker drains"),
+        ));
+    }
+    for n in &snapshot.nodes {
+        for (check, labels, what) in [
+            ("ingress-node", &opts.ingress_labels, "ingress"),
+            ("storage-node", &opts.storage_labels, "storage"),
+        ] {
+            if let Some(label) = has_label(n, labels) {
+                out.push(Finding {
+                    check,
+                    severity: Severity::Warning,
+                    subject: format!("node/{}", n.name),
+                    node: Some(n.name.clone()),
+                    message: format!("{what} node (label {label}): traffic or volumes it serves are interrupted while it is upgraded"),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Which pods the drain of `nodes` would evict (kubectl semantics) and which it cannot.
+pub fn drain_blockers(snapshot: &Snapshot, node: &str, opts: &CheckOptions) -> Vec<Finding> {
+    let plan = drain::plan_node(node, &snapshot.pods, opts.drain);
+    plan.refuse
+        .iter()
+        .map(|(pod, why)| Finding {
+            check: "drain-refused",
+            severity: Severity::Blocker,
+            subject: format!("pod/{pod}"),
+            node: Some(node.to_string()),
+            message: format!("the drain of {node} cannot start: {pod} {}", why.advice()),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::build::pod;
+    use crate::snapshot::{Owner, PvInfo, Resources, Taint, WorkloadInfo};
+
+    fn node(name: &str) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            taints: vec![],
+            unschedulable: false,
+            ready: true,
+            pressure: vec![],
+            kubelet: "v1.36.4".into(),
+            address: None,
+            allocatable: Resources { cpu_millis: 8000, memory_bytes: 32 << 30, pods: 110 },
+        }
+    }
+
+    fn cp(name: &str) -> NodeInfo {
+        let mut n = node(name);
+        n.labels.insert("node-role.kubernetes.io/control-plane".into(), String::new());
+        n
+    }
+
+    fn workload(kind: &str, name: &str, replicas: i32) -> WorkloadInfo {
+        WorkloadInfo {
+            kind: kind.into(),
+            namespace: "default".into(),
+            name: name.into(),
+            replicas,
+            owner: None,
+        }
+    }
+
+    fn checks(f: &[Finding]) -> Vec<(&'static str, String)> {
+        f.iter().map(|f| (f.check, f.subject.clone())).collect()
+    }
+
+    #[test]
+    fn readiness_rules_each_fire_on_their_node_only() {
+        let mut s = Snapshot::default();
+        let mut down = node("down");
+        down.ready = false;
+        let mut gone = node("gone");
+        gone.ready = false;
+        gone.taints.push(Taint {
+            key: "node.kubernetes.io/unreachable".into(),
+            value: String::new(),
+            effect: "NoExecute".into(),
+        });
+        let mut full = node("full");
+        full.pressure = vec!["DiskPressure".into()];
+        let mut theirs = node("theirs");
+        theirs.unschedulable = true;
+        let mut ours = node("ours");
+        ours.unschedulable = true;
+        ours.annotations.insert(CORDONED_BY.into(), "run-1".into());
+        let mut done = node("done");
+        done.kubelet = "v1.37.1".into();
+        s.nodes = vec![node("fine"), down, gone, full, theirs, ours, done];
+        let opts = CheckOptions { target: Some(Version::new(1, 37, 1)), ..Default::default() };
+        let f = node_readiness(&s, &opts);
+        assert_eq!(
+            checks(&f),
+            vec![
+                ("node-not-ready", "node/down".to_string()),
+                ("node-unreachable", "node/gone".to_string()),
+                ("node-pressure", "node/full".to_string()),
+                ("cordoned-by-other", "node/theirs".to_string()),
+                ("at-target", "node/done".to_string()),
+            ]
+        );
+        let forced = CheckOptions { force: true, ..opts };
+        assert!(!node_readiness(&s, &forced).iter().any(|f| f.check == "at-target"));
+    }
+
+    #[test]
+    fn workload_rules_name_the_pod_or_workload() {
+        let mut s = Snapshot { nodes: vec![node("w-1"), node("w-2")], ..Default::default() };
+        let mut rs = workload("ReplicaSet", "solo-abc", 1);
+        rs.owner = Some(Owner { kind: "Deployment".into(), name: "solo".into() });
+        s.workloads = vec![
+            workload("Deployment", "solo", 1),
+            rs,
+            workload("Deployment", "web", 3),
+            workload("ReplicaSet", "web-x", 3),
+        ];
+        s.pvs =
+            vec![PvInfo { name: "pv-1".into(), claim: Some("default/data-db-0".into()), node_local: true }];
+        let mut db = pod("db-0").owned_by("StatefulSet", "db");
+        db.volumes.push(Volume::Claim { name: "data".into(), claim: "data-db-0".into() });
+        s.workloads.push(workload("StatefulSet", "db", 3));
+        s.pods = vec![
+            pod("solo-abc-1").owned_by("ReplicaSet", "solo-abc"),
+            pod("web-x-1").owned_by("ReplicaSet", "web-x"),
+            pod("bare"),
+            pod("cache").owned_by("ReplicaSet", "web-x").empty_dir(),
+            pod("logs").owned_by("ReplicaSet", "web-x").host_path("/var/log"),
+            db,
+            pod("agent").owned_by("DaemonSet", "agent"),
+            PodInfo { node: Some("w-2".into()), ..pod("elsewhere") },
+        ];
+        let nodes = BTreeSet::from(["w-1".to_string()]);
+        let f = workload_safety(&s, &nodes, &CheckOptions::default());
+        let got = checks(&f);
+        assert!(got.contains(&("unmanaged-pod", "pod/default/bare".into())));
+        assert!(got.contains(&("single-replica", "deployment/default/solo".into())), "{got:?}");
+        assert!(!got.iter().any(|(_, s)| s.contains("web") && s.starts_with("deployment")));
+        assert!(got.contains(&("local-data", "pod/default/cache".into())));
+        assert!(got.contains(&("local-data", "pod/default/logs".into())));
+        assert!(got.contains(&("local-data", "pod/default/db-0".into())), "local PV");
+        assert!(got.contains(&("daemonset-single-node", "daemonset/default/agent".into())));
+        assert!(
+            !got.iter().any(|(_, s)| s.contains("elsewhere")),
+            "pods on other nodes are not this batch's concern"
+        );
+        let emptydir = f.iter().find(|f| f.subject == "pod/default/cache").unwrap();
+        assert_eq!(emptydir.severity, Severity::Blocker);
+        let allowed = CheckOptions {
+            drain: DrainOptions { delete_emptydir_data: true, force: true },
+            ..Default::default()
+        };
+        let f = workload_safety(&s, &nodes, &allowed);
+        assert!(f.iter().all(|f| f.severity != Severity::Blocker), "allowances turn blockers into warnings");
+    }
+
+    #[test]
+    fn availability_rules() {
+        let mut s = Snapshot::default();
+        let mut ingress = node("w-1");
+        ingress.labels.insert("node-role.kubernetes.io/ingress".into(), String::new());
+        let mut storage = node("w-2");
+        storage.labels.insert("storage".into(), "ceph".into());
+        s.nodes = vec![cp("cp-1"), ingress, storage];
+        let mut etcd = pod("etcd-cp-1").mirror();
+        etcd.namespace = "kube-system".into();
+        etcd.labels.insert("component".into(), "etcd".into());
+        s.pods = vec![etcd];
+        let opts = CheckOptions {
+            ingress_labels: vec!["node-role.kubernetes.io/ingress".into()],
+            storage_labels: vec!["storage=ceph".into()],
+            ..Default::default()
+        };
+        let got = checks(&availability(&s, &opts));
+        assert!(got.contains(&("etcd-members", "cluster".into())));
+        assert!(got.contains(&("control-plane-count", "cluster".into())));
+        assert!(!got.iter().any(|(c, _)| *c == "worker-count"), "two workers are enough");
+        assert!(got.contains(&("ingress-node", "node/w-1".into())));
+        assert!(got.contains(&("storage-node", "node/w-2".into())));
+        s.nodes.retain(|n| n.name != "w-2");
+        assert!(checks(&availability(&s, &opts)).contains(&("worker-count", "cluster".into())));
+    }
+
+    #[test]
+    fn drain_blockers_follow_kubectl() {
+        let s =
+            Snapshot { pods: vec![pod("bare"), pod("ok").owned_by("ReplicaSet", "x")], ..Default::default() };
+        let f = drain_blockers(&s, "w-1", &CheckOptions::default());
+        assert_eq!(checks(&f), vec![("drain-refused", "pod/default/bare".to_string())]);
+        assert!(f[0].message.contains("--force"));
+    }
+}
