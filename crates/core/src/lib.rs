@@ -10,6 +10,7 @@ pub mod drain;
 pub mod inventory;
 pub mod path;
 pub mod pdb;
+pub mod plan;
 pub mod removed;
 pub mod skew;
 pub mod snapshot;

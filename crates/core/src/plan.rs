@@ -1,0 +1,479 @@
+//! The upgrade plan: ordered phases (etcd → control plane → workers → cluster services),
+//! batches of workers sized by max-unavailable, per-node steps, and the findings that shaped it.
+//!
+//! A node with several roles is one unit, upgraded once, in the earliest phase its roles put it
+//! in (a stacked etcd + control-plane node goes in the etcd phase). etcd and control-plane units
+//! always go one at a time; workers go in batches.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+use crate::checks::{Finding, Severity};
+use crate::snapshot::Snapshot;
+use crate::version::Version;
+
+/// What a node does for the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Runs an etcd member.
+    Etcd,
+    /// Runs the control-plane components.
+    ControlPlane,
+    /// Runs workloads.
+    Worker,
+}
+
+/// The phases, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PhaseKind {
+    /// etcd members (and stacked control-plane nodes with them).
+    Etcd,
+    /// Control-plane nodes.
+    ControlPlane,
+    /// Workers, in batches.
+    Workers,
+    /// kube-proxy, CoreDNS, CNI.
+    ClusterServices,
+}
+
+/// One step of one node's upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    /// Mark unschedulable (recorded as refit's on the node).
+    Cordon,
+    /// Evict its pods.
+    Drain,
+    /// Run the node action.
+    Upgrade,
+    /// Wait for Ready at the target version.
+    Validate,
+    /// Mark schedulable again (only if refit cordoned it).
+    Uncordon,
+}
+
+/// How many workers may be unavailable at once: a count or a percentage of the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum MaxUnavailable {
+    /// At most N nodes.
+    Count(u32),
+    /// At most P% of the workers (rounded down, at least one).
+    Percent(u32),
+}
+
+impl MaxUnavailable {
+    /// The batch size for `workers` workers.
+    pub fn batch_size(self, workers: usize) -> usize {
+        match self {
+            MaxUnavailable::Count(n) => n as usize,
+            MaxUnavailable::Percent(p) => (workers * p as usize / 100).max(1),
+        }
+        .max(1)
+    }
+}
+
+impl FromStr for MaxUnavailable {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("--max-unavailable '{s}' is not a count (e.g. 2) or a percentage (e.g. 10%)");
+        match s.trim().strip_suffix('%') {
+            Some(p) => match p.parse::<u32>() {
+                Ok(p) if (1..=100).contains(&p) => Ok(MaxUnavailable::Percent(p)),
+                _ => Err(bad()),
+            },
+            None => match s.trim().parse::<u32>() {
+                Ok(n) if n >= 1 => Ok(MaxUnavailable::Count(n)),
+                _ => Err(bad()),
+            },
+        }
+    }
+}
+
+impl fmt::Display for MaxUnavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MaxUnavailable::Count(n) => write!(f, "{n}"),
+            MaxUnavailable::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// How findings are treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Blockers stop the upgrade.
+    #[default]
+    Online,
+    /// Run the checks and report, block on nothing (`--ignore-safety-checks`).
+    IgnoreSafetyChecks,
+    /// Run no checks at all (`--offline`).
+    Offline,
+}
+
+/// Plan settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// Target version.
+    pub target: Version,
+    /// Worker batch size.
+    pub max_unavailable: MaxUnavailable,
+    /// How findings are treated.
+    pub mode: Mode,
+    /// Leave out workers that failed their checks (only when every etcd and control-plane
+    /// unit passed).
+    pub partial_ok: bool,
+    /// Include units already at the target.
+    pub force: bool,
+    /// Stop after the control plane (no worker phase).
+    pub control_plane_only: bool,
+    /// Roles the cluster cannot tell (external etcd hosts, nodes marked by a plan file).
+    pub extra_roles: BTreeMap<String, BTreeSet<Role>>,
+}
+
+/// One node (or external etcd host) and what will happen to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnitPlan {
+    /// Node or host name.
+    pub node: String,
+    /// Its roles.
+    pub roles: BTreeSet<Role>,
+    /// Version now (kubelet, or empty for an external etcd host).
+    pub from: String,
+    /// Version after.
+    pub to: Version,
+    /// Steps, in order.
+    pub steps: Vec<Step>,
+    /// Blocking findings on this unit.
+    pub blockers: Vec<Finding>,
+}
+
+/// A group of units upgraded together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Batch {
+    /// The units.
+    pub units: Vec<UnitPlan>,
+}
+
+/// One phase.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Phase {
+    /// Which.
+    pub kind: PhaseKind,
+    /// Its batches, in order.
+    pub batches: Vec<Batch>,
+}
+
+/// The whole plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    /// Target version.
+    pub target: Version,
+    /// Mode the plan was made in.
+    pub mode: Mode,
+    /// Worker batch size.
+    pub max_unavailable: String,
+    /// Phases in order.
+    pub phases: Vec<Phase>,
+    /// Every finding (per node and cluster-wide).
+    pub findings: Vec<Finding>,
+    /// Units left out, with the reason.
+    pub excluded: Vec<(String, String)>,
+    /// Whether the upgrade may start (no blocker counts in this mode).
+    pub blocked: bool,
+}
+
+/// Why no plan could be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// `--partial-ok` cannot leave out etcd or control-plane members.
+    #[error("--partial-ok leaves out workers only, but {0} failed its checks; fix it first")]
+    PartialControlPlane(String),
+    /// Nothing to upgrade.
+    #[error("every node is already at {0}; nothing to do (use --force to include them)")]
+    NothingToDo(String),
+}
+
+fn roles_of(snapshot: &Snapshot, node: &str, extra: &BTreeMap<String, BTreeSet<Role>>) -> BTreeSet<Role> {
+    let mut roles = extra.get(node).cloned().unwrap_or_default();
+    if let Some(n) = snapshot.nodes.iter().find(|n| n.name == node) {
+        if n.is_control_plane() {
+            roles.insert(Role::ControlPlane);
+        }
+        let stacked_etcd = snapshot.pods.iter().any(|p| {
+            p.mirror
+                && p.node.as_deref() == Some(node)
+                && p.labels.get("component").map(String::as_str) == Some("etcd")
+        });
+        if stacked_etcd {
+            roles.insert(Role::Etcd);
+        }
+    }
+    if roles.is_empty() {
+        roles.insert(Role::Worker);
+    }
+    roles
+}
+
+/// Builds the plan from the snapshot and the findings of the checks.
+pub fn build(snapshot: &Snapshot, findings: Vec<Finding>, opts: &PlanOptions) -> Result<Plan, PlanError> {
+    let findings = if opts.mode == Mode::Offline { Vec::new() } else { findings };
+    let blocking = |node: &str| -> Vec<Finding> {
+        findings
+            .iter()
+            .filter(|f| f.severity == Severity::Blocker && f.node.as_deref() == Some(node))
+            .cloned()
+            .collect()
+    };
+    let mut units: Vec<UnitPlan> = Vec::new();
+    let mut excluded = Vec::new();
+    let mut names: BTreeSet<String> = snapshot.nodes.iter().map(|n| n.name.clone()).collect();
+    names.extend(opts.extra_roles.keys().cloned());
+    for name in names {
+        let roles = roles_of(snapshot, &name, &opts.extra_roles);
+        let node = snapshot.nodes.iter().find(|n| n.name == name);
+        let from = node.map(|n| n.kubelet.clone()).unwrap_or_default();
+        if !opts.force && from.parse::<Version>().is_ok_and(|v| v.release() == opts.target.release()) {
+            excluded.push((name.clone(), format!("already at {}", opts.target)));
+            continue;
+        }
+        if opts.control_plane_only && !roles.contains(&Role::ControlPlane) && !roles.contains(&Role::Etcd) {
+            excluded.push((name.clone(), "worker: --control-plane-only".into()));
+            continue;
+        }
+        let steps = if node.is_none() {
+            vec![Step::Upgrade, Step::Validate] // an external etcd host: nothing to cordon
+        } else {
+            vec![Step::Cordon, Step::Drain, Step::Upgrade, Step::Validate, Step::Uncordon]
+        };
+        let blockers = if opts.mode == Mode::Online { blocking(&name) } else { Vec::new() };
+        units.push(UnitPlan { node: name, roles, from, to: opts.target.clone(), steps, blockers });
+    }
+    if opts.partial_ok && opts.mode == Mode::Online {
+        if let Some(u) = units.iter().find(|u| !u.blockers.is_empty() && !u.roles.contains(&Role::Worker)) {
+            return Err(PlanError::PartialControlPlane(u.node.clone()));
+        }
+        units.retain(|u| {
+            if u.blockers.is_empty() {
+                return true;
+            }
+            excluded.push((u.node.clone(), format!("--partial-ok: {} blocker(s)", u.blockers.len())));
+            false
+        });
+    }
+    if units.is_empty()
+        && !excluded.is_empty()
+        && excluded.iter().all(|(_, why)| why.starts_with("already at"))
+    {
+        return Err(PlanError::NothingToDo(opts.target.to_string()));
+    }
+    let phase_of = |u: &UnitPlan| {
+        if u.roles.contains(&Role::Etcd) {
+            PhaseKind::Etcd
+        } else if u.roles.contains(&Role::ControlPlane) {
+            PhaseKind::ControlPlane
+        } else {
+            PhaseKind::Workers
+        }
+    };
+    let mut phases = Vec::new();
+    for kind in [PhaseKind::Etcd, PhaseKind::ControlPlane, PhaseKind::Workers] {
+        let members: Vec<UnitPlan> = units.iter().filter(|u| phase_of(u) == kind).cloned().collect();
+        if members.is_empty() {
+            continue;
+        }
+        let size =
+            if kind == PhaseKind::Workers { opts.max_unavailable.batch_size(members.len()) } else { 1 };
+        let batches = members.chunks(size).map(|c| Batch { units: c.to_vec() }).collect();
+        phases.push(Phase { kind, batches });
+    }
+    if !opts.control_plane_only {
+        phases.push(Phase { kind: PhaseKind::ClusterServices, batches: Vec::new() });
+    }
+    let blocked = opts.mode == Mode::Online
+        && (units.iter().any(|u| !u.blockers.is_empty())
+            || findings.iter().any(|f| f.severity == Severity::Blocker && f.node.is_none()));
+    Ok(Plan {
+        target: opts.target.clone(),
+        mode: opts.mode,
+        max_unavailable: opts.max_unavailable.to_string(),
+        phases,
+        findings,
+        excluded,
+        blocked,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::build::pod;
+    use crate::snapshot::{NodeInfo, Resources};
+    use proptest::prelude::*;
+
+    fn node(name: &str, cp: bool, kubelet: &str) -> NodeInfo {
+        let mut labels = BTreeMap::new();
+        if cp {
+            labels.insert("node-role.kubernetes.io/control-plane".to_string(), String::new());
+        }
+        NodeInfo {
+            name: name.into(),
+            labels,
+            annotations: BTreeMap::new(),
+            taints: vec![],
+            unschedulable: false,
+            ready: true,
+            pressure: vec![],
+            kubelet: kubelet.into(),
+            address: None,
+            allocatable: Resources::default(),
+        }
+    }
+
+    fn cluster(workers: usize) -> Snapshot {
+        let mut s = Snapshot::default();
+        s.nodes.push(node("cp-1", true, "v1.36.4"));
+        s.nodes.push(node("cp-2", true, "v1.36.4"));
+        for i in 0..workers {
+            s.nodes.push(node(&format!("w-{i:02}"), false, "v1.36.4"));
+        }
+        let mut etcd = pod("etcd-cp-1").mirror();
+        etcd.namespace = "kube-system".into();
+        etcd.node = Some("cp-1".into());
+        etcd.labels.insert("component".into(), "etcd".into());
+        s.pods.push(etcd);
+        s
+    }
+
+    fn opts() -> PlanOptions {
+        PlanOptions {
+            target: Version::new(1, 37, 1),
+            max_unavailable: MaxUnavailable::Count(2),
+            mode: Mode::Online,
+            partial_ok: false,
+            force: false,
+            control_plane_only: false,
+            extra_roles: BTreeMap::new(),
+        }
+    }
+
+    fn blocker(node: &str) -> Finding {
+        Finding {
+            check: "node-not-ready",
+            severity: Severity::Blocker,
+            subject: format!("node/{node}"),
+            node: Some(node.into()),
+            message: "not Ready".into(),
+        }
+    }
+
+    #[test]
+    fn phases_in_order_with_multi_role_nodes_once() {
+        let p = build(&cluster(5), vec![], &opts()).unwrap();
+        let kinds: Vec<PhaseKind> = p.phases.iter().map(|p| p.kind).collect();
+        assert_eq!(
+            kinds,
+            [PhaseKind::Etcd, PhaseKind::ControlPlane, PhaseKind::Workers, PhaseKind::ClusterServices]
+        );
+        let etcd = &p.phases[0].batches[0].units[0];
+        assert_eq!(etcd.node, "cp-1");
+        assert_eq!(etcd.roles, BTreeSet::from([Role::Etcd, Role::ControlPlane]), "one unit, one pass");
+        assert_eq!(p.phases[1].batches.len(), 1);
+        let sizes: Vec<usize> = p.phases[2].batches.iter().map(|b| b.units.len()).collect();
+        assert_eq!(sizes, [2, 2, 1]);
+        assert!(!p.blocked);
+    }
+
+    #[test]
+    fn external_etcd_hosts_only_upgrade_and_validate() {
+        let mut o = opts();
+        o.extra_roles.insert("etcd-a".into(), BTreeSet::from([Role::Etcd]));
+        let p = build(&cluster(1), vec![], &o).unwrap();
+        let host = p.phases[0].batches.iter().flat_map(|b| &b.units).find(|u| u.node == "etcd-a").unwrap();
+        assert_eq!(host.steps, [Step::Upgrade, Step::Validate]);
+    }
+
+    #[test]
+    fn modes_and_partial_ok() {
+        let s = cluster(4);
+        let p = build(&s, vec![blocker("w-01")], &opts()).unwrap();
+        assert!(p.blocked);
+        let mut o = opts();
+        o.mode = Mode::IgnoreSafetyChecks;
+        let p = build(&s, vec![blocker("w-01")], &o).unwrap();
+        assert!(!p.blocked && p.findings.len() == 1, "reported, not blocking");
+        o.mode = Mode::Offline;
+        assert!(build(&s, vec![blocker("w-01")], &o).unwrap().findings.is_empty());
+        let mut o = opts();
+        o.partial_ok = true;
+        let p = build(&s, vec![blocker("w-01")], &o).unwrap();
+        assert!(!p.blocked);
+        assert!(p.excluded.iter().any(|(n, _)| n == "w-01"));
+        assert_eq!(
+            build(&s, vec![blocker("cp-2")], &o).unwrap_err(),
+            PlanError::PartialControlPlane("cp-2".into())
+        );
+    }
+
+    #[test]
+    fn nodes_at_target_are_skipped_unless_forced_and_cp_only_stops_early() {
+        let mut s = cluster(2);
+        s.nodes[2].kubelet = "v1.37.1".into();
+        let p = build(&s, vec![], &opts()).unwrap();
+        assert!(p.excluded.contains(&("w-00".into(), "already at 1.37.1".into())));
+        let mut o = opts();
+        o.force = true;
+        assert!(build(&s, vec![], &o).unwrap().excluded.is_empty());
+        let mut o = opts();
+        o.control_plane_only = true;
+        let p = build(&s, vec![], &o).unwrap();
+        assert!(
+            p.phases.iter().all(|ph| ph.kind != PhaseKind::Workers && ph.kind != PhaseKind::ClusterServices)
+        );
+        for n in &mut s.nodes {
+            n.kubelet = "v1.37.1".into();
+        }
+        assert!(matches!(build(&s, vec![], &opts()), Err(PlanError::NothingToDo(_))));
+    }
+
+    #[test]
+    fn max_unavailable_parsing() {
+        assert_eq!("3".parse::<MaxUnavailable>(), Ok(MaxUnavailable::Count(3)));
+        assert_eq!("10%".parse::<MaxUnavailable>(), Ok(MaxUnavailable::Percent(10)));
+        for bad in ["0", "0%", "101%", "-1", "x", "", "10 %"] {
+            assert!(bad.parse::<MaxUnavailable>().is_err(), "{bad}");
+        }
+        assert_eq!(MaxUnavailable::Percent(10).batch_size(100), 10);
+        assert_eq!(MaxUnavailable::Percent(10).batch_size(5), 1, "at least one");
+    }
+
+    proptest! {
+        /// Every non-excluded node appears in exactly one batch; no worker batch exceeds the
+        /// limit; etcd and control-plane batches hold one unit.
+        #[test]
+        fn batches_partition_the_nodes(workers in 0usize..60, limit in 1u32..20, percent: bool) {
+            let s = cluster(workers);
+            let mut o = opts();
+            o.max_unavailable = if percent { MaxUnavailable::Percent(limit * 5) } else { MaxUnavailable::Count(limit) };
+            let p = build(&s, vec![], &o).unwrap();
+            let mut seen = BTreeSet::new();
+            for ph in &p.phases {
+                for b in &ph.batches {
+                    match ph.kind {
+                        PhaseKind::Workers => prop_assert!(b.units.len() <= o.max_unavailable.batch_size(workers)),
+                        _ => prop_assert_eq!(b.units.len(), 1),
+                    }
+                    for u in &b.units {
+                        prop_assert!(seen.insert(u.node.clone()), "{} twice", u.node);
+                    }
+                }
+            }
+            prop_assert_eq!(seen.len(), workers + 2);
+        }
+    }
+}
