@@ -461,3 +461,171 @@ mod tests {
         assert!(f[0].message.contains("--force"));
     }
 }
+
+/// Whether `pod`'s replacement may be scheduled on `node` (taints with NoSchedule/NoExecute,
+/// nodeSelector, required node affinity), ignoring resources.
+pub fn schedulable_on(sched: &crate::snapshot::Scheduling, node: &NodeInfo) -> bool {
+    let tolerated = node
+        .taints
+        .iter()
+        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        .all(|t| sched.tolerations.iter().any(|tol| tol.tolerates(t)));
+    let selected = sched.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v));
+    let affinity = sched.required_node_terms.is_empty()
+        || sched.required_node_terms.iter().any(|term| {
+            crate::pdb::Selector { match_labels: BTreeMap::new(), match_expressions: term.clone() }
+                .matches(&node.labels)
+        });
+    tolerated && selected && affinity
+}
+
+/// Capacity: do the pods the drain of `batch` evicts fit on the nodes that stay schedulable?
+/// First-fit by decreasing CPU request, against allocatable minus what already runs there.
+pub fn capacity(snapshot: &Snapshot, batch: &BTreeSet<String>, opts: &CheckOptions) -> Vec<Finding> {
+    use crate::snapshot::Resources;
+    let mut room: BTreeMap<&str, Resources> = BTreeMap::new();
+    for n in snapshot.nodes.iter().filter(|n| !batch.contains(&n.name) && !n.unschedulable && n.ready) {
+        room.insert(n.name.as_str(), n.allocatable);
+    }
+    for p in snapshot.pods.iter().filter(|p| !p.phase.is_terminal() && !p.terminating) {
+        if let (Some(node), Some(sched)) = (p.node.as_deref(), snapshot.scheduling.get(&p.uid))
+            && let Some(r) = room.get_mut(node)
+        {
+            *r = r.minus(sched.requests);
+        }
+    }
+    let mut moving: Vec<(&PodInfo, &crate::snapshot::Scheduling)> = Vec::new();
+    for node in batch {
+        let plan = drain::plan_node(node, &snapshot.pods, opts.drain);
+        for (key, _) in &plan.evict {
+            if let Some(p) =
+                snapshot.pods.iter().find(|p| &p.key() == key && p.node.as_deref() == Some(node.as_str()))
+                && p.owner.is_some()
+                && !p.phase.is_terminal()
+                && let Some(s) = snapshot.scheduling.get(&p.uid)
+            {
+                moving.push((p, s));
+            }
+        }
+    }
+    moving.sort_by(|a, b| {
+        b.1.requests.cpu_millis.cmp(&a.1.requests.cpu_millis).then(a.0.key().cmp(&b.0.key()))
+    });
+    let mut out = Vec::new();
+    for (pod, sched) in moving {
+        let target = snapshot
+            .nodes
+            .iter()
+            .filter(|n| room.contains_key(n.name.as_str()) && schedulable_on(sched, n))
+            .find(|n| sched.requests.fits_in(room[n.name.as_str()]))
+            .map(|n| n.name.as_str());
+        match target {
+            Some(n) => {
+                if let Some(r) = room.get_mut(n) {
+                    *r = r.minus(sched.requests);
+                }
+            }
+            None => out.push(Finding {
+                check: "capacity",
+                severity: Severity::Blocker,
+                subject: format!("pod/{}", pod.key()),
+                node: pod.node.clone(),
+                message: format!(
+                    "no schedulable node outside this batch has room for it ({}m CPU, {} MiB) and matches its selectors, affinity and tolerations: it would stay Pending (add capacity or lower --max-unavailable)",
+                    sched.requests.cpu_millis,
+                    sched.requests.memory_bytes >> 20
+                ),
+            }),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod capacity_tests {
+    use super::*;
+    use crate::snapshot::build::pod;
+    use crate::snapshot::{Resources, Scheduling, Taint, Toleration};
+
+    fn node(name: &str, cpu: i64) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            labels: BTreeMap::from([("kubernetes.io/hostname".to_string(), name.to_string())]),
+            annotations: BTreeMap::new(),
+            taints: vec![],
+            unschedulable: false,
+            ready: true,
+            pressure: vec![],
+            kubelet: "v1.36.4".into(),
+            address: None,
+            allocatable: Resources { cpu_millis: cpu, memory_bytes: 8 << 30, pods: 110 },
+        }
+    }
+
+    fn placed(s: &mut Snapshot, name: &str, node: &str, cpu: i64) {
+        let mut p = pod(name).owned_by("ReplicaSet", "rs");
+        p.node = Some(node.into());
+        s.scheduling.insert(
+            p.uid.clone(),
+            Scheduling {
+                requests: Resources { cpu_millis: cpu, memory_bytes: 1 << 20, pods: 1 },
+                ..Default::default()
+            },
+        );
+        s.pods.push(p);
+    }
+
+    #[test]
+    fn evicted_pods_must_fit_elsewhere() {
+        let batch = BTreeSet::from(["a".to_string()]);
+        let mut s = Snapshot { nodes: vec![node("a", 1000), node("b", 1000)], ..Default::default() };
+        placed(&mut s, "p1", "a", 600);
+        placed(&mut s, "p2", "a", 200);
+        placed(&mut s, "q1", "b", 200);
+        assert!(capacity(&s, &batch, &CheckOptions::default()).is_empty(), "800m into b's free 800m");
+
+        placed(&mut s, "p3", "a", 100);
+        let f = capacity(&s, &batch, &CheckOptions::default());
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].subject, "pod/default/p3", "largest first, the smallest is left over");
+        assert_eq!(f[0].severity, Severity::Blocker);
+
+        // A third node, but cordoned: no help.
+        let mut c = node("c", 4000);
+        c.unschedulable = true;
+        s.nodes.push(c);
+        assert_eq!(capacity(&s, &batch, &CheckOptions::default()).len(), 1);
+    }
+
+    #[test]
+    fn taints_selectors_and_affinity_limit_where_replacements_go() {
+        let batch = BTreeSet::from(["a".to_string()]);
+        let mut tainted = node("b", 4000);
+        tainted.taints.push(Taint {
+            key: "dedicated".into(),
+            value: "db".into(),
+            effect: "NoSchedule".into(),
+        });
+        let mut s = Snapshot { nodes: vec![node("a", 1000), tainted], ..Default::default() };
+        placed(&mut s, "p1", "a", 100);
+        assert_eq!(capacity(&s, &batch, &CheckOptions::default()).len(), 1, "untolerated taint");
+        let uid = s.pods[0].uid.clone();
+        s.scheduling.get_mut(&uid).unwrap().tolerations.push(Toleration {
+            key: "dedicated".into(),
+            operator: "Equal".into(),
+            value: "db".into(),
+            effect: "NoSchedule".into(),
+        });
+        assert!(capacity(&s, &batch, &CheckOptions::default()).is_empty(), "tolerated");
+        s.scheduling.get_mut(&uid).unwrap().node_selector.insert("kubernetes.io/hostname".into(), "a".into());
+        assert_eq!(capacity(&s, &batch, &CheckOptions::default()).len(), 1, "pinned to the drained node");
+        let sched = s.scheduling.get_mut(&uid).unwrap();
+        sched.node_selector.clear();
+        sched.required_node_terms = vec![vec![crate::pdb::Requirement {
+            key: "kubernetes.io/hostname".into(),
+            operator: "In".into(),
+            values: vec!["b".into()],
+        }]];
+        assert!(capacity(&s, &batch, &CheckOptions::default()).is_empty(), "affinity allows b");
+    }
+}
