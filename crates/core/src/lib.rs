@@ -11,6 +11,7 @@ pub mod inventory;
 pub mod path;
 pub mod pdb;
 pub mod plan;
+pub mod quantity;
 pub mod removed;
 pub mod skew;
 pub mod snapshot;

@@ -9,6 +9,7 @@ pub mod apis;
 pub mod connect;
 pub mod endpoints;
 pub mod inventory;
+pub mod snapshot;
 
 pub use connect::{ClusterTarget, Connection, connect};
 

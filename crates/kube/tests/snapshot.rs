@@ -1,0 +1,409 @@
+//! Reading a snapshot from the real testbed: each kind of object is created in a namespace of
+//! this test and read back through `read_snapshot`, field by field. Other tests share the
+//! cluster, so only our own objects (and the testbed's fixed nodes) are asserted exactly.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use refit_core::pdb::Requirement;
+use refit_core::snapshot::{Owner, Phase, Resources, Taint, Toleration, Volume};
+use refit_kube::snapshot::read_snapshot;
+use refit_kube::{ClusterTarget, connect};
+use refit_testbed::workloads::{Budget, apply, deployment, pdb, wait_pods_ready};
+use refit_testbed::{shared, unique_namespace};
+use serde_json::json;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const MI: i64 = 1 << 20;
+
+fn req(key: &str, operator: &str, values: &[&str]) -> Requirement {
+    Requirement {
+        key: key.into(),
+        operator: operator.into(),
+        values: values.iter().map(|v| v.to_string()).collect(),
+    }
+}
+
+/// Waits until the disruption controller has computed the budget's status for its current
+/// spec and sees `healthy` pods.
+async fn wait_pdb(client: &Client, ns: &str, name: &str, healthy: i32) {
+    let api: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
+    let start = Instant::now();
+    loop {
+        let p = api.get(name).await.unwrap();
+        let status = p.status.unwrap_or_default();
+        if status.observed_generation.is_some()
+            && status.observed_generation == p.metadata.generation
+            && status.current_healthy == Some(healthy)
+        {
+            return;
+        }
+        assert!(start.elapsed() < TIMEOUT, "PDB {ns}/{name} status not computed: {status:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn reads_nodes_pods_budgets_workloads_and_volumes() {
+    let tb = shared().unwrap();
+    let conn = connect(&ClusterTarget { kubeconfig: Some(tb.kubeconfig()), context: None }).await.unwrap();
+    let client = conn.client.clone();
+    let ns = unique_namespace("snap");
+    tb.create_namespace(&ns).await.unwrap();
+
+    // Two Deployments with a budget each: minAvailable by labels, and maxUnavailable by an
+    // expression that lets unhealthy pods go. (Budgets must not overlap: the disruption
+    // controller then tracks only one of them per pod, and eviction refuses such pods.)
+    apply::<Deployment>(&client, deployment(&ns, "web", 3)).await.unwrap();
+    apply::<Deployment>(&client, deployment(&ns, "api", 2)).await.unwrap();
+    apply::<PodDisruptionBudget>(&client, pdb(&ns, "web", "web", Budget::MinAvailable(2))).await.unwrap();
+    apply::<PodDisruptionBudget>(
+        &client,
+        json!({
+            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": {"name": "api", "namespace": ns},
+            "spec": {
+                "maxUnavailable": 1,
+                "unhealthyPodEvictionPolicy": "AlwaysAllow",
+                "selector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["api", "gateway"]}]},
+            },
+        }),
+    )
+    .await
+    .unwrap();
+
+    // A pod with node-tied volumes and every kind of scheduling constraint; its init container
+    // asks for more CPU than its containers together, its containers for more memory.
+    apply::<Pod>(
+        &client,
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "pinned", "namespace": ns, "labels": {"app": "pinned"}},
+            "spec": {
+                "nodeSelector": {"kubernetes.io/os": "linux"},
+                "tolerations": [
+                    {"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"},
+                    {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30},
+                ],
+                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchExpressions": [
+                        {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["zone-a", "zone-b", "zone-c"]},
+                        {"key": "node-role.kubernetes.io/control-plane", "operator": "DoesNotExist"},
+                    ]},
+                    {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "Exists"}]},
+                ]}}},
+                "initContainers": [{
+                    "name": "init", "image": "registry.k8s.io/pause:3.10.1",
+                    "resources": {"requests": {"cpu": "0.5", "memory": "32Mi"}},
+                }],
+                "containers": [
+                    {"name": "a", "image": "registry.k8s.io/pause:3.10.1",
+                     "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+                     "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}, {"name": "logs", "mountPath": "/logs"}]},
+                    {"name": "b", "image": "registry.k8s.io/pause:3.10.1",
+                     "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}}},
+                ],
+                "volumes": [
+                    {"name": "scratch", "emptyDir": {}},
+                    {"name": "logs", "hostPath": {"path": "/var/log/pinned"}},
+                    {"name": "cfg", "configMap": {"name": "kube-root-ca.crt"}},
+                ],
+            },
+        }),
+    )
+    .await
+    .unwrap();
+
+    // A bare pod, and one that claims a volume nothing provides (it stays Pending).
+    apply::<Pod>(
+        &client,
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "loner", "namespace": ns, "labels": {"app": "loner"}},
+            "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10.1"}]},
+        }),
+    )
+    .await
+    .unwrap();
+    apply::<Pod>(
+        &client,
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "claimer", "namespace": ns},
+            "spec": {
+                "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10.1"}],
+                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
+            },
+        }),
+    )
+    .await
+    .unwrap();
+
+    // A pod held by a finalizer after deletion: terminating until we release it.
+    apply::<Pod>(
+        &client,
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "doomed", "namespace": ns, "labels": {"app": "doomed"}, "finalizers": ["refit.dev/test-hold"]},
+            "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10.1"}]},
+        }),
+    )
+    .await
+    .unwrap();
+
+    apply::<Job>(
+        &client,
+        json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "batch", "namespace": ns},
+            "spec": {"parallelism": 2, "completions": 4, "template": {"metadata": {"labels": {"app": "batch"}}, "spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10.1"}],
+            }}},
+        }),
+    )
+    .await
+    .unwrap();
+
+    // A node-local PersistentVolume pre-bound to the claim above (cluster-scoped: unique name).
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let pv_name = format!("pv-{ns}");
+    let pv: PersistentVolume = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": pv_name},
+        "spec": {
+            "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+            "hostPath": {"path": "/data/pv"},
+            "claimRef": {"namespace": ns, "name": "data"},
+        },
+    }))
+    .unwrap();
+    pvs.create(&PostParams::default(), &pv).await.unwrap();
+
+    wait_pods_ready(&client, &ns, "app=web", 3, TIMEOUT).await.unwrap();
+    wait_pods_ready(&client, &ns, "app=api", 2, TIMEOUT).await.unwrap();
+    wait_pods_ready(&client, &ns, "app in (pinned,loner,doomed)", 3, TIMEOUT).await.unwrap();
+    // kwok completes Job pods at once: wait for them to exist, not to be ready.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let start = Instant::now();
+    while pods.list(&ListParams::default().labels("app=batch")).await.unwrap().items.len() < 2 {
+        assert!(start.elapsed() < TIMEOUT, "the Job created no pods");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_pdb(&client, &ns, "web", 3).await;
+    wait_pdb(&client, &ns, "api", 2).await;
+    pods.delete("doomed", &DeleteParams::default()).await.unwrap();
+
+    let snap = read_snapshot(&conn).await.unwrap();
+
+    // Nodes: the testbed's realistic allocatable, the control-plane taint, readiness.
+    assert!(snap.nodes.iter().filter(|n| n.ready).count() >= 20, "{} ready nodes", snap.nodes.len());
+    let worker = snap.nodes.iter().find(|n| n.name == "worker-001").expect("worker-001");
+    assert_eq!(worker.allocatable, Resources { cpu_millis: 7800, memory_bytes: 31 * 1024 * MI, pods: 110 });
+    assert!(worker.ready && !worker.unschedulable && worker.taints.is_empty(), "{worker:?}");
+    assert!(worker.pressure.is_empty(), "{worker:?}");
+    assert!(worker.kubelet.starts_with("v1."), "{worker:?}");
+    assert!(worker.address.is_some(), "kwok reports an InternalIP: {worker:?}");
+    assert_eq!(worker.labels.get("kubernetes.io/hostname").map(String::as_str), Some("worker-001"));
+    assert!(worker.annotations.contains_key("kwok.x-k8s.io/node"));
+    let cp = snap.nodes.iter().find(|n| n.name == "control-plane-1").expect("control-plane-1");
+    assert!(cp.is_control_plane());
+    assert!(cp.taints.contains(&Taint {
+        key: "node-role.kubernetes.io/control-plane".into(),
+        value: String::new(),
+        effect: "NoSchedule".into(),
+    }));
+
+    // Mirror pods of the kubeadm-style control plane, owned by their Node.
+    let apiserver = snap
+        .pods
+        .iter()
+        .find(|p| p.namespace == "kube-system" && p.name == "kube-apiserver-control-plane-1")
+        .expect("apiserver mirror pod");
+    assert!(apiserver.mirror);
+    assert_eq!(apiserver.owner, Some(Owner { kind: "Node".into(), name: "control-plane-1".into() }));
+    assert!(!snap.pods.iter().any(|p| p.namespace == ns && p.mirror));
+
+    // Deployment pods belong to a ReplicaSet that belongs to the Deployment.
+    let web: Vec<_> = snap
+        .pods
+        .iter()
+        .filter(|p| p.namespace == ns && p.labels.get("app").is_some_and(|a| a == "web"))
+        .collect();
+    assert_eq!(web.len(), 3);
+    for p in &web {
+        let owner = p.owner.as_ref().expect("web pods have a controller");
+        assert_eq!(owner.kind, "ReplicaSet");
+        assert!(p.phase == Phase::Running && p.ready && p.node.is_some() && !p.terminating, "{p:?}");
+        let s = &snap.scheduling[&p.uid];
+        assert_eq!(s.requests, Resources { cpu_millis: 50, memory_bytes: 64 * MI, pods: 1 });
+        let rs = snap
+            .workloads
+            .iter()
+            .find(|w| w.namespace == ns && w.kind == "ReplicaSet" && w.name == owner.name)
+            .expect("the pods' ReplicaSet");
+        assert_eq!(rs.owner, Some(Owner { kind: "Deployment".into(), name: "web".into() }));
+        assert_eq!(rs.replicas, 3);
+    }
+    let dep = snap
+        .workloads
+        .iter()
+        .find(|w| w.namespace == ns && w.kind == "Deployment" && w.name == "web")
+        .expect("deployment");
+    assert_eq!((dep.name.as_str(), dep.replicas, &dep.owner), ("web", 3, &None));
+    let job = snap.workloads.iter().find(|w| w.namespace == ns && w.kind == "Job").expect("job");
+    assert_eq!((job.name.as_str(), job.replicas), ("batch", 2));
+    assert!(
+        snap.pods
+            .iter()
+            .filter(
+                |p| p.namespace == ns && p.owner == Some(Owner { kind: "Job".into(), name: "batch".into() })
+            )
+            .count()
+            >= 2
+    );
+    let proxy = snap
+        .workloads
+        .iter()
+        .find(|w| w.namespace == "kube-system" && w.kind == "DaemonSet" && w.name == "kube-proxy")
+        .expect("kube-proxy DaemonSet");
+    assert!(proxy.replicas >= 20, "desiredNumberScheduled: {proxy:?}");
+
+    // The pinned pod: volumes in order, and its scheduling constraints.
+    let pinned = snap.pods.iter().find(|p| p.namespace == ns && p.name == "pinned").expect("pinned pod");
+    assert_eq!(pinned.owner, None);
+    assert!(pinned.has_empty_dir());
+    // The ServiceAccount admission plugin adds a projected token volume to every pod.
+    let ours = |p: &refit_core::snapshot::PodInfo| -> Vec<Volume> {
+        p.volumes
+            .iter()
+            .filter(|v| !matches!(v, Volume::Other { name } if name.starts_with("kube-api-access-")))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(pinned.volumes.len(), 4, "{pinned:?}");
+    assert_eq!(
+        ours(pinned),
+        vec![
+            Volume::EmptyDir { name: "scratch".into() },
+            Volume::HostPath { name: "logs".into(), path: "/var/log/pinned".into() },
+            Volume::Other { name: "cfg".into() },
+        ]
+    );
+    let s = &snap.scheduling[&pinned.uid];
+    // cpu: the init container's 500m beats 100m + 50m; memory: 128Mi + 64Mi beats 32Mi.
+    assert_eq!(s.requests, Resources { cpu_millis: 500, memory_bytes: 192 * MI, pods: 1 });
+    assert_eq!(s.node_selector, BTreeMap::from([("kubernetes.io/os".to_string(), "linux".to_string())]));
+    assert_eq!(
+        s.tolerations[..2],
+        [
+            Toleration {
+                key: "dedicated".into(),
+                operator: "Equal".into(),
+                value: "db".into(),
+                effect: "NoSchedule".into()
+            },
+            Toleration {
+                key: "node.kubernetes.io/unreachable".into(),
+                operator: "Exists".into(),
+                value: String::new(),
+                effect: "NoExecute".into(),
+            },
+        ]
+    );
+    assert_eq!(
+        s.required_node_terms,
+        vec![
+            vec![
+                req("topology.kubernetes.io/zone", "In", &["zone-a", "zone-b", "zone-c"]),
+                req("node-role.kubernetes.io/control-plane", "DoesNotExist", &[]),
+            ],
+            vec![req("kubernetes.io/arch", "Exists", &[])],
+        ]
+    );
+
+    let loner = snap.pods.iter().find(|p| p.namespace == ns && p.name == "loner").expect("loner");
+    assert!(loner.owner.is_none() && ours(loner).is_empty() && loner.ready && loner.phase == Phase::Running);
+    assert!(snap.scheduling[&loner.uid].required_node_terms.is_empty());
+    let claimer = snap.pods.iter().find(|p| p.namespace == ns && p.name == "claimer").expect("claimer");
+    assert_eq!(ours(claimer), vec![Volume::Claim { name: "data".into(), claim: "data".into() }]);
+    assert!(claimer.phase == Phase::Pending && !claimer.ready && claimer.node.is_none(), "{claimer:?}");
+    let doomed = snap.pods.iter().find(|p| p.namespace == ns && p.name == "doomed").expect("doomed");
+    assert!(doomed.terminating, "{doomed:?}");
+
+    // Budgets with the disruption controller's numbers.
+    let b = snap.pdbs.iter().find(|p| p.namespace == ns && p.name == "web").expect("pdb web");
+    assert_eq!(b.selector.match_labels, BTreeMap::from([("app".to_string(), "web".to_string())]));
+    assert!(b.selector.match_expressions.is_empty());
+    assert_eq!(
+        (
+            b.expected_pods,
+            b.desired_healthy,
+            b.current_healthy,
+            b.disruptions_allowed,
+            b.always_allow_unhealthy
+        ),
+        (3, 2, 3, 1, false)
+    );
+    assert!(web.iter().all(|p| b.covers(p)) && !b.covers(pinned));
+    let e = snap.pdbs.iter().find(|p| p.namespace == ns && p.name == "api").expect("pdb api");
+    assert!(e.selector.match_labels.is_empty());
+    assert_eq!(e.selector.match_expressions, vec![req("app", "In", &["api", "gateway"])]);
+    assert_eq!(
+        (
+            e.expected_pods,
+            e.desired_healthy,
+            e.current_healthy,
+            e.disruptions_allowed,
+            e.always_allow_unhealthy
+        ),
+        (2, 1, 2, 1, true)
+    );
+
+    // The node-local PersistentVolume and its claim.
+    let pv = snap.pvs.iter().find(|p| p.name == pv_name).expect("our PV");
+    assert_eq!(pv.claim.as_deref(), Some(format!("{ns}/data").as_str()));
+    assert!(pv.node_local);
+
+    // Every pod has its scheduling entry; UIDs are unique.
+    assert!(snap.pods.iter().all(|p| snap.scheduling.contains_key(&p.uid)));
+    assert_eq!(snap.scheduling.len(), snap.pods.len());
+
+    // Release what outlives the namespace: the finalizer and the cluster-scoped PV.
+    pods.patch("doomed", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
+        .await
+        .unwrap();
+    pvs.delete(&pv_name, &DeleteParams::default()).await.unwrap();
+}
+
+/// More pods than one page holds: pagination must return each exactly once.
+#[tokio::test]
+async fn follows_continue_tokens_across_pages() {
+    let tb = shared().unwrap();
+    let conn = connect(&ClusterTarget { kubeconfig: Some(tb.kubeconfig()), context: None }).await.unwrap();
+    let ns = unique_namespace("snap-pages");
+    tb.create_namespace(&ns).await.unwrap();
+    let n = refit_kube::snapshot::PAGE_SIZE as usize + 20;
+    apply::<Deployment>(&conn.client, deployment(&ns, "many", n as i32)).await.unwrap();
+    // Created is enough (no need to be ready): the list returns them either way.
+    let pods: Api<Pod> = Api::namespaced(conn.client.clone(), &ns);
+    let start = Instant::now();
+    while pods.list(&Default::default()).await.unwrap().items.len() < n {
+        assert!(start.elapsed() < Duration::from_secs(120), "ReplicaSet did not create {n} pods");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let snap = read_snapshot(&conn).await.unwrap();
+    let mine: Vec<_> = snap.pods.iter().filter(|p| p.namespace == ns).collect();
+    assert_eq!(mine.len(), n);
+    let mut uids: Vec<_> = mine.iter().map(|p| &p.uid).collect();
+    uids.sort();
+    uids.dedup();
+    assert_eq!(uids.len(), n, "no pod twice");
+    assert!(snap.pods.len() > refit_kube::snapshot::PAGE_SIZE as usize);
+}
