@@ -11,6 +11,8 @@ pub mod inventory;
 pub mod path;
 pub mod pdb;
 pub mod plan;
+pub mod planfile;
+pub mod preflight;
 pub mod quantity;
 pub mod removed;
 pub mod skew;

@@ -1,0 +1,171 @@
+//! The plan file: what the cluster cannot tell refit about itself — external etcd hosts, how
+//! to reach each node, extra roles, and which labels mark ingress and storage nodes.
+//!
+//! ```yaml
+//! etcd:                       # external etcd members (not Kubernetes nodes)
+//!   - name: etcd-a
+//!     address: 10.0.0.5
+//! nodes:                      # per-node facts; every name must be a node of the cluster
+//!   worker-003:
+//!     address: 10.0.1.3
+//!     roles: [worker]
+//! ingressLabels: [node-role.kubernetes.io/ingress]
+//! storageLabels: [storage=ceph]
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::plan::Role;
+
+/// Why a plan file was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanFileError {
+    /// Not YAML of the expected shape.
+    #[error("the plan file is not valid: {0}")]
+    Parse(String),
+    /// Names a node the cluster does not have.
+    #[error(
+        "the plan file names node '{0}', which is not in the cluster (see `kubectl get nodes`); remove it or fix the name"
+    )]
+    UnknownNode(String),
+    /// An external etcd host shares a name with a node.
+    #[error(
+        "external etcd member '{0}' has the name of a cluster node; list it under nodes with roles [etcd] instead"
+    )]
+    EtcdIsNode(String),
+}
+
+/// An external etcd member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdHost {
+    /// Its name (as the action will receive it).
+    pub name: String,
+    /// How to reach it.
+    pub address: String,
+}
+
+/// Facts about one node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFacts {
+    /// Address to reach it (overrides the node's InternalIP).
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Roles beyond what the cluster shows (e.g. `etcd` for a stacked member without a pod).
+    #[serde(default)]
+    pub roles: Vec<RoleName>,
+}
+
+/// A role as written in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RoleName {
+    /// etcd.
+    Etcd,
+    /// control-plane.
+    ControlPlane,
+    /// worker.
+    Worker,
+}
+
+impl From<RoleName> for Role {
+    fn from(r: RoleName) -> Role {
+        match r {
+            RoleName::Etcd => Role::Etcd,
+            RoleName::ControlPlane => Role::ControlPlane,
+            RoleName::Worker => Role::Worker,
+        }
+    }
+}
+
+/// The plan file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PlanFile {
+    /// External etcd members.
+    #[serde(default)]
+    pub etcd: Vec<EtcdHost>,
+    /// Per-node facts.
+    #[serde(default)]
+    pub nodes: BTreeMap<String, NodeFacts>,
+    /// Labels marking ingress nodes (`key` or `key=value`).
+    #[serde(default)]
+    pub ingress_labels: Vec<String>,
+    /// Labels marking storage nodes.
+    #[serde(default)]
+    pub storage_labels: Vec<String>,
+}
+
+impl PlanFile {
+    /// Parses a plan file (YAML or JSON).
+    pub fn from_yaml(text: &str) -> Result<PlanFile, PlanFileError> {
+        serde_saphyr::from_str(text)
+            .map_err(|e| PlanFileError::Parse(e.to_string().lines().next().unwrap_or("").to_string()))
+    }
+
+    /// Checks the file against the cluster's node names.
+    pub fn validate(&self, nodes: &BTreeSet<String>) -> Result<(), PlanFileError> {
+        if let Some(n) = self.nodes.keys().find(|n| !nodes.contains(*n)) {
+            return Err(PlanFileError::UnknownNode(n.clone()));
+        }
+        if let Some(e) = self.etcd.iter().find(|e| nodes.contains(&e.name)) {
+            return Err(PlanFileError::EtcdIsNode(e.name.clone()));
+        }
+        Ok(())
+    }
+
+    /// Roles the plan adds, by node or host name.
+    pub fn extra_roles(&self) -> BTreeMap<String, BTreeSet<Role>> {
+        let mut out: BTreeMap<String, BTreeSet<Role>> = BTreeMap::new();
+        for e in &self.etcd {
+            out.entry(e.name.clone()).or_default().insert(Role::Etcd);
+        }
+        for (n, f) in &self.nodes {
+            out.entry(n.clone()).or_default().extend(f.roles.iter().map(|r| Role::from(*r)));
+        }
+        out.retain(|_, r| !r.is_empty());
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_validates_and_adds_roles() {
+        let f = PlanFile::from_yaml(
+            "etcd:\n  - {name: etcd-a, address: 10.0.0.5}\nnodes:\n  w-1: {address: 10.0.1.1, roles: [worker]}\n  cp-1: {roles: [etcd]}\ningressLabels: [ingress]\n",
+        )
+        .unwrap();
+        let nodes: BTreeSet<String> = ["w-1", "cp-1"].iter().map(|s| s.to_string()).collect();
+        f.validate(&nodes).unwrap();
+        let roles = f.extra_roles();
+        assert_eq!(roles["etcd-a"], BTreeSet::from([Role::Etcd]));
+        assert_eq!(roles["cp-1"], BTreeSet::from([Role::Etcd]));
+        assert_eq!(f.ingress_labels, ["ingress"]);
+        assert_eq!(
+            f.validate(&BTreeSet::from(["cp-1".to_string()])),
+            Err(PlanFileError::UnknownNode("w-1".into()))
+        );
+        let clash = PlanFile::from_yaml("etcd: [{name: w-1, address: x}]").unwrap();
+        assert!(matches!(clash.validate(&nodes), Err(PlanFileError::EtcdIsNode(_))));
+    }
+
+    #[test]
+    fn malformed_files_are_refused() {
+        for bad in [
+            "nodes: [",
+            "etcd: [{name: a}]",
+            "nodes: {w-1: {roles: [chef]}}",
+            "surprise: true",
+            "nodes: {w-1: {adress: x}}",
+        ] {
+            assert!(PlanFile::from_yaml(bad).is_err(), "{bad}");
+        }
+        assert_eq!(PlanFile::from_yaml("{}").unwrap(), PlanFile::default());
+    }
+}

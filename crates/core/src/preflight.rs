@@ -1,0 +1,266 @@
+//! Preflight: every check over a snapshot, composed into the plan. Pure: the CLI gathers the
+//! snapshot, the version path and the removed-API findings, and prints what comes back.
+
+use std::collections::BTreeSet;
+
+use crate::checks::{self, CheckOptions, Finding, Severity};
+use crate::drain;
+use crate::path::UpgradePath;
+use crate::pdb;
+use crate::plan::{self, Phase, PhaseKind, Plan, PlanError, PlanOptions};
+use crate::skew::node_max_lag;
+use crate::snapshot::Snapshot;
+use crate::version::Version;
+
+/// Nodes whose kubelet would fall outside the skew policy while the control plane walks the
+/// path (workers are upgraded after the control plane reaches the target).
+pub fn path_skew(snapshot: &Snapshot, path: &UpgradePath) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let Some(last) = path.hops.last() else { return out };
+    for n in snapshot.nodes.iter().filter(|n| !n.is_control_plane()) {
+        let Ok(k) = n.kubelet.parse::<Version>() else { continue };
+        let lag = node_max_lag(k.minor_version());
+        let behind = last.to.minor_version().minors_ahead_of(k.minor_version());
+        if behind > lag {
+            out.push(Finding {
+                check: "version-skew",
+                severity: Severity::Blocker,
+                subject: format!("node/{}", n.name),
+                node: Some(n.name.clone()),
+                message: format!(
+                    "kubelet {k} would be {behind} minors behind the control plane at {}: the policy allows {lag}; upgrade this node to at least {}.x first",
+                    last.to.minor_version(),
+                    crate::version::MinorVersion::new(last.to.major, last.to.minor.saturating_sub(lag as u32))
+                ),
+            });
+        }
+    }
+    out
+}
+
+/// Runs every check and builds the plan. `extra` carries findings gathered elsewhere (removed
+/// APIs in use, version path problems).
+pub fn preflight(
+    snapshot: &Snapshot,
+    path: Option<&UpgradePath>,
+    extra: Vec<Finding>,
+    plan_opts: &PlanOptions,
+    check_opts: &CheckOptions,
+) -> Result<Plan, PlanError> {
+    if plan_opts.mode == plan::Mode::Offline {
+        return plan::build(snapshot, Vec::new(), plan_opts);
+    }
+    let mut findings = extra;
+    findings.extend(checks::node_readiness(snapshot, check_opts));
+    findings.extend(checks::availability(snapshot, check_opts));
+    if let Some(p) = path {
+        findings.extend(path_skew(snapshot, p));
+    }
+    // A first plan tells which nodes are upgraded and how workers are batched.
+    let draft = plan::build(snapshot, Vec::new(), plan_opts)?;
+    let planned: BTreeSet<String> = unit_names(&draft.phases, None);
+    findings.extend(checks::workload_safety(snapshot, &planned, check_opts));
+    for node in &planned {
+        if snapshot.nodes.iter().any(|n| &n.name == node) {
+            findings.extend(checks::drain_blockers(snapshot, node, check_opts));
+        }
+    }
+    for phase in &draft.phases {
+        for batch in &phase.batches {
+            let nodes: BTreeSet<String> = batch.units.iter().map(|u| u.node.clone()).collect();
+            findings.extend(checks::capacity(snapshot, &nodes, check_opts));
+            let evicted: Vec<_> = nodes
+                .iter()
+                .flat_map(|n| {
+                    snapshot.pods.iter().filter(move |p| p.node.as_deref() == Some(n.as_str())).filter(|p| {
+                        matches!(drain::decide(p, check_opts.drain), drain::Decision::Evict { .. })
+                    })
+                })
+                .collect();
+            for f in pdb::check_batch(&snapshot.pdbs, &evicted, &snapshot.pods) {
+                let node = evicted
+                    .iter()
+                    .find(|p| match &f.problem {
+                        pdb::PdbProblem::NeverAllows { pods }
+                        | pdb::PdbProblem::ExhaustedByUnhealthy { pods, .. }
+                        | pdb::PdbProblem::AllInBatch { pods, .. } => pods.contains(&p.key()),
+                    })
+                    .and_then(|p| p.node.clone());
+                let (check, severity, message) = match &f.problem {
+                    pdb::PdbProblem::NeverAllows { pods } => (
+                        "pdb-never-allows",
+                        Severity::Blocker,
+                        format!(
+                            "allows no disruption with its current replicas, and the drain must evict {}: scale up or relax the budget",
+                            pods.join(", ")
+                        ),
+                    ),
+                    pdb::PdbProblem::ExhaustedByUnhealthy { healthy, required, pods } => (
+                        "pdb-unhealthy",
+                        Severity::Blocker,
+                        format!(
+                            "{healthy} healthy of {required} required: unhealthy pods use up the budget, so {} cannot be evicted until they recover (or set unhealthyPodEvictionPolicy: AlwaysAllow)",
+                            pods.join(", ")
+                        ),
+                    ),
+                    pdb::PdbProblem::AllInBatch { pods, allowed } => (
+                        "pdb-all-in-batch",
+                        Severity::Warning,
+                        format!(
+                            "every pod it covers ({}) is in one batch: they leave {allowed} at a time, each replacement must become ready elsewhere first (lower --max-unavailable to spread them)",
+                            pods.join(", ")
+                        ),
+                    ),
+                };
+                findings.push(Finding { check, severity, subject: format!("pdb/{}", f.pdb), node, message });
+            }
+        }
+    }
+    findings.sort_by(|a, b| (a.severity, a.check, &a.subject).cmp(&(b.severity, b.check, &b.subject)));
+    findings.dedup();
+    plan::build(snapshot, findings, plan_opts)
+}
+
+fn unit_names(phases: &[Phase], kind: Option<PhaseKind>) -> BTreeSet<String> {
+    phases
+        .iter()
+        .filter(|p| kind.is_none_or(|k| k == p.kind))
+        .flat_map(|p| p.batches.iter().flat_map(|b| b.units.iter().map(|u| u.node.clone())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::path::Hop;
+    use crate::pdb::{PdbInfo, Selector};
+    use crate::plan::{MaxUnavailable, Mode};
+    use crate::snapshot::build::pod;
+    use crate::snapshot::{NodeInfo, Resources, Scheduling};
+    use std::collections::BTreeMap;
+
+    fn node(name: &str, cp: bool, kubelet: &str) -> NodeInfo {
+        let mut labels = BTreeMap::new();
+        if cp {
+            labels.insert("node-role.kubernetes.io/control-plane".to_string(), String::new());
+        }
+        NodeInfo {
+            name: name.into(),
+            labels,
+            annotations: BTreeMap::new(),
+            taints: vec![],
+            unschedulable: false,
+            ready: true,
+            pressure: vec![],
+            kubelet: kubelet.into(),
+            address: None,
+            allocatable: Resources { cpu_millis: 8000, memory_bytes: 32 << 30, pods: 110 },
+        }
+    }
+
+    fn opts() -> (PlanOptions, CheckOptions) {
+        (
+            PlanOptions {
+                target: Version::new(1, 37, 1),
+                max_unavailable: MaxUnavailable::Count(1),
+                mode: Mode::Online,
+                partial_ok: false,
+                force: false,
+                control_plane_only: false,
+                extra_roles: BTreeMap::new(),
+            },
+            CheckOptions::default(),
+        )
+    }
+
+    #[test]
+    fn a_zero_budget_blocks_the_node_that_holds_its_pod() {
+        let mut s = Snapshot {
+            nodes: vec![
+                node("cp-1", true, "v1.36.4"),
+                node("w-1", false, "v1.36.4"),
+                node("w-2", false, "v1.36.4"),
+            ],
+            ..Default::default()
+        };
+        for (name, n) in [("db-0", "w-1"), ("db-1", "w-2")] {
+            let mut p = pod(name).owned_by("StatefulSet", "db");
+            p.node = Some(n.into());
+            p.labels.insert("app".into(), "db".into());
+            s.scheduling.insert(
+                p.uid.clone(),
+                Scheduling {
+                    requests: Resources { cpu_millis: 100, memory_bytes: 1 << 20, pods: 1 },
+                    ..Default::default()
+                },
+            );
+            s.pods.push(p);
+        }
+        s.pdbs.push(PdbInfo {
+            namespace: "default".into(),
+            name: "db".into(),
+            selector: Selector {
+                match_labels: BTreeMap::from([("app".into(), "db".into())]),
+                ..Default::default()
+            },
+            disruptions_allowed: 0,
+            current_healthy: 2,
+            desired_healthy: 2,
+            expected_pods: 2,
+            always_allow_unhealthy: false,
+        });
+        let (p, c) = opts();
+        let plan = preflight(&s, None, vec![], &p, &c).unwrap();
+        assert!(plan.blocked);
+        let f: Vec<_> = plan.findings.iter().filter(|f| f.check == "pdb-never-allows").collect();
+        assert_eq!(f.len(), 2, "one per batch that evicts a covered pod");
+        assert!(f.iter().all(|f| f.subject == "pdb/default/db"));
+        let w1 = plan
+            .phases
+            .iter()
+            .flat_map(|p| &p.batches)
+            .flat_map(|b| &b.units)
+            .find(|u| u.node == "w-1")
+            .unwrap();
+        assert!(w1.blockers.iter().any(|b| b.check == "pdb-never-allows"));
+    }
+
+    #[test]
+    fn path_skew_names_workers_left_too_far_behind() {
+        let s = Snapshot {
+            nodes: vec![
+                node("cp-1", true, "v1.35.8"),
+                node("old", false, "v1.33.0"),
+                node("ok", false, "v1.35.8"),
+            ],
+            ..Default::default()
+        };
+        let path = UpgradePath {
+            from: Version::new(1, 35, 8),
+            to: Version::new(1, 37, 1),
+            hops: vec![
+                Hop { from: Version::new(1, 35, 8), to: Version::new(1, 36, 4) },
+                Hop { from: Version::new(1, 36, 4), to: Version::new(1, 37, 1) },
+            ],
+            forced: vec![],
+        };
+        let f = path_skew(&s, &path);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].subject, "node/old");
+        assert!(f[0].message.contains("1.34.x"), "{}", f[0].message);
+    }
+
+    #[test]
+    fn offline_runs_no_check() {
+        let s = Snapshot {
+            nodes: vec![node("cp-1", true, "v1.36.4"), node("w-1", false, "v1.36.4")],
+            pods: vec![pod("bare")],
+            ..Default::default()
+        };
+        let (mut p, c) = opts();
+        assert!(preflight(&s, None, vec![], &p, &c).unwrap().blocked, "the bare pod blocks online");
+        p.mode = Mode::Offline;
+        let plan = preflight(&s, None, vec![], &p, &c).unwrap();
+        assert!(!plan.blocked && plan.findings.is_empty());
+    }
+}
