@@ -36,6 +36,15 @@ Examples:
   refit demo
   refit demo --workers 10")]
     Demo(DemoArgs),
+    /// Preflight: what blocks, what is unsafe, what will be unavailable, and the ordered plan.
+    #[command(after_help = "\
+Examples:
+  refit plan --to 1.37
+  refit plan --to 1.37 --max-unavailable 10% -o json
+  refit plan --to 1.37 -f plan.yaml --partial-ok
+  refit plan --to 1.37 --ignore-safety-checks      report findings, block on nothing
+Exit code 1 when a blocker stops the plan (online mode).")]
+    Plan(PlanArgs),
     /// What the cluster runs: every component's version, skew violations, support, next versions.
     #[command(after_help = "\
 Examples:
@@ -270,6 +279,52 @@ pub struct ApisArgs {
     #[command(flatten)]
     pub cluster: ClusterArgs,
     /// A release catalog to use instead of the built-in one (air-gapped refresh).
+    #[arg(long, env = "REFIT_CATALOG")]
+    pub catalog: Option<PathBuf>,
+}
+
+/// `refit plan`
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Target: a release (1.37.1) or a minor (1.37 = its newest patch).
+    #[arg(long)]
+    pub to: String,
+    /// Workers unavailable at once: a count or a percentage (etcd and control plane: always 1).
+    #[arg(long, default_value = "1")]
+    pub max_unavailable: String,
+    /// Plan file: external etcd hosts, node addresses and roles, ingress/storage labels.
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// Run the checks and report them, but let nothing block.
+    #[arg(long)]
+    pub ignore_safety_checks: bool,
+    /// Run no check at all (loud warning).
+    #[arg(long)]
+    pub offline: bool,
+    /// Leave out workers that fail their checks (only when every etcd and control-plane node passes).
+    #[arg(long)]
+    pub partial_ok: bool,
+    /// Bypass version-support checks and include nodes already at the target.
+    #[arg(long)]
+    pub force: bool,
+    /// Plan the etcd and control-plane phases only.
+    #[arg(long)]
+    pub control_plane_only: bool,
+    /// Allow evicting pods with emptyDir volumes (their data is lost).
+    #[arg(long)]
+    pub delete_emptydir_data: bool,
+    /// Allow deleting pods no controller manages (they will not come back).
+    #[arg(long)]
+    pub delete_unmanaged_pods: bool,
+    /// Label (KEY or KEY=VALUE) marking ingress nodes; repeatable.
+    #[arg(long)]
+    pub ingress_label: Vec<String>,
+    /// Label (KEY or KEY=VALUE) marking storage nodes; repeatable.
+    #[arg(long)]
+    pub storage_label: Vec<String>,
+    /// A release catalog to use instead of the built-in one.
     #[arg(long, env = "REFIT_CATALOG")]
     pub catalog: Option<PathBuf>,
 }

@@ -155,28 +155,28 @@ pub fn workload_safety(snapshot: &Snapshot, nodes: &BTreeSet<String>, opts: &Che
                 severity: if opts.drain.force { Severity::Warning } else { Severity::Blocker },
                 subject: subject.clone(),
                 node: node.clone(),
-                message: "not managed by a ReplicaSet, ReplicationController, Job, DaemonSet or StatefulSet: deleted by the drain, it will not come back (run it under a controller, or allow with --force)".into(),
+                message: "not managed by a ReplicaSet, ReplicationController, Job, DaemonSet or StatefulSet: deleted by the drain, it will not come back (run it under a controller, or allow with --delete-unmanaged-pods)".into(),
             });
         }
         for v in &pod.volumes {
             let (what, path) = match v {
-                Volume::EmptyDir { name } => ("emptyDir", name.clone()),
-                Volume::HostPath { path, .. } => ("hostPath", path.clone()),
+                Volume::EmptyDir { name } => ("an emptyDir", name.clone()),
+                Volume::HostPath { path, .. } => ("a hostPath", path.clone()),
                 Volume::Claim { claim, .. }
                     if local_pvs.contains(format!("{}/{claim}", pod.namespace).as_str()) =>
                 {
-                    ("local PersistentVolume", claim.clone())
+                    ("a local PersistentVolume", claim.clone())
                 }
                 _ => continue,
             };
-            let blocker = what == "emptyDir" && !opts.drain.delete_emptydir_data;
+            let blocker = what == "an emptyDir" && !opts.drain.delete_emptydir_data;
             out.push(Finding {
                 check: "local-data",
                 severity: if blocker { Severity::Blocker } else { Severity::Warning },
                 subject: subject.clone(),
                 node: node.clone(),
                 message: format!(
-                    "uses a {what} volume ({path}): its data stays on the node and is lost or unavailable when the pod moves{}",
+                    "uses {what} volume ({path}): its data stays on the node and is lost or unavailable when the pod moves{}",
                     if blocker { " (allow with --delete-emptydir-data)" } else { "" }
                 ),
             });
@@ -458,7 +458,7 @@ mod tests {
             Snapshot { pods: vec![pod("bare"), pod("ok").owned_by("ReplicaSet", "x")], ..Default::default() };
         let f = drain_blockers(&s, "w-1", &CheckOptions::default());
         assert_eq!(checks(&f), vec![("drain-refused", "pod/default/bare".to_string())]);
-        assert!(f[0].message.contains("--force"));
+        assert!(f[0].message.contains("--delete-unmanaged-pods"));
     }
 }
 

@@ -57,7 +57,7 @@ impl Refusal {
                 "uses emptyDir: its data is lost when evicted (allow with --delete-emptydir-data)"
             }
             Refusal::Unmanaged => {
-                "is not managed by a ReplicaSet, ReplicationController, Job, DaemonSet or StatefulSet: it will not come back (allow with --force)"
+                "is not managed by a ReplicaSet, ReplicationController, Job, DaemonSet or StatefulSet: it will not come back (allow with --delete-unmanaged-pods)"
             }
         }
     }

@@ -59,12 +59,9 @@ pub fn preflight(
     // A first plan tells which nodes are upgraded and how workers are batched.
     let draft = plan::build(snapshot, Vec::new(), plan_opts)?;
     let planned: BTreeSet<String> = unit_names(&draft.phases, None);
+    // workload_safety already reports what kubectl's drain would refuse (unmanaged pods,
+    // emptyDir) as blockers under the same allowances, so drain_blockers is not repeated here.
     findings.extend(checks::workload_safety(snapshot, &planned, check_opts));
-    for node in &planned {
-        if snapshot.nodes.iter().any(|n| &n.name == node) {
-            findings.extend(checks::drain_blockers(snapshot, node, check_opts));
-        }
-    }
     for phase in &draft.phases {
         for batch in &phase.batches {
             let nodes: BTreeSet<String> = batch.units.iter().map(|u| u.node.clone()).collect();

@@ -3,6 +3,7 @@
 mod apis;
 mod build;
 mod demo;
+mod plan;
 mod sandbox;
 mod status;
 mod versions;
@@ -31,6 +32,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Versions(args) => versions::run(args, format),
         Command::Apis(args) => apis::run(args, format).await,
         Command::Status(args) => status::run(args, format).await,
+        Command::Plan(args) => plan::run(args, format).await,
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "refit", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

@@ -1,0 +1,200 @@
+//! `refit plan --to V`: what will block, what is unsafe, what will be unavailable, and the
+//! ordered plan. Gathers (kube), decides (core::preflight), prints.
+
+use std::collections::BTreeSet;
+use std::process::ExitCode;
+
+use refit_core::VersionRequest;
+use refit_core::checks::{CheckOptions, Finding, Severity};
+use refit_core::drain::DrainOptions;
+use refit_core::path::{Policy, upgrade_path};
+use refit_core::plan::{MaxUnavailable, Mode, Plan, PlanOptions};
+use refit_core::planfile::PlanFile;
+use refit_core::removed;
+use refit_kube::{ClusterTarget, connect};
+use serde::Serialize;
+
+use crate::args::PlanArgs;
+use crate::commands::load_catalog;
+use crate::output::{Format, print_structured, table, usage};
+
+#[derive(Serialize)]
+struct PlanOutput<'a> {
+    context: &'a str,
+    current: String,
+    path: Vec<String>,
+    /// Checks that could not run, and why.
+    not_run: Vec<String>,
+    #[serde(flatten)]
+    plan: &'a Plan,
+}
+
+pub async fn run(args: PlanArgs, format: Format) -> anyhow::Result<ExitCode> {
+    // Everything the user typed is validated before the cluster is touched.
+    let catalog = load_catalog(args.catalog.as_deref())?;
+    let request: VersionRequest = args.to.parse().map_err(|e| usage(format!("--to: {e}")))?;
+    let max_unavailable: MaxUnavailable = args.max_unavailable.parse().map_err(usage)?;
+    let mode = match (args.offline, args.ignore_safety_checks) {
+        (true, true) => return Err(usage("--offline and --ignore-safety-checks exclude each other")),
+        (true, false) => Mode::Offline,
+        (false, true) => Mode::IgnoreSafetyChecks,
+        (false, false) => Mode::Online,
+    };
+    let plan_file = match &args.file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| usage(format!("cannot read plan file {}: {e}", path.display())))?;
+            PlanFile::from_yaml(&text).map_err(|e| usage(format!("{}: {e}", path.display())))?
+        }
+        None => PlanFile::default(),
+    };
+
+    let target =
+        ClusterTarget { kubeconfig: args.cluster.kubeconfig.clone(), context: args.cluster.context.clone() };
+    let conn = connect(&target).await.map_err(|e| usage(e.to_string()))?;
+    let current = refit_kube::apis::oldest_apiserver_version(&conn).await?;
+    let today = jiff::Zoned::now().date();
+    let path = upgrade_path(&catalog, &current, &request, Policy::Default, args.force, today)
+        .map_err(|e| usage(e.to_string()))?;
+    let snapshot = refit_kube::snapshot::read_snapshot(&conn).await?;
+    let nodes: BTreeSet<String> = snapshot.nodes.iter().map(|n| n.name.clone()).collect();
+    plan_file.validate(&nodes).map_err(|e| usage(e.to_string()))?;
+
+    let mut extra: Vec<Finding> = Vec::new();
+    let mut not_run = Vec::new();
+    if mode == Mode::Offline {
+        not_run.push("all checks (--offline)".to_string());
+    } else {
+        match refit_kube::apis::collect_signals(&conn, &catalog).await {
+            Ok(signals) => {
+                let found =
+                    removed::findings(&catalog, current.minor_version(), path.to.minor_version(), &signals);
+                for f in found.iter().filter(|f| f.severity == removed::Severity::Crossing) {
+                    extra.push(Finding {
+                        check: "removed-api",
+                        severity: Severity::Blocker,
+                        subject: f.location.clone(),
+                        node: None,
+                        message: format!(
+                            "uses {} {}, removed in {}: {}",
+                            f.api_version,
+                            f.kind,
+                            f.removed_in,
+                            f.advice()
+                        ),
+                    });
+                }
+            }
+            Err(e) => not_run.push(format!("removed-API usage ({e})")),
+        }
+        for forced in &path.forced {
+            extra.push(Finding {
+                check: "version-forced",
+                severity: Severity::Warning,
+                subject: "cluster".into(),
+                node: None,
+                message: format!("--force: {forced}"),
+            });
+        }
+    }
+    let plan_opts = PlanOptions {
+        target: path.to.clone(),
+        max_unavailable,
+        mode,
+        partial_ok: args.partial_ok,
+        force: args.force,
+        control_plane_only: args.control_plane_only,
+        extra_roles: plan_file.extra_roles(),
+    };
+    let mut ingress = plan_file.ingress_labels.clone();
+    ingress.extend(args.ingress_label.iter().cloned());
+    let mut storage = plan_file.storage_labels.clone();
+    storage.extend(args.storage_label.iter().cloned());
+    let check_opts = CheckOptions {
+        target: Some(path.to.clone()),
+        force: args.force,
+        drain: DrainOptions {
+            delete_emptydir_data: args.delete_emptydir_data,
+            force: args.delete_unmanaged_pods,
+        },
+        ingress_labels: ingress,
+        storage_labels: storage,
+    };
+    let plan = refit_core::preflight::preflight(&snapshot, Some(&path), extra, &plan_opts, &check_opts)
+        .map_err(|e| usage(e.to_string()))?;
+    let out = PlanOutput {
+        context: &conn.context,
+        current: current.to_string(),
+        path: path.hops.iter().map(|h| h.to.to_string()).collect(),
+        not_run,
+        plan: &plan,
+    };
+    if mode == Mode::Offline {
+        eprintln!("WARNING: --offline: no readiness, safety, availability, PDB or capacity check was run");
+    }
+    if !print_structured(format, &out)? {
+        print!("{}", render(&out));
+    }
+    Ok(if plan.blocked { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn render(o: &PlanOutput<'_>) -> String {
+    let p = o.plan;
+    let mut s = format!(
+        "Plan for context {}: {} → {} (hops: {}), mode {:?}, max-unavailable {}\n\n",
+        o.context,
+        o.current,
+        p.target,
+        if o.path.is_empty() { "none".into() } else { o.path.join(" → ") },
+        p.mode,
+        p.max_unavailable
+    );
+    if p.findings.is_empty() {
+        s.push_str("Findings: none\n\n");
+    } else {
+        let mut t = table(&["severity", "check", "subject", "node", "what to do"]);
+        for f in &p.findings {
+            t.add_row(vec![
+                format!("{:?}", f.severity).to_lowercase(),
+                f.check.to_string(),
+                f.subject.clone(),
+                f.node.clone().unwrap_or_default(),
+                f.message.clone(),
+            ]);
+        }
+        s.push_str(&format!("Findings\n{t}\n\n"));
+    }
+    let mut t = table(&["phase", "batch", "node", "roles", "from", "to", "steps", "blockers"]);
+    for phase in &p.phases {
+        if phase.batches.is_empty() {
+            t.add_row(vec![format!("{:?}", phase.kind), "-".into(), "kube-proxy, CoreDNS".into()]);
+        }
+        for (i, b) in phase.batches.iter().enumerate() {
+            for u in &b.units {
+                t.add_row(vec![
+                    format!("{:?}", phase.kind),
+                    (i + 1).to_string(),
+                    u.node.clone(),
+                    u.roles.iter().map(|r| format!("{r:?}")).collect::<Vec<_>>().join("+"),
+                    u.from.clone(),
+                    u.to.to_string(),
+                    u.steps.iter().map(|s| format!("{s:?}").to_lowercase()).collect::<Vec<_>>().join(","),
+                    u.blockers.iter().map(|b| b.check).collect::<Vec<_>>().join(","),
+                ]);
+            }
+        }
+    }
+    s.push_str(&format!("{t}\n"));
+    for (n, why) in &p.excluded {
+        s.push_str(&format!("left out: {n} ({why})\n"));
+    }
+    for n in &o.not_run {
+        s.push_str(&format!("NOT RUN: {n}\n"));
+    }
+    s.push_str(if p.blocked {
+        "\nBLOCKED: fix the blockers above, or choose --partial-ok / --ignore-safety-checks.\n"
+    } else {
+        "\nReady: nothing blocks this plan.\n"
+    });
+    s
+}

@@ -1,0 +1,139 @@
+//! `refit plan` against a real testbed holding the sandbox's demo workloads plus a PDB that
+//! can never allow a disruption.
+
+use std::path::Path;
+
+use assert_cmd::Command;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use refit_testbed::workloads::{Budget, apply, deployment, install_demo, pdb, wait_pods_ready};
+use refit_testbed::{Testbed, TestbedConfig, default_version};
+use serde_json::Value;
+
+fn plan(kubeconfig: &Path, args: &[&str]) -> (i32, Value, String) {
+    let out = Command::cargo_bin("refit")
+        .unwrap()
+        .args(["plan", "-o", "json", "--kubeconfig"])
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code().unwrap_or(-1), json, stderr)
+}
+
+fn checks(v: &Value) -> Vec<(String, String)> {
+    v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["check"].as_str().unwrap().to_string(), f["subject"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+fn has(v: &Value, check: &str, subject_part: &str) -> bool {
+    checks(v).iter().any(|(c, s)| c == check && s.contains(subject_part))
+}
+
+#[tokio::test]
+async fn plan_finds_what_blocks_and_orders_the_upgrade() {
+    let tb = Testbed::start(TestbedConfig::new(default_version().unwrap(), 4)).await.unwrap();
+    tb.create_namespace("demo").await.unwrap();
+    let client = tb.client().await.unwrap();
+    install_demo(&client, "demo").await.unwrap();
+    // A budget that can never allow a disruption: minAvailable equal to the replicas.
+    tb.create_namespace("locked").await.unwrap();
+    apply::<Deployment>(&client, deployment("locked", "ledger", 2)).await.unwrap();
+    apply::<PodDisruptionBudget>(&client, pdb("locked", "ledger", "ledger", Budget::MinAvailable(2)))
+        .await
+        .unwrap();
+    wait_pods_ready(&client, "locked", "app=ledger", 2, std::time::Duration::from_secs(60)).await.unwrap();
+    wait_pods_ready(&client, "demo", "app=web", 6, std::time::Duration::from_secs(60)).await.unwrap();
+    // Let the disruption controller publish the budget's status.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let kc = tb.kubeconfig();
+
+    let (code, p, stderr) = plan(&kc, &["--to", "1.37", "--max-unavailable", "2"]);
+    assert_eq!(code, 1, "blockers exit 1: {stderr}");
+    assert_eq!(p["blocked"], true);
+    assert!(has(&p, "unmanaged-pod", "pod/demo/debug-shell"), "{:?}", checks(&p));
+    assert!(has(&p, "local-data", "pod/demo/cache-"), "{:?}", checks(&p));
+    assert!(has(&p, "single-replica", "deployment/demo/singleton"), "{:?}", checks(&p));
+    assert!(has(&p, "pdb-never-allows", "pdb/locked/ledger"), "{:?}", checks(&p));
+    assert!(has(&p, "control-plane-count", "cluster") && has(&p, "etcd-members", "cluster"));
+    assert!(!has(&p, "pdb-never-allows", "pdb/demo/"), "the demo budgets have room: {:?}", checks(&p));
+    // Phases in order, the control plane alone, workers two at a time.
+    let phases: Vec<&str> =
+        p["phases"].as_array().unwrap().iter().map(|ph| ph["kind"].as_str().unwrap()).collect();
+    assert_eq!(phases, ["etcd", "workers", "cluster-services"]);
+    let workers = &p["phases"][1]["batches"];
+    assert_eq!(workers.as_array().unwrap().len(), 2);
+    assert!(workers.as_array().unwrap().iter().all(|b| b["units"].as_array().unwrap().len() <= 2));
+    assert!(p["path"].as_array().unwrap()[0].as_str().unwrap().starts_with("1.37."));
+
+    // --ignore-safety-checks reports the same findings and blocks nothing.
+    let (code, ignored, _) = plan(&kc, &["--to", "1.37", "--max-unavailable", "2", "--ignore-safety-checks"]);
+    assert_eq!((code, ignored["blocked"].clone()), (0, Value::Bool(false)));
+    assert_eq!(checks(&ignored).len(), checks(&p).len());
+
+    // --partial-ok leaves the blocked workers out (the control plane passed).
+    let (code, partial, _) = plan(&kc, &["--to", "1.37", "--partial-ok"]);
+    assert_eq!(code, 0, "{partial:#}");
+    let excluded = partial["excluded"].as_array().unwrap();
+    assert!(!excluded.is_empty() && excluded.iter().all(|e| e[0].as_str().unwrap().starts_with("worker-")));
+
+    // The allowances turn the drain blockers into warnings.
+    let (_, allowed, _) = plan(&kc, &["--to", "1.37", "--delete-emptydir-data", "--delete-unmanaged-pods"]);
+    let sev = |check: &str| {
+        allowed["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["check"] == check)
+            .map(|f| f["severity"].clone())
+    };
+    assert_eq!(sev("unmanaged-pod"), Some(Value::from("warning")));
+    assert_eq!(sev("local-data"), Some(Value::from("warning")));
+
+    // --offline: no check, a loud warning.
+    let (code, offline, stderr) = plan(&kc, &["--to", "1.37", "--offline"]);
+    assert_eq!(code, 0);
+    assert!(offline["findings"].as_array().unwrap().is_empty());
+    assert!(stderr.contains("WARNING: --offline"), "{stderr}");
+
+    // Plan files: roles the cluster cannot tell, and bad ones refused with exit 2.
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("plan.yaml");
+    std::fs::write(&good, "etcd:\n  - {name: etcd-ext-1, address: 10.9.0.1}\ningressLabels: [kubernetes.io/hostname=worker-002]\n").unwrap();
+    let (_, with_file, stderr) = plan(&kc, &["--to", "1.37", "-f", good.to_str().unwrap()]);
+    assert!(has(&with_file, "ingress-node", "node/worker-002"), "{stderr}");
+    let etcd_units: Vec<&str> = with_file["phases"][0]["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|b| b["units"].as_array().unwrap().iter().map(|u| u["node"].as_str().unwrap()))
+        .collect();
+    assert!(etcd_units.contains(&"etcd-ext-1"), "{etcd_units:?}");
+    for (content, expected) in [
+        ("nodes: [", "not valid"),
+        ("nodes:\n  worker-999: {roles: [worker]}\n", "worker-999"),
+        ("surprise: 1\n", "not valid"),
+    ] {
+        let bad = dir.path().join("bad.yaml");
+        std::fs::write(&bad, content).unwrap();
+        let (code, _, stderr) = plan(&kc, &["--to", "1.37", "-f", bad.to_str().unwrap()]);
+        assert_eq!(code, 2, "{content}: {stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+    for (args, expected) in [
+        (vec!["--to", "banana"], "not a Kubernetes version"),
+        (vec!["--to", "1.37", "--max-unavailable", "0"], "--max-unavailable"),
+        (vec!["--to", "1.35"], "downgrades"),
+    ] {
+        let (code, _, stderr) = plan(&kc, &args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
