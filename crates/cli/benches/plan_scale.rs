@@ -5,6 +5,7 @@
 //! measures wall time and peak RSS (wait4's ru_maxrss) of:
 //!   - the peer: `kubectl get pods -A -o json` (what any tool must at least read), and
 //!   - refit: `refit plan --to <next minor> -o json`.
+//!
 //! Not a test: it prints the numbers and their ratio; it asserts nothing about time.
 //!
 //! Run: `cargo bench -p refit-cli --bench plan_scale` (about 10 minutes on 2 cores).
