@@ -60,7 +60,9 @@ fn main() {
             d["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] = "10m".into();
             apply::<Deployment>(&client, d).await.unwrap();
             if i % 2 == 0 {
-                apply::<PodDisruptionBudget>(&client, pdb("scale", &name, &name, Budget::MaxUnavailable(10))).await.unwrap();
+                apply::<PodDisruptionBudget>(&client, pdb("scale", &name, &name, Budget::MaxUnavailable(10)))
+                    .await
+                    .unwrap();
             }
         }
         let api: Api<Pod> = Api::namespaced(client, "scale");
@@ -93,10 +95,24 @@ fn main() {
     let refit = std::path::PathBuf::from(env!("CARGO_BIN_EXE_refit"));
     let target = format!("1.{}", version.minor + 1);
     for round in 1..=2 {
-        let (kt, km, kc) = measure(Command::new(&kubectl).args(["get", "pods", "-A", "-o", "json", "--kubeconfig"]).arg(tb.kubeconfig()));
+        let (kt, km, kc) = measure(
+            Command::new(&kubectl)
+                .args(["get", "pods", "-A", "-o", "json", "--kubeconfig"])
+                .arg(tb.kubeconfig()),
+        );
         let (rt_, rm, rc) = measure(
             Command::new(&refit)
-                .args(["plan", "--to", &target, "-o", "json", "--ignore-safety-checks", "--max-unavailable", "10%", "--kubeconfig"])
+                .args([
+                    "plan",
+                    "--to",
+                    &target,
+                    "-o",
+                    "json",
+                    "--ignore-safety-checks",
+                    "--max-unavailable",
+                    "10%",
+                    "--kubeconfig",
+                ])
                 .arg(tb.kubeconfig()),
         );
         println!(

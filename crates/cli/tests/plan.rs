@@ -137,3 +137,113 @@ async fn plan_finds_what_blocks_and_orders_the_upgrade() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+/// The rules the first test does not reach, each with a trigger and a counter-example.
+#[tokio::test]
+async fn each_remaining_rule_fires_on_its_trigger_only() {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+    use kube::discovery::ApiResource;
+    use serde_json::json;
+
+    let config = TestbedConfig::new(default_version().unwrap(), 4)
+        .apiserver_arg("--runtime-config=storage.k8s.io/v1beta1=true");
+    let tb = Testbed::start(config).await.unwrap();
+    let client = tb.client().await.unwrap();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let pp = PatchParams::default();
+    tb.create_namespace("rules").await.unwrap();
+
+    // cordoned-by-other: someone cordoned worker-003.
+    nodes.patch("worker-003", &pp, &Patch::Merge(&json!({"spec": {"unschedulable": true}}))).await.unwrap();
+    // node-pressure: worker-004 reports memory pressure. (node-not-ready is unit-tested only:
+    // kwok's node-initialize stage sets Ready back to True as soon as it is patched away.)
+    nodes
+        .patch_status(
+            "worker-004",
+            &pp,
+            &Patch::Strategic(&json!({"status": {"conditions": [
+                {"type": "MemoryPressure", "status": "True", "reason": "KubeletHasInsufficientMemory", "message": "test"},
+            ]}})),
+        )
+        .await
+        .unwrap();
+    // storage-node: worker-002 carries the storage label.
+    nodes
+        .patch("worker-002", &pp, &Patch::Merge(&json!({"metadata": {"labels": {"storage": "ceph"}}})))
+        .await
+        .unwrap();
+    // version-skew: worker-001's kubelet is four minors behind the target.
+    let old = refit_core::Version::new(1, 33, 5);
+    tb.set_node_version("worker-001", &old, &old).await.unwrap();
+    // daemonset-single-node: pinned to worker-002 (kube-proxy runs everywhere: no finding).
+    let mut ds = json!({
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": "pinned-agent", "namespace": "rules"},
+        "spec": {"selector": {"matchLabels": {"app": "pinned-agent"}}, "template": {
+            "metadata": {"labels": {"app": "pinned-agent"}},
+            "spec": {"nodeSelector": {"kubernetes.io/hostname": "worker-002"},
+                     "containers": [{"name": "a", "image": "registry.k8s.io/pause:3.10.1"}]}}},
+    });
+    apply::<DaemonSet>(&client, ds.take()).await.unwrap();
+    // local-data (hostPath) and capacity: 6-CPU pods, one per node, nowhere to go when drained.
+    let mut big = deployment("rules", "big", 2);
+    big["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"] =
+        json!({"cpu": "6", "memory": "1Gi"});
+    big["spec"]["template"]["spec"]["volumes"] = json!([{"name": "logs", "hostPath": {"path": "/var/log"}}]);
+    apply::<Deployment>(&client, big).await.unwrap();
+    // pdb-unhealthy: one of three pods reports not ready; minAvailable 2 leaves no room.
+    apply::<Deployment>(&client, deployment("rules", "flaky", 3)).await.unwrap();
+    apply::<PodDisruptionBudget>(&client, pdb("rules", "flaky", "flaky", Budget::MinAvailable(2)))
+        .await
+        .unwrap();
+    let flaky =
+        wait_pods_ready(&client, "rules", "app=flaky", 3, std::time::Duration::from_secs(60)).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "rules");
+    pods.patch_status(
+        flaky[0].metadata.name.as_deref().unwrap(),
+        &pp,
+        &Patch::Strategic(&json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}})),
+    )
+    .await
+    .unwrap();
+    // removed-api: a client reads an opt-in beta that 1.37 removes.
+    let ar = ApiResource {
+        group: "storage.k8s.io".into(),
+        version: "v1beta1".into(),
+        api_version: "storage.k8s.io/v1beta1".into(),
+        kind: "VolumeAttributesClass".into(),
+        plural: "volumeattributesclasses".into(),
+    };
+    Api::<DynamicObject>::all_with(client.clone(), &ar).list(&ListParams::default()).await.unwrap();
+    wait_pods_ready(&client, "rules", "app=big", 2, std::time::Duration::from_secs(60)).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+
+    let (code, p, stderr) = plan(&tb.kubeconfig(), &["--to", "1.37", "--storage-label", "storage=ceph"]);
+    assert_eq!(code, 1, "{stderr}");
+    let find =
+        |check: &str| checks(&p).into_iter().filter(|(c, _)| c == check).map(|(_, s)| s).collect::<Vec<_>>();
+    assert_eq!(find("cordoned-by-other"), ["node/worker-003"]);
+    assert!(find("node-not-ready").is_empty(), "every node is Ready");
+    assert_eq!(find("node-pressure"), ["node/worker-004"]);
+    assert_eq!(find("storage-node"), ["node/worker-002"]);
+    assert_eq!(find("version-skew"), ["node/worker-001"]);
+    assert_eq!(find("daemonset-single-node"), ["daemonset/rules/pinned-agent"]);
+    assert!(
+        find("local-data").iter().all(|s| s.starts_with("pod/rules/big-")) && !find("local-data").is_empty()
+    );
+    assert!(
+        !find("capacity").is_empty() && find("capacity").iter().all(|s| s.starts_with("pod/rules/big-")),
+        "{:?}",
+        find("capacity")
+    );
+    assert!(
+        find("pdb-unhealthy").iter().all(|s| s == "pdb/rules/flaky") && !find("pdb-unhealthy").is_empty(),
+        "{:?}",
+        checks(&p)
+    );
+    assert!(find("removed-api").iter().any(|s| s.contains("apiserver")), "{:?}", checks(&p));
+    assert!(find("worker-count").is_empty(), "four workers are enough");
+    assert!(find("unmanaged-pod").is_empty() && find("single-replica").is_empty(), "none here");
+}
