@@ -198,3 +198,83 @@ fn render(o: &PlanOutput<'_>) -> String {
     });
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use refit_core::snapshot::Snapshot;
+    use serde_json::json;
+
+    fn node(name: &str, cp: bool) -> serde_json::Value {
+        let labels = if cp { json!({"node-role.kubernetes.io/control-plane": ""}) } else { json!({}) };
+        json!({"name": name, "labels": labels, "annotations": {}, "taints": [], "unschedulable": false,
+               "ready": true, "pressure": [], "kubelet": "v1.36.4", "address": null,
+               "allocatable": {"cpu_millis": 8000, "memory_bytes": 34359738368i64, "pods": 110}})
+    }
+
+    fn pod(
+        name: &str,
+        node: &str,
+        owner: Option<(&str, &str)>,
+        volumes: serde_json::Value,
+    ) -> serde_json::Value {
+        json!({"namespace": "shop", "name": name, "uid": format!("uid-{name}"), "node": node,
+               "owner": owner.map(|(k, n)| json!({"kind": k, "name": n})), "phase": "Running", "ready": true,
+               "mirror": false, "terminating": false, "labels": {"app": "web"}, "volumes": volumes})
+    }
+
+    fn snapshot() -> Snapshot {
+        serde_json::from_value(json!({
+            "nodes": [node("cp-1", true), node("w-1", false), node("w-2", false), node("w-3", false)],
+            "pods": [
+                pod("web-1", "w-1", Some(("ReplicaSet", "web-x")), json!([])),
+                pod("web-2", "w-2", Some(("ReplicaSet", "web-x")), json!([])),
+                pod("debug", "w-3", None, json!([{"type": "emptyDir", "name": "tmp"}])),
+            ],
+            "scheduling": {},
+            "pdbs": [{"namespace": "shop", "name": "web", "selector": {"match_labels": {"app": "web"}, "match_expressions": []},
+                      "disruptions_allowed": 0, "current_healthy": 2, "desired_healthy": 2, "expected_pods": 2,
+                      "always_allow_unhealthy": false}],
+            "workloads": [{"kind": "ReplicaSet", "namespace": "shop", "name": "web-x", "replicas": 2, "owner": {"kind": "Deployment", "name": "web"}},
+                          {"kind": "Deployment", "namespace": "shop", "name": "web", "replicas": 2, "owner": null}],
+            "pvs": [],
+        }))
+        .unwrap()
+    }
+
+    fn output(plan: &Plan) -> PlanOutput<'_> {
+        PlanOutput {
+            context: "prod",
+            current: "1.36.4".into(),
+            path: vec!["1.37.1".into()],
+            not_run: vec![],
+            plan,
+        }
+    }
+
+    fn make() -> Plan {
+        let target: refit_core::Version = "1.37.1".parse().unwrap();
+        let plan_opts = PlanOptions {
+            target: target.clone(),
+            max_unavailable: MaxUnavailable::Count(2),
+            mode: Mode::Online,
+            partial_ok: false,
+            force: false,
+            control_plane_only: false,
+            extra_roles: Default::default(),
+        };
+        let check_opts = CheckOptions { target: Some(target), ..Default::default() };
+        refit_core::preflight::preflight(&snapshot(), None, vec![], &plan_opts, &check_opts).unwrap()
+    }
+
+    #[test]
+    fn table_snapshot() {
+        insta::assert_snapshot!(render(&output(&make())));
+    }
+
+    #[test]
+    fn json_snapshot() {
+        let plan = make();
+        insta::assert_json_snapshot!(output(&plan));
+    }
+}
