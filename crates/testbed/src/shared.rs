@@ -32,6 +32,7 @@ pub fn shared() -> Result<&'static Testbed, String> {
     static SHARED: OnceLock<Result<Testbed, String>> = OnceLock::new();
     SHARED
         .get_or_init(|| {
+            remove_stale_dirs();
             std::thread::spawn(|| {
                 let workers =
                     std::env::var("REFIT_TESTBED_WORKERS").ok().and_then(|w| w.parse().ok()).unwrap_or(20);
@@ -55,4 +56,36 @@ pub fn shared() -> Result<&'static Testbed, String> {
 pub fn unique_namespace(prefix: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
     format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Shared testbeds live in statics, which are never dropped, so their temporary directories
+/// (certificates, etcd data, logs) outlive the test binary. The next one to start removes the
+/// directories of testbeds whose process is gone (`refit-testbed-<pid>-*`).
+fn remove_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("refit-testbed-")) else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
+        if pid != std::process::id() as i32 && !crate::process::pid_alive(pid) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stale_directories_of_dead_testbeds_are_removed() {
+        // Find a pid that is not running.
+        let dead = (4_000_000..4_100_000).find(|p| !crate::process::pid_alive(*p)).unwrap();
+        let stale = std::env::temp_dir().join(format!("refit-testbed-{dead}-abc"));
+        let mine = std::env::temp_dir().join(format!("refit-testbed-{}-mine", std::process::id()));
+        std::fs::create_dir_all(stale.join("etcd")).unwrap();
+        std::fs::create_dir_all(&mine).unwrap();
+        super::remove_stale_dirs();
+        assert!(!stale.exists());
+        assert!(mine.exists(), "a live process's directory stays");
+        std::fs::remove_dir_all(&mine).unwrap();
+    }
 }
