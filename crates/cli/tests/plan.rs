@@ -71,6 +71,28 @@ async fn plan_finds_what_blocks_and_orders_the_upgrade() {
     assert_eq!(workers.as_array().unwrap().len(), 2);
     assert!(workers.as_array().unwrap().iter().all(|b| b["units"].as_array().unwrap().len() <= 2));
     assert!(p["path"].as_array().unwrap()[0].as_str().unwrap().starts_with("1.37."));
+    // Per node, what the drain does with each pod, with kubectl's semantics.
+    let units: Vec<&Value> = p["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|ph| {
+            ph["batches"].as_array().unwrap().iter().flat_map(|b| b["units"].as_array().unwrap().iter())
+        })
+        .collect();
+    let holder = units
+        .iter()
+        .find(|u| u["drain"]["refuse"].as_array().unwrap().iter().any(|r| r[0] == "demo/debug-shell"))
+        .expect("the node holding the bare pod refuses to drain");
+    assert!(
+        holder["drain"]["skip"].as_array().unwrap().iter().any(|s| s[1] == "daemon-set"),
+        "DaemonSet pods are skipped"
+    );
+    let cp = units.iter().find(|u| u["node"] == "control-plane-1").unwrap();
+    assert!(
+        cp["drain"]["skip"].as_array().unwrap().iter().any(|s| s[1] == "mirror"),
+        "static pods are skipped"
+    );
 
     // --ignore-safety-checks reports the same findings and blocks nothing.
     let (code, ignored, _) = plan(&kc, &["--to", "1.37", "--max-unavailable", "2", "--ignore-safety-checks"]);

@@ -151,6 +151,9 @@ pub struct UnitPlan {
     pub steps: Vec<Step>,
     /// Blocking findings on this unit.
     pub blockers: Vec<Finding>,
+    /// What the drain of this node does with each of its pods (kubectl semantics): filled
+    /// by preflight, empty for hosts that are not nodes.
+    pub drain: crate::drain::NodeDrain,
 }
 
 /// A group of units upgraded together.
@@ -252,7 +255,15 @@ pub fn build(snapshot: &Snapshot, findings: Vec<Finding>, opts: &PlanOptions) ->
             vec![Step::Cordon, Step::Drain, Step::Upgrade, Step::Validate, Step::Uncordon]
         };
         let blockers = if opts.mode == Mode::Online { blocking(&name) } else { Vec::new() };
-        units.push(UnitPlan { node: name, roles, from, to: opts.target.clone(), steps, blockers });
+        units.push(UnitPlan {
+            node: name,
+            roles,
+            from,
+            to: opts.target.clone(),
+            steps,
+            blockers,
+            drain: Default::default(),
+        });
     }
     if opts.partial_ok && opts.mode == Mode::Online {
         if let Some(u) = units.iter().find(|u| !u.blockers.is_empty() && !u.roles.contains(&Role::Worker)) {

@@ -115,7 +115,13 @@ pub fn preflight(
     }
     findings.sort_by(|a, b| (a.severity, a.check, &a.subject).cmp(&(b.severity, b.check, &b.subject)));
     findings.dedup();
-    plan::build(snapshot, findings, plan_opts)
+    let mut plan = plan::build(snapshot, findings, plan_opts)?;
+    for unit in plan.phases.iter_mut().flat_map(|p| p.batches.iter_mut()).flat_map(|b| b.units.iter_mut()) {
+        if snapshot.nodes.iter().any(|n| n.name == unit.node) {
+            unit.drain = drain::plan_node(&unit.node, &snapshot.pods, check_opts.drain);
+        }
+    }
+    Ok(plan)
 }
 
 fn unit_names(phases: &[Phase], kind: Option<PhaseKind>) -> BTreeSet<String> {

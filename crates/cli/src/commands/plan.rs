@@ -164,7 +164,7 @@ fn render(o: &PlanOutput<'_>) -> String {
         }
         s.push_str(&format!("Findings\n{t}\n\n"));
     }
-    let mut t = table(&["phase", "batch", "node", "roles", "from", "to", "steps", "blockers"]);
+    let mut t = table(&["phase", "batch", "node", "roles", "from", "to", "drain", "steps", "blockers"]);
     for phase in &p.phases {
         if phase.batches.is_empty() {
             t.add_row(vec![format!("{:?}", phase.kind), "-".into(), "kube-proxy, CoreDNS".into()]);
@@ -178,6 +178,12 @@ fn render(o: &PlanOutput<'_>) -> String {
                     u.roles.iter().map(|r| format!("{r:?}")).collect::<Vec<_>>().join("+"),
                     u.from.clone(),
                     u.to.to_string(),
+                    format!(
+                        "evict {}, skip {}, refuse {}",
+                        u.drain.evict.len(),
+                        u.drain.skip.len(),
+                        u.drain.refuse.len()
+                    ),
                     u.steps.iter().map(|s| format!("{s:?}").to_lowercase()).collect::<Vec<_>>().join(","),
                     u.blockers.iter().map(|b| b.check).collect::<Vec<_>>().join(","),
                 ]);
