@@ -15,11 +15,12 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, ListParams};
-use refit_testbed::workloads::{Budget, apply, deployment, pdb};
+use kube::api::{Api, PostParams};
+use refit_testbed::workloads::{Budget, apply, pdb};
 use refit_testbed::{Testbed, TestbedConfig, default_version};
 
 /// Runs a command to completion; returns (wall seconds, peak RSS in MiB, exit code).
@@ -37,6 +38,26 @@ fn measure(cmd: &mut Command) -> (f64, f64, i32) {
     (start.elapsed().as_secs_f64(), usage.ru_maxrss as f64 / 1024.0, code)
 }
 
+/// Retries a request that an overloaded 2-core apiserver timed out (a conflict means an
+/// earlier attempt landed).
+async fn retry<T, E: std::fmt::Debug, F: std::future::Future<Output = Result<T, E>>>(
+    mut f: impl FnMut() -> F,
+) -> T {
+    let mut delay = Duration::from_millis(200);
+    for attempt in 0.. {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if attempt < 8 => {
+                eprintln!("retrying after {e:?}");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => panic!("gave up: {e:?}"),
+        }
+    }
+    unreachable!()
+}
+
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -52,45 +73,53 @@ fn main() {
     rt.block_on(async {
         tb.create_namespace("scale").await.unwrap();
         let client = tb.client().await.unwrap();
+        // Pods are created already bound (nodeName set, round-robin) and owned by real
+        // ReplicaSets whose selectors match none of them: the cluster then looks like 300
+        // Deployments' worth of running pods without making the scheduler and the
+        // ReplicaSet controller place 30,000 pods on 2 cores first.
         let per = 100;
-        let count = pods.div_ceil(per);
-        for i in 0..count {
-            let name = format!("app-{i:04}");
-            let mut d = deployment("scale", &name, per as i32);
-            d["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] = "10m".into();
-            apply::<Deployment>(&client, d).await.unwrap();
-            if i % 2 == 0 {
-                apply::<PodDisruptionBudget>(&client, pdb("scale", &name, &name, Budget::MaxUnavailable(10)))
-                    .await
-                    .unwrap();
+        let groups = pods.div_ceil(per);
+        let rs_api: Api<ReplicaSet> = Api::namespaced(client.clone(), "scale");
+        let mut uids = Vec::new();
+        let post = PostParams::default();
+        for g in 0..groups {
+            let name = format!("app-{g:04}");
+            let rs: ReplicaSet = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "spec": {"replicas": 0, "selector": {"matchLabels": {"rs": name}},
+                         "template": {"metadata": {"labels": {"rs": name}},
+                                      "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10.1"}]}}},
+            }))
+            .unwrap();
+            let created = retry(|| rs_api.create(&post, &rs)).await;
+            uids.push((name.clone(), created.metadata.uid.unwrap()));
+            if g % 2 == 0 {
+                retry(|| apply::<PodDisruptionBudget>(&client, pdb("scale", &name, &name, Budget::MaxUnavailable(10)))).await;
             }
         }
-        let api: Api<Pod> = Api::namespaced(client, "scale");
+        let pod_api: Api<Pod> = Api::namespaced(client.clone(), "scale");
         let t = Instant::now();
-        loop {
-            let mut running = 0;
-            let mut token: Option<String> = None;
-            loop {
-                let mut lp = ListParams::default().limit(5000);
-                if let Some(t) = &token {
-                    lp = lp.continue_token(t);
-                }
-                let page = api.list_metadata(&lp).await.unwrap();
-                running += page.items.len();
-                token = page.metadata.continue_.filter(|t| !t.is_empty());
-                if token.is_none() {
-                    break;
-                }
+        let creates = (0..pods).map(|i| {
+            let (rs, uid) = uids[i / per].clone();
+            let pod_api = pod_api.clone();
+            let post = PostParams::default();
+            async move {
+                let pod: Pod = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": format!("{rs}-{i:05}"), "labels": {"app": rs},
+                                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs, "uid": uid, "controller": true}]},
+                    "spec": {"nodeName": format!("worker-{:03}", 1 + i % nodes),
+                             "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10.1",
+                                             "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]},
+                }))
+                .unwrap();
+                retry(|| pod_api.create(&post, &pod)).await;
             }
-            if running >= pods || t.elapsed() > Duration::from_secs(1800) {
-                println!("pods: {running} created in {:.0}s", t.elapsed().as_secs_f64());
-                break;
-            }
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        }
+        });
+        futures::stream::iter(creates).buffer_unordered(16).collect::<Vec<()>>().await;
+        println!("pods: {pods} created in {:.0}s", t.elapsed().as_secs_f64());
     });
-    // Let the scheduler and kwok settle.
-    std::thread::sleep(Duration::from_secs(30));
+    // Let kwok mark the pods Running and the disruption controller publish budgets.
+    std::thread::sleep(Duration::from_secs(60));
     let kubectl = tb.kubectl(&version).unwrap();
     let refit = std::path::PathBuf::from(env!("CARGO_BIN_EXE_refit"));
     let target = format!("1.{}", version.minor + 1);
