@@ -11,6 +11,9 @@
 //!     roles: [worker]
 //! ingressLabels: [node-role.kubernetes.io/ingress]
 //! storageLabels: [storage=ceph]
+//! action:                     # how each node is upgraded (the upgrade engine runs it)
+//!   type: exec
+//!   command: [refit, sandbox, upgrade-node, "{node}", --to, "{to}"]
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,6 +33,9 @@ pub enum PlanFileError {
         "the plan file names node '{0}', which is not in the cluster (see `kubectl get nodes`); remove it or fix the name"
     )]
     UnknownNode(String),
+    /// The action is incomplete or names something unknown.
+    #[error("the plan file's action is not usable: {0}")]
+    Action(String),
     /// An external etcd host shares a name with a node.
     #[error(
         "external etcd member '{0}' has the name of a cluster node; list it under nodes with roles [etcd] instead"
@@ -97,7 +103,40 @@ pub struct PlanFile {
     /// Labels marking storage nodes.
     #[serde(default)]
     pub storage_labels: Vec<String>,
+    /// How each node is upgraded.
+    #[serde(default)]
+    pub action: Option<Action>,
 }
+
+/// The node upgrade action. Placeholders (`{node}`, `{role}`, `{from}`, `{to}`, `{phase}`,
+/// `{address}`) are replaced in whole arguments, never through a shell.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Action {
+    /// A local command per node.
+    Exec {
+        /// Program and arguments.
+        command: Vec<String>,
+    },
+    /// Commands on the node through the system ssh with a built-in recipe.
+    Ssh {
+        /// Recipe name (`kubeadm`).
+        #[serde(default = "default_recipe")]
+        recipe: String,
+        /// Remote user (default: ssh's own configuration).
+        #[serde(default)]
+        user: Option<String>,
+    },
+    /// Create a replacement node, then drain and remove the old one.
+    Replace {},
+}
+
+fn default_recipe() -> String {
+    "kubeadm".into()
+}
+
+/// Placeholders an exec command may use.
+pub const PLACEHOLDERS: &[&str] = &["{node}", "{role}", "{from}", "{to}", "{phase}", "{address}"];
 
 impl PlanFile {
     /// Parses a plan file (YAML or JSON).
@@ -114,7 +153,34 @@ impl PlanFile {
         if let Some(e) = self.etcd.iter().find(|e| nodes.contains(&e.name)) {
             return Err(PlanFileError::EtcdIsNode(e.name.clone()));
         }
-        Ok(())
+        match &self.action {
+            Some(Action::Exec { command }) if command.is_empty() || command[0].trim().is_empty() => {
+                Err(PlanFileError::Action(
+                    "exec needs a command, e.g. command: [./upgrade-node.sh, \"{node}\", \"{to}\"]".into(),
+                ))
+            }
+            Some(Action::Exec { command }) => {
+                for arg in command {
+                    let mut rest = arg.as_str();
+                    while let Some(start) = rest.find('{') {
+                        let Some(len) = rest[start..].find('}') else { break };
+                        let token = &rest[start..start + len + 1];
+                        if !PLACEHOLDERS.contains(&token) {
+                            return Err(PlanFileError::Action(format!(
+                                "unknown placeholder {token} in the exec command (known: {})",
+                                PLACEHOLDERS.join(" ")
+                            )));
+                        }
+                        rest = &rest[start + len + 1..];
+                    }
+                }
+                Ok(())
+            }
+            Some(Action::Ssh { recipe, .. }) if recipe != "kubeadm" => {
+                Err(PlanFileError::Action(format!("unknown ssh recipe '{recipe}' (known: kubeadm)")))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Roles the plan adds, by node or host name.
@@ -153,6 +219,29 @@ mod tests {
         );
         let clash = PlanFile::from_yaml("etcd: [{name: w-1, address: x}]").unwrap();
         assert!(matches!(clash.validate(&nodes), Err(PlanFileError::EtcdIsNode(_))));
+    }
+
+    #[test]
+    fn actions() {
+        let nodes = BTreeSet::new();
+        let exec = PlanFile::from_yaml(
+            "action: {type: exec, command: [refit, sandbox, upgrade-node, \"{node}\", --to, \"{to}\"]}",
+        )
+        .unwrap();
+        exec.validate(&nodes).unwrap();
+        assert!(matches!(exec.action, Some(Action::Exec { ref command }) if command.len() == 6));
+        let ssh = PlanFile::from_yaml("action: {type: ssh}").unwrap();
+        assert_eq!(ssh.action, Some(Action::Ssh { recipe: "kubeadm".into(), user: None }));
+        PlanFile::from_yaml("action: {type: replace}").unwrap().validate(&nodes).unwrap();
+        for (bad, expected) in [
+            ("action: {type: exec, command: []}", "needs a command"),
+            ("action: {type: exec, command: [x, \"{nodes}\"]}", "{nodes}"),
+            ("action: {type: ssh, recipe: rke}", "rke"),
+        ] {
+            let err = PlanFile::from_yaml(bad).unwrap().validate(&nodes).unwrap_err().to_string();
+            assert!(err.contains(expected), "{bad}: {err}");
+        }
+        assert!(PlanFile::from_yaml("action: {type: teleport}").is_err());
     }
 
     #[test]
