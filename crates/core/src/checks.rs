@@ -299,29 +299,8 @@ pub fn drain_blockers(snapshot: &Snapshot, node: &str, opts: &CheckOptions) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::build::pod;
-    use crate::snapshot::{Owner, PvInfo, Resources, Taint, WorkloadInfo};
-
-    fn node(name: &str) -> NodeInfo {
-        NodeInfo {
-            name: name.into(),
-            labels: BTreeMap::new(),
-            annotations: BTreeMap::new(),
-            taints: vec![],
-            unschedulable: false,
-            ready: true,
-            pressure: vec![],
-            kubelet: "v1.36.4".into(),
-            address: None,
-            allocatable: Resources { cpu_millis: 8000, memory_bytes: 32 << 30, pods: 110 },
-        }
-    }
-
-    fn cp(name: &str) -> NodeInfo {
-        let mut n = node(name);
-        n.labels.insert("node-role.kubernetes.io/control-plane".into(), String::new());
-        n
-    }
+    use crate::snapshot::build::{node, pod};
+    use crate::snapshot::{Owner, PvInfo, Taint, WorkloadInfo};
 
     fn workload(kind: &str, name: &str, replicas: i32) -> WorkloadInfo {
         WorkloadInfo {
@@ -356,8 +335,7 @@ mod tests {
         let mut ours = node("ours");
         ours.unschedulable = true;
         ours.annotations.insert(CORDONED_BY.into(), "run-1".into());
-        let mut done = node("done");
-        done.kubelet = "v1.37.1".into();
+        let done = node("done").kubelet("v1.37.1");
         s.nodes = vec![node("fine"), down, gone, full, theirs, ours, done];
         let opts = CheckOptions { target: Some(Version::new(1, 37, 1)), ..Default::default() };
         let f = node_readiness(&s, &opts);
@@ -432,7 +410,7 @@ mod tests {
         ingress.labels.insert("node-role.kubernetes.io/ingress".into(), String::new());
         let mut storage = node("w-2");
         storage.labels.insert("storage".into(), "ceph".into());
-        s.nodes = vec![cp("cp-1"), ingress, storage];
+        s.nodes = vec![node("cp-1").control_plane(), ingress, storage];
         let mut etcd = pod("etcd-cp-1").mirror();
         etcd.namespace = "kube-system".into();
         etcd.labels.insert("component".into(), "etcd".into());
@@ -544,23 +522,8 @@ pub fn capacity(snapshot: &Snapshot, batch: &BTreeSet<String>, opts: &CheckOptio
 #[cfg(test)]
 mod capacity_tests {
     use super::*;
-    use crate::snapshot::build::pod;
+    use crate::snapshot::build::{node, pod};
     use crate::snapshot::{Resources, Scheduling, Taint, Toleration};
-
-    fn node(name: &str, cpu: i64) -> NodeInfo {
-        NodeInfo {
-            name: name.into(),
-            labels: BTreeMap::from([("kubernetes.io/hostname".to_string(), name.to_string())]),
-            annotations: BTreeMap::new(),
-            taints: vec![],
-            unschedulable: false,
-            ready: true,
-            pressure: vec![],
-            kubelet: "v1.36.4".into(),
-            address: None,
-            allocatable: Resources { cpu_millis: cpu, memory_bytes: 8 << 30, pods: 110 },
-        }
-    }
 
     fn placed(s: &mut Snapshot, name: &str, node: &str, cpu: i64) {
         let mut p = pod(name).owned_by("ReplicaSet", "rs");
@@ -578,7 +541,7 @@ mod capacity_tests {
     #[test]
     fn evicted_pods_must_fit_elsewhere() {
         let batch = BTreeSet::from(["a".to_string()]);
-        let mut s = Snapshot { nodes: vec![node("a", 1000), node("b", 1000)], ..Default::default() };
+        let mut s = Snapshot { nodes: vec![node("a").cpu(1000), node("b").cpu(1000)], ..Default::default() };
         placed(&mut s, "p1", "a", 600);
         placed(&mut s, "p2", "a", 200);
         placed(&mut s, "q1", "b", 200);
@@ -591,7 +554,7 @@ mod capacity_tests {
         assert_eq!(f[0].severity, Severity::Blocker);
 
         // A third node, but cordoned: no help.
-        let mut c = node("c", 4000);
+        let mut c = node("c").cpu(4000);
         c.unschedulable = true;
         s.nodes.push(c);
         assert_eq!(capacity(&s, &batch, &CheckOptions::default()).len(), 1);
@@ -600,13 +563,13 @@ mod capacity_tests {
     #[test]
     fn taints_selectors_and_affinity_limit_where_replacements_go() {
         let batch = BTreeSet::from(["a".to_string()]);
-        let mut tainted = node("b", 4000);
+        let mut tainted = node("b").cpu(4000);
         tainted.taints.push(Taint {
             key: "dedicated".into(),
             value: "db".into(),
             effect: "NoSchedule".into(),
         });
-        let mut s = Snapshot { nodes: vec![node("a", 1000), tainted], ..Default::default() };
+        let mut s = Snapshot { nodes: vec![node("a").cpu(1000), tainted], ..Default::default() };
         placed(&mut s, "p1", "a", 100);
         assert_eq!(capacity(&s, &batch, &CheckOptions::default()).len(), 1, "untolerated taint");
         let uid = s.pods[0].uid.clone();

@@ -324,26 +324,11 @@ pub fn build(snapshot: &Snapshot, findings: Vec<Finding>, opts: &PlanOptions) ->
 mod tests {
     use super::*;
     use crate::snapshot::build::pod;
-    use crate::snapshot::{NodeInfo, Resources};
     use proptest::prelude::*;
 
-    fn node(name: &str, cp: bool, kubelet: &str) -> NodeInfo {
-        let mut labels = BTreeMap::new();
-        if cp {
-            labels.insert("node-role.kubernetes.io/control-plane".to_string(), String::new());
-        }
-        NodeInfo {
-            name: name.into(),
-            labels,
-            annotations: BTreeMap::new(),
-            taints: vec![],
-            unschedulable: false,
-            ready: true,
-            pressure: vec![],
-            kubelet: kubelet.into(),
-            address: None,
-            allocatable: Resources::default(),
-        }
+    fn node(name: &str, cp: bool, kubelet: &str) -> crate::snapshot::NodeInfo {
+        let n = crate::snapshot::build::node(name).kubelet(kubelet);
+        if cp { n.control_plane() } else { n }
     }
 
     fn cluster(workers: usize) -> Snapshot {

@@ -139,26 +139,12 @@ mod tests {
     use crate::pdb::{PdbInfo, Selector};
     use crate::plan::{MaxUnavailable, Mode};
     use crate::snapshot::build::pod;
-    use crate::snapshot::{NodeInfo, Resources, Scheduling};
+    use crate::snapshot::{Resources, Scheduling};
     use std::collections::BTreeMap;
 
-    fn node(name: &str, cp: bool, kubelet: &str) -> NodeInfo {
-        let mut labels = BTreeMap::new();
-        if cp {
-            labels.insert("node-role.kubernetes.io/control-plane".to_string(), String::new());
-        }
-        NodeInfo {
-            name: name.into(),
-            labels,
-            annotations: BTreeMap::new(),
-            taints: vec![],
-            unschedulable: false,
-            ready: true,
-            pressure: vec![],
-            kubelet: kubelet.into(),
-            address: None,
-            allocatable: Resources { cpu_millis: 8000, memory_bytes: 32 << 30, pods: 110 },
-        }
+    fn node(name: &str, cp: bool, kubelet: &str) -> crate::snapshot::NodeInfo {
+        let n = crate::snapshot::build::node(name).kubelet(kubelet);
+        if cp { n.control_plane() } else { n }
     }
 
     fn opts() -> (PlanOptions, CheckOptions) {

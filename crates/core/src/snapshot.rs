@@ -291,6 +291,41 @@ pub(crate) mod build {
         }
     }
 
+    /// A Ready, schedulable node with a 1.36.4 kubelet, 8 CPUs, 32 GiB and 110 pod slots, and
+    /// its hostname label.
+    pub fn node(name: &str) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            labels: BTreeMap::from([("kubernetes.io/hostname".to_string(), name.to_string())]),
+            annotations: BTreeMap::new(),
+            taints: vec![],
+            unschedulable: false,
+            ready: true,
+            pressure: vec![],
+            kubelet: "v1.36.4".into(),
+            address: None,
+            allocatable: Resources { cpu_millis: 8000, memory_bytes: 32 << 30, pods: 110 },
+        }
+    }
+
+    impl NodeInfo {
+        /// Labels it a control-plane node.
+        pub fn control_plane(mut self) -> Self {
+            self.labels.insert("node-role.kubernetes.io/control-plane".into(), String::new());
+            self
+        }
+        /// Sets the kubelet version.
+        pub fn kubelet(mut self, v: &str) -> Self {
+            self.kubelet = v.into();
+            self
+        }
+        /// Sets allocatable CPU (millicores) and 8 GiB of memory.
+        pub fn cpu(mut self, millis: i64) -> Self {
+            self.allocatable = Resources { cpu_millis: millis, memory_bytes: 8 << 30, pods: 110 };
+            self
+        }
+    }
+
     impl PodInfo {
         /// Sets the controller.
         pub fn owned_by(mut self, kind: &str, name: &str) -> Self {
