@@ -11,7 +11,7 @@ use assert_cmd::Command;
 use base64::Engine;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use refit_testbed::{Testbed, TestbedConfig, default_version, shared, unique_namespace};
 use serde_json::{Value, json};
 
@@ -183,13 +183,7 @@ async fn a_request_to_a_deprecated_beta_api_is_found_through_the_metric_of_its_a
     assert_eq!(report["summary"]["crossing"], 0);
 
     // A client lists VolumeAttributesClasses through the deprecated beta.
-    let ar = ApiResource {
-        group: "storage.k8s.io".into(),
-        version: "v1beta1".into(),
-        api_version: "storage.k8s.io/v1beta1".into(),
-        kind: "VolumeAttributesClass".into(),
-        plural: "volumeattributesclasses".into(),
-    };
+    let ar = refit_testbed::workloads::volume_attributes_class_v1beta1();
     let beta: Api<DynamicObject> = Api::all_with(tb.client().await.unwrap(), &ar);
     beta.list(&ListParams::default()).await.expect("the opt-in beta is served");
 

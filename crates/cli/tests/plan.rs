@@ -166,7 +166,6 @@ async fn each_remaining_rule_fires_on_its_trigger_only() {
     use k8s_openapi::api::apps::v1::DaemonSet;
     use k8s_openapi::api::core::v1::{Node, Pod};
     use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
-    use kube::discovery::ApiResource;
     use serde_json::json;
 
     let config = TestbedConfig::new(default_version().unwrap(), 4)
@@ -231,13 +230,7 @@ async fn each_remaining_rule_fires_on_its_trigger_only() {
     .await
     .unwrap();
     // removed-api: a client reads an opt-in beta that 1.37 removes.
-    let ar = ApiResource {
-        group: "storage.k8s.io".into(),
-        version: "v1beta1".into(),
-        api_version: "storage.k8s.io/v1beta1".into(),
-        kind: "VolumeAttributesClass".into(),
-        plural: "volumeattributesclasses".into(),
-    };
+    let ar = refit_testbed::workloads::volume_attributes_class_v1beta1();
     Api::<DynamicObject>::all_with(client.clone(), &ar).list(&ListParams::default()).await.unwrap();
     wait_pods_ready(&client, "rules", "app=big", 2, std::time::Duration::from_secs(60)).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;

@@ -359,3 +359,16 @@ pub fn pod_is_ready(p: &Pod) -> bool {
 pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
+
+/// storage.k8s.io/v1beta1 VolumeAttributesClass: an opt-in beta in 1.36
+/// (`--runtime-config=storage.k8s.io/v1beta1=true`) that 1.37 removes — the testbed's real
+/// example of a deprecated API still in use.
+pub fn volume_attributes_class_v1beta1() -> kube::api::ApiResource {
+    kube::api::ApiResource {
+        group: "storage.k8s.io".into(),
+        version: "v1beta1".into(),
+        api_version: "storage.k8s.io/v1beta1".into(),
+        kind: "VolumeAttributesClass".into(),
+        plural: "volumeattributesclasses".into(),
+    }
+}
