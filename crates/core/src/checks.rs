@@ -472,22 +472,21 @@ pub fn capacity(snapshot: &Snapshot, batch: &BTreeSet<String>, opts: &CheckOptio
             *r = r.minus(sched.requests);
         }
     }
-    let mut moving: Vec<(&PodInfo, &crate::snapshot::Scheduling)> = Vec::new();
-    for node in batch {
-        let plan = drain::plan_node(node, &snapshot.pods, opts.drain);
-        for (key, _) in &plan.evict {
-            if let Some(p) =
-                snapshot.pods.iter().find(|p| &p.key() == key && p.node.as_deref() == Some(node.as_str()))
-                && p.owner.is_some()
-                && !p.phase.is_terminal()
-                && let Some(s) = snapshot.scheduling.get(&p.uid)
-            {
-                moving.push((p, s));
-            }
-        }
-    }
+    // The pods the drain of the batch evicts and a controller recreates elsewhere. (One pass
+    // over the pods: at 30,000 pods, anything per node or per key here is quadratic.)
+    let mut moving: Vec<(&PodInfo, &crate::snapshot::Scheduling)> = snapshot
+        .pods
+        .iter()
+        .filter(|p| p.node.as_ref().is_some_and(|n| batch.contains(n)))
+        .filter(|p| p.owner.is_some() && !p.phase.is_terminal())
+        .filter(|p| matches!(drain::decide(p, opts.drain), drain::Decision::Evict { .. }))
+        .filter_map(|p| snapshot.scheduling.get(&p.uid).map(|s| (p, s)))
+        .collect();
     moving.sort_by(|a, b| {
-        b.1.requests.cpu_millis.cmp(&a.1.requests.cpu_millis).then(a.0.key().cmp(&b.0.key()))
+        b.1.requests
+            .cpu_millis
+            .cmp(&a.1.requests.cpu_millis)
+            .then_with(|| (&a.0.namespace, &a.0.name).cmp(&(&b.0.namespace, &b.0.name)))
     });
     let mut out = Vec::new();
     for (pod, sched) in moving {

@@ -133,13 +133,24 @@ pub struct PdbFinding {
     pub problem: PdbProblem,
 }
 
+/// How many live (not terminating) pods each budget covers, in `pdbs` order. Computed once per
+/// plan: per batch it would be budgets × pods × batches selector matches.
+pub fn covered_counts(pdbs: &[PdbInfo], all_pods: &[PodInfo]) -> Vec<usize> {
+    pdbs.iter().map(|pdb| all_pods.iter().filter(|p| pdb.covers(p) && !p.terminating).count()).collect()
+}
+
 /// Checks every budget against the pods a batch of nodes must evict.
 ///
 /// `evicted` are the pods the drain of the batch would evict (see [`crate::drain`]);
 /// `all_pods` is every pod of the cluster (to see where the rest of a budget's pods are).
 pub fn check_batch(pdbs: &[PdbInfo], evicted: &[&PodInfo], all_pods: &[PodInfo]) -> Vec<PdbFinding> {
+    check_batch_counted(pdbs, evicted, &covered_counts(pdbs, all_pods))
+}
+
+/// [`check_batch`] with the coverage counts of [`covered_counts`] computed beforehand.
+pub fn check_batch_counted(pdbs: &[PdbInfo], evicted: &[&PodInfo], covered: &[usize]) -> Vec<PdbFinding> {
     let mut out = Vec::new();
-    for pdb in pdbs {
+    for (i, pdb) in pdbs.iter().enumerate() {
         let mut pods: Vec<String> = evicted.iter().filter(|p| pdb.covers(p)).map(|p| p.key()).collect();
         if pods.is_empty() {
             continue;
@@ -165,7 +176,7 @@ pub fn check_batch(pdbs: &[PdbInfo], evicted: &[&PodInfo], all_pods: &[PodInfo])
             });
             continue;
         }
-        let covered_total = all_pods.iter().filter(|p| pdb.covers(p) && !p.terminating).count();
+        let covered_total = covered.get(i).copied().unwrap_or(0);
         if covered_total > 1 && pods.len() == covered_total {
             out.push(PdbFinding {
                 pdb: pdb.key(),

@@ -1,7 +1,7 @@
 //! Preflight: every check over a snapshot, composed into the plan. Pure: the CLI gathers the
 //! snapshot, the version path and the removed-API findings, and prints what comes back.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::checks::{self, CheckOptions, Finding, Severity};
 use crate::drain;
@@ -62,19 +62,24 @@ pub fn preflight(
     // workload_safety already reports what kubectl's drain would refuse (unmanaged pods,
     // emptyDir) as blockers under the same allowances, so drain_blockers is not repeated here.
     findings.extend(checks::workload_safety(snapshot, &planned, check_opts));
+    // Indexes built once: everything below runs per batch.
+    let covered = pdb::covered_counts(&snapshot.pdbs, &snapshot.pods);
+    let mut pods_by_node: BTreeMap<&str, Vec<&crate::snapshot::PodInfo>> = BTreeMap::new();
+    for p in &snapshot.pods {
+        if let Some(n) = p.node.as_deref() {
+            pods_by_node.entry(n).or_default().push(p);
+        }
+    }
     for phase in &draft.phases {
         for batch in &phase.batches {
             let nodes: BTreeSet<String> = batch.units.iter().map(|u| u.node.clone()).collect();
             findings.extend(checks::capacity(snapshot, &nodes, check_opts));
-            let evicted: Vec<_> = nodes
+            let evicted: Vec<&crate::snapshot::PodInfo> = nodes
                 .iter()
-                .flat_map(|n| {
-                    snapshot.pods.iter().filter(move |p| p.node.as_deref() == Some(n.as_str())).filter(|p| {
-                        matches!(drain::decide(p, check_opts.drain), drain::Decision::Evict { .. })
-                    })
-                })
+                .flat_map(|n| pods_by_node.get(n.as_str()).into_iter().flatten().copied())
+                .filter(|p| matches!(drain::decide(p, check_opts.drain), drain::Decision::Evict { .. }))
                 .collect();
-            for f in pdb::check_batch(&snapshot.pdbs, &evicted, &snapshot.pods) {
+            for f in pdb::check_batch_counted(&snapshot.pdbs, &evicted, &covered) {
                 let node = evicted
                     .iter()
                     .find(|p| match &f.problem {
@@ -117,8 +122,8 @@ pub fn preflight(
     findings.dedup();
     let mut plan = plan::build(snapshot, findings, plan_opts)?;
     for unit in plan.phases.iter_mut().flat_map(|p| p.batches.iter_mut()).flat_map(|b| b.units.iter_mut()) {
-        if snapshot.nodes.iter().any(|n| n.name == unit.node) {
-            unit.drain = drain::plan_node(&unit.node, &snapshot.pods, check_opts.drain);
+        if let Some(pods) = pods_by_node.get(unit.node.as_str()) {
+            unit.drain = drain::plan_node(&unit.node, pods.iter().copied(), check_opts.drain);
         }
     }
     Ok(plan)
