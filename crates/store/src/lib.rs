@@ -115,6 +115,12 @@ pub struct StepRow {
     pub detail: String,
 }
 
+const SELECT_RUN: &str = "SELECT id, cluster, target, state, spec FROM runs WHERE id = ?1";
+
+fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
+    Ok(RunRow { id: r.get(0)?, cluster: r.get(1)?, target: r.get(2)?, state: r.get(3)?, spec: r.get(4)? })
+}
+
 /// The store: one writer connection.
 #[derive(Debug)]
 pub struct Store {
@@ -176,37 +182,14 @@ impl Store {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT(id) DO NOTHING",
             params![run.id, run.cluster, run.target, run.state, run.spec, at],
         )?;
-        let row = tx.query_row(
-            "SELECT id, cluster, target, state, spec FROM runs WHERE id = ?1",
-            params![run.id],
-            |r| {
-                Ok(RunRow {
-                    id: r.get(0)?,
-                    cluster: r.get(1)?,
-                    target: r.get(2)?,
-                    state: r.get(3)?,
-                    spec: r.get(4)?,
-                })
-            },
-        )?;
+        let row = tx.query_row(SELECT_RUN, params![run.id], run_row)?;
         tx.commit()?;
         Ok(row)
     }
 
     /// A run by id.
     pub fn run(&self, id: &str) -> Result<Option<RunRow>, Error> {
-        Ok(self
-            .conn
-            .query_row("SELECT id, cluster, target, state, spec FROM runs WHERE id = ?1", params![id], |r| {
-                Ok(RunRow {
-                    id: r.get(0)?,
-                    cluster: r.get(1)?,
-                    target: r.get(2)?,
-                    state: r.get(3)?,
-                    spec: r.get(4)?,
-                })
-            })
-            .optional()?)
+        Ok(self.conn.query_row(SELECT_RUN, params![id], run_row).optional()?)
     }
 
     /// Records a step transition and the event that explains it, atomically. Starting a step

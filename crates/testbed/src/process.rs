@@ -51,19 +51,18 @@ fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
     SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<SpawnRequest>();
-        std::thread::Builder::new()
-            .name("testbed-spawner".into())
-            .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    let _ = reply.send(cmd.spawn());
-                }
-                // The channel's sender lives in a static, so this loop never ends while the
-                // process lives; when it does end the process is exiting anyway.
-                loop {
-                    std::thread::park();
-                }
-            })
-            .expect("spawning the testbed spawner thread");
+        // If the thread cannot start, the receiver is dropped with the closure and every
+        // spawn reports "spawner gone" instead of panicking.
+        let _ = std::thread::Builder::new().name("testbed-spawner".into()).spawn(move || {
+            for (mut cmd, reply) in rx {
+                let _ = reply.send(cmd.spawn());
+            }
+            // The channel's sender lives in a static, so this loop never ends while the
+            // process lives; when it does end the process is exiting anyway.
+            loop {
+                std::thread::park();
+            }
+        });
         Mutex::new(tx)
     })
 }
