@@ -38,6 +38,41 @@ pub fn path_skew(snapshot: &Snapshot, path: &UpgradePath) -> Vec<Finding> {
     out
 }
 
+/// Removed APIs the upgrade crosses block it; ones already removed are `refit apis`'s business.
+pub fn removed_api_findings(found: &[crate::removed::Finding]) -> Vec<Finding> {
+    found
+        .iter()
+        .filter(|f| f.severity == crate::removed::Severity::Crossing)
+        .map(|f| Finding {
+            check: "removed-api",
+            severity: Severity::Blocker,
+            subject: f.location.clone(),
+            node: None,
+            message: format!(
+                "uses {} {}, removed in {}: {}",
+                f.api_version,
+                f.kind,
+                f.removed_in,
+                f.advice()
+            ),
+        })
+        .collect()
+}
+
+/// What `--force` overrode in the version path, as warnings.
+pub fn forced_findings(path: &UpgradePath) -> Vec<Finding> {
+    path.forced
+        .iter()
+        .map(|forced| Finding {
+            check: "version-forced",
+            severity: Severity::Warning,
+            subject: "cluster".into(),
+            node: None,
+            message: format!("--force: {forced}"),
+        })
+        .collect()
+}
+
 /// Runs every check and builds the plan. `extra` carries findings gathered elsewhere (removed
 /// APIs in use, version path problems).
 pub fn preflight(
@@ -242,6 +277,29 @@ mod tests {
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].subject, "node/old");
         assert!(f[0].message.contains("1.34.x"), "{}", f[0].message);
+    }
+
+    #[test]
+    fn only_removals_the_upgrade_crosses_block() {
+        use crate::removed::{ObjectRef, Signal};
+        let catalog = crate::catalog::Catalog::embedded().unwrap();
+        let obj = ObjectRef { kind: "Ingress".into(), namespace: Some("shop".into()), name: "web".into() };
+        let signals = vec![
+            Signal::LastApplied { object: obj, api_version: "extensions/v1beta1".into() },
+            Signal::Metric {
+                endpoint: "https://10.0.0.1:6443".into(),
+                group: "storage.k8s.io".into(),
+                version: "v1beta1".into(),
+                resource: "volumeattributesclasses".into(),
+                removed_release: "1.37".into(),
+            },
+        ];
+        let m = crate::version::MinorVersion::new;
+        let found = crate::removed::findings(&catalog, m(1, 36), m(1, 37), &signals);
+        let f = removed_api_findings(&found);
+        assert_eq!(f.len(), 1, "the 1.22 Ingress is stale, not a blocker of 1.36 → 1.37");
+        assert_eq!((f[0].check, f[0].severity), ("removed-api", Severity::Blocker));
+        assert!(f[0].message.contains("VolumeAttributesClass"));
     }
 
     #[test]

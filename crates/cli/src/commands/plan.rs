@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::process::ExitCode;
 
 use refit_core::VersionRequest;
-use refit_core::checks::{CheckOptions, Finding, Severity};
+use refit_core::checks::{CheckOptions, Finding};
 use refit_core::drain::DrainOptions;
 use refit_core::path::{Policy, upgrade_path};
 use refit_core::plan::{MaxUnavailable, Mode, Plan, PlanOptions};
@@ -69,33 +69,11 @@ pub async fn run(args: PlanArgs, format: Format) -> anyhow::Result<ExitCode> {
             Ok(signals) => {
                 let found =
                     removed::findings(&catalog, current.minor_version(), path.to.minor_version(), &signals);
-                for f in found.iter().filter(|f| f.severity == removed::Severity::Crossing) {
-                    extra.push(Finding {
-                        check: "removed-api",
-                        severity: Severity::Blocker,
-                        subject: f.location.clone(),
-                        node: None,
-                        message: format!(
-                            "uses {} {}, removed in {}: {}",
-                            f.api_version,
-                            f.kind,
-                            f.removed_in,
-                            f.advice()
-                        ),
-                    });
-                }
+                extra.extend(refit_core::preflight::removed_api_findings(&found));
             }
             Err(e) => not_run.push(format!("removed-API usage ({e})")),
         }
-        for forced in &path.forced {
-            extra.push(Finding {
-                check: "version-forced",
-                severity: Severity::Warning,
-                subject: "cluster".into(),
-                node: None,
-                message: format!("--force: {forced}"),
-            });
-        }
+        extra.extend(refit_core::preflight::forced_findings(&path));
     }
     let plan_opts = PlanOptions {
         target: path.to.clone(),
