@@ -4,6 +4,7 @@
 //! returns decisions. No I/O, no Kubernetes client, no clock: the rules can be read in one place
 //! and tested exhaustively. See ARCHITECTURE.md for how the other crates feed it.
 
+pub mod addons;
 pub mod catalog;
 pub mod checks;
 pub mod drain;
@@ -15,6 +16,7 @@ pub mod planfile;
 pub mod preflight;
 pub mod quantity;
 pub mod removed;
+pub mod run;
 pub mod skew;
 pub mod snapshot;
 pub mod version;
