@@ -16,6 +16,7 @@ pub mod planfile;
 pub mod preflight;
 pub mod quantity;
 pub mod removed;
+pub mod run;
 pub mod skew;
 pub mod snapshot;
 pub mod version;

@@ -9,14 +9,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::checks::{Finding, Severity};
 use crate::snapshot::Snapshot;
 use crate::version::Version;
 
 /// What a node does for the cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     /// Runs an etcd member.
@@ -28,7 +28,7 @@ pub enum Role {
 }
 
 /// The phases, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PhaseKind {
     /// etcd members (and stacked control-plane nodes with them).
@@ -42,7 +42,7 @@ pub enum PhaseKind {
 }
 
 /// One step of one node's upgrade.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Step {
     /// Mark unschedulable (recorded as refit's on the node).
@@ -55,6 +55,8 @@ pub enum Step {
     Validate,
     /// Mark schedulable again (only if refit cordoned it).
     Uncordon,
+    /// Remove the old node once its replacement serves (the replace action).
+    Remove,
 }
 
 /// How many workers may be unavailable at once: a count or a percentage of the workers.

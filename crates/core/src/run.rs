@@ -1,0 +1,780 @@
+//! A run: the plan turned into an ordered schedule, and the decisions that let a run resume
+//! from its journal after any failure.
+//!
+//! The schedule is what the engine executes, in order: stages of units (nodes or external etcd
+//! hosts), each stage moving its units to one version. The control plane walks the path one
+//! hop at a time, one member at a time; workers are upgraded once, straight to the target,
+//! unless a control-plane hop would leave a kubelet further behind than the skew policy allows
+//! — then those workers (only those) are first brought to the control plane's version of the
+//! moment, in a worker stage before that hop.
+//!
+//! The schedule is frozen into the run's record when the run starts, so a resumed run
+//! executes exactly what was decided, whatever the cluster looks like mid-flight (half-drained
+//! nodes would otherwise trip the preflight checks that allowed the run in the first place).
+//!
+//! Resuming is decided per unit from two sources: the journal (which steps of this unit, for
+//! this stage's version, were recorded done) and the cluster (a node already at the version and
+//! not cordoned by this run is finished, whatever the journal lost).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::path::UpgradePath;
+use crate::plan::{PhaseKind, Plan, Role, Step};
+use crate::skew::node_max_lag;
+use crate::version::Version;
+
+/// What to do with a node whose drain cannot finish (`--on-undrainable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnUndrainable {
+    /// Stop the run with a report naming the blocking pods and PDBs (the node is uncordoned:
+    /// it was not changed).
+    #[default]
+    Fail,
+    /// Leave the node cordoned and not upgraded, report it, and go on with the others.
+    Skip,
+    /// Delete what remains (bypassing PDBs) and go on.
+    Force,
+}
+
+impl FromStr for OnUndrainable {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fail" => Ok(OnUndrainable::Fail),
+            "skip" => Ok(OnUndrainable::Skip),
+            "force" => Ok(OnUndrainable::Force),
+            _ => Err(format!("--on-undrainable '{s}': expected fail, skip or force")),
+        }
+    }
+}
+
+impl fmt::Display for OnUndrainable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OnUndrainable::Fail => "fail",
+            OnUndrainable::Skip => "skip",
+            OnUndrainable::Force => "force",
+        })
+    }
+}
+
+/// How units are upgraded: in place (the action changes the node) or by replacing the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Style {
+    /// cordon, drain, upgrade, validate, uncordon.
+    #[default]
+    InPlace,
+    /// create the replacement (upgrade), validate it, cordon and drain the old node, remove it.
+    Replace,
+}
+
+/// One node (or external etcd host) in one stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitWork {
+    /// Node or host name.
+    pub node: String,
+    /// Its roles.
+    pub roles: BTreeSet<Role>,
+    /// Version before this stage (as known when the schedule was made).
+    pub from: String,
+    /// Version after this stage.
+    pub to: Version,
+    /// Steps, in order.
+    pub steps: Vec<Step>,
+    /// Not a Kubernetes node (an external etcd host): nothing to cordon or observe.
+    pub external: bool,
+    /// The first control-plane member of its hop (kubeadm: `upgrade apply` here, `upgrade
+    /// node` elsewhere).
+    pub first_control_plane: bool,
+}
+
+impl UnitWork {
+    /// Roles as the action receives them: `etcd,control-plane`.
+    pub fn role_list(&self) -> Vec<String> {
+        self.roles.iter().map(|r| role_name(*r).to_string()).collect()
+    }
+}
+
+/// A role's name as actions and output spell it.
+pub fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Etcd => "etcd",
+        Role::ControlPlane => "control-plane",
+        Role::Worker => "worker",
+    }
+}
+
+/// A phase's name as actions and output spell it.
+pub fn phase_name(p: PhaseKind) -> &'static str {
+    match p {
+        PhaseKind::Etcd => "etcd",
+        PhaseKind::ControlPlane => "control-plane",
+        PhaseKind::Workers => "workers",
+        PhaseKind::ClusterServices => "cluster-services",
+    }
+}
+
+/// Units moved to one version, `concurrency` at a time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stage {
+    /// The phase (etcd and control-plane stages run one unit at a time).
+    pub phase: PhaseKind,
+    /// The version this stage moves its units to.
+    pub to: Version,
+    /// Units at once.
+    pub concurrency: usize,
+    /// The units, in order.
+    pub units: Vec<UnitWork>,
+}
+
+/// Everything a run executes, frozen when it starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schedule {
+    /// The target.
+    pub target: Version,
+    /// The stages, in order; cluster services come after the last stage unless
+    /// `cluster_services` is false.
+    pub stages: Vec<Stage>,
+    /// Whether kube-proxy and CoreDNS are moved to the target's versions at the end.
+    pub cluster_services: bool,
+    /// Units planned but left out (already at target, --partial-ok, --control-plane-only).
+    pub excluded: Vec<(String, String)>,
+}
+
+impl Schedule {
+    /// Every (stage, unit) pair.
+    pub fn units(&self) -> impl Iterator<Item = (usize, &UnitWork)> {
+        self.stages.iter().enumerate().flat_map(|(i, s)| s.units.iter().map(move |u| (i, u)))
+    }
+}
+
+/// How the engine must move each unit through its steps.
+fn steps_for(external: bool, style: Style) -> Vec<Step> {
+    match (external, style) {
+        (true, _) => vec![Step::Upgrade, Step::Validate],
+        (false, Style::InPlace) => {
+            vec![Step::Cordon, Step::Drain, Step::Upgrade, Step::Validate, Step::Uncordon]
+        }
+        (false, Style::Replace) => {
+            vec![Step::Upgrade, Step::Validate, Step::Cordon, Step::Drain, Step::Remove]
+        }
+    }
+}
+
+/// Turns a plan and the control plane's path into the schedule.
+///
+/// `control_plane_version` is the oldest apiserver now; `style` how nodes are upgraded;
+/// `worker_concurrency` the number of workers that may be unavailable at once.
+pub fn schedule(
+    plan: &Plan,
+    path: &UpgradePath,
+    style: Style,
+    worker_concurrency: usize,
+    cluster_services: bool,
+) -> Schedule {
+    let external: BTreeSet<&str> = plan
+        .phases
+        .iter()
+        .flat_map(|p| p.batches.iter().flat_map(|b| b.units.iter()))
+        .filter(|u| u.steps == [Step::Upgrade, Step::Validate])
+        .map(|u| u.node.as_str())
+        .collect();
+    let units_of = |kind: PhaseKind| -> Vec<&crate::plan::UnitPlan> {
+        plan.phases
+            .iter()
+            .filter(|p| p.kind == kind)
+            .flat_map(|p| p.batches.iter().flat_map(|b| b.units.iter()))
+            .collect()
+    };
+    let control: Vec<(PhaseKind, &crate::plan::UnitPlan)> = units_of(PhaseKind::Etcd)
+        .into_iter()
+        .map(|u| (PhaseKind::Etcd, u))
+        .chain(units_of(PhaseKind::ControlPlane).into_iter().map(|u| (PhaseKind::ControlPlane, u)))
+        .collect();
+    let workers = units_of(PhaseKind::Workers);
+    // What each worker runs as the schedule unfolds.
+    let mut worker_at: BTreeMap<&str, Option<Version>> =
+        workers.iter().map(|u| (u.node.as_str(), u.from.parse::<Version>().ok())).collect();
+    let work = |u: &crate::plan::UnitPlan, from: String, to: &Version, first: bool| {
+        let ext = external.contains(u.node.as_str());
+        UnitWork {
+            node: u.node.clone(),
+            roles: u.roles.clone(),
+            from,
+            to: to.clone(),
+            steps: steps_for(ext, style),
+            external: ext,
+            first_control_plane: first,
+        }
+    };
+    let mut hops: Vec<(Version, Version)> =
+        path.hops.iter().map(|h| (h.from.clone(), h.to.clone())).collect();
+    if hops.is_empty() && !control.is_empty() {
+        // Already at the target (or --force): one pass over the members that were planned.
+        hops.push((path.from.clone(), plan.target.clone()));
+    }
+    let mut stages = Vec::new();
+    for (from, to) in &hops {
+        let lagging: Vec<&crate::plan::UnitPlan> = workers
+            .iter()
+            .copied()
+            .filter(|u| match &worker_at[u.node.as_str()] {
+                Some(v) => {
+                    to.minor_version().minors_ahead_of(v.minor_version()) > node_max_lag(v.minor_version())
+                }
+                None => false,
+            })
+            .collect();
+        if !lagging.is_empty() {
+            let units = lagging
+                .iter()
+                .map(|u| {
+                    let now = worker_at[u.node.as_str()].as_ref().map(|v| v.to_string()).unwrap_or_default();
+                    work(u, now, from, false)
+                })
+                .collect();
+            for u in &lagging {
+                worker_at.insert(u.node.as_str(), Some(from.clone()));
+            }
+            stages.push(Stage {
+                phase: PhaseKind::Workers,
+                to: from.clone(),
+                concurrency: worker_concurrency.max(1),
+                units,
+            });
+        }
+        if !control.is_empty() {
+            let units = control
+                .iter()
+                .enumerate()
+                .map(|(i, (_, u))| {
+                    let first = i
+                        == control
+                            .iter()
+                            .position(|(_, c)| c.roles.contains(&Role::ControlPlane))
+                            .unwrap_or(0);
+                    let was = if stages.iter().any(|s: &Stage| s.phase != PhaseKind::Workers) {
+                        from.to_string()
+                    } else {
+                        u.from.trim_start_matches('v').to_string()
+                    };
+                    work(u, was, to, first)
+                })
+                .collect();
+            let phase = control[0].0;
+            stages.push(Stage { phase, to: to.clone(), concurrency: 1, units });
+        }
+    }
+    let remaining: Vec<UnitWork> = workers
+        .iter()
+        .filter(|u| {
+            worker_at[u.node.as_str()].as_ref() != Some(&plan.target) || plan_includes_at_target(plan)
+        })
+        .map(|u| {
+            let now =
+                worker_at[u.node.as_str()].as_ref().map(|v| v.to_string()).unwrap_or_else(|| u.from.clone());
+            work(u, now, &plan.target, false)
+        })
+        .collect();
+    if !remaining.is_empty() {
+        stages.push(Stage {
+            phase: PhaseKind::Workers,
+            to: plan.target.clone(),
+            concurrency: worker_concurrency.max(1),
+            units: remaining,
+        });
+    }
+    Schedule {
+        target: plan.target.clone(),
+        stages,
+        cluster_services: cluster_services
+            && plan.phases.iter().any(|p| p.kind == PhaseKind::ClusterServices),
+        excluded: plan.excluded.clone(),
+    }
+}
+
+/// A plan that includes units already at the target was made with `--force`: such workers
+/// are upgraded again on purpose.
+fn plan_includes_at_target(plan: &Plan) -> bool {
+    !plan.excluded.iter().any(|(_, why)| why.starts_with("already at"))
+}
+
+/// The journal's name for a step of a unit in a stage: `upgrade@1.37.1`.
+pub fn step_key(step: Step, to: &Version) -> String {
+    format!("{}@{to}", step_name(step))
+}
+
+/// A step's name in the journal and in output.
+pub fn step_name(step: Step) -> &'static str {
+    match step {
+        Step::Cordon => "cordon",
+        Step::Drain => "drain",
+        Step::Upgrade => "upgrade",
+        Step::Validate => "validate",
+        Step::Uncordon => "uncordon",
+        Step::Remove => "remove",
+    }
+}
+
+/// A step's recorded state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepState {
+    /// Begun (recorded before the mutation).
+    Started,
+    /// Finished (recorded after it).
+    Done,
+    /// Failed.
+    Failed,
+    /// Decided not to do (the reason is in the detail).
+    Skipped,
+}
+
+impl StepState {
+    /// The journal's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepState::Started => "started",
+            StepState::Done => "done",
+            StepState::Failed => "failed",
+            StepState::Skipped => "skipped",
+        }
+    }
+}
+
+impl FromStr for StepState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "started" => Ok(StepState::Started),
+            "done" => Ok(StepState::Done),
+            "failed" => Ok(StepState::Failed),
+            "skipped" => Ok(StepState::Skipped),
+            _ => Err(format!("unknown step state '{s}'")),
+        }
+    }
+}
+
+/// What the cluster shows about a unit right now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// The node exists.
+    pub exists: bool,
+    /// Its kubelet's version.
+    pub kubelet: Option<Version>,
+    /// Ready.
+    pub ready: bool,
+    /// Cordoned, and the cordon is this run's.
+    pub cordoned_by_this_run: bool,
+}
+
+/// Where a unit stands when a run (re)starts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// Nothing left to do; the reason says why.
+    Done(String),
+    /// Continue at this index of the unit's steps.
+    At(usize),
+}
+
+/// Decides where `unit` continues, from its journal entries (`step_key` → state) and what the
+/// cluster shows. Pure, so every crash point can be tested without a cluster.
+///
+/// - Every step recorded done → done.
+/// - The last step done (uncordon, remove) → done: a node that got this far is finished.
+/// - A node at the stage's version that this run does not hold cordoned, with no step of this
+///   stage begun → done ("already at the target"; with `force` it is upgraded again unless
+///   the journal says this run already did it).
+/// - Otherwise: the first step not recorded done. An upgrade recorded as started but not done
+///   is re-run (actions are idempotent by contract), unless the node already reports the
+///   version, in which case the run continues with validation.
+pub fn resume_point(
+    unit: &UnitWork,
+    journal: &BTreeMap<String, StepState>,
+    observed: &Observed,
+    force: bool,
+) -> Resume {
+    let state = |s: Step| journal.get(&step_key(s, &unit.to)).copied();
+    let done = |s: Step| matches!(state(s), Some(StepState::Done) | Some(StepState::Skipped));
+    if unit.steps.iter().all(|s| done(*s)) {
+        return Resume::Done("finished earlier in this run".into());
+    }
+    if let Some(last) = unit.steps.last()
+        && done(*last)
+    {
+        return Resume::Done("finished earlier in this run".into());
+    }
+    let begun = unit.steps.iter().any(|s| state(*s).is_some());
+    let at_version = observed.kubelet.as_ref().is_some_and(|v| v.release() == unit.to.release());
+    if !unit.external && !begun && at_version && !observed.cordoned_by_this_run && !force {
+        return Resume::Done(format!("already at {}", unit.to));
+    }
+    if unit.steps.contains(&Step::Remove) && !unit.external && !observed.exists && begun {
+        // Replaced: the old node is gone, so the remaining steps have nothing to act on.
+        return Resume::Done("replaced earlier in this run".into());
+    }
+    let mut at = unit.steps.iter().position(|s| !done(*s)).unwrap_or(unit.steps.len());
+    if unit.steps.get(at) == Some(&Step::Upgrade)
+        && at_version
+        && !unit.external
+        && state(Step::Upgrade).is_some()
+    {
+        at += 1;
+    }
+    Resume::At(at)
+}
+
+/// The run's state, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunState {
+    /// Executing (or killed while executing: a rerun resumes it).
+    Running,
+    /// Every unit done.
+    Completed,
+    /// Stopped on a failure; a rerun resumes it.
+    Failed,
+    /// Stopped by the operator (Ctrl-C); a rerun resumes it.
+    Interrupted,
+}
+
+impl RunState {
+    /// The store's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Completed => "completed",
+            RunState::Failed => "failed",
+            RunState::Interrupted => "interrupted",
+        }
+    }
+
+    /// Whether a rerun of the same command continues this run.
+    pub fn resumable(self) -> bool {
+        self != RunState::Completed
+    }
+}
+
+impl FromStr for RunState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "running" => Ok(RunState::Running),
+            "completed" => Ok(RunState::Completed),
+            "failed" => Ok(RunState::Failed),
+            "interrupted" => Ok(RunState::Interrupted),
+            _ => Err(format!("unknown run state '{s}'")),
+        }
+    }
+}
+
+/// An estimate of the time left: the mean duration of finished units times the rounds of
+/// `concurrency` units still to go. None until one unit has finished.
+pub fn eta(finished: &[Duration], remaining: usize, concurrency: usize) -> Option<Duration> {
+    if finished.is_empty() {
+        return None;
+    }
+    let mean = finished.iter().sum::<Duration>() / finished.len() as u32;
+    let rounds = remaining.div_ceil(concurrency.max(1));
+    Some(mean * rounds as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::path::Hop;
+    use crate::plan::{Batch, Mode, Phase, UnitPlan};
+    use proptest::prelude::*;
+
+    fn v(s: &str) -> Version {
+        s.parse().unwrap()
+    }
+
+    fn unit(node: &str, roles: &[Role], from: &str, to: &str) -> UnitPlan {
+        UnitPlan {
+            node: node.into(),
+            roles: roles.iter().copied().collect(),
+            from: from.into(),
+            to: v(to),
+            steps: vec![Step::Cordon, Step::Drain, Step::Upgrade, Step::Validate, Step::Uncordon],
+            blockers: vec![],
+            drain: Default::default(),
+        }
+    }
+
+    fn plan(target: &str, cp: Vec<UnitPlan>, workers: Vec<UnitPlan>, batch: usize) -> Plan {
+        let mut phases = Vec::new();
+        let (etcd, cp): (Vec<_>, Vec<_>) = cp.into_iter().partition(|u| u.roles.contains(&Role::Etcd));
+        for (kind, us) in [(PhaseKind::Etcd, etcd), (PhaseKind::ControlPlane, cp)] {
+            if !us.is_empty() {
+                phases.push(Phase {
+                    kind,
+                    batches: us.into_iter().map(|u| Batch { units: vec![u] }).collect(),
+                });
+            }
+        }
+        if !workers.is_empty() {
+            phases.push(Phase {
+                kind: PhaseKind::Workers,
+                batches: workers.chunks(batch).map(|c| Batch { units: c.to_vec() }).collect(),
+            });
+        }
+        phases.push(Phase { kind: PhaseKind::ClusterServices, batches: vec![] });
+        Plan {
+            target: v(target),
+            mode: Mode::Online,
+            max_unavailable: batch.to_string(),
+            phases,
+            findings: vec![],
+            excluded: vec![],
+            blocked: false,
+        }
+    }
+
+    fn path(hops: &[(&str, &str)]) -> UpgradePath {
+        UpgradePath {
+            from: v(hops[0].0),
+            to: v(hops[hops.len() - 1].1),
+            hops: hops.iter().map(|(a, b)| Hop { from: v(a), to: v(b) }).collect(),
+            forced: vec![],
+        }
+    }
+
+    fn cps(from: &str, to: &str) -> Vec<UnitPlan> {
+        vec![
+            unit("cp-1", &[Role::Etcd, Role::ControlPlane], from, to),
+            unit("cp-2", &[Role::ControlPlane], from, to),
+            unit("cp-3", &[Role::ControlPlane], from, to),
+        ]
+    }
+
+    #[test]
+    fn one_hop_control_plane_one_at_a_time_then_workers_once() {
+        let workers: Vec<_> =
+            (1..=4).map(|i| unit(&format!("w-{i}"), &[Role::Worker], "v1.36.4", "1.37.1")).collect();
+        let p = plan("1.37.1", cps("v1.36.4", "1.37.1"), workers, 2);
+        let s = schedule(&p, &path(&[("1.36.4", "1.37.1")]), Style::InPlace, 2, true);
+        assert_eq!(s.stages.len(), 2);
+        assert_eq!(s.stages[0].phase, PhaseKind::Etcd);
+        assert_eq!(s.stages[0].concurrency, 1);
+        assert_eq!(
+            s.stages[0].units.iter().map(|u| u.node.as_str()).collect::<Vec<_>>(),
+            ["cp-1", "cp-2", "cp-3"]
+        );
+        assert!(s.stages[0].units[0].first_control_plane);
+        assert!(!s.stages[0].units[1].first_control_plane);
+        assert_eq!(s.stages[1].phase, PhaseKind::Workers);
+        assert_eq!(s.stages[1].concurrency, 2);
+        assert_eq!(s.stages[1].units.len(), 4);
+        assert!(s.cluster_services);
+    }
+
+    #[test]
+    fn multi_hop_walks_the_control_plane_and_moves_workers_once_when_skew_allows() {
+        let workers: Vec<_> =
+            (1..=3).map(|i| unit(&format!("w-{i}"), &[Role::Worker], "v1.35.8", "1.37.1")).collect();
+        let p = plan("1.37.1", cps("v1.35.8", "1.37.1"), workers, 1);
+        let s = schedule(&p, &path(&[("1.35.8", "1.36.4"), ("1.36.4", "1.37.1")]), Style::InPlace, 1, true);
+        let shape: Vec<(PhaseKind, String, usize)> =
+            s.stages.iter().map(|st| (st.phase, st.to.to_string(), st.units.len())).collect();
+        assert_eq!(
+            shape,
+            [
+                (PhaseKind::Etcd, "1.36.4".into(), 3),
+                (PhaseKind::Etcd, "1.37.1".into(), 3),
+                (PhaseKind::Workers, "1.37.1".into(), 3)
+            ]
+        );
+        assert_eq!(s.stages[1].units[0].from, "1.36.4");
+        assert_eq!(s.stages[2].units[0].from, "1.35.8");
+    }
+
+    #[test]
+    fn workers_too_far_behind_go_hop_by_hop_and_only_they() {
+        // 1.33 kubelets may lag 3 minors: fine under a 1.36 control plane, not under 1.37.
+        let workers = vec![
+            unit("old", &[Role::Worker], "v1.33.5", "1.37.1"),
+            unit("new", &[Role::Worker], "v1.36.4", "1.37.1"),
+        ];
+        let p = plan("1.37.1", cps("v1.36.4", "1.37.1"), workers, 1);
+        let s = schedule(&p, &path(&[("1.36.4", "1.37.1")]), Style::InPlace, 1, true);
+        let shape: Vec<(PhaseKind, String, Vec<&str>)> = s
+            .stages
+            .iter()
+            .map(|st| (st.phase, st.to.to_string(), st.units.iter().map(|u| u.node.as_str()).collect()))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (PhaseKind::Workers, "1.36.4".into(), vec!["old"]),
+                (PhaseKind::Etcd, "1.37.1".into(), vec!["cp-1", "cp-2", "cp-3"]),
+                (PhaseKind::Workers, "1.37.1".into(), vec!["old", "new"]),
+            ]
+        );
+        assert_eq!(s.stages[2].units[0].from, "1.36.4");
+    }
+
+    #[test]
+    fn replace_style_creates_before_it_drains_and_external_hosts_are_not_cordoned() {
+        let mut p = plan(
+            "1.37.1",
+            cps("v1.36.4", "1.37.1"),
+            vec![unit("w-1", &[Role::Worker], "v1.36.4", "1.37.1")],
+            1,
+        );
+        let mut ext = unit("etcd-a", &[Role::Etcd], "", "1.37.1");
+        ext.steps = vec![Step::Upgrade, Step::Validate];
+        p.phases[0].batches.insert(0, Batch { units: vec![ext] });
+        let s = schedule(&p, &path(&[("1.36.4", "1.37.1")]), Style::Replace, 1, false);
+        assert!(!s.cluster_services);
+        let etcd = &s.stages[0].units[0];
+        assert!(etcd.external);
+        assert_eq!(etcd.steps, [Step::Upgrade, Step::Validate]);
+        assert!(
+            s.stages[0].units[1].first_control_plane,
+            "the first control-plane member, not the etcd host"
+        );
+        assert_eq!(
+            s.stages[1].units[0].steps,
+            [Step::Upgrade, Step::Validate, Step::Cordon, Step::Drain, Step::Remove]
+        );
+    }
+
+    fn w(to: &str) -> UnitWork {
+        UnitWork {
+            node: "w-1".into(),
+            roles: [Role::Worker].into(),
+            from: "1.36.4".into(),
+            to: v(to),
+            steps: steps_for(false, Style::InPlace),
+            external: false,
+            first_control_plane: false,
+        }
+    }
+
+    fn journal(entries: &[(Step, StepState)]) -> BTreeMap<String, StepState> {
+        entries.iter().map(|(s, st)| (step_key(*s, &v("1.37.1")), *st)).collect()
+    }
+
+    fn seen(kubelet: &str, ours: bool) -> Observed {
+        Observed { exists: true, kubelet: Some(v(kubelet)), ready: true, cordoned_by_this_run: ours }
+    }
+
+    #[test]
+    fn resume_points() {
+        let u = w("1.37.1");
+        // Fresh node at the old version: from the start.
+        assert_eq!(resume_point(&u, &journal(&[]), &seen("1.36.4", false), false), Resume::At(0));
+        // Already at the target and not ours: done without touching it (unless --force).
+        assert!(matches!(resume_point(&u, &journal(&[]), &seen("1.37.1", false), false), Resume::Done(_)));
+        assert_eq!(resume_point(&u, &journal(&[]), &seen("1.37.1", false), true), Resume::At(0));
+        // Killed mid-drain: cordon done, drain started → drain again.
+        let j = journal(&[(Step::Cordon, StepState::Done), (Step::Drain, StepState::Started)]);
+        assert_eq!(resume_point(&u, &j, &seen("1.36.4", true), false), Resume::At(1));
+        // Killed after the action changed the node but before "done" was recorded: validate.
+        let j = journal(&[
+            (Step::Cordon, StepState::Done),
+            (Step::Drain, StepState::Done),
+            (Step::Upgrade, StepState::Started),
+        ]);
+        assert_eq!(resume_point(&u, &j, &seen("1.37.1", true), false), Resume::At(3));
+        // ... or before it changed anything: run the action again.
+        assert_eq!(resume_point(&u, &j, &seen("1.36.4", true), false), Resume::At(2));
+        // At the target, still cordoned by us, uncordon not recorded: finish the uncordon.
+        let j = journal(&[
+            (Step::Cordon, StepState::Done),
+            (Step::Drain, StepState::Done),
+            (Step::Upgrade, StepState::Done),
+            (Step::Validate, StepState::Done),
+        ]);
+        assert_eq!(resume_point(&u, &j, &seen("1.37.1", true), false), Resume::At(4));
+        // Uncordon done: finished, even with --force (never redo a finished node).
+        let j = journal(&[(Step::Uncordon, StepState::Done)]);
+        assert!(matches!(resume_point(&u, &j, &seen("1.37.1", false), true), Resume::Done(_)));
+        // Another stage's journal entries do not count for this one.
+        let j: BTreeMap<String, StepState> =
+            [(step_key(Step::Uncordon, &v("1.36.4")), StepState::Done)].into_iter().collect();
+        assert_eq!(resume_point(&u, &j, &seen("1.36.4", false), false), Resume::At(0));
+    }
+
+    fn step_strategy() -> impl Strategy<Value = Vec<Option<StepState>>> {
+        proptest::collection::vec(
+            proptest::option::of(prop_oneof![
+                Just(StepState::Started),
+                Just(StepState::Done),
+                Just(StepState::Failed)
+            ]),
+            5,
+        )
+    }
+
+    proptest! {
+        /// Whatever the journal holds (any crash point), the resume point is never past a step
+        /// that is not done, except an upgrade the node already shows; and a finished node is
+        /// never started again.
+        #[test]
+        fn resume_never_skips_unfinished_work(states in step_strategy(), at_target in any::<bool>(), ours in any::<bool>(), force in any::<bool>()) {
+            let u = w("1.37.1");
+            let entries: Vec<(Step, StepState)> = u.steps.iter().zip(&states).filter_map(|(s, st)| st.map(|st| (*s, st))).collect();
+            let j = journal(&entries);
+            let obs = seen(if at_target { "1.37.1" } else { "1.36.4" }, ours);
+            match resume_point(&u, &j, &obs, force) {
+                Resume::At(i) => {
+                    prop_assert!(i <= u.steps.len());
+                    for s in &u.steps[..i] {
+                        let d = matches!(j.get(&step_key(*s, &u.to)), Some(StepState::Done));
+                        prop_assert!(d || (*s == Step::Upgrade && at_target), "skipped {:?}", s);
+                    }
+                    prop_assert!(!matches!(j.get(&step_key(Step::Uncordon, &u.to)), Some(StepState::Done)));
+                }
+                Resume::Done(_) => {
+                    let last_done = matches!(j.get(&step_key(Step::Uncordon, &u.to)), Some(StepState::Done));
+                    prop_assert!(last_done || (at_target && !ours && entries.is_empty() && !force));
+                }
+            }
+        }
+
+        /// Every planned unit appears in the schedule, control-plane stages run one unit at a
+        /// time, and every worker's last stage is the target.
+        #[test]
+        fn schedule_covers_every_unit(n in 0usize..12, batch in 1usize..5, old in proptest::collection::vec(any::<bool>(), 12)) {
+            let workers: Vec<_> = (0..n).map(|i| unit(&format!("w-{i}"), &[Role::Worker], if old[i] { "v1.33.1" } else { "v1.36.4" }, "1.37.1")).collect();
+            let p = plan("1.37.1", cps("v1.36.4", "1.37.1"), workers, batch);
+            let s = schedule(&p, &path(&[("1.36.4", "1.37.1")]), Style::InPlace, batch, true);
+            for st in &s.stages {
+                if st.phase != PhaseKind::Workers { prop_assert_eq!(st.concurrency, 1); }
+            }
+            for i in 0..n {
+                let name = format!("w-{i}");
+                let last = s.stages.iter().rev().find(|st| st.units.iter().any(|u| u.node == name));
+                prop_assert_eq!(last.map(|st| st.to.to_string()), Some("1.37.1".to_string()));
+            }
+        }
+    }
+
+    #[test]
+    fn eta_counts_rounds() {
+        assert_eq!(eta(&[], 4, 2), None);
+        let d = Duration::from_secs(10);
+        assert_eq!(eta(&[d, d], 5, 2), Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn names_parse_back() {
+        for s in [StepState::Started, StepState::Done, StepState::Failed, StepState::Skipped] {
+            assert_eq!(s.as_str().parse::<StepState>().unwrap(), s);
+        }
+        for s in [RunState::Running, RunState::Completed, RunState::Failed, RunState::Interrupted] {
+            assert_eq!(s.as_str().parse::<RunState>().unwrap(), s);
+        }
+        assert_eq!("skip".parse::<OnUndrainable>().unwrap(), OnUndrainable::Skip);
+        assert!("nope".parse::<OnUndrainable>().is_err());
+    }
+}
