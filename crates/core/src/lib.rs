@@ -8,6 +8,7 @@ pub mod addons;
 pub mod catalog;
 pub mod checks;
 pub mod drain;
+pub mod event;
 pub mod inventory;
 pub mod path;
 pub mod pdb;

@@ -222,6 +222,43 @@ impl Store {
         Ok(())
     }
 
+    /// The newest run for `cluster` (by creation time), if any: a rerun of the same command
+    /// resumes it when it is unfinished.
+    pub fn latest_run(&self, cluster: &str) -> Result<Option<RunRow>, Error> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, cluster, target, state, spec FROM runs WHERE cluster = ?1
+                 ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                params![cluster],
+                run_row,
+            )
+            .optional()?)
+    }
+
+    /// Every run, newest first.
+    pub fn runs(&self) -> Result<Vec<RunRow>, Error> {
+        let mut q = self.conn.prepare(
+            "SELECT id, cluster, target, state, spec FROM runs ORDER BY created_at DESC, rowid DESC",
+        )?;
+        let rows = q.query_map([], run_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records an event that is not a step transition (a blocked eviction, a warning, a
+    /// backup), in its own transaction.
+    pub fn record_event(&mut self, run: &str, kind: &str, body: &str) -> Result<(), Error> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let at = now();
+        tx.execute(
+            "INSERT INTO events (run_id, at, kind, body) VALUES (?1, ?2, ?3, ?4)",
+            params![run, at, kind, body],
+        )?;
+        tx.execute("UPDATE runs SET updated_at = ?2 WHERE id = ?1", params![run, at])?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Sets a run's state.
     pub fn set_run_state(&mut self, run: &str, state: &str) -> Result<(), Error> {
         self.conn.execute(
@@ -321,6 +358,21 @@ mod tests {
         assert_eq!(s.events("r1").unwrap().len(), 4);
         assert_eq!(s.run("r1").unwrap().unwrap().state, "completed");
         assert!(s.run("nope").unwrap().is_none());
+    }
+
+    #[test]
+    fn the_latest_run_of_a_cluster_and_free_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("refit.db")).unwrap();
+        assert!(s.latest_run("prod").unwrap().is_none());
+        s.create_run(&run("r1")).unwrap();
+        s.create_run(&run("r2")).unwrap();
+        s.create_run(&RunRow { cluster: "other".into(), ..run("r3") }).unwrap();
+        assert_eq!(s.latest_run("prod").unwrap().unwrap().id, "r2");
+        assert_eq!(s.runs().unwrap().len(), 3);
+        s.record_event("r2", "blocked", "{\"pod\":\"a\"}").unwrap();
+        assert_eq!(s.events("r2").unwrap(), ["{\"pod\":\"a\"}"]);
+        assert!(s.record_event("ghost", "warning", "{}").is_err());
     }
 
     #[test]

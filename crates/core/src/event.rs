@@ -1,0 +1,176 @@
+//! The one event type of a run. Everything that happens — stage changes, steps, blocked
+//! evictions with their pod and PDB, action output, backups, timings — is one of these, and
+//! every consumer reads the same stream: the terminal view, `-o json` (one object per line),
+//! the store's journal, and later the HTTP server.
+
+use serde::{Deserialize, Serialize};
+
+/// Something that happened in a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// The run starts (or resumes).
+    RunStarted {
+        /// Run id.
+        run: String,
+        /// Target version.
+        target: String,
+        /// Stages in the schedule.
+        stages: usize,
+        /// Units in the schedule (a unit in two stages counts twice).
+        units: usize,
+        /// Whether this continues an earlier attempt.
+        resumed: bool,
+    },
+    /// A stage begins.
+    StageStarted {
+        /// Index in the schedule.
+        stage: usize,
+        /// etcd, control-plane, workers.
+        phase: String,
+        /// Version the stage moves its units to.
+        to: String,
+        /// Units in it.
+        units: usize,
+        /// Units at once.
+        concurrency: usize,
+    },
+    /// A unit needs nothing (already at the version, finished earlier in this run).
+    UnitSkipped {
+        /// Node or host.
+        node: String,
+        /// Version of the stage.
+        to: String,
+        /// Why.
+        reason: String,
+    },
+    /// A step begins.
+    StepStarted {
+        /// Node or host.
+        node: String,
+        /// cordon, drain, upgrade, validate, uncordon, remove.
+        step: String,
+        /// Version of the stage.
+        to: String,
+    },
+    /// A step finished.
+    StepDone {
+        /// Node or host.
+        node: String,
+        /// Which.
+        step: String,
+        /// Version of the stage.
+        to: String,
+        /// How long it took.
+        millis: u64,
+        /// What it did, when there is something to say (e.g. "evicted 12 pods").
+        detail: String,
+    },
+    /// A step failed.
+    StepFailed {
+        /// Node or host.
+        node: String,
+        /// Which.
+        step: String,
+        /// Version of the stage.
+        to: String,
+        /// What went wrong and what to do.
+        error: String,
+    },
+    /// An eviction was refused (PDB) or a pod cannot be evicted; reported as it happens.
+    Blocked {
+        /// The node being drained.
+        node: String,
+        /// namespace/name.
+        pod: String,
+        /// namespace/name of the PodDisruptionBudget, when one is the reason.
+        pdb: Option<String>,
+        /// The reason.
+        reason: String,
+    },
+    /// A pod was evicted.
+    Evicted {
+        /// The node being drained.
+        node: String,
+        /// namespace/name.
+        pod: String,
+    },
+    /// A line the node action printed.
+    ActionOutput {
+        /// Node or host.
+        node: String,
+        /// The line.
+        line: String,
+    },
+    /// A node was left cordoned on purpose.
+    LeftCordoned {
+        /// The node.
+        node: String,
+        /// Why.
+        reason: String,
+    },
+    /// The etcd backup was written.
+    Backup {
+        /// Where it is (kept, never deleted).
+        path: String,
+        /// Its size.
+        bytes: u64,
+    },
+    /// Cluster services progress.
+    ClusterService {
+        /// kube-proxy, coredns.
+        addon: String,
+        /// What happened.
+        detail: String,
+    },
+    /// Something the operator should read.
+    Warning {
+        /// The message.
+        message: String,
+    },
+    /// The run ends.
+    RunFinished {
+        /// completed, failed, interrupted.
+        state: String,
+        /// Wall time of this invocation.
+        millis: u64,
+        /// Why, when it did not complete.
+        reason: Option<String>,
+    },
+}
+
+impl Event {
+    /// The node an event concerns, if any.
+    pub fn node(&self) -> Option<&str> {
+        match self {
+            Event::UnitSkipped { node, .. }
+            | Event::StepStarted { node, .. }
+            | Event::StepDone { node, .. }
+            | Event::StepFailed { node, .. }
+            | Event::Blocked { node, .. }
+            | Event::Evicted { node, .. }
+            | Event::ActionOutput { node, .. }
+            | Event::LeftCordoned { node, .. } => Some(node),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serialises_as_one_tagged_object_and_parses_back() {
+        let e = Event::Blocked {
+            node: "w-1".into(),
+            pod: "shop/web-1".into(),
+            pdb: Some("shop/web".into()),
+            reason: "Cannot evict pod as it would violate the pod's disruption budget.".into(),
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(json.starts_with(r#"{"event":"blocked","node":"w-1""#), "{json}");
+        assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), e);
+        assert_eq!(e.node(), Some("w-1"));
+    }
+}
