@@ -1,0 +1,903 @@
+//! The etcd backup taken before an upgrade touches etcd or the control plane.
+//!
+//! A backup is only worth something if it restores, so this takes the same snapshot
+//! `etcdctl snapshot save` takes — the Maintenance/Snapshot RPC — through etcd's gRPC gateway
+//! (JSON over HTTPS with the client certificate kube-apiserver itself uses), and checks it the
+//! way `etcdutl snapshot restore` will: etcd appends the SHA-256 of the database to the stream,
+//! and a file whose last 32 bytes are not the SHA-256 of everything before them is refused
+//! here, not discovered during a disaster. Using the gateway keeps Refit free of a gRPC stack
+//! and of etcd's Go client; the HTTP and TLS crates are the ones kube already brings.
+//!
+//! Safety rules: a backup is written to `NAME.db.part`, flushed to disk, verified, and only
+//! then published as `NAME.db` with a hard link, which fails instead of replacing an existing
+//! file — an existing backup is never overwritten and never deleted. The file is mode 0600:
+//! an etcd snapshot holds every Secret of the cluster. Key file contents never appear in an
+//! error or a log line.
+
+use std::fmt;
+use std::io::ErrorKind;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+/// Connecting (TCP) to one endpoint.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The TLS handshake and the response head.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// The longest silence between two pieces of the stream. A large database takes minutes to
+/// send, so the total is not bounded; a stalled member is.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The gateway path of Maintenance/Snapshot (etcd ≥ 3.4 serves `/v3/`).
+const SNAPSHOT_PATH: &str = "/v3/maintenance/snapshot";
+/// etcd appends a SHA-256 digest (32 bytes) to the database it streams.
+const TRAILER: usize = 32;
+/// A gateway line carries one 32 KiB chunk (≈44 KiB of base64); anything far larger is not
+/// etcd talking.
+const MAX_LINE: usize = 16 << 20;
+/// bbolt's meta page magic, at offset 16 of the file (after the 16-byte page header).
+const BOLT_MAGIC: u32 = 0xED0C_DAED;
+
+/// One etcd member's client URL and the certificates to reach it (kubeadm:
+/// `/etc/kubernetes/pki/etcd/ca.crt` and the apiserver's `apiserver-etcd-client.{crt,key}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdEndpoint {
+    /// Client URL, e.g. `https://127.0.0.1:2379`.
+    pub url: String,
+    /// CA that signed etcd's serving certificate.
+    pub ca_file: PathBuf,
+    /// Client certificate etcd accepts.
+    pub cert_file: PathBuf,
+    /// Its private key (read, never printed).
+    pub key_file: PathBuf,
+}
+
+/// A snapshot on disk, verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backup {
+    /// `DIR/NAME.db`.
+    pub path: PathBuf,
+    /// Size of the file (database plus the 32-byte digest etcd appends).
+    pub bytes: u64,
+    /// SHA-256 of the whole file, hex: lets anyone check later that the backup is unchanged.
+    pub sha256: String,
+    /// The endpoint that served it (a snapshot is one member's point-in-time state).
+    pub endpoint: String,
+    /// The storage version etcd reported (3.6+; tells which etcd can restore it).
+    pub etcd_version: Option<String>,
+}
+
+/// Why no backup was written.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No endpoint was given.
+    #[error(
+        "no etcd endpoint to back up from: configure etcd endpoints and certificates, or a backup action"
+    )]
+    NoEndpoints,
+    /// The backup name would escape the directory or hide the file.
+    #[error(
+        "'{name}' is not a usable backup name: use letters, digits, '.', '_' and '-', not starting with '.'"
+    )]
+    Name {
+        /// The name given.
+        name: String,
+    },
+    /// A backup of that name exists; it is never replaced.
+    #[error("{path} already exists and is never overwritten: choose another backup name or directory")]
+    Exists {
+        /// The existing file.
+        path: PathBuf,
+    },
+    /// Another process is writing the same backup right now.
+    #[error(
+        "{path} is being written by another process (it holds the lock): wait for it or choose another name"
+    )]
+    Busy {
+        /// The partial file.
+        path: PathBuf,
+    },
+    /// The local disk failed us; another endpoint would not help.
+    #[error("{action} {path}: {source} (check the backup directory exists, is writable and has space)")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Every endpoint failed; each is listed with its reason.
+    #[error("no etcd endpoint gave a valid snapshot: {}", list(.0))]
+    AllEndpointsFailed(Vec<EndpointFailure>),
+}
+
+fn list(failures: &[EndpointFailure]) -> String {
+    failures.iter().map(|f| f.to_string()).collect::<Vec<_>>().join("; ")
+}
+
+/// One endpoint's failure.
+#[derive(Debug)]
+pub struct EndpointFailure {
+    /// The endpoint's URL.
+    pub url: String,
+    /// What went wrong there.
+    pub reason: Failure,
+}
+
+impl fmt::Display for EndpointFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.url, self.reason)
+    }
+}
+
+/// What went wrong at one endpoint, with what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// The URL is not `https://HOST:PORT`.
+    #[error("not an etcd client URL ({0}); expected https://HOST:PORT")]
+    Url(String),
+    /// A certificate or key file could not be used. Never carries file contents.
+    #[error("{role} {path}: {detail}")]
+    Credentials {
+        /// `CA file`, `client certificate` or `client key`.
+        role: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, in words that never quote the file.
+        detail: String,
+    },
+    /// Nothing answered.
+    #[error("cannot connect: {0} (is etcd running and listening there?)")]
+    Connect(String),
+    /// TLS failed: the server's certificate is not trusted, or it refused ours.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The answer was not a snapshot stream.
+    #[error("etcd answered HTTP {status}: {message}")]
+    Http {
+        /// HTTP status.
+        status: u16,
+        /// etcd's message, or the start of the body.
+        message: String,
+    },
+    /// etcd reported an error in the middle of the stream.
+    #[error("etcd ended the snapshot with an error: {0}")]
+    Server(String),
+    /// The stream broke or was malformed.
+    #[error("snapshot stream: {0}")]
+    Stream(String),
+    /// The data does not verify; it was not kept.
+    #[error("snapshot failed verification: {0}; it was discarded (try again, or another member)")]
+    Integrity(String),
+    /// A step took too long.
+    #[error("no progress for {seconds}s while {during} (is the member overloaded or partitioned?)")]
+    Timeout {
+        /// What was awaited.
+        during: &'static str,
+        /// The limit.
+        seconds: u64,
+    },
+}
+
+/// Takes a snapshot from the first endpoint that gives a valid one and writes it to
+/// `DIR/NAME.db` (directory created 0700 if missing, file 0600). Endpoints are tried in
+/// order; a local disk error stops at once, since another member would not fix it.
+pub async fn etcd_snapshot(endpoints: &[EtcdEndpoint], dir: &Path, name: &str) -> Result<Backup, Error> {
+    if endpoints.is_empty() {
+        return Err(Error::NoEndpoints);
+    }
+    if !valid_name(name) {
+        return Err(Error::Name { name: name.to_string() });
+    }
+    if !dir.exists() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| Error::Io {
+            action: "creating",
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+    }
+    let path = dir.join(format!("{name}.db"));
+    let part = dir.join(format!("{name}.db.part"));
+    if exists(&path) {
+        return Err(Error::Exists { path });
+    }
+    let mut failures = Vec::new();
+    for ep in endpoints {
+        let start = Instant::now();
+        match attempt(ep, &part).await {
+            Ok(mut taken) => {
+                let published = publish(&part, &path);
+                drop(taken.lock.take());
+                published?;
+                tracing::info!(
+                    endpoint = %ep.url, path = %path.display(), bytes = taken.bytes,
+                    seconds = start.elapsed().as_secs_f64(), "etcd snapshot saved"
+                );
+                return Ok(Backup {
+                    path,
+                    bytes: taken.bytes,
+                    sha256: taken.sha256,
+                    endpoint: ep.url.clone(),
+                    etcd_version: taken.version,
+                });
+            }
+            Err(Attempt::Local(e)) => {
+                discard(&part);
+                return Err(e);
+            }
+            Err(Attempt::Endpoint(reason)) => {
+                discard(&part);
+                tracing::warn!(endpoint = %ep.url, %reason, "etcd snapshot failed; trying the next endpoint");
+                failures.push(EndpointFailure { url: ep.url.clone(), reason });
+            }
+        }
+    }
+    Err(Error::AllEndpointsFailed(failures))
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+fn exists(path: &Path) -> bool {
+    // symlink_metadata: a dangling symlink named like the backup is "existing" too.
+    std::fs::symlink_metadata(path).is_ok()
+}
+
+/// Removes our partial file. Only ever the `.part`, never a published backup.
+fn discard(part: &Path) {
+    if let Err(e) = std::fs::remove_file(part)
+        && e.kind() != ErrorKind::NotFound
+    {
+        tracing::warn!(path = %part.display(), error = %e, "could not remove a partial snapshot");
+    }
+}
+
+/// Publishes the verified `.part` as the backup without ever replacing a file: `link(2)`
+/// fails if the name exists, where `rename(2)` would silently replace it. The directory is
+/// synced so the new name survives a crash.
+fn publish(part: &Path, path: &Path) -> Result<(), Error> {
+    match std::fs::hard_link(part, path) {
+        Ok(()) => discard(part),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            discard(part);
+            return Err(Error::Exists { path: path.to_path_buf() });
+        }
+        // Filesystems without hard links: check, then rename (a race only with another
+        // writer choosing the same name in the same instant).
+        Err(_) if !exists(path) => std::fs::rename(part, path).map_err(|e| Error::Io {
+            action: "renaming the snapshot to",
+            path: path.to_path_buf(),
+            source: e,
+        })?,
+        Err(_) => {
+            discard(part);
+            return Err(Error::Exists { path: path.to_path_buf() });
+        }
+    }
+    if let Some(dir) = path.parent() {
+        let synced = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        if let Err(e) = synced {
+            return Err(Error::Io {
+                action: "syncing the directory of",
+                path: path.to_path_buf(),
+                source: e,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Why one attempt failed: the endpoint (try the next) or the local disk (stop).
+enum Attempt {
+    Endpoint(Failure),
+    Local(Error),
+}
+
+impl From<Failure> for Attempt {
+    fn from(f: Failure) -> Self {
+        Attempt::Endpoint(f)
+    }
+}
+
+#[derive(Debug)]
+struct Taken {
+    bytes: u64,
+    sha256: String,
+    version: Option<String>,
+    /// The locked `.part`, held until it is published.
+    lock: Option<std::fs::File>,
+}
+
+async fn attempt(ep: &EtcdEndpoint, part: &Path) -> Result<Taken, Attempt> {
+    let (host, port) = parse_url(&ep.url)?;
+    let tls = tls_config(ep)?;
+    let server_name = ServerName::try_from(host.clone())
+        .map_err(|_| Failure::Url(format!("'{host}' is not a host name or IP address")))?;
+
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect((host.as_str(), port)))
+        .await
+        .map_err(|_| Failure::Timeout { during: "connecting", seconds: CONNECT_TIMEOUT.as_secs() })?
+        .map_err(|e| Failure::Connect(e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(server_name, tcp))
+        .await
+        .map_err(|_| Failure::Timeout { during: "the TLS handshake", seconds: HANDSHAKE_TIMEOUT.as_secs() })?
+        .map_err(|e| tls_failure(&e, ep))?;
+
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| Failure::Stream(format!("HTTP handshake: {e}")))?;
+    let driver = tokio::spawn(conn);
+    let result = stream_snapshot(ep, &host, port, &mut sender, part).await;
+    driver.abort();
+    result
+}
+
+fn parse_url(url: &str) -> Result<(String, u16), Failure> {
+    let uri: http::Uri = url.parse().map_err(|e| Failure::Url(format!("{e}")))?;
+    match uri.scheme_str() {
+        Some("https") => {}
+        Some(other) => {
+            return Err(Failure::Url(format!(
+                "scheme {other}: the snapshot is taken over TLS with a client certificate"
+            )));
+        }
+        None => return Err(Failure::Url("no scheme".into())),
+    }
+    let host = uri.host().ok_or_else(|| Failure::Url("no host".into()))?;
+    // http::Uri keeps IPv6 brackets; ServerName and connect() want the bare address.
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    Ok((host, uri.port_u16().unwrap_or(2379)))
+}
+
+/// The TLS client for one endpoint: only its CA is trusted (not the system roots: etcd's CA
+/// is private), and the client certificate is presented.
+fn tls_config(ep: &EtcdEndpoint) -> Result<rustls::ClientConfig, Failure> {
+    let cred = |role: &'static str, path: &Path, detail: String| Failure::Credentials {
+        role,
+        path: path.to_path_buf(),
+        detail,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let cas = read_certs(&ep.ca_file).map_err(|d| cred("CA file", &ep.ca_file, d))?;
+    for ca in cas {
+        roots
+            .add(ca)
+            .map_err(|e| cred("CA file", &ep.ca_file, format!("not a usable CA certificate: {e}")))?;
+    }
+    let chain = read_certs(&ep.cert_file).map_err(|d| cred("client certificate", &ep.cert_file, d))?;
+    let key = PrivateKeyDer::from_pem_file(&ep.key_file)
+        .map_err(|e| cred("client key", &ep.key_file, pem_problem(&e, "private key")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Failure::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| {
+            // rustls' message here describes the key type, never the key material.
+            cred("client key", &ep.key_file, format!("does not fit {}: {e}", ep.cert_file.display()))
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_problem(&e, "certificate"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_problem(&e, "certificate"))?;
+    if certs.is_empty() {
+        return Err("no PEM certificate in the file".into());
+    }
+    Ok(certs)
+}
+
+/// A PEM error in words that never quote the file (pki-types' own Display can include a line
+/// of it, which for a key file would be key material).
+fn pem_problem(e: &rustls::pki_types::pem::Error, what: &str) -> String {
+    use rustls::pki_types::pem::Error as P;
+    match e {
+        P::Io(io) => format!("cannot read: {io}"),
+        P::NoItemsFound => format!("no PEM {what} in the file"),
+        P::MissingSectionEnd { .. } | P::IllegalSectionStart { .. } | P::Base64Decode(_) => {
+            format!("malformed PEM (expected a {what})")
+        }
+        _ => format!("not a usable PEM {what}"),
+    }
+}
+
+/// Classifies a TLS failure into the advice an operator needs.
+fn tls_failure(e: &(dyn std::error::Error + 'static), ep: &EtcdEndpoint) -> Failure {
+    match find_rustls_error(e) {
+        Some(rustls::Error::InvalidCertificate(cert)) => {
+            use rustls::CertificateError as C;
+            let advice = match cert {
+                C::UnknownIssuer | C::BadSignature => format!(
+                    "etcd's certificate is not signed by the CA in {}: point the CA file at etcd's CA (kubeadm: /etc/kubernetes/pki/etcd/ca.crt)",
+                    ep.ca_file.display()
+                ),
+                C::NotValidForName | C::NotValidForNameContext { .. } => {
+                    "etcd's certificate does not name this host: use the address its certificate was issued for"
+                        .to_string()
+                }
+                C::Expired | C::ExpiredContext { .. } => {
+                    "etcd's certificate has expired: renew etcd's certificates first".to_string()
+                }
+                other => format!("etcd's certificate is refused: {other:?}"),
+            };
+            Failure::Tls(advice)
+        }
+        Some(rustls::Error::AlertReceived(alert)) => Failure::Tls(format!(
+            "etcd refused the client certificate {} ({alert:?}): use a client certificate signed by etcd's CA (kubeadm: apiserver-etcd-client.crt)",
+            ep.cert_file.display()
+        )),
+        Some(other) => Failure::Tls(other.to_string()),
+        None => Failure::Tls(chain(e)),
+    }
+}
+
+/// An error and its sources in one line (hyper's Display stops at its own layer).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+        cur = s.source();
+    }
+    out
+}
+
+fn find_rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+        {
+            cur = Some(inner);
+            continue;
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// The failure of an HTTP exchange: a TLS alert arriving after the handshake (TLS 1.3 reports
+/// a refused client certificate on the first read) is classified as TLS.
+fn http_failure(e: &hyper::Error, ep: &EtcdEndpoint, what: &str) -> Failure {
+    match find_rustls_error(e) {
+        Some(_) => tls_failure(e, ep),
+        None => Failure::Stream(format!("{what}: {}", chain(e))),
+    }
+}
+
+async fn stream_snapshot(
+    ep: &EtcdEndpoint,
+    host: &str,
+    port: u16,
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    part: &Path,
+) -> Result<Taken, Attempt> {
+    let authority = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+    let req = http::Request::post(SNAPSHOT_PATH)
+        .header(http::header::HOST, authority)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::ACCEPT, "application/json")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .map_err(|e| Failure::Stream(e.to_string()))?;
+    let resp = tokio::time::timeout(HANDSHAKE_TIMEOUT, sender.send_request(req))
+        .await
+        .map_err(|_| Failure::Timeout {
+            during: "waiting for the answer",
+            seconds: HANDSHAKE_TIMEOUT.as_secs(),
+        })?
+        .map_err(|e| http_failure(&e, ep, "sending the request"))?;
+    let status = resp.status();
+    let mut body = resp.into_body();
+    if !status.is_success() {
+        let text = read_some(&mut body, 8192).await;
+        return Err(Failure::Http { status: status.as_u16(), message: gateway_message(&text) }.into());
+    }
+
+    let file = open_part(part)?;
+    let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
+    let mut check = Verifier::default();
+    let mut lines = LineSplitter::default();
+    loop {
+        let frame = tokio::time::timeout(IDLE_TIMEOUT, body.frame()).await.map_err(|_| Failure::Timeout {
+            during: "receiving the snapshot",
+            seconds: IDLE_TIMEOUT.as_secs(),
+        })?;
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(|e| http_failure(&e, ep, "receiving the snapshot"))?;
+        let Ok(data) = frame.into_data() else { continue };
+        for line in lines.push(&data).map_err(Failure::Stream)? {
+            take_line(&line, &mut check, &mut out, part).await?;
+        }
+    }
+    let rest = lines.rest().to_vec();
+    take_line(&rest, &mut check, &mut out, part).await?;
+    out.flush().await.map_err(|e| local("writing", part, e))?;
+    let file = out.into_inner();
+    // The data must be on disk before the name says "backup".
+    file.sync_all().await.map_err(|e| local("syncing", part, e))?;
+    let mut verified = check.finish().map_err(Failure::Integrity)?;
+    verified.lock = Some(file.into_std().await);
+    Ok(verified)
+}
+
+/// Verifies and writes one gateway line.
+async fn take_line(
+    line: &[u8],
+    check: &mut Verifier,
+    out: &mut tokio::io::BufWriter<tokio::fs::File>,
+    part: &Path,
+) -> Result<(), Attempt> {
+    if let Chunk::Data { blob, remaining, version } = parse_chunk(line)? {
+        check.chunk(&blob, remaining, version);
+        out.write_all(&blob).await.map_err(|e| local("writing", part, e))?;
+    }
+    Ok(())
+}
+
+fn local(action: &'static str, path: &Path, e: std::io::Error) -> Attempt {
+    Attempt::Local(Error::Io { action, path: path.to_path_buf(), source: e })
+}
+
+/// Opens (or reclaims, if a crashed attempt left it) the partial file, locked so two
+/// processes never write the same backup.
+fn open_part(part: &Path) -> Result<std::fs::File, Attempt> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(part)
+        .map_err(|e| local("creating", part, e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(Attempt::Local(Error::Busy { path: part.to_path_buf() }));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(local("locking", part, e)),
+    }
+    file.set_len(0).map_err(|e| local("truncating", part, e))?;
+    // A reclaimed file keeps its old mode; a snapshot holds every Secret.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| local("restricting", part, e))?;
+    Ok(file)
+}
+
+async fn read_some(body: &mut Incoming, limit: usize) -> String {
+    let mut buf = Vec::new();
+    while buf.len() < limit {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Ok(d) = frame.into_data() {
+                    buf.extend_from_slice(&d);
+                }
+            }
+            _ => break,
+        }
+    }
+    buf.truncate(limit);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The message of a gateway error body (`{"code":16,"message":"..."}` or a stream's
+/// `{"error":{...}}`), else the body's first line.
+fn gateway_message(text: &str) -> String {
+    let v: Option<serde_json::Value> = serde_json::from_str(text.trim()).ok();
+    let msg = v.as_ref().and_then(|v| {
+        let e = v.get("error").unwrap_or(v);
+        e.get("message").and_then(|m| m.as_str()).map(str::to_string)
+    });
+    msg.unwrap_or_else(|| text.lines().next().unwrap_or("").chars().take(300).collect())
+}
+
+/// Splits the gateway's newline-delimited JSON into lines across frame boundaries.
+#[derive(Default)]
+struct LineSplitter {
+    buf: Vec<u8>,
+}
+
+impl LineSplitter {
+    fn push(&mut self, data: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+        self.buf.extend_from_slice(data);
+        let mut out = Vec::new();
+        while let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=i).collect();
+            out.push(line);
+        }
+        if self.buf.len() > MAX_LINE {
+            return Err(format!("a line of more than {MAX_LINE} bytes: not etcd's snapshot stream"));
+        }
+        Ok(out)
+    }
+
+    fn rest(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+#[derive(Debug)]
+enum Chunk {
+    Data { blob: Vec<u8>, remaining: Option<u64>, version: Option<String> },
+    Empty,
+}
+
+/// One gateway line: `{"result":{"remaining_bytes":"…","blob":"<base64>","version":"3.6.0"}}`
+/// (protojson with proto names: uint64 as a string, zero values omitted), or
+/// `{"error":{"code":…,"message":…}}`.
+fn parse_chunk(line: &[u8]) -> Result<Chunk, Failure> {
+    let text = std::str::from_utf8(line).map_err(|_| Failure::Stream("a line that is not UTF-8".into()))?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(Chunk::Empty);
+    }
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        Failure::Stream(format!("not JSON ({e}): {}", text.chars().take(120).collect::<String>()))
+    })?;
+    if let Some(err) = v.get("error") {
+        let message = err.get("message").and_then(|m| m.as_str()).unwrap_or("unknown error");
+        let code = err.get("code").and_then(|c| c.as_i64()).unwrap_or(0);
+        return Err(Failure::Server(format!("{message} (gRPC code {code})")));
+    }
+    let Some(result) = v.get("result") else {
+        return Err(Failure::Stream(format!(
+            "a line without result or error: {}",
+            text.chars().take(120).collect::<String>()
+        )));
+    };
+    let blob = match result.get("blob") {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::String(s)) => base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(|e| Failure::Stream(format!("blob is not base64: {e}")))?,
+        Some(other) => return Err(Failure::Stream(format!("blob is not a string: {other}"))),
+    };
+    let remaining = match result.get("remaining_bytes") {
+        None | Some(serde_json::Value::Null) => Some(0),
+        Some(serde_json::Value::String(s)) => s.parse().ok(),
+        Some(n) => n.as_u64(),
+    };
+    let version =
+        result.get("version").and_then(|s| s.as_str()).filter(|s| !s.is_empty()).map(str::to_string);
+    Ok(Chunk::Data { blob, remaining, version })
+}
+
+/// Checks the stream as it arrives: the SHA-256 of everything but the last 32 bytes must equal
+/// those 32 bytes (what `etcdutl snapshot restore` checks), the size must be a database plus
+/// the digest (etcd's `hasChecksum`: size % 512 == 32), the byte count must match what etcd
+/// announced, and the file must start like a bbolt database.
+#[derive(Default)]
+struct Verifier {
+    whole: Sha256,
+    db: Sha256,
+    /// The last (up to) 32 bytes, not yet known to be database rather than digest.
+    tail: Vec<u8>,
+    bytes: u64,
+    head: Vec<u8>,
+    /// Bytes etcd announced: first chunk's length plus its `remaining_bytes`.
+    announced: Option<u64>,
+    version: Option<String>,
+    chunks: u64,
+}
+
+impl Verifier {
+    fn chunk(&mut self, blob: &[u8], remaining: Option<u64>, version: Option<String>) {
+        if self.chunks == 0 {
+            self.announced = remaining.map(|r| r + blob.len() as u64);
+        }
+        self.chunks += 1;
+        if self.version.is_none() {
+            self.version = version;
+        }
+        self.whole.update(blob);
+        self.bytes += blob.len() as u64;
+        if self.head.len() < 32 {
+            let take = (32 - self.head.len()).min(blob.len());
+            self.head.extend_from_slice(&blob[..take]);
+        }
+        self.tail.extend_from_slice(blob);
+        if self.tail.len() > TRAILER {
+            let cut = self.tail.len() - TRAILER;
+            self.db.update(&self.tail[..cut]);
+            self.tail.drain(..cut);
+        }
+    }
+
+    fn finish(self) -> Result<Taken, String> {
+        if self.chunks == 0 || self.bytes == 0 {
+            return Err("etcd sent no data".into());
+        }
+        if self.tail.len() < TRAILER {
+            return Err(format!("only {} bytes, too short to carry the SHA-256 digest", self.bytes));
+        }
+        let db_bytes = self.bytes - TRAILER as u64;
+        if let Some(a) = self.announced
+            && a != db_bytes
+        {
+            return Err(format!("etcd announced {a} database bytes, {db_bytes} arrived (stream cut short?)"));
+        }
+        if self.bytes % 512 != TRAILER as u64 {
+            return Err(format!(
+                "{} bytes is not a database plus its digest (size % 512 must be 32)",
+                self.bytes
+            ));
+        }
+        let digest = self.db.finalize();
+        if digest.as_slice() != self.tail.as_slice() {
+            return Err(format!(
+                "the SHA-256 of the database ({}) differs from the digest etcd appended ({})",
+                hex::encode(digest),
+                hex::encode(&self.tail)
+            ));
+        }
+        let magic = self.head.get(16..20).and_then(|b| <[u8; 4]>::try_from(b).ok());
+        if !magic.is_some_and(|m| u32::from_le_bytes(m) == BOLT_MAGIC || u32::from_be_bytes(m) == BOLT_MAGIC)
+        {
+            return Err("the data does not start with a bbolt database header".into());
+        }
+        Ok(Taken {
+            bytes: self.bytes,
+            sha256: hex::encode(self.whole.finalize()),
+            version: self.version,
+            lock: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake "database": a bbolt-like header, page-sized, then etcd's digest.
+    fn fake_snapshot(pages: usize) -> Vec<u8> {
+        let mut db = vec![0u8; 4096 * pages];
+        db[16..20].copy_from_slice(&BOLT_MAGIC.to_le_bytes());
+        for (i, b) in db.iter_mut().enumerate().skip(32) {
+            *b = (i * 31 % 251) as u8;
+        }
+        let digest = Sha256::digest(&db);
+        db.extend_from_slice(&digest);
+        db
+    }
+
+    /// Feeds `data` in etcd's framing: 32 KiB chunks with remaining_bytes, then the digest.
+    fn verify(data: &[u8], chunk: usize) -> Result<Taken, String> {
+        let (db, digest) = data.split_at(data.len().saturating_sub(TRAILER));
+        let mut v = Verifier::default();
+        let mut sent = 0;
+        for c in db.chunks(chunk) {
+            sent += c.len();
+            v.chunk(c, Some((db.len() - sent) as u64), Some("3.6.0".into()));
+        }
+        v.chunk(digest, Some(0), Some("3.6.0".into()));
+        v.finish()
+    }
+
+    #[test]
+    fn a_good_stream_verifies_whatever_the_chunking() {
+        let snap = fake_snapshot(20);
+        for chunk in [32 * 1024, 4096, 1000, 7] {
+            let t = verify(&snap, chunk).unwrap();
+            assert_eq!(t.bytes, snap.len() as u64);
+            assert_eq!(t.sha256, hex::encode(Sha256::digest(&snap)));
+            assert_eq!(t.version.as_deref(), Some("3.6.0"));
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_a_cut_stream_or_a_missing_digest_is_refused() {
+        let snap = fake_snapshot(20);
+        let mut flipped = snap.clone();
+        flipped[5000] ^= 1;
+        assert!(verify(&flipped, 32 * 1024).unwrap_err().contains("SHA-256"));
+
+        // Cut after some chunks: the announced size no longer matches.
+        let mut v = Verifier::default();
+        let db = &snap[..snap.len() - TRAILER];
+        v.chunk(&db[..32 * 1024], Some((db.len() - 32 * 1024) as u64), None);
+        assert!(v.finish().unwrap_err().contains("announced"));
+
+        // Without the digest (and without size announcements).
+        let mut v = Verifier::default();
+        v.chunk(db, None, None);
+        assert!(v.finish().unwrap_err().contains("size % 512"));
+
+        let mut not_bolt = fake_snapshot(2);
+        not_bolt[16] = 0;
+        let n = not_bolt.len() - TRAILER;
+        let digest = Sha256::digest(&not_bolt[..n]);
+        not_bolt[n..].copy_from_slice(&digest);
+        assert!(verify(&not_bolt, 4096).unwrap_err().contains("bbolt"));
+        assert!(Verifier::default().finish().unwrap_err().contains("no data"));
+    }
+
+    #[test]
+    fn gateway_lines_are_decoded_as_protojson_writes_them() {
+        let line = br#"{"result":{"remaining_bytes":"65536","blob":"AAEC","version":"3.6.0"}}"#;
+        let Chunk::Data { blob, remaining, version } = parse_chunk(line).unwrap() else { panic!() };
+        assert_eq!((blob, remaining, version.as_deref()), (vec![0, 1, 2], Some(65536), Some("3.6.0")));
+        // Zero values are omitted by protojson.
+        let Chunk::Data { blob, remaining, .. } = parse_chunk(br#"{"result":{"blob":"AA=="}}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((blob, remaining), (vec![0], Some(0)));
+        let err = parse_chunk(br#"{"error":{"code":14,"message":"etcdserver: no leader"}}"#).unwrap_err();
+        assert_eq!(err, Failure::Server("etcdserver: no leader (gRPC code 14)".into()));
+        assert!(matches!(parse_chunk(b"<html>"), Err(Failure::Stream(_))));
+        assert!(matches!(parse_chunk(br#"{"result":{"blob":"!!"}}"#), Err(Failure::Stream(_))));
+        assert!(matches!(parse_chunk(b"\n"), Ok(Chunk::Empty)));
+    }
+
+    #[test]
+    fn lines_are_reassembled_across_frames() {
+        let mut s = LineSplitter::default();
+        assert!(s.push(b"{\"a\"").unwrap().is_empty());
+        let lines = s.push(b":1}\n{\"b\":2}\n{\"c\"").unwrap();
+        assert_eq!(lines, vec![b"{\"a\":1}\n".to_vec(), b"{\"b\":2}\n".to_vec()]);
+        assert_eq!(s.rest(), b"{\"c\"");
+        assert!(s.push(&vec![b'x'; MAX_LINE + 1]).is_err());
+    }
+
+    #[test]
+    fn error_bodies_give_etcds_message() {
+        assert_eq!(
+            gateway_message(r#"{"code":16,"message":"etcdserver: user name is empty"}"#),
+            "etcdserver: user name is empty"
+        );
+        assert_eq!(gateway_message(r#"{"error":{"code":14,"message":"no leader"}}"#), "no leader");
+        assert_eq!(gateway_message("404 page not found\n"), "404 page not found");
+    }
+
+    #[test]
+    fn urls_and_names_are_checked() {
+        assert_eq!(parse_url("https://127.0.0.1:2379").unwrap(), ("127.0.0.1".into(), 2379));
+        assert_eq!(parse_url("https://[::1]:2379").unwrap(), ("::1".into(), 2379));
+        assert_eq!(parse_url("https://etcd-0.example").unwrap(), ("etcd-0.example".into(), 2379));
+        assert!(matches!(parse_url("http://127.0.0.1:2379"), Err(Failure::Url(_))));
+        assert!(matches!(parse_url("127.0.0.1:2379"), Err(Failure::Url(_))));
+        for ok in ["pre-upgrade-1.37", "run_42", "a"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", ".hidden", "../x", "a/b", "a b", "x\0"] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn pem_problems_never_quote_the_file() {
+        use rustls::pki_types::pem::Error as P;
+        let secret = b"-----BEGIN PRIVATE KEY SECRETMATERIAL".to_vec();
+        let msg = pem_problem(&P::IllegalSectionStart { line: secret }, "private key");
+        assert!(!msg.contains("SECRET"), "{msg}");
+        let msg = pem_problem(&P::Base64Decode("SECRETMATERIAL".into()), "private key");
+        assert!(!msg.contains("SECRET"), "{msg}");
+    }
+}
