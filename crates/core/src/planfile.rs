@@ -118,7 +118,9 @@ pub enum Action {
         /// Program and arguments.
         command: Vec<String>,
     },
-    /// Commands on the node through the system ssh with a built-in recipe.
+    /// Commands on the node through the system ssh with a built-in recipe. Everything left
+    /// out falls back to the user's own ssh configuration (`~/.ssh/config`, agent, ProxyJump).
+    #[serde(rename_all = "camelCase")]
     Ssh {
         /// Recipe name (`kubeadm`).
         #[serde(default = "default_recipe")]
@@ -126,6 +128,29 @@ pub enum Action {
         /// Remote user (default: ssh's own configuration).
         #[serde(default)]
         user: Option<String>,
+        /// Remote port (default: ssh's own configuration, usually 22).
+        #[serde(default)]
+        port: Option<u16>,
+        /// Private key file to use, and only that one (a path: the key itself never belongs in
+        /// a plan file).
+        #[serde(default)]
+        identity_file: Option<String>,
+        /// An ssh_config file instead of `~/.ssh/config`.
+        #[serde(default)]
+        config_file: Option<String>,
+        /// A known_hosts file instead of `~/.ssh/known_hosts`.
+        #[serde(default)]
+        known_hosts_file: Option<String>,
+        /// How unknown host keys are treated (default strict: an unknown host is refused).
+        #[serde(default)]
+        host_key_check: HostKeyCheck,
+        /// Whether commands that need root run through `sudo -n` (default true; a root login
+        /// can say false).
+        #[serde(default = "default_sudo")]
+        sudo: bool,
+        /// The node's package manager for the recipe (default apt).
+        #[serde(default)]
+        package_manager: PackageManager,
     },
     /// Create a replacement node, then drain and remove the old one.
     Replace {},
@@ -133,6 +158,34 @@ pub enum Action {
 
 fn default_recipe() -> String {
     "kubeadm".into()
+}
+
+fn default_sudo() -> bool {
+    true
+}
+
+/// How ssh treats a host key it does not know. There is deliberately no "accept anything":
+/// a changed key is always refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostKeyCheck {
+    /// The key must already be in known_hosts (`StrictHostKeyChecking=yes`).
+    #[default]
+    Strict,
+    /// Unknown hosts are added on first contact; changed keys are still refused
+    /// (`StrictHostKeyChecking=accept-new`).
+    AcceptNew,
+}
+
+/// The package manager of a node, which decides the kubeadm recipe's package commands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PackageManager {
+    /// Debian and Ubuntu (`apt-get`, `apt-mark`), the pkgs.k8s.io `deb` repository.
+    #[default]
+    Apt,
+    /// RHEL, CentOS Stream, Fedora (`dnf`), the pkgs.k8s.io `rpm` repository.
+    Dnf,
 }
 
 /// Placeholders an exec command may use.
@@ -231,7 +284,37 @@ mod tests {
         exec.validate(&nodes).unwrap();
         assert!(matches!(exec.action, Some(Action::Exec { ref command }) if command.len() == 6));
         let ssh = PlanFile::from_yaml("action: {type: ssh}").unwrap();
-        assert_eq!(ssh.action, Some(Action::Ssh { recipe: "kubeadm".into(), user: None }));
+        assert_eq!(
+            ssh.action,
+            Some(Action::Ssh {
+                recipe: "kubeadm".into(),
+                user: None,
+                port: None,
+                identity_file: None,
+                config_file: None,
+                known_hosts_file: None,
+                host_key_check: HostKeyCheck::Strict,
+                sudo: true,
+                package_manager: PackageManager::Apt,
+            })
+        );
+        let full = PlanFile::from_yaml(
+            "action: {type: ssh, user: ops, port: 2222, identityFile: /k/id, configFile: /k/cfg, knownHostsFile: /k/kh, hostKeyCheck: accept-new, sudo: false, packageManager: dnf}",
+        )
+        .unwrap();
+        full.validate(&nodes).unwrap();
+        assert!(matches!(
+            full.action,
+            Some(Action::Ssh {
+                port: Some(2222),
+                host_key_check: HostKeyCheck::AcceptNew,
+                sudo: false,
+                package_manager: PackageManager::Dnf,
+                ..
+            })
+        ));
+        assert!(PlanFile::from_yaml("action: {type: ssh, hostKeyCheck: no}").is_err());
+        assert!(PlanFile::from_yaml("action: {type: ssh, packageManager: zypper}").is_err());
         PlanFile::from_yaml("action: {type: replace}").unwrap().validate(&nodes).unwrap();
         for (bad, expected) in [
             ("action: {type: exec, command: []}", "needs a command"),

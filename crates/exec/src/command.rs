@@ -1,0 +1,399 @@
+//! The generic local command runner every action builds on (exec, backup commands, the
+//! replace action's create/remove commands).
+//!
+//! Why it looks the way it does:
+//! - **No shell, ever.** `argv[0]` is looked up in `PATH` and exec'd with the other elements
+//!   as its arguments, so a node called `a;rm -rf /` is one harmless argument.
+//! - **Own process group.** Upgrade scripts start helpers (ssh, kubectl, sleep); killing only
+//!   the script would orphan them. The child leads a new process group and the *whole group*
+//!   is killed on timeout, when the returned future is dropped (the engine gave up), and when
+//!   the program exits leaving strays behind (anything that should outlive the action must
+//!   detach itself with `setsid`, as the sandbox's own processes do).
+//! - **Dies with refit.** The child gets `PR_SET_PDEATHSIG=SIGKILL`, so a `kill -9` of refit
+//!   kills it too. The death signal fires when the *thread* that forked exits, so children are
+//!   forked from one long-lived spawner thread, never from a tokio worker that may retire.
+//!   Limit: the kernel delivers that signal to the child only; grandchildren of a killed refit
+//!   live on in the (now leaderless) process group until they end.
+//! - **Streamed output.** Lines are handed to the caller as they arrive (the live view and the
+//!   journal show progress while a node upgrades), and the last lines are kept for the error.
+
+#![allow(unsafe_code)] // pre_exec (prctl, getppid) and kill(2); each use has a SAFETY note.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::sync::{Mutex, OnceLock, mpsc};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::{Child, Command};
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+use crate::error::{ERROR_TAIL_LINES, Error};
+
+/// How many trailing lines of each stream [`CommandOutput`] keeps.
+pub const KEPT_LINES: usize = 200;
+
+/// Longest line handed out in one piece; longer runs without a newline are split, so a program
+/// printing megabytes without a newline cannot make refit buffer them all.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// After the program exits (and its strays were killed), how long to wait for the last output
+/// still in the pipes; a detached daemon that kept our pipe open must not hang the action.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// One line of a command's output, without its line ending; invalid UTF-8 is replaced.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "stream", content = "line", rename_all = "lowercase")]
+pub enum OutputLine {
+    /// A line the command wrote to stdout.
+    Stdout(String),
+    /// A line the command wrote to stderr.
+    Stderr(String),
+}
+
+impl OutputLine {
+    /// The text of the line, whichever stream it came from.
+    pub fn text(&self) -> &str {
+        match self {
+            OutputLine::Stdout(s) | OutputLine::Stderr(s) => s,
+        }
+    }
+}
+
+/// What a successful command left behind: the last lines of its output (the whole output went
+/// through the `on_line` callback as it arrived).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommandOutput {
+    /// The last [`KEPT_LINES`] stdout lines.
+    pub stdout_tail: Vec<String>,
+    /// The last [`KEPT_LINES`] stderr lines.
+    pub stderr_tail: Vec<String>,
+}
+
+/// Replaces `{name}` placeholders inside each argument, in one left-to-right pass.
+///
+/// `vars` holds names without braces (`("node", "worker-1")`). Each argument stays exactly one
+/// argument whatever the values contain; values are never rescanned, so a value that itself
+/// looks like `{to}` stays literal; unknown `{...}` text is left as written. Both the exec and
+/// the replace action use this one implementation.
+pub fn substitute(args: &[String], vars: &[(&str, &str)]) -> Vec<String> {
+    args.iter().map(|arg| substitute_one(arg, vars)).collect()
+}
+
+fn substitute_one(arg: &str, vars: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let value = after.find('}').and_then(|close| {
+            vars.iter().find(|(name, _)| *name == &after[..close]).map(|(_, v)| (close, *v))
+        });
+        match value {
+            Some((close, v)) => {
+                out.push_str(v);
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Runs `argv` (program and arguments, no shell) with `env` added to refit's environment,
+/// stdin closed, and stdout/stderr streamed line by line to `on_line`.
+///
+/// Succeeds when the program exits with code 0. Fails with [`Error::Failed`] (naming the
+/// program, its exit code or signal, and its last stderr lines), [`Error::Timeout`] after
+/// `timeout` (the whole process group is killed first), or [`Error::Spawn`]. Dropping the
+/// future kills the process group as well.
+pub async fn run_command(
+    argv: &[String],
+    env: &[(String, String)],
+    timeout: Duration,
+    on_line: &(dyn Fn(OutputLine) + Send + Sync),
+) -> Result<CommandOutput, Error> {
+    let (program, args) = argv.split_first().ok_or(Error::EmptyCommand)?;
+    if program.is_empty() {
+        return Err(Error::EmptyCommand);
+    }
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0);
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the hook runs in the forked child before exec and calls only async-signal-safe
+    // functions (prctl, getppid, _exit); it touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // refit may have died between fork and prctl: nobody would send the signal then.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let mut child =
+        spawn_attached(cmd).await.map_err(|source| Error::Spawn { program: program.clone(), source })?;
+    let mut group = GroupGuard { pgid: child.id().map(|p| p as libc::pid_t) };
+    tracing::debug!(program = %program, pid = ?group.pgid, "command started");
+
+    let tails = Tails::default();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let work = async {
+        let mut out = std::pin::pin!(pump(stdout, Stream::Stdout, &tails, on_line));
+        let mut err = std::pin::pin!(pump(stderr, Stream::Stderr, &tails, on_line));
+        let (mut out_done, mut err_done) = (false, false);
+        let status = loop {
+            tokio::select! {
+                r = &mut out, if !out_done => { out_done = true; r? }
+                r = &mut err, if !err_done => { err_done = true; r? }
+                s = child.wait() => break s?,
+            }
+        };
+        // The leader is gone; whatever is left in its group is a stray.
+        group.kill();
+        let drain = async {
+            if !out_done {
+                (&mut out).await?;
+            }
+            if !err_done {
+                (&mut err).await?;
+            }
+            Ok::<(), io::Error>(())
+        };
+        match tokio::time::timeout(DRAIN_GRACE, drain).await {
+            Ok(r) => r?,
+            Err(_) => {
+                tracing::debug!(program = %program, "output pipe held open after exit; stopped reading")
+            }
+        }
+        Ok::<_, io::Error>(status)
+    };
+    let status = match tokio::time::timeout(timeout, work).await {
+        Ok(Ok(status)) => status,
+        Ok(Err(source)) => {
+            group.kill();
+            return Err(Error::Io { program: program.clone(), source });
+        }
+        Err(_) => {
+            group.kill();
+            // SIGKILL cannot be ignored; reap the leader so no zombie is left.
+            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+            return Err(Error::Timeout {
+                program: program.clone(),
+                timeout,
+                stderr_tail: tails.err_tail(ERROR_TAIL_LINES),
+            });
+        }
+    };
+    group.disarm();
+    let (stdout_tail, stderr_tail) = tails.into_vecs();
+    match status.code() {
+        Some(0) => Ok(CommandOutput { stdout_tail, stderr_tail }),
+        code => Err(Error::Failed {
+            program: program.clone(),
+            code,
+            signal: status.signal(),
+            stderr_tail: last(&stderr_tail, ERROR_TAIL_LINES),
+        }),
+    }
+}
+
+/// Kills the child's process group when dropped (the caller gave up) unless disarmed.
+struct GroupGuard {
+    pgid: Option<libc::pid_t>,
+}
+
+impl GroupGuard {
+    fn kill(&self) {
+        if let Some(pgid) = self.pgid.filter(|p| *p > 1) {
+            kill_group(pgid);
+        }
+    }
+    fn disarm(&mut self) {
+        self.pgid = None;
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn kill_group(pgid: libc::pid_t) {
+    // SAFETY: kill(2) with a negative pid signals the process group this module created for
+    // the child; it has no memory-safety preconditions.
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(crate) enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// The last lines of both streams, shared by the two pumps and read after a timeout too.
+#[derive(Default)]
+pub(crate) struct Tails {
+    out: Mutex<VecDeque<String>>,
+    err: Mutex<VecDeque<String>>,
+}
+
+impl Tails {
+    fn push(&self, stream: Stream, line: &str) {
+        let q = match stream {
+            Stream::Stdout => &self.out,
+            Stream::Stderr => &self.err,
+        };
+        let mut q = q.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() == KEPT_LINES {
+            q.pop_front();
+        }
+        q.push_back(line.to_string());
+    }
+
+    /// The last `n` stderr lines.
+    pub(crate) fn err_tail(&self, n: usize) -> Vec<String> {
+        let q = self.err.lock().unwrap_or_else(|p| p.into_inner());
+        q.iter().skip(q.len().saturating_sub(n)).cloned().collect()
+    }
+
+    fn into_vecs(self) -> (Vec<String>, Vec<String>) {
+        let out = self.out.into_inner().unwrap_or_else(|p| p.into_inner());
+        let err = self.err.into_inner().unwrap_or_else(|p| p.into_inner());
+        (out.into(), err.into())
+    }
+}
+
+fn last(lines: &[String], n: usize) -> Vec<String> {
+    lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
+/// Reads `reader` to its end, handing each line to `on_line` as it completes and keeping the
+/// last ones in `tails`. Shared with the ssh action, whose remote output arrives the same way.
+pub(crate) async fn pump<R: AsyncRead + Unpin>(
+    reader: Option<R>,
+    stream: Stream,
+    tails: &Tails,
+    on_line: &(dyn Fn(OutputLine) + Send + Sync),
+) -> io::Result<()> {
+    let Some(mut reader) = reader else { return Ok(()) };
+    let emit = |bytes: &[u8]| {
+        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        let line = String::from_utf8_lossy(bytes).into_owned();
+        tails.push(stream, &line);
+        on_line(match stream {
+            Stream::Stdout => OutputLine::Stdout(line),
+            Stream::Stderr => OutputLine::Stderr(line),
+        });
+    };
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = reader.read(&mut chunk).await?;
+        if n == 0 {
+            if !buf.is_empty() {
+                emit(&buf);
+            }
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut start = 0;
+        while let Some(pos) = buf[start..].iter().position(|b| *b == b'\n') {
+            emit(&buf[start..start + pos]);
+            start += pos + 1;
+        }
+        buf.drain(..start);
+        while buf.len() >= MAX_LINE_BYTES {
+            let rest = buf.split_off(MAX_LINE_BYTES);
+            emit(&buf);
+            buf = rest;
+        }
+    }
+}
+
+type SpawnReply = oneshot::Sender<io::Result<Child>>;
+type SpawnRequest = (Command, Handle, SpawnReply);
+type Spawner = Mutex<Option<mpsc::Sender<SpawnRequest>>>;
+
+/// The long-lived thread that forks children (see the module docs for why).
+fn spawner() -> &'static Spawner {
+    static SPAWNER: OnceLock<Spawner> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        let started = std::thread::Builder::new().name("refit-exec-spawner".into()).spawn(move || {
+            for (mut cmd, handle, reply) in rx {
+                // tokio registers the child with the runtime of the caller, so enter it here.
+                let _runtime = handle.enter();
+                let spawned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cmd.spawn()))
+                    .unwrap_or_else(|_| Err(io::Error::other("the runtime refused to spawn the process")));
+                if let Err(Ok(child)) = reply.send(spawned) {
+                    // The caller gave up while we were forking: end what we started.
+                    if let Some(pid) = child.id() {
+                        kill_group(pid as libc::pid_t);
+                    }
+                }
+            }
+            // The sender lives in a static, so the loop only ends as the process exits; the
+            // thread must not end before its children do (their death signal is tied to it).
+            loop {
+                std::thread::park();
+            }
+        });
+        Mutex::new(started.ok().map(|_| tx))
+    })
+}
+
+async fn spawn_attached(cmd: Command) -> io::Result<Child> {
+    let handle = Handle::try_current().map_err(|_| io::Error::other("run_command needs a tokio runtime"))?;
+    let (reply, answer) = oneshot::channel();
+    {
+        let guard = spawner().lock().unwrap_or_else(|p| p.into_inner());
+        let sender =
+            guard.as_ref().ok_or_else(|| io::Error::other("the spawner thread could not be started"))?;
+        sender.send((cmd, handle, reply)).map_err(|_| io::Error::other("the spawner thread is gone"))?;
+    }
+    answer.await.map_err(|_| io::Error::other("the spawner thread dropped the request"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn substitutes_in_one_pass_and_keeps_arguments_whole() {
+        let vars = [("node", "a;rm -rf /"), ("to", "1.37.1"), ("new", "{to}")];
+        assert_eq!(
+            substitute(
+                &s(&["x", "{node}", "--to={to}", "{new}", "{unknown}", "{{node}}", "{", "}{to"]),
+                &vars
+            ),
+            s(&["x", "a;rm -rf /", "--to=1.37.1", "{to}", "{unknown}", "{a;rm -rf /}", "{", "}{to"])
+        );
+        assert_eq!(substitute(&[], &vars), Vec::<String>::new());
+        assert_eq!(substitute(&s(&["{node}{node}"]), &[("node", "n")]), s(&["nn"]));
+    }
+}

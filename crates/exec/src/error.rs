@@ -1,0 +1,146 @@
+//! The crate's one error type.
+//!
+//! Every variant names what the engine needs to report the failure without more context:
+//! the program (or the node and the remote command) and why. Secrets never appear: an
+//! identity file is named by its path only, and output tails come from the command itself.
+
+use std::time::Duration;
+
+/// How many trailing stderr lines an error carries: enough to see why, short enough for one
+/// report line per node.
+pub const ERROR_TAIL_LINES: usize = 10;
+
+/// Why an action (or one of its commands) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The command line was empty: there is no program to run.
+    #[error("the command is empty: give a program and its arguments")]
+    EmptyCommand,
+
+    /// The program could not be started (not found, not executable, ...).
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        /// The program as given.
+        program: String,
+        /// What exec(2) or the runtime said.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Reading the program's output or waiting for it failed.
+    #[error("lost track of {program}: {source}")]
+    Io {
+        /// The program as given.
+        program: String,
+        /// The underlying failure.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The program ended unsuccessfully.
+    #[error("{program} {}{}", exit_text(*code, *signal), tail_text(stderr_tail))]
+    Failed {
+        /// The program as given.
+        program: String,
+        /// Its exit code, when it exited.
+        code: Option<i32>,
+        /// The signal that ended it, when it was killed.
+        signal: Option<i32>,
+        /// Its last stderr lines (at most [`ERROR_TAIL_LINES`]).
+        stderr_tail: Vec<String>,
+    },
+
+    /// The program ran out of time; its whole process group was killed.
+    #[error("{program} did not finish within {}; its process group was killed{}", secs(*timeout), tail_text(stderr_tail))]
+    Timeout {
+        /// The program as given.
+        program: String,
+        /// The limit it ran into.
+        timeout: Duration,
+        /// Its last stderr lines (at most [`ERROR_TAIL_LINES`]).
+        stderr_tail: Vec<String>,
+    },
+
+    /// The node's address cannot be given to ssh safely (empty, or would read as an option).
+    #[error("node {node}: address {address:?} is not usable for ssh ({reason})")]
+    BadDestination {
+        /// The node.
+        node: String,
+        /// The address as given.
+        address: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
+    /// The ssh master connection to the node could not be established (unreachable,
+    /// authentication refused, unknown or changed host key, ...).
+    #[error("node {node}: cannot connect over ssh to {destination}: {detail}")]
+    SshConnect {
+        /// The node.
+        node: String,
+        /// The destination given to ssh.
+        destination: String,
+        /// ssh's own explanation.
+        detail: String,
+    },
+
+    /// A remote command could not be run or its result was lost (the connection broke).
+    #[error("node {node}: `{command}` could not be run over ssh: {detail}")]
+    SshCommand {
+        /// The node.
+        node: String,
+        /// The remote command as displayed.
+        command: String,
+        /// What went wrong.
+        detail: String,
+    },
+
+    /// A remote command ended unsuccessfully; the commands after it were not run.
+    #[error("node {node}: `{command}` {}{}", exit_text(*code, None), tail_text(stderr_tail))]
+    RemoteFailed {
+        /// The node.
+        node: String,
+        /// The remote command as displayed.
+        command: String,
+        /// Its exit code, when known.
+        code: Option<i32>,
+        /// Its last stderr lines (at most [`ERROR_TAIL_LINES`]).
+        stderr_tail: Vec<String>,
+    },
+
+    /// The ssh action ran out of time during `command`; the local ssh processes were killed.
+    #[error("node {node}: the ssh action did not finish within {} (running `{command}`)", secs(*timeout))]
+    RemoteTimeout {
+        /// The node.
+        node: String,
+        /// The remote command that was running, or `connect`.
+        command: String,
+        /// The limit it ran into.
+        timeout: Duration,
+    },
+
+    /// The kubeadm recipe cannot be built for this node (e.g. the target is not a release).
+    #[error("node {node}: the kubeadm recipe cannot be built: {reason}")]
+    Recipe {
+        /// The node.
+        node: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn exit_text(code: Option<i32>, signal: Option<i32>) -> String {
+    match (code, signal) {
+        (Some(c), _) => format!("exited with code {c}"),
+        (None, Some(s)) => format!("was killed by signal {s}"),
+        (None, None) => "failed without an exit code".to_string(),
+    }
+}
+
+fn tail_text(tail: &[String]) -> String {
+    if tail.is_empty() { String::new() } else { format!("; last stderr lines:\n  {}", tail.join("\n  ")) }
+}
+
+fn secs(d: Duration) -> String {
+    if d.subsec_millis() == 0 { format!("{}s", d.as_secs()) } else { format!("{:.1}s", d.as_secs_f64()) }
+}

@@ -1,0 +1,79 @@
+//! The `exec` action: one local command per node, told which node through whole-argument
+//! placeholders and `REFIT_*` environment variables, never through a shell string.
+
+use std::time::Duration;
+
+use crate::command::{OutputLine, run_command, substitute};
+use crate::{Error, NodeContext};
+
+impl NodeContext {
+    /// The roles as one value: `etcd,control-plane`.
+    pub fn role_list(&self) -> String {
+        self.roles.join(",")
+    }
+
+    /// Placeholder names (without braces) and their values for this node: `node`, `role`,
+    /// `from`, `to`, `phase`, `address` — the set `refit_core::planfile::PLACEHOLDERS` allows.
+    pub fn placeholder_values(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("node", self.node.clone()),
+            ("role", self.role_list()),
+            ("from", self.from.clone()),
+            ("to", self.to.clone()),
+            ("phase", self.phase.clone()),
+            ("address", self.address.clone()),
+        ]
+    }
+
+    /// The environment an exec action gets on top of refit's own: `REFIT_NODE`, `REFIT_ROLE`,
+    /// `REFIT_FROM`, `REFIT_TO`, `REFIT_PHASE`, `REFIT_ADDRESS`, `REFIT_FIRST_CONTROL_PLANE`
+    /// (`true`/`false`).
+    pub fn env(&self) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = self
+            .placeholder_values()
+            .into_iter()
+            .map(|(name, value)| (format!("REFIT_{}", name.to_ascii_uppercase()), value))
+            .collect();
+        env.push(("REFIT_FIRST_CONTROL_PLANE".into(), self.first_control_plane.to_string()));
+        env
+    }
+}
+
+/// Runs the exec action's `command` for one node: placeholders substituted inside each
+/// argument (each stays one argument), the node's facts in `REFIT_*` variables, the whole
+/// process group killed after `timeout`. Output goes to `on_line` as it arrives.
+pub async fn run_exec(
+    command: &[String],
+    ctx: &NodeContext,
+    timeout: Duration,
+    on_line: &(dyn Fn(OutputLine) + Send + Sync),
+) -> Result<(), Error> {
+    let values = ctx.placeholder_values();
+    let vars: Vec<(&str, &str)> = values.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let argv = substitute(command, &vars);
+    run_command(&argv, &ctx.env(), timeout, on_line).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_plan_file_placeholder_has_a_value() {
+        let ctx = NodeContext {
+            node: "n".into(),
+            roles: vec!["etcd".into(), "control-plane".into()],
+            from: "1.36.4".into(),
+            to: "1.37.1".into(),
+            phase: "etcd".into(),
+            address: "10.0.0.1".into(),
+            first_control_plane: true,
+        };
+        let names: Vec<String> = ctx.placeholder_values().iter().map(|(k, _)| format!("{{{k}}}")).collect();
+        assert_eq!(names, refit_core::planfile::PLACEHOLDERS);
+        let env = ctx.env();
+        assert!(env.contains(&("REFIT_ROLE".into(), "etcd,control-plane".into())));
+        assert!(env.contains(&("REFIT_FIRST_CONTROL_PLANE".into(), "true".into())));
+        assert_eq!(env.len(), 7);
+    }
+}

@@ -1,0 +1,287 @@
+//! The local runner and the exec action with real processes: small shell scripts written to a
+//! temporary directory (the script being a shell is the test's choice; refit itself never
+//! puts anything through a shell).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use refit_exec::{Error, NodeContext, OutputLine, run_command, run_exec};
+
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn argv(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+fn ctx(node: &str) -> NodeContext {
+    NodeContext {
+        node: node.into(),
+        roles: vec!["etcd".into(), "control-plane".into()],
+        from: "1.36.4".into(),
+        to: "1.37.1".into(),
+        phase: "control-plane".into(),
+        address: "10.0.0.7".into(),
+        first_control_plane: true,
+    }
+}
+
+/// Collects every line handed to `on_line`.
+#[derive(Default)]
+struct Lines(Mutex<Vec<OutputLine>>);
+
+impl Lines {
+    fn cb(&self) -> impl Fn(OutputLine) + Send + Sync + '_ {
+        |l| self.0.lock().unwrap().push(l)
+    }
+    fn take(&self) -> Vec<OutputLine> {
+        std::mem::take(&mut self.0.lock().unwrap())
+    }
+}
+
+/// Whether `pid` is a live (non-zombie) process.
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()).unwrap_or("X");
+            state != "Z" && state != "X"
+        }
+        Err(_) => false,
+    }
+}
+
+/// Waits (up to a generous bound, not a timing assertion) for `pid` to be gone.
+async fn gone(pid: i32) -> bool {
+    for _ in 0..200 {
+        if !alive(pid) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+async fn read_pid(path: &Path) -> i32 {
+    for _ in 0..400 {
+        if let Ok(s) = std::fs::read_to_string(path)
+            && let Ok(pid) = s.trim().parse()
+        {
+            return pid;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{} was never written", path.display());
+}
+
+const LONG: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn output_streams_line_by_line_and_tails_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = script(
+        dir.path(),
+        "talk.sh",
+        "echo one; echo oops >&2; printf 'crlf\\r\\n'; printf 'bad \\377 byte\\n'; printf 'no newline at end'",
+    );
+    let lines = Lines::default();
+    let out = run_command(&argv(&[s.to_str().unwrap()]), &[], LONG, &lines.cb()).await.unwrap();
+    let got = lines.take();
+    let stdout: Vec<&str> =
+        got.iter().filter(|l| matches!(l, OutputLine::Stdout(_))).map(|l| l.text()).collect();
+    assert_eq!(stdout, ["one", "crlf", "bad \u{FFFD} byte", "no newline at end"]);
+    assert!(got.contains(&OutputLine::Stderr("oops".into())));
+    assert_eq!(out.stdout_tail, stdout);
+    assert_eq!(out.stderr_tail, ["oops"]);
+}
+
+#[tokio::test]
+async fn a_line_without_end_is_split_rather_than_buffered_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    // 200 KiB without a newline.
+    let s = script(dir.path(), "flood.sh", "head -c 204800 /dev/zero | tr '\\0' x");
+    let lines = Lines::default();
+    run_command(&argv(&[s.to_str().unwrap()]), &[], LONG, &lines.cb()).await.unwrap();
+    let got = lines.take();
+    assert!(got.len() >= 4, "{} pieces", got.len());
+    assert!(got.iter().all(|l| l.text().len() <= refit_exec::command::MAX_LINE_BYTES));
+    assert_eq!(got.iter().map(|l| l.text().len()).sum::<usize>(), 204800);
+}
+
+#[tokio::test]
+async fn non_zero_exit_names_program_code_and_last_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = script(dir.path(), "fail.sh", "echo step one; echo 'disk full' >&2; exit 3");
+    let err = run_command(&argv(&[s.to_str().unwrap()]), &[], LONG, &|_| {}).await.unwrap_err();
+    match &err {
+        Error::Failed { program, code, stderr_tail, .. } => {
+            assert!(program.ends_with("fail.sh"));
+            assert_eq!(*code, Some(3));
+            assert_eq!(stderr_tail, &["disk full"]);
+        }
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains("fail.sh") && text.contains("exited with code 3") && text.contains("disk full"),
+        "{text}"
+    );
+
+    let missing =
+        run_command(&argv(&["/nonexistent/refit-no-such-program"]), &[], LONG, &|_| {}).await.unwrap_err();
+    assert!(matches!(missing, Error::Spawn { .. }), "{missing:?}");
+    assert!(missing.to_string().contains("refit-no-such-program"));
+    assert!(matches!(run_command(&[], &[], LONG, &|_| {}).await, Err(Error::EmptyCommand)));
+}
+
+#[tokio::test]
+async fn timeout_kills_the_whole_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("grandchild.pid");
+    let s = script(
+        dir.path(),
+        "hang.sh",
+        &format!("sleep 300 & echo $! > {}; echo started; echo waiting >&2; wait", pidfile.display()),
+    );
+    let err =
+        run_command(&argv(&[s.to_str().unwrap()]), &[], Duration::from_secs(2), &|_| {}).await.unwrap_err();
+    match &err {
+        Error::Timeout { program, stderr_tail, .. } => {
+            assert!(program.ends_with("hang.sh"));
+            assert_eq!(stderr_tail, &["waiting"]);
+        }
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    let grandchild = read_pid(&pidfile).await;
+    assert!(gone(grandchild).await, "grandchild {grandchild} survived the timeout");
+}
+
+#[tokio::test]
+async fn dropping_the_future_kills_the_whole_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pids");
+    let s = script(dir.path(), "hang.sh", &format!("sleep 300 & echo $$ $! > {}; wait", pidfile.display()));
+    let args = argv(&[s.to_str().unwrap()]);
+    let run = run_command(&args, &[], LONG, &|_| {});
+    let pids = tokio::select! {
+        r = run => panic!("the command ended on its own: {r:?}"),
+        pids = async {
+            for _ in 0..400 {
+                if let Ok(s) = std::fs::read_to_string(&pidfile) && s.ends_with('\n') {
+                    return s;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            panic!("the script never wrote its pids");
+        } => pids,
+    };
+    // Leaving select! dropped the run_command future.
+    for pid in pids.split_whitespace().map(|p| p.parse::<i32>().unwrap()) {
+        assert!(gone(pid).await, "process {pid} survived the dropped future");
+    }
+}
+
+#[tokio::test]
+async fn strays_left_after_a_successful_exit_are_ended_and_do_not_hang_the_action() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("stray.pid");
+    // The stray keeps the stdout pipe open: without the group kill the read would never end.
+    let s =
+        script(dir.path(), "leave.sh", &format!("sleep 300 & echo $! > {}; echo done", pidfile.display()));
+    let lines = Lines::default();
+    run_command(&argv(&[s.to_str().unwrap()]), &[], LONG, &lines.cb()).await.unwrap();
+    assert!(lines.take().contains(&OutputLine::Stdout("done".into())));
+    let stray = read_pid(&pidfile).await;
+    assert!(gone(stray).await, "stray {stray} outlived the action");
+}
+
+#[tokio::test]
+async fn exec_substitutes_whole_arguments_and_sets_refit_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("record");
+    let pwned = dir.path().join("pwned");
+    let s = script(
+        dir.path(),
+        "record.sh",
+        &format!(
+            "for a in \"$@\"; do printf 'arg<%s>\\n' \"$a\"; done > {r}\n\
+             env | grep '^REFIT_' | sort >> {r}",
+            r = record.display()
+        ),
+    );
+    let node = format!("a;rm -rf / $(touch {p}) `touch {p}` x y {{to}}", p = pwned.display());
+    let command = argv(&[
+        s.to_str().unwrap(),
+        "{node}",
+        "--to={to}",
+        "{role}",
+        "{from}",
+        "{phase}",
+        "{address}",
+        "{unknown}",
+        "plain",
+    ]);
+    run_exec(&command, &ctx(&node), LONG, &|_| {}).await.unwrap();
+    let got = std::fs::read_to_string(&record).unwrap();
+    let expected = format!(
+        "arg<{node}>\narg<--to=1.37.1>\narg<etcd,control-plane>\narg<1.36.4>\narg<control-plane>\n\
+         arg<10.0.0.7>\narg<{{unknown}}>\narg<plain>\n\
+         REFIT_ADDRESS=10.0.0.7\nREFIT_FIRST_CONTROL_PLANE=true\nREFIT_FROM=1.36.4\n\
+         REFIT_NODE={node}\nREFIT_PHASE=control-plane\nREFIT_ROLE=etcd,control-plane\nREFIT_TO=1.37.1\n"
+    );
+    assert_eq!(got, expected);
+    assert!(!pwned.exists(), "a node name was interpreted by a shell");
+}
+
+#[tokio::test]
+async fn exec_failure_is_reported_with_the_substituted_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = script(dir.path(), "upgrade.sh", "echo \"cannot upgrade $1\" >&2; exit 42");
+    let err =
+        run_exec(&argv(&[s.to_str().unwrap(), "{node}"]), &ctx("worker-7"), LONG, &|_| {}).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("upgrade.sh") && text.contains("42") && text.contains("cannot upgrade worker-7"),
+        "{text}"
+    );
+}
+
+/// Run only by `refit_kill_9_leaves_no_child` below, in a child test process that it then
+/// kills with SIGKILL: starts a long command and waits forever.
+#[tokio::test]
+#[ignore = "helper: run by refit_kill_9_leaves_no_child in a process it kills"]
+async fn helper_hold_a_long_command() {
+    let Ok(pidfile) = std::env::var("REFIT_EXEC_TEST_PIDFILE") else {
+        panic!("REFIT_EXEC_TEST_PIDFILE not set: this helper only runs under refit_kill_9_leaves_no_child");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let s = script(
+        dir.path(),
+        "long.sh",
+        &format!("echo $$ > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}; exec sleep 300"),
+    );
+    let _ = run_command(&argv(&[s.to_str().unwrap()]), &[], Duration::from_secs(600), &|_| {}).await;
+}
+
+#[tokio::test]
+async fn refit_kill_9_leaves_no_child() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("child.pid");
+    let mut helper = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "helper_hold_a_long_command", "--ignored", "--test-threads=1"])
+        .env("REFIT_EXEC_TEST_PIDFILE", &pidfile)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = read_pid(&pidfile).await;
+    assert!(alive(child));
+    helper.kill().unwrap(); // SIGKILL: no destructor, no drop, no chance to clean up
+    helper.wait().unwrap();
+    assert!(gone(child).await, "command {child} outlived the kill -9 of the process that ran it");
+}
