@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod checks;
 pub mod drain;
 pub mod event;
+pub mod fleet;
 pub mod inventory;
 pub mod path;
 pub mod pdb;

@@ -1,0 +1,73 @@
+//! Fleet update runs: the pure rules for upgrading many clusters stage by stage.
+//!
+//! Modelled on Azure Kubernetes Fleet Manager update runs (`../shared/reference/fleet-anchors.md`),
+//! with the gaps its users complain about filled in (approval expiry, retry of failed members with
+//! the run's frozen targets, a per-member budget for time spent Pending, members no stage selects
+//! reported instead of failing the run).
+//!
+//! - [`strategy`]: stages (in order) → groups (in parallel) → members (one at a time by default),
+//!   parsed from YAML or JSON, validated, and resolved against the fleet's members into a frozen
+//!   [`strategy::RunPlan`].
+//! - [`gate`]: Approval and ScheduledStart gates before and after stages and groups.
+//! - [`window`]: per-member maintenance windows (weekly or monthly, IANA time zone, DST-correct,
+//!   blackout dates) and the order in which members are taken.
+//! - [`target`]: upgrade types, node-image selection (Latest, Consistent) and what "already at
+//!   the target" means.
+//! - [`run`]: the update run state machine: states, the allowed-transition table, rollups,
+//!   [`run::apply`] for events and [`run::next`] for the driver's next decisions.
+//! - [`profile`]: auto-upgrade profiles and channels, and the deterministic run they generate.
+//!
+//! Nothing here does I/O or reads a clock: "now" is always an argument. Every type is serde so
+//! the store can keep it as JSON and the CLI can print it with `-o json|yaml`. (Time-zone rules
+//! come from jiff's time-zone database, which on Linux is the system's `/usr/share/zoneinfo`.)
+
+pub mod gate;
+pub mod profile;
+pub mod run;
+pub mod strategy;
+pub mod target;
+pub mod window;
+
+pub use gate::{Approval, GateRef, GateSpec, GateState, GateStatus, GateTiming};
+pub use profile::{Channel, Profile, ProfileError, ProfileTarget};
+pub use run::{
+    Decision, Event, Facts, GroupState, Level, MemberFacts, MemberState, PendingReason, RunState, SkipCause,
+    SkipTarget, StageState, TransitionError, UpdateState, apply, next,
+};
+pub use strategy::{FleetMember, Limit, RunPlan, Strategy, StrategyError, resolve};
+pub use target::{NodeImage, NodeImageSelection, Targets, UpgradeSpec, UpgradeType};
+pub use window::{Day, MaintenanceWindow, WindowError, WindowPriority};
+
+/// The longest name a stage, group, profile or run may have (Azure's limit for stages).
+pub const MAX_NAME_LEN: usize = 50;
+
+/// Whether `name` is usable as a stage, group, strategy or profile name: lowercase letters,
+/// digits and inner dashes, 1–50 characters (`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`, as Azure Fleet
+/// requires). Names appear in skip targets (`Group:g`) and gate references (`s/g/before/1`),
+/// so they must not contain `:` or `/`.
+pub fn is_valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    let inner = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-';
+    let edge = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !b.is_empty()
+        && b.len() <= MAX_NAME_LEN
+        && b.iter().all(inner)
+        && b.first().is_some_and(edge)
+        && b.last().is_some_and(edge)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fleet_names_follow_the_azure_pattern() {
+        for ok in ["stage1", "group-1a", "a", "0", "prod-eu-west"] {
+            assert!(is_valid_name(ok), "{ok}");
+        }
+        let long = "a".repeat(51);
+        for bad in ["", "-a", "a-", "Stage", "a_b", "a/b", "a:b", "a b", long.as_str()] {
+            assert!(!is_valid_name(bad), "{bad}");
+        }
+    }
+}

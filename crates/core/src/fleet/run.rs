@@ -1,0 +1,2182 @@
+//! The update run state machine.
+//!
+//! A run holds a frozen plan (stages → groups → members), its frozen targets, and a state on
+//! every level: NotStarted, Running, Pending, Stopping, Stopped, Skipped, Failed, Completed
+//! (Azure Fleet's eight). Two functions drive it:
+//!
+//! - [`apply`] takes an [`Event`] (a person's command, or a member's outcome, or a decision of
+//!   [`next`] being recorded) and returns the new state, or a [`TransitionError`] saying why the
+//!   event does not fit. Only members, gates and waits change directly; a stage's, group's or
+//!   run's state is always *recomputed* from its children and its own gates and wait (the
+//!   rollup), so a parent can never disagree with its children. Every change, leaf or parent, is
+//!   checked against the allowed-transition table ([`allowed`]).
+//! - [`next`] looks at the run, the members' [`Facts`] and `now`, and says what to do: start
+//!   these members, record these gates as reached, mark this member Pending on its window,
+//!   skip that one (already at the target), or wait until some instant.
+//!
+//! The desired state ([`Intent`]: not started, run, stop) is kept apart from the observed state,
+//! as KubeFleet does. A failure beyond `maxAllowedFailures` fails its group, stage and run and
+//! halts the run like a stop: no new member starts anywhere, member upgrades already under way
+//! run to their end and are recorded. A Failed or Stopped run can be started again (failed and
+//! skipped work is re-applied; members skipped because they were already at the target stay
+//! skipped), or retried (only failed members are re-applied, with the same frozen targets).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::gate::{Approval, GateRef, GateSpec, GateState, GateStatus, GateTiming};
+use super::strategy::{PlannedGroup, PlannedStage, RunPlan, Strategy};
+use super::target::{self, MemberTarget, MemberVersions, SpecError, Targets, UpgradeSpec};
+use super::window::{self, MaintenanceWindow, WindowPriority};
+use crate::version::Version;
+
+/// The state of a run, stage, group or member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum UpdateState {
+    /// Not reached yet.
+    NotStarted,
+    /// Work under way.
+    Running,
+    /// Waiting: a closed window, a gate, the after-stage wait, an unavailable member. Always
+    /// with a [`PendingReason`].
+    Pending,
+    /// Stop requested; member upgrades already under way are finishing.
+    Stopping,
+    /// Stopped; can be started again.
+    Stopped,
+    /// Skipped (by request, already at the target, deferred, or everything inside skipped).
+    Skipped,
+    /// Failed; can be started again or retried.
+    Failed,
+    /// Done.
+    Completed,
+}
+
+impl UpdateState {
+    /// Completed or Skipped: nothing left to do here.
+    pub fn is_done(self) -> bool {
+        matches!(self, UpdateState::Completed | UpdateState::Skipped)
+    }
+
+    /// A member upgrade is under way (Running, or finishing while the run stops).
+    pub fn in_flight(self) -> bool {
+        matches!(self, UpdateState::Running | UpdateState::Stopping)
+    }
+}
+
+impl fmt::Display for UpdateState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A level of the run tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Level {
+    /// The run.
+    Run,
+    /// A stage.
+    Stage,
+    /// A group.
+    Group,
+    /// A member.
+    Member,
+}
+
+use UpdateState::{Completed, Failed, NotStarted, Pending, Running, Skipped, Stopped, Stopping};
+
+/// Every change of a member's state that can happen (a state may always stay as it is).
+pub const MEMBER_TRANSITIONS: &[(UpdateState, UpdateState)] = &[
+    (NotStarted, Running), // started
+    (NotStarted, Pending), // window closed, unavailable
+    (NotStarted, Skipped), // skip, already at target, not in the fleet any more
+    (Pending, Running),    // its window opened
+    (Pending, NotStarted), // unblocked but no free slot: queued again
+    (Pending, Skipped),    // skip, or deferred after its pending budget
+    (Pending, Stopped),    // the run stopped (or failed) while it waited
+    (Running, Completed),  // its upgrade succeeded
+    (Running, Failed),     // its upgrade failed
+    (Running, Stopping),   // the run stopped (or failed) while its upgrade runs
+    (Stopping, Completed), // the upgrade under way finished after all
+    (Stopping, Failed),    // … or failed
+    (Stopping, Running),   // a failed run started again while this upgrade still runs
+    (Failed, NotStarted),  // start again / retry failed
+    (Failed, Skipped),     // skip a failed member to get past it
+    (Skipped, NotStarted), // start again re-applies skipped work
+    (Stopped, NotStarted), // start again
+    (Stopped, Skipped),    // skip while stopped
+];
+
+/// Every change of a stage's, group's or run's (rolled-up) state that can happen.
+pub const PARENT_TRANSITIONS: &[(UpdateState, UpdateState)] = &[
+    (NotStarted, Running),
+    (NotStarted, Pending),
+    (NotStarted, Skipped),
+    (Running, Pending),
+    (Running, Stopping),
+    (Running, Stopped),
+    (Running, Failed),
+    (Running, Completed),
+    (Running, Skipped),
+    (Pending, Running),
+    (Pending, Stopping),
+    (Pending, Stopped),
+    (Pending, Failed),
+    (Pending, Completed),
+    (Pending, Skipped),
+    (Stopping, Stopped),
+    (Stopping, Failed),
+    (Stopping, Completed),
+    (Stopping, Skipped),
+    (Stopping, Running),
+    (Stopped, Running),
+    (Stopped, Pending),
+    (Stopped, NotStarted),
+    (Stopped, Skipped),
+    (Stopped, Completed),
+    (Failed, Running),
+    (Failed, Pending),
+    (Failed, NotStarted),
+    (Failed, Stopping),
+    (Failed, Stopped),
+    (Failed, Skipped),
+    (Failed, Completed),
+    (Completed, Running), // retry/start re-opens a scope that completed with tolerated failures
+    (Completed, NotStarted), // … whose every member failed (within its threshold)
+    (Skipped, NotStarted), // start again re-applies skipped work
+    (Skipped, Running),
+];
+
+/// Whether `from → to` is allowed on `level` (staying put always is).
+pub fn allowed(level: Level, from: UpdateState, to: UpdateState) -> bool {
+    let table = if level == Level::Member { MEMBER_TRANSITIONS } else { PARENT_TRANSITIONS };
+    from == to || table.contains(&(from, to))
+}
+
+/// Why something is Pending.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all_fields = "camelCase")]
+pub enum PendingReason {
+    /// The member's maintenance window is closed.
+    WindowClosed {
+        /// When it opens next (None: not within ten years, e.g. blacked out).
+        opens_at: Option<Timestamp>,
+    },
+    /// The member's window cannot be evaluated (e.g. an unknown time zone).
+    WindowInvalid {
+        /// Why.
+        message: String,
+    },
+    /// The member cannot be reached or is busy.
+    Unavailable {
+        /// What the driver saw.
+        message: String,
+    },
+    /// An approval gate waits for someone.
+    Approval {
+        /// Which gate.
+        gate: GateRef,
+        /// A pre-approval that expired before the gate was reached.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expired: Option<Approval>,
+    },
+    /// A ScheduledStart gate waits for its time.
+    ScheduledStart {
+        /// Which gate.
+        gate: GateRef,
+        /// When it completes by itself.
+        starts_at: Timestamp,
+    },
+    /// The pause after a stage.
+    AfterStageWait {
+        /// The stage.
+        stage: String,
+        /// When it ends.
+        until: Timestamp,
+    },
+    /// A child is pending (`member m`, `group g`, `stage s`).
+    Waiting {
+        /// Which child.
+        on: String,
+        /// Its reason.
+        reason: Box<PendingReason>,
+    },
+}
+
+impl PendingReason {
+    /// The instant the wait ends by itself, if known (the next window opening, a scheduled
+    /// start, the end of the after-stage wait).
+    pub fn until(&self) -> Option<Timestamp> {
+        match self {
+            PendingReason::WindowClosed { opens_at } => *opens_at,
+            PendingReason::ScheduledStart { starts_at, .. } => Some(*starts_at),
+            PendingReason::AfterStageWait { until, .. } => Some(*until),
+            PendingReason::Waiting { reason, .. } => reason.until(),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for PendingReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PendingReason::WindowClosed { opens_at: Some(t) } => {
+                write!(f, "maintenance window closed; opens at {t}")
+            }
+            PendingReason::WindowClosed { opens_at: None } => {
+                write!(f, "maintenance window closed and not opening within ten years (blackout dates?)")
+            }
+            PendingReason::WindowInvalid { message } => write!(f, "maintenance window unusable: {message}"),
+            PendingReason::Unavailable { message } => write!(f, "member unavailable: {message}"),
+            PendingReason::Approval { gate, expired: None } => {
+                write!(f, "waiting for approval of gate {gate} (refit fleet gate approve)")
+            }
+            PendingReason::Approval { gate, expired: Some(a) } => write!(
+                f,
+                "waiting for approval of gate {gate}: the approval by {} expired at {}",
+                a.by,
+                a.expires_at.map(|t| t.to_string()).unwrap_or_default()
+            ),
+            PendingReason::ScheduledStart { gate, starts_at } => {
+                write!(f, "gate {gate} starts at {starts_at} (or when approved)")
+            }
+            PendingReason::AfterStageWait { stage, until } => {
+                write!(f, "after-stage wait of {stage} until {until}")
+            }
+            PendingReason::Waiting { on, reason } => write!(f, "{on}: {reason}"),
+        }
+    }
+}
+
+/// A skip target as written on the command line: `Member:m`, `Group:g`, `Stage:s`,
+/// `AfterStageWait:s`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SkipTarget {
+    /// One member.
+    Member(String),
+    /// A group and everything in it.
+    Group(String),
+    /// A stage, its groups, gates and after-stage wait.
+    Stage(String),
+    /// Only the pause after a stage.
+    AfterStageWait(String),
+}
+
+impl fmt::Display for SkipTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SkipTarget::Member(n) => write!(f, "Member:{n}"),
+            SkipTarget::Group(n) => write!(f, "Group:{n}"),
+            SkipTarget::Stage(n) => write!(f, "Stage:{n}"),
+            SkipTarget::AfterStageWait(n) => write!(f, "AfterStageWait:{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for SkipTarget {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            format!(
+                "'{s}' is not a skip target: expected Member:NAME, Group:NAME, Stage:NAME or AfterStageWait:NAME"
+            )
+        };
+        let (kind, name) = s.split_once(':').ok_or_else(bad)?;
+        if name.is_empty() {
+            return Err(bad());
+        }
+        let name = name.to_string();
+        match kind {
+            "Member" => Ok(SkipTarget::Member(name)),
+            "Group" => Ok(SkipTarget::Group(name)),
+            "Stage" => Ok(SkipTarget::Stage(name)),
+            "AfterStageWait" => Ok(SkipTarget::AfterStageWait(name)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl Serialize for SkipTarget {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for SkipTarget {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Why a member was skipped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cause", rename_all_fields = "camelCase")]
+pub enum SkipCause {
+    /// Someone skipped it (or its group or stage).
+    Requested {
+        /// The target named.
+        target: SkipTarget,
+        /// Who.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
+    /// Already at (or ahead of) the run's target.
+    AtTarget {
+        /// What it runs.
+        message: String,
+    },
+    /// No longer a fleet member.
+    NotInFleet,
+    /// No node image of a family it runs is available to it (Consistent: to every member).
+    NoTargetImage {
+        /// The family.
+        family: String,
+    },
+    /// More than one minor behind a profile's target.
+    TooFarBehind {
+        /// Its control plane.
+        version: Version,
+        /// The target.
+        target: Version,
+    },
+    /// Pending for longer than the run's pending budget.
+    Deferred {
+        /// Pending since.
+        pending_since: Timestamp,
+        /// The budget.
+        budget_seconds: u64,
+        /// What it was waiting for.
+        reason: PendingReason,
+    },
+}
+
+impl SkipCause {
+    /// Whether the skip leaves work undone, so that starting the run again re-applies it.
+    /// Only "already at the target" does not.
+    pub fn leaves_work(&self) -> bool {
+        !matches!(self, SkipCause::AtTarget { .. })
+    }
+}
+
+impl fmt::Display for SkipCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SkipCause::Requested { target, by: Some(by) } => write!(f, "skipped by {by} ({target})"),
+            SkipCause::Requested { target, by: None } => write!(f, "skipped ({target})"),
+            SkipCause::AtTarget { message } => f.write_str(message),
+            SkipCause::NotInFleet => f.write_str("no longer a fleet member"),
+            SkipCause::NoTargetImage { family } => {
+                write!(f, "no target node image of family {family} for this member")
+            }
+            SkipCause::TooFarBehind { version, target } => write!(
+                f,
+                "{version} is more than one minor behind {target}: a profile moves a member one minor per run; bring it to {}.{} with a manual run first",
+                target.major,
+                target.minor.saturating_sub(1)
+            ),
+            SkipCause::Deferred { budget_seconds, reason, .. } => write!(
+                f,
+                "deferred after {}s pending ({reason}); start the run again or retry to take it",
+                budget_seconds
+            ),
+        }
+    }
+}
+
+/// The state of a scope: shared by run, stage, group and member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// The state.
+    pub state: UpdateState,
+    /// When it left NotStarted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    /// When it became Completed, Skipped, Failed or Stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Timestamp>,
+    /// Why it is Pending (set exactly when Pending).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingReason>,
+    /// Information: a skip reason, a success message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Status {
+    fn new() -> Status {
+        Status {
+            state: NotStarted,
+            started_at: None,
+            completed_at: None,
+            pending: None,
+            message: None,
+            error: None,
+        }
+    }
+
+    /// Moves to `state` at `at`, keeping the timestamps and the Pending reason consistent.
+    fn set(&mut self, state: UpdateState, pending: Option<PendingReason>, at: Timestamp) {
+        if self.state != state {
+            if self.started_at.is_none() && !matches!(state, NotStarted | Skipped) {
+                self.started_at = Some(at);
+            }
+            self.completed_at = matches!(state, Completed | Skipped | Failed | Stopped).then_some(at);
+            self.state = state;
+        }
+        self.pending = if state == Pending { pending } else { None };
+    }
+}
+
+/// A member inside a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberState {
+    /// Member name.
+    pub name: String,
+    /// State and timings.
+    #[serde(flatten)]
+    pub status: Status,
+    /// Why it was skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip: Option<SkipCause>,
+    /// Pending since (this stretch), for the pending budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_since: Option<Timestamp>,
+    /// What it is being moved to (set when it starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<MemberTarget>,
+    /// The single-cluster run driving it (as the driver named it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    /// How many times it was started.
+    #[serde(default)]
+    pub attempts: u32,
+    /// When its window closed behind the upgrade under way (the engine starts no new node
+    /// after it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_closes_at: Option<Timestamp>,
+}
+
+impl MemberState {
+    fn new(name: &str) -> MemberState {
+        MemberState {
+            name: name.to_string(),
+            status: Status::new(),
+            skip: None,
+            pending_since: None,
+            target: None,
+            operation: None,
+            attempts: 0,
+            window_closes_at: None,
+        }
+    }
+
+    /// Back to NotStarted for another attempt.
+    fn reset(&mut self) {
+        self.status = Status::new();
+        self.skip = None;
+        self.pending_since = None;
+        self.target = None;
+        self.window_closes_at = None;
+    }
+
+    fn skip_with(&mut self, cause: SkipCause, at: Timestamp) {
+        self.status.set(Skipped, None, at);
+        self.status.message = Some(cause.to_string());
+        self.status.error = None;
+        self.pending_since = None;
+        self.skip = Some(cause);
+    }
+}
+
+/// The pause after a stage; it uses the four gate states (Pending = waiting).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WaitState {
+    /// Its length.
+    pub seconds: u64,
+    /// Where it stands.
+    pub state: GateStatus,
+    /// When it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    /// When it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Timestamp>,
+}
+
+/// A group inside a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupState {
+    /// Group name.
+    pub name: String,
+    /// State (rolled up).
+    #[serde(flatten)]
+    pub status: Status,
+    /// Members updating at once.
+    pub max_concurrency: u32,
+    /// Failures tolerated.
+    pub max_allowed_failures: u32,
+    /// Failed members.
+    pub failure_count: u32,
+    /// Gates before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub before_gates: Vec<GateState>,
+    /// Gates after.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after_gates: Vec<GateState>,
+    /// Members in order.
+    pub members: Vec<MemberState>,
+}
+
+impl GroupState {
+    /// Members whose upgrade is under way.
+    pub fn in_flight(&self) -> u32 {
+        self.members.iter().filter(|m| m.status.state.in_flight()).count() as u32
+    }
+}
+
+/// A stage inside a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageState {
+    /// Stage name.
+    pub name: String,
+    /// State (rolled up).
+    #[serde(flatten)]
+    pub status: Status,
+    /// Members updating at once across the stage.
+    pub max_concurrency: u32,
+    /// Member failures tolerated across the stage.
+    pub max_allowed_failures: u32,
+    /// Failed members.
+    pub failure_count: u32,
+    /// Gates before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub before_gates: Vec<GateState>,
+    /// Gates after.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after_gates: Vec<GateState>,
+    /// The pause after it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_stage_wait: Option<WaitState>,
+    /// Groups.
+    pub groups: Vec<GroupState>,
+}
+
+impl StageState {
+    /// Members of the stage whose upgrade is under way.
+    pub fn in_flight(&self) -> u32 {
+        self.groups.iter().map(GroupState::in_flight).sum()
+    }
+
+    fn groups_done(&self) -> bool {
+        self.groups.iter().all(|g| g.status.state.is_done())
+    }
+
+    fn wait_done(&self) -> bool {
+        self.after_stage_wait.as_ref().is_none_or(|w| w.state.is_done())
+    }
+}
+
+/// What the run was asked to do (kept apart from what it observes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Intent {
+    /// Created, not started yet.
+    NotStarted,
+    /// Make progress.
+    Run,
+    /// Start nothing new (asked to stop, or halted by a failure).
+    Stop,
+}
+
+/// A skip command, as recorded in the run's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SkipRecord {
+    /// What was skipped.
+    pub targets: Vec<SkipTarget>,
+    /// Who.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// An update run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunState {
+    /// Run name.
+    pub name: String,
+    /// The goal.
+    pub spec: UpgradeSpec,
+    /// The strategy as copied at creation (later edits to the strategy do not reach the run).
+    pub strategy: Strategy,
+    /// What it was asked to do.
+    pub intent: Intent,
+    /// State (rolled up).
+    #[serde(flatten)]
+    pub status: Status,
+    /// Frozen at the first start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<Targets>,
+    /// Starts so far (a restart or retry counts).
+    pub attempt: u32,
+    /// Failed members.
+    pub failure_count: u32,
+    /// Stages in order.
+    pub stages: Vec<StageState>,
+    /// Members no stage selected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unselected: Vec<String>,
+    /// Skip commands.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skips: Vec<SkipRecord>,
+    /// When it was created.
+    pub created_at: Timestamp,
+}
+
+/// What the driver knows about a member right now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberFacts {
+    /// What it runs and can get.
+    #[serde(flatten)]
+    pub versions: MemberVersions,
+    /// Its maintenance window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<MaintenanceWindow>,
+    /// Why it cannot be worked on now (unreachable, another operation under way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+}
+
+/// What the driver knows about the fleet right now. A planned member missing here is no
+/// longer a fleet member and is skipped when the run reaches it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Facts {
+    /// By member name.
+    pub members: BTreeMap<String, MemberFacts>,
+}
+
+/// Something that happened to a run. Every event carries its instant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all_fields = "camelCase")]
+pub enum Event {
+    /// Start (first time: with the frozen targets, and optionally the member set re-resolved
+    /// now) or start again (Failed, Stopped).
+    Start {
+        /// When.
+        at: Timestamp,
+        /// Required on the first start, refused afterwards.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        targets: Option<Targets>,
+        /// The member set resolved at start; replaces the one from creation (first start only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        plan: Option<RunPlan>,
+    },
+    /// Stop: start nothing new; upgrades under way finish.
+    Stop {
+        /// When.
+        at: Timestamp,
+    },
+    /// Re-run only the failed members (Failed, Stopped or Completed run), same targets.
+    RetryFailed {
+        /// When.
+        at: Timestamp,
+    },
+    /// Skip members, groups, stages or after-stage waits.
+    Skip {
+        /// What.
+        targets: Vec<SkipTarget>,
+        /// Who.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+        /// When.
+        at: Timestamp,
+    },
+    /// Approve a gate (Pending, or NotStarted as a pre-approval).
+    ApproveGate {
+        /// Which.
+        gate: GateRef,
+        /// Who.
+        by: String,
+        /// When.
+        at: Timestamp,
+        /// A pre-approval unused by then no longer counts.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<Timestamp>,
+    },
+    /// The run reached a gate (from [`next`]).
+    GateReached {
+        /// Which.
+        gate: GateRef,
+        /// When.
+        at: Timestamp,
+    },
+    /// A ScheduledStart gate's time came (from [`next`]).
+    GateTimeReached {
+        /// Which.
+        gate: GateRef,
+        /// When.
+        at: Timestamp,
+    },
+    /// The after-stage wait began (from [`next`]).
+    AfterStageWaitStarted {
+        /// The stage.
+        stage: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// The after-stage wait ended (from [`next`]).
+    AfterStageWaitElapsed {
+        /// The stage.
+        stage: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// A member's upgrade starts. Recorded *before* the driver launches it (so a stop recorded
+    /// in between makes this fail and nothing is launched).
+    MemberStarted {
+        /// The member.
+        member: String,
+        /// When.
+        at: Timestamp,
+        /// Its target.
+        target: MemberTarget,
+        /// The single-cluster run that will drive it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        operation: Option<String>,
+        /// When its window closes (None: no window).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        window_closes_at: Option<Timestamp>,
+    },
+    /// A member's upgrade succeeded.
+    MemberSucceeded {
+        /// The member.
+        member: String,
+        /// When.
+        at: Timestamp,
+        /// What to show.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+    /// A member's upgrade failed.
+    MemberFailed {
+        /// The member.
+        member: String,
+        /// When.
+        at: Timestamp,
+        /// Why.
+        error: String,
+    },
+    /// A member cannot start now (from [`next`]).
+    MemberPending {
+        /// The member.
+        member: String,
+        /// When.
+        at: Timestamp,
+        /// Why.
+        reason: PendingReason,
+    },
+    /// A pending member is no longer blocked but waits for a free slot (from [`next`]).
+    MemberUnblocked {
+        /// The member.
+        member: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// The run skips a member on its own (from [`next`]: at target, gone, deferred …).
+    MemberSkipped {
+        /// The member.
+        member: String,
+        /// When.
+        at: Timestamp,
+        /// Why (never `Requested`: that is [`Event::Skip`]).
+        cause: SkipCause,
+    },
+}
+
+impl Event {
+    /// When it happened.
+    pub fn at(&self) -> Timestamp {
+        match self {
+            Event::Start { at, .. }
+            | Event::Stop { at }
+            | Event::RetryFailed { at }
+            | Event::Skip { at, .. }
+            | Event::ApproveGate { at, .. }
+            | Event::GateReached { at, .. }
+            | Event::GateTimeReached { at, .. }
+            | Event::AfterStageWaitStarted { at, .. }
+            | Event::AfterStageWaitElapsed { at, .. }
+            | Event::MemberStarted { at, .. }
+            | Event::MemberSucceeded { at, .. }
+            | Event::MemberFailed { at, .. }
+            | Event::MemberPending { at, .. }
+            | Event::MemberUnblocked { at, .. }
+            | Event::MemberSkipped { at, .. } => *at,
+        }
+    }
+}
+
+/// What the driver should do next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all_fields = "camelCase")]
+pub enum Decision {
+    /// Start this member's upgrade: apply [`Decision::started`] first (it fails if the run was
+    /// stopped meanwhile), then launch the single-cluster run.
+    StartMember {
+        /// Its stage.
+        stage: String,
+        /// Its group.
+        group: String,
+        /// The member.
+        member: String,
+        /// What to move it to.
+        target: MemberTarget,
+        /// When its window closes: start no new node after this (None: no window).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        window_closes_at: Option<Timestamp>,
+    },
+    /// Nothing to perform: apply this event now.
+    Record(Event),
+    /// Nothing to do until `until` (None: until an outside event — an approval, a member's
+    /// outcome).
+    Wait {
+        /// When to look again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until: Option<Timestamp>,
+        /// What it waits for.
+        reason: String,
+    },
+}
+
+impl Decision {
+    /// For `StartMember`, the event to record before launching.
+    pub fn started(&self, at: Timestamp, operation: Option<String>) -> Option<Event> {
+        match self {
+            Decision::StartMember { member, target, window_closes_at, .. } => Some(Event::MemberStarted {
+                member: member.clone(),
+                at,
+                target: target.clone(),
+                operation,
+                window_closes_at: *window_closes_at,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Why an event does not fit the run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    /// The run's state does not allow the command.
+    #[error("run '{run}' is {state}: cannot {action}; {hint}")]
+    Run {
+        /// The run.
+        run: String,
+        /// Its state.
+        state: UpdateState,
+        /// What was asked.
+        action: &'static str,
+        /// The way out.
+        hint: &'static str,
+    },
+    /// No such member in the run.
+    #[error("run '{run}' has no member '{name}' (see refit fleet run show)")]
+    UnknownMember {
+        /// The run.
+        run: String,
+        /// The name.
+        name: String,
+    },
+    /// No such group.
+    #[error("run '{run}' has no group '{name}' (see refit fleet run show)")]
+    UnknownGroup {
+        /// The run.
+        run: String,
+        /// The name.
+        name: String,
+    },
+    /// No such stage.
+    #[error("run '{run}' has no stage '{name}' (see refit fleet run show)")]
+    UnknownStage {
+        /// The run.
+        run: String,
+        /// The name.
+        name: String,
+    },
+    /// No such gate.
+    #[error("run '{run}' has no gate '{gate}' (see refit fleet gate list)")]
+    UnknownGate {
+        /// The run.
+        run: String,
+        /// The reference.
+        gate: String,
+    },
+    /// A member, group, stage, gate or wait is in the wrong state for the event.
+    #[error("{what} is {state}: cannot {action}")]
+    State {
+        /// `member m`, `gate g`, `group g` …
+        what: String,
+        /// Its state.
+        state: String,
+        /// What was asked.
+        action: &'static str,
+    },
+    /// The event concerns a part of the run it has not reached.
+    #[error("{what} is not reached yet: {why}")]
+    NotReached {
+        /// What.
+        what: String,
+        /// Why not.
+        why: String,
+    },
+    /// Starting the member would exceed a `maxConcurrency`.
+    #[error("starting member '{member}' would exceed maxConcurrency {max} of {scope}")]
+    Concurrency {
+        /// The member.
+        member: String,
+        /// `group g` or `stage s`.
+        scope: String,
+        /// The limit.
+        max: u32,
+    },
+    /// The first start must freeze the targets.
+    #[error("the first start of run '{0}' must carry its frozen targets")]
+    TargetsRequired(String),
+    /// Targets and member set are frozen at the first start.
+    #[error("run '{0}' froze its targets and members when it first started; they cannot change")]
+    AlreadyFrozen(String),
+    /// The plan given at start does not have the strategy's stages and groups.
+    #[error("the plan given at start does not match run '{run}': {problem}")]
+    PlanMismatch {
+        /// The run.
+        run: String,
+        /// What differs.
+        problem: String,
+    },
+    /// `MemberSkipped` with the `Requested` cause.
+    #[error("a requested skip is recorded with the Skip event, not MemberSkipped")]
+    RequestedSkip,
+    /// A change outside the allowed-transition table (a bug if it is a parent's).
+    #[error("{level:?} '{name}' cannot go from {from} to {to}")]
+    Disallowed {
+        /// The level.
+        level: Level,
+        /// Its name.
+        name: String,
+        /// From.
+        from: UpdateState,
+        /// To.
+        to: UpdateState,
+    },
+}
+
+fn gate_states(stage: &str, group: Option<&str>, timing: GateTiming, specs: &[GateSpec]) -> Vec<GateState> {
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            GateState::new(
+                GateRef { stage: stage.to_string(), group: group.map(str::to_string), timing, index: i + 1 },
+                spec.clone(),
+            )
+        })
+        .collect()
+}
+
+fn group_state(stage: &str, g: &PlannedGroup) -> GroupState {
+    GroupState {
+        name: g.name.clone(),
+        status: Status::new(),
+        max_concurrency: g.max_concurrency.max(1),
+        max_allowed_failures: g.max_allowed_failures,
+        failure_count: 0,
+        before_gates: gate_states(stage, Some(&g.name), GateTiming::Before, &g.before_gates),
+        after_gates: gate_states(stage, Some(&g.name), GateTiming::After, &g.after_gates),
+        members: g.members.iter().map(|m| MemberState::new(m)).collect(),
+    }
+}
+
+fn stage_state(s: &PlannedStage) -> StageState {
+    StageState {
+        name: s.name.clone(),
+        status: Status::new(),
+        max_concurrency: s.max_concurrency.max(1),
+        max_allowed_failures: s.max_allowed_failures,
+        failure_count: 0,
+        before_gates: gate_states(&s.name, None, GateTiming::Before, &s.before_gates),
+        after_gates: gate_states(&s.name, None, GateTiming::After, &s.after_gates),
+        after_stage_wait: (s.after_stage_wait_in_seconds > 0).then_some(WaitState {
+            seconds: s.after_stage_wait_in_seconds,
+            state: GateStatus::NotStarted,
+            started_at: None,
+            until: None,
+        }),
+        groups: s.groups.iter().map(|g| group_state(&s.name, g)).collect(),
+    }
+}
+
+/// Counts of members by state, for progress displays.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// Members in the plan.
+    pub total: u32,
+    /// Completed.
+    pub completed: u32,
+    /// Skipped.
+    pub skipped: u32,
+    /// Failed.
+    pub failed: u32,
+    /// Running or Stopping.
+    pub in_flight: u32,
+    /// Pending.
+    pub pending: u32,
+}
+
+impl RunState {
+    /// A new run (NotStarted) from a plan resolved now; the member set is resolved again at
+    /// the first start if the driver passes a plan then.
+    pub fn new(
+        name: impl Into<String>,
+        spec: UpgradeSpec,
+        strategy: Strategy,
+        plan: RunPlan,
+        created_at: Timestamp,
+    ) -> Result<RunState, SpecError> {
+        spec.validate()?;
+        let name = name.into();
+        let mut run = RunState {
+            stages: plan.stages.iter().map(stage_state).collect(),
+            unselected: plan.unselected,
+            name,
+            spec,
+            strategy,
+            intent: Intent::NotStarted,
+            status: Status::new(),
+            targets: None,
+            attempt: 0,
+            failure_count: 0,
+            skips: Vec::new(),
+            created_at,
+        };
+        rollup(&mut run, created_at);
+        Ok(run)
+    }
+
+    /// The member named `name`.
+    pub fn member(&self, name: &str) -> Option<&MemberState> {
+        self.stages.iter().flat_map(|s| &s.groups).flat_map(|g| &g.members).find(|m| m.name == name)
+    }
+
+    /// Every member with its stage and group.
+    pub fn members(&self) -> impl Iterator<Item = (&StageState, &GroupState, &MemberState)> {
+        self.stages
+            .iter()
+            .flat_map(|s| s.groups.iter().flat_map(move |g| g.members.iter().map(move |m| (s, g, m))))
+    }
+
+    /// Every gate of the run.
+    pub fn gates(&self) -> impl Iterator<Item = &GateState> {
+        self.stages.iter().flat_map(|s| {
+            s.before_gates
+                .iter()
+                .chain(s.groups.iter().flat_map(|g| g.before_gates.iter().chain(&g.after_gates)))
+                .chain(&s.after_gates)
+        })
+    }
+
+    /// The gate `gate`.
+    pub fn gate(&self, gate: &GateRef) -> Option<&GateState> {
+        self.gates().find(|g| &g.gate == gate)
+    }
+
+    /// The first stage not yet done (Completed or Skipped).
+    pub fn current_stage(&self) -> Option<usize> {
+        self.stages.iter().position(|s| !s.status.state.is_done())
+    }
+
+    /// Member counts.
+    pub fn progress(&self) -> Progress {
+        let mut p = Progress::default();
+        for (_, _, m) in self.members() {
+            p.total += 1;
+            match m.status.state {
+                Completed => p.completed += 1,
+                Skipped => p.skipped += 1,
+                Failed => p.failed += 1,
+                Running | Stopping => p.in_flight += 1,
+                Pending => p.pending += 1,
+                _ => {}
+            }
+        }
+        p
+    }
+
+    fn locate_member(&self, name: &str) -> Result<(usize, usize, usize), TransitionError> {
+        for (si, s) in self.stages.iter().enumerate() {
+            for (gi, g) in s.groups.iter().enumerate() {
+                if let Some(mi) = g.members.iter().position(|m| m.name == name) {
+                    return Ok((si, gi, mi));
+                }
+            }
+        }
+        Err(TransitionError::UnknownMember { run: self.name.clone(), name: name.to_string() })
+    }
+
+    fn locate_group(&self, name: &str) -> Result<(usize, usize), TransitionError> {
+        for (si, s) in self.stages.iter().enumerate() {
+            if let Some(gi) = s.groups.iter().position(|g| g.name == name) {
+                return Ok((si, gi));
+            }
+        }
+        Err(TransitionError::UnknownGroup { run: self.name.clone(), name: name.to_string() })
+    }
+
+    fn locate_stage(&self, name: &str) -> Result<usize, TransitionError> {
+        self.stages
+            .iter()
+            .position(|s| s.name == name)
+            .ok_or_else(|| TransitionError::UnknownStage { run: self.name.clone(), name: name.to_string() })
+    }
+
+    fn gate_mut(&mut self, gate: &GateRef) -> Result<&mut GateState, TransitionError> {
+        let unknown = TransitionError::UnknownGate { run: self.name.clone(), gate: gate.to_string() };
+        let Some(stage) = self.stages.iter_mut().find(|s| s.name == gate.stage) else { return Err(unknown) };
+        let list = match &gate.group {
+            None => match gate.timing {
+                GateTiming::Before => &mut stage.before_gates,
+                GateTiming::After => &mut stage.after_gates,
+            },
+            Some(g) => {
+                let Some(grp) = stage.groups.iter_mut().find(|x| &x.name == g) else { return Err(unknown) };
+                match gate.timing {
+                    GateTiming::Before => &mut grp.before_gates,
+                    GateTiming::After => &mut grp.after_gates,
+                }
+            }
+        };
+        list.get_mut(gate.index.wrapping_sub(1)).ok_or(unknown)
+    }
+
+    /// The run may make progress (started, not stopping or halted).
+    fn ensure_active(&self, action: &'static str) -> Result<(), TransitionError> {
+        if self.intent == Intent::Run && matches!(self.status.state, Running | Pending) {
+            Ok(())
+        } else {
+            Err(TransitionError::Run {
+                run: self.name.clone(),
+                state: self.status.state,
+                action,
+                hint: "the run is not making progress (start it first)",
+            })
+        }
+    }
+
+    /// Stage `si` is the current one and its before-gates passed.
+    fn ensure_stage_open(&self, si: usize, what: &str) -> Result<(), TransitionError> {
+        let not = |why: String| Err(TransitionError::NotReached { what: what.to_string(), why });
+        match self.current_stage() {
+            Some(c) if c == si => {}
+            Some(c) if c < si => return not(format!("stage {} comes first", self.stages[c].name)),
+            _ => return not(format!("stage {} is already done", self.stages[si].name)),
+        }
+        if !self.stages[si].before_gates.iter().all(|g| g.state.is_done()) {
+            return not(format!("the gates before stage {} have not passed", self.stages[si].name));
+        }
+        Ok(())
+    }
+
+    /// Group `(si, gi)` is open for member work.
+    fn ensure_group_open(&self, si: usize, gi: usize, what: &str) -> Result<(), TransitionError> {
+        self.ensure_stage_open(si, what)?;
+        let g = &self.stages[si].groups[gi];
+        if !g.before_gates.iter().all(|x| x.state.is_done()) {
+            return Err(TransitionError::NotReached {
+                what: what.to_string(),
+                why: format!("the gates before group {} have not passed", g.name),
+            });
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- rollup
+
+fn pending_gate(gates: &[GateState]) -> Option<PendingReason> {
+    gates.iter().find(|g| g.state == GateStatus::Pending).map(|g| match (&g.spec, g.starts_at) {
+        (GateSpec::ScheduledStart { .. }, Some(starts_at)) => {
+            PendingReason::ScheduledStart { gate: g.gate.clone(), starts_at }
+        }
+        _ => PendingReason::Approval { gate: g.gate.clone(), expired: g.expired.clone() },
+    })
+}
+
+fn gates_done(gates: &[GateState]) -> bool {
+    gates.iter().all(|g| g.state.is_done())
+}
+
+fn gates_reached(gates: &[GateState]) -> bool {
+    gates.iter().any(|g| g.reached_at.is_some())
+}
+
+/// The reason of the pending child that waits least long (unknown ends last).
+fn earliest<'a>(children: impl Iterator<Item = (String, &'a PendingReason)>) -> Option<PendingReason> {
+    children
+        .min_by_key(|(_, r)| (r.until().is_none(), r.until()))
+        .map(|(on, r)| PendingReason::Waiting { on, reason: Box::new(r.clone()) })
+}
+
+fn roll_group(g: &mut GroupState, intent: Intent, at: Timestamp) {
+    let failed = g.members.iter().filter(|m| m.status.state == Failed).count() as u32;
+    g.failure_count = failed;
+    let in_flight = g.members.iter().any(|m| m.status.state.in_flight());
+    let members_done = g.members.iter().all(|m| matches!(m.status.state, Completed | Skipped | Failed));
+    let started = gates_reached(&g.before_gates)
+        || gates_reached(&g.after_gates)
+        || g.members.iter().any(|m| match m.status.state {
+            NotStarted => false,
+            Skipped => !matches!(m.skip, Some(SkipCause::Requested { .. })),
+            _ => true,
+        });
+    let mut error = None;
+    let (state, pending) = if failed > g.max_allowed_failures {
+        let names: Vec<&str> =
+            g.members.iter().filter(|m| m.status.state == Failed).map(|m| m.name.as_str()).collect();
+        error = Some(format!(
+            "{failed} member(s) failed ({}), more than maxAllowedFailures {}",
+            names.join(", "),
+            g.max_allowed_failures
+        ));
+        (Failed, None)
+    } else if !in_flight && g.members.iter().all(|m| m.status.state == Skipped) {
+        (Skipped, None)
+    } else if members_done && gates_done(&g.before_gates) && gates_done(&g.after_gates) {
+        (Completed, None)
+    } else if intent == Intent::Stop {
+        (
+            if in_flight {
+                Stopping
+            } else if started {
+                Stopped
+            } else {
+                NotStarted
+            },
+            None,
+        )
+    } else if intent == Intent::NotStarted {
+        (NotStarted, None)
+    } else if let Some(r) = pending_gate(&g.before_gates) {
+        (Pending, Some(r))
+    } else if in_flight {
+        (Running, None)
+    } else if members_done {
+        match pending_gate(&g.after_gates) {
+            Some(r) => (Pending, Some(r)),
+            None => (Running, None),
+        }
+    } else if !started {
+        (NotStarted, None)
+    } else {
+        let open: Vec<&MemberState> =
+            g.members.iter().filter(|m| !matches!(m.status.state, Completed | Skipped | Failed)).collect();
+        let all_waiting = open.iter().all(|m| matches!(m.status.state, Pending | NotStarted));
+        let reason = earliest(
+            open.iter().filter_map(|m| m.status.pending.as_ref().map(|r| (format!("member {}", m.name), r))),
+        );
+        match reason {
+            Some(r) if all_waiting => (Pending, Some(r)),
+            _ => (Running, None),
+        }
+    };
+    g.status.set(state, pending, at);
+    g.status.error = error;
+}
+
+fn roll_stage(st: &mut StageState, intent: Intent, at: Timestamp) {
+    let failed: u32 = st.groups.iter().map(|g| g.failure_count).sum();
+    st.failure_count = failed;
+    let in_flight = st.in_flight() > 0;
+    let started = gates_reached(&st.before_gates)
+        || gates_reached(&st.after_gates)
+        || st.after_stage_wait.as_ref().is_some_and(|w| w.started_at.is_some())
+        || st.groups.iter().any(|g| !matches!(g.status.state, NotStarted | Skipped));
+    let failed_group = st.groups.iter().find(|g| g.status.state == Failed);
+    let mut error = None;
+    let (state, pending) = if failed > st.max_allowed_failures || failed_group.is_some() {
+        error = Some(match failed_group {
+            Some(g) => format!("group {} failed: {}", g.name, g.status.error.clone().unwrap_or_default()),
+            None => format!(
+                "{failed} member failure(s) across the stage, more than maxAllowedFailures {}",
+                st.max_allowed_failures
+            ),
+        });
+        (Failed, None)
+    } else if !in_flight && st.groups.iter().all(|g| g.status.state == Skipped) {
+        (Skipped, None)
+    } else if st.groups_done()
+        && gates_done(&st.before_gates)
+        && gates_done(&st.after_gates)
+        && st.wait_done()
+    {
+        (Completed, None)
+    } else if intent == Intent::Stop {
+        (
+            if in_flight {
+                Stopping
+            } else if started {
+                Stopped
+            } else {
+                NotStarted
+            },
+            None,
+        )
+    } else if intent == Intent::NotStarted {
+        (NotStarted, None)
+    } else if let Some(r) = pending_gate(&st.before_gates) {
+        (Pending, Some(r))
+    } else if in_flight {
+        (Running, None)
+    } else if st.groups_done() {
+        let wait = st.after_stage_wait.as_ref().and_then(|w| match (w.state, w.until) {
+            (GateStatus::Pending, Some(until)) => {
+                Some(PendingReason::AfterStageWait { stage: st.name.clone(), until })
+            }
+            _ => None,
+        });
+        match pending_gate(&st.after_gates).or(wait) {
+            Some(r) => (Pending, Some(r)),
+            None => (Running, None),
+        }
+    } else if !started {
+        (NotStarted, None)
+    } else {
+        let open: Vec<&GroupState> = st.groups.iter().filter(|g| !g.status.state.is_done()).collect();
+        let all_pending = open.iter().all(|g| g.status.state == Pending);
+        let reason = earliest(
+            open.iter().filter_map(|g| g.status.pending.as_ref().map(|r| (format!("group {}", g.name), r))),
+        );
+        match reason {
+            Some(r) if all_pending => (Pending, Some(r)),
+            _ => (Running, None),
+        }
+    };
+    st.status.set(state, pending, at);
+    st.status.error = error;
+}
+
+fn roll_run(run: &mut RunState, at: Timestamp) {
+    run.failure_count = run.stages.iter().map(|s| s.failure_count).sum();
+    let in_flight = run.stages.iter().any(|s| s.in_flight() > 0);
+    let mut error = None;
+    let (state, pending) = if let Some(s) = run.stages.iter().find(|s| s.status.state == Failed) {
+        error = Some(format!("stage {} failed: {}", s.name, s.status.error.clone().unwrap_or_default()));
+        (Failed, None)
+    } else if !in_flight && run.stages.iter().all(|s| s.status.state == Skipped) {
+        (Skipped, None)
+    } else if run.stages.iter().all(|s| s.status.state.is_done()) {
+        (Completed, None)
+    } else if run.intent == Intent::NotStarted {
+        (NotStarted, None)
+    } else if run.intent == Intent::Stop {
+        (if in_flight { Stopping } else { Stopped }, None)
+    } else {
+        match run.current_stage().map(|i| &run.stages[i]) {
+            Some(s) if s.status.state == Pending => (
+                Pending,
+                s.status.pending.as_ref().map(|r| PendingReason::Waiting {
+                    on: format!("stage {}", s.name),
+                    reason: Box::new(r.clone()),
+                }),
+            ),
+            _ => (Running, None),
+        }
+    };
+    run.status.set(state, pending, at);
+    run.status.error = error;
+}
+
+/// Recomputes every parent from its children; a failure halts the run.
+fn rollup(run: &mut RunState, at: Timestamp) {
+    let intent = run.intent;
+    for st in &mut run.stages {
+        for g in &mut st.groups {
+            roll_group(g, intent, at);
+        }
+        roll_stage(st, intent, at);
+    }
+    roll_run(run, at);
+    if run.status.state == Failed && run.intent == Intent::Run {
+        // Fail-fast: nothing new starts anywhere; upgrades under way finish and are recorded.
+        run.intent = Intent::Stop;
+        halt_members(run, at);
+        rollup(run, at);
+    }
+}
+
+fn halt_members(run: &mut RunState, at: Timestamp) {
+    for st in &mut run.stages {
+        for g in &mut st.groups {
+            for m in &mut g.members {
+                match m.status.state {
+                    Running => m.status.set(Stopping, None, at),
+                    Pending => {
+                        m.status.set(Stopped, None, at);
+                        m.pending_since = None;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- apply
+
+fn snapshot(run: &RunState) -> BTreeMap<(Level, String), UpdateState> {
+    let mut out = BTreeMap::new();
+    out.insert((Level::Run, run.name.clone()), run.status.state);
+    for s in &run.stages {
+        out.insert((Level::Stage, s.name.clone()), s.status.state);
+        for g in &s.groups {
+            out.insert((Level::Group, g.name.clone()), g.status.state);
+            for m in &g.members {
+                out.insert((Level::Member, m.name.clone()), m.status.state);
+            }
+        }
+    }
+    out
+}
+
+/// Applies `event` to `run`: the new state, or why the event does not fit (the run is then
+/// unchanged — the store records nothing).
+pub fn apply(run: &RunState, event: &Event) -> Result<RunState, TransitionError> {
+    let before = snapshot(run);
+    let mut next = run.clone();
+    mutate(&mut next, event)?;
+    rollup(&mut next, event.at());
+    for (key, to) in snapshot(&next) {
+        if let Some(&from) = before.get(&key)
+            && !allowed(key.0, from, to)
+        {
+            return Err(TransitionError::Disallowed { level: key.0, name: key.1, from, to });
+        }
+    }
+    Ok(next)
+}
+
+fn member_state_error(m: &MemberState, action: &'static str) -> TransitionError {
+    TransitionError::State { what: format!("member {}", m.name), state: m.status.state.to_string(), action }
+}
+
+fn mutate(run: &mut RunState, event: &Event) -> Result<(), TransitionError> {
+    let at = event.at();
+    match event {
+        Event::Start { targets, plan, .. } => {
+            if !matches!(run.status.state, NotStarted | Failed | Stopped) {
+                return Err(TransitionError::Run {
+                    run: run.name.clone(),
+                    state: run.status.state,
+                    action: "start",
+                    hint: match run.status.state {
+                        Stopping => "wait until the member upgrades under way finish (Stopped)",
+                        Completed | Skipped => "it is finished; create a new run (or retry --failed)",
+                        _ => "it is already running",
+                    },
+                });
+            }
+            match (&run.targets, targets) {
+                (None, None) => return Err(TransitionError::TargetsRequired(run.name.clone())),
+                (None, Some(t)) => {
+                    if let Some(p) = plan {
+                        replan(run, p)?;
+                    }
+                    run.targets = Some(t.clone());
+                }
+                (Some(_), None) if plan.is_none() => {}
+                (Some(_), _) => return Err(TransitionError::AlreadyFrozen(run.name.clone())),
+            }
+            if run.status.state != NotStarted {
+                reset_for_restart(run, true);
+            }
+            run.intent = Intent::Run;
+            run.attempt += 1;
+        }
+        Event::Stop { .. } => {
+            if !(run.intent == Intent::Run && matches!(run.status.state, Running | Pending)) {
+                return Err(TransitionError::Run {
+                    run: run.name.clone(),
+                    state: run.status.state,
+                    action: "stop",
+                    hint: "only a Running or Pending run can be stopped",
+                });
+            }
+            run.intent = Intent::Stop;
+            halt_members(run, at);
+        }
+        Event::RetryFailed { .. } => {
+            if !matches!(run.status.state, Failed | Stopped | Completed) {
+                return Err(TransitionError::Run {
+                    run: run.name.clone(),
+                    state: run.status.state,
+                    action: "retry failed members",
+                    hint: "retry applies to a Failed, Stopped or Completed run",
+                });
+            }
+            if run.failure_count == 0 {
+                return Err(TransitionError::State {
+                    what: format!("run {}", run.name),
+                    state: "without failed members".into(),
+                    action: "retry failed members",
+                });
+            }
+            reset_for_restart(run, false);
+            run.intent = Intent::Run;
+            run.attempt += 1;
+        }
+        Event::Skip { targets, by, .. } => skip(run, targets, by.as_deref(), at)?,
+        Event::ApproveGate { gate, by, expires_at, .. } => {
+            if run.status.state.is_done() {
+                return Err(TransitionError::Run {
+                    run: run.name.clone(),
+                    state: run.status.state,
+                    action: "approve a gate",
+                    hint: "the run is finished",
+                });
+            }
+            let g = run.gate_mut(gate)?;
+            let approval = Approval { by: by.clone(), at, expires_at: *expires_at };
+            match g.state {
+                GateStatus::NotStarted => g.approval = Some(approval),
+                GateStatus::Pending => {
+                    g.approval = Some(approval);
+                    g.complete(at);
+                }
+                s => {
+                    return Err(TransitionError::State {
+                        what: format!("gate {gate}"),
+                        state: format!("{s:?}"),
+                        action: "approve it",
+                    });
+                }
+            }
+        }
+        Event::GateReached { gate, .. } => {
+            run.ensure_active("reach a gate")?;
+            let si = run.locate_stage(&gate.stage)?;
+            let what = format!("gate {gate}");
+            match (&gate.group, gate.timing) {
+                (None, GateTiming::Before) => {
+                    let not = |why: String| Err(TransitionError::NotReached { what: what.clone(), why });
+                    match run.current_stage() {
+                        Some(c) if c == si => {}
+                        _ => return not(format!("stage {} is not the current stage", gate.stage)),
+                    }
+                }
+                (None, GateTiming::After) => {
+                    run.ensure_stage_open(si, &what)?;
+                    if !run.stages[si].groups_done() {
+                        return Err(TransitionError::NotReached {
+                            what,
+                            why: format!("groups of stage {} are still working", gate.stage),
+                        });
+                    }
+                }
+                (Some(g), timing) => {
+                    let (gsi, gi) = run.locate_group(g)?;
+                    if gsi != si {
+                        return Err(TransitionError::UnknownGate {
+                            run: run.name.clone(),
+                            gate: gate.to_string(),
+                        });
+                    }
+                    run.ensure_stage_open(si, &what)?;
+                    if timing == GateTiming::After {
+                        run.ensure_group_open(si, gi, &what)?;
+                        let grp = &run.stages[si].groups[gi];
+                        if !grp.members.iter().all(|m| matches!(m.status.state, Completed | Skipped | Failed))
+                        {
+                            return Err(TransitionError::NotReached {
+                                what,
+                                why: format!("members of group {g} are still working"),
+                            });
+                        }
+                    }
+                }
+            }
+            let g = run.gate_mut(gate)?;
+            if g.state != GateStatus::NotStarted {
+                return Err(TransitionError::State {
+                    what: format!("gate {gate}"),
+                    state: format!("{:?}", g.state),
+                    action: "reach it",
+                });
+            }
+            g.reach(at);
+        }
+        Event::GateTimeReached { gate, .. } => {
+            let g = run.gate_mut(gate)?;
+            match (g.state, g.starts_at) {
+                (GateStatus::Pending, Some(t)) if t <= at => g.complete(at),
+                _ => {
+                    return Err(TransitionError::State {
+                        what: format!("gate {gate}"),
+                        state: format!("{:?} (starts at {:?})", g.state, g.starts_at),
+                        action: "complete it on its schedule",
+                    });
+                }
+            }
+        }
+        Event::AfterStageWaitStarted { stage, .. } => {
+            run.ensure_active("start the after-stage wait")?;
+            let si = run.locate_stage(stage)?;
+            let what = format!("the after-stage wait of {stage}");
+            run.ensure_stage_open(si, &what)?;
+            if !run.stages[si].groups_done() {
+                return Err(TransitionError::NotReached { what, why: "its groups are still working".into() });
+            }
+            let w = wait_mut(run, si)?;
+            if w.state != GateStatus::NotStarted {
+                return Err(TransitionError::State {
+                    what,
+                    state: format!("{:?}", w.state),
+                    action: "start it",
+                });
+            }
+            w.state = GateStatus::Pending;
+            w.started_at = Some(at);
+            w.until = Some(at + SignedDuration::from_secs(i64::try_from(w.seconds).unwrap_or(i64::MAX / 2)));
+        }
+        Event::AfterStageWaitElapsed { stage, .. } => {
+            let si = run.locate_stage(stage)?;
+            let w = wait_mut(run, si)?;
+            match (w.state, w.until) {
+                (GateStatus::Pending, Some(u)) if u <= at => w.state = GateStatus::Completed,
+                _ => {
+                    return Err(TransitionError::State {
+                        what: format!("the after-stage wait of {stage}"),
+                        state: format!("{:?} (until {:?})", w.state, w.until),
+                        action: "end it",
+                    });
+                }
+            }
+        }
+        Event::MemberStarted { member, target, operation, window_closes_at, .. } => {
+            run.ensure_active("start a member")?;
+            let (si, gi, mi) = run.locate_member(member)?;
+            run.ensure_group_open(si, gi, &format!("member {member}"))?;
+            let m = &run.stages[si].groups[gi].members[mi];
+            if !matches!(m.status.state, NotStarted | Pending) {
+                return Err(member_state_error(m, "start it"));
+            }
+            let (st, g) = (&run.stages[si], &run.stages[si].groups[gi]);
+            if g.in_flight() >= g.max_concurrency {
+                return Err(TransitionError::Concurrency {
+                    member: member.clone(),
+                    scope: format!("group {}", g.name),
+                    max: g.max_concurrency,
+                });
+            }
+            if st.in_flight() >= st.max_concurrency {
+                return Err(TransitionError::Concurrency {
+                    member: member.clone(),
+                    scope: format!("stage {}", st.name),
+                    max: st.max_concurrency,
+                });
+            }
+            let m = &mut run.stages[si].groups[gi].members[mi];
+            m.status.set(Running, None, at);
+            m.status.started_at = Some(at);
+            m.status.error = None;
+            m.status.message = None;
+            m.pending_since = None;
+            m.target = Some(target.clone());
+            m.operation = operation.clone();
+            m.window_closes_at = *window_closes_at;
+            m.attempts += 1;
+        }
+        Event::MemberSucceeded { member, .. } | Event::MemberFailed { member, .. } => {
+            let failed = matches!(event, Event::MemberFailed { .. });
+            let (si, gi, mi) = run.locate_member(member)?;
+            let m = &mut run.stages[si].groups[gi].members[mi];
+            if !m.status.state.in_flight() {
+                return Err(member_state_error(
+                    m,
+                    if failed { "record a failure" } else { "record a success" },
+                ));
+            }
+            if failed {
+                m.status.set(Failed, None, at);
+                m.status.error = message_of(event);
+            } else {
+                m.status.set(Completed, None, at);
+                m.status.message = message_of(event);
+            }
+        }
+        Event::MemberPending { member, reason, .. } => {
+            run.ensure_active("mark a member pending")?;
+            let (si, gi, mi) = run.locate_member(member)?;
+            run.ensure_group_open(si, gi, &format!("member {member}"))?;
+            let m = &mut run.stages[si].groups[gi].members[mi];
+            if !matches!(m.status.state, NotStarted | Pending) {
+                return Err(member_state_error(m, "mark it pending"));
+            }
+            m.pending_since = m.pending_since.or(Some(at));
+            m.status.set(Pending, Some(reason.clone()), at);
+        }
+        Event::MemberUnblocked { member, .. } => {
+            let (si, gi, mi) = run.locate_member(member)?;
+            let m = &mut run.stages[si].groups[gi].members[mi];
+            if m.status.state != Pending {
+                return Err(member_state_error(m, "unblock it"));
+            }
+            m.pending_since = None;
+            m.status.set(NotStarted, None, at);
+        }
+        Event::MemberSkipped { member, cause, .. } => {
+            if matches!(cause, SkipCause::Requested { .. }) {
+                return Err(TransitionError::RequestedSkip);
+            }
+            run.ensure_active("skip a member")?;
+            let (si, gi, mi) = run.locate_member(member)?;
+            run.ensure_group_open(si, gi, &format!("member {member}"))?;
+            let m = &mut run.stages[si].groups[gi].members[mi];
+            if !matches!(m.status.state, NotStarted | Pending) {
+                return Err(member_state_error(m, "skip it"));
+            }
+            m.skip_with(cause.clone(), at);
+        }
+    }
+    Ok(())
+}
+
+fn message_of(event: &Event) -> Option<String> {
+    match event {
+        Event::MemberSucceeded { message, .. } => message.clone(),
+        Event::MemberFailed { error, .. } => Some(error.clone()),
+        _ => None,
+    }
+}
+
+fn wait_mut(run: &mut RunState, si: usize) -> Result<&mut WaitState, TransitionError> {
+    let name = run.stages[si].name.clone();
+    run.stages[si].after_stage_wait.as_mut().ok_or(TransitionError::State {
+        what: format!("stage {name}"),
+        state: "without an after-stage wait".into(),
+        action: "use its after-stage wait",
+    })
+}
+
+/// Replaces the member set from creation with the one resolved at the first start, keeping
+/// requested member skips (by name), gate pre-approvals and skipped gates.
+fn replan(run: &mut RunState, plan: &RunPlan) -> Result<(), TransitionError> {
+    let mismatch = |problem: String| TransitionError::PlanMismatch { run: run.name.clone(), problem };
+    let names = |s: &[String]| s.join(", ");
+    let old: Vec<String> = run.stages.iter().map(|s| s.name.clone()).collect();
+    let new: Vec<String> = plan.stages.iter().map(|s| s.name.clone()).collect();
+    if old != new {
+        return Err(mismatch(format!("stages [{}] instead of [{}]", names(&new), names(&old))));
+    }
+    for (st, ps) in run.stages.iter().zip(&plan.stages) {
+        let old: Vec<String> = st.groups.iter().map(|g| g.name.clone()).collect();
+        let new: Vec<String> = ps.groups.iter().map(|g| g.name.clone()).collect();
+        if old != new {
+            return Err(mismatch(format!(
+                "stage {} has groups [{}] instead of [{}]",
+                st.name,
+                names(&new),
+                names(&old)
+            )));
+        }
+    }
+    let requested: BTreeMap<String, MemberState> = run
+        .members()
+        .filter(|(_, _, m)| matches!(m.skip, Some(SkipCause::Requested { .. })))
+        .map(|(_, _, m)| (m.name.clone(), m.clone()))
+        .collect();
+    for (st, ps) in run.stages.iter_mut().zip(&plan.stages) {
+        st.max_concurrency = ps.max_concurrency.max(1);
+        st.max_allowed_failures = ps.max_allowed_failures;
+        for (g, pg) in st.groups.iter_mut().zip(&ps.groups) {
+            g.max_concurrency = pg.max_concurrency.max(1);
+            g.max_allowed_failures = pg.max_allowed_failures;
+            g.members = pg
+                .members
+                .iter()
+                .map(|m| requested.get(m).cloned().unwrap_or_else(|| MemberState::new(m)))
+                .collect();
+        }
+    }
+    run.unselected = plan.unselected.clone();
+    Ok(())
+}
+
+/// Re-applies failed work (and, for a start, skipped work) of a Failed/Stopped/Completed run.
+fn reset_for_restart(run: &mut RunState, skipped_too: bool) {
+    for st in &mut run.stages {
+        for g in &mut st.groups {
+            for m in &mut g.members {
+                match m.status.state {
+                    Failed | Stopped => m.reset(),
+                    Skipped if skipped_too && m.skip.as_ref().is_some_and(SkipCause::leaves_work) => {
+                        m.reset()
+                    }
+                    Stopping => m.status.set(Running, None, m.status.started_at.unwrap_or(run.created_at)),
+                    _ => {}
+                }
+            }
+            if skipped_too {
+                g.before_gates.iter_mut().chain(&mut g.after_gates).for_each(GateState::reset_skipped);
+            }
+        }
+        if skipped_too {
+            st.before_gates.iter_mut().chain(&mut st.after_gates).for_each(GateState::reset_skipped);
+            if let Some(w) = &mut st.after_stage_wait
+                && w.state == GateStatus::Skipped
+            {
+                *w = WaitState {
+                    seconds: w.seconds,
+                    state: GateStatus::NotStarted,
+                    started_at: None,
+                    until: None,
+                };
+            }
+        }
+    }
+}
+
+fn skip(
+    run: &mut RunState,
+    targets: &[SkipTarget],
+    by: Option<&str>,
+    at: Timestamp,
+) -> Result<(), TransitionError> {
+    if run.status.state.is_done() {
+        return Err(TransitionError::Run {
+            run: run.name.clone(),
+            state: run.status.state,
+            action: "skip",
+            hint: "the run is finished",
+        });
+    }
+    if targets.is_empty() {
+        return Err(TransitionError::State {
+            what: "skip".into(),
+            state: "without targets".into(),
+            action: "skip nothing (name Member:m, Group:g, Stage:s or AfterStageWait:s)",
+        });
+    }
+    // Validate everything first so that a bad target changes nothing.
+    for t in targets {
+        match t {
+            SkipTarget::Member(n) => {
+                let (si, gi, mi) = run.locate_member(n)?;
+                let m = &run.stages[si].groups[gi].members[mi];
+                if m.status.state.in_flight() {
+                    return Err(TransitionError::State {
+                        what: format!("member {n}"),
+                        state: format!(
+                            "{} (its upgrade is under way and finishes either way)",
+                            m.status.state
+                        ),
+                        action: "skip it",
+                    });
+                }
+                if m.status.state == Completed {
+                    return Err(member_state_error(m, "skip it"));
+                }
+            }
+            SkipTarget::Group(n) => {
+                let (si, gi) = run.locate_group(n)?;
+                let g = &run.stages[si].groups[gi];
+                if g.status.state == Completed {
+                    return Err(TransitionError::State {
+                        what: format!("group {n}"),
+                        state: "Completed".into(),
+                        action: "skip it",
+                    });
+                }
+            }
+            SkipTarget::Stage(n) => {
+                let si = run.locate_stage(n)?;
+                if run.stages[si].status.state == Completed {
+                    return Err(TransitionError::State {
+                        what: format!("stage {n}"),
+                        state: "Completed".into(),
+                        action: "skip it",
+                    });
+                }
+            }
+            SkipTarget::AfterStageWait(n) => {
+                let si = run.locate_stage(n)?;
+                let w = wait_mut(run, si)?;
+                if w.state == GateStatus::Completed {
+                    return Err(TransitionError::State {
+                        what: format!("the after-stage wait of {n}"),
+                        state: "Completed".into(),
+                        action: "skip it",
+                    });
+                }
+            }
+        }
+    }
+    let cause = |t: &SkipTarget| SkipCause::Requested { target: t.clone(), by: by.map(str::to_string) };
+    let skip_member = |m: &mut MemberState, t: &SkipTarget| {
+        if matches!(m.status.state, NotStarted | Pending | Failed | Stopped) {
+            m.skip_with(cause(t), at);
+        }
+    };
+    let skip_group = |g: &mut GroupState, t: &SkipTarget| {
+        g.members.iter_mut().for_each(|m| skip_member(m, t));
+        g.before_gates.iter_mut().chain(&mut g.after_gates).for_each(|x| x.skip(at));
+    };
+    for t in targets {
+        match t {
+            SkipTarget::Member(n) => {
+                let (si, gi, mi) = run.locate_member(n)?;
+                skip_member(&mut run.stages[si].groups[gi].members[mi], t);
+            }
+            SkipTarget::Group(n) => {
+                let (si, gi) = run.locate_group(n)?;
+                skip_group(&mut run.stages[si].groups[gi], t);
+            }
+            SkipTarget::Stage(n) => {
+                let si = run.locate_stage(n)?;
+                let st = &mut run.stages[si];
+                st.groups.iter_mut().for_each(|g| skip_group(g, t));
+                st.before_gates.iter_mut().chain(&mut st.after_gates).for_each(|x| x.skip(at));
+                if let Some(w) = &mut st.after_stage_wait
+                    && !w.state.is_done()
+                {
+                    w.state = GateStatus::Skipped;
+                }
+            }
+            SkipTarget::AfterStageWait(n) => {
+                let si = run.locate_stage(n)?;
+                let w = wait_mut(run, si)?;
+                if !w.state.is_done() {
+                    w.state = GateStatus::Skipped;
+                }
+            }
+        }
+    }
+    run.skips.push(SkipRecord { targets: targets.to_vec(), by: by.map(str::to_string), at });
+    Ok(())
+}
+
+// ---------------------------------------------------------------- next
+
+enum Assessment {
+    Skip(SkipCause),
+    Blocked(PendingReason),
+    Ready { target: MemberTarget, closes_at: Option<Timestamp> },
+}
+
+fn assess(run: &RunState, targets: &Targets, facts: Option<&MemberFacts>, now: Timestamp) -> Assessment {
+    let Some(f) = facts else { return Assessment::Skip(SkipCause::NotInFleet) };
+    let target = match target::member_target(targets, &f.versions) {
+        Ok(t) => t,
+        Err(family) => return Assessment::Skip(SkipCause::NoTargetImage { family }),
+    };
+    if run.spec.at_most_one_minor
+        && let (Some(cp), Some(t)) = (&f.versions.control_plane, &target.kubernetes)
+        && t.minor_version().minors_ahead_of(cp.minor_version()) > 1
+    {
+        return Assessment::Skip(SkipCause::TooFarBehind { version: cp.clone(), target: t.clone() });
+    }
+    if let Some(message) = target::at_target(run.spec.upgrade_type, &target, &f.versions) {
+        return Assessment::Skip(SkipCause::AtTarget { message });
+    }
+    if let Some(message) = &f.unavailable {
+        return Assessment::Blocked(PendingReason::Unavailable { message: message.clone() });
+    }
+    let mut closes_at = None;
+    if let Some(w) = &f.window {
+        match w.schedule() {
+            Err(e) => return Assessment::Blocked(PendingReason::WindowInvalid { message: e.to_string() }),
+            Ok(s) if !s.is_open(now) => {
+                return Assessment::Blocked(PendingReason::WindowClosed { opens_at: s.next_opening(now) });
+            }
+            Ok(s) => closes_at = s.closes_at(now),
+        }
+    }
+    Assessment::Ready { target, closes_at }
+}
+
+/// Records gate decisions; true when every gate of the list has passed.
+fn gate_step(
+    gates: &[GateState],
+    now: Timestamp,
+    out: &mut Vec<Decision>,
+    waits: &mut Vec<(Option<Timestamp>, String)>,
+) -> bool {
+    for g in gates {
+        match g.state {
+            GateStatus::NotStarted => {
+                out.push(Decision::Record(Event::GateReached { gate: g.gate.clone(), at: now }))
+            }
+            GateStatus::Pending => match g.starts_at {
+                Some(t) if t <= now => {
+                    out.push(Decision::Record(Event::GateTimeReached { gate: g.gate.clone(), at: now }))
+                }
+                Some(t) => waits.push((Some(t), format!("{} at {t}", g.title()))),
+                None => waits.push((None, format!("approval of gate {}", g.gate))),
+            },
+            GateStatus::Completed | GateStatus::Skipped => {}
+        }
+    }
+    gates_done(gates)
+}
+
+/// What the driver should do now. Decisions of one call are independent of each other;
+/// apply the `Record`s (and the `StartMember`s' events), then call again until only a `Wait`
+/// (or nothing: the run is finished, stopped or not started) comes back.
+pub fn next(run: &RunState, facts: &Facts, now: Timestamp) -> Vec<Decision> {
+    let mut out = Vec::new();
+    if run.status.state == Stopping {
+        let n = run.progress().in_flight;
+        return vec![Decision::Wait {
+            until: None,
+            reason: format!("stopping: {n} member upgrade(s) under way"),
+        }];
+    }
+    let Some(targets) = &run.targets else { return out };
+    if run.intent != Intent::Run || !matches!(run.status.state, Running | Pending) {
+        return out;
+    }
+    let Some(si) = run.current_stage() else { return out };
+    let st = &run.stages[si];
+    let mut waits: Vec<(Option<Timestamp>, String)> = Vec::new();
+    if gate_step(&st.before_gates, now, &mut out, &mut waits) {
+        let mut stage_slots = st.max_concurrency.saturating_sub(st.in_flight());
+        for g in &st.groups {
+            if g.status.state.is_done() || g.status.state == Failed {
+                continue;
+            }
+            if !gate_step(&g.before_gates, now, &mut out, &mut waits) {
+                continue;
+            }
+            if g.members.iter().all(|m| matches!(m.status.state, Completed | Skipped | Failed)) {
+                gate_step(&g.after_gates, now, &mut out, &mut waits);
+                continue;
+            }
+            let mut group_slots = g.max_concurrency.saturating_sub(g.in_flight());
+            let mut candidates: Vec<(WindowPriority, usize, &MemberState)> = g
+                .members
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| matches!(m.status.state, NotStarted | Pending))
+                .map(|(i, m)| {
+                    let w = facts.members.get(&m.name).and_then(|f| f.window.as_ref());
+                    (window::priority(w, now), i, m)
+                })
+                .collect();
+            candidates.sort_by_key(|(p, i, _)| (*p, *i));
+            for (_, _, m) in candidates {
+                let member = m.name.clone();
+                match assess(run, targets, facts.members.get(&m.name), now) {
+                    Assessment::Skip(cause) => {
+                        out.push(Decision::Record(Event::MemberSkipped { member, at: now, cause }))
+                    }
+                    Assessment::Blocked(reason) => {
+                        let since = m.pending_since.unwrap_or(now);
+                        let deadline = run.spec.pending_budget_seconds.map(|b| {
+                            (since + SignedDuration::from_secs(i64::try_from(b).unwrap_or(i64::MAX / 2)), b)
+                        });
+                        match deadline {
+                            Some((d, budget_seconds)) if d <= now => {
+                                out.push(Decision::Record(Event::MemberSkipped {
+                                    member,
+                                    at: now,
+                                    cause: SkipCause::Deferred {
+                                        pending_since: since,
+                                        budget_seconds,
+                                        reason,
+                                    },
+                                }));
+                            }
+                            _ => {
+                                let until = match (reason.until(), deadline.map(|d| d.0)) {
+                                    (Some(a), Some(b)) => Some(a.min(b)),
+                                    (a, b) => a.or(b),
+                                };
+                                waits.push((until, format!("member {}: {reason}", m.name)));
+                                if m.status.state != Pending || m.status.pending.as_ref() != Some(&reason) {
+                                    out.push(Decision::Record(Event::MemberPending {
+                                        member,
+                                        at: now,
+                                        reason,
+                                    }));
+                                }
+                            }
+                        }
+                    }
+                    Assessment::Ready { target, closes_at } => {
+                        if group_slots > 0 && stage_slots > 0 {
+                            group_slots -= 1;
+                            stage_slots -= 1;
+                            out.push(Decision::StartMember {
+                                stage: st.name.clone(),
+                                group: g.name.clone(),
+                                member,
+                                target,
+                                window_closes_at: closes_at,
+                            });
+                        } else if m.status.state == Pending {
+                            out.push(Decision::Record(Event::MemberUnblocked { member, at: now }));
+                        }
+                    }
+                }
+            }
+        }
+        if st.groups_done() {
+            gate_step(&st.after_gates, now, &mut out, &mut waits);
+            if let Some(w) = &st.after_stage_wait {
+                match (w.state, w.until) {
+                    (GateStatus::NotStarted, _) => out.push(Decision::Record(Event::AfterStageWaitStarted {
+                        stage: st.name.clone(),
+                        at: now,
+                    })),
+                    (GateStatus::Pending, Some(u)) if u <= now => {
+                        out.push(Decision::Record(Event::AfterStageWaitElapsed {
+                            stage: st.name.clone(),
+                            at: now,
+                        }))
+                    }
+                    (GateStatus::Pending, u) => waits.push((u, format!("after-stage wait of {}", st.name))),
+                    _ => {}
+                }
+            }
+        }
+    }
+    if out.is_empty() {
+        let in_flight = st.in_flight();
+        if in_flight > 0 {
+            waits.push((None, format!("{in_flight} member upgrade(s) under way")));
+        }
+        let until = waits.iter().filter_map(|(t, _)| *t).min();
+        let mut reasons: Vec<String> = waits.into_iter().map(|(_, r)| r).collect();
+        reasons.dedup();
+        let more = reasons.len().saturating_sub(5);
+        reasons.truncate(5);
+        let mut reason = reasons.join("; ");
+        if more > 0 {
+            reason.push_str(&format!("; and {more} more"));
+        }
+        out.push(Decision::Wait { until, reason });
+    }
+    out
+}
+
