@@ -1,0 +1,399 @@
+//! The ssh action against a REAL sshd on loopback: throwaway host and user keys, a written
+//! known_hosts, strict host key checking. The package tools of the kubeadm recipe are logging
+//! stand-ins placed first in the remote PATH (sshd's `SetEnv`); the transport, the escaping,
+//! sudo's argument handling and the ordering are all real.
+//!
+//! Needs `/usr/sbin/sshd` (Debian `openssh-server`) and `ssh`/`ssh-keygen` (`openssh-client`);
+//! `.ci/run` installs both. Without them these tests fail, saying so.
+
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use refit_exec::{
+    Error, HostKeyCheck, NodeContext, OutputLine, PackageManager, RemoteCommand, SshOptions, kubeadm_recipe,
+    run_ssh,
+};
+
+const SSHD: &str = "/usr/sbin/sshd";
+const LONG: Duration = Duration::from_secs(120);
+
+fn need_tools() {
+    if !Path::new(SSHD).exists() {
+        panic!(
+            "{SSHD} is missing: install Debian's openssh-server (apt-get install openssh-server); .ci/run does"
+        );
+    }
+    for tool in ["ssh", "ssh-keygen"] {
+        let found = Command::new(tool).arg("-V").stderr(Stdio::null()).stdout(Stdio::null()).status().is_ok()
+            || Command::new("which").arg(tool).stdout(Stdio::null()).status().is_ok_and(|s| s.success());
+        if !found {
+            panic!("{tool} is missing: install Debian's openssh-client (apt-get install openssh-client)");
+        }
+    }
+}
+
+fn keygen(path: &Path) {
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "refit-test", "-f"])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(st.success(), "ssh-keygen failed for {}", path.display());
+}
+
+fn write_exe(path: &Path, body: &str) {
+    std::fs::write(path, body).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A running sshd for one test, killed (by pid) on drop.
+struct Sshd {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Child,
+    user: String,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Sshd {
+    fn start() -> Sshd {
+        need_tools();
+        let dir = tempfile::Builder::new().prefix("rx").tempdir_in("/tmp").unwrap();
+        let d = dir.path();
+        keygen(&d.join("host_key"));
+        keygen(&d.join("user_key"));
+        keygen(&d.join("other_host_key"));
+        std::fs::copy(d.join("user_key.pub"), d.join("authorized_keys")).unwrap();
+        let fakebin = d.join("bin");
+        std::fs::create_dir(&fakebin).unwrap();
+        let log = d.join("calls.log");
+        // Every stand-in records its name and arguments, one `<arg>` each, then succeeds.
+        let recorder = format!(
+            "#!/bin/sh\n{{ printf '%s' \"$(basename \"$0\")\"; for a in \"$@\"; do printf ' <%s>' \"$a\"; done; echo; }} >> {}\n",
+            log.display()
+        );
+        for tool in ["kubeadm", "apt-get", "apt-mark", "dnf", "systemctl", "record"] {
+            write_exe(&fakebin.join(tool), &recorder);
+        }
+        // The login shell's own start-up files use sed too: only the recipe's `sed -i` is
+        // recorded, everything else goes to the real one.
+        let real_sed = ["/usr/bin/sed", "/bin/sed"].into_iter().find(|p| Path::new(p).exists()).unwrap();
+        write_exe(
+            &fakebin.join("sed"),
+            &recorder.replacen(
+                "#!/bin/sh\n",
+                &format!("#!/bin/sh\n[ \"$1\" = -i ] || exec {real_sed} \"$@\"\n"),
+                1,
+            ),
+        );
+        // sudo stand-in: records, then runs what follows `-n --` (as real sudo would).
+        write_exe(
+            &fakebin.join("sudo"),
+            &format!(
+                "{recorder}[ \"$1\" = -n ] || exit 90\nshift\n[ \"$1\" = -- ] || exit 91\nshift\nexec \"$@\"\n"
+            ),
+        );
+        write_exe(&fakebin.join("complain"), "#!/bin/sh\necho \"$*\" >&2\n");
+        // Runs until its output goes nowhere: ends by itself once the ssh channel is closed, so
+        // the timeout test leaves nothing behind on the "node" (a remote command is not killed
+        // by ssh; see the ssh module's docs).
+        write_exe(&fakebin.join("tick"), "#!/bin/sh\nwhile echo tick; do sleep 1; done\n");
+        if is_root() {
+            // sshd started by root needs its privilege separation directory.
+            std::fs::create_dir_all("/run/sshd").unwrap();
+        }
+        let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_string();
+        for _attempt in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let cfg = d.join("sshd_config");
+            std::fs::write(
+                &cfg,
+                format!(
+                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
+                     AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n\
+                     PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
+                     PermitRootLogin prohibit-password\nMaxSessions 20\n\
+                     SetEnv PATH={bin}:/usr/local/bin:/usr/bin:/bin\nLogLevel VERBOSE\n",
+                    d = d.display(),
+                    bin = fakebin.display()
+                ),
+            )
+            .unwrap();
+            let err = std::fs::File::create(d.join("sshd.log")).unwrap();
+            let mut child =
+                Command::new(SSHD).args(["-D", "-e", "-f"]).arg(&cfg).stderr(err).spawn().unwrap();
+            for _ in 0..200 {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Sshd { dir, port, child, user };
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("sshd did not start: {}", std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default());
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A known_hosts file naming this server with `key` (a `.pub` file in the temp dir).
+    fn known_hosts(&self, key: &str) -> PathBuf {
+        let pubkey = std::fs::read_to_string(self.path(key)).unwrap();
+        let mut parts = pubkey.split_whitespace();
+        let line = format!("[127.0.0.1]:{} {} {}\n", self.port, parts.next().unwrap(), parts.next().unwrap());
+        let path = self.path(&format!("known_hosts_{key}"));
+        std::fs::write(&path, line).unwrap();
+        path
+    }
+
+    fn options(&self, known_hosts: PathBuf) -> SshOptions {
+        // An ssh_config of our own: the machine's ~/.ssh/config and agent stay out of it.
+        let config = self.path("ssh_config");
+        std::fs::write(&config, "GlobalKnownHostsFile /dev/null\nIdentityAgent none\n").unwrap();
+        SshOptions {
+            user: Some(self.user.clone()),
+            port: Some(self.port),
+            identity_file: Some(self.path("user_key")),
+            config_file: Some(config),
+            known_hosts: HostKeyCheck::Strict,
+            known_hosts_file: Some(known_hosts),
+            sudo: false,
+            connect_timeout: Duration::from_secs(20),
+            control_dir: Some(self.dir.path().to_path_buf()),
+        }
+    }
+
+    fn calls(&self) -> String {
+        std::fs::read_to_string(self.path("calls.log")).unwrap_or_default()
+    }
+}
+
+fn is_root() -> bool {
+    String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout).unwrap().trim() == "0"
+}
+
+fn ctx(node: &str, roles: &[&str], first: bool) -> NodeContext {
+    NodeContext {
+        node: node.into(),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        from: "1.36.4".into(),
+        to: "1.37.1".into(),
+        phase: "workers".into(),
+        address: "127.0.0.1".into(),
+        first_control_plane: first,
+    }
+}
+
+#[derive(Default)]
+struct Lines(Mutex<Vec<OutputLine>>);
+
+impl Lines {
+    fn cb(&self) -> impl Fn(OutputLine) + Send + Sync + '_ {
+        |l| self.0.lock().unwrap().push(l)
+    }
+    fn take(&self) -> Vec<OutputLine> {
+        std::mem::take(&mut self.0.lock().unwrap())
+    }
+}
+
+fn cmd(program: &str, args: &[&str]) -> RemoteCommand {
+    RemoteCommand::user(program, args.iter().copied())
+}
+
+#[tokio::test]
+async fn commands_run_in_order_and_their_output_streams() {
+    let sshd = Sshd::start();
+    let opts = sshd.options(sshd.known_hosts("host_key.pub"));
+    let recipe = [
+        cmd("record", &["one"]),
+        cmd("echo", &["first"]),
+        cmd("complain", &["on", "stderr"]),
+        cmd("record", &["two"]),
+        cmd("echo", &["last"]),
+    ];
+    let lines = Lines::default();
+    run_ssh(&recipe, &ctx("node-a", &["worker"], false), &opts, LONG, &lines.cb()).await.unwrap();
+    assert_eq!(
+        lines.take(),
+        [
+            OutputLine::Stdout("first".into()),
+            OutputLine::Stderr("on stderr".into()),
+            OutputLine::Stdout("last".into())
+        ]
+    );
+    assert_eq!(sshd.calls(), "record <one>\nrecord <two>\n");
+}
+
+#[tokio::test]
+async fn hostile_arguments_arrive_literally() {
+    let sshd = Sshd::start();
+    let opts = sshd.options(sshd.known_hosts("host_key.pub"));
+    let pwned = sshd.path("pwned");
+    let sub = format!("$(touch {})", pwned.display());
+    let tick = format!("`touch {}`", pwned.display());
+    let semi = format!("x; touch {}", pwned.display());
+    let hostile: Vec<&str> = vec![
+        "a b",
+        "it's",
+        "\"double\"",
+        &sub,
+        &tick,
+        &semi,
+        "*",
+        "$HOME",
+        "back\\slash",
+        "new\nline",
+        "",
+        "--",
+        "{node}",
+        "&& touch nothing |",
+    ];
+    let recipe = [cmd("record", &hostile)];
+    run_ssh(&recipe, &ctx("node-a", &["worker"], false), &opts, LONG, &|_| {}).await.unwrap();
+    let expected: String = std::iter::once("record".to_string())
+        .chain(hostile.iter().map(|a| format!(" <{a}>")))
+        .collect::<String>()
+        + "\n";
+    assert_eq!(sshd.calls(), expected);
+    assert!(!pwned.exists(), "an argument was interpreted by the remote shell");
+}
+
+#[tokio::test]
+async fn an_unknown_or_changed_host_key_is_refused_under_strict() {
+    let sshd = Sshd::start();
+    let recipe = [cmd("record", &["must-not-run"])];
+    // Changed: known_hosts holds another key for this host.
+    let opts = sshd.options(sshd.known_hosts("other_host_key.pub"));
+    let err = run_ssh(&recipe, &ctx("node-a", &["worker"], false), &opts, LONG, &|_| {}).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::SshConnect { .. }), "{err:?}");
+    assert!(text.contains("node-a") && text.to_lowercase().contains("host key"), "{text}");
+    // Unknown: an empty known_hosts.
+    let empty = sshd.path("known_hosts_empty");
+    std::fs::write(&empty, "").unwrap();
+    let err =
+        run_ssh(&recipe, &ctx("node-a", &["worker"], false), &sshd.options(empty.clone()), LONG, &|_| {})
+            .await
+            .unwrap_err();
+    assert!(matches!(err, Error::SshConnect { .. }), "{err:?}");
+    assert_eq!(sshd.calls(), "", "a command ran although the host key was refused");
+    // AcceptNew adds an unknown host on first contact ...
+    let mut accept = sshd.options(empty.clone());
+    accept.known_hosts = HostKeyCheck::AcceptNew;
+    run_ssh(&recipe, &ctx("node-a", &["worker"], false), &accept, LONG, &|_| {}).await.unwrap();
+    assert!(std::fs::read_to_string(&empty).unwrap().contains("ssh-ed25519"));
+    // ... but still refuses a changed key.
+    let mut changed = sshd.options(sshd.known_hosts("other_host_key.pub"));
+    changed.known_hosts = HostKeyCheck::AcceptNew;
+    assert!(run_ssh(&recipe, &ctx("node-a", &["worker"], false), &changed, LONG, &|_| {}).await.is_err());
+    assert_eq!(sshd.calls(), "record <must-not-run>\n");
+}
+
+#[tokio::test]
+async fn a_failing_command_stops_the_sequence_and_is_named() {
+    let sshd = Sshd::start();
+    let opts = sshd.options(sshd.known_hosts("host_key.pub"));
+    let recipe =
+        [cmd("record", &["before"]), cmd("ls", &["/nonexistent/refit-dir"]), cmd("record", &["after"])];
+    let err = run_ssh(&recipe, &ctx("node-b", &["worker"], false), &opts, LONG, &|_| {}).await.unwrap_err();
+    match &err {
+        Error::RemoteFailed { node, command, code, stderr_tail } => {
+            assert_eq!(node, "node-b");
+            assert_eq!(command, "ls /nonexistent/refit-dir");
+            assert_eq!(*code, Some(2));
+            assert!(stderr_tail.iter().any(|l| l.contains("refit-dir")), "{stderr_tail:?}");
+        }
+        other => panic!("expected RemoteFailed, got {other:?}"),
+    }
+    assert!(err.to_string().contains("node-b") && err.to_string().contains("ls /nonexistent/refit-dir"));
+    assert_eq!(sshd.calls(), "record <before>\n");
+    // A program that does not exist on the node is reported the same way.
+    let err =
+        run_ssh(&[cmd("refit-no-such-tool", &[])], &ctx("node-b", &["worker"], false), &opts, LONG, &|_| {})
+            .await
+            .unwrap_err();
+    assert!(matches!(err, Error::RemoteFailed { code: Some(127), .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn the_action_times_out_naming_the_running_command() {
+    let sshd = Sshd::start();
+    let opts = sshd.options(sshd.known_hosts("host_key.pub"));
+    let recipe = [cmd("record", &["first"]), cmd("tick", &[]), cmd("record", &["never"])];
+    let err = run_ssh(&recipe, &ctx("node-c", &["worker"], false), &opts, Duration::from_secs(5), &|_| {})
+        .await
+        .unwrap_err();
+    match &err {
+        Error::RemoteTimeout { node, command, .. } => {
+            assert_eq!(node, "node-c");
+            assert_eq!(command, "tick");
+        }
+        other => panic!("expected RemoteTimeout, got {other:?}"),
+    }
+    assert_eq!(sshd.calls(), "record <first>\n");
+}
+
+/// What the logging stand-ins record for `recipe` when sent with `sudo`: the sudo call (when
+/// the command needs root), then the tool itself.
+fn expected_calls(recipe: &[RemoteCommand], sudo: bool) -> String {
+    let line = |argv: &[String]| -> String {
+        let name = argv[0].as_str();
+        std::iter::once(name.to_string())
+            .chain(argv[1..].iter().map(|a| format!(" <{a}>")))
+            .collect::<String>()
+            + "\n"
+    };
+    let mut out = String::new();
+    for c in recipe {
+        let argv = c.argv(sudo);
+        if argv[0] == "sudo" {
+            out.push_str(&line(&argv));
+        }
+        let mut plain = vec![c.program.clone()];
+        plain.extend(c.args.iter().cloned());
+        out.push_str(&line(&plain));
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_kubeadm_recipe_runs_over_ssh_exactly_as_written() {
+    let sshd = Sshd::start();
+    let known = sshd.known_hosts("host_key.pub");
+    for (node, pkg, sudo) in [
+        (ctx("cp-1", &["etcd", "control-plane"], true), PackageManager::Apt, true),
+        (ctx("cp-2", &["control-plane"], false), PackageManager::Dnf, true),
+        (ctx("w-1", &["worker"], false), PackageManager::Apt, false),
+    ] {
+        std::fs::write(sshd.path("calls.log"), "").unwrap();
+        let recipe = kubeadm_recipe(&node, pkg).unwrap();
+        let mut opts = sshd.options(known.clone());
+        opts.sudo = sudo;
+        run_ssh(&recipe, &node, &opts, LONG, &|_| {}).await.unwrap();
+        let calls = sshd.calls();
+        assert_eq!(calls, expected_calls(&recipe, sudo), "{} ({pkg:?}, sudo {sudo})", node.node);
+        // The recorded sequence is a real upgrade order: kubeadm before kubelet, restart last.
+        let kubeadm_upgrade = calls.find("kubeadm <upgrade>").unwrap();
+        let kubelet_install = calls.find("<kubelet=").or_else(|| calls.find("<kubelet-")).unwrap();
+        assert!(kubeadm_upgrade < kubelet_install);
+        assert!(calls.trim_end().ends_with("systemctl <restart> <kubelet>"));
+    }
+}
