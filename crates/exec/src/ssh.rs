@@ -248,6 +248,30 @@ fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// ssh's connection failure in one actionable line: host key problems (the ones an operator
+/// must decide about) are named plainly; otherwise ssh's own lines without the `@@@` banner.
+fn explain_connect(detail: &str) -> String {
+    let lines: Vec<&str> =
+        detail.lines().map(|l| l.trim().trim_matches('@').trim()).filter(|l| !l.is_empty()).collect();
+    let find = |needle: &str| lines.iter().find(|l| l.contains(needle)).copied();
+    if find("REMOTE HOST IDENTIFICATION HAS CHANGED").is_some() {
+        let offending = find("Offending").map(|l| format!(" ({l})")).unwrap_or_default();
+        return format!(
+            "the host key has CHANGED since it was recorded{offending}; refusing (possible \
+             man-in-the-middle). If the node was reinstalled, verify its new key out of band and \
+             replace the known_hosts entry"
+        );
+    }
+    if let Some(l) = find("host key is known") {
+        return format!(
+            "{l} Host key checking is strict: add the node's key to known_hosts (verified out of \
+             band), or set hostKeyCheck: accept-new"
+        );
+    }
+    let shown: Vec<&str> = lines.iter().rev().take(3).rev().copied().collect();
+    shown.join(" / ")
+}
+
 /// Runs `recipe` on the node, in order, over one ssh master connection; stops at the first
 /// command that fails. Output of every command goes to `on_line` as it arrives. `timeout`
 /// bounds the whole action (connection included). Errors name the node and the command.
@@ -277,7 +301,7 @@ pub async fn run_ssh(
         let session = opts.builder().connect(&destination).await.map_err(|e| Error::SshConnect {
             node: ctx.node.clone(),
             destination: destination.clone(),
-            detail: chain(&e),
+            detail: explain_connect(&chain(&e)),
         })?;
         tracing::debug!(node = %ctx.node, %destination, "ssh master connected");
         let mut result = Ok(());
@@ -369,6 +393,19 @@ mod tests {
             assert!(err.contains("w-1") && err.contains("not usable"), "{bad}: {err}");
         }
         assert!(destination(&ctx("", "")).is_err());
+    }
+
+    #[test]
+    fn host_key_failures_are_explained() {
+        let changed = "failed to connect to the remote host: @@@@@@@@@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\n@@@@@@\nIT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!\nOffending ED25519 key in /k/known_hosts:1\nHost key verification failed.";
+        let text = explain_connect(changed);
+        assert!(
+            text.contains("CHANGED") && text.contains("/k/known_hosts:1") && !text.contains('@'),
+            "{text}"
+        );
+        let unknown = "failed to connect to the remote host: No ED25519 host key is known for [127.0.0.1]:2222 and you have requested strict checking.\r\nHost key verification failed.";
+        assert!(explain_connect(unknown).contains("accept-new"));
+        assert_eq!(explain_connect("a\nb\nc\nd: Connection refused"), "b / c / d: Connection refused");
     }
 
     #[test]

@@ -285,7 +285,7 @@ async fn an_unknown_or_changed_host_key_is_refused_under_strict() {
     let err = run_ssh(&recipe, &ctx("node-a", &["worker"], false), &opts, LONG, &|_| {}).await.unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, Error::SshConnect { .. }), "{err:?}");
-    assert!(text.contains("node-a") && text.to_lowercase().contains("host key"), "{text}");
+    assert!(text.contains("node-a") && text.contains("host key has CHANGED"), "{text}");
     // Unknown: an empty known_hosts.
     let empty = sshd.path("known_hosts_empty");
     std::fs::write(&empty, "").unwrap();
@@ -294,6 +294,7 @@ async fn an_unknown_or_changed_host_key_is_refused_under_strict() {
             .await
             .unwrap_err();
     assert!(matches!(err, Error::SshConnect { .. }), "{err:?}");
+    assert!(err.to_string().contains("strict"), "{err}");
     assert_eq!(sshd.calls(), "", "a command ran although the host key was refused");
     // AcceptNew adds an unknown host on first contact ...
     let mut accept = sshd.options(empty.clone());
