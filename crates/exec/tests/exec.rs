@@ -2,12 +2,14 @@
 //! temporary directory (the script being a shell is the test's choice; refit itself never
 //! puts anything through a shell).
 
+mod support;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use refit_exec::{Error, NodeContext, OutputLine, run_command, run_exec};
+use support::Lines;
 
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     let path = dir.join(name);
@@ -29,19 +31,6 @@ fn ctx(node: &str) -> NodeContext {
         phase: "control-plane".into(),
         address: "10.0.0.7".into(),
         first_control_plane: true,
-    }
-}
-
-/// Collects every line handed to `on_line`.
-#[derive(Default)]
-struct Lines(Mutex<Vec<OutputLine>>);
-
-impl Lines {
-    fn cb(&self) -> impl Fn(OutputLine) + Send + Sync + '_ {
-        |l| self.0.lock().unwrap().push(l)
-    }
-    fn take(&self) -> Vec<OutputLine> {
-        std::mem::take(&mut self.0.lock().unwrap())
     }
 }
 

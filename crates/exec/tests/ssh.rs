@@ -6,17 +6,19 @@
 //! Needs `/usr/sbin/sshd` (Debian `openssh-server`) and `ssh`/`ssh-keygen` (`openssh-client`);
 //! `.ci/run` installs both. Without them these tests fail, saying so.
 
+mod support;
+
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use refit_exec::{
     Error, HostKeyCheck, NodeContext, OutputLine, PackageManager, RemoteCommand, SshOptions, kubeadm_recipe,
     run_ssh,
 };
+use support::Lines;
 
 const SSHD: &str = "/usr/sbin/sshd";
 const LONG: Duration = Duration::from_secs(120);
@@ -199,18 +201,6 @@ fn ctx(node: &str, roles: &[&str], first: bool) -> NodeContext {
         phase: "workers".into(),
         address: "127.0.0.1".into(),
         first_control_plane: first,
-    }
-}
-
-#[derive(Default)]
-struct Lines(Mutex<Vec<OutputLine>>);
-
-impl Lines {
-    fn cb(&self) -> impl Fn(OutputLine) + Send + Sync + '_ {
-        |l| self.0.lock().unwrap().push(l)
-    }
-    fn take(&self) -> Vec<OutputLine> {
-        std::mem::take(&mut self.0.lock().unwrap())
     }
 }
 
