@@ -5,6 +5,7 @@
 //! connect and read timeouts so an unreachable cluster fails in seconds instead of hanging, and
 //! no automatic retry of 429/503/504 so that a PDB refusal of an eviction reaches the caller.
 
+pub mod addons;
 pub mod apis;
 pub mod connect;
 pub mod endpoints;
@@ -53,6 +54,14 @@ pub enum Error {
         /// The apiserver's URL.
         endpoint: String,
         /// What failed.
+        detail: String,
+    },
+    /// An add-on (kube-proxy, CoreDNS) could not be moved to its target or did not roll out.
+    #[error("add-on {addon}: {detail}")]
+    Addon {
+        /// `kube-proxy` or `coredns`.
+        addon: String,
+        /// What failed or is not ready, and what to do.
         detail: String,
     },
     /// Any other API error.
