@@ -8,6 +8,8 @@
 pub mod addons;
 pub mod apis;
 pub mod connect;
+pub mod cordon;
+pub mod drain;
 pub mod endpoints;
 pub mod inventory;
 pub mod snapshot;
@@ -63,6 +65,20 @@ pub enum Error {
         addon: String,
         /// What failed or is not ready, and what to do.
         detail: String,
+    },
+    /// The node named does not exist.
+    #[error("node {node} does not exist (check the name: `kubectl get nodes`)")]
+    NodeNotFound {
+        /// The node asked for.
+        node: String,
+    },
+    /// An optimistic update kept losing to other writers (409 after re-reading each time).
+    #[error("{what}: the object changed under us {attempts} times in a row; something keeps rewriting it")]
+    Conflict {
+        /// What we were doing.
+        what: String,
+        /// How many times we re-read and tried again.
+        attempts: usize,
     },
     /// Any other API error.
     #[error("{context}: {source}")]

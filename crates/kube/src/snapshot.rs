@@ -90,12 +90,27 @@ pub async fn read_snapshot(conn: &Connection) -> Result<Snapshot, Error> {
 }
 
 /// Lists every object of `api` page by page, converting each page before fetching the next.
-async fn list_all<K, T>(api: Api<K>, what: &str, mut convert: impl FnMut(K) -> T) -> Result<Vec<T>, Error>
+async fn list_all<K, T>(api: Api<K>, what: &str, convert: impl FnMut(K) -> T) -> Result<Vec<T>, Error>
+where
+    K: Clone + DeserializeOwned + Debug,
+{
+    list_paged(&api, ListParams::default(), what, convert).await.map(|(items, _)| items)
+}
+
+/// [`list_all`] with the caller's selectors, also returning the list's resourceVersion (every
+/// page of a paginated list is served at the first page's), from which a watch can start
+/// without missing a change.
+pub(crate) async fn list_paged<K, T>(
+    api: &Api<K>,
+    params: ListParams,
+    what: &str,
+    mut convert: impl FnMut(K) -> T,
+) -> Result<(Vec<T>, String), Error>
 where
     K: Clone + DeserializeOwned + Debug,
 {
     let mut out = Vec::new();
-    let mut params = ListParams::default().limit(PAGE_SIZE);
+    let mut params = params.limit(PAGE_SIZE);
     let mut page_no = 0usize;
     loop {
         let page = api.list(&params).await.map_err(|e| Error::Api {
@@ -109,13 +124,14 @@ where
             source: Box::new(e),
         })?;
         let next = page.metadata.continue_.filter(|t| !t.is_empty());
+        let version = page.metadata.resource_version.unwrap_or_default();
         out.extend(page.items.into_iter().map(&mut convert));
         match next {
             Some(token) => {
                 params = params.continue_token(&token);
                 page_no += 1;
             }
-            None => return Ok(out),
+            None => return Ok((out, version)),
         }
     }
 }
@@ -182,7 +198,8 @@ fn controller(refs: Option<&Vec<OwnerReference>>) -> Option<Owner> {
         .map(|r| Owner { kind: r.kind.clone(), name: r.name.clone() })
 }
 
-fn pod_info(p: Pod) -> (PodInfo, Scheduling) {
+/// A pod as plain data (shared with the drain, which decides with core's rules).
+pub(crate) fn pod_info(p: Pod) -> (PodInfo, Scheduling) {
     let meta = p.metadata;
     let spec = p.spec.unwrap_or_default();
     let status = p.status.unwrap_or_default();
@@ -369,7 +386,8 @@ fn selector(s: Option<LabelSelector>) -> Selector {
     }
 }
 
-fn pdb_info(p: PodDisruptionBudget) -> PdbInfo {
+/// A budget as plain data (shared with the drain, which names the budget blocking a pod).
+pub(crate) fn pdb_info(p: PodDisruptionBudget) -> PdbInfo {
     let spec = p.spec.unwrap_or_default();
     // Before the disruption controller has looked at a budget there is no status: zeros, which
     // the checks read as "allows nothing yet" (what the eviction API would answer too).

@@ -1,0 +1,155 @@
+//! Owned cordons: refit records on the Node that it cordoned it, and for which run, so that it
+//! never uncordons a node someone else cordoned (design §5, invariant §6.4).
+//!
+//! `kubectl cordon` only flips `spec.unschedulable`; after a crash nobody can tell who did it.
+//! Here the flag and two annotations ([`CORDONED_BY`] = the run id, [`CORDONED_AT`]) change in
+//! ONE merge patch that carries the node's `resourceVersion`, so the apiserver applies it only
+//! to the exact object we looked at (optimistic concurrency; a 409 means someone changed the
+//! node in between, and we decide again from a fresh read). Two runs racing for the same node
+//! therefore cannot both believe they own the cordon.
+//!
+//! Both operations are idempotent: after a crash, calling them again with the same run id
+//! finds the node in the state the first call left it and says so.
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+
+use crate::Error;
+use crate::connect::Connection;
+
+/// Annotation naming the run that cordoned the node (its value is the run id).
+pub const CORDONED_BY: &str = "refit.dev/cordoned-by";
+/// Annotation recording when refit cordoned the node (RFC 3339, UTC).
+pub const CORDONED_AT: &str = "refit.dev/cordoned-at";
+
+/// How many times a cordon or uncordon re-reads the node after losing a race (409). Each
+/// conflict means another writer changed the node; a handful of them in a row means something
+/// is rewriting it constantly, which the caller should hear about rather than wait out.
+const MAX_CONFLICTS: usize = 8;
+
+/// What [`cordon`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CordonOutcome {
+    /// The node was schedulable; it is now cordoned and annotated with our run id.
+    Cordoned,
+    /// The node was already cordoned by this run (a re-run after a crash): nothing changed.
+    AlreadyOurs,
+    /// The node was already unschedulable and not by this run: left exactly as it was. It must
+    /// never be uncordoned by this run.
+    ByOther {
+        /// The run id in [`CORDONED_BY`], when an earlier refit run cordoned it; `None` when a
+        /// person or another tool did.
+        by: Option<String>,
+    },
+}
+
+/// What [`uncordon`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UncordonOutcome {
+    /// The node was cordoned by this run; it is schedulable again and our annotations are gone.
+    Uncordoned,
+    /// The node was not cordoned (already uncordoned, e.g. by an earlier call); any annotation
+    /// of ours left on it (someone ran `kubectl uncordon`, which keeps annotations) is removed.
+    NotCordoned,
+    /// The node is cordoned, but not by this run: left as it is.
+    NotOurs {
+        /// The run id that owns the cordon, if a refit run does.
+        by: Option<String>,
+    },
+}
+
+/// The parts of a Node the cordon decision needs.
+struct Observed {
+    resource_version: String,
+    unschedulable: bool,
+    by: Option<String>,
+}
+
+async fn observe(api: &Api<Node>, node: &str) -> Result<Observed, Error> {
+    let n = match api.get(node).await {
+        Ok(n) => n,
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            return Err(Error::NodeNotFound { node: node.to_string() });
+        }
+        Err(e) => return Err(Error::Api { context: format!("reading node {node}"), source: Box::new(e) }),
+    };
+    let annotations = n.metadata.annotations.unwrap_or_default();
+    Ok(Observed {
+        resource_version: n.metadata.resource_version.unwrap_or_default(),
+        unschedulable: n.spec.and_then(|s| s.unschedulable).unwrap_or(false),
+        by: annotations.get(CORDONED_BY).cloned(),
+    })
+}
+
+/// Applies `patch` only if the node still has `resource_version`. `Ok(false)` = lost a race.
+async fn guarded_patch(
+    api: &Api<Node>,
+    node: &str,
+    mut patch: Value,
+    resource_version: &str,
+) -> Result<bool, Error> {
+    patch["metadata"]["resourceVersion"] = json!(resource_version);
+    match api.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(Error::NodeNotFound { node: node.to_string() }),
+        Err(e) => Err(Error::Api { context: format!("patching node {node}"), source: Box::new(e) }),
+    }
+}
+
+/// Cordons `node` for run `run_id`, unless it is already unschedulable for another reason.
+pub async fn cordon(conn: &Connection, node: &str, run_id: &str) -> Result<CordonOutcome, Error> {
+    let api: Api<Node> = Api::all(conn.client.clone());
+    for _ in 0..MAX_CONFLICTS {
+        let seen = observe(&api, node).await?;
+        let ours = seen.by.as_deref() == Some(run_id);
+        if seen.unschedulable {
+            return Ok(if ours {
+                CordonOutcome::AlreadyOurs
+            } else {
+                CordonOutcome::ByOther { by: seen.by }
+            });
+        }
+        // Schedulable: nobody holds a cordon, whatever stale annotation says (an earlier run's
+        // cordon that someone lifted with `kubectl uncordon`). The node becomes ours.
+        let at = k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let patch = json!({
+            "metadata": {"annotations": {CORDONED_BY: run_id, CORDONED_AT: at}},
+            "spec": {"unschedulable": true},
+        });
+        if guarded_patch(&api, node, patch, &seen.resource_version).await? {
+            return Ok(CordonOutcome::Cordoned);
+        }
+    }
+    Err(Error::Conflict { what: format!("cordoning node {node}"), attempts: MAX_CONFLICTS })
+}
+
+/// Uncordons `node` if, and only if, run `run_id` cordoned it.
+pub async fn uncordon(conn: &Connection, node: &str, run_id: &str) -> Result<UncordonOutcome, Error> {
+    let api: Api<Node> = Api::all(conn.client.clone());
+    for _ in 0..MAX_CONFLICTS {
+        let seen = observe(&api, node).await?;
+        let ours = seen.by.as_deref() == Some(run_id);
+        if !ours {
+            return Ok(if seen.unschedulable {
+                UncordonOutcome::NotOurs { by: seen.by }
+            } else {
+                UncordonOutcome::NotCordoned
+            });
+        }
+        // `null` removes an annotation in a merge patch.
+        let patch = json!({
+            "metadata": {"annotations": {CORDONED_BY: null, CORDONED_AT: null}},
+            "spec": {"unschedulable": false},
+        });
+        if guarded_patch(&api, node, patch, &seen.resource_version).await? {
+            return Ok(if seen.unschedulable {
+                UncordonOutcome::Uncordoned
+            } else {
+                UncordonOutcome::NotCordoned
+            });
+        }
+    }
+    Err(Error::Conflict { what: format!("uncordoning node {node}"), attempts: MAX_CONFLICTS })
+}
