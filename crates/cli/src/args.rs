@@ -30,11 +30,12 @@ pub enum Command {
     /// A real local Kubernetes cluster (etcd, kube-apiserver, controller-manager, scheduler, kwok nodes).
     #[command(subcommand)]
     Sandbox(SandboxCommand),
-    /// Start a sandbox at 1.36 with demo workloads and show what runs.
+    /// Start a sandbox at 1.36 with demo workloads, upgrade it to 1.37 with live progress, show what runs.
     #[command(after_help = "\
 Examples:
   refit demo
-  refit demo --workers 10")]
+  refit demo --workers 10
+  refit demo --no-upgrade        only start the sandbox")]
     Demo(DemoArgs),
     /// Preflight: what blocks, what is unsafe, what will be unavailable, and the ordered plan.
     #[command(after_help = "\
@@ -45,6 +46,21 @@ Examples:
   refit plan --to 1.37 --ignore-safety-checks      report findings, block on nothing
 Exit code 1 when a blocker stops the plan (online mode).")]
     Plan(PlanArgs),
+    /// Upgrade the cluster: etcd → control plane (hop by hop) → workers → cluster services.
+    #[command(after_help = "\
+Every node: cordon, drain (Eviction API, PDBs respected), upgrade (the node action), validate
+(Ready at the version), uncordon. Every step is journaled; after any failure, a crash or Ctrl-C,
+rerun the same command to continue where it stopped (finished nodes are not touched again).
+
+Examples:
+  refit upgrade --to 1.37 --dry-run                       the plan, no change
+  refit upgrade --to 1.37 -f plan.yaml --yes              action, addresses, etcd hosts from the plan file
+  refit upgrade --to 1.37 --action 'exec:./upgrade-node.sh {node} {to}' --max-unavailable 10%
+  refit upgrade --to 1.37 --action sandbox --yes          the sandbox (refit sandbox upgrade-node)
+  refit upgrade --to 1.37 --control-plane-only --action ssh --yes   kubeadm over ssh
+  refit upgrade --to 1.37 --on-undrainable skip -o json   newline-delimited events
+Exit codes: 0 upgraded; 1 blocked, failed or interrupted (rerun to continue); 2 bad input.")]
+    Upgrade(Box<UpgradeArgs>),
     /// What the cluster runs: every component's version, skew violations, support, next versions.
     #[command(after_help = "\
 Examples:
@@ -221,6 +237,9 @@ pub struct DemoArgs {
     /// Worker nodes in the demo sandbox.
     #[arg(long, default_value_t = 6)]
     pub workers: usize,
+    /// Only start the sandbox; do not upgrade it.
+    #[arg(long)]
+    pub no_upgrade: bool,
 }
 
 /// `refit versions`
@@ -281,6 +300,66 @@ pub struct ApisArgs {
     /// A release catalog to use instead of the built-in one (air-gapped refresh).
     #[arg(long, env = "REFIT_CATALOG")]
     pub catalog: Option<PathBuf>,
+}
+
+/// `refit upgrade`
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    #[command(flatten)]
+    pub plan: PlanArgs,
+    /// Show the plan and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask before changing anything (non-interactive use).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// With --force, allow moving the cluster to an older release.
+    #[arg(long)]
+    pub confirm_downgrade: bool,
+    /// Give up this cluster's unfinished run (its cordons are given back) and start afresh.
+    #[arg(long)]
+    pub abandon: bool,
+    /// How nodes are upgraded: `exec:PROGRAM ARG...` (placeholders {node} {role} {from} {to}
+    /// {phase} {address}, split on spaces, never a shell), `ssh` (kubeadm recipe), `sandbox`,
+    /// `replace-sandbox`. Default: the plan file's action.
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Per-node drain deadline (e.g. 300s, 10m).
+    #[arg(long, default_value = "10m")]
+    pub drain_timeout: String,
+    /// Per-node deadline for the action and for the node to be Ready at the version.
+    #[arg(long, default_value = "15m")]
+    pub node_timeout: String,
+    /// A node that cannot be drained: stop (fail), leave it cordoned and go on (skip), or delete what remains (force).
+    #[arg(long, default_value = "fail")]
+    pub on_undrainable: String,
+    /// Evictions in flight per node.
+    #[arg(long, default_value_t = 16)]
+    pub eviction_concurrency: usize,
+    /// Leave kube-proxy and CoreDNS alone (add-ons managed elsewhere).
+    #[arg(long)]
+    pub skip_cluster_services: bool,
+    /// etcd client URL for the backup taken before the etcd/control-plane phase; repeatable.
+    #[arg(long = "etcd-endpoint")]
+    pub etcd_endpoints: Vec<String>,
+    /// CA file for --etcd-endpoint.
+    #[arg(long)]
+    pub etcd_cacert: Option<PathBuf>,
+    /// Client certificate for --etcd-endpoint.
+    #[arg(long)]
+    pub etcd_cert: Option<PathBuf>,
+    /// Client key for --etcd-endpoint.
+    #[arg(long)]
+    pub etcd_key: Option<PathBuf>,
+    /// A backup command instead of the etcd API (placeholders {dir} {name}, no shell).
+    #[arg(long)]
+    pub backup_command: Option<String>,
+    /// Where backups are kept (never deleted). Default: <state dir>/backups.
+    #[arg(long)]
+    pub backup_dir: Option<PathBuf>,
+    /// Run journal (SQLite). Default: $REFIT_STATE_DIR/refit.db or the user's state directory.
+    #[arg(long, env = "REFIT_STORE")]
+    pub store: Option<PathBuf>,
 }
 
 /// `refit plan`

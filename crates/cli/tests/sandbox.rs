@@ -1,43 +1,11 @@
 //! `refit sandbox` and friends, run as a user runs them: the real binary, a real sandbox.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use assert_cmd::Command;
-use refit_core::MinorVersion;
-use refit_testbed::TestbedVersions;
 
-fn refit() -> Command {
-    Command::cargo_bin("refit").unwrap()
-}
-
-fn release(minor: u32) -> String {
-    TestbedVersions::from_env()
-        .unwrap()
-        .kubernetes_for_minor(MinorVersion::new(1, minor))
-        .unwrap()
-        .to_string()
-}
-
-/// Stops the sandbox even when an assertion fails, so no detached process outlives the test.
-struct Sandbox(PathBuf);
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        if self.0.join("state.json").exists() {
-            let _ = refit().args(["sandbox", "down", "--dir"]).arg(&self.0).output();
-        }
-    }
-}
-
-fn stdout(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn json(cmd: &mut Command) -> serde_json::Value {
-    serde_json::from_str(&stdout(cmd)).unwrap()
-}
+mod support;
+use support::{Sandbox, json, refit, release, stdout};
 
 #[test]
 fn bad_input_is_refused_with_exit_code_2_and_one_line() {

@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::snapshot::PodInfo;
 
 /// Drain options, as kubectl names them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct DrainOptions {
     /// `--delete-emptydir-data`: evict pods with emptyDir volumes (their data is lost).
     pub delete_emptydir_data: bool,

@@ -95,6 +95,17 @@ pub enum Event {
         /// namespace/name.
         pod: String,
     },
+    /// A unit is finished in this invocation (upgraded, skipped, left cordoned, failed...).
+    UnitFinished {
+        /// Node or host.
+        node: String,
+        /// Version of the stage.
+        to: String,
+        /// upgraded, skipped, left-cordoned, failed, not-started, interrupted.
+        result: String,
+        /// Time spent on it.
+        millis: u64,
+    },
     /// A line the node action printed.
     ActionOutput {
         /// Node or host.
@@ -150,7 +161,8 @@ impl Event {
             | Event::Blocked { node, .. }
             | Event::Evicted { node, .. }
             | Event::ActionOutput { node, .. }
-            | Event::LeftCordoned { node, .. } => Some(node),
+            | Event::LeftCordoned { node, .. }
+            | Event::UnitFinished { node, .. } => Some(node),
             _ => None,
         }
     }

@@ -152,8 +152,20 @@ pub enum Action {
         #[serde(default)]
         package_manager: PackageManager,
     },
-    /// Create a replacement node, then drain and remove the old one.
-    Replace {},
+    /// Create a replacement node (custom labels, annotations and taints copied to it), then
+    /// drain and remove the old one. Placeholders: the exec ones plus `{new}` (the
+    /// replacement's name, derived from the old name and the target).
+    Replace {
+        /// Creates the replacement node at `{to}` and returns once it is registered.
+        create: Vec<String>,
+        /// Removes the old node's machine; the Node object is deleted by refit if left.
+        #[serde(default)]
+        remove: Vec<String>,
+        /// How etcd and control-plane members are upgraded (in place: they keep their
+        /// identity); an exec command with the exec placeholders.
+        #[serde(default, rename = "controlPlane")]
+        control_plane: Vec<String>,
+    },
 }
 
 fn default_recipe() -> String {
@@ -191,6 +203,26 @@ pub enum PackageManager {
 /// Placeholders an exec command may use.
 pub const PLACEHOLDERS: &[&str] = &["{node}", "{role}", "{from}", "{to}", "{phase}", "{address}"];
 
+/// Refuses an argument naming a placeholder that does not exist (a typo would otherwise reach
+/// the node action literally).
+fn check_placeholders(command: &[String], known: &[&str], what: &str) -> Result<(), PlanFileError> {
+    for arg in command {
+        let mut rest = arg.as_str();
+        while let Some(start) = rest.find('{') {
+            let Some(len) = rest[start..].find('}') else { break };
+            let token = &rest[start..start + len + 1];
+            if !known.contains(&token) {
+                return Err(PlanFileError::Action(format!(
+                    "unknown placeholder {token} in the {what} (known: {})",
+                    known.join(" ")
+                )));
+            }
+            rest = &rest[start + len + 1..];
+        }
+    }
+    Ok(())
+}
+
 impl PlanFile {
     /// Parses a plan file (YAML or JSON).
     pub fn from_yaml(text: &str) -> Result<PlanFile, PlanFileError> {
@@ -212,22 +244,18 @@ impl PlanFile {
                     "exec needs a command, e.g. command: [./upgrade-node.sh, \"{node}\", \"{to}\"]".into(),
                 ))
             }
-            Some(Action::Exec { command }) => {
-                for arg in command {
-                    let mut rest = arg.as_str();
-                    while let Some(start) = rest.find('{') {
-                        let Some(len) = rest[start..].find('}') else { break };
-                        let token = &rest[start..start + len + 1];
-                        if !PLACEHOLDERS.contains(&token) {
-                            return Err(PlanFileError::Action(format!(
-                                "unknown placeholder {token} in the exec command (known: {})",
-                                PLACEHOLDERS.join(" ")
-                            )));
-                        }
-                        rest = &rest[start + len + 1..];
-                    }
-                }
-                Ok(())
+            Some(Action::Exec { command }) => check_placeholders(command, PLACEHOLDERS, "exec command"),
+            Some(Action::Replace { create, .. }) if create.is_empty() || create[0].trim().is_empty() => {
+                Err(PlanFileError::Action(
+                    "replace needs a create command, e.g. create: [./new-node.sh, \"{new}\", \"{to}\"]"
+                        .into(),
+                ))
+            }
+            Some(Action::Replace { create, remove, control_plane }) => {
+                let known: Vec<&str> = PLACEHOLDERS.iter().copied().chain(["{new}"]).collect();
+                check_placeholders(create, &known, "replace create command")?;
+                check_placeholders(remove, &known, "replace remove command")?;
+                check_placeholders(control_plane, PLACEHOLDERS, "replace controlPlane command")
             }
             Some(Action::Ssh { recipe, .. }) if recipe != "kubeadm" => {
                 Err(PlanFileError::Action(format!("unknown ssh recipe '{recipe}' (known: kubeadm)")))
@@ -315,8 +343,16 @@ mod tests {
         ));
         assert!(PlanFile::from_yaml("action: {type: ssh, hostKeyCheck: no}").is_err());
         assert!(PlanFile::from_yaml("action: {type: ssh, packageManager: zypper}").is_err());
-        PlanFile::from_yaml("action: {type: replace}").unwrap().validate(&nodes).unwrap();
+        PlanFile::from_yaml(
+            "action: {type: replace, create: [./new.sh, \"{new}\", \"{to}\"], remove: [./rm.sh, \"{node}\"]}",
+        )
+        .unwrap()
+        .validate(&nodes)
+        .unwrap();
+        assert!(PlanFile::from_yaml("action: {type: replace}").is_err(), "create is required");
         for (bad, expected) in [
+            ("action: {type: replace, create: []}", "needs a create command"),
+            ("action: {type: replace, create: [x, \"{old}\"]}", "{old}"),
             ("action: {type: exec, command: []}", "needs a command"),
             ("action: {type: exec, command: [x, \"{nodes}\"]}", "{nodes}"),
             ("action: {type: ssh, recipe: rke}", "rke"),

@@ -202,14 +202,17 @@ pub fn schedule(
     // What each worker runs as the schedule unfolds.
     let mut worker_at: BTreeMap<&str, Option<Version>> =
         workers.iter().map(|u| (u.node.as_str(), u.from.parse::<Version>().ok())).collect();
+    // Replacing is for workers: etcd and control-plane members keep their identity (their
+    // certificates, etcd membership and advertise addresses) and are upgraded in place.
     let work = |u: &crate::plan::UnitPlan, from: String, to: &Version, first: bool| {
         let ext = external.contains(u.node.as_str());
+        let worker = !u.roles.contains(&Role::Etcd) && !u.roles.contains(&Role::ControlPlane);
         UnitWork {
             node: u.node.clone(),
             roles: u.roles.clone(),
             from,
             to: to.clone(),
-            steps: steps_for(ext, style),
+            steps: steps_for(ext, if worker { style } else { Style::InPlace }),
             external: ext,
             first_control_plane: first,
         }
@@ -428,6 +431,19 @@ pub fn resume_point(
     {
         at += 1;
     }
+    // Between the cordon and the end of the drain's effect (the step after the drain), the
+    // node must be held by this run. If it is not (refit gave the cordon back after a failed
+    // drain, or an operator uncordoned it), the drain's work is void: cordon again.
+    if let (Some(c), Some(d)) = (
+        unit.steps.iter().position(|s| *s == Step::Cordon),
+        unit.steps.iter().position(|s| *s == Step::Drain),
+    ) && at > c
+        && at <= d + 1
+        && !unit.external
+        && !observed.cordoned_by_this_run
+    {
+        at = c;
+    }
     Resume::At(at)
 }
 
@@ -443,6 +459,8 @@ pub enum RunState {
     Failed,
     /// Stopped by the operator (Ctrl-C); a rerun resumes it.
     Interrupted,
+    /// Given up by the operator (`--abandon`): never resumed; its cordons were given back.
+    Abandoned,
 }
 
 impl RunState {
@@ -453,12 +471,13 @@ impl RunState {
             RunState::Completed => "completed",
             RunState::Failed => "failed",
             RunState::Interrupted => "interrupted",
+            RunState::Abandoned => "abandoned",
         }
     }
 
     /// Whether a rerun of the same command continues this run.
     pub fn resumable(self) -> bool {
-        self != RunState::Completed
+        !matches!(self, RunState::Completed | RunState::Abandoned)
     }
 }
 
@@ -470,6 +489,7 @@ impl FromStr for RunState {
             "completed" => Ok(RunState::Completed),
             "failed" => Ok(RunState::Failed),
             "interrupted" => Ok(RunState::Interrupted),
+            "abandoned" => Ok(RunState::Abandoned),
             _ => Err(format!("unknown run state '{s}'")),
         }
     }
@@ -637,6 +657,7 @@ mod tests {
         let etcd = &s.stages[0].units[0];
         assert!(etcd.external);
         assert_eq!(etcd.steps, [Step::Upgrade, Step::Validate]);
+        assert_eq!(s.stages[0].units[1].steps, steps_for(false, Style::InPlace), "control plane in place");
         assert!(
             s.stages[0].units[1].first_control_plane,
             "the first control-plane member, not the etcd host"
@@ -695,6 +716,10 @@ mod tests {
             (Step::Validate, StepState::Done),
         ]);
         assert_eq!(resume_point(&u, &j, &seen("1.37.1", true), false), Resume::At(4));
+        // The cordon was given back (failed drain, or an operator uncordoned it): cordon again.
+        let j = journal(&[(Step::Cordon, StepState::Done), (Step::Drain, StepState::Failed)]);
+        assert_eq!(resume_point(&u, &j, &seen("1.36.4", false), false), Resume::At(0));
+        assert_eq!(resume_point(&u, &j, &seen("1.36.4", true), false), Resume::At(1));
         // Uncordon done: finished, even with --force (never redo a finished node).
         let j = journal(&[(Step::Uncordon, StepState::Done)]);
         assert!(matches!(resume_point(&u, &j, &seen("1.37.1", false), true), Resume::Done(_)));
@@ -771,7 +796,13 @@ mod tests {
         for s in [StepState::Started, StepState::Done, StepState::Failed, StepState::Skipped] {
             assert_eq!(s.as_str().parse::<StepState>().unwrap(), s);
         }
-        for s in [RunState::Running, RunState::Completed, RunState::Failed, RunState::Interrupted] {
+        for s in [
+            RunState::Running,
+            RunState::Completed,
+            RunState::Failed,
+            RunState::Interrupted,
+            RunState::Abandoned,
+        ] {
             assert_eq!(s.as_str().parse::<RunState>().unwrap(), s);
         }
         assert_eq!("skip".parse::<OnUndrainable>().unwrap(), OnUndrainable::Skip);

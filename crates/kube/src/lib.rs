@@ -12,6 +12,7 @@ pub mod cordon;
 pub mod drain;
 pub mod endpoints;
 pub mod inventory;
+pub mod node;
 pub mod snapshot;
 
 pub use connect::{ClusterTarget, Connection, connect};
@@ -58,12 +59,12 @@ pub enum Error {
         /// What failed.
         detail: String,
     },
-    /// An add-on (kube-proxy, CoreDNS) could not be moved to its target or did not roll out.
-    #[error("add-on {addon}: {detail}")]
-    Addon {
-        /// `kube-proxy` or `coredns`.
-        addon: String,
-        /// What failed or is not ready, and what to do.
+    /// A wait (through a watch) did not reach its condition.
+    #[error("waiting for {what}: {detail}")]
+    Wait {
+        /// What was awaited.
+        what: String,
+        /// Why it ended.
         detail: String,
     },
     /// The node named does not exist.
@@ -79,6 +80,14 @@ pub enum Error {
         what: String,
         /// How many times we re-read and tried again.
         attempts: usize,
+    },
+    /// An add-on (kube-proxy, CoreDNS) could not be moved to its target or did not roll out.
+    #[error("add-on {addon}: {detail}")]
+    Addon {
+        /// `kube-proxy` or `coredns`.
+        addon: String,
+        /// What failed or is not ready, and what to do.
+        detail: String,
     },
     /// Any other API error.
     #[error("{context}: {source}")]

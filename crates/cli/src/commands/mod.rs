@@ -6,6 +6,7 @@ mod demo;
 mod plan;
 mod sandbox;
 mod status;
+mod upgrade;
 mod versions;
 
 use std::process::ExitCode;
@@ -33,6 +34,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Apis(args) => apis::run(args, format).await,
         Command::Status(args) => status::run(args, format).await,
         Command::Plan(args) => plan::run(args, format).await,
+        Command::Upgrade(args) => upgrade::run(*args, format).await,
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "refit", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

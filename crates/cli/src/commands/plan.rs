@@ -18,8 +18,9 @@ use crate::args::PlanArgs;
 use crate::commands::load_catalog;
 use crate::output::{Format, print_structured, table, usage};
 
+/// `refit plan`'s output.
 #[derive(Serialize)]
-struct PlanOutput<'a> {
+pub struct PlanOutput<'a> {
     context: &'a str,
     current: String,
     path: Vec<String>,
@@ -29,7 +30,54 @@ struct PlanOutput<'a> {
     plan: &'a Plan,
 }
 
-pub async fn run(args: PlanArgs, format: Format) -> anyhow::Result<ExitCode> {
+/// Everything preflight gathered and decided: `refit plan` prints it, `refit upgrade`
+/// executes it.
+pub struct Prepared {
+    /// The cluster.
+    pub conn: refit_kube::Connection,
+    /// The oldest apiserver's version.
+    pub current: refit_core::Version,
+    /// The control plane's hops.
+    pub path: refit_core::path::UpgradePath,
+    /// Findings and the ordered plan.
+    pub plan: Plan,
+    /// Checks that could not run, and why.
+    pub not_run: Vec<String>,
+    /// Node addresses: the plan file's, else each node's InternalIP.
+    pub addresses: std::collections::BTreeMap<String, String>,
+    /// The release catalog in use.
+    pub catalog: refit_core::catalog::Catalog,
+    /// Worker batch size.
+    pub worker_concurrency: usize,
+}
+
+/// Every node is already at the target: bad input for `refit plan` (exit 2, as before), a
+/// successful no-op for `refit upgrade`.
+#[derive(Debug)]
+pub struct NothingToDo(pub String);
+
+impl std::fmt::Display for NothingToDo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NothingToDo {}
+
+/// Reads a plan file, refusing a missing or malformed one as bad input (exit 2).
+pub fn read_plan_file(path: Option<&std::path::Path>) -> anyhow::Result<PlanFile> {
+    match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| usage(format!("cannot read plan file {}: {e}", path.display())))?;
+            PlanFile::from_yaml(&text).map_err(|e| usage(format!("{}: {e}", path.display())))
+        }
+        None => Ok(PlanFile::default()),
+    }
+}
+
+/// Validates the input, reads the cluster, runs every check and builds the plan.
+pub async fn prepare(args: &PlanArgs) -> anyhow::Result<Prepared> {
     // Everything the user typed is validated before the cluster is touched.
     let catalog = load_catalog(args.catalog.as_deref())?;
     let request: VersionRequest = args.to.parse().map_err(|e| usage(format!("--to: {e}")))?;
@@ -40,14 +88,7 @@ pub async fn run(args: PlanArgs, format: Format) -> anyhow::Result<ExitCode> {
         (false, true) => Mode::IgnoreSafetyChecks,
         (false, false) => Mode::Online,
     };
-    let plan_file = match &args.file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| usage(format!("cannot read plan file {}: {e}", path.display())))?;
-            PlanFile::from_yaml(&text).map_err(|e| usage(format!("{}: {e}", path.display())))?
-        }
-        None => PlanFile::default(),
-    };
+    let plan_file = read_plan_file(args.file.as_deref())?;
 
     let target =
         ClusterTarget { kubeconfig: args.cluster.kubeconfig.clone(), context: args.cluster.context.clone() };
@@ -99,24 +140,66 @@ pub async fn run(args: PlanArgs, format: Format) -> anyhow::Result<ExitCode> {
         storage_labels: storage,
     };
     let plan = refit_core::preflight::preflight(&snapshot, Some(&path), extra, &plan_opts, &check_opts)
-        .map_err(|e| usage(e.to_string()))?;
-    let out = PlanOutput {
-        context: &conn.context,
-        current: current.to_string(),
-        path: path.hops.iter().map(|h| h.to.to_string()).collect(),
+        .map_err(|e| match e {
+            refit_core::plan::PlanError::NothingToDo(_) => anyhow::Error::new(NothingToDo(e.to_string())),
+            e => usage(e.to_string()),
+        })?;
+    let workers = snapshot.nodes.iter().filter(|n| !n.is_control_plane()).count();
+    let mut addresses: std::collections::BTreeMap<String, String> =
+        snapshot.nodes.iter().filter_map(|n| n.address.clone().map(|a| (n.name.clone(), a))).collect();
+    for e in &plan_file.etcd {
+        addresses.insert(e.name.clone(), e.address.clone());
+    }
+    for (n, f) in &plan_file.nodes {
+        if let Some(a) = &f.address {
+            addresses.insert(n.clone(), a.clone());
+        }
+    }
+    Ok(Prepared {
+        conn,
+        current,
+        path,
+        plan,
         not_run,
-        plan: &plan,
+        addresses,
+        catalog,
+        worker_concurrency: max_unavailable.batch_size(workers),
+    })
+}
+
+impl Prepared {
+    /// The printable form.
+    pub fn output(&self) -> PlanOutput<'_> {
+        PlanOutput {
+            context: &self.conn.context,
+            current: self.current.to_string(),
+            path: self.path.hops.iter().map(|h| h.to.to_string()).collect(),
+            not_run: self.not_run.clone(),
+            plan: &self.plan,
+        }
+    }
+}
+
+pub async fn run(args: PlanArgs, format: Format) -> anyhow::Result<ExitCode> {
+    let prepared = match prepare(&args).await {
+        Ok(p) => p,
+        Err(e) => match e.downcast::<NothingToDo>() {
+            Ok(n) => return Err(usage(n.0)),
+            Err(e) => return Err(e),
+        },
     };
-    if mode == Mode::Offline {
+    if prepared.plan.mode == Mode::Offline {
         eprintln!("WARNING: --offline: no readiness, safety, availability, PDB or capacity check was run");
     }
+    let out = prepared.output();
     if !print_structured(format, &out)? {
         print!("{}", render(&out));
     }
-    Ok(if plan.blocked { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if prepared.plan.blocked { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
-fn render(o: &PlanOutput<'_>) -> String {
+/// The plan as tables.
+pub fn render(o: &PlanOutput<'_>) -> String {
     let p = o.plan;
     let mut s = format!(
         "Plan for context {}: {} → {} (hops: {}), mode {:?}, max-unavailable {}\n\n",

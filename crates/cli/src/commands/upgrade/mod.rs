@@ -1,0 +1,530 @@
+//! `refit upgrade --to V`: preflight (exactly `refit plan`), the schedule, a confirmation,
+//! then the engine — or, when an unfinished run of this cluster to the same target is in the
+//! journal, that run resumed with its frozen schedule.
+
+mod progress;
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use refit_core::VersionRequest;
+use refit_core::planfile::Action;
+use refit_core::run::{OnUndrainable, RunState, Schedule, Style, phase_name, schedule, step_name};
+use refit_engine::{BackupSpec, Engine, EtcdEndpointSpec, NodeAction, Outcome, RunSpec};
+use refit_store::{RunRow, Store};
+use serde::Serialize;
+
+use crate::args::UpgradeArgs;
+use crate::commands::load_catalog;
+use crate::commands::plan::{prepare, read_plan_file, render};
+use crate::output::{Format, print_structured, table, usage};
+
+/// `10m`, `300s`, `1h`, or plain seconds.
+pub fn parse_duration(flag: &str, s: &str) -> anyhow::Result<Duration> {
+    let s = s.trim();
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map(|i| s.split_at(i)).unwrap_or((s, "s"));
+    let n: u64 =
+        num.parse().map_err(|_| usage(format!("{flag} '{s}': expected a duration like 300s, 10m or 1h")))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(usage(format!("{flag} '{s}': the unit must be s, m or h"))),
+    };
+    if secs == 0 {
+        return Err(usage(format!("{flag} must be longer than zero")));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+/// The node action from `--action`, else the plan file's.
+fn resolve_action(flag: Option<&str>, plan_action: Option<&Action>) -> anyhow::Result<Option<NodeAction>> {
+    let exe = || -> anyhow::Result<String> {
+        Ok(std::env::current_exe()
+            .map_err(|e| usage(format!("cannot locate the refit binary: {e}")))?
+            .display()
+            .to_string())
+    };
+    let Some(flag) = flag else {
+        return Ok(match plan_action {
+            Some(Action::Exec { command }) => Some(NodeAction::Exec { command: command.clone() }),
+            Some(a @ Action::Ssh { .. }) => Some(NodeAction::Ssh { action: a.clone() }),
+            Some(Action::Replace { create, remove, control_plane }) => Some(NodeAction::Replace {
+                create: create.clone(),
+                remove: remove.clone(),
+                control_plane: control_plane.clone(),
+            }),
+            None => None,
+        });
+    };
+    // The sandbox's own commands, with its directory spelled out (the action runs in another
+    // process): `sandbox` uses $REFIT_SANDBOX_DIR or the default, `sandbox:DIR` names it.
+    let sandbox = |dir: Option<&str>| -> anyhow::Result<(String, String)> {
+        let dir = match dir {
+            Some(d) => PathBuf::from(d),
+            None => crate::commands::sandbox::sandbox_dir(&crate::args::SandboxDir {
+                dir: std::env::var_os("REFIT_SANDBOX_DIR").map(PathBuf::from),
+            })?,
+        };
+        Ok((exe()?, dir.display().to_string()))
+    };
+    let (kind, arg) = match flag.split_once(':') {
+        Some((k, a)) => (k, Some(a)),
+        None => (flag, None),
+    };
+    let action = match kind {
+        "sandbox" => {
+            let (exe, dir) = sandbox(arg)?;
+            NodeAction::Exec {
+                command: svec(&[&exe, "sandbox", "upgrade-node", "--dir", &dir, "{node}", "--to", "{to}"]),
+            }
+        }
+        "replace-sandbox" => {
+            let (exe, dir) = sandbox(arg)?;
+            NodeAction::Replace {
+                create: svec(&[&exe, "sandbox", "add-node", "--dir", &dir, "{new}", "--version", "{to}"]),
+                remove: svec(&[&exe, "sandbox", "remove-node", "--dir", &dir, "{node}"]),
+                control_plane: svec(&[
+                    &exe,
+                    "sandbox",
+                    "upgrade-node",
+                    "--dir",
+                    &dir,
+                    "{node}",
+                    "--to",
+                    "{to}",
+                ]),
+            }
+        }
+        "ssh" => match plan_action {
+            Some(a @ Action::Ssh { .. }) => NodeAction::Ssh { action: a.clone() },
+            _ => NodeAction::Ssh {
+                action: refit_core::planfile::PlanFile::from_yaml("action: {type: ssh}")
+                    .ok()
+                    .and_then(|p| p.action)
+                    .ok_or_else(|| usage("internal: the default ssh action does not parse"))?,
+            },
+        },
+        _ => match flag.strip_prefix("exec:") {
+            Some(cmd) => {
+                let command: Vec<String> = cmd.split_whitespace().map(str::to_string).collect();
+                let probe = refit_core::planfile::PlanFile {
+                    action: Some(Action::Exec { command: command.clone() }),
+                    ..Default::default()
+                };
+                probe.validate(&Default::default()).map_err(|e| usage(format!("--action: {e}")))?;
+                NodeAction::Exec { command }
+            }
+            None => {
+                return Err(usage(format!(
+                    "--action '{flag}': expected exec:PROGRAM ARG..., ssh, sandbox[:DIR] or replace-sandbox[:DIR]"
+                )));
+            }
+        },
+    };
+    Ok(Some(action))
+}
+
+fn svec(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn backup_spec(args: &UpgradeArgs, dir: PathBuf) -> anyhow::Result<BackupSpec> {
+    if let Some(cmd) = &args.backup_command {
+        let command: Vec<String> = cmd.split_whitespace().map(str::to_string).collect();
+        if command.is_empty() {
+            return Err(usage("--backup-command is empty"));
+        }
+        return Ok(BackupSpec::Command { command, dir });
+    }
+    if args.etcd_endpoints.is_empty() {
+        return Ok(BackupSpec::None);
+    }
+    let need = |v: &Option<PathBuf>, flag: &str| -> anyhow::Result<PathBuf> {
+        let p = v.clone().ok_or_else(|| usage(format!("--etcd-endpoint needs {flag}")))?;
+        if !p.exists() {
+            return Err(usage(format!("{flag} {}: no such file", p.display())));
+        }
+        Ok(p)
+    };
+    let (ca, cert, key) = (
+        need(&args.etcd_cacert, "--etcd-cacert")?,
+        need(&args.etcd_cert, "--etcd-cert")?,
+        need(&args.etcd_key, "--etcd-key")?,
+    );
+    let endpoints = args
+        .etcd_endpoints
+        .iter()
+        .map(|url| {
+            if !url.starts_with("https://") && !url.starts_with("http://") {
+                return Err(usage(format!(
+                    "--etcd-endpoint '{url}' is not a URL (e.g. https://10.0.0.5:2379)"
+                )));
+            }
+            Ok(EtcdEndpointSpec {
+                url: url.clone(),
+                ca_file: ca.clone(),
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(BackupSpec::Etcd { endpoints, dir })
+}
+
+fn store_path(args: &UpgradeArgs) -> anyhow::Result<PathBuf> {
+    match &args.store {
+        Some(p) => Ok(p.clone()),
+        None => Ok(refit_store::default_path()?),
+    }
+}
+
+#[derive(Serialize)]
+struct DryRun<'a> {
+    #[serde(flatten)]
+    plan: crate::commands::plan::PlanOutput<'a>,
+    schedule: &'a Schedule,
+}
+
+pub async fn run(args: UpgradeArgs, format: Format) -> anyhow::Result<ExitCode> {
+    // Input first: nothing is read from the cluster, let alone changed, before it is valid.
+    let drain_timeout = parse_duration("--drain-timeout", &args.drain_timeout)?;
+    let node_timeout = parse_duration("--node-timeout", &args.node_timeout)?;
+    let on_undrainable: OnUndrainable = args.on_undrainable.parse().map_err(usage)?;
+    let plan_file = read_plan_file(args.plan.file.as_deref())?;
+    let action = resolve_action(args.action.as_deref(), plan_file.action.as_ref())?;
+    let request: VersionRequest = args.plan.to.parse().map_err(|e| usage(format!("--to: {e}")))?;
+    let store_path = store_path(&args)?;
+    let backup_dir = args.backup_dir.clone().unwrap_or_else(|| {
+        store_path.parent().map(|p| p.join("backups")).unwrap_or_else(|| PathBuf::from("backups"))
+    });
+    let backup = backup_spec(&args, backup_dir)?;
+    if args.eviction_concurrency == 0 {
+        return Err(usage("--eviction-concurrency must be at least 1"));
+    }
+
+    // A run of this cluster to this target that did not finish: continue it as it was planned.
+    let catalog = load_catalog(args.plan.catalog.as_deref())?;
+    let target_release = match &request {
+        VersionRequest::Exact(v) => Some(v.release()),
+        VersionRequest::Minor(m) => catalog.newest_patch(*m).cloned(),
+    };
+    let cluster_target = refit_kube::ClusterTarget {
+        kubeconfig: args.plan.cluster.kubeconfig.clone(),
+        context: args.plan.cluster.context.clone(),
+    };
+    let conn = refit_kube::connect(&cluster_target).await.map_err(|e| usage(e.to_string()))?;
+    let cluster = refit_kube::node::cluster_uid(&conn).await?;
+    if !args.dry_run && store_path.exists() {
+        let store = Store::open(&store_path)?;
+        if let Some(prev) = store.latest_run(&cluster)?
+            && prev.state.parse::<RunState>().is_ok_and(|s| s.resumable())
+        {
+            if args.abandon {
+                abandon(&conn, store, &prev.id, format).await?;
+            } else if target_release.as_ref().map(|t| t.to_string()) != Some(prev.target.clone()) {
+                return Err(usage(format!(
+                    "run {} of this cluster (to {}) did not finish; continue it with `refit upgrade --to {}`, or give it up with --abandon",
+                    prev.id, prev.target, prev.target
+                )));
+            } else {
+                let mut spec: RunSpec = serde_json::from_str(&prev.spec).map_err(|e| {
+                    anyhow::anyhow!("run {} in {}: unreadable spec ({e})", prev.id, store_path.display())
+                })?;
+                // The schedule stays as it was decided; how to behave while executing it is what
+                // this command says (an operator reruns with --on-undrainable skip, a longer
+                // timeout, or an allowance for emptyDir data).
+                spec.on_undrainable = on_undrainable;
+                spec.drain_timeout_secs = drain_timeout.as_secs();
+                spec.node_timeout_secs = node_timeout.as_secs();
+                spec.eviction_concurrency = args.eviction_concurrency;
+                spec.drain_rules = refit_core::drain::DrainOptions {
+                    delete_emptydir_data: args.plan.delete_emptydir_data,
+                    force: args.plan.delete_unmanaged_pods,
+                };
+                if format == Format::Table {
+                    println!(
+                        "resuming run {} ({}, target {}): finished steps are not repeated",
+                        prev.id, prev.state, prev.target
+                    );
+                }
+                return execute(conn, store, prev.id, spec, format).await;
+            }
+        }
+    }
+
+    let prepared = match prepare(&args.plan).await {
+        Ok(p) => p,
+        Err(e) => match e.downcast::<crate::commands::plan::NothingToDo>() {
+            Ok(n) => {
+                if format == Format::Table {
+                    println!("{n}");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    if prepared.plan.mode == refit_core::plan::Mode::Offline {
+        eprintln!("WARNING: --offline: no readiness, safety, availability, PDB or capacity check was run");
+    }
+    if prepared.path.forced.iter().any(|f| f.starts_with("downgrade")) && !args.confirm_downgrade {
+        return Err(usage(format!(
+            "{} → {} is a downgrade: components may not read data newer releases wrote; if you mean it, add --confirm-downgrade",
+            prepared.current, prepared.path.to
+        )));
+    }
+    let style = match &action {
+        Some(NodeAction::Replace { .. }) => Style::Replace,
+        _ => Style::InPlace,
+    };
+    let cluster_services = !args.skip_cluster_services && !args.plan.control_plane_only;
+    let sched =
+        schedule(&prepared.plan, &prepared.path, style, prepared.worker_concurrency, cluster_services);
+    let out = prepared.output();
+    if args.dry_run {
+        let dry = DryRun { plan: out, schedule: &sched };
+        if !print_structured(format, &dry)? {
+            print!("{}", render(&dry.plan));
+            print!("{}", render_schedule(&sched));
+            println!("dry run: nothing was changed");
+        }
+        return Ok(if prepared.plan.blocked { ExitCode::from(1) } else { ExitCode::SUCCESS });
+    }
+    if format == Format::Table {
+        print!("{}", render(&out));
+        print!("{}", render_schedule(&sched));
+    }
+    if prepared.plan.blocked {
+        if format != Format::Table {
+            print_structured(format, &out)?;
+        }
+        return Ok(ExitCode::from(1));
+    }
+    let Some(action) = action else {
+        return Err(usage(
+            "no node action: pass --action (exec:PROGRAM ARG..., ssh, sandbox, replace-sandbox) or set `action:` in the plan file (-f)",
+        ));
+    };
+    if sched.stages.is_empty() {
+        if format == Format::Table {
+            println!("nothing to upgrade: every planned node is already at {}", sched.target);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !args.yes && !confirm(&sched)? {
+        eprintln!("nothing was changed");
+        return Ok(ExitCode::from(1));
+    }
+    let spec = RunSpec {
+        cluster_services: cluster_services
+            .then(|| refit_core::addons::targets(&prepared.catalog, &sched.target)),
+        schedule: sched,
+        action,
+        drain_rules: refit_core::drain::DrainOptions {
+            delete_emptydir_data: args.plan.delete_emptydir_data,
+            force: args.plan.delete_unmanaged_pods,
+        },
+        drain_timeout_secs: drain_timeout.as_secs(),
+        node_timeout_secs: node_timeout.as_secs(),
+        on_undrainable,
+        force: args.plan.force,
+        addresses: prepared.addresses.clone(),
+        backup,
+        eviction_concurrency: args.eviction_concurrency,
+    };
+    let mut store = Store::open(&store_path)?;
+    let id = format!(
+        "up-{}-{}",
+        jiff::Zoned::now().strftime("%Y%m%d-%H%M%S"),
+        spec.schedule.target.to_string().replace('.', "-")
+    );
+    let row = RunRow {
+        id: id.clone(),
+        cluster,
+        target: spec.schedule.target.to_string(),
+        state: RunState::Running.as_str().into(),
+        spec: serde_json::to_string(&spec)?,
+    };
+    store.create_run(&row)?;
+    execute(prepared.conn, store, id, spec, format).await
+}
+
+/// Gives up an unfinished run: the nodes it cordoned are uncordoned (they are refit's to give
+/// back; a new run would otherwise see them as someone else's), then it is marked abandoned.
+async fn abandon(
+    conn: &refit_kube::Connection,
+    mut store: Store,
+    run: &str,
+    format: Format,
+) -> anyhow::Result<()> {
+    for (node, state) in refit_kube::node::node_states(conn).await? {
+        if state.unschedulable && state.cordoned_by.as_deref() == Some(run) {
+            refit_kube::cordon::uncordon(conn, &node, run).await?;
+            if format == Format::Table {
+                println!("abandoning run {run}: uncordoned {node}");
+            }
+        }
+    }
+    store.set_run_state(run, RunState::Abandoned.as_str())?;
+    if format == Format::Table {
+        println!("run {run} abandoned");
+    }
+    Ok(())
+}
+
+/// Asks on the terminal; refuses to guess when there is none.
+fn confirm(s: &Schedule) -> anyhow::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        return Err(usage(
+            "refusing to change the cluster without a confirmation: pass --yes (or run in a terminal)",
+        ));
+    }
+    let units = s.units().count();
+    eprint!(
+        "upgrade {units} node step(s) in {} stage(s) to {}? type yes to continue: ",
+        s.stages.len(),
+        s.target
+    );
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim() == "yes")
+}
+
+async fn execute(
+    conn: refit_kube::Connection,
+    store: Store,
+    id: String,
+    spec: RunSpec,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let view = Arc::new(progress::View::new(format, &id, &spec.schedule));
+    let sink: refit_engine::Sink = {
+        let view = view.clone();
+        Arc::new(move |e| view.handle(e))
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // First Ctrl-C: a clean stop (no new node starts, drains are abandoned and their nodes
+    // uncordoned, running actions finish). Second: leave now; the journal lets a rerun resume.
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!(
+                "\nstopping cleanly (Ctrl-C again to leave at once; rerun the same command to continue)"
+            );
+            let _ = stop_tx.send(true);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    let engine = Engine::new(conn, store, id, spec, sink, stop_rx);
+    let outcome = engine.execute().await?;
+    view.finish();
+    match format {
+        Format::Table => print!("{}", render_outcome(&outcome)),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string(&serde_json::json!({"event": "summary", "outcome": &outcome}))?
+        ),
+        Format::Yaml => print!("{}", serde_saphyr::to_string(&outcome)?),
+    }
+    Ok(match outcome.state {
+        RunState::Completed => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    })
+}
+
+fn render_schedule(s: &Schedule) -> String {
+    let mut t = table(&["stage", "phase", "to", "at once", "nodes", "steps"]);
+    for (i, st) in s.stages.iter().enumerate() {
+        let nodes: Vec<&str> = st.units.iter().map(|u| u.node.as_str()).collect();
+        let shown = if nodes.len() > 6 {
+            format!("{} … (+{})", nodes[..6].join(", "), nodes.len() - 6)
+        } else {
+            nodes.join(", ")
+        };
+        let steps = st
+            .units
+            .first()
+            .map(|u| u.steps.iter().map(|s| step_name(*s)).collect::<Vec<_>>().join(","))
+            .unwrap_or_default();
+        t.add_row(vec![
+            (i + 1).to_string(),
+            phase_name(st.phase).into(),
+            st.to.to_string(),
+            st.concurrency.to_string(),
+            shown,
+            steps,
+        ]);
+    }
+    let mut out = format!("\nSchedule\n{t}\n");
+    if s.cluster_services {
+        out.push_str("then: cluster services (kube-proxy, CoreDNS) at the target's versions\n");
+    }
+    out
+}
+
+fn render_outcome(o: &Outcome) -> String {
+    let mut t = table(&["node", "to", "result", "time", "reason"]);
+    for u in &o.units {
+        t.add_row(vec![
+            u.node.clone(),
+            u.to.clone(),
+            u.result.name().to_string(),
+            format!("{:.1}s", u.millis as f64 / 1000.0),
+            u.result.reason().unwrap_or("").to_string(),
+        ]);
+    }
+    let mut out = format!("\nSummary of run {}\n{t}\n\n", o.run);
+    let mut times = table(&["phase", "time"]);
+    for (phase, ms) in &o.timings {
+        times.add_row(vec![phase.clone(), format!("{:.1}s", *ms as f64 / 1000.0)]);
+    }
+    out.push_str(&format!("{times}\n"));
+    if let Some(b) = &o.backup {
+        out.push_str(&format!("etcd backup: {b} (kept)\n"));
+    }
+    for (n, why) in &o.left_cordoned {
+        out.push_str(&format!("LEFT CORDONED: {n}: {why}\n"));
+    }
+    out.push_str(&match (&o.state, &o.reason) {
+        (RunState::Completed, _) => "\nCompleted: every node is at the target.\n".to_string(),
+        (state, Some(r)) => {
+            format!("\n{}: {r}\nRerun the same command to continue.\n", state.as_str().to_uppercase())
+        }
+        (state, None) => format!("\n{}\n", state.as_str().to_uppercase()),
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("--t", "10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("--t", "45").unwrap(), Duration::from_secs(45));
+        assert_eq!(parse_duration("--t", "2h").unwrap(), Duration::from_secs(7200));
+        for bad in ["", "0s", "ten", "5d", "-1m"] {
+            assert!(parse_duration("--t", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn actions_from_the_flag_never_go_through_a_shell() {
+        let a = resolve_action(Some("exec:./up.sh {node} --to={to}"), None).unwrap().unwrap();
+        assert_eq!(
+            a,
+            NodeAction::Exec { command: vec!["./up.sh".into(), "{node}".into(), "--to={to}".into()] }
+        );
+        assert!(resolve_action(Some("exec:./up.sh {nod}"), None).is_err(), "unknown placeholder");
+        assert!(resolve_action(Some("teleport"), None).is_err());
+        assert!(matches!(resolve_action(Some("ssh"), None).unwrap(), Some(NodeAction::Ssh { .. })));
+        assert!(resolve_action(None, None).unwrap().is_none());
+    }
+}

@@ -1,0 +1,51 @@
+//! What the CLI's integration tests share: the real binary, the testbed's releases, and a
+//! sandbox that is stopped however the test ends.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use assert_cmd::Command;
+use refit_core::MinorVersion;
+use refit_testbed::TestbedVersions;
+
+/// The `refit` binary under test.
+pub fn refit() -> Command {
+    Command::cargo_bin("refit").unwrap()
+}
+
+/// The testbed's release of minor 1.`minor`.
+pub fn release(minor: u32) -> String {
+    TestbedVersions::from_env()
+        .unwrap()
+        .kubernetes_for_minor(MinorVersion::new(1, minor))
+        .unwrap()
+        .to_string()
+}
+
+/// Whether the testbed set includes minor 1.`minor`.
+pub fn has_minor(minor: u32) -> bool {
+    TestbedVersions::from_env().unwrap().kubernetes_for_minor(MinorVersion::new(1, minor)).is_some()
+}
+
+/// Stops the sandbox even when an assertion fails, so no detached process outlives the test.
+pub struct Sandbox(pub PathBuf);
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if self.0.join("state.json").exists() {
+            let _ = refit().args(["sandbox", "down", "--dir"]).arg(&self.0).output();
+        }
+    }
+}
+
+/// Runs the command, asserts success, returns stdout.
+pub fn stdout(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs the command, asserts success, parses stdout as JSON.
+pub fn json(cmd: &mut Command) -> serde_json::Value {
+    serde_json::from_str(&stdout(cmd)).unwrap()
+}

@@ -1,0 +1,626 @@
+//! `refit upgrade` end to end, as an operator runs it: the real binary against a real sandbox
+//! (etcd, 1–3 kube-apiservers behind a load balancer, controller-managers, schedulers, kwok
+//! nodes), the sandbox driven through the generic `exec` action calling `refit sandbox
+//! upgrade-node` — no special path in the engine.
+//!
+//! An independent watcher (its own watches on nodes and pods, nothing shared with refit)
+//! records what the safety invariants forbid: a PDB-covered app below its budget, more workers
+//! unschedulable at once than max-unavailable, a worker kubelet newer than a control-plane
+//! node's, and any node left cordoned at the end.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::watcher;
+use refit_testbed::Testbed;
+use refit_testbed::workloads::{Budget, apply, deployment, pdb, pod_is_ready, wait_pods_ready};
+use serde_json::json;
+use support::{Sandbox, has_minor, refit, release};
+
+const NS: &str = "shop";
+
+/// A sandbox for one test, stopped when the test ends however it ends.
+struct Cluster {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    store: PathBuf,
+    _guard: Sandbox,
+}
+
+impl Cluster {
+    fn up(version: &str, control_planes: usize, workers: usize) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("sb");
+        let out = refit()
+            .args(["sandbox", "up", "--version", version, "--workers", &workers.to_string()])
+            .args(["--control-plane", &control_planes.to_string(), "--dir"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        let guard = Sandbox(dir.clone());
+        assert!(out.status.success(), "sandbox up: {}", String::from_utf8_lossy(&out.stderr));
+        Cluster { store: tmp.path().join("refit.db"), _tmp: tmp, dir, _guard: guard }
+    }
+
+    fn testbed(&self) -> Testbed {
+        Testbed::attach(&self.dir).unwrap()
+    }
+
+    async fn client(&self) -> kube::Client {
+        self.testbed().client().await.unwrap()
+    }
+
+    /// `refit upgrade` against this sandbox, with its journal, the sandbox action, `--yes`
+    /// and the etcd backup through the etcd API.
+    fn upgrade(&self, to: &str) -> assert_cmd::Command {
+        let tb = self.testbed();
+        let (url, pki) = tb.etcd_endpoint();
+        let mut cmd = refit();
+        cmd.env("REFIT_SANDBOX_DIR", &self.dir)
+            .args(["upgrade", "--to", to, "--yes", "--kubeconfig"])
+            .arg(tb.kubeconfig())
+            .arg("--store")
+            .arg(&self.store)
+            .args(["--etcd-endpoint", &url, "--etcd-cacert"])
+            .arg(&pki.ca_cert)
+            .arg("--etcd-cert")
+            .arg(&pki.admin_cert)
+            .arg("--etcd-key")
+            .arg(&pki.admin_key)
+            .arg("--backup-dir")
+            .arg(self.dir.parent().unwrap().join("backups"));
+        cmd
+    }
+
+    async fn nodes(&self) -> Vec<Node> {
+        Api::<Node>::all(self.client().await).list(&ListParams::default()).await.unwrap().items
+    }
+}
+
+fn kubelet(n: &Node) -> String {
+    n.status
+        .as_ref()
+        .and_then(|s| s.node_info.as_ref())
+        .map(|i| i.kubelet_version.clone())
+        .unwrap_or_default()
+}
+
+fn is_cp(n: &Node) -> bool {
+    n.metadata.labels.as_ref().is_some_and(|l| l.contains_key("node-role.kubernetes.io/control-plane"))
+}
+
+fn unschedulable(n: &Node) -> bool {
+    n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false)
+}
+
+fn minor(v: &str) -> u32 {
+    v.trim_start_matches('v').split('.').nth(1).and_then(|m| m.parse().ok()).unwrap_or(0)
+}
+
+/// What the independent watcher saw.
+#[derive(Debug, Default)]
+struct Seen {
+    max_unschedulable_workers: usize,
+    /// app → the fewest healthy (Ready, not terminating) pods at any moment after the start.
+    min_healthy: BTreeMap<String, usize>,
+    /// Moments a worker ran a newer kubelet minor than some control-plane node.
+    skew_breaches: Vec<String>,
+}
+
+/// Watches nodes and the test namespace's pods until dropped.
+struct Watcher {
+    seen: Arc<Mutex<Seen>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Watcher {
+    async fn start(client: kube::Client) -> Watcher {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let nodes_task = {
+            let seen = seen.clone();
+            let api: Api<Node> = Api::all(client.clone());
+            tokio::spawn(async move {
+                let mut nodes: HashMap<String, Node> = HashMap::new();
+                let mut stream = watcher(api, watcher::Config::default()).boxed();
+                while let Some(ev) = stream.next().await {
+                    match ev {
+                        Ok(watcher::Event::Apply(n)) | Ok(watcher::Event::InitApply(n)) => {
+                            nodes.insert(n.metadata.name.clone().unwrap_or_default(), n);
+                        }
+                        Ok(watcher::Event::Delete(n)) => {
+                            nodes.remove(&n.metadata.name.clone().unwrap_or_default());
+                        }
+                        _ => continue,
+                    }
+                    let workers: Vec<&Node> = nodes.values().filter(|n| !is_cp(n)).collect();
+                    let cordoned = workers.iter().filter(|n| unschedulable(n)).count();
+                    let cp_min = nodes.values().filter(|n| is_cp(n)).map(|n| minor(&kubelet(n))).min();
+                    let mut s = seen.lock().unwrap();
+                    s.max_unschedulable_workers = s.max_unschedulable_workers.max(cordoned);
+                    if let Some(cp_min) = cp_min {
+                        for w in &workers {
+                            if minor(&kubelet(w)) > cp_min {
+                                s.skew_breaches.push(format!(
+                                    "{} at {} above control plane 1.{cp_min}",
+                                    w.metadata.name.clone().unwrap_or_default(),
+                                    kubelet(w)
+                                ));
+                            }
+                        }
+                    }
+                }
+            })
+        };
+        let pods_task = {
+            let seen = seen.clone();
+            let api: Api<Pod> = Api::namespaced(client, NS);
+            tokio::spawn(async move {
+                let mut pods: HashMap<String, Pod> = HashMap::new();
+                let mut synced = false;
+                let mut stream = watcher(api, watcher::Config::default()).boxed();
+                while let Some(ev) = stream.next().await {
+                    match ev {
+                        Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => {
+                            pods.insert(p.metadata.uid.clone().unwrap_or_default(), p);
+                        }
+                        Ok(watcher::Event::Delete(p)) => {
+                            pods.remove(&p.metadata.uid.clone().unwrap_or_default());
+                        }
+                        Ok(watcher::Event::InitDone) => synced = true,
+                        _ => continue,
+                    }
+                    if !synced {
+                        continue;
+                    }
+                    let mut healthy: BTreeMap<String, usize> = BTreeMap::new();
+                    for p in pods.values() {
+                        let app = p
+                            .metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get("app"))
+                            .cloned()
+                            .unwrap_or_default();
+                        let e = healthy.entry(app).or_default();
+                        if pod_is_ready(p) {
+                            *e += 1;
+                        }
+                    }
+                    let mut s = seen.lock().unwrap();
+                    for (app, n) in healthy {
+                        let m = s.min_healthy.entry(app).or_insert(n);
+                        *m = (*m).min(n);
+                    }
+                }
+            })
+        };
+        Watcher { seen, tasks: vec![nodes_task, pods_task] }
+    }
+
+    fn stop(self) -> Seen {
+        for t in &self.tasks {
+            t.abort();
+        }
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+/// Deployments spread over the workers, each covered by a PDB: `(app, replicas, budget, least
+/// healthy allowed)`.
+const APPS: &[(&str, i32, Budget, usize)] = &[
+    ("web", 12, Budget::MaxUnavailable(1), 11),
+    ("api", 6, Budget::MinAvailable(5), 5),
+    ("db", 4, Budget::MaxUnavailable(1), 3),
+];
+
+async fn install_apps(client: &kube::Client, tb: &Testbed) {
+    tb.create_namespace(NS).await.unwrap();
+    for (app, replicas, budget, _) in APPS {
+        apply::<Deployment>(client, deployment(NS, app, *replicas)).await.unwrap();
+        apply::<PodDisruptionBudget>(client, pdb(NS, app, app, *budget)).await.unwrap();
+    }
+    let total: i32 = APPS.iter().map(|a| a.1).sum();
+    wait_pods_ready(client, NS, "", total as usize, Duration::from_secs(120)).await.unwrap();
+}
+
+/// Writes an exec action that logs each invocation, then runs the sandbox's upgrade-node
+/// (what an operator's per-node script does), and returns its path and its log.
+fn logging_action(dir: &Path) -> (PathBuf, PathBuf) {
+    let log = dir.join("actions.log");
+    let script = dir.join("upgrade-node.sh");
+    let refit_bin = assert_cmd::cargo::cargo_bin("refit");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$REFIT_NODE $REFIT_TO $REFIT_PHASE\" >> '{}'\nexec '{}' sandbox upgrade-node \"$REFIT_NODE\" --to \"$REFIT_TO\"\n",
+            log.display(),
+            refit_bin.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (script, log)
+}
+
+fn log_lines(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log).unwrap_or_default().lines().map(str::to_string).collect()
+}
+
+/// Units whose last step (uncordon) is journaled done, read from the journal itself.
+fn finished_units(store: &Path, to: &str) -> BTreeSet<String> {
+    if !store.exists() {
+        return BTreeSet::new();
+    }
+    let s = refit_store::Store::open(store).unwrap();
+    let Some(run) = s.runs().unwrap().into_iter().next() else { return BTreeSet::new() };
+    s.steps(&run.id)
+        .unwrap()
+        .into_iter()
+        .filter(|st| st.step == format!("uncordon@{to}") && st.state == "done")
+        .map(|st| st.unit)
+        .collect()
+}
+
+fn spawn(cmd: &assert_cmd::Command) -> Child {
+    let mut c = std::process::Command::new(cmd.get_program());
+    c.args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            c.env(k, v);
+        }
+    }
+    c.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_control_planes_and_thirty_workers_survive_ten_kills_and_reach_the_target() {
+    let (from, to) = (release(36), release(37));
+    let c = Cluster::up(&from, 3, 30);
+    let client = c.client().await;
+    install_apps(&client, &c.testbed()).await;
+    let watcher = Watcher::start(client.clone()).await;
+    let (script, log) = logging_action(c._tmp.path());
+    let mut upgrade = c.upgrade(&to);
+    upgrade.args(["--max-unavailable", "3", "--action"]).arg(format!("exec:{} {{node}}", script.display()));
+    upgrade.args(["-o", "json"]);
+
+    // Ten kill -9 at pseudo-random moments (seeded: a failure can be replayed), each followed
+    // by a rerun of the same command.
+    let mut rng_state: u64 = 0x5eed_2026;
+    let mut next = move || {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        rng_state
+    };
+    let mut kills = 0;
+    while kills < 10 {
+        let done_before = finished_units(&c.store, &to);
+        let lines_before = log_lines(&log).len();
+        let mut child = spawn(&upgrade);
+        let wait_ms = 800 + next() % 4000;
+        std::thread::sleep(Duration::from_millis(wait_ms));
+        if child.try_wait().unwrap().is_some() {
+            break; // finished before the kill: the run completed
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        // Nothing finished before this attempt was started again by it.
+        let again: Vec<String> = log_lines(&log)[lines_before..]
+            .iter()
+            .filter(|l| done_before.contains(l.split(' ').next().unwrap_or("")))
+            .cloned()
+            .collect();
+        assert!(again.is_empty(), "kill {kills}: finished nodes were upgraded again: {again:?}");
+    }
+    let done_before = finished_units(&c.store, &to);
+    let lines_before = log_lines(&log).len();
+    let out = upgrade.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "final run after {kills} kills: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        stdout
+    );
+    let again: Vec<String> = log_lines(&log)[lines_before..]
+        .iter()
+        .filter(|l| done_before.contains(l.split(' ').next().unwrap_or("")))
+        .cloned()
+        .collect();
+    assert!(again.is_empty(), "final run redid finished nodes: {again:?}");
+    assert!(kills >= 5, "the run finished too fast to be killed: only {kills} kills");
+
+    // Events are one JSON object per line, ending with the summary.
+    let events: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(events.iter().any(|e| e["event"] == "run-started" && e["resumed"] == true));
+    let summary = events.last().unwrap();
+    assert_eq!(summary["event"], "summary");
+    assert_eq!(summary["outcome"]["state"], "completed");
+
+    // Every component at the target.
+    let tb = c.testbed();
+    for m in tb.members() {
+        assert_eq!(tb.apiserver_version(m.index).await.unwrap(), format!("v{to}"), "apiserver of {}", m.node);
+    }
+    let nodes = c.nodes().await;
+    assert_eq!(nodes.len(), 33);
+    for n in &nodes {
+        assert_eq!(kubelet(n), format!("v{to}"), "{:?}", n.metadata.name);
+        assert!(!unschedulable(n), "{:?} left cordoned", n.metadata.name);
+    }
+    let ds = Api::<DaemonSet>::namespaced(client.clone(), "kube-system").get("kube-proxy").await.unwrap();
+    let image = ds.spec.template.spec.unwrap().containers[0].image.clone().unwrap();
+    assert!(image.ends_with(&format!(":v{to}")), "kube-proxy image {image}");
+    // Each node upgraded at least once; workers exactly once after their last kill point.
+    let lines = log_lines(&log);
+    for n in &nodes {
+        let name = n.metadata.name.clone().unwrap();
+        assert!(lines.iter().any(|l| l.starts_with(&format!("{name} "))), "{name} never upgraded");
+    }
+    // The backup was taken once and kept.
+    let backups: Vec<_> = std::fs::read_dir(c._tmp.path().join("backups")).unwrap().collect();
+    assert_eq!(backups.len(), 1, "one etcd backup per run");
+
+    let seen = watcher.stop();
+    assert!(
+        seen.max_unschedulable_workers <= 3,
+        "{} workers unschedulable at once",
+        seen.max_unschedulable_workers
+    );
+    assert!(seen.max_unschedulable_workers >= 1, "the watcher saw no cordon at all");
+    for (app, _, _, least) in APPS {
+        let min = seen.min_healthy.get(*app).copied().unwrap_or(0);
+        assert!(
+            min >= *least,
+            "{app}: {min} healthy pods at one moment, the PDB allows no fewer than {least}"
+        );
+    }
+    assert!(seen.skew_breaches.is_empty(), "{:?}", seen.skew_breaches);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_hop_walks_the_control_plane_and_moves_workers_once() {
+    if !has_minor(35) {
+        eprintln!("1.35 is not in REFIT_TESTBED_VERSIONS: the 1.35 → 1.37 path cannot be built here");
+        return;
+    }
+    let (from, mid, to) = (release(35), release(36), release(37));
+    let c = Cluster::up(&from, 3, 6);
+    let (script, log) = logging_action(c._tmp.path());
+    let mut upgrade = c.upgrade(&to);
+    upgrade.args(["--max-unavailable", "2", "--action"]).arg(format!("exec:{} {{node}}", script.display()));
+    let out = upgrade.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let lines = log_lines(&log);
+    for cp in ["control-plane-1", "control-plane-2", "control-plane-3"] {
+        let hops: Vec<&str> = lines
+            .iter()
+            .filter(|l| l.starts_with(&format!("{cp} ")))
+            .map(|l| l.split(' ').nth(1).unwrap())
+            .collect();
+        assert_eq!(hops, [mid.as_str(), to.as_str()], "{cp} walks the path one minor at a time");
+    }
+    let cp_done = lines.iter().rposition(|l| l.starts_with("control-plane-")).unwrap();
+    for w in 1..=6 {
+        let name = format!("worker-{w:03}");
+        let ups: Vec<(usize, &String)> =
+            lines.iter().enumerate().filter(|(_, l)| l.starts_with(&format!("{name} "))).collect();
+        assert_eq!(ups.len(), 1, "{name} is drained and upgraded once: {ups:?}");
+        assert!(
+            ups[0].1.contains(&to) && ups[0].0 > cp_done,
+            "{name} straight to {to}, after the control plane"
+        );
+    }
+    for n in c.nodes().await {
+        assert_eq!(kubelet(&n), format!("v{to}"));
+    }
+}
+
+/// Reads JSON events from a running refit until one matches.
+fn wait_event(
+    lines: &mut impl Iterator<Item = String>,
+    what: impl Fn(&serde_json::Value) -> bool,
+    seen: &mut Vec<String>,
+) -> serde_json::Value {
+    for line in lines.by_ref() {
+        seen.push(line.clone());
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+            && what(&v)
+        {
+            return v;
+        }
+    }
+    panic!("refit ended before the awaited event; it printed:\n{}", seen.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apiserver_restarted_in_the_middle_of_a_drain_does_not_stop_the_run() {
+    let to = release(37);
+    let c = Cluster::up(&release(36), 3, 3);
+    let client = c.client().await;
+    let tb = c.testbed();
+    tb.create_namespace(NS).await.unwrap();
+    // Two pods on worker-001 under a budget that allows no disruption: its drain blocks.
+    let mut d = deployment(NS, "pinned", 2);
+    d["spec"]["template"]["spec"]["nodeSelector"] = json!({"kubernetes.io/hostname": "worker-001"});
+    apply::<Deployment>(&client, d).await.unwrap();
+    apply::<PodDisruptionBudget>(&client, pdb(NS, "pinned", "pinned", Budget::MinAvailable(2)))
+        .await
+        .unwrap();
+    wait_pods_ready(&client, NS, "app=pinned", 2, Duration::from_secs(60)).await.unwrap();
+
+    let mut upgrade = c.upgrade(&to);
+    upgrade.args(["--action", "sandbox", "--drain-timeout", "5m", "-o", "json"]);
+    let mut child = spawn(&upgrade);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok);
+    let mut seen = Vec::new();
+    let blocked = wait_event(&mut lines, |e| e["event"] == "blocked" && e["node"] == "worker-001", &mut seen);
+    assert_eq!(blocked["pdb"], format!("{NS}/pinned"), "the report names the budget");
+
+    // Restart the first apiserver while the drain waits; refit goes through the load balancer.
+    tb.stop_apiserver(0).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    tb.start_apiserver_again(0).await.unwrap();
+    // Let the drain through: unpin the pods (new ones land elsewhere) and relax the budget.
+    let api: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    api.patch(
+        "pinned",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"template": {"spec": {"nodeSelector": null}}}})),
+    )
+    .await
+    .unwrap();
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), NS);
+    pdbs.patch("pinned", &PatchParams::default(), &Patch::Merge(json!({"spec": {"minAvailable": 1}})))
+        .await
+        .unwrap();
+
+    let summary = wait_event(&mut lines, |e| e["event"] == "summary", &mut seen);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "refit failed after the apiserver restart:\n{}", seen.join("\n"));
+    assert_eq!(summary["outcome"]["state"], "completed");
+    for n in c.nodes().await {
+        assert_eq!(kubelet(&n), format!("v{to}"));
+        assert!(!unschedulable(&n));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undrainable_nodes_fail_then_skip_then_force_and_bad_input_changes_nothing() {
+    let to = release(37);
+    let c = Cluster::up(&release(36), 1, 3);
+    let client = c.client().await;
+    let tb = c.testbed();
+    tb.create_namespace(NS).await.unwrap();
+    // A bare pod (no controller) on worker-002: kubectl's drain refuses it.
+    apply::<Pod>(
+        &client,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bare", "namespace": NS},
+               "spec": {"nodeName": "worker-002", "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10.1"}]}}),
+    )
+    .await
+    .unwrap();
+    wait_pods_ready(&client, NS, "", 1, Duration::from_secs(60)).await.unwrap();
+    let untouched =
+        |nodes: &[Node]| nodes.iter().all(|n| !unschedulable(n) && kubelet(n) == format!("v{}", release(36)));
+
+    // Bad input: refused with exit code 2, one line naming the fix, nothing changed.
+    let plan = c._tmp.path().join("plan.yaml");
+    std::fs::write(&plan, "nodes:\n  worker-999: {address: 10.0.0.9}\n").unwrap();
+    let broken = c._tmp.path().join("broken.yaml");
+    std::fs::write(&broken, "nodes: [this is: not a map\n").unwrap();
+    let cases: Vec<(&str, Vec<String>, &str)> = vec![
+        ("1.99", vec![], "1.99"),
+        ("banana", vec![], "--to"),
+        (&to, vec!["-f".into(), plan.display().to_string()], "worker-999"),
+        (&to, vec!["-f".into(), broken.display().to_string()], "plan file"),
+        (&to, vec!["--on-undrainable".into(), "maybe".into()], "--on-undrainable"),
+        (&to, vec!["--drain-timeout".into(), "soon".into()], "--drain-timeout"),
+        (&to, vec!["--action".into(), "teleport".into()], "--action"),
+    ];
+    for (target, extra, expected) in cases {
+        let mut cmd = c.upgrade(target);
+        if !extra.contains(&"--action".to_string()) {
+            cmd.args(["--action", "sandbox"]);
+        }
+        cmd.args(&extra);
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.contains(expected), "{extra:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{extra:?}: one line: {stderr}");
+        assert!(untouched(&c.nodes().await), "{extra:?} changed the cluster");
+        assert!(!c.store.exists(), "{extra:?} created a run");
+    }
+
+    let run = |mode: &str| {
+        let mut cmd = c.upgrade(&to);
+        cmd.args([
+            "--action",
+            "sandbox",
+            "--max-unavailable",
+            "2",
+            "--ignore-safety-checks",
+            "--on-undrainable",
+            mode,
+        ]);
+        cmd.output().unwrap()
+    };
+    // fail: the run stops, names the pod, and gives the node back uncordoned and unchanged.
+    let out = run("fail");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("shop/bare"), "the report names the blocking pod: {text}");
+    let nodes = c.nodes().await;
+    let w2 = nodes.iter().find(|n| n.metadata.name.as_deref() == Some("worker-002")).unwrap();
+    assert!(!unschedulable(w2), "fail mode gives the cordon back");
+    assert_eq!(kubelet(w2), format!("v{}", release(36)));
+
+    // skip: worker-002 is left cordoned and not upgraded, the others go on; reported, exit 1.
+    let out = run("skip");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("LEFT CORDONED: worker-002"), "{text}");
+    let nodes = c.nodes().await;
+    for n in &nodes {
+        let name = n.metadata.name.clone().unwrap();
+        if name == "worker-002" {
+            assert!(unschedulable(n));
+            assert_eq!(kubelet(n), format!("v{}", release(36)));
+        } else {
+            assert_eq!(kubelet(n), format!("v{to}"), "{name}");
+            assert!(!unschedulable(n), "{name}");
+        }
+    }
+
+    // force: what remains is deleted; the run completes.
+    let out = run("force");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for n in c.nodes().await {
+        assert_eq!(kubelet(&n), format!("v{to}"));
+        assert!(!unschedulable(&n));
+    }
+    assert!(Api::<Pod>::namespaced(client.clone(), NS).get_opt("bare").await.unwrap().is_none());
+    // A completed run is not resumed: the next command finds nothing to do.
+    let out = run("fail");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn dry_run_shows_the_schedule_and_changes_nothing() {
+    let c = Cluster::up(&release(36), 1, 2);
+    let out = c.upgrade(&release(37)).args(["--dry-run", "-o", "json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stages = v["schedule"]["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 2, "control plane, then workers: {v}");
+    assert_eq!(stages[1]["units"].as_array().unwrap().len(), 2);
+    assert!(!c.store.exists(), "a dry run records no run");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        for n in c.nodes().await {
+            assert!(!unschedulable(&n));
+            assert_eq!(kubelet(&n), format!("v{}", release(36)));
+        }
+    });
+}

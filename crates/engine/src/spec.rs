@@ -1,0 +1,113 @@
+//! What a run executes, as stored in the journal when it starts: the frozen schedule and every
+//! option that changes behaviour. A rerun after a crash reads this back, so it continues with
+//! exactly the decisions the first attempt made.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use refit_core::addons::AddonTargets;
+use refit_core::drain::DrainOptions;
+use refit_core::run::{OnUndrainable, Schedule};
+use serde::{Deserialize, Serialize};
+
+/// How each node is upgraded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum NodeAction {
+    /// A local command per node (placeholders `{node} {role} {from} {to} {phase} {address}`).
+    Exec {
+        /// Program and arguments.
+        command: Vec<String>,
+    },
+    /// The plan file's ssh action (recipe and connection options).
+    Ssh {
+        /// As written in the plan file.
+        action: refit_core::planfile::Action,
+    },
+    /// Create a replacement node, move the old one's custom labels, annotations and taints to
+    /// it, then drain and remove the old one. Placeholders: `{node}` (old), `{new}`, `{to}`.
+    Replace {
+        /// Creates the replacement and returns when it is registered.
+        create: Vec<String>,
+        /// Removes the old node (its machine); the engine deletes the Node object if the
+        /// command leaves it.
+        remove: Vec<String>,
+        /// Upgrades etcd and control-plane members in place (an exec command).
+        control_plane: Vec<String>,
+    },
+}
+
+/// One etcd client endpoint for the backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdEndpointSpec {
+    /// `https://host:2379`.
+    pub url: String,
+    /// CA bundle.
+    pub ca_file: PathBuf,
+    /// Client certificate.
+    pub cert_file: PathBuf,
+    /// Client key (the path only: its contents are never read into logs or output).
+    pub key_file: PathBuf,
+}
+
+/// How etcd is backed up before the first etcd or control-plane stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum BackupSpec {
+    /// No backup (the operator said so, or nothing was configured: a warning says which).
+    None,
+    /// A snapshot through the etcd API, written into `dir`.
+    Etcd {
+        /// Endpoints, tried in order.
+        endpoints: Vec<EtcdEndpointSpec>,
+        /// Where backups are kept (never deleted).
+        dir: PathBuf,
+    },
+    /// A command (e.g. a site's own backup script); `{dir}` and `{name}` are substituted.
+    Command {
+        /// Program and arguments.
+        command: Vec<String>,
+        /// Where backups are kept.
+        dir: PathBuf,
+    },
+}
+
+/// Everything a run needs to execute and resume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// The frozen schedule.
+    pub schedule: Schedule,
+    /// How nodes are upgraded.
+    pub action: NodeAction,
+    /// kubectl-drain allowances (emptyDir data, unmanaged pods).
+    pub drain_rules: DrainOptions,
+    /// Per-node drain deadline.
+    pub drain_timeout_secs: u64,
+    /// Per-node deadline for the action and for the node to come back Ready at the version.
+    pub node_timeout_secs: u64,
+    /// What to do with a node that cannot be drained.
+    pub on_undrainable: OnUndrainable,
+    /// Include nodes already at the version (`--force`).
+    pub force: bool,
+    /// Node addresses (plan file, else InternalIP), for actions that reach the node.
+    pub addresses: BTreeMap<String, String>,
+    /// The etcd backup.
+    pub backup: BackupSpec,
+    /// Add-on versions for the cluster-services phase (None: left alone).
+    pub cluster_services: Option<AddonTargets>,
+    /// Evictions in flight per node.
+    pub eviction_concurrency: usize,
+}
+
+impl RunSpec {
+    /// The drain deadline.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
+    }
+
+    /// The per-node deadline.
+    pub fn node_timeout(&self) -> Duration {
+        Duration::from_secs(self.node_timeout_secs)
+    }
+}
