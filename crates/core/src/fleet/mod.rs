@@ -28,6 +28,9 @@ pub mod strategy;
 pub mod target;
 pub mod window;
 
+#[cfg(test)]
+mod proptests;
+
 pub use gate::{Approval, GateRef, GateSpec, GateState, GateStatus, GateTiming};
 pub use profile::{Channel, Profile, ProfileError, ProfileTarget};
 pub use run::{

@@ -146,6 +146,7 @@ pub const PARENT_TRANSITIONS: &[(UpdateState, UpdateState)] = &[
     (Failed, Completed),
     (Completed, Running), // retry/start re-opens a scope that completed with tolerated failures
     (Completed, NotStarted), // … whose every member failed (within its threshold)
+    (Completed, Skipped), // its only (tolerated) failures were skipped: every member is Skipped
     (Skipped, NotStarted), // start again re-applies skipped work
     (Skipped, Running),
 ];
@@ -1244,7 +1245,9 @@ fn roll_group(g: &mut GroupState, intent: Intent, at: Timestamp) {
     g.failure_count = failed;
     let in_flight = g.members.iter().any(|m| m.status.state.in_flight());
     let members_done = g.members.iter().all(|m| matches!(m.status.state, Completed | Skipped | Failed));
-    let started = gates_reached(&g.before_gates)
+    // Once started (this or an earlier attempt), a scope never looks unstarted again.
+    let started = g.status.started_at.is_some()
+        || gates_reached(&g.before_gates)
         || gates_reached(&g.after_gates)
         || g.members.iter().any(|m| match m.status.state {
             NotStarted => false,
@@ -1301,6 +1304,10 @@ fn roll_group(g: &mut GroupState, intent: Intent, at: Timestamp) {
             _ => (Running, None),
         }
     };
+    if state == Skipped {
+        // Gates inside a skipped scope are Skipped: none lingers as Pending in `gate list`.
+        g.before_gates.iter_mut().chain(&mut g.after_gates).for_each(|x| x.skip(at));
+    }
     g.status.set(state, pending, at);
     g.status.error = error;
 }
@@ -1309,7 +1316,8 @@ fn roll_stage(st: &mut StageState, intent: Intent, at: Timestamp) {
     let failed: u32 = st.groups.iter().map(|g| g.failure_count).sum();
     st.failure_count = failed;
     let in_flight = st.in_flight() > 0;
-    let started = gates_reached(&st.before_gates)
+    let started = st.status.started_at.is_some()
+        || gates_reached(&st.before_gates)
         || gates_reached(&st.after_gates)
         || st.after_stage_wait.as_ref().is_some_and(|w| w.started_at.is_some())
         || st.groups.iter().any(|g| !matches!(g.status.state, NotStarted | Skipped));
@@ -1373,6 +1381,14 @@ fn roll_stage(st: &mut StageState, intent: Intent, at: Timestamp) {
             _ => (Running, None),
         }
     };
+    if state == Skipped {
+        st.before_gates.iter_mut().chain(&mut st.after_gates).for_each(|x| x.skip(at));
+        if let Some(w) = &mut st.after_stage_wait
+            && !w.state.is_done()
+        {
+            w.state = GateStatus::Skipped;
+        }
+    }
     st.status.set(state, pending, at);
     st.status.error = error;
 }
@@ -2180,3 +2196,5 @@ pub fn next(run: &RunState, facts: &Facts, now: Timestamp) -> Vec<Decision> {
     out
 }
 
+#[cfg(test)]
+mod tests;
