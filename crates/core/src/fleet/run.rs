@@ -380,8 +380,8 @@ impl fmt::Display for SkipCause {
             ),
             SkipCause::Deferred { budget_seconds, reason, .. } => write!(
                 f,
-                "deferred after {}s pending ({reason}); start the run again or retry to take it",
-                budget_seconds
+                "deferred after {:#} pending ({reason}); start the run again to take it",
+                SignedDuration::from_secs(i64::try_from(*budget_seconds).unwrap_or(i64::MAX))
             ),
         }
     }
@@ -459,8 +459,8 @@ pub struct MemberState {
     /// How many times it was started.
     #[serde(default)]
     pub attempts: u32,
-    /// When its window closed behind the upgrade under way (the engine starts no new node
-    /// after it).
+    /// When the maintenance window it started in closes: the single-cluster engine starts no
+    /// new node after it (work under way is never cut off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_closes_at: Option<Timestamp>,
 }
@@ -1397,15 +1397,17 @@ fn roll_run(run: &mut RunState, at: Timestamp) {
     run.failure_count = run.stages.iter().map(|s| s.failure_count).sum();
     let in_flight = run.stages.iter().any(|s| s.in_flight() > 0);
     let mut error = None;
-    let (state, pending) = if let Some(s) = run.stages.iter().find(|s| s.status.state == Failed) {
+    let (state, pending) = if run.intent == Intent::NotStarted {
+        // Not started is not finished, even when every stage looks skipped today: the member
+        // set is resolved again at the first start.
+        (NotStarted, None)
+    } else if let Some(s) = run.stages.iter().find(|s| s.status.state == Failed) {
         error = Some(format!("stage {} failed: {}", s.name, s.status.error.clone().unwrap_or_default()));
         (Failed, None)
     } else if !in_flight && run.stages.iter().all(|s| s.status.state == Skipped) {
         (Skipped, None)
     } else if run.stages.iter().all(|s| s.status.state.is_done()) {
         (Completed, None)
-    } else if run.intent == Intent::NotStarted {
-        (NotStarted, None)
     } else if run.intent == Intent::Stop {
         (if in_flight { Stopping } else { Stopped }, None)
     } else {
@@ -1508,7 +1510,8 @@ fn mutate(run: &mut RunState, event: &Event) -> Result<(), TransitionError> {
                     action: "start",
                     hint: match run.status.state {
                         Stopping => "wait until the member upgrades under way finish (Stopped)",
-                        Completed | Skipped => "it is finished; create a new run (or retry --failed)",
+                        Completed => "it is finished; create a new run, or retry --failed if members failed",
+                        Skipped => "every stage is skipped: there is nothing to do",
                         _ => "it is already running",
                     },
                 });
@@ -1525,7 +1528,7 @@ fn mutate(run: &mut RunState, event: &Event) -> Result<(), TransitionError> {
                 (Some(_), _) => return Err(TransitionError::AlreadyFrozen(run.name.clone())),
             }
             if run.status.state != NotStarted {
-                reset_for_restart(run, true);
+                reset_for_restart(run, true, at);
             }
             run.intent = Intent::Run;
             run.attempt += 1;
@@ -1558,7 +1561,7 @@ fn mutate(run: &mut RunState, event: &Event) -> Result<(), TransitionError> {
                     action: "retry failed members",
                 });
             }
-            reset_for_restart(run, false);
+            reset_for_restart(run, false, at);
             run.intent = Intent::Run;
             run.attempt += 1;
         }
@@ -1817,22 +1820,20 @@ fn replan(run: &mut RunState, plan: &RunPlan) -> Result<(), TransitionError> {
             )));
         }
     }
-    let requested: BTreeMap<String, MemberState> = run
-        .members()
-        .filter(|(_, _, m)| matches!(m.skip, Some(SkipCause::Requested { .. })))
-        .map(|(_, _, m)| (m.name.clone(), m.clone()))
-        .collect();
-    for (st, ps) in run.stages.iter_mut().zip(&plan.stages) {
-        st.max_concurrency = ps.max_concurrency.max(1);
-        st.max_allowed_failures = ps.max_allowed_failures;
-        for (g, pg) in st.groups.iter_mut().zip(&ps.groups) {
-            g.max_concurrency = pg.max_concurrency.max(1);
-            g.max_allowed_failures = pg.max_allowed_failures;
-            g.members = pg
-                .members
-                .iter()
-                .map(|m| requested.get(m).cloned().unwrap_or_else(|| MemberState::new(m)))
-                .collect();
+    // Rebuild from the new plan (an empty group skipped at creation may have members now),
+    // keep the pre-approvals, and replay the skip commands given before the start.
+    let approvals: BTreeMap<GateRef, Approval> =
+        run.gates().filter_map(|g| g.approval.clone().map(|a| (g.gate.clone(), a))).collect();
+    run.stages = plan.stages.iter().map(stage_state).collect();
+    for (gate, approval) in approvals {
+        if let Ok(g) = run.gate_mut(&gate) {
+            g.approval = Some(approval);
+        }
+    }
+    for record in run.skips.clone() {
+        for t in &record.targets {
+            // A member no longer planned was skipped for nothing: nothing to replay.
+            let _ = skip_one(run, t, record.by.as_deref(), record.at);
         }
     }
     run.unselected = plan.unselected.clone();
@@ -1840,7 +1841,7 @@ fn replan(run: &mut RunState, plan: &RunPlan) -> Result<(), TransitionError> {
 }
 
 /// Re-applies failed work (and, for a start, skipped work) of a Failed/Stopped/Completed run.
-fn reset_for_restart(run: &mut RunState, skipped_too: bool) {
+fn reset_for_restart(run: &mut RunState, skipped_too: bool, at: Timestamp) {
     for st in &mut run.stages {
         for g in &mut st.groups {
             for m in &mut g.members {
@@ -1849,7 +1850,7 @@ fn reset_for_restart(run: &mut RunState, skipped_too: bool) {
                     Skipped if skipped_too && m.skip.as_ref().is_some_and(SkipCause::leaves_work) => {
                         m.reset()
                     }
-                    Stopping => m.status.set(Running, None, m.status.started_at.unwrap_or(run.created_at)),
+                    Stopping => m.status.set(Running, None, at),
                     _ => {}
                 }
             }
@@ -1948,47 +1949,58 @@ fn skip(
             }
         }
     }
-    let cause = |t: &SkipTarget| SkipCause::Requested { target: t.clone(), by: by.map(str::to_string) };
-    let skip_member = |m: &mut MemberState, t: &SkipTarget| {
+    for t in targets {
+        skip_one(run, t, by, at)?;
+    }
+    run.skips.push(SkipRecord { targets: targets.to_vec(), by: by.map(str::to_string), at });
+    Ok(())
+}
+
+/// Applies one skip target (already validated, or replayed onto a new plan).
+fn skip_one(
+    run: &mut RunState,
+    t: &SkipTarget,
+    by: Option<&str>,
+    at: Timestamp,
+) -> Result<(), TransitionError> {
+    let cause = SkipCause::Requested { target: t.clone(), by: by.map(str::to_string) };
+    let skip_member = |m: &mut MemberState| {
         if matches!(m.status.state, NotStarted | Pending | Failed | Stopped) {
-            m.skip_with(cause(t), at);
+            m.skip_with(cause.clone(), at);
         }
     };
-    let skip_group = |g: &mut GroupState, t: &SkipTarget| {
-        g.members.iter_mut().for_each(|m| skip_member(m, t));
+    let skip_group = |g: &mut GroupState| {
+        g.members.iter_mut().for_each(skip_member);
         g.before_gates.iter_mut().chain(&mut g.after_gates).for_each(|x| x.skip(at));
     };
-    for t in targets {
-        match t {
-            SkipTarget::Member(n) => {
-                let (si, gi, mi) = run.locate_member(n)?;
-                skip_member(&mut run.stages[si].groups[gi].members[mi], t);
+    match t {
+        SkipTarget::Member(n) => {
+            let (si, gi, mi) = run.locate_member(n)?;
+            skip_member(&mut run.stages[si].groups[gi].members[mi]);
+        }
+        SkipTarget::Group(n) => {
+            let (si, gi) = run.locate_group(n)?;
+            skip_group(&mut run.stages[si].groups[gi]);
+        }
+        SkipTarget::Stage(n) => {
+            let si = run.locate_stage(n)?;
+            let st = &mut run.stages[si];
+            st.groups.iter_mut().for_each(skip_group);
+            st.before_gates.iter_mut().chain(&mut st.after_gates).for_each(|x| x.skip(at));
+            if let Some(w) = &mut st.after_stage_wait
+                && !w.state.is_done()
+            {
+                w.state = GateStatus::Skipped;
             }
-            SkipTarget::Group(n) => {
-                let (si, gi) = run.locate_group(n)?;
-                skip_group(&mut run.stages[si].groups[gi], t);
-            }
-            SkipTarget::Stage(n) => {
-                let si = run.locate_stage(n)?;
-                let st = &mut run.stages[si];
-                st.groups.iter_mut().for_each(|g| skip_group(g, t));
-                st.before_gates.iter_mut().chain(&mut st.after_gates).for_each(|x| x.skip(at));
-                if let Some(w) = &mut st.after_stage_wait
-                    && !w.state.is_done()
-                {
-                    w.state = GateStatus::Skipped;
-                }
-            }
-            SkipTarget::AfterStageWait(n) => {
-                let si = run.locate_stage(n)?;
-                let w = wait_mut(run, si)?;
-                if !w.state.is_done() {
-                    w.state = GateStatus::Skipped;
-                }
+        }
+        SkipTarget::AfterStageWait(n) => {
+            let si = run.locate_stage(n)?;
+            let w = wait_mut(run, si)?;
+            if !w.state.is_done() {
+                w.state = GateStatus::Skipped;
             }
         }
     }
-    run.skips.push(SkipRecord { targets: targets.to_vec(), by: by.map(str::to_string), at });
     Ok(())
 }
 
@@ -2070,6 +2082,14 @@ pub fn next(run: &RunState, facts: &Facts, now: Timestamp) -> Vec<Decision> {
     }
     let Some(targets) = &run.targets else { return out };
     if run.intent != Intent::Run || !matches!(run.status.state, Running | Pending) {
+        // A failed run halts, but upgrades already under way still report their outcome.
+        let n = run.progress().in_flight;
+        if n > 0 {
+            out.push(Decision::Wait {
+                until: None,
+                reason: format!("run {}: {n} member upgrade(s) under way", run.status.state),
+            });
+        }
         return out;
     }
     let Some(si) = run.current_stage() else { return out };

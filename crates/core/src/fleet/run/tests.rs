@@ -526,10 +526,11 @@ fn skipping_a_completed_group_is_refused_and_a_fully_skipped_run_is_skipped() {
             at: t0(),
         },
     );
+    assert_eq!(fresh.status.state, NotStarted); // not finished before it started
+    fresh = ok(&fresh, Event::Start { at: t0(), targets: Some(freeze_targets(&fresh.spec, [])), plan: None });
     assert_eq!(fresh.status.state, Skipped);
-    let err =
-        apply(&fresh, &Event::Start { at: t0(), targets: Some(freeze_targets(&fresh.spec, [])), plan: None })
-            .unwrap_err();
+    assert!(next(&fresh, &facts, t0()).is_empty());
+    let err = apply(&fresh, &Event::Start { at: t0(), targets: None, plan: None }).unwrap_err();
     assert!(matches!(err, TransitionError::Run { state: Skipped, .. }));
 }
 
@@ -593,7 +594,7 @@ fn maintenance_windows_order_members_and_pend_with_the_next_opening_until_the_bu
     let a = run.member("a-closed").unwrap();
     assert_eq!(a.status.state, Skipped);
     assert!(matches!(a.skip, Some(SkipCause::Deferred { budget_seconds: 21600, .. })));
-    assert!(a.status.message.as_deref().unwrap().starts_with("deferred after 21600s pending"));
+    assert!(a.status.message.as_deref().unwrap().starts_with("deferred after 6h pending"));
     assert_eq!(run.status.state, Completed);
 }
 
@@ -821,4 +822,32 @@ fn the_transition_tables_hold_what_the_docs_promise() {
     assert!(!allowed(Level::Stage, NotStarted, Failed));
     assert!(allowed(Level::Run, Failed, Running));
     assert!(allowed(Level::Group, Pending, Pending));
+}
+
+#[test]
+fn a_group_empty_at_creation_keeps_its_gates_when_members_join_before_the_start() {
+    let text = "stages: [{name: s, groups: [{name: g, beforeGates: [{type: Approval}]}, {name: h}]}]";
+    let strategy = Strategy::parse(text).unwrap();
+    let (at_creation, _) = fleet(&[("x", "other")]);
+    let mut run =
+        RunState::new("r", spec(), strategy.clone(), resolve(&strategy, &at_creation).unwrap(), t0())
+            .unwrap();
+    // Nothing is selected yet: the stage looks skipped, the run is simply not started.
+    assert_eq!((run.status.state, stage(&run, "s").status.state), (NotStarted, Skipped));
+    assert_eq!(run.gate(&"s/g/before/1".parse().unwrap()).unwrap().state, GateStatus::Skipped);
+    // A skip command given before the start applies to the members resolved at the start.
+    run = ok(
+        &run,
+        Event::Skip { targets: vec![SkipTarget::Group("h".into())], by: Some("ana".into()), at: t0() },
+    );
+    let (now_members, facts) = fleet(&[("a", "g"), ("b", "h")]);
+    let targets = freeze_targets(&run.spec, facts.members.values().map(|f| &f.versions));
+    let plan = resolve(&strategy, &now_members).unwrap();
+    run = ok(&run, Event::Start { at: t0(), targets: Some(targets), plan: Some(plan) });
+    assert_eq!(run.gate(&"s/g/before/1".parse().unwrap()).unwrap().state, GateStatus::NotStarted);
+    assert!(matches!(run.member("b").unwrap().skip, Some(SkipCause::Requested { .. })));
+    let (started, _) = settle(&mut run, &facts, t0());
+    assert!(started.is_empty());
+    assert_eq!(group(&run, "g").status.state, Pending); // waiting for its approval, as configured
+    assert!(run.unselected.is_empty());
 }
