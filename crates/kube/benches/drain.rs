@@ -161,10 +161,13 @@ fn request_delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) 
     out
 }
 
-/// What only a drainer asks for; everything else in the window is the cluster reacting
-/// (controllers recreating and binding pods, kwok updating them, leases, the cordon taint).
+/// What the drainer itself asks for. Everything else in the window is the cluster reacting,
+/// the same for both tools: controllers recreating and binding pods, kwok updating and
+/// deleting them, events, leases, the controller-manager's unschedulable taint (one GET and
+/// one PATCH of the node).
 fn drainer_requests(delta: &BTreeMap<String, f64>) -> f64 {
-    delta
+    let get = |k: &str| delta.get(k).copied().unwrap_or(0.0);
+    let own: f64 = delta
         .iter()
         .filter(|(k, _)| {
             let (verb, what) = k.split_once(' ').unwrap_or_default();
@@ -173,14 +176,18 @@ fn drainer_requests(delta: &BTreeMap<String, f64>) -> f64 {
                 ("POST", "pods/eviction")
                     | ("GET" | "LIST" | "WATCH", "pods")
                     | ("GET" | "PATCH" | "PUT" | "APPLY", "nodes")
-                    | ("GET" | "LIST" | "WATCH", "poddisruptionbudgets")
-                    | ("GET", "(non-resource)")
+                    | ("GET" | "WATCH", "poddisruptionbudgets")
             )
         })
         .map(|(_, v)| v)
-        .sum::<f64>()
-        // Our own "before" scrape of /metrics is counted in the window.
-        - 1.0
+        .sum();
+    // The eviction handler lists the namespace's PDBs through the apiserver's loopback client
+    // once per eviction request; only lists beyond that are the drainer's (its PDB watch).
+    let pdb_lists = (get("LIST poddisruptionbudgets") - get("POST pods/eviction")).max(0.0);
+    // Discovery (kubectl asks /api, /apis, ... each time); our own "before" scrape of
+    // /metrics may be counted in the window too, so one non-resource GET is not theirs.
+    let non_resource = (get("GET (non-resource)") - 1.0).max(0.0);
+    own + pdb_lists + non_resource
 }
 
 fn kubectl_drain(kubectl: &Path, kubeconfig: &Path, home: &Path, node: &str) -> tokio::process::Command {

@@ -439,12 +439,11 @@ impl Ctx<'_> {
             // The gate is checked while holding a permit, i.e. just before the request would
             // go out: pods queued behind the first wave see the budget the wave learnt about.
             if let (Some(cache), false, true) = (cache, forced, w.gated)
-                && let Gate::Closed { pdb, reason } = cache.gate(&pod.namespace, &w.labels)
+                && let Gate::Closed { pdb, reason, seen } = cache.gate(&pod.namespace, &w.labels)
             {
                 drop(permit);
                 set(standing, Some(pdb.clone()), reason.clone());
                 self.report_blocked(pod, Some(pdb), reason, &mut reported);
-                let seen = cache.fingerprint(&pod.namespace, &w.labels);
                 forced = matches!(self.wait(w, Some(cache), &seen, backoff.next()).await, Woken::Timer);
                 continue;
             }
@@ -934,7 +933,12 @@ struct Budget {
 #[derive(Debug, PartialEq, Eq)]
 enum Gate {
     Open,
-    Closed { pdb: String, reason: String },
+    /// `seen`: the pod's budget fingerprint at the decision, to wait for a change from.
+    Closed {
+        pdb: String,
+        reason: String,
+        seen: Vec<(String, u64)>,
+    },
 }
 
 impl PdbState {
@@ -1010,8 +1014,10 @@ impl PdbCache {
             b.granted += 1;
             return Gate::Open;
         }
+        let seen = vec![(key.clone(), b.epoch)];
         Gate::Closed {
             pdb: key.clone(),
+            seen,
             reason: format!(
                 "the disruption budget {} allows no more disruptions now (needs {} healthy pods, has {})",
                 b.info.name, b.info.desired_healthy, b.info.current_healthy
