@@ -68,13 +68,7 @@ fn approval() -> Vec<GateSpec> {
 }
 
 fn window(days: Vec<Day>, start: &str, minutes: u32) -> MaintenanceWindow {
-    MaintenanceWindow {
-        recurrence: Recurrence::Weekly(days),
-        start: start.parse().unwrap(),
-        duration_minutes: minutes,
-        time_zone: "Europe/Berlin".into(),
-        blackout_dates: vec![],
-    }
+    super::window::window(Recurrence::Weekly(days), start, minutes, "Europe/Berlin")
 }
 
 /// Member kinds: 0–5 behind with no window, 6 at the target, 7 a rare window, 8 a daily

@@ -413,6 +413,18 @@ pub fn priority(window: Option<&MaintenanceWindow>, now: Timestamp) -> WindowPri
     }
 }
 
+/// A window for tests: `start` as HH:MM, no blackouts.
+#[cfg(test)]
+pub(crate) fn window(recurrence: Recurrence, start: &str, minutes: u32, tz: &str) -> MaintenanceWindow {
+    MaintenanceWindow {
+        recurrence,
+        start: start.parse().unwrap(),
+        duration_minutes: minutes,
+        time_zone: tz.into(),
+        blackout_dates: vec![],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,16 +432,6 @@ mod tests {
 
     fn ts(s: &str) -> Timestamp {
         s.parse().unwrap()
-    }
-
-    fn window(rec: Recurrence, start: &str, minutes: u32, tz: &str) -> MaintenanceWindow {
-        MaintenanceWindow {
-            recurrence: rec,
-            start: start.parse().unwrap(),
-            duration_minutes: minutes,
-            time_zone: tz.into(),
-            blackout_dates: vec![],
-        }
     }
 
     #[test]

@@ -535,13 +535,7 @@ fn skipping_a_completed_group_is_refused_and_a_fully_skipped_run_is_skipped() {
 }
 
 fn window_on(days: Vec<Day>, start: &str, minutes: u32) -> MaintenanceWindow {
-    MaintenanceWindow {
-        recurrence: Recurrence::Weekly(days),
-        start: start.parse().unwrap(),
-        duration_minutes: minutes,
-        time_zone: "UTC".into(),
-        blackout_dates: vec![],
-    }
+    crate::fleet::window::window(Recurrence::Weekly(days), start, minutes, "UTC")
 }
 
 #[test]
