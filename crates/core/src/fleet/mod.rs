@@ -32,14 +32,20 @@ pub mod window;
 mod proptests;
 
 pub use gate::{Approval, GateRef, GateSpec, GateState, GateStatus, GateTiming};
-pub use profile::{Channel, Profile, ProfileError, ProfileTarget};
-pub use run::{
-    Decision, Event, Facts, GroupState, Level, MemberFacts, MemberState, PendingReason, RunState, SkipCause,
-    SkipTarget, StageState, TransitionError, UpdateState, apply, next,
+pub use profile::{
+    Channel, HeldBack, Profile, ProfileError, ProfileTarget, Trigger, TriggerStatus, target_for,
 };
-pub use strategy::{FleetMember, Limit, RunPlan, Strategy, StrategyError, resolve};
-pub use target::{NodeImage, NodeImageSelection, Targets, UpgradeSpec, UpgradeType};
-pub use window::{Day, MaintenanceWindow, WindowError, WindowPriority};
+pub use run::{
+    Decision, Event, Facts, GroupState, Intent, Level, MEMBER_TRANSITIONS, MemberFacts, MemberState,
+    PARENT_TRANSITIONS, PendingReason, Progress, RunState, SkipCause, SkipTarget, StageState, Status,
+    TransitionError, UpdateState, allowed, apply, next,
+};
+pub use strategy::{FleetMember, LabelSelector, Limit, RunPlan, Strategy, StrategyError, resolve};
+pub use target::{
+    MemberTarget, MemberVersions, NodeImage, NodeImageSelection, NodeImageTargets, SpecError, Targets,
+    UpgradeSpec, UpgradeType, freeze_targets,
+};
+pub use window::{Day, MaintenanceWindow, Recurrence, WindowError, WindowPriority};
 
 /// The longest name a stage, group, profile or run may have (Azure's limit for stages).
 pub const MAX_NAME_LEN: usize = 50;
