@@ -76,7 +76,8 @@ fn window(days: Vec<Day>, start: &str, minutes: u32) -> MaintenanceWindow {
 fn facts_for(kind: u8) -> Option<MemberFacts> {
     let behind =
         MemberVersions { control_plane: Some(v("1.36.4")), nodes: Some(v("1.36.4")), ..Default::default() };
-    let mut f = MemberFacts { versions: behind, window: None, unavailable: None };
+    let mut f =
+        MemberFacts { versions: behind, window: None, unavailable: None, pending_budget_seconds: None };
     match kind {
         6 => {
             f.versions.control_plane = Some(v("1.37.1"));

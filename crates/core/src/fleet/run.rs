@@ -659,6 +659,10 @@ pub struct MemberFacts {
     /// Why it cannot be worked on now (unreachable, another operation under way).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unavailable: Option<String>,
+    /// This member's budget for time spent Pending; overrides the run's
+    /// `pendingBudgetSeconds` (a member with a rare window may wait longer than the rest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_budget_seconds: Option<u64>,
 }
 
 /// What the driver knows about the fleet right now. A planned member missing here is no
@@ -2166,7 +2170,12 @@ pub fn next(run: &RunState, facts: &Facts, now: Timestamp) -> Vec<Decision> {
                     }
                     Assessment::Blocked(reason) => {
                         let since = m.pending_since.unwrap_or(now);
-                        let deadline = run.spec.pending_budget_seconds.map(|b| {
+                        let budget = facts
+                            .members
+                            .get(&m.name)
+                            .and_then(|f| f.pending_budget_seconds)
+                            .or(run.spec.pending_budget_seconds);
+                        let deadline = budget.map(|b| {
                             (since + SignedDuration::from_secs(i64::try_from(b).unwrap_or(i64::MAX / 2)), b)
                         });
                         match deadline {

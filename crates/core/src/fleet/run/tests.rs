@@ -31,6 +31,7 @@ fn behind() -> MemberFacts {
         },
         window: None,
         unavailable: None,
+        pending_budget_seconds: None,
     }
 }
 
@@ -590,6 +591,25 @@ fn maintenance_windows_order_members_and_pend_with_the_next_opening_until_the_bu
     assert!(matches!(a.skip, Some(SkipCause::Deferred { budget_seconds: 21600, .. })));
     assert!(a.status.message.as_deref().unwrap().starts_with("deferred after 6h pending"));
     assert_eq!(run.status.state, Completed);
+}
+
+#[test]
+fn a_members_own_pending_budget_overrides_the_runs() {
+    // Now is Wednesday 12:00 UTC; both windows open on Saturday.
+    let (members, mut facts) = fleet(&[("a", "g"), ("b", "h")]);
+    for m in ["a", "b"] {
+        facts.members.get_mut(m).unwrap().window = Some(window_on(vec![Day::Saturday], "22:00", 240));
+    }
+    facts.members.get_mut("b").unwrap().pending_budget_seconds = Some(3600);
+    let mut spec = spec();
+    spec.pending_budget_seconds = Some(6 * 3600);
+    let mut run = new_run("stages: [{name: s, groups: [{name: g}, {name: h}]}]", &members, spec);
+    run = start(&run, &facts, t0());
+    settle(&mut run, &facts, t0());
+    let later = t0() + hours(2);
+    settle(&mut run, &facts, later);
+    assert!(matches!(run.member("b").unwrap().skip, Some(SkipCause::Deferred { budget_seconds: 3600, .. })));
+    assert_eq!(state_of(&run, "a"), Pending, "a keeps the run's six hours");
 }
 
 #[test]
