@@ -6,6 +6,8 @@
 //! connection writes. The schema is versioned with `PRAGMA user_version`; migrations run in a
 //! transaction when the store opens.
 
+pub mod fleet;
+
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -49,10 +51,40 @@ pub enum Error {
     /// No state directory to put the store in.
     #[error("no state directory for the refit store: set REFIT_STATE_DIR")]
     NoStateDir,
+    /// A fleet object with that name exists already.
+    #[error("{kind} '{name}' exists already")]
+    Exists {
+        /// member, strategy, update run, profile.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// No fleet object with that name.
+    #[error("no {kind} named '{name}'")]
+    NotFound {
+        /// member, strategy, update run, profile.
+        kind: &'static str,
+        /// The name asked for.
+        name: String,
+    },
+    /// Someone else wrote the run since it was read: read it again and re-apply.
+    #[error("update run '{name}' changed meanwhile (version {found}, expected {expected})")]
+    Conflict {
+        /// The run.
+        name: String,
+        /// The version read.
+        expected: i64,
+        /// The version found.
+        found: i64,
+    },
+    /// A stored JSON document does not decode (or a value does not encode).
+    #[error("refit store: unreadable fleet record: {0}")]
+    Json(String),
 }
 
 /// Migrations, in order; entry N brings the schema from version N to N+1.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE runs (
     id          TEXT PRIMARY KEY,
     cluster     TEXT NOT NULL,
@@ -80,7 +112,9 @@ CREATE TABLE events (
     body        TEXT NOT NULL
 );
 CREATE INDEX events_by_run ON events(run_id, seq);
-"#];
+"#,
+    fleet::MIGRATION,
+];
 
 /// The schema version this code writes.
 pub const SCHEMA: i64 = MIGRATIONS.len() as i64;
@@ -137,7 +171,7 @@ pub fn default_path() -> Result<PathBuf, Error> {
     Ok(base.join("refit").join("refit.db"))
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     // Seconds.nanoseconds since the Unix epoch (UTC): sortable as text until the year 2286.
     let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
