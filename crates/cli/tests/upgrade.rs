@@ -243,7 +243,7 @@ fn logging_action(dir: &Path) -> (PathBuf, PathBuf) {
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\necho \"$REFIT_NODE $REFIT_TO $REFIT_PHASE\" >> '{}'\nexec '{}' sandbox upgrade-node \"$REFIT_NODE\" --to \"$REFIT_TO\"\n",
+            "#!/bin/sh\necho \"$REFIT_NODE $REFIT_TO $REFIT_PHASE\" >> '{}'\nsleep 0.3\nexec '{}' sandbox upgrade-node \"$REFIT_NODE\" --to \"$REFIT_TO\"\n",
             log.display(),
             refit_bin.display()
         ),
@@ -281,7 +281,17 @@ fn spawn(cmd: &assert_cmd::Command) -> Child {
             c.env(k, v);
         }
     }
-    c.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap()
+    let log = std::env::temp_dir().join(format!("refit-upgrade-test-{}.stderr", std::process::id()));
+    let err = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    c.stdout(Stdio::piped()).stderr(err).spawn().unwrap()
+}
+
+/// What refit printed on stderr in this test process's spawned runs.
+fn spawned_stderr() -> String {
+    std::fs::read_to_string(
+        std::env::temp_dir().join(format!("refit-upgrade-test-{}.stderr", std::process::id())),
+    )
+    .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,10 +320,48 @@ async fn three_control_planes_and_thirty_workers_survive_ten_kills_and_reach_the
         let done_before = finished_units(&c.store, &to);
         let lines_before = log_lines(&log).len();
         let mut child = spawn(&upgrade);
-        let wait_ms = 800 + next() % 4000;
-        std::thread::sleep(Duration::from_millis(wait_ms));
+        // Kill after a random number of finished steps, plus a random delay: points spread over
+        // the control-plane and worker phases, between steps and in the middle of actions.
+        let steps = 1 + next() % 12;
+        let extra_ms = next() % 250;
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    let _ = tx.send(v["event"].as_str().unwrap_or("").to_string());
+                }
+            }
+        });
+        let mut seen = 0;
+        let mut finished = false;
+        while seen < steps {
+            match rx.recv_timeout(Duration::from_secs(120)) {
+                Ok(e) if e == "step-done" => seen += 1,
+                Ok(e) if e == "summary" => {
+                    finished = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    finished = true;
+                    break;
+                }
+            }
+        }
+        if finished {
+            let status = child.wait().unwrap();
+            assert!(
+                status.success(),
+                "attempt {} ended on its own with {status}: {}",
+                kills + 1,
+                spawned_stderr()
+            );
+            break; // the run completed before this kill point
+        }
+        std::thread::sleep(Duration::from_millis(extra_ms));
         if child.try_wait().unwrap().is_some() {
-            break; // finished before the kill: the run completed
+            break;
         }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
@@ -342,7 +390,7 @@ async fn three_control_planes_and_thirty_workers_survive_ten_kills_and_reach_the
         .cloned()
         .collect();
     assert!(again.is_empty(), "final run redid finished nodes: {again:?}");
-    assert!(kills >= 5, "the run finished too fast to be killed: only {kills} kills");
+    assert_eq!(kills, 10, "the run finished before ten kill points");
 
     // Events are one JSON object per line, ending with the summary.
     let events: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -401,8 +449,18 @@ async fn multi_hop_walks_the_control_plane_and_moves_workers_once() {
     let (from, mid, to) = (release(35), release(36), release(37));
     let c = Cluster::up(&from, 3, 6);
     let (script, log) = logging_action(c._tmp.path());
+    // The path's intermediate hop is the newest 1.36 patch the catalog knows; this catalog
+    // (an air-gapped refresh, as an operator would pass) knows the one the testbed built.
+    let catalog = c._tmp.path().join("catalog.yaml");
+    let shipped = include_str!("../../../data/catalog.yaml");
+    let newer: Vec<String> = (mid.split('.').nth(2).unwrap().parse::<u32>().unwrap() + 1..20)
+        .map(|p| format!(", \"1.36.{p}\""))
+        .collect();
+    let trimmed = newer.iter().fold(shipped.to_string(), |t, n| t.replace(n.as_str(), ""));
+    std::fs::write(&catalog, trimmed).unwrap();
     let mut upgrade = c.upgrade(&to);
-    upgrade.args(["--max-unavailable", "2", "--action"]).arg(format!("exec:{} {{node}}", script.display()));
+    upgrade.args(["--max-unavailable", "2", "--catalog"]).arg(&catalog);
+    upgrade.arg("--action").arg(format!("exec:{} {{node}}", script.display()));
     let out = upgrade.output().unwrap();
     assert!(
         out.status.success(),
@@ -469,14 +527,21 @@ async fn an_apiserver_restarted_in_the_middle_of_a_drain_does_not_stop_the_run()
     wait_pods_ready(&client, NS, "app=pinned", 2, Duration::from_secs(60)).await.unwrap();
 
     let mut upgrade = c.upgrade(&to);
-    upgrade.args(["--action", "sandbox", "--drain-timeout", "5m", "-o", "json"]);
+    // Preflight rightly finds that this budget never allows a disruption: run anyway.
+    upgrade.args(["--action", "sandbox", "--drain-timeout", "5m", "--ignore-safety-checks", "-o", "json"]);
     let mut child = spawn(&upgrade);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok);
     let mut seen = Vec::new();
     let blocked = wait_event(&mut lines, |e| e["event"] == "blocked" && e["node"] == "worker-001", &mut seen);
     assert_eq!(blocked["pdb"], format!("{NS}/pinned"), "the report names the budget");
+    // One upgrade per cluster at a time: a second one is refused while this one runs.
+    let second = c.upgrade(&to).args(["--action", "sandbox", "--ignore-safety-checks"]).output().unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("another refit upgrade is running"));
 
     // Restart the first apiserver while the drain waits; refit goes through the load balancer.
+    // (Attached again: the upgrade replaced the member's processes since `tb` was read.)
+    let tb = c.testbed();
     tb.stop_apiserver(0).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     tb.start_apiserver_again(0).await.unwrap();
@@ -623,4 +688,43 @@ fn dry_run_shows_the_schedule_and_changes_nothing() {
             assert_eq!(kubelet(&n), format!("v{}", release(36)));
         }
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_creates_a_new_node_with_the_old_ones_labels_and_taints_and_removes_the_old() {
+    let to = release(37);
+    let c = Cluster::up(&release(36), 1, 2);
+    let client = c.client().await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let custom = json!({"metadata": {"labels": {"team": "payments"}, "annotations": {"owner": "ops@example.com"}},
+                        "spec": {"taints": [{"key": "dedicated", "value": "payments", "effect": "NoSchedule"}]}});
+    nodes.patch("worker-001", &PatchParams::default(), &Patch::Merge(&custom)).await.unwrap();
+    let out = c.upgrade(&to).args(["--action", "replace-sandbox"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let names: BTreeSet<String> = c.nodes().await.iter().filter_map(|n| n.metadata.name.clone()).collect();
+    let v = to.replace('.', "-");
+    assert_eq!(
+        names,
+        ["control-plane-1".to_string(), format!("worker-001-v{v}"), format!("worker-002-v{v}")]
+            .into_iter()
+            .collect(),
+        "workers replaced, the control plane upgraded in place"
+    );
+    let new = nodes.get(&format!("worker-001-v{v}")).await.unwrap();
+    assert_eq!(kubelet(&new), format!("v{to}"));
+    assert!(!unschedulable(&new));
+    assert_eq!(new.metadata.labels.as_ref().unwrap().get("team").map(String::as_str), Some("payments"));
+    assert_eq!(
+        new.metadata.annotations.as_ref().unwrap().get("owner").map(String::as_str),
+        Some("ops@example.com")
+    );
+    let taints = new.spec.as_ref().unwrap().taints.clone().unwrap_or_default();
+    assert!(taints.iter().any(|t| t.key == "dedicated" && t.effect == "NoSchedule"), "{taints:?}");
+    let cp = nodes.get("control-plane-1").await.unwrap();
+    assert_eq!(kubelet(&cp), format!("v{to}"));
 }

@@ -382,27 +382,71 @@ impl Engine {
         Ok((reports, reason))
     }
 
+    /// Runs a cluster-wide step (backup, cluster services) journaled like a node's: started
+    /// before, done or failed after, with its event. `work` returns the detail to record.
+    async fn cluster_step(
+        &self,
+        step: &str,
+        work: impl std::future::Future<Output = Result<String, String>>,
+    ) -> Result<String, String> {
+        let to = self.spec.schedule.target.to_string();
+        let key = format!("{step}@{to}");
+        let node = CLUSTER_UNIT.to_string();
+        let started = Event::StepStarted { node: node.clone(), step: step.into(), to: to.clone() };
+        self.record(CLUSTER_UNIT, &key, StepState::Started, "", started).map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        match work.await {
+            Ok(detail) => {
+                let millis = t.elapsed().as_millis() as u64;
+                let done = Event::StepDone { node, step: step.into(), to, millis, detail: detail.clone() };
+                self.record(CLUSTER_UNIT, &key, StepState::Done, &detail, done).map_err(|e| e.to_string())?;
+                Ok(detail)
+            }
+            Err(error) => {
+                let failed = Event::StepFailed { node, step: step.into(), to, error: error.clone() };
+                let _ = self.record(CLUSTER_UNIT, &key, StepState::Failed, &error, failed);
+                Err(error)
+            }
+        }
+    }
+
     /// Takes the etcd backup once per run (journaled: a resumed run does not take another).
     async fn backup_once(&self) -> Result<Option<String>, String> {
         let key = format!("backup@{}", self.spec.schedule.target);
-        let journal = self.journal(CLUSTER_UNIT).map_err(|e| e.to_string())?;
-        if journal.get(&key) == Some(&StepState::Done) {
+        if self.journal(CLUSTER_UNIT).map_err(|e| e.to_string())?.get(&key) == Some(&StepState::Done) {
             return Ok(None);
         }
+        let path = self
+            .cluster_step("backup", async {
+                let (path, bytes) = self
+                    .take_backup()
+                    .await
+                    .map_err(|e| format!("etcd backup failed, nothing was changed: {e}"))?;
+                if !path.is_empty() {
+                    self.emit(Event::Backup { path: path.clone(), bytes });
+                }
+                Ok(path)
+            })
+            .await?;
+        Ok(Some(path).filter(|p| !p.is_empty()))
+    }
+
+    /// The backup itself: (path, bytes), or an empty path when none is configured.
+    async fn take_backup(&self) -> Result<(String, u64), String> {
         let name = format!("etcd-{}", self.run_id);
-        let started = Event::StepStarted {
-            node: CLUSTER_UNIT.into(),
-            step: "backup".into(),
-            to: self.spec.schedule.target.to_string(),
-        };
-        self.record(CLUSTER_UNIT, &key, StepState::Started, "", started).map_err(|e| e.to_string())?;
-        let t = Instant::now();
-        let result: Result<(String, u64), String> = match &self.spec.backup {
+        match &self.spec.backup {
             BackupSpec::None => {
                 self.emit(Event::Warning {
                     message: "no etcd backup was configured (--etcd-endpoint with --etcd-cacert/--etcd-cert/--etcd-key, or --backup-command): continuing without one".into(),
                 });
                 Ok((String::new(), 0))
+            }
+            // Killed after the snapshot was published but before "done" was journaled: the
+            // file (published atomically, complete by construction) is this run's backup.
+            BackupSpec::Etcd { dir, .. } if dir.join(format!("{name}.db")).exists() => {
+                let path = dir.join(format!("{name}.db"));
+                let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                Ok((path.display().to_string(), bytes))
             }
             BackupSpec::Etcd { endpoints, dir } => {
                 let eps: Vec<refit_exec::backup::EtcdEndpoint> = endpoints
@@ -432,79 +476,29 @@ impl Engine {
                     .map(|_| (dir.join(&name).display().to_string(), 0))
                     .map_err(|e| e.to_string())
             }
-        };
-        let to = self.spec.schedule.target.to_string();
-        match result {
-            Ok((path, bytes)) => {
-                if !path.is_empty() {
-                    self.emit(Event::Backup { path: path.clone(), bytes });
-                }
-                let done = Event::StepDone {
-                    node: CLUSTER_UNIT.into(),
-                    step: "backup".into(),
-                    to,
-                    millis: t.elapsed().as_millis() as u64,
-                    detail: path.clone(),
-                };
-                self.record(CLUSTER_UNIT, &key, StepState::Done, &path, done).map_err(|e| e.to_string())?;
-                Ok(Some(path).filter(|p| !p.is_empty()))
-            }
-            Err(e) => {
-                let msg = format!("etcd backup failed, nothing was changed: {e}");
-                let failed = Event::StepFailed {
-                    node: CLUSTER_UNIT.into(),
-                    step: "backup".into(),
-                    to,
-                    error: msg.clone(),
-                };
-                let _ = self.record(CLUSTER_UNIT, &key, StepState::Failed, &msg, failed);
-                Err(msg)
-            }
         }
     }
 
     /// Moves kube-proxy and CoreDNS to the target's versions and waits for their rollouts.
     async fn cluster_services(&self, targets: &refit_core::addons::AddonTargets) -> Result<(), String> {
-        let key = format!("cluster-services@{}", self.spec.schedule.target);
-        let to = self.spec.schedule.target.to_string();
-        let started =
-            Event::StepStarted { node: CLUSTER_UNIT.into(), step: "cluster-services".into(), to: to.clone() };
-        self.record(CLUSTER_UNIT, &key, StepState::Started, "", started).map_err(|e| e.to_string())?;
-        let t = Instant::now();
         let on_event = |e: refit_kube::addons::AddonEvent| {
             self.emit(Event::ClusterService { addon: addon_name(&e), detail: addon_detail(&e) });
         };
         let timeout = self.spec.node_timeout().max(Duration::from_secs(60));
-        match refit_kube::addons::upgrade_addons(&self.conn, targets, timeout, &on_event).await {
-            Ok(report) => {
-                let detail = report
-                    .changed
-                    .iter()
-                    .map(|(a, from, to)| format!("{a} {from} → {to}"))
-                    .chain(report.skipped.iter().map(|(a, why)| format!("{a}: {why}")))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                let done = Event::StepDone {
-                    node: CLUSTER_UNIT.into(),
-                    step: "cluster-services".into(),
-                    to,
-                    millis: t.elapsed().as_millis() as u64,
-                    detail: detail.clone(),
-                };
-                self.record(CLUSTER_UNIT, &key, StepState::Done, &detail, done).map_err(|e| e.to_string())
-            }
-            Err(e) => {
-                let msg = format!("cluster services: {e}");
-                let failed = Event::StepFailed {
-                    node: CLUSTER_UNIT.into(),
-                    step: "cluster-services".into(),
-                    to,
-                    error: msg.clone(),
-                };
-                let _ = self.record(CLUSTER_UNIT, &key, StepState::Failed, &msg, failed);
-                Err(msg)
-            }
-        }
+        self.cluster_step("cluster-services", async {
+            let report = refit_kube::addons::upgrade_addons(&self.conn, targets, timeout, &on_event)
+                .await
+                .map_err(|e| format!("cluster services: {e}"))?;
+            Ok(report
+                .changed
+                .iter()
+                .map(|(a, from, to)| format!("{a} {from} → {to}"))
+                .chain(report.skipped.iter().map(|(a, why)| format!("{a}: {why}")))
+                .collect::<Vec<_>>()
+                .join("; "))
+        })
+        .await
+        .map(|_| ())
     }
 }
 

@@ -104,5 +104,11 @@ async fn upgrade(tb: &refit_testbed::Testbed, dir: &std::path::Path, format: For
     if code != std::process::ExitCode::SUCCESS {
         anyhow::bail!("the demo upgrade did not complete; rerun `refit demo` to continue it");
     }
+    if format == Format::Table {
+        println!("\n$ refit status --kubeconfig {kubeconfig}");
+    }
+    let status = ["refit", "status", "--kubeconfig", &kubeconfig, "--kubectl", "none"];
+    let cli = crate::args::Cli::try_parse_from(status.iter().map(|s| s.to_string()))?;
+    Box::pin(crate::commands::run(crate::args::Cli { output: format, ..cli })).await?;
     Ok(())
 }

@@ -218,7 +218,9 @@ pub async fn run(args: UpgradeArgs, format: Format) -> anyhow::Result<ExitCode> 
     };
     let conn = refit_kube::connect(&cluster_target).await.map_err(|e| usage(e.to_string()))?;
     let cluster = refit_kube::node::cluster_uid(&conn).await?;
+    let mut lock = None;
     if !args.dry_run && store_path.exists() {
+        lock = Some(lock_cluster(&store_path, &cluster)?);
         let store = Store::open(&store_path)?;
         if let Some(prev) = store.latest_run(&cluster)?
             && prev.state.parse::<RunState>().is_ok_and(|s| s.resumable())
@@ -251,7 +253,9 @@ pub async fn run(args: UpgradeArgs, format: Format) -> anyhow::Result<ExitCode> 
                         prev.id, prev.state, prev.target
                     );
                 }
-                return execute(conn, store, prev.id, spec, format).await;
+                let code = execute(conn, store, prev.id, spec, format).await;
+                drop(lock);
+                return code;
             }
         }
     }
@@ -336,6 +340,10 @@ pub async fn run(args: UpgradeArgs, format: Format) -> anyhow::Result<ExitCode> 
         backup,
         eviction_concurrency: args.eviction_concurrency,
     };
+    let lock = match lock {
+        Some(l) => l,
+        None => lock_cluster(&store_path, &cluster)?,
+    };
     let mut store = Store::open(&store_path)?;
     let id = format!(
         "up-{}-{}",
@@ -350,7 +358,33 @@ pub async fn run(args: UpgradeArgs, format: Format) -> anyhow::Result<ExitCode> 
         spec: serde_json::to_string(&spec)?,
     };
     store.create_run(&row)?;
-    execute(prepared.conn, store, id, spec, format).await
+    let code = execute(prepared.conn, store, id, spec, format).await;
+    drop(lock);
+    code
+}
+
+/// One `refit upgrade` per cluster at a time (the journal has one writer per run, and two
+/// engines would fight over the same nodes): an exclusive lock on a file named after the
+/// cluster's identity, next to the store. The kernel drops it when the process dies, kill -9
+/// included, so a rerun after a crash is never locked out.
+fn lock_cluster(store_path: &std::path::Path, cluster: &str) -> anyhow::Result<std::fs::File> {
+    let dir = store_path.parent().map(|p| p.join("locks")).unwrap_or_else(|| PathBuf::from("locks"));
+    std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+    let path = dir.join(format!("{cluster}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(anyhow::anyhow!(
+            "another refit upgrade is running against this cluster (lock {}); wait for it to end or stop it",
+            path.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(anyhow::anyhow!("locking {}: {e}", path.display())),
+    }
 }
 
 /// Gives up an unfinished run: the nodes it cordoned are uncordoned (they are refit's to give
