@@ -681,6 +681,12 @@ fn dry_run_shows_the_schedule_and_changes_nothing() {
     assert_eq!(stages.len(), 2, "control plane, then workers: {v}");
     assert_eq!(stages[1]["units"].as_array().unwrap().len(), 2);
     assert!(!c.store.exists(), "a dry run records no run");
+    let out =
+        c.upgrade(&release(37)).args(["--dry-run", "--control-plane-only", "-o", "json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stages = v["schedule"]["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 1, "--control-plane-only: no worker stage: {v}");
+    assert_eq!(v["schedule"]["cluster_services"], false);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         for n in c.nodes().await {
@@ -727,4 +733,60 @@ async fn replace_creates_a_new_node_with_the_old_ones_labels_and_taints_and_remo
     assert!(taints.iter().any(|t| t.key == "dedicated" && t.effect == "NoSchedule"), "{taints:?}");
     let cp = nodes.get("control-plane-1").await.unwrap();
     assert_eq!(kubelet(&cp), format!("v{to}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_cleanly_gives_back_the_cordon_and_a_rerun_finishes() {
+    let to = release(37);
+    let c = Cluster::up(&release(36), 1, 2);
+    let client = c.client().await;
+    c.testbed().create_namespace(NS).await.unwrap();
+    let mut d = deployment(NS, "pinned", 2);
+    d["spec"]["template"]["spec"]["nodeSelector"] = json!({"kubernetes.io/hostname": "worker-001"});
+    apply::<Deployment>(&client, d).await.unwrap();
+    apply::<PodDisruptionBudget>(&client, pdb(NS, "pinned", "pinned", Budget::MinAvailable(2)))
+        .await
+        .unwrap();
+    wait_pods_ready(&client, NS, "app=pinned", 2, Duration::from_secs(60)).await.unwrap();
+
+    let mut upgrade = c.upgrade(&to);
+    upgrade.args(["--action", "sandbox", "--ignore-safety-checks", "-o", "json"]);
+    let mut child = spawn(&upgrade);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok);
+    let mut seen = Vec::new();
+    wait_event(&mut lines, |e| e["event"] == "blocked" && e["node"] == "worker-001", &mut seen);
+    let node = Api::<Node>::all(client.clone()).get("worker-001").await.unwrap();
+    assert!(unschedulable(&node), "cordoned while draining");
+    // Ctrl-C: the drain is abandoned and the node given back.
+    let sent = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    let summary = wait_event(&mut lines, |e| e["event"] == "summary", &mut seen);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{}", seen.join("\n"));
+    assert_eq!(summary["outcome"]["state"], "interrupted");
+    let node = Api::<Node>::all(client.clone()).get("worker-001").await.unwrap();
+    assert!(!unschedulable(&node), "a clean stop leaves nothing cordoned by refit");
+    assert_eq!(kubelet(&node), format!("v{}", release(36)));
+
+    // Relax the budget and rerun the same command: it continues and completes.
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), NS);
+    pdbs.patch("pinned", &PatchParams::default(), &Patch::Merge(json!({"spec": {"minAvailable": 1}})))
+        .await
+        .unwrap();
+    let api: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    api.patch(
+        "pinned",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"template": {"spec": {"nodeSelector": null}}}})),
+    )
+    .await
+    .unwrap();
+    let out = c.upgrade(&to).args(["--action", "sandbox", "--ignore-safety-checks"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("resuming run"), "{text}");
+    for n in c.nodes().await {
+        assert_eq!(kubelet(&n), format!("v{to}"));
+        assert!(!unschedulable(&n));
+    }
 }
