@@ -88,6 +88,16 @@ Examples:
   refit apis --to 1.25 --catalog ./catalog.yaml
 Exit code 1 when any removed API is in use (crossing this upgrade or already removed), 0 when none.")]
     Apis(ApisArgs),
+    /// Fleets: members, strategies, update runs stage by stage, gates, auto-upgrade profiles.
+    #[command(after_help = "\
+Examples:
+  refit fleet member add eu-1 --kubeconfig eu-1.conf --update-group canary
+  refit fleet strategy create safe -f stages.yaml
+  refit fleet run create to-137 --upgrade-type Full --kubernetes-version 1.37.1 --strategy safe
+  refit fleet run start to-137 --wait
+  refit fleet gate approve to-137 canary/after/1
+  refit fleet run show to-137")]
+    Fleet(crate::commands::fleet::args::FleetArgs),
     /// Print shell completions.
     #[command(after_help = "Example:\n  refit completion zsh > ~/.zfunc/_refit")]
     Completion {
@@ -186,6 +196,10 @@ pub struct UpgradeNodeArgs {
     /// Target release (e.g. 1.37.1, or 1.37 for the built patch).
     #[arg(long)]
     pub to: String,
+    /// Node images FAMILY=VERSION[,...]: the node's `refit.dev/node-image` annotation moves to
+    /// the version of its family (a fleet member upgrade passes them in REFIT_NODE_IMAGES).
+    #[arg(long, env = "REFIT_NODE_IMAGES", value_name = "FAMILY=VERSION,...")]
+    pub node_images: Option<String>,
 }
 
 /// `refit sandbox add-node`

@@ -3,6 +3,7 @@
 mod apis;
 mod build;
 mod demo;
+pub mod fleet;
 mod plan;
 mod sandbox;
 mod status;
@@ -35,6 +36,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(args, format).await,
         Command::Plan(args) => plan::run(args, format).await,
         Command::Upgrade(args) => upgrade::run(*args, format).await,
+        Command::Fleet(args) => fleet::run(args, format).await,
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "refit", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

@@ -1,0 +1,84 @@
+//! `refit fleet gate list|approve`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use refit_core::fleet::{Event, GateRef, GateStatus};
+use serde::Serialize;
+
+use super::args::GateCommand;
+use super::{commit, load_run, now, open, seconds, who};
+use crate::output::{Format, print_structured, table, usage};
+
+/// A gate as listed.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Listed<'a> {
+    run: &'a str,
+    #[serde(flatten)]
+    gate: &'a refit_core::fleet::GateState,
+}
+
+pub fn run(cmd: GateCommand, store: &Path, format: Format) -> anyhow::Result<ExitCode> {
+    match cmd {
+        GateCommand::List { run, all } => {
+            let s = open(store)?;
+            let runs = match &run {
+                Some(name) => vec![load_run(&s, name)?],
+                None => s.fleet_runs()?,
+            };
+            let listed: Vec<Listed> = runs
+                .iter()
+                .flat_map(|r| r.state.gates().map(move |g| Listed { run: &r.state.name, gate: g }))
+                .filter(|l| all || l.gate.state == GateStatus::Pending)
+                .collect();
+            if !print_structured(format, &listed)? {
+                let mut t = table(&["run", "gate", "type", "state", "reached", "approval"]);
+                for l in &listed {
+                    let g = l.gate;
+                    t.add_row(vec![
+                        l.run.to_string(),
+                        g.gate.to_string(),
+                        g.title(),
+                        format!("{:?}", g.state),
+                        g.reached_at.map(|t| t.to_string()).unwrap_or_default(),
+                        g.approval
+                            .as_ref()
+                            .map(|a| {
+                                let exp = a.expires_at.map(|e| format!(", expires {e}")).unwrap_or_default();
+                                format!("{} at {}{exp}", a.by, a.at)
+                            })
+                            .unwrap_or_default(),
+                    ]);
+                }
+                println!("{t}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        GateCommand::Approve { run, gate, expires_in, by } => {
+            let gate: GateRef = gate.parse().map_err(usage)?;
+            let at = now();
+            let expires_at = match &expires_in {
+                Some(d) => {
+                    let secs = i64::try_from(seconds("--expires-in", d)?).unwrap_or(i64::MAX / 2);
+                    Some(at + jiff::SignedDuration::from_secs(secs))
+                }
+                None => None,
+            };
+            let by = who(by);
+            let mut s = open(store)?;
+            load_run(&s, &run)?;
+            let r = commit(
+                &mut s,
+                &run,
+                &Event::ApproveGate { gate: gate.clone(), by: by.clone(), at, expires_at },
+            )?;
+            let g = r.state.gate(&gate).cloned();
+            if !print_structured(format, &g)? {
+                let state = g.map(|g| format!("{:?}", g.state)).unwrap_or_default();
+                println!("gate {gate} of run {run} approved by {by} at {at} (gate now {state})");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! `refit fleet member add|update|list|show|remove`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+
+use refit_core::fleet::MaintenanceWindow;
+use refit_store::fleet::MemberRecord;
+
+use super::args::{MemberCommand, MemberFields};
+use super::{check_name, open, read_file, seconds, store_err};
+use crate::output::{Format, print_structured, table, usage};
+
+pub fn run(cmd: MemberCommand, store: &Path, format: Format) -> anyhow::Result<ExitCode> {
+    match cmd {
+        MemberCommand::Add { name, fields } => {
+            check_name("member", &name)?;
+            let mut m = MemberRecord { name, ..Default::default() };
+            apply_fields(&mut m, &fields)?;
+            let mut s = open(store)?;
+            s.add_member(&m).map_err(store_err)?;
+            done(format, &m, "added")
+        }
+        MemberCommand::Update { name, fields, clear_window, clear_labels } => {
+            let mut s = open(store)?;
+            let mut m = s
+                .member(&name)?
+                .ok_or_else(|| usage(format!("no member named '{name}' (see refit fleet member list)")))?;
+            if clear_window {
+                m.maintenance_window = None;
+            }
+            if clear_labels {
+                m.labels.clear();
+            }
+            apply_fields(&mut m, &fields)?;
+            s.update_member(&m).map_err(store_err)?;
+            done(format, &m, "updated")
+        }
+        MemberCommand::List => {
+            let members = open(store)?.members()?;
+            if !print_structured(format, &members)? {
+                let mut t = table(&["name", "update group", "labels", "window", "context", "action"]);
+                for m in &members {
+                    t.add_row(vec![
+                        m.name.clone(),
+                        m.update_group.clone().unwrap_or_default(),
+                        labels(&m.labels),
+                        m.maintenance_window.as_ref().map(describe_window).unwrap_or_default(),
+                        m.context.clone().unwrap_or_default(),
+                        m.action.clone().unwrap_or_default(),
+                    ]);
+                }
+                println!("{t}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        MemberCommand::Show { name } => {
+            let m = open(store)?
+                .member(&name)?
+                .ok_or_else(|| usage(format!("no member named '{name}' (see refit fleet member list)")))?;
+            if !print_structured(format, &m)? {
+                print!("{}", serde_saphyr::to_string(&m)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        MemberCommand::Remove { name } => {
+            if !open(store)?.remove_member(&name)? {
+                return Err(usage(format!("no member named '{name}' (see refit fleet member list)")));
+            }
+            if format == Format::Table {
+                println!("member {name} removed");
+            } else {
+                print_structured(format, &serde_json::json!({"removed": name}))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn done(format: Format, m: &MemberRecord, what: &str) -> anyhow::Result<ExitCode> {
+    if !print_structured(format, m)? {
+        println!("member {} {what}", m.name);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Validates every given option before anything is written.
+fn apply_fields(m: &mut MemberRecord, f: &MemberFields) -> anyhow::Result<()> {
+    if let Some(k) = &f.kubeconfig {
+        if !k.exists() {
+            return Err(usage(format!("--kubeconfig {}: no such file", k.display())));
+        }
+        m.kubeconfig = Some(absolute(k).display().to_string());
+    }
+    if let Some(c) = &f.context {
+        m.context = Some(c.clone());
+    }
+    for l in &f.labels {
+        match l.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                m.labels.insert(k.to_string(), v.to_string());
+            }
+            _ => return Err(usage(format!("--label '{l}' is not KEY=VALUE"))),
+        }
+    }
+    if let Some(g) = &f.update_group {
+        check_name("update group", g)?;
+        m.update_group = Some(g.clone());
+    }
+    if let Some(w) = &f.window {
+        let text = read_file("--window", w)?;
+        let window = MaintenanceWindow::from_yaml(&text)
+            .map_err(|e| usage(format!("--window {}: {e}", w.display())))?;
+        m.maintenance_window = Some(window);
+    }
+    if let Some(src) = &f.node_image_source {
+        super::observe::read_image_source(src).map_err(|e| usage(format!("--node-image-source: {e}")))?;
+        m.node_image_source = Some(absolute(src).display().to_string());
+    }
+    if let Some(b) = &f.pending_budget {
+        m.pending_budget_seconds = Some(seconds("--pending-budget", b)?);
+    }
+    if let Some(a) = &f.action {
+        check_action(a)?;
+        m.action = Some(a.clone());
+    }
+    if let Some(p) = &f.plan_file {
+        if !p.exists() {
+            return Err(usage(format!("--plan-file {}: no such file", p.display())));
+        }
+        m.plan_file = Some(absolute(p).display().to_string());
+    }
+    if !f.upgrade_args.is_empty() {
+        m.upgrade_args = f.upgrade_args.clone();
+    }
+    Ok(())
+}
+
+/// The actions `refit upgrade --action` understands (it checks the details when it runs).
+fn check_action(a: &str) -> anyhow::Result<()> {
+    let kind = a.split_once(':').map(|(k, _)| k).unwrap_or(a);
+    match kind {
+        "sandbox" | "replace-sandbox" | "ssh" => Ok(()),
+        "exec" if a.len() > "exec:".len() => Ok(()),
+        _ => Err(usage(format!(
+            "--action '{a}': expected exec:PROGRAM ARG..., ssh, sandbox[:DIR] or replace-sandbox[:DIR]"
+        ))),
+    }
+}
+
+/// Member upgrades run from the driver's working directory, which may differ: store absolute paths.
+fn absolute(p: &Path) -> std::path::PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn labels(l: &BTreeMap<String, String>) -> String {
+    l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+/// One line for a window: `Saturday,Sunday 22:00 +240m Europe/Berlin`.
+pub fn describe_window(w: &MaintenanceWindow) -> String {
+    let when = match &w.recurrence {
+        refit_core::fleet::Recurrence::Weekly(days) => {
+            days.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",")
+        }
+        refit_core::fleet::Recurrence::Monthly(d) => format!("monthly day {d}"),
+    };
+    format!("{when} {} +{}m {}", w.start.strftime("%H:%M"), w.duration_minutes, w.time_zone)
+}

@@ -1,0 +1,149 @@
+//! `refit fleet ...`: members, strategies, update runs, gates, profiles, and the driver that
+//! runs member upgrades as `refit upgrade` subprocesses.
+//!
+//! Every rule (strategy resolution, the run state machine, rollups, windows, channels) is
+//! `refit_core::fleet`'s; this module only reads input, records events in the store, and
+//! prints. A change to a run is always: read (state, version) → `core::fleet::apply(event)` →
+//! write if the version is unchanged (else read again): commands from people (stop, skip,
+//! approve) and the driver's own decisions never overwrite each other.
+
+pub mod args;
+mod driver;
+mod gate;
+mod member;
+pub mod observe;
+mod profile;
+mod run;
+mod show;
+mod strategy;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use jiff::Timestamp;
+use refit_core::fleet::{Event, RunState};
+use refit_store::Store;
+use refit_store::fleet::StoredRun;
+
+use crate::output::{Format, usage};
+use args::{FleetArgs, FleetCommand};
+
+/// Runs `refit fleet ...`.
+pub async fn run(args: FleetArgs, format: Format) -> anyhow::Result<ExitCode> {
+    let store = store_path(args.store.as_ref())?;
+    match args.command {
+        FleetCommand::Member(cmd) => member::run(cmd, &store, format),
+        FleetCommand::Strategy(cmd) => strategy::run(cmd, &store, format),
+        FleetCommand::Run(cmd) => run::run(cmd, &store, format).await,
+        FleetCommand::Gate(cmd) => gate::run(cmd, &store, format),
+        FleetCommand::Profile(cmd) => profile::run(cmd, &store, format).await,
+        FleetCommand::Daemon(a) => driver::daemon(&store, a.exit_when_idle, format).await,
+    }
+}
+
+/// `--store`, else the default journal (the same file `refit upgrade` uses).
+fn store_path(flag: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    match flag {
+        Some(p) => Ok(p.clone()),
+        None => Ok(refit_store::default_path()?),
+    }
+}
+
+fn open(path: &std::path::Path) -> anyhow::Result<Store> {
+    Ok(Store::open(path)?)
+}
+
+/// A store error as the CLI reports it: unknown or duplicate names are bad input (exit 2).
+fn store_err(e: refit_store::Error) -> anyhow::Error {
+    match e {
+        refit_store::Error::NotFound { kind, name } => {
+            usage(format!("no {kind} named '{name}' (see refit fleet {} list)", list_of(kind)))
+        }
+        refit_store::Error::Exists { kind, name } => usage(format!("{kind} '{name}' exists already")),
+        e => anyhow::Error::new(e),
+    }
+}
+
+fn list_of(kind: &str) -> &str {
+    match kind {
+        "update run" => "run",
+        k => k,
+    }
+}
+
+/// The run named `name`, or a usage error.
+fn load_run(store: &Store, name: &str) -> anyhow::Result<StoredRun> {
+    store
+        .fleet_run(name)?
+        .ok_or_else(|| usage(format!("no update run named '{name}' (see refit fleet run list)")))
+}
+
+/// Applies `event` to the stored run and writes the result, reading again when someone else
+/// wrote the run in between. A refusal by the state machine is bad input (exit 2) and changes
+/// nothing.
+fn commit(store: &mut Store, name: &str, event: &Event) -> anyhow::Result<StoredRun> {
+    commit_with(store, name, |_| Ok(event.clone())).map_err(|e| match e {
+        CommitError::Refused(t) => usage(t.to_string()),
+        CommitError::Other(e) => e,
+    })
+}
+
+/// Why a commit did not happen.
+enum CommitError {
+    /// The state machine refused the event (the run is unchanged).
+    Refused(refit_core::fleet::TransitionError),
+    /// The store failed.
+    Other(anyhow::Error),
+}
+
+/// Like [`commit`], with the event built from the current state (the driver stamps events
+/// with the state it applies them to).
+fn commit_with(
+    store: &mut Store,
+    name: &str,
+    make: impl Fn(&RunState) -> anyhow::Result<Event>,
+) -> Result<StoredRun, CommitError> {
+    for _ in 0..50 {
+        let cur = load_run(store, name).map_err(CommitError::Other)?;
+        let event = make(&cur.state).map_err(CommitError::Other)?;
+        let next = refit_core::fleet::apply(&cur.state, &event).map_err(CommitError::Refused)?;
+        match store.save_fleet_run(&next, cur.version, &event) {
+            Ok(version) => return Ok(StoredRun { state: next, version }),
+            Err(refit_store::Error::Conflict { .. }) => continue,
+            Err(e) => return Err(CommitError::Other(e.into())),
+        }
+    }
+    Err(CommitError::Other(anyhow::anyhow!("update run '{name}' keeps changing under us; try again")))
+}
+
+/// Who is acting: `--by`, else $USER.
+fn who(by: Option<String>) -> String {
+    by.filter(|b| !b.trim().is_empty())
+        .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+fn now() -> Timestamp {
+    Timestamp::now()
+}
+
+/// A duration flag (`6h`, `30m`, `90s`) in seconds.
+fn seconds(flag: &str, s: &str) -> anyhow::Result<u64> {
+    Ok(crate::commands::upgrade::parse_duration(flag, s)?.as_secs())
+}
+
+/// Reads a file the user named; a missing file is bad input.
+fn read_file(flag: &str, path: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).map_err(|e| usage(format!("{flag} {}: {e}", path.display())))
+}
+
+/// Checks a fleet object's name against Azure Fleet's pattern.
+fn check_name(kind: &str, name: &str) -> anyhow::Result<()> {
+    if refit_core::fleet::is_valid_name(name) {
+        Ok(())
+    } else {
+        Err(usage(format!(
+            "{kind} name '{name}' is not valid: use lowercase letters, digits and inner dashes, 1–50 characters"
+        )))
+    }
+}
