@@ -669,6 +669,20 @@ async fn undrainable_nodes_fail_then_skip_then_force_and_bad_input_changes_nothi
     // A completed run is not resumed: the next command finds nothing to do.
     let out = run("fail");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already at"), "{}", String::from_utf8_lossy(&out.stdout));
+    // A downgrade needs --force and an explicit confirmation; without it nothing changes.
+    let out = c.upgrade(&release(36)).args(["--action", "sandbox", "--force"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--confirm-downgrade"));
+    // --force includes the nodes already at the target: every node goes through its steps again.
+    let out = c.upgrade(&to).args(["--action", "sandbox", "--force", "--ignore-safety-checks", "-o", "json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let redone = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "step-done" && e["step"] == "upgrade")
+        .count();
+    assert_eq!(redone, 4, "control plane and three workers upgraded again");
 }
 
 #[test]
