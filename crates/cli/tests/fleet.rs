@@ -1,0 +1,634 @@
+//! `refit fleet` end to end: the real binary, three real sandbox clusters (etcd, kube-apiserver,
+//! controller-manager, scheduler, kwok nodes) as members, each member upgraded by a real
+//! `refit upgrade` subprocess. Two stages: a one-member canary stage with an after-stage
+//! approval gate and a short after-stage wait, then a stage of two groups.
+//!
+//! The three sandboxes start once (1 control plane + 2 workers each, at 1.36) and are reused:
+//! the first Full run moves the control planes to 1.37; between later scenarios the workers
+//! are brought back to 1.36 with `refit sandbox upgrade-node`, so every later run really
+//! upgrades nodes again (the control planes stay, as they would after a real first wave).
+//!
+//! Member upgrades go through an exec action (a script that waits two seconds, then calls
+//! `refit sandbox upgrade-node`): the wait makes "while a member upgrade is under way" a
+//! window a test can hit, and a `fail` file in a sandbox's directory makes that member's
+//! node action fail, as a broken node would.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{Sandbox, refit, release};
+
+/// Timestamps in the run's JSON are RFC 3339 UTC; comparing them as instants.
+fn ts(v: &Value) -> jiff::Timestamp {
+    v.as_str().unwrap_or_else(|| panic!("not a timestamp: {v}")).parse().unwrap()
+}
+
+struct Fleet {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    store: PathBuf,
+    sandboxes: Vec<(String, PathBuf)>,
+    _guards: Vec<Sandbox>,
+}
+
+const MEMBERS: [(&str, &str); 3] = [("canary-1", "canary"), ("east-1", "wave-a"), ("west-1", "wave-b")];
+
+const STRATEGY: &str = r#"
+stages:
+  - name: canary
+    groups: [{name: canary}]
+    afterStageWaitInSeconds: 4
+    afterGates: [{type: Approval, displayName: canary looks good}]
+  - name: prod
+    groups: [{name: wave-a}, {name: wave-b}]
+"#;
+
+impl Fleet {
+    fn up() -> Fleet {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        let store = root.join("refit.db");
+        let script = root.join("node.sh");
+        let exe = assert_cmd::cargo::cargo_bin("refit");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\n# $1 sandbox dir, $2 node, $3 version\nif [ -e \"$1/fail\" ]; then echo \"simulated node failure on $2\" >&2; exit 3; fi\nsleep 2\nexec '{}' sandbox upgrade-node --dir \"$1\" \"$2\" --to \"$3\"\n",
+                exe.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut guards = Vec::new();
+        let mut sandboxes = Vec::new();
+        for (name, group) in MEMBERS {
+            let dir = root.join(name);
+            let out = refit()
+                .args(["sandbox", "up", "--version", &release(36), "--workers", "2", "--dir"])
+                .arg(&dir)
+                .output()
+                .unwrap();
+            guards.push(Sandbox(dir.clone()));
+            assert!(out.status.success(), "sandbox up: {}", String::from_utf8_lossy(&out.stderr));
+            let action = format!("exec:{} {} {{node}} {{to}}", script.display(), dir.display());
+            let mut f = Fleet::cmd_in(&store);
+            run_ok(
+                f.args(["member", "add", name, "--update-group", group, "--label", &format!("tier={group}")])
+                    .arg("--kubeconfig")
+                    .arg(dir.join("kubeconfig"))
+                    .args(["--action", &action]),
+            );
+            sandboxes.push((name.to_string(), dir));
+        }
+        std::fs::write(root.join("strategy.yaml"), STRATEGY).unwrap();
+        run_ok(
+            Fleet::cmd_in(&store)
+                .args(["strategy", "create", "two-stage", "-f"])
+                .arg(root.join("strategy.yaml")),
+        );
+        Fleet { _tmp: tmp, root, store, sandboxes, _guards: guards }
+    }
+
+    fn cmd_in(store: &Path) -> Command {
+        let mut c = Command::new(assert_cmd::cargo::cargo_bin("refit"));
+        c.arg("fleet").arg("--store").arg(store);
+        c
+    }
+
+    fn cmd(&self) -> Command {
+        Fleet::cmd_in(&self.store)
+    }
+
+    fn dir(&self, member: &str) -> &Path {
+        &self.sandboxes.iter().find(|(n, _)| n == member).unwrap().1
+    }
+
+    fn create(&self, run: &str, extra: &[&str]) {
+        run_ok(
+            self.cmd()
+                .args(["run", "create", run, "--upgrade-type", "Full", "--kubernetes-version", &release(37)])
+                .args(extra),
+        );
+    }
+
+    fn show(&self, run: &str) -> Value {
+        let out = self.cmd().args(["run", "show", run, "-o", "json"]).output().unwrap();
+        assert!(out.status.success(), "run show: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// `run start NAME --wait -o json` in the background.
+    fn spawn_start(&self, run: &str) -> Child {
+        self.cmd()
+            .args(["run", "start", run, "--wait", "-o", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Polls `run show` until `pred` holds (or fails the test after three minutes).
+    fn wait_for(&self, run: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let v = self.show(run);
+            if pred(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}: {v:#}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Every worker back to 1.36 (the control planes stay at 1.37).
+    fn workers_back_to_136(&self, members: &[&str]) {
+        for m in members {
+            let dir = self.dir(m);
+            let status = support::json(refit().args(["sandbox", "status", "-o", "json", "--dir"]).arg(dir));
+            for n in status["nodes"].as_array().unwrap() {
+                let name = n["name"].as_str().unwrap();
+                if name.starts_with("worker-") {
+                    support::stdout(
+                        refit()
+                            .args(["sandbox", "upgrade-node", name, "--to", &release(36), "--dir"])
+                            .arg(dir),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Kubelet versions of the member's nodes.
+    fn kubelets(&self, member: &str) -> Vec<String> {
+        let status =
+            support::json(refit().args(["sandbox", "status", "-o", "json", "--dir"]).arg(self.dir(member)));
+        status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["kubelet"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+fn run_ok(c: &mut Command) -> String {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{c:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn finish(child: Child) -> (i32, String, String) {
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The fleet events a driver printed with `-o json`.
+fn fleet_events(out: &str) -> Vec<Value> {
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v.get("fleetEvent").cloned())
+        .collect()
+}
+
+fn members(v: &Value) -> Vec<&Value> {
+    v["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["groups"].as_array().unwrap())
+        .flat_map(|g| g["members"].as_array().unwrap())
+        .collect()
+}
+
+fn member<'a>(v: &'a Value, name: &str) -> &'a Value {
+    members(v).into_iter().find(|m| m["name"] == name).unwrap_or_else(|| panic!("no member {name}"))
+}
+
+fn stage<'a>(v: &'a Value, name: &str) -> &'a Value {
+    v["stages"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap()
+}
+
+fn group<'a>(v: &'a Value, name: &str) -> &'a Value {
+    v["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["groups"].as_array().unwrap())
+        .find(|g| g["name"] == name)
+        .unwrap()
+}
+
+fn state(v: &Value) -> &str {
+    v["state"].as_str().unwrap()
+}
+
+/// The single-cluster runs `refit upgrade` journaled, with the most attempts any step of
+/// each took: (cluster, run id, state, units with a step started more than once).
+fn cluster_runs(store: &Path) -> Vec<(String, String, String, usize)> {
+    let s = refit_store::Store::open(store).unwrap();
+    s.runs()
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            let steps = s.steps(&r.id).unwrap();
+            let mut repeated: Vec<&str> =
+                steps.iter().filter(|st| st.attempt > 1).map(|st| st.unit.as_str()).collect();
+            repeated.dedup();
+            (r.cluster, r.id, r.state, repeated.len())
+        })
+        .collect()
+}
+
+#[test]
+fn three_sandbox_members_in_two_stages_upgrade_with_gates_windows_skips_stop_failures_and_a_killed_driver() {
+    let f = Fleet::up();
+    let to = release(37);
+
+    // ---------------------------------------------------------------- a closed window
+    // west-1's window opens two hours from now (every day, 30 minutes, UTC): the member is
+    // Pending with the reason and the next opening; nothing is started on it.
+    let opens = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(2);
+    let start = opens.to_zoned(jiff::tz::TimeZone::UTC).strftime("%H:%M").to_string();
+    let window = f.root.join("window.yaml");
+    std::fs::write(
+        &window,
+        format!(
+            "recurrence: {{weekly: [Monday, Tuesday, Wednesday, Thursday, Friday, Saturday, Sunday]}}\nstart: \"{start}\"\ndurationMinutes: 30\ntimeZone: UTC\n"
+        ),
+    )
+    .unwrap();
+    run_ok(f.cmd().args(["member", "update", "west-1", "--window"]).arg(&window));
+    let stages = f.root.join("west-only.yaml");
+    std::fs::write(&stages, "stages: [{name: west, groups: [{name: wave-b}]}]\n").unwrap();
+    f.create("windowed", &["--stages", stages.to_str().unwrap()]);
+    let driver = f.spawn_start("windowed");
+    let v =
+        f.wait_for("windowed", "west-1 pending on its window", |v| state(member(v, "west-1")) == "Pending");
+    let pending = &member(&v, "west-1")["pending"];
+    assert_eq!(pending["kind"], "WindowClosed", "{v:#}");
+    let opens_at = ts(&pending["opensAt"]);
+    assert!(
+        (opens_at.as_second() - opens.as_second()).abs() <= 60,
+        "next opening {opens_at}, expected about {opens}"
+    );
+    assert_eq!(state(&v), "Pending");
+    let shown = run_ok(f.cmd().args(["run", "show", "windowed"]));
+    assert!(shown.contains("maintenance window closed; opens at"), "{shown}");
+    run_ok(f.cmd().args(["run", "stop", "windowed"]));
+    let (code, _, err) = finish(driver);
+    assert_eq!(code, 1, "a stopped run ends --wait with 1: {err}");
+    let v = f.show("windowed");
+    assert_eq!((state(&v), state(member(&v, "west-1"))), ("Stopped", "Stopped"));
+    assert!(f.kubelets("west-1").iter().all(|k| k.contains("1.36")), "nothing was started on west-1");
+    run_ok(f.cmd().args(["member", "update", "west-1", "--clear-window"]));
+
+    // ---------------------------------------------------------------- order, approval, kill -9
+    f.create("to-137", &["--strategy", "two-stage"]);
+    let driver = f.spawn_start("to-137");
+    let v = f.wait_for("to-137", "the canary stage waiting for approval", |v| {
+        state(stage(v, "canary")) == "Pending" && state(member(v, "canary-1")) == "Completed"
+    });
+    // The run waits for a person, says so, and nothing of stage 2 has started.
+    assert_eq!(state(&v), "Pending");
+    assert!(v["pending"].to_string().contains("canary/after/1"), "{}", v["pending"]);
+    assert!(members(&v).iter().filter(|m| m["name"] != "canary-1").all(|m| state(m) == "NotStarted"));
+    let listed = run_ok(f.cmd().args(["gate", "list"]));
+    assert!(listed.contains("to-137") && listed.contains("canary/after/1"), "{listed}");
+    std::thread::sleep(Duration::from_secs(5)); // longer than the wait: only the approval holds it
+    assert_eq!(state(stage(&f.show("to-137"), "prod")), "NotStarted");
+    run_ok(f.cmd().args(["gate", "approve", "to-137", "canary/after/1", "--by", "alice"]));
+
+    // Kill -9 the driver while a prod member upgrade is under way.
+    let v = f.wait_for("to-137", "a prod member upgrade under way", |v| {
+        let op = v["progress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["member"] == "east-1" && p["operation"].is_string());
+        state(member(v, "east-1")) == "Running" && op
+    });
+    let gate = &stage(&v, "canary")["afterGates"][0];
+    assert_eq!((gate["state"].as_str(), gate["approval"]["by"].as_str()), (Some("Completed"), Some("alice")));
+    let canary_done = ts(&member(&v, "canary-1")["completedAt"]);
+    for m in ["east-1", "west-1"] {
+        let started = &member(&v, m)["startedAt"];
+        if !started.is_null() {
+            assert!(ts(started) > canary_done, "{m} started before the canary finished");
+            assert!(ts(started) >= ts(&gate["completedAt"]), "{m} started before the approval");
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut driver = driver;
+    driver.kill().unwrap(); // SIGKILL: its member upgrades die with it (PR_SET_PDEATHSIG)
+    driver.wait().unwrap();
+    let v = f.show("to-137");
+    assert_eq!(state(member(&v, "east-1")), "Running", "the store still says it is under way");
+
+    // A new driver continues: relaunches what was under way, never the canary again.
+    let (code, out, err) = finish(f.spawn_start("to-137"));
+    assert_eq!(code, 0, "restarted driver: {out}\n{err}");
+    let v = f.show("to-137");
+    assert_eq!(state(&v), "Completed", "{v:#}");
+    for m in ["canary-1", "east-1", "west-1"] {
+        assert_eq!(state(member(&v, m)), "Completed");
+        assert_eq!(member(&v, m)["attempts"], 1, "{m} counted one start (relaunch is not a new attempt)");
+        assert!(f.kubelets(m).iter().all(|k| k.contains(&to)), "{m}: {:?}", f.kubelets(m));
+    }
+    assert!(
+        fleet_events(&out).iter().all(|e| e["member"] != "canary-1"),
+        "the canary was not touched again: {out}"
+    );
+    let runs = cluster_runs(&f.store);
+    assert_eq!(runs.len(), 3, "one refit upgrade run per cluster, the killed one resumed: {runs:?}");
+    for (cluster, id, st, repeated) in &runs {
+        assert_eq!(st, "completed", "{cluster} {id}");
+        assert!(*repeated <= 1, "{cluster}: only the node under way at the kill may repeat a step: {runs:?}");
+    }
+
+    // ---------------------------------------------------------------- skips, already at target
+    f.workers_back_to_136(&["east-1"]);
+    f.create("skips", &["--strategy", "two-stage"]);
+    run_ok(f.cmd().args(["run", "skip", "skips", "--targets", "Stage:canary", "--by", "bob"]));
+    let (code, _, err) = finish(f.spawn_start("skips"));
+    assert_eq!(code, 0, "{err}");
+    let v = f.show("skips");
+    assert_eq!(state(&v), "Completed");
+    assert_eq!(state(stage(&v, "canary")), "Skipped");
+    assert!(member(&v, "canary-1")["message"].as_str().unwrap().contains("skipped by bob (Stage:canary)"));
+    assert_eq!(
+        stage(&v, "canary")["afterGates"][0]["state"],
+        "Skipped",
+        "gates in a skipped stage are skipped"
+    );
+    assert_eq!(state(member(&v, "east-1")), "Completed");
+    let west = member(&v, "west-1");
+    assert_eq!(state(west), "Skipped");
+    assert!(west["message"].as_str().unwrap().contains("already at"), "{west}");
+
+    // Group and member skips, an after-stage wait skip, a pre-approval with expiry, stop and start.
+    f.workers_back_to_136(&["canary-1", "east-1", "west-1"]);
+    f.create("stop-start", &["--strategy", "two-stage"]);
+    run_ok(f.cmd().args(["run", "skip", "stop-start", "--targets", "AfterStageWait:canary", "Group:wave-b"]));
+    run_ok(f.cmd().args([
+        "gate",
+        "approve",
+        "stop-start",
+        "canary/after/1",
+        "--expires-in",
+        "1h",
+        "--by",
+        "carol",
+    ]));
+    let driver = f.spawn_start("stop-start");
+    f.wait_for("stop-start", "the canary under way", |v| state(member(v, "canary-1")) == "Running");
+    run_ok(f.cmd().args(["run", "stop", "stop-start"]));
+    let v = f.show("stop-start");
+    assert!(matches!(state(&v), "Stopping" | "Stopped"), "{}", state(&v));
+    let (code, _, _) = finish(driver);
+    assert_eq!(code, 1, "a stopped run ends --wait with 1");
+    let v = f.show("stop-start");
+    assert_eq!(state(&v), "Stopped", "{v:#}");
+    assert_eq!(state(member(&v, "canary-1")), "Completed", "the upgrade under way finished after the stop");
+    assert_eq!(state(member(&v, "east-1")), "NotStarted", "nothing new started after the stop");
+    assert_eq!(state(group(&v, "wave-b")), "Skipped");
+    assert_eq!(stage(&v, "canary")["afterStageWait"]["state"], "Skipped");
+    assert_eq!(stage(&v, "canary")["afterGates"][0]["approval"]["by"], "carol");
+    assert!(f.kubelets("east-1").iter().any(|k| k.contains("1.36")), "stage 2 was not touched");
+    // Starting a stopped run again continues, and re-applies skipped work: wave-b too.
+    let (code, _, err) = finish(f.spawn_start("stop-start"));
+    assert_eq!(code, 0, "{err}");
+    let v = f.show("stop-start");
+    assert_eq!(state(&v), "Completed", "{v:#}");
+    for m in ["canary-1", "east-1", "west-1"] {
+        assert_eq!(state(member(&v, m)), "Completed", "{m}");
+    }
+    assert_eq!(member(&v, "canary-1")["attempts"], 1, "the canary finished before the stop: not repeated");
+    // A member skip.
+    f.workers_back_to_136(&["canary-1", "east-1", "west-1"]);
+    f.create("member-skip", &["--strategy", "two-stage"]);
+    run_ok(f.cmd().args(["run", "skip", "member-skip", "--targets", "Member:east-1", "Stage:canary"]));
+    let (code, _, err) = finish(f.spawn_start("member-skip"));
+    assert_eq!(code, 0, "{err}");
+    let v = f.show("member-skip");
+    assert_eq!((state(member(&v, "east-1")), state(member(&v, "west-1"))), ("Skipped", "Completed"));
+    assert!(f.kubelets("east-1").iter().any(|k| k.contains("1.36")));
+
+    // ---------------------------------------------------------------- failures
+    // Fail-fast: east-1's node action fails; the run fails, west-1 (in flight in the parallel
+    // group) finishes, then retry --failed re-runs only east-1 once the node is fixed.
+    f.workers_back_to_136(&["east-1", "west-1"]);
+    std::fs::write(f.dir("east-1").join("fail"), "").unwrap();
+    f.create("fail-fast", &["--strategy", "two-stage"]);
+    run_ok(f.cmd().args(["run", "skip", "fail-fast", "--targets", "Stage:canary"]));
+    let (code, _, _) = finish(f.spawn_start("fail-fast"));
+    assert_eq!(code, 1, "a failed run ends --wait with 1");
+    let v = f.show("fail-fast");
+    assert_eq!(state(&v), "Failed");
+    let east = member(&v, "east-1");
+    assert_eq!(state(east), "Failed");
+    assert!(east["error"].as_str().unwrap().contains("simulated node failure"), "{east}");
+    assert!(v["error"].as_str().unwrap().contains("wave-a"), "{}", v["error"]);
+    assert_ne!(state(member(&v, "west-1")), "Running");
+    std::fs::remove_file(f.dir("east-1").join("fail")).unwrap();
+    let west_before = member(&v, "west-1")["attempts"].clone();
+    let out = run_ok(f.cmd().args(["run", "retry", "fail-fast", "--failed", "--wait", "-o", "json"]));
+    let started: Vec<Value> =
+        fleet_events(&out).into_iter().filter(|e| e["event"] == "MemberStarted").collect();
+    assert_eq!(started.len(), 1, "only the failed member is re-run: {out}");
+    assert_eq!(started[0]["member"], "east-1");
+    let v = f.show("fail-fast");
+    assert_eq!(state(&v), "Completed", "{v:#}");
+    assert_eq!(member(&v, "east-1")["attempts"], 2);
+    if state(member(&v, "west-1")) == "Completed" {
+        assert_eq!(member(&v, "west-1")["attempts"], west_before, "west-1 was not re-run");
+    }
+    assert!(f.kubelets("east-1").iter().all(|k| k.contains(&to)));
+
+    // maxAllowedFailures 1 on wave-a: the failure is tolerated, the run completes.
+    f.workers_back_to_136(&["east-1", "west-1"]);
+    std::fs::write(f.dir("east-1").join("fail"), "").unwrap();
+    let tolerant = f.root.join("tolerant.yaml");
+    std::fs::write(
+        &tolerant,
+        "stages:\n  - name: prod\n    groups: [{name: wave-a, maxAllowedFailures: 1}, {name: wave-b}]\n    maxAllowedFailures: 1\n",
+    )
+    .unwrap();
+    f.create("tolerant", &["--stages", tolerant.to_str().unwrap()]);
+    let (code, out, err) = finish(f.spawn_start("tolerant"));
+    assert_eq!(code, 0, "{out}\n{err}");
+    let v = f.show("tolerant");
+    assert_eq!(state(&v), "Completed");
+    assert_eq!(v["failureCount"], 1);
+    assert_eq!((state(member(&v, "east-1")), state(member(&v, "west-1"))), ("Failed", "Completed"));
+    assert!(
+        v["unselected"].as_array().unwrap().iter().any(|m| m == "canary-1"),
+        "no stage selects the canary"
+    );
+    std::fs::remove_file(f.dir("east-1").join("fail")).unwrap();
+}
+
+#[test]
+fn bad_strategy_and_run_files_and_unknown_names_are_refused_with_exit_code_2_and_change_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("refit.db");
+    let file = |name: &str, text: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let seed = file(
+        "seed.json",
+        r#"{ "stages": [ { "name": "stage1", "groups": [ { "name": "group-1a" } ], "afterStageWaitInSeconds": 3600 } ] }"#,
+    );
+    let fleet = || {
+        let mut c = Command::new(assert_cmd::cargo::cargo_bin("refit"));
+        c.arg("fleet").arg("--store").arg(&store);
+        c
+    };
+    let refused = |c: &mut Command, needle: &str| {
+        let out = c.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(2), "{c:?}: {err}");
+        assert!(err.contains(needle), "{c:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    };
+    // The seed's stages file is accepted as it is.
+    run_ok(fleet().args(["strategy", "create", "seed", "-f"]).arg(&seed));
+    for (name, text, needle) in [
+        ("unknown-field.yaml", "stages: [{name: s, groups: [{name: g}], colour: red}]\n", "colour"),
+        ("bad-name.yaml", "stages: [{name: Stage1, groups: [{name: g}]}]\n", "Stage1"),
+        ("no-stages.yaml", "stages: []\n", "no stages"),
+        ("dup.yaml", "stages: [{name: s, groups: [{name: g}]}, {name: s, groups: [{name: h}]}]\n", "twice"),
+        (
+            "bad-gate.yaml",
+            "stages: [{name: s, groups: [{name: g}], afterGates: [{type: Coffee}]}]\n",
+            "Coffee",
+        ),
+        (
+            "limit.yaml",
+            "stages: [{name: s, groups: [{name: g, maxConcurrency: \"150%\"}]}]\n",
+            "maxConcurrency",
+        ),
+        ("not-yaml.yaml", "{{{{", "not valid"),
+    ] {
+        let p = file(name, text);
+        refused(fleet().args(["strategy", "create", "x", "-f"]).arg(&p), needle);
+        refused(
+            fleet()
+                .args([
+                    "run",
+                    "create",
+                    "r",
+                    "--upgrade-type",
+                    "Full",
+                    "--kubernetes-version",
+                    "1.37.1",
+                    "--stages",
+                ])
+                .arg(&p),
+            needle,
+        );
+    }
+    refused(
+        fleet().args(["strategy", "create", "x", "-f"]).arg(tmp.path().join("missing.yaml")),
+        "missing.yaml",
+    );
+    refused(fleet().args(["run", "create", "r", "--upgrade-type", "Sideways"]), "unknown upgrade type");
+    refused(fleet().args(["run", "create", "r", "--upgrade-type", "Full"]), "--kubernetes-version");
+    refused(
+        fleet().args([
+            "run",
+            "create",
+            "r",
+            "--upgrade-type",
+            "NodeImageOnly",
+            "--kubernetes-version",
+            "1.37.1",
+        ]),
+        "drop --kubernetes-version",
+    );
+    refused(
+        fleet().args([
+            "run",
+            "create",
+            "r",
+            "--upgrade-type",
+            "Full",
+            "--kubernetes-version",
+            "1.37.1",
+            "--strategy",
+            "nope",
+        ]),
+        "no strategy named 'nope'",
+    );
+    refused(fleet().args(["run", "show", "nope"]), "no update run named 'nope'");
+    refused(fleet().args(["run", "start", "nope"]), "no update run named 'nope'");
+    refused(fleet().args(["member", "show", "nope"]), "no member named 'nope'");
+    refused(fleet().args(["member", "add", "Bad_Name"]), "not valid");
+    refused(
+        fleet().args(["member", "add", "m", "--window"]).arg(file(
+            "w.yaml",
+            "recurrence: {weekly: []}\nstart: \"22:00\"\ndurationMinutes: 60\ntimeZone: UTC\n",
+        )),
+        "at least one day",
+    );
+    refused(
+        fleet().args(["member", "add", "m", "--window"]).arg(file(
+            "z.yaml",
+            "recurrence: {weekly: [Monday]}\nstart: \"22:00\"\ndurationMinutes: 60\ntimeZone: Mars/Olympus\n",
+        )),
+        "unknown time zone",
+    );
+    run_ok(fleet().args([
+        "run",
+        "create",
+        "r",
+        "--upgrade-type",
+        "Full",
+        "--kubernetes-version",
+        "1.37.1",
+        "--strategy",
+        "seed",
+    ]));
+    refused(fleet().args(["run", "skip", "r", "--targets", "Cluster:x"]), "not a skip target");
+    refused(fleet().args(["run", "skip", "r", "--targets", "Member:ghost"]), "no member 'ghost'");
+    refused(fleet().args(["gate", "approve", "r", "stage1/after/9"]), "no gate");
+    refused(
+        fleet().args(["run", "create", "r", "--upgrade-type", "Full", "--kubernetes-version", "1.37.1"]),
+        "exists already",
+    );
+    refused(fleet().args(["run", "stop", "r"]), "cannot stop");
+    // Nothing the refusals touched was written.
+    let listed: Value = serde_json::from_str(&run_ok(fleet().args(["run", "list", "-o", "json"]))).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    let events: Value =
+        serde_json::from_str(&run_ok(fleet().args(["run", "show", "r", "--events", "-o", "json"]))).unwrap();
+    assert_eq!(events["events"].as_array().unwrap().len(), 0, "{events:#}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&run_ok(fleet().args(["member", "list", "-o", "json"]))).unwrap(),
+        serde_json::json!([])
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&run_ok(fleet().args(["strategy", "list", "-o", "json"])))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
