@@ -99,7 +99,13 @@ fn main() {
     let started = Instant::now();
     for i in 1..=peer_nodes {
         let node = format!("worker-{i:03}");
-        let ok = |c: &mut Command| c.stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap().success();
+        let ok = |c: &mut Command| {
+            let out = c.stdin(Stdio::null()).output().unwrap();
+            if !out.status.success() {
+                eprintln!("{c:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            out.status.success()
+        };
         assert!(ok(Command::new(&kubectl)
             .args(["drain", &node, "--ignore-daemonsets", "--delete-emptydir-data", "--kubeconfig"])
             .arg(&kubeconfig)));
@@ -115,6 +121,31 @@ fn main() {
         }
     });
 
+    // An independent watcher measures what no tool can shorten: from a pod's deletion being
+    // requested (deletionTimestamp appears) to the pod being gone (kwok's termination here).
+    let termination: std::sync::Arc<std::sync::Mutex<Vec<f64>>> = Default::default();
+    let watch = {
+        let termination = termination.clone();
+        let api: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client.clone(), "bench");
+        rt.spawn(async move {
+            use futures::StreamExt;
+            let mut since: std::collections::HashMap<String, Instant> = Default::default();
+            let mut stream = kube::runtime::watcher(api, Default::default()).boxed();
+            while let Some(Ok(ev)) = stream.next().await {
+                match ev {
+                    kube::runtime::watcher::Event::Apply(p) if p.metadata.deletion_timestamp.is_some() => {
+                        since.entry(p.metadata.uid.unwrap_or_default()).or_insert_with(Instant::now);
+                    }
+                    kube::runtime::watcher::Event::Delete(p) => {
+                        if let Some(t) = since.remove(&p.metadata.uid.unwrap_or_default()) {
+                            termination.lock().unwrap().push(t.elapsed().as_secs_f64());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        })
+    };
     let before = rt.block_on(tool_requests(&client));
     let started = Instant::now();
     let out = Command::new(refit_bin)
@@ -160,8 +191,12 @@ fn main() {
         .and_then(|t| t[1].as_f64())
         .unwrap_or(0.0)
         / 1000.0;
+    watch.abort();
+    let term = termination.lock().unwrap().clone();
+    let mean_term = if term.is_empty() { 0.0 } else { term.iter().sum::<f64>() / term.len() as f64 };
     let batch = (workers / 10).max(1);
     let ideal = workers.div_ceil(batch) as f64 * mean_action;
+    let ideal_term = workers.div_ceil(batch) as f64 * (mean_action + mean_term);
     let peer_per_node = peer_secs / peer_nodes as f64;
     let peer_total = peer_per_node * workers as f64;
 
@@ -172,8 +207,14 @@ fn main() {
     println!("  mean action time (measured)        {mean_action:8.2} s");
     println!("  ideal (⌈{workers}/{batch}⌉ × action)            {ideal:8.1} s");
     println!(
-        "  refit: worker phase                {stage_secs:8.1} s   ratio to ideal {:.3}",
-        stage_secs / ideal
+        "  pod termination (independent watcher: deletion requested → gone), mean of {}: {mean_term:.2} s",
+        term.len()
+    );
+    println!("  ideal incl. termination (⌈{workers}/{batch}⌉ × (action + termination)) {ideal_term:8.1} s");
+    println!(
+        "  refit: worker phase                {stage_secs:8.1} s   ratio to ideal {:.3}, to ideal incl. termination {:.3}",
+        stage_secs / ideal,
+        stage_secs / ideal_term
     );
     println!(
         "  refit: whole command               {refit_secs:8.1} s   (preflight, journal, summary included)"
@@ -182,6 +223,20 @@ fn main() {
         "  kubectl loop: {peer_nodes} nodes in {peer_secs:.1} s = {peer_per_node:.2} s/node → {peer_total:.0} s for {workers} (extrapolated; sequential)"
     );
     println!("  kubectl loop / refit (whole command) {:.1}×", peer_total / refit_secs);
+    let mut per_step: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for e in events.iter().filter(|e| e["event"] == "step-done") {
+        per_step
+            .entry(e["step"].as_str().unwrap_or("").to_string())
+            .or_default()
+            .push(e["millis"].as_f64().unwrap_or(0.0));
+    }
+    for (step, ms) in &per_step {
+        let mean = ms.iter().sum::<f64>() / ms.len() as f64;
+        let max = ms.iter().cloned().fold(0.0, f64::max);
+        println!("  refit step {step:10} mean {mean:7.0} ms  max {max:7.0} ms");
+    }
+    let blocked = events.iter().filter(|e| e["event"] == "blocked").count();
+    println!("  PDB refusals reported: {blocked}");
     println!(
         "  apiserver requests per node (pods, nodes, PDBs; no status, no creates): kubectl loop {:.1}, refit {:.1} (ratio {:.2})",
         peer_requests / peer_nodes as f64,

@@ -32,10 +32,11 @@ const NS: &str = "shop";
 
 /// A sandbox for one test, stopped when the test ends however it ends.
 struct Cluster {
+    // Fields drop in order: the sandbox is stopped before its directory is removed.
+    _guard: Sandbox,
     _tmp: tempfile::TempDir,
     dir: PathBuf,
     store: PathBuf,
-    _guard: Sandbox,
 }
 
 impl Cluster {
@@ -50,7 +51,7 @@ impl Cluster {
             .unwrap();
         let guard = Sandbox(dir.clone());
         assert!(out.status.success(), "sandbox up: {}", String::from_utf8_lossy(&out.stderr));
-        Cluster { store: tmp.path().join("refit.db"), _tmp: tmp, dir, _guard: guard }
+        Cluster { _guard: guard, store: tmp.path().join("refit.db"), _tmp: tmp, dir }
     }
 
     fn testbed(&self) -> Testbed {
@@ -669,13 +670,21 @@ async fn undrainable_nodes_fail_then_skip_then_force_and_bad_input_changes_nothi
     // A completed run is not resumed: the next command finds nothing to do.
     let out = run("fail");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("already at"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("already at"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // A downgrade needs --force and an explicit confirmation; without it nothing changes.
     let out = c.upgrade(&release(36)).args(["--action", "sandbox", "--force"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--confirm-downgrade"));
     // --force includes the nodes already at the target: every node goes through its steps again.
-    let out = c.upgrade(&to).args(["--action", "sandbox", "--force", "--ignore-safety-checks", "-o", "json"]).output().unwrap();
+    let out = c
+        .upgrade(&to)
+        .args(["--action", "sandbox", "--force", "--ignore-safety-checks", "-o", "json"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let redone = String::from_utf8_lossy(&out.stdout)
         .lines()

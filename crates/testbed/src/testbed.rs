@@ -318,8 +318,12 @@ impl Testbed {
     pub fn attach(dir: &Path) -> Result<Testbed, Error> {
         let path = dir.join("state.json");
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let state: State = serde_json::from_str(&text)
+        let mut state: State = serde_json::from_str(&text)
             .map_err(|e| Error::State { path: path.clone(), detail: e.to_string() })?;
+        // An attached handle does not own the cluster: dropping it must never stop it (a
+        // `refit sandbox upgrade-node` run against a test's testbed would otherwise take the
+        // whole testbed down when it exits), and what it starts must outlive it.
+        state.lifetime = Lifetime::Detached;
         let mut procs = HashMap::new();
         procs.insert("etcd".to_string(), Proc::adopt("etcd", state.etcd_pid));
         procs.insert("kwok".to_string(), Proc::adopt("kwok", state.kwok_pid));
