@@ -28,11 +28,12 @@ fn ts(v: &Value) -> jiff::Timestamp {
 }
 
 struct Fleet {
+    // Fields drop in order: the sandboxes are stopped before their directory is removed.
+    _guards: Vec<Sandbox>,
     _tmp: tempfile::TempDir,
     root: PathBuf,
     store: PathBuf,
     sandboxes: Vec<(String, PathBuf)>,
-    _guards: Vec<Sandbox>,
 }
 
 const MEMBERS: [(&str, &str); 3] = [("canary-1", "canary"), ("east-1", "wave-a"), ("west-1", "wave-b")];
@@ -480,6 +481,120 @@ fn three_sandbox_members_in_two_stages_upgrade_with_gates_windows_skips_stop_fai
         "no stage selects the canary"
     );
     std::fs::remove_file(f.dir("east-1").join("fail")).unwrap();
+
+    // ---------------------------------------------------------------- node images
+    // west-1's nodes run ubuntu/1.0; its source offers 1.1. A NodeImageOnly run (Consistent)
+    // freezes ubuntu=1.1, rolls every node at its version with REFIT_NODE_IMAGES for the
+    // action, and a second run finds the member at the target.
+    annotate_images(f.dir("west-1"), "ubuntu/1.0");
+    let source = f.root.join("images.yaml");
+    std::fs::write(&source, "- ubuntu/1.0\n- ubuntu/1.1\n").unwrap();
+    run_ok(f.cmd().args(["member", "update", "west-1", "--node-image-source"]).arg(&source));
+    let kubelets_before = f.kubelets("west-1");
+    for run in ["images", "images-again"] {
+        run_ok(
+            f.cmd()
+                .args([
+                    "run",
+                    "create",
+                    run,
+                    "--upgrade-type",
+                    "NodeImageOnly",
+                    "--node-image-selection",
+                    "Consistent",
+                ])
+                .arg("--stages")
+                .arg(&stages),
+        );
+        let (code, out, err) = finish(f.spawn_start(run));
+        assert_eq!(code, 0, "{out}\n{err}");
+    }
+    let v = f.show("images");
+    assert_eq!(state(member(&v, "west-1")), "Completed", "{v:#}");
+    assert_eq!(v["targets"]["nodeImages"]["images"]["ubuntu"], "1.1", "{}", v["targets"]);
+    assert_eq!(member(&v, "west-1")["target"]["nodeImages"]["ubuntu"], "1.1");
+    assert_eq!(node_images(f.dir("west-1")), vec!["ubuntu/1.1"; 3]);
+    assert_eq!(f.kubelets("west-1"), kubelets_before, "node images only: versions unchanged");
+    let again = member(&f.show("images-again"), "west-1").clone();
+    assert_eq!(state(&again), "Skipped");
+    assert!(again["message"].as_str().unwrap().contains("node images already at or ahead"), "{again}");
+
+    // ---------------------------------------------------------------- profiles
+    // Pinned to 1.37: the catalog's newest 1.37 patch is newer than what the members run, so
+    // a run is generated (not started); asking again returns the same run.
+    run_ok(f.cmd().args([
+        "profile",
+        "create",
+        "pinned",
+        "--channel",
+        "TargetKubernetesVersion",
+        "--target-kubernetes-version",
+        "1.37",
+        "--strategy",
+        "two-stage",
+    ]));
+    let first: Value =
+        serde_json::from_str(&run_ok(f.cmd().args(["profile", "generate-run", "pinned", "-o", "json"])))
+            .unwrap();
+    let second: Value =
+        serde_json::from_str(&run_ok(f.cmd().args(["profile", "generate-run", "pinned", "-o", "json"])))
+            .unwrap();
+    let name = first["run"].as_str().unwrap_or_else(|| panic!("no run generated: {first}"));
+    assert_eq!((first["created"].as_bool(), second["created"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(second["run"], name);
+    let generated = f.show(name);
+    assert_eq!(state(&generated), "NotStarted");
+    assert_eq!(generated["strategy"]["name"], "two-stage");
+    let p: Value =
+        serde_json::from_str(&run_ok(f.cmd().args(["profile", "show", "pinned", "-o", "json"]))).unwrap();
+    assert_eq!(
+        (p["lastTrigger"]["status"].as_str(), p["lastTrigger"]["run"].as_str()),
+        (Some("Succeeded"), Some(name))
+    );
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+}
+
+/// Sets every node's `refit.dev/node-image` annotation (what the node's builder would do).
+fn annotate_images(dir: &Path, image: &str) {
+    use k8s_openapi::api::core::v1::Node;
+    use kube::api::{Api, ListParams, Patch, PatchParams};
+    block_on(async {
+        let client = refit_testbed::Testbed::attach(dir).unwrap().client().await.unwrap();
+        let nodes: Api<Node> = Api::all(client);
+        for n in nodes.list(&ListParams::default()).await.unwrap() {
+            let patch = serde_json::json!({"metadata": {"annotations": {"refit.dev/node-image": image}}});
+            nodes
+                .patch(&n.metadata.name.unwrap(), &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .unwrap();
+        }
+    })
+}
+
+fn node_images(dir: &Path) -> Vec<String> {
+    use k8s_openapi::api::core::v1::Node;
+    use kube::api::{Api, ListParams};
+    block_on(async {
+        let client = refit_testbed::Testbed::attach(dir).unwrap().client().await.unwrap();
+        Api::<Node>::all(client)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|n| {
+                n.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("refit.dev/node-image"))
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect()
+    })
 }
 
 #[test]
