@@ -199,7 +199,7 @@ async fn exec_substitutes_whole_arguments_and_sets_refit_env() {
         "record.sh",
         &format!(
             "for a in \"$@\"; do printf 'arg<%s>\\n' \"$a\"; done > {r}\n\
-             env | grep '^REFIT_' | sort >> {r}",
+             env | grep -E '^REFIT_(NODE|ROLE|FROM|TO|PHASE|ADDRESS|FIRST_CONTROL_PLANE)=' | sort >> {r}",
             r = record.display()
         ),
     );
