@@ -1,10 +1,23 @@
 //! Reads a [`refit_core::snapshot::Snapshot`]: everything preflight and the planner decide on.
 //!
-//! Built for large clusters (1,000 nodes, 30,000 pods): every list is paginated (pages of
-//! [`PAGE_SIZE`], following `continue` tokens, which keeps each response small enough for the
-//! read timeout and gives one consistent resourceVersion per resource), the independent lists
-//! run concurrently, and each page is converted to plain data and dropped before the next one
-//! is fetched, so the full k8s-openapi objects never sit in memory together.
+//! Built for large clusters (1,000 nodes, 30,000 pods):
+//! - every list is paginated (pages of [`PAGE_SIZE`], following `continue` tokens), which keeps
+//!   each response a few MB, well within the read timeout, and the memory bounded;
+//! - the independent lists run concurrently;
+//! - objects are decoded into slim wire types ([`wire`]) that name only the fields Refit reads:
+//!   serde skips everything else without allocating. `managedFields` alone is a third of a
+//!   pod's JSON and would otherwise be built as a `serde_json::Value` tree per pod;
+//! - each page is converted to plain data and dropped before the next is decoded.
+//!
+//! What a list sees: no `resourceVersion` is sent, so the first page is a consistent read
+//! (as fresh as etcd at that moment), and every `continue` page is served at the first page's
+//! resourceVersion: one consistent view per resource. Since Kubernetes 1.31
+//! (ConsistentListFromCache) the apiserver serves such a list from its watch cache, after
+//! waiting until the cache has caught up with etcd's current revision, and since 1.34
+//! (ListFromCacheSnapshot) the continue pages come from the cache's snapshot at that revision,
+//! so neither costs etcd anything and neither is stale. Older apiservers serve the same
+//! requests from etcd, page by page, which is what pagination protects. Different resources are
+//! read at different resourceVersions (moments apart): a plan tolerates that, as a drain would.
 //!
 //! Nothing read from the cluster is trusted to be present: a missing field becomes the
 //! default an apiserver would have applied (replicas 1, phase Pending...), never a panic.
@@ -15,11 +28,12 @@ use std::fmt::Debug;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
-    Container, Node, NodeSelectorRequirement, PersistentVolume, Pod, ResourceRequirements,
+    Node, NodeSelectorRequirement, PersistentVolume, Pod, ResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
+use kube::Client;
 use kube::api::{Api, ListParams};
 use refit_core::pdb::{PdbInfo, Requirement, Selector};
 use refit_core::quantity;
@@ -45,31 +59,31 @@ pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 pub async fn read_snapshot(conn: &Connection) -> Result<Snapshot, Error> {
     let c = &conn.client;
     let (mut nodes, pods, mut pdbs, deployments, statefulsets, daemonsets, replicasets, jobs, mut pvs) = futures::try_join!(
-        list_all(Api::<Node>::all(c.clone()), "nodes", node_info),
-        list_all(Api::<Pod>::all(c.clone()), "pods in all namespaces", pod_info),
-        list_all(Api::<PodDisruptionBudget>::all(c.clone()), "PodDisruptionBudgets", pdb_info),
-        list_all(Api::<Deployment>::all(c.clone()), "deployments", |d: Deployment| {
+        list_slim::<Node, wire::Node, _>(c, "nodes", node_info),
+        list_slim::<Pod, wire::Pod, _>(c, "pods in all namespaces", pod_from_wire),
+        list_slim::<PodDisruptionBudget, PodDisruptionBudget, _>(c, "PodDisruptionBudgets", pdb_info),
+        list_slim::<Deployment, wire::Workload, _>(c, "deployments", |d| {
             let replicas = d.spec.replicas.unwrap_or(1);
             workload("Deployment", d.metadata, replicas)
         }),
-        list_all(Api::<StatefulSet>::all(c.clone()), "statefulsets", |s: StatefulSet| {
+        list_slim::<StatefulSet, wire::Workload, _>(c, "statefulsets", |s| {
             let replicas = s.spec.replicas.unwrap_or(1);
             workload("StatefulSet", s.metadata, replicas)
         }),
-        list_all(Api::<DaemonSet>::all(c.clone()), "daemonsets", |d: DaemonSet| {
+        list_slim::<DaemonSet, wire::Workload, _>(c, "daemonsets", |d| {
             // A DaemonSet has no replica count: how many nodes it should run on is its size.
-            let replicas = d.status.as_ref().map(|s| s.desired_number_scheduled).unwrap_or(0);
+            let replicas = d.status.desired_number_scheduled.unwrap_or(0);
             workload("DaemonSet", d.metadata, replicas)
         }),
-        list_all(Api::<ReplicaSet>::all(c.clone()), "replicasets", |r: ReplicaSet| {
+        list_slim::<ReplicaSet, wire::Workload, _>(c, "replicasets", |r| {
             let replicas = r.spec.replicas.unwrap_or(1);
             workload("ReplicaSet", r.metadata, replicas)
         }),
-        list_all(Api::<Job>::all(c.clone()), "jobs", |j: Job| {
-            let replicas = j.spec.as_ref().and_then(|s| s.parallelism).unwrap_or(1);
+        list_slim::<Job, wire::Workload, _>(c, "jobs", |j| {
+            let replicas = j.spec.parallelism.unwrap_or(1);
             workload("Job", j.metadata, replicas)
         }),
-        list_all(Api::<PersistentVolume>::all(c.clone()), "persistentvolumes", pv_info),
+        list_slim::<PersistentVolume, PersistentVolume, _>(c, "persistentvolumes", pv_info),
     )?;
 
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -89,17 +103,54 @@ pub async fn read_snapshot(conn: &Connection) -> Result<Snapshot, Error> {
     Ok(Snapshot { nodes, pods: pod_infos, scheduling, pdbs, workloads, pvs })
 }
 
-/// Lists every object of `api` page by page, converting each page before fetching the next.
-async fn list_all<K, T>(api: Api<K>, what: &str, convert: impl FnMut(K) -> T) -> Result<Vec<T>, Error>
+/// Lists every object of resource `K` in all namespaces, page by page, decoding each item as
+/// `D` (a slim [`wire`] type, or `K` itself when the objects are few) and converting each page
+/// before decoding the next.
+async fn list_slim<K, D, T>(
+    client: &Client,
+    what: &str,
+    mut convert: impl FnMut(D) -> T,
+) -> Result<Vec<T>, Error>
 where
-    K: Clone + DeserializeOwned + Debug,
+    K: kube::Resource<DynamicType = ()>,
+    D: DeserializeOwned,
 {
-    list_paged(&api, ListParams::default(), what, convert).await.map(|(items, _)| items)
+    let request = kube::core::Request::new(K::url_path(&(), None));
+    let mut params = ListParams::default().limit(PAGE_SIZE);
+    let mut out = Vec::new();
+    let mut page_no = 0usize;
+    loop {
+        let context = || {
+            if page_no == 0 {
+                format!("listing {what}")
+            } else {
+                // A 410 here means the continue token expired (the list took longer than the
+                // apiserver keeps its resourceVersion): a retry of the whole read fixes it.
+                format!("listing {what} (page {} of {PAGE_SIZE})", page_no + 1)
+            }
+        };
+        let api_error = |e: kube::Error| Error::Api { context: context(), source: Box::new(e) };
+        let mut req = request.list(&params).map_err(|e| api_error(kube::Error::BuildRequest(e)))?;
+        req.extensions_mut().insert("list");
+        let text = client.request_text(req).await.map_err(api_error)?;
+        let page: wire::List<D> =
+            serde_json::from_str(&text).map_err(|e| api_error(kube::Error::SerdeError(e)))?;
+        drop(text);
+        out.extend(page.items.into_iter().map(&mut convert));
+        match page.metadata.continue_.filter(|t| !t.is_empty()) {
+            Some(token) => {
+                params = params.continue_token(&token);
+                page_no += 1;
+            }
+            None => return Ok(out),
+        }
+    }
 }
 
-/// [`list_all`] with the caller's selectors, also returning the list's resourceVersion (every
-/// page of a paginated list is served at the first page's), from which a watch can start
-/// without missing a change.
+/// Lists the full k8s-openapi objects of `api` with the caller's selectors, page by page (the
+/// drain's reads: few objects), also returning the list's resourceVersion (every page of a
+/// paginated list is served at the first page's), from which a watch can start without
+/// missing a change.
 pub(crate) async fn list_paged<K, T>(
     api: &Api<K>,
     params: ListParams,
@@ -136,33 +187,278 @@ where
     }
 }
 
-fn node_info(n: Node) -> NodeInfo {
-    let spec = n.spec.unwrap_or_default();
-    let status = n.status.unwrap_or_default();
-    let conditions = status.conditions.unwrap_or_default();
-    let ready = conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
-    let pressure = conditions
+/// The slim shapes objects are decoded into: only the fields the snapshot reads, everything
+/// else skipped by serde as it parses. Field names follow the API's JSON; every field is
+/// optional (`default`), as the API server omits empty ones.
+///
+/// The full k8s-openapi objects the drain reads (from its list and its watch) are projected
+/// onto the same shapes (the `From` impls), so that both paths share one conversion.
+pub(crate) mod wire {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1 as core;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ListMeta, ObjectMeta, OwnerReference};
+    use serde::Deserialize;
+    use serde::de::IgnoredAny;
+
+    /// One page of a list.
+    #[derive(Deserialize)]
+    #[serde(bound = "D: Deserialize<'de>")]
+    pub struct List<D> {
+        #[serde(default)]
+        pub metadata: ListMeta,
+        #[serde(default = "Vec::new")]
+        pub items: Vec<D>,
+    }
+
+    /// The metadata fields Refit reads (no managedFields, no finalizers, no timestamps).
+    #[derive(Deserialize, Default)]
+    #[serde(rename_all = "camelCase", default)]
+    pub struct Meta {
+        pub name: Option<String>,
+        pub namespace: Option<String>,
+        pub uid: Option<String>,
+        pub labels: Option<BTreeMap<String, String>>,
+        pub annotations: Option<BTreeMap<String, String>>,
+        pub owner_references: Option<Vec<OwnerReference>>,
+        /// Only whether it is set matters (the pod is terminating).
+        pub deletion_timestamp: Option<IgnoredAny>,
+    }
+
+    impl From<ObjectMeta> for Meta {
+        fn from(m: ObjectMeta) -> Self {
+            Meta {
+                name: m.name,
+                namespace: m.namespace,
+                uid: m.uid,
+                labels: m.labels,
+                annotations: m.annotations,
+                owner_references: m.owner_references,
+                deletion_timestamp: m.deletion_timestamp.map(|_| IgnoredAny),
+            }
+        }
+    }
+
+    /// A pod: what the drain rules, the capacity check and the volume checks need.
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    pub struct Pod {
+        pub metadata: Meta,
+        pub spec: PodSpec,
+        pub status: PodStatus,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(rename_all = "camelCase", default)]
+    pub struct PodSpec {
+        pub node_name: Option<String>,
+        pub volumes: Vec<PodVolume>,
+        pub containers: Vec<Container>,
+        pub init_containers: Vec<Container>,
+        /// Pod-level requests (they replace the containers' sum when set).
+        pub resources: Option<core::ResourceRequirements>,
+        pub overhead: Option<BTreeMap<String, Quantity>>,
+        pub node_selector: BTreeMap<String, String>,
+        pub tolerations: Vec<core::Toleration>,
+        pub affinity: Option<Affinity>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(rename_all = "camelCase", default)]
+    pub struct Container {
+        pub resources: Option<core::ResourceRequirements>,
+        /// `Always` makes an init container a sidecar.
+        pub restart_policy: Option<String>,
+    }
+
+    /// A volume source: only the kinds preflight tells apart.
+    #[derive(Deserialize, Default)]
+    #[serde(rename_all = "camelCase", default)]
+    pub struct PodVolume {
+        pub name: String,
+        pub empty_dir: Option<IgnoredAny>,
+        pub host_path: Option<HostPath>,
+        pub persistent_volume_claim: Option<Claim>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    pub struct HostPath {
+        pub path: String,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(rename_all = "camelCase", default)]
+    pub struct Claim {
+        pub claim_name: String,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(rename_all = "camelCase", default)]
+    pub struct Affinity {
+        pub node_affinity: Option<NodeAffinity>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(rename_all = "camelCase", default)]
+    pub struct NodeAffinity {
+        pub required_during_scheduling_ignored_during_execution: Option<core::NodeSelector>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    pub struct PodStatus {
+        pub phase: Option<String>,
+        pub conditions: Vec<Condition>,
+    }
+
+    /// A pod or node condition without its timestamps and messages.
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    pub struct Condition {
+        #[serde(rename = "type")]
+        pub type_: String,
+        pub status: String,
+    }
+
+    impl From<core::Pod> for Pod {
+        fn from(p: core::Pod) -> Self {
+            let spec = p.spec.unwrap_or_default();
+            let status = p.status.unwrap_or_default();
+            let container =
+                |c: core::Container| Container { resources: c.resources, restart_policy: c.restart_policy };
+            Pod {
+                metadata: p.metadata.into(),
+                spec: PodSpec {
+                    node_name: spec.node_name,
+                    volumes: spec
+                        .volumes
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|v| PodVolume {
+                            name: v.name,
+                            empty_dir: v.empty_dir.map(|_| IgnoredAny),
+                            host_path: v.host_path.map(|h| HostPath { path: h.path }),
+                            persistent_volume_claim: v
+                                .persistent_volume_claim
+                                .map(|c| Claim { claim_name: c.claim_name }),
+                        })
+                        .collect(),
+                    containers: spec.containers.into_iter().map(container).collect(),
+                    init_containers: spec
+                        .init_containers
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(container)
+                        .collect(),
+                    resources: spec.resources,
+                    overhead: spec.overhead,
+                    node_selector: spec.node_selector.unwrap_or_default(),
+                    tolerations: spec.tolerations.unwrap_or_default(),
+                    affinity: spec.affinity.map(|a| Affinity {
+                        node_affinity: a.node_affinity.map(|n| NodeAffinity {
+                            required_during_scheduling_ignored_during_execution: n
+                                .required_during_scheduling_ignored_during_execution,
+                        }),
+                    }),
+                },
+                status: PodStatus {
+                    phase: status.phase,
+                    conditions: status
+                        .conditions
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|c| Condition { type_: c.type_, status: c.status })
+                        .collect(),
+                },
+            }
+        }
+    }
+
+    /// A node: no images, no volumes, no timestamps.
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    pub struct Node {
+        pub metadata: Meta,
+        pub spec: NodeSpec,
+        pub status: NodeStatus,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    pub struct NodeSpec {
+        pub taints: Vec<core::Taint>,
+        pub unschedulable: Option<bool>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(rename_all = "camelCase", default)]
+    pub struct NodeStatus {
+        pub conditions: Vec<Condition>,
+        pub addresses: Vec<core::NodeAddress>,
+        pub allocatable: BTreeMap<String, Quantity>,
+        pub node_info: Option<NodeSystemInfo>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(rename_all = "camelCase", default)]
+    pub struct NodeSystemInfo {
+        pub kubelet_version: String,
+    }
+
+    /// A workload controller (Deployment, StatefulSet, DaemonSet, ReplicaSet, Job): its name,
+    /// owner and size.
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    pub struct Workload {
+        pub metadata: Meta,
+        pub spec: WorkloadSpec,
+        pub status: WorkloadStatus,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    pub struct WorkloadSpec {
+        /// Deployments, StatefulSets, ReplicaSets.
+        pub replicas: Option<i32>,
+        /// Jobs.
+        pub parallelism: Option<i32>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(rename_all = "camelCase", default)]
+    pub struct WorkloadStatus {
+        /// DaemonSets.
+        pub desired_number_scheduled: Option<i32>,
+    }
+}
+
+fn node_info(n: wire::Node) -> NodeInfo {
+    let ready = n.status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+    let pressure = n
+        .status
+        .conditions
         .iter()
         .filter(|c| c.type_ != "Ready" && c.status == "True")
         .map(|c| c.type_.clone())
         .collect();
-    let address =
-        status.addresses.unwrap_or_default().into_iter().find(|a| a.type_ == "InternalIP").map(|a| a.address);
-    let allocatable = status.allocatable.unwrap_or_default();
+    let address = n.status.addresses.into_iter().find(|a| a.type_ == "InternalIP").map(|a| a.address);
+    let allocatable = n.status.allocatable;
     NodeInfo {
         name: n.metadata.name.unwrap_or_default(),
         labels: n.metadata.labels.unwrap_or_default(),
         annotations: n.metadata.annotations.unwrap_or_default(),
-        taints: spec
+        taints: n
+            .spec
             .taints
-            .unwrap_or_default()
             .into_iter()
             .map(|t| Taint { key: t.key, value: t.value.unwrap_or_default(), effect: t.effect })
             .collect(),
-        unschedulable: spec.unschedulable.unwrap_or(false),
+        unschedulable: n.spec.unschedulable.unwrap_or(false),
         ready,
         pressure,
-        kubelet: status.node_info.map(|i| i.kubelet_version).unwrap_or_default(),
+        kubelet: n.status.node_info.map(|i| i.kubelet_version).unwrap_or_default(),
         address,
         allocatable: Resources {
             cpu_millis: allocatable.get("cpu").map_or(0, |q| cpu(q, "node allocatable")),
@@ -200,9 +496,12 @@ fn controller(refs: Option<&Vec<OwnerReference>>) -> Option<Owner> {
 
 /// A pod as plain data (shared with the drain, which decides with core's rules).
 pub(crate) fn pod_info(p: Pod) -> (PodInfo, Scheduling) {
-    let meta = p.metadata;
-    let spec = p.spec.unwrap_or_default();
-    let status = p.status.unwrap_or_default();
+    pod_from_wire(p.into())
+}
+
+/// A decoded pod as plain data.
+fn pod_from_wire(p: wire::Pod) -> (PodInfo, Scheduling) {
+    let wire::Pod { metadata: meta, spec, status } = p;
     let phase = match status.phase.as_deref() {
         Some("Running") => Phase::Running,
         Some("Succeeded") => Phase::Succeeded,
@@ -212,26 +511,7 @@ pub(crate) fn pod_info(p: Pod) -> (PodInfo, Scheduling) {
         Some("Pending") | None => Phase::Pending,
         Some(_) => Phase::Unknown,
     };
-    let ready =
-        status.conditions.unwrap_or_default().iter().any(|c| c.type_ == "Ready" && c.status == "True");
-    let volumes = spec
-        .volumes
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .map(|v| {
-            let name = v.name.clone();
-            if v.empty_dir.is_some() {
-                Volume::EmptyDir { name }
-            } else if let Some(h) = &v.host_path {
-                Volume::HostPath { name, path: h.path.clone() }
-            } else if let Some(c) = &v.persistent_volume_claim {
-                Volume::Claim { name, claim: c.claim_name.clone() }
-            } else {
-                Volume::Other { name }
-            }
-        })
-        .collect();
+    let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
     let key = format!(
         "pod {}/{}",
         meta.namespace.as_deref().unwrap_or_default(),
@@ -239,21 +519,35 @@ pub(crate) fn pod_info(p: Pod) -> (PodInfo, Scheduling) {
     );
     let scheduling = Scheduling {
         requests: pod_requests(&spec, &key),
-        node_selector: spec.node_selector.clone().unwrap_or_default(),
+        node_selector: spec.node_selector,
         tolerations: spec
             .tolerations
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
+            .into_iter()
             .map(|t| Toleration {
-                key: t.key.clone().unwrap_or_default(),
-                operator: t.operator.clone().unwrap_or_else(|| "Equal".into()),
-                value: t.value.clone().unwrap_or_default(),
-                effect: t.effect.clone().unwrap_or_default(),
+                key: t.key.unwrap_or_default(),
+                operator: t.operator.unwrap_or_else(|| "Equal".into()),
+                value: t.value.unwrap_or_default(),
+                effect: t.effect.unwrap_or_default(),
             })
             .collect(),
-        required_node_terms: required_node_terms(&spec),
+        required_node_terms: required_node_terms(spec.affinity),
     };
+    let volumes = spec
+        .volumes
+        .into_iter()
+        .map(|v| {
+            let name = v.name;
+            if v.empty_dir.is_some() {
+                Volume::EmptyDir { name }
+            } else if let Some(h) = v.host_path {
+                Volume::HostPath { name, path: h.path }
+            } else if let Some(c) = v.persistent_volume_claim {
+                Volume::Claim { name, claim: c.claim_name }
+            } else {
+                Volume::Other { name }
+            }
+        })
+        .collect();
     let info = PodInfo {
         namespace: meta.namespace.unwrap_or_default(),
         name: meta.name.unwrap_or_default(),
@@ -298,14 +592,14 @@ fn max(a: Resources, b: Resources) -> Resources {
 ///   regular containers too;
 /// - the pod takes the larger of the two phases, per resource, plus `spec.overhead`;
 /// - pod-level `spec.resources.requests`, when set, replace the container sum for cpu/memory.
-fn pod_requests(spec: &k8s_openapi::api::core::v1::PodSpec, key: &str) -> Resources {
-    let sum = |cs: &[Container]| {
+fn pod_requests(spec: &wire::PodSpec, key: &str) -> Resources {
+    let sum = |cs: &[wire::Container]| {
         cs.iter().fold(Resources::default(), |acc, c| acc.plus(container_requests(c.resources.as_ref(), key)))
     };
     let mut running = sum(&spec.containers);
     let mut sidecars = Resources::default();
     let mut init_peak = Resources::default();
-    for c in spec.init_containers.as_deref().unwrap_or_default() {
+    for c in &spec.init_containers {
         let req = container_requests(c.resources.as_ref(), key);
         let during = if c.restart_policy.as_deref() == Some("Always") {
             running = running.plus(req);
@@ -346,12 +640,10 @@ fn requirement(r: &NodeSelectorRequirement) -> Requirement {
 /// `matchFields` are not represented: the only field selectable is `metadata.name`, which the
 /// DaemonSet controller uses to pin each of its pods to one node, and drains never move
 /// DaemonSet pods. A term made only of `matchFields` therefore comes out empty.
-fn required_node_terms(spec: &k8s_openapi::api::core::v1::PodSpec) -> Vec<Vec<Requirement>> {
-    let Some(required) = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|n| n.required_during_scheduling_ignored_during_execution.as_ref())
+fn required_node_terms(affinity: Option<wire::Affinity>) -> Vec<Vec<Requirement>> {
+    let Some(required) = affinity
+        .and_then(|a| a.node_affinity)
+        .and_then(|n| n.required_during_scheduling_ignored_during_execution)
     else {
         return Vec::new();
     };
@@ -406,7 +698,7 @@ pub(crate) fn pdb_info(p: PodDisruptionBudget) -> PdbInfo {
 
 /// A workload with its controller owner (a ReplicaSet's Deployment, a Job's CronJob), so that
 /// pods can be reported under the name people deployed.
-fn workload(kind: &str, meta: ObjectMeta, replicas: i32) -> WorkloadInfo {
+fn workload(kind: &str, meta: wire::Meta, replicas: i32) -> WorkloadInfo {
     WorkloadInfo {
         kind: kind.to_string(),
         owner: controller(meta.owner_references.as_ref()),
