@@ -97,7 +97,17 @@ pub async fn prepare(args: &PlanArgs) -> anyhow::Result<Prepared> {
     let today = jiff::Zoned::now().date();
     let path = upgrade_path(&catalog, &current, &request, Policy::Default, args.force, today)
         .map_err(|e| usage(e.to_string()))?;
-    let snapshot = refit_kube::snapshot::read_snapshot(&conn).await?;
+    // The removed-API signals (each apiserver's metrics, metadata-only lists, Helm releases)
+    // do not depend on the snapshot: both are read at once. The snapshot's lists use only GA
+    // versions, so they never show up in the deprecated-API metric the signals scrape.
+    let signals = async {
+        match mode {
+            Mode::Offline => Ok(Vec::new()),
+            _ => refit_kube::apis::collect_signals(&conn, &catalog).await,
+        }
+    };
+    let (snapshot, signals) = tokio::join!(refit_kube::snapshot::read_snapshot(&conn), signals);
+    let snapshot = snapshot?;
     let nodes: BTreeSet<String> = snapshot.nodes.iter().map(|n| n.name.clone()).collect();
     plan_file.validate(&nodes).map_err(|e| usage(e.to_string()))?;
 
@@ -106,7 +116,7 @@ pub async fn prepare(args: &PlanArgs) -> anyhow::Result<Prepared> {
     if mode == Mode::Offline {
         not_run.push("all checks (--offline)".to_string());
     } else {
-        match refit_kube::apis::collect_signals(&conn, &catalog).await {
+        match signals {
             Ok(signals) => {
                 let found =
                     removed::findings(&catalog, current.minor_version(), path.to.minor_version(), &signals);
