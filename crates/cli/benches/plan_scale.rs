@@ -6,9 +6,14 @@
 //!   - the peer: `kubectl get pods -A -o json` (what any tool must at least read), and
 //!   - refit: `refit plan --to <next minor> -o json`.
 //!
+//! Each with the apiserver's CPU seconds during it, after the floor: the apiserver alone
+//! serving every pod in refit's pages, read as bytes (no decoding), which no JSON client beats.
+//!
 //! Not a test: it prints the numbers and their ratio; it asserts nothing about time.
 //!
 //! Run: `cargo bench -p refit-cli --bench plan_scale` (about 10 minutes on 2 cores).
+//! `REFIT_BENCH_HOLD=FILE` keeps the populated testbed up (its kubeconfig printed) while FILE
+//! exists, before measuring, for profiling requests by hand.
 
 #![allow(unsafe_code)] // wait4(2) for per-child peak RSS
 
@@ -56,6 +61,43 @@ async fn retry<T, E: std::fmt::Debug, F: std::future::Future<Output = Result<T, 
         }
     }
     unreachable!()
+}
+
+/// CPU seconds (user + system) a process has used so far, from /proc/PID/stat.
+fn cpu_seconds(pid: u64) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<f64> = rest.split_whitespace().map(|f| f.parse().unwrap_or(0.0)).collect();
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    fields.get(11).zip(fields.get(12)).map_or(0.0, |(u, s)| (u + s) / ticks)
+}
+
+/// The apiserver serving every pod in pages of refit's size, read as bytes only: the wall
+/// time of the server's side of the pod list, and its size.
+async fn serve_pods(client: &kube::Client) -> (f64, usize) {
+    let start = Instant::now();
+    let mut token: Option<String> = None;
+    let mut bytes = 0;
+    loop {
+        let mut url = format!("/api/v1/pods?limit={}", refit_kube::snapshot::PAGE_SIZE);
+        if let Some(t) = &token {
+            url.push_str(&format!("&continue={t}"));
+        }
+        let text = client.request_text(http::Request::get(url).body(Vec::new()).unwrap()).await.unwrap();
+        bytes += text.len();
+        // The token is in the list's metadata, which the apiserver writes before the items.
+        let head = &text[..text.len().min(4096)];
+        token = head
+            .split("\"continue\":\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .filter(|t| !t.is_empty())
+            .map(String::from);
+        if token.is_none() {
+            return (start.elapsed().as_secs_f64(), bytes);
+        }
+    }
 }
 
 fn env(name: &str, default: usize) -> usize {
@@ -120,15 +162,35 @@ fn main() {
     });
     // Let kwok mark the pods Running and the disruption controller publish budgets.
     std::thread::sleep(Duration::from_secs(60));
+    if let Ok(hold) = std::env::var("REFIT_BENCH_HOLD") {
+        println!("holding: KUBECONFIG={} (remove {hold} to continue)", tb.kubeconfig().display());
+        while std::path::Path::new(&hold).exists() {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
     let kubectl = tb.kubectl(&version).unwrap();
     let refit = std::path::PathBuf::from(env!("CARGO_BIN_EXE_refit"));
     let target = format!("1.{}", version.minor + 1);
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tb.dir().join("state.json")).unwrap()).unwrap();
+    let apiserver = state["members"][0]["pids"]["kube-apiserver"].as_u64().unwrap();
+    let client = rt.block_on(tb.client()).unwrap();
     for round in 1..=2 {
+        let c0 = cpu_seconds(apiserver);
+        let (st, bytes) = rt.block_on(serve_pods(&client));
+        let c1 = cpu_seconds(apiserver);
+        println!(
+            "round {round}: floor, the apiserver serving all pods ({} MB JSON, pages of {}): {st:.2}s, apiserver CPU {:.2}s",
+            bytes / 1_000_000,
+            refit_kube::snapshot::PAGE_SIZE,
+            c1 - c0
+        );
         let (kt, km, kc) = measure(
             Command::new(&kubectl)
                 .args(["get", "pods", "-A", "-o", "json", "--kubeconfig"])
                 .arg(tb.kubeconfig()),
         );
+        let c2 = cpu_seconds(apiserver);
         let (rt_, rm, rc) = measure(
             Command::new(&refit)
                 .args([
@@ -144,8 +206,11 @@ fn main() {
                 ])
                 .arg(tb.kubeconfig()),
         );
+        let c3 = cpu_seconds(apiserver);
         println!(
-            "round {round}: kubectl get pods -A -o json: {kt:.2}s {km:.0} MiB (exit {kc}) | refit plan: {rt_:.2}s {rm:.0} MiB (exit {rc}) | time ratio refit/kubectl {:.2}, memory ratio {:.2}",
+            "round {round}: kubectl get pods -A -o json: {kt:.2}s {km:.0} MiB (exit {kc}, apiserver CPU {:.2}s) | refit plan: {rt_:.2}s {rm:.0} MiB (exit {rc}, apiserver CPU {:.2}s) | time ratio refit/kubectl {:.2}, memory ratio {:.2}",
+            c2 - c1,
+            c3 - c2,
             rt_ / kt,
             rm / km
         );
