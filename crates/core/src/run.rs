@@ -495,6 +495,47 @@ impl FromStr for RunState {
     }
 }
 
+/// What a new `refit upgrade` does about the cluster's latest run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Continuation {
+    /// No unfinished run: plan and start a new one.
+    Fresh,
+    /// An unfinished run to the same target: continue it with its frozen schedule.
+    Resume,
+    /// The operator gives the unfinished run up (`--abandon`), then a new one starts.
+    Abandon,
+    /// An unfinished run to another target: refuse (finish it, or abandon it).
+    Conflict,
+}
+
+/// Decides from the cluster's latest run (its state and target) and the requested target.
+/// A target the catalog cannot resolve never matches, so the planner reports it.
+pub fn continuation(
+    latest: Option<(RunState, &str)>,
+    target: Option<&Version>,
+    abandon: bool,
+) -> Continuation {
+    match latest {
+        Some((state, _)) if !state.resumable() => Continuation::Fresh,
+        None => Continuation::Fresh,
+        Some(_) if abandon => Continuation::Abandon,
+        Some((_, prev)) if target.is_some_and(|t| t.to_string() == prev) => Continuation::Resume,
+        Some(_) => Continuation::Conflict,
+    }
+}
+
+/// How a run ends: a requested stop with nothing else wrong is Interrupted (with the advice to
+/// rerun), any reason is Failed, nothing is Completed.
+pub fn final_state(stop_requested: bool, reason: Option<String>) -> (RunState, Option<String>) {
+    match reason {
+        None if stop_requested => {
+            (RunState::Interrupted, Some("stopped on request; rerun the same command to continue".into()))
+        }
+        None => (RunState::Completed, None),
+        Some(r) => (RunState::Failed, Some(r)),
+    }
+}
+
 /// An estimate of the time left: the mean duration of finished units times the rounds of
 /// `concurrency` units still to go. None until one unit has finished.
 pub fn eta(finished: &[Duration], remaining: usize, concurrency: usize) -> Option<Duration> {
@@ -782,6 +823,28 @@ mod tests {
                 prop_assert_eq!(last.map(|st| st.to.to_string()), Some("1.37.1".to_string()));
             }
         }
+    }
+
+    #[test]
+    fn continuation_of_the_latest_run() {
+        let t = v("1.37.1");
+        assert_eq!(continuation(None, Some(&t), false), Continuation::Fresh);
+        assert_eq!(continuation(Some((RunState::Completed, "1.37.1")), Some(&t), false), Continuation::Fresh);
+        assert_eq!(continuation(Some((RunState::Abandoned, "1.36.4")), Some(&t), false), Continuation::Fresh);
+        for st in [RunState::Running, RunState::Failed, RunState::Interrupted] {
+            assert_eq!(continuation(Some((st, "1.37.1")), Some(&t), false), Continuation::Resume);
+            assert_eq!(continuation(Some((st, "1.37.0")), Some(&t), false), Continuation::Conflict);
+            assert_eq!(continuation(Some((st, "1.37.0")), None, false), Continuation::Conflict);
+            assert_eq!(continuation(Some((st, "1.37.1")), Some(&t), true), Continuation::Abandon);
+        }
+    }
+
+    #[test]
+    fn final_states() {
+        assert_eq!(final_state(false, None), (RunState::Completed, None));
+        assert_eq!(final_state(true, None).0, RunState::Interrupted);
+        assert_eq!(final_state(true, Some("x".into())), (RunState::Failed, Some("x".into())));
+        assert_eq!(final_state(false, Some("x".into())).0, RunState::Failed);
     }
 
     #[test]

@@ -290,14 +290,7 @@ impl Engine {
             }
             timings.push(("cluster services".to_string(), t.elapsed().as_millis() as u64));
         }
-        let state = if self.stopping() && reason.is_none() {
-            reason = Some("stopped on request; rerun the same command to continue".into());
-            RunState::Interrupted
-        } else if reason.is_some() {
-            RunState::Failed
-        } else {
-            RunState::Completed
-        };
+        let (state, reason) = refit_core::run::final_state(self.stopping(), reason);
         self.store().set_run_state(&self.run_id, state.as_str())?;
         self.emit(Event::RunFinished {
             state: state.as_str().to_string(),

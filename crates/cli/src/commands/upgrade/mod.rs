@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use refit_core::VersionRequest;
 use refit_core::planfile::Action;
-use refit_core::run::{OnUndrainable, RunState, Schedule, Style, phase_name, schedule, step_name};
+use refit_core::run::{
+    Continuation, OnUndrainable, RunState, Schedule, Style, phase_name, schedule, step_name,
+};
 use refit_engine::{BackupSpec, Engine, EtcdEndpointSpec, NodeAction, Outcome, RunSpec};
 use refit_store::{RunRow, Store};
 use serde::Serialize;
@@ -222,17 +224,20 @@ pub async fn run(args: UpgradeArgs, format: Format) -> anyhow::Result<ExitCode> 
     if !args.dry_run && store_path.exists() {
         lock = Some(lock_cluster(&store_path, &cluster)?);
         let store = Store::open(&store_path)?;
-        if let Some(prev) = store.latest_run(&cluster)?
-            && prev.state.parse::<RunState>().is_ok_and(|s| s.resumable())
-        {
-            if args.abandon {
-                abandon(&conn, store, &prev.id, format).await?;
-            } else if target_release.as_ref().map(|t| t.to_string()) != Some(prev.target.clone()) {
+        let latest = store.latest_run(&cluster)?;
+        // An unreadable state is treated as unfinished: never start over a run we cannot read.
+        let seen = latest
+            .as_ref()
+            .map(|r| (r.state.parse::<RunState>().unwrap_or(RunState::Failed), r.target.as_str()));
+        match (refit_core::run::continuation(seen, target_release.as_ref(), args.abandon), latest) {
+            (Continuation::Abandon, Some(prev)) => abandon(&conn, store, &prev.id, format).await?,
+            (Continuation::Conflict, Some(prev)) => {
                 return Err(usage(format!(
                     "run {} of this cluster (to {}) did not finish; continue it with `refit upgrade --to {}`, or give it up with --abandon",
                     prev.id, prev.target, prev.target
                 )));
-            } else {
+            }
+            (Continuation::Resume, Some(prev)) => {
                 let mut spec: RunSpec = serde_json::from_str(&prev.spec).map_err(|e| {
                     anyhow::anyhow!("run {} in {}: unreadable spec ({e})", prev.id, store_path.display())
                 })?;
@@ -257,6 +262,7 @@ pub async fn run(args: UpgradeArgs, format: Format) -> anyhow::Result<ExitCode> 
                 drop(lock);
                 return code;
             }
+            _ => {}
         }
     }
 
