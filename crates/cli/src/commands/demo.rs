@@ -44,6 +44,8 @@ pub async fn run(args: DemoArgs, format: Format) -> anyhow::Result<ExitCode> {
     sandbox::print_status(&status, format)?;
     if !args.no_upgrade {
         upgrade(&tb, &dir, format).await?;
+        // Read the sandbox again: the upgrade replaced the control-plane processes.
+        let tb = refit_testbed::Testbed::attach(&dir)?;
         let status = sandbox::collect_status(&tb).await?;
         sandbox::print_status(&status, format)?;
     }
