@@ -59,7 +59,9 @@ Examples:
   refit upgrade --to 1.37 --action sandbox --yes          the sandbox (refit sandbox upgrade-node)
   refit upgrade --to 1.37 --control-plane-only --action ssh --yes   kubeadm over ssh
   refit upgrade --to 1.37 --on-undrainable skip -o json   newline-delimited events
-Exit codes: 0 upgraded; 1 blocked, failed or interrupted (rerun to continue); 2 bad input.")]
+  refit upgrade --to 1.37 --yes --not-after 2026-12-05T06:00:00+01:00   stop starting nodes at 06:00
+Exit codes: 0 upgraded; 1 blocked, failed or interrupted (rerun to continue); 2 bad input;
+3 paused at --not-after (rerun to continue).")]
     Upgrade(Box<UpgradeArgs>),
     /// What the cluster runs: every component's version, skew violations, support, next versions.
     #[command(after_help = "\
@@ -333,6 +335,10 @@ pub struct UpgradeArgs {
     /// Give up this cluster's unfinished run (its cordons are given back) and start afresh.
     #[arg(long)]
     pub abandon: bool,
+    /// Start no node after this instant (RFC 3339, e.g. 2026-12-05T06:00:00Z; the end of a
+    /// maintenance window): nodes under way finish, the run ends paused, a rerun continues.
+    #[arg(long)]
+    pub not_after: Option<String>,
     /// How nodes are upgraded: `exec:PROGRAM ARG...` (placeholders {node} {role} {from} {to}
     /// {phase} {address}, split on spaces, never a shell), `ssh` (kubeadm recipe), `sandbox`,
     /// `replace-sandbox`. Default: the plan file's action.

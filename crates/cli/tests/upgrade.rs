@@ -813,3 +813,103 @@ async fn ctrl_c_stops_cleanly_gives_back_the_cordon_and_a_rerun_finishes() {
         assert!(!unschedulable(&n));
     }
 }
+
+/// `--not-after`: a deadline that passes while a node is under way lets that node finish,
+/// starts no other, ends the run paused (exit 3, state "paused"); a rerun continues it without
+/// repeating the finished node. A deadline already past changes nothing. Deterministic: the
+/// first node's action is held until the deadline has passed.
+#[test]
+fn a_deadline_lets_the_node_under_way_finish_starts_no_other_and_a_rerun_continues() {
+    let (from, to) = (release(36), release(37));
+    let c = Cluster::up(&from, 1, 2);
+    let hold = c.dir.join("hold");
+    let log = c.dir.join("actions.log");
+    let script = c.dir.join("held-action.sh");
+    let refit_bin = assert_cmd::cargo::cargo_bin("refit");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$REFIT_NODE\" >> '{log}'\nwhile [ -e '{hold}' ]; do sleep 0.1; done\nexec '{bin}' sandbox upgrade-node \"$REFIT_NODE\" --to \"$REFIT_TO\"\n",
+            log = log.display(),
+            hold = hold.display(),
+            bin = refit_bin.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let action = format!("exec:{}", script.display());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let kubelets = || -> Vec<String> { rt.block_on(async { c.nodes().await.iter().map(kubelet).collect() }) };
+
+    // Bad input: exit 2, nothing recorded.
+    let out = c.upgrade(&to).args(["--action", &action, "--not-after", "tomorrow"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RFC 3339"));
+    assert!(!c.store.exists());
+
+    // Already past: the run is recorded, nothing starts, it ends paused.
+    let past = (jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60)).to_string();
+    let out =
+        c.upgrade(&to).args(["--action", &action, "--not-after", &past, "-o", "json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "paused: {}", String::from_utf8_lossy(&out.stderr));
+    let summary = last_summary(&out.stdout);
+    assert_eq!(summary["outcome"]["state"], "paused", "{summary}");
+    assert!(summary["outcome"]["units"].as_array().unwrap().iter().all(|u| u["result"] == "not-started"));
+    assert!(log_lines(&log).is_empty(), "no action ran");
+    assert!(kubelets().iter().all(|k| k.contains(&from)));
+
+    // A deadline a few seconds ahead, passing while the control-plane node's action is held.
+    std::fs::write(&hold, "").unwrap();
+    let deadline = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(4);
+    let mut child =
+        spawn(c.upgrade(&to).args(["--action", &action, "--not-after", &deadline.to_string(), "-o", "json"]));
+    let started = std::time::Instant::now();
+    while log_lines(&log).is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(120), "the first action never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    while jiff::Timestamp::now() <= deadline + jiff::SignedDuration::from_millis(500) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::remove_file(&hold).unwrap();
+    let status = child.wait().unwrap();
+    let mut stdout = Vec::new();
+    std::io::Read::read_to_end(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    assert_eq!(status.code(), Some(3), "paused at the deadline: {}", spawned_stderr());
+    let summary = last_summary(&stdout);
+    assert_eq!(summary["outcome"]["state"], "paused", "{summary}");
+    assert_eq!(log_lines(&log), ["control-plane-1"], "only the node under way at the deadline ran");
+    let units = summary["outcome"]["units"].as_array().unwrap();
+    let upgraded: Vec<&str> =
+        units.iter().filter(|u| u["result"] == "upgraded").map(|u| u["node"].as_str().unwrap()).collect();
+    assert_eq!(upgraded, ["control-plane-1"], "{summary}");
+    let ks = kubelets();
+    assert_eq!(ks.iter().filter(|k| k.contains(&to)).count(), 1, "{ks:?}");
+    rt.block_on(async {
+        for n in c.nodes().await {
+            assert!(!unschedulable(&n), "no node is left cordoned at a pause");
+        }
+    });
+
+    // The rerun (no deadline) continues the same run: the workers, not the control plane again.
+    let out = c.upgrade(&to).args(["--action", &action, "-o", "json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary = last_summary(&out.stdout);
+    assert_eq!(summary["outcome"]["state"], "completed");
+    let store = refit_store::Store::open(&c.store).unwrap();
+    assert_eq!(store.runs().unwrap().len(), 1, "the paused run was resumed, not replaced");
+    let lines = log_lines(&log);
+    assert_eq!(lines.iter().filter(|l| *l == "control-plane-1").count(), 1, "{lines:?}");
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(kubelets().iter().all(|k| k.contains(&to)));
+}
+
+/// The summary line of a `refit upgrade -o json` run.
+fn last_summary(stdout: &[u8]) -> serde_json::Value {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .rfind(|e| e["event"] == "summary")
+        .unwrap_or_else(|| panic!("no summary in {}", String::from_utf8_lossy(stdout)))
+}

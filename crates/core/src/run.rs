@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -314,6 +314,13 @@ pub fn step_key(step: Step, to: &Version) -> String {
     format!("{}@{to}", step_name(step))
 }
 
+/// Whether the journal shows work on `unit` at its version (a step started, done, failed or
+/// skipped): such a unit is under way (or finished), and a deadline does not hold it back —
+/// a node is never left halfway because a window closed.
+pub fn begun(unit: &UnitWork, journal: &BTreeMap<String, StepState>) -> bool {
+    unit.steps.iter().any(|s| journal.contains_key(&step_key(*s, &unit.to)))
+}
+
 /// A step's name in the journal and in output.
 pub fn step_name(step: Step) -> &'static str {
     match step {
@@ -459,6 +466,9 @@ pub enum RunState {
     Failed,
     /// Stopped by the operator (Ctrl-C); a rerun resumes it.
     Interrupted,
+    /// Stopped at its deadline (`--not-after`, a fleet member's maintenance window closing):
+    /// no node was started after it, none was cut off; a rerun resumes it.
+    Paused,
     /// Given up by the operator (`--abandon`): never resumed; its cordons were given back.
     Abandoned,
 }
@@ -471,6 +481,7 @@ impl RunState {
             RunState::Completed => "completed",
             RunState::Failed => "failed",
             RunState::Interrupted => "interrupted",
+            RunState::Paused => "paused",
             RunState::Abandoned => "abandoned",
         }
     }
@@ -489,6 +500,7 @@ impl FromStr for RunState {
             "completed" => Ok(RunState::Completed),
             "failed" => Ok(RunState::Failed),
             "interrupted" => Ok(RunState::Interrupted),
+            "paused" => Ok(RunState::Paused),
             "abandoned" => Ok(RunState::Abandoned),
             _ => Err(format!("unknown run state '{s}'")),
         }
@@ -524,15 +536,39 @@ pub fn continuation(
     }
 }
 
-/// How a run ends: a requested stop with nothing else wrong is Interrupted (with the advice to
-/// rerun), any reason is Failed, nothing is Completed.
-pub fn final_state(stop_requested: bool, reason: Option<String>) -> (RunState, Option<String>) {
-    match reason {
-        None if stop_requested => {
+/// Why a run stopped starting new work before it was done (None: it was not asked to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Halt {
+    /// The operator asked (Ctrl-C).
+    Requested,
+    /// Its deadline (`--not-after`) passed; the instant is in the reason.
+    Deadline,
+}
+
+/// Whether a run may start another unit (or cluster-wide step) at `now`: not once its
+/// deadline has passed. Work already under way is never cut off by a deadline.
+pub fn may_start(now: SystemTime, not_after: Option<SystemTime>) -> bool {
+    not_after.is_none_or(|d| now < d)
+}
+
+/// How a run ends. Any reason is Failed; otherwise a halt with work left is Interrupted
+/// (requested) or Paused (deadline), with the advice to rerun; nothing left is Completed.
+/// `work_left` is whether a unit or cluster-wide step was not done.
+pub fn final_state(
+    halt: Option<Halt>,
+    work_left: bool,
+    reason: Option<String>,
+) -> (RunState, Option<String>) {
+    match (reason, halt) {
+        (Some(r), _) => (RunState::Failed, Some(r)),
+        (None, Some(Halt::Requested)) => {
             (RunState::Interrupted, Some("stopped on request; rerun the same command to continue".into()))
         }
-        None => (RunState::Completed, None),
-        Some(r) => (RunState::Failed, Some(r)),
+        (None, Some(Halt::Deadline)) if work_left => (
+            RunState::Paused,
+            Some("the deadline (--not-after) passed: no node was started after it; rerun the same command to continue".into()),
+        ),
+        (None, _) => (RunState::Completed, None),
     }
 }
 
@@ -831,7 +867,7 @@ mod tests {
         assert_eq!(continuation(None, Some(&t), false), Continuation::Fresh);
         assert_eq!(continuation(Some((RunState::Completed, "1.37.1")), Some(&t), false), Continuation::Fresh);
         assert_eq!(continuation(Some((RunState::Abandoned, "1.36.4")), Some(&t), false), Continuation::Fresh);
-        for st in [RunState::Running, RunState::Failed, RunState::Interrupted] {
+        for st in [RunState::Running, RunState::Failed, RunState::Interrupted, RunState::Paused] {
             assert_eq!(continuation(Some((st, "1.37.1")), Some(&t), false), Continuation::Resume);
             assert_eq!(continuation(Some((st, "1.37.0")), Some(&t), false), Continuation::Conflict);
             assert_eq!(continuation(Some((st, "1.37.0")), None, false), Continuation::Conflict);
@@ -841,10 +877,30 @@ mod tests {
 
     #[test]
     fn final_states() {
-        assert_eq!(final_state(false, None), (RunState::Completed, None));
-        assert_eq!(final_state(true, None).0, RunState::Interrupted);
-        assert_eq!(final_state(true, Some("x".into())), (RunState::Failed, Some("x".into())));
-        assert_eq!(final_state(false, Some("x".into())).0, RunState::Failed);
+        let x = || Some("x".to_string());
+        for left in [false, true] {
+            assert_eq!(final_state(None, left, None), (RunState::Completed, None));
+            assert_eq!(final_state(Some(Halt::Requested), left, None).0, RunState::Interrupted);
+            for halt in [None, Some(Halt::Requested), Some(Halt::Deadline)] {
+                assert_eq!(final_state(halt, left, x()), (RunState::Failed, x()), "a reason always fails");
+            }
+        }
+        assert_eq!(final_state(Some(Halt::Deadline), true, None).0, RunState::Paused);
+        assert_eq!(
+            final_state(Some(Halt::Deadline), false, None),
+            (RunState::Completed, None),
+            "a deadline that passed after the last unit finished changes nothing"
+        );
+        assert!(RunState::Paused.resumable());
+    }
+
+    #[test]
+    fn nothing_starts_at_or_after_the_deadline() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        assert!(may_start(t, None));
+        assert!(may_start(t - Duration::from_millis(1), Some(t)));
+        assert!(!may_start(t, Some(t)));
+        assert!(!may_start(t + Duration::from_secs(1), Some(t)));
     }
 
     #[test]
@@ -864,6 +920,7 @@ mod tests {
             RunState::Completed,
             RunState::Failed,
             RunState::Interrupted,
+            RunState::Paused,
             RunState::Abandoned,
         ] {
             assert_eq!(s.as_str().parse::<RunState>().unwrap(), s);

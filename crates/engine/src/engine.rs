@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use refit_core::event::Event;
 use refit_core::plan::PhaseKind;
-use refit_core::run::{RunState, Stage, StepState, UnitWork, phase_name};
+use refit_core::run::{Halt, RunState, Stage, StepState, UnitWork, phase_name};
 use refit_kube::Connection;
 use refit_store::Store;
 use serde::Serialize;
@@ -19,6 +19,9 @@ use crate::spec::{BackupSpec, RunSpec};
 
 /// Where events go (terminal view, JSON lines, ...). The engine journals them itself.
 pub type Sink = Arc<dyn Fn(&Event) + Send + Sync>;
+
+/// Why a unit was not started after the deadline.
+const DEADLINE: &str = "not started: the deadline (--not-after) passed";
 
 /// The journal's unit name for cluster-wide steps (backup, cluster services).
 pub const CLUSTER_UNIT: &str = "(cluster)";
@@ -109,6 +112,8 @@ pub struct Engine {
     pub(crate) spec: RunSpec,
     sink: Sink,
     stop: watch::Receiver<bool>,
+    /// Start no unit (or cluster-wide step) at or after this instant (`--not-after`).
+    not_after: Option<SystemTime>,
     failed: AtomicBool,
     pub(crate) left_cordoned: Mutex<Vec<(String, String)>>,
 }
@@ -116,7 +121,9 @@ pub struct Engine {
 impl Engine {
     /// An engine for run `run_id` (already recorded in `store` with `spec`). `stop` turning
     /// true asks for a clean stop: no new unit starts, drains in progress are abandoned and
-    /// their nodes uncordoned, actions already running finish.
+    /// their nodes uncordoned, actions already running finish. After `not_after` no new unit
+    /// starts either, but units under way finish (a deadline never cuts a node off midway)
+    /// and the run ends Paused.
     pub fn new(
         conn: Connection,
         store: Store,
@@ -124,6 +131,7 @@ impl Engine {
         spec: RunSpec,
         sink: Sink,
         stop: watch::Receiver<bool>,
+        not_after: Option<SystemTime>,
     ) -> Arc<Engine> {
         Arc::new(Engine {
             conn,
@@ -132,6 +140,7 @@ impl Engine {
             spec,
             sink,
             stop,
+            not_after,
             failed: AtomicBool::new(false),
             left_cordoned: Mutex::new(Vec::new()),
         })
@@ -205,6 +214,44 @@ impl Engine {
         }
     }
 
+    /// Why no unit may start any more, if so: a failure or a requested stop.
+    fn halted(&self) -> Option<&'static str> {
+        if self.failed.load(Ordering::SeqCst) {
+            Some("the run stopped on a failure")
+        } else if self.stopping() {
+            Some("stopped on request")
+        } else {
+            None
+        }
+    }
+
+    /// Whether the deadline (`--not-after`) has passed: no unit that has not begun starts.
+    fn past_deadline(&self) -> bool {
+        !refit_core::run::may_start(SystemTime::now(), self.not_after)
+    }
+
+    /// Whether `unit` may start now (a unit the journal shows under way may always finish).
+    fn may_start(&self, unit: &UnitWork) -> Result<Result<(), &'static str>, Error> {
+        if let Some(why) = self.halted() {
+            return Ok(Err(why));
+        }
+        if self.past_deadline() && !refit_core::run::begun(unit, &self.journal(&unit.node)?) {
+            return Ok(Err(DEADLINE));
+        }
+        Ok(Ok(()))
+    }
+
+    /// The halt the run ended with (for its final state).
+    fn halt(&self) -> Option<Halt> {
+        if self.stopping() {
+            Some(Halt::Requested)
+        } else if self.past_deadline() {
+            Some(Halt::Deadline)
+        } else {
+            None
+        }
+    }
+
     pub(crate) fn fail_fast(&self) {
         self.failed.store(true, Ordering::SeqCst);
     }
@@ -228,9 +275,12 @@ impl Engine {
         let mut reason: Option<String> = None;
 
         for (i, stage) in schedule.stages.iter().enumerate() {
-            if self.failed.load(Ordering::SeqCst) || self.stopping() {
-                let why = if self.stopping() { "stopped on request" } else { "the run stopped on a failure" };
+            if let Some(why) = self.halted() {
                 units.extend(stage.units.iter().map(|u| not_started(i, u, why)));
+                continue;
+            }
+            if self.past_deadline() && !self.any_begun(stage)? {
+                units.extend(stage.units.iter().map(|u| not_started(i, u, DEADLINE)));
                 continue;
             }
             if stage.phase != PhaseKind::Workers && backup.is_none() {
@@ -282,15 +332,19 @@ impl Engine {
                 left_cordoned.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
             ));
         }
-        let clean = !self.failed.load(Ordering::SeqCst) && !self.stopping() && reason.is_none();
-        if clean && let Some(targets) = &self.spec.cluster_services {
-            let t = Instant::now();
-            if let Err(e) = self.cluster_services(targets).await {
-                reason = Some(e);
+        let mut work_left = units.iter().any(|u| matches!(u.result, UnitResult::NotStarted(_)));
+        if let Some(targets) = &self.spec.cluster_services {
+            if reason.is_none() && self.halted().is_none() && !self.past_deadline() {
+                let t = Instant::now();
+                if let Err(e) = self.cluster_services(targets).await {
+                    reason = Some(e);
+                }
+                timings.push(("cluster services".to_string(), t.elapsed().as_millis() as u64));
+            } else {
+                work_left = true;
             }
-            timings.push(("cluster services".to_string(), t.elapsed().as_millis() as u64));
         }
-        let (state, reason) = refit_core::run::final_state(self.stopping(), reason);
+        let (state, reason) = refit_core::run::final_state(self.halt(), work_left, reason);
         self.store().set_run_state(&self.run_id, state.as_str())?;
         self.emit(Event::RunFinished {
             state: state.as_str().to_string(),
@@ -315,9 +369,21 @@ impl Engine {
         let mut reason = None;
         let mut pending = stage.units.iter();
         for unit in pending.by_ref() {
+            match self.may_start(unit)? {
+                Err(why) if why == DEADLINE => {
+                    // Later units may be under way (a resumed run): look at each.
+                    reports.push(not_started(index, unit, why));
+                    continue;
+                }
+                Err(why) => {
+                    reports.push(not_started(index, unit, why));
+                    break;
+                }
+                Ok(()) => {}
+            }
             // Wait for a free slot, collecting finished units meanwhile.
             let permit = loop {
-                if self.failed.load(Ordering::SeqCst) || self.stopping() {
+                if self.halted().is_some() {
                     break None;
                 }
                 if held.load(Ordering::SeqCst) >= stage.concurrency.max(1) {
@@ -333,9 +399,21 @@ impl Engine {
                     Some(done) = tasks.join_next(), if !tasks.is_empty() => reports.push(joined(done)?),
                 }
             };
-            let Some(permit) = permit else {
-                reports.push(not_started(index, unit, "the run stopped before this unit"));
-                break;
+            // The slot may have come free after the deadline: look again before using it.
+            let permit = match (permit, self.may_start(unit)?) {
+                (Some(p), Ok(())) => p,
+                (_, Err(why)) if why == DEADLINE => {
+                    reports.push(not_started(index, unit, why));
+                    continue;
+                }
+                (_, why) => {
+                    reports.push(not_started(
+                        index,
+                        unit,
+                        why.err().unwrap_or("the run stopped before this unit"),
+                    ));
+                    break;
+                }
             };
             let engine = self.clone();
             let unit = unit.clone();
@@ -366,13 +444,23 @@ impl Engine {
                 Ok(report)
             });
         }
-        let rest: Vec<UnitReport> =
-            pending.map(|u| not_started(index, u, "the run stopped before this unit")).collect();
+        let why = self.halted().unwrap_or("the run stopped before this unit");
+        let rest: Vec<UnitReport> = pending.map(|u| not_started(index, u, why)).collect();
         while let Some(done) = tasks.join_next().await {
             reports.push(joined(done)?);
         }
         reports.extend(rest);
         Ok((reports, reason))
+    }
+
+    /// Whether any unit of `stage` is under way or finished according to the journal.
+    fn any_begun(&self, stage: &Stage) -> Result<bool, Error> {
+        for u in &stage.units {
+            if refit_core::run::begun(u, &self.journal(&u.node)?) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Runs a cluster-wide step (backup, cluster services) journaled like a node's: started

@@ -207,6 +207,7 @@ pub async fn run(args: UpgradeArgs, format: Format) -> anyhow::Result<ExitCode> 
     if args.eviction_concurrency == 0 {
         return Err(usage("--eviction-concurrency must be at least 1"));
     }
+    let not_after = args.not_after.as_deref().map(parse_not_after).transpose()?;
 
     // A run of this cluster to this target that did not finish: continue it as it was planned.
     let catalog = load_catalog(args.plan.catalog.as_deref())?;
@@ -258,7 +259,7 @@ pub async fn run(args: UpgradeArgs, format: Format) -> anyhow::Result<ExitCode> 
                         prev.id, prev.state, prev.target
                     );
                 }
-                let code = execute(conn, store, prev.id, spec, format).await;
+                let code = execute(conn, store, prev.id, spec, not_after, format).await;
                 drop(lock);
                 return code;
             }
@@ -364,7 +365,7 @@ pub async fn run(args: UpgradeArgs, format: Format) -> anyhow::Result<ExitCode> 
         spec: serde_json::to_string(&spec)?,
     };
     store.create_run(&row)?;
-    let code = execute(prepared.conn, store, id, spec, format).await;
+    let code = execute(prepared.conn, store, id, spec, not_after, format).await;
     drop(lock);
     code
 }
@@ -440,6 +441,7 @@ async fn execute(
     store: Store,
     id: String,
     spec: RunSpec,
+    not_after: Option<std::time::SystemTime>,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
     let view = Arc::new(progress::View::new(format, &id, &spec.schedule));
@@ -461,7 +463,7 @@ async fn execute(
             }
         }
     });
-    let engine = Engine::new(conn, store, id, spec, sink, stop_rx);
+    let engine = Engine::new(conn, store, id, spec, sink, stop_rx, not_after);
     let outcome = engine.execute().await?;
     view.finish();
     match format {
@@ -474,8 +476,20 @@ async fn execute(
     }
     Ok(match outcome.state {
         RunState::Completed => ExitCode::SUCCESS,
+        RunState::Paused => ExitCode::from(PAUSED_EXIT),
         _ => ExitCode::from(1),
     })
+}
+
+/// The exit code of a run that paused at its `--not-after` deadline.
+pub const PAUSED_EXIT: u8 = 3;
+
+/// `--not-after`: an RFC 3339 instant with its offset (a bare local time would be ambiguous).
+fn parse_not_after(s: &str) -> anyhow::Result<std::time::SystemTime> {
+    let t: jiff::Timestamp = s.parse().map_err(|e| {
+        usage(format!("--not-after '{s}': {e}; write an RFC 3339 instant such as 2026-12-05T06:00:00Z"))
+    })?;
+    Ok(std::time::SystemTime::from(t))
 }
 
 fn render_schedule(s: &Schedule) -> String {
