@@ -50,6 +50,12 @@ stages:
 
 impl Fleet {
     fn up() -> Fleet {
+        Fleet::with(&MEMBERS, STRATEGY, 2)
+    }
+
+    /// Sandboxes `(name, update group)` at 1.36 with `workers` workers each, as members (label
+    /// `tier=<group>`), and `strategy` stored as `two-stage`.
+    fn with(members: &[(&str, &str)], strategy: &str, workers: usize) -> Fleet {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
         let store = root.join("refit.db");
@@ -58,7 +64,7 @@ impl Fleet {
         std::fs::write(
             &script,
             format!(
-                "#!/bin/sh\n# $1 sandbox dir, $2 node, $3 version\nif [ -e \"$1/fail\" ]; then echo \"simulated node failure on $2\" >&2; exit 3; fi\nsleep 2\nexec '{}' sandbox upgrade-node --dir \"$1\" \"$2\" --to \"$3\"\n",
+                "#!/bin/sh\n# $1 sandbox dir, $2 node, $3 version\necho \"$2\" >> \"$1/actions.log\"\nif [ -e \"$1/fail\" ]; then echo \"simulated node failure on $2\" >&2; exit 3; fi\nsleep 2\nwhile [ -e \"$1/hold\" ]; do sleep 0.1; done\nexec '{}' sandbox upgrade-node --dir \"$1\" \"$2\" --to \"$3\"\n",
                 exe.display()
             ),
         )
@@ -67,10 +73,18 @@ impl Fleet {
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         let mut guards = Vec::new();
         let mut sandboxes = Vec::new();
-        for (name, group) in MEMBERS {
+        for &(name, group) in members {
             let dir = root.join(name);
             let out = refit()
-                .args(["sandbox", "up", "--version", &release(36), "--workers", "2", "--dir"])
+                .args([
+                    "sandbox",
+                    "up",
+                    "--version",
+                    &release(36),
+                    "--workers",
+                    &workers.to_string(),
+                    "--dir",
+                ])
                 .arg(&dir)
                 .output()
                 .unwrap();
@@ -86,7 +100,7 @@ impl Fleet {
             );
             sandboxes.push((name.to_string(), dir));
         }
-        std::fs::write(root.join("strategy.yaml"), STRATEGY).unwrap();
+        std::fs::write(root.join("strategy.yaml"), strategy).unwrap();
         run_ok(
             Fleet::cmd_in(&store)
                 .args(["strategy", "create", "two-stage", "-f"])
@@ -746,4 +760,178 @@ fn bad_strategy_and_run_files_and_unknown_names_are_refused_with_exit_code_2_and
             .len(),
         1
     );
+}
+
+/// A stage behind a ScheduledStart gate, driven by `refit fleet daemon` (killed with -9 and
+/// replaced mid-upgrade): win-1's maintenance window closes while its control-plane node is
+/// under way, so that node finishes, no other starts, and the member waits Pending for the
+/// window's next opening; when its window is cleared it continues the same single-cluster run
+/// (finished nodes not repeated). late-1's window is closed and its pending budget short: it
+/// is deferred with the reason instead of holding the stage. Then Stable and Rapid profiles
+/// generate their runs from the catalog.
+#[test]
+fn a_window_closing_mid_member_pauses_it_the_daemon_resumes_it_and_budgets_defer_members() {
+    let f = Fleet::with(&[("win-1", "a"), ("late-1", "b")], STRATEGY, 2);
+    let to = release(37);
+    let utc = jiff::tz::TimeZone::UTC;
+    let every_day = "{weekly: [Monday, Tuesday, Wednesday, Thursday, Friday, Saturday, Sunday]}";
+    let write = |name: &str, text: String| {
+        let p = f.root.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+
+    // win-1: every day, one minute from 30 s ago (closes in about 30 s). late-1: opens in two
+    // hours, 3 s of pending budget.
+    let now = jiff::Timestamp::now();
+    let win_start = now - jiff::SignedDuration::from_secs(30);
+    let closes = win_start + jiff::SignedDuration::from_secs(60);
+    let window = write(
+        "win.yaml",
+        format!(
+            "recurrence: {every_day}\nstart: \"{}\"\ndurationMinutes: 1\ntimeZone: UTC\n",
+            win_start.to_zoned(utc.clone()).strftime("%H:%M:%S")
+        ),
+    );
+    run_ok(f.cmd().args(["member", "update", "win-1", "--window"]).arg(&window));
+    let later = write(
+        "later.yaml",
+        format!(
+            "recurrence: {every_day}\nstart: \"{}\"\ndurationMinutes: 30\ntimeZone: UTC\n",
+            (now + jiff::SignedDuration::from_hours(2)).to_zoned(utc.clone()).strftime("%H:%M")
+        ),
+    );
+    run_ok(f.cmd().args(["member", "update", "late-1", "--pending-budget", "3s", "--window"]).arg(&later));
+
+    // The stage starts at a scheduled time 8 s from now (its weekday and time in UTC).
+    let gate_at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(8);
+    let z = gate_at.to_zoned(utc.clone());
+    let gated = write(
+        "gated.yaml",
+        format!(
+            "stages:\n  - name: only\n    beforeGates: [{{type: ScheduledStart, startDay: {}, startTime: \"{}\", utcOffset: \"+00:00\"}}]\n    groups: [{{name: a}}, {{name: b}}]\n",
+            z.strftime("%A"),
+            z.strftime("%H:%M:%S")
+        ),
+    );
+    run_ok(f.cmd().args(["strategy", "create", "gated", "-f"]).arg(&gated));
+    std::fs::write(f.dir("win-1").join("hold"), "").unwrap();
+    f.create("windows", &["--strategy", "gated"]);
+    run_ok(f.cmd().args(["run", "start", "windows"]));
+
+    let daemon = |n: usize, extra: &[&str]| {
+        let log = std::fs::File::create(f.root.join(format!("daemon-{n}.log"))).unwrap();
+        f.cmd()
+            .args(["daemon", "-o", "json"])
+            .args(extra)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    };
+    let mut first = daemon(1, &[]);
+    let v = f.wait_for("windows", "the stage waiting for its scheduled start", |v| {
+        stage(v, "only")["beforeGates"][0]["state"] == "Pending"
+    });
+    if jiff::Timestamp::now() < gate_at {
+        assert!(members(&v).iter().all(|m| state(m) == "NotStarted"), "nothing before the gate: {v:#}");
+        assert!(v["pending"].to_string().contains("ScheduledStart"), "{}", v["pending"]);
+    }
+    let v = f.wait_for("windows", "win-1 under way", |v| state(member(v, "win-1")) == "Running");
+    assert!(ts(&member(&v, "win-1")["startedAt"]) >= gate_at, "started before the scheduled gate");
+    assert_eq!(stage(&v, "only")["beforeGates"][0]["state"], "Completed");
+
+    // late-1: Pending on its window, then deferred after 3 s, with both reasons.
+    let v = f.wait_for("windows", "late-1 deferred", |v| state(member(v, "late-1")) == "Skipped");
+    let msg = member(&v, "late-1")["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("deferred") && msg.contains("maintenance window closed"), "{msg}");
+    assert!(f.kubelets("late-1").iter().all(|k| k.contains("1.36")), "nothing started on late-1");
+
+    // Kill -9 the daemon while win-1's control-plane action is held; a new daemon relaunches it.
+    let actions = |m: &str| -> Vec<String> {
+        std::fs::read_to_string(f.dir(m).join("actions.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let wait_actions = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while actions("win-1").len() < n {
+            assert!(Instant::now() < deadline, "action {n} never ran: {:?}", actions("win-1"));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_actions(1);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let second = daemon(2, &["--exit-when-idle"]);
+    wait_actions(2);
+    assert_eq!(actions("win-1"), ["control-plane-1", "control-plane-1"], "relaunched the node under way");
+    // Let the window close while that node is under way, then let the node finish.
+    while jiff::Timestamp::now() <= closes + jiff::SignedDuration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::fs::remove_file(f.dir("win-1").join("hold")).unwrap();
+    let v = f.wait_for("windows", "win-1 paused on its window", |v| {
+        member(v, "win-1")["pending"]["kind"] == "WindowClosed"
+    });
+    let win = member(&v, "win-1");
+    assert_eq!(state(win), "Pending");
+    let opens_at = ts(&win["pending"]["opensAt"]);
+    let tomorrow = win_start + jiff::SignedDuration::from_hours(24);
+    assert!(
+        (opens_at.as_second() - tomorrow.as_second()).abs() <= 1,
+        "opens {opens_at}, expected {tomorrow}"
+    );
+    assert_eq!(state(&v), "Pending");
+    assert_eq!(actions("win-1").len(), 2, "no node started after the window closed");
+    let ks = f.kubelets("win-1");
+    assert_eq!(ks.iter().filter(|k| k.contains(&to)).count(), 1, "the control plane only: {ks:?}");
+    let runs = cluster_runs(&f.store);
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].2, "paused", "{runs:?}");
+    let shown = run_ok(f.cmd().args(["run", "show", "windows"]));
+    assert!(shown.contains("maintenance window closed; opens at"), "{shown}");
+
+    // The operator clears the window: the daemon continues win-1 in the same run, and exits
+    // when nothing is left.
+    run_ok(f.cmd().args(["member", "update", "win-1", "--clear-window"]));
+    let (code, out, _) = finish(second);
+    let log = std::fs::read_to_string(f.root.join("daemon-2.log")).unwrap();
+    assert_eq!(code, 0, "{out}{log}");
+    let v = f.show("windows");
+    assert_eq!(state(&v), "Completed", "{v:#}");
+    let win = member(&v, "win-1");
+    assert_eq!((state(win), win["attempts"].as_u64()), ("Completed", Some(2)), "{win}");
+    assert!(f.kubelets("win-1").iter().all(|k| k.contains(&to)));
+    let mut a = actions("win-1");
+    a.sort();
+    assert_eq!(
+        a,
+        ["control-plane-1", "control-plane-1", "worker-001", "worker-002"],
+        "nothing finished was repeated"
+    );
+    let runs = cluster_runs(&f.store);
+    assert_eq!((runs.len(), runs[0].2.as_str()), (1, "completed"), "the paused run was resumed: {runs:?}");
+    assert!(log.contains("MemberPaused"), "{log}");
+
+    // ---------------------------------------------------------------- channels
+    // Rapid follows the newest GA minor (N), Stable the one before (N-1); each generates a run
+    // (not started) from the built-in catalog, for the members behind it.
+    let mut minors = Vec::new();
+    for channel in ["Stable", "Rapid"] {
+        let name = channel.to_lowercase();
+        run_ok(f.cmd().args(["profile", "create", &name, "--channel", channel]));
+        let g: Value =
+            serde_json::from_str(&run_ok(f.cmd().args(["profile", "generate-run", &name, "-o", "json"])))
+                .unwrap();
+        let run = g["run"].as_str().unwrap_or_else(|| panic!("{channel}: no run generated: {g}"));
+        let r = f.show(run);
+        assert_eq!(state(&r), "NotStarted");
+        let target: refit_core::Version = r["spec"]["kubernetesVersion"].as_str().unwrap().parse().unwrap();
+        minors.push(target.minor_version());
+    }
+    assert_eq!(minors[0].minor + 1, minors[1].minor, "Stable is one minor behind Rapid: {minors:?}");
+    assert!(minors[1].minor >= 37, "Rapid is at least what the members run: {minors:?}");
 }

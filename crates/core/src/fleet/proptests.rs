@@ -185,8 +185,8 @@ enum Action {
     Drive,
     /// Apply one decision of a `next()` call.
     DriveOne(Index),
-    /// Finish a member upgrade under way (success or failure).
-    Finish(Index, bool),
+    /// Finish a member upgrade under way: 0 success, 1 failure, 2 paused at its window's close.
+    Finish(Index, u8),
     Stop,
     Start,
     Retry,
@@ -211,7 +211,8 @@ fn arb_action() -> impl Strategy<Value = Action> {
     prop_oneof![
         12 => Just(Action::Drive),
         2 => any::<Index>().prop_map(Action::DriveOne),
-        10 => (any::<Index>(), prop::bool::weighted(0.8)).prop_map(|(i, ok)| Action::Finish(i, ok)),
+        10 => (any::<Index>(), prop_oneof![6 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8)])
+            .prop_map(|(i, how)| Action::Finish(i, how)),
         1 => Just(Action::Stop),
         2 => Just(Action::Start),
         1 => Just(Action::Retry),
@@ -241,19 +242,17 @@ fn events_for(run: &RunState, facts: &Facts, now: &mut Timestamp, action: &Actio
     match action {
         Action::Drive => next(run, facts, at).iter().filter_map(to_event).collect(),
         Action::DriveOne(i) => pick(&next(run, facts, at), i).and_then(to_event).into_iter().collect(),
-        Action::Finish(i, ok) => {
+        Action::Finish(i, how) => {
             let flying: Vec<String> = run
                 .members()
                 .filter(|(_, _, m)| m.status.state.in_flight())
                 .map(|(_, _, m)| m.name.clone())
                 .collect();
             pick(&flying, i)
-                .map(|m| {
-                    if *ok {
-                        Event::MemberSucceeded { member: m.clone(), at, message: None }
-                    } else {
-                        Event::MemberFailed { member: m.clone(), at, error: "boom".into() }
-                    }
+                .map(|m| match how {
+                    0 => Event::MemberSucceeded { member: m.clone(), at, message: None },
+                    1 => Event::MemberFailed { member: m.clone(), at, error: "boom".into() },
+                    _ => Event::MemberPaused { member: m.clone(), at, message: "window closed".into() },
                 })
                 .into_iter()
                 .collect()

@@ -100,9 +100,11 @@ pub const MEMBER_TRANSITIONS: &[(UpdateState, UpdateState)] = &[
     (Running, Completed),  // its upgrade succeeded
     (Running, Failed),     // its upgrade failed
     (Running, Stopping),   // the run stopped (or failed) while its upgrade runs
+    (Running, Pending),    // its window closed mid-upgrade: paused, continues in the next one
     (Stopping, Completed), // the upgrade under way finished after all
     (Stopping, Failed),    // … or failed
     (Stopping, Running),   // a failed run started again while this upgrade still runs
+    (Stopping, Stopped),   // … or paused at its window's close: left for the next start
     (Failed, NotStarted),  // start again / retry failed
     (Failed, Skipped),     // skip a failed member to get past it
     (Skipped, NotStarted), // start again re-applies skipped work
@@ -171,6 +173,12 @@ pub enum PendingReason {
         /// Why.
         message: String,
     },
+    /// Its upgrade paused at the window's close with nodes left (replaced by the window's
+    /// next opening as soon as the driver looks again).
+    Paused {
+        /// What the upgrade reported.
+        message: String,
+    },
     /// The member cannot be reached or is busy.
     Unavailable {
         /// What the driver saw.
@@ -232,6 +240,9 @@ impl fmt::Display for PendingReason {
             }
             PendingReason::WindowInvalid { message } => write!(f, "maintenance window unusable: {message}"),
             PendingReason::Unavailable { message } => write!(f, "member unavailable: {message}"),
+            PendingReason::Paused { message } => {
+                write!(f, "paused at its maintenance window's close ({message}); continues when it opens")
+            }
             PendingReason::Approval { gate, expired: None } => {
                 write!(f, "waiting for approval of gate {gate} (refit fleet gate approve)")
             }
@@ -784,6 +795,18 @@ pub enum Event {
         /// Why.
         error: String,
     },
+    /// A member's upgrade stopped at its maintenance window's close with nodes left (the
+    /// single-cluster run ended Paused: no node was cut off). The member is Pending and
+    /// continues, resuming that run, when its window opens again; in a stopping run it is
+    /// Stopped.
+    MemberPaused {
+        /// The member.
+        member: String,
+        /// When.
+        at: Timestamp,
+        /// What its upgrade reported.
+        message: String,
+    },
     /// A member cannot start now (from [`next`]).
     MemberPending {
         /// The member.
@@ -827,6 +850,7 @@ impl Event {
             | Event::MemberStarted { at, .. }
             | Event::MemberSucceeded { at, .. }
             | Event::MemberFailed { at, .. }
+            | Event::MemberPaused { at, .. }
             | Event::MemberPending { at, .. }
             | Event::MemberUnblocked { at, .. }
             | Event::MemberSkipped { at, .. } => *at,
@@ -1784,6 +1808,21 @@ fn mutate(run: &mut RunState, event: &Event) -> Result<(), TransitionError> {
             } else {
                 m.status.set(Completed, None, at);
                 m.status.message = message_of(event);
+            }
+        }
+        Event::MemberPaused { member, message, .. } => {
+            let (si, gi, mi) = run.locate_member(member)?;
+            let m = &mut run.stages[si].groups[gi].members[mi];
+            match m.status.state {
+                Running => {
+                    m.pending_since = Some(at);
+                    m.status.set(Pending, Some(PendingReason::Paused { message: message.clone() }), at);
+                }
+                Stopping => {
+                    m.status.set(Stopped, None, at);
+                    m.status.message = Some(message.clone());
+                }
+                _ => return Err(member_state_error(m, "pause it")),
             }
         }
         Event::MemberPending { member, reason, .. } => {

@@ -45,7 +45,18 @@ const MEMBER_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// What a member upgrade subprocess reports.
 enum Msg {
     Progress { run: String, progress: MemberProgress },
-    Done { run: String, member: String, result: Result<String, String> },
+    Done { run: String, member: String, result: MemberOutcome },
+}
+
+/// How a member's `refit upgrade` ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum MemberOutcome {
+    /// Done (the message says what it did).
+    Succeeded(String),
+    /// Failed, with why.
+    Failed(String),
+    /// Stopped at `--not-after` (its window closed) with nodes left; rerunning continues it.
+    Paused(String),
 }
 
 /// How a tick left the run.
@@ -134,10 +145,15 @@ impl Driver {
             Msg::Done { run, member, result } => {
                 self.children.remove(&(run.clone(), member.clone()));
                 let event = |at| match &result {
-                    Ok(message) => {
+                    MemberOutcome::Succeeded(message) => {
                         Event::MemberSucceeded { member: member.clone(), at, message: Some(message.clone()) }
                     }
-                    Err(error) => Event::MemberFailed { member: member.clone(), at, error: error.clone() },
+                    MemberOutcome::Failed(error) => {
+                        Event::MemberFailed { member: member.clone(), at, error: error.clone() }
+                    }
+                    MemberOutcome::Paused(message) => {
+                        Event::MemberPaused { member: member.clone(), at, message: message.clone() }
+                    }
                 };
                 self.record(&run, event(now()));
                 self.store.set_member_progress(
@@ -146,8 +162,9 @@ impl Driver {
                         member: member.clone(),
                         operation: None,
                         detail: match &result {
-                            Ok(_) => "done".into(),
-                            Err(_) => "failed".into(),
+                            MemberOutcome::Succeeded(_) => "done".into(),
+                            MemberOutcome::Failed(_) => "failed".into(),
+                            MemberOutcome::Paused(_) => "paused: its window closed".into(),
                         },
                     },
                 )?;
@@ -233,12 +250,12 @@ impl Driver {
             for d in decisions {
                 match d {
                     Decision::Record(e) => acted |= self.record(run, e),
-                    ref start @ Decision::StartMember { ref member, ref target, .. } => {
+                    ref start @ Decision::StartMember { ref member, ref target, window_closes_at, .. } => {
                         let Some(event) = start.started(now(), None) else { continue };
                         if self.record(run, event) {
                             acted = true;
                             let cp = facts.members.get(member).and_then(|f| f.versions.control_plane.clone());
-                            self.launch(&state, member, target.clone(), cp).await?;
+                            self.launch(&state, member, target.clone(), cp, window_closes_at).await?;
                         }
                     }
                     Decision::Wait { until, .. } => wake = until,
@@ -297,13 +314,13 @@ impl Driver {
     /// Members the store says are under way but no child of ours runs: launch them again
     /// (their `refit upgrade` resumes its journal).
     async fn relaunch(&mut self, state: &RunState) -> anyhow::Result<()> {
-        let lost: Vec<(String, Option<MemberTarget>)> = state
+        let lost: Vec<(String, Option<MemberTarget>, Option<Timestamp>)> = state
             .members()
             .filter(|(_, _, m)| m.status.state.in_flight())
             .filter(|(_, _, m)| !self.children.contains_key(&(state.name.clone(), m.name.clone())))
-            .map(|(_, _, m)| (m.name.clone(), m.target.clone()))
+            .map(|(_, _, m)| (m.name.clone(), m.target.clone(), m.window_closes_at))
             .collect();
-        for (member, target) in lost {
+        for (member, target, closes_at) in lost {
             if self.format == Format::Table {
                 println!("run {}: member {member} was under way; continuing its upgrade", state.name);
             }
@@ -313,7 +330,8 @@ impl Driver {
                 }
                 _ => None,
             };
-            self.launch(state, &member, target.unwrap_or_default(), cp).await?;
+            // The window it started in still bounds it: a node under way finishes, none starts.
+            self.launch(state, &member, target.unwrap_or_default(), cp, closes_at).await?;
         }
         Ok(())
     }
@@ -325,6 +343,7 @@ impl Driver {
         member: &str,
         target: MemberTarget,
         control_plane: Option<Version>,
+        not_after: Option<Timestamp>,
     ) -> anyhow::Result<()> {
         let run = state.name.clone();
         let key = (run.clone(), member.to_string());
@@ -333,18 +352,27 @@ impl Driver {
             let _ = tx.send(Msg::Done {
                 run,
                 member: member.to_string(),
-                result: Err("no longer a fleet member: cannot reach it to upgrade it".into()),
+                result: MemberOutcome::Failed(
+                    "no longer a fleet member: cannot reach it to upgrade it".into(),
+                ),
             });
             return Ok(());
         };
-        let argv =
-            upgrade_argv(&self.exe, &self.store_path, &rec, state.spec.upgrade_type, &target, control_plane);
+        let argv = upgrade_argv(
+            &self.exe,
+            &self.store_path,
+            &rec,
+            state.spec.upgrade_type,
+            &target,
+            control_plane,
+            not_after,
+        );
         let env = node_image_env(&target);
         let task = tokio::spawn(async move {
             let member = rec.name.clone();
             let result = match argv {
                 Ok(argv) => member_upgrade(&run, &member, &argv, &env, &tx).await,
-                Err(e) => Err(e),
+                Err(e) => MemberOutcome::Failed(e),
             };
             let _ = tx.send(Msg::Done { run, member, result });
         });
@@ -361,6 +389,7 @@ pub fn upgrade_argv(
     upgrade_type: UpgradeType,
     target: &MemberTarget,
     control_plane: Option<Version>,
+    not_after: Option<Timestamp>,
 ) -> Result<Vec<String>, String> {
     let to = match upgrade_type {
         UpgradeType::Full | UpgradeType::ControlPlaneOnly => target
@@ -390,6 +419,9 @@ pub fn upgrade_argv(
     }
     if let Some(c) = &m.context {
         argv.extend(["--context".into(), c.clone()]);
+    }
+    if let Some(t) = not_after {
+        argv.extend(["--not-after".into(), t.to_string()]);
     }
     match upgrade_type {
         UpgradeType::ControlPlaneOnly => argv.push("--control-plane-only".into()),
@@ -426,14 +458,14 @@ struct Seen {
     reason: Option<String>,
 }
 
-/// Runs one member's upgrade; Ok(message) or Err(reason).
+/// Runs one member's upgrade.
 async fn member_upgrade(
     run: &str,
     member: &str,
     argv: &[String],
     env: &[(String, String)],
     tx: &mpsc::UnboundedSender<Msg>,
-) -> Result<String, String> {
+) -> MemberOutcome {
     let seen = Mutex::new(Seen::default());
     let on_line = |line: refit_exec::command::OutputLine| {
         let refit_exec::command::OutputLine::Stdout(text) = line else { return };
@@ -472,13 +504,16 @@ async fn member_upgrade(
     let result = refit_exec::command::run_command(argv, env, MEMBER_TIMEOUT, &on_line).await;
     let s = seen.into_inner().unwrap_or_default();
     let op = s.operation.clone().map(|o| format!(" (run {o})")).unwrap_or_default();
-    match result {
-        Ok(_) => Ok(match s.state.as_deref() {
-            Some(state) => format!("refit upgrade {state}{op}"),
-            None => "nothing to upgrade: already at the target".to_string(),
-        }),
-        Err(e) => Err(match s.reason {
-            Some(r) => format!("refit upgrade {}{op}: {r}", s.state.unwrap_or_else(|| "failed".into())),
+    match (result, s.state.as_deref()) {
+        // Paused exits with its own code; the summary says so either way.
+        (_, Some("paused")) => MemberOutcome::Paused(format!(
+            "refit upgrade paused{op}: {}",
+            s.reason.as_deref().unwrap_or("its deadline passed")
+        )),
+        (Ok(_), Some(state)) => MemberOutcome::Succeeded(format!("refit upgrade {state}{op}")),
+        (Ok(_), None) => MemberOutcome::Succeeded("nothing to upgrade: already at the target".to_string()),
+        (Err(e), state) => MemberOutcome::Failed(match s.reason {
+            Some(r) => format!("refit upgrade {}{op}: {r}", state.unwrap_or("failed")),
             None => first_lines(&e.to_string()),
         }),
     }
@@ -521,6 +556,9 @@ pub fn describe(e: &Event) -> String {
             )
         }
         Event::MemberFailed { member, error, .. } => format!("member {member} FAILED: {error}"),
+        Event::MemberPaused { member, message, .. } => {
+            format!("member {member} paused at its window's close: {message}")
+        }
         Event::MemberPending { member, reason, .. } => format!("member {member} pending: {reason}"),
         Event::MemberUnblocked { member, .. } => format!("member {member} unblocked, waiting for a slot"),
         Event::MemberSkipped { member, cause, .. } => format!("member {member} skipped: {cause}"),

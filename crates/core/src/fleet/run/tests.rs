@@ -865,3 +865,66 @@ fn a_group_empty_at_creation_keeps_its_gates_when_members_join_before_the_start(
     assert_eq!(group(&run, "g").status.state, Pending); // waiting for its approval, as configured
     assert!(run.unselected.is_empty());
 }
+
+#[test]
+fn a_member_paused_at_its_window_close_waits_for_the_next_opening_and_continues() {
+    // Now is Wednesday 12:00 UTC; the window is Wednesdays 11:00–13:00.
+    let (members, mut facts) = fleet(&[("m", "g"), ("n", "g")]);
+    facts.members.get_mut("m").unwrap().window = Some(window_on(vec![Day::Wednesday], "11:00", 120));
+    let mut run = new_run("stages: [{name: s, groups: [{name: g}]}]", &members, spec());
+    run = start(&run, &facts, t0());
+    assert_eq!(settle(&mut run, &facts, t0()).0, ["m"]);
+    assert_eq!(run.member("m").unwrap().window_closes_at, Some(ts("2026-06-10T13:00:00Z")));
+
+    // 13:05: its upgrade stopped starting nodes at 13:00 and paused with nodes left.
+    let t = ts("2026-06-10T13:05:00Z");
+    run = ok(&run, Event::MemberPaused { member: "m".into(), at: t, message: "2 nodes left".into() });
+    let m = run.member("m").unwrap();
+    assert_eq!(m.status.state, Pending);
+    assert!(
+        matches!(&m.status.pending, Some(PendingReason::Paused { message }) if message == "2 nodes left")
+    );
+    assert_eq!(m.pending_since, Some(t));
+    assert_eq!(run.status.state, Pending, "the run waits on it: {:?}", run.status);
+
+    // The driver looks again: the reason becomes the next opening. A member waiting on its
+    // window holds no slot: n (no window) goes meanwhile.
+    let (started, _) = settle(&mut run, &facts, t);
+    assert_eq!(started, ["n"]);
+    run = succeed(&run, "n", t);
+    let (started, wait) = settle(&mut run, &facts, t);
+    assert!(started.is_empty(), "{started:?}");
+    let next_week = ts("2026-06-17T11:00:00Z");
+    assert_eq!(
+        run.member("m").unwrap().status.pending,
+        Some(PendingReason::WindowClosed { opens_at: Some(next_week) })
+    );
+    assert!(matches!(wait, Some(Decision::Wait { until: Some(u), .. }) if u == next_week), "{wait:?}");
+
+    // Next Wednesday it starts again (a second attempt: its single-cluster run resumes).
+    let later = ts("2026-06-17T11:30:00Z");
+    assert_eq!(settle(&mut run, &facts, later).0, ["m"]);
+    let m = run.member("m").unwrap();
+    assert_eq!((m.status.state, m.attempts), (Running, 2));
+    assert_eq!(m.window_closes_at, Some(ts("2026-06-17T13:00:00Z")));
+    run = succeed(&run, "m", later);
+    settle(&mut run, &facts, later);
+    assert_eq!(run.status.state, Completed);
+}
+
+#[test]
+fn a_member_paused_while_its_run_stops_is_stopped_and_other_states_refuse_a_pause() {
+    let (members, facts) = fleet(&[("m", "g")]);
+    let mut run = new_run("stages: [{name: s, groups: [{name: g}]}]", &members, spec());
+    let paused =
+        |m: &str| Event::MemberPaused { member: m.into(), at: t0(), message: "window closed".into() };
+    assert!(apply(&run, &paused("m")).is_err(), "NotStarted cannot pause");
+    run = start(&run, &facts, t0());
+    settle(&mut run, &facts, t0());
+    run = ok(&run, Event::Stop { at: t0() });
+    assert_eq!(state_of(&run, "m"), Stopping);
+    run = ok(&run, paused("m"));
+    assert_eq!((state_of(&run, "m"), run.status.state), (Stopped, Stopped));
+    assert!(apply(&run, &paused("m")).is_err(), "Stopped cannot pause");
+    assert!(apply(&run, &paused("ghost")).is_err());
+}
