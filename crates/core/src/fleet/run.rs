@@ -474,6 +474,11 @@ pub struct MemberState {
     /// new node after it (work under way is never cut off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_closes_at: Option<Timestamp>,
+    /// Its upgrade paused with work left (MemberPaused): when started again it continues to
+    /// the target it started with, even if it looks at the target by then (its run may have
+    /// only the cluster services left), so its single-cluster run is finished, not abandoned.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unfinished: bool,
 }
 
 impl MemberState {
@@ -487,15 +492,18 @@ impl MemberState {
             operation: None,
             attempts: 0,
             window_closes_at: None,
+            unfinished: false,
         }
     }
 
-    /// Back to NotStarted for another attempt.
+    /// Back to NotStarted for another attempt (an unfinished upgrade keeps its target).
     fn reset(&mut self) {
         self.status = Status::new();
         self.skip = None;
         self.pending_since = None;
-        self.target = None;
+        if !self.unfinished {
+            self.target = None;
+        }
         self.window_closes_at = None;
     }
 
@@ -1802,6 +1810,7 @@ fn mutate(run: &mut RunState, event: &Event) -> Result<(), TransitionError> {
                     if failed { "record a failure" } else { "record a success" },
                 ));
             }
+            m.unfinished = false;
             if failed {
                 m.status.set(Failed, None, at);
                 m.status.error = message_of(event);
@@ -1813,6 +1822,9 @@ fn mutate(run: &mut RunState, event: &Event) -> Result<(), TransitionError> {
         Event::MemberPaused { member, message, .. } => {
             let (si, gi, mi) = run.locate_member(member)?;
             let m = &mut run.stages[si].groups[gi].members[mi];
+            if m.status.state.in_flight() {
+                m.unfinished = true;
+            }
             match m.status.state {
                 Running => {
                     m.pending_since = Some(at);
@@ -2093,8 +2105,18 @@ enum Assessment {
     Ready { target: MemberTarget, closes_at: Option<Timestamp> },
 }
 
-fn assess(run: &RunState, targets: &Targets, facts: Option<&MemberFacts>, now: Timestamp) -> Assessment {
+fn assess(
+    run: &RunState,
+    targets: &Targets,
+    m: &MemberState,
+    facts: Option<&MemberFacts>,
+    now: Timestamp,
+) -> Assessment {
     let Some(f) = facts else { return Assessment::Skip(SkipCause::NotInFleet) };
+    if let (true, Some(t)) = (m.unfinished, &m.target) {
+        // Paused mid-upgrade: continue to the same target, whatever the member looks like now.
+        return ready_when_open(t.clone(), f, now);
+    }
     let target = match target::member_target(targets, &f.versions) {
         Ok(t) => t,
         Err(family) => return Assessment::Skip(SkipCause::NoTargetImage { family }),
@@ -2108,6 +2130,11 @@ fn assess(run: &RunState, targets: &Targets, facts: Option<&MemberFacts>, now: T
     if let Some(message) = target::at_target(run.spec.upgrade_type, &target, &f.versions) {
         return Assessment::Skip(SkipCause::AtTarget { message });
     }
+    ready_when_open(target, f, now)
+}
+
+/// Ready for `target` unless the member is unavailable or its window is closed.
+fn ready_when_open(target: MemberTarget, f: &MemberFacts, now: Timestamp) -> Assessment {
     if let Some(message) = &f.unavailable {
         return Assessment::Blocked(PendingReason::Unavailable { message: message.clone() });
     }
@@ -2203,7 +2230,7 @@ pub fn next(run: &RunState, facts: &Facts, now: Timestamp) -> Vec<Decision> {
             candidates.sort_by_key(|(p, i, _)| (*p, *i));
             for (_, _, m) in candidates {
                 let member = m.name.clone();
-                match assess(run, targets, facts.members.get(&m.name), now) {
+                match assess(run, targets, m, facts.members.get(&m.name), now) {
                     Assessment::Skip(cause) => {
                         out.push(Decision::Record(Event::MemberSkipped { member, at: now, cause }))
                     }

@@ -907,9 +907,43 @@ fn a_member_paused_at_its_window_close_waits_for_the_next_opening_and_continues(
     let m = run.member("m").unwrap();
     assert_eq!((m.status.state, m.attempts), (Running, 2));
     assert_eq!(m.window_closes_at, Some(ts("2026-06-17T13:00:00Z")));
+    assert!(run.member("m").unwrap().unfinished);
     run = succeed(&run, "m", later);
+    assert!(!run.member("m").unwrap().unfinished);
     settle(&mut run, &facts, later);
     assert_eq!(run.status.state, Completed);
+}
+
+#[test]
+fn a_paused_member_that_looks_at_the_target_is_continued_not_skipped() {
+    // Paused with only the cluster services left: every node is at 1.37.1 already.
+    let (members, mut facts) = fleet(&[("m", "g")]);
+    let mut run = new_run("stages: [{name: s, groups: [{name: g}]}]", &members, spec());
+    run = start(&run, &facts, t0());
+    settle(&mut run, &facts, t0());
+    run = ok(
+        &run,
+        Event::MemberPaused { member: "m".into(), at: t0(), message: "cluster services left".into() },
+    );
+    let f = facts.members.get_mut("m").unwrap();
+    f.versions.control_plane = Some(v("1.37.1"));
+    f.versions.nodes = Some(v("1.37.1"));
+    // Even across a stop and a start again.
+    run = ok(&run, Event::Stop { at: t0() });
+    assert_eq!(state_of(&run, "m"), Stopped);
+    run = ok(&run, Event::Start { at: t0(), targets: None, plan: None });
+    let (started, _) = settle(&mut run, &facts, t0());
+    assert_eq!(started, ["m"], "continued: {:?}", run.member("m").unwrap().status);
+    assert_eq!(run.member("m").unwrap().target.as_ref().unwrap().kubernetes, Some(v("1.37.1")));
+    // A member that was never paused and is at the target is skipped as before.
+    let (members, mut facts) = fleet(&[("n", "g")]);
+    let f = facts.members.get_mut("n").unwrap();
+    f.versions.control_plane = Some(v("1.37.1"));
+    f.versions.nodes = Some(v("1.37.1"));
+    let mut run = new_run("stages: [{name: s, groups: [{name: g}]}]", &members, spec());
+    run = start(&run, &facts, t0());
+    assert!(settle(&mut run, &facts, t0()).0.is_empty());
+    assert_eq!(state_of(&run, "n"), Skipped);
 }
 
 #[test]
