@@ -89,6 +89,15 @@ pub enum Error {
         /// What failed or is not ready, and what to do.
         detail: String,
     },
+    /// An answer of the API server could not be decoded (a broken server, or a proxy that
+    /// rewrote it).
+    #[error("{context}: the API server's answer could not be decoded: {detail}")]
+    Decode {
+        /// What we were reading.
+        context: String,
+        /// The encoding and what is wrong with the bytes.
+        detail: String,
+    },
     /// Any other API error.
     #[error("{context}: {source}")]
     Api {

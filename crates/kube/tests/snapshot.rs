@@ -7,17 +7,18 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, Pod};
+use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use refit_core::pdb::Requirement;
 use refit_core::snapshot::{Owner, Phase, Resources, Taint, Toleration, Volume};
-use refit_kube::snapshot::read_snapshot;
-use refit_kube::{ClusterTarget, connect};
+use refit_kube::snapshot::{Encoding, decode_pod_page, protobuf, read_snapshot, read_snapshot_with};
+use refit_kube::{ClusterTarget, Connection, connect};
 use refit_testbed::workloads::{Budget, apply, deployment, pdb, wait_pods_ready};
 use refit_testbed::{shared, unique_namespace};
-use serde_json::json;
+use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const MI: i64 = 1 << 20;
@@ -28,6 +29,10 @@ fn req(key: &str, operator: &str, values: &[&str]) -> Requirement {
         operator: operator.into(),
         values: values.iter().map(|v| v.to_string()).collect(),
     }
+}
+
+fn tol(key: &str, operator: &str, value: &str, effect: &str) -> Toleration {
+    Toleration { key: key.into(), operator: operator.into(), value: value.into(), effect: effect.into() }
 }
 
 /// Waits until the disruption controller has computed the budget's status for its current
@@ -49,13 +54,89 @@ async fn wait_pdb(client: &Client, ns: &str, name: &str, healthy: i32) {
     }
 }
 
-#[tokio::test]
-async fn reads_nodes_pods_budgets_workloads_and_volumes() {
+/// A connection to the shared testbed and a fresh namespace of this test.
+async fn setup(prefix: &str) -> (Connection, String) {
     let tb = shared().unwrap();
     let conn = connect(&ClusterTarget { kubeconfig: Some(tb.kubeconfig()), context: None }).await.unwrap();
-    let client = conn.client.clone();
-    let ns = unique_namespace("snap");
+    let ns = unique_namespace(prefix);
     tb.create_namespace(&ns).await.unwrap();
+    (conn, ns)
+}
+
+/// Creates a pod from its metadata and spec (in `ns`).
+async fn create_pod(client: &Client, ns: &str, mut metadata: Value, spec: Value) {
+    metadata["namespace"] = json!(ns);
+    apply::<Pod>(client, json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}))
+        .await
+        .unwrap();
+}
+
+/// The pods both reading tests need besides their own: `claimer` (Pending for ever: it claims
+/// a volume nothing provides), `doomed` (held by a finalizer: terminating once deleted, until
+/// [`release`]) and the Job `batch` (parallelism 2, 4 completions; kwok completes its pods
+/// at once).
+async fn create_common_pods(client: &Client, ns: &str) {
+    create_pod(
+        client,
+        ns,
+        json!({"name": "claimer"}),
+        json!({
+            "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10.1"}],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
+        }),
+    )
+    .await;
+    create_pod(
+        client,
+        ns,
+        json!({"name": "doomed", "labels": {"app": "doomed"}, "finalizers": ["refit.dev/test-hold"]}),
+        json!({"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10.1"}]}),
+    )
+    .await;
+    apply::<Job>(
+        client,
+        json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "batch", "namespace": ns},
+            "spec": {"parallelism": 2, "completions": 4, "template": {"metadata": {"labels": {"app": "batch"}}, "spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10.1"}],
+            }}},
+        }),
+    )
+    .await
+    .unwrap();
+}
+
+/// Waits until the Job's pods number at least `count`, counting only those in `phase` if given.
+async fn wait_job_pods(pods: &Api<Pod>, count: usize, phase: Option<&str>) {
+    let start = Instant::now();
+    loop {
+        let list = pods.list(&ListParams::default().labels("app=batch")).await.unwrap();
+        let n = list
+            .items
+            .iter()
+            .filter(|p| phase.is_none() || p.status.as_ref().and_then(|s| s.phase.as_deref()) == phase)
+            .count();
+        if n >= count {
+            return;
+        }
+        assert!(start.elapsed() < TIMEOUT, "the Job has {n} pods (phase {phase:?}), not {count}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Lets `doomed` go (a finalizer outlives its namespace).
+async fn release(pods: &Api<Pod>) {
+    pods.patch("doomed", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn reads_nodes_pods_budgets_workloads_and_volumes() {
+    let (conn, ns) = setup("snap").await;
+    let client = conn.client.clone();
 
     // Two Deployments with a budget each: minAvailable by labels, and maxUnavailable by an
     // expression that lets unhealthy pods go. (Budgets must not overlap: the disruption
@@ -80,96 +161,52 @@ async fn reads_nodes_pods_budgets_workloads_and_volumes() {
 
     // A pod with node-tied volumes and every kind of scheduling constraint; its init container
     // asks for more CPU than its containers together, its containers for more memory.
-    apply::<Pod>(
+    create_pod(
         &client,
+        &ns,
+        json!({"name": "pinned", "labels": {"app": "pinned"}}),
         json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "pinned", "namespace": ns, "labels": {"app": "pinned"}},
-            "spec": {
-                "nodeSelector": {"kubernetes.io/os": "linux"},
-                "tolerations": [
-                    {"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"},
-                    {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30},
-                ],
-                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-                    {"matchExpressions": [
-                        {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["zone-a", "zone-b", "zone-c"]},
-                        {"key": "node-role.kubernetes.io/control-plane", "operator": "DoesNotExist"},
-                    ]},
-                    {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "Exists"}]},
-                ]}}},
-                "initContainers": [{
-                    "name": "init", "image": "registry.k8s.io/pause:3.10.1",
-                    "resources": {"requests": {"cpu": "0.5", "memory": "32Mi"}},
-                }],
-                "containers": [
-                    {"name": "a", "image": "registry.k8s.io/pause:3.10.1",
-                     "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
-                     "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}, {"name": "logs", "mountPath": "/logs"}]},
-                    {"name": "b", "image": "registry.k8s.io/pause:3.10.1",
-                     "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}}},
-                ],
-                "volumes": [
-                    {"name": "scratch", "emptyDir": {}},
-                    {"name": "logs", "hostPath": {"path": "/var/log/pinned"}},
-                    {"name": "cfg", "configMap": {"name": "kube-root-ca.crt"}},
-                ],
-            },
+            "nodeSelector": {"kubernetes.io/os": "linux"},
+            "tolerations": [
+                {"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"},
+                {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30},
+            ],
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [
+                    {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["zone-a", "zone-b", "zone-c"]},
+                    {"key": "node-role.kubernetes.io/control-plane", "operator": "DoesNotExist"},
+                ]},
+                {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "Exists"}]},
+            ]}}},
+            "initContainers": [{
+                "name": "init", "image": "registry.k8s.io/pause:3.10.1",
+                "resources": {"requests": {"cpu": "0.5", "memory": "32Mi"}},
+            }],
+            "containers": [
+                {"name": "a", "image": "registry.k8s.io/pause:3.10.1",
+                 "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+                 "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}, {"name": "logs", "mountPath": "/logs"}]},
+                {"name": "b", "image": "registry.k8s.io/pause:3.10.1",
+                 "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}}},
+            ],
+            "volumes": [
+                {"name": "scratch", "emptyDir": {}},
+                {"name": "logs", "hostPath": {"path": "/var/log/pinned"}},
+                {"name": "cfg", "configMap": {"name": "kube-root-ca.crt"}},
+            ],
         }),
     )
-    .await
-    .unwrap();
+    .await;
 
-    // A bare pod, and one that claims a volume nothing provides (it stays Pending).
-    apply::<Pod>(
+    // A bare pod, and the common ones (one claims a volume nothing provides).
+    create_pod(
         &client,
-        json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "loner", "namespace": ns, "labels": {"app": "loner"}},
-            "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10.1"}]},
-        }),
+        &ns,
+        json!({"name": "loner", "labels": {"app": "loner"}}),
+        json!({"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10.1"}]}),
     )
-    .await
-    .unwrap();
-    apply::<Pod>(
-        &client,
-        json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "claimer", "namespace": ns},
-            "spec": {
-                "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10.1"}],
-                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
-            },
-        }),
-    )
-    .await
-    .unwrap();
-
-    // A pod held by a finalizer after deletion: terminating until we release it.
-    apply::<Pod>(
-        &client,
-        json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "doomed", "namespace": ns, "labels": {"app": "doomed"}, "finalizers": ["refit.dev/test-hold"]},
-            "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10.1"}]},
-        }),
-    )
-    .await
-    .unwrap();
-
-    apply::<Job>(
-        &client,
-        json!({
-            "apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": "batch", "namespace": ns},
-            "spec": {"parallelism": 2, "completions": 4, "template": {"metadata": {"labels": {"app": "batch"}}, "spec": {
-                "restartPolicy": "Never",
-                "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10.1"}],
-            }}},
-        }),
-    )
-    .await
-    .unwrap();
+    .await;
+    create_common_pods(&client, &ns).await;
 
     // A node-local PersistentVolume pre-bound to the claim above (cluster-scoped: unique name).
     let pvs: Api<PersistentVolume> = Api::all(client.clone());
@@ -191,11 +228,7 @@ async fn reads_nodes_pods_budgets_workloads_and_volumes() {
     wait_pods_ready(&client, &ns, "app in (pinned,loner,doomed)", 3, TIMEOUT).await.unwrap();
     // kwok completes Job pods at once: wait for them to exist, not to be ready.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let start = Instant::now();
-    while pods.list(&ListParams::default().labels("app=batch")).await.unwrap().items.len() < 2 {
-        assert!(start.elapsed() < TIMEOUT, "the Job created no pods");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_job_pods(&pods, 2, None).await;
     wait_pdb(&client, &ns, "web", 3).await;
     wait_pdb(&client, &ns, "api", 2).await;
     pods.delete("doomed", &DeleteParams::default()).await.unwrap();
@@ -303,18 +336,8 @@ async fn reads_nodes_pods_budgets_workloads_and_volumes() {
     assert_eq!(
         s.tolerations[..2],
         [
-            Toleration {
-                key: "dedicated".into(),
-                operator: "Equal".into(),
-                value: "db".into(),
-                effect: "NoSchedule".into()
-            },
-            Toleration {
-                key: "node.kubernetes.io/unreachable".into(),
-                operator: "Exists".into(),
-                value: String::new(),
-                effect: "NoExecute".into(),
-            },
+            tol("dedicated", "Equal", "db", "NoSchedule"),
+            tol("node.kubernetes.io/unreachable", "Exists", "", "NoExecute"),
         ]
     );
     assert_eq!(
@@ -376,19 +399,14 @@ async fn reads_nodes_pods_budgets_workloads_and_volumes() {
     assert_eq!(snap.scheduling.len(), snap.pods.len());
 
     // Release what outlives the namespace: the finalizer and the cluster-scoped PV.
-    pods.patch("doomed", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
-        .await
-        .unwrap();
+    release(&pods).await;
     pvs.delete(&pv_name, &DeleteParams::default()).await.unwrap();
 }
 
 /// More pods than one page holds: pagination must return each exactly once.
 #[tokio::test]
 async fn follows_continue_tokens_across_pages() {
-    let tb = shared().unwrap();
-    let conn = connect(&ClusterTarget { kubeconfig: Some(tb.kubeconfig()), context: None }).await.unwrap();
-    let ns = unique_namespace("snap-pages");
-    tb.create_namespace(&ns).await.unwrap();
+    let (conn, ns) = setup("snap-pages").await;
     let n = refit_kube::snapshot::PAGE_SIZE as usize + 20;
     apply::<Deployment>(&conn.client, deployment(&ns, "many", n as i32)).await.unwrap();
     // Created is enough (no need to be ready): the list returns them either way.
@@ -406,4 +424,216 @@ async fn follows_continue_tokens_across_pages() {
     uids.dedup();
     assert_eq!(uids.len(), n, "no pod twice");
     assert!(snap.pods.len() > refit_kube::snapshot::PAGE_SIZE as usize);
+}
+
+/// One list page fetched as-is: its `Content-Type` and body.
+async fn fetch_page(client: &Client, url: &str, accept: &str) -> (Option<String>, Vec<u8>) {
+    let request = http::Request::get(url)
+        .header(http::header::ACCEPT, accept)
+        .body(kube::client::Body::from(Vec::new()))
+        .unwrap();
+    let response = client.send(request).await.unwrap();
+    assert!(response.status().is_success(), "{url}: {}", response.status());
+    let content_type =
+        response.headers().get(http::header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_owned());
+    (content_type, response.into_body().collect_bytes().await.unwrap().to_vec())
+}
+
+/// Pods and nodes read as protobuf project exactly as read as JSON: on the bytes of one page
+/// that a real apiserver encoded each way, and through `read_snapshot`'s pipelined lists.
+/// The pods cover every field the projection reads, including the ones where protobuf and
+/// JSON differ on the wire (an unset operator is `""` in protobuf, absent in JSON).
+#[tokio::test]
+async fn protobuf_and_json_read_the_same_pods_and_nodes() {
+    let (conn, ns) = setup("snap-pb").await;
+    let client = conn.client.clone();
+
+    // spec.overhead is set by RuntimeClass admission from the pod's RuntimeClass.
+    let runtime_classes: Api<RuntimeClass> = Api::all(client.clone());
+    let rc_name = format!("rc-{ns}");
+    let rc: RuntimeClass = serde_json::from_value(json!({
+        "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+        "metadata": {"name": rc_name},
+        "handler": "runc",
+        "overhead": {"podFixed": {"cpu": "250m", "memory": "64Mi"}},
+    }))
+    .unwrap();
+    runtime_classes.create(&PostParams::default(), &rc).await.unwrap();
+    // Owners that exist (the garbage collector deletes pods whose owners are gone).
+    let mut owner_uids = Vec::new();
+    for name in ["owner", "other-owner"] {
+        let cm = apply::<ConfigMap>(
+            &client,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns}}),
+        )
+        .await
+        .unwrap();
+        owner_uids.push(cm.metadata.uid.unwrap());
+    }
+
+    let image = "registry.k8s.io/pause:3.10.1";
+    create_pod(
+        &client,
+        &ns,
+        json!({
+            "name": "everything",
+            "labels": {"app": "everything", "tier": "db"},
+            "annotations": {"note": "not a mirror"},
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "ConfigMap", "name": "other-owner", "uid": owner_uids[1]},
+                {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner_uids[0], "controller": true, "blockOwnerDeletion": false},
+            ],
+            }),
+        json!({
+            "runtimeClassName": rc_name,
+            "nodeSelector": {"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"},
+            "tolerations": [
+                {"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"},
+                {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30},
+                // No operator: Equal by definition.
+                {"key": "team", "value": "storage"},
+                // No key, Exists: tolerates every taint.
+                {"operator": "Exists"},
+            ],
+            "affinity": {"nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchExpressions": [
+                        {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["zone-a", "zone-b", "zone-c"]},
+                        {"key": "node-role.kubernetes.io/control-plane", "operator": "DoesNotExist"},
+                    ]},
+                    {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["worker-001"]}]},
+                ]},
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {"weight": 10, "preference": {"matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd"]}]}},
+                ],
+            }},
+            "initContainers": [
+                {"name": "proxy", "image": image, "restartPolicy": "Always",
+                 "resources": {"requests": {"cpu": "100m", "memory": "16Mi"}, "limits": {"cpu": "200m", "memory": "32Mi"}}},
+                {"name": "init", "image": image,
+                 "resources": {"requests": {"cpu": "0.5", "memory": "32Mi"}}},
+            ],
+            "containers": [
+                {"name": "a", "image": image,
+                 "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}},
+                 "volumeMounts": [{"name": "cache", "mountPath": "/cache"}, {"name": "logs", "mountPath": "/logs"}]},
+                {"name": "b", "image": image, "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}}},
+            ],
+            "volumes": [
+                {"name": "cache", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+                {"name": "logs", "hostPath": {"path": "/var/log/everything", "type": "DirectoryOrCreate"}},
+                {"name": "token", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}},
+            ],
+        }),
+    )
+    .await;
+    // Pod-level requests replace the containers' sum.
+    create_pod(
+        &client,
+        &ns,
+        json!({"name": "pod-level", "labels": {"app": "pod-level"}}),
+        json!({
+            "resources": {"requests": {"cpu": "1", "memory": "1Gi"}},
+            "containers": [{"name": "c", "image": image, "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}],
+        }),
+    )
+    .await;
+    // Pending, terminating, Succeeded (owned by the Job); and ReplicaSet pods.
+    create_common_pods(&client, &ns).await;
+    apply::<Deployment>(&client, deployment(&ns, "web", 2)).await.unwrap();
+
+    wait_pods_ready(&client, &ns, "app in (everything,pod-level,doomed)", 3, TIMEOUT).await.unwrap();
+    wait_pods_ready(&client, &ns, "app=web", 2, TIMEOUT).await.unwrap();
+    // The Job complete (it no longer changes between the reads compared below).
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    wait_job_pods(&pods, 4, Some("Succeeded")).await;
+    pods.delete("doomed", &DeleteParams::default()).await.unwrap();
+
+    // One page, as the apiserver encodes it each way, through the same decoding entry point.
+    let url = format!("/api/v1/namespaces/{ns}/pods");
+    let (pb_type, pb_body) = fetch_page(&client, &url, protobuf::ACCEPT).await;
+    assert!(protobuf::is_protobuf(pb_type.as_deref()), "the apiserver answered {pb_type:?}");
+    assert!(pb_body.starts_with(b"k8s\0"));
+    let (json_type, json_body) = fetch_page(&client, &url, "application/json").await;
+    assert!(json_type.as_deref().is_some_and(|t| t.starts_with("application/json")), "{json_type:?}");
+    let from_pb = decode_pod_page(pb_type.as_deref(), &pb_body).unwrap();
+    let from_json = decode_pod_page(json_type.as_deref(), &json_body).unwrap();
+    assert_eq!(from_pb.pods.len(), 10, "{:?}", from_pb.pods.iter().map(|(p, _)| &p.name).collect::<Vec<_>>());
+    assert_eq!(from_pb, from_json);
+
+    // What the projection made of them (so that the equality above is not of two empty reads).
+    let find = |name: &str| from_pb.pods.iter().find(|(p, _)| p.name == name).expect(name);
+    let (everything, s) = find("everything");
+    assert_eq!(everything.owner, Some(Owner { kind: "ConfigMap".into(), name: "owner".into() }));
+    assert!(
+        everything.phase == Phase::Running
+            && everything.ready
+            && !everything.mirror
+            && !everything.terminating
+    );
+    assert_eq!(everything.labels.get("tier").map(String::as_str), Some("db"));
+    assert_eq!(
+        everything.volumes[..3],
+        [
+            Volume::EmptyDir { name: "cache".into() },
+            Volume::HostPath { name: "logs".into(), path: "/var/log/everything".into() },
+            Volume::Other { name: "token".into() },
+        ]
+    );
+    // Running: a + b + the sidecar = 250m, 208Mi; the init container runs beside the sidecar
+    // started before it: 600m, 48Mi. Per resource the larger, plus the overhead 250m, 64Mi.
+    assert_eq!(s.requests, Resources { cpu_millis: 850, memory_bytes: 272 * MI, pods: 1 });
+    assert_eq!(s.node_selector.len(), 2);
+    // The ones where the wire formats differ: no operator (Equal), no key; a term of
+    // matchFields only (not represented: empty).
+    assert_eq!(s.tolerations[2..4], [tol("team", "Equal", "storage", ""), tol("", "Exists", "", "")]);
+    assert_eq!(s.required_node_terms.len(), 2);
+    assert_eq!(s.required_node_terms[0].len(), 2);
+    assert!(s.required_node_terms[1].is_empty());
+    assert_eq!(
+        find("pod-level").1.requests,
+        Resources { cpu_millis: 1000, memory_bytes: 1024 * MI, pods: 1 }
+    );
+    let (claimer, _) = find("claimer");
+    assert!(claimer.phase == Phase::Pending && claimer.node.is_none() && !claimer.ready, "{claimer:?}");
+    assert!(claimer.volumes.contains(&Volume::Claim { name: "data".into(), claim: "data".into() }));
+    assert!(find("doomed").0.terminating);
+    let batch = from_pb
+        .pods
+        .iter()
+        .find(|(p, _)| p.labels.get("app").is_some_and(|a| a == "batch"))
+        .expect("job pod");
+    assert_eq!(batch.0.phase, Phase::Succeeded);
+    assert_eq!(batch.0.owner, Some(Owner { kind: "Job".into(), name: "batch".into() }));
+
+    // The whole read, both ways: our pods, the control plane's (mirror pods), every node.
+    // Other tests change their own namespaces meanwhile, so only these are compared; a
+    // status that moved between the two reads gets another try.
+    let ours = |snap: &refit_core::snapshot::Snapshot| {
+        let pods: Vec<_> = snap
+            .pods
+            .iter()
+            .filter(|p| p.namespace == ns || p.namespace == "kube-system")
+            .map(|p| (p.clone(), snap.scheduling[&p.uid].clone()))
+            .collect();
+        (pods, snap.nodes.clone())
+    };
+    let mut attempt = 0;
+    let (from_pb, from_json) = loop {
+        let from_pb = ours(&read_snapshot_with(&conn, Encoding::Protobuf).await.unwrap());
+        let from_json = ours(&read_snapshot_with(&conn, Encoding::Json).await.unwrap());
+        attempt += 1;
+        if from_pb == from_json || attempt == 3 {
+            break (from_pb, from_json);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert_eq!(from_pb.1, from_json.1, "nodes");
+    assert_eq!(from_pb.0, from_json.0, "pods");
+    assert!(from_pb.0.iter().any(|(p, _)| p.mirror), "kube-system has the control plane's mirror pods");
+    assert_eq!(from_pb.0.iter().filter(|(p, _)| p.namespace == ns).count(), 10);
+    assert!(from_pb.1.len() >= 20);
+
+    release(&pods).await;
+    runtime_classes.delete(&rc_name, &DeleteParams::default()).await.unwrap();
 }
