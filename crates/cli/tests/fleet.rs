@@ -783,7 +783,9 @@ fn a_window_closing_mid_member_pauses_it_the_daemon_resumes_it_and_budgets_defer
 
     // win-1: every day, one minute from 30 s ago (closes in about 30 s). late-1: opens in two
     // hours, 3 s of pending budget.
-    let now = jiff::Timestamp::now();
+    // Whole seconds: window and gate times are written to the second.
+    let second = |t: jiff::Timestamp| jiff::Timestamp::from_second(t.as_second()).unwrap();
+    let now = second(jiff::Timestamp::now());
     let win_start = now - jiff::SignedDuration::from_secs(30);
     let closes = win_start + jiff::SignedDuration::from_secs(60);
     let window = write(
@@ -804,7 +806,7 @@ fn a_window_closing_mid_member_pauses_it_the_daemon_resumes_it_and_budgets_defer
     run_ok(f.cmd().args(["member", "update", "late-1", "--pending-budget", "3s", "--window"]).arg(&later));
 
     // The stage starts at a scheduled time 8 s from now (its weekday and time in UTC).
-    let gate_at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(8);
+    let gate_at = second(jiff::Timestamp::now()) + jiff::SignedDuration::from_secs(8);
     let z = gate_at.to_zoned(utc.clone());
     let gated = write(
         "gated.yaml",
