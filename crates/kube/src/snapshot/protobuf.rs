@@ -13,6 +13,12 @@
 //! is decoded with the `k8s-pb` types, moved into the same slim [`wire`] types the JSON path
 //! decodes into, and dropped. One projection (`pod_from_wire`, `node_info`) serves both.
 //!
+//! A pod is decoded from the fields the projection reads only ([`tag`]): the walk steps over
+//! the others (managedFields, container statuses, env, probes, projected volume sources: most
+//! of a pod's bytes) by their length, and each kept field is merged into the `k8s-pb` message
+//! alone, which in protobuf is the same as decoding it with the rest. Decoding whole pods cost
+//! more CPU than the JSON path's slim types saved on the apiserver.
+//!
 //! Protobuf has no "absent" for Go's non-pointer strings, maps and lists: the apiserver
 //! writes `""`, `{}` and `[]` where JSON omits the field. The conversions below turn those
 //! back into what the JSON path sees (`None`), so that a defaulting rule such as "a
@@ -80,10 +86,8 @@ pub fn is_protobuf(content_type: Option<&str>) -> bool {
 pub(crate) trait Item: Sized {
     /// The list kind the envelope names (`PodList`).
     const LIST_KIND: &'static str;
-    /// The `k8s-pb` message of one item.
-    type Message: Message + Default;
-    /// Moves the fields Refit reads out of the decoded message.
-    fn from_message(m: Self::Message) -> Self;
+    /// Decodes one item of the list from its bytes.
+    fn decode(item: &[u8]) -> Result<Self, Error>;
 }
 
 /// Decodes one page of a list: its items, calling `on_continue` with the continue token as
@@ -92,13 +96,14 @@ pub(crate) fn list_page<D: Item>(body: &[u8], on_continue: &mut dyn FnMut(&str))
     let list = object(body, D::LIST_KIND)?;
     let mut items = Vec::new();
     for field in Fields(list) {
-        match field? {
-            (1, meta) => {
-                if let Some(token) = continue_of(meta)? {
+        let field = field?;
+        match field.number {
+            1 => {
+                if let Some(token) = continue_of(field.payload)? {
                     on_continue(&token);
                 }
             }
-            (2, item) => items.push(D::from_message(decode("list item", item)?)),
+            2 => items.push(D::decode(field.payload)?),
             _ => {}
         }
     }
@@ -109,8 +114,9 @@ pub(crate) fn list_page<D: Item>(body: &[u8], on_continue: &mut dyn FnMut(&str))
 /// for measuring the apiserver alone (the benchmark's floor), where decoding is not wanted.
 pub fn continue_token(body: &[u8]) -> Result<Option<String>, Error> {
     for field in Fields(object(body, "")?) {
-        if let (1, meta) = field? {
-            return continue_of(meta);
+        let field = field?;
+        if field.number == 1 {
+            return continue_of(field.payload);
         }
     }
     Ok(None)
@@ -149,16 +155,17 @@ fn object<'a>(body: &'a [u8], kind: &'static str) -> Result<&'a [u8], Error> {
     // A missing `raw` is an empty message, as protobuf reads any missing field.
     let mut raw: &[u8] = &[];
     for field in Fields(envelope) {
-        match field? {
-            (1, type_meta) => {
-                let got = decode::<TypeMeta>("type meta", type_meta)?.kind.unwrap_or_default();
+        let field = field?;
+        match field.number {
+            1 => {
+                let got = decode::<TypeMeta>("type meta", field.payload)?.kind.unwrap_or_default();
                 if !kind.is_empty() && !got.is_empty() && got != kind {
                     return Err(Error::Kind { expected: kind, got });
                 }
             }
-            (2, bytes) => raw = bytes,
-            (3, encoding) if !encoding.is_empty() => {
-                return Err(Error::ContentEncoding(String::from_utf8_lossy(encoding).into_owned()));
+            2 => raw = field.payload,
+            3 if !field.payload.is_empty() => {
+                return Err(Error::ContentEncoding(String::from_utf8_lossy(field.payload).into_owned()));
             }
             _ => {}
         }
@@ -166,9 +173,18 @@ fn object<'a>(body: &'a [u8], kind: &'static str) -> Result<&'a [u8], Error> {
     Ok(raw)
 }
 
-/// The length-delimited fields of one message, in wire order, as (field number, payload).
-/// Scalars are skipped: every field read here is a message or a string.
+/// The length-delimited fields of one message, in wire order. Scalars are skipped: every
+/// field read here is a message, a string or a map entry.
 struct Fields<'a>(&'a [u8]);
+
+/// One length-delimited field as it lies in the bytes.
+struct Field<'a> {
+    number: u64,
+    /// The field's value (a message's own fields, a string's bytes).
+    payload: &'a [u8],
+    /// The whole field, key and length included: what `Message::merge` decodes it from alone.
+    raw: &'a [u8],
+}
 
 impl<'a> Fields<'a> {
     fn varint(&mut self) -> Result<u64, Error> {
@@ -195,8 +211,9 @@ impl<'a> Fields<'a> {
     }
 
     /// The next length-delimited field, `None` at the end.
-    fn field(&mut self) -> Result<Option<(u64, &'a [u8])>, Error> {
+    fn field(&mut self) -> Result<Option<Field<'a>>, Error> {
         while !self.0.is_empty() {
+            let start = self.0;
             let key = self.varint()?;
             match key & 7 {
                 0 => {
@@ -210,7 +227,9 @@ impl<'a> Fields<'a> {
                 }
                 2 => {
                     let len = self.varint()?;
-                    return Ok(Some((key >> 3, self.take(len)?)));
+                    let payload = self.take(len)?;
+                    let raw = &start[..start.len() - self.0.len()];
+                    return Ok(Some(Field { number: key >> 3, payload, raw }));
                 }
                 _ => return Err(Error::Malformed("group wire type")),
             }
@@ -220,7 +239,7 @@ impl<'a> Fields<'a> {
 }
 
 impl<'a> Iterator for Fields<'a> {
-    type Item = Result<(u64, &'a [u8]), Error>;
+    type Item = Result<Field<'a>, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
         let next = self.field().transpose();
@@ -245,6 +264,16 @@ where
     (!empty).then_some(c)
 }
 
+/// `v` mapped by `f` into a vector of exactly its length. `collect` would reuse `v`'s buffer
+/// in place, and a `k8s-pb` element is many times the size of the slim one it becomes (a
+/// `Volume` holds every kind of volume source inline): each pod would keep a buffer sized for
+/// its protobuf volumes, about 95 MB over 30,000 pods.
+fn map<T, U>(v: Vec<T>, f: impl FnMut(T) -> U) -> Vec<U> {
+    let mut out = Vec::with_capacity(v.len());
+    out.extend(v.into_iter().map(f));
+    out
+}
+
 fn quantities(m: BTreeMap<String, PbQuantity>) -> BTreeMap<String, Quantity> {
     m.into_iter().map(|(k, q)| (k, Quantity(q.string.unwrap_or_default()))).collect()
 }
@@ -255,7 +284,7 @@ fn condition(type_: Option<String>, status: Option<String>) -> wire::Condition {
 
 fn meta(m: Option<pb_meta::ObjectMeta>) -> wire::Meta {
     let m = m.unwrap_or_default();
-    let owners = m.owner_references.into_iter().map(|r| OwnerReference {
+    let owners = map(m.owner_references, |r| OwnerReference {
         api_version: r.api_version.unwrap_or_default(),
         block_owner_deletion: r.block_owner_deletion,
         controller: r.controller,
@@ -269,18 +298,16 @@ fn meta(m: Option<pb_meta::ObjectMeta>) -> wire::Meta {
         uid: text(m.uid),
         labels: some(m.labels),
         annotations: some(m.annotations),
-        owner_references: some(owners.collect()),
+        owner_references: some(owners),
         deletion_timestamp: m.deletion_timestamp.map(|_| IgnoredAny),
     }
 }
 
 fn resources(r: pb::ResourceRequirements) -> json::ResourceRequirements {
-    let claims = r
-        .claims
-        .into_iter()
-        .map(|c| json::ResourceClaim { name: c.name.unwrap_or_default(), request: text(c.request) });
+    let claims =
+        map(r.claims, |c| json::ResourceClaim { name: c.name.unwrap_or_default(), request: text(c.request) });
     json::ResourceRequirements {
-        claims: some(claims.collect()),
+        claims: some(claims),
         limits: some(quantities(r.limits)),
         requests: some(quantities(r.requests)),
     }
@@ -288,25 +315,17 @@ fn resources(r: pb::ResourceRequirements) -> json::ResourceRequirements {
 
 fn node_selector(s: pb::NodeSelector) -> json::NodeSelector {
     let requirements = |rs: Vec<pb::NodeSelectorRequirement>| {
-        some(
-            rs.into_iter()
-                .map(|r| json::NodeSelectorRequirement {
-                    key: r.key.unwrap_or_default(),
-                    operator: r.operator.unwrap_or_default(),
-                    values: some(r.values),
-                })
-                .collect(),
-        )
+        some(map(rs, |r| json::NodeSelectorRequirement {
+            key: r.key.unwrap_or_default(),
+            operator: r.operator.unwrap_or_default(),
+            values: some(r.values),
+        }))
     };
     json::NodeSelector {
-        node_selector_terms: s
-            .node_selector_terms
-            .into_iter()
-            .map(|t| json::NodeSelectorTerm {
-                match_expressions: requirements(t.match_expressions),
-                match_fields: requirements(t.match_fields),
-            })
-            .collect(),
+        node_selector_terms: map(s.node_selector_terms, |t| json::NodeSelectorTerm {
+            match_expressions: requirements(t.match_expressions),
+            match_fields: requirements(t.match_fields),
+        }),
     }
 }
 
@@ -326,75 +345,189 @@ fn container(c: pb::Container) -> wire::Container {
     wire::Container { resources: c.resources.map(resources), restart_policy: text(c.restart_policy) }
 }
 
+/// The field numbers (those of `k8s-pb`'s generated types, i.e. of Kubernetes' `.proto`
+/// files) of what the pod projection reads.
+mod tag {
+    pub const POD_METADATA: u64 = 1;
+    pub const POD_SPEC: u64 = 2;
+    pub const POD_STATUS: u64 = 3;
+    /// name, namespace, uid, deletionTimestamp, labels, annotations, ownerReferences.
+    pub const METADATA: &[u64] = &[1, 3, 5, 9, 11, 12, 13];
+    pub const SPEC_VOLUMES: u64 = 1;
+    pub const SPEC_CONTAINERS: u64 = 2;
+    pub const SPEC_INIT_CONTAINERS: u64 = 20;
+    pub const SPEC_AFFINITY: u64 = 18;
+    /// nodeSelector, nodeName, tolerations, overhead, resources (pod-level).
+    pub const SPEC: &[u64] = &[7, 10, 22, 32, 40];
+    /// resources, restartPolicy.
+    pub const CONTAINER: &[u64] = &[8, 24];
+    pub const VOLUME_NAME: u64 = 1;
+    pub const VOLUME_SOURCE: u64 = 2;
+    /// hostPath, emptyDir, persistentVolumeClaim.
+    pub const VOLUME_SOURCES: &[u64] = &[1, 2, 10];
+    /// nodeAffinity.
+    pub const AFFINITY: &[u64] = &[1];
+    pub const STATUS_PHASE: u64 = 1;
+    pub const STATUS_CONDITIONS: u64 = 2;
+    /// type, status.
+    pub const CONDITION: &[u64] = &[1, 2];
+}
+
+/// Merges one field (key included) into `m`.
+fn merge<M: Message>(m: &mut M, what: &'static str, raw: &[u8]) -> Result<(), Error> {
+    m.merge(raw).map_err(|source| Error::Decode { what, source })
+}
+
+/// A `M` built field by field from `bytes` by `read`, which merges, decodes or skips each.
+fn read_fields<M: Default>(
+    bytes: &[u8],
+    mut read: impl FnMut(&mut M, Field<'_>) -> Result<(), Error>,
+) -> Result<M, Error> {
+    let mut m = M::default();
+    for field in Fields(bytes) {
+        read(&mut m, field?)?;
+    }
+    Ok(m)
+}
+
+/// A `M` decoded from only the fields of `bytes` numbered in `keep`.
+fn decode_kept<M: Message + Default>(what: &'static str, bytes: &[u8], keep: &[u64]) -> Result<M, Error> {
+    read_fields(
+        bytes,
+        |m: &mut M, field| {
+            if keep.contains(&field.number) { merge(m, what, field.raw) } else { Ok(()) }
+        },
+    )
+}
+
+/// A pod with only the fields the projection reads.
+fn pod_message(bytes: &[u8]) -> Result<pb::Pod, Error> {
+    read_fields(bytes, |pod: &mut pb::Pod, field| {
+        match field.number {
+            tag::POD_METADATA => {
+                pod.metadata = Some(decode_kept("pod metadata", field.payload, tag::METADATA)?)
+            }
+            tag::POD_SPEC => pod.spec = Some(read_fields(field.payload, pod_spec)?),
+            tag::POD_STATUS => pod.status = Some(read_fields(field.payload, pod_status)?),
+            _ => {}
+        }
+        Ok(())
+    })
+}
+
+fn pod_spec(spec: &mut pb::PodSpec, field: Field<'_>) -> Result<(), Error> {
+    let kept = |what| decode_kept(what, field.payload, tag::CONTAINER);
+    match field.number {
+        tag::SPEC_VOLUMES => spec.volumes.push(read_fields(field.payload, volume_field)?),
+        tag::SPEC_CONTAINERS => spec.containers.push(kept("container")?),
+        tag::SPEC_INIT_CONTAINERS => spec.init_containers.push(kept("init container")?),
+        tag::SPEC_AFFINITY => spec.affinity = Some(decode_kept("affinity", field.payload, tag::AFFINITY)?),
+        n if tag::SPEC.contains(&n) => merge(spec, "pod spec", field.raw)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+fn volume_field(volume: &mut pb::Volume, field: Field<'_>) -> Result<(), Error> {
+    match field.number {
+        tag::VOLUME_NAME => merge(volume, "volume", field.raw)?,
+        tag::VOLUME_SOURCE => {
+            volume.volume_source = Some(decode_kept("volume source", field.payload, tag::VOLUME_SOURCES)?);
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn pod_status(status: &mut pb::PodStatus, field: Field<'_>) -> Result<(), Error> {
+    match field.number {
+        tag::STATUS_PHASE => merge(status, "pod status", field.raw)?,
+        tag::STATUS_CONDITIONS => {
+            status.conditions.push(decode_kept("condition", field.payload, tag::CONDITION)?)
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 impl Item for wire::Pod {
     const LIST_KIND: &'static str = "PodList";
-    type Message = pb::Pod;
 
-    fn from_message(p: pb::Pod) -> Self {
-        let spec = p.spec.unwrap_or_default();
-        let status = p.status.unwrap_or_default();
-        let tolerations = spec.tolerations.into_iter().map(|t| json::Toleration {
-            effect: text(t.effect),
-            key: text(t.key),
-            operator: text(t.operator),
-            toleration_seconds: t.toleration_seconds,
-            value: text(t.value),
-        });
-        wire::Pod {
-            metadata: meta(p.metadata),
-            spec: wire::PodSpec {
-                node_name: text(spec.node_name),
-                volumes: spec.volumes.into_iter().map(volume).collect(),
-                containers: spec.containers.into_iter().map(container).collect(),
-                init_containers: spec.init_containers.into_iter().map(container).collect(),
-                resources: spec.resources.map(resources),
-                overhead: some(quantities(spec.overhead)),
-                node_selector: spec.node_selector,
-                tolerations: tolerations.collect(),
-                affinity: spec.affinity.map(|a| wire::Affinity {
-                    node_affinity: a.node_affinity.map(|n| wire::NodeAffinity {
-                        required_during_scheduling_ignored_during_execution: n
-                            .required_during_scheduling_ignored_during_execution
-                            .map(node_selector),
-                    }),
+    fn decode(item: &[u8]) -> Result<Self, Error> {
+        pod_message(item).map(pod)
+    }
+}
+
+/// The fields Refit reads, moved out of a (partly) decoded pod.
+fn pod(p: pb::Pod) -> wire::Pod {
+    let spec = p.spec.unwrap_or_default();
+    let status = p.status.unwrap_or_default();
+    let tolerations = map(spec.tolerations, |t| json::Toleration {
+        effect: text(t.effect),
+        key: text(t.key),
+        operator: text(t.operator),
+        toleration_seconds: t.toleration_seconds,
+        value: text(t.value),
+    });
+    wire::Pod {
+        metadata: meta(p.metadata),
+        spec: wire::PodSpec {
+            node_name: text(spec.node_name),
+            volumes: map(spec.volumes, volume),
+            containers: map(spec.containers, container),
+            init_containers: map(spec.init_containers, container),
+            resources: spec.resources.map(resources),
+            overhead: some(quantities(spec.overhead)),
+            node_selector: spec.node_selector,
+            tolerations,
+            affinity: spec.affinity.map(|a| wire::Affinity {
+                node_affinity: a.node_affinity.map(|n| wire::NodeAffinity {
+                    required_during_scheduling_ignored_during_execution: n
+                        .required_during_scheduling_ignored_during_execution
+                        .map(node_selector),
                 }),
-            },
-            status: wire::PodStatus {
-                phase: text(status.phase),
-                conditions: status.conditions.into_iter().map(|c| condition(c.r#type, c.status)).collect(),
-            },
-        }
+            }),
+        },
+        status: wire::PodStatus {
+            phase: text(status.phase),
+            conditions: map(status.conditions, |c| condition(c.r#type, c.status)),
+        },
     }
 }
 
 impl Item for wire::Node {
     const LIST_KIND: &'static str = "NodeList";
-    type Message = pb::Node;
 
-    fn from_message(n: pb::Node) -> Self {
-        let spec = n.spec.unwrap_or_default();
-        let status = n.status.unwrap_or_default();
-        let taints = spec.taints.into_iter().map(|t| wire::Taint {
-            key: t.key.unwrap_or_default(),
-            value: text(t.value),
-            effect: t.effect.unwrap_or_default(),
-        });
-        let addresses = status.addresses.into_iter().map(|a| json::NodeAddress {
-            address: a.address.unwrap_or_default(),
-            type_: a.r#type.unwrap_or_default(),
-        });
-        wire::Node {
-            metadata: meta(n.metadata),
-            spec: wire::NodeSpec { taints: taints.collect(), unschedulable: spec.unschedulable },
-            status: wire::NodeStatus {
-                conditions: status.conditions.into_iter().map(|c| condition(c.r#type, c.status)).collect(),
-                addresses: addresses.collect(),
-                allocatable: quantities(status.allocatable),
-                node_info: status
-                    .node_info
-                    .map(|i| wire::NodeSystemInfo { kubelet_version: i.kubelet_version.unwrap_or_default() }),
-            },
-        }
+    /// Nodes are decoded whole: there are few of them.
+    fn decode(item: &[u8]) -> Result<Self, Error> {
+        decode("node", item).map(node)
+    }
+}
+
+/// The fields Refit reads, moved out of a decoded node.
+fn node(n: pb::Node) -> wire::Node {
+    let spec = n.spec.unwrap_or_default();
+    let status = n.status.unwrap_or_default();
+    let taints = map(spec.taints, |t| wire::Taint {
+        key: t.key.unwrap_or_default(),
+        value: text(t.value),
+        effect: t.effect.unwrap_or_default(),
+    });
+    let addresses = map(status.addresses, |a| json::NodeAddress {
+        address: a.address.unwrap_or_default(),
+        type_: a.r#type.unwrap_or_default(),
+    });
+    wire::Node {
+        metadata: meta(n.metadata),
+        spec: wire::NodeSpec { taints, unschedulable: spec.unschedulable },
+        status: wire::NodeStatus {
+            conditions: map(status.conditions, |c| condition(c.r#type, c.status)),
+            addresses,
+            allocatable: quantities(status.allocatable),
+            node_info: status
+                .node_info
+                .map(|i| wire::NodeSystemInfo { kubelet_version: i.kubelet_version.unwrap_or_default() }),
+        },
     }
 }
 
@@ -442,6 +575,181 @@ mod tests {
         let _: Vec<wire::Pod> = list_page(&last, &mut |t| seen.push(t.to_owned())).unwrap();
         assert!(seen.is_empty());
         assert_eq!(continue_token(&last).unwrap(), None);
+    }
+
+    fn quantities(pairs: &[(&str, &str)]) -> BTreeMap<String, PbQuantity> {
+        pairs.iter().map(|(k, v)| ((*k).into(), PbQuantity { string: Some((*v).into()) })).collect()
+    }
+
+    fn requests(pairs: &[(&str, &str)]) -> Option<pb::ResourceRequirements> {
+        Some(pb::ResourceRequirements {
+            requests: quantities(pairs),
+            limits: quantities(&[("cpu", "4")]),
+            ..Default::default()
+        })
+    }
+
+    /// A pod with every field the projection reads, and some big ones it does not.
+    fn rich_pod() -> pb::Pod {
+        let source = |s: pb::VolumeSource| Some(s);
+        let volume = |name: &str, volume_source| pb::Volume { name: Some(name.into()), volume_source };
+        let container = |name: &str, restart_policy: Option<&str>, r: &[(&str, &str)]| pb::Container {
+            name: Some(name.into()),
+            image: Some("registry.k8s.io/pause:3.10.1".into()),
+            resources: requests(r),
+            restart_policy: restart_policy.map(Into::into),
+            env: vec![pb::EnvVar { name: Some("A".into()), value: Some("b".into()), ..Default::default() }],
+            ..Default::default()
+        };
+        let time = Some(pb_meta::Time { seconds: Some(1_700_000_000), nanos: Some(0) });
+        let requirement = |key: &str, operator: &str, values: &[&str]| pb::NodeSelectorRequirement {
+            key: Some(key.into()),
+            operator: Some(operator.into()),
+            values: values.iter().map(|v| (*v).into()).collect(),
+        };
+        pb::Pod {
+            metadata: Some(pb_meta::ObjectMeta {
+                name: Some("p".into()),
+                namespace: Some("ns".into()),
+                uid: Some("u-1".into()),
+                resource_version: Some("42".into()),
+                creation_timestamp: time,
+                deletion_timestamp: time,
+                labels: [("app".to_string(), "x".to_string())].into(),
+                annotations: [(super::super::MIRROR_ANNOTATION.to_string(), "hash".to_string())].into(),
+                owner_references: vec![pb_meta::OwnerReference {
+                    api_version: Some("apps/v1".into()),
+                    kind: Some("ReplicaSet".into()),
+                    name: Some("x-1".into()),
+                    uid: Some("u-0".into()),
+                    controller: Some(true),
+                    block_owner_deletion: None,
+                }],
+                finalizers: vec!["f".into()],
+                managed_fields: vec![pb_meta::ManagedFieldsEntry {
+                    manager: Some("kubectl".into()),
+                    operation: Some("Update".into()),
+                    fields_v1: Some(pb_meta::FieldsV1 { raw: Some(vec![b'{'; 512]) }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            spec: Some(pb::PodSpec {
+                node_name: Some("worker-1".into()),
+                scheduler_name: Some("default-scheduler".into()),
+                volumes: vec![
+                    volume(
+                        "e",
+                        source(pb::VolumeSource {
+                            empty_dir: Some(Default::default()),
+                            ..Default::default()
+                        }),
+                    ),
+                    volume(
+                        "h",
+                        source(pb::VolumeSource {
+                            host_path: Some(pb::HostPathVolumeSource {
+                                path: Some("/var/log".into()),
+                                r#type: Some(String::new()),
+                            }),
+                            ..Default::default()
+                        }),
+                    ),
+                    volume(
+                        "c",
+                        source(pb::VolumeSource {
+                            persistent_volume_claim: Some(pb::PersistentVolumeClaimVolumeSource {
+                                claim_name: Some("data".into()),
+                                read_only: Some(false),
+                            }),
+                            ..Default::default()
+                        }),
+                    ),
+                    volume(
+                        "token",
+                        source(pb::VolumeSource {
+                            projected: Some(Default::default()),
+                            ..Default::default()
+                        }),
+                    ),
+                ],
+                init_containers: vec![
+                    container("sidecar", Some("Always"), &[("cpu", "100m"), ("memory", "16Mi")]),
+                    container("init", None, &[("cpu", "500m")]),
+                ],
+                containers: vec![container("a", None, &[("cpu", "100m"), ("memory", "128Mi")])],
+                resources: requests(&[("memory", "1Gi")]),
+                overhead: quantities(&[("cpu", "250m")]),
+                node_selector: [("kubernetes.io/os".to_string(), "linux".to_string())].into(),
+                tolerations: vec![
+                    pb::Toleration {
+                        key: Some("team".into()),
+                        operator: Some(String::new()),
+                        value: Some("db".into()),
+                        effect: Some(String::new()),
+                        toleration_seconds: None,
+                    },
+                    pb::Toleration {
+                        key: Some("node.kubernetes.io/unreachable".into()),
+                        operator: Some("Exists".into()),
+                        effect: Some("NoExecute".into()),
+                        toleration_seconds: Some(30),
+                        ..Default::default()
+                    },
+                ],
+                affinity: Some(pb::Affinity {
+                    node_affinity: Some(pb::NodeAffinity {
+                        required_during_scheduling_ignored_during_execution: Some(pb::NodeSelector {
+                            node_selector_terms: vec![pb::NodeSelectorTerm {
+                                match_expressions: vec![
+                                    requirement("zone", "In", &["a", "b"]),
+                                    requirement("gpu", "DoesNotExist", &[]),
+                                ],
+                                match_fields: vec![requirement("metadata.name", "In", &["worker-1"])],
+                            }],
+                        }),
+                        ..Default::default()
+                    }),
+                    pod_anti_affinity: Some(Default::default()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            status: Some(pb::PodStatus {
+                phase: Some("Running".into()),
+                conditions: vec![pb::PodCondition {
+                    r#type: Some("Ready".into()),
+                    status: Some("True".into()),
+                    last_transition_time: time,
+                    ..Default::default()
+                }],
+                pod_ip: Some("10.0.0.1".into()),
+                container_statuses: vec![pb::ContainerStatus {
+                    name: Some("a".into()),
+                    image_id: Some("sha256:abc".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_pod_decoded_from_the_kept_fields_projects_as_the_whole_pod() {
+        let bytes = rich_pod().encode_to_vec();
+        let kept = super::super::pod_from_wire(<wire::Pod as Item>::decode(&bytes).unwrap());
+        let whole = super::super::pod_from_wire(pod(pb::Pod::decode(bytes.as_slice()).unwrap()));
+        assert_eq!(kept, whole);
+        // Not two empty projections: what the rich pod says came through.
+        let (info, scheduling) = kept;
+        assert!(info.mirror && info.terminating && info.ready && info.volumes.len() == 4, "{info:?}");
+        assert_eq!(info.owner.map(|o| o.name).as_deref(), Some("x-1"));
+        assert_eq!(scheduling.required_node_terms.len(), 1);
+        assert_eq!(scheduling.tolerations[0].operator, "Equal");
+        // cpu: the init container beside the sidecar (600m) beats 100m + 100m; plus overhead.
+        // memory: the pod-level request replaces the containers' sum.
+        assert_eq!(scheduling.requests.cpu_millis, 850);
+        assert_eq!(scheduling.requests.memory_bytes, 1 << 30);
     }
 
     #[test]
