@@ -472,6 +472,12 @@ async fn member_upgrade(
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return };
         let Ok(mut s) = seen.lock() else { return };
         let field = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        if v.get("event").is_none() && v.get("blocked").and_then(|b| b.as_bool()) == Some(true) {
+            // The plan itself (printed instead of a run when a check blocks it).
+            s.state = Some("blocked".into());
+            s.reason = Some(blocked_reason(&v));
+            return;
+        }
         match v.get("event").and_then(|e| e.as_str()) {
             Some("run-started") => {
                 s.operation = field("run");
@@ -517,6 +523,28 @@ async fn member_upgrade(
             None => first_lines(&e.to_string()),
         }),
     }
+}
+
+/// Why a member's plan is blocked: its first blockers, for the member's error.
+fn blocked_reason(plan: &serde_json::Value) -> String {
+    let blockers: Vec<String> = plan
+        .get("findings")
+        .and_then(|f| f.as_array())
+        .into_iter()
+        .flatten()
+        .filter(|f| f.get("severity").and_then(|s| s.as_str()) == Some("blocker"))
+        .map(|f| {
+            let text = |k: &str| f.get(k).and_then(|x| x.as_str()).unwrap_or("");
+            format!("{}: {}", text("subject"), text("message"))
+        })
+        .collect();
+    let more = blockers.len().saturating_sub(3);
+    let mut reason =
+        format!("the plan is blocked: {}", blockers.into_iter().take(3).collect::<Vec<_>>().join("; "));
+    if more > 0 {
+        reason.push_str(&format!("; and {more} more (refit plan shows them all)"));
+    }
+    reason
 }
 
 /// An error in at most three lines (the command's last stderr lines are in it).
@@ -621,5 +649,25 @@ pub async fn daemon(store_path: &Path, exit_when_idle: bool, format: Format) -> 
             return Ok(ExitCode::SUCCESS);
         }
         d.wait(wake).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blocked_plan_names_its_first_blockers() {
+        let plan = serde_json::json!({"blocked": true, "findings": [
+            {"severity": "warning", "subject": "node/w-0", "message": "ignored"},
+            {"severity": "blocker", "subject": "pod/a/x", "message": "unmanaged"},
+            {"severity": "blocker", "subject": "pod/a/y", "message": "unmanaged"},
+            {"severity": "blocker", "subject": "pod/a/z", "message": "unmanaged"},
+            {"severity": "blocker", "subject": "pod/a/w", "message": "unmanaged"},
+        ]});
+        let r = blocked_reason(&plan);
+        assert!(r.starts_with("the plan is blocked: pod/a/x: unmanaged; pod/a/y"), "{r}");
+        assert!(r.ends_with("and 1 more (refit plan shows them all)"), "{r}");
+        assert!(!r.contains("ignored"));
     }
 }

@@ -352,19 +352,7 @@ pub async fn run(args: UpgradeArgs, format: Format) -> anyhow::Result<ExitCode> 
         None => lock_cluster(&store_path, &cluster)?,
     };
     let mut store = Store::open(&store_path)?;
-    let id = format!(
-        "up-{}-{}",
-        jiff::Zoned::now().strftime("%Y%m%d-%H%M%S"),
-        spec.schedule.target.to_string().replace('.', "-")
-    );
-    let row = RunRow {
-        id: id.clone(),
-        cluster,
-        target: spec.schedule.target.to_string(),
-        state: RunState::Running.as_str().into(),
-        spec: serde_json::to_string(&spec)?,
-    };
-    store.create_run(&row)?;
+    let id = create_fresh_run(&mut store, &cluster, &spec)?;
     let code = execute(prepared.conn, store, id, spec, not_after, format).await;
     drop(lock);
     code
@@ -479,6 +467,34 @@ async fn execute(
         RunState::Paused => ExitCode::from(PAUSED_EXIT),
         _ => ExitCode::from(1),
     })
+}
+
+/// Records a new run and returns its id: `up-<time>-<target>`, with `-2`, `-3`... when that id
+/// is taken. Ids are per second and one store holds many clusters (a fleet starts members in
+/// parallel), so a taken id is expected; reusing it would journal two clusters into one run.
+fn create_fresh_run(store: &mut Store, cluster: &str, spec: &RunSpec) -> anyhow::Result<String> {
+    let base = format!(
+        "up-{}-{}",
+        jiff::Zoned::now().strftime("%Y%m%d-%H%M%S"),
+        spec.schedule.target.to_string().replace('.', "-")
+    );
+    let body = serde_json::to_string(spec)?;
+    for n in 1..=1000 {
+        let id = if n == 1 { base.clone() } else { format!("{base}-{n}") };
+        let row = RunRow {
+            id: id.clone(),
+            cluster: cluster.to_string(),
+            target: spec.schedule.target.to_string(),
+            state: RunState::Running.as_str().into(),
+            spec: body.clone(),
+        };
+        // create_run is idempotent: what comes back is ours only if it is exactly what we wrote.
+        let stored = store.create_run(&row)?;
+        if stored.cluster == row.cluster && stored.spec == row.spec && stored.state == row.state {
+            return Ok(id);
+        }
+    }
+    anyhow::bail!("cannot find a free run id for {base} in the store")
 }
 
 /// The exit code of a run that paused at its `--not-after` deadline.
