@@ -20,6 +20,16 @@ use crate::spec::{BackupSpec, RunSpec};
 /// Where events go (terminal view, JSON lines, ...). The engine journals them itself.
 pub type Sink = Arc<dyn Fn(&Event) + Send + Sync>;
 
+/// Whether a unit may start, and if not, what the stage does next.
+enum Start {
+    /// It may.
+    Yes,
+    /// Not this one (the deadline passed), but look at the next: it may be under way.
+    Skip(&'static str),
+    /// Not this one nor any after it (a failure, a requested stop).
+    Stop(&'static str),
+}
+
 /// Why a unit was not started after the deadline.
 const DEADLINE: &str = "not started: the deadline (--not-after) passed";
 
@@ -231,14 +241,14 @@ impl Engine {
     }
 
     /// Whether `unit` may start now (a unit the journal shows under way may always finish).
-    fn may_start(&self, unit: &UnitWork) -> Result<Result<(), &'static str>, Error> {
+    fn may_start(&self, unit: &UnitWork) -> Result<Start, Error> {
         if let Some(why) = self.halted() {
-            return Ok(Err(why));
+            return Ok(Start::Stop(why));
         }
         if self.past_deadline() && !refit_core::run::begun(unit, &self.journal(&unit.node)?) {
-            return Ok(Err(DEADLINE));
+            return Ok(Start::Skip(DEADLINE));
         }
-        Ok(Ok(()))
+        Ok(Start::Yes)
     }
 
     /// The halt the run ended with (for its final state).
@@ -370,16 +380,15 @@ impl Engine {
         let mut pending = stage.units.iter();
         for unit in pending.by_ref() {
             match self.may_start(unit)? {
-                Err(why) if why == DEADLINE => {
-                    // Later units may be under way (a resumed run): look at each.
+                Start::Skip(why) => {
                     reports.push(not_started(index, unit, why));
                     continue;
                 }
-                Err(why) => {
+                Start::Stop(why) => {
                     reports.push(not_started(index, unit, why));
                     break;
                 }
-                Ok(()) => {}
+                Start::Yes => {}
             }
             // Wait for a free slot, collecting finished units meanwhile.
             let permit = loop {
@@ -401,17 +410,17 @@ impl Engine {
             };
             // The slot may have come free after the deadline: look again before using it.
             let permit = match (permit, self.may_start(unit)?) {
-                (Some(p), Ok(())) => p,
-                (_, Err(why)) if why == DEADLINE => {
+                (Some(p), Start::Yes) => p,
+                (_, Start::Skip(why)) => {
                     reports.push(not_started(index, unit, why));
                     continue;
                 }
-                (_, why) => {
-                    reports.push(not_started(
-                        index,
-                        unit,
-                        why.err().unwrap_or("the run stopped before this unit"),
-                    ));
+                (_, Start::Stop(why)) => {
+                    reports.push(not_started(index, unit, why));
+                    break;
+                }
+                (None, Start::Yes) => {
+                    reports.push(not_started(index, unit, "the run stopped before this unit"));
                     break;
                 }
             };
