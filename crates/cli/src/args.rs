@@ -148,7 +148,19 @@ Examples:
     /// Add a worker node to the sandbox (replace-style upgrades create new nodes).
     AddNode(AddNodeArgs),
     /// Remove a worker node from the sandbox.
-    RemoveNode(RemoveNodeArgs),
+    RemoveNode(NodeArgs),
+    /// Stop a node's kubelet: nothing reports its status or renews its lease any more.
+    #[command(after_help = "\
+Within a minute the node lifecycle controller marks the node Ready=Unknown and taints it
+node.kubernetes.io/unreachable, as it does when a real kubelet dies: `refit plan` then reports
+node-unreachable. `start-kubelet` brings it back.
+
+Examples:
+  refit sandbox stop-kubelet worker-002 && sleep 70 && refit plan --to 1.37
+  refit sandbox start-kubelet worker-002")]
+    StopKubelet(NodeArgs),
+    /// Start a stopped kubelet again and wait until its node is Ready.
+    StartKubelet(NodeArgs),
     /// Run the sandbox's apiserver load balancer (started by `sandbox up`; not for direct use).
     #[command(hide = true)]
     ServeLb(ServeLbArgs),
@@ -225,12 +237,12 @@ pub struct AddNodeArgs {
     pub taints: Vec<String>,
 }
 
-/// `refit sandbox remove-node`
+/// `refit sandbox remove-node`, `stop-kubelet`, `start-kubelet`
 #[derive(Debug, Args)]
-pub struct RemoveNodeArgs {
+pub struct NodeArgs {
     #[command(flatten)]
     pub dir: SandboxDir,
-    /// The node to remove.
+    /// The node.
     pub node: String,
 }
 

@@ -1,6 +1,7 @@
 //! `refit plan` against a real testbed holding the sandbox's demo workloads plus a PDB that
 //! can never allow a disruption.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use assert_cmd::Command;
@@ -261,4 +262,152 @@ async fn each_remaining_rule_fires_on_its_trigger_only() {
     assert!(find("removed-api").iter().any(|s| s.contains("apiserver")), "{:?}", checks(&p));
     assert!(find("worker-count").is_empty(), "four workers are enough");
     assert!(find("unmanaged-pod").is_empty() && find("single-replica").is_empty(), "none here");
+}
+
+/// The rules that need a node's lifecycle, a version, a batch shape or a PersistentVolume:
+/// node-unreachable (a "kubelet" stopped until the real node lifecycle controller taints the
+/// node), node-not-ready, at-target, pdb-all-in-batch, local PersistentVolumes and
+/// worker-count, each with a counter-example.
+#[tokio::test]
+async fn lifecycle_version_batch_and_volume_rules_fire_on_their_trigger_only() {
+    use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    use serde_json::json;
+    use std::time::{Duration, Instant};
+
+    let tb = Testbed::start(TestbedConfig::new(default_version().unwrap(), 5)).await.unwrap();
+    let client = tb.client().await.unwrap();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let pp = PatchParams::default();
+    tb.create_namespace("life").await.unwrap();
+    let kc = tb.kubeconfig();
+
+    // Workloads first, while every node is Ready, each pinned where the scenario needs it.
+    let pinned = |name: &str, replicas: i32, hosts: &[&str]| {
+        let mut d = deployment("life", name, replicas);
+        d["spec"]["template"]["spec"]["affinity"] = json!({
+            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": hosts}]}]}},
+            "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": {"app": name}}, "topologyKey": "kubernetes.io/hostname"}]},
+        });
+        d
+    };
+    // pdb-all-in-batch: "pair" has both pods on worker-004 and worker-005, under a budget of one.
+    apply::<Deployment>(&client, pinned("pair", 2, &["worker-004", "worker-005"])).await.unwrap();
+    apply::<PodDisruptionBudget>(&client, pdb("life", "pair", "pair", Budget::MaxUnavailable(1)))
+        .await
+        .unwrap();
+    // local-data: "db" claims a local PersistentVolume, "files" an NFS one (no finding).
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "life");
+    for (pv, claim, source) in [
+        ("local-disk", "data", json!({"local": {"path": "/mnt/disks/1"}})),
+        ("nfs-share", "shared", json!({"nfs": {"server": "10.9.0.9", "path": "/exports/shared"}})),
+    ] {
+        let mut spec = json!({
+            "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
+            "persistentVolumeReclaimPolicy": "Retain",
+            "claimRef": {"namespace": "life", "name": claim},
+            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": ["worker-004"]}]}]}},
+        });
+        spec.as_object_mut().unwrap().extend(source.as_object().unwrap().clone());
+        let pv_obj = serde_json::from_value(json!({"metadata": {"name": pv}, "spec": spec})).unwrap();
+        pvs.create(&PostParams::default(), &pv_obj).await.unwrap();
+        let claim_obj = serde_json::from_value(json!({
+            "metadata": {"name": claim},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": pv,
+                     "resources": {"requests": {"storage": "1Gi"}}},
+        }))
+        .unwrap();
+        claims.create(&PostParams::default(), &claim_obj).await.unwrap();
+    }
+    for (name, claim) in [("db", "data"), ("files", "shared")] {
+        let mut d = deployment("life", name, 2);
+        // Bound by name: the testbed runs no volume binder, so the scheduler would wait.
+        d["spec"]["template"]["spec"]["nodeName"] = json!("worker-004");
+        d["spec"]["template"]["spec"]["volumes"] =
+            json!([{"name": "v", "persistentVolumeClaim": {"claimName": claim}}]);
+        apply::<Deployment>(&client, d).await.unwrap();
+    }
+    for app in ["pair", "db", "files"] {
+        wait_pods_ready(&client, "life", &format!("app={app}"), 2, Duration::from_secs(60)).await.unwrap();
+    }
+
+    // at-target: worker-003 already runs the target's kubelet.
+    let target = refit_testbed::default_version().unwrap();
+    let target = refit_core::Version::new(target.major, target.minor + 1, 1);
+    tb.set_node_version("worker-003", &target, &target).await.unwrap();
+    // node-unreachable: worker-001's kubelet stops; the node lifecycle controller notices
+    // after its grace period (60 s on the testbed).
+    tb.stop_kubelet("worker-001").await.unwrap();
+    let started = Instant::now();
+    loop {
+        let n = nodes.get("worker-001").await.unwrap();
+        let taints = n.spec.and_then(|s| s.taints).unwrap_or_default();
+        if taints.iter().any(|t| t.key == "node.kubernetes.io/unreachable") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(180), "worker-001 never became unreachable");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    // node-not-ready: worker-002's kubelet reports NotReady (out of kwok's hands, so nothing
+    // writes Ready back; the report is a heartbeat, so the node stays reachable for a minute).
+    tb.stop_kubelet("worker-002").await.unwrap();
+    nodes
+        .patch_status(
+            "worker-002",
+            &pp,
+            &Patch::Strategic(&json!({"status": {"conditions": [{
+                "type": "Ready", "status": "False", "reason": "KubeletNotReady",
+                "message": "container runtime network not ready",
+                "lastHeartbeatTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            }]}})),
+        )
+        .await
+        .unwrap();
+    let to = target.to_string();
+
+    let (code, p, stderr) = plan(&kc, &["--to", &to, "--max-unavailable", "1"]);
+    assert_eq!(code, 1, "{stderr}");
+    let find = |p: &Value, check: &str| {
+        checks(p).into_iter().filter(|(c, _)| c == check).map(|(_, s)| s).collect::<Vec<_>>()
+    };
+    assert_eq!(find(&p, "node-unreachable"), ["node/worker-001"], "{:?}", checks(&p));
+    assert_eq!(find(&p, "node-not-ready"), ["node/worker-002"], "{:?}", checks(&p));
+    assert_eq!(find(&p, "at-target"), ["node/worker-003"]);
+    let excluded: Vec<&str> =
+        p["excluded"].as_array().unwrap().iter().map(|e| e[0].as_str().unwrap()).collect();
+    assert_eq!(excluded, ["worker-003"], "the node at the target is left out");
+    assert!(find(&p, "pdb-all-in-batch").is_empty(), "one worker per batch: the pair is spread");
+    let local = find(&p, "local-data");
+    assert!(!local.is_empty() && local.iter().all(|s| s.starts_with("pod/life/db-")), "{local:?}");
+    assert!(find(&p, "worker-count").is_empty(), "five workers");
+
+    // The batch decides: with every worker in one batch, the pair leaves one at a time.
+    let (_, all, _) = plan(&kc, &["--to", &to, "--max-unavailable", "100%"]);
+    assert_eq!(find(&all, "pdb-all-in-batch"), ["pdb/life/pair"], "{:?}", checks(&all));
+    // --force includes the node at the target and reports no at-target finding.
+    let (_, forced, _) = plan(&kc, &["--to", &to, "--force"]);
+    assert!(find(&forced, "at-target").is_empty() && forced["excluded"].as_array().unwrap().is_empty());
+
+    // --partial-ok leaves the two broken workers out; the rest is planned.
+    let (code, partial, stderr) = plan(&kc, &["--to", &to, "--partial-ok", "--delete-emptydir-data"]);
+    assert_eq!(code, 0, "{stderr} {partial:#}");
+    let left_out: BTreeSet<&str> =
+        partial["excluded"].as_array().unwrap().iter().map(|e| e[0].as_str().unwrap()).collect();
+    assert!(left_out.contains("worker-001") && left_out.contains("worker-002"), "{left_out:?}");
+
+    // The kubelet comes back: both readiness findings are gone.
+    tb.start_kubelet("worker-002").await.unwrap();
+    let (_, back, _) = plan(&kc, &["--to", &to]);
+    assert!(find(&back, "node-not-ready").is_empty(), "{:?}", checks(&back));
+
+    // worker-count: one worker left.
+    for w in ["worker-002", "worker-003", "worker-004", "worker-005"] {
+        tb.remove_worker(w).await.unwrap();
+    }
+    let (_, lonely, _) = plan(&kc, &["--to", &to]);
+    assert_eq!(find(&lonely, "worker-count"), ["cluster"], "{:?}", checks(&lonely));
 }

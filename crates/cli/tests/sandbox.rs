@@ -142,6 +142,47 @@ fn a_sandbox_lives_across_commands_and_upgrades_node_by_node() {
     dirarg(&mut rm_cp);
     rm_cp.assert().code(2);
 
+    // A stopped kubelet: kwok lets go of the node (its lease is no longer renewed); started
+    // again, the node is Ready. An unknown node is bad input.
+    let lease_renewed = |node: &str| {
+        let out = std::process::Command::new(&kubectl)
+            .args([
+                "get",
+                "lease",
+                node,
+                "-n",
+                "kube-node-lease",
+                "-o",
+                "jsonpath={.spec.renewTime}",
+                "--kubeconfig",
+            ])
+            .arg(&kubeconfig)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let mut stop = refit();
+    stop.args(["sandbox", "stop-kubelet", "worker-001"]);
+    dirarg(&mut stop);
+    stop.assert().success();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let stopped_at = lease_renewed("worker-001");
+    std::thread::sleep(std::time::Duration::from_secs(25));
+    assert_eq!(lease_renewed("worker-001"), stopped_at, "nothing renews a stopped kubelet's lease");
+    let mut start = refit();
+    start.args(["sandbox", "start-kubelet", "worker-001", "-o", "json"]);
+    dirarg(&mut start);
+    assert_eq!(json(&mut start)["running"], true);
+    let renewed = std::time::Instant::now();
+    while lease_renewed("worker-001") == stopped_at {
+        assert!(renewed.elapsed() < std::time::Duration::from_secs(30), "the lease is renewed again");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let mut unknown = refit();
+    unknown.args(["sandbox", "stop-kubelet", "worker-999"]);
+    dirarg(&mut unknown);
+    unknown.assert().code(2);
+
     let mut down = refit();
     down.args(["sandbox", "down"]);
     dirarg(&mut down);

@@ -199,6 +199,10 @@ const SCHEDULER: &str = "kube-scheduler";
 
 /// Controllers the testbed runs: what PDBs, evictions, rollouts, node readiness, namespaces
 /// and garbage collection need (reference/testbed.md §7), plus jobs for completions.
+/// The label that takes a node out of kwok's hands: its kubelet is "stopped"
+/// ([`Testbed::stop_kubelet`]).
+pub const KUBELET_STOPPED_LABEL: &str = "testbed.refit.dev/kubelet-stopped";
+
 const CONTROLLERS: &str = "deployment-controller,replicaset-controller,disruption-controller,\
 node-lifecycle-controller,taint-eviction-controller,serviceaccount-controller,namespace-controller,\
 garbage-collector-controller,pod-garbage-collector-controller,daemonset-controller,\
@@ -685,7 +689,9 @@ impl Testbed {
         let args = vec![
             format!("--kubeconfig={}", st.kubeconfig.display()),
             format!("--config={}", config.display()),
-            "--manage-all-nodes=true".to_string(),
+            // Every node except those whose "kubelet" a test stopped (see `stop_kubelet`).
+            "--manage-all-nodes=false".to_string(),
+            format!("--manage-nodes-with-label-selector=!{KUBELET_STOPPED_LABEL}"),
             "--node-lease-duration-seconds=40".to_string(),
             "--cidr=10.128.0.0/12".to_string(),
             "--node-ip=10.0.0.1".to_string(),
@@ -804,6 +810,34 @@ impl Testbed {
                 Err(Error::NotFound(format!("no node named {name}")))
             }
             Err(e) => Err(Error::kube(format!("patching node {name}"), e)),
+        }
+    }
+
+    /// Stops a node's "kubelet": kwok lets go of the node (it leaves kwok's label selector),
+    /// so nothing reports its status or renews its lease any more. Within the controller
+    /// manager's grace period (60 s here) the node lifecycle controller marks it Ready=Unknown
+    /// and taints it `node.kubernetes.io/unreachable`, as it does with a real dead kubelet;
+    /// until then a test may write the node's status itself (e.g. Ready=False).
+    pub async fn stop_kubelet(&self, name: &str) -> Result<(), Error> {
+        self.label_node(name, json!({KUBELET_STOPPED_LABEL: "true"})).await
+    }
+
+    /// Starts a stopped "kubelet" again (kwok takes the node back, renews its lease and
+    /// reports it Ready) and waits until the node is Ready without a not-ready taint.
+    pub async fn start_kubelet(&self, name: &str) -> Result<(), Error> {
+        self.label_node(name, json!({KUBELET_STOPPED_LABEL: null})).await?;
+        self.wait_nodes_ready(&[name.to_string()]).await
+    }
+
+    async fn label_node(&self, name: &str, labels: serde_json::Value) -> Result<(), Error> {
+        let api: Api<Node> = Api::all(self.client().await?);
+        let patch = json!({"metadata": {"labels": labels}});
+        match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                Err(Error::NotFound(format!("no node named {name}")))
+            }
+            Err(e) => Err(Error::kube(format!("labelling node {name}"), e)),
         }
     }
 

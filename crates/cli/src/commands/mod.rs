@@ -28,6 +28,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             SandboxCommand::UpgradeNode(args) => sandbox::upgrade_node(args, format).await,
             SandboxCommand::AddNode(args) => sandbox::add_node(args, format).await,
             SandboxCommand::RemoveNode(args) => sandbox::remove_node(args, format).await,
+            SandboxCommand::StopKubelet(args) => sandbox::set_kubelet(args, false, format).await,
+            SandboxCommand::StartKubelet(args) => sandbox::set_kubelet(args, true, format).await,
             SandboxCommand::ServeLb(args) => sandbox::serve_lb(args).await,
         },
         Command::Demo(args) => demo::run(args, format).await,

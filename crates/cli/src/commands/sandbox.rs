@@ -13,7 +13,7 @@ use refit_core::{Version, VersionRequest};
 use refit_testbed::{Cache, Check, Component, Lifetime, Testbed, TestbedConfig, TestbedVersions, WorkerSpec};
 use serde::Serialize;
 
-use crate::args::{AddNodeArgs, RemoveNodeArgs, SandboxDir, ServeLbArgs, UpArgs, UpgradeNodeArgs, Workloads};
+use crate::args::{AddNodeArgs, NodeArgs, SandboxDir, ServeLbArgs, UpArgs, UpgradeNodeArgs, Workloads};
 use crate::output::{Format, print_structured, table, usage};
 
 /// The namespace `--workloads demo` uses.
@@ -567,7 +567,7 @@ pub async fn add_node(args: AddNodeArgs, format: Format) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn remove_node(args: RemoveNodeArgs, format: Format) -> anyhow::Result<ExitCode> {
+pub async fn remove_node(args: NodeArgs, format: Format) -> anyhow::Result<ExitCode> {
     let tb = attach_running(&args.dir)?;
     if tb.member_for_node(&args.node).is_some() {
         return Err(usage(format!("{} runs a control-plane member; only workers can be removed", args.node)));
@@ -579,6 +579,29 @@ pub async fn remove_node(args: RemoveNodeArgs, format: Format) -> anyhow::Result
     }
     if !print_structured(format, &Removed { node: args.node.clone() })? {
         println!("node {} removed", args.node);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Stops (`running: false`) or starts a node's kubelet.
+pub async fn set_kubelet(args: NodeArgs, running: bool, format: Format) -> anyhow::Result<ExitCode> {
+    let tb = attach_running(&args.dir)?;
+    if running {
+        tb.start_kubelet(&args.node).await?;
+    } else {
+        tb.stop_kubelet(&args.node).await?;
+    }
+    #[derive(Serialize)]
+    struct Kubelet {
+        node: String,
+        running: bool,
+    }
+    if !print_structured(format, &Kubelet { node: args.node.clone(), running })? {
+        if running {
+            println!("kubelet of {} started; the node is Ready", args.node);
+        } else {
+            println!("kubelet of {} stopped; the node turns unreachable within about a minute", args.node);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
