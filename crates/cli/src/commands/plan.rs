@@ -92,6 +92,7 @@ pub async fn prepare(args: &PlanArgs) -> anyhow::Result<Prepared> {
 
     let target =
         ClusterTarget { kubeconfig: args.cluster.kubeconfig.clone(), context: args.cluster.context.clone() };
+    let started = std::time::Instant::now();
     let conn = connect(&target).await.map_err(|e| usage(e.to_string()))?;
     let current = refit_kube::apis::oldest_apiserver_version(&conn).await?;
     let today = jiff::Zoned::now().date();
@@ -100,13 +101,21 @@ pub async fn prepare(args: &PlanArgs) -> anyhow::Result<Prepared> {
     // The removed-API signals (each apiserver's metrics, metadata-only lists, Helm releases)
     // do not depend on the snapshot: both are read at once. The snapshot's lists use only GA
     // versions, so they never show up in the deprecated-API metric the signals scrape.
+    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "connected, path resolved");
     let signals = async {
-        match mode {
+        let s = match mode {
             Mode::Offline => Ok(Vec::new()),
             _ => refit_kube::apis::collect_signals(&conn, &catalog).await,
-        }
+        };
+        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "removed-API signals read");
+        s
     };
-    let (snapshot, signals) = tokio::join!(refit_kube::snapshot::read_snapshot(&conn), signals);
+    let snapshot = async {
+        let s = refit_kube::snapshot::read_snapshot(&conn).await;
+        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "snapshot read");
+        s
+    };
+    let (snapshot, signals) = tokio::join!(snapshot, signals);
     let snapshot = snapshot?;
     let nodes: BTreeSet<String> = snapshot.nodes.iter().map(|n| n.name.clone()).collect();
     plan_file.validate(&nodes).map_err(|e| usage(e.to_string()))?;
@@ -154,6 +163,7 @@ pub async fn prepare(args: &PlanArgs) -> anyhow::Result<Prepared> {
             refit_core::plan::PlanError::NothingToDo(_) => anyhow::Error::new(NothingToDo(e.to_string())),
             e => usage(e.to_string()),
         })?;
+    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "preflight decided");
     let workers = snapshot.nodes.iter().filter(|n| !n.is_control_plane()).count();
     let mut addresses: std::collections::BTreeMap<String, String> =
         snapshot.nodes.iter().filter_map(|n| n.address.clone().map(|a| (n.name.clone(), a))).collect();
