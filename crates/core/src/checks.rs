@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use crate::drain::{self, DrainOptions};
-use crate::snapshot::{NodeInfo, PodInfo, Snapshot, Volume};
+use crate::snapshot::{NodeInfo, PodInfo, Snapshot, Volume, WorkloadInfo};
 use crate::version::Version;
 
 /// How serious a finding is.
@@ -122,19 +122,40 @@ pub fn node_readiness(snapshot: &Snapshot, opts: &CheckOptions) -> Vec<Finding> 
     out
 }
 
-/// The owning workload a person knows: a ReplicaSet's Deployment, else the controller itself.
-fn workload_of(snapshot: &Snapshot, pod: &PodInfo) -> Option<(String, String)> {
-    let owner = pod.owner.as_ref()?;
-    if owner.kind == "ReplicaSet"
-        && let Some(rs) = snapshot
-            .workloads
-            .iter()
-            .find(|w| w.kind == "ReplicaSet" && w.namespace == pod.namespace && w.name == owner.name)
-        && let Some(dep) = &rs.owner
-    {
-        return Some((dep.kind.clone(), dep.name.clone()));
+/// The workload controllers by (kind, namespace, name): every pod looks up its owner, and a
+/// scan of all workloads per pod is 30,000 × 600 string comparisons on a large cluster.
+struct WorkloadIndex<'a>(BTreeMap<(&'a str, &'a str, &'a str), &'a WorkloadInfo>);
+
+impl<'a> WorkloadIndex<'a> {
+    fn new(snapshot: &'a Snapshot) -> Self {
+        WorkloadIndex(
+            snapshot
+                .workloads
+                .iter()
+                .map(|w| ((w.kind.as_str(), w.namespace.as_str(), w.name.as_str()), w))
+                .collect(),
+        )
     }
-    Some((owner.kind.clone(), owner.name.clone()))
+
+    fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<&'a WorkloadInfo> {
+        self.0.get(&(kind, namespace, name)).copied()
+    }
+
+    /// The owning workload a person knows: a ReplicaSet's Deployment, else the controller
+    /// itself (kind, name).
+    fn owner_of<'p>(&self, pod: &'p PodInfo) -> Option<(&'p str, &'p str)>
+    where
+        'a: 'p,
+    {
+        let owner = pod.owner.as_ref()?;
+        if owner.kind == "ReplicaSet"
+            && let Some(rs) = self.get("ReplicaSet", &pod.namespace, &owner.name)
+            && let Some(dep) = &rs.owner
+        {
+            return Some((dep.kind.as_str(), dep.name.as_str()));
+        }
+        Some((owner.kind.as_str(), owner.name.as_str()))
+    }
 }
 
 /// Safety and availability of the workloads on the nodes being upgraded.
@@ -142,6 +163,7 @@ pub fn workload_safety(snapshot: &Snapshot, nodes: &BTreeSet<String>, opts: &Che
     let mut out = Vec::new();
     let local_pvs: BTreeSet<&str> =
         snapshot.pvs.iter().filter(|pv| pv.node_local).filter_map(|pv| pv.claim.as_deref()).collect();
+    let index = WorkloadIndex::new(snapshot);
     let mut single_seen = BTreeSet::new();
     for pod in snapshot.pods.iter().filter(|p| p.node.as_ref().is_some_and(|n| nodes.contains(n))) {
         let node = pod.node.clone();
@@ -181,15 +203,12 @@ pub fn workload_safety(snapshot: &Snapshot, nodes: &BTreeSet<String>, opts: &Che
                 ),
             });
         }
-        if let Some((kind, name)) = workload_of(snapshot, pod)
+        if let Some((kind, name)) = index.owner_of(pod)
             && kind != "DaemonSet"
             && kind != "Job"
-            && let Some(w) = snapshot
-                .workloads
-                .iter()
-                .find(|w| w.kind == kind && w.namespace == pod.namespace && w.name == name)
+            && let Some(w) = index.get(kind, &pod.namespace, name)
             && w.replicas <= 1
-            && single_seen.insert((kind.clone(), pod.namespace.clone(), name.clone()))
+            && single_seen.insert((kind, pod.namespace.as_str(), name))
         {
             out.push(Finding {
                 check: "single-replica",
@@ -460,62 +479,96 @@ pub fn schedulable_on(sched: &crate::snapshot::Scheduling, node: &NodeInfo) -> b
 /// Capacity: do the pods the drain of `batch` evicts fit on the nodes that stay schedulable?
 /// First-fit by decreasing CPU request, against allocatable minus what already runs there.
 pub fn capacity(snapshot: &Snapshot, batch: &BTreeSet<String>, opts: &CheckOptions) -> Vec<Finding> {
-    use crate::snapshot::Resources;
-    let mut room: BTreeMap<&str, Resources> = BTreeMap::new();
-    for n in snapshot.nodes.iter().filter(|n| !batch.contains(&n.name) && !n.unschedulable && n.ready) {
-        room.insert(n.name.as_str(), n.allocatable);
-    }
-    for p in snapshot.pods.iter().filter(|p| !p.phase.is_terminal() && !p.terminating) {
-        if let (Some(node), Some(sched)) = (p.node.as_deref(), snapshot.scheduling.get(&p.uid))
-            && let Some(r) = room.get_mut(node)
-        {
-            *r = r.minus(sched.requests);
+    Capacity::new(snapshot).check(batch, opts)
+}
+
+/// What the capacity check reads on every batch, computed once per plan: each node's free
+/// room (allocatable minus the requests of the pods running there) and each node's pods. Per
+/// batch, recomputing them is a pass over every pod of the cluster.
+pub struct Capacity<'a> {
+    snapshot: &'a Snapshot,
+    /// Free room of each node, in `snapshot.nodes` order; `None` for a node that takes no new
+    /// pods (cordoned or not Ready).
+    free: Vec<Option<crate::snapshot::Resources>>,
+    /// The pods bound to each node.
+    pods_by_node: BTreeMap<&'a str, Vec<&'a PodInfo>>,
+}
+
+impl<'a> Capacity<'a> {
+    /// Indexes the snapshot.
+    pub fn new(snapshot: &'a Snapshot) -> Capacity<'a> {
+        let mut pods_by_node: BTreeMap<&str, Vec<&PodInfo>> = BTreeMap::new();
+        for p in &snapshot.pods {
+            if let Some(n) = p.node.as_deref() {
+                pods_by_node.entry(n).or_default().push(p);
+            }
         }
-    }
-    // The pods the drain of the batch evicts and a controller recreates elsewhere. (One pass
-    // over the pods: at 30,000 pods, anything per node or per key here is quadratic.)
-    let mut moving: Vec<(&PodInfo, &crate::snapshot::Scheduling)> = snapshot
-        .pods
-        .iter()
-        .filter(|p| p.node.as_ref().is_some_and(|n| batch.contains(n)))
-        .filter(|p| p.owner.is_some() && !p.phase.is_terminal())
-        .filter(|p| matches!(drain::decide(p, opts.drain), drain::Decision::Evict { .. }))
-        .filter_map(|p| snapshot.scheduling.get(&p.uid).map(|s| (p, s)))
-        .collect();
-    moving.sort_by(|a, b| {
-        b.1.requests
-            .cpu_millis
-            .cmp(&a.1.requests.cpu_millis)
-            .then_with(|| (&a.0.namespace, &a.0.name).cmp(&(&b.0.namespace, &b.0.name)))
-    });
-    let mut out = Vec::new();
-    for (pod, sched) in moving {
-        let target = snapshot
+        let free = snapshot
             .nodes
             .iter()
-            .filter(|n| room.contains_key(n.name.as_str()) && schedulable_on(sched, n))
-            .find(|n| sched.requests.fits_in(room[n.name.as_str()]))
-            .map(|n| n.name.as_str());
-        match target {
-            Some(n) => {
-                if let Some(r) = room.get_mut(n) {
-                    *r = r.minus(sched.requests);
+            .map(|n| {
+                if n.unschedulable || !n.ready {
+                    return None;
                 }
-            }
-            None => out.push(Finding {
-                check: "capacity",
-                severity: Severity::Blocker,
-                subject: format!("pod/{}", pod.key()),
-                node: pod.node.clone(),
-                message: format!(
-                    "no schedulable node outside this batch has room for it ({}m CPU, {} MiB) and matches its selectors, affinity and tolerations: it would stay Pending (add capacity or lower --max-unavailable)",
-                    sched.requests.cpu_millis,
-                    sched.requests.memory_bytes >> 20
-                ),
-            }),
-        }
+                let pods = pods_by_node.get(n.name.as_str()).into_iter().flatten();
+                let used = pods
+                    .filter(|p| !p.phase.is_terminal() && !p.terminating)
+                    .filter_map(|p| snapshot.scheduling.get(&p.uid));
+                Some(used.fold(n.allocatable, |room, sched| room.minus(sched.requests)))
+            })
+            .collect();
+        Capacity { snapshot, free, pods_by_node }
     }
-    out
+
+    /// The pods bound to `node`.
+    pub fn pods_on(&self, node: &str) -> &[&'a PodInfo] {
+        self.pods_by_node.get(node).map_or(&[], Vec::as_slice)
+    }
+
+    /// The capacity findings of one batch.
+    pub fn check(&self, batch: &BTreeSet<String>, opts: &CheckOptions) -> Vec<Finding> {
+        let nodes = &self.snapshot.nodes;
+        let mut room: Vec<Option<crate::snapshot::Resources>> = nodes
+            .iter()
+            .zip(&self.free)
+            .map(|(n, free)| if batch.contains(&n.name) { None } else { *free })
+            .collect();
+        // The pods the drain of the batch evicts and a controller recreates elsewhere.
+        let mut moving: Vec<(&PodInfo, &crate::snapshot::Scheduling)> = batch
+            .iter()
+            .flat_map(|n| self.pods_on(n).iter().copied())
+            .filter(|p| p.owner.is_some() && !p.phase.is_terminal())
+            .filter(|p| matches!(drain::decide(p, opts.drain), drain::Decision::Evict { .. }))
+            .filter_map(|p| self.snapshot.scheduling.get(&p.uid).map(|s| (p, s)))
+            .collect();
+        moving.sort_by(|a, b| {
+            b.1.requests
+                .cpu_millis
+                .cmp(&a.1.requests.cpu_millis)
+                .then_with(|| (&a.0.namespace, &a.0.name).cmp(&(&b.0.namespace, &b.0.name)))
+        });
+        let mut out = Vec::new();
+        for (pod, sched) in moving {
+            let target = (0..nodes.len()).find(|&i| {
+                room[i].is_some_and(|r| sched.requests.fits_in(r)) && schedulable_on(sched, &nodes[i])
+            });
+            match target {
+                Some(i) => room[i] = room[i].map(|r| r.minus(sched.requests)),
+                None => out.push(Finding {
+                    check: "capacity",
+                    severity: Severity::Blocker,
+                    subject: format!("pod/{}", pod.key()),
+                    node: pod.node.clone(),
+                    message: format!(
+                        "no schedulable node outside this batch has room for it ({}m CPU, {} MiB) and matches its selectors, affinity and tolerations: it would stay Pending (add capacity or lower --max-unavailable)",
+                        sched.requests.cpu_millis,
+                        sched.requests.memory_bytes >> 20
+                    ),
+                }),
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]

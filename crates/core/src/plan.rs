@@ -12,7 +12,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::checks::{Finding, Severity};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{NodeInfo, Snapshot};
 use crate::version::Version;
 
 /// What a node does for the cluster.
@@ -204,20 +204,15 @@ pub enum PlanError {
     NothingToDo(String),
 }
 
-fn roles_of(snapshot: &Snapshot, node: &str, extra: &BTreeMap<String, BTreeSet<Role>>) -> BTreeSet<Role> {
-    let mut roles = extra.get(node).cloned().unwrap_or_default();
-    if let Some(n) = snapshot.nodes.iter().find(|n| n.name == node) {
-        if n.is_control_plane() {
-            roles.insert(Role::ControlPlane);
-        }
-        let stacked_etcd = snapshot.pods.iter().any(|p| {
-            p.mirror
-                && p.node.as_deref() == Some(node)
-                && p.labels.get("component").map(String::as_str) == Some("etcd")
-        });
-        if stacked_etcd {
-            roles.insert(Role::Etcd);
-        }
+/// A node's roles: the plan file's, the control-plane label, a stacked etcd member (an etcd
+/// mirror pod on it); a worker when nothing else.
+fn roles_of(node: Option<&NodeInfo>, stacked_etcd: bool, extra: Option<&BTreeSet<Role>>) -> BTreeSet<Role> {
+    let mut roles = extra.cloned().unwrap_or_default();
+    if node.is_some_and(NodeInfo::is_control_plane) {
+        roles.insert(Role::ControlPlane);
+    }
+    if node.is_some() && stacked_etcd {
+        roles.insert(Role::Etcd);
     }
     if roles.is_empty() {
         roles.insert(Role::Worker);
@@ -228,20 +223,27 @@ fn roles_of(snapshot: &Snapshot, node: &str, extra: &BTreeMap<String, BTreeSet<R
 /// Builds the plan from the snapshot and the findings of the checks.
 pub fn build(snapshot: &Snapshot, findings: Vec<Finding>, opts: &PlanOptions) -> Result<Plan, PlanError> {
     let findings = if opts.mode == Mode::Offline { Vec::new() } else { findings };
-    let blocking = |node: &str| -> Vec<Finding> {
-        findings
-            .iter()
-            .filter(|f| f.severity == Severity::Blocker && f.node.as_deref() == Some(node))
-            .cloned()
-            .collect()
-    };
+    // Indexes, so that nothing below is per node × per pod (or × per finding).
+    let mut blocking: BTreeMap<&str, Vec<Finding>> = BTreeMap::new();
+    for f in findings.iter().filter(|f| f.severity == Severity::Blocker) {
+        if let Some(n) = f.node.as_deref() {
+            blocking.entry(n).or_default().push(f.clone());
+        }
+    }
+    let nodes: BTreeMap<&str, &NodeInfo> = snapshot.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+    let etcd_nodes: BTreeSet<&str> = snapshot
+        .pods
+        .iter()
+        .filter(|p| p.mirror && p.labels.get("component").map(String::as_str) == Some("etcd"))
+        .filter_map(|p| p.node.as_deref())
+        .collect();
     let mut units: Vec<UnitPlan> = Vec::new();
     let mut excluded = Vec::new();
     let mut names: BTreeSet<String> = snapshot.nodes.iter().map(|n| n.name.clone()).collect();
     names.extend(opts.extra_roles.keys().cloned());
     for name in names {
-        let roles = roles_of(snapshot, &name, &opts.extra_roles);
-        let node = snapshot.nodes.iter().find(|n| n.name == name);
+        let node = nodes.get(name.as_str()).copied();
+        let roles = roles_of(node, etcd_nodes.contains(name.as_str()), opts.extra_roles.get(&name));
         let from = node.map(|n| n.kubelet.clone()).unwrap_or_default();
         if !opts.force && from.parse::<Version>().is_ok_and(|v| v.release() == opts.target.release()) {
             excluded.push((name.clone(), format!("already at {}", opts.target)));
@@ -256,7 +258,10 @@ pub fn build(snapshot: &Snapshot, findings: Vec<Finding>, opts: &PlanOptions) ->
         } else {
             vec![Step::Cordon, Step::Drain, Step::Upgrade, Step::Validate, Step::Uncordon]
         };
-        let blockers = if opts.mode == Mode::Online { blocking(&name) } else { Vec::new() };
+        let blockers = match opts.mode {
+            Mode::Online => blocking.remove(name.as_str()).unwrap_or_default(),
+            _ => Vec::new(),
+        };
         units.push(UnitPlan {
             node: name,
             roles,

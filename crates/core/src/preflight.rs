@@ -1,7 +1,7 @@
 //! Preflight: every check over a snapshot, composed into the plan. Pure: the CLI gathers the
 //! snapshot, the version path and the removed-API findings, and prints what comes back.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use crate::checks::{self, CheckOptions, Finding, Severity};
 use crate::drain;
@@ -99,19 +99,14 @@ pub fn preflight(
     findings.extend(checks::workload_safety(snapshot, &planned, check_opts));
     // Indexes built once: everything below runs per batch.
     let covered = pdb::covered_counts(&snapshot.pdbs, &snapshot.pods);
-    let mut pods_by_node: BTreeMap<&str, Vec<&crate::snapshot::PodInfo>> = BTreeMap::new();
-    for p in &snapshot.pods {
-        if let Some(n) = p.node.as_deref() {
-            pods_by_node.entry(n).or_default().push(p);
-        }
-    }
+    let capacity = checks::Capacity::new(snapshot);
     for phase in &draft.phases {
         for batch in &phase.batches {
             let nodes: BTreeSet<String> = batch.units.iter().map(|u| u.node.clone()).collect();
-            findings.extend(checks::capacity(snapshot, &nodes, check_opts));
+            findings.extend(capacity.check(&nodes, check_opts));
             let evicted: Vec<&crate::snapshot::PodInfo> = nodes
                 .iter()
-                .flat_map(|n| pods_by_node.get(n.as_str()).into_iter().flatten().copied())
+                .flat_map(|n| capacity.pods_on(n).iter().copied())
                 .filter(|p| matches!(drain::decide(p, check_opts.drain), drain::Decision::Evict { .. }))
                 .collect();
             for f in pdb::check_batch_counted(&snapshot.pdbs, &evicted, &covered) {
@@ -157,7 +152,8 @@ pub fn preflight(
     findings.dedup();
     let mut plan = plan::build(snapshot, findings, plan_opts)?;
     for unit in plan.phases.iter_mut().flat_map(|p| p.batches.iter_mut()).flat_map(|b| b.units.iter_mut()) {
-        if let Some(pods) = pods_by_node.get(unit.node.as_str()) {
+        let pods = capacity.pods_on(&unit.node);
+        if !pods.is_empty() {
             unit.drain = drain::plan_node(&unit.node, pods.iter().copied(), check_opts.drain);
         }
     }

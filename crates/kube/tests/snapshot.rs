@@ -14,7 +14,7 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use refit_core::pdb::Requirement;
 use refit_core::snapshot::{Owner, Phase, Resources, Taint, Toleration, Volume};
-use refit_kube::snapshot::{Encoding, decode_pod_page, protobuf, read_snapshot, read_snapshot_with};
+use refit_kube::snapshot::{Encoding, LargeLists, decode_pod_page, protobuf, read_snapshot};
 use refit_kube::{ClusterTarget, Connection, connect};
 use refit_testbed::workloads::{Budget, apply, deployment, pdb, wait_pods_ready};
 use refit_testbed::{shared, unique_namespace};
@@ -233,7 +233,7 @@ async fn reads_nodes_pods_budgets_workloads_and_volumes() {
     wait_pdb(&client, &ns, "api", 2).await;
     pods.delete("doomed", &DeleteParams::default()).await.unwrap();
 
-    let snap = read_snapshot(&conn).await.unwrap();
+    let snap = read_snapshot(&conn, LargeLists::Streamed).await.unwrap();
 
     // Nodes: the testbed's realistic allocatable, the control-plane taint, readiness.
     assert!(snap.nodes.iter().filter(|n| n.ready).count() >= 20, "{} ready nodes", snap.nodes.len());
@@ -416,14 +416,18 @@ async fn follows_continue_tokens_across_pages() {
         assert!(start.elapsed() < Duration::from_secs(120), "ReplicaSet did not create {n} pods");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let snap = read_snapshot(&conn).await.unwrap();
-    let mine: Vec<_> = snap.pods.iter().filter(|p| p.namespace == ns).collect();
-    assert_eq!(mine.len(), n);
-    let mut uids: Vec<_> = mine.iter().map(|p| &p.uid).collect();
-    uids.sort();
-    uids.dedup();
-    assert_eq!(uids.len(), n, "no pod twice");
-    assert!(snap.pods.len() > refit_kube::snapshot::PAGE_SIZE as usize);
+    for large in
+        [LargeLists::Streamed, LargeLists::Paged(Encoding::Protobuf), LargeLists::Paged(Encoding::Json)]
+    {
+        let snap = read_snapshot(&conn, large).await.unwrap();
+        let mine: Vec<_> = snap.pods.iter().filter(|p| p.namespace == ns).collect();
+        assert_eq!(mine.len(), n, "{large:?}");
+        let mut uids: Vec<_> = mine.iter().map(|p| &p.uid).collect();
+        uids.sort();
+        uids.dedup();
+        assert_eq!(uids.len(), n, "no pod twice ({large:?})");
+        assert!(snap.pods.len() > refit_kube::snapshot::PAGE_SIZE as usize);
+    }
 }
 
 /// One list page fetched as-is: its `Content-Type` and body.
@@ -619,17 +623,20 @@ async fn protobuf_and_json_read_the_same_pods_and_nodes() {
         (pods, snap.nodes.clone())
     };
     let mut attempt = 0;
-    let (from_pb, from_json) = loop {
-        let from_pb = ours(&read_snapshot_with(&conn, Encoding::Protobuf).await.unwrap());
-        let from_json = ours(&read_snapshot_with(&conn, Encoding::Json).await.unwrap());
+    let (from_pb, from_json, streamed) = loop {
+        let from_pb = ours(&read_snapshot(&conn, LargeLists::Paged(Encoding::Protobuf)).await.unwrap());
+        let from_json = ours(&read_snapshot(&conn, LargeLists::Paged(Encoding::Json)).await.unwrap());
+        let streamed = ours(&read_snapshot(&conn, LargeLists::Streamed).await.unwrap());
         attempt += 1;
-        if from_pb == from_json || attempt == 3 {
-            break (from_pb, from_json);
+        if (from_pb == from_json && streamed == from_json) || attempt == 3 {
+            break (from_pb, from_json, streamed);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     assert_eq!(from_pb.1, from_json.1, "nodes");
     assert_eq!(from_pb.0, from_json.0, "pods");
+    assert_eq!(streamed.1, from_json.1, "nodes, streamed");
+    assert_eq!(streamed.0, from_json.0, "pods, streamed");
     assert!(from_pb.0.iter().any(|(p, _)| p.mirror), "kube-system has the control plane's mirror pods");
     assert_eq!(from_pb.0.iter().filter(|(p, _)| p.namespace == ns).count(), 10);
     assert!(from_pb.1.len() >= 20);

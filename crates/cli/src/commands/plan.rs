@@ -111,7 +111,8 @@ pub async fn prepare(args: &PlanArgs) -> anyhow::Result<Prepared> {
         s
     };
     let snapshot = async {
-        let s = refit_kube::snapshot::read_snapshot(&conn).await;
+        let large = refit_kube::snapshot::LargeLists::for_server(&current);
+        let s = refit_kube::snapshot::read_snapshot(&conn, large).await;
         tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "snapshot read");
         s
     };

@@ -122,6 +122,146 @@ pub fn continue_token(body: &[u8]) -> Result<Option<String>, Error> {
     Ok(None)
 }
 
+/// Decodes a whole (unpaginated) list as its bytes arrive: each item is decoded as soon as
+/// its last byte is in, and the bytes it came in are let go, so a 67 MB pod list never sits in
+/// memory and the decoding overlaps the apiserver's encoding.
+///
+/// The walk is the same as [`list_page`]'s, one level at a time: the envelope's fields, then,
+/// inside its `raw` field (the list), the list's fields, items being field 2. Only `raw` is
+/// entered before it is complete; every other field is waited for whole.
+pub(crate) struct ListStream<D> {
+    /// Bytes received and not yet consumed (less than one field, between calls).
+    buf: Vec<u8>,
+    state: StreamState,
+    kind: &'static str,
+    item: std::marker::PhantomData<fn() -> D>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamState {
+    /// Waiting for the `k8s\0` magic.
+    Magic,
+    /// Between the envelope's fields.
+    Envelope,
+    /// Inside the envelope's `raw` field (the list): this many of its bytes are still to come.
+    List { remaining: usize },
+}
+
+/// One field's key and, for a length-delimited field, its length, read from the start of
+/// `bytes`; `None` while the bytes end inside them.
+fn field_head(bytes: &[u8]) -> Result<Option<(u64, u8, usize, usize)>, Error> {
+    let mut cursor = Fields(bytes);
+    let key = match cursor.varint() {
+        Ok(k) => k,
+        Err(_) if bytes.len() < 10 => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let wire_type = (key & 7) as u8;
+    let body_len = match wire_type {
+        0 => match cursor.varint() {
+            Ok(_) => 0,
+            Err(_) if cursor.0.is_empty() => return Ok(None),
+            Err(e) => return Err(e),
+        },
+        1 => 8,
+        5 => 4,
+        2 => match cursor.varint() {
+            Ok(len) => usize::try_from(len).map_err(|_| Error::Malformed("field length"))?,
+            Err(_) if cursor.0.is_empty() => return Ok(None),
+            Err(e) => return Err(e),
+        },
+        _ => return Err(Error::Malformed("group wire type")),
+    };
+    let head_len = bytes.len() - cursor.0.len();
+    Ok(Some((key >> 3, wire_type, head_len, body_len)))
+}
+
+impl<D: Item> ListStream<D> {
+    /// A stream expecting a list of `D`.
+    pub(crate) fn new() -> Self {
+        ListStream {
+            buf: Vec::new(),
+            state: StreamState::Magic,
+            kind: D::LIST_KIND,
+            item: std::marker::PhantomData,
+        }
+    }
+
+    /// Takes the next bytes of the body, handing each item completed by them to `each`.
+    pub(crate) fn feed(&mut self, chunk: &[u8], each: &mut dyn FnMut(D)) -> Result<(), Error> {
+        self.buf.extend_from_slice(chunk);
+        let mut pos = 0;
+        loop {
+            let rest = &self.buf[pos..];
+            match self.state {
+                StreamState::Magic => {
+                    if rest.len() < MAGIC.len() {
+                        break;
+                    }
+                    if !rest.starts_with(MAGIC) {
+                        return Err(Error::Magic);
+                    }
+                    pos += MAGIC.len();
+                    self.state = StreamState::Envelope;
+                }
+                StreamState::List { remaining: 0 } => self.state = StreamState::Envelope,
+                StreamState::Envelope => {
+                    let Some((number, wire_type, head, len)) = field_head(rest)? else { break };
+                    if wire_type == 2 && number == 2 {
+                        pos += head;
+                        self.state = StreamState::List { remaining: len };
+                        continue;
+                    }
+                    if rest.len() < head + len {
+                        break;
+                    }
+                    let payload = &rest[head..head + len];
+                    match (wire_type, number) {
+                        (2, 1) => {
+                            let got = decode::<TypeMeta>("type meta", payload)?.kind.unwrap_or_default();
+                            if !got.is_empty() && got != self.kind {
+                                return Err(Error::Kind { expected: self.kind, got });
+                            }
+                        }
+                        (2, 3) if !payload.is_empty() => {
+                            return Err(Error::ContentEncoding(
+                                String::from_utf8_lossy(payload).into_owned(),
+                            ));
+                        }
+                        _ => {}
+                    }
+                    pos += head + len;
+                }
+                StreamState::List { remaining } => {
+                    let Some((number, wire_type, head, len)) = field_head(rest)? else { break };
+                    if head + len > remaining {
+                        return Err(Error::Malformed("field longer than its message"));
+                    }
+                    if rest.len() < head + len {
+                        break;
+                    }
+                    if wire_type == 2 && number == 2 {
+                        each(D::decode(&rest[head..head + len])?);
+                    }
+                    pos += head + len;
+                    self.state = StreamState::List { remaining: remaining - head - len };
+                }
+            }
+        }
+        self.buf.drain(..pos);
+        Ok(())
+    }
+
+    /// The end of the body: it must have ended between the envelope's fields.
+    pub(crate) fn finish(self) -> Result<(), Error> {
+        match self.state {
+            StreamState::Magic => Err(Error::Magic),
+            StreamState::Envelope | StreamState::List { remaining: 0 } if self.buf.is_empty() => Ok(()),
+            _ => Err(Error::Malformed("the body ends inside a field")),
+        }
+    }
+}
+
 /// An error response's `Status` (the apiserver answers errors in the negotiated encoding).
 /// Its `details` are left out: the message and reason say what went wrong.
 pub(crate) fn status(body: &[u8]) -> Result<kube::core::Status, Error> {
@@ -558,6 +698,51 @@ mod tests {
                 .collect(),
         };
         envelope("PodList", &list.encode_to_vec())
+    }
+
+    /// Every item, fed in chunks of `size` bytes.
+    fn streamed(body: &[u8], size: usize) -> Result<Vec<String>, Error> {
+        let mut stream = ListStream::<wire::Pod>::new();
+        let mut names = Vec::new();
+        for chunk in body.chunks(size) {
+            stream.feed(chunk, &mut |p: wire::Pod| names.push(p.metadata.name.unwrap_or_default()))?;
+        }
+        stream.finish()?;
+        Ok(names)
+    }
+
+    #[test]
+    fn a_streamed_list_decodes_the_same_items_whatever_the_chunks() {
+        let names: Vec<String> = (0..40).map(|i| format!("pod-{i:03}-{}", "x".repeat(i * 7))).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let body = pod_list("", &refs);
+        let whole: Vec<String> = list_page::<wire::Pod>(&body, &mut |_| {})
+            .unwrap()
+            .into_iter()
+            .map(|p| p.metadata.name.unwrap_or_default())
+            .collect();
+        assert_eq!(whole, names);
+        for size in [1, 2, 3, 7, 64, 333, body.len()] {
+            assert_eq!(streamed(&body, size).unwrap(), names, "chunks of {size}");
+        }
+        // An empty list, and the wrong kind.
+        assert!(streamed(&pod_list("", &[]), 5).unwrap().is_empty());
+        let nodes = envelope("NodeList", &pb::NodeList::default().encode_to_vec());
+        assert!(matches!(streamed(&nodes, 3), Err(Error::Kind { .. })));
+    }
+
+    #[test]
+    fn a_streamed_list_refuses_a_truncated_or_foreign_body() {
+        let body = pod_list("", &["a", "b", "c"]);
+        for cut in [0, 2, 5, body.len() / 2, body.len() - 1] {
+            assert!(streamed(&body[..cut], 4).is_err(), "cut at {cut}");
+        }
+        assert!(matches!(streamed(b"{\"kind\":\"PodList\"}", 4), Err(Error::Magic)));
+        // A corrupted length byte.
+        let mut lying = body.clone();
+        let list_len_at = MAGIC.len() + lying[MAGIC.len() + 1] as usize + 3;
+        lying[list_len_at] = 2;
+        assert!(streamed(&lying, 8).is_err());
     }
 
     #[test]
