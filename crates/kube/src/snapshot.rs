@@ -1043,3 +1043,16 @@ fn pv_info(pv: PersistentVolume) -> PvInfo {
         node_local: spec.local.is_some() || spec.host_path.is_some(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_lists_are_streamed_where_the_watch_cache_serves_consistent_lists() {
+        let v = |s: &str| s.parse::<refit_core::Version>().unwrap();
+        assert_eq!(LargeLists::for_server(&v("1.30.14")), LargeLists::Paged(Encoding::Protobuf));
+        assert_eq!(LargeLists::for_server(&v("1.31.0")), LargeLists::Streamed);
+        assert_eq!(LargeLists::for_server(&v("1.37.1")), LargeLists::Streamed);
+    }
+}

@@ -342,13 +342,16 @@ async fn a_budget_of_one_is_drained_one_pod_at_a_time_and_never_violated() {
     assert!(pods_on(&c.client, &ns, node).await.is_empty());
     assert!(min_ready >= 3, "only {min_ready} web pods were ready at some point");
     assert!(min_healthy >= 3, "the budget's currentHealthy dropped to {min_healthy}");
-    // Four evictions at once against a budget of one: the refusals were reported, naming it.
+    // Four evictions at once against a budget of one: every refusal reported names it. (The
+    // losers of the race get either the budget's 429, reported, or a 409 on the budget's
+    // status update, retried quietly; which one is the apiserver's timing, so whether any
+    // refusal is reported here varies. a_zero_budget_relaxed_mid_drain_wakes_the_waiting_pods
+    // covers the report itself deterministically.)
     let blocked = rec.all().into_iter().filter_map(|e| match e {
         DrainEvent::Blocked { pod, pdb, reason } if pod.namespace == ns => Some((pdb, reason)),
         _ => None,
     });
     let blocked: Vec<_> = blocked.collect();
-    assert!(!blocked.is_empty(), "{:#?}", rec.all());
     let budget = format!("{ns}/web");
     for (pdb, reason) in &blocked {
         assert_eq!(pdb.as_deref(), Some(budget.as_str()));
