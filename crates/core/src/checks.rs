@@ -482,6 +482,18 @@ pub fn capacity(snapshot: &Snapshot, batch: &BTreeSet<String>, opts: &CheckOptio
     Capacity::new(snapshot).check(batch, opts)
 }
 
+/// The order replacements are placed in: largest CPU request first (first-fit decreasing),
+/// then by name, so the result does not depend on the order pods were listed in.
+fn first_fit_order(
+    a: (&PodInfo, &crate::snapshot::Scheduling),
+    b: (&PodInfo, &crate::snapshot::Scheduling),
+) -> std::cmp::Ordering {
+    b.1.requests
+        .cpu_millis
+        .cmp(&a.1.requests.cpu_millis)
+        .then_with(|| (&a.0.namespace, &a.0.name).cmp(&(&b.0.namespace, &b.0.name)))
+}
+
 /// What the capacity check reads on every batch, computed once per plan: each node's free
 /// room (allocatable minus the requests of the pods running there) and each node's pods. Per
 /// batch, recomputing them is a pass over every pod of the cluster.
@@ -541,12 +553,7 @@ impl<'a> Capacity<'a> {
             .filter(|p| matches!(drain::decide(p, opts.drain), drain::Decision::Evict { .. }))
             .filter_map(|p| self.snapshot.scheduling.get(&p.uid).map(|s| (p, s)))
             .collect();
-        moving.sort_by(|a, b| {
-            b.1.requests
-                .cpu_millis
-                .cmp(&a.1.requests.cpu_millis)
-                .then_with(|| (&a.0.namespace, &a.0.name).cmp(&(&b.0.namespace, &b.0.name)))
-        });
+        moving.sort_by(|a, b| first_fit_order(*a, *b));
         let mut out = Vec::new();
         for (pod, sched) in moving {
             let target = (0..nodes.len()).find(|&i| {
@@ -575,7 +582,7 @@ impl<'a> Capacity<'a> {
 mod capacity_tests {
     use super::*;
     use crate::snapshot::build::{node, pod};
-    use crate::snapshot::{Resources, Scheduling, Taint, Toleration};
+    use crate::snapshot::{Phase, Resources, Scheduling, Taint, Toleration};
 
     fn placed(s: &mut Snapshot, name: &str, node: &str, cpu: i64) {
         let mut p = pod(name).owned_by("ReplicaSet", "rs");
@@ -642,5 +649,107 @@ mod capacity_tests {
             values: vec!["b".into()],
         }]];
         assert!(capacity(&s, &batch, &CheckOptions::default()).is_empty(), "affinity allows b");
+    }
+
+    /// The capacity check as it was before [`Capacity`] (room and moving pods recomputed from
+    /// every pod for each batch): the reference the index must agree with.
+    fn capacity_by_scanning(
+        snapshot: &Snapshot,
+        batch: &BTreeSet<String>,
+        opts: &CheckOptions,
+    ) -> Vec<String> {
+        let mut room: BTreeMap<&str, Resources> = BTreeMap::new();
+        for n in snapshot.nodes.iter().filter(|n| !batch.contains(&n.name) && !n.unschedulable && n.ready) {
+            room.insert(n.name.as_str(), n.allocatable);
+        }
+        for p in snapshot.pods.iter().filter(|p| !p.phase.is_terminal() && !p.terminating) {
+            if let (Some(node), Some(sched)) = (p.node.as_deref(), snapshot.scheduling.get(&p.uid))
+                && let Some(r) = room.get_mut(node)
+            {
+                *r = r.minus(sched.requests);
+            }
+        }
+        let mut moving: Vec<(&PodInfo, &Scheduling)> = snapshot
+            .pods
+            .iter()
+            .filter(|p| p.node.as_ref().is_some_and(|n| batch.contains(n)))
+            .filter(|p| p.owner.is_some() && !p.phase.is_terminal())
+            .filter(|p| matches!(drain::decide(p, opts.drain), drain::Decision::Evict { .. }))
+            .filter_map(|p| snapshot.scheduling.get(&p.uid).map(|s| (p, s)))
+            .collect();
+        moving.sort_by(|a, b| first_fit_order(*a, *b));
+        let mut out = Vec::new();
+        for (pod, sched) in moving {
+            let target = snapshot
+                .nodes
+                .iter()
+                .filter(|n| room.contains_key(n.name.as_str()) && schedulable_on(sched, n))
+                .find(|n| sched.requests.fits_in(room[n.name.as_str()]))
+                .map(|n| n.name.as_str());
+            match target {
+                Some(n) => {
+                    if let Some(r) = room.get_mut(n) {
+                        *r = r.minus(sched.requests);
+                    }
+                }
+                None => out.push(format!("pod/{}", pod.key())),
+            }
+        }
+        out
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Over random nodes (cordoned, not Ready, tainted, small), pods (owned or not, on any
+        /// node, finished, terminating, tolerating or pinned) and batches, the index finds the
+        /// same pods without room as recomputing everything per batch.
+        #[test]
+        fn the_index_equals_scanning_every_pod_per_batch(
+            nodes in prop::collection::vec((0i64..3000, prop::bool::weighted(0.2), prop::bool::weighted(0.2), prop::bool::weighted(0.3)), 1..6),
+            pods in prop::collection::vec((0usize..6, 0i64..1500, prop::bool::weighted(0.8), 0u8..6, prop::bool::ANY, prop::bool::ANY), 0..24),
+            batch in prop::collection::btree_set(0usize..6, 0..4),
+        ) {
+            let mut s = Snapshot::default();
+            for (i, (cpu, cordoned, down, tainted)) in nodes.iter().enumerate() {
+                let mut n = node(&format!("n{i}"));
+                n.allocatable.cpu_millis = *cpu;
+                n.unschedulable = *cordoned;
+                n.ready = !*down;
+                if *tainted {
+                    n.taints.push(Taint { key: "dedicated".into(), value: "db".into(), effect: "NoSchedule".into() });
+                }
+                s.nodes.push(n);
+            }
+            for (i, (on, cpu, owned, state, tolerates, pinned)) in pods.into_iter().enumerate() {
+                let mut p = pod(&format!("p{i:02}"));
+                if owned {
+                    p = p.owned_by("ReplicaSet", "rs");
+                }
+                p.node = (on < 6).then(|| format!("n{on}"));
+                match state {
+                    0 => p.phase = Phase::Succeeded,
+                    1 => p.terminating = true,
+                    2 => p.phase = Phase::Pending,
+                    _ => {}
+                }
+                let mut sched = Scheduling {
+                    requests: Resources { cpu_millis: cpu, memory_bytes: 1 << 20, pods: 1 },
+                    ..Default::default()
+                };
+                if tolerates {
+                    sched.tolerations.push(Toleration { key: "dedicated".into(), operator: "Exists".into(), value: String::new(), effect: String::new() });
+                }
+                if pinned {
+                    sched.node_selector.insert("kubernetes.io/hostname".into(), format!("n{}", (on + 1) % 6));
+                }
+                s.scheduling.insert(p.uid.clone(), sched);
+                s.pods.push(p);
+            }
+            let batch: BTreeSet<String> = batch.into_iter().map(|i| format!("n{i}")).collect();
+            let opts = CheckOptions::default();
+            let indexed: Vec<String> = Capacity::new(&s).check(&batch, &opts).into_iter().map(|f| f.subject).collect();
+            prop_assert_eq!(indexed, capacity_by_scanning(&s, &batch, &opts));
+        }
     }
 }
