@@ -476,12 +476,6 @@ pub fn schedulable_on(sched: &crate::snapshot::Scheduling, node: &NodeInfo) -> b
     tolerated && selected && affinity
 }
 
-/// Capacity: do the pods the drain of `batch` evicts fit on the nodes that stay schedulable?
-/// First-fit by decreasing CPU request, against allocatable minus what already runs there.
-pub fn capacity(snapshot: &Snapshot, batch: &BTreeSet<String>, opts: &CheckOptions) -> Vec<Finding> {
-    Capacity::new(snapshot).check(batch, opts)
-}
-
 /// The order replacements are placed in: largest CPU request first (first-fit decreasing),
 /// then by name, so the result does not depend on the order pods were listed in.
 fn first_fit_order(
@@ -494,7 +488,10 @@ fn first_fit_order(
         .then_with(|| (&a.0.namespace, &a.0.name).cmp(&(&b.0.namespace, &b.0.name)))
 }
 
-/// What the capacity check reads on every batch, computed once per plan: each node's free
+/// Capacity: do the pods the drain of a batch evicts fit on the nodes that stay schedulable?
+/// First-fit by decreasing CPU request, against allocatable minus what already runs there.
+///
+/// What the check reads on every batch is computed once per plan: each node's free
 /// room (allocatable minus the requests of the pods running there) and each node's pods. Per
 /// batch, recomputing them is a pass over every pod of the cluster.
 pub struct Capacity<'a> {
@@ -604,10 +601,13 @@ mod capacity_tests {
         placed(&mut s, "p1", "a", 600);
         placed(&mut s, "p2", "a", 200);
         placed(&mut s, "q1", "b", 200);
-        assert!(capacity(&s, &batch, &CheckOptions::default()).is_empty(), "800m into b's free 800m");
+        assert!(
+            Capacity::new(&s).check(&batch, &CheckOptions::default()).is_empty(),
+            "800m into b's free 800m"
+        );
 
         placed(&mut s, "p3", "a", 100);
-        let f = capacity(&s, &batch, &CheckOptions::default());
+        let f = Capacity::new(&s).check(&batch, &CheckOptions::default());
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].subject, "pod/default/p3", "largest first, the smallest is left over");
         assert_eq!(f[0].severity, Severity::Blocker);
@@ -616,7 +616,7 @@ mod capacity_tests {
         let mut c = node("c").cpu(4000);
         c.unschedulable = true;
         s.nodes.push(c);
-        assert_eq!(capacity(&s, &batch, &CheckOptions::default()).len(), 1);
+        assert_eq!(Capacity::new(&s).check(&batch, &CheckOptions::default()).len(), 1);
     }
 
     #[test]
@@ -630,7 +630,7 @@ mod capacity_tests {
         });
         let mut s = Snapshot { nodes: vec![node("a").cpu(1000), tainted], ..Default::default() };
         placed(&mut s, "p1", "a", 100);
-        assert_eq!(capacity(&s, &batch, &CheckOptions::default()).len(), 1, "untolerated taint");
+        assert_eq!(Capacity::new(&s).check(&batch, &CheckOptions::default()).len(), 1, "untolerated taint");
         let uid = s.pods[0].uid.clone();
         s.scheduling.get_mut(&uid).unwrap().tolerations.push(Toleration {
             key: "dedicated".into(),
@@ -638,9 +638,13 @@ mod capacity_tests {
             value: "db".into(),
             effect: "NoSchedule".into(),
         });
-        assert!(capacity(&s, &batch, &CheckOptions::default()).is_empty(), "tolerated");
+        assert!(Capacity::new(&s).check(&batch, &CheckOptions::default()).is_empty(), "tolerated");
         s.scheduling.get_mut(&uid).unwrap().node_selector.insert("kubernetes.io/hostname".into(), "a".into());
-        assert_eq!(capacity(&s, &batch, &CheckOptions::default()).len(), 1, "pinned to the drained node");
+        assert_eq!(
+            Capacity::new(&s).check(&batch, &CheckOptions::default()).len(),
+            1,
+            "pinned to the drained node"
+        );
         let sched = s.scheduling.get_mut(&uid).unwrap();
         sched.node_selector.clear();
         sched.required_node_terms = vec![vec![crate::pdb::Requirement {
@@ -648,7 +652,7 @@ mod capacity_tests {
             operator: "In".into(),
             values: vec!["b".into()],
         }]];
-        assert!(capacity(&s, &batch, &CheckOptions::default()).is_empty(), "affinity allows b");
+        assert!(Capacity::new(&s).check(&batch, &CheckOptions::default()).is_empty(), "affinity allows b");
     }
 
     /// The capacity check as it was before [`Capacity`] (room and moving pods recomputed from

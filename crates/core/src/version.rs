@@ -216,6 +216,14 @@ impl MinorVersion {
         Self { major, minor }
     }
 
+    /// Whether an apiserver of this minor serves a consistent list (one without
+    /// `resourceVersion` or `limit`) from its watch cache: from 1.31, where
+    /// ConsistentListFromCache is on by default. Before, it is a range read of etcd. (The pages
+    /// after the first of a paginated list are read from etcd even on 1.36.)
+    pub fn serves_consistent_lists_from_cache(self) -> bool {
+        self >= MinorVersion::new(1, 31)
+    }
+
     /// The next minor (1.36 → 1.37).
     pub const fn next(self) -> Self {
         Self { major: self.major, minor: self.minor + 1 }
@@ -311,6 +319,13 @@ impl fmt::Display for VersionRequest {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_watch_cache_serves_consistent_lists_from_1_31() {
+        assert!(!MinorVersion::new(1, 30).serves_consistent_lists_from_cache());
+        assert!(MinorVersion::new(1, 31).serves_consistent_lists_from_cache());
+        assert!(MinorVersion::new(1, 37).serves_consistent_lists_from_cache());
+    }
 
     fn v(s: &str) -> Version {
         s.parse().unwrap()

@@ -197,12 +197,12 @@ const APISERVER: &str = "kube-apiserver";
 const CONTROLLER_MANAGER: &str = "kube-controller-manager";
 const SCHEDULER: &str = "kube-scheduler";
 
-/// Controllers the testbed runs: what PDBs, evictions, rollouts, node readiness, namespaces
-/// and garbage collection need (reference/testbed.md §7), plus jobs for completions.
 /// The label that takes a node out of kwok's hands: its kubelet is "stopped"
 /// ([`Testbed::stop_kubelet`]).
 pub const KUBELET_STOPPED_LABEL: &str = "testbed.refit.dev/kubelet-stopped";
 
+/// Controllers the testbed runs: what PDBs, evictions, rollouts, node readiness, namespaces
+/// and garbage collection need (reference/testbed.md §7), plus jobs for completions.
 const CONTROLLERS: &str = "deployment-controller,replicaset-controller,disruption-controller,\
 node-lifecycle-controller,taint-eviction-controller,serviceaccount-controller,namespace-controller,\
 garbage-collector-controller,pod-garbage-collector-controller,daemonset-controller,\
@@ -783,13 +783,7 @@ impl Testbed {
     /// Deletes a worker's Node (its pods are then garbage-collected, as on a real cluster).
     pub async fn remove_worker(&self, name: &str) -> Result<(), Error> {
         let api: Api<Node> = Api::all(self.client().await?);
-        match api.delete(name, &Default::default()).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => {
-                Err(Error::NotFound(format!("no node named {name}")))
-            }
-            Err(e) => Err(Error::kube(format!("deleting node {name}"), e)),
-        }
+        api.delete(name, &Default::default()).await.map(|_| ()).map_err(|e| node_error(name, "deleting", e))
     }
 
     /// Sets a worker's kubelet and kube-proxy versions, as an upgraded kubelet would report.
@@ -804,13 +798,10 @@ impl Testbed {
             "kubeletVersion": kubelet.git_version(),
             "kubeProxyVersion": kube_proxy.git_version(),
         }}});
-        match api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => {
-                Err(Error::NotFound(format!("no node named {name}")))
-            }
-            Err(e) => Err(Error::kube(format!("patching node {name}"), e)),
-        }
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map(|_| ())
+            .map_err(|e| node_error(name, "patching", e))
     }
 
     /// Stops a node's "kubelet": kwok lets go of the node (it leaves kwok's label selector),
@@ -832,13 +823,10 @@ impl Testbed {
     async fn label_node(&self, name: &str, labels: serde_json::Value) -> Result<(), Error> {
         let api: Api<Node> = Api::all(self.client().await?);
         let patch = json!({"metadata": {"labels": labels}});
-        match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => {
-                Err(Error::NotFound(format!("no node named {name}")))
-            }
-            Err(e) => Err(Error::kube(format!("labelling node {name}"), e)),
-        }
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map(|_| ())
+            .map_err(|e| node_error(name, "labelling", e))
     }
 
     /// Replaces a control-plane member's binaries with another release and restarts them in
@@ -1056,6 +1044,14 @@ fn write_kwok_config(stages: &Path, out: &Path) -> Result<(), Error> {
         nodeLeaseParallelism: 16\n  podPlayStageParallelism: 16\n  nodePlayStageParallelism: 16\n  \
         podsOnNodeSyncParallelism: 4\n";
     write_file(out, &format!("{header}---\n{}", body.join("\n---\n")), false)
+}
+
+/// A failed request about node `name`: NotFound (bad input: exit 2 in the CLI) for a 404.
+fn node_error(name: &str, doing: &str, e: kube::Error) -> Error {
+    match e {
+        kube::Error::Api(s) if s.code == 404 => Error::NotFound(format!("no node named {name}")),
+        e => Error::kube(format!("{doing} node {name}"), e),
+    }
 }
 
 fn worker_index(name: &str) -> Option<usize> {

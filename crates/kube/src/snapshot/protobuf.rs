@@ -147,9 +147,25 @@ enum StreamState {
     List { remaining: usize },
 }
 
-/// One field's key and, for a length-delimited field, its length, read from the start of
-/// `bytes`; `None` while the bytes end inside them.
-fn field_head(bytes: &[u8]) -> Result<Option<(u64, u8, usize, usize)>, Error> {
+/// Where one field lies, read from its key (and length).
+struct Head {
+    number: u64,
+    wire_type: u8,
+    /// Bytes of the key and the length.
+    head: usize,
+    /// Bytes of the value.
+    len: usize,
+}
+
+impl Head {
+    /// Where the field ends, from its start.
+    fn end(&self) -> usize {
+        self.head + self.len
+    }
+}
+
+/// The head of the field at the start of `bytes`; `None` while the bytes end inside it.
+fn field_head(bytes: &[u8]) -> Result<Option<Head>, Error> {
     let mut cursor = Fields(bytes);
     let key = match cursor.varint() {
         Ok(k) => k,
@@ -172,8 +188,7 @@ fn field_head(bytes: &[u8]) -> Result<Option<(u64, u8, usize, usize)>, Error> {
         },
         _ => return Err(Error::Malformed("group wire type")),
     };
-    let head_len = bytes.len() - cursor.0.len();
-    Ok(Some((key >> 3, wire_type, head_len, body_len)))
+    Ok(Some(Head { number: key >> 3, wire_type, head: bytes.len() - cursor.0.len(), len: body_len }))
 }
 
 impl<D: Item> ListStream<D> {
@@ -206,45 +221,33 @@ impl<D: Item> ListStream<D> {
                 }
                 StreamState::List { remaining: 0 } => self.state = StreamState::Envelope,
                 StreamState::Envelope => {
-                    let Some((number, wire_type, head, len)) = field_head(rest)? else { break };
-                    if wire_type == 2 && number == 2 {
-                        pos += head;
-                        self.state = StreamState::List { remaining: len };
+                    let Some(h) = field_head(rest)? else { break };
+                    if h.wire_type == 2 && h.number == 2 {
+                        pos += h.head;
+                        self.state = StreamState::List { remaining: h.len };
                         continue;
                     }
-                    if rest.len() < head + len {
+                    if rest.len() < h.end() {
                         break;
                     }
-                    let payload = &rest[head..head + len];
-                    match (wire_type, number) {
-                        (2, 1) => {
-                            let got = decode::<TypeMeta>("type meta", payload)?.kind.unwrap_or_default();
-                            if !got.is_empty() && got != self.kind {
-                                return Err(Error::Kind { expected: self.kind, got });
-                            }
-                        }
-                        (2, 3) if !payload.is_empty() => {
-                            return Err(Error::ContentEncoding(
-                                String::from_utf8_lossy(payload).into_owned(),
-                            ));
-                        }
-                        _ => {}
+                    if h.wire_type == 2 {
+                        check_envelope_field(h.number, &rest[h.head..h.end()], self.kind)?;
                     }
-                    pos += head + len;
+                    pos += h.end();
                 }
                 StreamState::List { remaining } => {
-                    let Some((number, wire_type, head, len)) = field_head(rest)? else { break };
-                    if head + len > remaining {
+                    let Some(h) = field_head(rest)? else { break };
+                    if h.end() > remaining {
                         return Err(Error::Malformed("field longer than its message"));
                     }
-                    if rest.len() < head + len {
+                    if rest.len() < h.end() {
                         break;
                     }
-                    if wire_type == 2 && number == 2 {
-                        each(D::decode(&rest[head..head + len])?);
+                    if h.wire_type == 2 && h.number == 2 {
+                        each(D::decode(&rest[h.head..h.end()])?);
                     }
-                    pos += head + len;
-                    self.state = StreamState::List { remaining: remaining - head - len };
+                    pos += h.end();
+                    self.state = StreamState::List { remaining: remaining - h.end() };
                 }
             }
         }
@@ -297,20 +300,29 @@ fn object<'a>(body: &'a [u8], kind: &'static str) -> Result<&'a [u8], Error> {
     for field in Fields(envelope) {
         let field = field?;
         match field.number {
-            1 => {
-                let got = decode::<TypeMeta>("type meta", field.payload)?.kind.unwrap_or_default();
-                if !kind.is_empty() && !got.is_empty() && got != kind {
-                    return Err(Error::Kind { expected: kind, got });
-                }
-            }
             2 => raw = field.payload,
-            3 if !field.payload.is_empty() => {
-                return Err(Error::ContentEncoding(String::from_utf8_lossy(field.payload).into_owned()));
-            }
-            _ => {}
+            number => check_envelope_field(number, field.payload, kind)?,
         }
     }
     Ok(raw)
+}
+
+/// One of the envelope's fields other than `raw`: the type meta must name `kind` (unless either
+/// is empty), and there must be no content encoding.
+fn check_envelope_field(number: u64, payload: &[u8], kind: &'static str) -> Result<(), Error> {
+    match number {
+        1 => {
+            let got = decode::<TypeMeta>("type meta", payload)?.kind.unwrap_or_default();
+            if !kind.is_empty() && !got.is_empty() && got != kind {
+                return Err(Error::Kind { expected: kind, got });
+            }
+        }
+        3 if !payload.is_empty() => {
+            return Err(Error::ContentEncoding(String::from_utf8_lossy(payload).into_owned()));
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// The length-delimited fields of one message, in wire order. Scalars are skipped: every
@@ -738,11 +750,17 @@ mod tests {
             assert!(streamed(&body[..cut], 4).is_err(), "cut at {cut}");
         }
         assert!(matches!(streamed(b"{\"kind\":\"PodList\"}", 4), Err(Error::Magic)));
-        // A corrupted length byte.
+        // A list whose length says 2 bytes while its first item is longer. The body is magic,
+        // then the envelope's field 1 (key, one length byte, the type meta), then field 2's
+        // key and the list's length: that length byte is the one rewritten.
         let mut lying = body.clone();
-        let list_len_at = MAGIC.len() + lying[MAGIC.len() + 1] as usize + 3;
-        lying[list_len_at] = 2;
-        assert!(streamed(&lying, 8).is_err());
+        let type_meta_len = lying[MAGIC.len() + 1] as usize;
+        lying[MAGIC.len() + 2 + type_meta_len + 1] = 2;
+        assert!(
+            matches!(streamed(&lying, 8), Err(Error::Malformed("field longer than its message"))),
+            "{:?}",
+            streamed(&lying, 8)
+        );
     }
 
     #[test]
