@@ -164,6 +164,9 @@ Examples:
     /// Run the sandbox's apiserver load balancer (started by `sandbox up`; not for direct use).
     #[command(hide = true)]
     ServeLb(ServeLbArgs),
+    /// Run a kubeadm sandbox node's kubelet stand-in (started inside the node; not for direct use).
+    #[command(hide = true)]
+    NodeAgent(NodeAgentArgs),
 }
 
 /// `refit sandbox build`
@@ -255,6 +258,14 @@ pub struct ServeLbArgs {
     /// Backend apiserver addresses.
     #[arg(long = "backend")]
     pub backends: Vec<std::net::SocketAddr>,
+}
+
+/// `refit sandbox node-agent`
+#[derive(Debug, Args)]
+pub struct NodeAgentArgs {
+    /// The agent's configuration (JSON written by the sandbox).
+    #[arg(long)]
+    pub config: std::path::PathBuf,
 }
 
 /// `refit demo`

@@ -23,6 +23,33 @@ pub struct AddonTargets {
     pub kube_proxy: Option<String>,
     /// CoreDNS image tag, e.g. `v1.14.6`.
     pub coredns: Option<String>,
+    /// Who moves them (runs journaled before this field existed: refit).
+    #[serde(default)]
+    pub owner: AddonOwner,
+}
+
+/// Who upgrades the add-ons. kubeadm's `upgrade apply` (and, since 1.28, the last
+/// control-plane node's `upgrade node`) upgrades CoreDNS and kube-proxy itself: when the nodes
+/// are upgraded by kubeadm, refit patching them too would fight kubeadm's own add-on phase, so
+/// refit only checks that they arrived.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AddonOwner {
+    /// Refit patches the images and awaits the rollouts.
+    #[default]
+    Refit,
+    /// kubeadm moved them; refit verifies the versions and awaits the rollouts.
+    Kubeadm,
+}
+
+impl AddonOwner {
+    /// The owner when nodes are upgraded by `action` (a plan file's action).
+    pub fn for_action(action: &crate::planfile::Action) -> AddonOwner {
+        match action {
+            crate::planfile::Action::Ssh { recipe, .. } if recipe == "kubeadm" => AddonOwner::Kubeadm,
+            _ => AddonOwner::Refit,
+        }
+    }
 }
 
 /// What the catalog pairs with `target`: kube-proxy at the target's own version (as kubeadm
@@ -33,6 +60,7 @@ pub fn targets(catalog: &Catalog, target: &Version) -> AddonTargets {
     AddonTargets {
         kube_proxy: Some(kubernetes_image_tag(target)),
         coredns: catalog.release(target.minor_version()).map(|r| r.kubeadm.coredns.clone()),
+        owner: AddonOwner::Refit,
     }
 }
 
@@ -157,7 +185,22 @@ mod tests {
         assert_eq!(t.kube_proxy.as_deref(), Some("v1.37.1"));
         assert_eq!(t.coredns.as_deref(), Some("v1.14.6"));
         let t = targets(&c, &Version::new(1, 36, 4));
-        assert_eq!(t, AddonTargets { kube_proxy: Some("v1.36.4".into()), coredns: Some("v1.14.2".into()) });
+        assert_eq!(t, AddonTargets { kube_proxy: Some("v1.36.4".into()), coredns: Some("v1.14.2".into()), owner: AddonOwner::Refit });
+    }
+
+    #[test]
+    fn kubeadm_owns_the_add_ons_when_it_upgrades_the_nodes() {
+        use crate::planfile::PlanFile;
+        let action = |yaml: &str| PlanFile::from_yaml(yaml).unwrap().action.unwrap();
+        assert_eq!(AddonOwner::for_action(&action("action: {type: ssh}")), AddonOwner::Kubeadm);
+        assert_eq!(AddonOwner::for_action(&action("action: {type: exec, command: [x]}")), AddonOwner::Refit);
+        assert_eq!(
+            AddonOwner::for_action(&action("action: {type: replace, create: [x]}")),
+            AddonOwner::Refit
+        );
+        // Specs journaled before the owner existed read as refit's.
+        let old: AddonTargets = serde_json::from_str(r#"{"kube_proxy":"v1.37.1","coredns":null}"#).unwrap();
+        assert_eq!(old.owner, AddonOwner::Refit);
     }
 
     #[test]

@@ -151,6 +151,10 @@ pub enum Action {
         /// The node's package manager for the recipe (default apt).
         #[serde(default)]
         package_manager: PackageManager,
+        /// kubeadm preflight checks the recipe's `kubeadm upgrade` commands pass to
+        /// `--ignore-preflight-errors` (check names as kubeadm prints them, e.g. `ImagePull`).
+        #[serde(default)]
+        ignore_preflight_errors: Vec<String>,
     },
     /// Create a replacement node (custom labels, annotations and taints copied to it), then
     /// drain and remove the old one. Placeholders: the exec ones plus `{new}` (the
@@ -174,6 +178,15 @@ fn default_recipe() -> String {
 
 fn default_sudo() -> bool {
     true
+}
+
+/// Whether `name` can be a kubeadm preflight check name (`ImagePull`,
+/// `FileContent--proc-sys-net-ipv4-ip_forward`): nothing that could end the flag's list or
+/// start another argument.
+fn is_preflight_check_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('-')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// How ssh treats a host key it does not know. There is deliberately no "accept anything":
@@ -260,6 +273,14 @@ impl PlanFile {
             Some(Action::Ssh { recipe, .. }) if recipe != "kubeadm" => {
                 Err(PlanFileError::Action(format!("unknown ssh recipe '{recipe}' (known: kubeadm)")))
             }
+            Some(Action::Ssh { ignore_preflight_errors, .. }) => {
+                match ignore_preflight_errors.iter().find(|c| !is_preflight_check_name(c)) {
+                    Some(bad) => Err(PlanFileError::Action(format!(
+                        "ignorePreflightErrors: '{bad}' is not a kubeadm check name (letters, digits, '-', '_', '.'; e.g. ImagePull)"
+                    ))),
+                    None => Ok(()),
+                }
+            }
             _ => Ok(()),
         }
     }
@@ -324,6 +345,7 @@ mod tests {
                 host_key_check: HostKeyCheck::Strict,
                 sudo: true,
                 package_manager: PackageManager::Apt,
+                ignore_preflight_errors: Vec::new(),
             })
         );
         let full = PlanFile::from_yaml(
@@ -343,6 +365,17 @@ mod tests {
         ));
         assert!(PlanFile::from_yaml("action: {type: ssh, hostKeyCheck: no}").is_err());
         assert!(PlanFile::from_yaml("action: {type: ssh, packageManager: zypper}").is_err());
+        let ignoring =
+            PlanFile::from_yaml("action: {type: ssh, ignorePreflightErrors: [ImagePull, FileContent--proc-sys-net-ipv4-ip_forward]}")
+                .unwrap();
+        ignoring.validate(&nodes).unwrap();
+        for bad in ["''", "'--force'", "'a,b'", "'a b'", "'$(x)'"] {
+            let f = PlanFile::from_yaml(&format!("action: {{type: ssh, ignorePreflightErrors: [{bad}]}}")).unwrap();
+            assert!(
+                matches!(f.validate(&nodes), Err(PlanFileError::Action(ref m)) if m.contains("not a kubeadm check name")),
+                "{bad}"
+            );
+        }
         PlanFile::from_yaml(
             "action: {type: replace, create: [./new.sh, \"{new}\", \"{to}\"], remove: [./rm.sh, \"{node}\"]}",
         )

@@ -38,6 +38,16 @@ pub enum NodeAction {
     },
 }
 
+impl NodeAction {
+    /// Who upgrades the add-ons when nodes are upgraded this way (core's rule).
+    pub fn addon_owner(&self) -> refit_core::addons::AddonOwner {
+        match self {
+            NodeAction::Ssh { action } => refit_core::addons::AddonOwner::for_action(action),
+            NodeAction::Exec { .. } | NodeAction::Replace { .. } => refit_core::addons::AddonOwner::Refit,
+        }
+    }
+}
+
 /// One etcd client endpoint for the backup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EtcdEndpointSpec {

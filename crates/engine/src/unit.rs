@@ -297,11 +297,8 @@ impl Engine {
                         release: false,
                     };
                 };
-                let pkg = match action {
-                    refit_core::planfile::Action::Ssh { package_manager, .. } => *package_manager,
-                    _ => Default::default(),
-                };
-                match refit_exec::kubeadm::kubeadm_recipe(&ctx, pkg) {
+                let options = refit_exec::kubeadm::KubeadmOptions::from_action(action);
+                match refit_exec::kubeadm::kubeadm_recipe(&ctx, options) {
                     Ok(recipe) => refit_exec::ssh::run_ssh(&recipe, &ctx, &opts, timeout, &on_line).await,
                     Err(e) => Err(e),
                 }

@@ -35,6 +35,37 @@ pub const APT_REPO_FILE: &str = "/etc/apt/sources.list.d/kubernetes.list";
 /// The yum/dnf repository file the kubeadm installation guide writes.
 pub const RPM_REPO_FILE: &str = "/etc/yum.repos.d/kubernetes.repo";
 
+/// How the recipe runs on a node: its package manager and the kubeadm preflight checks the
+/// operator chose to ignore (passed to every `kubeadm upgrade` command).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KubeadmOptions {
+    /// apt or dnf.
+    pub package_manager: PackageManager,
+    /// Check names for `--ignore-preflight-errors` (validated by the plan file).
+    pub ignore_preflight_errors: Vec<String>,
+}
+
+impl From<PackageManager> for KubeadmOptions {
+    fn from(package_manager: PackageManager) -> Self {
+        KubeadmOptions { package_manager, ignore_preflight_errors: Vec::new() }
+    }
+}
+
+impl KubeadmOptions {
+    /// The options of a plan file's ssh action (defaults for any other action).
+    pub fn from_action(action: &refit_core::planfile::Action) -> KubeadmOptions {
+        match action {
+            refit_core::planfile::Action::Ssh { package_manager, ignore_preflight_errors, .. } => {
+                KubeadmOptions {
+                    package_manager: *package_manager,
+                    ignore_preflight_errors: ignore_preflight_errors.clone(),
+                }
+            }
+            _ => KubeadmOptions::default(),
+        }
+    }
+}
+
 /// The `sed -E` expression that moves a pkgs.k8s.io repository file to `minor` (`v1.37`).
 pub fn repo_switch_expression(minor: &str) -> String {
     format!(r"s#(/core:/stable:/)v[0-9]+\.[0-9]+/#\1{minor}/#g")
@@ -44,7 +75,19 @@ pub fn repo_switch_expression(minor: &str) -> String {
 ///
 /// `ctx.to` must be a released version (`1.37.1` or `v1.37.1`): packages and
 /// `kubeadm upgrade apply` need the exact patch, and pre-releases live in other repositories.
-pub fn kubeadm_recipe(ctx: &NodeContext, pkg: PackageManager) -> Result<Vec<RemoteCommand>, Error> {
+pub fn kubeadm_recipe(ctx: &NodeContext, options: impl Into<KubeadmOptions>) -> Result<Vec<RemoteCommand>, Error> {
+    let options: KubeadmOptions = options.into();
+    let pkg = options.package_manager;
+    let ignoring: Vec<String> = if options.ignore_preflight_errors.is_empty() {
+        Vec::new()
+    } else {
+        vec![format!("--ignore-preflight-errors={}", options.ignore_preflight_errors.join(","))]
+    };
+    let kubeadm = |args: &[&str]| {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.extend(ignoring.iter().cloned());
+        RemoteCommand::root("kubeadm", all)
+    };
     let refuse = |reason: String| Error::Recipe { node: ctx.node.clone(), reason };
     let to: Version = ctx.to.parse().map_err(|e| refuse(format!("target {:?}: {e}", ctx.to)))?;
     if to.pre.is_some() || to.build.is_some() {
@@ -106,10 +149,10 @@ pub fn kubeadm_recipe(ctx: &NodeContext, pkg: PackageManager) -> Result<Vec<Remo
     }
     steps.push(RemoteCommand::user("kubeadm", ["version", "-o", "short"]));
     if control_plane && ctx.first_control_plane {
-        steps.push(RemoteCommand::root("kubeadm", ["upgrade", "plan", &git]));
-        steps.push(RemoteCommand::root("kubeadm", ["upgrade", "apply", &git, "--yes"]));
+        steps.push(kubeadm(&["upgrade", "plan", &git]));
+        steps.push(kubeadm(&["upgrade", "apply", &git, "--yes"]));
     } else {
-        steps.push(RemoteCommand::root("kubeadm", ["upgrade", "node"]));
+        steps.push(kubeadm(&["upgrade", "node"]));
     }
     match pkg {
         PackageManager::Apt => {

@@ -21,7 +21,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::PodSpec;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use refit_core::addons::{has_tag, retag};
+use refit_core::addons::{AddonOwner, has_tag, retag};
 use serde_json::json;
 
 pub use refit_core::addons::AddonTargets;
@@ -128,7 +128,7 @@ pub async fn upgrade_addons(
             "coredns" => targets.coredns.as_deref(),
             _ => targets.kube_proxy.as_deref(),
         };
-        match upgrade_one(conn, addon, target, timeout, on_event).await? {
+        match upgrade_one(conn, addon, target, targets.owner, timeout, on_event).await? {
             Outcome::Changed { from, to } => {
                 on_event(AddonEvent::Done { addon: addon.name.to_string() });
                 report.changed.push((addon.name.to_string(), from, to));
@@ -160,6 +160,7 @@ async fn upgrade_one(
     conn: &Connection,
     addon: &Addon,
     target: Option<&str>,
+    owner: AddonOwner,
     timeout: Duration,
     on_event: &(dyn Fn(AddonEvent) + Send + Sync),
 ) -> Result<Outcome, Error> {
@@ -191,7 +192,19 @@ async fn upgrade_one(
             }
             // Not patched; a rollout a previous run started may still be under way.
             wait_rollout(conn, addon, 0, timeout, on_event).await?;
-            return Ok(Outcome::Skipped(format!("already at {target} ({image})")));
+            return Ok(Outcome::Skipped(match owner {
+                AddonOwner::Refit => format!("already at {target} ({image})"),
+                AddonOwner::Kubeadm => format!("at {target}, moved by kubeadm ({image})"),
+            }));
+        }
+        if owner == AddonOwner::Kubeadm {
+            return Err(Error::Addon {
+                addon: addon.name.to_string(),
+                detail: format!(
+                    "{what} runs {image}, but kubeadm's add-on phase should have moved it to {target}; \
+                     refit leaves kubeadm's add-ons to kubeadm (see `kubeadm upgrade apply phase addon` on the first control-plane node)"
+                ),
+            });
         }
         if let Some(why) = current.frozen {
             return Ok(Outcome::Skipped(format!(

@@ -13,7 +13,9 @@ use refit_core::{Version, VersionRequest};
 use refit_testbed::{Cache, Check, Component, Lifetime, Testbed, TestbedConfig, TestbedVersions, WorkerSpec};
 use serde::Serialize;
 
-use crate::args::{AddNodeArgs, NodeArgs, SandboxDir, ServeLbArgs, UpArgs, UpgradeNodeArgs, Workloads};
+use crate::args::{
+    AddNodeArgs, NodeAgentArgs, NodeArgs, SandboxDir, ServeLbArgs, UpArgs, UpgradeNodeArgs, Workloads,
+};
 use crate::output::{Format, print_structured, table, usage};
 
 /// The namespace `--workloads demo` uses.
@@ -614,5 +616,15 @@ pub async fn serve_lb(args: ServeLbArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     refit_testbed::lb::serve(listener, args.backends).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `refit sandbox node-agent --config FILE`: the kubelet stand-in of a kubeadm sandbox node.
+pub async fn node_agent(args: NodeAgentArgs) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.config)
+        .map_err(|e| usage(format!("{}: {e}", args.config.display())))?;
+    let config: refit_testbed::kubeadm::agent::AgentConfig = serde_json::from_str(&text)
+        .map_err(|e| usage(format!("{}: not a node agent configuration: {e}", args.config.display())))?;
+    refit_testbed::kubeadm::agent::run(config).await?;
     Ok(ExitCode::SUCCESS)
 }

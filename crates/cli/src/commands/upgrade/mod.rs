@@ -331,8 +331,10 @@ pub async fn run(args: UpgradeArgs, format: Format) -> anyhow::Result<ExitCode> 
         return Ok(ExitCode::from(1));
     }
     let spec = RunSpec {
-        cluster_services: cluster_services
-            .then(|| refit_core::addons::targets(&prepared.catalog, &sched.target)),
+        cluster_services: cluster_services.then(|| refit_core::addons::AddonTargets {
+            owner: action.addon_owner(),
+            ..refit_core::addons::targets(&prepared.catalog, &sched.target)
+        }),
         schedule: sched,
         action,
         drain_rules: refit_core::drain::DrainOptions {
