@@ -421,3 +421,58 @@ fn bad_node_names_are_refused_before_anything_is_created() {
     );
     hosts.destroy().unwrap();
 }
+
+/// Not a test: the process `hosts_of_a_killed_test_process_are_reaped_by_the_next` starts and
+/// kills with SIGKILL, so that no destructor runs.
+#[test]
+#[ignore = "helper process of hosts_of_a_killed_test_process_are_reaped_by_the_next"]
+fn orphan_owner() {
+    let dir = PathBuf::from(std::env::var_os("REFIT_ORPHAN_DIR").expect("started by the reaping test"));
+    let mut hosts = new_hosts(&dir);
+    let node = hosts.add_node("orphan").unwrap().clone();
+    node.run("sh", ["-c", "(setsid sleep 1005 >/dev/null 2>&1 &) ; exit 0"]).unwrap();
+    std::fs::write(dir.join("state.json"), serde_json::to_vec(hosts.state()).unwrap()).unwrap();
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+#[test]
+fn hosts_of_a_killed_test_process_are_reaped_by_the_next() {
+    if let Err(e) = check_prerequisites() {
+        panic!("this test needs a machine that can host sandbox nodes: {e}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut owner = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "orphan_owner", "--ignored", "--test-threads=1"])
+        .env("REFIT_ORPHAN_DIR", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state_file = dir.path().join("state.json");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !state_file.exists() {
+        assert!(owner.try_wait().unwrap().is_none(), "the owner process exited early");
+        assert!(Instant::now() < deadline, "the owner process made no hosts in 60s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let state: HostsState = serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+    let node = state.nodes[0].clone();
+    let inside = processes_in(&node.netns_path());
+    assert!(inside.iter().any(|(_, c)| c.contains("sleep 1005")), "{inside:?}");
+    owner.kill().unwrap();
+    owner.wait().unwrap();
+    // The owner is gone; its namespace, mounts, bridge and the double-forked sleep are not.
+    assert!(node.netns_path().exists());
+    assert!(Path::new("/sys/class/net").join(&state.network.bridge).exists());
+
+    // Any attached Hosts::create reaps (another test running now may have done it already).
+    Hosts::reap_orphans().unwrap();
+    for (pid, cmd) in &inside {
+        assert!(!alive_with(*pid, cmd), "{pid} ({cmd}) survived the reaping");
+    }
+    assert!(!node.netns_path().exists());
+    assert!(!Path::new("/sys/class/net").join(&state.network.bridge).exists());
+    assert_eq!(mounts_mentioning(dir.path()), Vec::<String>::new());
+}

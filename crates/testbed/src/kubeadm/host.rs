@@ -82,6 +82,9 @@ use crate::process::{Lifetime, Proc, pid_alive};
 
 /// Where `ip netns` keeps its namespace files.
 const NETNS_DIR: &str = "/run/netns";
+/// Attached hosts register here (one JSON file per network id) so that hosts of a test process
+/// killed without cleanup are reaped by the next one.
+const REGISTRY: &str = "/run/refit-testbed-hosts";
 /// sshd must be started by absolute path (it re-executes itself).
 const SSHD: &str = "/usr/sbin/sshd";
 /// Serializes subnet choice between sandboxes starting at the same time on this machine.
@@ -414,6 +417,14 @@ impl NodeHost {
     /// (created if missing; it must not hold another node). On failure everything created so
     /// far is destroyed again.
     pub fn create(network: &Network, dir: &Path, name: &str, index: u8) -> Result<NodeHost, Error> {
+        let host = NodeHost::plan(network, dir, name, index)?;
+        host.build_or_clean_up(network)?;
+        Ok(host)
+    }
+
+    /// The node `create` would make, after checking that nothing it needs is taken; creates
+    /// only `dir`.
+    fn plan(network: &Network, dir: &Path, name: &str, index: u8) -> Result<NodeHost, Error> {
         check_prerequisites()?;
         validate_name(name)?;
         validate_id(&network.id)?;
@@ -447,11 +458,15 @@ impl NodeHost {
                 host.veth
             )));
         }
-        if let Err(e) = host.build(network) {
-            let _ = host.destroy();
-            return Err(e);
-        }
         Ok(host)
+    }
+
+    fn build_or_clean_up(&self, network: &Network) -> Result<(), Error> {
+        let result = self.build(network);
+        if result.is_err() {
+            let _ = self.destroy();
+        }
+        result
     }
 
     fn build(&self, network: &Network) -> Result<(), Error> {
@@ -1066,6 +1081,24 @@ pub struct HostsState {
     pub nodes: Vec<NodeHost>,
 }
 
+/// An attached [`Hosts`]' entry in the machine's registry: who owns it, and what to destroy
+/// once the owner is gone.
+#[derive(Debug, Serialize, Deserialize)]
+struct Registration {
+    owner_pid: i32,
+    /// The owner's start time (clock ticks after boot), so a reused pid is not mistaken for it.
+    owner_start: u64,
+    state: HostsState,
+}
+
+/// The start time of `pid` (field 22 of /proc/PID/stat), if it runs.
+fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces) start at field 3 (state).
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// A sandbox's network, nodes and sshds. Destroys all of it when dropped, unless released
 /// ([`Hosts::release`]) or attached to from saved state ([`Hosts::attach`]).
 #[derive(Debug)]
@@ -1079,17 +1112,87 @@ pub struct Hosts {
 
 impl Hosts {
     /// A new network with the operator's ssh key pair in `dir`; no nodes yet.
+    /// Attached hosts first reap those of test processes that died without cleaning up
+    /// ([`Hosts::reap_orphans`]).
     pub fn create(dir: &Path, lifetime: Lifetime) -> Result<Hosts, Error> {
         check_prerequisites()?;
+        if lifetime == Lifetime::Attached {
+            Hosts::reap_orphans()?;
+        }
         let ssh = SshFiles::create(dir)?;
         let dir = fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
         let network = Network::create(&Network::unused_id()?)?;
-        Ok(Hosts {
+        let hosts = Hosts {
             state: HostsState { dir, network, ssh, nodes: Vec::new() },
             lifetime,
             sshd: Vec::new(),
             owned: true,
-        })
+        };
+        hosts.register(None)?;
+        Ok(hosts)
+    }
+
+    /// Records attached hosts (plus `planned`, a node about to be built) in the machine's
+    /// registry with this process as owner. A detached sandbox's record is its own state file.
+    fn register(&self, planned: Option<&NodeHost>) -> Result<(), Error> {
+        if self.lifetime != Lifetime::Attached || !self.owned {
+            return Ok(());
+        }
+        let mut state = self.state.clone();
+        state.nodes.extend(planned.cloned());
+        let me = std::process::id() as i32;
+        let owner_start = process_start_time(me)
+            .ok_or_else(|| Error::Config("cannot read this process's start time from /proc".into()))?;
+        let record = Registration { owner_pid: me, owner_start, state };
+        let dir = Path::new(REGISTRY);
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let json = serde_json::to_vec_pretty(&record)
+            .map_err(|e| Error::Config(format!("serializing the hosts registration: {e}")))?;
+        write_atomically(&self.registration_path(), &json, 0o600)
+    }
+
+    fn unregister(&self) {
+        let _ = fs::remove_file(self.registration_path());
+    }
+
+    fn registration_path(&self) -> PathBuf {
+        Path::new(REGISTRY).join(format!("{}.json", self.state.network.id))
+    }
+
+    /// Destroys the attached hosts of processes that died without running their destructors
+    /// (kill -9, `panic=abort`, a harness exiting early): their sshds died with them, but
+    /// namespaces, mounts, the bridge and whatever was double-forked inside would stay. Returns
+    /// how many it destroyed. Registrations of live owners are left alone.
+    pub fn reap_orphans() -> Result<usize, Error> {
+        let dir = Path::new(REGISTRY);
+        let Ok(entries) = fs::read_dir(dir) else { return Ok(0) };
+        // One reaper at a time; the others find the records gone.
+        let _lock = network_lock()?;
+        let mut reaped = 0;
+        for path in entries.filter_map(|e| Some(e.ok()?.path())) {
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let Ok(bytes) = fs::read(&path) else { continue };
+            let Ok(record) = serde_json::from_slice::<Registration>(&bytes) else {
+                tracing::warn!(path = %path.display(), "unreadable hosts registration left alone");
+                continue;
+            };
+            if process_start_time(record.owner_pid) == Some(record.owner_start) {
+                continue; // the owner lives
+            }
+            let mut orphan = Hosts::attach(record.state);
+            match orphan.destroy() {
+                Ok(()) => {
+                    let _ = fs::remove_file(&path);
+                    reaped += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "reaping orphaned sandbox hosts")
+                }
+            }
+        }
+        Ok(reaped)
     }
 
     /// Hosts known from saved state; dropping this handle leaves them running.
@@ -1107,7 +1210,10 @@ impl Hosts {
             .find(|i| self.state.nodes.iter().all(|n| n.index != *i))
             .ok_or_else(|| Error::Config("a sandbox network holds at most 245 nodes".into()))?;
         let dir = self.state.dir.join("nodes").join(name);
-        let mut host = NodeHost::create(&self.state.network, &dir, name, index)?;
+        let mut host = NodeHost::plan(&self.state.network, &dir, name, index)?;
+        // Registered before it exists, so a kill -9 half-way still leaves a record to reap.
+        self.register(Some(&host))?;
+        host.build_or_clean_up(&self.state.network)?;
         let log = host.dir.join("sshd.log");
         match host.start_sshd(&self.state.ssh, &log, self.lifetime) {
             Ok(proc) => match self.lifetime {
@@ -1122,6 +1228,7 @@ impl Hosts {
             }
         }
         self.state.nodes.push(host);
+        self.register(None)?;
         self.state.ssh.write(&self.state.nodes)?;
         Ok(&self.state.nodes[self.state.nodes.len() - 1])
     }
@@ -1136,6 +1243,7 @@ impl Hosts {
             .ok_or_else(|| Error::NotFound(format!("no sandbox node named {name}")))?;
         self.state.nodes[pos].destroy()?;
         self.state.nodes.remove(pos);
+        self.register(None)?;
         self.reap_sshds();
         self.state.ssh.write(&self.state.nodes)
     }
@@ -1167,6 +1275,7 @@ impl Hosts {
 
     /// Hands the hosts over to saved state: dropping no longer destroys them (detached sandbox).
     pub fn release(mut self) -> HostsState {
+        self.unregister();
         self.owned = false;
         for proc in self.sshd.drain(..) {
             proc.release();
@@ -1187,7 +1296,15 @@ impl Hosts {
         if let Err(e) = self.state.network.destroy() {
             first.get_or_insert(e);
         }
-        first.map_or(Ok(()), Err)
+        match first {
+            None => {
+                if self.owned {
+                    self.unregister();
+                }
+                Ok(())
+            }
+            Some(e) => Err(e),
+        }
     }
 
     /// Forgets sshd handles whose process is gone (reaping them, so no zombie is left).
