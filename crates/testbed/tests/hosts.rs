@@ -239,6 +239,23 @@ fn host_keys_are_checked_strictly_and_only_the_operator_key_logs_in() {
     let ok = ssh(&files, &[], &address, "true");
     assert!(ok.status.success(), "{}", text(&ok.stderr));
 
+    // A control master, as refit's ssh action (the openssh crate) opens one: `-M` on the
+    // command line wins over the file's `ControlMaster no`.
+    let ctl = dir.path().join("ctl");
+    let ctl_arg = ctl.to_str().unwrap();
+    let master = Command::new("ssh")
+        .arg("-F")
+        .arg(&files.config_file)
+        .args(["-M", "-S", ctl_arg, "-f", "-N", "-o", "ControlPersist=yes", &address])
+        .output()
+        .unwrap();
+    assert!(master.status.success(), "{}", text(&master.stderr));
+    let out = ssh(&files, &["-S", ctl_arg], &address, "hostname");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "strict");
+    let out = ssh(&files, &["-S", ctl_arg, "-O", "exit"], &address, "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
     // An empty known_hosts: refused, not accepted-and-added.
     let empty = dir.path().join("empty_known_hosts");
     std::fs::write(&empty, "").unwrap();
@@ -475,4 +492,41 @@ fn hosts_of_a_killed_test_process_are_reaped_by_the_next() {
     assert!(!node.netns_path().exists());
     assert!(!Path::new("/sys/class/net").join(&state.network.bridge).exists());
     assert_eq!(mounts_mentioning(dir.path()), Vec::<String>::new());
+}
+
+/// Unmounts the test's stand-in for a container's overlay root even when an assertion fails.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn nodes_work_from_a_directory_on_overlayfs() {
+    if let Err(e) = check_prerequisites() {
+        panic!("this test needs a machine that can host sandbox nodes: {e}");
+    }
+    // A container's root is typically overlayfs, which cannot be an overlay's upper layer.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    for d in ["lower", "upper", "work", "root"] {
+        std::fs::create_dir_all(dir.path().join(d)).unwrap();
+    }
+    let options = format!("lowerdir={0}/lower,upperdir={0}/upper,workdir={0}/work", dir.path().display());
+    let status =
+        Command::new("mount").args(["-t", "overlay", "container-root", "-o", &options]).arg(&root).status();
+    assert!(status.unwrap().success());
+    let _unmount = Unmount(root.clone());
+
+    let sandbox = root.join("sandbox");
+    let mut hosts = new_hosts(&sandbox);
+    let node = hosts.add_node("on-overlay").unwrap().clone();
+    node.write_file("/etc/refit-probe", b"layered\n", 0o644).unwrap();
+    let out = ssh(hosts.ssh(), &[], &node.address.to_string(), "cat /etc/refit-probe");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "layered\n");
+    hosts.destroy().unwrap();
+    assert_eq!(mounts_mentioning(&sandbox), Vec::<String>::new());
 }

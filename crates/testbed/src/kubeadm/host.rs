@@ -29,6 +29,8 @@
 //!   binary cache under `/root/.cache`, test temp dirs under `/tmp`, the work tree — and an
 //!   overlay's upper dir may not live inside its lower dir, which for `/` is everywhere. `/run`
 //!   is private because sshd needs `/run/sshd` and pid files, and `/var/run` points there.
+//!   When the node's directory is on overlayfs (a container's root), which cannot be an upper
+//!   layer, the layers go on a tmpfs mounted in the node's directory.
 //! - **Persistent namespaces as files**: the mount and UTS namespaces are bind-mounted on
 //!   `dir/ns/{mnt,uts}` by `unshare --mount=FILE --uts=FILE`, so they outlive every process and
 //!   a later CLI (`refit sandbox down`) finds them from the serialized handle. `dir/ns` is first
@@ -55,13 +57,16 @@
 //!   (Linux ≥ 3.18), so nothing keeps a destroyed node's namespaces alive. Every step tolerates
 //!   the state a crash half-way leaves, so destroy can be repeated and run from a new process.
 //!
-//! [`Hosts`] composes the three for a sandbox and destroys everything when dropped.
+//! [`Hosts`] composes the three for a sandbox and destroys everything when dropped. A test
+//! process killed with SIGKILL runs no destructor: attached `Hosts` therefore register in
+//! `/run/refit-testbed-hosts/` with their owner's pid and start time, and the next attached
+//! `Hosts::create` on the machine reaps those whose owner is gone.
 //!
 //! Known limit: a host whose `FORWARD` chain drops bridged traffic (`br_netfilter` loaded with
 //! `bridge-nf-call-iptables=1` and a DROP policy, as Docker leaves it) filters node-to-node
 //! packets; the node-to-node test says so when it happens.
 
-#![allow(unsafe_code)] // geteuid(2), kill(2) and umount2(2); each use has a SAFETY note.
+#![allow(unsafe_code)] // geteuid(2), kill(2), umount2(2), statfs(2); each use has a SAFETY note.
 
 use std::collections::BTreeSet;
 use std::ffi::{CString, OsStr, OsString};
@@ -471,6 +476,19 @@ impl NodeHost {
 
     fn build(&self, network: &Network) -> Result<(), Error> {
         let ns = self.dir.join("ns");
+        let layers = self.overlay_root();
+        fs::create_dir_all(&layers).map_err(|e| Error::io(&layers, e))?;
+        if is_overlayfs(&layers) {
+            // overlayfs cannot be an upper layer (a container's own root usually is overlayfs):
+            // the node's layers then live in memory, unmounted with the node.
+            run_checked(
+                &format!("mounting a tmpfs for the layers of node {}", self.name),
+                Command::new("mount")
+                    .args(["-t", "tmpfs", "-o", "mode=0700"])
+                    .arg(format!("{}-layers", self.netns))
+                    .arg(&layers),
+            )?;
+        }
         for tree in OVERLAID {
             for layer in ["upper", "work"] {
                 let d = self.overlay_root().join(tree).join(layer);
@@ -693,6 +711,20 @@ impl NodeHost {
         }
         Ok(())
     }
+}
+
+/// Whether `path` lies on an overlayfs.
+fn is_overlayfs(path: &Path) -> bool {
+    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else { return false };
+    // SAFETY: statfs is plain old data, for which all-zero bytes are a valid value.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statfs(2) reads a NUL-terminated path and writes into a buffer of the right type,
+    // both alive for the call.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut buf) };
+    #[allow(clippy::useless_conversion)] // f_type is i64 on x86_64 glibc, narrower elsewhere
+    let kind = i64::from(buf.f_type);
+    rc == 0 && kind == OVERLAYFS_SUPER_MAGIC
 }
 
 fn prefixed(option: &str, path: &Path) -> OsString {
