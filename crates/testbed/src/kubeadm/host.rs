@@ -51,8 +51,9 @@
 //! - **Teardown by namespace, not by pid**: [`NodeHost::destroy`] kills every process whose
 //!   network, mount or UTS namespace is the node's (a scan of `/proc/*/ns`), which also catches
 //!   what kubeadm, a node agent or an ssh session double-forked — process groups and sessions of
-//!   those are not ours to know. Then it unmounts everything under the node's directory and
-//!   *unlinks* the namespace files: nodes created later hold copies of those bind mounts in their
+//!   those are not ours to know. Then it unmounts everything under the node's `ns/` and
+//!   `overlay/` (only what it made: a handle read from a state file is not trusted to name a
+//!   directory whose mounts may all go) and *unlinks* the namespace files: nodes created later hold copies of those bind mounts in their
 //!   own mount namespaces, and unlinking a mount point detaches it in every other namespace
 //!   (Linux ≥ 3.18), so nothing keeps a destroyed node's namespaces alive. Every step tolerates
 //!   the state a crash half-way leaves, so destroy can be repeated and run from a new process.
@@ -666,11 +667,13 @@ impl NodeHost {
         Ok(proc)
     }
 
-    /// Kills every process in the node's namespaces, unmounts everything under its directory,
-    /// deletes its namespaces, veth and overlay layers. Idempotent, and works after a crash
+    /// Kills every process in the node's namespaces, unmounts everything under its `ns/` and
+    /// `overlay/`, deletes its namespaces, veth and overlay layers (logs in its directory stay). Idempotent, and works after a crash
     /// half-way or from a new process given only the serialized handle.
     pub fn destroy(&self) -> Result<(), Error> {
+        // The handle may come from a state file: touch only what a node of ours can have made.
         validate_name(&self.name)?;
+        validate_dir(&self.dir)?;
         if !self.netns.starts_with("refit-") || !self.veth.starts_with("rfv-") {
             return Err(Error::Config(format!(
                 "refusing to destroy node {}: namespace {:?} / interface {:?} are not a sandbox node's",
@@ -682,7 +685,10 @@ impl NodeHost {
             .filter_map(|p| namespace_id(p))
             .collect();
         stop_namespace_members(&namespaces, &self.name)?;
-        unmount_under(&self.dir)?;
+        let ours = [self.dir.join("ns"), self.overlay_root()];
+        for d in &ours {
+            unmount_under(d)?;
+        }
         if self.netns_path().exists() {
             ip(&["netns", "del", &self.netns])?;
         }
@@ -695,19 +701,12 @@ impl NodeHost {
             }
         }
         // Unlinking the namespace files detaches the copies other nodes' namespaces hold.
-        for d in [self.dir.join("ns"), self.overlay_root()] {
-            match fs::remove_dir_all(&d) {
+        for d in &ours {
+            match fs::remove_dir_all(d) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(&d, e)),
+                Err(e) => return Err(Error::io(d, e)),
             }
-        }
-        let left = mounts_under(&self.dir)?;
-        if !left.is_empty() {
-            return Err(Error::Process {
-                name: self.name.clone(),
-                detail: format!("still mounted after destroy: {left:?}"),
-            });
         }
         Ok(())
     }
@@ -753,6 +752,9 @@ fn validate_name(name: &str) -> Result<(), Error> {
 /// ssh_config (quoted) and must not lie inside a tree it overlays.
 fn validate_dir(dir: &Path) -> Result<(), Error> {
     let text = dir.to_str().ok_or_else(|| Error::Config(format!("{} is not UTF-8", dir.display())))?;
+    if !dir.is_absolute() || dir.parent().is_none() {
+        return Err(Error::Config(format!("node directory {text:?} must be an absolute path below /")));
+    }
     if text.contains([',', ':', '"', '\n', '\\']) {
         return Err(Error::Config(format!(
             "node directory {text:?} contains ',', ':', '\"', '\\\\' or a newline, which overlay \
@@ -1495,7 +1497,7 @@ mod tests {
             assert!(validate_id(bad).is_err(), "{bad:?}");
         }
         assert!(validate_dir(Path::new("/tmp/x")).is_ok());
-        for bad in ["/tmp/a,b", "/tmp/a:b", "/var/tmp/x", "/etc/x", "/run/x"] {
+        for bad in ["/tmp/a,b", "/tmp/a:b", "/var/tmp/x", "/etc/x", "/run/x", "/", "tmp/x"] {
             assert!(validate_dir(Path::new(bad)).is_err(), "{bad:?}");
         }
     }
