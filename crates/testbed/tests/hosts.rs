@@ -12,10 +12,15 @@ use std::time::{Duration, Instant};
 use refit_testbed::kubeadm::host::{Hosts, HostsState, Network, NodeHost, SshFiles, check_prerequisites};
 use refit_testbed::{Error, Lifetime};
 
-fn new_hosts(dir: &Path) -> Hosts {
+/// Fails (never skips) on a machine that cannot host nodes, with the fix in the message.
+fn require_prerequisites() {
     if let Err(e) = check_prerequisites() {
         panic!("this test needs a machine that can host sandbox nodes: {e}");
     }
+}
+
+fn new_hosts(dir: &Path) -> Hosts {
+    require_prerequisites();
     Hosts::create(dir, Lifetime::Attached).unwrap()
 }
 
@@ -363,9 +368,7 @@ fn destroy_leaves_nothing_and_works_twice_and_from_saved_state() {
 
 #[test]
 fn destroy_finishes_a_teardown_that_crashed_half_way() {
-    if let Err(e) = check_prerequisites() {
-        panic!("this test needs a machine that can host sandbox nodes: {e}");
-    }
+    require_prerequisites();
     let dir = tempfile::tempdir().unwrap();
     let network = Network::create(&Network::unused_id().unwrap()).unwrap();
     let mut guard = Guard(Vec::new(), Some(network.clone()));
@@ -421,10 +424,7 @@ impl Drop for Guard {
 }
 
 #[test]
-fn bad_node_names_are_refused_before_anything_is_created() {
-    if let Err(e) = check_prerequisites() {
-        panic!("this test needs a machine that can host sandbox nodes: {e}");
-    }
+fn bad_input_is_refused_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut hosts = new_hosts(dir.path());
     for bad in ["Node", "a_b", "-x", "x;reboot"] {
@@ -436,6 +436,16 @@ fn bad_node_names_are_refused_before_anything_is_created() {
         !dir.path().join("nodes").exists()
             || std::fs::read_dir(dir.path().join("nodes")).unwrap().count() == 0
     );
+    // A second node of the same name, a second network of the same id: refused, and the
+    // first ones keep working.
+    let node = hosts.add_node("only").unwrap().clone();
+    let err = hosts.add_node("only").unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    let err = Network::create(&hosts.network().id).unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    assert!(Path::new("/sys/class/net").join(&hosts.network().bridge).exists());
+    let out = ssh(hosts.ssh(), &[], &node.address.to_string(), "hostname");
+    assert!(out.status.success(), "{}", text(&out.stderr));
     hosts.destroy().unwrap();
 }
 
@@ -456,9 +466,7 @@ fn orphan_owner() {
 
 #[test]
 fn hosts_of_a_killed_test_process_are_reaped_by_the_next() {
-    if let Err(e) = check_prerequisites() {
-        panic!("this test needs a machine that can host sandbox nodes: {e}");
-    }
+    require_prerequisites();
     let dir = tempfile::tempdir().unwrap();
     let mut owner = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "orphan_owner", "--ignored", "--test-threads=1"])
@@ -505,9 +513,7 @@ impl Drop for Unmount {
 
 #[test]
 fn nodes_work_from_a_directory_on_overlayfs() {
-    if let Err(e) = check_prerequisites() {
-        panic!("this test needs a machine that can host sandbox nodes: {e}");
-    }
+    require_prerequisites();
     // A container's root is typically overlayfs, which cannot be an overlay's upper layer.
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");

@@ -195,13 +195,14 @@ impl Network {
         check_prerequisites()?;
         validate_id(id)?;
         let bridge = bridge_name(id);
+        // Held until the bridge carries its address, which is what the next sandbox will see;
+        // the name is checked under it too, so a clash never has us clean up another's bridge.
+        let _lock = network_lock()?;
         if interface_exists(&bridge) {
             return Err(Error::Config(format!(
                 "interface {bridge} already exists: network id {id} is in use (pick another id)"
             )));
         }
-        // Held until the bridge carries its address, which is what the next sandbox will see.
-        let _lock = network_lock()?;
         let taken = used_prefixes()?;
         let subnet = pick_subnet(&taken).ok_or_else(|| {
             Error::Config(
