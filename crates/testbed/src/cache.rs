@@ -479,12 +479,12 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
 }
 
 /// An advisory exclusive lock (flock) held until dropped.
-struct FileLock {
+pub(crate) struct FileLock {
     _file: std::fs::File,
 }
 
 impl FileLock {
-    fn exclusive(path: &Path) -> Result<FileLock, Error> {
+    pub(crate) fn exclusive(path: &Path) -> Result<FileLock, Error> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)

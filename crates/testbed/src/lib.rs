@@ -91,6 +91,19 @@ pub enum Error {
     /// An operation named something the testbed does not have.
     #[error("{0}")]
     NotFound(String),
+    /// A command the testbed ran (on the host or inside a node) failed.
+    #[error("{what} failed ({status}){}", if stderr.is_empty() { String::new() } else { format!(": {stderr}") })]
+    Command {
+        /// What was run, and where.
+        what: String,
+        /// How it ended (`exit status: 1`, `signal: 9`).
+        status: String,
+        /// The last lines of its standard error.
+        stderr: String,
+    },
+    /// The machine lacks something the testbed needs (root, sshd, ...); the message names the fix.
+    #[error("{0}")]
+    Prerequisite(String),
     /// The saved state of a detached testbed is unreadable.
     #[error("testbed state {path}: {detail}")]
     State {

@@ -1,9 +1,15 @@
-//! kubeadm-shaped sandbox nodes: small hosts (network, UTS and mount namespaces, a private root,
-//! sshd), a signed per-minor apt repository of kubeadm/kubelet/kubectl packages built from the
-//! testbed's binaries, and a node agent that does for kubeadm what a kubelet would, so that the
-//! real `kubeadm init/join/upgrade` and the real apt recipe run end to end.
+//! Sandbox nodes shaped like kubeadm hosts, so the real kubeadm + apt recipe runs over ssh.
+//!
+//! - [`host`]: each node is a small host — its own network, UTS and mount namespaces, a private
+//!   root (overlays of `/etc`, `/usr`, `/var`) and an sshd reachable from the operator's side.
+//! - [`agent`]: what kubeadm needs from a kubelet on a node without a container runtime
+//!   (static pods as processes, mirror pods, TLS bootstrap, health endpoint); [`systemctl`] is
+//!   the node's systemd stand-in that restarts it.
+//! - [`config`]: kubeadm's init/join configuration and the preflight checks a sandbox skips.
+//! - [`cluster`]: a cluster built with the real `kubeadm init`/`join` on such nodes.
 
 pub mod agent;
 // pub mod cluster;
 pub mod config;
+pub mod host;
 pub mod systemctl;
