@@ -96,7 +96,6 @@ struct State {
     node_synced: bool,
     facts: Option<NodeFacts>,
     mirrors: BTreeMap<String, Mirror>,
-    last_full_sync: Option<Instant>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT; then stops its static pods.
@@ -320,11 +319,22 @@ async fn sync_api(config: &AgentConfig, st: &mut State) -> Result<(), String> {
         st.node_synced = true;
     }
     let Some(node_uid) = st.node_uid.clone() else { return Ok(()) };
-    let full = st.last_full_sync.is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
-    if full {
-        full_sync(config, st, &client).await?;
-        st.last_full_sync = Some(Instant::now());
+    // What the API has on this node. A node may list pods bound to it (by field selector) but
+    // not GET a pod that does not exist yet (the node authorizer finds no relationship), so
+    // the list is the one read, as the kubelet's own pod watch is.
+    let all: Api<Pod> = Api::all(client.clone());
+    let lp = ListParams::default().fields(&format!("spec.nodeName={}", config.node));
+    let listed = all.list(&lp).await.map_err(|e| kube_err("listing the node's pods", e))?;
+    let mut existing: BTreeMap<String, (Option<String>, Option<String>)> = BTreeMap::new();
+    for p in listed.items {
+        let Some(ann) = p.metadata.annotations.as_ref() else { continue };
+        if !ann.contains_key(CONFIG_MIRROR) {
+            continue;
+        }
+        let hash = ann.get(objects::CONFIG_HASH).cloned();
+        existing.insert(p.metadata.name.clone().unwrap_or_default(), (p.metadata.uid.clone(), hash));
     }
+    let mut wanted = BTreeMap::new();
     for r in st.pods.values() {
         if r.pod.run.is_err() {
             continue;
@@ -333,26 +343,34 @@ async fn sync_api(config: &AgentConfig, st: &mut State) -> Result<(), String> {
         let ns = r.pod.manifest.pointer("/metadata/namespace").and_then(|v| v.as_str()).unwrap_or("kube-system");
         let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
         let running = r.healthy && r.proc.is_some();
-        let current = st.mirrors.get(&name);
-        if current.is_some_and(|m| m.hash == r.pod.hash && m.running == running) {
-            continue;
-        }
-        if current.is_none_or(|m| m.hash != r.pod.hash) {
-            if let Some(existing) = pods.get_opt(&name).await.map_err(|e| kube_err("reading a mirror pod", e))? {
-                let hash = existing.metadata.annotations.as_ref().and_then(|a| a.get(objects::CONFIG_HASH)).cloned();
-                if hash.as_deref() != Some(r.pod.hash.as_str()) {
-                    delete_mirror(&pods, &name, existing.metadata.uid).await?;
-                    create_mirror(&pods, r, config, &node_uid).await?;
-                }
-            } else {
+        wanted.insert(name.clone(), ());
+        match existing.get(&name) {
+            Some((_, Some(hash))) if *hash == r.pod.hash => {}
+            Some((uid, _)) => {
+                delete_mirror(&pods, &name, uid.clone()).await?;
+                st.mirrors.remove(&name);
                 create_mirror(&pods, r, config, &node_uid).await?;
             }
+            None => {
+                st.mirrors.remove(&name);
+                create_mirror(&pods, r, config, &node_uid).await?;
+            }
+        }
+        if st.mirrors.get(&name).is_some_and(|m| m.hash == r.pod.hash && m.running == running) {
+            continue;
         }
         let status = objects::mirror_status(&r.pod, &config.address, running, &r.started_at, r.restarts);
         pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
             .await
             .map_err(|e| kube_err("updating a mirror pod's status", e))?;
         st.mirrors.insert(name, Mirror { hash: r.pod.hash.clone(), running });
+    }
+    // Mirror pods no static pod stands behind any more.
+    for (name, (uid, _)) in existing {
+        if !wanted.contains_key(&name) {
+            delete_mirror(&Api::namespaced(client.clone(), "kube-system"), &name, uid).await?;
+            st.mirrors.remove(&name);
+        }
     }
     Ok(())
 }
@@ -379,38 +397,6 @@ async fn delete_mirror(pods: &Api<Pod>, name: &str, uid: Option<String>) -> Resu
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
         Err(e) => Err(kube_err("deleting a mirror pod", e)),
     }
-}
-
-/// Deletes this node's mirror pods that no static pod stands behind, and forgets what the API
-/// no longer has (someone deleted a mirror pod: the kubelet recreates it).
-async fn full_sync(config: &AgentConfig, st: &mut State, client: &Client) -> Result<(), String> {
-    let all: Api<Pod> = Api::all(client.clone());
-    let lp = ListParams::default().fields(&format!("spec.nodeName={}", config.node));
-    let list = all.list(&lp).await.map_err(|e| kube_err("listing the node's pods", e))?;
-    let wanted: BTreeMap<String, &str> = st
-        .pods
-        .values()
-        .filter(|r| r.pod.run.is_ok())
-        .map(|r| (objects::mirror_name(&r.pod, &config.node), r.pod.hash.as_str()))
-        .collect();
-    let mut present = Vec::new();
-    for p in list.items {
-        let Some(ann) = p.metadata.annotations.as_ref() else { continue };
-        if !ann.contains_key(CONFIG_MIRROR) {
-            continue;
-        }
-        let name = p.metadata.name.clone().unwrap_or_default();
-        let hash = ann.get(objects::CONFIG_HASH).map(String::as_str);
-        if wanted.get(&name).copied() != hash {
-            let ns = p.metadata.namespace.clone().unwrap_or_else(|| "kube-system".into());
-            delete_mirror(&Api::namespaced(client.clone(), &ns), &name, p.metadata.uid.clone()).await?;
-            st.mirrors.remove(&name);
-        } else {
-            present.push(name);
-        }
-    }
-    st.mirrors.retain(|name, _| present.contains(name));
-    Ok(())
 }
 
 /// The agent's command line: `--config FILE` (JSON [`AgentConfig`]). Logs go to stderr
