@@ -164,6 +164,10 @@ Examples:
     /// Run the sandbox's apiserver load balancer (started by `sandbox up`; not for direct use).
     #[command(hide = true)]
     ServeLb(ServeLbArgs),
+    /// Serve a kubeadm sandbox's package repositories over HTTP (started by the sandbox; not
+    /// for direct use). Prints `listening on ADDR` once bound.
+    #[command(hide = true)]
+    ServeRepo(ServeRepoArgs),
 }
 
 /// `refit sandbox build`
@@ -255,6 +259,17 @@ pub struct ServeLbArgs {
     /// Backend apiserver addresses.
     #[arg(long = "backend")]
     pub backends: Vec<std::net::SocketAddr>,
+}
+
+/// `refit sandbox serve-repo`
+#[derive(Debug, Args)]
+pub struct ServeRepoArgs {
+    /// The directory to serve (a sandbox's `repo/`).
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Address to listen on (port 0: any free port, printed).
+    #[arg(long)]
+    pub listen: std::net::SocketAddr,
 }
 
 /// `refit demo`

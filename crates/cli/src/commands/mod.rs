@@ -31,6 +31,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             SandboxCommand::StopKubelet(args) => sandbox::set_kubelet(args, false, format).await,
             SandboxCommand::StartKubelet(args) => sandbox::set_kubelet(args, true, format).await,
             SandboxCommand::ServeLb(args) => sandbox::serve_lb(args).await,
+            SandboxCommand::ServeRepo(args) => sandbox::serve_repo(args).await,
         },
         Command::Demo(args) => demo::run(args, format).await,
         Command::Versions(args) => versions::run(args, format),

@@ -13,7 +13,9 @@ use refit_core::{Version, VersionRequest};
 use refit_testbed::{Cache, Check, Component, Lifetime, Testbed, TestbedConfig, TestbedVersions, WorkerSpec};
 use serde::Serialize;
 
-use crate::args::{AddNodeArgs, NodeArgs, SandboxDir, ServeLbArgs, UpArgs, UpgradeNodeArgs, Workloads};
+use crate::args::{
+    AddNodeArgs, NodeArgs, SandboxDir, ServeLbArgs, ServeRepoArgs, UpArgs, UpgradeNodeArgs, Workloads,
+};
 use crate::output::{Format, print_structured, table, usage};
 
 /// The namespace `--workloads demo` uses.
@@ -614,5 +616,19 @@ pub async fn serve_lb(args: ServeLbArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     refit_testbed::lb::serve(listener, args.backends).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn serve_repo(args: ServeRepoArgs) -> anyhow::Result<ExitCode> {
+    if !args.root.is_dir() {
+        return Err(usage(format!("serve-repo: --root {} is not a directory", args.root.display())));
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    // The launcher reads the bound address from this line (the port may have been 0).
+    println!("listening on {}", listener.local_addr()?);
+    std::io::Write::flush(&mut std::io::stdout())?;
+    refit_testbed::kubeadm::repo::serve(listener, args.root).await;
     Ok(ExitCode::SUCCESS)
 }
