@@ -542,10 +542,16 @@ impl std::fmt::Display for NodeCommand {
     }
 }
 
-/// The commands that leave a node as the kubeadm install guide (apt) leaves it, at `release`:
-/// the repository key at [`KEYRING_PATH`], the minor's source line in [`SOURCES_PATH`],
-/// `apt-get update`, the three packages installed at exactly `<release>-1.1`, and held. Run
-/// them in order as root; each must succeed.
+/// The commands that leave a fresh node as the kubeadm install guide (apt) leaves it, at
+/// `release`: the repository key at [`KEYRING_PATH`], the minor's source line in
+/// [`SOURCES_PATH`], `apt-get update`, the three packages installed at exactly
+/// `<release>-1.1`, and held. Run them in order as root; each must succeed.
+///
+/// The first command purges any `kubeadm`, `kubelet` or `kubectl` the node already has: a
+/// no-op on a fresh host, but sandbox nodes are overlays of the machine's own root, and a
+/// machine may carry a kubectl from elsewhere (this project's build machine has Google Cloud
+/// SDK's `kubectl 1:528.0.0-0`, whose epoch makes every pkgs.k8s.io version a downgrade that
+/// `apt-get install -y` refuses).
 pub fn node_install_commands(base_url: &str, release: &Version, keyring: &[u8]) -> Vec<NodeCommand> {
     let apt = |args: Vec<String>| NodeCommand {
         env: vec![("DEBIAN_FRONTEND".into(), "noninteractive".into())],
@@ -559,6 +565,7 @@ pub fn node_install_commands(base_url: &str, release: &Version, keyring: &[u8]) 
     let mut install = vec!["install".to_string(), "-y".to_string()];
     install.extend(PACKAGES.iter().map(|p| format!("{p}={}", package_version(release))));
     vec![
+        NodeCommand::new("dpkg", std::iter::once("--purge").chain(PACKAGES)),
         write(KEYRING_PATH, keyring.to_vec()),
         write(SOURCES_PATH, source.into_bytes()),
         apt(vec!["update".into()]),
@@ -796,6 +803,7 @@ mod tests {
         assert_eq!(
             shown,
             [
+                "dpkg --purge kubeadm kubelet kubectl",
                 "install -D -m 0644 /dev/stdin /etc/apt/keyrings/kubernetes-apt-keyring.gpg < (3 bytes)",
                 "install -D -m 0644 /dev/stdin /etc/apt/sources.list.d/kubernetes.list < (109 bytes)",
                 "DEBIAN_FRONTEND=noninteractive apt-get update",
@@ -804,9 +812,9 @@ mod tests {
             ]
         );
         assert_eq!(
-            cmds[1].stdin.as_deref(),
+            cmds[2].stdin.as_deref(),
             Some(format!("{}\n", apt_source_line("http://10.0.0.1:8080", v.minor_version())).as_bytes())
         );
-        assert_eq!(cmds[0].stdin.as_deref(), Some(&b"KEY"[..]));
+        assert_eq!(cmds[1].stdin.as_deref(), Some(&b"KEY"[..]));
     }
 }
