@@ -167,6 +167,10 @@ Examples:
     /// Run a kubeadm sandbox node's kubelet stand-in (started inside the node; not for direct use).
     #[command(hide = true)]
     NodeAgent(NodeAgentArgs),
+    /// Serve a kubeadm sandbox's package repositories over HTTP (started by the sandbox; not
+    /// for direct use). Prints `listening on ADDR` once bound.
+    #[command(hide = true)]
+    ServeRepo(ServeRepoArgs),
 }
 
 /// `refit sandbox build`
@@ -266,6 +270,17 @@ pub struct NodeAgentArgs {
     /// The agent's configuration (JSON written by the sandbox).
     #[arg(long)]
     pub config: std::path::PathBuf,
+}
+
+/// `refit sandbox serve-repo`
+#[derive(Debug, Args)]
+pub struct ServeRepoArgs {
+    /// The directory to serve (a sandbox's `repo/`).
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Address to listen on (port 0: any free port, printed).
+    #[arg(long)]
+    pub listen: std::net::SocketAddr,
 }
 
 /// `refit demo`

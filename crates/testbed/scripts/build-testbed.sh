@@ -2,6 +2,7 @@
 # Builds one testbed component from the Go module proxy into the testbed cache.
 #
 #   build-testbed.sh k8s  1.36.5  OUTDIR   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl
+#   build-testbed.sh k8s-node 1.36.5 OUTDIR  kubeadm and kubelet (the node side: kubeadm-shaped sandboxes)
 #   build-testbed.sh etcd 3.6.16  OUTDIR   etcd (server) and etcdctl
 #   build-testbed.sh kwok 0.8.0   OUTDIR   kwok + kwok.yaml (KwokConfiguration + the stages kwok needs)
 #
@@ -11,7 +12,7 @@
 # half-populated OUTDIR behind. GOCACHE and GOMODCACHE are the user's, so rebuilds are warm.
 set -euo pipefail
 
-kind=${1:?usage: build-testbed.sh k8s|etcd|kwok VERSION OUTDIR}
+kind=${1:?usage: build-testbed.sh k8s|k8s-node|etcd|kwok VERSION OUTDIR}
 ver=${2:?missing VERSION}
 out=${3:?missing OUTDIR}
 ver=${ver#v}
@@ -25,8 +26,11 @@ cd "$work"
 
 step() { printf '[build %s %s] %s\n' "$kind" "$ver" "$*" >&2; }
 
-case "$kind" in
-k8s)
+# The k8s.io/kubernetes module at v$ver with every staging repo replaced, in the current
+# directory, and the version ldflags in $x. Shared by `k8s` and `k8s-node` so both kinds
+# resolve the same modules (the Go build cache then serves one from the other) and report the
+# same version strings.
+k8s_module() {
   minor=$(cut -d. -f2 <<<"$ver")
   staging="0.${ver#1.}"
   rm -f go.mod go.sum
@@ -52,12 +56,26 @@ k8s)
     x+=" -X $p.gitTreeState=clean -X $p.gitCommit=0000000000000000000000000000000000000000"
     x+=" -X $p.buildDate=1970-01-01T00:00:00Z"
   done
+}
+
+case "$kind" in
+k8s)
+  k8s_module
   step "compiling kube-apiserver kube-controller-manager kube-scheduler kubectl (cold: many minutes)"
   go build -trimpath -ldflags "-s -w$x" -o "$tmp/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
   "$tmp/kube-apiserver" --version | grep -qx "Kubernetes v$ver" \
     || { echo "kube-apiserver --version does not report v$ver" >&2; exit 1; }
+  ;;
+k8s-node)
+  k8s_module
+  step "compiling kubeadm kubelet (warm after k8s of the same release: mostly linking)"
+  go build -trimpath -ldflags "-s -w$x" -o "$tmp/" k8s.io/kubernetes/cmd/kubeadm k8s.io/kubernetes/cmd/kubelet
+  [ "$("$tmp/kubeadm" version -o short)" = "v$ver" ] \
+    || { echo "kubeadm version -o short does not report v$ver" >&2; exit 1; }
+  "$tmp/kubelet" --version | grep -qx "Kubernetes v$ver" \
+    || { echo "kubelet --version does not report v$ver" >&2; exit 1; }
   ;;
 etcd)
   rm -f go.mod go.sum
@@ -92,7 +110,7 @@ kwok)
   } >"$tmp/kwok.yaml"
   ;;
 *)
-  echo "unknown component kind '$kind' (expected k8s, etcd or kwok)" >&2
+  echo "unknown component kind '$kind' (expected k8s, k8s-node, etcd or kwok)" >&2
   exit 2
   ;;
 esac

@@ -1,10 +1,14 @@
 //! The testbed cache: real Kubernetes, etcd and kwok binaries built from the Go module proxy.
 //!
-//! Each component lives in its own directory (`k8s-v1.36.4/`, `etcd-v3.6.16/`, `kwok-v0.8.0/`)
-//! with a `manifest.json` written only after `scripts/build-testbed.sh` succeeded. An entry is
+//! Each component lives in its own directory (`k8s-v1.36.4/`, `k8s-node-v1.36.4/`,
+//! `k8s-debs-v1.36.4/`, `etcd-v3.6.16/`, `kwok-v0.8.0/`) with a `manifest.json` written only
+//! after the build succeeded (`scripts/build-testbed.sh` for binaries; the Debian packages are
+//! made in Rust from the cached binaries, [`crate::kubeadm::repo::package_debs`]). An entry is
 //! valid when its manifest matches the current recipe and every file listed has the recorded
-//! size (quick check, used on every testbed start) and SHA-256 (full check, used by `ensure`).
-//! Anything else — no manifest, a missing or truncated binary, a leftover `.tmp` — is rebuilt.
+//! size (quick check, used on every testbed start) and SHA-256 (full check, used by `ensure`);
+//! an entry derived from other entries (the packages) is also stale when an input's recorded
+//! checksum changed. Anything else — no manifest, a missing or truncated file, a leftover
+//! `.tmp` — is rebuilt.
 //!
 //! Nothing here is committed: the root defaults to `~/.cache/refit/testbed` and is overridden
 //! by `REFIT_TESTBED_CACHE`. Go's own module and build caches stay where Go keeps them, so a
@@ -47,6 +51,13 @@ pub enum Component {
     Etcd(Version),
     /// kwok and its stage configuration.
     Kwok(Version),
+    /// kubeadm and kubelet of one release: the node side, for kubeadm-shaped sandboxes. A
+    /// component of its own (not part of [`Component::Kubernetes`]) so that adding it left
+    /// every existing cache entry valid.
+    KubernetesNode(Version),
+    /// The Debian packages `kubeadm`, `kubelet` and `kubectl` of one release (`<v>-1.1`),
+    /// packaged from the two entries above; stored as `kubeadm.deb` etc.
+    KubernetesDebs(Version),
 }
 
 impl Component {
@@ -56,13 +67,19 @@ impl Component {
             Component::Kubernetes(_) => "k8s",
             Component::Etcd(_) => "etcd",
             Component::Kwok(_) => "kwok",
+            Component::KubernetesNode(_) => "k8s-node",
+            Component::KubernetesDebs(_) => "k8s-debs",
         }
     }
 
     /// The component's version.
     pub fn version(&self) -> &Version {
         match self {
-            Component::Kubernetes(v) | Component::Etcd(v) | Component::Kwok(v) => v,
+            Component::Kubernetes(v)
+            | Component::Etcd(v)
+            | Component::Kwok(v)
+            | Component::KubernetesNode(v)
+            | Component::KubernetesDebs(v) => v,
         }
     }
 
@@ -79,6 +96,21 @@ impl Component {
             }
             Component::Etcd(_) => &["etcd", "etcdctl"],
             Component::Kwok(_) => &["kwok", "kwok.yaml"],
+            Component::KubernetesNode(_) => &["kubeadm", "kubelet"],
+            Component::KubernetesDebs(_) => &["kubeadm.deb", "kubelet.deb", "kubectl.deb"],
+        }
+    }
+
+    /// The files of other entries this one is made from (entry, file name): a change in any of
+    /// them makes this entry stale.
+    pub fn inputs(&self) -> Vec<(Component, &'static str)> {
+        match self {
+            Component::KubernetesDebs(v) => vec![
+                (Component::KubernetesNode(v.clone()), "kubeadm"),
+                (Component::KubernetesNode(v.clone()), "kubelet"),
+                (Component::Kubernetes(v.clone()), "kubectl"),
+            ],
+            _ => Vec::new(),
         }
     }
 }
@@ -89,6 +121,8 @@ impl std::fmt::Display for Component {
             Component::Kubernetes(v) => write!(f, "kubernetes v{v}"),
             Component::Etcd(v) => write!(f, "etcd v{v}"),
             Component::Kwok(v) => write!(f, "kwok v{v}"),
+            Component::KubernetesNode(v) => write!(f, "kubeadm and kubelet v{v}"),
+            Component::KubernetesDebs(v) => write!(f, "kubeadm/kubelet/kubectl packages v{v}"),
         }
     }
 }
@@ -107,6 +141,10 @@ pub struct Manifest {
     pub build_seconds: u64,
     /// Every file with its size and SHA-256.
     pub files: Vec<FileEntry>,
+    /// For a derived entry: the input files it was made from (`<entry dir>/<file>`) with their
+    /// checksums at the time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<FileEntry>,
 }
 
 /// One file of a cache entry.
@@ -209,10 +247,16 @@ impl TestbedVersions {
     }
 
     /// Every component, in build order: etcd and kwok first (small, needed by every
-    /// testbed), then Kubernetes newest first (the newest minors are the ones tests need most).
+    /// testbed), then Kubernetes newest first (the newest minors are the ones tests need most),
+    /// then per release its kubeadm and kubelet (mostly linking once the release's control
+    /// plane is built: same modules, warm Go build cache) and its packages (made from both).
     pub fn components(&self) -> Vec<Component> {
         let mut out = vec![Component::Etcd(self.etcd.clone()), Component::Kwok(self.kwok.clone())];
         out.extend(self.kubernetes.iter().rev().cloned().map(Component::Kubernetes));
+        for v in self.kubernetes.iter().rev() {
+            out.push(Component::KubernetesNode(v.clone()));
+            out.push(Component::KubernetesDebs(v.clone()));
+        }
         out
     }
 
@@ -235,6 +279,17 @@ pub struct KubernetesBinaries {
     pub scheduler: PathBuf,
     /// kubectl.
     pub kubectl: PathBuf,
+}
+
+/// kubeadm and kubelet of one release in the cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeBinaries {
+    /// The release.
+    pub version: Version,
+    /// kubeadm.
+    pub kubeadm: PathBuf,
+    /// kubelet.
+    pub kubelet: PathBuf,
 }
 
 /// The testbed cache on disk.
@@ -289,6 +344,17 @@ impl Cache {
         if manifest.recipe != RECIPE {
             return EntryState::Corrupt(format!("built by recipe {}, current is {RECIPE}", manifest.recipe));
         }
+        for (input, file) in c.inputs() {
+            let name = format!("{}/{file}", input.dir_name());
+            let Some(recorded) = manifest.inputs.iter().find(|f| f.name == name) else {
+                return EntryState::Corrupt(format!("manifest lists no input {name}"));
+            };
+            match self.input_entry(&input, file) {
+                Ok(now) if now.sha256 == recorded.sha256 => {}
+                Ok(_) => return EntryState::Corrupt(format!("{name} changed since it was packaged")),
+                Err(why) => return EntryState::Corrupt(format!("input {name}: {why}")),
+            }
+        }
         for want in c.files() {
             let Some(entry) = manifest.files.iter().find(|f| f.name == *want) else {
                 return EntryState::Corrupt(format!("manifest lists no {want}"));
@@ -310,6 +376,17 @@ impl Cache {
             }
         }
         EntryState::Ready(manifest)
+    }
+
+    /// One input file of a derived entry as its own (quick-checked) manifest records it.
+    fn input_entry(&self, input: &Component, file: &str) -> Result<FileEntry, String> {
+        match self.state(input, Check::Quick) {
+            EntryState::Ready(m) => {
+                m.files.into_iter().find(|f| f.name == file).ok_or_else(|| format!("{input} lists no {file}"))
+            }
+            EntryState::Missing => Err(format!("{input} is not built")),
+            EntryState::Corrupt(why) => Err(format!("{input}: {why}")),
+        }
     }
 
     /// Builds every component that is missing or corrupt; a valid entry is left alone.
@@ -367,6 +444,18 @@ impl Cache {
         })
     }
 
+    /// Paths of a release's `kubeadm` and `kubelet` (quick-checked).
+    pub fn kubernetes_node(&self, version: &Version) -> Result<NodeBinaries, Error> {
+        let c = Component::KubernetesNode(version.clone());
+        self.require(std::slice::from_ref(&c))?;
+        let dir = self.entry_dir(&c);
+        Ok(NodeBinaries {
+            version: version.clone(),
+            kubeadm: dir.join("kubeadm"),
+            kubelet: dir.join("kubelet"),
+        })
+    }
+
     /// The Kubernetes releases present and valid in the cache (quick check), oldest first.
     pub fn built_kubernetes(&self) -> Vec<Version> {
         let Ok(entries) = std::fs::read_dir(&self.root) else { return Vec::new() };
@@ -383,18 +472,63 @@ impl Cache {
 
     fn build(&self, c: &Component, progress: &mut dyn FnMut(BuildEvent)) -> Result<(), Error> {
         let started = Instant::now();
+        let dir = self.entry_dir(c);
+        // A stale manifest must never vouch for a half-rebuilt directory.
+        let _ = std::fs::remove_file(dir.join("manifest.json"));
+        let mut inputs = Vec::new();
+        if let Component::KubernetesDebs(v) = c {
+            for (input, file) in c.inputs() {
+                let mut entry = self
+                    .input_entry(&input, file)
+                    .map_err(|detail| Error::Build { component: c.to_string(), detail })?;
+                entry.name = format!("{}/{file}", input.dir_name());
+                inputs.push(entry);
+            }
+            crate::kubeadm::repo::package_debs(self, v, &dir, &mut |line| {
+                progress(BuildEvent::Output { component: c.clone(), line })
+            })?;
+        } else {
+            self.run_build_script(c, &dir, progress)?;
+        }
+        let mut files = Vec::new();
+        for name in c.files() {
+            let path = dir.join(name);
+            let size = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
+            let sha256 = sha256_file(&path).map_err(|e| Error::io(&path, e))?;
+            files.push(FileEntry { name: name.to_string(), size, sha256 });
+        }
+        let manifest = Manifest {
+            component: c.clone(),
+            recipe: RECIPE,
+            go_version: go_version(),
+            build_seconds: started.elapsed().as_secs(),
+            files,
+            inputs,
+        };
+        let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::Config(e.to_string()))?;
+        let tmp = dir.join("manifest.json.tmp");
+        crate::pki::write_file(&tmp, &text, false)?;
+        std::fs::rename(&tmp, dir.join("manifest.json")).map_err(|e| Error::io(&dir, e))?;
+        progress(BuildEvent::Finished { component: c.clone(), seconds: manifest.build_seconds });
+        Ok(())
+    }
+
+    /// Runs `scripts/build-testbed.sh` for one component into `dir`.
+    fn run_build_script(
+        &self,
+        c: &Component,
+        dir: &Path,
+        progress: &mut dyn FnMut(BuildEvent),
+    ) -> Result<(), Error> {
         let script = self.root.join("build-testbed.sh");
         if std::fs::read_to_string(&script).ok().as_deref() != Some(BUILD_SCRIPT) {
             crate::pki::write_file(&script, BUILD_SCRIPT, false)?;
         }
-        let dir = self.entry_dir(c);
-        // A stale manifest must never vouch for a half-rebuilt directory.
-        let _ = std::fs::remove_file(dir.join("manifest.json"));
         let mut child = Command::new("bash")
             .arg(&script)
             .arg(c.kind())
             .arg(c.version().to_string())
-            .arg(&dir)
+            .arg(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -431,25 +565,6 @@ impl Cache {
                 detail: format!("build script exited with {status}; last output:\n{}", tail.join("\n")),
             });
         }
-        let mut files = Vec::new();
-        for name in c.files() {
-            let path = dir.join(name);
-            let size = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
-            let sha256 = sha256_file(&path).map_err(|e| Error::io(&path, e))?;
-            files.push(FileEntry { name: name.to_string(), size, sha256 });
-        }
-        let manifest = Manifest {
-            component: c.clone(),
-            recipe: RECIPE,
-            go_version: go_version(),
-            build_seconds: started.elapsed().as_secs(),
-            files,
-        };
-        let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::Config(e.to_string()))?;
-        let tmp = dir.join("manifest.json.tmp");
-        crate::pki::write_file(&tmp, &text, false)?;
-        std::fs::rename(&tmp, dir.join("manifest.json")).map_err(|e| Error::io(&dir, e))?;
-        progress(BuildEvent::Finished { component: c.clone(), seconds: manifest.build_seconds });
         Ok(())
     }
 }
@@ -464,7 +579,7 @@ fn go_version() -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
-fn sha256_file(path: &Path) -> std::io::Result<String> {
+pub(crate) fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut f = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -519,6 +634,7 @@ mod tests {
             go_version: "go".into(),
             build_seconds: 1,
             files,
+            inputs: Vec::new(),
         };
         std::fs::write(dir.join("manifest.json"), serde_json::to_string(&m).unwrap()).unwrap();
     }
@@ -592,7 +708,19 @@ mod tests {
             kwok: "0.8.0".parse().unwrap(),
         };
         let names: Vec<String> = v.components().iter().map(|c| c.to_string()).collect();
-        assert_eq!(names, ["etcd v3.6.16", "kwok v0.8.0", "kubernetes v1.36.4", "kubernetes v1.35.8"]);
+        assert_eq!(
+            names,
+            [
+                "etcd v3.6.16",
+                "kwok v0.8.0",
+                "kubernetes v1.36.4",
+                "kubernetes v1.35.8",
+                "kubeadm and kubelet v1.36.4",
+                "kubeadm/kubelet/kubectl packages v1.36.4",
+                "kubeadm and kubelet v1.35.8",
+                "kubeadm/kubelet/kubectl packages v1.35.8",
+            ]
+        );
         assert_eq!(v.kubernetes_for_minor("1.35".parse().unwrap()).unwrap().to_string(), "1.35.8");
         assert!(v.kubernetes_for_minor("1.37".parse().unwrap()).is_none());
     }

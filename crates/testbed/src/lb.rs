@@ -20,26 +20,44 @@ use crate::Error;
 pub struct LoadBalancer {
     /// The address clients connect to.
     pub addr: SocketAddr,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _thread: ServerThread,
 }
 
 impl LoadBalancer {
     /// Listens on `listen` and forwards to `backends`.
     pub fn start(listen: SocketAddr, backends: Vec<SocketAddr>) -> Result<LoadBalancer, Error> {
-        let std_listener = std::net::TcpListener::bind(listen).map_err(|e| Error::Process {
-            name: "load-balancer".into(),
-            detail: format!("bind {listen}: {e}"),
-        })?;
-        std_listener
-            .set_nonblocking(true)
-            .map_err(|e| Error::Process { name: "load-balancer".into(), detail: e.to_string() })?;
-        let addr = std_listener
-            .local_addr()
-            .map_err(|e| Error::Process { name: "load-balancer".into(), detail: e.to_string() })?;
+        let thread = ServerThread::start("load-balancer", listen, move |l| serve(l, backends))?;
+        Ok(LoadBalancer { addr: thread.addr, _thread: thread })
+    }
+}
+
+/// A server's accept loop on its own thread and single-threaded runtime, stopped (and
+/// joined) when dropped: the in-process form of the servers the sandbox runs detached (this
+/// load balancer, the package repository).
+#[derive(Debug)]
+pub(crate) struct ServerThread {
+    /// The bound address (the real port when 0 was asked for).
+    pub(crate) addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServerThread {
+    /// Binds `listen` here (so a bind error is returned, not lost on the thread) and runs
+    /// `serve(listener)` there until dropped.
+    pub(crate) fn start<F, Fut>(name: &str, listen: SocketAddr, serve: F) -> Result<ServerThread, Error>
+    where
+        F: FnOnce(TcpListener) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let err = |detail: String| Error::Process { name: name.into(), detail };
+        let std_listener =
+            std::net::TcpListener::bind(listen).map_err(|e| err(format!("bind {listen}: {e}")))?;
+        std_listener.set_nonblocking(true).map_err(|e| err(e.to_string()))?;
+        let addr = std_listener.local_addr().map_err(|e| err(e.to_string()))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let thread = std::thread::Builder::new()
-            .name("testbed-lb".into())
+            .name(format!("testbed-{name}"))
             .spawn(move || {
                 let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
                     return;
@@ -47,17 +65,17 @@ impl LoadBalancer {
                 rt.block_on(async move {
                     let Ok(listener) = TcpListener::from_std(std_listener) else { return };
                     tokio::select! {
-                        _ = serve(listener, backends) => {}
+                        _ = serve(listener) => {}
                         _ = rx => {}
                     }
                 });
             })
-            .map_err(|e| Error::Process { name: "load-balancer".into(), detail: e.to_string() })?;
-        Ok(LoadBalancer { addr, shutdown: Some(tx), thread: Some(thread) })
+            .map_err(|e| err(e.to_string()))?;
+        Ok(ServerThread { addr, shutdown: Some(tx), thread: Some(thread) })
     }
 }
 
-impl Drop for LoadBalancer {
+impl Drop for ServerThread {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());

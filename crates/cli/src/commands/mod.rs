@@ -32,6 +32,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             SandboxCommand::StartKubelet(args) => sandbox::set_kubelet(args, true, format).await,
             SandboxCommand::ServeLb(args) => sandbox::serve_lb(args).await,
             SandboxCommand::NodeAgent(args) => sandbox::node_agent(args).await,
+            SandboxCommand::ServeRepo(args) => sandbox::serve_repo(args).await,
         },
         Command::Demo(args) => demo::run(args, format).await,
         Command::Versions(args) => versions::run(args, format),

@@ -14,7 +14,8 @@ use refit_testbed::{Cache, Check, Component, Lifetime, Testbed, TestbedConfig, T
 use serde::Serialize;
 
 use crate::args::{
-    AddNodeArgs, NodeAgentArgs, NodeArgs, SandboxDir, ServeLbArgs, UpArgs, UpgradeNodeArgs, Workloads,
+    AddNodeArgs, NodeAgentArgs, NodeArgs, SandboxDir, ServeLbArgs, ServeRepoArgs, UpArgs, UpgradeNodeArgs,
+    Workloads,
 };
 use crate::output::{Format, print_structured, table, usage};
 
@@ -626,5 +627,20 @@ pub async fn node_agent(args: NodeAgentArgs) -> anyhow::Result<ExitCode> {
     let config: refit_testbed::kubeadm::agent::AgentConfig = serde_json::from_str(&text)
         .map_err(|e| usage(format!("{}: not a node agent configuration: {e}", args.config.display())))?;
     refit_testbed::kubeadm::agent::run(config).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `refit sandbox serve-repo --root DIR --listen ADDR`: a kubeadm sandbox's package repository.
+pub async fn serve_repo(args: ServeRepoArgs) -> anyhow::Result<ExitCode> {
+    if !args.root.is_dir() {
+        return Err(usage(format!("serve-repo: --root {} is not a directory", args.root.display())));
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    // The launcher reads the bound address from this line (the port may have been 0).
+    println!("listening on {}", listener.local_addr()?);
+    std::io::Write::flush(&mut std::io::stdout())?;
+    refit_testbed::kubeadm::repo::serve(listener, args.root).await;
     Ok(ExitCode::SUCCESS)
 }
