@@ -387,53 +387,68 @@ fn a_version_the_repository_lacks_is_refused_with_apts_message() {
 }
 
 /// What apt does with the recipe's explicit `=V-*` requests when an operator pinned the
-/// packages in /etc/apt/preferences.d. Recorded, not judged: the recipe must cope with both.
+/// packages in /etc/apt/preferences.d: the pins change apt's candidate (what a bare
+/// `apt-get install kubeadm` or an upgrade would pick), never an explicit version — the recipe
+/// moves the node in both cases (apt 2.6).
 #[test]
 fn pins_in_preferences_d_against_the_recipes_explicit_versions() {
     let (old, new) = releases();
     let served = Served::new();
+    let (old_pkg, new_pkg) = (repo::package_version(&old), repo::package_version(&new));
 
-    // A pin that prefers the old minor (priority above 1000 would even downgrade).
+    // A pin that prefers the old minor (above 1000: apt would even downgrade to it).
     let pin = format!("Package: kube*\nPin: version {}.{}.*\nPin-Priority: 1001\n", old.major, old.minor);
-    let (host, transcript, failed) = upgrade_with_pin(&served, &old, &new, &pin);
-    println!("pin 1001 on {}.{}.*:\n{transcript}", old.major, old.minor);
+    let (host, policy, transcript, failed) = upgrade_with_pin(&served, &old, &new, &pin);
+    println!("pin 1001 on {}.{}.*:\n{policy}\n{transcript}", old.major, old.minor);
+    assert!(policy.contains(&format!("Candidate: {old_pkg}")), "the pin holds the candidate back:\n{policy}");
+    assert!(policy.lines().any(|l| l.trim() == format!("*** {old_pkg} 1001")), "{policy}");
     assert_eq!(failed, None, "an explicit version request wins over a 1001 pin");
     host.assert_at(&new);
     drop(host);
 
     // A pin that forbids the new minor.
     let pin = format!("Package: kube*\nPin: version {}.{}.*\nPin-Priority: -1\n", new.major, new.minor);
-    let (host, transcript, failed) = upgrade_with_pin(&served, &old, &new, &pin);
-    println!("pin -1 on {}.{}.*:\n{transcript}", new.major, new.minor);
-    let (step, said) = failed.expect("a -1 pin refuses the new version");
-    assert!(step.contains(&format!("kubeadm={new}-*")), "the kubeadm install is the step that fails: {step}");
-    assert!(said.contains(&format!("Version '{new}-*' for 'kubeadm' was not found")), "{said}");
-    host.assert_at(&old);
+    let (host, policy, transcript, failed) = upgrade_with_pin(&served, &old, &new, &pin);
+    println!("pin -1 on {}.{}.*:\n{policy}\n{transcript}", new.major, new.minor);
+    assert!(
+        policy.contains(&format!("Candidate: {old_pkg}")),
+        "the pin refuses the new candidate:\n{policy}"
+    );
+    assert!(policy.lines().any(|l| l.trim() == format!("{new_pkg} -1")), "{policy}");
+    assert_eq!(failed, None, "an explicit version request wins over a -1 pin too");
+    host.assert_at(&new);
     drop(host);
     served.finish();
 }
 
+/// The failed step of a run, with its output.
+type Failure = Option<(String, String)>;
+
 /// A fresh host installed at `old`, `pin` written to /etc/apt/preferences.d, then the
-/// recipe's package steps towards `new` run until one fails: the host, the transcript, and
-/// the failed step with its output.
+/// recipe's package steps towards `new` run until one fails: the host, `apt-cache policy
+/// kubeadm` right after the recipe's `apt-get update`, the transcript, and the failure.
 fn upgrade_with_pin(
     served: &Served,
     old: &Version,
     new: &Version,
     pin: &str,
-) -> (Host, String, Option<(String, String)>) {
+) -> (Host, String, String, Failure) {
     let host = Host::new();
     install(&host, served, old);
     host.write("/etc/apt/preferences.d/kubernetes", pin);
     let mut transcript = String::new();
+    let mut policy = String::new();
     for step in recipe_package_steps(old, new) {
         let out = host.run(&step);
         transcript.push_str(&format!("$ {step}\n{}\n", text(&out)));
         if !out.status.success() {
-            return (host, transcript, Some((step.to_string(), text(&out))));
+            return (host, policy, transcript, Some((step.to_string(), text(&out))));
+        }
+        if step.args == ["update"] {
+            policy = host.sh("apt-cache", &["policy", "kubeadm"]);
         }
     }
-    (host, transcript, None)
+    (host, policy, transcript, None)
 }
 
 /// The packages entry is derived from the binaries: cached when they did not change,

@@ -60,8 +60,14 @@ pub fn ensure(cache: &Cache, components: &[Component], check: Check) -> anyhow::
             bar.reset_elapsed();
             bar.set_prefix(format!("building {component}"));
             bar.set_message(reason.clone());
-            let line =
-                format!("building {component} from the Go module proxy ({reason}; cold builds take minutes)");
+            let line = match component {
+                Component::KubernetesDebs(_) => {
+                    format!("packaging {component} from the cached binaries ({reason})")
+                }
+                _ => format!(
+                    "building {component} from the Go module proxy ({reason}; cold builds take minutes)"
+                ),
+            };
             if tty { bar.println(line) } else { eprintln!("{line}") }
         }
         BuildEvent::Output { line, .. } => {
