@@ -34,7 +34,8 @@ fn v(s: &str) -> Version {
 async fn cluster(tmp: &tempfile::TempDir, from: &str, to: &str, control_planes: usize, workers: usize) -> KubeadmCluster {
     let agent = env!("CARGO_BIN_EXE_refit").to_string();
     KubeadmCluster::start(KubeadmConfig {
-        dir: tmp.path().join("sb"),
+        // REFIT_TEST_KEEP=DIR keeps the sandbox's logs and state there for a post-mortem.
+        dir: std::env::var_os("REFIT_TEST_KEEP").map(PathBuf::from).unwrap_or_else(|| tmp.path().join("sb")),
         version: v(from),
         releases: vec![v(from), v(to)],
         control_planes,
@@ -237,5 +238,4 @@ async fn one_control_plane_and_two_workers_go_from_136_to_137_through_kubeadm_an
     assert!(seen.skew_breaches.is_empty(), "{:?}", seen.skew_breaches);
     assert!(seen.max_unschedulable_workers <= 1, "{seen:?}");
     assert!(seen.min_ready.get("web").copied().unwrap_or(0) >= 3, "PDB violated: {seen:?}");
-    let _ = PathBuf::new();
 }

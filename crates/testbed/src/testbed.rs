@@ -1034,7 +1034,7 @@ impl Drop for Testbed {
 /// kwok's options followed by the stages the build assembled. kwok v0.8 does not apply its
 /// documented option defaults when a configuration file is given, so every parallelism knob is
 /// set here (a zero parallelism makes kwok exit at start).
-fn write_kwok_config(stages: &Path, out: &Path) -> Result<(), Error> {
+pub(crate) fn write_kwok_config(stages: &Path, out: &Path) -> Result<(), Error> {
     let text = std::fs::read_to_string(stages).map_err(|e| Error::io(stages, e))?;
     let body: Vec<&str> = text.split("\n---\n").skip(1).collect();
     if body.is_empty() {

@@ -325,9 +325,10 @@ impl KubeadmCluster {
 
     fn start_kwok(&mut self, cfg: &KubeadmConfig, cache: &Cache, versions: &TestbedVersions) -> Result<(), Error> {
         let dir = cache.entry_dir(&Component::Kwok(versions.kwok.clone()));
-        let stages_path = dir.join("kwok.yaml");
-        let stages = std::fs::read_to_string(&stages_path).map_err(|e| Error::io(&stages_path, e))?;
         let config = self.state.dir.join("kwok.yaml");
+        // The testbed's kwok configuration, with mirror pods left to the node agents.
+        crate::testbed::write_kwok_config(&dir.join("kwok.yaml"), &config)?;
+        let stages = std::fs::read_to_string(&config).map_err(|e| Error::io(&config, e))?;
         crate::pki::write_file(&config, &config::kwok_stages_without_mirror_pods(&stages), false)?;
         let port = free_ports(1)?.first().copied().ok_or_else(|| Error::Config("no free port".into()))?;
         let args = vec![
