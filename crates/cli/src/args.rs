@@ -198,6 +198,11 @@ pub struct UpArgs {
     /// Workloads to create.
     #[arg(long, value_enum)]
     pub workloads: Option<Workloads>,
+    /// Build the cluster with the real `kubeadm init`/`join` on kubeadm-shaped nodes (own
+    /// network namespace, private root, sshd, apt packages held at the release), upgradable with
+    /// `refit upgrade --action ssh`. Needs root and openssh-server.
+    #[arg(long)]
+    pub kubeadm: bool,
 }
 
 /// Workload sets for the sandbox.

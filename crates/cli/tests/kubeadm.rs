@@ -20,9 +20,9 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams};
 use kube::runtime::watcher;
 use refit_core::Version;
+use refit_testbed::Lifetime;
 use refit_testbed::kubeadm::cluster::{KubeadmCluster, KubeadmConfig};
 use refit_testbed::workloads::{Budget, apply, deployment, pdb, wait_pods_ready};
-use refit_testbed::Lifetime;
 use support::{refit, release};
 
 const NS: &str = "shop";
@@ -31,7 +31,13 @@ fn v(s: &str) -> Version {
     s.parse().unwrap()
 }
 
-async fn cluster(tmp: &tempfile::TempDir, from: &str, to: &str, control_planes: usize, workers: usize) -> KubeadmCluster {
+async fn cluster(
+    tmp: &tempfile::TempDir,
+    from: &str,
+    to: &str,
+    control_planes: usize,
+    workers: usize,
+) -> KubeadmCluster {
     let agent = env!("CARGO_BIN_EXE_refit").to_string();
     KubeadmCluster::start(KubeadmConfig {
         // REFIT_TEST_KEEP=DIR keeps the sandbox's logs and state there for a post-mortem.
@@ -58,7 +64,11 @@ struct Seen {
 }
 
 fn kubelet(n: &Node) -> String {
-    n.status.as_ref().and_then(|s| s.node_info.as_ref()).map(|i| i.kubelet_version.clone()).unwrap_or_default()
+    n.status
+        .as_ref()
+        .and_then(|s| s.node_info.as_ref())
+        .map(|i| i.kubelet_version.clone())
+        .unwrap_or_default()
 }
 
 fn is_cp(n: &Node) -> bool {
@@ -84,15 +94,21 @@ fn watch(client: kube::Client) -> (Arc<Mutex<Seen>>, Vec<tokio::task::JoinHandle
                 _ => continue,
             }
             let workers: Vec<&Node> = all.values().filter(|n| !is_cp(n)).collect();
-            let cordoned =
-                workers.iter().filter(|n| n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false)).count();
+            let cordoned = workers
+                .iter()
+                .filter(|n| n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false))
+                .count();
             let cp_min = all.values().filter(|n| is_cp(n)).map(|n| minor(&kubelet(n))).min();
             let mut s = s1.lock().unwrap();
             s.max_unschedulable_workers = s.max_unschedulable_workers.max(cordoned);
             if let Some(cp_min) = cp_min {
                 for w in &workers {
                     if minor(&kubelet(w)) > cp_min {
-                        s.skew_breaches.push(format!("{} at {}", w.metadata.name.clone().unwrap_or_default(), kubelet(w)));
+                        s.skew_breaches.push(format!(
+                            "{} at {}",
+                            w.metadata.name.clone().unwrap_or_default(),
+                            kubelet(w)
+                        ));
                     }
                 }
             }
@@ -140,7 +156,8 @@ fn manifests_images(c: &KubeadmCluster, node: &str) -> BTreeMap<String, String> 
     let mut out = BTreeMap::new();
     for file in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"] {
         let text = c.exec(node, "cat", &[&format!("/etc/kubernetes/manifests/{file}.yaml")]).unwrap();
-        let image = text.lines().find_map(|l| l.trim().strip_prefix("image: ")).unwrap_or_default().to_string();
+        let image =
+            text.lines().find_map(|l| l.trim().strip_prefix("image: ")).unwrap_or_default().to_string();
         out.insert(file.to_string(), image);
     }
     out
@@ -166,7 +183,12 @@ async fn one_control_plane_and_two_workers_go_from_136_to_137_through_kubeadm_an
     // Before: packages held at the start release, every node's kubelet at it.
     for n in c.nodes() {
         let held = c.exec(&n.name, "apt-mark", &["showhold"]).unwrap();
-        assert_eq!(held.split_whitespace().collect::<Vec<_>>(), ["kubeadm", "kubectl", "kubelet"], "{}", n.name);
+        assert_eq!(
+            held.split_whitespace().collect::<Vec<_>>(),
+            ["kubeadm", "kubectl", "kubelet"],
+            "{}",
+            n.name
+        );
     }
     let nodes: Api<Node> = Api::all(client.clone());
     for n in nodes.list(&ListParams::default()).await.unwrap() {
@@ -175,7 +197,12 @@ async fn one_control_plane_and_two_workers_go_from_136_to_137_through_kubeadm_an
 
     // A workload under a PDB spread over the workers.
     let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    let _ = ns.create(&Default::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": NS}})).unwrap()).await;
+    let _ = ns
+        .create(
+            &Default::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": NS}})).unwrap(),
+        )
+        .await;
     apply::<Deployment>(&client, deployment(NS, "web", 4)).await.unwrap();
     apply::<PodDisruptionBudget>(&client, pdb(NS, "web", "web", Budget::MaxUnavailable(1))).await.unwrap();
     wait_pods_ready(&client, NS, "", 4, std::time::Duration::from_secs(120)).await.unwrap();
@@ -217,12 +244,23 @@ async fn one_control_plane_and_two_workers_go_from_136_to_137_through_kubeadm_an
     // Packages at the target and held again, on every node; every kubelet reports it.
     let pkg = format!("{to}-1.1");
     for n in c.nodes() {
-        let listed = c.exec(&n.name, "dpkg-query", &["-W", "-f", "${Package} ${Version}\\n", "kubeadm", "kubelet", "kubectl"]).unwrap();
+        let listed = c
+            .exec(
+                &n.name,
+                "dpkg-query",
+                &["-W", "-f", "${Package} ${Version}\\n", "kubeadm", "kubelet", "kubectl"],
+            )
+            .unwrap();
         for line in listed.lines() {
             assert!(line.ends_with(&pkg), "{}: {line}", n.name);
         }
         let held = c.exec(&n.name, "apt-mark", &["showhold"]).unwrap();
-        assert_eq!(held.split_whitespace().collect::<Vec<_>>(), ["kubeadm", "kubectl", "kubelet"], "{}", n.name);
+        assert_eq!(
+            held.split_whitespace().collect::<Vec<_>>(),
+            ["kubeadm", "kubectl", "kubelet"],
+            "{}",
+            n.name
+        );
     }
     for n in nodes.list(&ListParams::default()).await.unwrap() {
         assert_eq!(kubelet(&n), format!("v{to}"), "{}", n.metadata.name.unwrap_or_default());

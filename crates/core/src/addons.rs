@@ -185,7 +185,14 @@ mod tests {
         assert_eq!(t.kube_proxy.as_deref(), Some("v1.37.1"));
         assert_eq!(t.coredns.as_deref(), Some("v1.14.6"));
         let t = targets(&c, &Version::new(1, 36, 4));
-        assert_eq!(t, AddonTargets { kube_proxy: Some("v1.36.4".into()), coredns: Some("v1.14.2".into()), owner: AddonOwner::Refit });
+        assert_eq!(
+            t,
+            AddonTargets {
+                kube_proxy: Some("v1.36.4".into()),
+                coredns: Some("v1.14.2".into()),
+                owner: AddonOwner::Refit
+            }
+        );
     }
 
     #[test]

@@ -370,7 +370,8 @@ mod tests {
                 .unwrap();
         ignoring.validate(&nodes).unwrap();
         for bad in ["''", "'--force'", "'a,b'", "'a b'", "'$(x)'"] {
-            let f = PlanFile::from_yaml(&format!("action: {{type: ssh, ignorePreflightErrors: [{bad}]}}")).unwrap();
+            let f = PlanFile::from_yaml(&format!("action: {{type: ssh, ignorePreflightErrors: [{bad}]}}"))
+                .unwrap();
             assert!(
                 matches!(f.validate(&nodes), Err(PlanFileError::Action(ref m)) if m.contains("not a kubeadm check name")),
                 "{bad}"

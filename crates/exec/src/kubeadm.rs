@@ -75,7 +75,10 @@ pub fn repo_switch_expression(minor: &str) -> String {
 ///
 /// `ctx.to` must be a released version (`1.37.1` or `v1.37.1`): packages and
 /// `kubeadm upgrade apply` need the exact patch, and pre-releases live in other repositories.
-pub fn kubeadm_recipe(ctx: &NodeContext, options: impl Into<KubeadmOptions>) -> Result<Vec<RemoteCommand>, Error> {
+pub fn kubeadm_recipe(
+    ctx: &NodeContext,
+    options: impl Into<KubeadmOptions>,
+) -> Result<Vec<RemoteCommand>, Error> {
     let options: KubeadmOptions = options.into();
     let pkg = options.package_manager;
     let ignoring: Vec<String> = if options.ignore_preflight_errors.is_empty() {

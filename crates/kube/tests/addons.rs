@@ -40,7 +40,14 @@ async fn addons_move_to_the_targets_pairing_then_stay_and_absent_ones_are_skippe
     let catalog = Catalog::embedded().unwrap();
     let to: Version = "1.37.1".parse().unwrap();
     let t = targets(&catalog, &to);
-    assert_eq!(t, AddonTargets { kube_proxy: Some("v1.37.1".into()), coredns: Some("v1.14.6".into()), owner: Default::default() });
+    assert_eq!(
+        t,
+        AddonTargets {
+            kube_proxy: Some("v1.37.1".into()),
+            coredns: Some("v1.14.6".into()),
+            owner: Default::default()
+        }
+    );
     let before_dns = format!(
         "registry.k8s.io/coredns/coredns:{}",
         catalog.release(from.minor_version()).unwrap().kubeadm.coredns
@@ -131,7 +138,8 @@ async fn addons_move_to_the_targets_pairing_then_stay_and_absent_ones_are_skippe
         )
         .await
         .unwrap();
-    let t_resume = AddonTargets { kube_proxy: t.kube_proxy.clone(), coredns: Some("v1.14.7".into()), owner: t.owner };
+    let t_resume =
+        AddonTargets { kube_proxy: t.kube_proxy.clone(), coredns: Some("v1.14.7".into()), owner: t.owner };
     let events = Mutex::new(Vec::<AddonEvent>::new());
     let r = upgrade_addons(&conn, &t_resume, TIMEOUT, &|e| events.lock().unwrap().push(e)).await.unwrap();
     let events = events.into_inner().unwrap();

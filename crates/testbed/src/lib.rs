@@ -19,7 +19,7 @@ pub mod workloads;
 pub use cache::{BuildEvent, Cache, Check, Component, EntryState, TestbedVersions};
 pub use process::Lifetime;
 pub use shared::{default_version, shared, unique_namespace};
-pub use testbed::{Member, NodeRole, Testbed, TestbedConfig, WorkerSpec};
+pub use testbed::{Member, NodeRole, Testbed, TestbedConfig, WorkerSpec, node_is_ready};
 
 use std::path::{Path, PathBuf};
 

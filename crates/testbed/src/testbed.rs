@@ -1134,7 +1134,7 @@ async fn create_node(client: &Client, node: serde_json::Value) -> Result<(), Err
 }
 
 /// Ready=True and no `node.kubernetes.io/not-ready` taint.
-pub(crate) fn node_is_ready(n: &Node) -> bool {
+pub fn node_is_ready(n: &Node) -> bool {
     let ready = n
         .status
         .as_ref()

@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams};
 use refit_core::{Version, VersionRequest};
+use refit_testbed::kubeadm::cluster::{KubeadmCluster, KubeadmConfig};
 use refit_testbed::{Cache, Check, Component, Lifetime, Testbed, TestbedConfig, TestbedVersions, WorkerSpec};
 use serde::Serialize;
 
@@ -186,6 +187,9 @@ pub async fn up(args: UpArgs, format: Format) -> anyhow::Result<ExitCode> {
     let dir = sandbox_dir(&args.dir)?;
     let versions = TestbedVersions::from_env()?;
     let version = resolve_version(&args.kube_version, &versions)?;
+    if args.kubeadm {
+        return kubeadm_up(dir, &version, &versions, &args, format, started).await;
+    }
     let tb = start(dir.clone(), &version, args.control_planes, args.workers, args.workloads, false).await?;
     let result = UpResult {
         dir: dir.display().to_string(),
@@ -208,11 +212,13 @@ pub async fn up(args: UpArgs, format: Format) -> anyhow::Result<ExitCode> {
 
 pub fn down(dir: SandboxDir, format: Format) -> anyhow::Result<ExitCode> {
     let dir = sandbox_dir(&dir)?;
-    if !dir.join("state.json").exists() {
+    if KubeadmCluster::exists(&dir) {
+        KubeadmCluster::attach(&dir)?.stop();
+    } else if !dir.join("state.json").exists() {
         return Err(usage(format!("no sandbox in {} (nothing to stop)", dir.display())));
+    } else {
+        Testbed::attach(&dir)?.stop();
     }
-    let tb = Testbed::attach(&dir)?;
-    tb.stop();
     std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     #[derive(Serialize)]
     struct Down {
@@ -442,6 +448,10 @@ fn attach_running(dir: &SandboxDir) -> anyhow::Result<Testbed> {
 }
 
 pub async fn status(dir: SandboxDir, format: Format) -> anyhow::Result<ExitCode> {
+    let path = sandbox_dir(&dir)?;
+    if KubeadmCluster::exists(&path) {
+        return kubeadm_status(&path, format).await;
+    }
     let tb = attach_running(&dir)?;
     let status = collect_status(&tb).await?;
     print_status(&status, format)?;
@@ -643,4 +653,203 @@ pub async fn serve_repo(args: ServeRepoArgs) -> anyhow::Result<ExitCode> {
     std::io::Write::flush(&mut std::io::stdout())?;
     refit_testbed::kubeadm::repo::serve(listener, args.root).await;
     Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct KubeadmUp {
+    dir: String,
+    kubeconfig: String,
+    plan_file: String,
+    version: String,
+    nodes: Vec<refit_testbed::kubeadm::cluster::SandboxNode>,
+    seconds: f64,
+}
+
+/// `refit sandbox up --kubeadm`: a cluster made by the real kubeadm on kubeadm-shaped nodes.
+async fn kubeadm_up(
+    dir: PathBuf,
+    version: &Version,
+    versions: &TestbedVersions,
+    args: &UpArgs,
+    format: Format,
+    started: Instant,
+) -> anyhow::Result<ExitCode> {
+    if !(1..=3).contains(&args.control_planes) {
+        return Err(usage(format!("--control-plane must be 1, 2 or 3, not {}", args.control_planes)));
+    }
+    if args.workers > 50 {
+        return Err(usage(format!(
+            "--workers {} is more kubeadm nodes than one machine holds here (at most 50; each runs sshd and an agent)",
+            args.workers
+        )));
+    }
+    if KubeadmCluster::exists(&dir) || dir.join("state.json").exists() {
+        return Err(usage(format!(
+            "a sandbox already exists in {}; stop it with `refit sandbox down` or pass another --dir",
+            dir.display()
+        )));
+    }
+    refit_testbed::kubeadm::host::check_prerequisites()?;
+    let cache = Cache::from_env()?;
+    let mut needed = vec![Component::Etcd(versions.etcd.clone()), Component::Kwok(versions.kwok.clone())];
+    for r in &versions.kubernetes {
+        needed.extend([
+            Component::Kubernetes(r.clone()),
+            Component::KubernetesNode(r.clone()),
+            Component::KubernetesDebs(r.clone()),
+        ]);
+    }
+    crate::commands::build::ensure(&cache, &needed, Check::Quick)?;
+    let exe = std::env::current_exe()
+        .context("locating the refit binary for the node agents")?
+        .display()
+        .to_string();
+    let sub = |name: &str| vec![exe.clone(), "sandbox".to_string(), name.to_string()];
+    let bar = spinner(&format!(
+        "kubeadm init/join of {} control-plane and {} worker node(s) at v{version}",
+        args.control_planes, args.workers
+    ))?;
+    let cluster = KubeadmCluster::start(KubeadmConfig {
+        dir: dir.clone(),
+        version: version.clone(),
+        releases: versions.kubernetes.clone(),
+        control_planes: args.control_planes,
+        workers: args.workers,
+        lifetime: Lifetime::Detached,
+        agent_command: sub("node-agent"),
+        lb_command: Some(sub("serve-lb")),
+        repo_command: Some(sub("serve-repo")),
+    })
+    .await;
+    bar.finish_and_clear();
+    let cluster = cluster.context("starting the kubeadm sandbox")?;
+    if let Some(Workloads::Demo) = args.workloads {
+        let client = cluster.client().await?;
+        let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        let body = serde_json::from_value(serde_json::json!({"metadata": {"name": DEMO_NAMESPACE}}))?;
+        ns.create(&Default::default(), &body).await.context("creating the demo namespace")?;
+        refit_testbed::workloads::install_demo(&client, DEMO_NAMESPACE).await?;
+    }
+    let result = KubeadmUp {
+        dir: dir.display().to_string(),
+        kubeconfig: cluster.kubeconfig().display().to_string(),
+        plan_file: cluster.plan_file().display().to_string(),
+        version: version.to_string(),
+        nodes: cluster.nodes().to_vec(),
+        seconds: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+    };
+    if !print_structured(format, &result)? {
+        println!(
+            "kubeadm sandbox up in {:.1}s: Kubernetes v{} on {} node(s) built by kubeadm init/join",
+            result.seconds,
+            result.version,
+            result.nodes.len()
+        );
+        for n in &result.nodes {
+            let role = if n.control_plane { "control-plane" } else { "worker" };
+            println!(
+                "  {:<12} {:<15} {role}   ssh -F {}/hosts/ssh_config {}",
+                n.name,
+                n.address,
+                dir.display(),
+                n.name
+            );
+        }
+        println!("export KUBECONFIG={}", result.kubeconfig);
+        // The repository offers the built releases only: name one exactly (a bare minor would
+        // resolve to the catalog's newest patch, which may not be built here).
+        if let Some(newest) = versions.kubernetes.iter().max().filter(|v| *v > version) {
+            println!(
+                "upgrade it: refit upgrade --to {newest} -f {} --kubeconfig {}",
+                result.plan_file, result.kubeconfig
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct KubeadmNodeRow {
+    name: String,
+    address: String,
+    role: &'static str,
+    kubelet: String,
+    ready: bool,
+    unschedulable: bool,
+}
+
+#[derive(Serialize)]
+struct KubeadmStatus {
+    dir: String,
+    kubeconfig: String,
+    plan_file: String,
+    processes: Vec<ProcessRow>,
+    nodes: Vec<KubeadmNodeRow>,
+}
+
+async fn kubeadm_status(dir: &std::path::Path, format: Format) -> anyhow::Result<ExitCode> {
+    let cluster = KubeadmCluster::attach(dir)?;
+    let state = cluster.state();
+    let processes: Vec<ProcessRow> = state
+        .pids
+        .iter()
+        .map(|(name, pid)| ProcessRow {
+            name: name.clone(),
+            pid: *pid,
+            running: refit_testbed::process::pid_alive(*pid),
+        })
+        .collect();
+    let client = cluster.client().await?;
+    let listed = Api::<Node>::all(client).list(&ListParams::default()).await.context("listing the nodes")?;
+    let nodes: Vec<KubeadmNodeRow> = state
+        .nodes
+        .iter()
+        .map(|n| {
+            let node = listed.items.iter().find(|k| k.metadata.name.as_deref() == Some(n.name.as_str()));
+            KubeadmNodeRow {
+                name: n.name.clone(),
+                address: n.address.to_string(),
+                role: if n.control_plane { "control-plane" } else { "worker" },
+                kubelet: node
+                    .and_then(|k| k.status.as_ref())
+                    .and_then(|s| s.node_info.as_ref())
+                    .map(|i| i.kubelet_version.clone())
+                    .unwrap_or_default(),
+                ready: node.is_some_and(refit_testbed::node_is_ready),
+                unschedulable: node
+                    .and_then(|k| k.spec.as_ref())
+                    .and_then(|s| s.unschedulable)
+                    .unwrap_or(false),
+            }
+        })
+        .collect();
+    let status = KubeadmStatus {
+        dir: dir.display().to_string(),
+        kubeconfig: state.kubeconfig.display().to_string(),
+        plan_file: state.plan_file.display().to_string(),
+        processes,
+        nodes,
+    };
+    let healthy = status.processes.iter().all(|p| p.running) && status.nodes.iter().all(|n| n.ready);
+    if !print_structured(format, &status)? {
+        println!("kubeadm sandbox in {} (kubeconfig {})", status.dir, status.kubeconfig);
+        let mut t = table(&["NODE", "ADDRESS", "ROLE", "KUBELET", "READY", "SCHEDULABLE"]);
+        for n in &status.nodes {
+            t.add_row(vec![
+                n.name.clone(),
+                n.address.clone(),
+                n.role.to_string(),
+                n.kubelet.clone(),
+                n.ready.to_string(),
+                (!n.unschedulable).to_string(),
+            ]);
+        }
+        println!("{t}");
+        let mut p = table(&["PROCESS", "PID", "RUNNING"]);
+        for r in &status.processes {
+            p.add_row(vec![r.name.clone(), r.pid.to_string(), r.running.to_string()]);
+        }
+        println!("{p}");
+    }
+    Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

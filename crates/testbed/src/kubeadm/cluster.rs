@@ -25,10 +25,10 @@ use super::agent::AgentConfig;
 use super::config::{self, InitSpec, JoinSpec};
 use super::host::{Hosts, HostsState, NodeHost};
 use super::repo::{self, NodeCommand, RepoServer, Repository};
+use crate::Error;
 use crate::cache::{Cache, Component, TestbedVersions};
 use crate::lb::LoadBalancer;
 use crate::process::{Lifetime, Proc, free_ports, pid_alive};
-use crate::Error;
 
 /// How to start a kubeadm sandbox.
 #[derive(Debug, Clone)]
@@ -118,10 +118,7 @@ impl KubeadmCluster {
             releases.push(cfg.version.clone());
         }
         releases.sort();
-        let mut needed = vec![
-            Component::Etcd(versions.etcd.clone()),
-            Component::Kwok(versions.kwok.clone()),
-        ];
+        let mut needed = vec![Component::Etcd(versions.etcd.clone()), Component::Kwok(versions.kwok.clone())];
         for r in &releases {
             needed.push(Component::Kubernetes(r.clone()));
             needed.push(Component::KubernetesDebs(r.clone()));
@@ -239,7 +236,11 @@ impl KubeadmCluster {
         });
         first.write_file("/var/lib/refit/kubeadm-init.yaml", init.as_bytes(), 0o600)?;
         let t = Instant::now();
-        self.kubeadm(&first, "init", &["init", "--config", "/var/lib/refit/kubeadm-init.yaml", "--upload-certs"])?;
+        self.kubeadm(
+            &first,
+            "init",
+            &["init", "--config", "/var/lib/refit/kubeadm-init.yaml", "--upload-certs"],
+        )?;
         tracing::info!("kubeadm init on cp-1 took {:?}", t.elapsed());
         let admin = first.read_file("/etc/kubernetes/admin.conf")?;
         let admin = String::from_utf8(admin).map_err(|e| Error::Config(format!("admin.conf: {e}")))?;
@@ -259,7 +260,11 @@ impl KubeadmCluster {
                 ca_cert_hash: ca_cert_hash.clone(),
                 certificate_key: node.control_plane.then(|| certificate_key.clone()),
             };
-            host.write_file("/var/lib/refit/kubeadm-join.yaml", config::join_config(&spec).as_bytes(), 0o600)?;
+            host.write_file(
+                "/var/lib/refit/kubeadm-join.yaml",
+                config::join_config(&spec).as_bytes(),
+                0o600,
+            )?;
             let t = Instant::now();
             self.kubeadm(&host, "join", &["join", "--config", "/var/lib/refit/kubeadm-join.yaml"])?;
             tracing::info!(node = %node.name, "kubeadm join took {:?}", t.elapsed());
@@ -280,7 +285,12 @@ impl KubeadmCluster {
         }
     }
 
-    fn start_lb(&mut self, cfg: &KubeadmConfig, listen: SocketAddr, backends: Vec<SocketAddr>) -> Result<(), Error> {
+    fn start_lb(
+        &mut self,
+        cfg: &KubeadmConfig,
+        listen: SocketAddr,
+        backends: Vec<SocketAddr>,
+    ) -> Result<(), Error> {
         match (&cfg.lifetime, &cfg.lb_command) {
             (Lifetime::Detached, Some(cmd)) if !cmd.is_empty() => {
                 let mut args: Vec<String> = cmd.iter().skip(1).cloned().collect();
@@ -290,7 +300,9 @@ impl KubeadmCluster {
                 let proc = Proc::spawn("lb", Path::new(&cmd[0]), &args, &[], &log, Lifetime::Detached)?;
                 self.state.pids.insert("lb".into(), proc.release());
             }
-            (Lifetime::Detached, _) => return Err(Error::Config("a detached kubeadm sandbox needs an lb command".into())),
+            (Lifetime::Detached, _) => {
+                return Err(Error::Config("a detached kubeadm sandbox needs an lb command".into()));
+            }
             (Lifetime::Attached, _) => self.lb = Some(LoadBalancer::start(listen, backends)?),
         }
         Ok(())
@@ -303,14 +315,21 @@ impl KubeadmCluster {
                 let port = free_port_on(gateway)?;
                 let addr = SocketAddr::from((gateway, port));
                 let mut args: Vec<String> = cmd.iter().skip(1).cloned().collect();
-                args.extend(["--root".to_string(), root.display().to_string(), "--listen".into(), addr.to_string()]);
+                args.extend([
+                    "--root".to_string(),
+                    root.display().to_string(),
+                    "--listen".into(),
+                    addr.to_string(),
+                ]);
                 let log = self.state.dir.join("logs").join("repo.log");
                 let proc = Proc::spawn("repo", Path::new(&cmd[0]), &args, &[], &log, Lifetime::Detached)?;
                 self.state.pids.insert("repo".into(), proc.release());
                 addr
             }
             (Lifetime::Detached, _) => {
-                return Err(Error::Config("a detached kubeadm sandbox needs a repository server command".into()));
+                return Err(Error::Config(
+                    "a detached kubeadm sandbox needs a repository server command".into(),
+                ));
             }
             (Lifetime::Attached, _) => {
                 let server = RepoServer::start(&root, SocketAddr::from((gateway, 0)))?;
@@ -323,7 +342,12 @@ impl KubeadmCluster {
         Ok(())
     }
 
-    fn start_kwok(&mut self, cfg: &KubeadmConfig, cache: &Cache, versions: &TestbedVersions) -> Result<(), Error> {
+    fn start_kwok(
+        &mut self,
+        cfg: &KubeadmConfig,
+        cache: &Cache,
+        versions: &TestbedVersions,
+    ) -> Result<(), Error> {
         let dir = cache.entry_dir(&Component::Kwok(versions.kwok.clone()));
         let config = self.state.dir.join("kwok.yaml");
         // The testbed's kwok configuration, with mirror pods left to the node agents.
@@ -353,7 +377,9 @@ impl KubeadmCluster {
         let log = self.state.dir.join("logs").join(format!("kubeadm-{what}-{}.log", host.name));
         let mut cmd = host.command("kubeadm", args);
         cmd.env_clear().env("PATH", NODE_PATH).env("HOME", "/root").stdin(Stdio::null());
-        let out = cmd.output().map_err(|e| Error::Process { name: format!("kubeadm {what}"), detail: e.to_string() })?;
+        let out = cmd
+            .output()
+            .map_err(|e| Error::Process { name: format!("kubeadm {what}"), detail: e.to_string() })?;
         let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
         let err = String::from_utf8_lossy(&out.stderr);
         let _ = std::fs::write(&log, format!("$ kubeadm {}\n{text}\n--- stderr\n{err}", args.join(" ")));
@@ -380,20 +406,39 @@ impl KubeadmCluster {
         cmd.envs(c.env.iter().map(|(k, v)| (k, v)));
         cmd.stdin(if c.stdin.is_some() { Stdio::piped() } else { Stdio::null() });
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| Error::Process { name: c.program.clone(), detail: e.to_string() })?;
+        let mut child =
+            cmd.spawn().map_err(|e| Error::Process { name: c.program.clone(), detail: e.to_string() })?;
         if let (Some(input), Some(mut stdin)) = (&c.stdin, child.stdin.take()) {
             use std::io::Write;
-            stdin.write_all(input).map_err(|e| Error::Process { name: c.program.clone(), detail: e.to_string() })?;
+            stdin
+                .write_all(input)
+                .map_err(|e| Error::Process { name: c.program.clone(), detail: e.to_string() })?;
         }
-        let out = child.wait_with_output().map_err(|e| Error::Process { name: c.program.clone(), detail: e.to_string() })?;
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&log).map_err(|e| Error::io(&log, e))?;
+        let out = child
+            .wait_with_output()
+            .map_err(|e| Error::Process { name: c.program.clone(), detail: e.to_string() })?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| Error::io(&log, e))?;
         use std::io::Write;
-        let _ = writeln!(f, "$ {c}\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let _ = writeln!(
+            f,
+            "$ {c}\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
             return Err(Error::Process {
                 name: format!("{} on {}", c.program, host.name),
-                detail: format!("{}: {} (log: {})", out.status, err.lines().last().unwrap_or(""), log.display()),
+                detail: format!(
+                    "{}: {} (log: {})",
+                    out.status,
+                    err.lines().last().unwrap_or(""),
+                    log.display()
+                ),
             });
         }
         Ok(())
@@ -458,10 +503,17 @@ impl KubeadmCluster {
     pub fn attach(dir: &Path) -> Result<KubeadmCluster, Error> {
         let path = dir.join(STATE_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let state: KubeadmState =
-            serde_json::from_str(&text).map_err(|e| Error::State { path: path.clone(), detail: e.to_string() })?;
+        let state: KubeadmState = serde_json::from_str(&text)
+            .map_err(|e| Error::State { path: path.clone(), detail: e.to_string() })?;
         let hosts = Hosts::attach(state.hosts.clone());
-        Ok(KubeadmCluster { state, hosts, procs: Vec::new(), lb: None, repo: None, lifetime: Lifetime::Detached })
+        Ok(KubeadmCluster {
+            state,
+            hosts,
+            procs: Vec::new(),
+            lb: None,
+            repo: None,
+            lifetime: Lifetime::Detached,
+        })
     }
 
     /// Whether `dir` holds a kubeadm sandbox.
@@ -561,5 +613,7 @@ fn rand_bytes<const N: usize>() -> [u8; N] {
 fn free_port_on(ip: Ipv4Addr) -> Result<u16, Error> {
     let l = std::net::TcpListener::bind((ip, 0))
         .map_err(|e| Error::Process { name: "port".into(), detail: format!("bind {ip}: {e}") })?;
-    l.local_addr().map(|a| a.port()).map_err(|e| Error::Process { name: "port".into(), detail: e.to_string() })
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| Error::Process { name: "port".into(), detail: e.to_string() })
 }

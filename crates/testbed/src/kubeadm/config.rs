@@ -14,12 +14,16 @@ pub const IGNORED_PREFLIGHT: &[(&str, &str)] = &[
     ("Swap", "the host's swap, shared by every node"),
     ("NumCPU", "the host's CPUs, shared by every node (the test machine has 2)"),
     ("Mem", "the host's memory, shared by every node"),
-    ("FileContent--proc-sys-net-ipv4-ip_forward", "a new network namespace starts with forwarding off; no pod traffic crosses sandbox nodes"),
+    (
+        "FileContent--proc-sys-net-ipv4-ip_forward",
+        "a new network namespace starts with forwarding off; no pod traffic crosses sandbox nodes",
+    ),
     ("FileExisting-conntrack", "kube-proxy does not run on sandbox nodes (kwok reports its pods)"),
 ];
 
 /// Preflight checks `kubeadm upgrade apply/node` may not pass on a sandbox node.
-pub const UPGRADE_IGNORED_PREFLIGHT: &[&str] = &["ContainerRuntimeVersion", "ImagePull", "SystemVerification"];
+pub const UPGRADE_IGNORED_PREFLIGHT: &[&str] =
+    &["ContainerRuntimeVersion", "ImagePull", "SystemVerification"];
 
 /// The names of [`IGNORED_PREFLIGHT`].
 pub fn ignored_preflight() -> Vec<&'static str> {
@@ -212,7 +216,9 @@ mod tests {
             ca_cert_hash: "sha256:00".into(),
             certificate_key: Some("k".into()),
         });
-        assert!(join.contains("controlPlane:\n  certificateKey: \"k\"\n  localAPIEndpoint:\n    advertiseAddress: 10.200.0.11"));
+        assert!(join.contains(
+            "controlPlane:\n  certificateKey: \"k\"\n  localAPIEndpoint:\n    advertiseAddress: 10.200.0.11"
+        ));
         assert!(join.contains("caCertHashes: [\"sha256:00\"]"));
         let worker = join_config(&JoinSpec { certificate_key: None, ..join_spec() });
         assert!(!worker.contains("controlPlane"));
@@ -239,7 +245,8 @@ mod tests {
 
     #[test]
     fn the_ca_hash_is_read_from_the_join_command() {
-        let out = "kubeadm join 10.200.0.1:6443 --token abc.def --discovery-token-ca-cert-hash sha256:0123abcd \n";
+        let out =
+            "kubeadm join 10.200.0.1:6443 --token abc.def --discovery-token-ca-cert-hash sha256:0123abcd \n";
         assert_eq!(ca_hash_from_join_command(out).as_deref(), Some("sha256:0123abcd"));
         assert_eq!(ca_hash_from_join_command("kubeadm join x"), None);
     }

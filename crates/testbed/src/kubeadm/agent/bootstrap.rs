@@ -8,9 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use kube::config::{
-    AuthInfo, Cluster, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext,
-};
+use kube::config::{AuthInfo, Cluster, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -25,7 +23,8 @@ pub async fn bootstrap(
     kubelet_conf: &Path,
     timeout: Duration,
 ) -> Result<(), String> {
-    let kc = Kubeconfig::read_from(bootstrap_conf).map_err(|e| format!("{}: {e}", bootstrap_conf.display()))?;
+    let kc =
+        Kubeconfig::read_from(bootstrap_conf).map_err(|e| format!("{}: {e}", bootstrap_conf.display()))?;
     let cluster = kc
         .clusters
         .first()
@@ -97,7 +96,11 @@ pub async fn bootstrap(
     }
     write_private(pem_path, both.as_bytes())?;
     let conf = Kubeconfig {
-        clusters: vec![NamedCluster { name: "default-cluster".into(), cluster: Some(Cluster { ..cluster }), ..Default::default() }],
+        clusters: vec![NamedCluster {
+            name: "default-cluster".into(),
+            cluster: Some(Cluster { ..cluster }),
+            ..Default::default()
+        }],
         auth_infos: vec![NamedAuthInfo {
             name: "default-auth".into(),
             auth_info: Some(AuthInfo {

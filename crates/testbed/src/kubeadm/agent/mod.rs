@@ -28,16 +28,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use refit_core::Version;
 use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinHandle;
 
+use crate::Error;
 use crate::cache::Cache;
 use crate::process::{Lifetime, Proc};
-use crate::Error;
 use objects::{CONFIG_MIRROR, NodeFacts};
 use static_pods::{Binaries, CacheBinaries, StaticPod};
 
@@ -100,11 +100,14 @@ struct State {
 
 /// Runs the agent until SIGTERM or SIGINT; then stops its static pods.
 pub async fn run(config: AgentConfig) -> Result<(), Error> {
-    std::fs::write(PID_FILE, std::process::id().to_string()).map_err(|e| Error::io(Path::new(PID_FILE), e))?;
+    std::fs::write(PID_FILE, std::process::id().to_string())
+        .map_err(|e| Error::io(Path::new(PID_FILE), e))?;
     std::fs::create_dir_all(&config.log_dir).map_err(|e| Error::io(&config.log_dir, e))?;
     let healthz: SocketAddr = ([127, 0, 0, 1], config.healthz_port).into();
     tokio::spawn(serve_healthz(healthz));
-    let sig = |k: SignalKind| signal(k).map_err(|e| Error::Process { name: "node-agent".into(), detail: e.to_string() });
+    let sig = |k: SignalKind| {
+        signal(k).map_err(|e| Error::Process { name: "node-agent".into(), detail: e.to_string() })
+    };
     let mut hup = sig(SignalKind::hangup())?;
     let mut term = sig(SignalKind::terminate())?;
     let mut int = sig(SignalKind::interrupt())?;
@@ -144,7 +147,8 @@ fn read_facts(config: &AgentConfig) -> Option<NodeFacts> {
     let out = std::process::Command::new(KUBELET_BINARY).arg("--version").output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let version = text.split_whitespace().find(|w| w.starts_with('v'))?.to_string();
-    let taints = std::fs::read_to_string(FLAGS_ENV).map(|s| objects::taints_from_flags(&s)).unwrap_or_default();
+    let taints =
+        std::fs::read_to_string(FLAGS_ENV).map(|s| objects::taints_from_flags(&s)).unwrap_or_default();
     let machine_id = std::fs::read_to_string("/etc/machine-id").unwrap_or_default().trim().to_string();
     Some(NodeFacts {
         name: config.node.clone(),
@@ -180,10 +184,11 @@ fn now_rfc3339() -> String {
 
 /// Starts, restarts and stops processes to match the manifests; probes the ones not yet up.
 async fn reconcile_processes(config: &AgentConfig, binaries: &dyn Binaries, st: &mut State) {
-    let desired: BTreeMap<PathBuf, StaticPod> = static_pods::scan(Path::new(MANIFESTS), &config.node, binaries)
-        .into_iter()
-        .map(|p| (p.file.clone(), p))
-        .collect();
+    let desired: BTreeMap<PathBuf, StaticPod> =
+        static_pods::scan(Path::new(MANIFESTS), &config.node, binaries)
+            .into_iter()
+            .map(|p| (p.file.clone(), p))
+            .collect();
     let gone: Vec<PathBuf> = st
         .pods
         .iter()
@@ -228,7 +233,14 @@ async fn reconcile_processes(config: &AgentConfig, binaries: &dyn Binaries, st: 
             }
             if now >= r.next_start {
                 let log = config.log_dir.join(format!("{}.log", r.pod.name));
-                match Proc::spawn(&r.pod.name, &program.binary, &program.args, &program.env, &log, Lifetime::Attached) {
+                match Proc::spawn(
+                    &r.pod.name,
+                    &program.binary,
+                    &program.args,
+                    &program.env,
+                    &log,
+                    Lifetime::Attached,
+                ) {
                     Ok(p) => {
                         tracing::info!(pod = %r.pod.name, pid = p.pid, binary = %program.binary.display(), "started");
                         r.proc = Some(p);
@@ -243,7 +255,9 @@ async fn reconcile_processes(config: &AgentConfig, binaries: &dyn Binaries, st: 
             }
             continue;
         }
-        let due = r.last_probe.is_none_or(|t| t.elapsed() >= if r.healthy { Duration::from_secs(10) } else { Duration::from_millis(900) });
+        let due = r.last_probe.is_none_or(|t| {
+            t.elapsed() >= if r.healthy { Duration::from_secs(10) } else { Duration::from_millis(900) }
+        });
         if due {
             r.last_probe = Some(Instant::now());
             r.healthy = match static_pods::probe(&r.pod.manifest) {
@@ -286,8 +300,13 @@ async fn sync_api(config: &AgentConfig, st: &mut State) -> Result<(), String> {
         } else if Path::new(BOOTSTRAP_CONF).exists() {
             let node = config.node.clone();
             st.bootstrap = Some(tokio::spawn(async move {
-                bootstrap::bootstrap(&node, Path::new(BOOTSTRAP_CONF), Path::new(KUBELET_CONF), Duration::from_secs(300))
-                    .await
+                bootstrap::bootstrap(
+                    &node,
+                    Path::new(BOOTSTRAP_CONF),
+                    Path::new(KUBELET_CONF),
+                    Duration::from_secs(300),
+                )
+                .await
             }));
             return Ok(());
         } else {
@@ -301,7 +320,10 @@ async fn sync_api(config: &AgentConfig, st: &mut State) -> Result<(), String> {
         let uid = match nodes.get_opt(&config.node).await.map_err(|e| kube_err("reading the node", e))? {
             None => {
                 let node: Node = serde_json::from_value(objects::node(&facts)).map_err(|e| e.to_string())?;
-                let created = nodes.create(&PostParams::default(), &node).await.map_err(|e| kube_err("registering the node", e))?;
+                let created = nodes
+                    .create(&PostParams::default(), &node)
+                    .await
+                    .map_err(|e| kube_err("registering the node", e))?;
                 tracing::info!(version = %facts.kubelet_version, "node registered");
                 created.metadata.uid
             }
@@ -340,7 +362,8 @@ async fn sync_api(config: &AgentConfig, st: &mut State) -> Result<(), String> {
             continue;
         }
         let name = objects::mirror_name(&r.pod, &config.node);
-        let ns = r.pod.manifest.pointer("/metadata/namespace").and_then(|v| v.as_str()).unwrap_or("kube-system");
+        let ns =
+            r.pod.manifest.pointer("/metadata/namespace").and_then(|v| v.as_str()).unwrap_or("kube-system");
         let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
         let running = r.healthy && r.proc.is_some();
         wanted.insert(name.clone(), ());
@@ -375,13 +398,21 @@ async fn sync_api(config: &AgentConfig, st: &mut State) -> Result<(), String> {
     Ok(())
 }
 
-async fn create_mirror(pods: &Api<Pod>, r: &Running, config: &AgentConfig, node_uid: &str) -> Result<(), String> {
-    let pod: Pod = serde_json::from_value(objects::mirror_pod(&r.pod, &config.node, node_uid, &now_rfc3339()))
-        .map_err(|e| e.to_string())?;
+async fn create_mirror(
+    pods: &Api<Pod>,
+    r: &Running,
+    config: &AgentConfig,
+    node_uid: &str,
+) -> Result<(), String> {
+    let pod: Pod =
+        serde_json::from_value(objects::mirror_pod(&r.pod, &config.node, node_uid, &now_rfc3339()))
+            .map_err(|e| e.to_string())?;
     match pods.create(&PostParams::default(), &pod).await {
         Ok(_) => Ok(()),
         // Still being deleted: the next tick tries again.
-        Err(kube::Error::Api(s)) if s.code == 409 => Err(format!("mirror pod {} still exists", objects::mirror_name(&r.pod, &config.node))),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            Err(format!("mirror pod {} still exists", objects::mirror_name(&r.pod, &config.node)))
+        }
         Err(e) => Err(kube_err("creating a mirror pod", e)),
     }
 }

@@ -117,7 +117,13 @@ pub fn mirror_pod(pod: &StaticPod, node: &str, node_uid: &str, seen: &str) -> Va
 
 /// The mirror pod's status: Running (and Ready) once the process is up and its probe passed,
 /// Pending before. kubeadm waits for `phase == Running` of every pod of a component.
-pub fn mirror_status(pod: &StaticPod, address: &str, running: bool, started_at: &str, restarts: u32) -> Value {
+pub fn mirror_status(
+    pod: &StaticPod,
+    address: &str,
+    running: bool,
+    started_at: &str,
+    restarts: u32,
+) -> Value {
     let container = pod
         .manifest
         .pointer("/spec/containers/0/name")
@@ -228,10 +234,14 @@ mod tests {
 
     #[test]
     fn taints_are_read_from_kubeadm_flags() {
-        let env = "KUBELET_KUBEADM_ARGS=\"--node-ip=10.0.0.1 --register-with-taints=a=b:NoSchedule,c:NoExecute\"\n";
+        let env =
+            "KUBELET_KUBEADM_ARGS=\"--node-ip=10.0.0.1 --register-with-taints=a=b:NoSchedule,c:NoExecute\"\n";
         assert_eq!(
             taints_from_flags(env),
-            vec![json!({"key": "a", "value": "b", "effect": "NoSchedule"}), json!({"key": "c", "effect": "NoExecute"})]
+            vec![
+                json!({"key": "a", "value": "b", "effect": "NoSchedule"}),
+                json!({"key": "c", "effect": "NoExecute"})
+            ]
         );
         assert!(taints_from_flags("KUBELET_KUBEADM_ARGS=\"\"").is_empty());
     }

@@ -38,9 +38,11 @@ pub async fn check(probe: &Probe, default_host: &str) -> Result<(), String> {
 }
 
 async fn status<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, host: &str, path: &str) -> Result<(), String> {
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: refit-node-agent\r\n\r\n").as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
+    s.write_all(
+        format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: refit-node-agent\r\n\r\n").as_bytes(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     // The status line is all we need; read a little and stop (some servers keep talking).
     let mut chunk = [0u8; 512];

@@ -322,7 +322,8 @@ spec:
         assert_eq!(p.args, ["--name=a"]);
         let m: Value = serde_json::json!({"spec": {"containers": [{"image": "nginx:1.27"}]}});
         assert!(program(&m, &Fake).unwrap_err().contains("no binary for nginx"));
-        let m: Value = serde_json::json!({"spec": {"containers": [{"image": "registry.k8s.io/kube-scheduler:latest"}]}});
+        let m: Value =
+            serde_json::json!({"spec": {"containers": [{"image": "registry.k8s.io/kube-scheduler:latest"}]}});
         assert!(program(&m, &Fake).unwrap_err().contains("not a version"));
     }
 
