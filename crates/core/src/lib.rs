@@ -13,6 +13,7 @@ pub mod fleet;
 pub mod inventory;
 pub mod path;
 pub mod pdb;
+pub mod placeholder;
 pub mod plan;
 pub mod planfile;
 pub mod preflight;

@@ -41,6 +41,21 @@ pub enum PhaseKind {
     ClusterServices,
 }
 
+impl PhaseKind {
+    /// The phase a node with `roles` is upgraded in: an etcd member with the etcd phase (a
+    /// stacked control-plane node too: one pass over all its components), a control-plane
+    /// node with the control plane, anything else with the workers.
+    pub fn of_roles(roles: &BTreeSet<Role>) -> PhaseKind {
+        if roles.contains(&Role::Etcd) {
+            PhaseKind::Etcd
+        } else if roles.contains(&Role::ControlPlane) {
+            PhaseKind::ControlPlane
+        } else {
+            PhaseKind::Workers
+        }
+    }
+}
+
 /// One step of one node's upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -290,15 +305,7 @@ pub fn build(snapshot: &Snapshot, findings: Vec<Finding>, opts: &PlanOptions) ->
     {
         return Err(PlanError::NothingToDo(opts.target.to_string()));
     }
-    let phase_of = |u: &UnitPlan| {
-        if u.roles.contains(&Role::Etcd) {
-            PhaseKind::Etcd
-        } else if u.roles.contains(&Role::ControlPlane) {
-            PhaseKind::ControlPlane
-        } else {
-            PhaseKind::Workers
-        }
-    };
+    let phase_of = |u: &UnitPlan| PhaseKind::of_roles(&u.roles);
     let mut phases = Vec::new();
     for kind in [PhaseKind::Etcd, PhaseKind::ControlPlane, PhaseKind::Workers] {
         let members: Vec<UnitPlan> = units.iter().filter(|u| phase_of(u) == kind).cloned().collect();

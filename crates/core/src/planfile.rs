@@ -204,23 +204,16 @@ pub enum PackageManager {
 pub const PLACEHOLDERS: &[&str] = &["{node}", "{role}", "{from}", "{to}", "{phase}", "{address}"];
 
 /// Refuses an argument naming a placeholder that does not exist (a typo would otherwise reach
-/// the node action literally).
+/// the node action literally). The grammar is [`crate::placeholder`]'s, the one substitution uses.
 fn check_placeholders(command: &[String], known: &[&str], what: &str) -> Result<(), PlanFileError> {
-    for arg in command {
-        let mut rest = arg.as_str();
-        while let Some(start) = rest.find('{') {
-            let Some(len) = rest[start..].find('}') else { break };
-            let token = &rest[start..start + len + 1];
-            if !known.contains(&token) {
-                return Err(PlanFileError::Action(format!(
-                    "unknown placeholder {token} in the {what} (known: {})",
-                    known.join(" ")
-                )));
-            }
-            rest = &rest[start + len + 1..];
-        }
+    let names: Vec<&str> = known.iter().map(|k| k.trim_start_matches('{').trim_end_matches('}')).collect();
+    match crate::placeholder::first_unknown(command, &names) {
+        Some(name) => Err(PlanFileError::Action(format!(
+            "unknown placeholder {{{name}}} in the {what} (known: {})",
+            known.join(" ")
+        ))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 impl PlanFile {

@@ -96,10 +96,30 @@ pub struct UnitWork {
 }
 
 impl UnitWork {
+    /// The phase its roles put it in (the `{phase}` an action receives).
+    pub fn phase(&self) -> PhaseKind {
+        PhaseKind::of_roles(&self.roles)
+    }
+
+    /// The node that replaces this one at its stage's version (the replace style).
+    pub fn replacement(&self) -> String {
+        replacement_name(&self.node, &self.to)
+    }
+
     /// Roles as the action receives them: `etcd,control-plane`.
     pub fn role_list(&self) -> Vec<String> {
         self.roles.iter().map(|r| role_name(*r).to_string()).collect()
     }
+}
+
+/// The name of the node that replaces `node` at `to`: deterministic, so a resumed run finds
+/// the replacement it already created. A replacement of a replacement drops the old suffix.
+pub fn replacement_name(node: &str, to: &Version) -> String {
+    let base = match node.rsplit_once("-v") {
+        Some((b, suffix)) if suffix.chars().all(|c| c.is_ascii_digit() || c == '-') => b,
+        _ => node,
+    };
+    format!("{base}-v{}-{}-{}", to.major, to.minor, to.patch)
 }
 
 /// A role's name as actions and output spell it.
@@ -586,6 +606,23 @@ pub fn eta(finished: &[Duration], remaining: usize, concurrency: usize) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replacement_names_are_stable_and_do_not_stack() {
+        let v: Version = "1.37.1".parse().unwrap();
+        assert_eq!(replacement_name("worker-003", &v), "worker-003-v1-37-1");
+        assert_eq!(replacement_name("worker-003-v1-36-4", &v), "worker-003-v1-37-1");
+        assert_eq!(replacement_name("edge-vm", &v), "edge-vm-v1-37-1");
+    }
+
+    #[test]
+    fn the_phase_of_a_unit_is_its_highest_role() {
+        let roles = |rs: &[Role]| rs.iter().copied().collect::<BTreeSet<Role>>();
+        assert_eq!(PhaseKind::of_roles(&roles(&[Role::Etcd, Role::ControlPlane])), PhaseKind::Etcd);
+        assert_eq!(PhaseKind::of_roles(&roles(&[Role::ControlPlane, Role::Worker])), PhaseKind::ControlPlane);
+        assert_eq!(PhaseKind::of_roles(&roles(&[Role::Worker])), PhaseKind::Workers);
+        assert_eq!(PhaseKind::of_roles(&roles(&[])), PhaseKind::Workers);
+    }
     use crate::path::Hop;
     use crate::plan::{Batch, Mode, Phase, UnitPlan};
     use proptest::prelude::*;

@@ -104,6 +104,12 @@ impl PodInfo {
     pub fn has_empty_dir(&self) -> bool {
         self.volumes.iter().any(|v| matches!(v, Volume::EmptyDir { .. }))
     }
+
+    /// Whether evicting it uses up one of its budget's disruptions: only a Running, Ready pod
+    /// does. The apiserver evicts pending, unready and finished pods without consuming one.
+    pub fn consumes_disruption(&self) -> bool {
+        self.ready && self.phase == Phase::Running
+    }
 }
 
 /// A taint.

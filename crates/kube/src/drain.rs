@@ -38,9 +38,9 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Preconditions, WatchEvent, WatchParams};
 use kube::{Client, Resource, ResourceExt};
-use refit_core::drain::{Decision, DrainOptions, Skip, decide};
-use refit_core::pdb::PdbInfo;
-use refit_core::snapshot::{Phase, PodInfo};
+use refit_core::drain::{DrainOptions, Mode, Skip, Task, node_work};
+use refit_core::pdb::{self, PdbInfo};
+use refit_core::snapshot::PodInfo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -206,26 +206,11 @@ pub async fn force_delete_remaining(
     run(conn, node, cfg, on_event, Mode::Delete).await
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Evict,
-    Delete,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Task {
-    Evict,
-    Delete,
-    /// Already terminating: only wait.
-    Await,
-}
-
 struct Work {
     pod: PodRef,
     labels: BTreeMap<String, String>,
     task: Task,
-    /// Whether the budget gate applies: only Running+Ready pods consume a disruption. The
-    /// apiserver evicts unready, pending and finished pods without one, so they always ask.
+    /// Whether the budget gate applies (`PodInfo::consumes_disruption`).
     gated: bool,
 }
 
@@ -283,38 +268,27 @@ async fn run(
         .await?;
 
     let mut report = DrainReport::default();
-    let mut work = Vec::new();
-    let mut refused = Vec::new();
-    for p in &pods {
-        let pod = PodRef::of(p);
-        let gated = p.ready && p.phase == Phase::Running;
-        let task = match (decide(p, cfg.rules), mode) {
-            (Decision::Evict { warnings }, _) => {
-                for w in warnings {
-                    tracing::warn!("{w}");
-                }
-                if mode == Mode::Evict { Task::Evict } else { Task::Delete }
-            }
-            (Decision::Skip { reason: Skip::Terminating }, _) => {
-                report.skipped.push((pod.clone(), Skip::Terminating));
-                Task::Await
-            }
-            (Decision::Skip { reason }, _) => {
-                report.skipped.push((pod, reason));
-                continue;
-            }
-            (Decision::Refuse { reason }, Mode::Evict) => {
-                refused.push((pod, reason));
-                continue;
-            }
-            (Decision::Refuse { .. }, Mode::Delete) => Task::Delete,
-        };
-        work.push(Work { pod, labels: p.labels.clone(), task, gated });
+    let sorted = node_work(&pods, cfg.rules, mode);
+    for w in &sorted.warnings {
+        tracing::warn!("{w}");
     }
+    report.skipped = sorted.skipped.iter().map(|(p, why)| (PodRef::of(p), *why)).collect();
+    let refused = sorted.refused;
+    let work: Vec<Work> = sorted
+        .work
+        .into_iter()
+        .map(|(p, task)| Work {
+            pod: PodRef::of(p),
+            labels: p.labels.clone(),
+            task,
+            gated: p.consumes_disruption(),
+        })
+        .collect();
 
     if !refused.is_empty() {
         // kubectl's rule: a node with a pod that must not be evicted is not touched at all.
         for (pod, reason) in refused {
+            let pod = PodRef::of(pod);
             let reason = reason.advice().to_string();
             on_event(DrainEvent::Refused { pod: pod.clone(), reason: reason.clone() });
             report.remaining.push(Blocker { pod, pdb: None, reason });
@@ -952,19 +926,13 @@ impl PdbState {
         true
     }
 
-    /// Budgets the eviction subresource applies to a pod: same namespace, selector matches,
-    /// and not empty (an empty selector matches nothing there, unlike in the controller).
+    /// Budgets covering a pod (`PdbInfo::covers_labels`: core's one rule, the apiserver's).
     fn covering<'s>(
         &'s mut self,
         namespace: &'s str,
         labels: &'s BTreeMap<String, String>,
     ) -> impl Iterator<Item = (&'s String, &'s mut Budget)> + 's {
-        self.budgets.iter_mut().filter(move |(_, b)| {
-            let sel = &b.info.selector;
-            b.info.namespace == namespace
-                && !(sel.match_labels.is_empty() && sel.match_expressions.is_empty())
-                && sel.matches(labels)
-        })
+        self.budgets.iter_mut().filter(move |(_, b)| b.info.covers_labels(namespace, labels))
     }
 }
 
@@ -1001,27 +969,23 @@ impl PdbCache {
         (!names.is_empty()).then(|| names.join(", "))
     }
 
-    /// Under exactly one budget, a pod may ask only while that budget has allowance left that
-    /// no other waiting pod was granted in this epoch (and takes one). Otherwise it may ask.
+    /// Core's budget gate over the covering budgets and the retries granted since their last
+    /// change; a pod let through on a budget's allowance takes one.
     fn gate(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Gate {
         let mut st = lock(&self.state);
         let mut covering: Vec<(&String, &mut Budget)> = st.covering(namespace, labels).collect();
-        if covering.len() != 1 {
-            return Gate::Open;
-        }
-        let (key, b) = covering.remove(0);
-        if b.info.disruptions_allowed - b.granted > 0 {
-            b.granted += 1;
-            return Gate::Open;
-        }
-        let seen = vec![(key.clone(), b.epoch)];
-        Gate::Closed {
-            pdb: key.clone(),
-            seen,
-            reason: format!(
-                "the disruption budget {} allows no more disruptions now (needs {} healthy pods, has {})",
-                b.info.name, b.info.desired_healthy, b.info.current_healthy
-            ),
+        let view: Vec<(&PdbInfo, i32)> = covering.iter().map(|(_, b)| (&b.info, b.granted)).collect();
+        match (pdb::gate(&view), covering.as_mut_slice()) {
+            (pdb::Gate::AskTakingOne, [(_, b)]) => {
+                b.granted = b.granted.saturating_add(1);
+                Gate::Open
+            }
+            (pdb::Gate::Wait, [(key, b)]) => Gate::Closed {
+                pdb: (*key).clone(),
+                seen: vec![((*key).clone(), b.epoch)],
+                reason: b.info.exhausted_reason(),
+            },
+            _ => Gate::Open,
         }
     }
 }
@@ -1223,10 +1187,13 @@ mod tests {
         lock(&cache.state).put(budget("web-too", "web", 0));
         assert_eq!(cache.gate("n", &web), Gate::Open);
         assert_eq!(cache.names("n", &web).as_deref(), Some("n/web, n/web-too"));
-        // Empty selectors cover nothing for evictions.
+        // An empty selector covers every pod of its namespace, for evictions too (core's
+        // rule, checked against the apiserver in tests/pdb_selector.rs).
         let mut all = budget("all", "x", 0);
         all.selector.match_labels.clear();
         lock(&cache.state).put(all);
-        assert_eq!(cache.names("n", &lonely), None);
+        assert_eq!(cache.names("n", &lonely).as_deref(), Some("n/all"));
+        assert!(matches!(cache.gate("n", &lonely), Gate::Closed { pdb, .. } if pdb == "n/all"));
+        assert_eq!(cache.names("other", &lonely), None);
     }
 }

@@ -980,18 +980,10 @@ fn required_node_terms(affinity: Option<wire::Affinity>) -> Vec<Vec<Requirement>
         .collect()
 }
 
-/// A policy/v1 selector. A missing selector selects no pods (unlike an empty one, which
-/// selects all): it becomes a requirement nothing satisfies (`In` an empty set).
+/// A policy/v1 selector; a missing one selects nothing (`Selector::nothing`).
 fn selector(s: Option<LabelSelector>) -> Selector {
     let Some(s) = s else {
-        return Selector {
-            match_labels: BTreeMap::new(),
-            match_expressions: vec![Requirement {
-                key: String::new(),
-                operator: "In".into(),
-                values: Vec::new(),
-            }],
-        };
+        return Selector::nothing();
     };
     Selector {
         match_labels: s.match_labels.unwrap_or_default(),
@@ -1005,7 +997,7 @@ fn selector(s: Option<LabelSelector>) -> Selector {
 }
 
 /// A budget as plain data (shared with the drain, which names the budget blocking a pod).
-pub(crate) fn pdb_info(p: PodDisruptionBudget) -> PdbInfo {
+pub fn pdb_info(p: PodDisruptionBudget) -> PdbInfo {
     let spec = p.spec.unwrap_or_default();
     // Before the disruption controller has looked at a budget there is no status: zeros, which
     // the checks read as "allows nothing yet" (what the eviction API would answer too).
