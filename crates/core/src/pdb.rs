@@ -115,7 +115,7 @@ impl PdbInfo {
 
     /// The most disruptions this budget can ever allow with its current pod count.
     pub fn ceiling(&self) -> i32 {
-        (self.expected_pods - self.desired_healthy).max(0)
+        self.expected_pods.saturating_sub(self.desired_healthy).max(0)
     }
 }
 
@@ -225,7 +225,7 @@ impl<'a> PdbIndex<'a> {
             .flatten()
             .chain(self.by_namespace.get(pod.namespace.as_str()).into_iter().flatten())
             .copied()
-            .filter(|&i| self.pdbs[i].covers(pod))
+            .filter(|&i| self.pdbs.get(i).is_some_and(|b| b.covers(pod)))
             .collect();
         out.sort_unstable();
         out.dedup();
@@ -237,10 +237,12 @@ impl<'a> PdbIndex<'a> {
 /// plan: per batch it would be budgets × pods × batches selector matches.
 pub fn covered_counts(pdbs: &[PdbInfo], all_pods: &[PodInfo]) -> Vec<usize> {
     let index = PdbIndex::new(pdbs);
-    let mut counts = vec![0; pdbs.len()];
+    let mut counts: Vec<usize> = vec![0; pdbs.len()];
     for p in all_pods.iter().filter(|p| !p.terminating) {
         for i in index.covering(p) {
-            counts[i] += 1;
+            if let Some(c) = counts.get_mut(i) {
+                *c = c.saturating_add(1);
+            }
         }
     }
     counts
@@ -260,7 +262,9 @@ pub fn check_batch_counted(pdbs: &[PdbInfo], evicted: &[&PodInfo], covered: &[us
     let mut per_pdb: Vec<Vec<String>> = vec![Vec::new(); pdbs.len()];
     for p in evicted {
         for i in index.covering(p) {
-            per_pdb[i].push(p.key());
+            if let Some(pods) = per_pdb.get_mut(i) {
+                pods.push(p.key());
+            }
         }
     }
     let mut out = Vec::new();

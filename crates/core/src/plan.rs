@@ -87,8 +87,10 @@ impl MaxUnavailable {
     /// The batch size for `workers` workers.
     pub fn batch_size(self, workers: usize) -> usize {
         match self {
-            MaxUnavailable::Count(n) => n as usize,
-            MaxUnavailable::Percent(p) => (workers * p as usize / 100).max(1),
+            MaxUnavailable::Count(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            MaxUnavailable::Percent(p) => {
+                workers.saturating_mul(usize::try_from(p).unwrap_or(usize::MAX)).checked_div(100).unwrap_or(0)
+            }
         }
         .max(1)
     }

@@ -232,13 +232,13 @@ impl PlanFile {
             return Err(PlanFileError::EtcdIsNode(e.name.clone()));
         }
         match &self.action {
-            Some(Action::Exec { command }) if command.is_empty() || command[0].trim().is_empty() => {
+            Some(Action::Exec { command }) if command.first().is_none_or(|c| c.trim().is_empty()) => {
                 Err(PlanFileError::Action(
                     "exec needs a command, e.g. command: [./upgrade-node.sh, \"{node}\", \"{to}\"]".into(),
                 ))
             }
             Some(Action::Exec { command }) => check_placeholders(command, PLACEHOLDERS, "exec command"),
-            Some(Action::Replace { create, .. }) if create.is_empty() || create[0].trim().is_empty() => {
+            Some(Action::Replace { create, .. }) if create.first().is_none_or(|c| c.trim().is_empty()) => {
                 Err(PlanFileError::Action(
                     "replace needs a create command, e.g. create: [./new-node.sh, \"{new}\", \"{to}\"]"
                         .into(),

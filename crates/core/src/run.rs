@@ -248,7 +248,7 @@ pub fn schedule(
         let lagging: Vec<&crate::plan::UnitPlan> = workers
             .iter()
             .copied()
-            .filter(|u| match &worker_at[u.node.as_str()] {
+            .filter(|u| match worker_at.get(u.node.as_str()).and_then(Option::as_ref) {
                 Some(v) => {
                     to.minor_version().minors_ahead_of(v.minor_version()) > node_max_lag(v.minor_version())
                 }
@@ -259,7 +259,11 @@ pub fn schedule(
             let units = lagging
                 .iter()
                 .map(|u| {
-                    let now = worker_at[u.node.as_str()].as_ref().map(|v| v.to_string()).unwrap_or_default();
+                    let now = worker_at
+                        .get(u.node.as_str())
+                        .and_then(Option::as_ref)
+                        .map(|v| v.to_string())
+                        .unwrap_or_default();
                     work(u, now, from, false)
                 })
                 .collect();
@@ -273,7 +277,7 @@ pub fn schedule(
                 units,
             });
         }
-        if !control.is_empty() {
+        if let Some(&(phase, _)) = control.first() {
             let units = control
                 .iter()
                 .enumerate()
@@ -291,18 +295,21 @@ pub fn schedule(
                     work(u, was, to, first)
                 })
                 .collect();
-            let phase = control[0].0;
             stages.push(Stage { phase, to: to.clone(), concurrency: 1, units });
         }
     }
     let remaining: Vec<UnitWork> = workers
         .iter()
         .filter(|u| {
-            worker_at[u.node.as_str()].as_ref() != Some(&plan.target) || plan_includes_at_target(plan)
+            worker_at.get(u.node.as_str()).and_then(Option::as_ref) != Some(&plan.target)
+                || plan_includes_at_target(plan)
         })
         .map(|u| {
-            let now =
-                worker_at[u.node.as_str()].as_ref().map(|v| v.to_string()).unwrap_or_else(|| u.from.clone());
+            let now = worker_at
+                .get(u.node.as_str())
+                .and_then(Option::as_ref)
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| u.from.clone());
             work(u, now, &plan.target, false)
         })
         .collect();
@@ -456,7 +463,7 @@ pub fn resume_point(
         && !unit.external
         && state(Step::Upgrade).is_some()
     {
-        at += 1;
+        at = at.saturating_add(1);
     }
     // Between the cordon and the end of the drain's effect (the step after the drain), the
     // node must be held by this run. If it is not (refit gave the cordon back after a failed
@@ -465,7 +472,7 @@ pub fn resume_point(
         unit.steps.iter().position(|s| *s == Step::Cordon),
         unit.steps.iter().position(|s| *s == Step::Drain),
     ) && at > c
-        && at <= d + 1
+        && at <= d.saturating_add(1)
         && !unit.external
         && !observed.cordoned_by_this_run
     {
@@ -598,9 +605,11 @@ pub fn eta(finished: &[Duration], remaining: usize, concurrency: usize) -> Optio
     if finished.is_empty() {
         return None;
     }
-    let mean = finished.iter().sum::<Duration>() / finished.len() as u32;
-    let rounds = remaining.div_ceil(concurrency.max(1));
-    Some(mean * rounds as u32)
+    let total =
+        finished.iter().try_fold(Duration::ZERO, |acc, d| acc.checked_add(*d)).unwrap_or(Duration::MAX);
+    let mean = u32::try_from(finished.len()).ok().and_then(|n| total.checked_div(n)).unwrap_or(Duration::MAX);
+    let rounds = u32::try_from(remaining.div_ceil(concurrency.max(1))).unwrap_or(u32::MAX);
+    Some(mean.saturating_mul(rounds))
 }
 
 #[cfg(test)]

@@ -161,12 +161,13 @@ pub struct Resources {
 }
 
 impl Resources {
-    /// Component-wise sum.
+    /// Component-wise sum, saturating (requests come from users: a huge one must read as
+    /// "does not fit", never wrap around to a small or negative number).
     pub fn plus(self, o: Resources) -> Resources {
         Resources {
-            cpu_millis: self.cpu_millis + o.cpu_millis,
-            memory_bytes: self.memory_bytes + o.memory_bytes,
-            pods: self.pods + o.pods,
+            cpu_millis: self.cpu_millis.saturating_add(o.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_add(o.memory_bytes),
+            pods: self.pods.saturating_add(o.pods),
         }
     }
 
@@ -175,12 +176,12 @@ impl Resources {
         self.cpu_millis <= room.cpu_millis && self.memory_bytes <= room.memory_bytes && self.pods <= room.pods
     }
 
-    /// Component-wise difference.
+    /// Component-wise difference, saturating.
     pub fn minus(self, o: Resources) -> Resources {
         Resources {
-            cpu_millis: self.cpu_millis - o.cpu_millis,
-            memory_bytes: self.memory_bytes - o.memory_bytes,
-            pods: self.pods - o.pods,
+            cpu_millis: self.cpu_millis.saturating_sub(o.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_sub(o.memory_bytes),
+            pods: self.pods.saturating_sub(o.pods),
         }
     }
 }

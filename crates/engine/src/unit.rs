@@ -45,7 +45,7 @@ impl Engine {
             }
             Resume::At(i) => i,
         };
-        for &step in &u.steps[at..] {
+        for &step in u.steps.get(at..).unwrap_or_default() {
             // Before a node is changed, work can be abandoned and its cordon given back.
             let abandonable = matches!(step, Step::Cordon | Step::Drain) || u.steps.first() == Some(&step);
             if abandonable && self.stopping() {
@@ -356,7 +356,12 @@ impl Engine {
             return StepEnd::Done("the action succeeded (an external host is not observable)".into());
         }
         let node = if u.steps.contains(&Step::Remove) { u.replacement() } else { u.node.clone() };
-        let deadline = Instant::now() + self.spec.node_timeout();
+        let now = Instant::now();
+        // A timeout past what an Instant can hold is as good as none: a century.
+        let deadline = now
+            .checked_add(self.spec.node_timeout())
+            .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+            .unwrap_or(now);
         if let Err(e) =
             refit_kube::node::wait_ready_at(&self.conn, &node, &u.to, self.spec.node_timeout()).await
         {
