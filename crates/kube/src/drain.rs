@@ -32,11 +32,13 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, ListParams, Preconditions, WatchEvent, WatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Preconditions};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use refit_core::drain::{DrainOptions, Mode, Skip, Task, node_work};
 use refit_core::pdb::{self, PdbInfo};
@@ -55,9 +57,6 @@ use crate::snapshot::{list_paged, pdb_info, pod_info};
 /// (`connect::READ_TIMEOUT`, 30 s), so a quiet watch is closed cleanly by the apiserver and
 /// resumed from its last resourceVersion instead of failing on the client's timer.
 const WATCH_SECONDS: u32 = 25;
-/// Pause after a failed watch request, doubled up to [`WATCH_RETRY_MAX`].
-const WATCH_RETRY_MIN: Duration = Duration::from_millis(100);
-const WATCH_RETRY_MAX: Duration = Duration::from_secs(5);
 /// Smallest retry delay, whatever the configuration says: a zero delay would spin.
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
 /// A "no limit" drain still needs an instant to wait for.
@@ -261,7 +260,7 @@ async fn run(
     }
     let pods_api: Api<Pod> = Api::all(client.clone());
     let fields = format!("spec.nodeName={node}");
-    let (pods, version) =
+    let (pods, _version) =
         list_paged(&pods_api, ListParams::default().fields(&fields), &format!("pods on node {node}"), |p| {
             pod_info(p).0
         })
@@ -300,10 +299,8 @@ async fn run(
     }
 
     let tracker = Arc::new(Tracker::new(work.iter().map(|w| &w.pod)));
-    // Watching from the list's resourceVersion: no deletion between the list and the first
-    // event can be missed.
-    let _pod_watch =
-        AbortOnDrop(tokio::spawn(watch_forever(pods_api, Some(fields), version, tracker.clone())));
+    // The watch's own first list shows every pod deleted since ours as absent: none is missed.
+    let _pod_watch = AbortOnDrop(tokio::spawn(watch_forever(pods_api, Some(fields), tracker.clone())));
     let ctx = Ctx {
         client,
         cfg,
@@ -520,9 +517,9 @@ impl Ctx<'_> {
             .get_or_init(|| async {
                 let api: Api<PodDisruptionBudget> = Api::all(self.client.clone());
                 match list_paged(&api, ListParams::default(), "PodDisruptionBudgets", |p| p).await {
-                    Ok((items, version)) => {
+                    Ok((items, _version)) => {
                         let cache = Arc::new(PdbCache::new(items));
-                        let task = tokio::spawn(watch_forever(api, None, version, cache.clone()));
+                        let task = tokio::spawn(watch_forever(api, None, cache.clone()));
                         lock(&self.tasks).push(AbortOnDrop(task));
                         Some(cache)
                     }
@@ -676,29 +673,34 @@ fn budget_name(cause: &str) -> Option<&str> {
     cause.strip_prefix("The disruption budget ")?.split_whitespace().next()
 }
 
-/// Exponential delays with a little per-pod jitter, so pods refused together do not all come
-/// back in the same millisecond.
+/// Exponential delays (backon's) with per-pod jitter, so pods refused together do not all come
+/// back in the same millisecond: a base doubling from the initial delay, plus a random part
+/// below the base (seeded by the pod's UID). The base stops at half of `max`, so no delay is
+/// ever longer than `max` and delays at the cap stay spread.
 struct Backoff {
-    next: Duration,
+    delays: ExponentialBackoff,
     max: Duration,
-    seed: u64,
 }
 
 impl Backoff {
     fn new(initial: Duration, max: Duration, uid: &str) -> Backoff {
-        let max = max.max(MIN_BACKOFF);
+        let max = max.max(MIN_BACKOFF.saturating_mul(2));
+        let half = max / 2;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         uid.hash(&mut h);
-        Backoff { next: initial.clamp(MIN_BACKOFF, max), max, seed: h.finish() }
+        let delays = ExponentialBuilder::new()
+            .with_min_delay(initial.clamp(MIN_BACKOFF, half))
+            .with_max_delay(half)
+            .with_factor(2.0)
+            .with_jitter()
+            .with_jitter_seed(h.finish())
+            .without_max_times()
+            .build();
+        Backoff { delays, max }
     }
 
     fn next(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(self.max);
-        self.seed = self.seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        // 0.9 .. 1.1 of the base delay.
-        let factor = 0.9 + (self.seed >> 33) as f64 / (1u64 << 31) as f64 * 0.2;
-        base.mul_f64(factor).min(self.max)
+        self.delays.next().unwrap_or(self.max).min(self.max)
     }
 }
 
@@ -720,76 +722,32 @@ trait Sink<K>: Send + Sync + 'static {
     fn relisted(&self, objs: Vec<K>);
 }
 
-/// Watches `api` from `version` for as long as the drain runs: resumes from the last seen
-/// resourceVersion (bookmarks keep it fresh) when the apiserver ends a watch, and re-lists on
-/// 410 Gone.
-async fn watch_forever<K, S>(api: Api<K>, fields: Option<String>, mut version: String, sink: Arc<S>)
+/// Feeds `sink` from a watch on `api` for as long as the drain runs: kube's `watcher`, which
+/// resumes from the last resourceVersion it saw (bookmarks keep it fresh), re-lists when the
+/// apiserver answers 410 Gone (handed to the sink as [`Sink::relisted`]: its first list too,
+/// which shows anything deleted since the caller's own list as absent), and re-opens a failed
+/// watch after a jittered exponential backoff.
+async fn watch_forever<K, S>(api: Api<K>, fields: Option<String>, sink: Arc<S>)
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    K::DynamicType: Default,
     S: Sink<K>,
 {
-    let mut pause = WATCH_RETRY_MIN;
-    loop {
-        let mut params = WatchParams::default().timeout(WATCH_SECONDS);
-        if let Some(f) = &fields {
-            params = params.fields(f);
-        }
-        let mut relist = false;
-        let mut failed = false;
-        match api.watch(&params, &version).await {
-            Ok(stream) => {
-                let mut stream = std::pin::pin!(stream);
-                while let Some(event) = stream.next().await {
-                    match event {
-                        Ok(WatchEvent::Added(o) | WatchEvent::Modified(o)) => {
-                            version = o.resource_version().unwrap_or(version);
-                            sink.applied(o);
-                            pause = WATCH_RETRY_MIN;
-                        }
-                        Ok(WatchEvent::Deleted(o)) => {
-                            version = o.resource_version().unwrap_or(version);
-                            sink.deleted(o);
-                            pause = WATCH_RETRY_MIN;
-                        }
-                        Ok(WatchEvent::Bookmark(b)) => version = b.metadata.resource_version,
-                        Ok(WatchEvent::Error(s)) => {
-                            relist = s.code == 410;
-                            failed = !relist;
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::debug!("watch interrupted: {e}");
-                            failed = true;
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(kube::Error::Api(s)) if s.code == 410 => relist = true,
-            Err(e) => {
-                tracing::debug!("watch failed: {e}");
-                failed = true;
-            }
-        }
-        if relist {
-            let mut params = ListParams::default();
-            if let Some(f) = &fields {
-                params = params.fields(f);
-            }
-            match list_paged(&api, params, "re-list after a watch expired", |o| o).await {
-                Ok((items, v)) => {
-                    version = v;
-                    sink.relisted(items);
-                }
-                Err(e) => {
-                    tracing::debug!("{e}");
-                    failed = true;
-                }
-            }
-        }
-        if failed {
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(WATCH_RETRY_MAX);
+    let mut config = watcher::Config::default().timeout(WATCH_SECONDS);
+    if let Some(f) = &fields {
+        config = config.fields(f);
+    }
+    let mut stream = watcher(api, config).default_backoff().boxed();
+    let mut listed = Vec::new();
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(watcher::Event::Apply(o)) => sink.applied(o),
+            Ok(watcher::Event::Delete(o)) => sink.deleted(o),
+            Ok(watcher::Event::Init) => listed.clear(),
+            Ok(watcher::Event::InitApply(o)) => listed.push(o),
+            Ok(watcher::Event::InitDone) => sink.relisted(std::mem::take(&mut listed)),
+            // The backoff re-opens the watch; the drain's deadline bounds the whole wait.
+            Err(e) => tracing::debug!("watch interrupted: {e}"),
         }
     }
 }
@@ -1112,14 +1070,23 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_cap_with_jitter() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1), "uid-1");
-        let d: Vec<Duration> = (0..8).map(|_| b.next()).collect();
-        assert!(d[0] >= Duration::from_millis(90) && d[0] <= Duration::from_millis(110), "{d:?}");
-        assert!(d[1] >= Duration::from_millis(180) && d[1] <= Duration::from_millis(220), "{d:?}");
+        let ms = Duration::from_millis;
+        let delays = |uid: &str| {
+            let mut b = Backoff::new(ms(100), Duration::from_secs(1), uid);
+            (0..8).map(|_| b.next()).collect::<Vec<Duration>>()
+        };
+        let d = delays("uid-1");
+        assert!(d[0] >= ms(100) && d[0] < ms(200), "{d:?}");
+        assert!(d[1] >= ms(200) && d[1] < ms(400), "{d:?}");
+        assert!(d[2] >= ms(400) && d[2] < ms(800), "{d:?}");
         assert!(d.iter().all(|x| *x <= Duration::from_secs(1)), "{d:?}");
-        assert!(d[7] >= Duration::from_millis(900), "{d:?}");
+        assert!(d[7] >= ms(500), "{d:?}");
+        // Jittered per pod, the same for the same pod.
+        assert_eq!(delays("uid-1"), d);
+        assert_ne!(delays("uid-2"), d);
+        assert!(d[4..].windows(2).any(|w| w[0] != w[1]), "spread at the cap too: {d:?}");
         // Zero is never a delay.
-        assert!(Backoff::new(Duration::ZERO, Duration::ZERO, "u").next() >= Duration::from_millis(9));
+        assert!(Backoff::new(Duration::ZERO, Duration::ZERO, "u").next() >= MIN_BACKOFF);
     }
 
     fn pod(ns: &str, name: &str, uid: &str) -> Pod {

@@ -24,22 +24,30 @@ use crate::commands::load_catalog;
 use crate::commands::plan::{prepare, read_plan_file, render};
 use crate::output::{Format, print_structured, table, usage};
 
-/// `10m`, `300s`, `1h`, or plain seconds.
+/// `10m`, `300s`, `1h`, `1h30m` (jiff's friendly format, or ISO 8601 `PT10M`), or plain
+/// seconds; at least one second (fleet settings are stored in whole seconds).
 pub fn parse_duration(flag: &str, s: &str) -> anyhow::Result<Duration> {
     let s = s.trim();
-    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map(|i| s.split_at(i)).unwrap_or((s, "s"));
-    let n: u64 =
-        num.parse().map_err(|_| usage(format!("{flag} '{s}': expected a duration like 300s, 10m or 1h")))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(usage(format!("{flag} '{s}': the unit must be s, m or h"))),
+    let parsed = if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        s.parse::<u64>().ok().map(Duration::from_secs)
+    } else {
+        s.parse::<jiff::SignedDuration>().ok().and_then(|d| Duration::try_from(d).ok())
     };
-    if secs == 0 {
+    let Some(d) = parsed else {
+        // Days and weeks are calendar units jiff will not turn into a fixed duration.
+        return Err(usage(if s.starts_with(|c: char| c.is_ascii_digit()) {
+            format!("{flag} '{s}': the unit must be s, m or h")
+        } else {
+            format!("{flag} '{s}': expected a duration like 300s, 10m or 1h")
+        }));
+    };
+    if d.is_zero() {
         return Err(usage(format!("{flag} must be longer than zero")));
     }
-    Ok(Duration::from_secs(secs))
+    if d < Duration::from_secs(1) {
+        return Err(usage(format!("{flag} '{s}': must be at least 1s")));
+    }
+    Ok(d)
 }
 
 /// The node action from `--action`, else the plan file's.
@@ -580,8 +588,19 @@ mod tests {
         assert_eq!(parse_duration("--t", "10m").unwrap(), Duration::from_secs(600));
         assert_eq!(parse_duration("--t", "45").unwrap(), Duration::from_secs(45));
         assert_eq!(parse_duration("--t", "2h").unwrap(), Duration::from_secs(7200));
-        for bad in ["", "0s", "ten", "5d", "-1m"] {
-            assert!(parse_duration("--t", bad).is_err(), "{bad}");
+        assert_eq!(parse_duration("--t", "1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("--t", "300s").unwrap(), Duration::from_secs(300));
+        for (bad, why) in [
+            ("", "expected a duration"),
+            ("0s", "longer than zero"),
+            ("0", "longer than zero"),
+            ("ten", "expected a duration"),
+            ("5d", "the unit must be s, m or h"),
+            ("-1m", "expected a duration"),
+            ("500ms", "at least 1s"),
+        ] {
+            let e = parse_duration("--t", bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
         }
     }
 
