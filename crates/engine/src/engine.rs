@@ -197,15 +197,18 @@ impl Engine {
         Ok(())
     }
 
-    /// This run's journal for one unit: step key → state.
+    /// This run's journal for one unit: step key → state. A state this version does not know
+    /// is an error, never skipped: a step read as "not recorded" would be done twice.
     pub(crate) fn journal(&self, unit: &str) -> Result<BTreeMap<String, StepState>, Error> {
-        Ok(self
-            .store()
+        self.store()
             .steps(&self.run_id)?
             .into_iter()
             .filter(|s| s.unit == unit)
-            .filter_map(|s| s.state.parse().ok().map(|st| (s.step, st)))
-            .collect())
+            .map(|s| match s.state.parse() {
+                Ok(st) => Ok((s.step, st)),
+                Err(detail) => Err(Error::Spec { run: self.run_id.clone(), detail }),
+            })
+            .collect()
     }
 
     /// Whether a clean stop was requested.

@@ -234,10 +234,20 @@ pub async fn run(args: UpgradeArgs, format: Format) -> anyhow::Result<ExitCode> 
         lock = Some(lock_cluster(&store_path, &cluster)?);
         let store = Store::open(&store_path)?;
         let latest = store.latest_run(&cluster)?;
-        // An unreadable state is treated as unfinished: never start over a run we cannot read.
-        let seen = latest
-            .as_ref()
-            .map(|r| (r.state.parse::<RunState>().unwrap_or(RunState::Failed), r.target.as_str()));
+        // A state this version does not know is an error: never start over (or resume) a run
+        // we cannot read.
+        let seen = match latest.as_ref() {
+            Some(r) => Some((
+                r.state.parse::<RunState>().map_err(|e| {
+                    anyhow::anyhow!(
+                        "run {} in the store: {e}; it was written by another refit version (nothing was changed)",
+                        r.id
+                    )
+                })?,
+                r.target.as_str(),
+            )),
+            None => None,
+        };
         match (refit_core::run::continuation(seen, target_release.as_ref(), args.abandon), latest) {
             (Continuation::Abandon, Some(prev)) => abandon(&conn, store, &prev.id, format).await?,
             (Continuation::Conflict, Some(prev)) => {
