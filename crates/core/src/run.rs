@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::path::UpgradePath;
-use crate::plan::{PhaseKind, Plan, Role, Step};
+use crate::plan::{Exclusion, PhaseKind, Plan, Role, Step};
 use crate::skew::node_max_lag;
 use crate::version::Version;
 
@@ -165,7 +165,7 @@ pub struct Schedule {
     /// Whether kube-proxy and CoreDNS are moved to the target's versions at the end.
     pub cluster_services: bool,
     /// Units planned but left out (already at target, --partial-ok, --control-plane-only).
-    pub excluded: Vec<(String, String)>,
+    pub excluded: Vec<(String, Exclusion)>,
 }
 
 impl Schedule {
@@ -333,7 +333,7 @@ pub fn schedule(
 /// A plan that includes units already at the target was made with `--force`: such workers
 /// are upgraded again on purpose.
 fn plan_includes_at_target(plan: &Plan) -> bool {
-    !plan.excluded.iter().any(|(_, why)| why.starts_with("already at"))
+    !plan.excluded.iter().any(|(_, why)| matches!(why, Exclusion::AtTarget(_)))
 }
 
 /// The journal's name for a step of a unit in a stage: `upgrade@1.37.1`.

@@ -300,7 +300,7 @@ pub async fn run(args: UpgradeArgs, format: Format) -> anyhow::Result<ExitCode> 
     if prepared.plan.mode == refit_core::plan::Mode::Offline {
         eprintln!("WARNING: --offline: no readiness, safety, availability, PDB or capacity check was run");
     }
-    if prepared.path.forced.iter().any(|f| f.starts_with("downgrade")) && !args.confirm_downgrade {
+    if prepared.path.forced.iter().any(|f| f.is_downgrade()) && !args.confirm_downgrade {
         return Err(usage(format!(
             "{} → {} is a downgrade: components may not read data newer releases wrote; if you mean it, add --confirm-downgrade",
             prepared.current, prepared.path.to
