@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use refit_core::event::Event;
+use refit_core::event::{Event, UnitEnd};
 use refit_core::plan::PhaseKind;
 use refit_core::run::{Halt, RunState, Stage, StepState, UnitWork, phase_name};
 use refit_kube::Connection;
@@ -55,16 +55,21 @@ pub enum UnitResult {
 }
 
 impl UnitResult {
+    /// How it ended, without the reason.
+    pub fn end(&self) -> UnitEnd {
+        match self {
+            UnitResult::Upgraded => UnitEnd::Upgraded,
+            UnitResult::Skipped(_) => UnitEnd::Skipped,
+            UnitResult::LeftCordoned(_) => UnitEnd::LeftCordoned,
+            UnitResult::Failed(_) => UnitEnd::Failed,
+            UnitResult::NotStarted(_) => UnitEnd::NotStarted,
+            UnitResult::Interrupted => UnitEnd::Interrupted,
+        }
+    }
+
     /// Its name in events and output.
     pub fn name(&self) -> &'static str {
-        match self {
-            UnitResult::Upgraded => "upgraded",
-            UnitResult::Skipped(_) => "skipped",
-            UnitResult::LeftCordoned(_) => "left-cordoned",
-            UnitResult::Failed(_) => "failed",
-            UnitResult::NotStarted(_) => "not-started",
-            UnitResult::Interrupted => "interrupted",
-        }
+        self.end().as_str()
     }
 
     /// The reason, when there is one.
@@ -312,7 +317,7 @@ impl Engine {
             let t = Instant::now();
             self.emit(Event::StageStarted {
                 stage: i,
-                phase: phase_name(stage.phase).to_string(),
+                phase: stage.phase,
                 to: stage.to.to_string(),
                 units: stage.units.len(),
                 concurrency: stage.concurrency,
@@ -360,7 +365,7 @@ impl Engine {
         let (state, reason) = refit_core::run::final_state(self.halt(), work_left, reason);
         self.store().set_run_state(&self.run_id, state.as_str())?;
         self.emit(Event::RunFinished {
-            state: state.as_str().to_string(),
+            state,
             millis: started.elapsed().as_millis() as u64,
             reason: reason.clone(),
         });
@@ -450,7 +455,7 @@ impl Engine {
                 engine.emit(Event::UnitFinished {
                     node: report.node.clone(),
                     to: report.to.clone(),
-                    result: report.result.name().to_string(),
+                    result: report.result.end(),
                     millis: report.millis,
                 });
                 Ok(report)
