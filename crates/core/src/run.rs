@@ -122,6 +122,42 @@ pub fn replacement_name(node: &str, to: &Version) -> String {
     format!("{base}-v{}-{}-{}", to.major, to.minor, to.patch)
 }
 
+/// What a replacement node takes over from the node it replaces (aks-engine's agent flow):
+/// custom labels, annotations and taints, never the ones Kubernetes, the kubelet, kwok or refit
+/// set themselves.
+pub mod carried_over {
+    /// Whether a label is copied to the replacement.
+    pub fn label(key: &str) -> bool {
+        ![
+            "kubernetes.io/",
+            "beta.kubernetes.io/",
+            "node.kubernetes.io/",
+            "topology.kubernetes.io/",
+            "kwok.x-k8s.io/",
+        ]
+        .iter()
+        .any(|p| key.starts_with(p))
+    }
+
+    /// Whether an annotation is copied to the replacement.
+    pub fn annotation(key: &str) -> bool {
+        ![
+            "node.alpha.kubernetes.io/",
+            "volumes.kubernetes.io/",
+            "kubeadm.alpha.kubernetes.io/cri-socket",
+            "kwok.x-k8s.io/",
+            "refit.dev/",
+        ]
+        .iter()
+        .any(|p| key.starts_with(p))
+    }
+
+    /// Whether a taint (by key) is copied: the node lifecycle ones are not.
+    pub fn taint(key: &str) -> bool {
+        !key.starts_with("node.kubernetes.io/")
+    }
+}
+
 /// A role's name as actions and output spell it.
 pub fn role_name(r: Role) -> &'static str {
     match r {
@@ -615,6 +651,22 @@ pub fn eta(finished: &[Duration], remaining: usize, concurrency: usize) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replacement_takes_over_custom_metadata_only() {
+        assert!(carried_over::label("team") && carried_over::label("example.com/pool"));
+        assert!(
+            !carried_over::label("kubernetes.io/hostname")
+                && !carried_over::label("topology.kubernetes.io/zone")
+        );
+        assert!(!carried_over::label("node.kubernetes.io/instance-type"));
+        assert!(carried_over::annotation("example.com/owner"));
+        assert!(
+            !carried_over::annotation("refit.dev/cordoned-by")
+                && !carried_over::annotation("volumes.kubernetes.io/controller-managed-attach-detach")
+        );
+        assert!(carried_over::taint("dedicated") && !carried_over::taint("node.kubernetes.io/unreachable"));
+    }
 
     #[test]
     fn replacement_names_are_stable_and_do_not_stack() {
