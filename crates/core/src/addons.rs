@@ -109,15 +109,15 @@ impl ImageRef {
             Some(_) => return Err(bad()),
             None => (s, None),
         };
-        let last_segment_start = rest.rfind('/').map(|i| i + 1).unwrap_or(0);
-        let (name, tag) = match rest[last_segment_start..].rfind(':') {
-            Some(i) => {
-                let at = last_segment_start + i;
-                let tag = &rest[at + 1..];
+        // The tag is after the last `:` of the last path segment (a registry port is not).
+        let last_segment = rest.rsplit('/').next().unwrap_or(rest);
+        let (name, tag) = match last_segment.rfind(':') {
+            Some(_) => {
+                let (name, tag) = rest.rsplit_once(':').ok_or_else(bad)?;
                 if !valid_tag(tag) {
                     return Err(bad());
                 }
-                (&rest[..at], Some(tag.to_string()))
+                (name, Some(tag.to_string()))
             }
             None => (rest, None),
         };

@@ -150,11 +150,11 @@ impl Catalog {
         if self.releases.is_empty() {
             return invalid("no releases".into());
         }
-        for pair in self.releases.windows(2) {
-            if pair[1].minor != pair[0].minor.next() {
+        for (a, b) in self.releases.iter().zip(self.releases.iter().skip(1)) {
+            if b.minor != a.minor.next() {
                 return invalid(format!(
                     "{} is followed by {}: minors must be contiguous and ascending",
-                    pair[0].minor, pair[1].minor
+                    a.minor, b.minor
                 ));
             }
         }
@@ -169,7 +169,7 @@ impl Catalog {
             {
                 return invalid(format!("{} lists {p}, which is not a {} release", r.minor, r.minor));
             }
-            if r.patches.windows(2).any(|w| w[0] >= w[1]) {
+            if r.patches.iter().zip(r.patches.iter().skip(1)).any(|(a, b)| a >= b) {
                 return invalid(format!("{} patches are not strictly ascending", r.minor));
             }
             if r.end_of_life <= r.ga {
@@ -235,7 +235,7 @@ impl Catalog {
             Some(r) if today > r.end_of_life => Support::EndOfLife { since: Some(r.end_of_life) },
             Some(r) => {
                 // Subtracting civil dates gives a span in whole days.
-                let days = i64::from((r.end_of_life - today).get_days());
+                let days = today.until(r.end_of_life).map_or(0, |span| i64::from(span.get_days()));
                 if days <= 60 {
                     Support::EndingSoon { end_of_life: r.end_of_life, days_left: days }
                 } else {

@@ -553,11 +553,11 @@ impl<'a> Capacity<'a> {
         moving.sort_by(|a, b| first_fit_order(*a, *b));
         let mut out = Vec::new();
         for (pod, sched) in moving {
-            let target = (0..nodes.len()).find(|&i| {
-                room[i].is_some_and(|r| sched.requests.fits_in(r)) && schedulable_on(sched, &nodes[i])
+            let target = room.iter_mut().zip(nodes.iter()).find(|(room, node)| {
+                room.is_some_and(|r| sched.requests.fits_in(r)) && schedulable_on(sched, node)
             });
             match target {
-                Some(i) => room[i] = room[i].map(|r| r.minus(sched.requests)),
+                Some((room, _)) => *room = room.map(|r| r.minus(sched.requests)),
                 None => out.push(Finding {
                     check: "capacity",
                     severity: Severity::Blocker,

@@ -152,6 +152,75 @@ pub fn plan_node<'a>(
     out
 }
 
+/// What a drain run does: evict through the Eviction API, or (`--on-undrainable force`)
+/// delete what is left, bypassing budgets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Evictions, PDBs respected; any refused pod stops the drain before it starts.
+    Evict,
+    /// DELETEs, refused pods included (DaemonSet and mirror pods still stay).
+    Delete,
+}
+
+/// What the drain does for one pod it has to see gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    /// Evict it.
+    Evict,
+    /// Delete it.
+    Delete,
+    /// Already terminating: only wait for it.
+    Await,
+}
+
+/// Every pod of one node sorted by what a drain run does with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeWork<'a> {
+    /// Pods to see gone, with how, and whether the budget gate applies
+    /// ([`PodInfo::consumes_disruption`]).
+    pub work: Vec<(&'a PodInfo, Task)>,
+    /// Pods left alone, with why (terminating pods are also in `work`, awaited).
+    pub skipped: Vec<(&'a PodInfo, Skip)>,
+    /// Pods that stop an eviction drain before anything is evicted (empty in delete mode).
+    pub refused: Vec<(&'a PodInfo, Refusal)>,
+    /// What the operator should know about pods that will go (data loss, not coming back).
+    pub warnings: Vec<String>,
+}
+
+/// Applies [`decide`] to `pods` (one node's) for a drain in `mode`. Like kubectl, an eviction
+/// drain with any refused pod must evict nothing: the caller checks `refused` first.
+pub fn node_work<'a>(
+    pods: impl IntoIterator<Item = &'a PodInfo>,
+    opts: DrainOptions,
+    mode: Mode,
+) -> NodeWork<'a> {
+    let mut out =
+        NodeWork { work: Vec::new(), skipped: Vec::new(), refused: Vec::new(), warnings: Vec::new() };
+    for p in pods {
+        let task = match (decide(p, opts), mode) {
+            (Decision::Evict { warnings }, _) => {
+                out.warnings.extend(warnings);
+                if mode == Mode::Evict { Task::Evict } else { Task::Delete }
+            }
+            (Decision::Skip { reason: Skip::Terminating }, _) => {
+                out.skipped.push((p, Skip::Terminating));
+                Task::Await
+            }
+            (Decision::Skip { reason }, _) => {
+                out.skipped.push((p, reason));
+                continue;
+            }
+            (Decision::Refuse { reason }, Mode::Evict) => {
+                out.refused.push((p, reason));
+                continue;
+            }
+            (Decision::Refuse { .. }, Mode::Delete) => Task::Delete,
+        };
+        out.work.push((p, task));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

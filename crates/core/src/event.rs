@@ -5,6 +5,41 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::plan::PhaseKind;
+use crate::run::RunState;
+
+/// How a unit ended in one invocation (the closed set [`Event::UnitFinished`] reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnitEnd {
+    /// Moved to the stage's version.
+    Upgraded,
+    /// Nothing to do.
+    Skipped,
+    /// Left cordoned, not upgraded (`--on-undrainable skip`).
+    LeftCordoned,
+    /// Failed; the run stopped.
+    Failed,
+    /// Not started.
+    NotStarted,
+    /// Stopped cleanly midway.
+    Interrupted,
+}
+
+impl UnitEnd {
+    /// Its name in events and output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnitEnd::Upgraded => "upgraded",
+            UnitEnd::Skipped => "skipped",
+            UnitEnd::LeftCordoned => "left-cordoned",
+            UnitEnd::Failed => "failed",
+            UnitEnd::NotStarted => "not-started",
+            UnitEnd::Interrupted => "interrupted",
+        }
+    }
+}
+
 /// Something that happened in a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
@@ -27,7 +62,7 @@ pub enum Event {
         /// Index in the schedule.
         stage: usize,
         /// etcd, control-plane, workers.
-        phase: String,
+        phase: PhaseKind,
         /// Version the stage moves its units to.
         to: String,
         /// Units in it.
@@ -102,7 +137,7 @@ pub enum Event {
         /// Version of the stage.
         to: String,
         /// upgraded, skipped, left-cordoned, failed, not-started, interrupted.
-        result: String,
+        result: UnitEnd,
         /// Time spent on it.
         millis: u64,
     },
@@ -141,8 +176,8 @@ pub enum Event {
     },
     /// The run ends.
     RunFinished {
-        /// completed, failed, interrupted.
-        state: String,
+        /// completed, failed, interrupted, paused.
+        state: RunState,
         /// Wall time of this invocation.
         millis: u64,
         /// Why, when it did not complete.
@@ -184,5 +219,32 @@ mod tests {
         assert!(json.starts_with(r#"{"event":"blocked","node":"w-1""#), "{json}");
         assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), e);
         assert_eq!(e.node(), Some("w-1"));
+    }
+
+    #[test]
+    fn closed_sets_serialize_as_their_names() {
+        for end in [
+            UnitEnd::Upgraded,
+            UnitEnd::Skipped,
+            UnitEnd::LeftCordoned,
+            UnitEnd::Failed,
+            UnitEnd::NotStarted,
+            UnitEnd::Interrupted,
+        ] {
+            assert_eq!(serde_json::to_value(end).unwrap(), serde_json::json!(end.as_str()));
+        }
+        let stage = Event::StageStarted {
+            stage: 0,
+            phase: PhaseKind::ControlPlane,
+            to: "1.37.1".into(),
+            units: 3,
+            concurrency: 1,
+        };
+        let json = serde_json::to_value(&stage).unwrap();
+        assert_eq!(json["phase"], "control-plane");
+        let done = Event::RunFinished { state: RunState::Paused, millis: 5, reason: None };
+        assert_eq!(serde_json::to_value(&done).unwrap()["state"], RunState::Paused.as_str());
+        let unknown = r#"{"event":"run-finished","state":"resuming","millis":1,"reason":null}"#;
+        assert!(serde_json::from_str::<Event>(unknown).is_err(), "an unknown state is an error");
     }
 }

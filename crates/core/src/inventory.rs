@@ -187,12 +187,11 @@ pub fn assess(inventory: Inventory, catalog: &Catalog, today: Date) -> StatusRep
     StatusReport { inventory, control_plane, support, violations, warnings, next_versions }
 }
 
-/// Strips an image reference to its tag: `registry.k8s.io/kube-proxy:v1.36.4` → `v1.36.4`
-/// (digests are dropped; an image without a tag has none).
+/// The tag of an image reference: `registry.k8s.io/kube-proxy:v1.36.4` → `v1.36.4`, read with
+/// the one image grammar ([`crate::addons::ImageRef`]: a registry port is not a tag, digests
+/// are dropped); an image without a tag, or a malformed reference, has none.
 pub fn image_tag(image: &str) -> Option<String> {
-    let image = image.split('@').next().unwrap_or(image);
-    let last = image.rsplit('/').next().unwrap_or(image);
-    last.split_once(':').map(|(_, tag)| tag.to_string()).filter(|t| !t.is_empty())
+    crate::addons::ImageRef::parse(image).ok()?.tag
 }
 
 #[cfg(test)]
@@ -246,6 +245,14 @@ pub(crate) mod tests {
         assert_eq!(image_tag("localhost:5000/etcd:3.6.8-0@sha256:abc").as_deref(), Some("3.6.8-0"));
         assert_eq!(image_tag("localhost:5000/etcd"), None);
         assert_eq!(image_tag("coredns"), None);
+        assert_eq!(image_tag("coredns:"), None);
+        assert_eq!(image_tag("registry.example:5000/team/coredns:v1.14.6").as_deref(), Some("v1.14.6"));
+        // What the add-on rewrite reads as the tag is what the inventory reports.
+        for image in
+            ["registry.k8s.io/kube-proxy:v1.36.4", "localhost:5000/etcd:3.6.8-0@sha256:abc", "coredns"]
+        {
+            assert_eq!(image_tag(image), crate::addons::ImageRef::parse(image).unwrap().tag);
+        }
     }
 
     #[test]

@@ -60,7 +60,52 @@ pub struct UpgradePath {
     /// The hops, in order (empty when already at the target).
     pub hops: Vec<Hop>,
     /// What `--force` overrode (end of life, unknown release, downgrade); empty otherwise.
-    pub forced: Vec<String>,
+    pub forced: Vec<Forced>,
+}
+
+/// One thing `--force` overrode. Decisions match on the variant (a downgrade needs its own
+/// confirmation); the text, also the JSON form, is only for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Forced {
+    /// The target is not a release the catalog knows.
+    NotInCatalog(Version),
+    /// The target's minor reached end of life (`since`: the date, or "an unknown date").
+    EndOfLife {
+        /// The minor.
+        minor: MinorVersion,
+        /// When.
+        since: String,
+    },
+    /// The target is older than the cluster.
+    Downgrade {
+        /// The cluster's version.
+        from: Version,
+        /// The target.
+        to: Version,
+    },
+}
+
+impl Forced {
+    /// Whether this is a downgrade.
+    pub fn is_downgrade(&self) -> bool {
+        matches!(self, Forced::Downgrade { .. })
+    }
+}
+
+impl std::fmt::Display for Forced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Forced::NotInCatalog(target) => write!(f, "{target} is not in the catalog"),
+            Forced::EndOfLife { minor, since } => write!(f, "{minor} reached end of life on {since}"),
+            Forced::Downgrade { from, to } => write!(f, "downgrade from {from} to {to}"),
+        }
+    }
+}
+
+impl Serialize for Forced {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// Why no path was given.
@@ -153,20 +198,20 @@ pub fn upgrade_path(
         if !force {
             return Err(err);
         }
-        forced.push(format!("{target} is not in the catalog"));
+        forced.push(Forced::NotInCatalog(target.clone()));
     }
     if let Support::EndOfLife { since } = catalog.support(target.minor_version(), today) {
         let since = since.map(|d| d.to_string()).unwrap_or_else(|| "an unknown date".into());
         if !force {
             return Err(PathError::EndOfLife { to: target.to_string(), since });
         }
-        forced.push(format!("{} reached end of life on {since}", target.minor_version()));
+        forced.push(Forced::EndOfLife { minor: target.minor_version(), since });
     }
     if target < from {
         if !force {
             return Err(PathError::Downgrade { from: from.to_string(), to: target.to_string() });
         }
-        forced.push(format!("downgrade from {from} to {target}"));
+        forced.push(Forced::Downgrade { from: from.clone(), to: target.clone() });
     }
 
     // Walk one minor at a time towards the target (backwards for a forced downgrade): each
@@ -267,7 +312,9 @@ mod tests {
         assert!(matches!(e, PathError::Downgrade { .. }), "{e}");
         let p = upgrade_path(&c, &v("1.37.1"), &req("1.35.8"), Policy::Default, true, today()).unwrap();
         assert_eq!(hops(&p), ["1.36.4", "1.35.8"]);
-        assert!(p.forced[0].contains("downgrade"));
+        assert!(p.forced[0].is_downgrade());
+        assert!(p.forced[0].to_string().starts_with("downgrade from "), "{}", p.forced[0]);
+        assert_eq!(serde_json::to_value(&p.forced[0]).unwrap(), serde_json::json!(p.forced[0].to_string()));
 
         let e = upgrade_path(&c, &v("1.36.1"), &req("1.36.9"), Policy::Default, false, today()).unwrap_err();
         assert!(e.to_string().contains("1.36.0, 1.36.1"), "{e}");

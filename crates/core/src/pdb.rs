@@ -37,6 +37,20 @@ pub struct Requirement {
 }
 
 impl Selector {
+    /// The selector of a budget without one: a missing `policy/v1` selector selects no pods
+    /// (unlike an empty one, which selects all), so it is a requirement nothing satisfies
+    /// (`In` an empty set).
+    pub fn nothing() -> Selector {
+        Selector {
+            match_labels: BTreeMap::new(),
+            match_expressions: vec![Requirement {
+                key: String::new(),
+                operator: "In".into(),
+                values: Vec::new(),
+            }],
+        }
+    }
+
     /// Whether `labels` satisfy the selector. An empty selector matches everything (policy/v1).
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
@@ -80,12 +94,54 @@ impl PdbInfo {
 
     /// Whether the budget covers `pod`.
     pub fn covers(&self, pod: &PodInfo) -> bool {
-        pod.namespace == self.namespace && self.selector.matches(&pod.labels)
+        self.covers_labels(&pod.namespace, &pod.labels)
+    }
+
+    /// Whether the budget covers a pod in `namespace` with `labels`: same namespace, and the
+    /// selector matches. An empty `policy/v1` selector covers every pod of its namespace, for
+    /// the disruption controller and for the eviction subresource alike (checked against the
+    /// apiserver of every supported minor: `crates/kube/tests/pdb_selector.rs`).
+    pub fn covers_labels(&self, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
+        namespace == self.namespace && self.selector.matches(labels)
+    }
+
+    /// Why an eviction under this budget must wait, in the apiserver's terms.
+    pub fn exhausted_reason(&self) -> String {
+        format!(
+            "the disruption budget {} allows no more disruptions now (needs {} healthy pods, has {})",
+            self.name, self.desired_healthy, self.current_healthy
+        )
     }
 
     /// The most disruptions this budget can ever allow with its current pod count.
     pub fn ceiling(&self) -> i32 {
-        (self.expected_pods - self.desired_healthy).max(0)
+        self.expected_pods.saturating_sub(self.desired_healthy).max(0)
+    }
+}
+
+/// Whether a pod that uses up a disruption ([`PodInfo::consumes_disruption`]) may ask the
+/// Eviction API now, given the budgets covering it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Ask; no budget allowance is taken (no budget, or several: the apiserver answers those
+    /// pods itself, and a fix of the budgets is then tried at once).
+    Ask,
+    /// Ask, taking one of the single covering budget's remaining disruptions.
+    AskTakingOne,
+    /// Wait for the budget to change: every disruption it allows was already handed out to
+    /// other waiting pods since its last change.
+    Wait,
+}
+
+/// The budget gate of a drain. A pod under exactly one budget asks only while that budget
+/// allows more disruptions than were `granted` to other waiting pods since it last changed,
+/// so a budget that allows `n` lets `n` pods try rather than every waiting pod collecting
+/// another 429.
+pub fn gate(covering: &[(&PdbInfo, i32)]) -> Gate {
+    match covering {
+        [(pdb, granted)] if pdb.disruptions_allowed.saturating_sub(*granted) > 0 => Gate::AskTakingOne,
+        [_] => Gate::Wait,
+        _ => Gate::Ask,
     }
 }
 
@@ -169,7 +225,7 @@ impl<'a> PdbIndex<'a> {
             .flatten()
             .chain(self.by_namespace.get(pod.namespace.as_str()).into_iter().flatten())
             .copied()
-            .filter(|&i| self.pdbs[i].covers(pod))
+            .filter(|&i| self.pdbs.get(i).is_some_and(|b| b.covers(pod)))
             .collect();
         out.sort_unstable();
         out.dedup();
@@ -181,10 +237,12 @@ impl<'a> PdbIndex<'a> {
 /// plan: per batch it would be budgets × pods × batches selector matches.
 pub fn covered_counts(pdbs: &[PdbInfo], all_pods: &[PodInfo]) -> Vec<usize> {
     let index = PdbIndex::new(pdbs);
-    let mut counts = vec![0; pdbs.len()];
+    let mut counts: Vec<usize> = vec![0; pdbs.len()];
     for p in all_pods.iter().filter(|p| !p.terminating) {
         for i in index.covering(p) {
-            counts[i] += 1;
+            if let Some(c) = counts.get_mut(i) {
+                *c = c.saturating_add(1);
+            }
         }
     }
     counts
@@ -204,7 +262,9 @@ pub fn check_batch_counted(pdbs: &[PdbInfo], evicted: &[&PodInfo], covered: &[us
     let mut per_pdb: Vec<Vec<String>> = vec![Vec::new(); pdbs.len()];
     for p in evicted {
         for i in index.covering(p) {
-            per_pdb[i].push(p.key());
+            if let Some(pods) = per_pdb.get_mut(i) {
+                pods.push(p.key());
+            }
         }
     }
     let mut out = Vec::new();
@@ -271,6 +331,37 @@ mod tests {
             expected_pods: expected,
             always_allow_unhealthy: false,
         }
+    }
+
+    #[test]
+    fn the_gate_lets_through_as_many_pods_as_the_budget_allows() {
+        let two = budget("web", 3, 1, 3);
+        assert_eq!(two.disruptions_allowed, 2);
+        assert_eq!(gate(&[]), Gate::Ask, "no budget: ask");
+        assert_eq!(gate(&[(&two, 0)]), Gate::AskTakingOne);
+        assert_eq!(gate(&[(&two, 1)]), Gate::AskTakingOne);
+        assert_eq!(gate(&[(&two, 2)]), Gate::Wait, "two allowed, two granted");
+        let none = budget("db", 3, 3, 3);
+        assert_eq!(gate(&[(&none, 0)]), Gate::Wait);
+        assert_eq!(gate(&[(&none, 0), (&two, 0)]), Gate::Ask, "several budgets: the apiserver decides");
+        assert!(
+            none.exhausted_reason().contains("needs 3 healthy pods, has 3"),
+            "{}",
+            none.exhausted_reason()
+        );
+    }
+
+    #[test]
+    fn an_empty_selector_covers_every_pod_of_its_namespace() {
+        let mut all = budget("all", 1, 1, 1);
+        all.selector = Selector::default();
+        let p = labelled("x-0", "x", "w-1");
+        assert!(all.covers(&p));
+        assert!(all.covers(&pod("bare")));
+        all.selector = Selector::nothing();
+        assert!(!all.covers(&p) && !all.covers(&pod("bare")), "a missing selector covers nothing");
+        all.namespace = "elsewhere".into();
+        assert!(!all.covers(&p));
     }
 
     #[test]

@@ -41,6 +41,75 @@ pub enum PhaseKind {
     ClusterServices,
 }
 
+impl PhaseKind {
+    /// The phase a node with `roles` is upgraded in: an etcd member with the etcd phase (a
+    /// stacked control-plane node too: one pass over all its components), a control-plane
+    /// node with the control plane, anything else with the workers.
+    pub fn of_roles(roles: &BTreeSet<Role>) -> PhaseKind {
+        if roles.contains(&Role::Etcd) {
+            PhaseKind::Etcd
+        } else if roles.contains(&Role::ControlPlane) {
+            PhaseKind::ControlPlane
+        } else {
+            PhaseKind::Workers
+        }
+    }
+}
+
+/// Why a node is left out of a plan. Decisions match on the variant; the text (also what plans
+/// and stored schedules carry in JSON, unchanged) is only for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exclusion {
+    /// Its kubelet already runs the target.
+    AtTarget(Version),
+    /// A worker, and only the control plane is upgraded.
+    ControlPlaneOnly,
+    /// It has blockers and `--partial-ok` leaves such workers out.
+    PartialOk {
+        /// How many.
+        blockers: usize,
+    },
+}
+
+impl fmt::Display for Exclusion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exclusion::AtTarget(v) => write!(f, "already at {v}"),
+            Exclusion::ControlPlaneOnly => f.write_str("worker: --control-plane-only"),
+            Exclusion::PartialOk { blockers } => write!(f, "--partial-ok: {blockers} blocker(s)"),
+        }
+    }
+}
+
+impl FromStr for Exclusion {
+    type Err = String;
+    /// The text [`Display`](fmt::Display) writes (schedules stored by earlier runs hold it).
+    fn from_str(s: &str) -> Result<Exclusion, String> {
+        let bad = || format!("unknown exclusion '{s}'");
+        if let Some(v) = s.strip_prefix("already at ") {
+            return v.parse().map(Exclusion::AtTarget).map_err(|_| bad());
+        }
+        if s == "worker: --control-plane-only" {
+            return Ok(Exclusion::ControlPlaneOnly);
+        }
+        let n =
+            s.strip_prefix("--partial-ok: ").and_then(|r| r.strip_suffix(" blocker(s)")).ok_or_else(bad)?;
+        n.parse().map(|blockers| Exclusion::PartialOk { blockers }).map_err(|_| bad())
+    }
+}
+
+impl Serialize for Exclusion {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Exclusion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Exclusion, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// One step of one node's upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -72,8 +141,10 @@ impl MaxUnavailable {
     /// The batch size for `workers` workers.
     pub fn batch_size(self, workers: usize) -> usize {
         match self {
-            MaxUnavailable::Count(n) => n as usize,
-            MaxUnavailable::Percent(p) => (workers * p as usize / 100).max(1),
+            MaxUnavailable::Count(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            MaxUnavailable::Percent(p) => {
+                workers.saturating_mul(usize::try_from(p).unwrap_or(usize::MAX)).checked_div(100).unwrap_or(0)
+            }
         }
         .max(1)
     }
@@ -188,7 +259,7 @@ pub struct Plan {
     /// Every finding (per node and cluster-wide).
     pub findings: Vec<Finding>,
     /// Units left out, with the reason.
-    pub excluded: Vec<(String, String)>,
+    pub excluded: Vec<(String, Exclusion)>,
     /// Whether the upgrade may start (no blocker counts in this mode).
     pub blocked: bool,
 }
@@ -246,11 +317,11 @@ pub fn build(snapshot: &Snapshot, findings: Vec<Finding>, opts: &PlanOptions) ->
         let roles = roles_of(node, etcd_nodes.contains(name.as_str()), opts.extra_roles.get(&name));
         let from = node.map(|n| n.kubelet.clone()).unwrap_or_default();
         if !opts.force && from.parse::<Version>().is_ok_and(|v| v.release() == opts.target.release()) {
-            excluded.push((name.clone(), format!("already at {}", opts.target)));
+            excluded.push((name.clone(), Exclusion::AtTarget(opts.target.clone())));
             continue;
         }
         if opts.control_plane_only && !roles.contains(&Role::ControlPlane) && !roles.contains(&Role::Etcd) {
-            excluded.push((name.clone(), "worker: --control-plane-only".into()));
+            excluded.push((name.clone(), Exclusion::ControlPlaneOnly));
             continue;
         }
         let steps = if node.is_none() {
@@ -280,25 +351,17 @@ pub fn build(snapshot: &Snapshot, findings: Vec<Finding>, opts: &PlanOptions) ->
             if u.blockers.is_empty() {
                 return true;
             }
-            excluded.push((u.node.clone(), format!("--partial-ok: {} blocker(s)", u.blockers.len())));
+            excluded.push((u.node.clone(), Exclusion::PartialOk { blockers: u.blockers.len() }));
             false
         });
     }
     if units.is_empty()
         && !excluded.is_empty()
-        && excluded.iter().all(|(_, why)| why.starts_with("already at"))
+        && excluded.iter().all(|(_, why)| matches!(why, Exclusion::AtTarget(_)))
     {
         return Err(PlanError::NothingToDo(opts.target.to_string()));
     }
-    let phase_of = |u: &UnitPlan| {
-        if u.roles.contains(&Role::Etcd) {
-            PhaseKind::Etcd
-        } else if u.roles.contains(&Role::ControlPlane) {
-            PhaseKind::ControlPlane
-        } else {
-            PhaseKind::Workers
-        }
-    };
+    let phase_of = |u: &UnitPlan| PhaseKind::of_roles(&u.roles);
     let mut phases = Vec::new();
     for kind in [PhaseKind::Etcd, PhaseKind::ControlPlane, PhaseKind::Workers] {
         let members: Vec<UnitPlan> = units.iter().filter(|u| phase_of(u) == kind).cloned().collect();
@@ -376,6 +439,23 @@ mod tests {
     }
 
     #[test]
+    fn exclusions_read_back_from_their_text_and_serialize_as_it() {
+        for e in [
+            Exclusion::AtTarget("1.37.1".parse().unwrap()),
+            Exclusion::ControlPlaneOnly,
+            Exclusion::PartialOk { blockers: 3 },
+        ] {
+            assert_eq!(e.to_string().parse::<Exclusion>(), Ok(e.clone()));
+            assert_eq!(serde_json::to_value(&e).unwrap(), serde_json::json!(e.to_string()));
+            assert_eq!(serde_json::from_value::<Exclusion>(serde_json::json!(e.to_string())).unwrap(), e);
+        }
+        assert_eq!(Exclusion::PartialOk { blockers: 2 }.to_string(), "--partial-ok: 2 blocker(s)");
+        assert_eq!(Exclusion::ControlPlaneOnly.to_string(), "worker: --control-plane-only");
+        assert!("already at lunch".parse::<Exclusion>().is_err());
+        assert!("left out".parse::<Exclusion>().is_err());
+    }
+
+    #[test]
     fn phases_in_order_with_multi_role_nodes_once() {
         let p = build(&cluster(5), vec![], &opts()).unwrap();
         let kinds: Vec<PhaseKind> = p.phases.iter().map(|p| p.kind).collect();
@@ -428,7 +508,9 @@ mod tests {
         let mut s = cluster(2);
         s.nodes[2].kubelet = "v1.37.1".into();
         let p = build(&s, vec![], &opts()).unwrap();
-        assert!(p.excluded.contains(&("w-00".into(), "already at 1.37.1".into())));
+        assert!(p.excluded.contains(&("w-00".into(), Exclusion::AtTarget("1.37.1".parse().unwrap()))));
+        let text: Vec<String> = p.excluded.iter().map(|(_, why)| why.to_string()).collect();
+        assert!(text.contains(&"already at 1.37.1".to_string()), "{text:?}");
         let mut o = opts();
         o.force = true;
         assert!(build(&s, vec![], &o).unwrap().excluded.is_empty());

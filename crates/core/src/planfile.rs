@@ -217,23 +217,16 @@ pub enum PackageManager {
 pub const PLACEHOLDERS: &[&str] = &["{node}", "{role}", "{from}", "{to}", "{phase}", "{address}"];
 
 /// Refuses an argument naming a placeholder that does not exist (a typo would otherwise reach
-/// the node action literally).
+/// the node action literally). The grammar is [`crate::placeholder`]'s, the one substitution uses.
 fn check_placeholders(command: &[String], known: &[&str], what: &str) -> Result<(), PlanFileError> {
-    for arg in command {
-        let mut rest = arg.as_str();
-        while let Some(start) = rest.find('{') {
-            let Some(len) = rest[start..].find('}') else { break };
-            let token = &rest[start..start + len + 1];
-            if !known.contains(&token) {
-                return Err(PlanFileError::Action(format!(
-                    "unknown placeholder {token} in the {what} (known: {})",
-                    known.join(" ")
-                )));
-            }
-            rest = &rest[start + len + 1..];
-        }
+    let names: Vec<&str> = known.iter().map(|k| k.trim_start_matches('{').trim_end_matches('}')).collect();
+    match crate::placeholder::first_unknown(command, &names) {
+        Some(name) => Err(PlanFileError::Action(format!(
+            "unknown placeholder {{{name}}} in the {what} (known: {})",
+            known.join(" ")
+        ))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 impl PlanFile {
@@ -252,13 +245,13 @@ impl PlanFile {
             return Err(PlanFileError::EtcdIsNode(e.name.clone()));
         }
         match &self.action {
-            Some(Action::Exec { command }) if command.is_empty() || command[0].trim().is_empty() => {
+            Some(Action::Exec { command }) if command.first().is_none_or(|c| c.trim().is_empty()) => {
                 Err(PlanFileError::Action(
                     "exec needs a command, e.g. command: [./upgrade-node.sh, \"{node}\", \"{to}\"]".into(),
                 ))
             }
             Some(Action::Exec { command }) => check_placeholders(command, PLACEHOLDERS, "exec command"),
-            Some(Action::Replace { create, .. }) if create.is_empty() || create[0].trim().is_empty() => {
+            Some(Action::Replace { create, .. }) if create.first().is_none_or(|c| c.trim().is_empty()) => {
                 Err(PlanFileError::Action(
                     "replace needs a create command, e.g. create: [./new-node.sh, \"{new}\", \"{to}\"]"
                         .into(),

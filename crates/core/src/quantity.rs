@@ -38,10 +38,10 @@ impl Quantity {
     pub fn parse(input: &str) -> Result<Quantity, QuantityError> {
         let err = |reason| QuantityError { input: input.to_string(), reason };
         let s = input.trim();
-        let (negative, s) = match s.as_bytes().first() {
-            Some(b'-') => (true, &s[1..]),
-            Some(b'+') => (false, &s[1..]),
-            _ => (false, s),
+        let (negative, s) = match (s.strip_prefix('-'), s.strip_prefix('+')) {
+            (Some(rest), _) => (true, rest),
+            (None, Some(rest)) => (false, rest),
+            (None, None) => (false, s),
         };
         let number_len = s.bytes().take_while(|b| b.is_ascii_digit() || *b == b'.').count();
         let (number, suffix) = s.split_at(number_len);
@@ -59,18 +59,25 @@ impl Quantity {
         // canonical forms ("0.000000001", "1.000") parse without widening the mantissa.
         let whole = whole.trim_start_matches('0');
         let fraction = fraction.trim_end_matches('0');
-        if whole.len() + fraction.len() > MAX_DIGITS {
+        if whole.len().saturating_add(fraction.len()) > MAX_DIGITS {
             return Err(err("too many digits"));
         }
+        // At most MAX_DIGITS digits: none of the checked operations below can fail.
         let mut mantissa: i128 = 0;
-        for b in whole.bytes().chain(fraction.bytes()) {
-            mantissa = mantissa * 10 + i128::from(b - b'0');
+        for c in whole.chars().chain(fraction.chars()) {
+            let digit = c.to_digit(10).ok_or_else(|| err("no digits"))?;
+            mantissa = mantissa
+                .checked_mul(10)
+                .and_then(|m| m.checked_add(i128::from(digit)))
+                .ok_or_else(|| err("too many digits"))?;
         }
         if negative {
-            mantissa = -mantissa;
+            mantissa = mantissa.checked_neg().ok_or_else(|| err("too many digits"))?;
         }
-        // Bounded by MAX_DIGITS above, so the conversion cannot fail.
-        let mut exp10 = -(i32::try_from(fraction.len()).unwrap_or(0));
+        let mut exp10 = i32::try_from(fraction.len())
+            .ok()
+            .and_then(i32::checked_neg)
+            .ok_or_else(|| err("too many digits"))?;
         let mut exp2 = 0;
         match suffix {
             "" => {}
@@ -80,15 +87,15 @@ impl Quantity {
             "Ti" => exp2 = 40,
             "Pi" => exp2 = 50,
             "Ei" => exp2 = 60,
-            "n" => exp10 -= 9,
-            "u" => exp10 -= 6,
-            "m" => exp10 -= 3,
-            "k" => exp10 += 3,
-            "M" => exp10 += 6,
-            "G" => exp10 += 9,
-            "T" => exp10 += 12,
-            "P" => exp10 += 15,
-            "E" => exp10 += 18,
+            "n" => exp10 = exp10.saturating_sub(9),
+            "u" => exp10 = exp10.saturating_sub(6),
+            "m" => exp10 = exp10.saturating_sub(3),
+            "k" => exp10 = exp10.saturating_add(3),
+            "M" => exp10 = exp10.saturating_add(6),
+            "G" => exp10 = exp10.saturating_add(9),
+            "T" => exp10 = exp10.saturating_add(12),
+            "P" => exp10 = exp10.saturating_add(15),
+            "E" => exp10 = exp10.saturating_add(18),
             _ => {
                 let exponent = suffix
                     .strip_prefix('e')
@@ -102,7 +109,7 @@ impl Quantity {
                 if !(-MAX_EXPONENT..=MAX_EXPONENT).contains(&e) {
                     return Err(err("exponent out of range"));
                 }
-                exp10 += e;
+                exp10 = exp10.saturating_add(e);
             }
         }
         Ok(Quantity { mantissa, exp10, exp2 })
@@ -118,7 +125,7 @@ impl Quantity {
         let Some(numerator) = 2i128.checked_pow(self.exp2).and_then(|p| self.mantissa.checked_mul(p)) else {
             return saturated;
         };
-        let exp = self.exp10 + scale;
+        let exp = self.exp10.saturating_add(scale);
         let value = if exp >= 0 {
             match 10i128.checked_pow(exp.unsigned_abs()).and_then(|p| numerator.checked_mul(p)) {
                 Some(v) => v,
@@ -136,9 +143,13 @@ impl Quantity {
     }
 }
 
+/// `n / d` rounded up; `d` is a positive power of ten (never zero, never -1).
 fn ceil_div(n: i128, d: i128) -> i128 {
-    let q = n / d;
-    if n % d > 0 { q + 1 } else { q }
+    match (n.checked_div(d), n.checked_rem(d)) {
+        (Some(q), Some(r)) if r > 0 => q.saturating_add(1),
+        (Some(q), _) => q,
+        (None, _) => n,
+    }
 }
 
 /// CPU in millicores (`"7800m"` → 7800, `"8"` → 8000, `"0.5"` → 500), rounded up.

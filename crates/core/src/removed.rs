@@ -234,7 +234,7 @@ impl Summary {
     /// Counts `findings` by severity.
     pub fn of(findings: &[Finding]) -> Summary {
         let crossing = findings.iter().filter(|f| f.severity == Severity::Crossing).count();
-        Summary { crossing, already_removed: findings.len() - crossing }
+        Summary { crossing, already_removed: findings.len().saturating_sub(crossing) }
     }
 }
 
@@ -456,9 +456,9 @@ fn parse_labels(body: &str) -> Option<(BTreeMap<String, String>, &str)> {
         if let Some(after) = rest.strip_prefix('}') {
             return Some((labels, after));
         }
-        let eq = rest.find('=')?;
-        let key = rest[..eq].trim().to_string();
-        rest = rest[eq + 1..].trim_start().strip_prefix('"')?;
+        let (key, after) = rest.split_once('=')?;
+        let key = key.trim().to_string();
+        rest = after.trim_start().strip_prefix('"')?;
         let mut value = String::new();
         let mut chars = rest.char_indices();
         let end = loop {
@@ -472,7 +472,8 @@ fn parse_labels(body: &str) -> Option<(BTreeMap<String, String>, &str)> {
             }
         };
         labels.insert(key, value);
-        rest = &rest[end + 1..];
+        // `end` is the byte offset of the closing `"` (one byte).
+        rest = rest.get(end..).and_then(|r| r.strip_prefix('"'))?;
     }
 }
 

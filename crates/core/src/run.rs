@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::path::UpgradePath;
-use crate::plan::{PhaseKind, Plan, Role, Step};
+use crate::plan::{Exclusion, PhaseKind, Plan, Role, Step};
 use crate::skew::node_max_lag;
 use crate::version::Version;
 
@@ -96,9 +96,65 @@ pub struct UnitWork {
 }
 
 impl UnitWork {
+    /// The phase its roles put it in (the `{phase}` an action receives).
+    pub fn phase(&self) -> PhaseKind {
+        PhaseKind::of_roles(&self.roles)
+    }
+
+    /// The node that replaces this one at its stage's version (the replace style).
+    pub fn replacement(&self) -> String {
+        replacement_name(&self.node, &self.to)
+    }
+
     /// Roles as the action receives them: `etcd,control-plane`.
     pub fn role_list(&self) -> Vec<String> {
         self.roles.iter().map(|r| role_name(*r).to_string()).collect()
+    }
+}
+
+/// The name of the node that replaces `node` at `to`: deterministic, so a resumed run finds
+/// the replacement it already created. A replacement of a replacement drops the old suffix.
+pub fn replacement_name(node: &str, to: &Version) -> String {
+    let base = match node.rsplit_once("-v") {
+        Some((b, suffix)) if suffix.chars().all(|c| c.is_ascii_digit() || c == '-') => b,
+        _ => node,
+    };
+    format!("{base}-v{}-{}-{}", to.major, to.minor, to.patch)
+}
+
+/// What a replacement node takes over from the node it replaces (aks-engine's agent flow):
+/// custom labels, annotations and taints, never the ones Kubernetes, the kubelet, kwok or refit
+/// set themselves.
+pub mod carried_over {
+    /// Whether a label is copied to the replacement.
+    pub fn label(key: &str) -> bool {
+        ![
+            "kubernetes.io/",
+            "beta.kubernetes.io/",
+            "node.kubernetes.io/",
+            "topology.kubernetes.io/",
+            "kwok.x-k8s.io/",
+        ]
+        .iter()
+        .any(|p| key.starts_with(p))
+    }
+
+    /// Whether an annotation is copied to the replacement.
+    pub fn annotation(key: &str) -> bool {
+        ![
+            "node.alpha.kubernetes.io/",
+            "volumes.kubernetes.io/",
+            "kubeadm.alpha.kubernetes.io/cri-socket",
+            "kwok.x-k8s.io/",
+            "refit.dev/",
+        ]
+        .iter()
+        .any(|p| key.starts_with(p))
+    }
+
+    /// Whether a taint (by key) is copied: the node lifecycle ones are not.
+    pub fn taint(key: &str) -> bool {
+        !key.starts_with("node.kubernetes.io/")
     }
 }
 
@@ -145,7 +201,7 @@ pub struct Schedule {
     /// Whether kube-proxy and CoreDNS are moved to the target's versions at the end.
     pub cluster_services: bool,
     /// Units planned but left out (already at target, --partial-ok, --control-plane-only).
-    pub excluded: Vec<(String, String)>,
+    pub excluded: Vec<(String, Exclusion)>,
 }
 
 impl Schedule {
@@ -228,7 +284,7 @@ pub fn schedule(
         let lagging: Vec<&crate::plan::UnitPlan> = workers
             .iter()
             .copied()
-            .filter(|u| match &worker_at[u.node.as_str()] {
+            .filter(|u| match worker_at.get(u.node.as_str()).and_then(Option::as_ref) {
                 Some(v) => {
                     to.minor_version().minors_ahead_of(v.minor_version()) > node_max_lag(v.minor_version())
                 }
@@ -239,7 +295,11 @@ pub fn schedule(
             let units = lagging
                 .iter()
                 .map(|u| {
-                    let now = worker_at[u.node.as_str()].as_ref().map(|v| v.to_string()).unwrap_or_default();
+                    let now = worker_at
+                        .get(u.node.as_str())
+                        .and_then(Option::as_ref)
+                        .map(|v| v.to_string())
+                        .unwrap_or_default();
                     work(u, now, from, false)
                 })
                 .collect();
@@ -253,7 +313,7 @@ pub fn schedule(
                 units,
             });
         }
-        if !control.is_empty() {
+        if let Some(&(phase, _)) = control.first() {
             let units = control
                 .iter()
                 .enumerate()
@@ -271,18 +331,21 @@ pub fn schedule(
                     work(u, was, to, first)
                 })
                 .collect();
-            let phase = control[0].0;
             stages.push(Stage { phase, to: to.clone(), concurrency: 1, units });
         }
     }
     let remaining: Vec<UnitWork> = workers
         .iter()
         .filter(|u| {
-            worker_at[u.node.as_str()].as_ref() != Some(&plan.target) || plan_includes_at_target(plan)
+            worker_at.get(u.node.as_str()).and_then(Option::as_ref) != Some(&plan.target)
+                || plan_includes_at_target(plan)
         })
         .map(|u| {
-            let now =
-                worker_at[u.node.as_str()].as_ref().map(|v| v.to_string()).unwrap_or_else(|| u.from.clone());
+            let now = worker_at
+                .get(u.node.as_str())
+                .and_then(Option::as_ref)
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| u.from.clone());
             work(u, now, &plan.target, false)
         })
         .collect();
@@ -306,7 +369,7 @@ pub fn schedule(
 /// A plan that includes units already at the target was made with `--force`: such workers
 /// are upgraded again on purpose.
 fn plan_includes_at_target(plan: &Plan) -> bool {
-    !plan.excluded.iter().any(|(_, why)| why.starts_with("already at"))
+    !plan.excluded.iter().any(|(_, why)| matches!(why, Exclusion::AtTarget(_)))
 }
 
 /// The journal's name for a step of a unit in a stage: `upgrade@1.37.1`.
@@ -436,7 +499,7 @@ pub fn resume_point(
         && !unit.external
         && state(Step::Upgrade).is_some()
     {
-        at += 1;
+        at = at.saturating_add(1);
     }
     // Between the cordon and the end of the drain's effect (the step after the drain), the
     // node must be held by this run. If it is not (refit gave the cordon back after a failed
@@ -445,7 +508,7 @@ pub fn resume_point(
         unit.steps.iter().position(|s| *s == Step::Cordon),
         unit.steps.iter().position(|s| *s == Step::Drain),
     ) && at > c
-        && at <= d + 1
+        && at <= d.saturating_add(1)
         && !unit.external
         && !observed.cordoned_by_this_run
     {
@@ -578,14 +641,49 @@ pub fn eta(finished: &[Duration], remaining: usize, concurrency: usize) -> Optio
     if finished.is_empty() {
         return None;
     }
-    let mean = finished.iter().sum::<Duration>() / finished.len() as u32;
-    let rounds = remaining.div_ceil(concurrency.max(1));
-    Some(mean * rounds as u32)
+    let total =
+        finished.iter().try_fold(Duration::ZERO, |acc, d| acc.checked_add(*d)).unwrap_or(Duration::MAX);
+    let mean = u32::try_from(finished.len()).ok().and_then(|n| total.checked_div(n)).unwrap_or(Duration::MAX);
+    let rounds = u32::try_from(remaining.div_ceil(concurrency.max(1))).unwrap_or(u32::MAX);
+    Some(mean.saturating_mul(rounds))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replacement_takes_over_custom_metadata_only() {
+        assert!(carried_over::label("team") && carried_over::label("example.com/pool"));
+        assert!(
+            !carried_over::label("kubernetes.io/hostname")
+                && !carried_over::label("topology.kubernetes.io/zone")
+        );
+        assert!(!carried_over::label("node.kubernetes.io/instance-type"));
+        assert!(carried_over::annotation("example.com/owner"));
+        assert!(
+            !carried_over::annotation("refit.dev/cordoned-by")
+                && !carried_over::annotation("volumes.kubernetes.io/controller-managed-attach-detach")
+        );
+        assert!(carried_over::taint("dedicated") && !carried_over::taint("node.kubernetes.io/unreachable"));
+    }
+
+    #[test]
+    fn replacement_names_are_stable_and_do_not_stack() {
+        let v: Version = "1.37.1".parse().unwrap();
+        assert_eq!(replacement_name("worker-003", &v), "worker-003-v1-37-1");
+        assert_eq!(replacement_name("worker-003-v1-36-4", &v), "worker-003-v1-37-1");
+        assert_eq!(replacement_name("edge-vm", &v), "edge-vm-v1-37-1");
+    }
+
+    #[test]
+    fn the_phase_of_a_unit_is_its_highest_role() {
+        let roles = |rs: &[Role]| rs.iter().copied().collect::<BTreeSet<Role>>();
+        assert_eq!(PhaseKind::of_roles(&roles(&[Role::Etcd, Role::ControlPlane])), PhaseKind::Etcd);
+        assert_eq!(PhaseKind::of_roles(&roles(&[Role::ControlPlane, Role::Worker])), PhaseKind::ControlPlane);
+        assert_eq!(PhaseKind::of_roles(&roles(&[Role::Worker])), PhaseKind::Workers);
+        assert_eq!(PhaseKind::of_roles(&roles(&[])), PhaseKind::Workers);
+    }
     use crate::path::Hop;
     use crate::plan::{Batch, Mode, Phase, UnitPlan};
     use proptest::prelude::*;
@@ -925,6 +1023,10 @@ mod tests {
         ] {
             assert_eq!(s.as_str().parse::<RunState>().unwrap(), s);
         }
+        // Strictly: the store's readers turn an unknown state into an error.
+        assert!("Failed".parse::<RunState>().is_err(), "no case folding");
+        assert!("resuming".parse::<RunState>().unwrap_err().contains("'resuming'"));
+        assert!("".parse::<StepState>().is_err());
         assert_eq!("skip".parse::<OnUndrainable>().unwrap(), OnUndrainable::Skip);
         assert!("nope".parse::<OnUndrainable>().is_err());
     }

@@ -114,7 +114,7 @@ pub fn check(instances: &[Instance]) -> Vec<Violation> {
                             "must not be newer than the oldest kube-apiserver ({oldest}); upgrade the control plane first"
                         ),
                     );
-                } else if -ahead > lag {
+                } else if ahead.saturating_neg() > lag {
                     flag(
                         i,
                         format!(

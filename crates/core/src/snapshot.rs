@@ -104,6 +104,12 @@ impl PodInfo {
     pub fn has_empty_dir(&self) -> bool {
         self.volumes.iter().any(|v| matches!(v, Volume::EmptyDir { .. }))
     }
+
+    /// Whether evicting it uses up one of its budget's disruptions: only a Running, Ready pod
+    /// does. The apiserver evicts pending, unready and finished pods without consuming one.
+    pub fn consumes_disruption(&self) -> bool {
+        self.ready && self.phase == Phase::Running
+    }
 }
 
 /// A taint.
@@ -155,12 +161,13 @@ pub struct Resources {
 }
 
 impl Resources {
-    /// Component-wise sum.
+    /// Component-wise sum, saturating (requests come from users: a huge one must read as
+    /// "does not fit", never wrap around to a small or negative number).
     pub fn plus(self, o: Resources) -> Resources {
         Resources {
-            cpu_millis: self.cpu_millis + o.cpu_millis,
-            memory_bytes: self.memory_bytes + o.memory_bytes,
-            pods: self.pods + o.pods,
+            cpu_millis: self.cpu_millis.saturating_add(o.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_add(o.memory_bytes),
+            pods: self.pods.saturating_add(o.pods),
         }
     }
 
@@ -169,13 +176,75 @@ impl Resources {
         self.cpu_millis <= room.cpu_millis && self.memory_bytes <= room.memory_bytes && self.pods <= room.pods
     }
 
-    /// Component-wise difference.
+    /// Component-wise maximum.
+    pub fn max(self, o: Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis.max(o.cpu_millis),
+            memory_bytes: self.memory_bytes.max(o.memory_bytes),
+            pods: self.pods.max(o.pods),
+        }
+    }
+
+    /// Component-wise difference, saturating.
     pub fn minus(self, o: Resources) -> Resources {
         Resources {
-            cpu_millis: self.cpu_millis - o.cpu_millis,
-            memory_bytes: self.memory_bytes - o.memory_bytes,
-            pods: self.pods - o.pods,
+            cpu_millis: self.cpu_millis.saturating_sub(o.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_sub(o.memory_bytes),
+            pods: self.pods.saturating_sub(o.pods),
         }
+    }
+}
+
+/// The requests a pod's spec states, per container, before the scheduler's rules combine them
+/// ([`PodRequests::effective`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodRequests {
+    /// Regular containers (cpu, memory).
+    pub containers: Vec<Resources>,
+    /// Init containers in order, each with whether it is a sidecar (`restartPolicy: Always`).
+    pub init_containers: Vec<(Resources, bool)>,
+    /// Pod-level `spec.resources.requests.cpu`, when set.
+    pub pod_cpu_millis: Option<i64>,
+    /// Pod-level `spec.resources.requests.memory`, when set.
+    pub pod_memory_bytes: Option<i64>,
+    /// `spec.overhead` (RuntimeClass).
+    pub overhead: Resources,
+}
+
+impl PodRequests {
+    /// What the scheduler reserves for the pod, following `resourcehelper.PodRequests`:
+    /// - regular containers run together, so they add up;
+    /// - classic init containers run one at a time before them, so only the largest counts,
+    ///   but it also runs next to every sidecar started before it;
+    /// - sidecars (init containers with `restartPolicy: Always`) keep running, so they add to
+    ///   the regular containers too;
+    /// - the pod takes the larger of the two phases, per resource, plus `spec.overhead`;
+    /// - pod-level requests, when set, replace the container sum for cpu/memory;
+    /// - one pod slot.
+    pub fn effective(&self) -> Resources {
+        let mut running = self.containers.iter().fold(Resources::default(), |acc, c| acc.plus(*c));
+        let mut sidecars = Resources::default();
+        let mut init_peak = Resources::default();
+        for &(req, sidecar) in &self.init_containers {
+            let during = if sidecar {
+                running = running.plus(req);
+                sidecars = sidecars.plus(req);
+                sidecars
+            } else {
+                req.plus(sidecars)
+            };
+            init_peak = init_peak.max(during);
+        }
+        let mut total = running.max(init_peak);
+        if let Some(cpu) = self.pod_cpu_millis {
+            total.cpu_millis = cpu;
+        }
+        if let Some(memory) = self.pod_memory_bytes {
+            total.memory_bytes = memory;
+        }
+        total = total.plus(Resources { pods: 0, ..self.overhead });
+        total.pods = 1;
+        total
     }
 }
 
@@ -356,6 +425,56 @@ pub(crate) mod build {
         pub fn host_path(mut self, path: &str) -> Self {
             self.volumes.push(Volume::HostPath { name: "host".into(), path: path.into() });
             self
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MI: i64 = 1 << 20;
+
+    fn r(cpu_millis: i64, memory_bytes: i64) -> Resources {
+        Resources { cpu_millis, memory_bytes, pods: 0 }
+    }
+
+    #[test]
+    fn effective_requests_follow_the_schedulers_rules() {
+        let mut spec = PodRequests {
+            containers: vec![r(100, 64 * MI), r(200, 32 * MI)],
+            // classic 500m alone; then a sidecar; then a classic one beside the sidecar.
+            init_containers: vec![
+                (r(500, 10 * MI), false),
+                (r(100, 16 * MI), true),
+                (r(450, 200 * MI), false),
+            ],
+            overhead: r(10, MI),
+            ..PodRequests::default()
+        };
+        // running: 300m + 100m sidecar = 400m, 112Mi; init peak: 450m + 100m = 550m, 216Mi.
+        assert_eq!(spec.effective(), Resources { cpu_millis: 560, memory_bytes: 217 * MI, pods: 1 });
+        spec.pod_memory_bytes = Some(1024 * MI);
+        assert_eq!(spec.effective().memory_bytes, 1025 * MI, "pod-level replaces the sum; overhead stays");
+        assert_eq!(PodRequests::default().effective(), Resources { cpu_millis: 0, memory_bytes: 0, pods: 1 });
+    }
+
+    proptest! {
+        /// Without init containers the pod asks for the sum of its containers; init containers
+        /// never lower it, and nothing overflows however large the numbers.
+        #[test]
+        fn init_containers_only_add(
+            containers in prop::collection::vec((0i64..i64::MAX, 0i64..i64::MAX), 0..4),
+            init in prop::collection::vec(((0i64..i64::MAX, 0i64..i64::MAX), any::<bool>()), 0..4),
+        ) {
+            let containers: Vec<Resources> = containers.into_iter().map(|(c, m)| r(c, m)).collect();
+            let plain = PodRequests { containers: containers.clone(), ..PodRequests::default() }.effective();
+            let sum = containers.iter().fold(Resources::default(), |a, c| a.plus(*c));
+            prop_assert_eq!(plain, Resources { pods: 1, ..sum });
+            let init: Vec<(Resources, bool)> = init.into_iter().map(|((c, m), s)| (r(c, m), s)).collect();
+            let with_init = PodRequests { containers, init_containers: init, ..PodRequests::default() }.effective();
+            prop_assert!(with_init.cpu_millis >= plain.cpu_millis && with_init.memory_bytes >= plain.memory_bytes);
         }
     }
 }

@@ -226,16 +226,16 @@ impl MinorVersion {
 
     /// The next minor (1.36 → 1.37).
     pub const fn next(self) -> Self {
-        Self { major: self.major, minor: self.minor + 1 }
+        Self { major: self.major, minor: self.minor.saturating_add(1) }
     }
 
     /// How many minors `self` is ahead of `other` (negative when behind). Majors other than 1
     /// do not exist for Kubernetes; across majors the distance is reported as very large.
     pub fn minors_ahead_of(self, other: MinorVersion) -> i64 {
         if self.major != other.major {
-            return (i64::from(self.major) - i64::from(other.major)) * 1_000;
+            return i64::from(self.major).saturating_sub(i64::from(other.major)).saturating_mul(1_000);
         }
-        i64::from(self.minor) - i64::from(other.minor)
+        i64::from(self.minor).saturating_sub(i64::from(other.minor))
     }
 
     /// The first patch release of this minor.

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use refit_core::event::Event;
+use refit_core::event::{Event, UnitEnd};
 use refit_core::plan::PhaseKind;
 use refit_core::run::{Halt, RunState, Stage, StepState, UnitWork, phase_name};
 use refit_kube::Connection;
@@ -55,16 +55,21 @@ pub enum UnitResult {
 }
 
 impl UnitResult {
+    /// How it ended, without the reason.
+    pub fn end(&self) -> UnitEnd {
+        match self {
+            UnitResult::Upgraded => UnitEnd::Upgraded,
+            UnitResult::Skipped(_) => UnitEnd::Skipped,
+            UnitResult::LeftCordoned(_) => UnitEnd::LeftCordoned,
+            UnitResult::Failed(_) => UnitEnd::Failed,
+            UnitResult::NotStarted(_) => UnitEnd::NotStarted,
+            UnitResult::Interrupted => UnitEnd::Interrupted,
+        }
+    }
+
     /// Its name in events and output.
     pub fn name(&self) -> &'static str {
-        match self {
-            UnitResult::Upgraded => "upgraded",
-            UnitResult::Skipped(_) => "skipped",
-            UnitResult::LeftCordoned(_) => "left-cordoned",
-            UnitResult::Failed(_) => "failed",
-            UnitResult::NotStarted(_) => "not-started",
-            UnitResult::Interrupted => "interrupted",
-        }
+        self.end().as_str()
     }
 
     /// The reason, when there is one.
@@ -197,15 +202,18 @@ impl Engine {
         Ok(())
     }
 
-    /// This run's journal for one unit: step key → state.
+    /// This run's journal for one unit: step key → state. A state this version does not know
+    /// is an error, never skipped: a step read as "not recorded" would be done twice.
     pub(crate) fn journal(&self, unit: &str) -> Result<BTreeMap<String, StepState>, Error> {
-        Ok(self
-            .store()
+        self.store()
             .steps(&self.run_id)?
             .into_iter()
             .filter(|s| s.unit == unit)
-            .filter_map(|s| s.state.parse().ok().map(|st| (s.step, st)))
-            .collect())
+            .map(|s| match s.state.parse() {
+                Ok(st) => Ok((s.step, st)),
+                Err(detail) => Err(Error::Spec { run: self.run_id.clone(), detail }),
+            })
+            .collect()
     }
 
     /// Whether a clean stop was requested.
@@ -309,7 +317,7 @@ impl Engine {
             let t = Instant::now();
             self.emit(Event::StageStarted {
                 stage: i,
-                phase: phase_name(stage.phase).to_string(),
+                phase: stage.phase,
                 to: stage.to.to_string(),
                 units: stage.units.len(),
                 concurrency: stage.concurrency,
@@ -357,7 +365,7 @@ impl Engine {
         let (state, reason) = refit_core::run::final_state(self.halt(), work_left, reason);
         self.store().set_run_state(&self.run_id, state.as_str())?;
         self.emit(Event::RunFinished {
-            state: state.as_str().to_string(),
+            state,
             millis: started.elapsed().as_millis() as u64,
             reason: reason.clone(),
         });
@@ -447,7 +455,7 @@ impl Engine {
                 engine.emit(Event::UnitFinished {
                     node: report.node.clone(),
                     to: report.to.clone(),
-                    result: report.result.name().to_string(),
+                    result: report.result.end(),
                     millis: report.millis,
                 });
                 Ok(report)

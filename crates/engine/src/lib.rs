@@ -10,6 +10,11 @@
 //! The engine never knows how a node is upgraded: only that the action succeeded and the node
 //! came back Ready at the version.
 
+// The engine keeps a cluster's nodes in a known state: no panicking shortcut, no unchecked
+// arithmetic (clippy.toml lets tests unwrap, expect and index).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+#![cfg_attr(test, allow(clippy::arithmetic_side_effects))]
+
 pub mod engine;
 pub mod spec;
 mod unit;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use refit_core::event::Event;
 use refit_core::plan::{Role, Step};
 use refit_core::run::{
-    Observed, OnUndrainable, Resume, StepState, UnitWork, resume_point, step_key, step_name,
+    Observed, OnUndrainable, Resume, StepState, UnitWork, phase_name, resume_point, step_key, step_name,
 };
 use refit_kube::cordon::{CordonOutcome, UncordonOutcome};
 use refit_kube::drain::{DrainConfig, DrainEvent, DrainReport};
@@ -45,7 +45,7 @@ impl Engine {
             }
             Resume::At(i) => i,
         };
-        for &step in &u.steps[at..] {
+        for &step in u.steps.get(at..).unwrap_or_default() {
             // Before a node is changed, work can be abandoned and its cordon given back.
             let abandonable = matches!(step, Step::Cordon | Step::Drain) || u.steps.first() == Some(&step);
             if abandonable && self.stopping() {
@@ -261,19 +261,12 @@ impl Engine {
     }
 
     fn context(&self, u: &UnitWork, node: &str) -> refit_exec::NodeContext {
-        let phase = if u.roles.contains(&Role::Etcd) {
-            "etcd"
-        } else if u.roles.contains(&Role::ControlPlane) {
-            "control-plane"
-        } else {
-            "workers"
-        };
         refit_exec::NodeContext {
             node: node.to_string(),
             roles: u.role_list(),
             from: u.from.clone(),
             to: u.to.to_string(),
-            phase: phase.to_string(),
+            phase: phase_name(u.phase()).to_string(),
             address: self.spec.addresses.get(&u.node).cloned().unwrap_or_default(),
             first_control_plane: u.first_control_plane,
         }
@@ -313,7 +306,7 @@ impl Engine {
                 refit_exec::exec::run_exec(control_plane, &ctx, timeout, &on_line).await
             }
             NodeAction::Replace { create, .. } => {
-                let new = replacement_name(&u.node, &u.to);
+                let new = u.replacement();
                 let meta = match refit_kube::node::custom_metadata(&self.conn, &u.node).await {
                     Ok(m) => m,
                     Err(e) => {
@@ -359,9 +352,13 @@ impl Engine {
         if u.external {
             return StepEnd::Done("the action succeeded (an external host is not observable)".into());
         }
-        let node =
-            if u.steps.contains(&Step::Remove) { replacement_name(&u.node, &u.to) } else { u.node.clone() };
-        let deadline = Instant::now() + self.spec.node_timeout();
+        let node = if u.steps.contains(&Step::Remove) { u.replacement() } else { u.node.clone() };
+        let now = Instant::now();
+        // A timeout past what an Instant can hold is as good as none: a century.
+        let deadline = now
+            .checked_add(self.spec.node_timeout())
+            .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+            .unwrap_or(now);
         if let Err(e) =
             refit_kube::node::wait_ready_at(&self.conn, &node, &u.to, self.spec.node_timeout()).await
         {
@@ -404,7 +401,7 @@ impl Engine {
             return StepEnd::Done(String::new());
         };
         let ctx = self.context(u, &u.node);
-        let new = replacement_name(&u.node, &u.to);
+        let new = u.replacement();
         let mut vars = ctx.placeholder_values();
         vars.push(("new", new));
         let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -432,16 +429,6 @@ impl Engine {
     }
 }
 
-/// The name of the node that replaces `node` at `to`: deterministic, so a resumed run finds
-/// the replacement it already created. A replacement of a replacement drops the old suffix.
-pub fn replacement_name(node: &str, to: &refit_core::Version) -> String {
-    let base = match node.rsplit_once("-v") {
-        Some((b, suffix)) if suffix.chars().all(|c| c.is_ascii_digit() || c == '-') => b,
-        _ => node,
-    };
-    format!("{base}-v{}-{}-{}", to.major, to.minor, to.patch)
-}
-
 fn describe_blockers(r: &DrainReport) -> String {
     let list: Vec<String> = r
         .remaining
@@ -454,17 +441,4 @@ fn describe_blockers(r: &DrainReport) -> String {
         .collect();
     let more = r.remaining.len().saturating_sub(5);
     if more > 0 { format!("{} and {more} more", list.join(", ")) } else { list.join(", ") }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn replacement_names_are_stable_and_do_not_stack() {
-        let v: refit_core::Version = "1.37.1".parse().unwrap();
-        assert_eq!(replacement_name("worker-003", &v), "worker-003-v1-37-1");
-        assert_eq!(replacement_name("worker-003-v1-36-4", &v), "worker-003-v1-37-1");
-        assert_eq!(replacement_name("edge-vm", &v), "edge-vm-v1-37-1");
-    }
 }

@@ -73,39 +73,9 @@ pub struct CommandOutput {
     pub stderr_tail: Vec<String>,
 }
 
-/// Replaces `{name}` placeholders inside each argument, in one left-to-right pass.
-///
-/// `vars` holds names without braces (`("node", "worker-1")`). Each argument stays exactly one
-/// argument whatever the values contain; values are never rescanned, so a value that itself
-/// looks like `{to}` stays literal; unknown `{...}` text is left as written. Both the exec and
-/// the replace action use this one implementation.
-pub fn substitute(args: &[String], vars: &[(&str, &str)]) -> Vec<String> {
-    args.iter().map(|arg| substitute_one(arg, vars)).collect()
-}
-
-fn substitute_one(arg: &str, vars: &[(&str, &str)]) -> String {
-    let mut out = String::with_capacity(arg.len());
-    let mut rest = arg;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        let after = &rest[open + 1..];
-        let value = after.find('}').and_then(|close| {
-            vars.iter().find(|(name, _)| *name == &after[..close]).map(|(_, v)| (close, *v))
-        });
-        match value {
-            Some((close, v)) => {
-                out.push_str(v);
-                rest = &after[close + 1..];
-            }
-            None => {
-                out.push('{');
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
+/// Replaces `{name}` placeholders inside each argument, in one pass (the grammar plan files
+/// are validated with: `refit_core::placeholder`). Both the exec and the replace action use it.
+pub use refit_core::placeholder::substitute;
 
 /// Runs `argv` (program and arguments, no shell) with `env` added to refit's environment,
 /// stdin closed, and stdout/stderr streamed line by line to `on_line`.
@@ -373,27 +343,4 @@ async fn spawn_attached(cmd: Command) -> io::Result<Child> {
         sender.send((cmd, handle, reply)).map_err(|_| io::Error::other("the spawner thread is gone"))?;
     }
     answer.await.map_err(|_| io::Error::other("the spawner thread dropped the request"))?
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn s(v: &[&str]) -> Vec<String> {
-        v.iter().map(|x| x.to_string()).collect()
-    }
-
-    #[test]
-    fn substitutes_in_one_pass_and_keeps_arguments_whole() {
-        let vars = [("node", "a;rm -rf /"), ("to", "1.37.1"), ("new", "{to}")];
-        assert_eq!(
-            substitute(
-                &s(&["x", "{node}", "--to={to}", "{new}", "{unknown}", "{{node}}", "{", "}{to"]),
-                &vars
-            ),
-            s(&["x", "a;rm -rf /", "--to=1.37.1", "{to}", "{unknown}", "{a;rm -rf /}", "{", "}{to"])
-        );
-        assert_eq!(substitute(&[], &vars), Vec::<String>::new());
-        assert_eq!(substitute(&s(&["{node}{node}"]), &[("node", "n")]), s(&["nn"]));
-    }
 }

@@ -32,15 +32,17 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, ListParams, Preconditions, WatchEvent, WatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Preconditions};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use refit_core::drain::{Decision, DrainOptions, Skip, decide};
-use refit_core::pdb::PdbInfo;
-use refit_core::snapshot::{Phase, PodInfo};
+use refit_core::drain::{DrainOptions, Mode, Skip, Task, node_work};
+use refit_core::pdb::{self, PdbInfo};
+use refit_core::snapshot::PodInfo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -55,9 +57,6 @@ use crate::snapshot::{list_paged, pdb_info, pod_info};
 /// (`connect::READ_TIMEOUT`, 30 s), so a quiet watch is closed cleanly by the apiserver and
 /// resumed from its last resourceVersion instead of failing on the client's timer.
 const WATCH_SECONDS: u32 = 25;
-/// Pause after a failed watch request, doubled up to [`WATCH_RETRY_MAX`].
-const WATCH_RETRY_MIN: Duration = Duration::from_millis(100);
-const WATCH_RETRY_MAX: Duration = Duration::from_secs(5);
 /// Smallest retry delay, whatever the configuration says: a zero delay would spin.
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
 /// A "no limit" drain still needs an instant to wait for.
@@ -206,26 +205,11 @@ pub async fn force_delete_remaining(
     run(conn, node, cfg, on_event, Mode::Delete).await
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Evict,
-    Delete,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Task {
-    Evict,
-    Delete,
-    /// Already terminating: only wait.
-    Await,
-}
-
 struct Work {
     pod: PodRef,
     labels: BTreeMap<String, String>,
     task: Task,
-    /// Whether the budget gate applies: only Running+Ready pods consume a disruption. The
-    /// apiserver evicts unready, pending and finished pods without one, so they always ask.
+    /// Whether the budget gate applies (`PodInfo::consumes_disruption`).
     gated: bool,
 }
 
@@ -276,45 +260,34 @@ async fn run(
     }
     let pods_api: Api<Pod> = Api::all(client.clone());
     let fields = format!("spec.nodeName={node}");
-    let (pods, version) =
+    let (pods, _version) =
         list_paged(&pods_api, ListParams::default().fields(&fields), &format!("pods on node {node}"), |p| {
             pod_info(p).0
         })
         .await?;
 
     let mut report = DrainReport::default();
-    let mut work = Vec::new();
-    let mut refused = Vec::new();
-    for p in &pods {
-        let pod = PodRef::of(p);
-        let gated = p.ready && p.phase == Phase::Running;
-        let task = match (decide(p, cfg.rules), mode) {
-            (Decision::Evict { warnings }, _) => {
-                for w in warnings {
-                    tracing::warn!("{w}");
-                }
-                if mode == Mode::Evict { Task::Evict } else { Task::Delete }
-            }
-            (Decision::Skip { reason: Skip::Terminating }, _) => {
-                report.skipped.push((pod.clone(), Skip::Terminating));
-                Task::Await
-            }
-            (Decision::Skip { reason }, _) => {
-                report.skipped.push((pod, reason));
-                continue;
-            }
-            (Decision::Refuse { reason }, Mode::Evict) => {
-                refused.push((pod, reason));
-                continue;
-            }
-            (Decision::Refuse { .. }, Mode::Delete) => Task::Delete,
-        };
-        work.push(Work { pod, labels: p.labels.clone(), task, gated });
+    let sorted = node_work(&pods, cfg.rules, mode);
+    for w in &sorted.warnings {
+        tracing::warn!("{w}");
     }
+    report.skipped = sorted.skipped.iter().map(|(p, why)| (PodRef::of(p), *why)).collect();
+    let refused = sorted.refused;
+    let work: Vec<Work> = sorted
+        .work
+        .into_iter()
+        .map(|(p, task)| Work {
+            pod: PodRef::of(p),
+            labels: p.labels.clone(),
+            task,
+            gated: p.consumes_disruption(),
+        })
+        .collect();
 
     if !refused.is_empty() {
         // kubectl's rule: a node with a pod that must not be evicted is not touched at all.
         for (pod, reason) in refused {
+            let pod = PodRef::of(pod);
             let reason = reason.advice().to_string();
             on_event(DrainEvent::Refused { pod: pod.clone(), reason: reason.clone() });
             report.remaining.push(Blocker { pod, pdb: None, reason });
@@ -326,10 +299,8 @@ async fn run(
     }
 
     let tracker = Arc::new(Tracker::new(work.iter().map(|w| &w.pod)));
-    // Watching from the list's resourceVersion: no deletion between the list and the first
-    // event can be missed.
-    let _pod_watch =
-        AbortOnDrop(tokio::spawn(watch_forever(pods_api, Some(fields), version, tracker.clone())));
+    // The watch's own first list shows every pod deleted since ours as absent: none is missed.
+    let _pod_watch = AbortOnDrop(tokio::spawn(watch_forever(pods_api, Some(fields), tracker.clone())));
     let ctx = Ctx {
         client,
         cfg,
@@ -546,9 +517,9 @@ impl Ctx<'_> {
             .get_or_init(|| async {
                 let api: Api<PodDisruptionBudget> = Api::all(self.client.clone());
                 match list_paged(&api, ListParams::default(), "PodDisruptionBudgets", |p| p).await {
-                    Ok((items, version)) => {
+                    Ok((items, _version)) => {
                         let cache = Arc::new(PdbCache::new(items));
-                        let task = tokio::spawn(watch_forever(api, None, version, cache.clone()));
+                        let task = tokio::spawn(watch_forever(api, None, cache.clone()));
                         lock(&self.tasks).push(AbortOnDrop(task));
                         Some(cache)
                     }
@@ -702,29 +673,34 @@ fn budget_name(cause: &str) -> Option<&str> {
     cause.strip_prefix("The disruption budget ")?.split_whitespace().next()
 }
 
-/// Exponential delays with a little per-pod jitter, so pods refused together do not all come
-/// back in the same millisecond.
+/// Exponential delays (backon's) with per-pod jitter, so pods refused together do not all come
+/// back in the same millisecond: a base doubling from the initial delay, plus a random part
+/// below the base (seeded by the pod's UID). The base stops at half of `max`, so no delay is
+/// ever longer than `max` and delays at the cap stay spread.
 struct Backoff {
-    next: Duration,
+    delays: ExponentialBackoff,
     max: Duration,
-    seed: u64,
 }
 
 impl Backoff {
     fn new(initial: Duration, max: Duration, uid: &str) -> Backoff {
-        let max = max.max(MIN_BACKOFF);
+        let max = max.max(MIN_BACKOFF.saturating_mul(2));
+        let half = max / 2;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         uid.hash(&mut h);
-        Backoff { next: initial.clamp(MIN_BACKOFF, max), max, seed: h.finish() }
+        let delays = ExponentialBuilder::new()
+            .with_min_delay(initial.clamp(MIN_BACKOFF, half))
+            .with_max_delay(half)
+            .with_factor(2.0)
+            .with_jitter()
+            .with_jitter_seed(h.finish())
+            .without_max_times()
+            .build();
+        Backoff { delays, max }
     }
 
     fn next(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(self.max);
-        self.seed = self.seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        // 0.9 .. 1.1 of the base delay.
-        let factor = 0.9 + (self.seed >> 33) as f64 / (1u64 << 31) as f64 * 0.2;
-        base.mul_f64(factor).min(self.max)
+        self.delays.next().unwrap_or(self.max).min(self.max)
     }
 }
 
@@ -746,76 +722,32 @@ trait Sink<K>: Send + Sync + 'static {
     fn relisted(&self, objs: Vec<K>);
 }
 
-/// Watches `api` from `version` for as long as the drain runs: resumes from the last seen
-/// resourceVersion (bookmarks keep it fresh) when the apiserver ends a watch, and re-lists on
-/// 410 Gone.
-async fn watch_forever<K, S>(api: Api<K>, fields: Option<String>, mut version: String, sink: Arc<S>)
+/// Feeds `sink` from a watch on `api` for as long as the drain runs: kube's `watcher`, which
+/// resumes from the last resourceVersion it saw (bookmarks keep it fresh), re-lists when the
+/// apiserver answers 410 Gone (handed to the sink as [`Sink::relisted`]: its first list too,
+/// which shows anything deleted since the caller's own list as absent), and re-opens a failed
+/// watch after a jittered exponential backoff.
+async fn watch_forever<K, S>(api: Api<K>, fields: Option<String>, sink: Arc<S>)
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    K::DynamicType: Default,
     S: Sink<K>,
 {
-    let mut pause = WATCH_RETRY_MIN;
-    loop {
-        let mut params = WatchParams::default().timeout(WATCH_SECONDS);
-        if let Some(f) = &fields {
-            params = params.fields(f);
-        }
-        let mut relist = false;
-        let mut failed = false;
-        match api.watch(&params, &version).await {
-            Ok(stream) => {
-                let mut stream = std::pin::pin!(stream);
-                while let Some(event) = stream.next().await {
-                    match event {
-                        Ok(WatchEvent::Added(o) | WatchEvent::Modified(o)) => {
-                            version = o.resource_version().unwrap_or(version);
-                            sink.applied(o);
-                            pause = WATCH_RETRY_MIN;
-                        }
-                        Ok(WatchEvent::Deleted(o)) => {
-                            version = o.resource_version().unwrap_or(version);
-                            sink.deleted(o);
-                            pause = WATCH_RETRY_MIN;
-                        }
-                        Ok(WatchEvent::Bookmark(b)) => version = b.metadata.resource_version,
-                        Ok(WatchEvent::Error(s)) => {
-                            relist = s.code == 410;
-                            failed = !relist;
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::debug!("watch interrupted: {e}");
-                            failed = true;
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(kube::Error::Api(s)) if s.code == 410 => relist = true,
-            Err(e) => {
-                tracing::debug!("watch failed: {e}");
-                failed = true;
-            }
-        }
-        if relist {
-            let mut params = ListParams::default();
-            if let Some(f) = &fields {
-                params = params.fields(f);
-            }
-            match list_paged(&api, params, "re-list after a watch expired", |o| o).await {
-                Ok((items, v)) => {
-                    version = v;
-                    sink.relisted(items);
-                }
-                Err(e) => {
-                    tracing::debug!("{e}");
-                    failed = true;
-                }
-            }
-        }
-        if failed {
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(WATCH_RETRY_MAX);
+    let mut config = watcher::Config::default().timeout(WATCH_SECONDS);
+    if let Some(f) = &fields {
+        config = config.fields(f);
+    }
+    let mut stream = watcher(api, config).default_backoff().boxed();
+    let mut listed = Vec::new();
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(watcher::Event::Apply(o)) => sink.applied(o),
+            Ok(watcher::Event::Delete(o)) => sink.deleted(o),
+            Ok(watcher::Event::Init) => listed.clear(),
+            Ok(watcher::Event::InitApply(o)) => listed.push(o),
+            Ok(watcher::Event::InitDone) => sink.relisted(std::mem::take(&mut listed)),
+            // The backoff re-opens the watch; the drain's deadline bounds the whole wait.
+            Err(e) => tracing::debug!("watch interrupted: {e}"),
         }
     }
 }
@@ -952,19 +884,13 @@ impl PdbState {
         true
     }
 
-    /// Budgets the eviction subresource applies to a pod: same namespace, selector matches,
-    /// and not empty (an empty selector matches nothing there, unlike in the controller).
+    /// Budgets covering a pod (`PdbInfo::covers_labels`: core's one rule, the apiserver's).
     fn covering<'s>(
         &'s mut self,
         namespace: &'s str,
         labels: &'s BTreeMap<String, String>,
     ) -> impl Iterator<Item = (&'s String, &'s mut Budget)> + 's {
-        self.budgets.iter_mut().filter(move |(_, b)| {
-            let sel = &b.info.selector;
-            b.info.namespace == namespace
-                && !(sel.match_labels.is_empty() && sel.match_expressions.is_empty())
-                && sel.matches(labels)
-        })
+        self.budgets.iter_mut().filter(move |(_, b)| b.info.covers_labels(namespace, labels))
     }
 }
 
@@ -1001,27 +927,23 @@ impl PdbCache {
         (!names.is_empty()).then(|| names.join(", "))
     }
 
-    /// Under exactly one budget, a pod may ask only while that budget has allowance left that
-    /// no other waiting pod was granted in this epoch (and takes one). Otherwise it may ask.
+    /// Core's budget gate over the covering budgets and the retries granted since their last
+    /// change; a pod let through on a budget's allowance takes one.
     fn gate(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Gate {
         let mut st = lock(&self.state);
         let mut covering: Vec<(&String, &mut Budget)> = st.covering(namespace, labels).collect();
-        if covering.len() != 1 {
-            return Gate::Open;
-        }
-        let (key, b) = covering.remove(0);
-        if b.info.disruptions_allowed - b.granted > 0 {
-            b.granted += 1;
-            return Gate::Open;
-        }
-        let seen = vec![(key.clone(), b.epoch)];
-        Gate::Closed {
-            pdb: key.clone(),
-            seen,
-            reason: format!(
-                "the disruption budget {} allows no more disruptions now (needs {} healthy pods, has {})",
-                b.info.name, b.info.desired_healthy, b.info.current_healthy
-            ),
+        let view: Vec<(&PdbInfo, i32)> = covering.iter().map(|(_, b)| (&b.info, b.granted)).collect();
+        match (pdb::gate(&view), covering.as_mut_slice()) {
+            (pdb::Gate::AskTakingOne, [(_, b)]) => {
+                b.granted = b.granted.saturating_add(1);
+                Gate::Open
+            }
+            (pdb::Gate::Wait, [(key, b)]) => Gate::Closed {
+                pdb: (*key).clone(),
+                seen: vec![((*key).clone(), b.epoch)],
+                reason: b.info.exhausted_reason(),
+            },
+            _ => Gate::Open,
         }
     }
 }
@@ -1148,14 +1070,23 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_cap_with_jitter() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1), "uid-1");
-        let d: Vec<Duration> = (0..8).map(|_| b.next()).collect();
-        assert!(d[0] >= Duration::from_millis(90) && d[0] <= Duration::from_millis(110), "{d:?}");
-        assert!(d[1] >= Duration::from_millis(180) && d[1] <= Duration::from_millis(220), "{d:?}");
+        let ms = Duration::from_millis;
+        let delays = |uid: &str| {
+            let mut b = Backoff::new(ms(100), Duration::from_secs(1), uid);
+            (0..8).map(|_| b.next()).collect::<Vec<Duration>>()
+        };
+        let d = delays("uid-1");
+        assert!(d[0] >= ms(100) && d[0] < ms(200), "{d:?}");
+        assert!(d[1] >= ms(200) && d[1] < ms(400), "{d:?}");
+        assert!(d[2] >= ms(400) && d[2] < ms(800), "{d:?}");
         assert!(d.iter().all(|x| *x <= Duration::from_secs(1)), "{d:?}");
-        assert!(d[7] >= Duration::from_millis(900), "{d:?}");
+        assert!(d[7] >= ms(500), "{d:?}");
+        // Jittered per pod, the same for the same pod.
+        assert_eq!(delays("uid-1"), d);
+        assert_ne!(delays("uid-2"), d);
+        assert!(d[4..].windows(2).any(|w| w[0] != w[1]), "spread at the cap too: {d:?}");
         // Zero is never a delay.
-        assert!(Backoff::new(Duration::ZERO, Duration::ZERO, "u").next() >= Duration::from_millis(9));
+        assert!(Backoff::new(Duration::ZERO, Duration::ZERO, "u").next() >= MIN_BACKOFF);
     }
 
     fn pod(ns: &str, name: &str, uid: &str) -> Pod {
@@ -1223,10 +1154,13 @@ mod tests {
         lock(&cache.state).put(budget("web-too", "web", 0));
         assert_eq!(cache.gate("n", &web), Gate::Open);
         assert_eq!(cache.names("n", &web).as_deref(), Some("n/web, n/web-too"));
-        // Empty selectors cover nothing for evictions.
+        // An empty selector covers every pod of its namespace, for evictions too (core's
+        // rule, checked against the apiserver in tests/pdb_selector.rs).
         let mut all = budget("all", "x", 0);
         all.selector.match_labels.clear();
         lock(&cache.state).put(all);
-        assert_eq!(cache.names("n", &lonely), None);
+        assert_eq!(cache.names("n", &lonely).as_deref(), Some("n/all"));
+        assert!(matches!(cache.gate("n", &lonely), Gate::Closed { pdb, .. } if pdb == "n/all"));
+        assert_eq!(cache.names("other", &lonely), None);
     }
 }

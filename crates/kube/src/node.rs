@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::wait::await_condition;
 use refit_core::Version;
+use refit_core::run::carried_over;
 use serde_json::json;
 
 use crate::Error;
@@ -137,25 +138,8 @@ pub async fn delete_node(conn: &Connection, node: &str) -> Result<(), Error> {
     }
 }
 
-/// Labels Kubernetes or the kubelet set themselves: never copied to a replacement node.
-fn system_label(key: &str) -> bool {
-    key.starts_with("kubernetes.io/")
-        || key.starts_with("beta.kubernetes.io/")
-        || key.starts_with("node.kubernetes.io/")
-        || key.starts_with("topology.kubernetes.io/")
-        || key.starts_with("kwok.x-k8s.io/")
-}
-
-fn system_annotation(key: &str) -> bool {
-    key.starts_with("node.alpha.kubernetes.io/")
-        || key.starts_with("volumes.kubernetes.io/")
-        || key.starts_with("kubeadm.alpha.kubernetes.io/cri-socket")
-        || key.starts_with("kwok.x-k8s.io/")
-        || key.starts_with("refit.dev/")
-}
-
-/// What a replacement node takes over from the node it replaces: custom labels, annotations
-/// and taints (aks-engine's agent flow), never the ones the system sets itself.
+/// What a replacement node takes over from the node it replaces (core's
+/// `run::carried_over` rule): custom labels, annotations and taints.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CustomMetadata {
     /// Labels.
@@ -171,20 +155,20 @@ pub async fn custom_metadata(conn: &Connection, node: &str) -> Result<CustomMeta
     let api: Api<Node> = Api::all(conn.client.clone());
     let n = api.get(node).await.map_err(|e| api_err(format!("reading node {node}"), e))?;
     let labels =
-        n.metadata.labels.unwrap_or_default().into_iter().filter(|(k, _)| !system_label(k)).collect();
+        n.metadata.labels.unwrap_or_default().into_iter().filter(|(k, _)| carried_over::label(k)).collect();
     let annotations = n
         .metadata
         .annotations
         .unwrap_or_default()
         .into_iter()
-        .filter(|(k, _)| !system_annotation(k))
+        .filter(|(k, _)| carried_over::annotation(k))
         .collect();
     let taints = n
         .spec
         .and_then(|s| s.taints)
         .unwrap_or_default()
         .into_iter()
-        .filter(|t| !t.key.starts_with("node.kubernetes.io/"))
+        .filter(|t| carried_over::taint(&t.key))
         .filter_map(|t| serde_json::to_value(t).ok())
         .collect();
     Ok(CustomMetadata { labels, annotations, taints })

@@ -48,8 +48,8 @@ use kube::api::{Api, ListParams};
 use refit_core::pdb::{PdbInfo, Requirement, Selector};
 use refit_core::quantity;
 use refit_core::snapshot::{
-    NodeInfo, Owner, Phase, PodInfo, PvInfo, Resources, Scheduling, Snapshot, Taint, Toleration, Volume,
-    WorkloadInfo,
+    NodeInfo, Owner, Phase, PodInfo, PodRequests, PvInfo, Resources, Scheduling, Snapshot, Taint, Toleration,
+    Volume, WorkloadInfo,
 };
 use serde::de::DeserializeOwned;
 
@@ -902,55 +902,28 @@ fn container_requests(r: Option<&ResourceRequirements>, key: &str) -> Resources 
     }
 }
 
-fn max(a: Resources, b: Resources) -> Resources {
-    Resources {
-        cpu_millis: a.cpu_millis.max(b.cpu_millis),
-        memory_bytes: a.memory_bytes.max(b.memory_bytes),
-        pods: a.pods.max(b.pods),
-    }
-}
-
-/// What the scheduler reserves for a pod, following `resourcehelper.PodRequests`:
-/// - regular containers run together, so they add up;
-/// - classic init containers run one at a time before them, so only the largest counts, but
-///   it also runs next to every sidecar started before it;
-/// - sidecars (init containers with `restartPolicy: Always`) keep running, so they add to the
-///   regular containers too;
-/// - the pod takes the larger of the two phases, per resource, plus `spec.overhead`;
-/// - pod-level `spec.resources.requests`, when set, replace the container sum for cpu/memory.
+/// What the scheduler reserves for a pod: the spec's requests read here, combined by core's
+/// rule (`PodRequests::effective`).
 fn pod_requests(spec: &wire::PodSpec, key: &str) -> Resources {
-    let sum = |cs: &[wire::Container]| {
-        cs.iter().fold(Resources::default(), |acc, c| acc.plus(container_requests(c.resources.as_ref(), key)))
-    };
-    let mut running = sum(&spec.containers);
-    let mut sidecars = Resources::default();
-    let mut init_peak = Resources::default();
-    for c in &spec.init_containers {
-        let req = container_requests(c.resources.as_ref(), key);
-        let during = if c.restart_policy.as_deref() == Some("Always") {
-            running = running.plus(req);
-            sidecars = sidecars.plus(req);
-            sidecars
-        } else {
-            req.plus(sidecars)
-        };
-        init_peak = max(init_peak, during);
+    let pod_level = spec.resources.as_ref().and_then(|r| r.requests.as_ref());
+    PodRequests {
+        containers: spec.containers.iter().map(|c| container_requests(c.resources.as_ref(), key)).collect(),
+        init_containers: spec
+            .init_containers
+            .iter()
+            .map(|c| {
+                (container_requests(c.resources.as_ref(), key), c.restart_policy.as_deref() == Some("Always"))
+            })
+            .collect(),
+        pod_cpu_millis: pod_level.and_then(|r| r.get("cpu")).map(|q| cpu(q, key)),
+        pod_memory_bytes: pod_level.and_then(|r| r.get("memory")).map(|q| count(q, key)),
+        overhead: spec.overhead.as_ref().map_or(Resources::default(), |o| Resources {
+            cpu_millis: o.get("cpu").map_or(0, |q| cpu(q, key)),
+            memory_bytes: o.get("memory").map_or(0, |q| count(q, key)),
+            pods: 0,
+        }),
     }
-    let mut total = max(running, init_peak);
-    if let Some(pod_level) = spec.resources.as_ref().and_then(|r| r.requests.as_ref()) {
-        if let Some(q) = pod_level.get("cpu") {
-            total.cpu_millis = cpu(q, key);
-        }
-        if let Some(q) = pod_level.get("memory") {
-            total.memory_bytes = count(q, key);
-        }
-    }
-    if let Some(overhead) = &spec.overhead {
-        total.cpu_millis += overhead.get("cpu").map_or(0, |q| cpu(q, key));
-        total.memory_bytes += overhead.get("memory").map_or(0, |q| count(q, key));
-    }
-    total.pods = 1;
-    total
+    .effective()
 }
 
 fn requirement(r: &NodeSelectorRequirement) -> Requirement {
@@ -980,18 +953,10 @@ fn required_node_terms(affinity: Option<wire::Affinity>) -> Vec<Vec<Requirement>
         .collect()
 }
 
-/// A policy/v1 selector. A missing selector selects no pods (unlike an empty one, which
-/// selects all): it becomes a requirement nothing satisfies (`In` an empty set).
+/// A policy/v1 selector; a missing one selects nothing (`Selector::nothing`).
 fn selector(s: Option<LabelSelector>) -> Selector {
     let Some(s) = s else {
-        return Selector {
-            match_labels: BTreeMap::new(),
-            match_expressions: vec![Requirement {
-                key: String::new(),
-                operator: "In".into(),
-                values: Vec::new(),
-            }],
-        };
+        return Selector::nothing();
     };
     Selector {
         match_labels: s.match_labels.unwrap_or_default(),
@@ -1005,7 +970,7 @@ fn selector(s: Option<LabelSelector>) -> Selector {
 }
 
 /// A budget as plain data (shared with the drain, which names the budget blocking a pod).
-pub(crate) fn pdb_info(p: PodDisruptionBudget) -> PdbInfo {
+pub fn pdb_info(p: PodDisruptionBudget) -> PdbInfo {
     let spec = p.spec.unwrap_or_default();
     // Before the disruption controller has looked at a budget there is no status: zeros, which
     // the checks read as "allows nothing yet" (what the eviction API would answer too).

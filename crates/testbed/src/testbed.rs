@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::{
+    AuthInfo, Cluster, Context, KubeConfigOptions, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext,
+};
 use kube::{Client, Config};
 use refit_core::Version;
 use serde::{Deserialize, Serialize};
@@ -414,12 +416,12 @@ impl Testbed {
         let st = self.st().clone();
         write_file(
             &st.kubeconfig,
-            &kubeconfig_yaml(&format!("https://127.0.0.1:{}", st.lb_port), &st.pki),
+            &kubeconfig_yaml(&format!("https://127.0.0.1:{}", st.lb_port), &st.pki)?,
             true,
         )?;
         for m in &st.members {
             let path = st.dir.join(format!("member-{}.kubeconfig", m.index));
-            write_file(&path, &kubeconfig_yaml(&m.apiserver_url(), &st.pki), true)?;
+            write_file(&path, &kubeconfig_yaml(&m.apiserver_url(), &st.pki)?, true)?;
         }
         // Health endpoints of etcd, the controller-manager and the scheduler use the same CA
         // and client certificate.
@@ -1148,14 +1150,41 @@ pub fn node_is_ready(n: &Node) -> bool {
     ready && !tainted
 }
 
-/// A kubeconfig that trusts the testbed CA and authenticates with the admin certificate.
-fn kubeconfig_yaml(server: &str, pki: &Pki) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: refit-testbed\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\nusers:\n- name: refit-admin\n  user:\n    client-certificate: {cert}\n    client-key: {key}\ncontexts:\n- name: refit-testbed\n  context:\n    cluster: refit-testbed\n    user: refit-admin\ncurrent-context: refit-testbed\n",
-        ca = pki.ca_cert.display(),
-        cert = pki.admin_cert.display(),
-        key = pki.admin_key.display(),
-    )
+/// A kubeconfig that trusts the testbed CA and authenticates with the admin certificate
+/// (files referenced, never inlined), serialized from kube's own `Kubeconfig` so paths with
+/// YAML-special characters stay paths.
+fn kubeconfig_yaml(server: &str, pki: &Pki) -> Result<String, Error> {
+    let (cluster, user) = ("refit-testbed", "refit-admin");
+    let kc = Kubeconfig {
+        api_version: Some("v1".into()),
+        kind: Some("Config".into()),
+        clusters: vec![NamedCluster {
+            name: cluster.into(),
+            cluster: Some(Cluster {
+                server: Some(server.into()),
+                certificate_authority: Some(pki.ca_cert.display().to_string()),
+                ..Cluster::default()
+            }),
+            ..NamedCluster::default()
+        }],
+        auth_infos: vec![NamedAuthInfo {
+            name: user.into(),
+            auth_info: Some(AuthInfo {
+                client_certificate: Some(pki.admin_cert.display().to_string()),
+                client_key: Some(pki.admin_key.display().to_string()),
+                ..AuthInfo::default()
+            }),
+            ..NamedAuthInfo::default()
+        }],
+        contexts: vec![NamedContext {
+            name: cluster.into(),
+            context: Some(Context { cluster: cluster.into(), user: Some(user.into()), ..Context::default() }),
+            ..NamedContext::default()
+        }],
+        current_context: Some(cluster.into()),
+        ..Kubeconfig::default()
+    };
+    serde_saphyr::to_string(&kc).map_err(|e| Error::Config(format!("writing a kubeconfig: {e}")))
 }
 
 /// A kube client from a kubeconfig file, with timeouts so a dead endpoint fails fast.
@@ -1183,7 +1212,7 @@ async fn tls_client(url: &str, pki: &Pki) -> Result<Client, Error> {
         .parent()
         .unwrap_or(Path::new("."))
         .join(format!("endpoint-{}.kubeconfig", url.rsplit(':').next().unwrap_or("0")));
-    write_file(&path, &kubeconfig_yaml(url, pki), true)?;
+    write_file(&path, &kubeconfig_yaml(url, pki)?, true)?;
     client_from_kubeconfig(&path, None).await
 }
 
@@ -1233,5 +1262,34 @@ where
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(500));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kubeconfig_reads_back_with_every_path_as_written() {
+        let p = |s: &str| PathBuf::from(s);
+        let pki = Pki {
+            ca_cert: p("/tmp/a dir: with #yaml/ca.crt"),
+            admin_cert: p("/tmp/x/admin.crt"),
+            admin_key: p("/tmp/x/admin.key"),
+            sa_key: p("/tmp/x/sa.key"),
+            sa_pub: p("/tmp/x/sa.pub"),
+        };
+        let text = kubeconfig_yaml("https://127.0.0.1:6443", &pki).unwrap();
+        let kc = Kubeconfig::from_yaml(&text).unwrap();
+        assert_eq!(kc.current_context.as_deref(), Some("refit-testbed"));
+        let cluster = kc.clusters[0].cluster.as_ref().unwrap();
+        assert_eq!(cluster.server.as_deref(), Some("https://127.0.0.1:6443"));
+        assert_eq!(cluster.certificate_authority.as_deref(), Some("/tmp/a dir: with #yaml/ca.crt"));
+        let user = kc.auth_infos[0].auth_info.as_ref().unwrap();
+        assert_eq!(user.client_certificate.as_deref(), Some("/tmp/x/admin.crt"));
+        assert_eq!(user.client_key.as_deref(), Some("/tmp/x/admin.key"));
+        let ctx = kc.contexts[0].context.as_ref().unwrap();
+        assert_eq!((ctx.cluster.as_str(), ctx.user.as_deref()), ("refit-testbed", Some("refit-admin")));
+        assert!(text.contains("kind: Config") && text.contains("apiVersion: v1"), "{text}");
     }
 }

@@ -23,6 +23,14 @@
 //! writes `""`, `{}` and `[]` where JSON omits the field. The conversions below turn those
 //! back into what the JSON path sees (`None`), so that a defaulting rule such as "a
 //! toleration without an operator means Equal" reads the same either way.
+//!
+//! Kept hand-written on purpose (issue 12 looked for a library): kube's client reads a whole
+//! body before decoding and knows only JSON, and prost decodes whole messages; no crate decodes
+//! a Kubernetes protobuf list item by item as it streams in. Measured on 1,000 nodes / 30,000
+//! pods (`cargo bench -p refit-cli --bench plan_scale`, README): the unpaginated streamed list
+//! is served and decoded in 0.9–1.0 s against 1.2–1.4 s for protobuf pages and 2.4–2.6 s for
+//! JSON pages, and the whole `refit plan` peaks at 159–161 MiB (the 67 MB body is never held
+//! whole).
 
 use std::collections::BTreeMap;
 

@@ -24,22 +24,30 @@ use crate::commands::load_catalog;
 use crate::commands::plan::{prepare, read_plan_file, render};
 use crate::output::{Format, print_structured, table, usage};
 
-/// `10m`, `300s`, `1h`, or plain seconds.
+/// `10m`, `300s`, `1h`, `1h30m` (jiff's friendly format, or ISO 8601 `PT10M`), or plain
+/// seconds; at least one second (fleet settings are stored in whole seconds).
 pub fn parse_duration(flag: &str, s: &str) -> anyhow::Result<Duration> {
     let s = s.trim();
-    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map(|i| s.split_at(i)).unwrap_or((s, "s"));
-    let n: u64 =
-        num.parse().map_err(|_| usage(format!("{flag} '{s}': expected a duration like 300s, 10m or 1h")))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(usage(format!("{flag} '{s}': the unit must be s, m or h"))),
+    let parsed = if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        s.parse::<u64>().ok().map(Duration::from_secs)
+    } else {
+        s.parse::<jiff::SignedDuration>().ok().and_then(|d| Duration::try_from(d).ok())
     };
-    if secs == 0 {
+    let Some(d) = parsed else {
+        // Days and weeks are calendar units jiff will not turn into a fixed duration.
+        return Err(usage(if s.starts_with(|c: char| c.is_ascii_digit()) {
+            format!("{flag} '{s}': the unit must be s, m or h")
+        } else {
+            format!("{flag} '{s}': expected a duration like 300s, 10m or 1h")
+        }));
+    };
+    if d.is_zero() {
         return Err(usage(format!("{flag} must be longer than zero")));
     }
-    Ok(Duration::from_secs(secs))
+    if d < Duration::from_secs(1) {
+        return Err(usage(format!("{flag} '{s}': must be at least 1s")));
+    }
+    Ok(d)
 }
 
 /// The node action from `--action`, else the plan file's.
@@ -226,10 +234,20 @@ pub async fn run(args: UpgradeArgs, format: Format) -> anyhow::Result<ExitCode> 
         lock = Some(lock_cluster(&store_path, &cluster)?);
         let store = Store::open(&store_path)?;
         let latest = store.latest_run(&cluster)?;
-        // An unreadable state is treated as unfinished: never start over a run we cannot read.
-        let seen = latest
-            .as_ref()
-            .map(|r| (r.state.parse::<RunState>().unwrap_or(RunState::Failed), r.target.as_str()));
+        // A state this version does not know is an error: never start over (or resume) a run
+        // we cannot read.
+        let seen = match latest.as_ref() {
+            Some(r) => Some((
+                r.state.parse::<RunState>().map_err(|e| {
+                    anyhow::anyhow!(
+                        "run {} in the store: {e}; it was written by another refit version (nothing was changed)",
+                        r.id
+                    )
+                })?,
+                r.target.as_str(),
+            )),
+            None => None,
+        };
         match (refit_core::run::continuation(seen, target_release.as_ref(), args.abandon), latest) {
             (Continuation::Abandon, Some(prev)) => abandon(&conn, store, &prev.id, format).await?,
             (Continuation::Conflict, Some(prev)) => {
@@ -282,7 +300,7 @@ pub async fn run(args: UpgradeArgs, format: Format) -> anyhow::Result<ExitCode> 
     if prepared.plan.mode == refit_core::plan::Mode::Offline {
         eprintln!("WARNING: --offline: no readiness, safety, availability, PDB or capacity check was run");
     }
-    if prepared.path.forced.iter().any(|f| f.starts_with("downgrade")) && !args.confirm_downgrade {
+    if prepared.path.forced.iter().any(|f| f.is_downgrade()) && !args.confirm_downgrade {
         return Err(usage(format!(
             "{} → {} is a downgrade: components may not read data newer releases wrote; if you mean it, add --confirm-downgrade",
             prepared.current, prepared.path.to
@@ -582,8 +600,19 @@ mod tests {
         assert_eq!(parse_duration("--t", "10m").unwrap(), Duration::from_secs(600));
         assert_eq!(parse_duration("--t", "45").unwrap(), Duration::from_secs(45));
         assert_eq!(parse_duration("--t", "2h").unwrap(), Duration::from_secs(7200));
-        for bad in ["", "0s", "ten", "5d", "-1m"] {
-            assert!(parse_duration("--t", bad).is_err(), "{bad}");
+        assert_eq!(parse_duration("--t", "1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("--t", "300s").unwrap(), Duration::from_secs(300));
+        for (bad, why) in [
+            ("", "expected a duration"),
+            ("0s", "longer than zero"),
+            ("0", "longer than zero"),
+            ("ten", "expected a duration"),
+            ("5d", "the unit must be s, m or h"),
+            ("-1m", "expected a duration"),
+            ("500ms", "at least 1s"),
+        ] {
+            let e = parse_duration("--t", bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
         }
     }
 

@@ -130,7 +130,7 @@ impl View {
                     multi.remove(&b);
                 }
                 st.done += 1;
-                if result == "upgraded" {
+                if *result == refit_core::event::UnitEnd::Upgraded {
                     st.finished.push(Duration::from_millis(*millis));
                 }
                 overall.set_position(st.done as u64);
@@ -145,6 +145,7 @@ impl View {
                 overall.set_message(format!("cluster services: {addon} {detail}"))
             }
             Event::StageStarted { phase, to, units, .. } => {
+                let phase = refit_core::run::phase_name(*phase);
                 multi.suspend(|| eprintln!("stage: {phase} → {to} ({units} node(s))"));
             }
             _ => {}
@@ -175,7 +176,10 @@ fn line_for(e: &Event) -> Option<String> {
             if *resumed { "resuming" } else { "starting" }
         ),
         Event::StageStarted { phase, to, units, concurrency, .. } => {
-            format!("stage {phase} → {to}: {units} node(s), {concurrency} at a time")
+            format!(
+                "stage {} → {to}: {units} node(s), {concurrency} at a time",
+                refit_core::run::phase_name(*phase)
+            )
         }
         Event::UnitSkipped { node, reason, .. } => format!("{node}: skipped ({reason})"),
         Event::StepStarted { node, step, .. } => format!("{node}: {step}"),
@@ -193,7 +197,8 @@ fn line_for(e: &Event) -> Option<String> {
         Event::ClusterService { addon, detail } => format!("cluster services: {addon}: {detail}"),
         Event::Warning { message } => format!("WARNING: {message}"),
         Event::RunFinished { state, millis, reason } => format!(
-            "run {state} after {:.1}s{}",
+            "run {} after {:.1}s{}",
+            state.as_str(),
             *millis as f64 / 1000.0,
             reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
         ),
