@@ -100,6 +100,16 @@ Examples:
   refit fleet gate approve to-137 canary/after/1
   refit fleet run show to-137")]
     Fleet(crate::commands::fleet::args::FleetArgs),
+    /// Every file refit reads (plan, strategy, window, node-images, profile, catalog), each as a
+    /// complete, commented example.
+    #[command(
+        after_help = "Examples:\n  refit formats                  every format (also: refit help formats)\n  refit formats window > w.yaml  one example, to start a file from",
+        after_long_help = crate::commands::formats::long_help()
+    )]
+    Formats {
+        /// plan, strategy, window, node-images, profile or catalog (default: all).
+        name: Option<String>,
+    },
     /// Print shell completions.
     #[command(after_help = "Example:\n  refit completion zsh > ~/.zfunc/_refit")]
     Completion {

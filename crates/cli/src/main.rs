@@ -39,12 +39,29 @@ fn main() -> ExitCode {
                         )
                     )
                 });
-            // One line: the outermost context, then each cause.
-            let msg = err.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
-            eprintln!("error: {msg}");
+            eprintln!("{}", one_line(&err));
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }
+}
+
+/// The error as one line: `error: ` once, then the outermost context and each cause. A cause
+/// rendered by a library may carry its own `error: ` (or span lines); only its first line
+/// counts, without the prefix.
+fn one_line(err: &anyhow::Error) -> String {
+    let parts: Vec<String> = err
+        .chain()
+        .map(|c| {
+            let text = c.to_string();
+            let mut line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+            while let Some(rest) = line.strip_prefix("error:") {
+                line = rest.trim_start();
+            }
+            line.to_string()
+        })
+        .filter(|l| !l.is_empty())
+        .collect();
+    format!("error: {}", parts.join(": "))
 }
 
 /// Logs go to stderr, filtered by `RUST_LOG` (default: warnings only).
@@ -61,5 +78,21 @@ fn restore_sigpipe() {
     // SAFETY: called first thing in main, before any thread exists; SIG_DFL is always valid.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_error_prefix_per_line_whatever_the_causes_say() {
+        let err = anyhow::anyhow!("error: line 4 column 5: expected a sequence\n  --> here\n")
+            .context("bad.yaml: the strategy is not valid");
+        assert_eq!(
+            one_line(&err),
+            "error: bad.yaml: the strategy is not valid: line 4 column 5: expected a sequence"
+        );
+        assert_eq!(one_line(&anyhow::anyhow!("plain")), "error: plain");
     }
 }

@@ -15,6 +15,21 @@ pub enum Format {
     Json,
     /// YAML.
     Yaml,
+    /// Tables with every text in full: where a table shortens long texts (failure reasons in
+    /// `refit fleet run show`), `wide` prints them whole. Elsewhere the same as `table`.
+    Wide,
+}
+
+impl Format {
+    /// A table for people (`table` or `wide`).
+    pub fn is_table(self) -> bool {
+        matches!(self, Format::Table | Format::Wide)
+    }
+
+    /// `wide` as `table`, for the commands whose tables never shorten anything.
+    pub fn narrow(self) -> Format {
+        if self == Format::Wide { Format::Table } else { self }
+    }
 }
 
 /// Bad input or usage: printed as one line, exit code 2, nothing changed.
@@ -34,10 +49,10 @@ pub fn usage(msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UsageError(msg.into()))
 }
 
-/// Prints `value` as JSON or YAML; returns false for the table format (the caller draws it).
+/// Prints `value` as JSON or YAML; returns false for the table formats (the caller draws it).
 pub fn print_structured<T: Serialize>(format: Format, value: &T) -> anyhow::Result<bool> {
     match format {
-        Format::Table => Ok(false),
+        Format::Table | Format::Wide => Ok(false),
         Format::Json => {
             println!("{}", serde_json::to_string_pretty(value)?);
             Ok(true)
@@ -55,4 +70,28 @@ pub fn table(header: &[&str]) -> comfy_table::Table {
     t.load_style(comfy_table::presets::NOTHING);
     t.set_header(header.iter().map(|h| h.to_uppercase()));
     t
+}
+
+/// `text` cut to at most `max` characters, ending in `…` when cut (table cells; `-o wide`
+/// and `-o json` keep the whole text).
+pub fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shorten_cuts_on_characters_and_marks_the_cut() {
+        assert_eq!(shorten("short", 10), "short");
+        assert_eq!(shorten("exactly10!", 10), "exactly10!");
+        assert_eq!(shorten("éééééééééééé", 5), "éééé…");
+        assert_eq!(shorten("abc", 0), "…");
+    }
 }

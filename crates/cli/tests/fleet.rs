@@ -212,6 +212,13 @@ fn finish(child: Child) -> (i32, String, String) {
     )
 }
 
+/// A run's event history (`run show --events -o json`).
+fn history(fleet: &mut Command, run: &str) -> Vec<Value> {
+    let v: Value =
+        serde_json::from_str(&run_ok(fleet.args(["run", "show", run, "--events", "-o", "json"]))).unwrap();
+    v["events"].as_array().unwrap().clone()
+}
+
 /// The fleet events a driver printed with `-o json`.
 fn fleet_events(out: &str) -> Vec<Value> {
     out.lines()
@@ -368,6 +375,17 @@ fn three_sandbox_members_in_two_stages_upgrade_with_gates_windows_skips_stop_fai
         fleet_events(&out).iter().all(|e| e["member"] != "canary-1"),
         "the canary was not touched again: {out}"
     );
+    // The history says what happened after the kill: the new driver took over, then relaunched
+    // the member upgrade it found under way.
+    let after_kill = history(&mut f.cmd(), "to-137");
+    let kinds: Vec<&str> = after_kill.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    let took = kinds.iter().position(|k| *k == "DriverTookOver").unwrap_or_else(|| panic!("{kinds:?}"));
+    let relaunched = after_kill
+        .iter()
+        .position(|e| e["event"] == "MemberRelaunched" && e["member"] == "east-1")
+        .unwrap_or_else(|| panic!("{kinds:?}"));
+    assert!(took < relaunched, "{kinds:?}");
+    assert_ne!(after_kill[took]["driver"], after_kill[took]["previous"]);
     let runs = cluster_runs(&f.store);
     assert_eq!(runs.len(), 3, "one refit upgrade run per cluster, the killed one resumed: {runs:?}");
     for (cluster, id, st, repeated) in &runs {
@@ -419,6 +437,14 @@ fn three_sandbox_members_in_two_stages_upgrade_with_gates_windows_skips_stop_fai
     let v = f.show("stop-start");
     assert_eq!(state(&v), "Stopped", "{v:#}");
     assert_eq!(state(member(&v, "canary-1")), "Completed", "the upgrade under way finished after the stop");
+    // The history has the stop's request and, once the canary finished, its completion.
+    let kinds: Vec<String> = history(&mut f.cmd(), "stop-start")
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_string())
+        .collect();
+    let asked = kinds.iter().position(|k| k == "Stop").unwrap_or_else(|| panic!("{kinds:?}"));
+    assert_eq!(kinds.last().map(String::as_str), Some("StopCompleted"), "{kinds:?}");
+    assert!(kinds[asked..].iter().any(|k| k == "MemberSucceeded"), "{kinds:?}");
     assert_eq!(state(member(&v, "east-1")), "NotStarted", "nothing new started after the stop");
     assert_eq!(state(group(&v, "wave-b")), "Skipped");
     assert_eq!(stage(&v, "canary")["afterStageWait"]["state"], "Skipped");

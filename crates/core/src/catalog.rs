@@ -20,7 +20,7 @@ pub const EMBEDDED: &str = include_str!("../../../data/catalog.yaml");
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CatalogError {
     /// Not YAML of the expected shape.
-    #[error("the catalog is not valid: {0}")]
+    #[error("the catalog is not valid: {0} (refit formats catalog shows a complete one)")]
     Parse(String),
     /// A schema this binary does not understand.
     #[error(
@@ -39,6 +39,7 @@ pub enum CatalogError {
 
 /// The whole catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Catalog {
     /// File format version.
     pub schema: u32,
@@ -50,6 +51,7 @@ pub struct Catalog {
 
 /// One minor release line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Release {
     /// The minor, e.g. 1.36.
     pub minor: MinorVersion,
@@ -71,6 +73,7 @@ pub struct Release {
 
 /// Add-on image tags kubeadm pairs with a minor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct KubeadmImages {
     /// etcd image tag, e.g. `3.6.10-0`.
     pub etcd: String,
@@ -82,6 +85,7 @@ pub struct KubeadmImages {
 
 /// A group/version whose kinds stop being served.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RemovedApi {
     /// API group (`""` for core).
     pub group: String,
@@ -100,6 +104,7 @@ pub struct RemovedApi {
 
 /// A kind and its REST resource name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RemovedKind {
     /// Kind, e.g. `Ingress`.
     pub kind: String,
@@ -134,13 +139,21 @@ impl Catalog {
         struct Head {
             schema: u32,
         }
-        let head: Head =
-            serde_saphyr::from_str(text).map_err(|e| CatalogError::Parse(first_line(&e.to_string())))?;
+        let head: Head = crate::yaml::from_str(text).map_err(CatalogError::Parse)?;
         if head.schema != SCHEMA {
             return Err(CatalogError::Schema { found: head.schema, supported: SCHEMA });
         }
-        let catalog: Catalog =
-            serde_saphyr::from_str(text).map_err(|e| CatalogError::Parse(first_line(&e.to_string())))?;
+        const DATE: &str = "a date YYYY-MM-DD";
+        const HINTS: &crate::yaml::Hints = &[
+            ("releases", "a list of releases (refit formats catalog)"),
+            ("releases.minor", "a minor, quoted, e.g. \"1.36\""),
+            ("releases.ga", DATE),
+            ("releases.end_of_life", DATE),
+            ("releases.patches", "a list of versions, e.g. [1.36.0, 1.36.1]"),
+            ("releases.kubeadm", "{etcd, coredns, pause} image tags"),
+            ("releases.removed_apis", "a list of {group, version, kinds, replacement, ga_replacement}"),
+        ];
+        let catalog: Catalog = crate::yaml::from_str_hinted(text, HINTS).map_err(CatalogError::Parse)?;
         catalog.validate()?;
         Ok(catalog)
     }
@@ -261,10 +274,6 @@ impl Catalog {
             .flat_map(|r| r.removed_apis.iter().map(move |a| (a.api_version(), r.minor)))
             .collect()
     }
-}
-
-fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or(s).to_string()
 }
 
 /// Where a minor stands in its support lifecycle.

@@ -32,5 +32,6 @@ pub mod run;
 pub mod skew;
 pub mod snapshot;
 pub mod version;
+pub mod yaml;
 
 pub use version::{MinorVersion, Version, VersionError, VersionRequest};

@@ -26,7 +26,7 @@ use crate::plan::Role;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanFileError {
     /// Not YAML of the expected shape.
-    #[error("the plan file is not valid: {0}")]
+    #[error("the plan file is not valid: {0} (refit formats plan shows a complete one)")]
     Parse(String),
     /// Names a node the cluster does not have.
     #[error(
@@ -232,8 +232,21 @@ fn check_placeholders(command: &[String], known: &[&str], what: &str) -> Result<
 impl PlanFile {
     /// Parses a plan file (YAML or JSON).
     pub fn from_yaml(text: &str) -> Result<PlanFile, PlanFileError> {
-        serde_saphyr::from_str(text)
-            .map_err(|e| PlanFileError::Parse(e.to_string().lines().next().unwrap_or("").to_string()))
+        const COMMAND: &str = "a list of program and arguments, e.g. [./up.sh, \"{node}\"]";
+        const HINTS: &crate::yaml::Hints = &[
+            ("", "a mapping of etcd, nodes, ingressLabels, storageLabels, action (refit formats plan)"),
+            ("etcd", "a list of {name, address}"),
+            ("nodes", "a mapping of node name to {address, roles}"),
+            ("nodes.roles", "a list of etcd, control-plane, worker"),
+            ("ingressLabels", "a list of KEY or KEY=VALUE"),
+            ("storageLabels", "a list of KEY or KEY=VALUE"),
+            ("action", "{type: exec, command: [...]}, {type: ssh, ...} or {type: replace, create: [...]}"),
+            ("action.command", COMMAND),
+            ("action.create", COMMAND),
+            ("action.remove", COMMAND),
+            ("action.controlPlane", COMMAND),
+        ];
+        crate::yaml::from_str_hinted(text, HINTS).map_err(PlanFileError::Parse)
     }
 
     /// Checks the file against the cluster's node names.

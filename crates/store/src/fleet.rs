@@ -139,7 +139,8 @@ pub struct StoredRun {
 pub struct RunEvent {
     /// Order across the store.
     pub seq: i64,
-    /// The run version this event produced.
+    /// The run version this event produced (an event and the ones that followed from it
+    /// share it).
     pub version: i64,
     /// The event.
     pub event: Event,
@@ -404,6 +405,18 @@ impl Store {
     /// event, in one transaction; [`Error::Conflict`] if someone wrote the run meanwhile.
     /// Returns the new version.
     pub fn save_fleet_run(&mut self, state: &RunState, expected: i64, event: &Event) -> Result<i64, Error> {
+        self.save_fleet_run_events(state, expected, std::slice::from_ref(event))
+    }
+
+    /// Like [`Store::save_fleet_run`] for an event and the events that followed from it
+    /// (`core::fleet::follow_up`: a stop that completed), all recorded with the one version
+    /// they produced, in order, in the same transaction.
+    pub fn save_fleet_run_events(
+        &mut self,
+        state: &RunState,
+        expected: i64,
+        events: &[Event],
+    ) -> Result<i64, Error> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let found: Option<i64> = tx
             .query_row("SELECT version FROM fleet_runs WHERE name = ?1", params![state.name], |r| r.get(0))
@@ -421,10 +434,12 @@ impl Store {
             "UPDATE fleet_runs SET state = ?2, version = ?3, updated_at = ?4 WHERE name = ?1",
             params![state.name, json(state)?, version, at],
         )?;
-        tx.execute(
-            "INSERT INTO fleet_run_events (run, version, at, body) VALUES (?1, ?2, ?3, ?4)",
-            params![state.name, version, at, json(event)?],
-        )?;
+        for event in events {
+            tx.execute(
+                "INSERT INTO fleet_run_events (run, version, at, body) VALUES (?1, ?2, ?3, ?4)",
+                params![state.name, version, at, json(event)?],
+            )?;
+        }
         tx.commit()?;
         Ok(version)
     }
@@ -711,10 +726,24 @@ mod tests {
         let err = s.save_fleet_run(&skipped, 1, &stop).unwrap_err();
         assert!(matches!(err, Error::Conflict { expected: 1, found: 2, .. }), "{err}");
         let back = s.fleet_run("r1").unwrap().unwrap();
-        assert_eq!((back.version, back.state), (2, skipped));
+        assert_eq!((back.version, &back.state), (2, &skipped));
         let events = s.fleet_run_events("r1").unwrap();
         assert_eq!(events.len(), 1);
         assert_eq!((events[0].version, &events[0].event), (2, &stop));
+
+        // An event and what followed from it: one write, one version, in order — and a stale
+        // write of both records neither.
+        let took = Event::DriverTookOver {
+            driver: "h:2:1".into(),
+            previous: "h:1:0".into(),
+            at: ts("2026-06-10T12:02:00Z"),
+        };
+        let done = Event::StopCompleted { at: ts("2026-06-10T12:02:00Z") };
+        assert_eq!(s.save_fleet_run_events(&skipped, 2, &[took.clone(), done.clone()]).unwrap(), 3);
+        assert!(s.save_fleet_run_events(&skipped, 2, &[took.clone(), done.clone()]).is_err());
+        let events = s.fleet_run_events("r1").unwrap();
+        let tail: Vec<(i64, &Event)> = events[1..].iter().map(|e| (e.version, &e.event)).collect();
+        assert_eq!(tail, [(3, &took), (3, &done)]);
 
         s.set_member_progress(
             "r1",

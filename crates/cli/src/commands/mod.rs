@@ -4,6 +4,7 @@ mod apis;
 mod build;
 mod demo;
 pub mod fleet;
+pub mod formats;
 mod plan;
 mod sandbox;
 mod status;
@@ -18,7 +19,11 @@ use crate::args::{Cli, Command, SandboxCommand};
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let format = cli.output;
+    // Only fleet tables shorten texts; every other command's `-o wide` is its table.
+    let format = match &cli.command {
+        Command::Fleet(_) => cli.output,
+        _ => cli.output.narrow(),
+    };
     match cli.command {
         Command::Sandbox(cmd) => match cmd {
             SandboxCommand::Build(args) => build::run(args, format),
@@ -41,6 +46,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plan(args) => plan::run(args, format).await,
         Command::Upgrade(args) => upgrade::run(*args, format).await,
         Command::Fleet(args) => fleet::run(args, format).await,
+        Command::Formats { name } => formats::run(name.as_deref()),
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "refit", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

@@ -38,7 +38,7 @@ pub use profile::{
 pub use run::{
     Decision, Event, Facts, GroupState, Intent, Level, MEMBER_TRANSITIONS, MemberFacts, MemberState,
     PARENT_TRANSITIONS, PendingReason, Progress, RunState, SkipCause, SkipTarget, StageState, Status,
-    TransitionError, UpdateState, allowed, apply, next,
+    TransitionError, UpdateState, allowed, apply, follow_up, next,
 };
 pub use strategy::{FleetMember, LabelSelector, Limit, RunPlan, Strategy, StrategyError, resolve};
 pub use target::{

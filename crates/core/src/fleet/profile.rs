@@ -141,7 +141,7 @@ pub enum ProfileError {
     #[error("strategy name '{0}' is not valid")]
     BadStrategy(String),
     /// Not YAML/JSON of the expected shape.
-    #[error("the profile is not valid: {0}")]
+    #[error("the profile is not valid: {0} (refit formats profile shows a complete one)")]
     Parse(String),
 }
 
@@ -173,8 +173,14 @@ pub struct ProfileTarget {
 impl Profile {
     /// Parses a profile from YAML or JSON and validates it.
     pub fn from_yaml(text: &str) -> Result<Profile, ProfileError> {
-        let p: Profile = serde_saphyr::from_str(text)
-            .map_err(|e| ProfileError::Parse(e.to_string().lines().next().unwrap_or("").to_string()))?;
+        const HINTS: &crate::yaml::Hints = &[
+            ("", "a mapping with name and channel (refit formats profile)"),
+            ("channel", "one of Stable, Rapid, NodeImage, TargetKubernetesVersion"),
+            ("targetKubernetesVersion", "a minor, quoted, e.g. \"1.36\""),
+            ("nodeImageSelection", "Latest or Consistent"),
+            ("disabled", "true or false"),
+        ];
+        let p: Profile = crate::yaml::from_str_hinted(text, HINTS).map_err(ProfileError::Parse)?;
         p.validate()?;
         Ok(p)
     }

@@ -404,12 +404,18 @@ impl fmt::Display for SkipCause {
 pub struct Status {
     /// The state.
     pub state: UpdateState,
-    /// When it left NotStarted.
+    /// When it left NotStarted (a member: when its upgrade started — waiting Pending for a
+    /// window or a slot is not starting).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Timestamp>,
     /// When it became Completed, Skipped, Failed or Stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<Timestamp>,
+    /// Seconds spent Stopped or Failed before it was started again: part of the span from
+    /// `started_at` to `completed_at`, but not of how long it [took](Status::took) — a run
+    /// stopped overnight did not take the night.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stopped_seconds: u64,
     /// Why it is Pending (set exactly when Pending).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<PendingReason>,
@@ -427,23 +433,59 @@ impl Status {
             state: NotStarted,
             started_at: None,
             completed_at: None,
+            stopped_seconds: 0,
             pending: None,
             message: None,
             error: None,
         }
     }
 
-    /// Moves to `state` at `at`, keeping the timestamps and the Pending reason consistent.
+    /// Moves a stage, group or run to `state` at `at`, keeping the timestamps and the
+    /// Pending reason consistent. Any state but NotStarted and Skipped starts it: a stage
+    /// waiting at its before-gate has been reached.
     fn set(&mut self, state: UpdateState, pending: Option<PendingReason>, at: Timestamp) {
+        self.set_as(!matches!(state, NotStarted | Skipped), state, pending, at);
+    }
+
+    /// Moves a member to `state` at `at`. Only its upgrade starts it (Running; MemberStarted
+    /// records the instant): a member Pending on a closed window, or Stopped before it ever
+    /// ran, never started.
+    fn set_member(&mut self, state: UpdateState, pending: Option<PendingReason>, at: Timestamp) {
+        self.set_as(state.in_flight(), state, pending, at);
+    }
+
+    fn set_as(&mut self, starts: bool, state: UpdateState, pending: Option<PendingReason>, at: Timestamp) {
         if self.state != state {
-            if self.started_at.is_none() && !matches!(state, NotStarted | Skipped) {
+            if self.started_at.is_none() && starts {
                 self.started_at = Some(at);
             }
-            self.completed_at = matches!(state, Completed | Skipped | Failed | Stopped).then_some(at);
+            let ends = |s: UpdateState| matches!(s, Completed | Skipped | Failed | Stopped);
+            if matches!(self.state, Stopped | Failed)
+                && !ends(state)
+                && let (Some(_), Some(stopped)) = (self.started_at, self.completed_at)
+            {
+                let secs = u64::try_from(at.duration_since(stopped).as_secs()).unwrap_or(0);
+                self.stopped_seconds = self.stopped_seconds.saturating_add(secs);
+            }
+            self.completed_at = ends(state).then_some(at);
             self.state = state;
         }
         self.pending = if state == Pending { pending } else { None };
     }
+
+    /// How long it took (or has taken by `now`, when not finished): from its start to its end,
+    /// less the time it spent Stopped or Failed before being started again. None before it
+    /// started.
+    pub fn took(&self, now: Timestamp) -> Option<SignedDuration> {
+        let start = self.started_at?;
+        let end = self.completed_at.unwrap_or(now);
+        let stopped = SignedDuration::from_secs(i64::try_from(self.stopped_seconds).unwrap_or(i64::MAX));
+        Some(end.duration_since(start).saturating_sub(stopped).max(SignedDuration::ZERO))
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A member inside a run.
@@ -508,7 +550,7 @@ impl MemberState {
     }
 
     fn skip_with(&mut self, cause: SkipCause, at: Timestamp) {
-        self.status.set(Skipped, None, at);
+        self.status.set_member(Skipped, None, at);
         self.status.message = Some(cause.to_string());
         self.status.error = None;
         self.pending_since = None;
@@ -840,6 +882,32 @@ pub enum Event {
         /// Why (never `Requested`: that is [`Event::Skip`]).
         cause: SkipCause,
     },
+    /// A driver took the run over from one that stopped renewing its lease (killed, crashed,
+    /// its host gone). History only — the state does not change — but it is the first thing
+    /// an operator looks for after an incident: from when on a new process drove the run.
+    DriverTookOver {
+        /// The new driver (`host:pid:started-ms`).
+        driver: String,
+        /// The driver it replaced.
+        previous: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// A member upgrade the run says is under way, but that no live driver runs (its driver
+    /// died), is launched again; its `refit upgrade` resumes its own journal, so no finished
+    /// node is repeated. Only for a member in flight; the state does not change.
+    MemberRelaunched {
+        /// The member.
+        member: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// A requested stop completed: nothing was left under way and the run is Stopped (see
+    /// [`follow_up`]). Only for a stopped run; the state does not change.
+    StopCompleted {
+        /// When.
+        at: Timestamp,
+    },
 }
 
 impl Event {
@@ -861,7 +929,10 @@ impl Event {
             | Event::MemberPaused { at, .. }
             | Event::MemberPending { at, .. }
             | Event::MemberUnblocked { at, .. }
-            | Event::MemberSkipped { at, .. } => *at,
+            | Event::MemberSkipped { at, .. }
+            | Event::DriverTookOver { at, .. }
+            | Event::MemberRelaunched { at, .. }
+            | Event::StopCompleted { at } => *at,
         }
     }
 }
@@ -1523,9 +1594,9 @@ fn halt_members(run: &mut RunState, at: Timestamp) {
         for g in &mut st.groups {
             for m in &mut g.members {
                 match m.status.state {
-                    Running => m.status.set(Stopping, None, at),
+                    Running => m.status.set_member(Stopping, None, at),
                     Pending => {
-                        m.status.set(Stopped, None, at);
+                        m.status.set_member(Stopped, None, at);
                         m.pending_since = None;
                     }
                     _ => {}
@@ -1790,7 +1861,7 @@ fn mutate(run: &mut RunState, event: &Event) -> Result<(), TransitionError> {
                 });
             }
             let m = &mut run.stages[si].groups[gi].members[mi];
-            m.status.set(Running, None, at);
+            m.status.set_member(Running, None, at);
             m.status.started_at = Some(at);
             m.status.error = None;
             m.status.message = None;
@@ -1812,10 +1883,10 @@ fn mutate(run: &mut RunState, event: &Event) -> Result<(), TransitionError> {
             }
             m.unfinished = false;
             if failed {
-                m.status.set(Failed, None, at);
+                m.status.set_member(Failed, None, at);
                 m.status.error = message_of(event);
             } else {
-                m.status.set(Completed, None, at);
+                m.status.set_member(Completed, None, at);
                 m.status.message = message_of(event);
             }
         }
@@ -1828,10 +1899,14 @@ fn mutate(run: &mut RunState, event: &Event) -> Result<(), TransitionError> {
             match m.status.state {
                 Running => {
                     m.pending_since = Some(at);
-                    m.status.set(Pending, Some(PendingReason::Paused { message: message.clone() }), at);
+                    m.status.set_member(
+                        Pending,
+                        Some(PendingReason::Paused { message: message.clone() }),
+                        at,
+                    );
                 }
                 Stopping => {
-                    m.status.set(Stopped, None, at);
+                    m.status.set_member(Stopped, None, at);
                     m.status.message = Some(message.clone());
                 }
                 _ => return Err(member_state_error(m, "pause it")),
@@ -1846,7 +1921,7 @@ fn mutate(run: &mut RunState, event: &Event) -> Result<(), TransitionError> {
                 return Err(member_state_error(m, "mark it pending"));
             }
             m.pending_since = m.pending_since.or(Some(at));
-            m.status.set(Pending, Some(reason.clone()), at);
+            m.status.set_member(Pending, Some(reason.clone()), at);
         }
         Event::MemberUnblocked { member, .. } => {
             let (si, gi, mi) = run.locate_member(member)?;
@@ -1855,7 +1930,7 @@ fn mutate(run: &mut RunState, event: &Event) -> Result<(), TransitionError> {
                 return Err(member_state_error(m, "unblock it"));
             }
             m.pending_since = None;
-            m.status.set(NotStarted, None, at);
+            m.status.set_member(NotStarted, None, at);
         }
         Event::MemberSkipped { member, cause, .. } => {
             if matches!(cause, SkipCause::Requested { .. }) {
@@ -1870,8 +1945,35 @@ fn mutate(run: &mut RunState, event: &Event) -> Result<(), TransitionError> {
             }
             m.skip_with(cause.clone(), at);
         }
+        Event::DriverTookOver { .. } => {}
+        Event::MemberRelaunched { member, .. } => {
+            let (si, gi, mi) = run.locate_member(member)?;
+            let m = &run.stages[si].groups[gi].members[mi];
+            if !m.status.state.in_flight() {
+                return Err(member_state_error(m, "relaunch its upgrade"));
+            }
+        }
+        Event::StopCompleted { .. } => {
+            if !(run.intent == Intent::Stop && run.status.state == Stopped) {
+                return Err(TransitionError::Run {
+                    run: run.name.clone(),
+                    state: run.status.state,
+                    action: "record a completed stop",
+                    hint: "only a run stopped on request has completed a stop",
+                });
+            }
+        }
     }
     Ok(())
+}
+
+/// The event that follows `event` on its own, if any: when applying it took a run that was
+/// asked to stop to Stopped (its last upgrade under way finished, or nothing was under way),
+/// [`Event::StopCompleted`]. Callers store both events in one write so the history says when
+/// the stop was asked for *and* when it took effect.
+pub fn follow_up(before: &RunState, after: &RunState, at: Timestamp) -> Option<Event> {
+    (after.intent == Intent::Stop && after.status.state == Stopped && before.status.state != Stopped)
+        .then_some(Event::StopCompleted { at })
 }
 
 fn message_of(event: &Event) -> Option<String> {
@@ -1943,7 +2045,7 @@ fn reset_for_restart(run: &mut RunState, skipped_too: bool, at: Timestamp) {
                     Skipped if skipped_too && m.skip.as_ref().is_some_and(SkipCause::leaves_work) => {
                         m.reset()
                     }
-                    Stopping => m.status.set(Running, None, at),
+                    Stopping => m.status.set_member(Running, None, at),
                     _ => {}
                 }
             }

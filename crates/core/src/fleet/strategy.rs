@@ -278,7 +278,7 @@ pub struct Strategy {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StrategyError {
     /// Not YAML/JSON of the expected shape (unknown field, unknown gate type, wrong type).
-    #[error("the strategy is not valid: {0}")]
+    #[error("the strategy is not valid: {0} (refit formats strategy shows a complete one)")]
     Parse(String),
     /// No stages at all.
     #[error("the strategy has no stages: list at least one under stages:")]
@@ -370,14 +370,23 @@ pub enum StrategyError {
 }
 
 impl Strategy {
-    /// Parses a strategy from JSON (text starting with `{`) or YAML, then validates it.
+    /// Parses a strategy from YAML or JSON, then validates it.
     pub fn parse(text: &str) -> Result<Strategy, StrategyError> {
-        let first_line = |e: String| e.lines().next().unwrap_or("").to_string();
-        let s: Strategy = if text.trim_start().starts_with('{') {
-            serde_json::from_str(text).map_err(|e| StrategyError::Parse(first_line(e.to_string())))?
-        } else {
-            serde_saphyr::from_str(text).map_err(|e| StrategyError::Parse(first_line(e.to_string())))?
-        };
+        // JSON is YAML: one reader, so JSON files get the same field-naming errors.
+        const GATES: &str = "a list of gates, e.g. [{type: Approval, displayName: looks good}]";
+        const HINTS: &crate::yaml::Hints = &[
+            ("", "a mapping with stages (refit formats strategy)"),
+            ("stages", "a list of stages, e.g. [{name: canary, groups: [{name: canary}]}]"),
+            ("stages.groups", "a list of groups, e.g. [{name: wave-a}]"),
+            ("stages.afterStageWaitInSeconds", "a whole number of seconds"),
+            ("stages.beforeGates", GATES),
+            ("stages.afterGates", GATES),
+            ("stages.groups.beforeGates", GATES),
+            ("stages.groups.afterGates", GATES),
+            ("stages.memberSelector", "{matchLabels: {KEY: VALUE}, matchExpressions: [...]}"),
+            ("stages.groups.memberSelector", "{matchLabels: {KEY: VALUE}, matchExpressions: [...]}"),
+        ];
+        let s: Strategy = crate::yaml::from_str_hinted(text, HINTS).map_err(StrategyError::Parse)?;
         s.validate()?;
         Ok(s)
     }

@@ -200,7 +200,7 @@ pub enum WindowError {
     #[error("blackout dates {0} end before they start: write FIRST/LAST")]
     Blackout(Blackout),
     /// Not a window (YAML/JSON of the wrong shape).
-    #[error("the maintenance window is not valid: {0}")]
+    #[error("the maintenance window is not valid: {0} (refit formats window shows a complete one)")]
     Parse(String),
 }
 
@@ -243,8 +243,17 @@ pub enum WindowPriority {
 impl MaintenanceWindow {
     /// Parses a window from YAML or JSON and validates it.
     pub fn from_yaml(text: &str) -> Result<MaintenanceWindow, WindowError> {
-        let w: MaintenanceWindow = serde_saphyr::from_str(text)
-            .map_err(|e| WindowError::Parse(e.to_string().lines().next().unwrap_or("").to_string()))?;
+        const HINTS: &crate::yaml::Hints = &[
+            ("", "a mapping with recurrence, start, durationMinutes, timeZone (refit formats window)"),
+            ("recurrence", "{weekly: [Saturday, Sunday]} or {monthly: 1-31}"),
+            ("recurrence.weekly", "a list of days, e.g. [Saturday, Sunday]"),
+            ("recurrence.monthly", "a day of the month, 1-31"),
+            ("start", "a local time \"HH:MM\" (quoted), e.g. \"22:00\""),
+            ("durationMinutes", "minutes, 1 to 10080"),
+            ("timeZone", "an IANA time zone name, e.g. Europe/Berlin"),
+            ("blackoutDates", "a list of \"YYYY-MM-DD\" or \"FIRST/LAST\" dates"),
+        ];
+        let w: MaintenanceWindow = crate::yaml::from_str_hinted(text, HINTS).map_err(WindowError::Parse)?;
         w.validate()?;
         Ok(w)
     }

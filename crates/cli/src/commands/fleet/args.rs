@@ -59,11 +59,12 @@ pub struct MemberFields {
     /// Update group: the strategy group of this name takes the member.
     #[arg(long)]
     pub update_group: Option<String>,
-    /// Maintenance window file (YAML/JSON: recurrence, start, durationMinutes, timeZone, blackoutDates).
+    /// Maintenance window file (YAML/JSON: recurrence, start, durationMinutes, timeZone,
+    /// blackoutDates; `refit formats window` prints a complete example).
     #[arg(long, value_name = "FILE")]
     pub window: Option<PathBuf>,
     /// File listing the node images offered to this member (`- family/version` lines, or
-    /// `{family, version}` objects).
+    /// `{family, version}` objects; `refit formats node-images`).
     #[arg(long, value_name = "FILE")]
     pub node_image_source: Option<PathBuf>,
     /// Time it may sit Pending before the run defers it (e.g. 6h); overrides the run's.
@@ -131,7 +132,8 @@ Examples:
 pub enum StrategyCommand {
     /// Store a strategy from a YAML or JSON file.
     #[command(after_help = "\
-Example file (the Azure Fleet stages file is accepted as it is):
+Example file (the Azure Fleet stages file is accepted as it is; `refit formats strategy`
+prints a complete, commented one):
   {\"stages\": [{\"name\": \"stage1\", \"groups\": [{\"name\": \"group-1a\"}], \"afterStageWaitInSeconds\": 3600}]}
 
 Examples:
@@ -171,7 +173,13 @@ Examples:
   refit fleet run create to-137 --upgrade-type Full --kubernetes-version 1.37.1 --strategy safe
   refit fleet run create cp-137 --upgrade-type ControlPlaneOnly --kubernetes-version 1.37.1 --stages stages.json
   refit fleet run create images --upgrade-type NodeImageOnly --node-image-selection Consistent
-  refit fleet run create quick --upgrade-type Full --kubernetes-version 1.37.1     one member at a time")]
+  refit fleet run create quick --upgrade-type Full --kubernetes-version 1.37.1     one member at a time
+
+Without --strategy or --stages, every member is upgraded one at a time (Azure Fleet's \"one by
+one\"; Azure documents no order). The order: members whose maintenance window is open now,
+then those whose window opens within 4 hours, then members without a window, then closed
+windows (Azure's documented window priority); by member name within each.
+Files: refit formats strategy.")]
     Create(RunCreateArgs),
     /// Start (or start again) a run; --wait drives it in the foreground until it ends.
     #[command(after_help = "\
@@ -252,7 +260,7 @@ pub struct RunCreateArgs {
     /// Latest or Consistent.
     #[arg(long, default_value = "Latest")]
     pub node_image_selection: String,
-    /// A stored strategy.
+    /// A stored strategy (default: every member one at a time, in the order below).
     #[arg(long, conflicts_with = "stages")]
     pub strategy: Option<String>,
     /// A stages file (YAML/JSON), copied into the run.
@@ -353,7 +361,7 @@ pub struct ProfileCreateArgs {
     /// Create it disabled.
     #[arg(long)]
     pub disabled: bool,
-    /// The profile as a YAML/JSON file instead of options.
+    /// The profile as a YAML/JSON file instead of options (`refit formats profile`).
     #[arg(short = 'f', long = "file", conflicts_with_all = ["channel", "target_kubernetes_version"])]
     pub file: Option<PathBuf>,
 }

@@ -219,12 +219,13 @@ impl Driver {
             &gone,
         )? {
             LeaseOutcome::Acquired { took_over } => {
-                if let Some(l) = took_over
-                    && self.format == Format::Table
-                {
-                    println!("taking over run {run} from driver {} (gone)", l.holder);
-                }
                 self.held.insert(run.to_string());
+                if let Some(l) = took_over {
+                    // In the run's history: from when on this process drove it.
+                    let event =
+                        Event::DriverTookOver { driver: self.holder.clone(), previous: l.holder, at: now() };
+                    self.record(run, event);
+                }
                 Ok(Ok(()))
             }
             LeaseOutcome::Held(l) => Ok(Err(l)),
@@ -321,8 +322,10 @@ impl Driver {
             .map(|(_, _, m)| (m.name.clone(), m.target.clone(), m.window_closes_at))
             .collect();
         for (member, target, closes_at) in lost {
-            if self.format == Format::Table {
-                println!("run {}: member {member} was under way; continuing its upgrade", state.name);
+            // Recorded first (the history says when and that it was a relaunch); a refusal
+            // means the member is no longer under way, so there is nothing to relaunch.
+            if !self.record(&state.name, Event::MemberRelaunched { member: member.clone(), at: now() }) {
+                continue;
             }
             let cp = match self.store.member(&member)? {
                 Some(rec) if state.spec.upgrade_type == UpgradeType::NodeImageOnly => {
@@ -590,6 +593,15 @@ pub fn describe(e: &Event) -> String {
         Event::MemberPending { member, reason, .. } => format!("member {member} pending: {reason}"),
         Event::MemberUnblocked { member, .. } => format!("member {member} unblocked, waiting for a slot"),
         Event::MemberSkipped { member, cause, .. } => format!("member {member} skipped: {cause}"),
+        Event::DriverTookOver { driver, previous, .. } => {
+            format!("driver {driver} took the run over from {previous} (no longer renewing its lease)")
+        }
+        Event::MemberRelaunched { member, .. } => {
+            format!(
+                "member {member} was under way with no driver: its upgrade relaunched (resumes its journal)"
+            )
+        }
+        Event::StopCompleted { .. } => "stop completed: nothing under way, run Stopped".into(),
     }
 }
 
@@ -613,7 +625,7 @@ fn process_alive(pid: i64) -> bool {
 /// `refit fleet daemon`: drives every run that has work, until killed.
 pub async fn daemon(store_path: &Path, exit_when_idle: bool, format: Format) -> anyhow::Result<ExitCode> {
     let mut d = Driver::new(store_path, format)?;
-    if format == Format::Table {
+    if format.is_table() {
         println!("fleet daemon {} driving runs in {}", d.holder, store_path.display());
     }
     loop {

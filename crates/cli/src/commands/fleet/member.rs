@@ -67,7 +67,7 @@ pub fn run(cmd: MemberCommand, store: &Path, format: Format) -> anyhow::Result<E
             if !open(store)?.remove_member(&name)? {
                 return Err(usage(format!("no member named '{name}' (see refit fleet member list)")));
             }
-            if format == Format::Table {
+            if format.is_table() {
                 println!("member {name} removed");
             } else {
                 print_structured(format, &serde_json::json!({"removed": name}))?;

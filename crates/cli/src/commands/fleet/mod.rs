@@ -106,8 +106,14 @@ fn commit_with(
     for _ in 0..50 {
         let cur = load_run(store, name).map_err(CommitError::Other)?;
         let event = make(&cur.state).map_err(CommitError::Other)?;
-        let next = refit_core::fleet::apply(&cur.state, &event).map_err(CommitError::Refused)?;
-        match store.save_fleet_run(&next, cur.version, &event) {
+        let mut next = refit_core::fleet::apply(&cur.state, &event).map_err(CommitError::Refused)?;
+        let mut events = vec![event];
+        // What followed from it (a requested stop that completed) goes into the same write.
+        if let Some(f) = refit_core::fleet::follow_up(&cur.state, &next, events[0].at()) {
+            next = refit_core::fleet::apply(&next, &f).map_err(CommitError::Refused)?;
+            events.push(f);
+        }
+        match store.save_fleet_run_events(&next, cur.version, &events) {
             Ok(version) => return Ok(StoredRun { state: next, version }),
             Err(refit_store::Error::Conflict { .. }) => continue,
             Err(e) => return Err(CommitError::Other(e.into())),
@@ -116,11 +122,40 @@ fn commit_with(
     Err(CommitError::Other(anyhow::anyhow!("update run '{name}' keeps changing under us; try again")))
 }
 
-/// Who is acting: `--by`, else $USER.
+/// Who is acting: `--by`, else $USER, else the operating system's name of this process's
+/// user (a service or container often has no $USER), else `uid N`. Never "unknown": an
+/// approval must say who gave it.
 fn who(by: Option<String>) -> String {
     by.filter(|b| !b.trim().is_empty())
-        .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
-        .unwrap_or_else(|| "unknown".to_string())
+        .or_else(|| std::env::var("USER").ok().filter(|u| !u.trim().is_empty()))
+        .unwrap_or_else(os_user)
+}
+
+/// The name the user database (files, LDAP, … through NSS) gives this process's real uid.
+#[allow(unsafe_code)]
+fn os_user() -> String {
+    // SAFETY: getuid cannot fail. getpwuid_r writes only into `pwd` and `buf`, which outlive
+    // the call and whose sizes are passed; on success `pw_name` points into `buf` as a NUL-
+    // terminated string, read before `buf` is dropped.
+    let uid = unsafe { libc::getuid() };
+    let mut buf = vec![0 as libc::c_char; 4096];
+    for _ in 0..4 {
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) };
+        if rc == libc::ERANGE {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if rc == 0 && !found.is_null() && !pwd.pw_name.is_null() {
+            let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) }.to_string_lossy().into_owned();
+            if !name.is_empty() {
+                return name;
+            }
+        }
+        break;
+    }
+    format!("uid {uid}")
 }
 
 fn now() -> Timestamp {
@@ -145,5 +180,31 @@ fn check_name(kind: &str, name: &str) -> anyhow::Result<()> {
         Err(usage(format!(
             "{kind} name '{name}' is not valid: use lowercase letters, digits and inner dashes, 1–50 characters"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_os_user_is_the_name_of_this_processs_uid() {
+        // Checked against the user database read independently: /etc/passwd's entry for the
+        // uid that owns a file this process just created.
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("mine");
+        std::fs::write(&f, "").unwrap();
+        let uid = std::fs::metadata(&f).unwrap().uid();
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+        let expected = passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() > 2 && f[2] == uid.to_string())
+            .map(|f| f[0].to_string())
+            .unwrap_or_else(|| format!("uid {uid}"));
+        assert_eq!(os_user(), expected);
+        assert_eq!(who(Some("alice".into())), "alice");
+        assert_eq!(who(Some("  ".into())), who(None), "a blank --by is no name");
     }
 }

@@ -46,24 +46,25 @@ enum ImageEntry {
 }
 
 /// Reads a node-image source file: a YAML/JSON list of `FAMILY/VERSION` strings or
-/// `{family, version}` objects.
+/// `{family, version}` objects (`refit formats node-images`).
 pub fn read_image_source(path: &Path) -> Result<Vec<NodeImage>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let entries: Vec<ImageEntry> = serde_saphyr::from_str(&text).map_err(|e| {
-        format!(
-            "{}: expected a list of FAMILY/VERSION entries ({})",
-            path.display(),
-            first_line(&e.to_string())
-        )
-    })?;
+    parse_image_source(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Parses the text of a node-image source file.
+pub fn parse_image_source(text: &str) -> Result<Vec<NodeImage>, String> {
+    const HINTS: &refit_core::yaml::Hints =
+        &[("", "a list of FAMILY/VERSION or {family, version} entries (refit formats node-images)")];
+    let entries: Vec<ImageEntry> = refit_core::yaml::from_str_hinted(text, HINTS)
+        .map_err(|e| format!("the node-image source is not valid: {e}"))?;
     entries
         .into_iter()
         .map(|e| match e {
             ImageEntry::Text(s) => parse_image(&s),
             ImageEntry::Full(i) => Ok(i),
         })
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .collect()
 }
 
 fn first_line(s: &str) -> String {

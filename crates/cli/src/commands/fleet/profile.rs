@@ -164,11 +164,12 @@ async fn generate(
             f if f.unavailable.is_some() => {
                 unreachable.push(format!("{}: {}", m.name, f.unavailable.unwrap_or_default()))
             }
-            f => {
-                if let Some(v) = f.versions.control_plane {
+            f => match f.versions.control_plane {
+                Some(v) => {
                     versions.insert(m.name.clone(), v);
                 }
-            }
+                None => unreachable.push(format!("{}: its control-plane version could not be read", m.name)),
+            },
         }
     }
     let at = now();
@@ -178,14 +179,16 @@ async fn generate(
             let why = if profile.disabled {
                 "the profile is disabled".to_string()
             } else if versions.is_empty() {
-                format!(
-                    "no member could be read{}",
-                    if unreachable.is_empty() {
-                        String::new()
+                // Not "nothing to do": nothing could be decided. A failure (exit 1), recorded
+                // as the profile's last trigger, naming every member and why it was unread.
+                return Err(anyhow::anyhow!(
+                    "profile {name}: no run generated: {}",
+                    if members.is_empty() {
+                        "the fleet has no members (refit fleet member add)".to_string()
                     } else {
-                        format!(" ({})", unreachable.join("; "))
+                        format!("no member could be read — {}", unreachable.join("; "))
                     }
-                )
+                ));
             } else {
                 "nothing to do: every member is at the channel's release (or too far behind for a profile)"
                     .to_string()

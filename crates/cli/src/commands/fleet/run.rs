@@ -188,7 +188,7 @@ async fn start(store: &Path, name: &str, wait: bool, format: Format) -> anyhow::
             commit(&mut s, name, &Event::Start { at: now(), targets: Some(targets), plan: Some(plan) })?;
         }
         UpdateState::Running | UpdateState::Pending | UpdateState::Stopping if wait => {
-            if format == Format::Table {
+            if format.is_table() {
                 println!(
                     "run {name} is {}: driving it (finished members are not repeated)",
                     cur.status.state
@@ -215,7 +215,9 @@ async fn drive(store: &Path, name: &str, format: Format) -> anyhow::Result<ExitC
     let s = open(store)?;
     let progress = s.member_progress(name)?;
     match format {
-        Format::Table => print!("{}", super::show::render(&end, &progress, None)),
+        Format::Table | Format::Wide => {
+            print!("{}", super::show::render(&end, &progress, None, now(), format == Format::Wide))
+        }
         Format::Json => println!(
             "{}",
             serde_json::to_string(
@@ -261,7 +263,16 @@ fn show_state(store: &Path, name: &str, format: Format, events: bool) -> anyhow:
     };
     let shown = Shown { run: &r.state, progress, driver, events: history };
     if !print_structured(format, &shown)? {
-        print!("{}", super::show::render(&r.state, &shown.progress, shown.driver.as_ref()));
+        print!(
+            "{}",
+            super::show::render(
+                &r.state,
+                &shown.progress,
+                shown.driver.as_ref(),
+                now(),
+                format == Format::Wide
+            )
+        );
         if let Some(h) = &shown.events {
             println!("\nEvents");
             for e in h {

@@ -475,7 +475,7 @@ async fn execute(
     let outcome = engine.execute().await?;
     view.finish();
     match format {
-        Format::Table => print!("{}", render_outcome(&outcome)),
+        Format::Table | Format::Wide => print!("{}", render_outcome(&outcome)),
         Format::Json => println!(
             "{}",
             serde_json::to_string(&serde_json::json!({"event": "summary", "outcome": &outcome}))?

@@ -2,6 +2,13 @@
 //! done, ETA) and one line per node in flight (its step and current blocker); without a
 //! terminal, one plain line per step; with `-o json`, every event as one JSON object per line
 //! (with the time and the run id), for automation.
+//!
+//! On a terminal, a spinner turns only while its step works: a finished step stops it (until
+//! the node's next step), and a cluster-wide step (the etcd backup, cluster services) or a
+//! skipped or failed unit removes its line. No line is wider than the terminal — messages are
+//! cut to the width (`wide_msg`) and log lines printed above the bars are wrapped — because a
+//! line the terminal wraps is one indicatif does not count when it redraws, which shows up
+//! as duplicated bar lines.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -11,6 +18,7 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use refit_core::event::Event;
 use refit_core::run::Schedule;
+use refit_engine::engine::CLUSTER_UNIT;
 
 use crate::output::Format;
 
@@ -42,20 +50,10 @@ impl View {
         let total = schedule.units().count();
         let mode = match format {
             Format::Json | Format::Yaml => Mode::Json,
-            Format::Table if std::io::stderr().is_terminal() => {
-                let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-                let overall = multi.add(ProgressBar::new(total as u64));
-                overall.set_style(
-                    ProgressStyle::with_template(
-                        "{prefix:.bold} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
-                    )
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-                );
-                overall.set_prefix(format!("run {run}"));
-                overall.enable_steady_tick(Duration::from_millis(200));
-                Mode::Bars { multi, overall }
+            Format::Table | Format::Wide if std::io::stderr().is_terminal() => {
+                bars(MultiProgress::with_draw_target(ProgressDrawTarget::stderr()), run, total)
             }
-            Format::Table => Mode::Lines,
+            Format::Table | Format::Wide => Mode::Lines,
         };
         let concurrency = schedule.stages.iter().map(|s| s.concurrency).max().unwrap_or(1);
         View {
@@ -96,39 +94,49 @@ impl View {
 
     fn bars(&self, multi: &MultiProgress, overall: &ProgressBar, e: &Event) {
         let mut st = self.state();
+        let remove = |st: &mut State, node: &str| {
+            if let Some(b) = st.nodes.remove(node) {
+                b.finish_and_clear();
+                multi.remove(&b);
+            }
+        };
         match e {
             Event::StepStarted { node, step, to } => {
                 let bar = st.nodes.entry(node.clone()).or_insert_with(|| {
                     let b = multi.add(ProgressBar::new_spinner());
                     b.set_style(
-                        ProgressStyle::with_template("  {spinner} {prefix:24} {msg}")
+                        ProgressStyle::with_template("  {spinner} {prefix:24} {wide_msg}")
                             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                     );
                     b.set_prefix(node.clone());
-                    b.enable_steady_tick(Duration::from_millis(120));
                     b
                 });
+                bar.enable_steady_tick(Duration::from_millis(120));
                 bar.set_message(format!("{step} → {to}"));
             }
+            // A finished step stops its spinner: a cluster-wide step is a line of its own
+            // (gone when done); a node's line waits, still, for the node's next step.
+            Event::StepDone { node, .. } if node == CLUSTER_UNIT => remove(&mut st, node),
+            Event::StepDone { node, step, .. } => {
+                if let Some(b) = st.nodes.get(node) {
+                    b.disable_steady_tick();
+                    b.set_message(format!("{step} done"));
+                }
+            }
+            Event::UnitSkipped { node, .. } => remove(&mut st, node),
             Event::Blocked { node, pod, pdb, reason } => {
                 if let Some(b) = st.nodes.get(node) {
                     let why = pdb.as_ref().map(|p| format!("PDB {p}")).unwrap_or_else(|| reason.clone());
                     b.set_message(format!("drain: blocked by {pod} ({why})"));
                 }
             }
-            Event::StepFailed { .. }
-            | Event::Warning { .. }
-            | Event::LeftCordoned { .. }
-            | Event::Backup { .. } => {
-                if let Some(line) = line_for(e) {
-                    multi.suspend(|| eprintln!("{line}"));
-                }
+            Event::StepFailed { node, .. } => {
+                remove(&mut st, node);
+                log_above(multi, e);
             }
+            Event::Warning { .. } | Event::LeftCordoned { .. } | Event::Backup { .. } => log_above(multi, e),
             Event::UnitFinished { node, millis, result, .. } => {
-                if let Some(b) = st.nodes.remove(node) {
-                    b.finish_and_clear();
-                    multi.remove(&b);
-                }
+                remove(&mut st, node);
                 st.done += 1;
                 if *result == refit_core::event::UnitEnd::Upgraded {
                     st.finished.push(Duration::from_millis(*millis));
@@ -144,10 +152,7 @@ impl View {
             Event::ClusterService { addon, detail } => {
                 overall.set_message(format!("cluster services: {addon} {detail}"))
             }
-            Event::StageStarted { phase, to, units, .. } => {
-                let phase = refit_core::run::phase_name(*phase);
-                multi.suspend(|| eprintln!("stage: {phase} → {to} ({units} node(s))"));
-            }
+            Event::StageStarted { .. } => log_above(multi, e),
             _ => {}
         }
     }
@@ -161,6 +166,70 @@ impl View {
             overall.finish_and_clear();
         }
     }
+}
+
+/// The bars of a run on `multi`: the overall bar, node lines added as steps start.
+fn bars(multi: MultiProgress, run: &str, total: usize) -> Mode {
+    let overall = multi.add(ProgressBar::new(total as u64));
+    overall.set_style(
+        ProgressStyle::with_template("{prefix:.bold} [{elapsed_precise}] {bar:20} {pos}/{len} {wide_msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    overall.set_prefix(format!("run {run}"));
+    overall.enable_steady_tick(Duration::from_millis(200));
+    Mode::Bars { multi, overall }
+}
+
+/// Prints an event's line above the bars, wrapped to the terminal's width.
+fn log_above(multi: &MultiProgress, e: &Event) {
+    if let Some(line) = line_for(e) {
+        let width = terminal_size::terminal_size_of(std::io::stderr()).map(|(w, _)| usize::from(w.0));
+        let text = match width {
+            Some(w) if w > 0 => wrap(&line, w),
+            _ => line,
+        };
+        multi.suspend(|| eprintln!("{text}"));
+    }
+}
+
+/// `text` wrapped at spaces to lines of at most `width` characters (a word longer than a
+/// line is cut), continuation lines indented by two spaces.
+fn wrap(text: &str, width: usize) -> String {
+    let width = width.max(3);
+    let room = |lines: &[String]| if lines.is_empty() { width } else { width - 2 };
+    let mut lines: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    for word in text.split(' ') {
+        let mut word = word.to_string();
+        loop {
+            let r = room(&lines);
+            let len = cur.chars().count();
+            let words = word.chars().count();
+            if (len == 0 && words <= r) || (len > 0 && len + 1 + words <= r) {
+                if len > 0 {
+                    cur.push(' ');
+                }
+                cur.push_str(&word);
+                break;
+            }
+            if len > 0 {
+                lines.push(std::mem::take(&mut cur));
+                continue;
+            }
+            // A word longer than a whole line: cut it.
+            lines.push(word.chars().take(r).collect());
+            word = word.chars().skip(r).collect();
+        }
+    }
+    if !cur.is_empty() || lines.is_empty() {
+        lines.push(cur);
+    }
+    lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| if i == 0 { l.clone() } else { format!("  {l}") })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn fmt_secs(d: Duration) -> String {
@@ -204,4 +273,94 @@ fn line_for(e: &Event) -> Option<String> {
         ),
         Event::Evicted { .. } | Event::ActionOutput { .. } | Event::UnitFinished { .. } => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bars view drawing to nowhere, for checking which lines it keeps.
+    fn hidden_view() -> View {
+        View {
+            mode: bars(MultiProgress::with_draw_target(ProgressDrawTarget::hidden()), "up-1", 3),
+            run: "up-1".into(),
+            total: 3,
+            started: Instant::now(),
+            state: Mutex::new(State { nodes: HashMap::new(), finished: Vec::new(), done: 0, concurrency: 1 }),
+        }
+    }
+
+    fn lines(v: &View) -> Vec<String> {
+        let mut n: Vec<String> = v.state().nodes.keys().cloned().collect();
+        n.sort();
+        n
+    }
+
+    fn started(node: &str, step: &str) -> Event {
+        Event::StepStarted { node: node.into(), step: step.into(), to: "1.37.1".into() }
+    }
+
+    fn done(node: &str, step: &str) -> Event {
+        Event::StepDone {
+            node: node.into(),
+            step: step.into(),
+            to: "1.37.1".into(),
+            millis: 5,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_finished_or_skipped_step_stops_its_spinner() {
+        let v = hidden_view();
+        // No backup configured: the step starts, warns, and is done at once.
+        v.handle(&started(CLUSTER_UNIT, "backup"));
+        assert_eq!(lines(&v), [CLUSTER_UNIT]);
+        v.handle(&Event::Warning { message: "no etcd backup was configured".into() });
+        v.handle(&done(CLUSTER_UNIT, "backup"));
+        assert!(lines(&v).is_empty(), "the backup line is gone once the step is done");
+        // A node's line stays between its steps, still, and goes with its unit.
+        v.handle(&started("cp-1", "cordon"));
+        v.handle(&done("cp-1", "cordon"));
+        assert_eq!(lines(&v), ["cp-1"]);
+        if let Some(b) = v.state().nodes.get("cp-1") {
+            assert_eq!(b.message(), "cordon done");
+        }
+        v.handle(&started("cp-1", "drain"));
+        v.handle(&Event::UnitFinished {
+            node: "cp-1".into(),
+            to: "1.37.1".into(),
+            result: "upgraded".into(),
+            millis: 9,
+        });
+        assert!(lines(&v).is_empty());
+        // A skipped unit and a failed step take their line away too.
+        v.handle(&started("w-1", "cordon"));
+        v.handle(&Event::UnitSkipped {
+            node: "w-1".into(),
+            to: "1.37.1".into(),
+            reason: "at the version".into(),
+        });
+        v.handle(&started("w-2", "upgrade"));
+        v.handle(&Event::StepFailed {
+            node: "w-2".into(),
+            step: "upgrade".into(),
+            to: "1.37.1".into(),
+            error: "boom".into(),
+        });
+        assert!(lines(&v).is_empty());
+    }
+
+    #[test]
+    fn log_lines_are_wrapped_to_the_terminal_width() {
+        let line = "WARNING: no etcd backup was configured (--etcd-endpoint with --etcd-cacert/--etcd-cert/--etcd-key, or --backup-command): continuing without one";
+        for width in [20, 40, 80] {
+            let w = wrap(line, width);
+            assert!(w.lines().all(|l| l.chars().count() <= width), "{width}:\n{w}");
+            let chars = |s: &str| s.split_whitespace().collect::<String>();
+            assert_eq!(chars(&w), chars(line), "nothing lost at {width}");
+        }
+        assert_eq!(wrap("short", 80), "short");
+        assert!(wrap("aaaaaaaaaa", 4).lines().all(|l| l.chars().count() <= 4));
+    }
 }

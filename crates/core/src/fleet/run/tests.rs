@@ -962,3 +962,111 @@ fn a_member_paused_while_its_run_stops_is_stopped_and_other_states_refuse_a_paus
     assert!(apply(&run, &paused("m")).is_err(), "Stopped cannot pause");
     assert!(apply(&run, &paused("ghost")).is_err());
 }
+
+#[test]
+fn a_member_waiting_on_a_closed_window_has_not_started_until_its_upgrade_does() {
+    // Now is Wednesday 12:00 UTC; b's window opens at 13:00.
+    let (members, mut facts) = fleet(&[("b", "g")]);
+    facts.members.get_mut("b").unwrap().window = Some(window_on(vec![Day::Wednesday], "13:00", 60));
+    let mut run = new_run("stages: [{name: s, groups: [{name: g}]}]", &members, spec());
+    run = start(&run, &facts, t0());
+    settle(&mut run, &facts, t0());
+    let b = run.member("b").unwrap();
+    assert_eq!(b.status.state, Pending);
+    assert_eq!(b.status.started_at, None, "waiting is not starting");
+    assert_eq!(b.status.took(t0() + hours(1)), None);
+    // The group waits for it from t0 on: it has been reached.
+    assert_eq!(group(&run, "g").status.started_at, Some(t0()));
+    let t = ts("2026-06-10T13:00:00Z");
+    assert_eq!(settle(&mut run, &facts, t).0, ["b"]);
+    assert_eq!(run.member("b").unwrap().status.started_at, Some(t));
+    // A member stopped while it waited never started either.
+    let (members, mut facts) = fleet(&[("c", "g")]);
+    facts.members.get_mut("c").unwrap().window = Some(window_on(vec![Day::Saturday], "22:00", 60));
+    let mut run = new_run("stages: [{name: s, groups: [{name: g}]}]", &members, spec());
+    run = start(&run, &facts, t0());
+    settle(&mut run, &facts, t0());
+    run = ok(&run, Event::Stop { at: t0() + hours(1) });
+    let c = run.member("c").unwrap();
+    assert_eq!((c.status.state, c.status.started_at), (Stopped, None));
+}
+
+#[test]
+fn the_time_a_run_spent_stopped_does_not_count_in_what_its_stages_took() {
+    let (members, facts) = fleet(&[("a", "g"), ("b", "g")]);
+    let mut run = new_run("stages: [{name: s, groups: [{name: g}]}]", &members, spec());
+    run = start(&run, &facts, t0());
+    assert_eq!(settle(&mut run, &facts, t0()).0, ["a"]);
+    // Stopped after an hour of work (a finishes at once), started again ten hours later.
+    let t1 = t0() + hours(1);
+    run = ok(&run, Event::Stop { at: t1 });
+    run = succeed(&run, "a", t1);
+    assert_eq!(stage(&run, "s").status.state, Stopped);
+    let t2 = t1 + hours(10);
+    run = ok(&run, Event::Start { at: t2, targets: None, plan: None });
+    assert_eq!(settle(&mut run, &facts, t2).0, ["b"]);
+    // Half an hour in, the stage has taken 1.5 hours, not 11.5.
+    let now = t2 + SignedDuration::from_mins(30);
+    assert_eq!(stage(&run, "s").status.took(now), Some(SignedDuration::from_mins(90)));
+    let t3 = t2 + hours(1);
+    run = succeed(&run, "b", t3);
+    let s = &stage(&run, "s").status;
+    assert_eq!((s.state, s.started_at, s.completed_at), (Completed, Some(t0()), Some(t3)));
+    assert_eq!(s.took(t3 + hours(5)), Some(hours(2)), "finished: later instants change nothing");
+    assert_eq!(run.status.took(t3), Some(hours(2)));
+    assert_eq!(run.member("b").unwrap().status.took(t3), Some(hours(1)));
+}
+
+#[test]
+fn a_requested_stop_completes_when_the_last_upgrade_under_way_finishes() {
+    // c waits behind a: the stop leaves it unstarted.
+    let (members, facts) = fleet(&[("a", "g"), ("b", "h"), ("c", "g")]);
+    let mut run = new_run("stages: [{name: s, groups: [{name: g}, {name: h}]}]", &members, spec());
+    run = start(&run, &facts, t0());
+    assert_eq!(settle(&mut run, &facts, t0()).0, ["a", "b"]);
+    let stopped = ok(&run, Event::Stop { at: t0() });
+    assert_eq!(stopped.status.state, Stopping);
+    assert_eq!(follow_up(&run, &stopped, t0()), None, "upgrades are still under way");
+    let one = succeed(&stopped, "a", t0() + hours(1));
+    assert_eq!(follow_up(&stopped, &one, t0()), None);
+    let at = t0() + hours(2);
+    let both = succeed(&one, "b", at);
+    assert_eq!(both.status.state, Stopped);
+    assert_eq!(follow_up(&one, &both, at), Some(Event::StopCompleted { at }));
+    // Recording it changes nothing; it fits only a run stopped on request.
+    assert_eq!(ok(&both, Event::StopCompleted { at }), both);
+    let err = apply(&run, &Event::StopCompleted { at }).unwrap_err();
+    assert!(matches!(err, TransitionError::Run { state: Running, .. }), "{err}");
+    // A stop with nothing under way completes at once.
+    let (members, facts) = fleet(&[("c", "g")]);
+    let mut idle = new_run("stages: [{name: s, groups: [{name: g}]}]", &members, spec());
+    idle = start(&idle, &facts, t0());
+    let stopped = ok(&idle, Event::Stop { at });
+    assert_eq!(stopped.status.state, Stopped);
+    assert_eq!(follow_up(&idle, &stopped, at), Some(Event::StopCompleted { at }));
+    // A run that failed (and halted like a stop) is Failed, not a completed stop.
+    let (members, facts) = fleet(&[("d", "g")]);
+    let mut failing = new_run("stages: [{name: s, groups: [{name: g}]}]", &members, spec());
+    failing = start(&failing, &facts, t0());
+    settle(&mut failing, &facts, t0());
+    let failed = fail(&failing, "d", at);
+    assert_eq!(failed.status.state, Failed);
+    assert_eq!(follow_up(&failing, &failed, at), None);
+}
+
+#[test]
+fn relaunches_and_driver_takeovers_are_history_that_changes_no_state() {
+    let (members, facts) = fleet(&[("a", "g"), ("b", "g")]);
+    let mut run = new_run("stages: [{name: s, groups: [{name: g}]}]", &members, spec());
+    run = start(&run, &facts, t0());
+    assert_eq!(settle(&mut run, &facts, t0()).0, ["a"]);
+    let at = t0() + hours(1);
+    let took = Event::DriverTookOver { driver: "h:2:1".into(), previous: "h:1:0".into(), at };
+    assert_eq!(ok(&run, took), run);
+    assert_eq!(ok(&run, Event::MemberRelaunched { member: "a".into(), at }), run);
+    // Only a member under way can be relaunched.
+    let err = apply(&run, &Event::MemberRelaunched { member: "b".into(), at }).unwrap_err();
+    assert!(matches!(err, TransitionError::State { .. }), "{err}");
+    let err = apply(&run, &Event::MemberRelaunched { member: "ghost".into(), at }).unwrap_err();
+    assert!(matches!(err, TransitionError::UnknownMember { .. }), "{err}");
+}
