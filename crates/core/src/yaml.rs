@@ -66,11 +66,11 @@ pub fn from_str_hinted<T: DeserializeOwned>(text: &str, hints: &Hints) -> Result
 /// The hint for `path` (list indices ignored).
 fn hint(path: &str, hints: &Hints) -> Option<&'static str> {
     let mut bare = String::new();
-    let mut depth = 0;
+    let mut depth: u32 = 0;
     for c in path.chars() {
         match c {
-            '[' => depth += 1,
-            ']' => depth -= 1,
+            '[' => depth = depth.saturating_add(1),
+            ']' => depth = depth.saturating_sub(1),
             _ if depth == 0 => bare.push(c),
             _ => {}
         }

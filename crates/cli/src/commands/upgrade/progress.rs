@@ -330,7 +330,7 @@ mod tests {
         v.handle(&Event::UnitFinished {
             node: "cp-1".into(),
             to: "1.37.1".into(),
-            result: "upgraded".into(),
+            result: refit_core::event::UnitEnd::Upgraded,
             millis: 9,
         });
         assert!(lines(&v).is_empty());
