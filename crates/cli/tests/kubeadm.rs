@@ -10,8 +10,9 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
@@ -22,8 +23,9 @@ use kube::runtime::watcher;
 use refit_core::Version;
 use refit_testbed::Lifetime;
 use refit_testbed::kubeadm::cluster::{KubeadmCluster, KubeadmConfig};
+use refit_testbed::kubeadm::host::NodeHost;
 use refit_testbed::workloads::{Budget, apply, deployment, pdb, wait_pods_ready};
-use support::{refit, release};
+use support::{catalog_newest_at, release};
 
 const NS: &str = "shop";
 
@@ -31,19 +33,22 @@ fn v(s: &str) -> Version {
     s.parse().unwrap()
 }
 
+/// A kubeadm sandbox at `from` whose repository offers `releases` too (its start time is
+/// printed for the closing note).
 async fn cluster(
     tmp: &tempfile::TempDir,
     from: &str,
-    to: &str,
+    releases: &[&str],
     control_planes: usize,
     workers: usize,
 ) -> KubeadmCluster {
     let agent = env!("CARGO_BIN_EXE_refit").to_string();
-    KubeadmCluster::start(KubeadmConfig {
+    let started = Instant::now();
+    let c = KubeadmCluster::start(KubeadmConfig {
         // REFIT_TEST_KEEP=DIR keeps the sandbox's logs and state there for a post-mortem.
         dir: std::env::var_os("REFIT_TEST_KEEP").map(PathBuf::from).unwrap_or_else(|| tmp.path().join("sb")),
         version: v(from),
-        releases: vec![v(from), v(to)],
+        releases: releases.iter().map(|r| v(r)).collect(),
         control_planes,
         workers,
         lifetime: Lifetime::Attached,
@@ -52,7 +57,32 @@ async fn cluster(
         repo_command: None,
     })
     .await
-    .unwrap_or_else(|e| panic!("kubeadm sandbox: {e}"))
+    .unwrap_or_else(|e| panic!("kubeadm sandbox: {e}"));
+    eprintln!(
+        "timing: sandbox {control_planes} cp + {workers} workers at {from} up in {:?}",
+        started.elapsed()
+    );
+    c
+}
+
+/// `kubeadm`, `kubelet`, `kubectl` with their installed versions on `node`, one per line.
+fn packages(c: &KubeadmCluster, node: &str) -> String {
+    c.exec(node, "dpkg-query", &["-W", "-f", "${Package} ${Version}\\n", "kubeadm", "kubelet", "kubectl"])
+        .unwrap()
+}
+
+/// The packages held on `node`.
+fn held(c: &KubeadmCluster, node: &str) -> Vec<String> {
+    c.exec(node, "apt-mark", &["showhold"]).unwrap().split_whitespace().map(str::to_string).collect()
+}
+
+/// The common sandbox: 1 control plane + 2 workers at 1.36 with 1.37 in the repository, and
+/// an admin client; returns (from, to, cluster, client).
+async fn one_cp_two_workers(tmp: &tempfile::TempDir) -> (String, String, KubeadmCluster, kube::Client) {
+    let (from, to) = (release(36), release(37));
+    let c = cluster(tmp, &from, &[&from, &to], 1, 2).await;
+    let client = c.client().await.unwrap();
+    (from, to, c, client)
 }
 
 /// What an independent watcher saw during the run.
@@ -163,32 +193,136 @@ fn manifests_images(c: &KubeadmCluster, node: &str) -> BTreeMap<String, String> 
     out
 }
 
-/// Command lines of the processes running inside `node` (its own /proc view is the host's, so
-/// filter by the node's network namespace through the process's own `ip netns identify`).
+/// The processes running inside `node` as (pid, executable, command line): its own /proc view
+/// is the host's, so filter by the node's network namespace.
+fn node_processes(c: &KubeadmCluster, node: &str) -> Vec<(u32, String, String)> {
+    processes_in(&c.node_host(node).unwrap())
+}
+
+/// [`node_processes`] for a node's host handle (which a sampling thread can own).
+fn processes_in(host: &NodeHost) -> Vec<(u32, String, String)> {
+    let script = "for p in /proc/[0-9]*; do [ \"$(readlink $p/ns/net)\" = \"$(readlink /proc/self/ns/net)\" ] && \
+                  echo \"${p#/proc/} $(readlink $p/exe) $(tr '\\0' ' ' < $p/cmdline)\"; done 2>/dev/null; true";
+    let out = host.command("sh", ["-c", script]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ' ');
+            let pid = parts.next()?.parse().ok()?;
+            Some((pid, parts.next()?.to_string(), parts.next().unwrap_or_default().trim().to_string()))
+        })
+        .collect()
+}
+
 fn node_binaries(c: &KubeadmCluster, node: &str) -> Vec<String> {
-    let out = c
-        .exec(node, "sh", &["-c", "for p in /proc/[0-9]*; do [ \"$(readlink $p/ns/net)\" = \"$(readlink /proc/self/ns/net)\" ] && readlink $p/exe; done 2>/dev/null; true"])
-        .unwrap();
-    out.lines().map(str::to_string).collect()
+    node_processes(c, node).into_iter().map(|(_, exe, _)| exe).collect()
+}
+
+/// The `refit upgrade` every scenario runs: the sandbox's plan file (ssh action, built-in
+/// kubeadm recipe), one worker at a time, JSON events on stdout.
+fn upgrade(c: &KubeadmCluster, to: &str, store: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_refit"));
+    cmd.args(["upgrade", "--to", to, "--yes", "--max-unavailable", "1", "-o", "json", "--kubeconfig"])
+        .arg(c.kubeconfig())
+        .arg("-f")
+        .arg(c.plan_file())
+        .arg("--store")
+        .arg(store);
+    cmd
+}
+
+/// What one `refit upgrade` did.
+struct Ran {
+    code: Option<i32>,
+    events: Vec<serde_json::Value>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Events of one kind about one node.
+    fn of<'a>(&'a self, kind: &'a str, node: &'a str) -> impl Iterator<Item = &'a serde_json::Value> + 'a {
+        self.events.iter().filter(move |e| e["event"] == kind && e["node"] == node)
+    }
+
+    /// The stage versions at which `node`'s upgrade step started, in order.
+    fn upgrades(&self, node: &str) -> Vec<String> {
+        self.of("step-started", node)
+            .filter(|e| e["step"] == "upgrade")
+            .map(|e| e["to"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// What the action printed on `node`.
+    fn output(&self, node: &str) -> Vec<String> {
+        self.of("action-output", node).map(|e| e["line"].as_str().unwrap_or_default().to_string()).collect()
+    }
+}
+
+fn run(cmd: std::process::Command, what: &str) -> Ran {
+    let started = Instant::now();
+    let out = assert_cmd::Command::from_std(cmd).timeout(Duration::from_secs(1500)).output().unwrap();
+    eprintln!("timing: {what}: refit upgrade took {:?}", started.elapsed());
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let events = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    Ran { code: out.status.code(), events, stdout, stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+}
+
+/// Every node at `to` after a completed run: control-plane manifests and processes at the
+/// target binaries, packages at the target and held, kubelets reporting it, nobody cordoned,
+/// kube-proxy at kubeadm's pairing.
+async fn assert_all_at(c: &KubeadmCluster, client: &kube::Client, from: &str, to: &str) {
+    for n in c.nodes().iter().filter(|n| n.control_plane) {
+        for (component, image) in manifests_images(c, &n.name) {
+            if component != "etcd" {
+                assert!(image.ends_with(&format!(":v{to}")), "{}: {component}: {image}", n.name);
+            }
+        }
+        let binaries = node_binaries(c, &n.name);
+        for component in ["kube-apiserver", "kube-controller-manager", "kube-scheduler"] {
+            assert!(
+                binaries.iter().any(|b| b.ends_with(&format!("k8s-v{to}/{component}"))),
+                "{component} is not the v{to} binary on {}: {binaries:?}",
+                n.name
+            );
+            assert!(
+                !binaries.iter().any(|b| b.ends_with(&format!("k8s-v{from}/{component}"))),
+                "{binaries:?}"
+            );
+        }
+    }
+    let pkg = format!("{to}-1.1");
+    for n in c.nodes() {
+        let listed = packages(c, &n.name);
+        for line in listed.lines() {
+            assert!(line.ends_with(&pkg), "{}: {line}", n.name);
+        }
+        assert_eq!(held(c, &n.name), ["kubeadm", "kubectl", "kubelet"], "{}", n.name);
+    }
+    let nodes: Api<Node> = Api::all(client.clone());
+    for n in nodes.list(&ListParams::default()).await.unwrap() {
+        assert_eq!(kubelet(&n), format!("v{to}"), "{}", n.metadata.name.clone().unwrap_or_default());
+        assert!(!n.spec.and_then(|s| s.unschedulable).unwrap_or(false), "left cordoned");
+    }
+    // kubeadm's own add-on upgrade moved kube-proxy (and CoreDNS) to its pairing.
+    let ds: Api<DaemonSet> = Api::namespaced(client.clone(), "kube-system");
+    let proxy = ds.get("kube-proxy").await.unwrap();
+    let image = proxy.spec.template.spec.unwrap().containers[0].image.clone().unwrap_or_default();
+    assert!(image.ends_with(&format!(":v{to}")), "kube-proxy image {image}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_control_plane_and_two_workers_go_from_136_to_137_through_kubeadm_and_apt() {
-    let from = release(36);
-    let to = release(37);
     let tmp = tempfile::tempdir().unwrap();
-    let c = cluster(&tmp, &from, &to, 1, 2).await;
-    let client = c.client().await.unwrap();
+    let (from, to, c, client) = one_cp_two_workers(&tmp).await;
 
     // Before: packages held at the start release, every node's kubelet at it.
     for n in c.nodes() {
-        let held = c.exec(&n.name, "apt-mark", &["showhold"]).unwrap();
-        assert_eq!(
-            held.split_whitespace().collect::<Vec<_>>(),
-            ["kubeadm", "kubectl", "kubelet"],
-            "{}",
-            n.name
-        );
+        assert_eq!(held(&c, &n.name), ["kubeadm", "kubectl", "kubelet"], "{}", n.name);
     }
     let nodes: Api<Node> = Api::all(client.clone());
     for n in nodes.list(&ListParams::default()).await.unwrap() {
@@ -208,72 +342,340 @@ async fn one_control_plane_and_two_workers_go_from_136_to_137_through_kubeadm_an
     wait_pods_ready(&client, NS, "", 4, std::time::Duration::from_secs(120)).await.unwrap();
 
     let (seen, tasks) = watch(client.clone());
-    let store = tmp.path().join("refit.db");
-    let out = refit()
-        .args(["upgrade", "--to", &to, "--yes", "--max-unavailable", "1", "--kubeconfig"])
-        .arg(c.kubeconfig())
-        .arg("-f")
-        .arg(c.plan_file())
-        .arg("--store")
-        .arg(&store)
-        .timeout(std::time::Duration::from_secs(1500))
-        .output()
-        .unwrap();
+    let ran = run(upgrade(&c, &to, &tmp.path().join("refit.db")), "1 cp + 2 workers");
     for t in &tasks {
         t.abort();
     }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "refit upgrade failed:\n{stdout}\n{stderr}");
-
-    // Every static pod manifest names the target images, and the processes are its binaries.
-    let images = manifests_images(&c, "cp-1");
-    for (component, image) in &images {
-        if component != "etcd" {
-            assert!(image.ends_with(&format!(":v{to}")), "{component}: {image}");
-        }
-    }
-    let binaries = node_binaries(&c, "cp-1");
-    for component in ["kube-apiserver", "kube-controller-manager", "kube-scheduler"] {
-        assert!(
-            binaries.iter().any(|b| b.ends_with(&format!("k8s-v{to}/{component}"))),
-            "{component} is not the v{to} binary on cp-1: {binaries:?}"
-        );
-        assert!(!binaries.iter().any(|b| b.ends_with(&format!("k8s-v{from}/{component}"))), "{binaries:?}");
-    }
-    // Packages at the target and held again, on every node; every kubelet reports it.
-    let pkg = format!("{to}-1.1");
-    for n in c.nodes() {
-        let listed = c
-            .exec(
-                &n.name,
-                "dpkg-query",
-                &["-W", "-f", "${Package} ${Version}\\n", "kubeadm", "kubelet", "kubectl"],
-            )
-            .unwrap();
-        for line in listed.lines() {
-            assert!(line.ends_with(&pkg), "{}: {line}", n.name);
-        }
-        let held = c.exec(&n.name, "apt-mark", &["showhold"]).unwrap();
-        assert_eq!(
-            held.split_whitespace().collect::<Vec<_>>(),
-            ["kubeadm", "kubectl", "kubelet"],
-            "{}",
-            n.name
-        );
-    }
-    for n in nodes.list(&ListParams::default()).await.unwrap() {
-        assert_eq!(kubelet(&n), format!("v{to}"), "{}", n.metadata.name.unwrap_or_default());
-        assert!(!n.spec.and_then(|s| s.unschedulable).unwrap_or(false), "left cordoned");
-    }
-    // kubeadm's own add-on upgrade moved kube-proxy (and CoreDNS) to its pairing.
-    let ds: Api<DaemonSet> = Api::namespaced(client.clone(), "kube-system");
-    let proxy = ds.get("kube-proxy").await.unwrap();
-    let image = proxy.spec.template.spec.unwrap().containers[0].image.clone().unwrap_or_default();
-    assert!(image.ends_with(&format!(":v{to}")), "kube-proxy image {image}");
+    assert!(ran.ok(), "refit upgrade failed:\n{}\n{}", ran.stdout, ran.stderr);
+    assert_all_at(&c, &client, &from, &to).await;
 
     let seen = seen.lock().unwrap();
     assert!(seen.skew_breaches.is_empty(), "{:?}", seen.skew_breaches);
     assert!(seen.max_unschedulable_workers <= 1, "{seen:?}");
     assert!(seen.min_ready.get("web").copied().unwrap_or(0) >= 3, "PDB violated: {seen:?}");
+}
+
+// ------------------------------------------------------------------ the --ignored scenarios
+
+/// Health of the stacked etcd members as seen from the host: `etcdctl endpoint health` with the
+/// cluster's healthcheck-client certificate (read from cp-1), every 500 ms, until stopped.
+struct EtcdWatch {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<Vec<(Duration, usize, String)>>,
+}
+
+impl EtcdWatch {
+    fn start(c: &KubeadmCluster, dir: &Path) -> EtcdWatch {
+        let pki = dir.join("etcd-pki");
+        std::fs::create_dir_all(&pki).unwrap();
+        for f in ["ca.crt", "healthcheck-client.crt", "healthcheck-client.key"] {
+            let text = c.exec("cp-1", "cat", &[&format!("/etc/kubernetes/pki/etcd/{f}")]).unwrap();
+            std::fs::write(pki.join(f), text).unwrap();
+        }
+        let cache = refit_testbed::Cache::from_env().unwrap();
+        let etcd = refit_testbed::TestbedVersions::from_env().unwrap().etcd;
+        let etcdctl = cache.entry_dir(&refit_testbed::Component::Etcd(etcd)).join("etcdctl");
+        let endpoints: Vec<String> = c
+            .nodes()
+            .iter()
+            .filter(|n| n.control_plane)
+            .map(|n| format!("https://{}:2379", n.address))
+            .collect();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let begin = Instant::now();
+            let mut samples = Vec::new();
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                let out = std::process::Command::new(&etcdctl)
+                    .arg(format!("--endpoints={}", endpoints.join(",")))
+                    .arg(format!("--cacert={}", pki.join("ca.crt").display()))
+                    .arg(format!("--cert={}", pki.join("healthcheck-client.crt").display()))
+                    .arg(format!("--key={}", pki.join("healthcheck-client.key").display()))
+                    .args(["--dial-timeout=2s", "--command-timeout=3s", "endpoint", "health", "-w", "json"])
+                    .output();
+                let (healthy, detail) = match out {
+                    Ok(o) => {
+                        let list: Vec<serde_json::Value> =
+                            serde_json::from_slice(&o.stdout).unwrap_or_default();
+                        let healthy = list.iter().filter(|e| e["health"] == true).count();
+                        let sick: Vec<String> = list
+                            .iter()
+                            .filter(|e| e["health"] != true)
+                            .map(|e| format!("{} {}", e["endpoint"], e["error"]))
+                            .collect();
+                        (
+                            healthy,
+                            format!("{} {}", sick.join("; "), String::from_utf8_lossy(&o.stderr).trim()),
+                        )
+                    }
+                    Err(e) => (0, e.to_string()),
+                };
+                samples.push((begin.elapsed(), healthy, detail));
+                std::thread::sleep(Duration::from_millis(500).saturating_sub(t.elapsed()));
+            }
+            samples
+        });
+        EtcdWatch { stop, handle }
+    }
+
+    fn finish(self) -> Vec<(Duration, usize, String)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.join().unwrap()
+    }
+}
+
+/// The pid of the process running `exe_suffix` inside `node`.
+fn pid_of(c: &KubeadmCluster, node: &str, exe_suffix: &str) -> Option<u32> {
+    node_processes(c, node).into_iter().find(|(_, exe, _)| exe.ends_with(exe_suffix)).map(|(pid, _, _)| pid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "long kubeadm scenario: cargo test -p refit-cli --test kubeadm -- --ignored"]
+async fn three_stacked_etcd_members_keep_quorum_through_every_members_upgrade() {
+    let (from, to) = (release(36), release(37));
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cluster(&tmp, &from, &[&from, &to], 3, 1).await;
+    let client = c.client().await.unwrap();
+    let cps: Vec<String> = c.nodes().iter().filter(|n| n.control_plane).map(|n| n.name.clone()).collect();
+    let before: BTreeMap<String, u32> = cps
+        .iter()
+        .map(|n| (n.clone(), pid_of(&c, n, "/etcd").unwrap_or_else(|| panic!("no etcd on {n}"))))
+        .collect();
+
+    let etcd = EtcdWatch::start(&c, tmp.path());
+    std::thread::sleep(Duration::from_secs(2));
+    let ran = run(upgrade(&c, &to, &tmp.path().join("refit.db")), "3 cp + 1 worker");
+    std::thread::sleep(Duration::from_secs(2));
+    let samples = etcd.finish();
+    assert!(ran.ok(), "refit upgrade failed:\n{}\n{}", ran.stdout, ran.stderr);
+
+    // Quorum all along: never fewer than 2 of 3 members healthy, sampled every 500 ms.
+    assert!(samples.len() > 20, "too few samples: {samples:?}");
+    let low: Vec<_> = samples.iter().filter(|(_, healthy, _)| *healthy < 2).collect();
+    assert!(low.is_empty(), "etcd below quorum at: {low:?}");
+    let degraded = samples.iter().filter(|(_, healthy, _)| *healthy < 3).count();
+    eprintln!(
+        "etcd: {} samples over {:?}, {degraded} with a member down",
+        samples.len(),
+        samples.last().map(|s| s.0)
+    );
+    // Each member was restarted by kubeadm's etcd upgrade (a new process), one at a time.
+    for n in &cps {
+        let after = pid_of(&c, n, "/etcd").unwrap_or_else(|| panic!("no etcd on {n} after the run"));
+        assert_ne!(before[n], after, "etcd on {n} was not restarted");
+        let etcd_image = &manifests_images(&c, n)["etcd"];
+        eprintln!("{n}: etcd pid {} -> {after}, image {etcd_image}", before[n]);
+    }
+    assert_all_at(&c, &client, &from, &to).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "long kubeadm scenario: cargo test -p refit-cli --test kubeadm -- --ignored"]
+async fn multi_hop_walks_every_control_plane_through_kubeadm_per_minor_and_workers_once() {
+    let (from, mid, to) = (release(35), release(36), release(37));
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cluster(&tmp, &from, &[&from, &mid, &to], 1, 2).await;
+    let client = c.client().await.unwrap();
+    let mut cmd = upgrade(&c, &to, &tmp.path().join("refit.db"));
+    cmd.arg("--catalog").arg(catalog_newest_at(tmp.path(), &mid));
+    let ran = run(cmd, "multi-hop 1 cp + 2 workers");
+    assert!(ran.ok(), "refit upgrade failed:\n{}\n{}", ran.stdout, ran.stderr);
+
+    for n in c.nodes() {
+        let hops = ran.upgrades(&n.name);
+        let out = ran.output(&n.name);
+        if n.control_plane {
+            // kubeadm at each hop's version, then its upgrade at that version.
+            assert_eq!(hops, [mid.as_str(), to.as_str()], "{} walks one minor at a time", n.name);
+            for hop in [&mid, &to] {
+                assert!(
+                    out.iter().any(|l| l.trim() == format!("v{hop}")),
+                    "{}: no kubeadm v{hop}: {out:?}",
+                    n.name
+                );
+                assert!(
+                    out.iter().any(|l| l.contains("SUCCESS") && l.contains(&format!("v{hop}"))),
+                    "{}: kubeadm did not report an upgrade to v{hop}: {out:?}",
+                    n.name
+                );
+            }
+        } else {
+            assert_eq!(hops, [to.as_str()], "{} goes once, straight to {to}", n.name);
+        }
+    }
+    // Workers only after the last control-plane hop.
+    let position = |node: &str, to: &str| {
+        ran.events.iter().position(|e| {
+            e["event"] == "step-started" && e["step"] == "upgrade" && e["node"] == node && e["to"] == to
+        })
+    };
+    let cp_last = position("cp-1", &to).unwrap();
+    for w in ["worker-1", "worker-2"] {
+        assert!(position(w, &to).unwrap() > cp_last, "{w} before the control plane finished");
+    }
+    assert_all_at(&c, &client, &from, &to).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "long kubeadm scenario: cargo test -p refit-cli --test kubeadm -- --ignored"]
+async fn refit_killed_while_kubeadm_upgrade_apply_runs_then_rerun_completes() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let (from, to, c, client) = one_cp_two_workers(&tmp).await;
+    let store = tmp.path().join("refit.db");
+
+    // Every `kubeadm upgrade apply` process cp-1 ever runs, sampled every 200 ms.
+    let applies = Arc::new(Mutex::new(std::collections::BTreeSet::<u32>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (applies, stop) = (applies.clone(), stop.clone());
+        let cp1 = c.node_host("cp-1").unwrap();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (pid, _, cmdline) in processes_in(&cp1) {
+                    if cmdline.contains("kubeadm upgrade apply") {
+                        applies.lock().unwrap().insert(pid);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+
+    let started = Instant::now();
+    let mut first = upgrade(&c, &to, &store);
+    first.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
+    let mut child = first.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let drain =
+        std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).collect::<Vec<_>>());
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while applies.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "kubeadm upgrade apply never started on cp-1");
+        assert!(child.try_wait().unwrap().is_none(), "refit ended before kubeadm upgrade apply started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Well into the apply (past its preflight, writing manifests), then SIGKILL.
+    std::thread::sleep(Duration::from_secs(5));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed_at = started.elapsed();
+    let first_events = drain.join().unwrap();
+    let apply_running =
+        node_processes(&c, "cp-1").iter().any(|(_, _, cmd)| cmd.contains("kubeadm upgrade apply"));
+    eprintln!(
+        "killed refit {killed_at:?} after its start; kubeadm apply still running on cp-1: {apply_running}"
+    );
+    assert!(
+        !first_events.iter().any(|l| l.contains("\"summary\"")),
+        "the first run finished before the kill"
+    );
+
+    // The same command again.
+    let ran = run(upgrade(&c, &to, &store), "rerun after kill -9");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sampler.join().unwrap();
+    assert!(ran.ok(), "rerun failed:\n{}\n{}", ran.stdout, ran.stderr);
+    assert!(ran.events.iter().any(|e| e["event"] == "run-started" && e["resumed"] == true), "{}", ran.stdout);
+    let applies = applies.lock().unwrap().clone();
+    let rerun_cp1 = ran.upgrades("cp-1");
+    eprintln!(
+        "kubeadm upgrade apply processes on cp-1: {applies:?}; the rerun started cp-1's upgrade step {} time(s)",
+        rerun_cp1.len()
+    );
+    // The ssh action cannot tell a remote kubeadm still running from one that never ran: the
+    // resumed run repeats cp-1's whole recipe (issue 18 item 5 makes remote runs detached).
+    // What must hold: the run completes with every node at the target, cp-1 upgraded once
+    // per invocation at most.
+    assert!(rerun_cp1.len() <= 1, "{rerun_cp1:?}");
+    assert!(applies.len() <= 2, "{applies:?}");
+    for w in ["worker-1", "worker-2"] {
+        assert_eq!(ran.upgrades(w).len(), 1, "{w}");
+    }
+    assert_all_at(&c, &client, &from, &to).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "long kubeadm scenario: cargo test -p refit-cli --test kubeadm -- --ignored"]
+async fn bad_cases_a_stale_repository_stops_the_run_and_a_hand_edited_manifest_is_what_kubeadm_makes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (from, to, c, client) = one_cp_two_workers(&tmp).await;
+
+    // (b) An operator's flag in cp-1's scheduler manifest.
+    let manifest = "/etc/kubernetes/manifests/kube-scheduler.yaml";
+    let text = c.exec("cp-1", "cat", &[manifest]).unwrap();
+    let edited = text.replacen("    - kube-scheduler\n", "    - kube-scheduler\n    - --v=3\n", 1);
+    assert_ne!(edited, text, "no command line to edit in {text}");
+    c.node_host("cp-1").unwrap().write_file(manifest, edited.as_bytes(), 0o600).unwrap();
+
+    // (a) worker-1's mirror lags: its v1.37 channel still serves 1.36 (a local mirror that
+    // has not synced the new minor). The recipe's repository switch works; the install fails.
+    let repo = c.state().dir.join("repo");
+    let minor = |r: &str| format!("v{}", r.rsplit_once('.').unwrap().0);
+    let stale = repo.join("stale/core:/stable:");
+    std::fs::create_dir_all(&stale).unwrap();
+    for channel in [minor(&from), minor(&to)] {
+        std::os::unix::fs::symlink(repo.join("core:/stable:").join(minor(&from)), stale.join(channel))
+            .unwrap();
+    }
+    let list = refit_testbed::kubeadm::repo::SOURCES_PATH;
+    let line = c.exec("worker-1", "cat", &[list]).unwrap();
+    let moved = line.replace("/core:/stable:/", "/stale/core:/stable:/");
+    assert_ne!(moved, line);
+    c.node_host("worker-1").unwrap().write_file(list, moved.as_bytes(), 0o644).unwrap();
+    let nodes: Api<Node> = Api::all(client.clone());
+
+    let ran = run(upgrade(&c, &to, &tmp.path().join("refit.db")), "bad cases");
+    assert_eq!(ran.code, Some(1), "{}\n{}", ran.stdout, ran.stderr);
+
+    // (a) The run stops on worker-1 with apt's own message, naming the node.
+    let failed: Vec<&serde_json::Value> = ran.of("step-failed", "worker-1").collect();
+    assert_eq!(failed.len(), 1, "{}", ran.stdout);
+    let error = failed[0]["error"].as_str().unwrap_or_default();
+    eprintln!("worker-1 failed with: {error}");
+    assert!(error.contains(&format!("Version '{to}-*' for 'kubeadm' was not found")), "{error}");
+    assert!(error.contains("node worker-1"), "{error}");
+    // Nothing else changed: worker-2 untouched, worker-1's packages at the start release.
+    assert!(ran.upgrades("worker-2").is_empty() && ran.of("step-started", "worker-2").next().is_none());
+    let w2 = nodes.get("worker-2").await.unwrap();
+    assert_eq!(kubelet(&w2), format!("v{from}"));
+    assert!(!w2.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false));
+    let w1 = nodes.get("worker-1").await.unwrap();
+    assert_eq!(kubelet(&w1), format!("v{from}"));
+    let pkgs = packages(&c, "worker-1");
+    assert!(pkgs.lines().all(|l| l.ends_with(&format!("{from}-1.1"))), "{pkgs}");
+    let w1_cordoned = w1.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
+    let holds = held(&c, "worker-1");
+    eprintln!("worker-1 after the failure: cordoned={w1_cordoned}, held={holds:?}");
+    // Today's behaviour, short of issue 13's "the node uncordoned": the engine leaves a node
+    // whose action failed cordoned (it cannot tell a failure before `kubeadm upgrade` from one
+    // after it), and says so; the recipe's `apt-mark unhold kubeadm` before the failed install
+    // leaves kubeadm unheld. Both recorded in the closing note for the integrator.
+    assert!(w1_cordoned, "worker-1 was uncordoned: update this test and the note");
+    assert!(
+        ran.of("left-cordoned", "worker-1").next().is_some(),
+        "no left-cordoned event for worker-1: {}",
+        ran.stdout
+    );
+    assert_eq!(holds, ["kubectl", "kubelet"], "holds on worker-1");
+
+    // (b) What kubeadm does with the hand edit: recorded, not assumed.
+    let after = c.exec("cp-1", "cat", &[manifest]).unwrap();
+    let backups = c
+        .exec(
+            "cp-1",
+            "sh",
+            &["-c", "grep -l -- '--v=3' /etc/kubernetes/tmp/*/kube-scheduler.yaml 2>/dev/null; true"],
+        )
+        .unwrap();
+    eprintln!(
+        "cp-1 scheduler manifest after kubeadm upgrade apply: edit {}; backups holding it: {backups:?}",
+        if after.contains("--v=3") { "kept" } else { "overwritten" }
+    );
+    assert!(ran.upgrades("cp-1") == [to.clone()], "{:?}", ran.upgrades("cp-1"));
+    assert!(after.contains(&format!("kube-scheduler:v{to}")), "{after}");
+    assert!(!after.contains("--v=3"), "kubeadm kept the hand edit: {after}");
+    assert!(!backups.trim().is_empty(), "kubeadm kept no backup of the hand-edited manifest");
 }

@@ -26,7 +26,7 @@ use kube::runtime::watcher;
 use refit_testbed::Testbed;
 use refit_testbed::workloads::{Budget, apply, deployment, pdb, pod_is_ready, wait_pods_ready};
 use serde_json::json;
-use support::{Sandbox, has_minor, refit, release};
+use support::{Sandbox, catalog_newest_at, has_minor, refit, release};
 
 const NS: &str = "shop";
 
@@ -452,13 +452,7 @@ async fn multi_hop_walks_the_control_plane_and_moves_workers_once() {
     let (script, log) = logging_action(c._tmp.path());
     // The path's intermediate hop is the newest 1.36 patch the catalog knows; this catalog
     // (an air-gapped refresh, as an operator would pass) knows the one the testbed built.
-    let catalog = c._tmp.path().join("catalog.yaml");
-    let shipped = include_str!("../../../data/catalog.yaml");
-    let newer: Vec<String> = (mid.split('.').nth(2).unwrap().parse::<u32>().unwrap() + 1..20)
-        .map(|p| format!(", \"1.36.{p}\""))
-        .collect();
-    let trimmed = newer.iter().fold(shipped.to_string(), |t, n| t.replace(n.as_str(), ""));
-    std::fs::write(&catalog, trimmed).unwrap();
+    let catalog = catalog_newest_at(c._tmp.path(), &mid);
     let mut upgrade = c.upgrade(&to);
     upgrade.args(["--max-unavailable", "2", "--catalog"]).arg(&catalog);
     upgrade.arg("--action").arg(format!("exec:{} {{node}}", script.display()));

@@ -49,3 +49,17 @@ pub fn stdout(cmd: &mut Command) -> String {
 pub fn json(cmd: &mut Command) -> serde_json::Value {
     serde_json::from_str(&stdout(cmd)).unwrap()
 }
+
+/// A catalog file in `dir` (an air-gapped refresh, as an operator would pass with `--catalog`)
+/// whose newest patch of `patch`'s minor is `patch`: a multi-hop path's intermediate hop is the
+/// newest known patch of each minor, and this makes it the one the testbed built.
+pub fn catalog_newest_at(dir: &std::path::Path, patch: &str) -> PathBuf {
+    let shipped = include_str!("../../../../data/catalog.yaml");
+    let (minor, p) = patch.rsplit_once('.').unwrap();
+    let newer: Vec<String> =
+        (p.parse::<u32>().unwrap() + 1..20).map(|p| format!(", \"{minor}.{p}\"")).collect();
+    let trimmed = newer.iter().fold(shipped.to_string(), |t, n| t.replace(n.as_str(), ""));
+    let path = dir.join("catalog.yaml");
+    std::fs::write(&path, trimmed).unwrap();
+    path
+}
