@@ -291,9 +291,20 @@ impl Engine {
                     };
                 };
                 let options = refit_exec::kubeadm::KubeadmOptions::from_action(action);
-                match refit_exec::kubeadm::kubeadm_recipe(&ctx, options) {
-                    Ok(recipe) => refit_exec::ssh::run_ssh(&recipe, &ctx, &opts, timeout, &on_line).await,
-                    Err(e) => Err(e),
+                let recipe = match refit_exec::kubeadm::kubeadm_recipe(&ctx, options) {
+                    Ok(recipe) => recipe,
+                    Err(e) => return StepEnd::Fail { error: format!("upgrade action: {e}"), release: true },
+                };
+                match refit_exec::ssh::run_ssh(&recipe, &ctx, &opts, timeout, &on_line).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        // A recipe that stopped before kubeadm touched the node (no connection,
+                        // a package missing from the repository) leaves it as it was.
+                        let release = e
+                            .stopped_at_step()
+                            .is_some_and(|step| refit_exec::kubeadm::node_unchanged_before(&recipe, step));
+                        return StepEnd::Fail { error: format!("upgrade action: {e}"), release };
+                    }
                 }
             }
             NodeAction::Replace { control_plane, .. } if !u.steps.contains(&Step::Remove) => {

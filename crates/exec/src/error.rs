@@ -100,6 +100,8 @@ pub enum Error {
     RemoteFailed {
         /// The node.
         node: String,
+        /// Its position in the recipe (0 = the first command).
+        step: usize,
         /// The remote command as displayed.
         command: String,
         /// Its exit code, when known.
@@ -127,6 +129,20 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+}
+
+impl Error {
+    /// For an ssh recipe: the recipe step before which the action stopped — every command
+    /// before it succeeded, none after it ran. `Some(0)` when nothing ran (no connection, a
+    /// refused address, no recipe); `None` when that is unknown (a broken connection or a
+    /// timeout may leave a remote command running).
+    pub fn stopped_at_step(&self) -> Option<usize> {
+        match self {
+            Error::RemoteFailed { step, .. } => Some(*step),
+            Error::SshConnect { .. } | Error::BadDestination { .. } | Error::Recipe { .. } => Some(0),
+            _ => None,
+        }
+    }
 }
 
 fn exit_text(code: Option<i32>, signal: Option<i32>) -> String {

@@ -8,9 +8,10 @@
 //! 1. point the pkgs.k8s.io repository at the target minor (one `sed` over the repository
 //!    file; it rewrites every `/core:/stable:/vX.Y/` in it, which covers both the apt line and
 //!    the rpm `baseurl` and `gpgkey`, whichever of pkgs.k8s.io's host names is used);
-//! 2. kubeadm at the target: `apt-mark unhold`, `apt-get update`, `apt-get install
-//!    kubeadm=V-*`, `apt-mark hold` (dnf: `dnf install kubeadm-V-*` past the repository's
-//!    `exclude=` line), then `kubeadm version`;
+//! 2. kubeadm at the target: `apt-get update`, a simulated install of kubeadm, kubelet and
+//!    kubectl at the target (nothing changes yet: a repository without the target fails here,
+//!    holds intact), `apt-mark unhold`, `apt-get install kubeadm=V-*`, `apt-mark hold` (dnf:
+//!    `dnf install kubeadm-V-*` past the repository's `exclude=` line), then `kubeadm version`;
 //! 3. first control-plane node: `kubeadm upgrade plan vV` and `kubeadm upgrade apply vV --yes`;
 //!    other control-plane nodes and workers: `kubeadm upgrade node`;
 //! 4. kubelet and kubectl at the target, held again;
@@ -64,6 +65,22 @@ impl KubeadmOptions {
             _ => KubeadmOptions::default(),
         }
     }
+}
+
+/// Whether a recipe that stopped before `step` (see [`crate::Error::stopped_at_step`]) left
+/// the node's running components as they were: nothing from the first `kubeadm upgrade apply`
+/// or `kubeadm upgrade node` on had run. The repository switch, the kubeadm package and
+/// `kubeadm upgrade plan` change no running component, so the node can take workloads again
+/// (its cordon is given back); from kubeadm's upgrade on, the node is in an unknown state and
+/// stays cordoned.
+pub fn node_unchanged_before(recipe: &[RemoteCommand], step: usize) -> bool {
+    let first_change = recipe.iter().position(|c| {
+        c.program == "kubeadm"
+            && c.args.first().map(String::as_str) == Some("upgrade")
+            && matches!(c.args.get(1).map(String::as_str), Some("apply" | "node"))
+    });
+    first_change.is_none_or(|first| step < first)
+        && recipe.iter().take(step).all(|c| c.program != "systemctl")
 }
 
 /// The `sed -E` expression that moves a pkgs.k8s.io repository file to `minor` (`v1.37`).
@@ -143,8 +160,15 @@ pub fn kubeadm_recipe(
     steps.push(RemoteCommand::root("sed", ["-i", "-E", &repo_switch_expression(&minor), repo_file]));
     match pkg {
         PackageManager::Apt => {
-            steps.push(RemoteCommand::root("apt-mark", ["unhold", "kubeadm"]));
             steps.push(apt(vec!["update".into()]));
+            // Before any package changes: does the repository offer all three at the target?
+            // (A simulated install of the held packages changes nothing; a missing version
+            // fails here with apt's own message, with the holds still in place.)
+            let mut check: Vec<String> =
+                ["install", "--simulate", "--allow-change-held-packages"].map(String::from).into();
+            check.extend(["kubeadm", "kubelet", "kubectl"].iter().map(|n| pkg_version(n)));
+            steps.push(apt(check));
+            steps.push(RemoteCommand::root("apt-mark", ["unhold", "kubeadm"]));
             steps.push(apt_install(&["kubeadm"]));
             steps.push(RemoteCommand::root("apt-mark", ["hold", "kubeadm"]));
         }

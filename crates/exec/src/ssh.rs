@@ -305,9 +305,9 @@ pub async fn run_ssh(
         })?;
         tracing::debug!(node = %ctx.node, %destination, "ssh master connected");
         let mut result = Ok(());
-        for cmd in recipe {
+        for (step, cmd) in recipe.iter().enumerate() {
             *current.lock().unwrap_or_else(|p| p.into_inner()) = cmd.to_string();
-            result = run_remote(&session, cmd, ctx, opts, on_line).await;
+            result = run_remote(&session, step, cmd, ctx, opts, on_line).await;
             if result.is_err() {
                 break;
             }
@@ -329,6 +329,7 @@ pub async fn run_ssh(
 
 async fn run_remote(
     session: &Session,
+    step: usize,
     cmd: &RemoteCommand,
     ctx: &NodeContext,
     opts: &SshOptions,
@@ -349,6 +350,7 @@ async fn run_remote(
     a.and(b).map_err(|e| lost(format!("reading its output: {e}")))?;
     let failed = |code| Error::RemoteFailed {
         node: ctx.node.clone(),
+        step,
         command: shown.clone(),
         code,
         stderr_tail: tails.err_tail(ERROR_TAIL_LINES),

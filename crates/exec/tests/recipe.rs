@@ -135,3 +135,35 @@ async fn the_repository_switch_rewrites_deb_and_rpm_files() {
          gpgkey=https://pkgs.k8s.io/core:/stable:/v1.37/rpm/repodata/repomd.xml.key\nexclude=kubelet kubeadm kubectl cri-tools kubernetes-cni\n"
     );
 }
+
+#[test]
+fn a_recipe_that_stops_before_kubeadm_upgrades_leaves_the_node_unchanged() {
+    use refit_exec::kubeadm::node_unchanged_before;
+    for (name, roles, first, verb) in [
+        ("cp-1", &["etcd", "control-plane"][..], true, "apply"),
+        ("cp-2", &["control-plane"][..], false, "node"),
+        ("w-1", &["worker"][..], false, "node"),
+    ] {
+        for pkg in [PackageManager::Apt, PackageManager::Dnf] {
+            let r = kubeadm_recipe(&node(name, roles, first), pkg).unwrap();
+            let upgrade = r
+                .iter()
+                .position(|c| c.program == "kubeadm" && c.args.get(1).map(String::as_str) == Some(verb))
+                .unwrap();
+            for step in 0..r.len() {
+                assert_eq!(
+                    node_unchanged_before(&r, step),
+                    step < upgrade,
+                    "{name} {pkg:?} step {step}: {}",
+                    r[step]
+                );
+            }
+        }
+    }
+    // The apt check of all three packages comes before any hold is lifted.
+    let r = kubeadm_recipe(&node("w-1", &["worker"], false), PackageManager::Apt).unwrap();
+    let check = r.iter().position(|c| c.args.iter().any(|a| a == "--simulate")).unwrap();
+    let unhold = r.iter().position(|c| c.program == "apt-mark" && c.args[0] == "unhold").unwrap();
+    assert!(check < unhold);
+    assert_eq!(r[check].args.iter().filter(|a| a.ends_with("=1.37.1-*")).count(), 3);
+}

@@ -246,8 +246,8 @@ fn recipe_package_steps(from: &Version, to: &Version) -> Vec<NodeCommand> {
         .collect();
     assert_eq!(
         steps.len(),
-        8,
-        "sed, kubeadm unhold/update/install/hold, kubelet+kubectl unhold/install/hold"
+        9,
+        "sed, update, simulated install of all three, kubeadm unhold/install/hold, kubelet+kubectl unhold/install/hold"
     );
     steps
 }
