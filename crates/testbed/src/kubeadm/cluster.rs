@@ -224,8 +224,8 @@ impl KubeadmCluster {
         self.save()?;
 
         let first = self.node_host("cp-1")?;
-        let token = config::bootstrap_token(&rand_bytes::<22>());
-        let certificate_key = hex::encode(rand_bytes::<32>());
+        let token = config::bootstrap_token(&rand_bytes::<22>()?);
+        let certificate_key = hex::encode(rand_bytes::<32>()?);
         let init = config::init_config(&InitSpec {
             node: first.name.clone(),
             address: first.address.to_string(),
@@ -601,13 +601,14 @@ impl Drop for KubeadmCluster {
 /// /usr/local/bin first).
 const NODE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-fn rand_bytes<const N: usize>() -> [u8; N] {
+/// Secret random bytes (the bootstrap token, the certificate key): a failure is an error,
+/// never a predictable token.
+fn rand_bytes<const N: usize>() -> Result<[u8; N], Error> {
+    use std::io::Read;
+    let path = Path::new("/dev/urandom");
     let mut out = [0u8; N];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut out);
-    }
-    out
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut out)).map_err(|e| Error::io(path, e))?;
+    Ok(out)
 }
 
 fn free_port_on(ip: Ipv4Addr) -> Result<u16, Error> {

@@ -30,6 +30,24 @@ pub fn ignored_preflight() -> Vec<&'static str> {
     IGNORED_PREFLIGHT.iter().map(|(name, _)| *name).collect()
 }
 
+/// The `nodeRegistration` block init and join share: the node's name, a CRI socket kubeadm
+/// never dials (see [`IGNORED_PREFLIGHT`]), no image pulls, the kubelet's node IP, and the
+/// skipped preflight checks.
+fn node_registration(node: &str, address: &str) -> String {
+    format!(
+        "nodeRegistration:
+  name: {node}
+  criSocket: unix:///var/run/containerd/containerd.sock
+  imagePullPolicy: Never
+  kubeletExtraArgs:
+  - name: node-ip
+    value: {address}
+  ignorePreflightErrors:{ignored}
+",
+        ignored = list(&ignored_preflight()),
+    )
+}
+
 /// What `kubeadm init` is given.
 #[derive(Debug, Clone)]
 pub struct InitSpec {
@@ -65,15 +83,7 @@ certificateKey: \"{key}\"
 localAPIEndpoint:
   advertiseAddress: {address}
   bindPort: 6443
-nodeRegistration:
-  name: {node}
-  criSocket: unix:///var/run/containerd/containerd.sock
-  imagePullPolicy: Never
-  kubeletExtraArgs:
-  - name: node-ip
-    value: {address}
-  ignorePreflightErrors:{ignored}
----
+{registration}---
 apiVersion: kubeadm.k8s.io/v1beta4
 kind: ClusterConfiguration
 kubernetesVersion: {version}
@@ -86,8 +96,7 @@ networking:
         token = s.token,
         key = s.certificate_key,
         address = s.address,
-        node = s.node,
-        ignored = list(&ignored_preflight()),
+        registration = node_registration(&s.node, &s.address),
         version = s.version.git_version(),
         endpoint = s.control_plane_endpoint,
     )
@@ -127,21 +136,11 @@ discovery:
     apiServerEndpoint: {endpoint}
     token: \"{token}\"
     caCertHashes: [\"{hash}\"]
-{control_plane}nodeRegistration:
-  name: {node}
-  criSocket: unix:///var/run/containerd/containerd.sock
-  imagePullPolicy: Never
-  kubeletExtraArgs:
-  - name: node-ip
-    value: {address}
-  ignorePreflightErrors:{ignored}
-",
+{control_plane}{registration}",
         endpoint = s.control_plane_endpoint,
         token = s.token,
         hash = s.ca_cert_hash,
-        node = s.node,
-        address = s.address,
-        ignored = list(&ignored_preflight()),
+        registration = node_registration(&s.node, &s.address),
     )
 }
 
