@@ -14,17 +14,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams};
-use kube::runtime::watcher;
 use refit_core::Version;
 use refit_testbed::Lifetime;
 use refit_testbed::kubeadm::cluster::{KubeadmCluster, KubeadmConfig};
 use refit_testbed::kubeadm::host::NodeHost;
 use refit_testbed::workloads::{Budget, apply, deployment, pdb, wait_pods_ready};
+use support::watcher::{Watcher, kubelet};
 use support::{catalog_newest_at, release};
 
 const NS: &str = "shop";
@@ -83,103 +82,6 @@ async fn one_cp_two_workers(tmp: &tempfile::TempDir) -> (String, String, Kubeadm
     let c = cluster(tmp, &from, &[&from, &to], 1, 2).await;
     let client = c.client().await.unwrap();
     (from, to, c, client)
-}
-
-/// What an independent watcher saw during the run.
-#[derive(Debug, Default)]
-struct Seen {
-    max_unschedulable_workers: usize,
-    min_ready: BTreeMap<String, usize>,
-    skew_breaches: Vec<String>,
-}
-
-fn kubelet(n: &Node) -> String {
-    n.status
-        .as_ref()
-        .and_then(|s| s.node_info.as_ref())
-        .map(|i| i.kubelet_version.clone())
-        .unwrap_or_default()
-}
-
-fn is_cp(n: &Node) -> bool {
-    n.metadata.labels.as_ref().is_some_and(|l| l.contains_key("node-role.kubernetes.io/control-plane"))
-}
-
-fn minor(v: &str) -> u32 {
-    v.trim_start_matches('v').split('.').nth(1).and_then(|m| m.parse().ok()).unwrap_or(0)
-}
-
-fn watch(client: kube::Client) -> (Arc<Mutex<Seen>>, Vec<tokio::task::JoinHandle<()>>) {
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let s1 = seen.clone();
-    let nodes: Api<Node> = Api::all(client.clone());
-    let t1 = tokio::spawn(async move {
-        let mut all: BTreeMap<String, Node> = BTreeMap::new();
-        let mut stream = watcher(nodes, watcher::Config::default()).boxed();
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(watcher::Event::Apply(n)) | Ok(watcher::Event::InitApply(n)) => {
-                    all.insert(n.metadata.name.clone().unwrap_or_default(), n);
-                }
-                _ => continue,
-            }
-            let workers: Vec<&Node> = all.values().filter(|n| !is_cp(n)).collect();
-            let cordoned = workers
-                .iter()
-                .filter(|n| n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false))
-                .count();
-            let cp_min = all.values().filter(|n| is_cp(n)).map(|n| minor(&kubelet(n))).min();
-            let mut s = s1.lock().unwrap();
-            s.max_unschedulable_workers = s.max_unschedulable_workers.max(cordoned);
-            if let Some(cp_min) = cp_min {
-                for w in &workers {
-                    if minor(&kubelet(w)) > cp_min {
-                        s.skew_breaches.push(format!(
-                            "{} at {}",
-                            w.metadata.name.clone().unwrap_or_default(),
-                            kubelet(w)
-                        ));
-                    }
-                }
-            }
-        }
-    });
-    let s2 = seen.clone();
-    let pods: Api<Pod> = Api::namespaced(client, NS);
-    let t2 = tokio::spawn(async move {
-        let mut all: BTreeMap<String, Pod> = BTreeMap::new();
-        let mut synced = false;
-        let mut stream = watcher(pods, watcher::Config::default()).boxed();
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => {
-                    all.insert(p.metadata.uid.clone().unwrap_or_default(), p);
-                }
-                Ok(watcher::Event::Delete(p)) => {
-                    all.remove(&p.metadata.uid.clone().unwrap_or_default());
-                }
-                Ok(watcher::Event::InitDone) => synced = true,
-                _ => continue,
-            }
-            if !synced {
-                continue;
-            }
-            let mut ready: BTreeMap<String, usize> = BTreeMap::new();
-            for p in all.values() {
-                let app = p.metadata.labels.as_ref().and_then(|l| l.get("app")).cloned().unwrap_or_default();
-                let e = ready.entry(app).or_default();
-                if refit_testbed::workloads::pod_is_ready(p) {
-                    *e += 1;
-                }
-            }
-            let mut s = s2.lock().unwrap();
-            for (app, n) in ready {
-                let m = s.min_ready.entry(app).or_insert(n);
-                *m = (*m).min(n);
-            }
-        }
-    });
-    (seen, vec![t1, t2])
 }
 
 fn manifests_images(c: &KubeadmCluster, node: &str) -> BTreeMap<String, String> {
@@ -341,18 +243,15 @@ async fn one_control_plane_and_two_workers_go_from_136_to_137_through_kubeadm_an
     apply::<PodDisruptionBudget>(&client, pdb(NS, "web", "web", Budget::MaxUnavailable(1))).await.unwrap();
     wait_pods_ready(&client, NS, "", 4, std::time::Duration::from_secs(120)).await.unwrap();
 
-    let (seen, tasks) = watch(client.clone());
+    let watcher = Watcher::start(client.clone(), NS).await;
     let ran = run(upgrade(&c, &to, &tmp.path().join("refit.db")), "1 cp + 2 workers");
-    for t in &tasks {
-        t.abort();
-    }
+    let seen = watcher.stop();
     assert!(ran.ok(), "refit upgrade failed:\n{}\n{}", ran.stdout, ran.stderr);
     assert_all_at(&c, &client, &from, &to).await;
 
-    let seen = seen.lock().unwrap();
     assert!(seen.skew_breaches.is_empty(), "{:?}", seen.skew_breaches);
     assert!(seen.max_unschedulable_workers <= 1, "{seen:?}");
-    assert!(seen.min_ready.get("web").copied().unwrap_or(0) >= 3, "PDB violated: {seen:?}");
+    assert!(seen.min_healthy.get("web").copied().unwrap_or(0) >= 3, "PDB violated: {seen:?}");
 }
 
 // ------------------------------------------------------------------ the --ignored scenarios

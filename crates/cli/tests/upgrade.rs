@@ -10,22 +10,20 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::runtime::watcher;
 use refit_testbed::Testbed;
-use refit_testbed::workloads::{Budget, apply, deployment, pdb, pod_is_ready, wait_pods_ready};
+use refit_testbed::workloads::{Budget, apply, deployment, pdb, wait_pods_ready};
 use serde_json::json;
+use support::watcher::{Watcher, kubelet, unschedulable};
 use support::{Sandbox, catalog_newest_at, has_minor, refit, release};
 
 const NS: &str = "shop";
@@ -86,134 +84,6 @@ impl Cluster {
 
     async fn nodes(&self) -> Vec<Node> {
         Api::<Node>::all(self.client().await).list(&ListParams::default()).await.unwrap().items
-    }
-}
-
-fn kubelet(n: &Node) -> String {
-    n.status
-        .as_ref()
-        .and_then(|s| s.node_info.as_ref())
-        .map(|i| i.kubelet_version.clone())
-        .unwrap_or_default()
-}
-
-fn is_cp(n: &Node) -> bool {
-    n.metadata.labels.as_ref().is_some_and(|l| l.contains_key("node-role.kubernetes.io/control-plane"))
-}
-
-fn unschedulable(n: &Node) -> bool {
-    n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false)
-}
-
-fn minor(v: &str) -> u32 {
-    v.trim_start_matches('v').split('.').nth(1).and_then(|m| m.parse().ok()).unwrap_or(0)
-}
-
-/// What the independent watcher saw.
-#[derive(Debug, Default)]
-struct Seen {
-    max_unschedulable_workers: usize,
-    /// app → the fewest healthy (Ready, not terminating) pods at any moment after the start.
-    min_healthy: BTreeMap<String, usize>,
-    /// Moments a worker ran a newer kubelet minor than some control-plane node.
-    skew_breaches: Vec<String>,
-}
-
-/// Watches nodes and the test namespace's pods until dropped.
-struct Watcher {
-    seen: Arc<Mutex<Seen>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Watcher {
-    async fn start(client: kube::Client) -> Watcher {
-        let seen = Arc::new(Mutex::new(Seen::default()));
-        let nodes_task = {
-            let seen = seen.clone();
-            let api: Api<Node> = Api::all(client.clone());
-            tokio::spawn(async move {
-                let mut nodes: HashMap<String, Node> = HashMap::new();
-                let mut stream = watcher(api, watcher::Config::default()).boxed();
-                while let Some(ev) = stream.next().await {
-                    match ev {
-                        Ok(watcher::Event::Apply(n)) | Ok(watcher::Event::InitApply(n)) => {
-                            nodes.insert(n.metadata.name.clone().unwrap_or_default(), n);
-                        }
-                        Ok(watcher::Event::Delete(n)) => {
-                            nodes.remove(&n.metadata.name.clone().unwrap_or_default());
-                        }
-                        _ => continue,
-                    }
-                    let workers: Vec<&Node> = nodes.values().filter(|n| !is_cp(n)).collect();
-                    let cordoned = workers.iter().filter(|n| unschedulable(n)).count();
-                    let cp_min = nodes.values().filter(|n| is_cp(n)).map(|n| minor(&kubelet(n))).min();
-                    let mut s = seen.lock().unwrap();
-                    s.max_unschedulable_workers = s.max_unschedulable_workers.max(cordoned);
-                    if let Some(cp_min) = cp_min {
-                        for w in &workers {
-                            if minor(&kubelet(w)) > cp_min {
-                                s.skew_breaches.push(format!(
-                                    "{} at {} above control plane 1.{cp_min}",
-                                    w.metadata.name.clone().unwrap_or_default(),
-                                    kubelet(w)
-                                ));
-                            }
-                        }
-                    }
-                }
-            })
-        };
-        let pods_task = {
-            let seen = seen.clone();
-            let api: Api<Pod> = Api::namespaced(client, NS);
-            tokio::spawn(async move {
-                let mut pods: HashMap<String, Pod> = HashMap::new();
-                let mut synced = false;
-                let mut stream = watcher(api, watcher::Config::default()).boxed();
-                while let Some(ev) = stream.next().await {
-                    match ev {
-                        Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => {
-                            pods.insert(p.metadata.uid.clone().unwrap_or_default(), p);
-                        }
-                        Ok(watcher::Event::Delete(p)) => {
-                            pods.remove(&p.metadata.uid.clone().unwrap_or_default());
-                        }
-                        Ok(watcher::Event::InitDone) => synced = true,
-                        _ => continue,
-                    }
-                    if !synced {
-                        continue;
-                    }
-                    let mut healthy: BTreeMap<String, usize> = BTreeMap::new();
-                    for p in pods.values() {
-                        let app = p
-                            .metadata
-                            .labels
-                            .as_ref()
-                            .and_then(|l| l.get("app"))
-                            .cloned()
-                            .unwrap_or_default();
-                        let e = healthy.entry(app).or_default();
-                        if pod_is_ready(p) {
-                            *e += 1;
-                        }
-                    }
-                    let mut s = seen.lock().unwrap();
-                    for (app, n) in healthy {
-                        let m = s.min_healthy.entry(app).or_insert(n);
-                        *m = (*m).min(n);
-                    }
-                }
-            })
-        };
-        Watcher { seen, tasks: vec![nodes_task, pods_task] }
-    }
-
-    fn stop(self) -> Seen {
-        for t in &self.tasks {
-            t.abort();
-        }
-        std::mem::take(&mut *self.seen.lock().unwrap())
     }
 }
 
@@ -301,7 +171,7 @@ async fn three_control_planes_and_thirty_workers_survive_ten_kills_and_reach_the
     let c = Cluster::up(&from, 3, 30);
     let client = c.client().await;
     install_apps(&client, &c.testbed()).await;
-    let watcher = Watcher::start(client.clone()).await;
+    let watcher = Watcher::start(client.clone(), NS).await;
     let (script, log) = logging_action(c._tmp.path());
     let mut upgrade = c.upgrade(&to);
     upgrade.args(["--max-unavailable", "3", "--action"]).arg(format!("exec:{} {{node}}", script.display()));

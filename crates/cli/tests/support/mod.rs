@@ -2,6 +2,8 @@
 //! sandbox that is stopped however the test ends.
 #![allow(dead_code)]
 
+pub mod watcher;
+
 use std::path::PathBuf;
 
 use assert_cmd::Command;
