@@ -63,6 +63,11 @@ impl Cluster {
     /// `refit upgrade` against this sandbox, with its journal, the sandbox action, `--yes`
     /// and the etcd backup through the etcd API.
     fn upgrade(&self, to: &str) -> assert_cmd::Command {
+        self.upgrade_with_store(to, &self.store)
+    }
+
+    /// The same with another journal (as another machine would have).
+    fn upgrade_with_store(&self, to: &str, store: &Path) -> assert_cmd::Command {
         let tb = self.testbed();
         let (url, pki) = tb.etcd_endpoint();
         let mut cmd = refit();
@@ -70,7 +75,7 @@ impl Cluster {
             .args(["upgrade", "--to", to, "--yes", "--kubeconfig"])
             .arg(tb.kubeconfig())
             .arg("--store")
-            .arg(&self.store)
+            .arg(store)
             .args(["--etcd-endpoint", &url, "--etcd-cacert"])
             .arg(&pki.ca_cert)
             .arg("--etcd-cert")
@@ -726,7 +731,7 @@ fn a_second_upgrade_from_another_store_is_refused_with_the_holder_and_its_run() 
     wait_log(&log, 1);
     let other_store = c._tmp.path().join("other").join("refit.db");
     let second =
-        c.upgrade(&to).args(["--action", &action]).arg("--store").arg(&other_store).output().unwrap();
+        c.upgrade_with_store(&to, &other_store).args(["--action", &action]).output().unwrap();
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("another refit upgrade is running"), "{stderr}");
