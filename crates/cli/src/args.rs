@@ -1,6 +1,7 @@
 //! Command-line arguments (clap derive). One struct per command; the commands module runs them.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -397,17 +398,18 @@ pub struct UpgradeArgs {
     /// `replace-sandbox`. Default: the plan file's action.
     #[arg(long)]
     pub action: Option<String>,
-    /// Per-node drain deadline (e.g. 300s, 10m).
-    #[arg(long, default_value = "10m")]
-    pub drain_timeout: String,
-    /// Per-node deadline for the action and for the node to be Ready at the version.
-    #[arg(long, default_value = "15m")]
-    pub node_timeout: String,
+    /// Per-node drain deadline (e.g. 300s, 10m; 1s to one year).
+    #[arg(long, default_value = "10m", value_parser = duration)]
+    pub drain_timeout: Duration,
+    /// Per-node deadline for the action and for the node to be Ready at the version (1s to
+    /// one year).
+    #[arg(long, default_value = "15m", value_parser = duration)]
+    pub node_timeout: Duration,
     /// A node that cannot be drained: stop (fail), leave it cordoned and go on (skip), or delete what remains (force).
     #[arg(long, default_value = "fail")]
     pub on_undrainable: String,
-    /// Evictions in flight per node.
-    #[arg(long, default_value_t = 16)]
+    /// Evictions in flight per node (1 to 1000).
+    #[arg(long, default_value_t = 16, value_parser = eviction_concurrency)]
     pub eviction_concurrency: usize,
     /// Leave kube-proxy and CoreDNS alone (add-ons managed elsewhere).
     #[arg(long)]
@@ -479,4 +481,16 @@ pub struct PlanArgs {
     /// A release catalog to use instead of the built-in one.
     #[arg(long, env = "REFIT_CATALOG")]
     pub catalog: Option<PathBuf>,
+}
+
+/// clap value parser for every duration flag: core's grammar and range (1s to one year), so a
+/// bad value is refused by clap (exit 2) before anything runs, and no flag can overflow a clock.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    refit_core::duration::parse(s).map_err(|e| e.problem.reason().to_string())
+}
+
+/// clap value parser for `--eviction-concurrency`: core's range (evictions in flight are
+/// semaphore permits; a count past what a semaphore holds used to panic).
+fn eviction_concurrency(s: &str) -> Result<usize, String> {
+    refit_core::drain::parse_eviction_concurrency(s)
 }

@@ -210,7 +210,9 @@ pub async fn apply_custom_metadata(
 pub async fn cluster_uid(conn: &Connection) -> Result<String, Error> {
     let api: Api<Namespace> = Api::all(conn.client.clone());
     let ns = api.get("kube-system").await.map_err(|e| api_err("reading namespace kube-system", e))?;
-    Ok(ns.metadata.uid.unwrap_or_default())
+    // It names the run journal's cluster and the lock file: a UID, or nothing is done.
+    let uid = refit_core::identity::ClusterUid::parse(ns.metadata.uid.as_deref().unwrap_or_default())?;
+    Ok(uid.to_string())
 }
 
 /// Control-plane components whose static (mirror) pods on `node` do not run `version` or are

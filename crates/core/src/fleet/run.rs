@@ -1821,7 +1821,7 @@ fn mutate(run: &mut RunState, event: &Event) -> Result<(), TransitionError> {
             }
             w.state = GateStatus::Pending;
             w.started_at = Some(at);
-            w.until = Some(at + SignedDuration::from_secs(i64::try_from(w.seconds).unwrap_or(i64::MAX / 2)));
+            w.until = Some(crate::duration::timestamp_after(at, w.seconds));
         }
         Event::AfterStageWaitElapsed { stage, .. } => {
             let si = run.locate_stage(stage)?;
@@ -2343,9 +2343,9 @@ pub fn next(run: &RunState, facts: &Facts, now: Timestamp) -> Vec<Decision> {
                             .get(&m.name)
                             .and_then(|f| f.pending_budget_seconds)
                             .or(run.spec.pending_budget_seconds);
-                        let deadline = budget.map(|b| {
-                            (since + SignedDuration::from_secs(i64::try_from(b).unwrap_or(i64::MAX / 2)), b)
-                        });
+                        // A stored budget past the cap (an older refit accepted any) counts as
+                        // the cap: never a panic on every daemon start.
+                        let deadline = budget.map(|b| (crate::duration::timestamp_after(since, b), b));
                         match deadline {
                             Some((d, budget_seconds)) if d <= now => {
                                 out.push(Decision::Record(Event::MemberSkipped {

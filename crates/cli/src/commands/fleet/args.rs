@@ -67,9 +67,10 @@ pub struct MemberFields {
     /// `{family, version}` objects; `refit formats node-images`).
     #[arg(long, value_name = "FILE")]
     pub node_image_source: Option<PathBuf>,
-    /// Time it may sit Pending before the run defers it (e.g. 6h); overrides the run's.
-    #[arg(long, value_name = "DURATION")]
-    pub pending_budget: Option<String>,
+    /// Time it may sit Pending before the run defers it (e.g. 6h; 1s to one year); overrides
+    /// the run's.
+    #[arg(long, value_name = "DURATION", value_parser = crate::args::duration)]
+    pub pending_budget: Option<std::time::Duration>,
     /// Node action for its `refit upgrade` (`sandbox:DIR`, `exec:PROGRAM ARG...`, `ssh`).
     #[arg(long)]
     pub action: Option<String>,
@@ -266,9 +267,10 @@ pub struct RunCreateArgs {
     /// A stages file (YAML/JSON), copied into the run.
     #[arg(long, value_name = "FILE")]
     pub stages: Option<PathBuf>,
-    /// How long a member may sit Pending before it is deferred (e.g. 6h); members may override.
-    #[arg(long, value_name = "DURATION")]
-    pub pending_budget: Option<String>,
+    /// How long a member may sit Pending before it is deferred (e.g. 6h; 1s to one year);
+    /// members may override.
+    #[arg(long, value_name = "DURATION", value_parser = crate::args::duration)]
+    pub pending_budget: Option<std::time::Duration>,
 }
 
 /// `refit fleet gate ...`
@@ -297,9 +299,10 @@ Examples:
         run: String,
         /// Gate: STAGE/before|after/N or STAGE/GROUP/before|after/N (see gate list).
         gate: String,
-        /// A pre-approval still unused after this long no longer counts (e.g. 4h).
-        #[arg(long, value_name = "DURATION")]
-        expires_in: Option<String>,
+        /// A pre-approval still unused after this long no longer counts (e.g. 4h; 1s to one
+        /// year).
+        #[arg(long, value_name = "DURATION", value_parser = crate::args::duration)]
+        expires_in: Option<std::time::Duration>,
         /// Who approves (default: $USER).
         #[arg(long)]
         by: Option<String>,

@@ -8,7 +8,7 @@ use refit_core::fleet::MaintenanceWindow;
 use refit_store::fleet::MemberRecord;
 
 use super::args::{MemberCommand, MemberFields};
-use super::{check_name, open, read_file, seconds, store_err};
+use super::{check_name, open, read_file, store_err};
 use crate::output::{Format, print_structured, table, usage};
 
 pub fn run(cmd: MemberCommand, store: &Path, format: Format) -> anyhow::Result<ExitCode> {
@@ -118,7 +118,7 @@ fn apply_fields(m: &mut MemberRecord, f: &MemberFields) -> anyhow::Result<()> {
         m.node_image_source = Some(absolute(src).display().to_string());
     }
     if let Some(b) = &f.pending_budget {
-        m.pending_budget_seconds = Some(seconds("--pending-budget", b)?);
+        m.pending_budget_seconds = Some(b.as_secs());
     }
     if let Some(a) = &f.action {
         check_action(a)?;

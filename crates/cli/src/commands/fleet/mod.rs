@@ -162,11 +162,6 @@ fn now() -> Timestamp {
     Timestamp::now()
 }
 
-/// A duration flag (`6h`, `30m`, `90s`) in seconds.
-fn seconds(flag: &str, s: &str) -> anyhow::Result<u64> {
-    Ok(crate::commands::upgrade::parse_duration(flag, s)?.as_secs())
-}
-
 /// Reads a file the user named; a missing file is bad input.
 fn read_file(flag: &str, path: &std::path::Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).map_err(|e| usage(format!("{flag} {}: {e}", path.display())))

@@ -26,45 +26,20 @@ pub const NODE_IMAGE_ANNOTATION: &str = "refit.dev/node-image";
 /// How long observing one member may take before it counts as unreachable.
 const OBSERVE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Parses `FAMILY/VERSION`.
+/// Parses `FAMILY/VERSION` (core's rule).
 pub fn parse_image(s: &str) -> Result<NodeImage, String> {
-    match s.trim().split_once('/') {
-        Some((f, v)) if !f.is_empty() && !v.is_empty() && !v.contains('/') => {
-            Ok(NodeImage { family: f.to_string(), version: v.to_string() })
-        }
-        _ => {
-            Err(format!("'{s}' is not a node image: expected FAMILY/VERSION (e.g. ubuntu-2404/202606.10.0)"))
-        }
-    }
+    NodeImage::parse(s)
 }
 
-#[derive(serde::Deserialize)]
-#[serde(untagged)]
-enum ImageEntry {
-    Text(String),
-    Full(NodeImage),
-}
-
-/// Reads a node-image source file: a YAML/JSON list of `FAMILY/VERSION` strings or
-/// `{family, version}` objects (`refit formats node-images`).
+/// Reads a node-image source file (core parses it).
 pub fn read_image_source(path: &Path) -> Result<Vec<NodeImage>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     parse_image_source(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Parses the text of a node-image source file.
+/// Parses the text of a node-image source file (core's rule).
 pub fn parse_image_source(text: &str) -> Result<Vec<NodeImage>, String> {
-    const HINTS: &refit_core::yaml::Hints =
-        &[("", "a list of FAMILY/VERSION or {family, version} entries (refit formats node-images)")];
-    let entries: Vec<ImageEntry> = refit_core::yaml::from_str_hinted(text, HINTS)
-        .map_err(|e| format!("the node-image source is not valid: {e}"))?;
-    entries
-        .into_iter()
-        .map(|e| match e {
-            ImageEntry::Text(s) => parse_image(&s),
-            ImageEntry::Full(i) => Ok(i),
-        })
-        .collect()
+    refit_core::fleet::parse_image_source(text)
 }
 
 fn first_line(s: &str) -> String {

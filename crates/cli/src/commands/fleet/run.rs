@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::args::{RunCommand, RunCreateArgs};
 use super::driver::Driver;
 use super::observe::{fleet_members, observe};
-use super::{commit, load_run, now, open, seconds, store_err, who};
+use super::{commit, load_run, now, open, store_err, who};
 use crate::commands::load_catalog;
 use crate::output::{Format, print_structured, table, usage};
 
@@ -122,7 +122,7 @@ pub async fn create(a: &RunCreateArgs, store: &Path) -> anyhow::Result<RunState>
     let mut spec = UpgradeSpec::new(upgrade_type, version);
     spec.node_image_selection = a.node_image_selection.parse::<NodeImageSelection>().map_err(usage)?;
     if let Some(b) = &a.pending_budget {
-        spec.pending_budget_seconds = Some(seconds("--pending-budget", b)?);
+        spec.pending_budget_seconds = Some(b.as_secs());
     }
     spec.validate().map_err(|e| usage(e.to_string()))?;
     let s = open(store)?;

@@ -8,7 +8,6 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use refit_core::VersionRequest;
 use refit_core::planfile::Action;
@@ -23,32 +22,6 @@ use crate::args::UpgradeArgs;
 use crate::commands::load_catalog;
 use crate::commands::plan::{prepare, read_plan_file, render};
 use crate::output::{Format, print_structured, table, usage};
-
-/// `10m`, `300s`, `1h`, `1h30m` (jiff's friendly format, or ISO 8601 `PT10M`), or plain
-/// seconds; at least one second (fleet settings are stored in whole seconds).
-pub fn parse_duration(flag: &str, s: &str) -> anyhow::Result<Duration> {
-    let s = s.trim();
-    let parsed = if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        s.parse::<u64>().ok().map(Duration::from_secs)
-    } else {
-        s.parse::<jiff::SignedDuration>().ok().and_then(|d| Duration::try_from(d).ok())
-    };
-    let Some(d) = parsed else {
-        // Days and weeks are calendar units jiff will not turn into a fixed duration.
-        return Err(usage(if s.starts_with(|c: char| c.is_ascii_digit()) {
-            format!("{flag} '{s}': the unit must be s, m or h")
-        } else {
-            format!("{flag} '{s}': expected a duration like 300s, 10m or 1h")
-        }));
-    };
-    if d.is_zero() {
-        return Err(usage(format!("{flag} must be longer than zero")));
-    }
-    if d < Duration::from_secs(1) {
-        return Err(usage(format!("{flag} '{s}': must be at least 1s")));
-    }
-    Ok(d)
-}
 
 /// The node action from `--action`, else the plan file's.
 fn resolve_action(flag: Option<&str>, plan_action: Option<&Action>) -> anyhow::Result<Option<NodeAction>> {
@@ -201,8 +174,8 @@ struct DryRun<'a> {
 
 pub async fn run(args: UpgradeArgs, format: Format) -> anyhow::Result<ExitCode> {
     // Input first: nothing is read from the cluster, let alone changed, before it is valid.
-    let drain_timeout = parse_duration("--drain-timeout", &args.drain_timeout)?;
-    let node_timeout = parse_duration("--node-timeout", &args.node_timeout)?;
+    // Durations and the eviction concurrency were checked by clap (core's ranges).
+    let (drain_timeout, node_timeout) = (args.drain_timeout, args.node_timeout);
     let on_undrainable: OnUndrainable = args.on_undrainable.parse().map_err(usage)?;
     let plan_file = read_plan_file(args.plan.file.as_deref())?;
     let action = resolve_action(args.action.as_deref(), plan_file.action.as_ref())?;
@@ -212,9 +185,6 @@ pub async fn run(args: UpgradeArgs, format: Format) -> anyhow::Result<ExitCode> 
         store_path.parent().map(|p| p.join("backups")).unwrap_or_else(|| PathBuf::from("backups"))
     });
     let backup = backup_spec(&args, backup_dir)?;
-    if args.eviction_concurrency == 0 {
-        return Err(usage("--eviction-concurrency must be at least 1"));
-    }
     let not_after = args.not_after.as_deref().map(parse_not_after).transpose()?;
 
     // A run of this cluster to this target that did not finish: continue it as it was planned.
@@ -379,27 +349,11 @@ pub async fn run(args: UpgradeArgs, format: Format) -> anyhow::Result<ExitCode> 
 }
 
 /// One `refit upgrade` per cluster at a time (the journal has one writer per run, and two
-/// engines would fight over the same nodes): an exclusive lock on a file named after the
-/// cluster's identity, next to the store. The kernel drops it when the process dies, kill -9
+/// engines would fight over the same nodes): the store's per-cluster lock file (private, named
+/// after the checked cluster UID). The kernel drops it when the process dies, kill -9
 /// included, so a rerun after a crash is never locked out.
-fn lock_cluster(store_path: &std::path::Path, cluster: &str) -> anyhow::Result<std::fs::File> {
-    let dir = store_path.parent().map(|p| p.join("locks")).unwrap_or_else(|| PathBuf::from("locks"));
-    std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
-    let path = dir.join(format!("{cluster}.lock"));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(anyhow::anyhow!(
-            "another refit upgrade is running against this cluster (lock {}); wait for it to end or stop it",
-            path.display()
-        )),
-        Err(std::fs::TryLockError::Error(e)) => Err(anyhow::anyhow!("locking {}: {e}", path.display())),
-    }
+fn lock_cluster(store_path: &std::path::Path, cluster: &str) -> anyhow::Result<refit_store::ClusterLock> {
+    Ok(refit_store::lock_cluster(store_path, cluster)?)
 }
 
 /// Gives up an unfinished run: the nodes it cordoned are uncordoned (they are refit's to give
@@ -594,27 +548,6 @@ fn render_outcome(o: &Outcome) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("--t", "10m").unwrap(), Duration::from_secs(600));
-        assert_eq!(parse_duration("--t", "45").unwrap(), Duration::from_secs(45));
-        assert_eq!(parse_duration("--t", "2h").unwrap(), Duration::from_secs(7200));
-        assert_eq!(parse_duration("--t", "1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("--t", "300s").unwrap(), Duration::from_secs(300));
-        for (bad, why) in [
-            ("", "expected a duration"),
-            ("0s", "longer than zero"),
-            ("0", "longer than zero"),
-            ("ten", "expected a duration"),
-            ("5d", "the unit must be s, m or h"),
-            ("-1m", "expected a duration"),
-            ("500ms", "at least 1s"),
-        ] {
-            let e = parse_duration("--t", bad).unwrap_err().to_string();
-            assert!(e.contains(why), "{bad}: {e}");
-        }
-    }
 
     #[test]
     fn actions_from_the_flag_never_go_through_a_shell() {
