@@ -369,13 +369,12 @@ async fn two_copies_of_one_nodes_action_in_one_run_never_overlap() {
     let mut action = forking_action(dir.path());
     action.splice(0..0, ["env".to_string(), "REFIT_TEST_WORK=1".to_string()]);
     let (a, b) = (Lines::default(), Lines::default());
-    let (ra, rb) = tokio::join!(
-        run_exec_exclusive(&action, &ctx("worker-001"), &scope, LONG, &a.cb()),
-        async {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            run_exec_exclusive(&action, &ctx("worker-001"), &scope, LONG, &b.cb()).await
-        }
-    );
+    let (a_cb, b_cb) = (a.cb(), b.cb());
+    let node = ctx("worker-001");
+    let (ra, rb) = tokio::join!(run_exec_exclusive(&action, &node, &scope, LONG, &a_cb), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        run_exec_exclusive(&action, &node, &scope, LONG, &b_cb).await
+    });
     ra.unwrap();
     rb.unwrap();
     let m = markers(dir.path());
