@@ -79,8 +79,7 @@ async fn a_sandbox_upgrade_node_killed_between_stopping_the_old_apiserver_and_st
         assert!(exe.to_string_lossy().contains(&to), "{component} runs {}", exe.display());
     }
     let client = tb.client().await.unwrap();
-    let node: k8s_openapi::api::core::v1::Node =
-        kube::Api::all(client).get("control-plane-1").await.unwrap();
+    let node: k8s_openapi::api::core::v1::Node = kube::Api::all(client).get("control-plane-1").await.unwrap();
     let kubelet = node.status.unwrap().node_info.unwrap().kubelet_version;
     assert_eq!(kubelet, format!("v{to}"));
 }

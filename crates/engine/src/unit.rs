@@ -298,7 +298,8 @@ impl Engine {
                     Ok(recipe) => recipe,
                     Err(e) => return StepEnd::Fail { error: format!("upgrade action: {e}"), release: true },
                 };
-                match refit_exec::ssh::run_ssh_detached(&recipe, &ctx, &scope, &opts, timeout, &on_line).await {
+                match refit_exec::ssh::run_ssh_detached(&recipe, &ctx, &scope, &opts, timeout, &on_line).await
+                {
                     Ok(()) => Ok(()),
                     Err(e) => {
                         // A recipe that stopped before kubeadm touched the node (no connection,

@@ -179,9 +179,8 @@ pub struct Status {
 /// Reads `result`'s output: the status file's `key=value` lines. `None` when `rc` or `step`
 /// is missing or not a number (a file refit did not write).
 pub fn parse_status(text: &str) -> Option<Status> {
-    let get = |key: &str| {
-        text.lines().find_map(|l| l.trim().strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-    };
+    let get =
+        |key: &str| text.lines().find_map(|l| l.trim().strip_prefix(key).and_then(|r| r.strip_prefix('=')));
     Some(Status {
         rc: get("rc")?.trim().parse().ok()?,
         step: get("step")?.trim().parse().ok()?,
@@ -230,7 +229,9 @@ mod tests {
     #[test]
     fn the_agent_starts_with_systemd_run_when_systemd_is_pid_1_else_setsid() {
         // Branch selection as written: the systemd check comes first and names the unit.
-        let systemd = AGENT.find("[ -d /run/systemd/system ] && [ \"$(id -u)\" = 0 ] && command -v systemd-run").unwrap();
+        let systemd = AGENT
+            .find("[ -d /run/systemd/system ] && [ \"$(id -u)\" = 0 ] && command -v systemd-run")
+            .unwrap();
         let unit = AGENT.find("systemd-run --quiet --collect --unit=\"refit-$unit\"").unwrap();
         let fallback = AGENT.find("setsid nohup /bin/sh \"$d/run\" \"$d\" </dev/null").unwrap();
         assert!(systemd < unit && unit < fallback);

@@ -144,7 +144,10 @@ mod tests {
 
     #[test]
     fn action_ids_are_safe_names_and_never_collide() {
-        assert_eq!(action_id("up-20261120-101500-1-37-1", "worker-1", "1.37.1"), "up-20261120-101500-1-37-1-worker-1-1.37.1");
+        assert_eq!(
+            action_id("up-20261120-101500-1-37-1", "worker-1", "1.37.1"),
+            "up-20261120-101500-1-37-1-worker-1-1.37.1"
+        );
         assert_eq!(action_id("r", "n", ""), "r-n");
         let odd = action_id("r", "a/b c", "1.37.1");
         assert!(odd.starts_with("r-a_b_c-1.37.1-") && odd.len() == "r-a_b_c-1.37.1-".len() + 16, "{odd}");

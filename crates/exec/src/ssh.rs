@@ -386,11 +386,8 @@ async fn connect(opts: &SshOptions, ctx: &NodeContext, destination: &str) -> Res
         .map_err(|e| refuse(format!("writing the ssh config: {e}")))?;
     let config = dir.path().join("config");
     std::fs::write(&config, text).map_err(|e| refuse(format!("writing {}: {e}", config.display())))?;
-    let session = opts
-        .builder(&config)
-        .connect(destination)
-        .await
-        .map_err(|e| refuse(explain_connect(&chain(&e))))?;
+    let session =
+        opts.builder(&config).connect(destination).await.map_err(|e| refuse(explain_connect(&chain(&e))))?;
     tracing::debug!(node = %ctx.node, %destination, "ssh master connected");
     Ok(session)
 }
@@ -521,9 +518,9 @@ async fn run_remote(
     let shown = cmd.to_string();
     tracing::debug!(node = %ctx.node, command = %shown, "remote command");
     let tails = Tails::default();
-    let code = remote_status(session, &cmd.argv(opts.sudo), Some(&tails), on_line).await.map_err(|detail| {
-        Error::SshCommand { node: ctx.node.clone(), command: shown.clone(), detail }
-    })?;
+    let code = remote_status(session, &cmd.argv(opts.sudo), Some(&tails), on_line)
+        .await
+        .map_err(|detail| Error::SshCommand { node: ctx.node.clone(), command: shown.clone(), detail })?;
     match code {
         Some(0) => Ok(()),
         code => Err(Error::RemoteFailed {

@@ -312,7 +312,9 @@ fn markers(dir: &Path) -> Vec<(String, i32, f64)> {
 #[ignore = "helper: run by an_exec_action_under_way_dies_with_refit_and_the_rerun_runs_it_once_alone"]
 async fn helper_run_an_exclusive_action() {
     let Ok(dir) = std::env::var("REFIT_EXEC_TEST_DIR") else {
-        panic!("REFIT_EXEC_TEST_DIR not set: this helper only runs under an_exec_action_under_way_dies_with_refit_and_the_rerun_runs_it_once_alone");
+        panic!(
+            "REFIT_EXEC_TEST_DIR not set: this helper only runs under an_exec_action_under_way_dies_with_refit_and_the_rerun_runs_it_once_alone"
+        );
     };
     let dir = PathBuf::from(dir);
     let scope = RunScope { run: "up-test".into(), lock_dir: dir.join("locks") };
@@ -379,7 +381,11 @@ async fn two_copies_of_one_nodes_action_in_one_run_never_overlap() {
     rb.unwrap();
     let m = markers(dir.path());
     let kinds: Vec<&str> = m.iter().map(|(k, _, _)| k.as_str()).collect();
-    assert_eq!(kinds, ["start", "end", "start", "end"], "the second copy started before the first ended: {m:?}");
+    assert_eq!(
+        kinds,
+        ["start", "end", "start", "end"],
+        "the second copy started before the first ended: {m:?}"
+    );
     assert!(
         b.take().iter().any(|l| l.text().contains("still running; waiting for it to end")),
         "the waiting copy says why it waits"

@@ -427,7 +427,11 @@ async fn a_detached_recipe_outlives_its_client_and_the_rerun_attaches_instead_of
     run_ssh_detached(&recipe, &node, &scope("run-1"), &opts, LONG, &second.cb()).await.unwrap();
     let lines = second.take();
     assert!(lines.iter().any(|l| l.text().contains("attached to this recipe")), "{lines:?}");
-    for want in [OutputLine::Stdout("halfway".into()), OutputLine::Stdout("done".into()), OutputLine::Stderr("warned".into())] {
+    for want in [
+        OutputLine::Stdout("halfway".into()),
+        OutputLine::Stdout("done".into()),
+        OutputLine::Stderr("warned".into()),
+    ] {
         assert_eq!(lines.iter().filter(|l| **l == want).count(), 1, "{want:?} in {lines:?}");
     }
     assert_eq!(sshd.calls(), "record <one>\nrecord <two>\n");
@@ -452,7 +456,8 @@ async fn a_failed_detached_recipe_names_its_step_and_a_rerun_starts_it_afresh() 
     let sshd = Sshd::start();
     let opts = sshd.options(sshd.known_hosts("host_key.pub"));
     let node = ctx("node-e", &["worker"], false);
-    let recipe = [cmd("record", &["before"]), cmd("ls", &["/nonexistent/refit-dir"]), cmd("record", &["after"])];
+    let recipe =
+        [cmd("record", &["before"]), cmd("ls", &["/nonexistent/refit-dir"]), cmd("record", &["after"])];
     let err = run_ssh_detached(&recipe, &node, &scope("run-f"), &opts, LONG, &|_| {}).await.unwrap_err();
     match &err {
         Error::RemoteFailed { node, step, command, code, stderr_tail } => {
@@ -479,12 +484,17 @@ async fn two_recipes_on_one_node_run_one_after_the_other() {
     let opts = sshd.options(sshd.known_hosts("host_key.pub"));
     let log = sshd.path("order.log");
     let step = |tag: &str| {
-        cmd("sh", &["-c", &format!("echo {tag}-in >> {l}; sleep 1; echo {tag}-out >> {l}", l = log.display())])
+        cmd(
+            "sh",
+            &["-c", &format!("echo {tag}-in >> {l}; sleep 1; echo {tag}-out >> {l}", l = log.display())],
+        )
     };
     let (a, b) = ([step("a")], [step("b")]);
+    let node = ctx("node-f", &["worker"], false);
+    let (run_a, run_b) = (scope("run-a"), scope("run-b"));
     let (ra, rb) = tokio::join!(
-        run_ssh_detached(&a, &ctx("node-f", &["worker"], false), &scope("run-a"), &opts, LONG, &|_| {}),
-        run_ssh_detached(&b, &ctx("node-f", &["worker"], false), &scope("run-b"), &opts, LONG, &|_| {}),
+        run_ssh_detached(&a, &node, &run_a, &opts, LONG, &|_| {}),
+        run_ssh_detached(&b, &node, &run_b, &opts, LONG, &|_| {}),
     );
     ra.unwrap();
     rb.unwrap();
@@ -502,7 +512,11 @@ fn the_master_connection_never_forwards_an_agent_x11_or_ports() {
     need_tools();
     let dir = tempfile::tempdir().unwrap();
     let user = dir.path().join("user_config");
-    std::fs::write(&user, "Host *\n  ForwardAgent yes\n  ForwardX11 yes\n  LocalForward 9999 localhost:22\n  User someone\n").unwrap();
+    std::fs::write(
+        &user,
+        "Host *\n  ForwardAgent yes\n  ForwardX11 yes\n  LocalForward 9999 localhost:22\n  User someone\n",
+    )
+    .unwrap();
     let opts = SshOptions { config_file: Some(user), ..SshOptions::default() };
     let config = dir.path().join("config");
     std::fs::write(&config, opts.hardened_config().unwrap()).unwrap();

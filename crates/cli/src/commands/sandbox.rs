@@ -490,7 +490,10 @@ pub async fn upgrade_node(args: UpgradeNodeArgs, format: Format) -> anyhow::Resu
         Err(e) => return Err(anyhow::Error::new(e).context("reading the node")),
     };
     if node.is_none() && member.is_none() {
-        return Err(usage(format!("no node named {} in the sandbox (see `refit sandbox status`)", args.node)));
+        return Err(usage(format!(
+            "no node named {} in the sandbox (see `refit sandbox status`)",
+            args.node
+        )));
     }
     let image_before = node.as_ref().and_then(crate::commands::fleet::observe::node_image_of);
     let from = match (&node, &member) {
