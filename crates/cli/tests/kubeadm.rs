@@ -484,12 +484,16 @@ async fn refit_killed_while_kubeadm_upgrade_apply_runs_then_rerun_completes() {
         "kubeadm upgrade apply processes on cp-1: {applies:?}; the rerun started cp-1's upgrade step {} time(s)",
         rerun_cp1.len()
     );
-    // The ssh action cannot tell a remote kubeadm still running from one that never ran: the
-    // resumed run repeats cp-1's whole recipe (issue 18 item 5 makes remote runs detached).
-    // What must hold: the run completes with every node at the target, cp-1 upgraded once
-    // per invocation at most.
+    // Issue 18 item 5: the recipe runs detached on the node under the run's name, so the
+    // resumed run attached to the one under way (or took its result) instead of starting it
+    // again: exactly one `kubeadm upgrade apply` over the whole run.
     assert!(rerun_cp1.len() <= 1, "{rerun_cp1:?}");
-    assert!(applies.len() <= 2, "{applies:?}");
+    assert_eq!(applies.len(), 1, "kubeadm upgrade apply ran more than once on cp-1: {applies:?}");
+    let cp1_out = ran.output("cp-1");
+    assert!(
+        cp1_out.iter().any(|l| l.contains("attached to this recipe") || l.contains("already finished")),
+        "the rerun did not attach to cp-1's recipe: {cp1_out:?}"
+    );
     for w in ["worker-1", "worker-2"] {
         assert_eq!(ran.upgrades(w).len(), 1, "{w}");
     }

@@ -165,6 +165,16 @@ impl Engine {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// What a node action needs to be exclusive per node and run (issue 18 items 5, 17): the
+    /// run id (names an ssh recipe on the node, so a resumed run attaches to it) and a private
+    /// directory for the exec action's per-node locks (`locks/` next to the store, where the
+    /// cluster lock lives too).
+    pub(crate) fn action_scope(&self) -> refit_exec::RunScope {
+        let store = self.store();
+        let lock_dir = store.path().parent().map(|p| p.join("locks")).unwrap_or_else(|| "locks".into());
+        refit_exec::RunScope { run: self.run_id.clone(), lock_dir }
+    }
+
     /// Sends an event to the sink, and journals the ones worth keeping (step transitions are
     /// journaled with their state by [`Engine::record`]).
     pub(crate) fn emit(&self, e: Event) {

@@ -279,9 +279,12 @@ impl Engine {
             self.emit(Event::ActionOutput { node: node.clone(), line: l.text().to_string() })
         };
         let timeout = self.spec.node_timeout();
+        // Exclusive per node and run: a resumed run attaches to (ssh) or waits for (exec) a
+        // copy of this action still under way instead of starting a second one beside it.
+        let scope = self.action_scope();
         let result = match &self.spec.action {
             NodeAction::Exec { command } => {
-                refit_exec::exec::run_exec(command, &ctx, timeout, &on_line).await
+                refit_exec::exec::run_exec_exclusive(command, &ctx, &scope, timeout, &on_line).await
             }
             NodeAction::Ssh { action } => {
                 let Some(opts) = refit_exec::ssh::SshOptions::from_action(action) else {
@@ -295,7 +298,8 @@ impl Engine {
                     Ok(recipe) => recipe,
                     Err(e) => return StepEnd::Fail { error: format!("upgrade action: {e}"), release: true },
                 };
-                match refit_exec::ssh::run_ssh(&recipe, &ctx, &opts, timeout, &on_line).await {
+                match refit_exec::ssh::run_ssh_detached(&recipe, &ctx, &scope, &opts, timeout, &on_line).await
+                {
                     Ok(()) => Ok(()),
                     Err(e) => {
                         // A recipe that stopped before kubeadm touched the node (no connection,
@@ -314,7 +318,7 @@ impl Engine {
                         release: false,
                     };
                 }
-                refit_exec::exec::run_exec(control_plane, &ctx, timeout, &on_line).await
+                refit_exec::exec::run_exec_exclusive(control_plane, &ctx, &scope, timeout, &on_line).await
             }
             NodeAction::Replace { create, .. } => {
                 let new = u.replacement();

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use crate::command::{OutputLine, run_command, substitute};
+use crate::command::{OutputLine, run_command, run_command_holding, substitute};
+use crate::exclusive::{NodeLock, RunScope};
 use crate::{Error, NodeContext};
 
 impl NodeContext {
@@ -52,6 +53,33 @@ pub async fn run_exec(
     let vars: Vec<(&str, &str)> = values.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let argv = substitute(command, &vars);
     run_command(&argv, &ctx.env(), timeout, on_line).await.map(|_| ())
+}
+
+/// [`run_exec`] as one node's action in a run: exclusive per node and run.
+///
+/// The action holds the node's lock ([`NodeLock`]) through its guardian, and its whole process
+/// group dies with refit (see [`crate::command`]). What a resumed run does with an exec action
+/// that was under way when refit was killed: the guardian has killed the first copy's process
+/// group (background helpers included); the relaunch waits for the lock — so for that group to
+/// be gone — up to `timeout`, then starts the action again from its beginning (refit cannot
+/// know how far the first copy got: an exec action must be safe to run again, and `REFIT_RUN`
+/// lets it recognize a rerun of the same run).
+pub async fn run_exec_exclusive(
+    command: &[String],
+    ctx: &NodeContext,
+    scope: &RunScope,
+    timeout: Duration,
+    on_line: &(dyn Fn(OutputLine) + Send + Sync),
+) -> Result<(), Error> {
+    let lock = NodeLock::acquire(scope, &ctx.node, timeout, on_line).await?;
+    let values = ctx.placeholder_values();
+    let vars: Vec<(&str, &str)> = values.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let argv = substitute(command, &vars);
+    let mut env = ctx.env();
+    env.push(("REFIT_RUN".into(), scope.run.clone()));
+    let result = run_command_holding(&argv, &env, timeout, Some(lock.file()), on_line).await.map(|_| ());
+    drop(lock);
+    result
 }
 
 #[cfg(test)]
