@@ -206,9 +206,33 @@ fn a_profile_that_can_read_no_member_fails_naming_each_member_and_why() {
         "dead.conf",
         "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"https://127.0.0.1:9\", insecure-skip-tls-verify: true}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n",
     );
+    // A member is added only with the identity of its cluster: an unreachable one, or one
+    // without a context, is refused and nothing is written.
+    let err = fails(f.cmd().args(["member", "add", "east-1", "--kubeconfig"]).arg(&kubeconfig), 2);
+    assert!(err.contains("--kubeconfig and --context are required"), "{err}");
+    let err = fails(
+        f.cmd().args(["member", "add", "east-1", "--context", "x", "--kubeconfig"]).arg(&kubeconfig),
+        1,
+    );
+    assert!(err.contains("cannot read the identity of the cluster"), "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&ok(f.cmd().args(["member", "list", "-o", "json"]))).unwrap(),
+        serde_json::json!([])
+    );
+    // Members added while their clusters answered, which no longer do.
+    let mut store = refit_store::Store::open(&f.store()).unwrap();
     for m in ["east-1", "west-1"] {
-        ok(f.cmd().args(["member", "add", m, "--kubeconfig"]).arg(&kubeconfig));
+        store
+            .add_member(&refit_store::fleet::MemberRecord {
+                name: m.into(),
+                kubeconfig: Some(kubeconfig.display().to_string()),
+                context: Some("x".into()),
+                cluster_uid: Some(format!("uid-{m}")),
+                ..Default::default()
+            })
+            .unwrap();
     }
+    drop(store);
     ok(f.cmd().args(["profile", "create", "weekly", "--channel", "Stable"]));
     let err = fails(f.cmd().args(["profile", "generate-run", "weekly"]), 1);
     assert!(err.contains("no run generated: no member could be read"), "{err}");

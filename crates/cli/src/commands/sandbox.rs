@@ -475,13 +475,13 @@ pub async fn upgrade_node(args: UpgradeNodeArgs, format: Format) -> anyhow::Resu
     let tb = attach_running(&args.dir)?;
     let versions = TestbedVersions::from_env()?;
     let target = resolve_version(&args.to, &versions)?;
-    let images = crate::commands::fleet::observe::parse_image_targets(args.node_images.as_deref())?;
+    let images = refit_fleet::observe::parse_image_targets(args.node_images.as_deref()).map_err(usage)?;
     let client = tb.client().await?;
     let node =
         Api::<Node>::all(client.clone()).get_opt(&args.node).await.context("reading the node")?.ok_or_else(
             || usage(format!("no node named {} in the sandbox (see `refit sandbox status`)", args.node)),
         )?;
-    let image_before = crate::commands::fleet::observe::node_image_of(&node);
+    let image_before = refit_fleet::observe::node_image_of(&node);
     let from = node.status.and_then(|s| s.node_info).map(|i| i.kubelet_version).unwrap_or_default();
     let started = Instant::now();
     let role = match tb.member_for_node(&args.node) {
@@ -500,13 +500,9 @@ pub async fn upgrade_node(args: UpgradeNodeArgs, format: Format) -> anyhow::Resu
             "worker"
         }
     };
-    let image = crate::commands::fleet::observe::move_node_image(
-        &client,
-        &args.node,
-        image_before.as_deref(),
-        &images,
-    )
-    .await?;
+    let image = refit_fleet::observe::move_node_image(&client, &args.node, image_before.as_deref(), &images)
+        .await
+        .with_context(|| format!("setting the node image of {}", args.node))?;
     let change = NodeChange {
         node: args.node.clone(),
         image,
