@@ -111,6 +111,18 @@ pub enum Error {
         /// The version found.
         found: i64,
     },
+    /// A fleet driver's write named a lease it no longer holds: another driver took the run
+    /// over (this one hung or was silent past the lease's time), or it was released.
+    #[error(
+        "update run '{run}' is no longer driven by this process ({}): its write was refused",
+        match holder { Some(h) => format!("{h} took it over"), None => "its lease was released".to_string() }
+    )]
+    Deposed {
+        /// The run.
+        run: String,
+        /// Who holds it now, if anyone.
+        holder: Option<String>,
+    },
     /// A stored JSON document does not decode (or a value does not encode).
     #[error("refit store: unreadable fleet record: {0}")]
     Json(String),
@@ -148,6 +160,7 @@ CREATE TABLE events (
 CREATE INDEX events_by_run ON events(run_id, seq);
 "#,
     fleet::MIGRATION,
+    fleet::MIGRATION_3,
 ];
 
 /// The schema version this code writes.

@@ -475,7 +475,7 @@ pub async fn upgrade_node(args: UpgradeNodeArgs, format: Format) -> anyhow::Resu
     let tb = attach_running(&args.dir)?;
     let versions = TestbedVersions::from_env()?;
     let target = resolve_version(&args.to, &versions)?;
-    let images = crate::commands::fleet::observe::parse_image_targets(args.node_images.as_deref())?;
+    let images = refit_fleet::observe::parse_image_targets(args.node_images.as_deref()).map_err(usage)?;
     let client = tb.client().await?;
     let member = tb.member_for_node(&args.node);
     // A control-plane member is known from the state file, without the API server: after an
@@ -495,7 +495,7 @@ pub async fn upgrade_node(args: UpgradeNodeArgs, format: Format) -> anyhow::Resu
             args.node
         )));
     }
-    let image_before = node.as_ref().and_then(crate::commands::fleet::observe::node_image_of);
+    let image_before = node.as_ref().and_then(refit_fleet::observe::node_image_of);
     let from = match (&node, &member) {
         (Some(n), _) => {
             n.status.as_ref().and_then(|s| s.node_info.as_ref()).map(|i| i.kubelet_version.clone())
@@ -521,13 +521,9 @@ pub async fn upgrade_node(args: UpgradeNodeArgs, format: Format) -> anyhow::Resu
             "worker"
         }
     };
-    let image = crate::commands::fleet::observe::move_node_image(
-        &client,
-        &args.node,
-        image_before.as_deref(),
-        &images,
-    )
-    .await?;
+    let image = refit_fleet::observe::move_node_image(&client, &args.node, image_before.as_deref(), &images)
+        .await
+        .with_context(|| format!("setting the node image of {}", args.node))?;
     let change = NodeChange {
         node: args.node.clone(),
         image,

@@ -48,9 +48,10 @@ relaunching member upgrades that were under way (each resumes its own journal)."
 #[derive(Debug, Clone, Args)]
 pub struct MemberFields {
     /// Kubeconfig file of the member (a path; its credentials are never copied or printed).
+    /// Required by `add`, with --context: the member is bound to the cluster they reach.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
-    /// Kubeconfig context.
+    /// Kubeconfig context (required by `add`).
     #[arg(long)]
     pub context: Option<String>,
     /// Label KEY=VALUE (repeatable) that strategies select on.
@@ -88,9 +89,12 @@ pub enum MemberCommand {
     /// Add a member.
     #[command(after_help = "\
 Examples:
-  refit fleet member add eu-1 --kubeconfig ~/.kube/eu-1 --update-group canary --label region=eu
+  refit fleet member add eu-1 --kubeconfig ~/.kube/eu-1 --context eu-1 --update-group canary --label region=eu
   refit fleet member add us-1 --kubeconfig us.conf --context admin --window weekend.yaml --pending-budget 12h
-  refit fleet member add sb-1 --kubeconfig /tmp/sb1/kubeconfig --action sandbox:/tmp/sb1")]
+  refit fleet member add sb-1 --kubeconfig /tmp/sb1/kubeconfig --context refit-testbed --action sandbox:/tmp/sb1
+
+The cluster's identity (its kube-system namespace UID) is recorded: every launch checks that
+the kubeconfig still reaches that cluster and refuses another.")]
     Add {
         /// Member name (lowercase letters, digits, dashes).
         name: String,

@@ -262,6 +262,7 @@ pub async fn run(args: UpgradeArgs, format: Format) -> anyhow::Result<ExitCode> 
                 if format == Format::Table {
                     println!("{n}");
                 }
+                nothing_to_do_summary(format, &n.0)?;
                 return Ok(ExitCode::SUCCESS);
             }
             Err(e) => return Err(e),
@@ -301,6 +302,13 @@ pub async fn run(args: UpgradeArgs, format: Format) -> anyhow::Result<ExitCode> 
         if format != Format::Table {
             print_structured(format, &out)?;
         }
+        if format == Format::Json {
+            // The typed line a fleet driver reads (the plan above is for people and tools).
+            let blocked = refit_core::event::Event::PlanBlocked {
+                blockers: refit_core::event::Blocker::of(&prepared.plan.findings),
+            };
+            println!("{}", serde_json::to_string(&blocked)?);
+        }
         return Ok(ExitCode::from(1));
     }
     let Some(action) = action else {
@@ -309,9 +317,11 @@ pub async fn run(args: UpgradeArgs, format: Format) -> anyhow::Result<ExitCode> 
         ));
     };
     if sched.stages.is_empty() {
+        let nothing = format!("nothing to upgrade: every planned node is already at {}", sched.target);
         if format == Format::Table {
-            println!("nothing to upgrade: every planned node is already at {}", sched.target);
+            println!("{nothing}");
         }
+        nothing_to_do_summary(format, &nothing)?;
         return Ok(ExitCode::SUCCESS);
     }
     if !args.yes && !confirm(&sched)? {
@@ -346,6 +356,22 @@ pub async fn run(args: UpgradeArgs, format: Format) -> anyhow::Result<ExitCode> 
     let code = execute(prepared.conn, store, id, spec, not_after, format).await;
     drop(lock);
     code
+}
+
+/// With `-o json`, "nothing to do" still ends with a summary line (no run, completed): a fleet
+/// driver counts a member upgrade without one as failed.
+fn nothing_to_do_summary(format: Format, why: &str) -> anyhow::Result<()> {
+    if format == Format::Json {
+        let summary = refit_core::event::Event::Summary {
+            outcome: refit_core::event::RunSummary {
+                run: None,
+                state: RunState::Completed,
+                reason: Some(why.to_string()),
+            },
+        };
+        println!("{}", serde_json::to_string(&summary)?);
+    }
+    Ok(())
 }
 
 /// One `refit upgrade` per cluster at a time (the journal has one writer per run, and two

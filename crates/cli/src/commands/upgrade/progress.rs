@@ -272,6 +272,8 @@ fn line_for(e: &Event) -> Option<String> {
             reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
         ),
         Event::Evicted { .. } | Event::ActionOutput { .. } | Event::UnitFinished { .. } => return None,
+        // Printed by the command itself, never sent to the view.
+        Event::Summary { .. } | Event::PlanBlocked { .. } => return None,
     })
 }
 
