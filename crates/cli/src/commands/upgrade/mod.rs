@@ -60,7 +60,7 @@ fn resolve_action(flag: Option<&str>, plan_action: Option<&Action>) -> anyhow::R
     };
     let Some(flag) = flag else {
         return Ok(match plan_action {
-            Some(Action::Exec { command }) => Some(NodeAction::Exec { command: command.clone() }),
+            Some(Action::Exec { command, .. }) => Some(NodeAction::Exec { command: command.clone() }),
             Some(a @ Action::Ssh { .. }) => Some(NodeAction::Ssh { action: a.clone() }),
             Some(Action::Replace { create, remove, control_plane }) => Some(NodeAction::Replace {
                 create: create.clone(),
@@ -122,7 +122,7 @@ fn resolve_action(flag: Option<&str>, plan_action: Option<&Action>) -> anyhow::R
             Some(cmd) => {
                 let command: Vec<String> = cmd.split_whitespace().map(str::to_string).collect();
                 let probe = refit_core::planfile::PlanFile {
-                    action: Some(Action::Exec { command: command.clone() }),
+                    action: Some(Action::Exec { command: command.clone(), probe: Vec::new() }),
                     ..Default::default()
                 };
                 probe.validate(&Default::default()).map_err(|e| usage(format!("--action: {e}")))?;
