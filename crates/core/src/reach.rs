@@ -39,13 +39,34 @@ pub struct MinorOffer {
     /// Releases at which the node can get everything the action installs (for the ssh
     /// action: kubeadm, kubelet and kubectl all offered at that version).
     pub releases: BTreeSet<Version>,
-    /// The package manager's candidate per package with the node's own preferences applied, as
-    /// it writes it (`1.36.4-1.1`, `(none)`); empty when the action installs no packages.
+    /// The package manager's view of each package with the node's own preferences (pins)
+    /// applied; empty when the action installs no packages.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub candidates: BTreeMap<String, String>,
+    pub packages: BTreeMap<String, PackagePolicy>,
     /// Why nothing could be listed (e.g. the repository of that minor answered with an error).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// apt's policy for one package (`apt-cache policy`), with the target minor's repository.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackagePolicy {
+    /// The version apt would install without an explicit one, as it writes it (`1.36.4-1.1`,
+    /// `(none)`).
+    pub candidate: String,
+    /// The version table: each version apt knows, its pin priority, and whether a repository
+    /// offers it (false: it is only the installed package).
+    pub versions: BTreeMap<String, PinnedVersion>,
+}
+
+/// One row of apt's version table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinnedVersion {
+    /// Its pin priority (500 by default, 100 installed-only, above 1000 allows downgrades,
+    /// below 0 forbids it).
+    pub priority: i32,
+    /// Whether a repository offers it (as opposed to only the dpkg status of the installed one).
+    pub offered: bool,
 }
 
 /// What a probe saw on one node.
@@ -249,18 +270,17 @@ pub fn findings(
                 // Pins matter for where the node ends: its last version.
                 let Some(last) = wanted.iter().next_back() else { continue };
                 let Some(offer) = minors.get(&last.minor_version()) else { continue };
-                for (package, candidate) in &offer.candidates {
-                    let below = package_release(candidate).is_some_and(|c| &c < last);
-                    if below {
-                        let files = if pin_files.is_empty() {
-                            "/etc/apt/preferences(.d)".to_string()
-                        } else {
-                            pin_files.join(", ")
-                        };
+                let files = if pin_files.is_empty() {
+                    "/etc/apt/preferences, /etc/apt/preferences.d".to_string()
+                } else {
+                    pin_files.join(", ")
+                };
+                for (package, policy) in &offer.packages {
+                    if let Some(problem) = pin_problem(policy, last) {
                         out.push(blocker(
                             APT_PIN,
                             format!(
-                                "{package}: with this node's apt pins the candidate stays {candidate}, below {last}: the recipe installs {last} by its exact version, but the pin would take the package back down at its next unhold and upgrade; update the pin to {}.* or remove it ({files})",
+                                "{package}: {problem}; update the pin to {}.* or remove it ({files})",
                                 last.minor_version()
                             ),
                         ));
@@ -270,6 +290,35 @@ pub fn findings(
         }
     }
     out
+}
+
+/// What is wrong with a package's pins for reaching `target`, if anything. The recipe installs
+/// the exact version, which apt does whatever the pins say; what a pin still changes is what
+/// happens afterwards, and whether the operator meant to forbid the target:
+/// - a version at the target pinned below 0: the operator's preferences forbid it;
+/// - a candidate below the target that a repository still offers (a pin above 1000 on the old
+///   minor, with a repository that serves it): the next unhold and install or dist-upgrade
+///   takes the package back down. An old candidate that is only the installed package is no
+///   risk — once the target is installed, nothing offers the old one.
+pub fn pin_problem(policy: &PackagePolicy, target: &Version) -> Option<String> {
+    let forbidding = policy
+        .versions
+        .iter()
+        .find(|(v, row)| row.priority < 0 && package_release(v).as_ref() == Some(&target.release()));
+    if let Some((v, row)) = forbidding {
+        return Some(format!(
+            "this node's apt preferences forbid {v} (pin priority {}); the recipe's exact install would override the pin",
+            row.priority
+        ));
+    }
+    let candidate = package_release(&policy.candidate)?;
+    let offered = policy.versions.get(&policy.candidate).is_some_and(|row| row.offered);
+    (candidate < target.release() && offered).then(|| {
+        format!(
+            "with this node's apt pins the candidate is {}, below {target}, and a repository still offers it: the recipe installs {target} by its exact version, but the next unhold and install would take the package back down",
+            policy.candidate
+        )
+    })
 }
 
 fn list<'a>(versions: impl IntoIterator<Item = &'a Version>) -> String {
@@ -412,26 +461,43 @@ mod tests {
         let yes = Observation::Answers { versions: BTreeMap::from([(v("1.37.1"), Ok(()))]) };
         assert!(findings(&need, &BTreeMap::from([("w-1".to_string(), yes)])).is_empty());
 
-        let pinned = |candidate: &str| Observation::Offers {
+        let policy = |candidate: &str, rows: &[(&str, i32, bool)]| PackagePolicy {
+            candidate: candidate.into(),
+            versions: rows
+                .iter()
+                .map(|(v, priority, offered)| {
+                    (v.to_string(), PinnedVersion { priority: *priority, offered: *offered })
+                })
+                .collect(),
+        };
+        let pinned = |p: PackagePolicy| Observation::Offers {
             minors: BTreeMap::from([(
                 m("1.37"),
                 MinorOffer {
                     releases: [v("1.37.1")].into(),
-                    candidates: BTreeMap::from([("kubeadm".to_string(), candidate.to_string())]),
+                    packages: BTreeMap::from([("kubeadm".to_string(), p)]),
                     error: None,
                 },
             )]),
             pin_files: vec!["/etc/apt/preferences.d/kube".into()],
         };
-        let f = findings(&need, &BTreeMap::from([("w-1".to_string(), pinned("1.36.4-1.1"))]));
-        assert_eq!(f.len(), 1);
+        let check = |p: PackagePolicy| findings(&need, &BTreeMap::from([("w-1".to_string(), pinned(p))]));
+        // 1001 on 1.36.* with a repository that still serves 1.36.4: a later downgrade.
+        let f = check(policy("1.36.4-1.1", &[("1.37.1-1.1", 500, true), ("1.36.4-1.1", 1001, true)]));
+        assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].check, APT_PIN);
+        assert!(f[0].message.contains("take the package back down"), "{}", f[0].message);
         assert!(f[0].message.contains("/etc/apt/preferences.d/kube") && f[0].message.contains("1.37.*"));
+        // -1 on the target: the operator forbids it.
+        let f = check(policy("1.36.4-1.1", &[("1.37.1-1.1", -1, true), ("1.36.4-1.1", 100, false)]));
+        assert!(f[0].message.contains("forbid 1.37.1-1.1 (pin priority -1)"), "{}", f[0].message);
+        // The per-minor layout: the old candidate is only the installed package, nothing offers it
+        // once the target is installed.
+        assert!(
+            check(policy("1.36.4-1.1", &[("1.37.1-1.1", 500, true), ("1.36.4-1.1", 1001, false)])).is_empty()
+        );
         for fine in ["1.37.1-1.1", "1.37.2-1.1", "(none)"] {
-            assert!(
-                findings(&need, &BTreeMap::from([("w-1".to_string(), pinned(fine))])).is_empty(),
-                "{fine}"
-            );
+            assert!(check(policy(fine, &[("1.37.1-1.1", 500, true)])).is_empty(), "{fine}");
         }
     }
 
