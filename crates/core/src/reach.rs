@@ -30,6 +30,8 @@ pub const TARGET_UNREACHABLE: &str = "target-unreachable";
 pub const PROBE_FAILED: &str = "target-probe-failed";
 /// The check of a node whose apt preferences pin the packages below the target.
 pub const APT_PIN: &str = "apt-pin";
+/// The check of a first control-plane node whose `kubeadm upgrade plan` refused the target.
+pub const KUBEADM_PLAN: &str = "kubeadm-plan";
 /// The note that says how a minor-only `--to` was resolved.
 pub const TARGET_RESOLVED: &str = "target-resolved";
 
@@ -184,6 +186,30 @@ pub fn resolution_note(
         }),
         _ => None,
     }
+}
+
+/// A blocker on the first control-plane node: the target's own `kubeadm upgrade plan` refused
+/// there (the recipe runs the same plan first, so the run would stop on that node, cordoned).
+pub fn kubeadm_plan_refused(node: &str, version: &Version, error: &str) -> Finding {
+    Finding {
+        check: KUBEADM_PLAN,
+        severity: Severity::Blocker,
+        subject: format!("node/{node}"),
+        node: Some(node.to_string()),
+        message: format!("kubeadm upgrade plan {} refused: {error}", version.git_version()),
+    }
+}
+
+/// Whether `plan` must stop although its mode ignores safety checks: `--ignore-safety-checks`
+/// waives what is unsafe, not what is impossible — a node that cannot reach its target, a
+/// probe that could not tell, or kubeadm refusing would fail inside that node's step, after
+/// its cordon. (Online mode blocks on them like on any blocker; `--partial-ok` may leave such
+/// workers out.)
+pub fn blocks_regardless_of_mode(plan: &crate::plan::Plan) -> bool {
+    plan.mode == crate::plan::Mode::IgnoreSafetyChecks
+        && plan.findings.iter().any(|f| {
+            f.severity == Severity::Blocker && matches!(f.check, TARGET_UNREACHABLE | PROBE_FAILED | KUBEADM_PLAN)
+        })
 }
 
 /// The target an unfinished run must have for `request` to continue it (see
@@ -499,6 +525,36 @@ mod tests {
         for fine in ["1.37.1-1.1", "1.37.2-1.1", "(none)"] {
             assert!(check(policy(fine, &[("1.37.1-1.1", 500, true)])).is_empty(), "{fine}");
         }
+    }
+
+    #[test]
+    fn ignoring_safety_checks_does_not_ignore_an_unreachable_target() {
+        let snapshot = Snapshot {
+            nodes: vec![
+                crate::snapshot::build::node("cp-1").kubelet("v1.36.4").control_plane(),
+                crate::snapshot::build::node("w-1").kubelet("v1.36.4"),
+            ],
+            ..Default::default()
+        };
+        let need = BTreeMap::from([("w-1".to_string(), BTreeSet::from([v("1.37.1")]))]);
+        let f = findings(&need, &BTreeMap::from([("w-1".to_string(), offers("1.37", &["1.37.0"]))]));
+        let mut opts = PlanOptions {
+            target: v("1.37.1"),
+            max_unavailable: MaxUnavailable::Count(1),
+            mode: Mode::IgnoreSafetyChecks,
+            partial_ok: false,
+            force: false,
+            control_plane_only: false,
+            extra_roles: Default::default(),
+        };
+        let plan = crate::plan::build(&snapshot, f.clone(), &opts).unwrap();
+        assert!(!plan.blocked && blocks_regardless_of_mode(&plan));
+        opts.mode = Mode::Online;
+        let plan = crate::plan::build(&snapshot, f.clone(), &opts).unwrap();
+        assert!(plan.blocked && !blocks_regardless_of_mode(&plan));
+        opts.partial_ok = true;
+        let plan = crate::plan::build(&snapshot, f, &opts).unwrap();
+        assert!(!plan.blocked, "--partial-ok leaves the worker out");
     }
 
     #[test]

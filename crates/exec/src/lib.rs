@@ -21,6 +21,7 @@ pub mod command;
 mod error;
 pub mod exec;
 pub mod kubeadm;
+pub mod probe;
 pub mod ssh;
 
 use serde::{Deserialize, Serialize};
