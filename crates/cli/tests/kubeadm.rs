@@ -188,8 +188,9 @@ fn plan(c: &KubeadmCluster, to: &str, extra: &[&str]) -> (Option<i32>, serde_jso
         .unwrap();
     eprintln!("timing: refit plan --to {to} {extra:?} took {:?}", started.elapsed());
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let json = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("plan printed no JSON ({e}): {}\n{stderr}", String::from_utf8_lossy(&out.stdout)));
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("plan printed no JSON ({e}): {}\n{stderr}", String::from_utf8_lossy(&out.stdout))
+    });
     (out.status.code(), json, stderr)
 }
 
@@ -201,7 +202,10 @@ fn findings_of(plan: &serde_json::Value, check: &str) -> Vec<(String, String)> {
         .flatten()
         .filter(|f| f["check"] == check)
         .map(|f| {
-            (f["node"].as_str().unwrap_or_default().to_string(), f["message"].as_str().unwrap_or_default().to_string())
+            (
+                f["node"].as_str().unwrap_or_default().to_string(),
+                f["message"].as_str().unwrap_or_default().to_string(),
+            )
         })
         .collect()
 }
@@ -327,7 +331,12 @@ async fn one_control_plane_and_two_workers_go_from_136_to_137_through_kubeadm_an
     assert_eq!(code, Some(1), "{p}\n{err}");
     assert_eq!(
         findings_of(&p, "target-unreachable"),
-        [("worker-2".to_string(), format!("the action's probe says {to} cannot be reached: sh exited with code 1; last stderr lines: / no image for {to}"))],
+        [(
+            "worker-2".to_string(),
+            format!(
+                "the action's probe says {to} cannot be reached: sh exited with code 1; last stderr lines: / no image for {to}"
+            )
+        )],
         "{p}"
     );
     // The sandbox action's buildable set: a catalog patch it cannot build blocks every node,
@@ -339,7 +348,7 @@ async fn one_control_plane_and_two_workers_go_from_136_to_137_through_kubeadm_an
         .unwrap()
         .patches
         .iter()
-        .find(|p| !built.contains(p) && p.to_string() != to)
+        .find(|p| !built.contains(*p) && p.to_string() != to)
         .expect("a catalog patch of the target minor that is not built")
         .to_string();
     let sandbox_action = format!("sandbox:{}", tmp.path().join("no-sandbox").display());
@@ -347,23 +356,34 @@ async fn one_control_plane_and_two_workers_go_from_136_to_137_through_kubeadm_an
     assert_eq!(code, Some(1), "{p}\n{err}");
     let unreachable = findings_of(&p, "target-unreachable");
     assert_eq!(unreachable.len(), 3, "{p}");
-    assert!(unreachable.iter().all(|(_, m)| m.contains(&format!("{unbuildable} is not offered"))), "{unreachable:?}");
+    assert!(
+        unreachable.iter().all(|(_, m)| m.contains(&format!("{unbuildable} is not offered"))),
+        "{unreachable:?}"
+    );
     let (code, p, err) = plan(&c, &minor, &["--action", &sandbox_action]);
     assert_eq!((code, p["target"].as_str()), (Some(0), Some(to.as_str())), "{p}\n{err}");
 
     // A node whose repository lacks the target: `refit plan` names it, `refit upgrade` stops
     // before cordoning anything, and nothing on any node changed.
+    let before: BTreeMap<String, String> =
+        c.nodes().iter().map(|n| (n.name.clone(), node_state(&c, &n.name))).collect();
     let original = stale_mirror(&c, "worker-1", &from, &to);
-    let before: BTreeMap<String, String> = c.nodes().iter().map(|n| (n.name.clone(), node_state(&c, &n.name))).collect();
     let blocked = run(upgrade(&c, &to, &tmp.path().join("blocked.db")), "blocked by worker-1's repository");
     assert_eq!(blocked.code, Some(1), "{}\n{}", blocked.stdout, blocked.stderr);
-    let unreachable = findings_of(&serde_json::from_str(&blocked.stdout).unwrap_or_default(), "target-unreachable");
+    let unreachable =
+        findings_of(&serde_json::from_str(&blocked.stdout).unwrap_or_default(), "target-unreachable");
     assert_eq!(unreachable.len(), 1, "{}", blocked.stdout);
     assert_eq!(unreachable[0].0, "worker-1");
-    assert!(unreachable[0].1.contains(&format!("{to} is not offered to this node (offered: {from})")), "{unreachable:?}");
+    assert!(
+        unreachable[0].1.contains(&format!("{to} is not offered to this node (offered: {from})")),
+        "{unreachable:?}"
+    );
     assert!(!blocked.stdout.contains("step-started"), "a step started: {}", blocked.stdout);
     none_cordoned(&client).await;
-    c.node_host("worker-1").unwrap().write_file(refit_testbed::kubeadm::repo::SOURCES_PATH, original.as_bytes(), 0o644).unwrap();
+    c.node_host("worker-1")
+        .unwrap()
+        .write_file(refit_testbed::kubeadm::repo::SOURCES_PATH, original.as_bytes(), 0o644)
+        .unwrap();
 
     // `refit plan --to 1.37` (a minor, as an operator types it) with the ssh action: resolved to
     // the patch every node's repository offers, and kubeadm's own plan for it, from the first
@@ -395,7 +415,8 @@ async fn one_control_plane_and_two_workers_go_from_136_to_137_through_kubeadm_an
     let kubeadm_images = &catalog.release(v(&to).minor_version()).unwrap().kubeadm;
     assert_eq!(components["etcd"].1, kubeadm_images.etcd, "etcd at kubeadm's pairing");
     assert!(components.contains_key("CoreDNS"), "{components:?}");
-    let after: BTreeMap<String, String> = c.nodes().iter().map(|n| (n.name.clone(), node_state(&c, &n.name))).collect();
+    let after: BTreeMap<String, String> =
+        c.nodes().iter().map(|n| (n.name.clone(), node_state(&c, &n.name))).collect();
     for (node, state) in &before {
         assert_eq!(state, &after[node], "the probe changed {node}");
     }
@@ -586,6 +607,48 @@ async fn multi_hop_walks_every_control_plane_through_kubeadm_per_minor_and_worke
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "long kubeadm scenario: cargo test -p refit-cli --test kubeadm -- --ignored"]
+async fn multi_hop_with_three_control_planes_runs_kubeadm_on_every_member_per_minor() {
+    let (from, mid, to) = (release(35), release(36), release(37));
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cluster(&tmp, &from, &[&from, &mid, &to], 3, 1).await;
+    let client = c.client().await.unwrap();
+    // `--to 1.37` with the shipped catalog: the hop through 1.36 and the target both land on
+    // the patches every node's repository offers (no trimmed catalog).
+    let minor = to.rsplit_once('.').unwrap().0.to_string();
+    let ran = run(upgrade(&c, &minor, &tmp.path().join("refit.db")), "multi-hop 3 cp + 1 worker");
+    assert!(ran.ok(), "refit upgrade failed:\n{}\n{}", ran.stdout, ran.stderr);
+    for n in c.nodes() {
+        let hops = ran.upgrades(&n.name);
+        let out = ran.output(&n.name);
+        if n.control_plane {
+            assert_eq!(hops, [mid.as_str(), to.as_str()], "{} walks one minor at a time", n.name);
+            for hop in [&mid, &to] {
+                assert!(
+                    out.iter().any(|l| l.trim() == format!("v{hop}")),
+                    "{}: no kubeadm v{hop}: {out:?}",
+                    n.name
+                );
+            }
+            // The first member applies each hop, the others follow with `kubeadm upgrade node`.
+            let applied = out
+                .iter()
+                .filter(|l| l.contains("SUCCESS! A control plane node of your cluster was upgraded"))
+                .count();
+            let followed = out
+                .iter()
+                .filter(|l| l.contains("The control plane instance for this node was successfully upgraded"))
+                .count();
+            eprintln!("{}: {applied} apply success line(s), {followed} upgrade-node success line(s)", n.name);
+            assert_eq!(applied + followed, 2, "{}: one kubeadm upgrade per hop: {out:?}", n.name);
+        } else {
+            assert_eq!(hops, [to.as_str()], "{} goes once, straight to {to}", n.name);
+        }
+    }
+    assert_all_at(&c, &client, &from, &to).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "long kubeadm scenario: cargo test -p refit-cli --test kubeadm -- --ignored"]
 async fn refit_killed_while_kubeadm_upgrade_apply_runs_then_rerun_completes() {
     use std::io::{BufRead, BufReader};
     let tmp = tempfile::tempdir().unwrap();
@@ -682,7 +745,8 @@ async fn bad_cases_stale_repository_pins_and_a_hand_edited_manifest() {
     // version afterwards (checked after the run).
     let prefs = "/etc/apt/preferences.d/kubernetes";
     let pin = |version: &str, priority: i32| {
-        let text = format!("Package: kubeadm kubelet kubectl\nPin: version {version}.*\nPin-Priority: {priority}\n");
+        let text =
+            format!("Package: kubeadm kubelet kubectl\nPin: version {version}.*\nPin-Priority: {priority}\n");
         c.node_host("worker-2").unwrap().write_file(prefs, text.as_bytes(), 0o644).unwrap();
     };
     let minor_of = |r: &str| r.rsplit_once('.').unwrap().0.to_string();
@@ -692,10 +756,17 @@ async fn bad_cases_stale_repository_pins_and_a_hand_edited_manifest() {
     let pins = findings_of(&p, "apt-pin");
     eprintln!("pin -1 on {}.*: {pins:?}", minor_of(&to));
     assert_eq!(pins.len(), 3, "one per package: {p}");
-    assert!(pins.iter().all(|(n, m)| n == "worker-2" && m.contains("forbid") && m.contains(prefs)), "{pins:?}");
+    assert!(
+        pins.iter().all(|(n, m)| n == "worker-2" && m.contains("forbid") && m.contains(prefs)),
+        "{pins:?}"
+    );
     pin(&minor_of(&from), 1001);
     let (code, p, err) = plan(&c, &to, &["-f", c.plan_file().to_str().unwrap()]);
-    assert_eq!(code, Some(0), "a 1001 pin on the old minor, offered by no repository, is no risk: {p}\n{err}");
+    assert_eq!(
+        code,
+        Some(0),
+        "a 1001 pin on the old minor, offered by no repository, is no risk: {p}\n{err}"
+    );
 
     // (a) worker-1's mirror lags: its v1.37 channel still serves 1.36 (a local mirror that
     // has not synced the new minor). The plan blocks on it (the CI test checks that); with
@@ -769,6 +840,7 @@ async fn bad_cases_stale_repository_pins_and_a_hand_edited_manifest() {
     let policy = c.exec("worker-2", "apt-cache", &["policy", "kubeadm"]).unwrap();
     eprintln!("worker-2 after the run with a 1001 pin on {}.*:\n{policy}", minor_of(&from));
     assert!(policy.contains(&format!("Candidate: {to}-1.1")), "{policy}");
-    let simulated = c.exec("worker-2", "apt-get", &["-s", "--allow-change-held-packages", "dist-upgrade"]).unwrap();
+    let simulated =
+        c.exec("worker-2", "apt-get", &["-s", "--allow-change-held-packages", "dist-upgrade"]).unwrap();
     assert!(simulated.contains("0 upgraded, 0 newly installed, 0 to remove"), "{simulated}");
 }

@@ -208,7 +208,8 @@ pub fn kubeadm_plan_refused(node: &str, version: &Version, error: &str) -> Findi
 pub fn blocks_regardless_of_mode(plan: &crate::plan::Plan) -> bool {
     plan.mode == crate::plan::Mode::IgnoreSafetyChecks
         && plan.findings.iter().any(|f| {
-            f.severity == Severity::Blocker && matches!(f.check, TARGET_UNREACHABLE | PROBE_FAILED | KUBEADM_PLAN)
+            f.severity == Severity::Blocker
+                && matches!(f.check, TARGET_UNREACHABLE | PROBE_FAILED | KUBEADM_PLAN)
         })
 }
 

@@ -185,9 +185,9 @@ pub async fn prepare(args: &PlanArgs) -> anyhow::Result<Prepared> {
     };
     let mut plan = refit_core::preflight::preflight(&snapshot, Some(&path), extra, &plan_opts, &check_opts)
         .map_err(|e| match e {
-            refit_core::plan::PlanError::NothingToDo(_) => anyhow::Error::new(NothingToDo(e.to_string())),
-            e => usage(e.to_string()),
-        })?;
+        refit_core::plan::PlanError::NothingToDo(_) => anyhow::Error::new(NothingToDo(e.to_string())),
+        e => usage(e.to_string()),
+    })?;
     plan.blocked |= refit_core::reach::blocks_regardless_of_mode(&plan);
     tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "preflight decided");
     let workers = snapshot.nodes.iter().filter(|n| !n.is_control_plane()).count();
