@@ -324,7 +324,7 @@ async fn one_control_plane_and_two_workers_go_from_136_to_137_through_kubeadm_an
     let exec_plan = tmp.path().join("exec-plan.yaml");
     std::fs::write(
         &exec_plan,
-        "action:\n  type: exec\n  command: [\"true\"]\n  probe: [sh, -c, 'test \"$REFIT_NODE\" != worker-2 || { echo \"no image for $REFIT_TO\" >&2; exit 1; }']\n",
+        "action:\n  type: exec\n  command: [\"true\"]\n  probe: [sh, -c, 'test \"$REFIT_NODE\" != worker-2 || (echo \"no image for $REFIT_TO\" >&2; exit 1)']\n",
     )
     .unwrap();
     let (code, p, err) = plan(&c, &to, &["-f", exec_plan.to_str().unwrap()]);

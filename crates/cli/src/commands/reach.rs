@@ -114,14 +114,22 @@ pub async fn probe(
     if draft.mode == refit_core::plan::Mode::Offline {
         return Ok(unprobed(path, vec!["target probe (--offline)".into()]));
     }
-    let plan = match refit_core::plan::build(snapshot, Vec::new(), draft) {
-        Ok(p) => p,
-        // Nothing to do, or --partial-ok refusing: preflight reports it as before.
-        Err(_) => return Ok(unprobed(path, Vec::new())),
+    // The plan without findings at `path`'s target: which nodes are upgraded, in which roles.
+    let plan_for = |path: &UpgradePath| {
+        refit_core::plan::build(
+            snapshot,
+            Vec::new(),
+            &PlanOptions { target: path.to.clone(), ..draft.clone() },
+        )
     };
+    if plan_for(&path).is_err() {
+        // Nothing to do, or --partial-ok refusing: preflight reports it as before.
+        return Ok(unprobed(path, Vec::new()));
+    }
     let addresses =
         plan_file.addresses(snapshot.nodes.iter().map(|n| (n.name.as_str(), n.address.as_deref())));
     let requests = |path: &UpgradePath| -> Vec<ProbeRequest> {
+        let Ok(plan) = plan_for(path) else { return Vec::new() };
         let sched = schedule(&plan, path, Style::InPlace, 1, false);
         let needs = reach::needs(&sched);
         let first = reach::first_control_plane(&sched);
