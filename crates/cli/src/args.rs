@@ -393,11 +393,6 @@ pub struct UpgradeArgs {
     /// maintenance window): nodes under way finish, the run ends paused, a rerun continues.
     #[arg(long)]
     pub not_after: Option<String>,
-    /// How nodes are upgraded: `exec:PROGRAM ARG...` (placeholders {node} {role} {from} {to}
-    /// {phase} {address}, split on spaces, never a shell), `ssh` (kubeadm recipe), `sandbox`,
-    /// `replace-sandbox`. Default: the plan file's action.
-    #[arg(long)]
-    pub action: Option<String>,
     /// Per-node drain deadline (e.g. 300s, 10m; 1s to one year).
     #[arg(long, default_value = "10m", value_parser = duration)]
     pub drain_timeout: Duration,
@@ -478,6 +473,15 @@ pub struct PlanArgs {
     /// Label (KEY or KEY=VALUE) marking storage nodes; repeatable.
     #[arg(long)]
     pub storage_label: Vec<String>,
+    /// How nodes are upgraded: `exec:PROGRAM ARG...` (placeholders {node} {role} {from} {to}
+    /// {phase} {address}, split on spaces, never a shell), `ssh` (kubeadm recipe), `sandbox`,
+    /// `replace-sandbox`. Default: the plan file's action. Before anything changes, each node is
+    /// asked through it which versions it can reach (ssh: its package repositories, plus
+    /// `kubeadm upgrade plan` on the first control-plane node; exec: the plan file's `probe`;
+    /// sandbox: its buildable releases): a minor `--to` takes the newest patch they all offer,
+    /// a node that cannot reach its target blocks the plan.
+    #[arg(long)]
+    pub action: Option<String>,
     /// A release catalog to use instead of the built-in one.
     #[arg(long, env = "REFIT_CATALOG")]
     pub catalog: Option<PathBuf>,

@@ -29,6 +29,7 @@ pub mod plan;
 pub mod planfile;
 pub mod preflight;
 pub mod quantity;
+pub mod reach;
 pub mod removed;
 pub mod run;
 pub mod skew;

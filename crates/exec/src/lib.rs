@@ -25,6 +25,7 @@ mod error;
 pub mod exclusive;
 pub mod exec;
 pub mod kubeadm;
+pub mod probe;
 pub mod ssh;
 
 use serde::{Deserialize, Serialize};

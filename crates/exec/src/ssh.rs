@@ -617,7 +617,7 @@ mod tests {
         assert_eq!(opts.identity_file, Some(PathBuf::from("/k/id")));
         assert_eq!(opts.known_hosts, HostKeyCheck::AcceptNew);
         assert!(!opts.sudo);
-        assert_eq!(SshOptions::from_action(&Action::Exec { command: vec!["x".into()] }), None);
+        assert_eq!(SshOptions::from_action(&Action::Exec { command: vec!["x".into()], probe: vec![] }), None);
         assert_eq!(SshOptions::default().known_hosts, HostKeyCheck::Strict);
     }
 }

@@ -6,6 +6,7 @@ mod demo;
 pub mod fleet;
 pub mod formats;
 mod plan;
+mod reach;
 mod sandbox;
 mod status;
 mod upgrade;

@@ -28,6 +28,9 @@ pub struct PlanOutput<'a> {
     not_run: Vec<String>,
     #[serde(flatten)]
     plan: &'a Plan,
+    /// What the node action can reach, and kubeadm's own plan (ssh action).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reach: Option<&'a crate::commands::reach::ReachReport>,
 }
 
 /// Everything preflight gathered and decided: `refit plan` prints it, `refit upgrade`
@@ -49,6 +52,8 @@ pub struct Prepared {
     pub catalog: refit_core::catalog::Catalog,
     /// Worker batch size.
     pub worker_concurrency: usize,
+    /// What the node action can reach (None: it has no probe).
+    pub reach: Option<crate::commands::reach::ReachReport>,
 }
 
 /// Every node is already at the target: bad input for `refit plan` (exit 2, as before), a
@@ -89,6 +94,8 @@ pub async fn prepare(args: &PlanArgs) -> anyhow::Result<Prepared> {
         (false, false) => Mode::Online,
     };
     let plan_file = read_plan_file(args.file.as_deref())?;
+    crate::commands::upgrade::resolve_action(args.action.as_deref(), plan_file.action.as_ref())?;
+    let probe = crate::commands::reach::target_probe(args.action.as_deref(), &plan_file)?;
 
     let target =
         ClusterTarget { kubeconfig: args.cluster.kubeconfig.clone(), context: args.cluster.context.clone() };
@@ -121,8 +128,34 @@ pub async fn prepare(args: &PlanArgs) -> anyhow::Result<Prepared> {
     let nodes: BTreeSet<String> = snapshot.nodes.iter().map(|n| n.name.clone()).collect();
     plan_file.validate(&nodes).map_err(|e| usage(e.to_string()))?;
 
-    let mut extra: Vec<Finding> = Vec::new();
-    let mut not_run = Vec::new();
+    let mut plan_opts = PlanOptions {
+        target: path.to.clone(),
+        max_unavailable,
+        mode,
+        partial_ok: args.partial_ok,
+        force: args.force,
+        control_plane_only: args.control_plane_only,
+        extra_roles: plan_file.extra_roles(),
+    };
+    // What the node action can reach, before anything changes: may move a minor `--to` to the
+    // newest patch every node offers, and blocks on nodes that cannot reach their target.
+    let reached = crate::commands::reach::probe(
+        probe.as_ref(),
+        &snapshot,
+        &plan_file,
+        &catalog,
+        &request,
+        path,
+        &plan_opts,
+        args.force,
+    )
+    .await?;
+    let path = reached.path;
+    plan_opts.target = path.to.clone();
+    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "target probed");
+
+    let mut extra: Vec<Finding> = reached.findings;
+    let mut not_run = reached.not_run;
     if mode == Mode::Offline {
         not_run.push("all checks (--offline)".to_string());
     } else {
@@ -136,15 +169,6 @@ pub async fn prepare(args: &PlanArgs) -> anyhow::Result<Prepared> {
         }
         extra.extend(refit_core::preflight::forced_findings(&path));
     }
-    let plan_opts = PlanOptions {
-        target: path.to.clone(),
-        max_unavailable,
-        mode,
-        partial_ok: args.partial_ok,
-        force: args.force,
-        control_plane_only: args.control_plane_only,
-        extra_roles: plan_file.extra_roles(),
-    };
     let mut ingress = plan_file.ingress_labels.clone();
     ingress.extend(args.ingress_label.iter().cloned());
     let mut storage = plan_file.storage_labels.clone();
@@ -159,23 +183,16 @@ pub async fn prepare(args: &PlanArgs) -> anyhow::Result<Prepared> {
         ingress_labels: ingress,
         storage_labels: storage,
     };
-    let plan = refit_core::preflight::preflight(&snapshot, Some(&path), extra, &plan_opts, &check_opts)
+    let mut plan = refit_core::preflight::preflight(&snapshot, Some(&path), extra, &plan_opts, &check_opts)
         .map_err(|e| match e {
-            refit_core::plan::PlanError::NothingToDo(_) => anyhow::Error::new(NothingToDo(e.to_string())),
-            e => usage(e.to_string()),
-        })?;
+        refit_core::plan::PlanError::NothingToDo(_) => anyhow::Error::new(NothingToDo(e.to_string())),
+        e => usage(e.to_string()),
+    })?;
+    plan.blocked |= refit_core::reach::blocks_regardless_of_mode(&plan);
     tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "preflight decided");
     let workers = snapshot.nodes.iter().filter(|n| !n.is_control_plane()).count();
-    let mut addresses: std::collections::BTreeMap<String, String> =
-        snapshot.nodes.iter().filter_map(|n| n.address.clone().map(|a| (n.name.clone(), a))).collect();
-    for e in &plan_file.etcd {
-        addresses.insert(e.name.clone(), e.address.clone());
-    }
-    for (n, f) in &plan_file.nodes {
-        if let Some(a) = &f.address {
-            addresses.insert(n.clone(), a.clone());
-        }
-    }
+    let addresses =
+        plan_file.addresses(snapshot.nodes.iter().map(|n| (n.name.as_str(), n.address.as_deref())));
     Ok(Prepared {
         conn,
         current,
@@ -185,6 +202,7 @@ pub async fn prepare(args: &PlanArgs) -> anyhow::Result<Prepared> {
         addresses,
         catalog,
         worker_concurrency: max_unavailable.batch_size(workers),
+        reach: reached.report,
     })
 }
 
@@ -197,6 +215,7 @@ impl Prepared {
             path: self.path.hops.iter().map(|h| h.to.to_string()).collect(),
             not_run: self.not_run.clone(),
             plan: &self.plan,
+            reach: self.reach.as_ref(),
         }
     }
 }
@@ -245,6 +264,9 @@ pub fn render(o: &PlanOutput<'_>) -> String {
             ]);
         }
         s.push_str(&format!("Findings\n{t}\n\n"));
+    }
+    if let Some(r) = o.reach {
+        s.push_str(&crate::commands::reach::render(r));
     }
     let mut t = table(&["phase", "batch", "node", "roles", "from", "to", "drain", "steps", "blockers"]);
     for phase in &p.phases {
@@ -337,6 +359,7 @@ mod tests {
             path: vec!["1.37.1".into()],
             not_run: vec![],
             plan,
+            reach: None,
         }
     }
 

@@ -24,7 +24,10 @@ use crate::commands::plan::{prepare, read_plan_file, render};
 use crate::output::{Format, print_structured, table, usage};
 
 /// The node action from `--action`, else the plan file's.
-fn resolve_action(flag: Option<&str>, plan_action: Option<&Action>) -> anyhow::Result<Option<NodeAction>> {
+pub(crate) fn resolve_action(
+    flag: Option<&str>,
+    plan_action: Option<&Action>,
+) -> anyhow::Result<Option<NodeAction>> {
     let exe = || -> anyhow::Result<String> {
         Ok(std::env::current_exe()
             .map_err(|e| usage(format!("cannot locate the refit binary: {e}")))?
@@ -33,7 +36,7 @@ fn resolve_action(flag: Option<&str>, plan_action: Option<&Action>) -> anyhow::R
     };
     let Some(flag) = flag else {
         return Ok(match plan_action {
-            Some(Action::Exec { command }) => Some(NodeAction::Exec { command: command.clone() }),
+            Some(Action::Exec { command, .. }) => Some(NodeAction::Exec { command: command.clone() }),
             Some(a @ Action::Ssh { .. }) => Some(NodeAction::Ssh { action: a.clone() }),
             Some(Action::Replace { create, remove, control_plane }) => Some(NodeAction::Replace {
                 create: create.clone(),
@@ -95,7 +98,7 @@ fn resolve_action(flag: Option<&str>, plan_action: Option<&Action>) -> anyhow::R
             Some(cmd) => {
                 let command: Vec<String> = cmd.split_whitespace().map(str::to_string).collect();
                 let probe = refit_core::planfile::PlanFile {
-                    action: Some(Action::Exec { command: command.clone() }),
+                    action: Some(Action::Exec { command: command.clone(), probe: Vec::new() }),
                     ..Default::default()
                 };
                 probe.validate(&Default::default()).map_err(|e| usage(format!("--action: {e}")))?;
@@ -178,7 +181,7 @@ pub async fn run(args: UpgradeArgs, format: Format) -> anyhow::Result<ExitCode> 
     let (drain_timeout, node_timeout) = (args.drain_timeout, args.node_timeout);
     let on_undrainable: OnUndrainable = args.on_undrainable.parse().map_err(usage)?;
     let plan_file = read_plan_file(args.plan.file.as_deref())?;
-    let action = resolve_action(args.action.as_deref(), plan_file.action.as_ref())?;
+    let action = resolve_action(args.plan.action.as_deref(), plan_file.action.as_ref())?;
     let request: VersionRequest = args.plan.to.parse().map_err(|e| usage(format!("--to: {e}")))?;
     let store_path = store_path(&args)?;
     let backup_dir = args.backup_dir.clone().unwrap_or_else(|| {
@@ -189,10 +192,6 @@ pub async fn run(args: UpgradeArgs, format: Format) -> anyhow::Result<ExitCode> 
 
     // A run of this cluster to this target that did not finish: continue it as it was planned.
     let catalog = load_catalog(args.plan.catalog.as_deref())?;
-    let target_release = match &request {
-        VersionRequest::Exact(v) => Some(v.release()),
-        VersionRequest::Minor(m) => catalog.newest_patch(*m).cloned(),
-    };
     let cluster_target = refit_kube::ClusterTarget {
         kubeconfig: args.plan.cluster.kubeconfig.clone(),
         context: args.plan.cluster.context.clone(),
@@ -218,6 +217,12 @@ pub async fn run(args: UpgradeArgs, format: Format) -> anyhow::Result<ExitCode> 
             )),
             None => None,
         };
+        // A minor `--to` continues its run to whichever patch the nodes could reach then.
+        let target_release = refit_core::reach::continued_target(
+            &request,
+            &catalog,
+            latest.as_ref().map(|r| r.target.as_str()),
+        );
         match (refit_core::run::continuation(seen, target_release.as_ref(), args.abandon), latest) {
             (Continuation::Abandon, Some(prev)) => abandon(&conn, store, &prev.id, format).await?,
             (Continuation::Conflict, Some(prev)) => {
