@@ -404,7 +404,7 @@ impl<L: MemberLauncher, O: Observer> Driver<L, O> {
         let stale: Vec<MemberRecord> = members
             .iter()
             .filter(|m| candidates.contains(m.name.as_str()))
-            .filter(|m| !self.facts.get(&m.name).is_some_and(|(at, _)| at.elapsed() < self.cfg.facts_ttl))
+            .filter(|m| self.facts.get(&m.name).is_none_or(|(at, _)| at.elapsed() >= self.cfg.facts_ttl))
             .cloned()
             .collect();
         for (name, f) in observe_all(&self.observer, &stale, self.cfg.observe_timeout).await {
