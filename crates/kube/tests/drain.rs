@@ -468,7 +468,7 @@ async fn refused_pods_stop_the_drain_before_any_eviction() {
 }
 
 #[tokio::test]
-async fn a_timeout_names_each_pod_and_its_budget_and_force_deletes_the_rest() {
+async fn a_timeout_names_each_pod_and_its_budget_and_force_deletes_the_rest_within_the_rules() {
     let (c, ns, key) = setup("timeout").await;
     let node = "worker-006";
     label(&c.client, node, &key, true).await;
@@ -490,7 +490,8 @@ async fn a_timeout_names_each_pod_and_its_budget_and_force_deletes_the_rest() {
     }
 
     // A bare pod arrives on the cordoned node (nodeName skips the scheduler): refused by the
-    // rules, deleted by force like the rest.
+    // rules. Force overrides budgets, not the rules: nothing is deleted while it is there
+    // (kubectl's rule), until its own allowance (--delete-unmanaged-pods) is given.
     apply::<Pod>(
         &c.client,
         json!({
@@ -502,8 +503,19 @@ async fn a_timeout_names_each_pod_and_its_budget_and_force_deletes_the_rest() {
     .await
     .unwrap();
     wait_pods_ready(&c.client, &ns, "app=debug", 1, READY).await.unwrap();
+    let report = force_delete_remaining(&c, node, &DrainConfig::default(), &|_| {}).await.unwrap();
+    assert!(!report.complete && report.deleted.is_empty(), "{report:#?}");
+    let refused: Vec<_> = report.remaining.iter().filter(|b| b.pod.namespace == ns).collect();
+    assert_eq!(refused.len(), 1, "{report:#?}");
+    assert_eq!(refused[0].pod.name, "debug");
+    assert!(refused[0].reason.contains("--delete-unmanaged-pods"), "{:?}", refused[0]);
+    assert_eq!(pods_on(&c.client, &ns, node).await.len(), 3, "nothing deleted");
     let rec = Recorder::new();
-    let report = force_delete_remaining(&c, node, &DrainConfig::default(), &|e| rec.record(e)).await.unwrap();
+    let allowed = DrainConfig {
+        rules: refit_core::drain::DrainOptions { force: true, delete_emptydir_data: false },
+        ..DrainConfig::default()
+    };
+    let report = force_delete_remaining(&c, node, &allowed, &|e| rec.record(e)).await.unwrap();
     assert!(report.complete, "{report:#?}");
     let deleted: Vec<_> = report.deleted.iter().filter(|p| p.namespace == ns).collect();
     assert_eq!(deleted.len(), 3, "{report:#?}");
