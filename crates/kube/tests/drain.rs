@@ -205,6 +205,48 @@ async fn cordons_are_owned_idempotent_and_never_taken_from_others() {
     assert!(matches!(err, Error::NodeNotFound { .. }), "{err}");
 }
 
+/// Someone runs `kubectl uncordon` and then `kubectl cordon` (the real kubectl) on a node refit
+/// cordoned, in the middle of the run: the annotation still names refit's run, but the cordon
+/// is theirs now, and refit's uncordon leaves it.
+#[tokio::test]
+async fn a_cordon_retaken_with_kubectl_mid_run_is_not_lifted_by_refit() {
+    let (c, _ns, _key) = setup("retaken").await;
+    let node = "worker-010";
+    let tb = shared().unwrap();
+    let kubectl = tb.kubectl(&refit_testbed::default_version().unwrap()).unwrap();
+    let run_kubectl = |verb: &str| {
+        let out = std::process::Command::new(&kubectl)
+            .arg("--kubeconfig")
+            .arg(tb.kubeconfig())
+            .args([verb, node])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "kubectl {verb}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let nodes: Api<Node> = Api::all(c.client.clone());
+    let unschedulable = |n: &Node| n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
+
+    assert_eq!(cordon(&c, node, "run-a").await.unwrap(), CordonOutcome::Cordoned);
+    assert_eq!(refit_kube::node::node_state(&c, node).await.unwrap().cordoned_by.as_deref(), Some("run-a"));
+    run_kubectl("uncordon");
+    run_kubectl("cordon");
+    let n = nodes.get(node).await.unwrap();
+    assert!(unschedulable(&n));
+    let by = n.metadata.annotations.as_ref().and_then(|a| a.get(CORDONED_BY)).map(String::as_str);
+    assert_eq!(by, Some("run-a"), "kubectl leaves refit's annotation");
+    // The engine's view and the cordon functions agree: not run-a's cordon any more.
+    assert_eq!(refit_kube::node::node_state(&c, node).await.unwrap().cordoned_by, None);
+    assert_eq!(uncordon(&c, node, "run-a").await.unwrap(), UncordonOutcome::NotOurs { by: None });
+    assert!(unschedulable(&nodes.get(node).await.unwrap()), "their cordon stays");
+    assert_eq!(cordon(&c, node, "run-a").await.unwrap(), CordonOutcome::ByOther { by: None });
+
+    // Once they give it back, refit cordons and uncordons it as its own again.
+    run_kubectl("uncordon");
+    assert_eq!(cordon(&c, node, "run-b").await.unwrap(), CordonOutcome::Cordoned);
+    assert_eq!(uncordon(&c, node, "run-b").await.unwrap(), UncordonOutcome::Uncordoned);
+    assert!(!unschedulable(&nodes.get(node).await.unwrap()));
+}
+
 #[tokio::test]
 async fn racing_cordons_have_exactly_one_owner() {
     let (c, _ns, _key) = setup("race").await;
