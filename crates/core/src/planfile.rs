@@ -41,6 +41,15 @@ pub enum PlanFileError {
         "external etcd member '{0}' has the name of a cluster node; list it under nodes with roles [etcd] instead"
     )]
     EtcdIsNode(String),
+    /// An address that is neither an IP nor a DNS name (it reaches node actions and ssh).
+    #[error("the plan file's address for '{name}': {source}; write an IP address or a host name")]
+    Address {
+        /// The node or etcd host.
+        name: String,
+        /// What is wrong.
+        #[source]
+        source: crate::identity::AddressError,
+    },
 }
 
 /// An external etcd member.
@@ -263,6 +272,14 @@ impl PlanFile {
         if let Some(e) = self.etcd.iter().find(|e| nodes.contains(&e.name)) {
             return Err(PlanFileError::EtcdIsNode(e.name.clone()));
         }
+        let addresses = self.etcd.iter().map(|e| (&e.name, Some(&e.address)));
+        for (name, address) in addresses.chain(self.nodes.iter().map(|(n, f)| (n, f.address.as_ref()))) {
+            if let Some(a) = address
+                && let Err(source) = crate::identity::NodeAddress::parse(a)
+            {
+                return Err(PlanFileError::Address { name: name.clone(), source });
+            }
+        }
         match &self.action {
             Some(Action::Exec { command, .. }) if command.first().is_none_or(|c| c.trim().is_empty()) => {
                 Err(PlanFileError::Action(
@@ -358,6 +375,9 @@ mod tests {
             f.validate(&BTreeSet::from(["cp-1".to_string()])),
             Err(PlanFileError::UnknownNode("w-1".into()))
         );
+        let bad = PlanFile::from_yaml("nodes: {w-1: {address: \"-oProxyCommand=touch /tmp/x\"}}").unwrap();
+        let e = bad.validate(&nodes).unwrap_err().to_string();
+        assert!(e.contains("'w-1'") && e.contains("neither an IP address nor a DNS name"), "{e}");
         let clash = PlanFile::from_yaml("etcd: [{name: w-1, address: x}]").unwrap();
         assert!(matches!(clash.validate(&nodes), Err(PlanFileError::EtcdIsNode(_))));
     }

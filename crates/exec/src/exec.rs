@@ -15,14 +15,24 @@ impl NodeContext {
 
     /// Placeholder names (without braces) and their values for this node: `node`, `role`,
     /// `from`, `to`, `phase`, `address` — the set `refit_core::planfile::PLACEHOLDERS` allows.
+    ///
+    /// `from` and `address` come from what the node wrote about itself (kubeletVersion,
+    /// InternalIP): preflight blocks a node whose values are not a version and an IP or DNS
+    /// name, and here, for runs that ignored the safety checks, such a value is passed as
+    /// empty rather than handed to a command (`-oProxyCommand=...` as an address).
     pub fn placeholder_values(&self) -> Vec<(&'static str, String)> {
+        let from =
+            if self.from.parse::<refit_core::Version>().is_ok() { self.from.clone() } else { String::new() };
+        let address = refit_core::identity::NodeAddress::parse(&self.address)
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         vec![
             ("node", self.node.clone()),
             ("role", self.role_list()),
-            ("from", self.from.clone()),
+            ("from", from),
             ("to", self.to.clone()),
             ("phase", self.phase.clone()),
-            ("address", self.address.clone()),
+            ("address", address),
         ]
     }
 
@@ -103,5 +113,21 @@ mod tests {
         assert!(env.contains(&("REFIT_ROLE".into(), "etcd,control-plane".into())));
         assert!(env.contains(&("REFIT_FIRST_CONTROL_PLANE".into(), "true".into())));
         assert_eq!(env.len(), 7);
+    }
+
+    #[test]
+    fn hostile_node_values_never_reach_the_command() {
+        let ctx = NodeContext {
+            node: "n".into(),
+            roles: vec!["worker".into()],
+            from: "$(touch /tmp/x)".into(),
+            to: "1.37.1".into(),
+            phase: "workers".into(),
+            address: "-oProxyCommand=touch /tmp/x".into(),
+            first_control_plane: false,
+        };
+        let env = ctx.env();
+        assert!(env.contains(&("REFIT_ADDRESS".into(), String::new())), "{env:?}");
+        assert!(env.contains(&("REFIT_FROM".into(), String::new())), "{env:?}");
     }
 }

@@ -252,11 +252,20 @@ impl SshOptions {
     }
 }
 
-/// The host ssh is given: the node's address, or its name when no address is known.
+/// The host ssh is given: the node's address, or its name when no address is known. Either
+/// must be an IP address or a DNS name (core's rule), so nothing reads as an ssh option.
 fn destination(ctx: &NodeContext) -> Result<String, Error> {
     let host = if ctx.address.is_empty() { ctx.node.as_str() } else { ctx.address.as_str() };
-    let refuse =
-        |reason| Err(Error::BadDestination { node: ctx.node.clone(), address: host.to_string(), reason });
+    if let Ok(a) = refit_core::identity::NodeAddress::parse(host) {
+        return Ok(a.to_string());
+    }
+    let refuse = |reason| {
+        Err(Error::BadDestination {
+            node: ctx.node.clone(),
+            address: refit_core::identity::printable(host, false),
+            reason,
+        })
+    };
     if host.is_empty() {
         return refuse("empty");
     }
@@ -269,7 +278,7 @@ fn destination(ctx: &NodeContext) -> Result<String, Error> {
     if host.contains('@') || host.contains("://") {
         return refuse("give a host name or IP address; the user belongs in the ssh options");
     }
-    Ok(host.to_string())
+    refuse("it is neither an IP address nor a DNS name")
 }
 
 fn valid_env_name(name: &str) -> bool {
@@ -554,7 +563,9 @@ mod tests {
         assert_eq!(destination(&ctx("w-1", "10.0.0.1")).unwrap(), "10.0.0.1");
         assert_eq!(destination(&ctx("w-1", "")).unwrap(), "w-1");
         assert_eq!(destination(&ctx("w-1", "fe80::1")).unwrap(), "fe80::1");
-        for bad in ["-oProxyCommand=touch /tmp/x", "a b", "root@h", "ssh://h:22", "a\nb"] {
+        for bad in
+            ["-oProxyCommand=touch /tmp/x", "a b", "root@h", "ssh://h:22", "a\nb", "$(id)", "h;rm", "a..b"]
+        {
             let err = destination(&ctx("w-1", bad)).unwrap_err().to_string();
             assert!(err.contains("w-1") && err.contains("not usable"), "{bad}: {err}");
         }

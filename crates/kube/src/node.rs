@@ -15,8 +15,6 @@ use serde_json::json;
 use crate::Error;
 use crate::connect::Connection;
 
-use crate::cordon::CORDONED_BY;
-
 /// One node as the engine sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeState {
@@ -47,7 +45,7 @@ fn state_of(n: &Node) -> NodeState {
             .and_then(|i| i.kubelet_version.parse::<Version>().ok()),
         ready: is_ready(n),
         unschedulable: n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false),
-        cordoned_by: n.metadata.annotations.as_ref().and_then(|a| a.get(CORDONED_BY).cloned()),
+        cordoned_by: crate::cordon::cordon_owner(n),
         address: status
             .and_then(|s| s.addresses.as_ref())
             .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP").map(|a| a.address.clone())),

@@ -67,6 +67,14 @@ pub enum Error {
         /// The lock file.
         path: PathBuf,
     },
+    /// The file's schema version is negative: not a refit store.
+    #[error("{path} is not a refit store (schema version {found}); choose another --store")]
+    Foreign {
+        /// The file.
+        path: PathBuf,
+        /// Its schema version.
+        found: i64,
+    },
     /// The file was written by a newer refit.
     #[error(
         "the refit store at {path} has schema {found}, newer than this refit understands ({supported}); upgrade refit"
@@ -355,7 +363,10 @@ impl Store {
             return Err(Error::TooNew { path: path.to_path_buf(), found: version, supported: SCHEMA });
         }
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        // A negative user_version is no refit store (it once skipped every migration).
+        let done = usize::try_from(version)
+            .map_err(|_| Error::Foreign { path: path.to_path_buf(), found: version })?;
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(done) {
             tx.execute_batch(m)?;
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         }
@@ -528,6 +539,10 @@ mod tests {
         let err = Store::open(&path).unwrap_err();
         assert!(matches!(err, Error::TooNew { .. }));
         assert!(err.to_string().contains("upgrade refit"));
+        let c = Connection::open(&path).unwrap();
+        c.pragma_update(None, "user_version", -1).unwrap();
+        drop(c);
+        assert!(matches!(Store::open(&path).unwrap_err(), Error::Foreign { found: -1, .. }));
     }
 
     #[test]

@@ -124,9 +124,16 @@ pub async fn prepare(args: &PlanArgs) -> anyhow::Result<Prepared> {
         s
     };
     let (snapshot, signals) = tokio::join!(snapshot, signals);
-    let snapshot = snapshot?;
+    let mut snapshot = snapshot?;
     let nodes: BTreeSet<String> = snapshot.nodes.iter().map(|n| n.name.clone()).collect();
     plan_file.validate(&nodes).map_err(|e| usage(e.to_string()))?;
+    // The plan file's address replaces the node's InternalIP before the checks: the address
+    // check (node-address-invalid) is about the one the action will get.
+    for n in &mut snapshot.nodes {
+        if let Some(a) = plan_file.nodes.get(&n.name).and_then(|f| f.address.clone()) {
+            n.address = Some(a);
+        }
+    }
 
     let mut plan_opts = PlanOptions {
         target: path.to.clone(),
