@@ -304,13 +304,7 @@ pub fn findings(
                 };
                 for (package, policy) in &offer.packages {
                     if let Some(problem) = pin_problem(policy, last) {
-                        out.push(blocker(
-                            APT_PIN,
-                            format!(
-                                "{package}: {problem}; update the pin to {}.* or remove it ({files})",
-                                last.minor_version()
-                            ),
-                        ));
+                        out.push(blocker(APT_PIN, format!("{package}: {problem} ({files})")));
                     }
                 }
             }
@@ -334,16 +328,18 @@ pub fn pin_problem(policy: &PackagePolicy, target: &Version) -> Option<String> {
         .find(|(v, row)| row.priority < 0 && package_release(v).as_ref() == Some(&target.release()));
     if let Some((v, row)) = forbidding {
         return Some(format!(
-            "this node's apt preferences forbid {v} (pin priority {}); the recipe's exact install would override the pin",
-            row.priority
+            "this node's apt preferences forbid {v} (pin priority {}); the recipe's exact install would override the pin: remove the pin, or allow {}.* if the upgrade is meant",
+            row.priority,
+            target.minor_version()
         ));
     }
     let candidate = package_release(&policy.candidate)?;
     let offered = policy.versions.get(&policy.candidate).is_some_and(|row| row.offered);
     (candidate < target.release() && offered).then(|| {
         format!(
-            "with this node's apt pins the candidate is {}, below {target}, and a repository still offers it: the recipe installs {target} by its exact version, but the next unhold and install would take the package back down",
-            policy.candidate
+            "with this node's apt pins the candidate is {}, below {target}, and a repository still offers it: the recipe installs {target} by its exact version, but the next unhold and install would take the package back down; update the pin to {}.* or remove it",
+            policy.candidate,
+            target.minor_version()
         )
     })
 }
