@@ -7,6 +7,7 @@
 //! transaction when the store opens.
 
 pub mod fleet;
+pub mod notify;
 
 use std::path::{Path, PathBuf};
 
@@ -114,6 +115,7 @@ CREATE TABLE events (
 CREATE INDEX events_by_run ON events(run_id, seq);
 "#,
     fleet::MIGRATION,
+    notify::MIGRATION,
 ];
 
 /// The schema version this code writes.
