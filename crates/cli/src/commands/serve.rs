@@ -59,7 +59,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             "--hub: refit has no hub (controller) mode yet; refit serve reads the local store (--store)",
         ));
     }
-    let poll = crate::commands::upgrade::parse_duration("--poll-interval", &args.poll_interval)?;
+    // Milliseconds (`200ms`) are this flag's usual unit; longer ones read like every duration.
+    let poll = match args.poll_interval.strip_suffix("ms").map(str::parse::<u64>) {
+        Some(Ok(ms)) => Duration::from_millis(ms),
+        Some(Err(_)) => {
+            return Err(usage(format!("--poll-interval {}: expected e.g. 200ms or 2s", args.poll_interval)));
+        }
+        None => crate::commands::upgrade::parse_duration("--poll-interval", &args.poll_interval)?,
+    };
     if poll < Duration::from_millis(10) || poll > Duration::from_secs(60) {
         return Err(usage("--poll-interval: between 10ms and 60s"));
     }

@@ -20,7 +20,8 @@
   async function refresh() {
     pending = null;
     const focused = document.activeElement;
-    const key = focused && focused.dataset ? JSON.stringify(focused.dataset) : null;
+    // Only elements that say what they are (data-*) are found again; others keep no focus.
+    const key = focused && focused.dataset && Object.keys(focused.dataset).length ? JSON.stringify(focused.dataset) : null;
     const url = location.pathname + (location.search ? location.search + "&" : "?") + "fragment=1";
     try {
       const r = await fetch(url, { credentials: "same-origin", headers: { "Accept": "text/html" } });
