@@ -101,6 +101,14 @@ Examples:
   refit fleet gate approve to-137 canary/after/1
   refit fleet run show to-137")]
     Fleet(crate::commands::fleet::args::FleetArgs),
+    /// HTTP API, live dashboard, Prometheus metrics and webhook notifications over the store.
+    #[command(after_help = "\
+Examples:
+  refit serve                                   http://127.0.0.1:8080/ (dashboard), /api, /metrics
+  refit serve --listen 0.0.0.0:8443 --token-file tokens.csv --tls-cert tls.crt --tls-key tls.key
+  curl -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:8080/api/fleet/runs
+Webhooks: refit fleet notify add NAME --url URL --events gate-pending,run-failed (refit serve delivers them).")]
+    Serve(crate::commands::serve::ServeArgs),
     /// Every file refit reads (plan, strategy, window, node-images, profile, catalog), each as a
     /// complete, commented example.
     #[command(

@@ -7,6 +7,7 @@
 //! transaction when the store opens.
 
 pub mod fleet;
+pub mod notify;
 
 use std::path::{Path, PathBuf};
 
@@ -169,6 +170,7 @@ CREATE INDEX events_by_run ON events(run_id, seq);
 "#,
     fleet::MIGRATION,
     fleet::MIGRATION_3,
+    notify::MIGRATION,
 ];
 
 /// The schema version this code writes.

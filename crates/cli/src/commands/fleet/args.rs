@@ -42,6 +42,9 @@ Examples:
 Killing it at any moment is safe: a new daemon (or `run start --wait`) continues from the store,
 relaunching member upgrades that were under way (each resumes its own journal).")]
     Daemon(DaemonArgs),
+    /// Webhook notifications (gate pending, stage completed, run failed or completed), delivered by `refit serve`.
+    #[command(subcommand)]
+    Notify(super::notify::NotifyCommand),
 }
 
 /// Member options shared by `add` and `update`.

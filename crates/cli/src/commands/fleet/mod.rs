@@ -9,6 +9,7 @@ pub mod args;
 mod driver;
 mod gate;
 mod member;
+mod notify;
 mod profile;
 mod run;
 mod show;
@@ -35,6 +36,7 @@ pub async fn run(args: FleetArgs, format: Format) -> anyhow::Result<ExitCode> {
         FleetCommand::Gate(cmd) => gate::run(cmd, &store, format),
         FleetCommand::Profile(cmd) => profile::run(cmd, &store, format).await,
         FleetCommand::Daemon(a) => driver::daemon(&store, a.exit_when_idle, format).await,
+        FleetCommand::Notify(cmd) => notify::run(cmd, &store, format),
     }
 }
 
