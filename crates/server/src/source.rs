@@ -223,7 +223,7 @@ impl LocalStore {
                 next = refit_core::fleet::apply(&next, &f)?;
                 events.push(f);
             }
-            match self.s().save_fleet_run_events(&next, cur.version, &events) {
+            match self.s().save_fleet_run_events(&next, cur.version, &events, None) {
                 Ok(_) => return Ok(next),
                 Err(refit_store::Error::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),

@@ -332,7 +332,12 @@ pub fn cluster_run(row: &RunRow, journal: &[JournalEntry]) -> ClusterRunView {
                     n.blocker = None;
                 }
             }
-            Event::Evicted { .. } | Event::Backup { .. } => {}
+            // The summary and a blocked plan are what a fleet driver reads from `-o json`; the
+            // journal's own records above already say the same.
+            Event::Evicted { .. }
+            | Event::Backup { .. }
+            | Event::Summary { .. }
+            | Event::PlanBlocked { .. } => {}
         }
     }
     if view.state == "running" {

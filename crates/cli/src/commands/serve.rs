@@ -65,7 +65,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Some(Err(_)) => {
             return Err(usage(format!("--poll-interval {}: expected e.g. 200ms or 2s", args.poll_interval)));
         }
-        None => crate::commands::upgrade::parse_duration("--poll-interval", &args.poll_interval)?,
+        None => refit_core::duration::parse(&args.poll_interval)
+            .map_err(|e| usage(format!("--poll-interval {}: {e}", args.poll_interval)))?,
     };
     if poll < Duration::from_millis(10) || poll > Duration::from_secs(60) {
         return Err(usage("--poll-interval: between 10ms and 60s"));
