@@ -371,7 +371,15 @@ async fn one_control_plane_and_two_workers_go_from_136_to_137_through_kubeadm_an
     let blocked = run(upgrade(&c, &to, &tmp.path().join("blocked.db")), "blocked by worker-1's repository");
     assert_eq!(blocked.code, Some(1), "{}\n{}", blocked.stdout, blocked.stderr);
     let unreachable =
-        findings_of(&serde_json::from_str(&blocked.stdout).unwrap_or_default(), "target-unreachable");
+        // The plan document comes first; the `plan-blocked` event line a fleet driver reads follows.
+        findings_of(
+            &serde_json::Deserializer::from_str(&blocked.stdout)
+                .into_iter::<serde_json::Value>()
+                .next()
+                .and_then(Result::ok)
+                .unwrap_or_default(),
+            "target-unreachable",
+        );
     assert_eq!(unreachable.len(), 1, "{}", blocked.stdout);
     assert_eq!(unreachable[0].0, "worker-1");
     assert!(

@@ -456,7 +456,7 @@ mod tests {
             ("action: {type: replace, create: [x, \"{old}\"]}", "{old}"),
             ("action: {type: exec, command: []}", "needs a command"),
             ("action: {type: exec, command: [x, \"{nodes}\"]}", "{nodes}"),
-            ("action: {type: exec, command: [x], probe: [y, \"{too}\"]}", "exec probe"),
+            ("action: {type: exec, command: [x], probe: [check, \"{too}\"]}", "exec probe"),
             ("action: {type: exec, command: [x], probe: [\" \"]}", "probe needs a program"),
             ("action: {type: ssh, recipe: rke}", "rke"),
         ] {
