@@ -10,9 +10,9 @@ use std::path::Path;
 
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
-use refit_testbed::{Testbed, TestbedConfig};
+use refit_testbed::Testbed;
 use serde_json::{Value, json};
-use support::{refit, release};
+use support::{Sandbox, refit, release};
 
 async fn hostile_status(nodes: &Api<Node>, name: &str, status: Value) {
     nodes
@@ -35,10 +35,20 @@ fn node_findings(plan: &Value, node: &str) -> Vec<String> {
 async fn a_node_with_a_hostile_address_or_version_is_blocked_and_never_handed_on() {
     let from = release(36);
     let to = release(37);
-    let tb = Testbed::start(TestbedConfig::new(from.parse().unwrap(), 2)).await.unwrap();
+    // A detached sandbox stopped by its guard: the action's `refit sandbox upgrade-node` starts
+    // the control plane's new processes, which an in-process testbed would not stop.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sb");
+    let up = refit()
+        .args(["sandbox", "up", "--version", &from, "--workers", "2", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let _guard = Sandbox(dir.clone());
+    assert!(up.status.success(), "sandbox up: {}", String::from_utf8_lossy(&up.stderr));
+    let tb = Testbed::attach(&dir).unwrap();
     let client = tb.client().await.unwrap();
     let nodes: Api<Node> = Api::all(client.clone());
-    let tmp = tempfile::tempdir().unwrap();
     let proof = tmp.path().join("pwned");
     let address = format!("-oProxyCommand=touch {}", proof.display());
     let version = format!("$(touch {})", proof.display());
