@@ -356,6 +356,8 @@ async fn the_dashboard_follows_a_live_fleet_run_in_a_real_browser() {
             .args(["member", "add", name, "--update-group", group, "--kubeconfig"])
             .arg(dir.join("kubeconfig"))
             .args([
+                "--context",
+                "refit-testbed",
                 "--action",
                 &action,
                 "--upgrade-arg=--ignore-safety-checks",
