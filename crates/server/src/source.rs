@@ -161,6 +161,7 @@ impl LocalStore {
         &self,
         action: &Action,
         cur: &RunState,
+        members: &[FleetMember],
         actor: &str,
         now: Timestamp,
     ) -> Result<Event, ActError> {
@@ -195,14 +196,8 @@ impl LocalStore {
                         cur.name, cur.name
                     )));
                 }
-                let members: Vec<FleetMember> = self
-                    .s()
-                    .members()?
-                    .into_iter()
-                    .map(|m| FleetMember { name: m.name, labels: m.labels, update_group: m.update_group })
-                    .collect();
                 let plan =
-                    resolve(&cur.strategy, &members).map_err(|e| ActError::Unsupported(e.to_string()))?;
+                    resolve(&cur.strategy, members).map_err(|e| ActError::Unsupported(e.to_string()))?;
                 let targets = freeze_targets(&cur.spec, std::iter::empty());
                 Event::Start { at: now, targets: Some(targets), plan: Some(plan) }
             }
@@ -210,26 +205,39 @@ impl LocalStore {
         })
     }
 
-    /// read (state, version) → core's apply (+ follow_up) → one versioned write, read again on
-    /// a conflict: the same discipline as the CLI's fleet commands, so a person's action and the
-    /// driver's decisions never overwrite each other.
+    /// The same commit as the CLI's fleet commands (`refit_fleet::commit_with`: read → core's
+    /// apply + follow_up → one versioned write, read again on a conflict), so a person's action
+    /// and the driver's decisions never overwrite each other. The members a first start resolves
+    /// are read before the store is held for the commit.
     fn commit(&self, actor: &str, run: &str, action: &Action, now: Timestamp) -> Result<RunState, ActError> {
-        for _ in 0..50 {
-            let cur = self.s().fleet_run(run)?.ok_or_else(|| ActError::NoRun(run.to_string()))?;
-            let event = self.event_for(action, &cur.state, actor, now)?;
-            let mut next = refit_core::fleet::apply(&cur.state, &event)?;
-            let mut events = vec![event];
-            if let Some(f) = refit_core::fleet::follow_up(&cur.state, &next, now) {
-                next = refit_core::fleet::apply(&next, &f)?;
-                events.push(f);
-            }
-            match self.s().save_fleet_run_events(&next, cur.version, &events, None) {
-                Ok(_) => return Ok(next),
-                Err(refit_store::Error::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
+        let members: Vec<FleetMember> = match action {
+            Action::Start => self
+                .s()
+                .members()?
+                .into_iter()
+                .map(|m| FleetMember { name: m.name, labels: m.labels, update_group: m.update_group })
+                .collect(),
+            _ => Vec::new(),
+        };
+        // event_for's own refusals travel through refit_fleet's error as they are.
+        let refused = std::cell::RefCell::new(None);
+        let result = refit_fleet::commit::commit_with(&mut self.s(), run, None, |cur| {
+            self.event_for(action, cur, &members, actor, now).map_err(|e| {
+                let text = e.to_string();
+                refused.replace(Some(e));
+                refit_fleet::Error::Invalid(text)
+            })
+        });
+        match result {
+            Ok(stored) => Ok(stored.state),
+            Err(e) => Err(match (refused.into_inner(), e) {
+                (Some(own), _) => own,
+                (None, refit_fleet::Error::NoRun(name)) => ActError::NoRun(name),
+                (None, refit_fleet::Error::Refused(t)) => ActError::Refused(t),
+                (None, refit_fleet::Error::Store(s)) => ActError::Store(s),
+                (None, other) => ActError::Unsupported(other.to_string()),
+            }),
         }
-        Err(ActError::Unsupported(format!("update run '{run}' keeps changing under us; try again")))
     }
 }
 
