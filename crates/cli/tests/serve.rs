@@ -439,7 +439,7 @@ async fn the_dashboard_follows_a_live_fleet_run_in_a_real_browser() {
     b.eval(&format!("document.getElementById('token').value = '{TOKEN}'; document.querySelector('form.login').submit(); true"));
     b.wait_js(
         "the runs page after login",
-        "location.pathname === '/' && document.body.innerText.includes('signed in as')",
+        "location.pathname === '/' && document.body !== null && document.body.innerText.includes('signed in as')",
     );
 
     // The canary member's cluster run, once the driver started it.
