@@ -625,7 +625,7 @@ impl Store {
 
     /// Takes (or renews) the lease on `run` for `holder`. An existing lease of another holder
     /// is taken over when `liveness` says its process is gone, or cannot tell and its heartbeat
-    /// is older than `ttl_ms`; a holder known to be alive keeps it. A new holder gets the next
+    /// is `ttl_ms` old or older (0: always stale, so tests within one millisecond are deterministic); a holder known to be alive keeps it. A new holder gets the next
     /// generation.
     pub fn acquire_lease(
         &mut self,
@@ -650,7 +650,7 @@ impl Store {
             // Released: free to take, not a takeover.
             Some(l) if l.holder.is_empty() => None,
             Some(l) => {
-                let stale = now_ms.saturating_sub(l.heartbeat_ms) > ttl_ms;
+                let stale = now_ms.saturating_sub(l.heartbeat_ms) >= ttl_ms;
                 match liveness(&l) {
                     Liveness::Alive => return Ok(LeaseOutcome::Held(l)),
                     Liveness::Unknown if !stale => return Ok(LeaseOutcome::Held(l)),
