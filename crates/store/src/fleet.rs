@@ -625,8 +625,8 @@ impl Store {
 
     /// Takes (or renews) the lease on `run` for `holder`. An existing lease of another holder
     /// is taken over when `liveness` says its process is gone, or cannot tell and its heartbeat
-    /// is `ttl_ms` old or older (0: always stale, so tests within one millisecond are deterministic); a holder known to be alive keeps it. A new holder gets the next
-    /// generation.
+    /// is `ttl_ms` old or older (0: always stale, so a takeover within the same millisecond is
+    /// deterministic); a holder known to be alive keeps it. A new holder gets the next generation.
     pub fn acquire_lease(
         &mut self,
         run: &str,
