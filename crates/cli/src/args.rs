@@ -1,6 +1,7 @@
 //! Command-line arguments (clap derive). One struct per command; the commands module runs them.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -105,6 +106,14 @@ Examples:
   refit fleet gate approve to-137 canary/after/1
   refit fleet run show to-137")]
     Fleet(crate::commands::fleet::args::FleetArgs),
+    /// HTTP API, live dashboard, Prometheus metrics and webhook notifications over the store.
+    #[command(after_help = "\
+Examples:
+  refit serve                                   http://127.0.0.1:8080/ (dashboard), /api, /metrics
+  refit serve --listen 0.0.0.0:8443 --token-file tokens.csv --tls-cert tls.crt --tls-key tls.key
+  curl -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:8080/api/fleet/runs
+Webhooks: refit fleet notify add NAME --url URL --events gate-pending,run-failed (refit serve delivers them).")]
+    Serve(crate::commands::serve::ServeArgs),
     /// Every file refit reads (plan, strategy, window, node-images, profile, catalog), each as a
     /// complete, commented example.
     #[command(
@@ -400,28 +409,24 @@ pub struct UpgradeArgs {
     pub break_lock: bool,
     /// After Ctrl-C, SIGTERM or SIGHUP: how long node actions under way may take to finish
     /// before refit leaves anyway (the journal lets a rerun continue).
-    #[arg(long, default_value = "10m")]
-    pub stop_grace: String,
+    #[arg(long, default_value = "10m", value_parser = duration)]
+    pub stop_grace: Duration,
     /// Start no node after this instant (RFC 3339, e.g. 2026-12-05T06:00:00Z; the end of a
     /// maintenance window): nodes under way finish, the run ends paused, a rerun continues.
     #[arg(long)]
     pub not_after: Option<String>,
-    /// How nodes are upgraded: `exec:PROGRAM ARG...` (placeholders {node} {role} {from} {to}
-    /// {phase} {address}, split on spaces, never a shell), `ssh` (kubeadm recipe), `sandbox`,
-    /// `replace-sandbox`. Default: the plan file's action.
-    #[arg(long)]
-    pub action: Option<String>,
-    /// Per-node drain deadline (e.g. 300s, 10m).
-    #[arg(long, default_value = "10m")]
-    pub drain_timeout: String,
-    /// Per-node deadline for the action and for the node to be Ready at the version.
-    #[arg(long, default_value = "15m")]
-    pub node_timeout: String,
+    /// Per-node drain deadline (e.g. 300s, 10m; 1s to one year).
+    #[arg(long, default_value = "10m", value_parser = duration)]
+    pub drain_timeout: Duration,
+    /// Per-node deadline for the action and for the node to be Ready at the version (1s to
+    /// one year).
+    #[arg(long, default_value = "15m", value_parser = duration)]
+    pub node_timeout: Duration,
     /// A node that cannot be drained: stop (fail), leave it cordoned and go on (skip), or delete what remains (force).
     #[arg(long, default_value = "fail")]
     pub on_undrainable: String,
-    /// Evictions in flight per node.
-    #[arg(long, default_value_t = 16)]
+    /// Evictions in flight per node (1 to 1000).
+    #[arg(long, default_value_t = 16, value_parser = eviction_concurrency)]
     pub eviction_concurrency: usize,
     /// Leave kube-proxy and CoreDNS alone (add-ons managed elsewhere).
     #[arg(long)]
@@ -490,7 +495,28 @@ pub struct PlanArgs {
     /// Label (KEY or KEY=VALUE) marking storage nodes; repeatable.
     #[arg(long)]
     pub storage_label: Vec<String>,
+    /// How nodes are upgraded: `exec:PROGRAM ARG...` (placeholders {node} {role} {from} {to}
+    /// {phase} {address}, split on spaces, never a shell), `ssh` (kubeadm recipe), `sandbox`,
+    /// `replace-sandbox`. Default: the plan file's action. Before anything changes, each node is
+    /// asked through it which versions it can reach (ssh: its package repositories, plus
+    /// `kubeadm upgrade plan` on the first control-plane node; exec: the plan file's `probe`;
+    /// sandbox: its buildable releases): a minor `--to` takes the newest patch they all offer,
+    /// a node that cannot reach its target blocks the plan.
+    #[arg(long)]
+    pub action: Option<String>,
     /// A release catalog to use instead of the built-in one.
     #[arg(long, env = "REFIT_CATALOG")]
     pub catalog: Option<PathBuf>,
+}
+
+/// clap value parser for every duration flag: core's grammar and range (1s to one year), so a
+/// bad value is refused by clap (exit 2) before anything runs, and no flag can overflow a clock.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    refit_core::duration::parse(s).map_err(|e| e.problem.reason().to_string())
+}
+
+/// clap value parser for `--eviction-concurrency`: core's range (evictions in flight are
+/// semaphore permits; a count past what a semaphore holds used to panic).
+fn eviction_concurrency(s: &str) -> Result<usize, String> {
+    refit_core::drain::parse_eviction_concurrency(s)
 }

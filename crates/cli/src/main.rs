@@ -16,7 +16,10 @@ use crate::output::UsageError;
 
 fn main() -> ExitCode {
     restore_sigpipe();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_exit(&e),
+    };
     if matches!(cli.command, args::Command::Upgrade(_)) {
         // A run must not die with the consumer of its output (`-o json | head -1`) halfway
         // through a node's action: its writes to a closed pipe are dropped instead.
@@ -34,6 +37,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             let usage = err.chain().any(|c| c.downcast_ref::<UsageError>().is_some())
+                // A store others can write is refused as bad input: the fix is the operator's.
+                || err.chain().any(|c| {
+                    matches!(c.downcast_ref::<refit_store::Error>(), Some(refit_store::Error::Unsafe { .. }))
+                })
                 || err.chain().any(|c| {
                     matches!(
                         c.downcast_ref::<refit_testbed::Error>(),
@@ -48,6 +55,31 @@ fn main() -> ExitCode {
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }
+}
+
+/// clap's own exits: help and version print as clap prints them (exit 0); a usage error is
+/// one `error:` line like every other bad input (clap adds a blank line and a hint), exit 2.
+fn clap_exit(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
+        || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    {
+        let _ = e.print();
+        return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+    }
+    eprintln!("{}", clap_one_line(&e.render().to_string()));
+    ExitCode::from(2)
+}
+
+/// clap's message as one line: its first line, plus its tips (`a similar argument exists`).
+fn clap_one_line(text: &str) -> String {
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let mut out = lines.next().unwrap_or("error: bad arguments").to_string();
+    for tip in lines.filter(|l| l.starts_with("tip:")) {
+        out.push_str("; ");
+        out.push_str(tip);
+    }
+    out
 }
 
 /// The error as one line: `error: ` once, then the outermost context and each cause. A cause
@@ -98,6 +130,22 @@ fn ignore_sigpipe() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clap_error_is_one_line_with_its_tips() {
+        let e =
+            Cli::try_parse_from(["refit", "upgrade", "--to", "1.37", "--drain-timeout", "5124095576030432h"])
+                .unwrap_err();
+        let line = clap_one_line(&e.render().to_string());
+        assert_eq!(
+            line,
+            "error: invalid value '5124095576030432h' for '--drain-timeout <DRAIN_TIMEOUT>': must be at most one year (8760h)"
+        );
+        let e = Cli::try_parse_from(["refit", "upgrade", "--to", "1.37", "--forc"]).unwrap_err();
+        let line = clap_one_line(&e.render().to_string());
+        assert!(line.starts_with("error: unexpected argument '--forc' found; tip:"), "{line}");
+        assert!(!line.contains('\n'));
+    }
 
     #[test]
     fn one_error_prefix_per_line_whatever_the_causes_say() {

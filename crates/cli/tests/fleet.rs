@@ -96,7 +96,7 @@ impl Fleet {
                 f.args(["member", "add", name, "--update-group", group, "--label", &format!("tier={group}")])
                     .arg("--kubeconfig")
                     .arg(dir.join("kubeconfig"))
-                    .args(["--action", &action]),
+                    .args(["--context", "refit-testbed", "--action", &action]),
             );
             sandboxes.push((name.to_string(), dir));
         }
@@ -591,6 +591,44 @@ fn three_sandbox_members_in_two_stages_upgrade_with_gates_windows_skips_stop_fai
         (p["lastTrigger"]["status"].as_str(), p["lastTrigger"]["run"].as_str()),
         (Some("Succeeded"), Some(name))
     );
+
+    // ---------------------------------------------------------------- bound to its cluster
+    // moved-1 was added with a copy of canary-1's kubeconfig; then the file is overwritten
+    // with west-1's. The member is not rebound, and a run never touches west-1 through it:
+    // moved-1 waits Pending with the reason, then is deferred by its budget.
+    f.workers_back_to_136(&["west-1"]);
+    let moved = f.root.join("moved.conf");
+    std::fs::copy(f.dir("canary-1").join("kubeconfig"), &moved).unwrap();
+    let action =
+        format!("exec:{} {} {{node}} {{to}}", f.root.join("node.sh").display(), f.dir("west-1").display());
+    run_ok(
+        f.cmd()
+            .args(["member", "add", "moved-1", "--update-group", "moved", "--context", "refit-testbed"])
+            .args(["--pending-budget", "2s", "--action", &action, "--kubeconfig"])
+            .arg(&moved),
+    );
+    std::fs::copy(f.dir("west-1").join("kubeconfig"), &moved).unwrap();
+    let out = f
+        .cmd()
+        .args(["member", "update", "moved-1", "--context", "refit-testbed", "--kubeconfig"])
+        .arg(&moved)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("reach another cluster"), "{err}");
+    let only_moved = f.root.join("moved.yaml");
+    std::fs::write(&only_moved, "stages: [{name: moved, groups: [{name: moved}]}]\n").unwrap();
+    let west_runs = cluster_runs(&f.store).len();
+    f.create("bound", &["--stages", only_moved.to_str().unwrap()]);
+    let (_, out, err) = finish(f.spawn_start("bound"));
+    let v = f.show("bound");
+    let m = member(&v, "moved-1");
+    assert_eq!(state(m), "Skipped", "{out}{err}{v:#}");
+    let msg = m["message"].as_str().unwrap();
+    assert!(msg.contains("deferred") && msg.contains("another cluster"), "{msg}");
+    assert!(f.kubelets("west-1").iter().any(|k| k.contains("1.36")), "west-1 was not touched");
+    assert_eq!(cluster_runs(&f.store).len(), west_runs, "no refit upgrade ran");
 }
 
 fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {

@@ -70,15 +70,21 @@ fn every_printed_format_is_accepted_by_the_command_that_reads_it() {
     let images = f.file("i.yaml", &example("node-images"));
     let plan = f.file("p.yaml", &example("plan"));
     let kubeconfig = f.file("k.conf", "apiVersion: v1\nkind: Config\n");
-    ok(f.cmd()
-        .args(["member", "add", "m1", "--window"])
-        .arg(&window)
-        .arg("--node-image-source")
-        .arg(&images)
-        .arg("--plan-file")
-        .arg(&plan)
-        .arg("--kubeconfig")
-        .arg(&kubeconfig));
+    // Every file is accepted (a refused one is exit 2 naming its field); what stops `member
+    // add` here is the step after them: this kubeconfig reaches no cluster to bind to.
+    let err = fails(
+        f.cmd()
+            .args(["member", "add", "m1", "--context", "x", "--window"])
+            .arg(&window)
+            .arg("--node-image-source")
+            .arg(&images)
+            .arg("--plan-file")
+            .arg(&plan)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig),
+        1,
+    );
+    assert!(err.contains("cannot read the identity of the cluster"), "{err}");
     let strategy = f.file("s.yaml", &example("strategy"));
     ok(f.cmd().args(["strategy", "create", "-f"]).arg(&strategy));
     ok(f.cmd().args(["profile", "create", "-f"]).arg(f.file("pr.yaml", &example("profile"))));
@@ -147,10 +153,21 @@ fn strategy_with_gates(f: &Fleet) {
         "stages:\n  - name: canary\n    groups: [{name: canary}]\n    afterGates: [{type: Approval, displayName: canary looks good}]\n  - name: prod\n    groups: [{name: prod}]\n    beforeGates: [{type: ScheduledStart, startDay: Monday, startTime: \"09:00\", utcOffset: \"+01:00\"}]\n",
     );
     ok(f.cmd().args(["strategy", "create", "gated", "-f"]).arg(s));
-    let kubeconfig = f.file("k.conf", "apiVersion: v1\nkind: Config\n");
+    // Members as `member add` records them (bound to their clusters); none is reached here.
+    let mut store = refit_store::Store::open(&f.store()).unwrap();
     for (m, g) in [("c-1", "canary"), ("p-1", "prod")] {
-        ok(f.cmd().args(["member", "add", m, "--update-group", g, "--kubeconfig"]).arg(&kubeconfig));
+        store
+            .add_member(&refit_store::fleet::MemberRecord {
+                name: m.into(),
+                kubeconfig: Some(f.file("k.conf", "apiVersion: v1\nkind: Config\n").display().to_string()),
+                context: Some("x".into()),
+                cluster_uid: Some(format!("uid-{m}")),
+                update_group: Some(g.into()),
+                ..Default::default()
+            })
+            .unwrap();
     }
+    drop(store);
     ok(f.cmd().args([
         "run",
         "create",
@@ -206,9 +223,33 @@ fn a_profile_that_can_read_no_member_fails_naming_each_member_and_why() {
         "dead.conf",
         "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"https://127.0.0.1:9\", insecure-skip-tls-verify: true}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n",
     );
+    // A member is added only with the identity of its cluster: an unreachable one, or one
+    // without a context, is refused and nothing is written.
+    let err = fails(f.cmd().args(["member", "add", "east-1", "--kubeconfig"]).arg(&kubeconfig), 2);
+    assert!(err.contains("--kubeconfig and --context are required"), "{err}");
+    let err = fails(
+        f.cmd().args(["member", "add", "east-1", "--context", "x", "--kubeconfig"]).arg(&kubeconfig),
+        1,
+    );
+    assert!(err.contains("cannot read the identity of the cluster"), "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&ok(f.cmd().args(["member", "list", "-o", "json"]))).unwrap(),
+        serde_json::json!([])
+    );
+    // Members added while their clusters answered, which no longer do.
+    let mut store = refit_store::Store::open(&f.store()).unwrap();
     for m in ["east-1", "west-1"] {
-        ok(f.cmd().args(["member", "add", m, "--kubeconfig"]).arg(&kubeconfig));
+        store
+            .add_member(&refit_store::fleet::MemberRecord {
+                name: m.into(),
+                kubeconfig: Some(kubeconfig.display().to_string()),
+                context: Some("x".into()),
+                cluster_uid: Some(format!("uid-{m}")),
+                ..Default::default()
+            })
+            .unwrap();
     }
+    drop(store);
     ok(f.cmd().args(["profile", "create", "weekly", "--channel", "Stable"]));
     let err = fails(f.cmd().args(["profile", "generate-run", "weekly"]), 1);
     assert!(err.contains("no run generated: no member could be read"), "{err}");

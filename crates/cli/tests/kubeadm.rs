@@ -174,6 +174,81 @@ fn run(cmd: std::process::Command, what: &str) -> Ran {
     Ran { code: out.status.code(), events, stdout, stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
 }
 
+/// `refit plan` against the sandbox with its plan file, JSON out: (exit code, parsed output,
+/// stderr).
+fn plan(c: &KubeadmCluster, to: &str, extra: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    let started = Instant::now();
+    let out = assert_cmd::Command::cargo_bin("refit")
+        .unwrap()
+        .args(["plan", "--to", to, "-o", "json", "--kubeconfig"])
+        .arg(c.kubeconfig())
+        .args(extra)
+        .timeout(Duration::from_secs(600))
+        .output()
+        .unwrap();
+    eprintln!("timing: refit plan --to {to} {extra:?} took {:?}", started.elapsed());
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("plan printed no JSON ({e}): {}\n{stderr}", String::from_utf8_lossy(&out.stdout))
+    });
+    (out.status.code(), json, stderr)
+}
+
+/// The findings of one check in a plan's JSON, as (node, message).
+fn findings_of(plan: &serde_json::Value, check: &str) -> Vec<(String, String)> {
+    plan["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| f["check"] == check)
+        .map(|f| {
+            (
+                f["node"].as_str().unwrap_or_default().to_string(),
+                f["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Everything a read-only probe must leave as it was on `node`: the packages and their holds,
+/// apt's sources, preferences, lists and caches, and every file under /etc/kubernetes.
+fn node_state(c: &KubeadmCluster, node: &str) -> String {
+    let script = "dpkg -l 'kube*'; apt-mark showhold; \
+                  find /etc/kubernetes /etc/apt /var/lib/apt /var/cache/apt /var/lib/dpkg -type f -print0 \
+                  | sort -z | xargs -0 sha256sum";
+    c.exec(node, "sh", &["-c", script]).unwrap()
+}
+
+/// No node is cordoned.
+async fn none_cordoned(client: &kube::Client) {
+    for n in Api::<Node>::all(client.clone()).list(&ListParams::default()).await.unwrap() {
+        let name = n.metadata.name.clone().unwrap_or_default();
+        assert!(!n.spec.and_then(|s| s.unschedulable).unwrap_or(false), "{name} is cordoned");
+    }
+}
+
+/// Points `node`'s repository at a mirror whose channel of `to`'s minor still serves `from`'s
+/// packages (a local mirror that has not synced the new minor); returns the original sources
+/// line to restore.
+fn stale_mirror(c: &KubeadmCluster, node: &str, from: &str, to: &str) -> String {
+    let repo = c.state().dir.join("repo");
+    let minor = |r: &str| format!("v{}", r.rsplit_once('.').unwrap().0);
+    let stale = repo.join("stale/core:/stable:");
+    std::fs::create_dir_all(&stale).unwrap();
+    for channel in [minor(from), minor(to)] {
+        let link = stale.join(channel);
+        if !link.exists() {
+            std::os::unix::fs::symlink(repo.join("core:/stable:").join(minor(from)), link).unwrap();
+        }
+    }
+    let list = refit_testbed::kubeadm::repo::SOURCES_PATH;
+    let line = c.exec(node, "cat", &[list]).unwrap();
+    let moved = line.replace("/core:/stable:/", "/stale/core:/stable:/");
+    assert_ne!(moved, line);
+    c.node_host(node).unwrap().write_file(list, moved.as_bytes(), 0o644).unwrap();
+    line
+}
+
 /// Every node at `to` after a completed run: control-plane manifests and processes at the
 /// target binaries, packages at the target and held, kubelets reporting it, nobody cordoned,
 /// kube-proxy at kubeadm's pairing.
@@ -243,8 +318,129 @@ async fn one_control_plane_and_two_workers_go_from_136_to_137_through_kubeadm_an
     apply::<PodDisruptionBudget>(&client, pdb(NS, "web", "web", Budget::MaxUnavailable(1))).await.unwrap();
     wait_pods_ready(&client, NS, "", 4, std::time::Duration::from_secs(120)).await.unwrap();
 
+    // Before anything changes, every action says which versions it can reach (issue 17 item 6).
+    let minor = to.rsplit_once('.').unwrap().0.to_string();
+    // An exec action's probe: worker-2 cannot reach the target.
+    let exec_plan = tmp.path().join("exec-plan.yaml");
+    std::fs::write(
+        &exec_plan,
+        "action:\n  type: exec\n  command: [\"true\"]\n  probe: [sh, -c, 'test \"$REFIT_NODE\" != worker-2 || (echo \"no image for $REFIT_TO\" >&2; exit 1)']\n",
+    )
+    .unwrap();
+    let (code, p, err) = plan(&c, &to, &["-f", exec_plan.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{p}\n{err}");
+    assert_eq!(
+        findings_of(&p, "target-unreachable"),
+        [(
+            "worker-2".to_string(),
+            format!(
+                "the action's probe says {to} cannot be reached: sh exited with code 1; last stderr lines: / no image for {to}"
+            )
+        )],
+        "{p}"
+    );
+    // The sandbox action's buildable set: a catalog patch it cannot build blocks every node,
+    // and a minor resolves to the patch it can build.
+    let catalog = refit_core::catalog::Catalog::embedded().unwrap();
+    let built = refit_testbed::Cache::from_env().unwrap().built_kubernetes();
+    let unbuildable = catalog
+        .release(v(&to).minor_version())
+        .unwrap()
+        .patches
+        .iter()
+        .find(|p| !built.contains(*p) && p.to_string() != to)
+        .expect("a catalog patch of the target minor that is not built")
+        .to_string();
+    let sandbox_action = format!("sandbox:{}", tmp.path().join("no-sandbox").display());
+    let (code, p, err) = plan(&c, &unbuildable, &["--action", &sandbox_action]);
+    assert_eq!(code, Some(1), "{p}\n{err}");
+    let unreachable = findings_of(&p, "target-unreachable");
+    assert_eq!(unreachable.len(), 3, "{p}");
+    assert!(
+        unreachable.iter().all(|(_, m)| m.contains(&format!("{unbuildable} is not offered"))),
+        "{unreachable:?}"
+    );
+    let (code, p, err) = plan(&c, &minor, &["--action", &sandbox_action]);
+    assert_eq!((code, p["target"].as_str()), (Some(0), Some(to.as_str())), "{p}\n{err}");
+
+    // A node whose repository lacks the target: `refit plan` names it, `refit upgrade` stops
+    // before cordoning anything, and nothing on any node changed.
+    let before: BTreeMap<String, String> =
+        c.nodes().iter().map(|n| (n.name.clone(), node_state(&c, &n.name))).collect();
+    let original = stale_mirror(&c, "worker-1", &from, &to);
+    let blocked = run(upgrade(&c, &to, &tmp.path().join("blocked.db")), "blocked by worker-1's repository");
+    assert_eq!(blocked.code, Some(1), "{}\n{}", blocked.stdout, blocked.stderr);
+    let unreachable =
+        // The plan document comes first; the `plan-blocked` event line a fleet driver reads follows.
+        findings_of(
+            &serde_json::Deserializer::from_str(&blocked.stdout)
+                .into_iter::<serde_json::Value>()
+                .next()
+                .and_then(Result::ok)
+                .unwrap_or_default(),
+            "target-unreachable",
+        );
+    assert_eq!(unreachable.len(), 1, "{}", blocked.stdout);
+    assert_eq!(unreachable[0].0, "worker-1");
+    assert!(
+        unreachable[0].1.contains(&format!("{to} is not offered to this node (offered: {from})")),
+        "{unreachable:?}"
+    );
+    assert!(!blocked.stdout.contains("step-started"), "a step started: {}", blocked.stdout);
+    none_cordoned(&client).await;
+    c.node_host("worker-1")
+        .unwrap()
+        .write_file(refit_testbed::kubeadm::repo::SOURCES_PATH, original.as_bytes(), 0o644)
+        .unwrap();
+
+    // `refit plan --to 1.37` (a minor, as an operator types it) with the ssh action: resolved to
+    // the patch every node's repository offers, and kubeadm's own plan for it, from the first
+    // control-plane node — without changing any node.
+    let (code, p, err) = plan(&c, &minor, &["-f", c.plan_file().to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{p}\n{err}");
+    assert_eq!(p["target"].as_str(), Some(to.as_str()), "{p}");
+    let catalog_newest = catalog.newest_patch(v(&to).minor_version()).unwrap().to_string();
+    if catalog_newest != to {
+        let note = findings_of(&p, "target-resolved");
+        assert!(note.len() == 1 && note[0].1.contains(&catalog_newest), "{p}");
+    }
+    let kubeadm_plan = &p["reach"]["kubeadmPlan"];
+    assert_eq!(kubeadm_plan["node"], "cp-1", "{p}");
+    assert!(kubeadm_plan["error"].is_null(), "{kubeadm_plan}");
+    let components: BTreeMap<String, (String, String)> = kubeadm_plan["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] != "kubelet")
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+            (s("name"), (s("currentVersion"), s("newVersion")))
+        })
+        .collect();
+    eprintln!("kubeadm upgrade plan on cp-1: {components:?}");
+    assert_eq!(components["kube-apiserver"], (format!("v{from}"), format!("v{to}")));
+    assert_eq!(components["kube-proxy"].1, format!("v{to}"));
+    let kubeadm_images = &catalog.release(v(&to).minor_version()).unwrap().kubeadm;
+    assert_eq!(components["etcd"].1, kubeadm_images.etcd, "etcd at kubeadm's pairing");
+    assert!(components.contains_key("CoreDNS"), "{components:?}");
+    let after: BTreeMap<String, String> =
+        c.nodes().iter().map(|n| (n.name.clone(), node_state(&c, &n.name))).collect();
+    for (node, state) in &before {
+        assert_eq!(state, &after[node], "the probe changed {node}");
+    }
+    // The table shows the same.
+    let table = support::stdout(
+        support::refit()
+            .args(["plan", "--to", &minor, "--kubeconfig"])
+            .arg(c.kubeconfig())
+            .arg("-f")
+            .arg(c.plan_file()),
+    );
+    assert!(table.contains("kubeadm upgrade plan") && table.contains("kube-apiserver"), "{table}");
+
     let watcher = Watcher::start(client.clone(), NS).await;
-    let ran = run(upgrade(&c, &to, &tmp.path().join("refit.db")), "1 cp + 2 workers");
+    // The issue's own command: `--to 1.37`, resolved to what the repositories offer.
+    let ran = run(upgrade(&c, &minor, &tmp.path().join("refit.db")), "1 cp + 2 workers");
     let seen = watcher.stop();
     assert!(ran.ok(), "refit upgrade failed:\n{}\n{}", ran.stdout, ran.stderr);
     assert_all_at(&c, &client, &from, &to).await;
@@ -419,6 +615,48 @@ async fn multi_hop_walks_every_control_plane_through_kubeadm_per_minor_and_worke
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "long kubeadm scenario: cargo test -p refit-cli --test kubeadm -- --ignored"]
+async fn multi_hop_with_three_control_planes_runs_kubeadm_on_every_member_per_minor() {
+    let (from, mid, to) = (release(35), release(36), release(37));
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cluster(&tmp, &from, &[&from, &mid, &to], 3, 1).await;
+    let client = c.client().await.unwrap();
+    // `--to 1.37` with the shipped catalog: the hop through 1.36 and the target both land on
+    // the patches every node's repository offers (no trimmed catalog).
+    let minor = to.rsplit_once('.').unwrap().0.to_string();
+    let ran = run(upgrade(&c, &minor, &tmp.path().join("refit.db")), "multi-hop 3 cp + 1 worker");
+    assert!(ran.ok(), "refit upgrade failed:\n{}\n{}", ran.stdout, ran.stderr);
+    for n in c.nodes() {
+        let hops = ran.upgrades(&n.name);
+        let out = ran.output(&n.name);
+        if n.control_plane {
+            assert_eq!(hops, [mid.as_str(), to.as_str()], "{} walks one minor at a time", n.name);
+            for hop in [&mid, &to] {
+                assert!(
+                    out.iter().any(|l| l.trim() == format!("v{hop}")),
+                    "{}: no kubeadm v{hop}: {out:?}",
+                    n.name
+                );
+            }
+            // The first member applies each hop (`upgrade apply` prints both lines), the others
+            // follow with `kubeadm upgrade node` (only the second).
+            let count = |text: &str| out.iter().filter(|l| l.contains(text)).count();
+            let applied = count("SUCCESS! A control plane node of your cluster was upgraded");
+            let upgraded = count("The control plane instance for this node was successfully upgraded");
+            eprintln!(
+                "{}: {applied} apply success line(s), {upgraded} control-plane upgrade line(s)",
+                n.name
+            );
+            let expected_applies = if n.name == "cp-1" { 2 } else { 0 };
+            assert_eq!((applied, upgraded), (expected_applies, 2), "{}: one kubeadm upgrade per hop", n.name);
+        } else {
+            assert_eq!(hops, [to.as_str()], "{} goes once, straight to {to}", n.name);
+        }
+    }
+    assert_all_at(&c, &client, &from, &to).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "long kubeadm scenario: cargo test -p refit-cli --test kubeadm -- --ignored"]
 async fn refit_killed_while_kubeadm_upgrade_apply_runs_then_rerun_completes() {
     use std::io::{BufRead, BufReader};
     let tmp = tempfile::tempdir().unwrap();
@@ -484,12 +722,16 @@ async fn refit_killed_while_kubeadm_upgrade_apply_runs_then_rerun_completes() {
         "kubeadm upgrade apply processes on cp-1: {applies:?}; the rerun started cp-1's upgrade step {} time(s)",
         rerun_cp1.len()
     );
-    // The ssh action cannot tell a remote kubeadm still running from one that never ran: the
-    // resumed run repeats cp-1's whole recipe (issue 18 item 5 makes remote runs detached).
-    // What must hold: the run completes with every node at the target, cp-1 upgraded once
-    // per invocation at most.
+    // Issue 18 item 5: the recipe runs detached on the node under the run's name, so the
+    // resumed run attached to the one under way (or took its result) instead of starting it
+    // again: exactly one `kubeadm upgrade apply` over the whole run.
     assert!(rerun_cp1.len() <= 1, "{rerun_cp1:?}");
-    assert!(applies.len() <= 2, "{applies:?}");
+    assert_eq!(applies.len(), 1, "kubeadm upgrade apply ran more than once on cp-1: {applies:?}");
+    let cp1_out = ran.output("cp-1");
+    assert!(
+        cp1_out.iter().any(|l| l.contains("attached to this recipe") || l.contains("already finished")),
+        "the rerun did not attach to cp-1's recipe: {cp1_out:?}"
+    );
     for w in ["worker-1", "worker-2"] {
         assert_eq!(ran.upgrades(w).len(), 1, "{w}");
     }
@@ -498,7 +740,7 @@ async fn refit_killed_while_kubeadm_upgrade_apply_runs_then_rerun_completes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "long kubeadm scenario: cargo test -p refit-cli --test kubeadm -- --ignored"]
-async fn bad_cases_a_stale_repository_stops_the_run_and_a_hand_edited_manifest_is_what_kubeadm_makes_it() {
+async fn bad_cases_stale_repository_pins_and_a_hand_edited_manifest() {
     let tmp = tempfile::tempdir().unwrap();
     let (from, to, c, client) = one_cp_two_workers(&tmp).await;
 
@@ -509,24 +751,46 @@ async fn bad_cases_a_stale_repository_stops_the_run_and_a_hand_edited_manifest_i
     assert_ne!(edited, text, "no command line to edit in {text}");
     c.node_host("cp-1").unwrap().write_file(manifest, edited.as_bytes(), 0o600).unwrap();
 
+    // (c) apt pins on worker-2 (issue 13 item 6). One that forbids the target blocks the plan,
+    // naming the node and the pin file; one that prefers the old minor (1001) does not — the
+    // recipe installs the exact target, and with per-minor repositories nothing offers the old
+    // version afterwards (checked after the run).
+    let prefs = "/etc/apt/preferences.d/kubernetes";
+    let pin = |version: &str, priority: i32| {
+        let text =
+            format!("Package: kubeadm kubelet kubectl\nPin: version {version}.*\nPin-Priority: {priority}\n");
+        c.node_host("worker-2").unwrap().write_file(prefs, text.as_bytes(), 0o644).unwrap();
+    };
+    let minor_of = |r: &str| r.rsplit_once('.').unwrap().0.to_string();
+    pin(&minor_of(&to), -1);
+    let (code, p, err) = plan(&c, &to, &["-f", c.plan_file().to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{p}\n{err}");
+    let pins = findings_of(&p, "apt-pin");
+    eprintln!("pin -1 on {}.*: {pins:?}", minor_of(&to));
+    assert_eq!(pins.len(), 3, "one per package: {p}");
+    assert!(
+        pins.iter().all(|(n, m)| n == "worker-2" && m.contains("forbid") && m.contains(prefs)),
+        "{pins:?}"
+    );
+    pin(&minor_of(&from), 1001);
+    let (code, p, err) = plan(&c, &to, &["-f", c.plan_file().to_str().unwrap()]);
+    assert_eq!(
+        code,
+        Some(0),
+        "a 1001 pin on the old minor, offered by no repository, is no risk: {p}\n{err}"
+    );
+
     // (a) worker-1's mirror lags: its v1.37 channel still serves 1.36 (a local mirror that
-    // has not synced the new minor). The recipe's repository switch works; the install fails.
-    let repo = c.state().dir.join("repo");
-    let minor = |r: &str| format!("v{}", r.rsplit_once('.').unwrap().0);
-    let stale = repo.join("stale/core:/stable:");
-    std::fs::create_dir_all(&stale).unwrap();
-    for channel in [minor(&from), minor(&to)] {
-        std::os::unix::fs::symlink(repo.join("core:/stable:").join(minor(&from)), stale.join(channel))
-            .unwrap();
-    }
+    // has not synced the new minor). The plan blocks on it (the CI test checks that); with
+    // --offline (no probe, no check) the recipe's own check must still stop on worker-1
+    // before anything on it changes.
+    let line = stale_mirror(&c, "worker-1", &from, &to);
     let list = refit_testbed::kubeadm::repo::SOURCES_PATH;
-    let line = c.exec("worker-1", "cat", &[list]).unwrap();
-    let moved = line.replace("/core:/stable:/", "/stale/core:/stable:/");
-    assert_ne!(moved, line);
-    c.node_host("worker-1").unwrap().write_file(list, moved.as_bytes(), 0o644).unwrap();
     let nodes: Api<Node> = Api::all(client.clone());
 
-    let ran = run(upgrade(&c, &to, &tmp.path().join("refit.db")), "bad cases");
+    let mut offline = upgrade(&c, &to, &tmp.path().join("refit.db"));
+    offline.arg("--offline");
+    let ran = run(offline, "bad cases");
     assert_eq!(ran.code, Some(1), "{}\n{}", ran.stdout, ran.stderr);
 
     // (a) The run stops on worker-1 with apt's own message, naming the node.
@@ -575,4 +839,20 @@ async fn bad_cases_a_stale_repository_stops_the_run_and_a_hand_edited_manifest_i
     assert!(after.contains(&format!("kube-scheduler:v{to}")), "{after}");
     assert!(!after.contains("--v=3"), "kubeadm kept the hand edit: {after}");
     assert!(!backups.trim().is_empty(), "kubeadm kept no backup of the hand-edited manifest");
+
+    // worker-1's repository fixed, the same command continues the run: worker-2 goes through
+    // the recipe with its 1001 pin on the old minor and ends at the target, and apt has nothing
+    // to take it back to.
+    c.node_host("worker-1").unwrap().write_file(list, line.as_bytes(), 0o644).unwrap();
+    let mut again = upgrade(&c, &to, &tmp.path().join("refit.db"));
+    again.arg("--offline");
+    let rerun = run(again, "bad cases, rerun");
+    assert!(rerun.ok(), "{}\n{}", rerun.stdout, rerun.stderr);
+    assert_all_at(&c, &client, &from, &to).await;
+    let policy = c.exec("worker-2", "apt-cache", &["policy", "kubeadm"]).unwrap();
+    eprintln!("worker-2 after the run with a 1001 pin on {}.*:\n{policy}", minor_of(&from));
+    assert!(policy.contains(&format!("Candidate: {to}-1.1")), "{policy}");
+    let simulated =
+        c.exec("worker-2", "apt-get", &["-s", "--allow-change-held-packages", "dist-upgrade"]).unwrap();
+    assert!(simulated.contains("0 upgraded, 0 newly installed, 0 to remove"), "{simulated}");
 }

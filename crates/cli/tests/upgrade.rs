@@ -487,7 +487,7 @@ async fn undrainable_nodes_fail_then_skip_then_force_and_bad_input_changes_nothi
         assert!(!c.store.exists(), "{extra:?} created a run");
     }
 
-    let run = |mode: &str| {
+    let run_with = |mode: &str, extra: &[&str]| {
         let mut cmd = c.upgrade(&to);
         cmd.args([
             "--action",
@@ -498,8 +498,10 @@ async fn undrainable_nodes_fail_then_skip_then_force_and_bad_input_changes_nothi
             "--on-undrainable",
             mode,
         ]);
+        cmd.args(extra);
         cmd.output().unwrap()
     };
+    let run = |mode: &str| run_with(mode, &[]);
     // fail: the run stops, names the pod, and gives the node back uncordoned and unchanged.
     let out = run("fail");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -527,8 +529,18 @@ async fn undrainable_nodes_fail_then_skip_then_force_and_bad_input_changes_nothi
         }
     }
 
-    // force: what remains is deleted; the run completes.
+    // force overrides budgets and timeouts, not the rules: the bare pod stays (nothing is
+    // deleted), worker-002 is not upgraded, and the message names the allowance.
     let out = run("force");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("--delete-unmanaged-pods"), "{text}");
+    assert!(Api::<Pod>::namespaced(client.clone(), NS).get_opt("bare").await.unwrap().is_some());
+    let w2 = c.nodes().await.into_iter().find(|n| n.metadata.name.as_deref() == Some("worker-002")).unwrap();
+    assert_eq!(kubelet(&w2), format!("v{}", release(36)));
+
+    // force with the pod's own allowance: what remains is deleted; the run completes.
+    let out = run_with("force", &["--delete-unmanaged-pods"]);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{text}");
     for n in c.nodes().await {
@@ -730,8 +742,7 @@ fn a_second_upgrade_from_another_store_is_refused_with_the_holder_and_its_run() 
     let mut first = spawn(c.upgrade(&to).args(["--action", &action, "-o", "json"]));
     wait_log(&log, 1);
     let other_store = c._tmp.path().join("other").join("refit.db");
-    let second =
-        c.upgrade_with_store(&to, &other_store).args(["--action", &action]).output().unwrap();
+    let second = c.upgrade_with_store(&to, &other_store).args(["--action", &action]).output().unwrap();
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("another refit upgrade is running"), "{stderr}");

@@ -100,6 +100,30 @@ pub fn node_readiness(snapshot: &Snapshot, opts: &CheckOptions) -> Vec<Finding> 
                 format!("{p} is True: free resources on the node before upgrading"),
             );
         }
+        // What the node wrote about itself reaches the node action ({address}, {from}): a
+        // node that is not what it claims is refused, never handed on.
+        if let Some(a) = &n.address
+            && let Err(e) = crate::identity::NodeAddress::parse(a)
+        {
+            push(
+                "node-address-invalid",
+                Severity::Blocker,
+                format!(
+                    "its InternalIP {e}: refit will not pass it to the node action; check the node (a compromised kubelet can write this), or give its address in the plan file (nodes: {{{}: {{address: ...}}}})",
+                    n.name
+                ),
+            );
+        }
+        if n.kubelet.parse::<Version>().is_err() {
+            push(
+                "node-version-invalid",
+                Severity::Blocker,
+                format!(
+                    "its kubeletVersion '{}' is not a Kubernetes version: refit will not pass it to the node action; check the node",
+                    crate::identity::printable(&n.kubelet, false).chars().take(80).collect::<String>()
+                ),
+            );
+        }
         if n.unschedulable && !n.annotations.contains_key(CORDONED_BY) {
             push(
                 "cordoned-by-other",

@@ -152,13 +152,29 @@ pub fn plan_node<'a>(
     out
 }
 
+/// The most evictions one node's drain keeps in flight (`--eviction-concurrency`). A node
+/// holds at most a few hundred pods (110 by default); more permits than that change nothing,
+/// and far more (past what a semaphore holds) used to panic.
+pub const MAX_EVICTION_CONCURRENCY: usize = 1000;
+
+/// Parses `--eviction-concurrency`: a whole number from 1 to [`MAX_EVICTION_CONCURRENCY`].
+pub fn parse_eviction_concurrency(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_EVICTION_CONCURRENCY).contains(&n) => Ok(n),
+        _ => Err(format!("expected a whole number from 1 to {MAX_EVICTION_CONCURRENCY}")),
+    }
+}
+
 /// What a drain run does: evict through the Eviction API, or (`--on-undrainable force`)
 /// delete what is left, bypassing budgets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Evictions, PDBs respected; any refused pod stops the drain before it starts.
     Evict,
-    /// DELETEs, refused pods included (DaemonSet and mirror pods still stay).
+    /// DELETEs, bypassing budgets (DaemonSet and mirror pods still stay). Pods the rules
+    /// refuse stay refused: `--on-undrainable force` overrides budgets and timeouts, not
+    /// `--delete-emptydir-data` or `--delete-unmanaged-pods`, which the operator gives on
+    /// their own (force once deleted emptyDir and unmanaged pods silently).
     Delete,
 }
 
@@ -181,14 +197,14 @@ pub struct NodeWork<'a> {
     pub work: Vec<(&'a PodInfo, Task)>,
     /// Pods left alone, with why (terminating pods are also in `work`, awaited).
     pub skipped: Vec<(&'a PodInfo, Skip)>,
-    /// Pods that stop an eviction drain before anything is evicted (empty in delete mode).
+    /// Pods that stop the drain before anything is evicted or deleted (in either mode).
     pub refused: Vec<(&'a PodInfo, Refusal)>,
     /// What the operator should know about pods that will go (data loss, not coming back).
     pub warnings: Vec<String>,
 }
 
-/// Applies [`decide`] to `pods` (one node's) for a drain in `mode`. Like kubectl, an eviction
-/// drain with any refused pod must evict nothing: the caller checks `refused` first.
+/// Applies [`decide`] to `pods` (one node's) for a drain in `mode`. Like kubectl, a drain with
+/// any refused pod must evict or delete nothing: the caller checks `refused` first.
 pub fn node_work<'a>(
     pods: impl IntoIterator<Item = &'a PodInfo>,
     opts: DrainOptions,
@@ -210,11 +226,10 @@ pub fn node_work<'a>(
                 out.skipped.push((p, reason));
                 continue;
             }
-            (Decision::Refuse { reason }, Mode::Evict) => {
+            (Decision::Refuse { reason }, _) => {
                 out.refused.push((p, reason));
                 continue;
             }
-            (Decision::Refuse { .. }, Mode::Delete) => Task::Delete,
         };
         out.work.push((p, task));
     }
@@ -280,6 +295,36 @@ mod tests {
         assert_eq!(plan.refuse, vec![("default/c".to_string(), Refusal::Unmanaged)]);
         assert!(!plan.can_start());
         assert!(plan_node("w-1", &pods, ALL).can_start());
+    }
+
+    #[test]
+    fn force_deletes_past_budgets_but_never_widens_the_allowances() {
+        let web = pod("web-1").owned_by("ReplicaSet", "web");
+        let cache = pod("cache-1").owned_by("ReplicaSet", "cache").empty_dir();
+        let bare = pod("debug");
+        let pods = [web.clone(), cache.clone(), bare.clone()];
+        let w = node_work(&pods, STRICT, Mode::Delete);
+        assert_eq!(w.work.len(), 1, "only the replicated pod may be deleted");
+        assert_eq!(w.work[0].1, Task::Delete);
+        let refused: Vec<_> = w.refused.iter().map(|(p, r)| (p.name.as_str(), *r)).collect();
+        assert_eq!(refused, [("cache-1", Refusal::LocalStorage), ("debug", Refusal::Unmanaged)]);
+        // Their own flags allow them, in either mode.
+        let w = node_work(&pods, ALL, Mode::Delete);
+        assert!(w.refused.is_empty());
+        assert_eq!(w.work.len(), 3);
+        assert_eq!(w.warnings.len(), 2, "{:?}", w.warnings);
+        let w = node_work(&pods, DrainOptions { delete_emptydir_data: true, ..STRICT }, Mode::Delete);
+        assert_eq!(w.refused.len(), 1);
+        assert_eq!(w.refused[0].1, Refusal::Unmanaged);
+    }
+
+    #[test]
+    fn eviction_concurrency_is_bounded() {
+        assert_eq!(parse_eviction_concurrency("16"), Ok(16));
+        assert_eq!(parse_eviction_concurrency("1000"), Ok(1000));
+        for bad in ["0", "1001", "-1", "", "x", "2305843009213693952", "99999999999999999999999"] {
+            assert!(parse_eviction_concurrency(bad).unwrap_err().contains("1 to 1000"), "{bad}");
+        }
     }
 
     proptest! {

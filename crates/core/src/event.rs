@@ -247,6 +247,59 @@ pub enum Event {
         /// Why, when it did not complete.
         reason: Option<String>,
     },
+    /// The last line of `refit upgrade -o json`: how the command ended. A fleet driver decides a
+    /// member's outcome from this event alone (never from an exit code with unrecognised
+    /// output), so every way `refit upgrade` ends after reading its cluster prints one — also
+    /// "nothing to upgrade", with no run.
+    Summary {
+        /// The run's outcome (the CLI prints the engine's whole report here; readers take
+        /// these fields and ignore the rest).
+        outcome: RunSummary,
+    },
+    /// `refit upgrade` refused to start: preflight found blockers (nothing was changed).
+    PlanBlocked {
+        /// The blocking findings, in the plan's order.
+        blockers: Vec<Blocker>,
+    },
+}
+
+/// How a `refit upgrade` ended, as [`Event::Summary`] carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// The run id; None when there was nothing to do (no run was recorded).
+    #[serde(default)]
+    pub run: Option<String>,
+    /// completed, failed, interrupted, paused.
+    pub state: RunState,
+    /// Why, when it did not complete (or what "nothing to do" found).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// One preflight blocker, as [`Event::PlanBlocked`] carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blocker {
+    /// The check's stable name (e.g. `unmanaged-pod`).
+    pub check: String,
+    /// What it concerns: `node/w-1`, `pod/ns/name`, `cluster`.
+    pub subject: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl Blocker {
+    /// The blockers among a plan's findings.
+    pub fn of(findings: &[crate::checks::Finding]) -> Vec<Blocker> {
+        findings
+            .iter()
+            .filter(|f| f.severity == crate::checks::Severity::Blocker)
+            .map(|f| Blocker {
+                check: f.check.to_string(),
+                subject: f.subject.clone(),
+                message: f.message.clone(),
+            })
+            .collect()
+    }
 }
 
 impl Event {
@@ -322,5 +375,49 @@ mod tests {
         assert!(matches!(serde_json::from_str::<Event>(old).unwrap(), Event::StepFailed { kind: None, .. }));
         let unknown = r#"{"event":"run-finished","state":"resuming","millis":1,"reason":null}"#;
         assert!(serde_json::from_str::<Event>(unknown).is_err(), "an unknown state is an error");
+    }
+
+    #[test]
+    fn a_summary_reads_the_fields_it_needs_from_the_whole_report_and_refuses_unknown_states() {
+        // What `refit upgrade -o json` prints last: the engine's report, with more fields.
+        let line = r#"{"event":"summary","outcome":{"run":"up-1","state":"failed","reason":"worker-1: upgrade failed","units":[],"left_cordoned":[],"timings":[],"backup":null}}"#;
+        let e: Event = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            e,
+            Event::Summary {
+                outcome: RunSummary {
+                    run: Some("up-1".into()),
+                    state: RunState::Failed,
+                    reason: Some("worker-1: upgrade failed".into())
+                }
+            }
+        );
+        let nothing = Event::Summary {
+            outcome: RunSummary {
+                run: None,
+                state: RunState::Completed,
+                reason: Some("nothing to upgrade".into()),
+            },
+        };
+        let json = serde_json::to_string(&nothing).unwrap();
+        assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), nothing);
+        assert!(
+            serde_json::from_str::<Event>(r#"{"event":"summary","outcome":{"run":"x","state":"great"}}"#)
+                .is_err()
+        );
+        assert!(
+            serde_json::from_str::<Event>(r#"{"event":"sumary"}"#).is_err(),
+            "unknown events do not parse"
+        );
+        let blocked = Event::PlanBlocked {
+            blockers: vec![Blocker {
+                check: "unmanaged-pod".into(),
+                subject: "pod/a/x".into(),
+                message: "m".into(),
+            }],
+        };
+        let json = serde_json::to_value(&blocked).unwrap();
+        assert_eq!(json["event"], "plan-blocked");
+        assert_eq!(serde_json::from_value::<Event>(json).unwrap(), blocked);
     }
 }

@@ -14,7 +14,9 @@ pub mod addons;
 pub mod catalog;
 pub mod checks;
 pub mod drain;
+pub mod duration;
 pub mod event;
+pub mod identity;
 // The fleet modules are being split by a parallel change (issue 12 item 5); their lint fixes
 // land with that split rather than as conflicting edits now.
 #[allow(clippy::indexing_slicing, clippy::arithmetic_side_effects, clippy::unwrap_used, clippy::expect_used)]
@@ -28,6 +30,7 @@ pub mod plan;
 pub mod planfile;
 pub mod preflight;
 pub mod quantity;
+pub mod reach;
 pub mod removed;
 pub mod run;
 pub mod skew;

@@ -41,6 +41,15 @@ pub enum PlanFileError {
         "external etcd member '{0}' has the name of a cluster node; list it under nodes with roles [etcd] instead"
     )]
     EtcdIsNode(String),
+    /// An address that is neither an IP nor a DNS name (it reaches node actions and ssh).
+    #[error("the plan file's address for '{name}': {source}; write an IP address or a host name")]
+    Address {
+        /// The node or etcd host.
+        name: String,
+        /// What is wrong.
+        #[source]
+        source: crate::identity::AddressError,
+    },
 }
 
 /// An external etcd member.
@@ -117,6 +126,11 @@ pub enum Action {
     Exec {
         /// Program and arguments.
         command: Vec<String>,
+        /// Optional: a command run per node before anything changes (same placeholders), to
+        /// say whether the node can reach `{to}`: exit 0 yes, anything else no (its last
+        /// stderr lines are the reason). `refit plan` and `refit upgrade` block on a no.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        probe: Vec<String>,
     },
     /// Commands on the node through the system ssh with a built-in recipe. Everything left
     /// out falls back to the user's own ssh configuration (`~/.ssh/config`, agent, ProxyJump).
@@ -245,6 +259,7 @@ impl PlanFile {
             ("action.create", COMMAND),
             ("action.remove", COMMAND),
             ("action.controlPlane", COMMAND),
+            ("action.probe", COMMAND),
         ];
         crate::yaml::from_str_hinted(text, HINTS).map_err(PlanFileError::Parse)
     }
@@ -257,13 +272,29 @@ impl PlanFile {
         if let Some(e) = self.etcd.iter().find(|e| nodes.contains(&e.name)) {
             return Err(PlanFileError::EtcdIsNode(e.name.clone()));
         }
+        let addresses = self.etcd.iter().map(|e| (&e.name, Some(&e.address)));
+        for (name, address) in addresses.chain(self.nodes.iter().map(|(n, f)| (n, f.address.as_ref()))) {
+            if let Some(a) = address
+                && let Err(source) = crate::identity::NodeAddress::parse(a)
+            {
+                return Err(PlanFileError::Address { name: name.clone(), source });
+            }
+        }
         match &self.action {
-            Some(Action::Exec { command }) if command.first().is_none_or(|c| c.trim().is_empty()) => {
+            Some(Action::Exec { command, .. }) if command.first().is_none_or(|c| c.trim().is_empty()) => {
                 Err(PlanFileError::Action(
                     "exec needs a command, e.g. command: [./upgrade-node.sh, \"{node}\", \"{to}\"]".into(),
                 ))
             }
-            Some(Action::Exec { command }) => check_placeholders(command, PLACEHOLDERS, "exec command"),
+            Some(Action::Exec { probe, .. }) if probe.first().is_some_and(|c| c.trim().is_empty()) => {
+                Err(PlanFileError::Action(
+                    "exec probe needs a program, e.g. probe: [./can-reach.sh, \"{node}\", \"{to}\"]".into(),
+                ))
+            }
+            Some(Action::Exec { command, probe }) => {
+                check_placeholders(command, PLACEHOLDERS, "exec command")?;
+                check_placeholders(probe, PLACEHOLDERS, "exec probe")
+            }
             Some(Action::Replace { create, .. }) if create.first().is_none_or(|c| c.trim().is_empty()) => {
                 Err(PlanFileError::Action(
                     "replace needs a create command, e.g. create: [./new-node.sh, \"{new}\", \"{to}\"]"
@@ -289,6 +320,25 @@ impl PlanFile {
             }
             _ => Ok(()),
         }
+    }
+
+    /// How to reach each node and external etcd host: the plan file's address, else the
+    /// node's own (its InternalIP), from `nodes` as (name, address).
+    pub fn addresses<'a>(
+        &self,
+        nodes: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+    ) -> BTreeMap<String, String> {
+        let mut out: BTreeMap<String, String> =
+            nodes.into_iter().filter_map(|(n, a)| a.map(|a| (n.to_string(), a.to_string()))).collect();
+        for e in &self.etcd {
+            out.insert(e.name.clone(), e.address.clone());
+        }
+        for (n, f) in &self.nodes {
+            if let Some(a) = &f.address {
+                out.insert(n.clone(), a.clone());
+            }
+        }
+        out
     }
 
     /// Roles the plan adds, by node or host name.
@@ -325,6 +375,9 @@ mod tests {
             f.validate(&BTreeSet::from(["cp-1".to_string()])),
             Err(PlanFileError::UnknownNode("w-1".into()))
         );
+        let bad = PlanFile::from_yaml("nodes: {w-1: {address: \"-oProxyCommand=touch /tmp/x\"}}").unwrap();
+        let e = bad.validate(&nodes).unwrap_err().to_string();
+        assert!(e.contains("'w-1'") && e.contains("neither an IP address nor a DNS name"), "{e}");
         let clash = PlanFile::from_yaml("etcd: [{name: w-1, address: x}]").unwrap();
         assert!(matches!(clash.validate(&nodes), Err(PlanFileError::EtcdIsNode(_))));
     }
@@ -337,7 +390,15 @@ mod tests {
         )
         .unwrap();
         exec.validate(&nodes).unwrap();
-        assert!(matches!(exec.action, Some(Action::Exec { ref command }) if command.len() == 6));
+        assert!(
+            matches!(exec.action, Some(Action::Exec { ref command, ref probe }) if command.len() == 6 && probe.is_empty())
+        );
+        let probing = PlanFile::from_yaml(
+            "action: {type: exec, command: [./up.sh], probe: [./can.sh, \"{node}\", \"{to}\"]}",
+        )
+        .unwrap();
+        probing.validate(&nodes).unwrap();
+        assert!(matches!(probing.action, Some(Action::Exec { ref probe, .. }) if probe.len() == 3));
         let ssh = PlanFile::from_yaml("action: {type: ssh}").unwrap();
         assert_eq!(
             ssh.action,
@@ -395,6 +456,8 @@ mod tests {
             ("action: {type: replace, create: [x, \"{old}\"]}", "{old}"),
             ("action: {type: exec, command: []}", "needs a command"),
             ("action: {type: exec, command: [x, \"{nodes}\"]}", "{nodes}"),
+            ("action: {type: exec, command: [x], probe: [check, \"{too}\"]}", "exec probe"),
+            ("action: {type: exec, command: [x], probe: [\" \"]}", "probe needs a program"),
             ("action: {type: ssh, recipe: rke}", "rke"),
         ] {
             let err = PlanFile::from_yaml(bad).unwrap().validate(&nodes).unwrap_err().to_string();

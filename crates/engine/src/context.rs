@@ -114,9 +114,12 @@ pub struct ActionFailure {
 
 /// How nodes are upgraded and local commands run (the exec crate in production).
 pub trait NodeActions: Send + Sync {
-    /// Upgrades one node in place with `action` (an exec command or the ssh recipe).
+    /// Upgrades one node in place with `action` (an exec command or the ssh recipe), for run
+    /// `run`: exclusive per node and run, so a resumed run attaches to (ssh) or waits for (exec)
+    /// a copy of this action still under way instead of starting a second one beside it.
     fn upgrade<'a>(
         &'a self,
+        run: &'a str,
         action: &'a NodeAction,
         ctx: &'a NodeContext,
         timeout: Duration,

@@ -25,6 +25,7 @@ pub mod context;
 pub mod engine;
 pub mod lifecycle;
 pub mod prepare;
+pub mod reach;
 pub mod real;
 pub mod report;
 pub mod spec;

@@ -1,7 +1,7 @@
 //! Preparation, done once per command as named steps: **fetch** (the oldest apiserver's
 //! version, the preflight snapshot and the removed-API signals, read concurrently) →
-//! **validate** (the upgrade path, the plan file against the cluster's nodes) → **decide**
-//! (core's checks and plan). `refit plan` prints the result; `refit upgrade` turns it into a
+//! **validate** (the upgrade path, the plan file against the cluster's nodes) → **probe**
+//! (what the node action can reach, [`crate::reach`]) → **decide** (core's checks and plan). `refit plan` prints the result; `refit upgrade` turns it into a
 //! schedule and executes it. Every input arrives parsed ([`PlanInput`]): nothing here reads
 //! a file or an argument, so a command reads each input once.
 
@@ -45,6 +45,8 @@ pub struct PlanInput {
     pub storage_labels: Vec<String>,
     /// Today (support windows, the catalog's end-of-life dates).
     pub today: jiff::civil::Date,
+    /// How the node action says which versions it can reach (None: it cannot tell).
+    pub probe: Option<refit_exec::probe::TargetProbe>,
 }
 
 /// Everything preflight gathered and decided.
@@ -62,6 +64,8 @@ pub struct Prepared {
     pub addresses: BTreeMap<String, String>,
     /// Worker batch size.
     pub worker_concurrency: usize,
+    /// What the node action can reach (None: it has no probe).
+    pub reach: Option<crate::reach::ReachReport>,
 }
 
 /// Why preparation stopped.
@@ -108,12 +112,35 @@ pub async fn prepare(conn: &Connection, input: &PlanInput) -> Result<Prepared, P
         s
     };
     let (snapshot, signals) = tokio::join!(snapshot, signals);
-    let snapshot = snapshot?;
+    let mut snapshot = snapshot?;
     // Validate (2): the plan file against the nodes.
     let nodes: BTreeSet<String> = snapshot.nodes.iter().map(|n| n.name.clone()).collect();
     input.plan_file.validate(&nodes).map_err(|e| PrepareError::Input(e.to_string()))?;
+    // The plan file's address replaces the node's InternalIP before the checks: the address
+    // check (node-address-invalid) is about the one the action will get.
+    for n in &mut snapshot.nodes {
+        if let Some(a) = input.plan_file.nodes.get(&n.name).and_then(|f| f.address.clone()) {
+            n.address = Some(a);
+        }
+    }
+    // Probe: what the node action can reach, before anything changes. May move a minor `--to`
+    // to the newest patch every node offers, and blocks on nodes that cannot reach their target.
+    let draft = plan_options(input, &path);
+    let reached = crate::reach::probe(
+        input.probe.as_ref(),
+        &snapshot,
+        &input.plan_file,
+        &input.catalog,
+        &input.request,
+        path,
+        &draft,
+        input.force,
+        input.today,
+    )
+    .await?;
+    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "target probed");
     // Decide.
-    let prepared = decide(input, current, path, &snapshot, signals)?;
+    let prepared = decide(input, current, reached, &snapshot, signals)?;
     tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "preflight decided");
     Ok(prepared)
 }
@@ -122,12 +149,13 @@ pub async fn prepare(conn: &Connection, input: &PlanInput) -> Result<Prepared, P
 fn decide(
     input: &PlanInput,
     current: refit_core::Version,
-    path: UpgradePath,
+    reached: crate::reach::Reached,
     snapshot: &Snapshot,
     signals: Result<Vec<removed::Signal>, refit_kube::Error>,
 ) -> Result<Prepared, PrepareError> {
-    let mut extra: Vec<Finding> = Vec::new();
-    let mut not_run = Vec::new();
+    let path = reached.path;
+    let mut extra: Vec<Finding> = reached.findings;
+    let mut not_run = reached.not_run;
     if input.mode == Mode::Offline {
         not_run.push("all checks (--offline)".to_string());
     } else {
@@ -146,15 +174,7 @@ fn decide(
         extra.extend(refit_core::preflight::forced_findings(&path));
     }
     let plan_file = &input.plan_file;
-    let plan_opts = PlanOptions {
-        target: path.to.clone(),
-        max_unavailable: input.max_unavailable,
-        mode: input.mode,
-        partial_ok: input.partial_ok,
-        force: input.force,
-        control_plane_only: input.control_plane_only,
-        extra_roles: plan_file.extra_roles(),
-    };
+    let plan_opts = plan_options(input, &path);
     let mut ingress = plan_file.ingress_labels.clone();
     ingress.extend(input.ingress_labels.iter().cloned());
     let mut storage = plan_file.storage_labels.clone();
@@ -166,22 +186,15 @@ fn decide(
         ingress_labels: ingress,
         storage_labels: storage,
     };
-    let plan = refit_core::preflight::preflight(snapshot, Some(&path), extra, &plan_opts, &check_opts)
+    let mut plan = refit_core::preflight::preflight(snapshot, Some(&path), extra, &plan_opts, &check_opts)
         .map_err(|e| match e {
             refit_core::plan::PlanError::NothingToDo(_) => PrepareError::NothingToDo(e.to_string()),
             e => PrepareError::Input(e.to_string()),
         })?;
+    plan.blocked |= refit_core::reach::blocks_regardless_of_mode(&plan);
     let workers = snapshot.nodes.iter().filter(|n| !n.is_control_plane()).count();
-    let mut addresses: BTreeMap<String, String> =
-        snapshot.nodes.iter().filter_map(|n| n.address.clone().map(|a| (n.name.clone(), a))).collect();
-    for e in &plan_file.etcd {
-        addresses.insert(e.name.clone(), e.address.clone());
-    }
-    for (n, f) in &plan_file.nodes {
-        if let Some(a) = &f.address {
-            addresses.insert(n.clone(), a.clone());
-        }
-    }
+    let addresses: BTreeMap<String, String> =
+        plan_file.addresses(snapshot.nodes.iter().map(|n| (n.name.as_str(), n.address.as_deref())));
     Ok(Prepared {
         current,
         path,
@@ -189,5 +202,19 @@ fn decide(
         not_run,
         addresses,
         worker_concurrency: input.max_unavailable.batch_size(workers),
+        reach: reached.report,
     })
+}
+
+/// The plan options `input` asks for, targeting `path`'s end.
+fn plan_options(input: &PlanInput, path: &UpgradePath) -> PlanOptions {
+    PlanOptions {
+        target: path.to.clone(),
+        max_unavailable: input.max_unavailable,
+        mode: input.mode,
+        partial_ok: input.partial_ok,
+        force: input.force,
+        control_plane_only: input.control_plane_only,
+        extra_roles: input.plan_file.extra_roles(),
+    }
 }

@@ -580,6 +580,9 @@ fn open_part(part: &Path) -> Result<std::fs::File, Attempt> {
         .create(true)
         .truncate(false)
         .mode(0o600)
+        // Never through a symlink: whoever could plant one in the backup directory would
+        // have the snapshot (every Secret) written, or a file of theirs truncated, elsewhere.
+        .custom_flags(libc::O_NOFOLLOW)
         .open(part)
         .map_err(|e| local("creating", part, e))?;
     match file.try_lock() {
@@ -858,6 +861,24 @@ mod tests {
         not_bolt[n..].copy_from_slice(&digest);
         assert!(verify(&not_bolt, 4096).unwrap_err().contains("bbolt"));
         assert!(Verifier::default().finish().unwrap_err().contains("no data"));
+    }
+
+    #[test]
+    fn a_symlink_planted_as_the_partial_file_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, b"precious").unwrap();
+        let part = dir.path().join("etcd-snapshot.db.part");
+        std::os::unix::fs::symlink(&target, &part).unwrap();
+        assert!(matches!(open_part(&part), Err(Attempt::Local(Error::Io { action: "creating", .. }))));
+        assert_eq!(std::fs::read(&target).unwrap(), b"precious", "not truncated");
+        // A real partial file left by a crash is reclaimed, 0600.
+        std::fs::remove_file(&part).unwrap();
+        std::fs::write(&part, b"old").unwrap();
+        std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let Ok(f) = open_part(&part) else { panic!("a real partial file is reclaimed") };
+        assert_eq!(f.metadata().unwrap().len(), 0);
+        assert_eq!(f.metadata().unwrap().permissions().mode() & 0o777, 0o600);
     }
 
     #[test]

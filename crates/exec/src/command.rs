@@ -9,11 +9,19 @@
 //!   is killed on timeout, when the returned future is dropped (the engine gave up), and when
 //!   the program exits leaving strays behind (anything that should outlive the action must
 //!   detach itself with `setsid`, as the sandbox's own processes do).
-//! - **Dies with refit.** The child gets `PR_SET_PDEATHSIG=SIGKILL`, so a `kill -9` of refit
-//!   kills it too. The death signal fires when the *thread* that forked exits, so children are
-//!   forked from one long-lived spawner thread, never from a tokio worker that may retire.
-//!   Limit: the kernel delivers that signal to the child only; grandchildren of a killed refit
-//!   live on in the (now leaderless) process group until they end.
+//! - **Dies with refit, whole group included.** The process refit forks is a small *guardian*
+//!   (no exec: a loop of raw system calls in the forked child, see [`guardian`]) that leads the
+//!   process group and forks the program as its own child. `PR_SET_PDEATHSIG` alone would not
+//!   do: the kernel sends it to the direct child only, so a script's background helpers would
+//!   outlive a `kill -9` of refit and a resumed run would start the node's action next to them
+//!   (issue 18 item 17: one node upgraded twice at once). The guardian gets `SIGTERM` when refit
+//!   dies and then kills the whole group, itself included; the program gets `SIGKILL` if the
+//!   guardian dies. The death signal fires when the *thread* that forked exits, so guardians
+//!   are forked from one long-lived spawner thread, never from a tokio worker that may retire.
+//!   Processes that leave the group on purpose (`setsid`, as the sandbox's daemons do) are not
+//!   the action's to kill. The guardian may also hold a lock file for the action (the exec
+//!   action's per-node lock, [`crate::exec`]): the lock is free exactly when the guardian, and
+//!   so the group, is gone.
 //! - **Streamed output.** Lines are handed to the caller as they arrive (the live view and the
 //!   journal show progress while a node upgrades), and the last lines are kept for the error.
 
@@ -90,6 +98,18 @@ pub async fn run_command(
     timeout: Duration,
     on_line: &(dyn Fn(OutputLine) + Send + Sync),
 ) -> Result<CommandOutput, Error> {
+    run_command_holding(argv, env, timeout, None, on_line).await
+}
+
+/// [`run_command`], with `lock` (an open, locked file) held by the command's guardian until the
+/// command's whole process group is gone — also when refit is killed first.
+pub(crate) async fn run_command_holding(
+    argv: &[String],
+    env: &[(String, String)],
+    timeout: Duration,
+    lock: Option<&std::fs::File>,
+    on_line: &(dyn Fn(OutputLine) + Send + Sync),
+) -> Result<CommandOutput, Error> {
     let (program, args) = argv.split_first().ok_or(Error::EmptyCommand)?;
     if program.is_empty() {
         return Err(Error::EmptyCommand);
@@ -103,19 +123,11 @@ pub async fn run_command(
         .kill_on_drop(true)
         .process_group(0);
     let parent = std::process::id() as libc::pid_t;
-    // SAFETY: the hook runs in the forked child before exec and calls only async-signal-safe
-    // functions (prctl, getppid, _exit); it touches no memory of the parent.
+    let keep_fd = lock.map(std::os::fd::AsRawFd::as_raw_fd).unwrap_or(-1);
+    // SAFETY: the hook runs in the forked child before exec; `guardian` uses only
+    // async-signal-safe system calls and touches no memory of the parent (see its docs).
     unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // refit may have died between fork and prctl: nobody would send the signal then.
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
+        cmd.pre_exec(move || guardian(parent, keep_fd));
     }
     let mut child =
         spawn_attached(cmd).await.map_err(|source| Error::Spawn { program: program.clone(), source })?;
@@ -207,6 +219,135 @@ impl Drop for GroupGuard {
     }
 }
 
+/// Runs in the child refit forked, after std set up its stdio and process group and before
+/// it would exec the program. It forks again: the new child returns `Ok` and becomes the
+/// program (std execs it); this process stays behind as the *guardian* and never returns.
+///
+/// The guardian keeps the group alive and answerable for the action:
+/// - when the program exits, it exits the same way (code, or the same signal), so refit sees
+///   the program's status;
+/// - when refit dies (`PR_SET_PDEATHSIG` = `SIGTERM`, or its parent pid changes), it sends
+///   `SIGKILL` to the whole process group, itself included: background helpers of the program
+///   die with it, instead of running on next to the resumed run's new copy of the action;
+/// - it closes every inherited descriptor except stdio and `keep_fd` (the action's lock, held
+///   until the guardian dies; std's exec-error pipe must not stay open here, or spawning would
+///   wait forever).
+///
+/// Only async-signal-safe calls (sigprocmask, prctl, fork, waitpid, sigtimedwait, kill,
+/// close_range/close, setrlimit, signal, _exit): the parent is multi-threaded.
+fn guardian(parent: libc::pid_t, keep_fd: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain system calls on local values; see the function docs for why each is
+    // allowed between fork and exec.
+    unsafe {
+        let mut watched: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut watched);
+        libc::sigaddset(&mut watched, libc::SIGCHLD);
+        libc::sigaddset(&mut watched, libc::SIGTERM);
+        let mut before: libc::sigset_t = std::mem::zeroed();
+        // Blocked first, so that neither the program's exit nor refit's death can be missed.
+        if libc::sigprocmask(libc::SIG_BLOCK, &watched, &mut before) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // refit may have died between fork and prctl: nobody would send the signal then.
+        if libc::getppid() != parent {
+            libc::_exit(1);
+        }
+        let guardian = libc::getpid();
+        let program = libc::fork();
+        if program < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if program == 0 {
+            // The program: std execs it when this returns. It dies if its guardian does.
+            libc::sigprocmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != guardian {
+                libc::_exit(1);
+            }
+            return Ok(());
+        }
+        close_inherited(keep_fd);
+        let tick = libc::timespec { tv_sec: 1, tv_nsec: 0 };
+        loop {
+            let mut status: libc::c_int = 0;
+            if libc::waitpid(program, &mut status, libc::WNOHANG) == program {
+                exit_as(status);
+            }
+            if libc::getppid() != parent {
+                libc::kill(0, libc::SIGKILL);
+                libc::_exit(137);
+            }
+            if libc::sigtimedwait(&watched, std::ptr::null_mut(), &tick) == libc::SIGTERM {
+                libc::kill(0, libc::SIGKILL);
+                libc::_exit(137);
+            }
+        }
+    }
+}
+
+/// Closes every descriptor above stderr except `keep` (the guardian's copy of the parent's
+/// descriptors: sockets, the store, other actions' locks, std's exec-error pipe).
+///
+/// SAFETY (caller): only between fork and exec or in a process that never returns to Rust code
+/// that owns those descriptors.
+unsafe fn close_inherited(keep: libc::c_int) {
+    let ranges: [(libc::c_uint, libc::c_uint); 2] = if keep > 2 {
+        [(3, (keep - 1) as libc::c_uint), ((keep + 1) as libc::c_uint, libc::c_uint::MAX)]
+    } else {
+        [(3, libc::c_uint::MAX), (1, 0)] // the second range is empty (first > last): skipped
+    };
+    for (first, last) in ranges {
+        if first > last {
+            continue;
+        }
+        // SAFETY: close_range(2) takes plain integers; see the function docs.
+        let done = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) } == 0;
+        if !done {
+            // Kernels before 5.9: close one by one up to the descriptor limit.
+            let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+            let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+                limit.rlim_cur.min(1 << 20) as libc::c_uint
+            } else {
+                4096
+            };
+            let mut fd = first;
+            while fd <= last && fd < max {
+                unsafe { libc::close(fd as libc::c_int) };
+                fd += 1;
+            }
+        }
+    }
+}
+
+/// Ends the guardian the way the program ended: its exit code, or the signal that killed it
+/// (re-raised with its default action and no core file).
+///
+/// SAFETY (caller): only in the guardian (a forked child that never returns).
+unsafe fn exit_as(status: libc::c_int) -> ! {
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: setrlimit, signal, sigprocmask and kill are async-signal-safe system calls.
+        unsafe {
+            libc::setrlimit(libc::RLIMIT_CORE, &none);
+            libc::signal(sig, libc::SIG_DFL);
+            let mut only: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut only);
+            libc::sigaddset(&mut only, sig);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &only, std::ptr::null_mut());
+            libc::kill(libc::getpid(), sig);
+            libc::_exit(128 + sig)
+        }
+    }
+    // SAFETY: _exit never returns and is async-signal-safe.
+    unsafe { libc::_exit(if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 1 }) }
+}
+
 fn kill_group(pgid: libc::pid_t) {
     // SAFETY: kill(2) with a negative pid signals the process group this module created for
     // the child; it has no memory-safety preconditions.
@@ -247,7 +388,7 @@ impl Tails {
         q.iter().skip(q.len().saturating_sub(n)).cloned().collect()
     }
 
-    fn into_vecs(self) -> (Vec<String>, Vec<String>) {
+    pub(crate) fn into_vecs(self) -> (Vec<String>, Vec<String>) {
         let out = self.out.into_inner().unwrap_or_else(|p| p.into_inner());
         let err = self.err.into_inner().unwrap_or_else(|p| p.into_inner());
         (out.into(), err.into())

@@ -121,6 +121,53 @@ pub enum Error {
         timeout: Duration,
     },
 
+    /// The detached recipe was still running on the node when the action's time ran out. It
+    /// was left running (killing kubeadm midway is worse); a rerun attaches to it.
+    #[error("node {node}: the recipe did not finish within {}; it keeps running on the node as {unit} (a rerun of the same command waits for it and takes its result)", secs(*timeout))]
+    RemoteStillRunning {
+        /// The node.
+        node: String,
+        /// The recipe's name on the node (systemd unit or directory under the action root).
+        unit: String,
+        /// The limit it ran into.
+        timeout: Duration,
+    },
+
+    /// The detached recipe's runner ended without recording a result (the node rebooted, or
+    /// someone killed it). A rerun starts the recipe again (kubeadm's steps may be repeated).
+    #[error("node {node}: the recipe {unit} ended on the node without a result{}; rerun the same command to start it again", match command { Some(c) => format!(" while running `{c}`"), None => String::new() })]
+    RemoteLost {
+        /// The node.
+        node: String,
+        /// The recipe's name on the node.
+        unit: String,
+        /// The command it was running, when known.
+        command: Option<String>,
+    },
+
+    /// The exec action's per-node lock file could not be opened or locked.
+    #[error("node {node}: cannot lock {}: {source}", path.display())]
+    Lock {
+        /// The node.
+        node: String,
+        /// The lock file.
+        path: std::path::PathBuf,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An earlier copy of this node's action (same run) still held its lock after `waited`.
+    #[error("node {node}: an earlier copy of this node's action still runs (lock {} held for {}); find it with `fuser {}` and rerun once it ended", lock.display(), secs(*waited), lock.display())]
+    Busy {
+        /// The node.
+        node: String,
+        /// The lock file.
+        lock: std::path::PathBuf,
+        /// How long refit waited.
+        waited: Duration,
+    },
+
     /// The kubeadm recipe cannot be built for this node (e.g. the target is not a release).
     #[error("node {node}: the kubeadm recipe cannot be built: {reason}")]
     Recipe {
@@ -139,7 +186,11 @@ impl Error {
     pub fn stopped_at_step(&self) -> Option<usize> {
         match self {
             Error::RemoteFailed { step, .. } => Some(*step),
-            Error::SshConnect { .. } | Error::BadDestination { .. } | Error::Recipe { .. } => Some(0),
+            Error::SshConnect { .. }
+            | Error::BadDestination { .. }
+            | Error::Recipe { .. }
+            | Error::Busy { .. }
+            | Error::Lock { .. } => Some(0),
             _ => None,
         }
     }

@@ -21,7 +21,11 @@
 //! target (so it plans exactly that version and needs no internet lookup of "latest"); apt runs
 //! with `DEBIAN_FRONTEND=noninteractive` and keeps changed configuration files
 //! (`--force-confdef`, `--force-confold`) instead of prompting; the repository index is updated
-//! once, after the switch. Cordon, drain and uncordon are not here: the engine does them
+//! once, after the switch. Every package is installed by its exact version (`kubeadm=V-*`), so
+//! apt pins in `/etc/apt/preferences.d` never choose it (apt honours an explicit version over
+//! any pin); a pin that forbids the target, or would take the packages back down later, is
+//! reported by the plan's target probe ([`crate::probe`], decided in `refit_core::reach`) before
+//! anything changes, and never edited by refit. Cordon, drain and uncordon are not here: the engine does them
 //! around the action. An etcd-only member gets an empty recipe: kubeadm upgrades stacked etcd
 //! with the control plane and does not manage external etcd hosts (use an `exec` action).
 

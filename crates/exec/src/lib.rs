@@ -13,24 +13,30 @@
 //! - [`ssh`]: a recipe over the system ssh (one master connection per node), with the built-in
 //!   [`kubeadm`] recipe.
 //! - [`backup`]: the etcd snapshot taken before the etcd/control-plane phase.
+//! - [`exclusive`]: one copy of a node's action at a time, across `kill -9` and reruns: the
+//!   [`RunScope`] an action runs in, per-node locks, names of detached recipes.
 //!
 //! Nothing here reads or prints credentials: identity files are passed to ssh by path.
 
 pub mod backup;
 pub mod command;
+pub mod detached;
 mod error;
+pub mod exclusive;
 pub mod exec;
 pub mod kubeadm;
+pub mod probe;
 pub mod ssh;
 
 use serde::{Deserialize, Serialize};
 
 pub use command::{CommandOutput, OutputLine, run_command, substitute};
 pub use error::{ERROR_TAIL_LINES, Error};
-pub use exec::run_exec;
+pub use exclusive::{RunScope, action_id};
+pub use exec::{run_exec, run_exec_exclusive};
 pub use kubeadm::kubeadm_recipe;
 pub use refit_core::planfile::{HostKeyCheck, PackageManager};
-pub use ssh::{RemoteCommand, SshOptions, run_ssh};
+pub use ssh::{RemoteCommand, SshOptions, run_ssh, run_ssh_detached};
 
 /// What an action is told about the node it upgrades.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

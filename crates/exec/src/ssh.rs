@@ -13,10 +13,23 @@
 //! - The destination is checked before it reaches ssh: an address starting with `-` would be
 //!   read by ssh as an option (`-oProxyCommand=...` runs a local command).
 //! - Identity files are passed by path; their contents are never read, logged or reported.
+//! - No agent, X11 or port forwarding reaches the node, whatever the user's ssh config says: a
+//!   compromised node must not get the operator's agent. The master connection reads a config
+//!   refit writes for it (`ForwardAgent no`, `ForwardX11 no`, `ClearAllForwardings yes`, then
+//!   `Include` of the user's own config: ssh keeps the first value it reads); multiplexed
+//!   commands get forwarding only when the master allows it.
 //!
-//! Limit: without a terminal the remote side does not get SIGHUP, so when the action times
-//! out or is dropped the local ssh processes end but a remote command already running
-//! finishes on its own (kubeadm's steps are idempotent and a rerun repeats them safely).
+//! Two ways to run a recipe:
+//! - [`run_ssh_detached`] — the engine's node action: the recipe runs on the node under a name
+//!   made of the run, the node and the target, detached from the ssh connection (systemd-run,
+//!   else `setsid nohup`) and one at a time per node; refit streams its output and takes its
+//!   recorded result. A resumed run attaches to a recipe still running, takes the result of
+//!   one that finished, and starts only one that never ran (or failed, or was lost with a
+//!   reboot). See [`crate::detached`].
+//! - [`run_ssh`] — attached: each command a remote command of the connection (for short probes
+//!   such as reading a node's state). Limit: without a terminal the remote side does not get
+//!   SIGHUP, so when it times out or is dropped a remote command already running finishes on
+//!   its own.
 
 use std::fmt;
 use std::num::NonZeroUsize;
@@ -29,7 +42,9 @@ use refit_core::planfile::{Action, HostKeyCheck};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{OutputLine, Stream, Tails, pump};
+use crate::detached::{AGENT_LOST, RESULT_NONE, agent_argv, parse_status, runner_script};
 use crate::error::ERROR_TAIL_LINES;
+use crate::exclusive::{RunScope, action_id};
 use crate::{Error, NodeContext};
 
 /// How long the master connection stays up after its last command when nobody closes it
@@ -132,6 +147,9 @@ pub struct SshOptions {
     /// Where the master's control socket lives (default: openssh's, under the user's state
     /// directory). Unix socket paths are short: keep this path short.
     pub control_dir: Option<PathBuf>,
+    /// Where detached recipes keep their state on the node (default: `/var/lib/refit/actions`
+    /// as root, else `~/.local/state/refit/actions`).
+    pub action_root: Option<String>,
 }
 
 impl Default for SshOptions {
@@ -146,6 +164,7 @@ impl Default for SshOptions {
             sudo: true,
             connect_timeout: Duration::from_secs(30),
             control_dir: None,
+            action_root: None,
         }
     }
 }
@@ -177,7 +196,32 @@ impl SshOptions {
         }
     }
 
-    fn builder(&self) -> SessionBuilder {
+    /// The ssh_config the master connection reads: forwarding off first (ssh keeps the first
+    /// value it reads), then the user's own configuration (`configFile`, else
+    /// `~/.ssh/config` and the system-wide file, as ssh would read them without `-F`).
+    pub fn hardened_config(&self) -> Result<String, String> {
+        let mut text = String::from(
+            "# Written by refit for one connection: no agent, X11 or port forwarding to the node.\n\
+             ForwardAgent no\nForwardX11 no\nForwardX11Trusted no\nClearAllForwardings yes\n",
+        );
+        match &self.config_file {
+            Some(path) => {
+                let path = std::path::absolute(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let shown = path.to_str().filter(|p| !p.contains('"') && !p.chars().any(char::is_control));
+                let Some(shown) = shown else {
+                    return Err(format!(
+                        "the ssh config file {} cannot be included safely (quotes or control characters in its path)",
+                        path.display()
+                    ));
+                };
+                text.push_str(&format!("Include \"{shown}\"\n"));
+            }
+            None => text.push_str("Include ~/.ssh/config\nInclude /etc/ssh/ssh_config\n"),
+        }
+        Ok(text)
+    }
+
+    fn builder(&self, config: &std::path::Path) -> SessionBuilder {
         let mut b = SessionBuilder::default();
         b.known_hosts_check(match self.known_hosts {
             HostKeyCheck::Strict => KnownHosts::Strict,
@@ -197,9 +241,7 @@ impl SshOptions {
         if let Some(k) = &self.identity_file {
             b.keyfile(k);
         }
-        if let Some(c) = &self.config_file {
-            b.config_file(c);
-        }
+        b.config_file(config);
         if let Some(k) = &self.known_hosts_file {
             b.user_known_hosts_file(k);
         }
@@ -210,11 +252,20 @@ impl SshOptions {
     }
 }
 
-/// The host ssh is given: the node's address, or its name when no address is known.
+/// The host ssh is given: the node's address, or its name when no address is known. Either
+/// must be an IP address or a DNS name (core's rule), so nothing reads as an ssh option.
 fn destination(ctx: &NodeContext) -> Result<String, Error> {
     let host = if ctx.address.is_empty() { ctx.node.as_str() } else { ctx.address.as_str() };
-    let refuse =
-        |reason| Err(Error::BadDestination { node: ctx.node.clone(), address: host.to_string(), reason });
+    if let Ok(a) = refit_core::identity::NodeAddress::parse(host) {
+        return Ok(a.to_string());
+    }
+    let refuse = |reason| {
+        Err(Error::BadDestination {
+            node: ctx.node.clone(),
+            address: refit_core::identity::printable(host, false),
+            reason,
+        })
+    };
     if host.is_empty() {
         return refuse("empty");
     }
@@ -227,7 +278,7 @@ fn destination(ctx: &NodeContext) -> Result<String, Error> {
     if host.contains('@') || host.contains("://") {
         return refuse("give a host name or IP address; the user belongs in the ssh options");
     }
-    Ok(host.to_string())
+    refuse("it is neither an IP address nor a DNS name")
 }
 
 fn valid_env_name(name: &str) -> bool {
@@ -282,28 +333,10 @@ pub async fn run_ssh(
     timeout: Duration,
     on_line: &(dyn Fn(OutputLine) + Send + Sync),
 ) -> Result<(), Error> {
-    let destination = destination(ctx)?;
-    if let Some(bad) =
-        recipe.iter().find(|c| c.program.is_empty() || c.env.iter().any(|(k, _)| !valid_env_name(k)))
-    {
-        return Err(Error::SshCommand {
-            node: ctx.node.clone(),
-            command: bad.to_string(),
-            detail: "a recipe command needs a program and variable names like NAME_1".into(),
-        });
-    }
-    if recipe.is_empty() {
-        tracing::info!(node = %ctx.node, "empty ssh recipe: nothing to run");
-        return Ok(());
-    }
+    let Some(destination) = prepare(recipe, ctx)? else { return Ok(()) };
     let current = Mutex::new("connect".to_string());
     let work = async {
-        let session = opts.builder().connect(&destination).await.map_err(|e| Error::SshConnect {
-            node: ctx.node.clone(),
-            destination: destination.clone(),
-            detail: explain_connect(&chain(&e)),
-        })?;
-        tracing::debug!(node = %ctx.node, %destination, "ssh master connected");
+        let session = connect(opts, ctx, &destination).await?;
         let mut result = Ok(());
         for (step, cmd) in recipe.iter().enumerate() {
             *current.lock().unwrap_or_else(|p| p.into_inner()) = cmd.to_string();
@@ -327,6 +360,162 @@ pub async fn run_ssh(
     }
 }
 
+/// Checks the node's address and the recipe before anything connects: the destination to
+/// give ssh, or `None` for an empty recipe (nothing to run).
+fn prepare(recipe: &[RemoteCommand], ctx: &NodeContext) -> Result<Option<String>, Error> {
+    let destination = destination(ctx)?;
+    if let Some(bad) =
+        recipe.iter().find(|c| c.program.is_empty() || c.env.iter().any(|(k, _)| !valid_env_name(k)))
+    {
+        return Err(Error::SshCommand {
+            node: ctx.node.clone(),
+            command: bad.to_string(),
+            detail: "a recipe command needs a program and variable names like NAME_1".into(),
+        });
+    }
+    if recipe.is_empty() {
+        tracing::info!(node = %ctx.node, "empty ssh recipe: nothing to run");
+        return Ok(None);
+    }
+    Ok(Some(destination))
+}
+
+/// Opens the master connection with the hardened config (written to a private temporary
+/// directory that is removed once ssh has read it).
+async fn connect(opts: &SshOptions, ctx: &NodeContext, destination: &str) -> Result<Session, Error> {
+    let refuse = |detail: String| Error::SshConnect {
+        node: ctx.node.clone(),
+        destination: destination.to_string(),
+        detail,
+    };
+    let text = opts.hardened_config().map_err(refuse)?;
+    let dir = tempfile::Builder::new()
+        .prefix("refit-ssh-")
+        .tempdir()
+        .map_err(|e| refuse(format!("writing the ssh config: {e}")))?;
+    let config = dir.path().join("config");
+    std::fs::write(&config, text).map_err(|e| refuse(format!("writing {}: {e}", config.display())))?;
+    let session =
+        opts.builder(&config).connect(destination).await.map_err(|e| refuse(explain_connect(&chain(&e))))?;
+    tracing::debug!(node = %ctx.node, %destination, "ssh master connected");
+    Ok(session)
+}
+
+/// Runs `recipe` on the node as one detached, exclusive recipe of run `scope.run` (see the
+/// module docs and [`crate::detached`]): starts it, or attaches to the copy already running or
+/// finished under the same run, node and target; streams its output to `on_line`; returns its
+/// recorded result. `timeout` bounds refit's wait, not the recipe: when it runs out the recipe
+/// keeps running on the node and a rerun attaches to it ([`Error::RemoteStillRunning`]).
+pub async fn run_ssh_detached(
+    recipe: &[RemoteCommand],
+    ctx: &NodeContext,
+    scope: &RunScope,
+    opts: &SshOptions,
+    timeout: Duration,
+    on_line: &(dyn Fn(OutputLine) + Send + Sync),
+) -> Result<(), Error> {
+    let Some(destination) = prepare(recipe, ctx)? else { return Ok(()) };
+    let id = action_id(&scope.run, &ctx.node, &ctx.to);
+    let unit = format!("refit-{id}");
+    let as_root = opts.sudo && recipe.iter().any(|c| c.sudo);
+    let root = opts.action_root.clone().unwrap_or_default();
+    let runner = runner_script(recipe);
+    let lost = |detail: String| Error::SshCommand {
+        node: ctx.node.clone(),
+        command: format!("the recipe runner {unit}"),
+        detail,
+    };
+    let work = async {
+        let session = connect(opts, ctx, &destination).await?;
+        let tails = Tails::default();
+        let start = agent_argv(as_root, "start", &id, &runner, &root);
+        let code = remote_status(&session, &start, Some(&tails), on_line).await.map_err(&lost)?;
+        let (text, result_code) = {
+            let argv = agent_argv(as_root, "result", &id, "", &root);
+            let out = Tails::default();
+            let code = remote_status(&session, &argv, Some(&out), &|_| {}).await.map_err(&lost)?;
+            let (stdout, _) = out.into_vecs();
+            (stdout.join("\n"), code)
+        };
+        if let Err(e) = session.close().await {
+            tracing::warn!(node = %ctx.node, "closing the ssh master connection: {}", chain(&e));
+        }
+        let step_command = |step: usize| recipe.get(step).map(|c| c.to_string());
+        match (code, result_code) {
+            (Some(0), Some(0)) => {}
+            (Some(AGENT_LOST), Some(RESULT_NONE)) => {
+                let step = parse_step(&text);
+                return Err(Error::RemoteLost {
+                    node: ctx.node.clone(),
+                    unit: unit.clone(),
+                    command: step.and_then(step_command),
+                });
+            }
+            (code, _) => {
+                return Err(lost(format!(
+                    "it could not be started or followed (exit code {}){}",
+                    code.map(|c| c.to_string()).unwrap_or_else(|| "unknown".into()),
+                    tails_text(&tails.err_tail(ERROR_TAIL_LINES))
+                )));
+            }
+        }
+        let Some(status) = parse_status(&text) else {
+            return Err(lost(format!("its status on the node cannot be read: {text:?}")));
+        };
+        if status.rc == 0 {
+            return Ok(());
+        }
+        Err(Error::RemoteFailed {
+            node: ctx.node.clone(),
+            step: status.step,
+            command: step_command(status.step).unwrap_or_else(|| format!("step {}", status.step)),
+            code: Some(status.rc),
+            stderr_tail: tails.err_tail(ERROR_TAIL_LINES),
+        })
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::RemoteStillRunning { node: ctx.node.clone(), unit: unit.clone(), timeout }),
+    }
+}
+
+fn parse_step(text: &str) -> Option<usize> {
+    text.lines().find_map(|l| l.trim().strip_prefix("step=")).and_then(|s| s.trim().parse().ok())
+}
+
+fn tails_text(tail: &[String]) -> String {
+    if tail.is_empty() { String::new() } else { format!("; last stderr lines: {}", tail.join(" / ")) }
+}
+
+/// Runs one remote argument vector, its output streamed to `on_line` and kept in `tails`;
+/// returns its exit code (`None` when ssh reports none). An error is a broken connection.
+async fn remote_status(
+    session: &Session,
+    argv: &[String],
+    tails: Option<&Tails>,
+    on_line: &(dyn Fn(OutputLine) + Send + Sync),
+) -> Result<Option<i32>, String> {
+    let (program, args) = argv.split_first().ok_or_else(|| "empty command".to_string())?;
+    let mut remote = session.command(program.as_str());
+    remote.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = remote.spawn().await.map_err(|e| chain(&e))?;
+    let own = Tails::default();
+    let tails = tails.unwrap_or(&own);
+    let (out, err) = (child.stdout().take(), child.stderr().take());
+    let (a, b) =
+        tokio::join!(pump(out, Stream::Stdout, tails, on_line), pump(err, Stream::Stderr, tails, on_line));
+    a.and(b).map_err(|e| format!("reading its output: {e}"))?;
+    match child.wait().await {
+        Ok(status) => Ok(status.code()),
+        Err(openssh::Error::Remote(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(127)),
+        Err(openssh::Error::RemoteProcessTerminated) => match session.check().await {
+            Ok(()) => Ok(Some(255)),
+            Err(e) => Err(format!("the connection broke: {}", chain(&e))),
+        },
+        Err(e) => Err(chain(&e)),
+    }
+}
+
 async fn run_remote(
     session: &Session,
     step: usize,
@@ -336,36 +525,20 @@ async fn run_remote(
     on_line: &(dyn Fn(OutputLine) + Send + Sync),
 ) -> Result<(), Error> {
     let shown = cmd.to_string();
-    let lost = |detail: String| Error::SshCommand { node: ctx.node.clone(), command: shown.clone(), detail };
-    let argv = cmd.argv(opts.sudo);
-    let (program, args) = argv.split_first().ok_or_else(|| lost("empty command".into()))?;
     tracing::debug!(node = %ctx.node, command = %shown, "remote command");
-    let mut remote = session.command(program.as_str());
-    remote.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = remote.spawn().await.map_err(|e| lost(chain(&e)))?;
     let tails = Tails::default();
-    let (out, err) = (child.stdout().take(), child.stderr().take());
-    let (a, b) =
-        tokio::join!(pump(out, Stream::Stdout, &tails, on_line), pump(err, Stream::Stderr, &tails, on_line));
-    a.and(b).map_err(|e| lost(format!("reading its output: {e}")))?;
-    let failed = |code| Error::RemoteFailed {
-        node: ctx.node.clone(),
-        step,
-        command: shown.clone(),
-        code,
-        stderr_tail: tails.err_tail(ERROR_TAIL_LINES),
-    };
-    match child.wait().await {
-        Ok(status) if status.success() => Ok(()),
-        Ok(status) => Err(failed(status.code())),
-        // openssh reports exit code 127 as "not found" and 255 as "terminated"; 255 is also
-        // what ssh says when the connection broke, so ask the master which one it was.
-        Err(openssh::Error::Remote(e)) if e.kind() == std::io::ErrorKind::NotFound => Err(failed(Some(127))),
-        Err(openssh::Error::RemoteProcessTerminated) => match session.check().await {
-            Ok(()) => Err(failed(Some(255))),
-            Err(e) => Err(lost(format!("the connection broke: {}", chain(&e)))),
-        },
-        Err(e) => Err(lost(chain(&e))),
+    let code = remote_status(session, &cmd.argv(opts.sudo), Some(&tails), on_line)
+        .await
+        .map_err(|detail| Error::SshCommand { node: ctx.node.clone(), command: shown.clone(), detail })?;
+    match code {
+        Some(0) => Ok(()),
+        code => Err(Error::RemoteFailed {
+            node: ctx.node.clone(),
+            step,
+            command: shown,
+            code,
+            stderr_tail: tails.err_tail(ERROR_TAIL_LINES),
+        }),
     }
 }
 
@@ -390,7 +563,9 @@ mod tests {
         assert_eq!(destination(&ctx("w-1", "10.0.0.1")).unwrap(), "10.0.0.1");
         assert_eq!(destination(&ctx("w-1", "")).unwrap(), "w-1");
         assert_eq!(destination(&ctx("w-1", "fe80::1")).unwrap(), "fe80::1");
-        for bad in ["-oProxyCommand=touch /tmp/x", "a b", "root@h", "ssh://h:22", "a\nb"] {
+        for bad in
+            ["-oProxyCommand=touch /tmp/x", "a b", "root@h", "ssh://h:22", "a\nb", "$(id)", "h;rm", "a..b"]
+        {
             let err = destination(&ctx("w-1", bad)).unwrap_err().to_string();
             assert!(err.contains("w-1") && err.contains("not usable"), "{bad}: {err}");
         }
@@ -453,7 +628,7 @@ mod tests {
         assert_eq!(opts.identity_file, Some(PathBuf::from("/k/id")));
         assert_eq!(opts.known_hosts, HostKeyCheck::AcceptNew);
         assert!(!opts.sudo);
-        assert_eq!(SshOptions::from_action(&Action::Exec { command: vec!["x".into()] }), None);
+        assert_eq!(SshOptions::from_action(&Action::Exec { command: vec!["x".into()], probe: vec![] }), None);
         assert_eq!(SshOptions::default().known_hosts, HostKeyCheck::Strict);
     }
 }

@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use refit_exec::{Error, NodeContext, OutputLine, run_command, run_exec};
+use refit_exec::{Error, NodeContext, OutputLine, RunScope, run_command, run_exec, run_exec_exclusive};
 use support::Lines;
 
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
@@ -273,4 +273,129 @@ async fn refit_kill_9_leaves_no_child() {
     helper.kill().unwrap(); // SIGKILL: no destructor, no drop, no chance to clean up
     helper.wait().unwrap();
     assert!(gone(child).await, "command {child} outlived the kill -9 of the process that ran it");
+}
+
+/// The action of the exclusivity tests: forks a background helper that writes `start`, works
+/// for `REFIT_TEST_WORK` seconds, then writes `end` (each with its pid and a timestamp) to
+/// `markers`; the script itself waits for it.
+fn forking_action(dir: &Path) -> Vec<String> {
+    let markers = dir.join("markers");
+    let s = script(
+        dir,
+        "forks.sh",
+        &format!(
+            "( echo \"start $(sh -c 'echo $PPID') $(date +%s.%N)\" >> {m}; sleep \"$REFIT_TEST_WORK\"; \
+             echo \"end $(sh -c 'echo $PPID') $(date +%s.%N)\" >> {m} ) &\n\
+             echo $! > {dir}/helper.pid\nwait",
+            m = markers.display(),
+            dir = dir.display()
+        ),
+    );
+    argv(&[s.to_str().unwrap()])
+}
+
+/// `(kind, pid, seconds)` of every marker line.
+fn markers(dir: &Path) -> Vec<(String, i32, f64)> {
+    std::fs::read_to_string(dir.join("markers"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0].to_string(), f[1].parse().unwrap(), f[2].parse().unwrap())
+        })
+        .collect()
+}
+
+/// Run only by `an_exec_action_under_way_dies_with_refit_and_the_rerun_runs_it_once_alone`,
+/// in a child test process that it kills with SIGKILL: refit running one node's action.
+#[tokio::test]
+#[ignore = "helper: run by an_exec_action_under_way_dies_with_refit_and_the_rerun_runs_it_once_alone"]
+async fn helper_run_an_exclusive_action() {
+    let Ok(dir) = std::env::var("REFIT_EXEC_TEST_DIR") else {
+        panic!(
+            "REFIT_EXEC_TEST_DIR not set: this helper only runs under an_exec_action_under_way_dies_with_refit_and_the_rerun_runs_it_once_alone"
+        );
+    };
+    let dir = PathBuf::from(dir);
+    let scope = RunScope { run: "up-test".into(), lock_dir: dir.join("locks") };
+    let _ = run_exec_exclusive(&forking_action(&dir), &ctx("worker-001"), &scope, LONG, &|_| {}).await;
+}
+
+/// Issue 18 item 17: refit killed (kill -9) while a node's exec action had forked a helper of
+/// its own. Before, the helper survived and the relaunch ran the node's action again next to
+/// it (two overlapping upgrades of worker-001). Now the helper dies with refit, and the
+/// relaunch (same run) runs the action once more, alone.
+#[tokio::test]
+async fn an_exec_action_under_way_dies_with_refit_and_the_rerun_runs_it_once_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut refit = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "helper_run_an_exclusive_action", "--ignored", "--test-threads=1"])
+        .env("REFIT_EXEC_TEST_DIR", dir.path())
+        .env("REFIT_TEST_WORK", "4")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let helper = read_pid(&dir.path().join("helper.pid")).await;
+    for _ in 0..200 {
+        if !markers(dir.path()).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    refit.kill().unwrap(); // SIGKILL: no destructor runs in refit
+    refit.wait().unwrap();
+    assert!(gone(helper).await, "the action's helper {helper} outlived the kill -9 of refit");
+
+    // The relaunch: same run, same node.
+    let scope = RunScope { run: "up-test".into(), lock_dir: dir.path().join("locks") };
+    let lines = Lines::default();
+    let mut action = forking_action(dir.path());
+    action.splice(0..0, ["env".to_string(), "REFIT_TEST_WORK=1".to_string()]);
+    run_exec_exclusive(&action, &ctx("worker-001"), &scope, LONG, &lines.cb()).await.unwrap();
+    // Wait out the first copy's work time too: had it survived, its `end` would be written.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let m = markers(dir.path());
+    let kinds: Vec<&str> = m.iter().map(|(k, _, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["start", "start", "end"], "{m:?}");
+    let (first, second) = (m[0].1, m[1].1);
+    assert_ne!(first, second, "{m:?}");
+    assert_eq!(m[2].1, second, "only the relaunched copy completes: {m:?}");
+    assert!(m[1].2 >= m[0].2, "{m:?}");
+}
+
+#[tokio::test]
+async fn two_copies_of_one_nodes_action_in_one_run_never_overlap() {
+    let dir = tempfile::tempdir().unwrap();
+    let scope = RunScope { run: "up-test".into(), lock_dir: dir.path().join("locks") };
+    let mut action = forking_action(dir.path());
+    action.splice(0..0, ["env".to_string(), "REFIT_TEST_WORK=1".to_string()]);
+    let (a, b) = (Lines::default(), Lines::default());
+    let (a_cb, b_cb) = (a.cb(), b.cb());
+    let node = ctx("worker-001");
+    let (ra, rb) = tokio::join!(run_exec_exclusive(&action, &node, &scope, LONG, &a_cb), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        run_exec_exclusive(&action, &node, &scope, LONG, &b_cb).await
+    });
+    ra.unwrap();
+    rb.unwrap();
+    let m = markers(dir.path());
+    let kinds: Vec<&str> = m.iter().map(|(k, _, _)| k.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["start", "end", "start", "end"],
+        "the second copy started before the first ended: {m:?}"
+    );
+    assert!(
+        b.take().iter().any(|l| l.text().contains("still running; waiting for it to end")),
+        "the waiting copy says why it waits"
+    );
+    // Another node of the same run is not held back.
+    let other = Lines::default();
+    let lock = dir.path().join("locks");
+    assert!(std::fs::metadata(&lock).unwrap().permissions().mode() & 0o077 == 0, "lock dir is private");
+    run_exec_exclusive(&argv(&["true"]), &ctx("worker-002"), &scope, Duration::from_secs(5), &other.cb())
+        .await
+        .unwrap();
+    assert!(other.take().is_empty());
 }

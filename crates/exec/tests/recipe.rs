@@ -167,3 +167,41 @@ fn a_recipe_that_stops_before_kubeadm_upgrades_leaves_the_node_unchanged() {
     assert!(check < unhold);
     assert_eq!(r[check].args.iter().filter(|a| a.ends_with("=1.37.1-*")).count(), 3);
 }
+
+/// apt pins in /etc/apt/preferences.d (issue 13 item 6): apt honours an explicit version
+/// whatever a pin says, so every package the recipe installs, in every role and with either
+/// package manager, is named with the exact target — a pin can never choose the version. (What
+/// a pin means for later is judged by the plan's target probe: `refit_core::reach`.)
+#[test]
+fn every_install_names_the_exact_target_so_pins_cannot_choose_it() {
+    for pm in [PackageManager::Apt, PackageManager::Dnf] {
+        for (name, roles, first) in [
+            ("cp-1", &["etcd", "control-plane"][..], true),
+            ("cp-2", &["etcd", "control-plane"][..], false),
+            ("w-1", &["worker"][..], false),
+        ] {
+            let recipe = kubeadm_recipe(&node(name, roles, first), pm).unwrap();
+            let installs: Vec<&RemoteCommand> = recipe
+                .iter()
+                .filter(|c| {
+                    matches!(c.program.as_str(), "apt-get" | "dnf")
+                        && c.args.first().is_some_and(|a| a == "install")
+                })
+                .collect();
+            assert!(installs.len() >= 2, "{pm:?} {name}: {installs:?}");
+            for c in installs {
+                let packages: Vec<&String> = c
+                    .args
+                    .iter()
+                    .skip(1)
+                    .filter(|a| !a.starts_with('-') && !a.starts_with("Dpkg::"))
+                    .collect();
+                assert!(!packages.is_empty(), "{c}");
+                for p in packages {
+                    let exact = p.ends_with("=1.37.1-*") || p.ends_with("-1.37.1-*");
+                    assert!(exact, "{pm:?} {name}: `{c}` installs {p} without the exact target");
+                }
+            }
+        }
+    }
+}

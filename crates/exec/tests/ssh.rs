@@ -15,8 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use refit_exec::{
-    Error, HostKeyCheck, NodeContext, OutputLine, PackageManager, RemoteCommand, SshOptions, kubeadm_recipe,
-    run_ssh,
+    Error, HostKeyCheck, NodeContext, OutputLine, PackageManager, RemoteCommand, RunScope, SshOptions,
+    kubeadm_recipe, run_ssh, run_ssh_detached,
 };
 use support::Lines;
 
@@ -180,6 +180,7 @@ impl Sshd {
             sudo: false,
             connect_timeout: Duration::from_secs(20),
             control_dir: Some(self.dir.path().to_path_buf()),
+            action_root: Some(self.path("actions").display().to_string()),
         }
     }
 
@@ -392,4 +393,138 @@ async fn the_kubeadm_recipe_runs_over_ssh_exactly_as_written() {
         assert!(kubeadm_upgrade < kubelet_install);
         assert!(calls.trim_end().ends_with("systemctl <restart> <kubelet>"));
     }
+}
+
+fn scope(run: &str) -> RunScope {
+    RunScope { run: run.into(), lock_dir: std::env::temp_dir().join("refit-test-unused-locks") }
+}
+
+/// Issue 18 item 5: the ssh client dies mid-recipe (refit killed, or its time ran out); the
+/// recipe goes on on the node; the next call of the same run attaches, streams the output and
+/// returns the recipe's result — and the recipe ran once.
+#[tokio::test]
+async fn a_detached_recipe_outlives_its_client_and_the_rerun_attaches_instead_of_starting_it_again() {
+    let sshd = Sshd::start();
+    let opts = sshd.options(sshd.known_hosts("host_key.pub"));
+    let node = ctx("node-d", &["worker"], false);
+    let recipe = [
+        cmd("record", &["one"]),
+        cmd("sh", &["-c", "echo halfway; sleep 4; echo done; echo warned >&2"]),
+        cmd("record", &["two"]),
+    ];
+    // The first client gives up (is dropped) while the recipe sleeps.
+    let first = Lines::default();
+    let err = run_ssh_detached(&recipe, &node, &scope("run-1"), &opts, Duration::from_secs(2), &first.cb())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::RemoteStillRunning { .. }), "{err:?}");
+    assert!(err.to_string().contains("refit-run-1-node-d-1.37.1"), "{err}");
+    assert!(first.take().contains(&OutputLine::Stdout("halfway".into())));
+    assert_eq!(sshd.calls(), "record <one>\n", "the recipe is under way on the node");
+
+    // The rerun attaches: the whole output once more, the result, and nothing run twice.
+    let second = Lines::default();
+    run_ssh_detached(&recipe, &node, &scope("run-1"), &opts, LONG, &second.cb()).await.unwrap();
+    let lines = second.take();
+    assert!(lines.iter().any(|l| l.text().contains("attached to this recipe")), "{lines:?}");
+    for want in [
+        OutputLine::Stdout("halfway".into()),
+        OutputLine::Stdout("done".into()),
+        OutputLine::Stderr("warned".into()),
+    ] {
+        assert_eq!(lines.iter().filter(|l| **l == want).count(), 1, "{want:?} in {lines:?}");
+    }
+    assert_eq!(sshd.calls(), "record <one>\nrecord <two>\n");
+
+    // Once finished, a further call takes the recorded result without running anything.
+    let third = Lines::default();
+    run_ssh_detached(&recipe, &node, &scope("run-1"), &opts, LONG, &third.cb()).await.unwrap();
+    assert!(third.take().iter().any(|l| l.text().contains("already finished")));
+    assert_eq!(sshd.calls(), "record <one>\nrecord <two>\n");
+    let status = std::fs::read_to_string(sshd.path("actions/run-1-node-d-1.37.1/status")).unwrap();
+    assert!(status.starts_with("rc=0\nstep=3\n"), "{status}");
+
+    // Another run is another recipe: it runs again.
+    run_ssh_detached(&recipe, &node, &scope("run-2"), &opts, LONG, &|_| {}).await.unwrap();
+    assert_eq!(sshd.calls(), "record <one>\nrecord <two>\nrecord <one>\nrecord <two>\n");
+    let mode = std::fs::metadata(sshd.path("actions")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "the action root is private: {mode:o}");
+}
+
+#[tokio::test]
+async fn a_failed_detached_recipe_names_its_step_and_a_rerun_starts_it_afresh() {
+    let sshd = Sshd::start();
+    let opts = sshd.options(sshd.known_hosts("host_key.pub"));
+    let node = ctx("node-e", &["worker"], false);
+    let recipe =
+        [cmd("record", &["before"]), cmd("ls", &["/nonexistent/refit-dir"]), cmd("record", &["after"])];
+    let err = run_ssh_detached(&recipe, &node, &scope("run-f"), &opts, LONG, &|_| {}).await.unwrap_err();
+    match &err {
+        Error::RemoteFailed { node, step, command, code, stderr_tail } => {
+            assert_eq!((node.as_str(), *step, command.as_str()), ("node-e", 1, "ls /nonexistent/refit-dir"));
+            assert_eq!(*code, Some(2));
+            assert!(stderr_tail.iter().any(|l| l.contains("refit-dir")), "{stderr_tail:?}");
+        }
+        other => panic!("expected RemoteFailed, got {other:?}"),
+    }
+    assert_eq!(err.stopped_at_step(), Some(1));
+    assert_eq!(sshd.calls(), "record <before>\n");
+    // The operator fixes the node and reruns: a new attempt, the failed one kept.
+    let lines = Lines::default();
+    let fixed = [cmd("record", &["before"]), cmd("true", &[]), cmd("record", &["after"])];
+    run_ssh_detached(&fixed, &node, &scope("run-f"), &opts, LONG, &lines.cb()).await.unwrap();
+    assert!(lines.take().iter().any(|l| l.text().contains("kept in")));
+    assert_eq!(sshd.calls(), "record <before>\nrecord <before>\nrecord <after>\n");
+    assert!(sshd.path("actions/run-f-node-e-1.37.1.1/status").exists());
+}
+
+#[tokio::test]
+async fn two_recipes_on_one_node_run_one_after_the_other() {
+    let sshd = Sshd::start();
+    let opts = sshd.options(sshd.known_hosts("host_key.pub"));
+    let log = sshd.path("order.log");
+    let step = |tag: &str| {
+        cmd(
+            "sh",
+            &["-c", &format!("echo {tag}-in >> {l}; sleep 1; echo {tag}-out >> {l}", l = log.display())],
+        )
+    };
+    let (a, b) = ([step("a")], [step("b")]);
+    let node = ctx("node-f", &["worker"], false);
+    let (run_a, run_b) = (scope("run-a"), scope("run-b"));
+    let (ra, rb) = tokio::join!(
+        run_ssh_detached(&a, &node, &run_a, &opts, LONG, &|_| {}),
+        run_ssh_detached(&b, &node, &run_b, &opts, LONG, &|_| {}),
+    );
+    ra.unwrap();
+    rb.unwrap();
+    let order = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        order == "a-in\na-out\nb-in\nb-out\n" || order == "b-in\nb-out\na-in\na-out\n",
+        "two recipes overlapped on one node: {order:?}"
+    );
+}
+
+/// Agent and X11 forwarding stay off whatever the user's config says: ssh itself, asked for
+/// the options it would use (`ssh -G`) with the config refit writes.
+#[test]
+fn the_master_connection_never_forwards_an_agent_x11_or_ports() {
+    need_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let user = dir.path().join("user_config");
+    std::fs::write(
+        &user,
+        "Host *\n  ForwardAgent yes\n  ForwardX11 yes\n  LocalForward 9999 localhost:22\n  User someone\n",
+    )
+    .unwrap();
+    let opts = SshOptions { config_file: Some(user), ..SshOptions::default() };
+    let config = dir.path().join("config");
+    std::fs::write(&config, opts.hardened_config().unwrap()).unwrap();
+    let out = Command::new("ssh").arg("-G").arg("-F").arg(&config).arg("node-x").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let effective = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    for want in ["forwardagent no", "forwardx11 no", "clearallforwardings yes", "user someone"] {
+        assert!(effective.lines().any(|l| l == want), "{want} missing from:\n{effective}");
+    }
+    assert!(!effective.contains("localforward"), "{effective}");
 }

@@ -10,6 +10,15 @@
 //!
 //! Both operations are idempotent: after a crash, calling them again with the same run id
 //! finds the node in the state the first call left it and says so.
+//!
+//! The annotation alone is not proof: `kubectl uncordon` then `kubectl cordon` by someone else
+//! in the middle of a run leaves the annotation in place (kubectl never touches it), and the
+//! node would look like refit's cordon. So refit writes `spec.unschedulable` under its own
+//! field manager ([`FIELD_MANAGER`]), and a cordon is this run's only while the annotation
+//! names the run AND the apiserver's managedFields still give `spec.unschedulable` to refit:
+//! kubectl's uncordon removes the field (and refit's ownership with it), its cordon sets it
+//! under kubectl's manager. A node whose object carries no managedFields at all (tracking
+//! disabled) falls back to the annotation.
 
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
@@ -22,6 +31,9 @@ use crate::connect::Connection;
 pub const CORDONED_BY: &str = "refit.dev/cordoned-by";
 /// Annotation recording when refit cordoned the node (RFC 3339, UTC).
 pub const CORDONED_AT: &str = "refit.dev/cordoned-at";
+
+/// The field manager refit writes `spec.unschedulable` under (see the module docs).
+pub const FIELD_MANAGER: &str = "refit";
 
 /// How many times a cordon or uncordon re-reads the node after losing a race (409). Each
 /// conflict means another writer changed the node; a handful of them in a row means something
@@ -74,12 +86,30 @@ async fn observe(api: &Api<Node>, node: &str) -> Result<Observed, Error> {
         }
         Err(e) => return Err(Error::Api { context: format!("reading node {node}"), source: Box::new(e) }),
     };
-    let annotations = n.metadata.annotations.unwrap_or_default();
     Ok(Observed {
-        resource_version: n.metadata.resource_version.unwrap_or_default(),
-        unschedulable: n.spec.and_then(|s| s.unschedulable).unwrap_or(false),
-        by: annotations.get(CORDONED_BY).cloned(),
+        by: cordon_owner(&n),
+        resource_version: n.metadata.resource_version.clone().unwrap_or_default(),
+        unschedulable: n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false),
     })
+}
+
+/// The run whose cordon this is: [`CORDONED_BY`]'s value, when refit's field manager still
+/// owns `spec.unschedulable` (or the object has no managedFields to say otherwise). `None`
+/// when someone else's write set the flag since, whatever the annotation says.
+pub fn cordon_owner(n: &Node) -> Option<String> {
+    let by = n.metadata.annotations.as_ref().and_then(|a| a.get(CORDONED_BY).cloned())?;
+    let Some(entries) = n.metadata.managed_fields.as_ref().filter(|m| !m.is_empty()) else {
+        return Some(by);
+    };
+    let owns_flag = |e: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry| {
+        e.fields_v1
+            .as_ref()
+            .is_some_and(|f| f.0.get("f:spec").and_then(|s| s.get("f:unschedulable")).is_some())
+    };
+    let unschedulable = n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
+    let refit_owns = entries.iter().any(|e| e.manager.as_deref() == Some(FIELD_MANAGER) && owns_flag(e));
+    // Schedulable: no cordon to own; the annotation still names the run (for the give-back).
+    if !unschedulable || refit_owns { Some(by) } else { None }
 }
 
 /// Applies `patch` only if the node still has `resource_version`. `Ok(false)` = lost a race.
@@ -90,7 +120,8 @@ async fn guarded_patch(
     resource_version: &str,
 ) -> Result<bool, Error> {
     patch["metadata"]["resourceVersion"] = json!(resource_version);
-    match api.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await {
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_string()), ..PatchParams::default() };
+    match api.patch(node, &params, &Patch::Merge(&patch)).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
         Err(kube::Error::Api(s)) if s.code == 404 => Err(Error::NodeNotFound { node: node.to_string() }),

@@ -247,7 +247,7 @@ async fn run(
 ) -> Result<DrainReport, Error> {
     let start = Instant::now();
     let limit = if cfg.timeout.is_zero() { FOREVER } else { cfg.timeout };
-    let deadline = start.checked_add(limit).unwrap_or_else(|| start + FOREVER);
+    let deadline = start.checked_add(limit.min(FOREVER)).unwrap_or(start);
     let client = conn.client.clone();
 
     // A misspelt node must not look like an empty, drained one.
@@ -306,7 +306,8 @@ async fn run(
         cfg,
         on_event,
         deadline,
-        permits: Semaphore::new(cfg.concurrency.max(1)),
+        // Bounded: a semaphore panics past its maximum, and a node never needs more.
+        permits: Semaphore::new(cfg.concurrency.clamp(1, refit_core::drain::MAX_EVICTION_CONCURRENCY)),
         tracker,
         pdbs: OnceCell::new(),
         tasks: Mutex::new(Vec::new()),

@@ -99,6 +99,10 @@ pub enum Error {
         /// The encoding and what is wrong with the bytes.
         detail: String,
     },
+    /// A value the cluster wrote is not what it claims to be (a kube-system UID that is not a
+    /// UID): refit will not use it as a name.
+    #[error(transparent)]
+    ClusterUid(#[from] refit_core::identity::ClusterUidError),
     /// Any other API error.
     #[error("{context}: {source}")]
     Api {

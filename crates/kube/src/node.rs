@@ -15,8 +15,6 @@ use serde_json::json;
 use crate::Error;
 use crate::connect::Connection;
 
-use crate::cordon::CORDONED_BY;
-
 /// One node as the engine sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeState {
@@ -47,7 +45,7 @@ fn state_of(n: &Node) -> NodeState {
             .and_then(|i| i.kubelet_version.parse::<Version>().ok()),
         ready: is_ready(n),
         unschedulable: n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false),
-        cordoned_by: n.metadata.annotations.as_ref().and_then(|a| a.get(CORDONED_BY).cloned()),
+        cordoned_by: crate::cordon::cordon_owner(n),
         address: status
             .and_then(|s| s.addresses.as_ref())
             .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP").map(|a| a.address.clone())),
@@ -210,7 +208,9 @@ pub async fn apply_custom_metadata(
 pub async fn cluster_uid(conn: &Connection) -> Result<String, Error> {
     let api: Api<Namespace> = Api::all(conn.client.clone());
     let ns = api.get("kube-system").await.map_err(|e| api_err("reading namespace kube-system", e))?;
-    Ok(ns.metadata.uid.unwrap_or_default())
+    // It names the run journal's cluster and the lock file: a UID, or nothing is done.
+    let uid = refit_core::identity::ClusterUid::parse(ns.metadata.uid.as_deref().unwrap_or_default())?;
+    Ok(uid.to_string())
 }
 
 /// Control-plane components whose static (mirror) pods on `node` do not run `version` or are

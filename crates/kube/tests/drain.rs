@@ -205,6 +205,48 @@ async fn cordons_are_owned_idempotent_and_never_taken_from_others() {
     assert!(matches!(err, Error::NodeNotFound { .. }), "{err}");
 }
 
+/// Someone runs `kubectl uncordon` and then `kubectl cordon` (the real kubectl) on a node refit
+/// cordoned, in the middle of the run: the annotation still names refit's run, but the cordon
+/// is theirs now, and refit's uncordon leaves it.
+#[tokio::test]
+async fn a_cordon_retaken_with_kubectl_mid_run_is_not_lifted_by_refit() {
+    let (c, _ns, _key) = setup("retaken").await;
+    let node = "worker-010";
+    let tb = shared().unwrap();
+    let kubectl = tb.kubectl(&refit_testbed::default_version().unwrap()).unwrap();
+    let run_kubectl = |verb: &str| {
+        let out = std::process::Command::new(&kubectl)
+            .arg("--kubeconfig")
+            .arg(tb.kubeconfig())
+            .args([verb, node])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "kubectl {verb}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let nodes: Api<Node> = Api::all(c.client.clone());
+    let unschedulable = |n: &Node| n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
+
+    assert_eq!(cordon(&c, node, "run-a").await.unwrap(), CordonOutcome::Cordoned);
+    assert_eq!(refit_kube::node::node_state(&c, node).await.unwrap().cordoned_by.as_deref(), Some("run-a"));
+    run_kubectl("uncordon");
+    run_kubectl("cordon");
+    let n = nodes.get(node).await.unwrap();
+    assert!(unschedulable(&n));
+    let by = n.metadata.annotations.as_ref().and_then(|a| a.get(CORDONED_BY)).map(String::as_str);
+    assert_eq!(by, Some("run-a"), "kubectl leaves refit's annotation");
+    // The engine's view and the cordon functions agree: not run-a's cordon any more.
+    assert_eq!(refit_kube::node::node_state(&c, node).await.unwrap().cordoned_by, None);
+    assert_eq!(uncordon(&c, node, "run-a").await.unwrap(), UncordonOutcome::NotOurs { by: None });
+    assert!(unschedulable(&nodes.get(node).await.unwrap()), "their cordon stays");
+    assert_eq!(cordon(&c, node, "run-a").await.unwrap(), CordonOutcome::ByOther { by: None });
+
+    // Once they give it back, refit cordons and uncordons it as its own again.
+    run_kubectl("uncordon");
+    assert_eq!(cordon(&c, node, "run-b").await.unwrap(), CordonOutcome::Cordoned);
+    assert_eq!(uncordon(&c, node, "run-b").await.unwrap(), UncordonOutcome::Uncordoned);
+    assert!(!unschedulable(&nodes.get(node).await.unwrap()));
+}
+
 #[tokio::test]
 async fn racing_cordons_have_exactly_one_owner() {
     let (c, _ns, _key) = setup("race").await;
@@ -468,7 +510,7 @@ async fn refused_pods_stop_the_drain_before_any_eviction() {
 }
 
 #[tokio::test]
-async fn a_timeout_names_each_pod_and_its_budget_and_force_deletes_the_rest() {
+async fn a_timeout_names_each_pod_and_its_budget_and_force_deletes_the_rest_within_the_rules() {
     let (c, ns, key) = setup("timeout").await;
     let node = "worker-006";
     label(&c.client, node, &key, true).await;
@@ -490,7 +532,8 @@ async fn a_timeout_names_each_pod_and_its_budget_and_force_deletes_the_rest() {
     }
 
     // A bare pod arrives on the cordoned node (nodeName skips the scheduler): refused by the
-    // rules, deleted by force like the rest.
+    // rules. Force overrides budgets, not the rules: nothing is deleted while it is there
+    // (kubectl's rule), until its own allowance (--delete-unmanaged-pods) is given.
     apply::<Pod>(
         &c.client,
         json!({
@@ -502,8 +545,19 @@ async fn a_timeout_names_each_pod_and_its_budget_and_force_deletes_the_rest() {
     .await
     .unwrap();
     wait_pods_ready(&c.client, &ns, "app=debug", 1, READY).await.unwrap();
+    let report = force_delete_remaining(&c, node, &DrainConfig::default(), &|_| {}).await.unwrap();
+    assert!(!report.complete && report.deleted.is_empty(), "{report:#?}");
+    let refused: Vec<_> = report.remaining.iter().filter(|b| b.pod.namespace == ns).collect();
+    assert_eq!(refused.len(), 1, "{report:#?}");
+    assert_eq!(refused[0].pod.name, "debug");
+    assert!(refused[0].reason.contains("--delete-unmanaged-pods"), "{:?}", refused[0]);
+    assert_eq!(pods_on(&c.client, &ns, node).await.len(), 3, "nothing deleted");
     let rec = Recorder::new();
-    let report = force_delete_remaining(&c, node, &DrainConfig::default(), &|e| rec.record(e)).await.unwrap();
+    let allowed = DrainConfig {
+        rules: refit_core::drain::DrainOptions { force: true, delete_emptydir_data: false },
+        ..DrainConfig::default()
+    };
+    let report = force_delete_remaining(&c, node, &allowed, &|e| rec.record(e)).await.unwrap();
     assert!(report.complete, "{report:#?}");
     let deleted: Vec<_> = report.deleted.iter().filter(|p| p.namespace == ns).collect();
     assert_eq!(deleted.len(), 3, "{report:#?}");

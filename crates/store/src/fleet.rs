@@ -12,10 +12,15 @@
 //!   Each writer reads (state, version), applies its event in core, and writes back only if the
 //!   version is still the one it read ([`Error::Conflict`] otherwise: read again, apply again).
 //!   Nothing is ever lost or applied to a state it was not checked against.
-//! - **A lease per run.** Exactly one driver (`run start --wait` or `fleet daemon`) launches
-//!   member upgrades for a run. The lease row names the holder and its heartbeat; another driver
-//!   takes it over only when the heartbeat is stale or the holder's process is gone (the caller
-//!   says how to tell: the store does no process I/O).
+//! - **A lease per run, fenced.** Exactly one driver (`run start --wait` or `fleet daemon`)
+//!   launches member upgrades for a run. The lease row names the holder, its heartbeat and a
+//!   generation bumped by every new holder. Another driver takes it over only when the holder is
+//!   gone — its process is known dead, or (when that cannot be known, e.g. another host) its
+//!   heartbeat is stale; a holder known to be alive is never taken over (the caller says which:
+//!   the store does no process I/O). Every write a driver makes names its [`Fence`] (holder +
+//!   generation) and is checked in the same transaction, so a driver that was deposed while it
+//!   hung cannot overwrite what its successor decided ([`Error::Deposed`]). A released lease
+//!   keeps its row (holder empty) so generations never repeat.
 
 use std::collections::BTreeMap;
 
@@ -86,6 +91,12 @@ CREATE TABLE fleet_leases (
 );
 "#;
 
+/// Lease generations and members bound to their cluster (migration 3).
+pub(crate) const MIGRATION_3: &str = r#"
+ALTER TABLE fleet_leases ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE fleet_members ADD COLUMN cluster_uid TEXT;
+"#;
+
 /// A fleet member as stored: how to reach it and how the fleet treats it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -99,6 +110,11 @@ pub struct MemberRecord {
     /// Kubeconfig context (None: its current context).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<String>,
+    /// The UID of the cluster's kube-system namespace, read when the member was added: the
+    /// member is bound to that cluster, and nothing is launched against a kubeconfig that
+    /// reaches another one (a swapped file, a reused context name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_uid: Option<String>,
     /// Labels strategies select on.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -163,6 +179,8 @@ pub struct MemberProgress {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Lease {
+    /// Bumped by every new holder (the fencing token).
+    pub generation: i64,
     /// The run.
     pub run: String,
     /// Holder id (`host:pid:start`), unique per driver process.
@@ -175,11 +193,35 @@ pub struct Lease {
     pub acquired_ms: i64,
 }
 
+/// What a holder proves on every write: the lease is still its own, at the generation it took.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Fence {
+    /// The run.
+    pub run: String,
+    /// The holder.
+    pub holder: String,
+    /// The generation it acquired.
+    pub generation: i64,
+}
+
+/// What the caller knows about a lease holder's process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Known to be running: never taken over, however old its heartbeat.
+    Alive,
+    /// Known to be gone (killed, exited): taken over at once.
+    Gone,
+    /// Cannot be told (another host): taken over once its heartbeat is stale.
+    Unknown,
+}
+
 /// The outcome of asking for a lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseOutcome {
     /// Ours now (new, renewed, or taken over from a dead or silent holder).
     Acquired {
+        /// What our writes must name.
+        fence: Fence,
         /// The holder we took it from, if any.
         took_over: Option<Lease>,
     },
@@ -196,7 +238,34 @@ fn parse<T: for<'de> Deserialize<'de>>(what: &str, text: &str) -> Result<T, Erro
 }
 
 const SELECT_MEMBER: &str = "SELECT name, kubeconfig, context, labels, update_group, maintenance_window,
-    node_image_source, pending_budget_seconds, action, plan_file, upgrade_args FROM fleet_members";
+    node_image_source, pending_budget_seconds, action, plan_file, upgrade_args, cluster_uid FROM fleet_members";
+
+const SELECT_LEASE: &str =
+    "SELECT run, holder, pid, heartbeat_ms, acquired_ms, generation FROM fleet_leases WHERE run = ?1";
+
+fn decode_lease(r: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
+    Ok(Lease {
+        run: r.get(0)?,
+        holder: r.get(1)?,
+        pid: r.get(2)?,
+        heartbeat_ms: r.get(3)?,
+        acquired_ms: r.get(4)?,
+        generation: r.get(5)?,
+    })
+}
+
+/// Refuses a write whose fence no longer holds the run's lease.
+fn check_fence(tx: &rusqlite::Transaction<'_>, fence: Option<&Fence>) -> Result<(), Error> {
+    let Some(f) = fence else { return Ok(()) };
+    let current = tx.query_row(SELECT_LEASE, params![f.run], decode_lease).optional()?;
+    match current {
+        Some(l) if l.holder == f.holder && l.generation == f.generation => Ok(()),
+        other => Err(Error::Deposed {
+            run: f.run.clone(),
+            holder: other.map(|l| l.holder).filter(|h| !h.is_empty()),
+        }),
+    }
+}
 
 /// A member row with its JSON columns (labels, window, upgrade args) still as text.
 type RawMember = (MemberRecord, String, Option<String>, String);
@@ -207,6 +276,7 @@ fn decode_member(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawMember> {
         name: r.get(0)?,
         kubeconfig: r.get(1)?,
         context: r.get(2)?,
+        cluster_uid: r.get(11)?,
         labels: BTreeMap::new(),
         update_group: r.get(4)?,
         maintenance_window: None,
@@ -264,14 +334,15 @@ impl Store {
         let budget = m.pending_budget_seconds.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
         tx.execute(
             "INSERT INTO fleet_members (name, kubeconfig, context, labels, update_group, maintenance_window,
-                node_image_source, pending_budget_seconds, action, plan_file, upgrade_args, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)
+                node_image_source, pending_budget_seconds, action, plan_file, upgrade_args, created_at, updated_at,
+                cluster_uid)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13)
              ON CONFLICT(name) DO UPDATE SET kubeconfig = excluded.kubeconfig, context = excluded.context,
                 labels = excluded.labels, update_group = excluded.update_group,
                 maintenance_window = excluded.maintenance_window, node_image_source = excluded.node_image_source,
                 pending_budget_seconds = excluded.pending_budget_seconds, action = excluded.action,
                 plan_file = excluded.plan_file, upgrade_args = excluded.upgrade_args,
-                updated_at = excluded.updated_at",
+                updated_at = excluded.updated_at, cluster_uid = excluded.cluster_uid",
             params![
                 m.name,
                 m.kubeconfig,
@@ -284,7 +355,8 @@ impl Store {
                 m.action,
                 m.plan_file,
                 json(&m.upgrade_args)?,
-                at
+                at,
+                m.cluster_uid
             ],
         )?;
         tx.commit()?;
@@ -405,19 +477,23 @@ impl Store {
     /// event, in one transaction; [`Error::Conflict`] if someone wrote the run meanwhile.
     /// Returns the new version.
     pub fn save_fleet_run(&mut self, state: &RunState, expected: i64, event: &Event) -> Result<i64, Error> {
-        self.save_fleet_run_events(state, expected, std::slice::from_ref(event))
+        self.save_fleet_run_events(state, expected, std::slice::from_ref(event), None)
     }
 
     /// Like [`Store::save_fleet_run`] for an event and the events that followed from it
     /// (`core::fleet::follow_up`: a stop that completed), all recorded with the one version
-    /// they produced, in order, in the same transaction.
+    /// they produced, in order, in the same transaction. A driver passes its `fence`: the
+    /// write is refused ([`Error::Deposed`]) unless it still holds the run's lease. (People's
+    /// commands — stop, skip, approve — pass None: they never hold a lease.)
     pub fn save_fleet_run_events(
         &mut self,
         state: &RunState,
         expected: i64,
         events: &[Event],
+        fence: Option<&Fence>,
     ) -> Result<i64, Error> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        check_fence(&tx, fence)?;
         let found: Option<i64> = tx
             .query_row("SELECT version FROM fleet_runs WHERE name = ?1", params![state.name], |r| r.get(0))
             .optional()?;
@@ -466,15 +542,24 @@ impl Store {
         Ok(self.conn.execute("DELETE FROM fleet_runs WHERE name = ?1", params![name])? > 0)
     }
 
-    /// Records what the driver last saw of a member's single-cluster run.
-    pub fn set_member_progress(&mut self, run: &str, p: &MemberProgress) -> Result<(), Error> {
-        self.conn.execute(
+    /// Records what the driver last saw of a member's single-cluster run (refused when `fence`
+    /// no longer holds the run's lease).
+    pub fn set_member_progress(
+        &mut self,
+        run: &str,
+        p: &MemberProgress,
+        fence: Option<&Fence>,
+    ) -> Result<(), Error> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        check_fence(&tx, fence)?;
+        tx.execute(
             "INSERT INTO fleet_member_progress (run, member, operation, detail, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT(run, member) DO UPDATE SET operation = COALESCE(excluded.operation, operation),
                 detail = excluded.detail, updated_at = excluded.updated_at",
             params![run, p.member, p.operation, p.detail, now()],
         )?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -539,57 +624,75 @@ impl Store {
     // ------------------------------------------------------------ driver lease
 
     /// Takes (or renews) the lease on `run` for `holder`. An existing lease of another holder
-    /// is taken over when its heartbeat is older than `ttl_ms` or `holder_gone(lease)` says its
-    /// process no longer exists; otherwise it is reported as held.
+    /// is taken over when `liveness` says its process is gone, or cannot tell and its heartbeat
+    /// is `ttl_ms` old or older (0: always stale, so a takeover within the same millisecond is
+    /// deterministic); a holder known to be alive keeps it. A new holder gets the next generation.
     pub fn acquire_lease(
         &mut self,
         run: &str,
         holder: &str,
         pid: i64,
         ttl_ms: i64,
-        holder_gone: &dyn Fn(&Lease) -> bool,
+        liveness: &dyn Fn(&Lease) -> Liveness,
     ) -> Result<LeaseOutcome, Error> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let now_ms = unix_ms();
-        let current: Option<Lease> = tx
-            .query_row(
-                "SELECT run, holder, pid, heartbeat_ms, acquired_ms FROM fleet_leases WHERE run = ?1",
-                params![run],
-                |r| {
-                    Ok(Lease {
-                        run: r.get(0)?,
-                        holder: r.get(1)?,
-                        pid: r.get(2)?,
-                        heartbeat_ms: r.get(3)?,
-                        acquired_ms: r.get(4)?,
-                    })
-                },
-            )
-            .optional()?;
+        let current = tx.query_row(SELECT_LEASE, params![run], decode_lease).optional()?;
+        let generation = current.as_ref().map_or(0, |l| l.generation);
         let took_over = match current {
             Some(l) if l.holder == holder => {
                 tx.execute("UPDATE fleet_leases SET heartbeat_ms = ?2 WHERE run = ?1", params![run, now_ms])?;
                 tx.commit()?;
-                return Ok(LeaseOutcome::Acquired { took_over: None });
+                let fence =
+                    Fence { run: run.to_string(), holder: holder.to_string(), generation: l.generation };
+                return Ok(LeaseOutcome::Acquired { fence, took_over: None });
             }
-            Some(l) if now_ms - l.heartbeat_ms <= ttl_ms && !holder_gone(&l) => {
-                return Ok(LeaseOutcome::Held(l));
+            // Released: free to take, not a takeover.
+            Some(l) if l.holder.is_empty() => None,
+            Some(l) => {
+                let stale = now_ms.saturating_sub(l.heartbeat_ms) >= ttl_ms;
+                match liveness(&l) {
+                    Liveness::Alive => return Ok(LeaseOutcome::Held(l)),
+                    Liveness::Unknown if !stale => return Ok(LeaseOutcome::Held(l)),
+                    Liveness::Gone | Liveness::Unknown => Some(l),
+                }
             }
-            other => other,
+            None => None,
         };
+        let generation = generation.saturating_add(1);
         tx.execute(
-            "INSERT INTO fleet_leases (run, holder, pid, heartbeat_ms, acquired_ms) VALUES (?1, ?2, ?3, ?4, ?4)
+            "INSERT INTO fleet_leases (run, holder, pid, heartbeat_ms, acquired_ms, generation)
+             VALUES (?1, ?2, ?3, ?4, ?4, ?5)
              ON CONFLICT(run) DO UPDATE SET holder = excluded.holder, pid = excluded.pid,
-                heartbeat_ms = excluded.heartbeat_ms, acquired_ms = excluded.acquired_ms",
-            params![run, holder, pid, now_ms],
+                heartbeat_ms = excluded.heartbeat_ms, acquired_ms = excluded.acquired_ms,
+                generation = excluded.generation",
+            params![run, holder, pid, now_ms, generation],
         )?;
         tx.commit()?;
-        Ok(LeaseOutcome::Acquired { took_over })
+        let fence = Fence { run: run.to_string(), holder: holder.to_string(), generation };
+        Ok(LeaseOutcome::Acquired { fence, took_over })
     }
 
-    /// Gives the lease up (only if `holder` has it).
-    pub fn release_lease(&mut self, run: &str, holder: &str) -> Result<(), Error> {
-        self.conn.execute("DELETE FROM fleet_leases WHERE run = ?1 AND holder = ?2", params![run, holder])?;
+    /// Renews the heartbeat of a lease still held under `fence`; [`Error::Deposed`] when
+    /// another driver took it over (or it was released).
+    pub fn renew_lease(&mut self, fence: &Fence) -> Result<(), Error> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        check_fence(&tx, Some(fence))?;
+        tx.execute(
+            "UPDATE fleet_leases SET heartbeat_ms = ?2 WHERE run = ?1",
+            params![fence.run, unix_ms()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Gives the lease up (only if `fence` still holds it); its generation stays.
+    pub fn release_lease(&mut self, fence: &Fence) -> Result<(), Error> {
+        self.conn.execute(
+            "UPDATE fleet_leases SET holder = '', pid = 0, heartbeat_ms = 0
+             WHERE run = ?1 AND holder = ?2 AND generation = ?3",
+            params![fence.run, fence.holder, fence.generation],
+        )?;
         Ok(())
     }
 
@@ -597,20 +700,9 @@ impl Store {
     pub fn lease(&self, run: &str) -> Result<Option<Lease>, Error> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT run, holder, pid, heartbeat_ms, acquired_ms FROM fleet_leases WHERE run = ?1",
-                params![run],
-                |r| {
-                    Ok(Lease {
-                        run: r.get(0)?,
-                        holder: r.get(1)?,
-                        pid: r.get(2)?,
-                        heartbeat_ms: r.get(3)?,
-                        acquired_ms: r.get(4)?,
-                    })
-                },
-            )
-            .optional()?)
+            .query_row(SELECT_LEASE, params![run], decode_lease)
+            .optional()?
+            .filter(|l| !l.holder.is_empty()))
     }
 }
 
@@ -659,6 +751,8 @@ mod tests {
         let m = MemberRecord {
             name: "eu-1".into(),
             kubeconfig: Some("/k/eu-1.conf".into()),
+            context: Some("eu-1".into()),
+            cluster_uid: Some("6c1f2b9e-0000-4000-8000-000000000001".into()),
             labels: [("region".to_string(), "eu".to_string())].into(),
             update_group: Some("canary".into()),
             maintenance_window: Some(w),
@@ -672,7 +766,12 @@ mod tests {
         drop(s);
         let mut s = Store::open(&path).unwrap();
         assert_eq!(s.member("eu-1").unwrap().as_ref(), Some(&m));
-        let changed = MemberRecord { context: Some("ctx".into()), maintenance_window: None, ..m.clone() };
+        let changed = MemberRecord {
+            context: Some("ctx".into()),
+            maintenance_window: None,
+            cluster_uid: None,
+            ..m.clone()
+        };
         s.update_member(&changed).unwrap();
         assert_eq!(s.members().unwrap(), vec![changed]);
         assert!(matches!(
@@ -739,8 +838,8 @@ mod tests {
             at: ts("2026-06-10T12:02:00Z"),
         };
         let done = Event::StopCompleted { at: ts("2026-06-10T12:02:00Z") };
-        assert_eq!(s.save_fleet_run_events(&skipped, 2, &[took.clone(), done.clone()]).unwrap(), 3);
-        assert!(s.save_fleet_run_events(&skipped, 2, &[took.clone(), done.clone()]).is_err());
+        assert_eq!(s.save_fleet_run_events(&skipped, 2, &[took.clone(), done.clone()], None).unwrap(), 3);
+        assert!(s.save_fleet_run_events(&skipped, 2, &[took.clone(), done.clone()], None).is_err());
         let events = s.fleet_run_events("r1").unwrap();
         let tail: Vec<(i64, &Event)> = events[1..].iter().map(|e| (e.version, &e.event)).collect();
         assert_eq!(tail, [(3, &took), (3, &done)]);
@@ -748,11 +847,13 @@ mod tests {
         s.set_member_progress(
             "r1",
             &MemberProgress { member: "a".into(), operation: Some("up-1".into()), detail: "1/3".into() },
+            None,
         )
         .unwrap();
         s.set_member_progress(
             "r1",
             &MemberProgress { member: "a".into(), operation: None, detail: "2/3".into() },
+            None,
         )
         .unwrap();
         assert_eq!(
@@ -766,41 +867,93 @@ mod tests {
         assert!(matches!(s.save_fleet_run(&r, 1, &stop), Err(Error::NotFound { .. })));
     }
 
+    fn fence_of(o: LeaseOutcome) -> (Fence, Option<Lease>) {
+        match o {
+            LeaseOutcome::Acquired { fence, took_over } => (fence, took_over),
+            other => panic!("not acquired: {other:?}"),
+        }
+    }
+
     #[test]
-    fn one_driver_holds_a_lease_until_it_goes_silent_or_its_process_is_gone() {
+    fn a_live_holder_keeps_its_lease_a_gone_one_loses_it_and_a_silent_one_only_when_unknown() {
         let (_d, path) = open();
         let mut a = Store::open(&path).unwrap();
         let mut b = Store::open(&path).unwrap();
         a.create_fleet_run(&run("r1")).unwrap();
-        let alive = |_: &Lease| false;
-        let gone = |_: &Lease| true;
-        assert_eq!(
-            a.acquire_lease("r1", "host:1", 1, 10_000, &alive).unwrap(),
-            LeaseOutcome::Acquired { took_over: None }
-        );
+        let alive = |_: &Lease| Liveness::Alive;
+        let gone = |_: &Lease| Liveness::Gone;
+        let unknown = |_: &Lease| Liveness::Unknown;
+        let (fa, took) = fence_of(a.acquire_lease("r1", "host:1", 1, 10_000, &alive).unwrap());
+        assert_eq!((fa.generation, took), (1, None));
         assert!(
             matches!(b.acquire_lease("r1", "host:2", 2, 10_000, &alive).unwrap(), LeaseOutcome::Held(l) if l.pid == 1)
         );
-        // Renewing is always fine for the holder.
+        // Renewing is always fine for the holder, and keeps the generation.
+        let (again, _) = fence_of(a.acquire_lease("r1", "host:1", 1, 10_000, &alive).unwrap());
+        assert_eq!(again, fa);
+        a.renew_lease(&fa).unwrap();
+        // A live holder is never taken over, however stale its heartbeat (ttl 0 here).
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(matches!(b.acquire_lease("r1", "host:2", 2, 0, &alive).unwrap(), LeaseOutcome::Held(_)));
+        // Another host's holder (liveness unknown) keeps it while it renews...
         assert!(matches!(
-            a.acquire_lease("r1", "host:1", 1, 10_000, &alive).unwrap(),
-            LeaseOutcome::Acquired { .. }
+            b.acquire_lease("r1", "host:2", 2, 10_000, &unknown).unwrap(),
+            LeaseOutcome::Held(_)
         ));
-        // The holder's process died (kill -9): taken over at once.
-        match b.acquire_lease("r1", "host:2", 2, 10_000, &gone).unwrap() {
-            LeaseOutcome::Acquired { took_over: Some(l) } => assert_eq!(l.holder, "host:1"),
-            other => panic!("{other:?}"),
-        }
-        // A silent holder (heartbeat older than the ttl) is taken over too.
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        assert!(matches!(
-            a.acquire_lease("r1", "host:1", 1, 5, &alive).unwrap(),
-            LeaseOutcome::Acquired { took_over: Some(_) }
-        ));
-        b.release_lease("r1", "host:2").unwrap(); // not b's any more: nothing happens
-        assert_eq!(a.lease("r1").unwrap().unwrap().holder, "host:1");
-        a.release_lease("r1", "host:1").unwrap();
+        // ... and loses it once silent past the ttl.
+        let (fb, took) = fence_of(b.acquire_lease("r1", "host:2", 2, 0, &unknown).unwrap());
+        assert_eq!((fb.generation, took.map(|l| l.holder)), (2, Some("host:1".to_string())));
+        // The holder's process died (kill -9): taken over at once, whatever the heartbeat.
+        let (fa2, took) = fence_of(a.acquire_lease("r1", "host:1b", 3, 10_000, &gone).unwrap());
+        assert_eq!((fa2.generation, took.map(|l| l.holder)), (3, Some("host:2".to_string())));
+        // Releasing needs the fence; a released lease is free (not a takeover) and the next
+        // holder's generation is still new.
+        b.release_lease(&fb).unwrap();
+        assert_eq!(a.lease("r1").unwrap().unwrap().holder, "host:1b");
+        a.release_lease(&fa2).unwrap();
         assert_eq!(a.lease("r1").unwrap(), None);
+        let (f4, took) = fence_of(b.acquire_lease("r1", "host:2", 2, 10_000, &alive).unwrap());
+        assert_eq!((f4.generation, took), (4, None));
+    }
+
+    #[test]
+    fn a_deposed_drivers_writes_are_refused_and_change_nothing() {
+        let (_d, path) = open();
+        let mut a = Store::open(&path).unwrap();
+        let mut b = Store::open(&path).unwrap();
+        let r = run("r1");
+        a.create_fleet_run(&r).unwrap();
+        let (fa, _) = fence_of(a.acquire_lease("r1", "host-a:1:0", 1, 10_000, &|_| Liveness::Alive).unwrap());
+        let skip = |who: &str| Event::Skip {
+            targets: vec!["Member:a".parse().unwrap()],
+            by: Some(who.into()),
+            at: ts("2026-06-10T12:01:00Z"),
+        };
+        let e = skip("a");
+        let next = refit_core::fleet::apply(&r, &e).unwrap();
+        assert_eq!(a.save_fleet_run_events(&next, 1, std::slice::from_ref(&e), Some(&fa)).unwrap(), 2);
+        // Driver a hangs; b (on another host) finds its heartbeat stale and takes over.
+        let (fb, _) = fence_of(b.acquire_lease("r1", "host-b:7:0", 7, 0, &|_| Liveness::Unknown).unwrap());
+        // a wakes up: every write it tries is refused, even at the current version.
+        let progress = MemberProgress { member: "a".into(), operation: None, detail: "x".into() };
+        for err in [
+            a.save_fleet_run_events(&next, 2, std::slice::from_ref(&e), Some(&fa)).unwrap_err(),
+            a.set_member_progress("r1", &progress, Some(&fa)).unwrap_err(),
+            a.renew_lease(&fa).unwrap_err(),
+        ] {
+            assert!(
+                matches!(&err, Error::Deposed { run, holder: Some(h) } if run == "r1" && h == "host-b:7:0"),
+                "{err}"
+            );
+            assert!(err.to_string().contains("host-b:7:0 took it over"), "{err}");
+        }
+        a.release_lease(&fa).unwrap(); // not a's any more: nothing happens
+        assert_eq!(a.fleet_run("r1").unwrap().unwrap().version, 2, "nothing a wrote after the takeover");
+        assert!(a.member_progress("r1").unwrap().is_empty());
+        assert_eq!(a.lease("r1").unwrap().unwrap().holder, "host-b:7:0");
+        // The new holder writes; people's commands (no fence) still write.
+        assert!(b.save_fleet_run_events(&next, 2, std::slice::from_ref(&e), Some(&fb)).is_ok());
+        assert!(a.save_fleet_run(&next, 3, &skip("ops")).is_ok());
     }
 
     #[test]
@@ -821,5 +974,29 @@ mod tests {
         assert!(s.run("up-1").unwrap().is_some(), "single-cluster runs survive");
         s.create_fleet_run(&run("r1")).unwrap();
         assert_eq!(s.fleet_runs().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn migration_three_keeps_members_and_leases_of_a_version_two_store() {
+        let (_d, path) = open();
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.execute_batch(crate::MIGRATIONS[0]).unwrap();
+            c.execute_batch(crate::MIGRATIONS[1]).unwrap();
+            c.pragma_update(None, "user_version", 2).unwrap();
+            c.execute(
+                "INSERT INTO fleet_members (name, kubeconfig, created_at, updated_at) VALUES ('old', '/k', '1', '1')",
+                [],
+            )
+            .unwrap();
+        }
+        let mut s = Store::open(&path).unwrap();
+        let m = s.member("old").unwrap().unwrap();
+        assert_eq!((m.kubeconfig.as_deref(), m.cluster_uid), (Some("/k"), None), "not bound yet");
+        s.create_fleet_run(&run("r1")).unwrap();
+        match s.acquire_lease("r1", "h:1:0", 1, 1_000, &|_| Liveness::Alive).unwrap() {
+            LeaseOutcome::Acquired { fence, .. } => assert_eq!(fence.generation, 1),
+            other => panic!("{other:?}"),
+        }
     }
 }

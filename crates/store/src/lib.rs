@@ -12,6 +12,7 @@
 //! becomes an [`Error::Busy`] naming the file.
 
 pub mod fleet;
+pub mod notify;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -40,6 +41,37 @@ pub enum Error {
         /// The I/O error.
         #[source]
         source: std::io::Error,
+    },
+    /// The store (its directory, database, WAL or lock files) can be written by other users,
+    /// who could then rewrite the journal or plant a file refit would follow. Nothing was
+    /// opened or changed.
+    #[error(
+        "{path} can be written by other users (mode {mode:04o}): run `chmod {fix} {path}` or choose a private --store"
+    )]
+    Unsafe {
+        /// The directory or file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+        /// The mode to set (700 for a directory, 600 for a file).
+        fix: &'static str,
+    },
+    /// A file of the store could not be inspected or made private.
+    #[error("cannot secure {path}: {source}")]
+    Permissions {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file's schema version is negative: not a refit store.
+    #[error("{path} is not a refit store (schema version {found}); choose another --store")]
+    Foreign {
+        /// The file.
+        path: PathBuf,
+        /// Its schema version.
+        found: i64,
     },
     /// The file was written by a newer refit.
     #[error(
@@ -96,6 +128,18 @@ pub enum Error {
         /// The version found.
         found: i64,
     },
+    /// A fleet driver's write named a lease it no longer holds: another driver took the run
+    /// over (this one hung or was silent past the lease's time), or it was released.
+    #[error(
+        "update run '{run}' is no longer driven by this process ({}): its write was refused",
+        match holder { Some(h) => format!("{h} took it over"), None => "its lease was released".to_string() }
+    )]
+    Deposed {
+        /// The run.
+        run: String,
+        /// Who holds it now, if anyone.
+        holder: Option<String>,
+    },
     /// A stored JSON document does not decode (or a value does not encode).
     #[error("refit store: unreadable fleet record: {0}")]
     Json(String),
@@ -133,6 +177,8 @@ CREATE TABLE events (
 CREATE INDEX events_by_run ON events(run_id, seq);
 "#,
     fleet::MIGRATION,
+    fleet::MIGRATION_3,
+    notify::MIGRATION,
 ];
 
 /// How long SQLite itself waits for a lock held by another connection before answering busy.
@@ -224,17 +270,90 @@ pub(crate) fn now() -> String {
     format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
 }
 
+/// Permission bits of a private directory and of a private file.
+const DIR_MODE: u32 = 0o700;
+const FILE_MODE: u32 = 0o600;
+
+/// Creates `dir` (and missing parents) as 0700, or checks that an existing one cannot be
+/// written by others. Why: whoever can write the directory can replace the journal, its WAL
+/// or a lock file (e.g. with a symlink) under refit's feet.
+fn private_dir(dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let perm = |source| Error::Permissions { path: dir.to_path_buf(), source };
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(dir)
+            .map_err(|source| Error::Dir { path: dir.to_path_buf(), source })?;
+    }
+    let mode = std::fs::metadata(dir).map_err(perm)?.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(Error::Unsafe { path: dir.to_path_buf(), mode, fix: "700" });
+    }
+    Ok(())
+}
+
+/// Checks an existing file of the store: refused when others can write it, tightened to 0600
+/// when others can only read it (an older refit created them with the umask's 0644).
+fn private_file(file: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let perm = |source| Error::Permissions { path: file.to_path_buf(), source };
+    let meta = match std::fs::symlink_metadata(file) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(perm(e)),
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    if meta.file_type().is_symlink() || mode & 0o022 != 0 {
+        return Err(Error::Unsafe { path: file.to_path_buf(), mode, fix: "600" });
+    }
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(FILE_MODE)).map_err(perm)?;
+    }
+    Ok(())
+}
+
+/// The database file and SQLite's companions (`-wal`, `-shm`, `-journal`).
+fn store_files(path: &Path) -> Vec<PathBuf> {
+    let mut files = vec![path.to_path_buf()];
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut name = path.as_os_str().to_os_string();
+        name.push(suffix);
+        files.push(PathBuf::from(name));
+    }
+    files
+}
+
 impl Store {
-    /// Opens (creating if needed) the store at `path` and brings its schema up to date.
+    /// Opens (creating if needed) the store at `path` and brings its schema up to date. The
+    /// directory is made 0700 when refit creates it; the database and its WAL/SHM files are
+    /// 0600 (SQLite gives the companions the database's mode). A directory or file others can
+    /// write is refused before anything is opened.
     pub fn open(path: &Path) -> Result<Store, Error> {
         Store::open_with(path, BUSY_TIMEOUT)
     }
 
     /// [`Store::open`] with SQLite's busy wait set to `busy_timeout` (tests shorten it).
     pub fn open_with(path: &Path, busy_timeout: Duration) -> Result<Store, Error> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| Error::Dir { path: path.to_path_buf(), source })?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        private_dir(&dir)?;
+        for f in store_files(path) {
+            private_file(&f)?;
         }
+        // Created 0600 before SQLite sees it, so its -wal and -shm inherit that mode.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(FILE_MODE)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(|source| Error::Permissions { path: path.to_path_buf(), source })?;
         let open_err = |source| Error::Open { path: path.to_path_buf(), source };
         let mut conn = Connection::open(path).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
@@ -246,7 +365,10 @@ impl Store {
             return Err(Error::TooNew { path: path.to_path_buf(), found: version, supported: SCHEMA });
         }
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        // A negative user_version is no refit store (it once skipped every migration).
+        let done = usize::try_from(version)
+            .map_err(|_| Error::Foreign { path: path.to_path_buf(), found: version })?;
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(done) {
             tx.execute_batch(m)?;
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         }
@@ -313,25 +435,25 @@ impl Store {
         })
     }
 
-    /// The newest run for `cluster` (by creation time), if any: a rerun of the same command
-    /// resumes it when it is unfinished.
+    /// The newest run for `cluster`, if any: a rerun of the same command resumes it when it is
+    /// unfinished. Newest by insertion (rowid), not by the wall clock: a clock stepped back
+    /// between two runs must not make the older one "latest" and resume it.
     pub fn latest_run(&self, cluster: &str) -> Result<Option<RunRow>, Error> {
         Ok(self
             .conn
             .query_row(
                 "SELECT id, cluster, target, state, spec FROM runs WHERE cluster = ?1
-                 ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                 ORDER BY rowid DESC LIMIT 1",
                 params![cluster],
                 run_row,
             )
             .optional()?)
     }
 
-    /// Every run, newest first.
+    /// Every run, newest (last inserted) first.
     pub fn runs(&self) -> Result<Vec<RunRow>, Error> {
-        let mut q = self.conn.prepare(
-            "SELECT id, cluster, target, state, spec FROM runs ORDER BY created_at DESC, rowid DESC",
-        )?;
+        let mut q =
+            self.conn.prepare("SELECT id, cluster, target, state, spec FROM runs ORDER BY rowid DESC")?;
         let rows = q.query_map([], run_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -437,6 +559,10 @@ mod tests {
         let err = Store::open(&path).unwrap_err();
         assert!(matches!(err, Error::TooNew { .. }));
         assert!(err.to_string().contains("upgrade refit"));
+        let c = Connection::open(&path).unwrap();
+        c.pragma_update(None, "user_version", -1).unwrap();
+        drop(c);
+        assert!(matches!(Store::open(&path).unwrap_err(), Error::Foreign { found: -1, .. }));
     }
 
     #[test]
@@ -477,6 +603,88 @@ mod tests {
         s.record_event("r2", "blocked", "{\"pod\":\"a\"}").unwrap();
         assert_eq!(s.events("r2").unwrap(), ["{\"pod\":\"a\"}"]);
         assert!(s.record_event("ghost", "warning", "{}").is_err());
+    }
+
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    fn set_mode(p: &Path, m: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    }
+
+    #[test]
+    fn a_new_store_is_private_wal_and_shm_included() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state/refit");
+        let path = dir.join("refit.db");
+        let mut s = Store::open(&path).unwrap();
+        s.create_run(&run("r1")).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        for f in &store_files(&path)[1..3] {
+            assert!(f.exists(), "{} exists while the store is open (WAL mode)", f.display());
+            assert_eq!(mode(f), 0o600, "{}", f.display());
+        }
+    }
+
+    #[test]
+    fn a_store_an_older_refit_left_readable_is_tightened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("refit.db");
+        drop(Store::open(&path).unwrap());
+        set_mode(&path, 0o644);
+        drop(Store::open(&path).unwrap());
+        assert_eq!(mode(&path), 0o600);
+    }
+
+    #[test]
+    fn a_store_others_can_write_is_refused_and_nothing_is_created() {
+        let tmp = tempfile::tempdir().unwrap();
+        let shared = tmp.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        set_mode(&shared, 0o777);
+        let path = shared.join("refit.db");
+        let e = Store::open(&path).unwrap_err();
+        assert!(matches!(e, Error::Unsafe { fix: "700", .. }), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("can be written by other users (mode 0777)") && text.contains("chmod 700"),
+            "{text}"
+        );
+        assert!(!path.exists(), "nothing created");
+
+        // A world-writable database or WAL file, or a symlink in its place.
+        let private = tmp.path().join("private");
+        let path = private.join("refit.db");
+        drop(Store::open(&path).unwrap());
+        set_mode(&path, 0o666);
+        assert!(matches!(Store::open(&path).unwrap_err(), Error::Unsafe { fix: "600", mode: 0o666, .. }));
+        set_mode(&path, 0o600);
+        let wal = store_files(&path)[1].clone();
+        std::fs::write(&wal, b"").unwrap();
+        set_mode(&wal, 0o622);
+        assert!(matches!(Store::open(&path).unwrap_err(), Error::Unsafe { .. }));
+        std::fs::remove_file(&wal).unwrap();
+        let elsewhere = tmp.path().join("elsewhere.db");
+        std::fs::rename(&path, &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        assert!(matches!(Store::open(&path).unwrap_err(), Error::Unsafe { .. }), "a symlink is not followed");
+    }
+
+    #[test]
+    fn the_latest_run_is_the_last_inserted_whatever_the_clock_said() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("refit.db")).unwrap();
+        s.create_run(&run("r1")).unwrap();
+        s.create_run(&run("r2")).unwrap();
+        // The clock was stepped back before r2 was created: r1 looks newer by its timestamp.
+        s.conn.execute("UPDATE runs SET created_at = '9999999999.000000000' WHERE id = 'r1'", []).unwrap();
+        assert_eq!(s.latest_run("prod").unwrap().unwrap().id, "r2");
+        let ids: Vec<String> = s.runs().unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, ["r2", "r1"]);
     }
 
     #[test]

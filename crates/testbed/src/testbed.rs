@@ -834,6 +834,13 @@ impl Testbed {
     /// Replaces a control-plane member's binaries with another release and restarts them in
     /// kubeadm's order (apiserver, controller-manager, scheduler), waiting for each; then
     /// reports the new kubelet version on its Node and updates its mirror pods.
+    ///
+    /// Crash-safe, like a node's package upgrade (issue 18 item 19): the target binaries are
+    /// recorded in the state file *before* anything is stopped (the intent), and every step is
+    /// idempotent ([`Testbed::converge_member`]: a component already running the recorded
+    /// binary is kept, anything else is replaced). A `kill -9` at any point — even between
+    /// stopping the old apiserver and starting the new one — leaves a member that running the
+    /// same upgrade again completes. Nothing before the Node update needs the API server.
     pub async fn upgrade_member(&self, index: usize, version: &Version) -> Result<(), Error> {
         let binaries = self.cache.kubernetes(version)?;
         let node = {
@@ -845,17 +852,8 @@ impl Testbed {
             m.binaries = binaries;
             m.node.clone()
         };
-        self.stop_proc(&format!("{APISERVER}-{index}"));
-        self.start_apiserver(index).await?;
         self.save()?;
-        self.stop_proc(&format!("{CONTROLLER_MANAGER}-{index}"));
-        self.start_controller_manager(index)?;
-        self.wait_component_health(index, CONTROLLER_MANAGER).await?;
-        self.save()?;
-        self.stop_proc(&format!("{SCHEDULER}-{index}"));
-        self.start_scheduler(index)?;
-        self.wait_component_health(index, SCHEDULER).await?;
-        self.save()?;
+        self.converge_member(index).await?;
         self.set_node_version(&node, version, version).await?;
         let client = self.client().await?;
         let (etcd, endpoint) = {
@@ -864,6 +862,57 @@ impl Testbed {
             (etcd, format!("127.0.0.1:{}", st.members[index].apiserver_port))
         };
         crate::workloads::apply_static_pods(&client, &node, version, etcd.as_ref(), &endpoint).await?;
+        Ok(())
+    }
+
+    /// Brings a member's apiserver, controller-manager and scheduler (in that order) to the
+    /// binaries its state records: a process alive and running that binary is kept, any
+    /// other (an older binary, or none: stopped by a killed upgrade) is stopped and started
+    /// again; each is then waited for until healthy. Running it twice changes nothing more.
+    ///
+    /// Test hook: with `REFIT_TESTBED_HOLD_AFTER_STOP=<component>` (e.g. `kube-apiserver`),
+    /// after stopping that component it writes `held-<component>-<index>` in the testbed
+    /// directory and waits for ten minutes, so a test can `kill -9` an upgrade between
+    /// stopping the old binary and starting the new one.
+    pub async fn converge_member(&self, index: usize) -> Result<(), Error> {
+        for component in [APISERVER, CONTROLLER_MANAGER, SCHEDULER] {
+            let (pid, binary) = {
+                let st = self.st();
+                let m = st
+                    .members
+                    .get(index)
+                    .ok_or_else(|| Error::NotFound(format!("no control-plane member {index}")))?;
+                let binary = match component {
+                    APISERVER => m.binaries.apiserver.clone(),
+                    CONTROLLER_MANAGER => m.binaries.controller_manager.clone(),
+                    _ => m.binaries.scheduler.clone(),
+                };
+                (m.pids.get(component).copied(), binary)
+            };
+            let name = format!("{component}-{index}");
+            if pid.is_some_and(|p| runs_binary(p, &binary)) {
+                tracing::debug!(%name, "already runs {}", binary.display());
+            } else {
+                // Known by pid when this handle attached: stopped whichever process started it.
+                self.stop_proc(&name);
+                self.st().members[index].pids.remove(component);
+                self.save()?;
+                hold_after_stop(&self.dir(), &name, component);
+                match component {
+                    APISERVER => self.start_apiserver(index).await?,
+                    CONTROLLER_MANAGER => self.start_controller_manager(index)?,
+                    _ => self.start_scheduler(index)?,
+                }
+            }
+            match component {
+                APISERVER => {
+                    let member = self.st().members[index].clone();
+                    self.wait_apiserver(&member).await?
+                }
+                _ => self.wait_component_health(index, component).await?,
+            }
+            self.save()?;
+        }
         Ok(())
     }
 
@@ -1030,6 +1079,26 @@ impl Drop for Testbed {
         if self.st().lifetime == Lifetime::Attached {
             self.stop();
         }
+    }
+}
+
+/// Whether process `pid` is alive and executes `binary` (its `/proc/PID/exe`): a recorded pid
+/// is only trusted as "our component" when it still runs the file we started.
+fn runs_binary(pid: i32, binary: &Path) -> bool {
+    if !pid_alive(pid) {
+        return false;
+    }
+    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else { return false };
+    let want = std::fs::canonicalize(binary).unwrap_or_else(|_| binary.to_path_buf());
+    exe == want
+}
+
+/// The `REFIT_TESTBED_HOLD_AFTER_STOP` test hook of [`Testbed::converge_member`].
+fn hold_after_stop(dir: &Path, name: &str, component: &str) {
+    if std::env::var("REFIT_TESTBED_HOLD_AFTER_STOP").ok().as_deref() == Some(component) {
+        let marker = dir.join(format!("held-{name}"));
+        let _ = std::fs::write(&marker, std::process::id().to_string());
+        std::thread::sleep(Duration::from_secs(600));
     }
 }
 

@@ -1,7 +1,7 @@
 //! `refit demo`: the README's first command. Builds what it needs, starts a sandbox at 1.36
 //! with demo workloads (or reuses a running one), shows what runs, upgrades it to 1.37 with
 //! `refit upgrade` through the generic exec action (`refit sandbox upgrade-node`), exactly as a
-//! user would type it, and shows what runs afterwards.
+//! user would type it, and shows what runs afterwards. Every release it needs is built first.
 
 use std::process::ExitCode;
 
@@ -15,6 +15,17 @@ pub async fn run(args: DemoArgs, format: Format) -> anyhow::Result<ExitCode> {
     let dir = sandbox::sandbox_dir(&args.dir)?;
     let versions = TestbedVersions::from_env()?;
     let version = sandbox::resolve_version("1.36", &versions)?;
+    let to = sandbox::resolve_version("1.37", &versions)?;
+    if !args.no_upgrade {
+        // Every release the demo needs is built before anything starts: the 1.37 build takes
+        // minutes cold, and inside the upgrade it would run in the control-plane node's step,
+        // under its node timeout. (`sandbox::start` builds the 1.36 side.)
+        crate::commands::build::ensure(
+            &refit_testbed::Cache::from_env()?,
+            &[refit_testbed::Component::Kubernetes(to.clone())],
+            refit_testbed::Check::Quick,
+        )?;
+    }
     let tb = match refit_testbed::Testbed::attach(&dir) {
         Ok(tb) if tb.recorded_pids().iter().any(|(n, _, alive)| n == "etcd" && *alive) => {
             if format == Format::Table {
@@ -43,7 +54,7 @@ pub async fn run(args: DemoArgs, format: Format) -> anyhow::Result<ExitCode> {
     let status = sandbox::collect_status(&tb).await?;
     sandbox::print_status(&status, format)?;
     if !args.no_upgrade {
-        upgrade(&tb, &dir, format).await?;
+        upgrade(&tb, &dir, &to, format).await?;
         // Read the sandbox again: the upgrade replaced the control-plane processes.
         let tb = refit_testbed::Testbed::attach(&dir)?;
         let status = sandbox::collect_status(&tb).await?;
@@ -59,14 +70,19 @@ pub async fn run(args: DemoArgs, format: Format) -> anyhow::Result<ExitCode> {
 /// The upgrade a user would type against the sandbox. The demo workloads include what an
 /// online upgrade refuses on purpose (a bare pod, emptyDir data, a single replica: `refit plan`
 /// shows each), so the demo says so and allows them.
-async fn upgrade(tb: &refit_testbed::Testbed, dir: &std::path::Path, format: Format) -> anyhow::Result<()> {
+async fn upgrade(
+    tb: &refit_testbed::Testbed,
+    dir: &std::path::Path,
+    to: &refit_core::Version,
+    format: Format,
+) -> anyhow::Result<()> {
     use clap::Parser;
     let (url, pki) = tb.etcd_endpoint();
     let kubeconfig = tb.kubeconfig().display().to_string();
     let backups = dir.join("backups").display().to_string();
     let store = dir.join("refit.db").display().to_string();
     let action = format!("sandbox:{}", dir.display());
-    let to = sandbox::resolve_version("1.37", &TestbedVersions::from_env()?)?.to_string();
+    let to = to.to_string();
     let argv = [
         "refit",
         "upgrade",

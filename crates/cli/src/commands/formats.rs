@@ -98,7 +98,7 @@ mod tests {
             }
             "strategy" => refit_core::fleet::Strategy::parse(text).map(drop).map_err(|x| e(&x)),
             "window" => refit_core::fleet::MaintenanceWindow::from_yaml(text).map(drop).map_err(|x| e(&x)),
-            "node-images" => crate::commands::fleet::observe::parse_image_source(text).map(drop),
+            "node-images" => refit_fleet::observe::parse_image_source(text).map(drop),
             "profile" => refit_core::fleet::Profile::from_yaml(text).map(drop).map_err(|x| e(&x)),
             "catalog" => refit_core::catalog::Catalog::from_yaml(text).map(drop).map_err(|x| e(&x)),
             other => panic!("no parser for format {other}"),

@@ -6,7 +6,9 @@ mod demo;
 pub mod fleet;
 pub mod formats;
 mod plan;
+mod reach;
 mod sandbox;
+pub mod serve;
 mod status;
 mod upgrade;
 mod versions;
@@ -46,6 +48,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plan(args) => plan::run(args, format).await,
         Command::Upgrade(args) => upgrade::run(*args, format).await,
         Command::Fleet(args) => fleet::run(args, format).await,
+        Command::Serve(args) => serve::run(args).await,
         Command::Formats { name } => formats::run(name.as_deref()),
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "refit", &mut std::io::stdout());

@@ -27,6 +27,9 @@ pub struct PlanOutput<'a> {
     not_run: Vec<String>,
     #[serde(flatten)]
     plan: &'a Plan,
+    /// What the node action can reach, and kubeadm's own plan (ssh action).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reach: Option<&'a refit_engine::reach::ReachReport>,
 }
 
 impl<'a> PlanOutput<'a> {
@@ -38,6 +41,7 @@ impl<'a> PlanOutput<'a> {
             path: p.path.hops.iter().map(|h| h.to.to_string()).collect(),
             not_run: p.not_run.clone(),
             plan: &p.plan,
+            reach: p.reach.as_ref(),
         }
     }
 }
@@ -83,6 +87,8 @@ pub fn plan_input(
         (false, true) => Mode::IgnoreSafetyChecks,
         (false, false) => Mode::Online,
     };
+    crate::commands::upgrade::resolve_action(args.action.as_deref(), plan_file.action.as_ref())?;
+    let probe = crate::commands::reach::target_probe(args.action.as_deref(), &plan_file)?;
     Ok(PlanInput {
         catalog,
         request,
@@ -99,6 +105,7 @@ pub fn plan_input(
         ingress_labels: args.ingress_label.clone(),
         storage_labels: args.storage_label.clone(),
         today: jiff::Zoned::now().date(),
+        probe,
     })
 }
 
@@ -176,6 +183,9 @@ pub fn render(o: &PlanOutput<'_>) -> String {
             ]);
         }
         s.push_str(&format!("Findings\n{t}\n\n"));
+    }
+    if let Some(r) = o.reach {
+        s.push_str(&crate::commands::reach::render(r));
     }
     let mut t = table(&["phase", "batch", "node", "roles", "from", "to", "drain", "steps", "blockers"]);
     for phase in &p.phases {
@@ -270,6 +280,7 @@ mod tests {
             path: vec!["1.37.1".into()],
             not_run: vec![],
             plan,
+            reach: None,
         }
     }
 

@@ -475,16 +475,37 @@ pub async fn upgrade_node(args: UpgradeNodeArgs, format: Format) -> anyhow::Resu
     let tb = attach_running(&args.dir)?;
     let versions = TestbedVersions::from_env()?;
     let target = resolve_version(&args.to, &versions)?;
-    let images = crate::commands::fleet::observe::parse_image_targets(args.node_images.as_deref())?;
+    let images = refit_fleet::observe::parse_image_targets(args.node_images.as_deref()).map_err(usage)?;
     let client = tb.client().await?;
-    let node =
-        Api::<Node>::all(client.clone()).get_opt(&args.node).await.context("reading the node")?.ok_or_else(
-            || usage(format!("no node named {} in the sandbox (see `refit sandbox status`)", args.node)),
-        )?;
-    let image_before = crate::commands::fleet::observe::node_image_of(&node);
-    let from = node.status.and_then(|s| s.node_info).map(|i| i.kubelet_version).unwrap_or_default();
+    let member = tb.member_for_node(&args.node);
+    // A control-plane member is known from the state file, without the API server: after an
+    // upgrade killed between stopping the old apiserver and starting the new one there is no
+    // API server until this command has finished the swap (issue 18 item 19).
+    let node = match Api::<Node>::all(client.clone()).get_opt(&args.node).await {
+        Ok(node) => node,
+        Err(e) if member.is_some() => {
+            eprintln!("the API server does not answer ({e}); finishing {}'s upgrade first", args.node);
+            None
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("reading the node")),
+    };
+    if node.is_none() && member.is_none() {
+        return Err(usage(format!(
+            "no node named {} in the sandbox (see `refit sandbox status`)",
+            args.node
+        )));
+    }
+    let image_before = node.as_ref().and_then(refit_fleet::observe::node_image_of);
+    let from = match (&node, &member) {
+        (Some(n), _) => {
+            n.status.as_ref().and_then(|s| s.node_info.as_ref()).map(|i| i.kubelet_version.clone())
+        }
+        (None, Some(m)) => Some(m.binaries.version.git_version()),
+        (None, None) => None,
+    }
+    .unwrap_or_default();
     let started = Instant::now();
-    let role = match tb.member_for_node(&args.node) {
+    let role = match member {
         Some(member) => {
             // Build the target first if needed: an operator's script would fetch packages.
             crate::commands::build::ensure(
@@ -500,13 +521,9 @@ pub async fn upgrade_node(args: UpgradeNodeArgs, format: Format) -> anyhow::Resu
             "worker"
         }
     };
-    let image = crate::commands::fleet::observe::move_node_image(
-        &client,
-        &args.node,
-        image_before.as_deref(),
-        &images,
-    )
-    .await?;
+    let image = refit_fleet::observe::move_node_image(&client, &args.node, image_before.as_deref(), &images)
+        .await
+        .with_context(|| format!("setting the node image of {}", args.node))?;
     let change = NodeChange {
         node: args.node.clone(),
         image,

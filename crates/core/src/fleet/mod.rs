@@ -15,6 +15,8 @@
 //!   the target" means.
 //! - [`run`]: the update run state machine: states, the allowed-transition table, rollups,
 //!   [`run::apply`] for events and [`run::next`] for the driver's next decisions.
+//! - [`outcome`]: how a member upgrade's end, or its relaunch after a driver restart, is
+//!   recorded (an unreachable member is Pending and retried on every path).
 //! - [`profile`]: auto-upgrade profiles and channels, and the deterministic run they generate.
 //!
 //! Nothing here does I/O or reads a clock: "now" is always an argument. Every type is serde so
@@ -22,6 +24,7 @@
 //! come from jiff's time-zone database, which on Linux is the system's `/usr/share/zoneinfo`.)
 
 pub mod gate;
+pub mod outcome;
 pub mod profile;
 pub mod run;
 pub mod strategy;
@@ -32,6 +35,7 @@ pub mod window;
 mod proptests;
 
 pub use gate::{Approval, GateRef, GateSpec, GateState, GateStatus, GateTiming};
+pub use outcome::UpgradeEnd;
 pub use profile::{
     Channel, HeldBack, Profile, ProfileError, ProfileTarget, Trigger, TriggerStatus, target_for,
 };
@@ -43,7 +47,7 @@ pub use run::{
 pub use strategy::{FleetMember, LabelSelector, Limit, RunPlan, Strategy, StrategyError, resolve};
 pub use target::{
     MemberTarget, MemberVersions, NodeImage, NodeImageSelection, NodeImageTargets, SpecError, Targets,
-    UpgradeSpec, UpgradeType, freeze_targets,
+    UpgradeSpec, UpgradeType, freeze_targets, parse_image_source,
 };
 pub use window::{Day, MaintenanceWindow, Recurrence, WindowError, WindowPriority};
 

@@ -185,7 +185,8 @@ enum Action {
     Drive,
     /// Apply one decision of a `next()` call.
     DriveOne(Index),
-    /// Finish a member upgrade under way: 0 success, 1 failure, 2 paused at its window's close.
+    /// Finish a member upgrade under way: 0 success, 1 failure, 2 paused at its window's close,
+    /// 3 unreachable (relaunched while its API server was down).
     Finish(Index, u8),
     Stop,
     Start,
@@ -211,7 +212,7 @@ fn arb_action() -> impl Strategy<Value = Action> {
     prop_oneof![
         12 => Just(Action::Drive),
         2 => any::<Index>().prop_map(Action::DriveOne),
-        10 => (any::<Index>(), prop_oneof![6 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8)])
+        10 => (any::<Index>(), prop_oneof![6 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8), 1 => Just(3u8)])
             .prop_map(|(i, how)| Action::Finish(i, how)),
         1 => Just(Action::Stop),
         2 => Just(Action::Start),
@@ -252,7 +253,8 @@ fn events_for(run: &RunState, facts: &Facts, now: &mut Timestamp, action: &Actio
                 .map(|m| match how {
                     0 => Event::MemberSucceeded { member: m.clone(), at, message: None },
                     1 => Event::MemberFailed { member: m.clone(), at, error: "boom".into() },
-                    _ => Event::MemberPaused { member: m.clone(), at, message: "window closed".into() },
+                    2 => Event::MemberPaused { member: m.clone(), at, message: "window closed".into() },
+                    _ => Event::MemberUnreachable { member: m.clone(), at, message: "no answer".into() },
                 })
                 .into_iter()
                 .collect()

@@ -857,6 +857,19 @@ pub enum Event {
         /// What its upgrade reported.
         message: String,
     },
+    /// A member upgrade under way could not reach its cluster (its API server is down or
+    /// coming back, e.g. relaunched right after a driver restart): the member waits Pending
+    /// with the reason, like a member that is unreachable before it starts, and continues —
+    /// resuming its cluster run to the same target — once it can be reached (see
+    /// [`super::outcome`]). In a stopping run it is Stopped.
+    MemberUnreachable {
+        /// The member.
+        member: String,
+        /// When.
+        at: Timestamp,
+        /// What the driver saw.
+        message: String,
+    },
     /// A member cannot start now (from [`next`]).
     MemberPending {
         /// The member.
@@ -927,6 +940,7 @@ impl Event {
             | Event::MemberSucceeded { at, .. }
             | Event::MemberFailed { at, .. }
             | Event::MemberPaused { at, .. }
+            | Event::MemberUnreachable { at, .. }
             | Event::MemberPending { at, .. }
             | Event::MemberUnblocked { at, .. }
             | Event::MemberSkipped { at, .. }
@@ -1821,7 +1835,7 @@ fn mutate(run: &mut RunState, event: &Event) -> Result<(), TransitionError> {
             }
             w.state = GateStatus::Pending;
             w.started_at = Some(at);
-            w.until = Some(at + SignedDuration::from_secs(i64::try_from(w.seconds).unwrap_or(i64::MAX / 2)));
+            w.until = Some(crate::duration::timestamp_after(at, w.seconds));
         }
         Event::AfterStageWaitElapsed { stage, .. } => {
             let si = run.locate_stage(stage)?;
@@ -1890,7 +1904,13 @@ fn mutate(run: &mut RunState, event: &Event) -> Result<(), TransitionError> {
                 m.status.message = message_of(event);
             }
         }
-        Event::MemberPaused { member, message, .. } => {
+        Event::MemberPaused { member, message, .. } | Event::MemberUnreachable { member, message, .. } => {
+            let (reason, action) = match event {
+                Event::MemberPaused { .. } => {
+                    (PendingReason::Paused { message: message.clone() }, "pause it")
+                }
+                _ => (PendingReason::Unavailable { message: message.clone() }, "wait for it to be reachable"),
+            };
             let (si, gi, mi) = run.locate_member(member)?;
             let m = &mut run.stages[si].groups[gi].members[mi];
             if m.status.state.in_flight() {
@@ -1899,17 +1919,13 @@ fn mutate(run: &mut RunState, event: &Event) -> Result<(), TransitionError> {
             match m.status.state {
                 Running => {
                     m.pending_since = Some(at);
-                    m.status.set_member(
-                        Pending,
-                        Some(PendingReason::Paused { message: message.clone() }),
-                        at,
-                    );
+                    m.status.set_member(Pending, Some(reason), at);
                 }
                 Stopping => {
                     m.status.set_member(Stopped, None, at);
-                    m.status.message = Some(message.clone());
+                    m.status.message = Some(reason.to_string());
                 }
-                _ => return Err(member_state_error(m, "pause it")),
+                _ => return Err(member_state_error(m, action)),
             }
         }
         Event::MemberPending { member, reason, .. } => {
@@ -2343,9 +2359,9 @@ pub fn next(run: &RunState, facts: &Facts, now: Timestamp) -> Vec<Decision> {
                             .get(&m.name)
                             .and_then(|f| f.pending_budget_seconds)
                             .or(run.spec.pending_budget_seconds);
-                        let deadline = budget.map(|b| {
-                            (since + SignedDuration::from_secs(i64::try_from(b).unwrap_or(i64::MAX / 2)), b)
-                        });
+                        // A stored budget past the cap (an older refit accepted any) counts as
+                        // the cap: never a panic on every daemon start.
+                        let deadline = budget.map(|b| (crate::duration::timestamp_after(since, b), b));
                         match deadline {
                             Some((d, budget_seconds)) if d <= now => {
                                 out.push(Decision::Record(Event::MemberSkipped {

@@ -435,6 +435,14 @@ impl Strategy {
             }
             let at = format!("stage '{}'", st.name);
             check_limits(&at, st.max_concurrency, st.max_allowed_failures)?;
+            // The wait is added to a clock when the stage ends: one range for every duration.
+            if crate::duration::check_seconds_or_zero(st.after_stage_wait_in_seconds).is_err() {
+                return Err(StrategyError::OutOfRange {
+                    at: format!("{at} afterStageWaitInSeconds"),
+                    value: st.after_stage_wait_in_seconds.to_string(),
+                    allowed: "at most one year (31536000 seconds)",
+                });
+            }
             check_gates(&at, &st.before_gates, &st.after_gates)?;
             if let Some(sel) = &st.member_selector {
                 sel.check(&at)?;

@@ -140,6 +140,57 @@ pub struct NodeImage {
     pub version: String,
 }
 
+impl NodeImage {
+    /// Parses `FAMILY/VERSION` (e.g. `ubuntu-2404/202606.10.0`).
+    pub fn parse(s: &str) -> Result<NodeImage, String> {
+        match s.trim().split_once('/') {
+            Some((f, v)) => NodeImage { family: f.to_string(), version: v.to_string() }.checked(s),
+            None => Err(Self::refusal(s)),
+        }
+    }
+
+    /// The same rule for the `{family, version}` form: both non-empty, neither with a `/`
+    /// (found by fuzzing: the object form took an empty family).
+    fn checked(self, shown: &str) -> Result<NodeImage, String> {
+        let part_ok = |p: &str| !p.trim().is_empty() && !p.contains('/');
+        if part_ok(&self.family) && part_ok(&self.version) { Ok(self) } else { Err(Self::refusal(shown)) }
+    }
+
+    fn refusal(shown: &str) -> String {
+        format!(
+            "'{}' is not a node image: expected FAMILY/VERSION (e.g. ubuntu-2404/202606.10.0)",
+            crate::identity::printable(shown, false)
+        )
+    }
+}
+
+/// One entry of a node-image source file: `FAMILY/VERSION` or `{family, version}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ImageEntry {
+    Text(String),
+    Full(NodeImage),
+}
+
+/// Parses the text of a node-image source file (`refit formats node-images`): a YAML/JSON
+/// list of `FAMILY/VERSION` strings or `{family, version}` objects.
+pub fn parse_image_source(text: &str) -> Result<Vec<NodeImage>, String> {
+    const HINTS: &crate::yaml::Hints =
+        &[("", "a list of FAMILY/VERSION or {family, version} entries (refit formats node-images)")];
+    let entries: Vec<ImageEntry> = crate::yaml::from_str_hinted(text, HINTS)
+        .map_err(|e| format!("the node-image source is not valid: {e}"))?;
+    entries
+        .into_iter()
+        .map(|e| match e {
+            ImageEntry::Text(s) => NodeImage::parse(&s),
+            ImageEntry::Full(i) => {
+                let shown = format!("{}/{}", i.family, i.version);
+                i.checked(&shown)
+            }
+        })
+        .collect()
+}
+
 /// Compares image versions the way people read them: runs of digits numerically, everything
 /// else as text (`202606.9.0 < 202606.10.0`).
 pub fn compare_image_versions(a: &str, b: &str) -> Ordering {

@@ -5,7 +5,6 @@
 
 pub mod lock;
 
-use refit_core::Version;
 use refit_core::run::{Continuation, OnUndrainable, RunState};
 use refit_kube::Connection;
 
@@ -49,12 +48,14 @@ pub enum Decision {
     Conflict(RunRecord),
 }
 
-/// Decides from the cluster's latest run and the requested target (core's rule). A state
+/// Decides from the cluster's latest run and the requested target (core's rules: a minor
+/// `--to` continues its run at whichever patch the nodes could reach when it started). A state
 /// this version does not know is an error: never start over, or resume, a run it cannot read.
 pub async fn decide(
     journal: &dyn Journal,
     cluster: &str,
-    target: Option<&Version>,
+    request: &refit_core::VersionRequest,
+    catalog: &refit_core::catalog::Catalog,
     abandon: bool,
 ) -> Result<Decision, LifecycleError> {
     let Some(latest) = journal.latest_run(cluster).await? else { return Ok(Decision::Fresh) };
@@ -62,7 +63,8 @@ pub async fn decide(
         .state
         .parse()
         .map_err(|detail| LifecycleError::Unreadable { run: latest.id.clone(), detail })?;
-    Ok(match refit_core::run::continuation(Some((state, latest.target.as_str())), target, abandon) {
+    let target = refit_core::reach::continued_target(request, catalog, Some(latest.target.as_str()));
+    Ok(match refit_core::run::continuation(Some((state, latest.target.as_str())), target.as_ref(), abandon) {
         Continuation::Fresh => Decision::Fresh,
         Continuation::Resume => Decision::Resume(latest),
         Continuation::Abandon => Decision::Abandon(latest),

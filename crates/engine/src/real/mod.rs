@@ -4,7 +4,7 @@
 
 pub mod journal;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -27,12 +27,18 @@ use crate::context::{
 };
 use crate::spec::{EtcdEndpointSpec, NodeAction};
 
-/// The engine's context for a real cluster, the node actions of `refit-exec`, `journal` and
-/// the system clock.
-pub fn context(conn: Connection, journal: Arc<dyn Journal>, sink: Arc<dyn EventSink>) -> Context {
+/// The engine's context for a real cluster, the node actions of `refit-exec` (their per-node
+/// locks in `lock_dir`, a private directory: the store's `locks/`), `journal` and the system
+/// clock.
+pub fn context(
+    conn: Connection,
+    journal: Arc<dyn Journal>,
+    sink: Arc<dyn EventSink>,
+    lock_dir: PathBuf,
+) -> Context {
     Context {
         cluster: Arc::new(KubeCluster(conn)),
-        actions: Arc::new(ExecActions),
+        actions: Arc::new(ExecActions { lock_dir }),
         journal,
         clock: Arc::new(SystemClock),
         sink,
@@ -137,23 +143,30 @@ impl Cluster for KubeCluster {
 }
 
 /// Node actions and local commands through `refit-exec`.
-pub struct ExecActions;
+pub struct ExecActions {
+    /// Where the exec action's per-node locks live (issue 18 items 5, 17).
+    pub lock_dir: PathBuf,
+}
 
 impl NodeActions for ExecActions {
     fn upgrade<'a>(
         &'a self,
+        run: &'a str,
         action: &'a NodeAction,
         ctx: &'a NodeContext,
         timeout: Duration,
         on_line: OnLine<'a>,
     ) -> BoxFuture<'a, Result<(), ActionFailure>> {
         async move {
+            let scope = refit_exec::RunScope { run: run.to_string(), lock_dir: self.lock_dir.clone() };
             let lines = |l: OutputLine| on_line(l.text());
             let changed =
                 |e: refit_exec::Error| ActionFailure { message: e.to_string(), node_unchanged: false };
             match action {
                 NodeAction::Exec { command } => {
-                    refit_exec::exec::run_exec(command, ctx, timeout, &lines).await.map_err(changed)
+                    refit_exec::exec::run_exec_exclusive(command, ctx, &scope, timeout, &lines)
+                        .await
+                        .map_err(changed)
                 }
                 NodeAction::Ssh { action } => {
                     let Some(opts) = refit_exec::ssh::SshOptions::from_action(action) else {
@@ -165,14 +178,16 @@ impl NodeActions for ExecActions {
                     let options = refit_exec::kubeadm::KubeadmOptions::from_action(action);
                     let recipe = refit_exec::kubeadm::kubeadm_recipe(ctx, options)
                         .map_err(|e| ActionFailure { message: e.to_string(), node_unchanged: true })?;
-                    refit_exec::ssh::run_ssh(&recipe, ctx, &opts, timeout, &lines).await.map_err(|e| {
-                        // A recipe that stopped before kubeadm touched the node (no connection,
-                        // a package missing from the repository) leaves it as it was.
-                        let node_unchanged = e
-                            .stopped_at_step()
-                            .is_some_and(|step| refit_exec::kubeadm::node_unchanged_before(&recipe, step));
-                        ActionFailure { message: e.to_string(), node_unchanged }
-                    })
+                    refit_exec::ssh::run_ssh_detached(&recipe, ctx, &scope, &opts, timeout, &lines)
+                        .await
+                        .map_err(|e| {
+                            // A recipe that stopped before kubeadm touched the node (no connection,
+                            // a package missing from the repository) leaves it as it was.
+                            let node_unchanged = e.stopped_at_step().is_some_and(|step| {
+                                refit_exec::kubeadm::node_unchanged_before(&recipe, step)
+                            });
+                            ActionFailure { message: e.to_string(), node_unchanged }
+                        })
                 }
                 NodeAction::Replace { .. } => Err(ActionFailure {
                     message: "internal: the replace action is not an in-place upgrade".into(),

@@ -150,7 +150,7 @@ impl Engine {
             }
             other => other.clone(),
         };
-        match self.ctx.actions.upgrade(&in_place, &ctx, timeout, &on_line).await {
+        match self.ctx.actions.upgrade(&self.run_id, &in_place, &ctx, timeout, &on_line).await {
             Ok(()) => StepEnd::Done(String::new()),
             Err(e) => {
                 StepEnd::fail(FailureKind::Action, format!("upgrade action: {}", e.message), e.node_unchanged)

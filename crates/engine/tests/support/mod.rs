@@ -312,6 +312,7 @@ impl FakeActions {
 impl NodeActions for FakeActions {
     fn upgrade<'a>(
         &'a self,
+        _run: &'a str,
         _action: &'a NodeAction,
         ctx: &'a NodeContext,
         _timeout: Duration,

@@ -163,12 +163,15 @@ struct Head {
     head: usize,
     /// Bytes of the value.
     len: usize,
+    /// Where the field ends, from its start (`head + len`, checked when the head is read: a
+    /// length near `usize::MAX` from a hostile body is an error, not an overflow).
+    end: usize,
 }
 
 impl Head {
     /// Where the field ends, from its start.
     fn end(&self) -> usize {
-        self.head + self.len
+        self.end
     }
 }
 
@@ -196,7 +199,9 @@ fn field_head(bytes: &[u8]) -> Result<Option<Head>, Error> {
         },
         _ => return Err(Error::Malformed("group wire type")),
     };
-    Ok(Some(Head { number: key >> 3, wire_type, head: bytes.len() - cursor.0.len(), len: body_len }))
+    let head = bytes.len().saturating_sub(cursor.0.len());
+    let end = head.checked_add(body_len).ok_or(Error::Malformed("field length"))?;
+    Ok(Some(Head { number: key >> 3, wire_type, head, len: body_len, end }))
 }
 
 impl<D: Item> ListStream<D> {
@@ -271,6 +276,29 @@ impl<D: Item> ListStream<D> {
             _ => Err(Error::Malformed("the body ends inside a field")),
         }
     }
+}
+
+/// Decodes `body` as a pod list and as a node list, each both as one page and streamed in
+/// `chunk`-byte pieces, returning the item counts. The entry point of the fuzz tests
+/// (`kube/tests/fuzz_protobuf.rs`): whatever the bytes, each must be a count or an error,
+/// never a panic or an overflow.
+#[doc(hidden)]
+pub fn decode_for_fuzzing(body: &[u8], chunk: usize) -> [Result<usize, Error>; 4] {
+    fn streamed<D: Item>(body: &[u8], chunk: usize) -> Result<usize, Error> {
+        let mut s = ListStream::<D>::new();
+        let mut n = 0usize;
+        for piece in body.chunks(chunk.max(1)) {
+            s.feed(piece, &mut |_item: D| n = n.saturating_add(1))?;
+        }
+        s.finish()?;
+        Ok(n)
+    }
+    [
+        list_page::<wire::Pod>(body, &mut |_| {}).map(|v| v.len()),
+        list_page::<wire::Node>(body, &mut |_| {}).map(|v| v.len()),
+        streamed::<wire::Pod>(body, chunk),
+        streamed::<wire::Node>(body, chunk),
+    ]
 }
 
 /// An error response's `Status` (the apiserver answers errors in the negotiated encoding).
@@ -982,6 +1010,23 @@ mod tests {
         ));
         // A group wire type (never written by Kubernetes) inside the list.
         assert!(matches!(decode(&envelope("PodList", &[0x0b])), Err(Error::Malformed(_))));
+    }
+
+    #[test]
+    fn a_length_near_usize_max_is_an_error_not_an_overflow() {
+        // u64::MAX as a varint: ten bytes.
+        let huge = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        // Inside the list (raw, field 2, 127 bytes to come): an item field of that length.
+        let in_list = [MAGIC, &[0x12, 0x7f, 0x12], &huge[..]].concat();
+        // In the envelope: a type-meta field of that length.
+        let in_envelope = [MAGIC, &[0x0a], &huge[..]].concat();
+        for body in [in_list, in_envelope] {
+            for chunk in [1, 3, body.len()] {
+                for r in decode_for_fuzzing(&body, chunk) {
+                    assert!(r.is_err(), "{r:?}");
+                }
+            }
+        }
     }
 
     #[test]

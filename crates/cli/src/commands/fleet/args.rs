@@ -42,15 +42,19 @@ Examples:
 Killing it at any moment is safe: a new daemon (or `run start --wait`) continues from the store,
 relaunching member upgrades that were under way (each resumes its own journal).")]
     Daemon(DaemonArgs),
+    /// Webhook notifications (gate pending, stage completed, run failed or completed), delivered by `refit serve`.
+    #[command(subcommand)]
+    Notify(super::notify::NotifyCommand),
 }
 
 /// Member options shared by `add` and `update`.
 #[derive(Debug, Clone, Args)]
 pub struct MemberFields {
     /// Kubeconfig file of the member (a path; its credentials are never copied or printed).
+    /// Required by `add`, with --context: the member is bound to the cluster they reach.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
-    /// Kubeconfig context.
+    /// Kubeconfig context (required by `add`).
     #[arg(long)]
     pub context: Option<String>,
     /// Label KEY=VALUE (repeatable) that strategies select on.
@@ -67,9 +71,10 @@ pub struct MemberFields {
     /// `{family, version}` objects; `refit formats node-images`).
     #[arg(long, value_name = "FILE")]
     pub node_image_source: Option<PathBuf>,
-    /// Time it may sit Pending before the run defers it (e.g. 6h); overrides the run's.
-    #[arg(long, value_name = "DURATION")]
-    pub pending_budget: Option<String>,
+    /// Time it may sit Pending before the run defers it (e.g. 6h; 1s to one year); overrides
+    /// the run's.
+    #[arg(long, value_name = "DURATION", value_parser = crate::args::duration)]
+    pub pending_budget: Option<std::time::Duration>,
     /// Node action for its `refit upgrade` (`sandbox:DIR`, `exec:PROGRAM ARG...`, `ssh`).
     #[arg(long)]
     pub action: Option<String>,
@@ -87,9 +92,12 @@ pub enum MemberCommand {
     /// Add a member.
     #[command(after_help = "\
 Examples:
-  refit fleet member add eu-1 --kubeconfig ~/.kube/eu-1 --update-group canary --label region=eu
+  refit fleet member add eu-1 --kubeconfig ~/.kube/eu-1 --context eu-1 --update-group canary --label region=eu
   refit fleet member add us-1 --kubeconfig us.conf --context admin --window weekend.yaml --pending-budget 12h
-  refit fleet member add sb-1 --kubeconfig /tmp/sb1/kubeconfig --action sandbox:/tmp/sb1")]
+  refit fleet member add sb-1 --kubeconfig /tmp/sb1/kubeconfig --context refit-testbed --action sandbox:/tmp/sb1
+
+The cluster's identity (its kube-system namespace UID) is recorded: every launch checks that
+the kubeconfig still reaches that cluster and refuses another.")]
     Add {
         /// Member name (lowercase letters, digits, dashes).
         name: String,
@@ -266,9 +274,10 @@ pub struct RunCreateArgs {
     /// A stages file (YAML/JSON), copied into the run.
     #[arg(long, value_name = "FILE")]
     pub stages: Option<PathBuf>,
-    /// How long a member may sit Pending before it is deferred (e.g. 6h); members may override.
-    #[arg(long, value_name = "DURATION")]
-    pub pending_budget: Option<String>,
+    /// How long a member may sit Pending before it is deferred (e.g. 6h; 1s to one year);
+    /// members may override.
+    #[arg(long, value_name = "DURATION", value_parser = crate::args::duration)]
+    pub pending_budget: Option<std::time::Duration>,
 }
 
 /// `refit fleet gate ...`
@@ -297,9 +306,10 @@ Examples:
         run: String,
         /// Gate: STAGE/before|after/N or STAGE/GROUP/before|after/N (see gate list).
         gate: String,
-        /// A pre-approval still unused after this long no longer counts (e.g. 4h).
-        #[arg(long, value_name = "DURATION")]
-        expires_in: Option<String>,
+        /// A pre-approval still unused after this long no longer counts (e.g. 4h; 1s to one
+        /// year).
+        #[arg(long, value_name = "DURATION", value_parser = crate::args::duration)]
+        expires_in: Option<std::time::Duration>,
         /// Who approves (default: $USER).
         #[arg(long)]
         by: Option<String>,

@@ -7,7 +7,7 @@ use refit_core::fleet::{Event, GateRef, GateStatus};
 use serde::Serialize;
 
 use super::args::GateCommand;
-use super::{commit, load_run, now, open, seconds, who};
+use super::{commit, load_run, now, open, who};
 use crate::output::{Format, print_structured, table, usage};
 
 /// A gate as listed.
@@ -65,13 +65,7 @@ pub fn run(cmd: GateCommand, store: &Path, format: Format) -> anyhow::Result<Exi
         GateCommand::Approve { run, gate, expires_in, by } => {
             let gate: GateRef = gate.parse().map_err(usage)?;
             let at = now();
-            let expires_at = match &expires_in {
-                Some(d) => {
-                    let secs = i64::try_from(seconds("--expires-in", d)?).unwrap_or(i64::MAX / 2);
-                    Some(at + jiff::SignedDuration::from_secs(secs))
-                }
-                None => None,
-            };
+            let expires_at = expires_in.map(|d| refit_core::duration::timestamp_after(at, d.as_secs()));
             let by = who(by);
             let mut s = open(store)?;
             load_run(&s, &run)?;

@@ -8,15 +8,24 @@ use refit_core::fleet::MaintenanceWindow;
 use refit_store::fleet::MemberRecord;
 
 use super::args::{MemberCommand, MemberFields};
-use super::{check_name, open, read_file, seconds, store_err};
+use super::{check_name, open, read_file, store_err};
 use crate::output::{Format, print_structured, table, usage};
 
-pub fn run(cmd: MemberCommand, store: &Path, format: Format) -> anyhow::Result<ExitCode> {
+pub async fn run(cmd: MemberCommand, store: &Path, format: Format) -> anyhow::Result<ExitCode> {
     match cmd {
         MemberCommand::Add { name, fields } => {
             check_name("member", &name)?;
             let mut m = MemberRecord { name, ..Default::default() };
             apply_fields(&mut m, &fields)?;
+            if open(store)?.member(&m.name)?.is_some() {
+                return Err(usage(format!("member '{}' exists already", m.name)));
+            }
+            let (Some(kubeconfig), Some(context)) = (&m.kubeconfig, &m.context) else {
+                return Err(usage(
+                    "--kubeconfig and --context are required: a member is bound to the one cluster they reach",
+                ));
+            };
+            m.cluster_uid = Some(identity(kubeconfig, context).await?);
             let mut s = open(store)?;
             s.add_member(&m).map_err(store_err)?;
             done(format, &m, "added")
@@ -33,6 +42,24 @@ pub fn run(cmd: MemberCommand, store: &Path, format: Format) -> anyhow::Result<E
                 m.labels.clear();
             }
             apply_fields(&mut m, &fields)?;
+            if fields.kubeconfig.is_some() || fields.context.is_some() {
+                let (Some(kubeconfig), Some(context)) = (&m.kubeconfig, &m.context) else {
+                    return Err(usage(
+                        "give both --kubeconfig and --context: a member is bound to one cluster",
+                    ));
+                };
+                let found = identity(kubeconfig, context).await?;
+                match &m.cluster_uid {
+                    Some(bound) if *bound != found => {
+                        return Err(usage(format!(
+                            "--kubeconfig/--context reach another cluster (kube-system UID {found}) than member {}'s ({bound}): a member stays bound to its cluster; remove it and add it again to bind another",
+                            m.name
+                        )));
+                    }
+                    // A member added before refit recorded identities is bound now.
+                    _ => m.cluster_uid = Some(found),
+                }
+            }
             s.update_member(&m).map_err(store_err)?;
             done(format, &m, "updated")
         }
@@ -77,6 +104,15 @@ pub fn run(cmd: MemberCommand, store: &Path, format: Format) -> anyhow::Result<E
     }
 }
 
+/// The identity (kube-system UID) of the cluster a kubeconfig and context reach.
+async fn identity(kubeconfig: &str, context: &str) -> anyhow::Result<String> {
+    refit_fleet::observe::cluster_identity(Path::new(kubeconfig), context).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read the identity of the cluster --kubeconfig {kubeconfig} --context {context} reach: {e}; nothing was changed"
+        )
+    })
+}
+
 fn done(format: Format, m: &MemberRecord, what: &str) -> anyhow::Result<ExitCode> {
     if !print_structured(format, m)? {
         println!("member {} {what}", m.name);
@@ -114,11 +150,12 @@ fn apply_fields(m: &mut MemberRecord, f: &MemberFields) -> anyhow::Result<()> {
         m.maintenance_window = Some(window);
     }
     if let Some(src) = &f.node_image_source {
-        super::observe::read_image_source(src).map_err(|e| usage(format!("--node-image-source: {e}")))?;
+        refit_fleet::observe::read_image_source(src)
+            .map_err(|e| usage(format!("--node-image-source: {e}")))?;
         m.node_image_source = Some(absolute(src).display().to_string());
     }
     if let Some(b) = &f.pending_budget {
-        m.pending_budget_seconds = Some(seconds("--pending-budget", b)?);
+        m.pending_budget_seconds = Some(b.as_secs());
     }
     if let Some(a) = &f.action {
         check_action(a)?;

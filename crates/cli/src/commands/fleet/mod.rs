@@ -1,17 +1,15 @@
-//! `refit fleet ...`: members, strategies, update runs, gates, profiles, and the driver that
-//! runs member upgrades as `refit upgrade` subprocesses.
+//! `refit fleet ...`: members, strategies, update runs, gates, profiles, and the driver.
 //!
-//! Every rule (strategy resolution, the run state machine, rollups, windows, channels) is
-//! `refit_core::fleet`'s; this module only reads input, records events in the store, and
-//! prints. A change to a run is always: read (state, version) → `core::fleet::apply(event)` →
-//! write if the version is unchanged (else read again): commands from people (stop, skip,
-//! approve) and the driver's own decisions never overwrite each other.
+//! The work is `refit_fleet`'s (the driver, member observation and launches, run creation and
+//! commits) and every rule `refit_core::fleet`'s; this module parses arguments, calls them and
+//! prints. A change to a run is always `refit_fleet::commit`: read (state, version) →
+//! `core::fleet::apply(event)` → write if the version is unchanged (else read again).
 
 pub mod args;
 mod driver;
 mod gate;
 mod member;
-pub mod observe;
+mod notify;
 mod profile;
 mod run;
 mod show;
@@ -21,7 +19,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use jiff::Timestamp;
-use refit_core::fleet::{Event, RunState};
+use refit_core::fleet::Event;
 use refit_store::Store;
 use refit_store::fleet::StoredRun;
 
@@ -32,12 +30,13 @@ use args::{FleetArgs, FleetCommand};
 pub async fn run(args: FleetArgs, format: Format) -> anyhow::Result<ExitCode> {
     let store = store_path(args.store.as_ref())?;
     match args.command {
-        FleetCommand::Member(cmd) => member::run(cmd, &store, format),
+        FleetCommand::Member(cmd) => member::run(cmd, &store, format).await,
         FleetCommand::Strategy(cmd) => strategy::run(cmd, &store, format),
         FleetCommand::Run(cmd) => run::run(cmd, &store, format).await,
         FleetCommand::Gate(cmd) => gate::run(cmd, &store, format),
         FleetCommand::Profile(cmd) => profile::run(cmd, &store, format).await,
         FleetCommand::Daemon(a) => driver::daemon(&store, a.exit_when_idle, format).await,
+        FleetCommand::Notify(cmd) => notify::run(cmd, &store, format),
     }
 }
 
@@ -64,6 +63,16 @@ fn store_err(e: refit_store::Error) -> anyhow::Error {
     }
 }
 
+/// A fleet library error as the CLI reports it: bad input, unknown names, a refusal by the
+/// state machine or a run driven elsewhere are exit 2 (nothing was changed).
+fn fleet_err(e: refit_fleet::Error) -> anyhow::Error {
+    match e {
+        refit_fleet::Error::Store(e) => store_err(e),
+        e if e.is_usage() => usage(e.to_string()),
+        e => anyhow::Error::new(e),
+    }
+}
+
 fn list_of(kind: &str) -> &str {
     match kind {
         "update run" => "run",
@@ -73,53 +82,13 @@ fn list_of(kind: &str) -> &str {
 
 /// The run named `name`, or a usage error.
 fn load_run(store: &Store, name: &str) -> anyhow::Result<StoredRun> {
-    store
-        .fleet_run(name)?
-        .ok_or_else(|| usage(format!("no update run named '{name}' (see refit fleet run list)")))
+    refit_fleet::commit::load_run(store, name).map_err(fleet_err)
 }
 
-/// Applies `event` to the stored run and writes the result, reading again when someone else
-/// wrote the run in between. A refusal by the state machine is bad input (exit 2) and changes
-/// nothing.
+/// Applies a person's `event` to the stored run (see `refit_fleet::commit`); a refusal by the
+/// state machine is bad input (exit 2) and changes nothing.
 fn commit(store: &mut Store, name: &str, event: &Event) -> anyhow::Result<StoredRun> {
-    commit_with(store, name, |_| Ok(event.clone())).map_err(|e| match e {
-        CommitError::Refused(t) => usage(t.to_string()),
-        CommitError::Other(e) => e,
-    })
-}
-
-/// Why a commit did not happen.
-enum CommitError {
-    /// The state machine refused the event (the run is unchanged).
-    Refused(refit_core::fleet::TransitionError),
-    /// The store failed.
-    Other(anyhow::Error),
-}
-
-/// Like [`commit`], with the event built from the current state (the driver stamps events
-/// with the state it applies them to).
-fn commit_with(
-    store: &mut Store,
-    name: &str,
-    make: impl Fn(&RunState) -> anyhow::Result<Event>,
-) -> Result<StoredRun, CommitError> {
-    for _ in 0..50 {
-        let cur = load_run(store, name).map_err(CommitError::Other)?;
-        let event = make(&cur.state).map_err(CommitError::Other)?;
-        let mut next = refit_core::fleet::apply(&cur.state, &event).map_err(CommitError::Refused)?;
-        let mut events = vec![event];
-        // What followed from it (a requested stop that completed) goes into the same write.
-        if let Some(f) = refit_core::fleet::follow_up(&cur.state, &next, events[0].at()) {
-            next = refit_core::fleet::apply(&next, &f).map_err(CommitError::Refused)?;
-            events.push(f);
-        }
-        match store.save_fleet_run_events(&next, cur.version, &events) {
-            Ok(version) => return Ok(StoredRun { state: next, version }),
-            Err(refit_store::Error::Conflict { .. }) => continue,
-            Err(e) => return Err(CommitError::Other(e.into())),
-        }
-    }
-    Err(CommitError::Other(anyhow::anyhow!("update run '{name}' keeps changing under us; try again")))
+    refit_fleet::commit(store, name, event).map_err(fleet_err)
 }
 
 /// Who is acting: `--by`, else $USER, else the operating system's name of this process's
@@ -160,11 +129,6 @@ fn os_user() -> String {
 
 fn now() -> Timestamp {
     Timestamp::now()
-}
-
-/// A duration flag (`6h`, `30m`, `90s`) in seconds.
-fn seconds(flag: &str, s: &str) -> anyhow::Result<u64> {
-    Ok(crate::commands::upgrade::parse_duration(flag, s)?.as_secs())
 }
 
 /// Reads a file the user named; a missing file is bad input.

@@ -1,15 +1,14 @@
 //! `refit fleet profile create|show|list|delete|generate-run`.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use refit_core::fleet::{Channel, NodeImageSelection, Profile, Strategy, target_for};
-use serde::Serialize;
+use refit_core::fleet::{Channel, NodeImageSelection, Profile};
+use refit_fleet::KubeObserver;
 
 use super::args::{ProfileCommand, ProfileCreateArgs};
-use super::observe::observe;
-use super::{now, open, read_file, store_err};
+use super::{fleet_err, now, open, read_file, store_err};
 use crate::commands::load_catalog;
 use crate::output::{Format, print_structured, table, usage};
 
@@ -132,117 +131,23 @@ fn from_args(a: &ProfileCreateArgs) -> anyhow::Result<Profile> {
     Ok(p)
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Generated {
-    run: Option<String>,
-    created: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    message: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    held_back: Vec<refit_core::fleet::HeldBack>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    kubernetes_version: Option<refit_core::Version>,
-}
-
-/// Creates the profile's run for the catalog and fleet as they are now (not started); the
-/// run's name is deterministic, so asking again returns the same run. The outcome is recorded
-/// as the profile's last trigger.
+/// Creates the profile's run for the catalog and fleet as they are now (not started); asking
+/// again returns the same run. The outcome is recorded as the profile's last trigger.
 async fn generate(
     store: &Path,
     name: &str,
     catalog: Option<&Path>,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
-    let mut profile = get(store, name)?;
     let catalog = load_catalog(catalog)?;
-    let members = open(store)?.members()?;
-    let mut versions = BTreeMap::new();
-    let mut unreachable = Vec::new();
-    for m in &members {
-        match observe(m).await {
-            f if f.unavailable.is_some() => {
-                unreachable.push(format!("{}: {}", m.name, f.unavailable.unwrap_or_default()))
-            }
-            f => match f.versions.control_plane {
-                Some(v) => {
-                    versions.insert(m.name.clone(), v);
-                }
-                None => unreachable.push(format!("{}: its control-plane version could not be read", m.name)),
-            },
-        }
-    }
-    let at = now();
     let today = jiff::Zoned::now().date();
-    let outcome: anyhow::Result<Generated> = async {
-        let Some(target) = target_for(&profile, &catalog, &versions, today) else {
-            let why = if profile.disabled {
-                "the profile is disabled".to_string()
-            } else if versions.is_empty() {
-                // Not "nothing to do": nothing could be decided. A failure (exit 1), recorded
-                // as the profile's last trigger, naming every member and why it was unread.
-                return Err(anyhow::anyhow!(
-                    "profile {name}: no run generated: {}",
-                    if members.is_empty() {
-                        "the fleet has no members (refit fleet member add)".to_string()
-                    } else {
-                        format!("no member could be read — {}", unreachable.join("; "))
-                    }
-                ));
-            } else {
-                "nothing to do: every member is at the channel's release (or too far behind for a profile)"
-                    .to_string()
-            };
-            return Ok(Generated {
-                run: None,
-                created: false,
-                message: Some(why),
-                held_back: vec![],
-                kubernetes_version: None,
-            });
-        };
-        let s = open(store)?;
-        if s.fleet_run(&target.run_name)?.is_some() {
-            return Ok(Generated {
-                run: Some(target.run_name),
-                created: false,
-                message: Some("the run exists already (unchanged)".into()),
-                held_back: target.held_back,
-                kubernetes_version: target.spec.kubernetes_version,
-            });
-        }
-        let strategy = match &profile.strategy {
-            Some(n) => s
-                .strategy(n)?
-                .ok_or_else(|| usage(format!("profile {name} names strategy '{n}', which does not exist")))?,
-            None => Strategy::one_by_one(),
-        };
-        drop(s);
-        super::run::create_from(store, &target.run_name, target.spec.clone(), strategy)?;
-        Ok(Generated {
-            run: Some(target.run_name),
-            created: true,
-            message: None,
-            held_back: target.held_back,
-            kubernetes_version: target.spec.kubernetes_version,
-        })
-    }
-    .await;
-    match &outcome {
-        Ok(g) => {
-            profile.last_trigger = Some(refit_core::fleet::Trigger {
-                at,
-                status: refit_core::fleet::TriggerStatus::Succeeded,
-                run: g.run.clone(),
-                kubernetes_version: g.kubernetes_version.clone(),
-                message: g.message.clone(),
-                error: None,
-            })
-        }
-        Err(e) => profile.record_trigger(at, Err(format!("{e:#}")), None),
-    }
-    open(store)?.put_profile(&profile, true)?;
-    let g = outcome?;
+    let g = refit_fleet::runs::generate(store, &Arc::new(KubeObserver), name, &catalog, today, now())
+        .await
+        .map_err(|e| match e {
+        // Nothing could be decided: a failure (exit 1), not bad input.
+        refit_fleet::Error::Undecided(why) => anyhow::anyhow!(why),
+        e => fleet_err(e),
+    })?;
     if !print_structured(format, &g)? {
         match (&g.run, g.created) {
             (Some(r), true) => println!("run {r} created (not started): refit fleet run start {r} --wait"),

@@ -3,17 +3,18 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use refit_core::VersionRequest;
 use refit_core::fleet::{
-    Event, MemberVersions, NodeImageSelection, RunState, SkipTarget, Strategy, UpdateState, UpgradeSpec,
-    UpgradeType, freeze_targets, resolve,
+    Event, NodeImageSelection, RunState, SkipTarget, Strategy, UpdateState, UpgradeSpec, UpgradeType,
 };
+use refit_fleet::KubeObserver;
+use refit_fleet::runs::Started;
 use serde::Serialize;
 
 use super::args::{RunCommand, RunCreateArgs};
-use super::driver::Driver;
-use super::observe::{fleet_members, observe};
-use super::{commit, load_run, now, open, seconds, store_err, who};
+use super::{commit, fleet_err, load_run, now, open, who};
 use crate::commands::load_catalog;
 use crate::output::{Format, print_structured, table, usage};
 
@@ -122,7 +123,7 @@ pub async fn create(a: &RunCreateArgs, store: &Path) -> anyhow::Result<RunState>
     let mut spec = UpgradeSpec::new(upgrade_type, version);
     spec.node_image_selection = a.node_image_selection.parse::<NodeImageSelection>().map_err(usage)?;
     if let Some(b) = &a.pending_budget {
-        spec.pending_budget_seconds = Some(seconds("--pending-budget", b)?);
+        spec.pending_budget_seconds = Some(b.as_secs());
     }
     spec.validate().map_err(|e| usage(e.to_string()))?;
     let s = open(store)?;
@@ -143,12 +144,7 @@ pub fn create_from(
     spec: UpgradeSpec,
     strategy: Strategy,
 ) -> anyhow::Result<RunState> {
-    let mut s = open(store)?;
-    let fleet = fleet_members(&s.members()?);
-    let plan = resolve(&strategy, &fleet).map_err(|e| usage(e.to_string()))?;
-    let run = RunState::new(name, spec, strategy, plan, now()).map_err(|e| usage(e.to_string()))?;
-    s.create_fleet_run(&run).map_err(store_err)?;
-    Ok(run)
+    refit_fleet::runs::create_from(store, name, spec, strategy).map_err(fleet_err)
 }
 
 /// Run names: the fleet pattern, up to 63 characters (profile-generated names are long).
@@ -168,38 +164,13 @@ fn check_run_name(name: &str) -> anyhow::Result<()> {
 }
 
 async fn start(store: &Path, name: &str, wait: bool, format: Format) -> anyhow::Result<ExitCode> {
-    let mut s = open(store)?;
-    let cur = load_run(&s, name)?.state;
-    match cur.status.state {
-        UpdateState::NotStarted => {
-            // The first start freezes the member set (resolved again now) and the targets.
-            let records = s.members()?;
-            let plan = resolve(&cur.strategy, &fleet_members(&records)).map_err(|e| usage(e.to_string()))?;
-            let planned: Vec<&str> = plan.members().collect();
-            let mut versions: Vec<MemberVersions> = Vec::new();
-            if cur.spec.upgrade_type.moves_node_images()
-                && cur.spec.node_image_selection == NodeImageSelection::Consistent
-            {
-                for r in records.iter().filter(|r| planned.contains(&r.name.as_str())) {
-                    versions.push(observe(r).await.versions);
-                }
-            }
-            let targets = freeze_targets(&cur.spec, versions.iter());
-            commit(&mut s, name, &Event::Start { at: now(), targets: Some(targets), plan: Some(plan) })?;
-        }
-        UpdateState::Running | UpdateState::Pending | UpdateState::Stopping if wait => {
-            if format.is_table() {
-                println!(
-                    "run {name} is {}: driving it (finished members are not repeated)",
-                    cur.status.state
-                );
-            }
-        }
-        _ => {
-            commit(&mut s, name, &Event::Start { at: now(), targets: None, plan: None })?;
-        }
+    let started =
+        refit_fleet::runs::start(store, &Arc::new(KubeObserver), name, wait).await.map_err(fleet_err)?;
+    if let Started::AlreadyActive(state) = started
+        && format.is_table()
+    {
+        println!("run {name} is {state}: driving it (finished members are not repeated)");
     }
-    drop(s);
     if wait {
         return drive(store, name, format).await;
     }
@@ -209,8 +180,8 @@ async fn start(store: &Path, name: &str, wait: bool, format: Format) -> anyhow::
 
 /// Drives the run in the foreground; exit 0 when it completed (or had nothing to do).
 async fn drive(store: &Path, name: &str, format: Format) -> anyhow::Result<ExitCode> {
-    let mut d = Driver::new(store, format)?;
-    let end = d.drive(name).await?;
+    let mut d = super::driver::driver(store, format)?;
+    let end = d.drive(name).await.map_err(fleet_err)?;
     drop(d);
     let s = open(store)?;
     let progress = s.member_progress(name)?;

@@ -20,9 +20,6 @@ use crate::output::usage;
 pub struct Input {
     /// What to plan.
     pub plan: PlanInput,
-    /// The release `--to` resolves to in the catalog (None: the catalog does not know it;
-    /// the planner reports that).
-    pub target_release: Option<refit_core::Version>,
     /// The node action (`--action`, else the plan file's).
     pub action: Option<NodeAction>,
     /// How to behave while executing.
@@ -40,27 +37,20 @@ pub struct Input {
 impl Input {
     /// Parses and checks every argument (bad input: exit 2, nothing read from the cluster).
     pub fn parse(args: &UpgradeArgs) -> anyhow::Result<Input> {
-        let drain_timeout = parse_duration("--drain-timeout", &args.drain_timeout)?;
-        let node_timeout = parse_duration("--node-timeout", &args.node_timeout)?;
-        let stop_grace = parse_duration("--stop-grace", &args.stop_grace)?;
+        // Durations and the eviction concurrency were checked by clap (core's ranges).
+        let (drain_timeout, node_timeout, stop_grace) =
+            (args.drain_timeout, args.node_timeout, args.stop_grace);
         let on_undrainable: OnUndrainable = args.on_undrainable.parse().map_err(usage)?;
         let plan_file = read_plan_file(args.plan.file.as_deref())?;
-        let action = resolve_action(args.action.as_deref(), plan_file.action.as_ref())?;
+        let action = resolve_action(args.plan.action.as_deref(), plan_file.action.as_ref())?;
         let request: VersionRequest = parse_to(&args.plan)?;
         let store_path = store_path(args)?;
         let backup_dir = args.backup_dir.clone().unwrap_or_else(|| {
             store_path.parent().map(|p| p.join("backups")).unwrap_or_else(|| PathBuf::from("backups"))
         });
         let backup = backup_spec(args, backup_dir)?;
-        if args.eviction_concurrency == 0 {
-            return Err(usage("--eviction-concurrency must be at least 1"));
-        }
         let not_after = args.not_after.as_deref().map(parse_not_after).transpose()?;
         let catalog = load_catalog(args.plan.catalog.as_deref())?;
-        let target_release = match &request {
-            VersionRequest::Exact(v) => Some(v.release()),
-            VersionRequest::Minor(m) => catalog.newest_patch(*m).cloned(),
-        };
         let plan = plan_input(&args.plan, catalog, request, plan_file)?;
         let behaviour = Behaviour {
             on_undrainable,
@@ -69,38 +59,12 @@ impl Input {
             eviction_concurrency: args.eviction_concurrency,
             drain_rules: plan.drain,
         };
-        Ok(Input { plan, target_release, action, behaviour, backup, not_after, store_path, stop_grace })
+        Ok(Input { plan, action, behaviour, backup, not_after, store_path, stop_grace })
     }
-}
-
-/// `10m`, `300s`, `1h`, `1h30m` (jiff's friendly format, or ISO 8601 `PT10M`), or plain
-/// seconds; at least one second (fleet settings are stored in whole seconds).
-pub fn parse_duration(flag: &str, s: &str) -> anyhow::Result<Duration> {
-    let s = s.trim();
-    let parsed = if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        s.parse::<u64>().ok().map(Duration::from_secs)
-    } else {
-        s.parse::<jiff::SignedDuration>().ok().and_then(|d| Duration::try_from(d).ok())
-    };
-    let Some(d) = parsed else {
-        // Days and weeks are calendar units jiff will not turn into a fixed duration.
-        return Err(usage(if s.starts_with(|c: char| c.is_ascii_digit()) {
-            format!("{flag} '{s}': the unit must be s, m or h")
-        } else {
-            format!("{flag} '{s}': expected a duration like 300s, 10m or 1h")
-        }));
-    };
-    if d.is_zero() {
-        return Err(usage(format!("{flag} must be longer than zero")));
-    }
-    if d < Duration::from_secs(1) {
-        return Err(usage(format!("{flag} '{s}': must be at least 1s")));
-    }
-    Ok(d)
 }
 
 /// The node action from `--action`, else the plan file's.
-pub(super) fn resolve_action(
+pub(crate) fn resolve_action(
     flag: Option<&str>,
     plan_action: Option<&Action>,
 ) -> anyhow::Result<Option<NodeAction>> {
@@ -112,7 +76,7 @@ pub(super) fn resolve_action(
     };
     let Some(flag) = flag else {
         return Ok(match plan_action {
-            Some(Action::Exec { command }) => Some(NodeAction::Exec { command: command.clone() }),
+            Some(Action::Exec { command, .. }) => Some(NodeAction::Exec { command: command.clone() }),
             Some(a @ Action::Ssh { .. }) => Some(NodeAction::Ssh { action: a.clone() }),
             Some(Action::Replace { create, remove, control_plane }) => Some(NodeAction::Replace {
                 create: create.clone(),
@@ -174,7 +138,7 @@ pub(super) fn resolve_action(
             Some(cmd) => {
                 let command: Vec<String> = cmd.split_whitespace().map(str::to_string).collect();
                 let probe = refit_core::planfile::PlanFile {
-                    action: Some(Action::Exec { command: command.clone() }),
+                    action: Some(Action::Exec { command: command.clone(), probe: Vec::new() }),
                     ..Default::default()
                 };
                 probe.validate(&Default::default()).map_err(|e| usage(format!("--action: {e}")))?;
@@ -255,27 +219,6 @@ fn parse_not_after(s: &str) -> anyhow::Result<std::time::SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("--t", "10m").unwrap(), Duration::from_secs(600));
-        assert_eq!(parse_duration("--t", "45").unwrap(), Duration::from_secs(45));
-        assert_eq!(parse_duration("--t", "2h").unwrap(), Duration::from_secs(7200));
-        assert_eq!(parse_duration("--t", "1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("--t", "300s").unwrap(), Duration::from_secs(300));
-        for (bad, why) in [
-            ("", "expected a duration"),
-            ("0s", "longer than zero"),
-            ("0", "longer than zero"),
-            ("ten", "expected a duration"),
-            ("5d", "the unit must be s, m or h"),
-            ("-1m", "expected a duration"),
-            ("500ms", "at least 1s"),
-        ] {
-            let e = parse_duration("--t", bad).unwrap_err().to_string();
-            assert!(e.contains(why), "{bad}: {e}");
-        }
-    }
 
     #[test]
     fn actions_from_the_flag_never_go_through_a_shell() {

@@ -23,7 +23,7 @@ use refit_engine::{Engine, EventSink, NodeAction, RunSpec};
 use refit_kube::Connection;
 use serde::Serialize;
 
-pub use input::parse_duration;
+pub(crate) use input::resolve_action;
 
 use crate::args::UpgradeArgs;
 use crate::commands::plan::{PlanOutput, connect, prepare_error, render, warn_offline};
@@ -88,7 +88,9 @@ async fn upgrade(
         if input.store_path.exists() {
             let j = Arc::new(SqliteJournal::open(&input.store_path)?);
             // A run of this cluster that did not finish: continue it as it was planned.
-            match lifecycle::decide(j.as_ref(), &uid, input.target_release.as_ref(), args.abandon).await? {
+            match lifecycle::decide(j.as_ref(), &uid, &input.plan.request, &input.plan.catalog, args.abandon)
+                .await?
+            {
                 Decision::Fresh => {}
                 Decision::Abandon(prev) => {
                     for node in lifecycle::abandon(conn, j.as_ref(), &prev.id).await? {
@@ -129,6 +131,7 @@ async fn upgrade(
             if format == Format::Table {
                 say(&format!("{m}\n"));
             }
+            nothing_to_do_summary(format, &m)?;
             return Ok(ExitCode::SUCCESS);
         }
         Err(e) => return Err(prepare_error(e)),
@@ -165,6 +168,13 @@ async fn upgrade(
         if format != Format::Table {
             print_structured(format, &out)?;
         }
+        if format == Format::Json {
+            // The typed line a fleet driver reads (the plan above is for people and tools).
+            let blocked = refit_core::event::Event::PlanBlocked {
+                blockers: refit_core::event::Blocker::of(&prepared.plan.findings),
+            };
+            say(&format!("{}\n", serde_json::to_string(&blocked)?));
+        }
         return Ok(ExitCode::from(1));
     }
     let Some(action) = input.action.clone() else {
@@ -173,9 +183,11 @@ async fn upgrade(
         ));
     };
     if sched.stages.is_empty() {
+        let nothing = format!("nothing to upgrade: every planned node is already at {}", sched.target);
         if format == Format::Table {
-            say(&format!("nothing to upgrade: every planned node is already at {}\n", sched.target));
+            say(&format!("{nothing}\n"));
         }
+        nothing_to_do_summary(format, &nothing)?;
         return Ok(ExitCode::SUCCESS);
     }
     if !args.yes && !confirm(&sched)? {
@@ -209,6 +221,22 @@ async fn upgrade(
 }
 
 /// Asks on the terminal; refuses to guess when there is none.
+/// With `-o json`, "nothing to do" still ends with a summary line (no run, completed): a fleet
+/// driver counts a member upgrade without one as failed.
+fn nothing_to_do_summary(format: Format, why: &str) -> anyhow::Result<()> {
+    if format == Format::Json {
+        let summary = refit_core::event::Event::Summary {
+            outcome: refit_core::event::RunSummary {
+                run: None,
+                state: RunState::Completed,
+                reason: Some(why.to_string()),
+            },
+        };
+        say(&format!("{}\n", serde_json::to_string(&summary)?));
+    }
+    Ok(())
+}
+
 fn confirm(s: &Schedule) -> anyhow::Result<bool> {
     if !std::io::stdin().is_terminal() {
         return Err(usage(
@@ -259,7 +287,9 @@ async fn execute(
             }
         }
     });
-    let ctx = refit_engine::real::context(conn.clone(), journal, sink);
+    // The exec action's per-node locks live next to the store (private, like it).
+    let lock_dir = input.store_path.parent().map_or_else(|| "locks".into(), |p| p.join("locks"));
+    let ctx = refit_engine::real::context(conn.clone(), journal, sink, lock_dir);
     let engine = Engine::new(ctx, id, spec, stop_rx, input.not_after);
     let outcome = engine.execute().await;
     watcher.abort();

@@ -130,7 +130,8 @@ impl View {
             Event::Blocked { node, pod, pdb, reason } => {
                 if let Some(b) = st.nodes.get(node) {
                     let why = pdb.as_ref().map(|p| format!("PDB {p}")).unwrap_or_else(|| reason.clone());
-                    b.set_message(format!("drain: blocked by {pod} ({why})"));
+                    let text = format!("drain: blocked by {pod} ({why})");
+                    b.set_message(refit_core::identity::printable(&text, false));
                 }
             }
             Event::StepFailed { node, .. } => {
@@ -241,7 +242,13 @@ fn fmt_secs(d: Duration) -> String {
 }
 
 /// The plain-text line for an event (None for the ones too chatty to print).
+/// What the cluster, a node or an action wrote reaches these lines (reasons, stderr tails):
+/// control characters are taken out before anything is printed (core's `printable`).
 fn line_for(e: &Event) -> Option<String> {
+    raw_line_for(e).map(|l| refit_core::identity::printable(&l, false))
+}
+
+fn raw_line_for(e: &Event) -> Option<String> {
     Some(match e {
         Event::RunStarted { run, target, stages, units, resumed } => format!(
             "{} run {run}: {units} node step(s) in {stages} stage(s) to {target}",
@@ -275,6 +282,8 @@ fn line_for(e: &Event) -> Option<String> {
             reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
         ),
         Event::Evicted { .. } | Event::ActionOutput { .. } | Event::UnitFinished { .. } => return None,
+        // Printed by the command itself, never sent to the view.
+        Event::Summary { .. } | Event::PlanBlocked { .. } => return None,
     })
 }
 

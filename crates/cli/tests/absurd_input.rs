@@ -1,0 +1,207 @@
+//! Absurd numbers through the real binary (issue 18 item 6): each one is refused with one
+//! `error:` line naming the allowed range, exit 2, nothing changed, and no panic — and a value
+//! an older refit stored is not a poison pill for the fleet daemon. No cluster is needed: the
+//! refusals happen before any is contacted (the kubeconfig points at a port nothing serves).
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use serde_json::Value;
+use support::refit;
+
+const DEAD_KUBECONFIG: &str = "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"https://127.0.0.1:9\", insecure-skip-tls-verify: true}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n";
+
+struct Dir {
+    tmp: tempfile::TempDir,
+}
+
+impl Dir {
+    fn new() -> Dir {
+        Dir { tmp: tempfile::tempdir().unwrap() }
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+    fn fleet(&self) -> Command {
+        let mut c = refit();
+        c.arg("fleet").arg("--store").arg(self.path("refit.db"));
+        c
+    }
+    /// `fleet run create r` to 1.37.1 (Full); the test adds the rest.
+    fn run_create(&self) -> Command {
+        let mut c = self.fleet();
+        c.args(["run", "create", "r", "--upgrade-type", "Full", "--kubernetes-version", "1.37.1"]);
+        c
+    }
+}
+
+/// A member as `member add` records it (bound to its cluster's UID); `member add` itself needs a
+/// cluster that answers, which these tests have none of.
+fn add_bound_member(d: &Dir, kubeconfig: &std::path::Path) {
+    let mut s = refit_store::Store::open(&d.path("refit.db")).unwrap();
+    s.add_member(&refit_store::fleet::MemberRecord {
+        name: "m1".into(),
+        kubeconfig: Some(kubeconfig.display().to_string()),
+        context: Some("x".into()),
+        cluster_uid: Some("0d6c1a8e-1f7e-4c5a-9d1e-2f3a4b5c6d7e".into()),
+        ..Default::default()
+    })
+    .unwrap();
+}
+
+/// Runs a command that must be refused as bad input: exit 2, one line, one `error:`, no panic.
+fn refused(c: &mut Command) -> String {
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(out.status.code(), Some(2), "{c:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert_eq!(err.matches("error:").count(), 1, "{err}");
+    err
+}
+
+fn ok(c: &mut Command) -> String {
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{c:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn absurd_upgrade_flags_are_refused_before_anything_runs() {
+    let d = Dir::new();
+    let kubeconfig = d.file("dead.conf", DEAD_KUBECONFIG);
+    let store = d.path("state/refit.db");
+    for (flag, value, says) in [
+        ("--drain-timeout", "5124095576030432h", "at most one year (8760h)"),
+        ("--drain-timeout", "2562047788015215h", "at most one year (8760h)"),
+        ("--node-timeout", "300000000000s", "at most one year (8760h)"),
+        ("--node-timeout", "8761h", "at most one year (8760h)"),
+        ("--drain-timeout", "0s", "longer than zero"),
+        ("--drain-timeout", "3d", "the unit must be s, m or h"),
+        ("--eviction-concurrency", "2305843009213693952", "from 1 to 1000"),
+        ("--eviction-concurrency", "0", "from 1 to 1000"),
+    ] {
+        let err = refused(
+            refit()
+                .args(["upgrade", "--to", "1.37", "--yes", "--kubeconfig"])
+                .arg(&kubeconfig)
+                .arg("--store")
+                .arg(&store)
+                .args([flag, value]),
+        );
+        assert!(err.contains(flag) && err.contains(value) && err.contains(says), "{flag} {value}: {err}");
+    }
+    assert!(!store.exists() && !d.path("state").exists(), "nothing written");
+    // The range is in --help.
+    let help = ok(refit().args(["upgrade", "--help"]));
+    assert!(help.contains("1s to one year"), "{help}");
+    assert!(help.contains("1 to 1000"), "{help}");
+}
+
+#[test]
+fn absurd_fleet_durations_are_refused_and_change_nothing() {
+    let d = Dir::new();
+    let kubeconfig = d.file("dead.conf", DEAD_KUBECONFIG);
+    let err = refused(
+        d.fleet()
+            .args(["member", "add", "m1", "--pending-budget", "300000000000s", "--kubeconfig"])
+            .arg(&kubeconfig),
+    );
+    assert!(err.contains("--pending-budget") && err.contains("at most one year"), "{err}");
+    add_bound_member(&d, &kubeconfig);
+    refused(d.fleet().args(["member", "update", "m1", "--pending-budget", "99999999999999999999h"]));
+    let members: Value = serde_json::from_str(&ok(d.fleet().args(["member", "list", "-o", "json"]))).unwrap();
+    assert!(members[0].get("pendingBudgetSeconds").is_none_or(Value::is_null), "{members:#}");
+
+    let wait = d.file(
+        "wait.yaml",
+        "stages:\n  - name: canary\n    groups: [{name: canary}]\n    afterStageWaitInSeconds: 300000000000\n    afterGates: [{type: Approval}]\n",
+    );
+    let err = refused(d.fleet().args(["strategy", "create", "s", "-f"]).arg(&wait));
+    assert!(err.contains("afterStageWaitInSeconds") && err.contains("at most one year"), "{err}");
+    let err = refused(d.run_create().arg("--stages").arg(&wait));
+    assert!(err.contains("afterStageWaitInSeconds"), "{err}");
+    refused(d.run_create().args(["--pending-budget", "300000000000s"]));
+    let runs: Value = serde_json::from_str(&ok(d.fleet().args(["run", "list", "-o", "json"]))).unwrap();
+    assert_eq!(runs, serde_json::json!([]));
+    let strategies: Value =
+        serde_json::from_str(&ok(d.fleet().args(["strategy", "list", "-o", "json"]))).unwrap();
+    assert_eq!(strategies, serde_json::json!([]));
+
+    // A pre-approval that would expire past the end of time.
+    let ok_wait = d.file(
+        "ok.yaml",
+        "stages:\n  - name: canary\n    groups: [{name: canary}]\n    afterGates: [{type: Approval}]\n",
+    );
+    ok(d.run_create().arg("--stages").arg(&ok_wait));
+    let err =
+        refused(d.fleet().args(["gate", "approve", "r", "canary/after/1", "--expires-in", "300000000000s"]));
+    assert!(err.contains("--expires-in") && err.contains("at most one year"), "{err}");
+    let gates: Value =
+        serde_json::from_str(&ok(d.fleet().args(["gate", "list", "--all", "-o", "json"]))).unwrap();
+    assert!(gates[0].get("approval").is_none_or(Value::is_null), "not approved: {gates:#}");
+}
+
+/// An older refit stored any pending budget; `fleet daemon` then panicked on every start (a
+/// poison pill). Stored values past the cap count as the cap.
+#[test]
+fn a_stored_absurd_pending_budget_does_not_crash_the_daemon() {
+    let d = Dir::new();
+    let kubeconfig = d.file("dead.conf", DEAD_KUBECONFIG);
+    add_bound_member(&d, &kubeconfig);
+    {
+        // What an older refit wrote for `--pending-budget 300000000000s`.
+        let mut s = refit_store::Store::open(&d.path("refit.db")).unwrap();
+        let mut m = s.member("m1").unwrap().unwrap();
+        m.pending_budget_seconds = Some(300_000_000_000);
+        s.update_member(&m).unwrap();
+    }
+    ok(&mut d.run_create());
+    ok(d.fleet().args(["run", "start", "r"]));
+    let mut daemon = std::process::Command::new(assert_cmd::cargo::cargo_bin("refit"))
+        .arg("fleet")
+        .arg("--store")
+        .arg(d.path("refit.db"))
+        .arg("daemon")
+        .stderr(std::fs::File::create(d.path("daemon.err")).unwrap())
+        .stdout(std::fs::File::create(d.path("daemon.out")).unwrap())
+        .spawn()
+        .unwrap();
+    // The member cannot be reached, so it waits Pending under its budget: the budget's deadline
+    // is computed on every tick, which is where the panic was.
+    let pending = wait_for(Duration::from_secs(60), || {
+        let show: Value =
+            serde_json::from_str(&ok(d.fleet().args(["run", "show", "r", "-o", "json"]))).ok()?;
+        let text = show.to_string();
+        text.contains("cannot reach the API server").then_some(text)
+    });
+    let alive = daemon.try_wait().unwrap().is_none();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let err = std::fs::read_to_string(d.path("daemon.err")).unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(alive, "the daemon is still driving the run: {err}");
+    assert!(pending.is_some(), "the member was observed Pending: {err}");
+    let out = std::fs::read_to_string(d.path("daemon.out")).unwrap();
+    assert!(out.contains("member m1 pending"), "{out}");
+    assert!(!out.contains("skipped"), "a one-year budget has not run out: {out}");
+}
+
+fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(t) = f() {
+            return Some(t);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    None
+}

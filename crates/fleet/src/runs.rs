@@ -1,0 +1,202 @@
+//! Creating and starting update runs, and the run a profile generates.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use jiff::civil::Date;
+use refit_core::catalog::Catalog;
+use refit_core::fleet::{
+    Event, HeldBack, MemberVersions, NodeImageSelection, RunState, Strategy, Trigger, TriggerStatus,
+    UpdateState, UpgradeSpec, freeze_targets, resolve, target_for,
+};
+use refit_store::Store;
+use serde::Serialize;
+
+use crate::commit::{commit, load_run};
+use crate::observe::{Observer, fleet_members, observe_all};
+use crate::{Error, now};
+
+/// Writes a new run of `strategy` resolved against the fleet as it is now.
+pub fn create_from(
+    store: &Path,
+    name: &str,
+    spec: UpgradeSpec,
+    strategy: Strategy,
+) -> Result<RunState, Error> {
+    let mut s = Store::open(store)?;
+    let fleet = fleet_members(&s.members()?);
+    let plan = resolve(&strategy, &fleet).map_err(|e| Error::Invalid(e.to_string()))?;
+    let run = RunState::new(name, spec, strategy, plan, now()).map_err(|e| Error::Invalid(e.to_string()))?;
+    s.create_fleet_run(&run)?;
+    Ok(run)
+}
+
+/// What `start` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    /// The first start: members resolved again, targets frozen.
+    First,
+    /// Started again (it was Failed or Stopped).
+    Again,
+    /// It was already Running/Pending/Stopping: nothing recorded (a driver may take it on).
+    AlreadyActive(UpdateState),
+}
+
+/// Starts `name`: the first start freezes the member set (resolved again now) and the targets
+/// (observing the members when node images must be consistent); a Failed or Stopped run starts
+/// again. With `drive`, a run already under way is left as it is (the caller drives it).
+pub async fn start<O: Observer>(
+    store: &Path,
+    observer: &Arc<O>,
+    name: &str,
+    drive: bool,
+) -> Result<Started, Error> {
+    let mut s = Store::open(store)?;
+    let cur = load_run(&s, name)?.state;
+    match cur.status.state {
+        UpdateState::NotStarted => {
+            let records = s.members()?;
+            let plan = resolve(&cur.strategy, &fleet_members(&records))
+                .map_err(|e| Error::Invalid(e.to_string()))?;
+            let planned: Vec<&str> = plan.members().collect();
+            let mut versions: Vec<MemberVersions> = Vec::new();
+            if cur.spec.upgrade_type.moves_node_images()
+                && cur.spec.node_image_selection == NodeImageSelection::Consistent
+            {
+                let chosen: Vec<_> =
+                    records.into_iter().filter(|r| planned.contains(&r.name.as_str())).collect();
+                let facts = observe_all(observer, &chosen, crate::observe::OBSERVE_TIMEOUT).await;
+                versions = facts.into_values().map(|f| f.versions).collect();
+            }
+            let targets = freeze_targets(&cur.spec, versions.iter());
+            commit(&mut s, name, &Event::Start { at: now(), targets: Some(targets), plan: Some(plan) })?;
+            Ok(Started::First)
+        }
+        state @ (UpdateState::Running | UpdateState::Pending | UpdateState::Stopping) if drive => {
+            Ok(Started::AlreadyActive(state))
+        }
+        _ => {
+            commit(&mut s, name, &Event::Start { at: now(), targets: None, plan: None })?;
+            Ok(Started::Again)
+        }
+    }
+}
+
+/// What `profile generate-run` did.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Generated {
+    /// The run (created now or before).
+    pub run: Option<String>,
+    /// Whether it was created now.
+    pub created: bool,
+    /// Why there is no run, or that it existed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Members left out, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub held_back: Vec<HeldBack>,
+    /// The version it moves members to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes_version: Option<refit_core::Version>,
+}
+
+/// Creates the profile's run for `catalog` and the fleet as they are now (not started); the
+/// run's name is deterministic, so asking again returns the same run. The outcome — a run, nothing
+/// to do, or [`Error::Undecided`] when no member could be read — is recorded as the profile's
+/// last trigger.
+pub async fn generate<O: Observer>(
+    store: &Path,
+    observer: &Arc<O>,
+    name: &str,
+    catalog: &Catalog,
+    today: Date,
+    at: Timestamp,
+) -> Result<Generated, Error> {
+    let mut profile = Store::open(store)?.profile(name)?.ok_or_else(|| Error::NoProfile(name.to_string()))?;
+    let members = Store::open(store)?.members()?;
+    let facts = observe_all(observer, &members, crate::observe::OBSERVE_TIMEOUT).await;
+    let mut versions = BTreeMap::new();
+    let mut unreachable = Vec::new();
+    for (member, f) in facts {
+        match (f.unavailable, f.versions.control_plane) {
+            (Some(why), _) => unreachable.push(format!("{member}: {why}")),
+            (None, Some(v)) => {
+                versions.insert(member, v);
+            }
+            (None, None) => {
+                unreachable.push(format!("{member}: its control-plane version could not be read"))
+            }
+        }
+    }
+    let outcome: Result<Generated, Error> = (|| {
+        let Some(target) = target_for(&profile, catalog, &versions, today) else {
+            let why = if profile.disabled {
+                "the profile is disabled".to_string()
+            } else if versions.is_empty() {
+                // Not "nothing to do": nothing could be decided. A failure, recorded as the
+                // profile's last trigger, naming every member and why it was unread.
+                return Err(Error::Undecided(format!(
+                    "profile {name}: no run generated: {}",
+                    if members.is_empty() {
+                        "the fleet has no members (refit fleet member add)".to_string()
+                    } else {
+                        format!("no member could be read — {}", unreachable.join("; "))
+                    }
+                )));
+            } else {
+                "nothing to do: every member is at the channel's release (or too far behind for a profile)"
+                    .to_string()
+            };
+            return Ok(Generated {
+                run: None,
+                created: false,
+                message: Some(why),
+                held_back: vec![],
+                kubernetes_version: None,
+            });
+        };
+        let s = Store::open(store)?;
+        if s.fleet_run(&target.run_name)?.is_some() {
+            return Ok(Generated {
+                run: Some(target.run_name),
+                created: false,
+                message: Some("the run exists already (unchanged)".into()),
+                held_back: target.held_back,
+                kubernetes_version: target.spec.kubernetes_version,
+            });
+        }
+        let strategy = match &profile.strategy {
+            Some(n) => s.strategy(n)?.ok_or_else(|| {
+                Error::NoStrategy(format!("profile {name} names strategy '{n}', which does not exist"))
+            })?,
+            None => Strategy::one_by_one(),
+        };
+        drop(s);
+        create_from(store, &target.run_name, target.spec.clone(), strategy)?;
+        Ok(Generated {
+            run: Some(target.run_name),
+            created: true,
+            message: None,
+            held_back: target.held_back,
+            kubernetes_version: target.spec.kubernetes_version,
+        })
+    })();
+    match &outcome {
+        Ok(g) => {
+            profile.last_trigger = Some(Trigger {
+                at,
+                status: TriggerStatus::Succeeded,
+                run: g.run.clone(),
+                kubernetes_version: g.kubernetes_version.clone(),
+                message: g.message.clone(),
+                error: None,
+            })
+        }
+        Err(e) => profile.record_trigger(at, Err(e.to_string()), None),
+    }
+    Store::open(store)?.put_profile(&profile, true)?;
+    outcome
+}
