@@ -606,7 +606,14 @@ async fn replace_creates_a_new_node_with_the_old_ones_labels_and_taints_and_remo
     let c = Cluster::up(&release(36), 1, 2);
     let client = c.client().await;
     let nodes: Api<Node> = Api::all(client.clone());
-    let custom = json!({"metadata": {"labels": {"team": "payments"}, "annotations": {"owner": "ops@example.com"}},
+    // Custom keys, and keys of the old machine and its agents (Cluster API, Calico, CSI), and a
+    // custom key the new node has already (the testbed's own label).
+    let custom = json!({"metadata": {
+                            "labels": {"team": "payments", "cluster.x-k8s.io/cluster-name": "old",
+                                       "testbed.refit.dev/node": "old-machine"},
+                            "annotations": {"owner": "ops@example.com",
+                                            "projectcalico.org/IPv4Address": "10.9.9.9/24",
+                                            "csi.volume.kubernetes.io/nodeid": "{\"ebs.csi.aws.com\":\"i-0ld\"}"}},
                         "spec": {"taints": [{"key": "dedicated", "value": "payments", "effect": "NoSchedule"}]}});
     nodes.patch("worker-001", &PatchParams::default(), &Patch::Merge(&custom)).await.unwrap();
     let out = c.upgrade(&to).args(["--action", "replace-sandbox"]).output().unwrap();
@@ -635,6 +642,12 @@ async fn replace_creates_a_new_node_with_the_old_ones_labels_and_taints_and_remo
     );
     let taints = new.spec.as_ref().unwrap().taints.clone().unwrap_or_default();
     assert!(taints.iter().any(|t| t.key == "dedicated" && t.effect == "NoSchedule"), "{taints:?}");
+    let (labels, annotations) = (new.metadata.labels.unwrap(), new.metadata.annotations.unwrap());
+    assert!(!labels.contains_key("cluster.x-k8s.io/cluster-name"), "the old machine's key: {labels:?}");
+    assert_eq!(labels["testbed.refit.dev/node"], "true", "a key the new node has is never overwritten");
+    for agent in ["projectcalico.org/IPv4Address", "csi.volume.kubernetes.io/nodeid"] {
+        assert!(!annotations.contains_key(agent), "{agent} is the old node's agent's: {annotations:?}");
+    }
     let cp = nodes.get("control-plane-1").await.unwrap();
     assert_eq!(kubelet(&cp), format!("v{to}"));
 }
@@ -1017,4 +1030,35 @@ async fn nodes_deleted_during_a_run_are_skipped_and_nodes_added_are_reported() {
     for n in c.nodes().await {
         assert!(!unschedulable(&n), "{:?} left cordoned", n.metadata.name);
     }
+}
+
+/// A node that merely has the replacement's name is someone else's: the replace action refuses
+/// to adopt it (issue 18 item 13), changes nothing on the node it would have replaced, and
+/// leaves the other node alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_never_adopts_a_node_that_merely_has_the_replacements_name() {
+    let to = release(37);
+    let c = Cluster::up(&release(36), 1, 1);
+    let v = to.replace('.', "-");
+    let impostor = format!("worker-001-v{v}");
+    let tb = c.testbed();
+    let mut spec = tb.next_worker_specs(1, &to.parse().unwrap());
+    spec[0].name = impostor.clone();
+    tb.add_workers(spec).await.unwrap();
+
+    let out =
+        c.upgrade(&to).args(["--action", "replace-sandbox", "--ignore-safety-checks"]).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("a node named {impostor} already exists and this run did not create it")),
+        "{text}"
+    );
+    let nodes: Api<Node> = Api::all(c.client().await);
+    let old = nodes.get("worker-001").await.unwrap();
+    assert_eq!(kubelet(&old), format!("v{}", release(36)), "not replaced");
+    assert!(!unschedulable(&old), "given back");
+    let other = nodes.get(&impostor).await.unwrap();
+    assert!(other.metadata.labels.as_ref().is_none_or(|l| !l.contains_key("team")));
+    assert!(!unschedulable(&other));
 }

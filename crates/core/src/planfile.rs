@@ -183,6 +183,11 @@ pub enum Action {
         /// identity); an exec command with the exec placeholders.
         #[serde(default, rename = "controlPlane")]
         control_plane: Vec<String>,
+        /// Which of the old node's custom labels and annotations the replacement takes over
+        /// (default: all but the machine's and node agents' own; see
+        /// `run::carried_over`). Keys the new node already has are never overwritten.
+        #[serde(default, rename = "carryOver")]
+        carry_over: crate::run::carried_over::CarryOver,
     },
 }
 
@@ -301,7 +306,8 @@ impl PlanFile {
                         .into(),
                 ))
             }
-            Some(Action::Replace { create, remove, control_plane }) => {
+            Some(Action::Replace { create, remove, control_plane, carry_over }) => {
+                carry_over.check().map_err(PlanFileError::Action)?;
                 let known: Vec<&str> = PLACEHOLDERS.iter().copied().chain(["{new}"]).collect();
                 check_placeholders(create, &known, "replace create command")?;
                 check_placeholders(remove, &known, "replace remove command")?;

@@ -122,39 +122,135 @@ pub fn replacement_name(node: &str, to: &Version) -> String {
     format!("{base}-v{}-{}-{}", to.major, to.minor, to.patch)
 }
 
-/// What a replacement node takes over from the node it replaces (aks-engine's agent flow):
-/// custom labels, annotations and taints, never the ones Kubernetes, the kubelet, kwok or refit
-/// set themselves.
+/// What a replacement node takes over from the node it replaces (issue 18 item 13). By
+/// default every custom label and annotation except the ones that describe the old machine
+/// and the agents running on it (see [`carried_over::NOT_CARRIED_LABELS`] and
+/// [`carried_over::NOT_CARRIED_ANNOTATIONS`]); the plan file can narrow that to an allow-list.
+/// Keys the new node already has are never overwritten (applied by the kube crate).
 pub mod carried_over {
-    /// Whether a label is copied to the replacement.
-    pub fn label(key: &str) -> bool {
-        ![
-            "kubernetes.io/",
-            "beta.kubernetes.io/",
-            "node.kubernetes.io/",
-            "topology.kubernetes.io/",
-            "kwok.x-k8s.io/",
-        ]
-        .iter()
-        .any(|p| key.starts_with(p))
+    use serde::{Deserialize, Serialize};
+
+    /// Label prefixes that belong to the machine, the kubelet or a node agent: Kubernetes'
+    /// own (including topology: a replacement may land in another zone), kwok's, CSI drivers'
+    /// topology keys, Cluster API's machine bookkeeping, and refit's own.
+    pub const NOT_CARRIED_LABELS: &[&str] = &[
+        "kubernetes.io/",
+        "beta.kubernetes.io/",
+        "node.kubernetes.io/",
+        "topology.kubernetes.io/",
+        "node-role.kubernetes.io/",
+        "kwok.x-k8s.io/",
+        "cluster.x-k8s.io/",
+        "topology.ebs.csi.aws.com/",
+        "topology.gke.io/",
+        "topology.disk.csi.azure.com/",
+        "topology.cinder.csi.openstack.org/",
+        "refit.dev/",
+    ];
+
+    /// Annotation prefixes that belong to the machine or a node agent: the CSI node ids, the
+    /// CNI's addresses and tunnel endpoints (Calico, Flannel, Cilium, Weave), Cluster API's
+    /// machine, the kubelet's and kubeadm's own, kwok's, and refit's.
+    pub const NOT_CARRIED_ANNOTATIONS: &[&str] = &[
+        "node.alpha.kubernetes.io/",
+        "volumes.kubernetes.io/",
+        "csi.volume.kubernetes.io/",
+        "kubeadm.alpha.kubernetes.io/",
+        "projectcalico.org/",
+        "flannel.alpha.coreos.com/",
+        "io.cilium.",
+        "network.cilium.io/",
+        "weave.works/",
+        "cluster.x-k8s.io/",
+        "kwok.x-k8s.io/",
+        "refit.dev/",
+    ];
+
+    /// Which custom keys a replacement takes over: `None` lists mean the default (everything
+    /// not in the NOT_CARRIED lists); a list is an allow-list of exact keys or prefixes ending
+    /// in `/` or `*` (still never a NOT_CARRIED key: those describe the old machine).
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct CarryOver {
+        /// Labels to carry over.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub labels: Option<Vec<String>>,
+        /// Annotations to carry over.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub annotations: Option<Vec<String>>,
     }
 
-    /// Whether an annotation is copied to the replacement.
-    pub fn annotation(key: &str) -> bool {
-        ![
-            "node.alpha.kubernetes.io/",
-            "volumes.kubernetes.io/",
-            "kubeadm.alpha.kubernetes.io/cri-socket",
-            "kwok.x-k8s.io/",
-            "refit.dev/",
-        ]
-        .iter()
-        .any(|p| key.starts_with(p))
+    fn matches(pattern: &str, key: &str) -> bool {
+        match pattern.strip_suffix('*') {
+            Some(prefix) => key.starts_with(prefix),
+            None if pattern.ends_with('/') => key.starts_with(pattern),
+            None => key == pattern,
+        }
     }
 
-    /// Whether a taint (by key) is copied: the node lifecycle ones are not.
-    pub fn taint(key: &str) -> bool {
-        !key.starts_with("node.kubernetes.io/")
+    fn allowed(list: &Option<Vec<String>>, denied: &[&str], key: &str) -> bool {
+        !denied.iter().any(|p| key.starts_with(p))
+            && list.as_ref().is_none_or(|l| l.iter().any(|p| matches(p, key)))
+    }
+
+    impl CarryOver {
+        /// Whether a label is copied to the replacement.
+        pub fn label(&self, key: &str) -> bool {
+            allowed(&self.labels, NOT_CARRIED_LABELS, key)
+        }
+
+        /// Whether an annotation is copied to the replacement.
+        pub fn annotation(&self, key: &str) -> bool {
+            allowed(&self.annotations, NOT_CARRIED_ANNOTATIONS, key)
+        }
+
+        /// Whether a taint (by key) is copied: the node lifecycle ones are not.
+        pub fn taint(&self, key: &str) -> bool {
+            !key.starts_with("node.kubernetes.io/")
+        }
+
+        /// A pattern of an allow-list that can never match (a NOT_CARRIED key), with why.
+        pub fn check(&self) -> Result<(), String> {
+            let lists = [
+                (&self.labels, NOT_CARRIED_LABELS, "labels"),
+                (&self.annotations, NOT_CARRIED_ANNOTATIONS, "annotations"),
+            ];
+            for (list, denied, what) in lists {
+                for p in list.iter().flatten() {
+                    if p.trim().is_empty() {
+                        return Err(format!("carryOver.{what}: an empty pattern"));
+                    }
+                    if let Some(d) = denied.iter().find(|d| p.starts_with(**d)) {
+                        return Err(format!(
+                            "carryOver.{what}: '{p}' is under {d}, which describes the old machine and is never carried over"
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// What to do when the replacement's name is already taken.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Adoption {
+        /// No such node: create it.
+        Create,
+        /// It exists and this unit's step began in an earlier attempt (a run killed after the
+        /// create command): it is ours, go on with it.
+        Adopt,
+        /// It exists and this run never began creating it: someone else's node that merely has
+        /// the name; refit does not take it over.
+        Refuse,
+    }
+
+    /// The rule for an existing node with the replacement's name.
+    pub fn adoption(exists: bool, begun_before: bool) -> Adoption {
+        match (exists, begun_before) {
+            (false, _) => Adoption::Create,
+            (true, true) => Adoption::Adopt,
+            (true, false) => Adoption::Refuse,
+        }
     }
 }
 
@@ -699,18 +795,51 @@ mod tests {
 
     #[test]
     fn a_replacement_takes_over_custom_metadata_only() {
-        assert!(carried_over::label("team") && carried_over::label("example.com/pool"));
-        assert!(
-            !carried_over::label("kubernetes.io/hostname")
-                && !carried_over::label("topology.kubernetes.io/zone")
-        );
-        assert!(!carried_over::label("node.kubernetes.io/instance-type"));
-        assert!(carried_over::annotation("example.com/owner"));
-        assert!(
-            !carried_over::annotation("refit.dev/cordoned-by")
-                && !carried_over::annotation("volumes.kubernetes.io/controller-managed-attach-detach")
-        );
-        assert!(carried_over::taint("dedicated") && !carried_over::taint("node.kubernetes.io/unreachable"));
+        use carried_over::{Adoption, CarryOver, adoption};
+        let d = CarryOver::default();
+        assert!(d.label("team") && d.label("example.com/pool"));
+        for machine in [
+            "kubernetes.io/hostname",
+            "topology.kubernetes.io/zone",
+            "node.kubernetes.io/instance-type",
+            "cluster.x-k8s.io/cluster-name",
+            "topology.ebs.csi.aws.com/zone",
+        ] {
+            assert!(!d.label(machine), "{machine}");
+        }
+        assert!(d.annotation("example.com/owner"));
+        for agent in [
+            "refit.dev/cordoned-by",
+            "volumes.kubernetes.io/controller-managed-attach-detach",
+            "csi.volume.kubernetes.io/nodeid",
+            "projectcalico.org/IPv4Address",
+            "flannel.alpha.coreos.com/public-ip",
+            "io.cilium.network.ipv4-pod-cidr",
+            "cluster.x-k8s.io/machine",
+            "kubeadm.alpha.kubernetes.io/cri-socket",
+        ] {
+            assert!(!d.annotation(agent), "{agent}");
+        }
+        assert!(d.taint("dedicated") && !d.taint("node.kubernetes.io/unreachable"));
+
+        // An allow-list: exact keys and prefixes; never a machine key, even when listed.
+        let only = CarryOver {
+            labels: Some(vec!["team".into(), "example.com/".into(), "pool-*".into()]),
+            annotations: Some(vec![]),
+        };
+        assert!(only.label("team") && only.label("example.com/tier") && only.label("pool-a"));
+        assert!(!only.label("teams") && !only.label("other.io/x") && !only.label("kubernetes.io/os"));
+        assert!(!only.annotation("example.com/owner"), "an empty list carries no annotation");
+        assert!(only.check().is_ok());
+        let bad = CarryOver { labels: Some(vec!["topology.kubernetes.io/zone".into()]), annotations: None };
+        assert!(bad.check().unwrap_err().contains("never carried over"));
+        assert!(CarryOver { labels: Some(vec![" ".into()]), annotations: None }.check().is_err());
+
+        // A node that merely has the replacement's name is not adopted.
+        assert_eq!(adoption(false, false), Adoption::Create);
+        assert_eq!(adoption(false, true), Adoption::Create);
+        assert_eq!(adoption(true, true), Adoption::Adopt);
+        assert_eq!(adoption(true, false), Adoption::Refuse);
     }
 
     #[test]

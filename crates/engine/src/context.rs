@@ -78,10 +78,11 @@ pub trait Cluster: Send + Sync {
         node: &'a str,
         version: &'a Version,
     ) -> BoxFuture<'a, Result<Vec<String>, refit_kube::Error>>;
-    /// The labels, annotations and taints a replacement takes over.
+    /// The labels, annotations and taints a replacement takes over (`carry` says which).
     fn custom_metadata<'a>(
         &'a self,
         node: &'a str,
+        carry: &'a refit_core::run::carried_over::CarryOver,
     ) -> BoxFuture<'a, Result<CustomMetadata, refit_kube::Error>>;
     /// Puts them on the replacement.
     fn apply_custom_metadata<'a>(

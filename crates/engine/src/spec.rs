@@ -35,6 +35,9 @@ pub enum NodeAction {
         remove: Vec<String>,
         /// Upgrades etcd and control-plane members in place (an exec command).
         control_plane: Vec<String>,
+        /// Which custom labels and annotations the replacement takes over.
+        #[serde(default)]
+        carry_over: refit_core::run::carried_over::CarryOver,
     },
 }
 

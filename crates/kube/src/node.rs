@@ -148,31 +148,31 @@ pub struct CustomMetadata {
     pub taints: Vec<serde_json::Value>,
 }
 
-/// Reads a node's custom metadata.
-pub async fn custom_metadata(conn: &Connection, node: &str) -> Result<CustomMetadata, Error> {
+/// Reads the custom metadata of `node` that `carry` lets a replacement take over.
+pub async fn custom_metadata(
+    conn: &Connection,
+    node: &str,
+    carry: &carried_over::CarryOver,
+) -> Result<CustomMetadata, Error> {
     let api: Api<Node> = Api::all(conn.client.clone());
     let n = api.get(node).await.map_err(|e| api_err(format!("reading node {node}"), e))?;
-    let labels =
-        n.metadata.labels.unwrap_or_default().into_iter().filter(|(k, _)| carried_over::label(k)).collect();
-    let annotations = n
-        .metadata
-        .annotations
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(k, _)| carried_over::annotation(k))
-        .collect();
+    let labels = n.metadata.labels.unwrap_or_default().into_iter().filter(|(k, _)| carry.label(k)).collect();
+    let annotations =
+        n.metadata.annotations.unwrap_or_default().into_iter().filter(|(k, _)| carry.annotation(k)).collect();
     let taints = n
         .spec
         .and_then(|s| s.taints)
         .unwrap_or_default()
         .into_iter()
-        .filter(|t| carried_over::taint(&t.key))
+        .filter(|t| carry.taint(&t.key))
         .filter_map(|t| serde_json::to_value(t).ok())
         .collect();
     Ok(CustomMetadata { labels, annotations, taints })
 }
 
-/// Puts custom metadata on a node (merging labels and annotations, adding missing taints).
+/// Puts custom metadata on a node: labels and annotations it does not have yet (a key the new
+/// node already has — its own zone, its agent's address — is never overwritten), and taints
+/// it lacks.
 pub async fn apply_custom_metadata(
     conn: &Connection,
     node: &str,
@@ -180,6 +180,14 @@ pub async fn apply_custom_metadata(
 ) -> Result<(), Error> {
     let api: Api<Node> = Api::all(conn.client.clone());
     let n = api.get(node).await.map_err(|e| api_err(format!("reading node {node}"), e))?;
+    let missing = |have: Option<&BTreeMap<String, String>>, want: &BTreeMap<String, String>| {
+        want.iter()
+            .filter(|(k, _)| !have.is_some_and(|h| h.contains_key(*k)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<BTreeMap<String, String>>()
+    };
+    let labels = missing(n.metadata.labels.as_ref(), &meta.labels);
+    let annotations = missing(n.metadata.annotations.as_ref(), &meta.annotations);
     let mut taints: Vec<serde_json::Value> = n
         .spec
         .and_then(|s| s.taints)
@@ -194,7 +202,7 @@ pub async fn apply_custom_metadata(
         }
     }
     let patch = json!({
-        "metadata": {"labels": meta.labels, "annotations": meta.annotations},
+        "metadata": {"labels": labels, "annotations": annotations},
         "spec": {"taints": taints},
     });
     api.patch(node, &PatchParams::default(), &Patch::Merge(&patch))

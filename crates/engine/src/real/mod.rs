@@ -114,8 +114,9 @@ impl Cluster for KubeCluster {
     fn custom_metadata<'a>(
         &'a self,
         node: &'a str,
+        carry: &'a refit_core::run::carried_over::CarryOver,
     ) -> BoxFuture<'a, Result<CustomMetadata, refit_kube::Error>> {
-        refit_kube::node::custom_metadata(&self.0, node).boxed()
+        refit_kube::node::custom_metadata(&self.0, node, carry).boxed()
     }
 
     fn apply_custom_metadata<'a>(

@@ -90,7 +90,7 @@ impl Engine {
                     }
                 }
                 Step::Drain => self.drain(u).await,
-                Step::Upgrade => self.upgrade(u).await,
+                Step::Upgrade => self.upgrade(u, journal.contains_key(&key)).await,
                 Step::Validate => self.validate(u).await,
                 Step::Uncordon => self.uncordon(u).await,
                 Step::Remove => self.remove(u).await,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use refit_core::event::{Event, FailureKind};
 use refit_core::lock::{ForeignCordon, foreign_cordon};
 use refit_core::plan::{Role, Step};
+use refit_core::run::carried_over::{self, Adoption};
 use refit_core::run::{OnUndrainable, RunState, UnitWork, phase_name};
 use refit_kube::cordon::{CordonOutcome, UncordonOutcome};
 use refit_kube::drain::{DrainConfig, DrainEvent, DrainReport};
@@ -129,7 +130,8 @@ impl Engine {
         }
     }
 
-    pub(super) async fn upgrade(&self, u: &UnitWork) -> StepEnd {
+    /// `begun_before`: the journal showed this step begun in an earlier attempt.
+    pub(super) async fn upgrade(&self, u: &UnitWork, begun_before: bool) -> StepEnd {
         let ctx = self.context(u, &u.node);
         let node = u.node.clone();
         let on_line = |l: &str| self.emit(Event::ActionOutput { node: node.clone(), line: l.to_string() });
@@ -145,8 +147,8 @@ impl Engine {
                 }
                 NodeAction::Exec { command: control_plane.clone() }
             }
-            NodeAction::Replace { create, .. } => {
-                return self.create_replacement(u, &ctx, create, &on_line).await;
+            NodeAction::Replace { create, carry_over, .. } => {
+                return self.create_replacement(u, &ctx, create, carry_over, begun_before, &on_line).await;
             }
             other => other.clone(),
         };
@@ -158,17 +160,21 @@ impl Engine {
         }
     }
 
-    /// Replace style: creates the replacement (unless a run killed earlier already did) and
-    /// gives it the old node's custom labels, annotations and taints.
+    /// Replace style: creates the replacement (unless a run killed earlier already did: the
+    /// step began in an earlier attempt, `begun_before`) and gives it the old node's custom
+    /// labels, annotations and taints that `carry` allows. A node that merely has the
+    /// replacement's name is someone else's: refused, never adopted.
     async fn create_replacement(
         &self,
         u: &UnitWork,
         ctx: &refit_exec::NodeContext,
         create: &[String],
+        carry: &refit_core::run::carried_over::CarryOver,
+        begun_before: bool,
         on_line: crate::context::OnLine<'_>,
     ) -> StepEnd {
         let new = u.replacement();
-        let meta = match self.ctx.cluster.custom_metadata(&u.node).await {
+        let meta = match self.ctx.cluster.custom_metadata(&u.node, carry).await {
             Ok(m) => m,
             Err(e) => {
                 return StepEnd::fail(
@@ -182,16 +188,32 @@ impl Engine {
         vars.push(("new", new.clone()));
         let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let argv = refit_exec::command::substitute(create, &vars);
-        let exists = self.ctx.cluster.node(&new).await.map(|s| s.exists).unwrap_or(false);
-        if !exists
-            && let Err(e) =
-                self.ctx.actions.command(&argv, &ctx.env(), self.spec.node_timeout(), on_line).await
-        {
-            return StepEnd::fail(
-                FailureKind::Action,
-                format!("creating replacement {new}: {}", e.message),
-                false,
-            );
+        let exists = match self.ctx.cluster.node(&new).await {
+            Ok(s) => s.exists,
+            Err(e) => return StepEnd::fail(FailureKind::Observe, format!("reading node {new}: {e}"), false),
+        };
+        match carried_over::adoption(exists, begun_before) {
+            Adoption::Adopt => {}
+            Adoption::Refuse => {
+                return StepEnd::fail(
+                    FailureKind::ActionConfig,
+                    format!(
+                        "a node named {new} already exists and this run did not create it: refit does not adopt it; delete or rename it, then rerun"
+                    ),
+                    true,
+                );
+            }
+            Adoption::Create => {
+                if let Err(e) =
+                    self.ctx.actions.command(&argv, &ctx.env(), self.spec.node_timeout(), on_line).await
+                {
+                    return StepEnd::fail(
+                        FailureKind::Action,
+                        format!("creating replacement {new}: {}", e.message),
+                        false,
+                    );
+                }
+            }
         }
         if let Err(e) = self.ctx.cluster.apply_custom_metadata(&new, &meta).await {
             return StepEnd::fail(FailureKind::Action, format!("copying metadata to {new}: {e}"), false);

@@ -254,6 +254,7 @@ impl Cluster for FakeCluster {
     fn custom_metadata<'a>(
         &'a self,
         _node: &'a str,
+        _carry: &'a refit_core::run::carried_over::CarryOver,
     ) -> BoxFuture<'a, Result<CustomMetadata, refit_kube::Error>> {
         async move { Ok(CustomMetadata::default()) }.boxed()
     }

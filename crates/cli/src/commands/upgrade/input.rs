@@ -78,11 +78,14 @@ pub(crate) fn resolve_action(
         return Ok(match plan_action {
             Some(Action::Exec { command, .. }) => Some(NodeAction::Exec { command: command.clone() }),
             Some(a @ Action::Ssh { .. }) => Some(NodeAction::Ssh { action: a.clone() }),
-            Some(Action::Replace { create, remove, control_plane }) => Some(NodeAction::Replace {
-                create: create.clone(),
-                remove: remove.clone(),
-                control_plane: control_plane.clone(),
-            }),
+            Some(Action::Replace { create, remove, control_plane, carry_over }) => {
+                Some(NodeAction::Replace {
+                    create: create.clone(),
+                    remove: remove.clone(),
+                    control_plane: control_plane.clone(),
+                    carry_over: carry_over.clone(),
+                })
+            }
             None => None,
         });
     };
@@ -123,6 +126,11 @@ pub(crate) fn resolve_action(
                     "--to",
                     "{to}",
                 ]),
+                // The plan file still says what the replacement takes over.
+                carry_over: match plan_action {
+                    Some(Action::Replace { carry_over, .. }) => carry_over.clone(),
+                    _ => Default::default(),
+                },
             }
         }
         "ssh" => match plan_action {
