@@ -10,6 +10,7 @@
 // Test arithmetic overflowing is a failed test, which is the right outcome.
 #![cfg_attr(test, allow(clippy::arithmetic_side_effects))]
 
+pub mod accept;
 pub mod addons;
 pub mod catalog;
 pub mod checks;

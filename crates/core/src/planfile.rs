@@ -11,6 +11,7 @@
 //!     roles: [worker]
 //! ingressLabels: [node-role.kubernetes.io/ingress]
 //! storageLabels: [storage=ceph]
+//! accept: [single-replica=deployment/shop/web]   # blockers accepted one by one
 //! action:                     # how each node is upgraded (the upgrade engine runs it)
 //!   type: exec
 //!   command: [refit, sandbox, upgrade-node, "{node}", --to, "{to}"]
@@ -115,6 +116,11 @@ pub struct PlanFile {
     /// How each node is upgraded.
     #[serde(default)]
     pub action: Option<Action>,
+    /// Blockers accepted one by one (`CHECK` or `CHECK=SUBJECT`, as `--accept` takes them):
+    /// kept with the cluster's other facts, so every run of this plan file takes on the same
+    /// risks and no others.
+    #[serde(default)]
+    pub accept: Vec<crate::accept::AcceptRule>,
 }
 
 /// The node upgrade action. Placeholders (`{node}`, `{role}`, `{from}`, `{to}`, `{phase}`,
@@ -248,7 +254,11 @@ impl PlanFile {
     pub fn from_yaml(text: &str) -> Result<PlanFile, PlanFileError> {
         const COMMAND: &str = "a list of program and arguments, e.g. [./up.sh, \"{node}\"]";
         const HINTS: &crate::yaml::Hints = &[
-            ("", "a mapping of etcd, nodes, ingressLabels, storageLabels, action (refit formats plan)"),
+            (
+                "",
+                "a mapping of etcd, nodes, ingressLabels, storageLabels, action, accept (refit formats plan)",
+            ),
+            ("accept", "a list of CHECK or CHECK=SUBJECT, e.g. [single-replica=deployment/shop/web]"),
             ("etcd", "a list of {name, address}"),
             ("nodes", "a mapping of node name to {address, roles}"),
             ("nodes.roles", "a list of etcd, control-plane, worker"),
@@ -464,6 +474,17 @@ mod tests {
             assert!(err.contains(expected), "{bad}: {err}");
         }
         assert!(PlanFile::from_yaml("action: {type: teleport}").is_err());
+    }
+
+    #[test]
+    fn accepted_blockers_parse_and_unknown_checks_are_refused_with_the_field() {
+        let f = PlanFile::from_yaml("accept: [worker-count, local-data=pod/shop/cache]").unwrap();
+        let rules: Vec<String> = f.accept.iter().map(|r| r.to_string()).collect();
+        assert_eq!(rules, ["worker-count", "local-data=pod/shop/cache"]);
+        for bad in ["accept: [capacity]", "accept: [local-data=]", "accept: local-data"] {
+            let e = PlanFile::from_yaml(bad).unwrap_err().to_string();
+            assert!(e.contains("accept") && !e.contains('\n'), "{bad}: {e}");
+        }
     }
 
     #[test]

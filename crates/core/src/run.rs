@@ -728,6 +728,7 @@ mod tests {
             max_unavailable: batch.to_string(),
             phases,
             findings: vec![],
+            accepted: vec![],
             excluded: vec![],
             blocked: false,
         }
