@@ -31,6 +31,7 @@ pub mod planfile;
 pub mod preflight;
 pub mod quantity;
 pub mod reach;
+pub mod readiness;
 pub mod removed;
 pub mod run;
 pub mod skew;
