@@ -181,6 +181,7 @@ impl Sshd {
             connect_timeout: Duration::from_secs(20),
             control_dir: Some(self.dir.path().to_path_buf()),
             action_root: Some(self.path("actions").display().to_string()),
+            expected: Default::default(),
         }
     }
 
@@ -598,4 +599,54 @@ async fn the_readiness_probe_names_a_nearly_full_filesystem_and_a_missing_packag
     let why = probe_readiness(&dead, &node, &paths, &[], LONG).await.unwrap_err();
     let f = findings("node-a", Err(&why), &req);
     assert_eq!(f[0].check, "node-readiness-unknown");
+}
+
+/// The ssh action checks it reached the host the plan recorded before running anything: the
+/// identity the readiness probe read passes, another one is refused with nothing run — for the
+/// plain and the detached recipe alike.
+#[tokio::test]
+async fn a_host_that_is_not_the_recorded_one_runs_nothing() {
+    use refit_core::identity::HostIdentity;
+    let sshd = Sshd::start();
+    let mut opts = sshd.options(sshd.known_hosts("host_key.pub"));
+    let node = ctx("node-a", &["worker"], false);
+    let seen = refit_exec::probe::probe_readiness(&opts, &node, &["/"], &[], LONG).await.unwrap();
+    let recorded = HostIdentity { hostname: seen.hostname.clone(), machine_id: seen.machine_id.clone() };
+    opts.expected.insert("node-a".into(), recorded.clone());
+    run_ssh(&[cmd("record", &["same-host"])], &node, &opts, LONG, &|_| {}).await.unwrap();
+    assert_eq!(sshd.calls(), "record <same-host>\n");
+
+    let elsewhere = HostIdentity { hostname: "node-b".into(), machine_id: Some("0000feed".into()) };
+    opts.expected.insert("node-a".into(), elsewhere);
+    let e = run_ssh(&[cmd("record", &["wrong-host"])], &node, &opts, LONG, &|_| {}).await.unwrap_err();
+    assert!(matches!(e, Error::WrongHost { .. }), "{e:?}");
+    let text = e.to_string();
+    assert!(text.contains("node node-a") && text.contains("nothing was run"), "{text}");
+    let e = run_ssh_detached(&[cmd("record", &["wrong-host"])], &node, &scope("r1"), &opts, LONG, &|_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::WrongHost { .. }), "{e:?}");
+    assert_eq!(sshd.calls(), "record <same-host>\n", "nothing ran on the wrong host");
+    // Another node's recorded identity does not concern this one.
+    opts.expected = [("node-b".to_string(), recorded)].into();
+    run_ssh(&[cmd("record", &["unlisted"])], &node, &opts, LONG, &|_| {}).await.unwrap();
+}
+
+/// Control characters a node writes to stderr never reach an error message.
+#[tokio::test]
+async fn a_nodes_escape_sequences_are_stripped_from_error_tails() {
+    let sshd = Sshd::start();
+    let opts = sshd.options(sshd.known_hosts("host_key.pub"));
+    let e = run_ssh(
+        &[cmd("sh", &["-c", "printf 'bad \\033]0;pwned\\007\\033[2J thing\\n' >&2; exit 4"])],
+        &ctx("node-a", &["worker"], false),
+        &opts,
+        LONG,
+        &|_| {},
+    )
+    .await
+    .unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("bad ?]0;pwned??[2J thing"), "{text:?}");
+    assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
 }
