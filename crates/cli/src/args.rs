@@ -477,6 +477,17 @@ pub struct PlanArgs {
     /// Leave out workers that fail their checks (only when every etcd and control-plane node passes).
     #[arg(long)]
     pub partial_ok: bool,
+    /// Accept one blocker of Kismatic's table (unmanaged-pod, single-replica,
+    /// daemonset-single-node, local-data, etcd-members, control-plane-count, worker-count,
+    /// ingress-node, storage-node): CHECK for all its findings, CHECK=SUBJECT (as the plan
+    /// prints it, e.g. single-replica=deployment/shop/web) for one. Repeatable; also `accept:`
+    /// in the plan file. Accepted findings are listed apart and recorded with the run.
+    #[arg(long, value_name = "CHECK[=SUBJECT]", value_parser = accept_rule)]
+    pub accept: Vec<refit_core::accept::AcceptRule>,
+    /// Version rule: default (the next minor from any patch) or strict (the next minor only
+    /// from the newest patch of the current one, as Kismatic requires).
+    #[arg(long, default_value = "default", value_parser = policy)]
+    pub policy: refit_core::path::Policy,
     /// Bypass version-support checks and include nodes already at the target.
     #[arg(long)]
     pub force: bool,
@@ -507,6 +518,16 @@ pub struct PlanArgs {
     /// A release catalog to use instead of the built-in one.
     #[arg(long, env = "REFIT_CATALOG")]
     pub catalog: Option<PathBuf>,
+}
+
+/// clap value parser for `--accept`: core's rule grammar (unknown checks refused, exit 2).
+fn accept_rule(s: &str) -> Result<refit_core::accept::AcceptRule, String> {
+    s.parse().map_err(|e: refit_core::accept::AcceptError| e.to_string())
+}
+
+/// clap value parser for `--policy`.
+fn policy(s: &str) -> Result<refit_core::path::Policy, String> {
+    s.parse()
 }
 
 /// clap value parser for every duration flag: core's grammar and range (1s to one year), so a

@@ -190,6 +190,49 @@ pub struct Accepted {
     pub origin: Origin,
 }
 
+/// An accepted blocker as a run records it (its spec in the journal): plain values, so a
+/// stored run reads back whatever checks a later refit knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The check's name.
+    pub check: String,
+    /// What it concerned.
+    pub subject: String,
+    /// The node, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The rule that accepted it (`CHECK` or `CHECK=SUBJECT`).
+    pub rule: String,
+    /// Where the rule came from.
+    pub origin: Origin,
+    /// The finding's message: the risk taken on.
+    pub message: String,
+}
+
+impl From<&Accepted> for Record {
+    fn from(a: &Accepted) -> Record {
+        Record {
+            check: a.finding.check.to_string(),
+            subject: a.finding.subject.clone(),
+            node: a.finding.node.clone(),
+            rule: a.rule.to_string(),
+            origin: a.origin,
+            message: a.finding.message.clone(),
+        }
+    }
+}
+
+impl fmt::Display for Record {
+    /// One line for the run's events: `accepted (--accept single-replica=deployment/a/b): ...`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "accepted ({} {}): {} {}: {}",
+            self.origin, self.rule, self.check, self.subject, self.message
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

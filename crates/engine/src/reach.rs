@@ -72,6 +72,7 @@ pub async fn probe(
     path: UpgradePath,
     draft: &PlanOptions,
     force: bool,
+    policy: Policy,
     today: jiff::civil::Date,
 ) -> Result<Reached, PrepareError> {
     let unprobed = |path, not_run: Vec<String>| Reached { path, findings: Vec::new(), not_run, report: None };
@@ -133,7 +134,7 @@ pub async fn probe(
     let mut report = probe_nodes(probe, without_plan(requests(&path)), PROBE_TIMEOUT).await;
     let narrowed =
         reach::narrow(catalog, path.from.minor_version(), reach::kept_minor(request), &report.observed);
-    let resolved = upgrade_path(&narrowed, &path.from, request, Policy::Default, force, today)
+    let resolved = upgrade_path(&narrowed, &path.from, request, policy, force, today)
         .map_err(|e| PrepareError::Input(e.to_string()))?;
     let asked = requests(&resolved);
     match probe {

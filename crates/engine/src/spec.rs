@@ -108,6 +108,10 @@ pub struct RunSpec {
     pub cluster_services: Option<AddonTargets>,
     /// Evictions in flight per node.
     pub eviction_concurrency: usize,
+    /// Blockers the operator accepted one by one for this run (`--accept`, the plan file's
+    /// `accept:`): recorded with it, and announced when it starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accepted: Vec<refit_core::accept::Record>,
 }
 
 impl RunSpec {

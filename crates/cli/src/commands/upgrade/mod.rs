@@ -210,6 +210,7 @@ async fn upgrade(
         addresses: prepared.addresses.clone(),
         backup: input.backup.clone(),
         eviction_concurrency: b.eviction_concurrency,
+        accepted: prepared.plan.accepted.iter().map(refit_core::accept::Record::from).collect(),
     };
     let journal = match journal {
         Some(j) => j,
