@@ -74,6 +74,10 @@ impl Cluster {
         cmd.env("REFIT_SANDBOX_DIR", &self.dir)
             .args(["upgrade", "--to", to, "--yes", "--kubeconfig"])
             .arg(tb.kubeconfig())
+            // The sandbox's topology (one etcd member, one or three control planes, few
+            // workers) is what these tests run on, not what they test: Kismatic's
+            // availability rows for it are accepted, as its operator would.
+            .args(SANDBOX_ACCEPTS)
             .arg("--store")
             .arg(store)
             .args(["--etcd-endpoint", &url, "--etcd-cacert"])
@@ -91,6 +95,10 @@ impl Cluster {
         Api::<Node>::all(self.client().await).list(&ListParams::default()).await.unwrap().items
     }
 }
+
+/// `--accept` for the availability blockers a small sandbox has by construction.
+const SANDBOX_ACCEPTS: &[&str] =
+    &["--accept", "etcd-members", "--accept", "control-plane-count", "--accept", "worker-count"];
 
 /// Deployments spread over the workers, each covered by a PDB: `(app, replicas, budget, least
 /// healthy allowed)`.

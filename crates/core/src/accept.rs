@@ -182,7 +182,8 @@ impl Acceptances {
 /// A blocker the operator accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Accepted {
-    /// The finding, as the check reported it.
+    /// The finding, as the check reported it (its fields beside `rule` and `origin` in JSON).
+    #[serde(flatten)]
     pub finding: Finding,
     /// The rule that accepted it.
     pub rule: AcceptRule,
