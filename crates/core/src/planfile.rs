@@ -42,6 +42,12 @@ pub enum PlanFileError {
         "external etcd member '{0}' has the name of a cluster node; list it under nodes with roles [etcd] instead"
     )]
     EtcdIsNode(String),
+    /// External etcd hosts with an action that cannot upgrade them (the ssh kubeadm recipe has
+    /// nothing to run on a host that is not a kubeadm node: it would report it upgraded).
+    #[error(
+        "external etcd member '{0}' cannot be upgraded by the ssh action's kubeadm recipe (it only upgrades kubeadm nodes); use an exec action that upgrades it, or upgrade etcd yourself and remove it from the plan file's etcd list"
+    )]
+    EtcdWithoutAction(String),
     /// An address that is neither an IP nor a DNS name (it reaches node actions and ssh).
     #[error("the plan file's address for '{name}': {source}; write an IP address or a host name")]
     Address {
@@ -175,6 +181,11 @@ pub enum Action {
         /// `--ignore-preflight-errors` (check names as kubeadm prints them, e.g. `ImagePull`).
         #[serde(default)]
         ignore_preflight_errors: Vec<String>,
+        /// The nodes already hold kubeadm/kubelet/kubectl at the target (Kismatic's "package
+        /// installation disabled"): the readiness probe then checks each node has them at the
+        /// target version before anything changes.
+        #[serde(default)]
+        packages_preinstalled: bool,
     },
     /// Create a replacement node (custom labels, annotations and taints copied to it), then
     /// drain and remove the old one. Placeholders: the exec ones plus `{new}` (the
@@ -332,6 +343,15 @@ impl PlanFile {
         }
     }
 
+    /// Refuses external etcd hosts when `action` (the one the run will use: `--action`, else
+    /// the file's) is the ssh kubeadm recipe, which has nothing to run there.
+    pub fn check_external_etcd(&self, action: Option<&Action>) -> Result<(), PlanFileError> {
+        match (self.etcd.first(), action) {
+            (Some(e), Some(Action::Ssh { .. })) => Err(PlanFileError::EtcdWithoutAction(e.name.clone())),
+            _ => Ok(()),
+        }
+    }
+
     /// How to reach each node and external etcd host: the plan file's address, else the
     /// node's own (its InternalIP), from `nodes` as (name, address).
     pub fn addresses<'a>(
@@ -423,10 +443,11 @@ mod tests {
                 sudo: true,
                 package_manager: PackageManager::Apt,
                 ignore_preflight_errors: Vec::new(),
+                packages_preinstalled: false,
             })
         );
         let full = PlanFile::from_yaml(
-            "action: {type: ssh, user: ops, port: 2222, identityFile: /k/id, configFile: /k/cfg, knownHostsFile: /k/kh, hostKeyCheck: accept-new, sudo: false, packageManager: dnf}",
+            "action: {type: ssh, user: ops, port: 2222, identityFile: /k/id, configFile: /k/cfg, knownHostsFile: /k/kh, hostKeyCheck: accept-new, sudo: false, packageManager: dnf, packagesPreinstalled: true}",
         )
         .unwrap();
         full.validate(&nodes).unwrap();
@@ -437,6 +458,7 @@ mod tests {
                 host_key_check: HostKeyCheck::AcceptNew,
                 sudo: false,
                 package_manager: PackageManager::Dnf,
+                packages_preinstalled: true,
                 ..
             })
         ));
@@ -485,6 +507,20 @@ mod tests {
             let e = PlanFile::from_yaml(bad).unwrap_err().to_string();
             assert!(e.contains("accept") && !e.contains('\n'), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn external_etcd_hosts_need_an_action_that_upgrades_them() {
+        let f = PlanFile::from_yaml("etcd: [{name: etcd-a, address: 10.0.0.5}]").unwrap();
+        let ssh = PlanFile::from_yaml("action: {type: ssh}").unwrap().action;
+        let exec = PlanFile::from_yaml("action: {type: exec, command: [up.sh]}").unwrap().action;
+        assert_eq!(
+            f.check_external_etcd(ssh.as_ref()),
+            Err(PlanFileError::EtcdWithoutAction("etcd-a".into()))
+        );
+        assert!(f.check_external_etcd(ssh.as_ref()).unwrap_err().to_string().contains("etcd-a"));
+        assert_eq!(f.check_external_etcd(exec.as_ref()), Ok(()));
+        assert_eq!(PlanFile::default().check_external_etcd(ssh.as_ref()), Ok(()), "no external etcd");
     }
 
     #[test]

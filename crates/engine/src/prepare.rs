@@ -52,6 +52,8 @@ pub struct PlanInput {
     pub accept: Vec<AcceptRule>,
     /// `--policy`: when the next minor is reachable (strict: only from the newest patch).
     pub policy: Policy,
+    /// `--min-free-disk` and the readiness probe's other settings.
+    pub readiness: crate::reach::ReadinessInput,
 }
 
 /// Everything preflight gathered and decided.
@@ -73,6 +75,8 @@ pub struct Prepared {
     pub reach: Option<crate::reach::ReachReport>,
     /// The version policy the path was resolved under.
     pub policy: Policy,
+    /// Each node's identity as the readiness probe read it (ssh action).
+    pub identities: BTreeMap<String, refit_core::identity::HostIdentity>,
     /// Acceptances that matched no finding (a typo, or a finding that went away): warned
     /// about, never an error — the cluster moves between plan and run.
     pub unused_accepts: Vec<AcceptRule>,
@@ -146,6 +150,7 @@ pub async fn prepare(conn: &Connection, input: &PlanInput) -> Result<Prepared, P
         input.force,
         input.policy,
         input.today,
+        input.readiness,
     )
     .await?;
     tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "target probed");
@@ -222,6 +227,7 @@ fn decide(
         addresses,
         worker_concurrency: input.max_unavailable.batch_size(workers),
         reach: reached.report,
+        identities: reached.identities,
         policy: input.policy,
         unused_accepts,
     })

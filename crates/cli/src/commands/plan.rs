@@ -90,7 +90,10 @@ pub fn plan_input(
         (false, true) => Mode::IgnoreSafetyChecks,
         (false, false) => Mode::Online,
     };
-    crate::commands::upgrade::resolve_action(args.action.as_deref(), plan_file.action.as_ref())?;
+    let action = crate::commands::upgrade::resolve_action(args.action.as_deref(), plan_file.action.as_ref())?;
+    if let Some(refit_engine::spec::NodeAction::Ssh { action, .. }) = &action {
+        plan_file.check_external_etcd(Some(action)).map_err(|e| usage(e.to_string()))?;
+    }
     let probe = crate::commands::reach::target_probe(args.action.as_deref(), &plan_file)?;
     Ok(PlanInput {
         catalog,
@@ -111,6 +114,7 @@ pub fn plan_input(
         probe,
         accept: args.accept.clone(),
         policy: args.policy,
+        readiness: refit_engine::reach::ReadinessInput { min_free: args.min_free_disk },
     })
 }
 

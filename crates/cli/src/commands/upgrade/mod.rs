@@ -195,6 +195,11 @@ async fn upgrade(
         return Ok(ExitCode::from(1));
     }
     let b = input.behaviour;
+    // The ssh action checks it reaches the hosts the readiness probe saw.
+    let action = match action {
+        NodeAction::Ssh { action, .. } => NodeAction::Ssh { action, identities: prepared.identities.clone() },
+        other => other,
+    };
     let spec = RunSpec {
         cluster_services: cluster_services.then(|| refit_core::addons::AddonTargets {
             owner: action.addon_owner(),
