@@ -360,7 +360,12 @@ async fn one_control_plane_and_two_workers_go_from_136_to_137_through_kubeadm_an
         unreachable.iter().all(|(_, m)| m.contains(&format!("{unbuildable} is not offered"))),
         "{unreachable:?}"
     );
-    let (code, p, err) = plan(&c, &minor, &["--action", &sandbox_action]);
+    // (The lone control plane and etcd member are accepted, as the sandbox's plan file does.)
+    let (code, p, err) = plan(
+        &c,
+        &minor,
+        &["--action", &sandbox_action, "--accept", "etcd-members", "--accept", "control-plane-count"],
+    );
     assert_eq!((code, p["target"].as_str()), (Some(0), Some(to.as_str())), "{p}\n{err}");
 
     // A node whose repository lacks the target: `refit plan` names it, `refit upgrade` stops

@@ -204,7 +204,10 @@ pub fn workload_safety(snapshot: &Snapshot, nodes: &BTreeSet<String>, opts: &Che
                 message: "not managed by a ReplicaSet, ReplicationController, Job, DaemonSet or StatefulSet: deleted by the drain, it will not come back (run it under a controller, or allow with --delete-unmanaged-pods)".into(),
             });
         }
-        for v in &pod.volumes {
+        // A DaemonSet's pod never moves (the drain leaves it on its node, kubectl's
+        // --ignore-daemonsets): its volumes' data stays where the pod stays.
+        let moves = pod.owner.as_ref().is_none_or(|o| o.kind != "DaemonSet");
+        for v in pod.volumes.iter().filter(|_| moves) {
             let (what, path) = match v {
                 Volume::EmptyDir { name } => ("an emptyDir", name.clone()),
                 Volume::HostPath { path, .. } => ("a hostPath", path.clone()),
@@ -438,7 +441,7 @@ mod tests {
             pod("cache").owned_by("ReplicaSet", "web-x").empty_dir(),
             pod("logs").owned_by("ReplicaSet", "web-x").host_path("/var/log"),
             db,
-            pod("agent").owned_by("DaemonSet", "agent"),
+            pod("agent").owned_by("DaemonSet", "agent").host_path("/run/xtables.lock"),
             PodInfo { node: Some("w-2".into()), ..pod("elsewhere") },
         ];
         let nodes = BTreeSet::from(["w-1".to_string()]);
@@ -451,6 +454,10 @@ mod tests {
         assert!(got.contains(&("local-data", "pod/default/logs".into())));
         assert!(got.contains(&("local-data", "pod/default/db-0".into())), "local PV");
         assert!(got.contains(&("daemonset-single-node", "daemonset/default/agent".into())));
+        assert!(
+            !got.contains(&("local-data", "pod/default/agent".into())),
+            "a DaemonSet pod stays on its node with its hostPath (kube-proxy's xtables lock)"
+        );
         assert!(
             !got.iter().any(|(_, s)| s.contains("elsewhere")),
             "pods on other nodes are not this batch's concern"
