@@ -477,6 +477,23 @@ pub struct PlanArgs {
     /// Leave out workers that fail their checks (only when every etcd and control-plane node passes).
     #[arg(long)]
     pub partial_ok: bool,
+    /// Accept one blocker of Kismatic's table (unmanaged-pod, single-replica,
+    /// daemonset-single-node, local-data, etcd-members, control-plane-count, worker-count,
+    /// ingress-node, storage-node): CHECK for all its findings, CHECK=SUBJECT (as the plan
+    /// prints it, e.g. single-replica=deployment/shop/web) for one. Repeatable; also `accept:`
+    /// in the plan file. Accepted findings are listed apart and recorded with the run.
+    #[arg(long, value_name = "CHECK[=SUBJECT]", value_parser = accept_rule)]
+    pub accept: Vec<refit_core::accept::AcceptRule>,
+    /// Version rule: default (the next minor from any patch) or strict (the next minor only
+    /// from the newest patch of the current one, as Kismatic requires).
+    #[arg(long, default_value = "default", value_parser = policy)]
+    pub policy: refit_core::path::Policy,
+    /// With the ssh action: the free space every node needs on each filesystem the upgrade
+    /// writes (/, /var/lib, /etc/kubernetes, the package cache, /usr/bin, /tmp), checked over
+    /// ssh before anything changes. 2Gi by default: kubeadm copies etcd's data (2 GiB quota by
+    /// default) under /etc/kubernetes/tmp, plus ~150 MiB of packages. 0 turns it off.
+    #[arg(long, value_name = "BYTES", default_value = "2Gi", value_parser = free_bytes)]
+    pub min_free_disk: u64,
     /// Bypass version-support checks and include nodes already at the target.
     #[arg(long)]
     pub force: bool,
@@ -507,6 +524,23 @@ pub struct PlanArgs {
     /// A release catalog to use instead of the built-in one.
     #[arg(long, env = "REFIT_CATALOG")]
     pub catalog: Option<PathBuf>,
+}
+
+/// clap value parser for `--accept`: core's rule grammar (unknown checks refused, exit 2).
+fn accept_rule(s: &str) -> Result<refit_core::accept::AcceptRule, String> {
+    s.parse().map_err(|e: refit_core::accept::AcceptError| e.to_string())
+}
+
+/// clap value parser for `--min-free-disk`: a Kubernetes quantity (2Gi, 500Mi, 0).
+fn free_bytes(s: &str) -> Result<u64, String> {
+    let b = refit_core::quantity::bytes(s).map_err(|e| e.to_string())?;
+    u64::try_from(b)
+        .map_err(|_| format!("'{s}' is negative: give a size like 2Gi, or 0 to turn the check off"))
+}
+
+/// clap value parser for `--policy`.
+fn policy(s: &str) -> Result<refit_core::path::Policy, String> {
+    s.parse()
 }
 
 /// clap value parser for every duration flag: core's grammar and range (1s to one year), so a

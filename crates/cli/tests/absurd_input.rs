@@ -106,6 +106,34 @@ fn absurd_upgrade_flags_are_refused_before_anything_runs() {
     assert!(help.contains("1 to 1000"), "{help}");
 }
 
+/// `--accept`, `--policy`, `--min-free-disk` and a plan an action cannot carry out: refused
+/// by the parsers before the cluster (here a dead one) is contacted.
+#[test]
+fn bad_acceptances_policies_thresholds_and_uncovered_etcd_hosts_are_refused() {
+    let d = Dir::new();
+    let kubeconfig = d.file("dead.conf", DEAD_KUBECONFIG);
+    let etcd = d.file("etcd.yaml", "etcd: [{name: etcd-a, address: 10.0.0.5}]\n");
+    for (command, args, says) in [
+        ("plan", vec!["--accept", "capacity"], "not a check that can be accepted"),
+        ("upgrade", vec!["--accept", "local-data="], "the subject after '='"),
+        ("plan", vec!["--policy", "lenient"], "expected default or strict"),
+        ("plan", vec!["--min-free-disk=-1Gi"], "negative"),
+        ("plan", vec!["--min-free-disk", "lots"], "--min-free-disk"),
+        ("plan", vec!["--action", "ssh", "-f", etcd.to_str().unwrap()], "external etcd member 'etcd-a'"),
+        ("upgrade", vec!["--action", "ssh", "-f", etcd.to_str().unwrap()], "external etcd member 'etcd-a'"),
+    ] {
+        let err =
+            refused(refit().args([command, "--to", "1.37", "--kubeconfig"]).arg(&kubeconfig).args(&args));
+        assert!(err.contains(says), "{command} {args:?}: {err}");
+    }
+    let help = ok(refit().args(["plan", "--help"]));
+    assert!(
+        help.contains("--min-free-disk") && help.contains("[default: 2Gi]") && help.contains("etcd's data"),
+        "{help}"
+    );
+    assert!(help.contains("--accept <CHECK[=SUBJECT]>") && help.contains("--policy"), "{help}");
+}
+
 #[test]
 fn absurd_fleet_durations_are_refused_and_change_nothing() {
     let d = Dir::new();

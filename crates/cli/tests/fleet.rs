@@ -38,6 +38,14 @@ struct Fleet {
 
 const MEMBERS: [(&str, &str); 3] = [("canary-1", "canary"), ("east-1", "wave-a"), ("west-1", "wave-b")];
 
+/// The availability blockers of a one-control-plane, two-worker sandbox (Kismatic blocks a
+/// lone etcd member and a lone control plane): accepted for each member's upgrade.
+const SANDBOX_ACCEPTS: &[&str] = &[
+    "--upgrade-arg=--accept=etcd-members",
+    "--upgrade-arg=--accept=control-plane-count",
+    "--upgrade-arg=--accept=worker-count",
+];
+
 const STRATEGY: &str = r#"
 stages:
   - name: canary
@@ -96,7 +104,8 @@ impl Fleet {
                 f.args(["member", "add", name, "--update-group", group, "--label", &format!("tier={group}")])
                     .arg("--kubeconfig")
                     .arg(dir.join("kubeconfig"))
-                    .args(["--context", "refit-testbed", "--action", &action]),
+                    .args(["--context", "refit-testbed", "--action", &action])
+                    .args(SANDBOX_ACCEPTS),
             );
             sandboxes.push((name.to_string(), dir));
         }

@@ -360,7 +360,12 @@ async fn one_control_plane_and_two_workers_go_from_136_to_137_through_kubeadm_an
         unreachable.iter().all(|(_, m)| m.contains(&format!("{unbuildable} is not offered"))),
         "{unreachable:?}"
     );
-    let (code, p, err) = plan(&c, &minor, &["--action", &sandbox_action]);
+    // (The lone control plane and etcd member are accepted, as the sandbox's plan file does.)
+    let (code, p, err) = plan(
+        &c,
+        &minor,
+        &["--action", &sandbox_action, "--accept", "etcd-members", "--accept", "control-plane-count"],
+    );
     assert_eq!((code, p["target"].as_str()), (Some(0), Some(to.as_str())), "{p}\n{err}");
 
     // A node whose repository lacks the target: `refit plan` names it, `refit upgrade` stops
@@ -423,6 +428,26 @@ async fn one_control_plane_and_two_workers_go_from_136_to_137_through_kubeadm_an
     let kubeadm_images = &catalog.release(v(&to).minor_version()).unwrap().kubeadm;
     assert_eq!(components["etcd"].1, kubeadm_images.etcd, "etcd at kubeadm's pairing");
     assert!(components.contains_key("CoreDNS"), "{components:?}");
+    // Readiness over ssh (Kismatic's disk check): every node has room on the filesystems the
+    // upgrade writes; a threshold no node meets blocks on each, naming the mount and numbers.
+    assert!(
+        findings_of(&p, "node-disk-space").is_empty() && findings_of(&p, "node-readiness-unknown").is_empty(),
+        "{p}"
+    );
+    let (code, full, err) =
+        plan(&c, &minor, &["-f", c.plan_file().to_str().unwrap(), "--min-free-disk", "1000Ti"]);
+    assert_eq!(code, Some(1), "{full}\n{err}");
+    let disk = findings_of(&full, "node-disk-space");
+    for n in c.nodes() {
+        assert!(
+            disk.iter().any(|(node, m)| node == &n.name
+                && m.contains(" MiB free of ")
+                && m.contains("needs 1048576000 MiB")
+                && m.contains("/var/lib")),
+            "{}: {disk:?}",
+            n.name
+        );
+    }
     let after: BTreeMap<String, String> =
         c.nodes().iter().map(|n| (n.name.clone(), node_state(&c, &n.name))).collect();
     for (node, state) in &before {
@@ -444,6 +469,14 @@ async fn one_control_plane_and_two_workers_go_from_136_to_137_through_kubeadm_an
     let seen = watcher.stop();
     assert!(ran.ok(), "refit upgrade failed:\n{}\n{}", ran.stdout, ran.stderr);
     assert_all_at(&c, &client, &from, &to).await;
+    // The run's ssh action carried each host's identity as the plan's probe read it (its
+    // spec in the journal): every node, by its own host name.
+    let store = refit_store::Store::open(&tmp.path().join("refit.db")).unwrap();
+    let run = store.runs().unwrap().into_iter().next().unwrap();
+    let spec: serde_json::Value = serde_json::from_str(&run.spec).unwrap();
+    for n in c.nodes() {
+        assert_eq!(spec["action"]["identities"][&n.name]["hostname"], n.name.as_str(), "{spec}");
+    }
 
     assert!(seen.skew_breaches.is_empty(), "{:?}", seen.skew_breaches);
     assert!(seen.max_unschedulable_workers <= 1, "{seen:?}");

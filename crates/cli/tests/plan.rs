@@ -62,7 +62,17 @@ async fn plan_finds_what_blocks_and_orders_the_upgrade() {
     assert!(has(&p, "local-data", "pod/demo/cache-"), "{:?}", checks(&p));
     assert!(has(&p, "single-replica", "deployment/demo/singleton"), "{:?}", checks(&p));
     assert!(has(&p, "pdb-never-allows", "pdb/locked/ledger"), "{:?}", checks(&p));
-    assert!(has(&p, "control-plane-count", "cluster") && has(&p, "etcd-members", "cluster"));
+    // Kismatic's availability rows block on the node concerned: the lone control plane.
+    assert!(
+        has(&p, "control-plane-count", "node/control-plane-1")
+            && has(&p, "etcd-members", "node/control-plane-1")
+    );
+    let severity = |v: &Value, check: &str| {
+        v["findings"].as_array().unwrap().iter().find(|f| f["check"] == check).map(|f| f["severity"].clone())
+    };
+    for check in ["single-replica", "control-plane-count", "etcd-members"] {
+        assert_eq!(severity(&p, check), Some(Value::from("blocker")), "{check}: online mode stops on it");
+    }
     assert!(!has(&p, "pdb-never-allows", "pdb/demo/"), "the demo budgets have room: {:?}", checks(&p));
     // Phases in order, the control plane alone, workers two at a time.
     let phases: Vec<&str> =
@@ -100,11 +110,47 @@ async fn plan_finds_what_blocks_and_orders_the_upgrade() {
     assert_eq!((code, ignored["blocked"].clone()), (0, Value::Bool(false)));
     assert_eq!(checks(&ignored).len(), checks(&p).len());
 
-    // --partial-ok leaves the blocked workers out (the control plane passed).
-    let (code, partial, _) = plan(&kc, &["--to", "1.37", "--partial-ok"]);
-    assert_eq!(code, 0, "{partial:#}");
-    let excluded = partial["excluded"].as_array().unwrap();
-    assert!(!excluded.is_empty() && excluded.iter().all(|e| e[0].as_str().unwrap().starts_with("worker-")));
+    // --partial-ok refuses while the control plane has a blocker (Kismatic: only when every
+    // etcd and master node is ready) ...
+    let (code, _, stderr) = plan(&kc, &["--to", "1.37", "--partial-ok"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("control-plane-1") && stderr.trim().lines().count() == 1, "{stderr}");
+    // ... and leaves out exactly the blocked workers once its findings are accepted.
+    let members = ["--accept", "etcd-members", "--accept", "control-plane-count"];
+    let (code, partial, stderr) = plan(&kc, &[&["--to", "1.37", "--partial-ok"][..], &members[..]].concat());
+    assert_eq!(code, 0, "{stderr} {partial:#}");
+    let excluded: BTreeSet<&str> =
+        partial["excluded"].as_array().unwrap().iter().map(|e| e[0].as_str().unwrap()).collect();
+    let (_, whole, _) = plan(&kc, &[&["--to", "1.37"][..], &members[..]].concat());
+    let blocked_workers: BTreeSet<&str> = whole["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["severity"] == "blocker")
+        .filter_map(|f| f["node"].as_str())
+        .filter(|n| n.starts_with("worker-"))
+        .collect();
+    assert!(!excluded.is_empty());
+    assert_eq!(excluded, blocked_workers, "exactly the workers with open blockers");
+
+    // --accept takes exactly its subject out of the blockers, and the plan shows it apart.
+    let (_, one, stderr) =
+        plan(&kc, &["--to", "1.37", "--accept", "single-replica=deployment/demo/singleton"]);
+    assert!(!has(&one, "single-replica", "deployment/demo/singleton"), "{stderr}");
+    let accepted = one["accepted"].as_array().unwrap();
+    assert_eq!(accepted.len(), 1, "{accepted:?}");
+    assert_eq!(accepted[0]["rule"], "single-replica=deployment/demo/singleton");
+    assert_eq!(accepted[0]["origin"], "flag");
+    let (_, base, _) = plan(&kc, &["--to", "1.37"]);
+    let mut left = checks(&base);
+    left.retain(|(c, s)| !(c == "single-replica" && s == "deployment/demo/singleton"));
+    assert_eq!(checks(&one), left, "the others stay open");
+    // A subject that matches nothing is a warning; a check that cannot be accepted is bad input.
+    let (_, _, stderr) = plan(&kc, &["--to", "1.37", "--accept", "single-replica=deployment/demo/nope"]);
+    assert!(stderr.contains("WARNING: accept single-replica=deployment/demo/nope"), "{stderr}");
+    let (code, _, stderr) = plan(&kc, &["--to", "1.37", "--accept", "pdb-never-allows"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("not a check that can be accepted"), "{stderr}");
 
     // The allowances turn the drain blockers into warnings.
     let (_, allowed, _) = plan(&kc, &["--to", "1.37", "--delete-emptydir-data", "--delete-unmanaged-pods"]);
@@ -128,9 +174,18 @@ async fn plan_finds_what_blocks_and_orders_the_upgrade() {
     // Plan files: roles the cluster cannot tell, and bad ones refused with exit 2.
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("plan.yaml");
-    std::fs::write(&good, "etcd:\n  - {name: etcd-ext-1, address: 10.9.0.1}\ningressLabels: [kubernetes.io/hostname=worker-002]\n").unwrap();
+    std::fs::write(&good, "etcd:\n  - {name: etcd-ext-1, address: 10.9.0.1}\ningressLabels: [kubernetes.io/hostname=worker-002]\naccept: [ingress-node=node/worker-002]\n").unwrap();
     let (_, with_file, stderr) = plan(&kc, &["--to", "1.37", "-f", good.to_str().unwrap()]);
-    assert!(has(&with_file, "ingress-node", "node/worker-002"), "{stderr}");
+    let accepted = with_file["accepted"].as_array().unwrap();
+    assert!(
+        accepted.iter().any(|a| a["check"] == "ingress-node" && a["origin"] == "plan-file"),
+        "the plan file's accept: {stderr} {accepted:?}"
+    );
+    // The external etcd host counts: two members, each one blocks on etcd-members.
+    assert!(
+        has(&with_file, "etcd-members", "node/etcd-ext-1")
+            && has(&with_file, "etcd-members", "node/control-plane-1")
+    );
     let etcd_units: Vec<&str> = with_file["phases"][0]["batches"]
         .as_array()
         .unwrap()
@@ -393,7 +448,19 @@ async fn lifecycle_version_batch_and_volume_rules_fire_on_their_trigger_only() {
     assert!(find(&forced, "at-target").is_empty() && forced["excluded"].as_array().unwrap().is_empty());
 
     // --partial-ok leaves the two broken workers out; the rest is planned.
-    let (code, partial, stderr) = plan(&kc, &["--to", &to, "--partial-ok", "--delete-emptydir-data"]);
+    let (code, partial, stderr) = plan(
+        &kc,
+        &[
+            "--to",
+            &to,
+            "--partial-ok",
+            "--delete-emptydir-data",
+            "--accept",
+            "etcd-members",
+            "--accept",
+            "control-plane-count",
+        ],
+    );
     assert_eq!(code, 0, "{stderr} {partial:#}");
     let left_out: BTreeSet<&str> =
         partial["excluded"].as_array().unwrap().iter().map(|e| e[0].as_str().unwrap()).collect();
@@ -409,5 +476,5 @@ async fn lifecycle_version_batch_and_volume_rules_fire_on_their_trigger_only() {
         tb.remove_worker(w).await.unwrap();
     }
     let (_, lonely, _) = plan(&kc, &["--to", &to]);
-    assert_eq!(find(&lonely, "worker-count"), ["cluster"], "{:?}", checks(&lonely));
+    assert_eq!(find(&lonely, "worker-count"), ["node/worker-001"], "{:?}", checks(&lonely));
 }

@@ -35,6 +35,8 @@ struct Cluster {
     _tmp: tempfile::TempDir,
     dir: PathBuf,
     store: PathBuf,
+    /// `--accept` for the availability blockers this topology has by construction.
+    accepts: Vec<String>,
 }
 
 impl Cluster {
@@ -49,7 +51,15 @@ impl Cluster {
             .unwrap();
         let guard = Sandbox(dir.clone());
         assert!(out.status.success(), "sandbox up: {}", String::from_utf8_lossy(&out.stderr));
-        Cluster { _guard: guard, store: tmp.path().join("refit.db"), _tmp: tmp, dir }
+        // The testbed runs one etcd member whatever the control planes.
+        let mut accepts = vec!["--accept=etcd-members".to_string()];
+        if control_planes < 2 {
+            accepts.push("--accept=control-plane-count".into());
+        }
+        if workers < 2 {
+            accepts.push("--accept=worker-count".into());
+        }
+        Cluster { _guard: guard, store: tmp.path().join("refit.db"), _tmp: tmp, dir, accepts }
     }
 
     fn testbed(&self) -> Testbed {
@@ -74,6 +84,10 @@ impl Cluster {
         cmd.env("REFIT_SANDBOX_DIR", &self.dir)
             .args(["upgrade", "--to", to, "--yes", "--kubeconfig"])
             .arg(tb.kubeconfig())
+            // The sandbox's topology (one etcd member, one or three control planes, few
+            // workers) is what these tests run on, not what they test: Kismatic's
+            // availability rows for it are accepted, as its operator would.
+            .args(&self.accepts)
             .arg("--store")
             .arg(store)
             .args(["--etcd-endpoint", &url, "--etcd-cacert"])
@@ -767,6 +781,13 @@ fn a_second_upgrade_from_another_store_is_refused_with_the_holder_and_its_run() 
     std::fs::remove_file(&hold).unwrap();
     let status = first.wait().unwrap();
     assert!(status.success(), "{}", spawned_stderr());
+    // The run recorded the blockers it was started with accepted (its spec in the journal).
+    let run = refit_store::Store::open(&c.store).unwrap().runs().unwrap().into_iter().next().unwrap();
+    let spec: serde_json::Value = serde_json::from_str(&run.spec).unwrap();
+    let accepted: BTreeSet<&str> =
+        spec["accepted"].as_array().unwrap().iter().map(|a| a["rule"].as_str().unwrap()).collect();
+    assert_eq!(accepted, BTreeSet::from(["etcd-members", "control-plane-count", "worker-count"]), "{spec}");
+    assert!(spec["accepted"][0]["message"].as_str().is_some_and(|m| !m.is_empty()));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let leases = || -> Api<k8s_openapi::api::coordination::v1::Lease> {
         rt.block_on(async { Api::namespaced(c.client().await, "kube-system") })

@@ -204,7 +204,10 @@ pub fn workload_safety(snapshot: &Snapshot, nodes: &BTreeSet<String>, opts: &Che
                 message: "not managed by a ReplicaSet, ReplicationController, Job, DaemonSet or StatefulSet: deleted by the drain, it will not come back (run it under a controller, or allow with --delete-unmanaged-pods)".into(),
             });
         }
-        for v in &pod.volumes {
+        // A DaemonSet's pod never moves (the drain leaves it on its node, kubectl's
+        // --ignore-daemonsets): its volumes' data stays where the pod stays.
+        let moves = pod.owner.as_ref().is_none_or(|o| o.kind != "DaemonSet");
+        for v in pod.volumes.iter().filter(|_| moves) {
             let (what, path) = match v {
                 Volume::EmptyDir { name } => ("an emptyDir", name.clone()),
                 Volume::HostPath { path, .. } => ("a hostPath", path.clone()),
@@ -215,7 +218,11 @@ pub fn workload_safety(snapshot: &Snapshot, nodes: &BTreeSet<String>, opts: &Che
                 }
                 _ => continue,
             };
-            let blocker = what == "an emptyDir" && !opts.drain.delete_emptydir_data;
+            // Kismatic blocks on every local volume; `--delete-emptydir-data` is the operator's
+            // word that emptyDir data may go (kubectl's own allowance), hostPath and local PVs
+            // are accepted one by one (`--accept local-data=pod/NS/NAME`).
+            let allowed = what == "an emptyDir" && opts.drain.delete_emptydir_data;
+            let blocker = !allowed;
             out.push(Finding {
                 check: "local-data",
                 severity: if blocker { Severity::Blocker } else { Severity::Warning },
@@ -223,7 +230,11 @@ pub fn workload_safety(snapshot: &Snapshot, nodes: &BTreeSet<String>, opts: &Che
                 node: node.clone(),
                 message: format!(
                     "uses {what} volume ({path}): its data stays on the node and is lost or unavailable when the pod moves{}",
-                    if blocker { " (allow with --delete-emptydir-data)" } else { "" }
+                    match (blocker, what) {
+                        (true, "an emptyDir") => " (allow with --delete-emptydir-data)",
+                        (true, _) => " (accept with --accept local-data=SUBJECT once it holds nothing to keep)",
+                        (false, _) => "",
+                    }
                 ),
             });
         }
@@ -236,7 +247,7 @@ pub fn workload_safety(snapshot: &Snapshot, nodes: &BTreeSet<String>, opts: &Che
         {
             out.push(Finding {
                 check: "single-replica",
-                severity: Severity::Warning,
+                severity: Severity::Blocker,
                 subject: format!("{}/{}/{}", kind.to_lowercase(), pod.namespace, name),
                 node: node.clone(),
                 message: "runs a single replica: unavailable while its node drains (scale to 2+ with a PDB)"
@@ -257,7 +268,7 @@ pub fn workload_safety(snapshot: &Snapshot, nodes: &BTreeSet<String>, opts: &Che
         if on.len() == 1 && on.iter().all(|n| nodes.contains(n)) {
             out.push(Finding {
                 check: "daemonset-single-node",
-                severity: Severity::Warning,
+                severity: Severity::Blocker,
                 subject: format!("daemonset/{ns}/{name}"),
                 node: on.iter().next().cloned(),
                 message:
@@ -269,41 +280,54 @@ pub fn workload_safety(snapshot: &Snapshot, nodes: &BTreeSet<String>, opts: &Che
     out
 }
 
-/// Cluster-level availability: etcd quorum size, control-plane and worker counts, special nodes.
-pub fn availability(snapshot: &Snapshot, opts: &CheckOptions) -> Vec<Finding> {
+/// Cluster-level availability, as Kismatic's table puts it: per node, an etcd member of a
+/// cluster with fewer than 3, a control-plane node of a cluster with fewer than 2, a worker of
+/// a cluster with fewer than 2, and every ingress or storage node. Each is a blocker on that
+/// node (so `--partial-ok` leaves out exactly such workers and refuses for etcd and
+/// control-plane members). `roles` are every unit's roles ([`crate::plan::cluster_roles`]:
+/// the plan file's external etcd hosts count as etcd members).
+pub fn availability(
+    snapshot: &Snapshot,
+    roles: &BTreeMap<String, BTreeSet<crate::plan::Role>>,
+    opts: &CheckOptions,
+) -> Vec<Finding> {
+    use crate::plan::Role;
     let mut out = Vec::new();
-    let cluster = |check, message: String| Finding {
+    let on = |check, name: &str, message: String| Finding {
         check,
-        severity: Severity::Warning,
-        subject: "cluster".into(),
-        node: None,
+        severity: Severity::Blocker,
+        subject: format!("node/{name}"),
+        node: Some(name.to_string()),
         message,
     };
-    let etcd = snapshot
-        .pods
-        .iter()
-        .filter(|p| {
-            p.mirror
-                && p.namespace == "kube-system"
-                && p.labels.get("component").map(String::as_str) == Some("etcd")
-        })
-        .count();
-    if etcd > 0 && etcd < 3 {
-        out.push(cluster("etcd-members", format!("{etcd} stacked etcd member(s): the cluster's datastore is unavailable while a member restarts (3 or more keep quorum)")));
+    let with = |role: Role| roles.iter().filter(move |(_, r)| r.contains(&role)).map(|(n, _)| n.as_str());
+    let etcd = with(Role::Etcd).count();
+    if etcd < 3 {
+        for n in with(Role::Etcd) {
+            out.push(on("etcd-members", n, format!("etcd member of a cluster with {etcd}: the cluster's datastore is unavailable while it restarts (3 or more keep quorum)")));
+        }
     }
-    let cps = snapshot.nodes.iter().filter(|n| n.is_control_plane()).count();
+    let cps = with(Role::ControlPlane).count();
     if cps < 2 {
-        out.push(cluster(
-            "control-plane-count",
-            format!("{cps} control-plane node(s): the API is unavailable while it is upgraded"),
-        ));
+        for n in with(Role::ControlPlane) {
+            out.push(on(
+                "control-plane-count",
+                n,
+                format!(
+                    "control-plane node of a cluster with {cps}: the API is unavailable while it is upgraded"
+                ),
+            ));
+        }
     }
-    let workers = snapshot.nodes.iter().filter(|n| !n.is_control_plane()).count();
+    let workers = with(Role::Worker).count();
     if workers < 2 {
-        out.push(cluster(
-            "worker-count",
-            format!("{workers} worker node(s): workloads have nowhere to go while a worker drains"),
-        ));
+        for n in with(Role::Worker) {
+            out.push(on(
+                "worker-count",
+                n,
+                format!("worker of a cluster with {workers}: workloads have nowhere to go while it drains"),
+            ));
+        }
     }
     for n in &snapshot.nodes {
         for (check, labels, what) in [
@@ -311,13 +335,11 @@ pub fn availability(snapshot: &Snapshot, opts: &CheckOptions) -> Vec<Finding> {
             ("storage-node", &opts.storage_labels, "storage"),
         ] {
             if let Some(label) = has_label(n, labels) {
-                out.push(Finding {
+                out.push(on(
                     check,
-                    severity: Severity::Warning,
-                    subject: format!("node/{}", n.name),
-                    node: Some(n.name.clone()),
-                    message: format!("{what} node (label {label}): traffic or volumes it serves are interrupted while it is upgraded"),
-                });
+                    &n.name,
+                    format!("{what} node (label {label}): traffic or volumes it serves are interrupted while it is upgraded"),
+                ));
             }
         }
     }
@@ -419,7 +441,7 @@ mod tests {
             pod("cache").owned_by("ReplicaSet", "web-x").empty_dir(),
             pod("logs").owned_by("ReplicaSet", "web-x").host_path("/var/log"),
             db,
-            pod("agent").owned_by("DaemonSet", "agent"),
+            pod("agent").owned_by("DaemonSet", "agent").host_path("/run/xtables.lock"),
             PodInfo { node: Some("w-2".into()), ..pod("elsewhere") },
         ];
         let nodes = BTreeSet::from(["w-1".to_string()]);
@@ -433,6 +455,10 @@ mod tests {
         assert!(got.contains(&("local-data", "pod/default/db-0".into())), "local PV");
         assert!(got.contains(&("daemonset-single-node", "daemonset/default/agent".into())));
         assert!(
+            !got.contains(&("local-data", "pod/default/agent".into())),
+            "a DaemonSet pod stays on its node with its hostPath (kube-proxy's xtables lock)"
+        );
+        assert!(
             !got.iter().any(|(_, s)| s.contains("elsewhere")),
             "pods on other nodes are not this batch's concern"
         );
@@ -443,11 +469,26 @@ mod tests {
             ..Default::default()
         };
         let f = workload_safety(&s, &nodes, &allowed);
-        assert!(f.iter().all(|f| f.severity != Severity::Blocker), "allowances turn blockers into warnings");
+        let still: Vec<(&str, &str)> = f
+            .iter()
+            .filter(|f| f.severity == Severity::Blocker)
+            .map(|f| (f.check, f.subject.as_str()))
+            .collect();
+        assert_eq!(
+            still,
+            [
+                ("single-replica", "deployment/default/solo"),
+                ("local-data", "pod/default/logs"),
+                ("local-data", "pod/default/db-0"),
+                ("daemonset-single-node", "daemonset/default/agent"),
+            ],
+            "the drain allowances cover emptyDir and unmanaged pods only; the rest of Kismatic's table still blocks"
+        );
     }
 
     #[test]
-    fn availability_rules() {
+    fn availability_rules_block_each_node_concerned() {
+        use crate::plan::{Role, cluster_roles};
         let mut s = Snapshot::default();
         let mut ingress = node("w-1");
         ingress.labels.insert("node-role.kubernetes.io/ingress".into(), String::new());
@@ -456,6 +497,7 @@ mod tests {
         s.nodes = vec![node("cp-1").control_plane(), ingress, storage];
         let mut etcd = pod("etcd-cp-1").mirror();
         etcd.namespace = "kube-system".into();
+        etcd.node = Some("cp-1".into());
         etcd.labels.insert("component".into(), "etcd".into());
         s.pods = vec![etcd];
         let opts = CheckOptions {
@@ -463,14 +505,40 @@ mod tests {
             storage_labels: vec!["storage=ceph".into()],
             ..Default::default()
         };
-        let got = checks(&availability(&s, &opts));
-        assert!(got.contains(&("etcd-members", "cluster".into())));
-        assert!(got.contains(&("control-plane-count", "cluster".into())));
-        assert!(!got.iter().any(|(c, _)| *c == "worker-count"), "two workers are enough");
-        assert!(got.contains(&("ingress-node", "node/w-1".into())));
-        assert!(got.contains(&("storage-node", "node/w-2".into())));
+        let none = BTreeMap::new();
+        let f = availability(&s, &cluster_roles(&s, &none), &opts);
+        assert!(f.iter().all(|f| f.severity == Severity::Blocker), "Kismatic stops on every row");
+        assert_eq!(
+            checks(&f),
+            vec![
+                ("etcd-members", "node/cp-1".to_string()),
+                ("control-plane-count", "node/cp-1".to_string()),
+                ("ingress-node", "node/w-1".to_string()),
+                ("storage-node", "node/w-2".to_string()),
+            ],
+            "two workers are enough"
+        );
+        assert!(f.iter().all(|f| f.node.as_deref() == f.subject.strip_prefix("node/")));
+        // One worker left: that worker is the one concerned.
         s.nodes.retain(|n| n.name != "w-2");
-        assert!(checks(&availability(&s, &opts)).contains(&("worker-count", "cluster".into())));
+        let f = availability(&s, &cluster_roles(&s, &none), &opts);
+        assert!(checks(&f).contains(&("worker-count", "node/w-1".into())));
+        // External etcd hosts of the plan file count: three members keep quorum.
+        let extra = BTreeMap::from([
+            ("etcd-a".to_string(), BTreeSet::from([Role::Etcd])),
+            ("etcd-b".to_string(), BTreeSet::from([Role::Etcd])),
+        ]);
+        let f = availability(&s, &cluster_roles(&s, &extra), &opts);
+        assert!(!f.iter().any(|f| f.check == "etcd-members"), "{:?}", checks(&f));
+        let f =
+            availability(&s, &cluster_roles(&s, &BTreeMap::from([extra.into_iter().next().unwrap()])), &opts);
+        let etcd: Vec<String> =
+            f.iter().filter(|f| f.check == "etcd-members").map(|f| f.subject.clone()).collect();
+        assert_eq!(etcd, ["node/cp-1", "node/etcd-a"]);
+        // A control-plane node also tagged worker counts as a worker too.
+        let extra = BTreeMap::from([("cp-1".to_string(), BTreeSet::from([Role::Worker]))]);
+        let f = availability(&s, &cluster_roles(&s, &extra), &opts);
+        assert!(!f.iter().any(|f| f.check == "worker-count"), "cp-1 and w-1 are two workers");
     }
 
     #[test]

@@ -136,6 +136,39 @@ fn quoted(s: &str) -> String {
     format!("'{cut}'")
 }
 
+/// Who a host says it is: its host name and `/etc/machine-id`, read over the node's action
+/// transport when the plan is made. The ssh action compares the host it reaches with this
+/// before running anything: an address that now leads elsewhere (a recycled IP, a DNS change,
+/// an InternalIP a compromised node rewrote) must not receive another node's recipe.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HostIdentity {
+    /// `uname -n`.
+    pub hostname: String,
+    /// `/etc/machine-id`, when the host has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<String>,
+}
+
+impl HostIdentity {
+    /// Why `seen` is not this host (`None` when it is): the machine id decides when both
+    /// have one, else the host name.
+    pub fn differs(&self, seen: &HostIdentity) -> Option<String> {
+        let show = |s: &str| printable(s, false).chars().take(64).collect::<String>();
+        match (&self.machine_id, &seen.machine_id) {
+            (Some(want), Some(got)) if want != got => {
+                Some(format!("machine-id {} where the plan recorded {}", show(got), show(want)))
+            }
+            (Some(_), None) => Some("no /etc/machine-id where the plan recorded one".into()),
+            _ if self.hostname != seen.hostname => Some(format!(
+                "host name {} where the plan recorded {}",
+                show(&seen.hostname),
+                show(&self.hostname)
+            )),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,5 +240,21 @@ mod tests {
             prop_assert!(!p.chars().any(|c| (c.is_control() && c != '\n') || is_bidi_control(c)));
             prop_assert_eq!(p.chars().count(), s.chars().count());
         }
+    }
+
+    #[test]
+    fn a_host_is_the_one_recorded_when_its_machine_id_and_name_match() {
+        let rec = HostIdentity { hostname: "w-1".into(), machine_id: Some("aa".into()) };
+        assert_eq!(rec.differs(&rec.clone()), None);
+        let other = HostIdentity { machine_id: Some("bb".into()), ..rec.clone() };
+        assert!(rec.differs(&other).unwrap().contains("machine-id bb where the plan recorded aa"));
+        let renamed = HostIdentity { hostname: "w-2".into(), ..rec.clone() };
+        assert!(rec.differs(&renamed).unwrap().contains("host name w-2"));
+        let bare = HostIdentity { machine_id: None, ..rec.clone() };
+        assert!(rec.differs(&bare).is_some(), "a machine id that vanished is another host");
+        let by_name = HostIdentity { hostname: "w-1".into(), machine_id: None };
+        assert_eq!(by_name.differs(&rec), None, "no machine id recorded: the name decides");
+        let hostile = HostIdentity { hostname: "w-1\u{1b}]0;pwned\u{7}".into(), machine_id: None };
+        assert!(!by_name.differs(&hostile).unwrap().contains('\u{1b}'));
     }
 }

@@ -10,6 +10,7 @@
 // Test arithmetic overflowing is a failed test, which is the right outcome.
 #![cfg_attr(test, allow(clippy::arithmetic_side_effects))]
 
+pub mod accept;
 pub mod addons;
 pub mod catalog;
 pub mod checks;
@@ -31,6 +32,7 @@ pub mod planfile;
 pub mod preflight;
 pub mod quantity;
 pub mod reach;
+pub mod readiness;
 pub mod removed;
 pub mod run;
 pub mod skew;

@@ -34,6 +34,15 @@ impl std::str::FromStr for Policy {
     }
 }
 
+impl std::fmt::Display for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Policy::Default => "default",
+            Policy::Strict => "strict",
+        })
+    }
+}
+
 /// One step of the control plane.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Hop {

@@ -256,8 +256,12 @@ pub struct Plan {
     pub max_unavailable: String,
     /// Phases in order.
     pub phases: Vec<Phase>,
-    /// Every finding (per node and cluster-wide).
+    /// Every finding (per node and cluster-wide) that is not accepted.
     pub findings: Vec<Finding>,
+    /// Blockers the operator accepted one by one (`--accept`, the plan file's `accept:`),
+    /// shown apart from the open ones and recorded with the run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accepted: Vec<crate::accept::Accepted>,
     /// Units left out, with the reason.
     pub excluded: Vec<(String, Exclusion)>,
     /// Whether the upgrade may start (no blocker counts in this mode).
@@ -291,6 +295,31 @@ fn roles_of(node: Option<&NodeInfo>, stacked_etcd: bool, extra: Option<&BTreeSet
     roles
 }
 
+/// Every unit's roles, by node or external host name: the cluster's nodes and the plan
+/// file's hosts (`extra`). One rule for the plan's phases and the availability checks' counts.
+pub fn cluster_roles(
+    snapshot: &Snapshot,
+    extra: &BTreeMap<String, BTreeSet<Role>>,
+) -> BTreeMap<String, BTreeSet<Role>> {
+    let etcd_nodes: BTreeSet<&str> = snapshot
+        .pods
+        .iter()
+        .filter(|p| p.mirror && p.labels.get("component").map(String::as_str) == Some("etcd"))
+        .filter_map(|p| p.node.as_deref())
+        .collect();
+    let mut out: BTreeMap<String, BTreeSet<Role>> = snapshot
+        .nodes
+        .iter()
+        .map(|n| {
+            (n.name.clone(), roles_of(Some(n), etcd_nodes.contains(n.name.as_str()), extra.get(&n.name)))
+        })
+        .collect();
+    for (name, roles) in extra {
+        out.entry(name.clone()).or_insert_with(|| roles_of(None, false, Some(roles)));
+    }
+    out
+}
+
 /// Builds the plan from the snapshot and the findings of the checks.
 pub fn build(snapshot: &Snapshot, findings: Vec<Finding>, opts: &PlanOptions) -> Result<Plan, PlanError> {
     let findings = if opts.mode == Mode::Offline { Vec::new() } else { findings };
@@ -302,19 +331,10 @@ pub fn build(snapshot: &Snapshot, findings: Vec<Finding>, opts: &PlanOptions) ->
         }
     }
     let nodes: BTreeMap<&str, &NodeInfo> = snapshot.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
-    let etcd_nodes: BTreeSet<&str> = snapshot
-        .pods
-        .iter()
-        .filter(|p| p.mirror && p.labels.get("component").map(String::as_str) == Some("etcd"))
-        .filter_map(|p| p.node.as_deref())
-        .collect();
     let mut units: Vec<UnitPlan> = Vec::new();
     let mut excluded = Vec::new();
-    let mut names: BTreeSet<String> = snapshot.nodes.iter().map(|n| n.name.clone()).collect();
-    names.extend(opts.extra_roles.keys().cloned());
-    for name in names {
+    for (name, roles) in cluster_roles(snapshot, &opts.extra_roles) {
         let node = nodes.get(name.as_str()).copied();
-        let roles = roles_of(node, etcd_nodes.contains(name.as_str()), opts.extra_roles.get(&name));
         let from = node.map(|n| n.kubelet.clone()).unwrap_or_default();
         if !opts.force && from.parse::<Version>().is_ok_and(|v| v.release() == opts.target.release()) {
             excluded.push((name.clone(), Exclusion::AtTarget(opts.target.clone())));
@@ -344,7 +364,11 @@ pub fn build(snapshot: &Snapshot, findings: Vec<Finding>, opts: &PlanOptions) ->
         });
     }
     if opts.partial_ok && opts.mode == Mode::Online {
-        if let Some(u) = units.iter().find(|u| !u.blockers.is_empty() && !u.roles.contains(&Role::Worker)) {
+        // Kismatic: "a partial upgrade can only be performed when all etcd and master nodes
+        // are ready" — a member that is also a worker is still a member.
+        if let Some(u) = units.iter().find(|u| {
+            !u.blockers.is_empty() && (u.roles.contains(&Role::Etcd) || u.roles.contains(&Role::ControlPlane))
+        }) {
             return Err(PlanError::PartialControlPlane(u.node.clone()));
         }
         units.retain(|u| {
@@ -385,6 +409,7 @@ pub fn build(snapshot: &Snapshot, findings: Vec<Finding>, opts: &PlanOptions) ->
         max_unavailable: opts.max_unavailable.to_string(),
         phases,
         findings,
+        accepted: Vec::new(),
         excluded,
         blocked,
     })
@@ -500,6 +525,18 @@ mod tests {
         assert_eq!(
             build(&s, vec![blocker("cp-2")], &o).unwrap_err(),
             PlanError::PartialControlPlane("cp-2".into())
+        );
+        // A member also tagged worker is still a member: refused, never silently left out.
+        o.extra_roles.insert("cp-2".into(), BTreeSet::from([Role::Worker]));
+        assert_eq!(
+            build(&s, vec![blocker("cp-2")], &o).unwrap_err(),
+            PlanError::PartialControlPlane("cp-2".into())
+        );
+        o.extra_roles = BTreeMap::from([("cp-1".to_string(), BTreeSet::from([Role::Worker]))]);
+        assert_eq!(
+            build(&s, vec![blocker("cp-1")], &o).unwrap_err(),
+            PlanError::PartialControlPlane("cp-1".into()),
+            "a stacked etcd member tagged worker too"
         );
     }
 

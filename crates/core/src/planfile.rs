@@ -11,6 +11,7 @@
 //!     roles: [worker]
 //! ingressLabels: [node-role.kubernetes.io/ingress]
 //! storageLabels: [storage=ceph]
+//! accept: [single-replica=deployment/shop/web]   # blockers accepted one by one
 //! action:                     # how each node is upgraded (the upgrade engine runs it)
 //!   type: exec
 //!   command: [refit, sandbox, upgrade-node, "{node}", --to, "{to}"]
@@ -41,6 +42,12 @@ pub enum PlanFileError {
         "external etcd member '{0}' has the name of a cluster node; list it under nodes with roles [etcd] instead"
     )]
     EtcdIsNode(String),
+    /// External etcd hosts with an action that cannot upgrade them (the ssh kubeadm recipe has
+    /// nothing to run on a host that is not a kubeadm node: it would report it upgraded).
+    #[error(
+        "external etcd member '{0}' cannot be upgraded by the ssh action's kubeadm recipe (it only upgrades kubeadm nodes); use an exec action that upgrades it, or upgrade etcd yourself and remove it from the plan file's etcd list"
+    )]
+    EtcdWithoutAction(String),
     /// An address that is neither an IP nor a DNS name (it reaches node actions and ssh).
     #[error("the plan file's address for '{name}': {source}; write an IP address or a host name")]
     Address {
@@ -115,6 +122,11 @@ pub struct PlanFile {
     /// How each node is upgraded.
     #[serde(default)]
     pub action: Option<Action>,
+    /// Blockers accepted one by one (`CHECK` or `CHECK=SUBJECT`, as `--accept` takes them):
+    /// kept with the cluster's other facts, so every run of this plan file takes on the same
+    /// risks and no others.
+    #[serde(default)]
+    pub accept: Vec<crate::accept::AcceptRule>,
 }
 
 /// The node upgrade action. Placeholders (`{node}`, `{role}`, `{from}`, `{to}`, `{phase}`,
@@ -169,6 +181,11 @@ pub enum Action {
         /// `--ignore-preflight-errors` (check names as kubeadm prints them, e.g. `ImagePull`).
         #[serde(default)]
         ignore_preflight_errors: Vec<String>,
+        /// The nodes already hold kubeadm/kubelet/kubectl at the target (Kismatic's "package
+        /// installation disabled"): the readiness probe then checks each node has them at the
+        /// target version before anything changes.
+        #[serde(default)]
+        packages_preinstalled: bool,
     },
     /// Create a replacement node (custom labels, annotations and taints copied to it), then
     /// drain and remove the old one. Placeholders: the exec ones plus `{new}` (the
@@ -253,7 +270,11 @@ impl PlanFile {
     pub fn from_yaml(text: &str) -> Result<PlanFile, PlanFileError> {
         const COMMAND: &str = "a list of program and arguments, e.g. [./up.sh, \"{node}\"]";
         const HINTS: &crate::yaml::Hints = &[
-            ("", "a mapping of etcd, nodes, ingressLabels, storageLabels, action (refit formats plan)"),
+            (
+                "",
+                "a mapping of etcd, nodes, ingressLabels, storageLabels, action, accept (refit formats plan)",
+            ),
+            ("accept", "a list of CHECK or CHECK=SUBJECT, e.g. [single-replica=deployment/shop/web]"),
             ("etcd", "a list of {name, address}"),
             ("nodes", "a mapping of node name to {address, roles}"),
             ("nodes.roles", "a list of etcd, control-plane, worker"),
@@ -324,6 +345,15 @@ impl PlanFile {
                     None => Ok(()),
                 }
             }
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses external etcd hosts when `action` (the one the run will use: `--action`, else
+    /// the file's) is the ssh kubeadm recipe, which has nothing to run there.
+    pub fn check_external_etcd(&self, action: Option<&Action>) -> Result<(), PlanFileError> {
+        match (self.etcd.first(), action) {
+            (Some(e), Some(Action::Ssh { .. })) => Err(PlanFileError::EtcdWithoutAction(e.name.clone())),
             _ => Ok(()),
         }
     }
@@ -419,10 +449,11 @@ mod tests {
                 sudo: true,
                 package_manager: PackageManager::Apt,
                 ignore_preflight_errors: Vec::new(),
+                packages_preinstalled: false,
             })
         );
         let full = PlanFile::from_yaml(
-            "action: {type: ssh, user: ops, port: 2222, identityFile: /k/id, configFile: /k/cfg, knownHostsFile: /k/kh, hostKeyCheck: accept-new, sudo: false, packageManager: dnf}",
+            "action: {type: ssh, user: ops, port: 2222, identityFile: /k/id, configFile: /k/cfg, knownHostsFile: /k/kh, hostKeyCheck: accept-new, sudo: false, packageManager: dnf, packagesPreinstalled: true}",
         )
         .unwrap();
         full.validate(&nodes).unwrap();
@@ -433,6 +464,7 @@ mod tests {
                 host_key_check: HostKeyCheck::AcceptNew,
                 sudo: false,
                 package_manager: PackageManager::Dnf,
+                packages_preinstalled: true,
                 ..
             })
         ));
@@ -470,6 +502,31 @@ mod tests {
             assert!(err.contains(expected), "{bad}: {err}");
         }
         assert!(PlanFile::from_yaml("action: {type: teleport}").is_err());
+    }
+
+    #[test]
+    fn accepted_blockers_parse_and_unknown_checks_are_refused_with_the_field() {
+        let f = PlanFile::from_yaml("accept: [worker-count, local-data=pod/shop/cache]").unwrap();
+        let rules: Vec<String> = f.accept.iter().map(|r| r.to_string()).collect();
+        assert_eq!(rules, ["worker-count", "local-data=pod/shop/cache"]);
+        for bad in ["accept: [capacity]", "accept: [local-data=]", "accept: local-data"] {
+            let e = PlanFile::from_yaml(bad).unwrap_err().to_string();
+            assert!(e.contains("accept") && !e.contains('\n'), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn external_etcd_hosts_need_an_action_that_upgrades_them() {
+        let f = PlanFile::from_yaml("etcd: [{name: etcd-a, address: 10.0.0.5}]").unwrap();
+        let ssh = PlanFile::from_yaml("action: {type: ssh}").unwrap().action;
+        let exec = PlanFile::from_yaml("action: {type: exec, command: [up.sh]}").unwrap().action;
+        assert_eq!(
+            f.check_external_etcd(ssh.as_ref()),
+            Err(PlanFileError::EtcdWithoutAction("etcd-a".into()))
+        );
+        assert!(f.check_external_etcd(ssh.as_ref()).unwrap_err().to_string().contains("etcd-a"));
+        assert_eq!(f.check_external_etcd(exec.as_ref()), Ok(()));
+        assert_eq!(PlanFile::default().check_external_etcd(ssh.as_ref()), Ok(()), "no external etcd");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use crate::accept::Acceptances;
 use crate::checks::{self, CheckOptions, Finding, Severity};
 use crate::drain;
 use crate::path::UpgradePath;
@@ -73,8 +74,7 @@ pub fn forced_findings(path: &UpgradePath) -> Vec<Finding> {
         .collect()
 }
 
-/// Runs every check and builds the plan. `extra` carries findings gathered elsewhere (removed
-/// APIs in use, version path problems).
+/// Runs every check and builds the plan, with nothing accepted (see [`preflight_accepting`]).
 pub fn preflight(
     snapshot: &Snapshot,
     path: Option<&UpgradePath>,
@@ -82,12 +82,28 @@ pub fn preflight(
     plan_opts: &PlanOptions,
     check_opts: &CheckOptions,
 ) -> Result<Plan, PlanError> {
+    preflight_accepting(snapshot, path, extra, plan_opts, check_opts, &Acceptances::default())
+}
+
+/// Runs every check and builds the plan. `extra` carries findings gathered elsewhere (removed
+/// APIs in use, version path problems). Blockers `accept` covers are moved to
+/// [`Plan::accepted`] before the plan is built: they neither block nor make `--partial-ok`
+/// leave their node out.
+pub fn preflight_accepting(
+    snapshot: &Snapshot,
+    path: Option<&UpgradePath>,
+    extra: Vec<Finding>,
+    plan_opts: &PlanOptions,
+    check_opts: &CheckOptions,
+    accept: &Acceptances,
+) -> Result<Plan, PlanError> {
     if plan_opts.mode == plan::Mode::Offline {
         return plan::build(snapshot, Vec::new(), plan_opts);
     }
     let mut findings = extra;
     findings.extend(checks::node_readiness(snapshot, check_opts));
-    findings.extend(checks::availability(snapshot, check_opts));
+    let roles = plan::cluster_roles(snapshot, &plan_opts.extra_roles);
+    findings.extend(checks::availability(snapshot, &roles, check_opts));
     if let Some(p) = path {
         findings.extend(path_skew(snapshot, p));
     }
@@ -150,7 +166,9 @@ pub fn preflight(
     }
     findings.sort_by(|a, b| (a.severity, a.check, &a.subject).cmp(&(b.severity, b.check, &b.subject)));
     findings.dedup();
-    let mut plan = plan::build(snapshot, findings, plan_opts)?;
+    let (open, accepted) = accept.apply(findings);
+    let mut plan = plan::build(snapshot, open, plan_opts)?;
+    plan.accepted = accepted;
     for unit in plan.phases.iter_mut().flat_map(|p| p.batches.iter_mut()).flat_map(|b| b.units.iter_mut()) {
         let pods = capacity.pods_on(&unit.node);
         if !pods.is_empty() {
@@ -310,5 +328,176 @@ mod tests {
         p.mode = Mode::Offline;
         let plan = preflight(&s, None, vec![], &p, &c).unwrap();
         assert!(!plan.blocked && plan.findings.is_empty());
+    }
+
+    /// A pod of `owner` on `node`.
+    fn on(name: &str, node: &str) -> crate::snapshot::PodInfo {
+        crate::snapshot::PodInfo { node: Some(node.into()), ..pod(name) }
+    }
+
+    fn workload(kind: &str, name: &str, replicas: i32) -> crate::snapshot::WorkloadInfo {
+        crate::snapshot::WorkloadInfo {
+            kind: kind.into(),
+            namespace: "default".into(),
+            name: name.into(),
+            replicas,
+            owner: None,
+        }
+    }
+
+    /// Kismatic's table, one row per worker (w-1..w-6 for the workload rows, w-7/w-8 ingress
+    /// and storage), a lone control plane with a stacked etcd member (rows 7 and 8), and a
+    /// second cluster with a single worker (row 9).
+    fn kismatic_cluster() -> (Snapshot, CheckOptions) {
+        use crate::snapshot::{PvInfo, Volume};
+        let mut s = Snapshot { nodes: vec![node("cp-1", true, "v1.36.4")], ..Default::default() };
+        for i in 1..=9 {
+            s.nodes.push(node(&format!("w-{i}"), false, "v1.36.4"));
+        }
+        s.nodes[7].labels.insert("ingress".into(), String::new());
+        s.nodes[8].labels.insert("storage".into(), "ceph".into());
+        let mut etcd = on("etcd-cp-1", "cp-1").mirror();
+        etcd.namespace = "kube-system".into();
+        etcd.labels.insert("component".into(), "etcd".into());
+        let mut db = on("db-0", "w-6").owned_by("StatefulSet", "db");
+        db.volumes.push(Volume::Claim { name: "data".into(), claim: "data-db-0".into() });
+        s.pvs = vec![PvInfo { name: "pv".into(), claim: Some("default/data-db-0".into()), node_local: true }];
+        s.workloads = vec![workload("Deployment", "solo", 1), workload("StatefulSet", "db", 3), {
+            let mut rs = workload("ReplicaSet", "solo-x", 1);
+            rs.owner = Some(crate::snapshot::Owner { kind: "Deployment".into(), name: "solo".into() });
+            rs
+        }];
+        s.pods = vec![
+            etcd,
+            on("bare", "w-1"),
+            on("solo-x-1", "w-2").owned_by("ReplicaSet", "solo-x"),
+            on("agent-1", "w-3").owned_by("DaemonSet", "agent"),
+            on("cache", "w-4").owned_by("StatefulSet", "db").empty_dir(),
+            on("logs", "w-5").owned_by("StatefulSet", "db").host_path("/var/log"),
+            db,
+        ];
+        let check_opts = CheckOptions {
+            ingress_labels: vec!["ingress".into()],
+            storage_labels: vec!["storage=ceph".into()],
+            ..Default::default()
+        };
+        (s, check_opts)
+    }
+
+    /// The rows of Kismatic's table as (check, subject, node) — what must block.
+    const KISMATIC: &[(&str, &str, &str)] = &[
+        ("unmanaged-pod", "pod/default/bare", "w-1"),
+        ("single-replica", "deployment/default/solo", "w-2"),
+        ("daemonset-single-node", "daemonset/default/agent", "w-3"),
+        ("local-data", "pod/default/cache", "w-4"),
+        ("local-data", "pod/default/logs", "w-5"),
+        ("local-data", "pod/default/db-0", "w-6"),
+        ("etcd-members", "node/cp-1", "cp-1"),
+        ("control-plane-count", "node/cp-1", "cp-1"),
+        ("ingress-node", "node/w-7", "w-7"),
+        ("storage-node", "node/w-8", "w-8"),
+    ];
+
+    fn open(plan: &Plan) -> BTreeSet<(&'static str, String)> {
+        plan.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Blocker)
+            .map(|f| (f.check, f.subject.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn every_kismatic_condition_blocks_online_mode_on_its_node() {
+        let (s, c) = kismatic_cluster();
+        let (p, _) = opts();
+        let plan = preflight(&s, None, vec![], &p, &c).unwrap();
+        assert!(plan.blocked);
+        for (check, subject, node) in KISMATIC {
+            let f = plan.findings.iter().find(|f| f.check == *check && f.subject == *subject);
+            let f = f.unwrap_or_else(|| panic!("{check} {subject} missing: {:?}", open(&plan)));
+            assert_eq!(
+                (f.severity, f.node.as_deref()),
+                (Severity::Blocker, Some(*node)),
+                "{check} {subject}"
+            );
+        }
+        // Row 9, on a cluster of its own: one worker.
+        let lonely = Snapshot {
+            nodes: vec![
+                node("cp-1", true, "v1.36.4"),
+                node("cp-2", true, "v1.36.4"),
+                node("w-1", false, "v1.36.4"),
+            ],
+            ..Default::default()
+        };
+        let plan = preflight(&lonely, None, vec![], &p, &CheckOptions::default()).unwrap();
+        assert_eq!(open(&plan), BTreeSet::from([("worker-count", "node/w-1".to_string())]));
+        assert!(plan.blocked);
+        // --ignore-safety-checks reports them without blocking; --offline runs none.
+        let (s, c) = kismatic_cluster();
+        let mut p = opts().0;
+        p.mode = Mode::IgnoreSafetyChecks;
+        let plan = preflight(&s, None, vec![], &p, &c).unwrap();
+        assert!(!plan.blocked && open(&plan).len() == KISMATIC.len());
+        p.mode = Mode::Offline;
+        let plan = preflight(&s, None, vec![], &p, &c).unwrap();
+        assert!(!plan.blocked && plan.findings.is_empty());
+    }
+
+    #[test]
+    fn each_acceptance_takes_exactly_its_subject_out_of_the_blockers() {
+        let (s, c) = kismatic_cluster();
+        let (p, _) = opts();
+        for (check, subject, _) in KISMATIC {
+            let rule: crate::accept::AcceptRule = format!("{check}={subject}").parse().unwrap();
+            let accept = Acceptances::new(&[], std::slice::from_ref(&rule));
+            let plan = preflight_accepting(&s, None, vec![], &p, &c, &accept).unwrap();
+            let accepted: Vec<(&str, &str)> =
+                plan.accepted.iter().map(|a| (a.finding.check, a.finding.subject.as_str())).collect();
+            assert_eq!(accepted, [(*check, *subject)], "{rule}");
+            assert_eq!(open(&plan).len(), KISMATIC.len() - 1, "{rule}: the others stay open");
+            assert!(plan.blocked);
+        }
+        // All of them, half from the plan file: nothing blocks, every one is listed as accepted.
+        let rules: Vec<crate::accept::AcceptRule> =
+            KISMATIC.iter().map(|(c, s, _)| format!("{c}={s}").parse().unwrap()).collect();
+        let (file, flags) = rules.split_at(5);
+        let plan = preflight_accepting(&s, None, vec![], &p, &c, &Acceptances::new(file, flags)).unwrap();
+        assert!(!plan.blocked, "{:?}", open(&plan));
+        assert_eq!(plan.accepted.len(), KISMATIC.len());
+        assert_eq!(plan.accepted.iter().filter(|a| a.origin == crate::accept::Origin::PlanFile).count(), 5);
+        let json = serde_json::to_value(&plan).unwrap();
+        assert_eq!(json["accepted"][0]["rule"], serde_json::json!(plan.accepted[0].rule.to_string()));
+    }
+
+    #[test]
+    fn partial_ok_leaves_out_exactly_the_workers_concerned_and_refuses_for_members() {
+        let (s, c) = kismatic_cluster();
+        let (mut p, _) = opts();
+        p.partial_ok = true;
+        // The lone control plane blocks (etcd-members, control-plane-count): refused.
+        let e = preflight(&s, None, vec![], &p, &c).unwrap_err();
+        assert_eq!(e, PlanError::PartialControlPlane("cp-1".into()));
+        let members =
+            Acceptances::new(&[], &["etcd-members".parse().unwrap(), "control-plane-count".parse().unwrap()]);
+        let plan = preflight_accepting(&s, None, vec![], &p, &c, &members).unwrap();
+        assert!(!plan.blocked);
+        let left_out: BTreeSet<&str> = plan.excluded.iter().map(|(n, _)| n.as_str()).collect();
+        let concerned: BTreeSet<&str> =
+            KISMATIC.iter().map(|(_, _, n)| *n).filter(|n| *n != "cp-1").collect();
+        assert_eq!(left_out, concerned);
+        let planned: BTreeSet<String> = unit_names(&plan.phases, None);
+        assert_eq!(planned, BTreeSet::from(["cp-1".to_string(), "w-9".to_string()]));
+        // An accepted worker stays in.
+        let mut more = members.clone();
+        more.0.push(("ingress-node=node/w-7".parse().unwrap(), crate::accept::Origin::Flag));
+        let plan = preflight_accepting(&s, None, vec![], &p, &c, &more).unwrap();
+        assert!(unit_names(&plan.phases, None).contains("w-7"));
+        // The control plane tagged worker (plan file roles) is still a member: refused.
+        let (mut s, c) = kismatic_cluster();
+        s.nodes.retain(|n| n.name == "cp-1" || n.name == "w-9");
+        p.extra_roles.insert("cp-1".into(), BTreeSet::from([crate::plan::Role::Worker]));
+        let e = preflight(&s, None, vec![], &p, &c).unwrap_err();
+        assert_eq!(e, PlanError::PartialControlPlane("cp-1".into()));
     }
 }

@@ -902,6 +902,7 @@ mod tests {
             max_unavailable: batch.to_string(),
             phases,
             findings: vec![],
+            accepted: vec![],
             excluded: vec![],
             blocked: false,
         }

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use refit_core::VersionRequest;
+use refit_core::accept::{AcceptRule, Acceptances};
 use refit_core::catalog::Catalog;
 use refit_core::checks::{CheckOptions, Finding};
 use refit_core::drain::DrainOptions;
@@ -47,6 +48,12 @@ pub struct PlanInput {
     pub today: jiff::civil::Date,
     /// How the node action says which versions it can reach (None: it cannot tell).
     pub probe: Option<refit_exec::probe::TargetProbe>,
+    /// `--accept`: blockers accepted one by one (the plan file's `accept:` come first).
+    pub accept: Vec<AcceptRule>,
+    /// `--policy`: when the next minor is reachable (strict: only from the newest patch).
+    pub policy: Policy,
+    /// `--min-free-disk` and the readiness probe's other settings.
+    pub readiness: crate::reach::ReadinessInput,
 }
 
 /// Everything preflight gathered and decided.
@@ -66,6 +73,13 @@ pub struct Prepared {
     pub worker_concurrency: usize,
     /// What the node action can reach (None: it has no probe).
     pub reach: Option<crate::reach::ReachReport>,
+    /// The version policy the path was resolved under.
+    pub policy: Policy,
+    /// Each node's identity as the readiness probe read it (ssh action).
+    pub identities: BTreeMap<String, refit_core::identity::HostIdentity>,
+    /// Acceptances that matched no finding (a typo, or a finding that went away): warned
+    /// about, never an error — the cluster moves between plan and run.
+    pub unused_accepts: Vec<AcceptRule>,
 }
 
 /// Why preparation stopped.
@@ -89,9 +103,8 @@ pub async fn prepare(conn: &Connection, input: &PlanInput) -> Result<Prepared, P
     // Fetch (1): the version the path starts from.
     let current = refit_kube::apis::oldest_apiserver_version(conn).await?;
     // Validate (1): the path.
-    let path =
-        upgrade_path(&input.catalog, &current, &input.request, Policy::Default, input.force, input.today)
-            .map_err(|e| PrepareError::Input(e.to_string()))?;
+    let path = upgrade_path(&input.catalog, &current, &input.request, input.policy, input.force, input.today)
+        .map_err(|e| PrepareError::Input(e.to_string()))?;
     tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "connected, path resolved");
     // Fetch (2): the removed-API signals (each apiserver's metrics, metadata-only lists, Helm
     // releases) do not depend on the snapshot, so both are read at once. The snapshot's lists
@@ -135,7 +148,9 @@ pub async fn prepare(conn: &Connection, input: &PlanInput) -> Result<Prepared, P
         path,
         &draft,
         input.force,
+        input.policy,
         input.today,
+        input.readiness,
     )
     .await?;
     tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "target probed");
@@ -186,12 +201,21 @@ fn decide(
         ingress_labels: ingress,
         storage_labels: storage,
     };
-    let mut plan = refit_core::preflight::preflight(snapshot, Some(&path), extra, &plan_opts, &check_opts)
-        .map_err(|e| match e {
-            refit_core::plan::PlanError::NothingToDo(_) => PrepareError::NothingToDo(e.to_string()),
-            e => PrepareError::Input(e.to_string()),
-        })?;
+    let accept = Acceptances::new(&plan_file.accept, &input.accept);
+    let mut plan = refit_core::preflight::preflight_accepting(
+        snapshot,
+        Some(&path),
+        extra,
+        &plan_opts,
+        &check_opts,
+        &accept,
+    )
+    .map_err(|e| match e {
+        refit_core::plan::PlanError::NothingToDo(_) => PrepareError::NothingToDo(e.to_string()),
+        e => PrepareError::Input(e.to_string()),
+    })?;
     plan.blocked |= refit_core::reach::blocks_regardless_of_mode(&plan);
+    let unused_accepts = accept.unused(&plan.accepted).into_iter().cloned().collect();
     let workers = snapshot.nodes.iter().filter(|n| !n.is_control_plane()).count();
     let addresses: BTreeMap<String, String> =
         plan_file.addresses(snapshot.nodes.iter().map(|n| (n.name.as_str(), n.address.as_deref())));
@@ -203,6 +227,9 @@ fn decide(
         addresses,
         worker_concurrency: input.max_unavailable.batch_size(workers),
         reach: reached.report,
+        identities: reached.identities,
+        policy: input.policy,
+        unused_accepts,
     })
 }
 

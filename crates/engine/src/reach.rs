@@ -12,12 +12,12 @@ use refit_core::catalog::Catalog;
 use refit_core::checks::Finding;
 use refit_core::path::{Policy, UpgradePath, upgrade_path};
 use refit_core::plan::{PlanOptions, Role};
-use refit_core::planfile::PlanFile;
+use refit_core::planfile::{Action, PlanFile};
 use refit_core::reach::{self, Observation};
 use refit_core::run::{Style, phase_name, role_name, schedule};
 use refit_core::snapshot::Snapshot;
 use refit_exec::NodeContext;
-use refit_exec::probe::{KubeadmPlan, ProbeRequest, TargetProbe, probe_nodes};
+use refit_exec::probe::{KubeadmPlan, ProbeRequest, TargetProbe, probe_nodes, readiness_nodes};
 use serde::Serialize;
 
 use crate::prepare::PrepareError;
@@ -36,6 +36,16 @@ pub struct Reached {
     pub not_run: Vec<String>,
     /// The section `refit plan` prints (None: nothing was probed).
     pub report: Option<ReachReport>,
+    /// Each node's identity as the readiness probe read it (ssh action): the run's action
+    /// checks it reaches the same hosts.
+    pub identities: BTreeMap<String, refit_core::identity::HostIdentity>,
+}
+
+/// What the readiness probe checks (core::readiness): free room, pre-installed packages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadinessInput {
+    /// `--min-free-disk` in bytes (0: not checked).
+    pub min_free: u64,
 }
 
 /// `refit plan`'s target-reach section.
@@ -72,9 +82,17 @@ pub async fn probe(
     path: UpgradePath,
     draft: &PlanOptions,
     force: bool,
+    policy: Policy,
     today: jiff::civil::Date,
+    readiness: ReadinessInput,
 ) -> Result<Reached, PrepareError> {
-    let unprobed = |path, not_run: Vec<String>| Reached { path, findings: Vec::new(), not_run, report: None };
+    let unprobed = |path, not_run: Vec<String>| Reached {
+        path,
+        findings: Vec::new(),
+        not_run,
+        report: None,
+        identities: BTreeMap::new(),
+    };
     let Some(probe) = probe else { return Ok(unprobed(path, Vec::new())) };
     if draft.mode == refit_core::plan::Mode::Offline {
         return Ok(unprobed(path, vec!["target probe (--offline)".into()]));
@@ -133,7 +151,7 @@ pub async fn probe(
     let mut report = probe_nodes(probe, without_plan(requests(&path)), PROBE_TIMEOUT).await;
     let narrowed =
         reach::narrow(catalog, path.from.minor_version(), reach::kept_minor(request), &report.observed);
-    let resolved = upgrade_path(&narrowed, &path.from, request, Policy::Default, force, today)
+    let resolved = upgrade_path(&narrowed, &path.from, request, policy, force, today)
         .map_err(|e| PrepareError::Input(e.to_string()))?;
     let asked = requests(&resolved);
     match probe {
@@ -160,6 +178,35 @@ pub async fn probe(
         findings.push(reach::kubeadm_plan_refused(&p.node, &p.version, e));
     }
     let not_run = report.not_probed.iter().map(|(n, why)| format!("target probe of {n} ({why})")).collect();
+    // Readiness over the same transport (ssh): room on the filesystems the upgrade writes,
+    // pre-installed packages, and who each host is.
+    let mut identities = BTreeMap::new();
+    if let TargetProbe::Ssh { options, .. } = probe {
+        let preinstalled = matches!(plan_file.action, Some(Action::Ssh { packages_preinstalled: true, .. }));
+        let ctxs: Vec<NodeContext> = asked.iter().map(|r| r.ctx.clone()).collect();
+        let seen = readiness_nodes(options, ctxs, preinstalled, PROBE_TIMEOUT).await;
+        for (node, result) in &seen {
+            let to = asked.iter().find(|r| &r.ctx.node == node).and_then(|r| r.ctx.to.parse().ok());
+            let req = refit_core::readiness::Requirements {
+                min_free: readiness.min_free,
+                preinstalled: if preinstalled { to } else { None },
+            };
+            findings.extend(refit_core::readiness::findings(
+                node,
+                result.as_ref().map_err(String::as_str),
+                &req,
+            ));
+            if let Ok(r) = result {
+                identities.insert(
+                    node.clone(),
+                    refit_core::identity::HostIdentity {
+                        hostname: r.hostname.clone(),
+                        machine_id: r.machine_id.clone(),
+                    },
+                );
+            }
+        }
+    }
     let kind = match probe {
         TargetProbe::Ssh { .. } => "ssh: each node's package repository (apt)",
         TargetProbe::Exec { .. } => "exec: the plan file's probe command",
@@ -178,5 +225,6 @@ pub async fn probe(
         findings,
         not_run,
         report: Some(ReachReport { probe: kind, nodes, kubeadm_plan: report.kubeadm_plan }),
+        identities,
     })
 }

@@ -24,6 +24,10 @@ pub enum NodeAction {
     Ssh {
         /// As written in the plan file.
         action: refit_core::planfile::Action,
+        /// Each node's identity as the readiness probe read it when the run was planned: the
+        /// action refuses a host that is not the recorded one.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        identities: BTreeMap<String, refit_core::identity::HostIdentity>,
     },
     /// Create a replacement node, move the old one's custom labels, annotations and taints to
     /// it, then drain and remove the old one. Placeholders: `{node}` (old), `{new}`, `{to}`.
@@ -45,7 +49,7 @@ impl NodeAction {
     /// Who upgrades the add-ons when nodes are upgraded this way (core's rule).
     pub fn addon_owner(&self) -> refit_core::addons::AddonOwner {
         match self {
-            NodeAction::Ssh { action } => refit_core::addons::AddonOwner::for_action(action),
+            NodeAction::Ssh { action, .. } => refit_core::addons::AddonOwner::for_action(action),
             NodeAction::Exec { .. } | NodeAction::Replace { .. } => refit_core::addons::AddonOwner::Refit,
         }
     }
@@ -111,6 +115,10 @@ pub struct RunSpec {
     pub cluster_services: Option<AddonTargets>,
     /// Evictions in flight per node.
     pub eviction_concurrency: usize,
+    /// Blockers the operator accepted one by one for this run (`--accept`, the plan file's
+    /// `accept:`): recorded with it, and announced when it starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accepted: Vec<refit_core::accept::Record>,
 }
 
 impl RunSpec {

@@ -379,7 +379,13 @@ impl Tails {
         if q.len() == KEPT_LINES {
             q.pop_front();
         }
-        q.push_back(line.to_string());
+        // stderr tails only ever end up in error messages people read: a node's escape
+        // sequences (clear screen, retitle, bidi reordering) must not reach the terminal.
+        // stdout tails stay as written: callers parse them.
+        q.push_back(match stream {
+            Stream::Stderr => refit_core::identity::printable(line, false),
+            Stream::Stdout => line.to_string(),
+        });
     }
 
     /// The last `n` stderr lines.

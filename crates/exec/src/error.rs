@@ -84,6 +84,20 @@ pub enum Error {
         detail: String,
     },
 
+    /// The host the address leads to is not the one recorded for this node when the plan was
+    /// made: nothing was run on it.
+    #[error(
+        "node {node}: {destination} is not the host the plan recorded for it ({detail}); nothing was run there — check the node's address (a changed IP or DNS name, or an InternalIP the node rewrote), then plan again"
+    )]
+    WrongHost {
+        /// The node.
+        node: String,
+        /// The destination given to ssh.
+        destination: String,
+        /// What differs.
+        detail: String,
+    },
+
     /// A remote command could not be run or its result was lost (the connection broke).
     #[error("node {node}: `{command}` could not be run over ssh: {detail}")]
     SshCommand {

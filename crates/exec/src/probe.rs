@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use refit_core::reach::{MinorOffer, Observation, PackagePolicy, PinnedVersion, package_release};
+use refit_core::readiness::{Filesystem, NodeReadiness, WRITTEN_PATHS};
 use refit_core::{MinorVersion, Version};
 use serde::{Deserialize, Serialize};
 
@@ -499,6 +500,130 @@ fn policy_line(policy: &mut PackagePolicy, value: &str, last_version: &mut Optio
     }
 }
 
+/// The read-only readiness probe (POSIX sh, as the login user: nothing needs root). Arguments:
+/// the paths to measure, `--`, then the packages whose installed versions to report. Output
+/// lines start with `refit-ready KIND`. A path that does not exist is measured at its nearest
+/// existing parent (`/var/cache/dnf` on an apt node is `/var/cache`'s filesystem).
+pub const READINESS_SCRIPT: &str = r#"set -u
+echo "refit-ready hostname $(uname -n)"
+if [ -r /etc/machine-id ]; then echo "refit-ready machine-id $(cat /etc/machine-id)"; fi
+while [ $# -gt 0 ] && [ "$1" != -- ]; do
+  p=$1; shift; q=$p
+  while [ ! -e "$q" ]; do q=$(dirname "$q"); done
+  df -P -k "$q" | tail -n 1 | sed "s#^#refit-ready disk $p #"
+done
+[ $# -gt 0 ] && shift
+for pkg in "$@"; do
+  v=
+  if command -v dpkg-query >/dev/null 2>&1; then
+    v=$(dpkg-query -W -f '${db:Status-Abbrev} ${Version}' "$pkg" 2>/dev/null | sed -n 's/^ii *//p')
+  elif command -v rpm >/dev/null 2>&1; then
+    v=$(rpm -q --qf '%{VERSION}-%{RELEASE}' "$pkg" 2>/dev/null) || v=
+  fi
+  echo "refit-ready package $pkg $v"
+done
+"#;
+
+/// The readiness probe's command: [`READINESS_SCRIPT`] over `paths`, and the installed
+/// versions of `packages` (none when the recipe installs them itself).
+pub fn readiness_command(paths: &[&str], packages: &[&str]) -> RemoteCommand {
+    let mut args: Vec<String> = vec!["-c".into(), READINESS_SCRIPT.into(), "refit-ready".into()];
+    args.extend(paths.iter().map(|p| p.to_string()));
+    args.push("--".into());
+    args.extend(packages.iter().map(|p| p.to_string()));
+    RemoteCommand::user("sh", args)
+}
+
+/// Reads the readiness probe's output: `Err` when it does not look like the probe ran (no
+/// host name, a path with no `df` line).
+pub fn parse_readiness(lines: &[OutputLine], paths: &[&str]) -> Result<NodeReadiness, String> {
+    let mut out = NodeReadiness::default();
+    let mut by_mount: BTreeMap<String, Filesystem> = BTreeMap::new();
+    for line in lines {
+        let OutputLine::Stdout(text) = line else { continue };
+        let Some(rest) = text.strip_prefix("refit-ready ") else { continue };
+        let (kind, value) = rest.split_once(' ').unwrap_or((rest, ""));
+        match kind {
+            "hostname" => out.hostname = value.trim().to_string(),
+            "machine-id" => out.machine_id = Some(value.trim().to_string()).filter(|m| !m.is_empty()),
+            "disk" => {
+                // `PATH FILESYSTEM 1024-BLOCKS USED AVAILABLE CAPACITY MOUNTPOINT`
+                let cols: Vec<&str> = value.split_whitespace().collect();
+                let [path, _fs, size, _used, available, _capacity, mount @ ..] = cols.as_slice() else {
+                    return Err(format!("df printed a line refit cannot read: {}", printable(value)));
+                };
+                let kib = |n: &str| n.parse::<u64>().ok().and_then(|k| k.checked_mul(1024));
+                let (Some(size), Some(available)) = (kib(size), kib(available)) else {
+                    return Err(format!("df printed a line refit cannot read: {}", printable(value)));
+                };
+                let fs = by_mount.entry(mount.join(" ")).or_insert_with(|| Filesystem {
+                    mount: mount.join(" "),
+                    paths: Vec::new(),
+                    available,
+                    size,
+                });
+                fs.paths.push(path.to_string());
+            }
+            "package" => {
+                let (name, version) = value.split_once(' ').unwrap_or((value, ""));
+                let version = version.trim();
+                out.packages.insert(name.to_string(), (!version.is_empty()).then(|| version.to_string()));
+            }
+            _ => {}
+        }
+    }
+    if out.hostname.is_empty() {
+        return Err("the readiness probe printed nothing refit can read (is /bin/sh there?)".into());
+    }
+    if let Some(missing) =
+        paths.iter().find(|p| !by_mount.values().any(|fs| fs.paths.iter().any(|q| q == *p)))
+    {
+        return Err(format!("df reported nothing for {missing}"));
+    }
+    out.filesystems = by_mount.into_values().collect();
+    Ok(out)
+}
+
+fn printable(text: &str) -> String {
+    refit_core::identity::printable(text, false)
+}
+
+/// Runs the readiness probe on one node over ssh (read-only, no sudo).
+/// `paths`: [`WRITTEN_PATHS`] in a run (tests add a mount of their own).
+pub async fn probe_readiness(
+    options: &SshOptions,
+    ctx: &NodeContext,
+    paths: &[&str],
+    packages: &[&str],
+    timeout: Duration,
+) -> Result<NodeReadiness, String> {
+    let command = readiness_command(paths, packages);
+    let lines = Mutex::new(Vec::new());
+    let keep = |line: OutputLine| lines.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+    run_ssh(std::slice::from_ref(&command), ctx, options, timeout, &keep).await.map_err(|e| one_line(&e))?;
+    parse_readiness(&lines.into_inner().unwrap_or_else(|p| p.into_inner()), paths)
+}
+
+/// The readiness probe on every node (at most [`PROBE_CONCURRENCY`] at once), by node name.
+/// `packages`: ask for the installed versions of the recipe's packages (the plan says they
+/// are pre-installed).
+pub async fn readiness_nodes(
+    options: &SshOptions,
+    nodes: Vec<NodeContext>,
+    packages: bool,
+    timeout: Duration,
+) -> BTreeMap<String, Result<NodeReadiness, String>> {
+    let asked: &[&str] = if packages { &PACKAGES } else { &[] };
+    futures::stream::iter(nodes)
+        .map(|ctx| async move {
+            let r = probe_readiness(options, &ctx, WRITTEN_PATHS, asked, timeout).await;
+            (ctx.node, r)
+        })
+        .buffer_unordered(PROBE_CONCURRENCY)
+        .collect()
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -646,5 +771,40 @@ refit-probe offer    kubectl | 1.37.2-1.1 | u Packages
         let Observation::Offers { minors, .. } = o else { panic!() };
         assert_eq!(minors.len(), 1);
         assert_eq!(minors[&MinorVersion::new(1, 37)].releases, BTreeSet::from([Version::new(1, 37, 1)]));
+    }
+
+    #[test]
+    fn readiness_output_groups_paths_by_filesystem_and_reads_packages() {
+        let o = parse_readiness(
+            &out("refit-ready hostname w-1
+refit-ready machine-id 0123abcd
+refit-ready disk / /dev/vda1 10485760 8388608 2097152 80% /
+refit-ready disk /var/lib /dev/vda1 10485760 8388608 2097152 80% /
+refit-ready disk /tmp tmpfs 4096 3584 512 88% /tmp
+refit-ready package kubeadm 1.37.1-1.1
+refit-ready package kubelet 
+"),
+            &["/", "/var/lib", "/tmp"],
+        )
+        .unwrap();
+        assert_eq!((o.hostname.as_str(), o.machine_id.as_deref()), ("w-1", Some("0123abcd")));
+        assert_eq!(o.filesystems.len(), 2);
+        assert_eq!(o.filesystems[0].mount, "/");
+        assert_eq!(o.filesystems[0].paths, ["/", "/var/lib"]);
+        assert_eq!(o.filesystems[0].available, 2 << 30);
+        assert_eq!((o.filesystems[1].available, o.filesystems[1].size), (512 << 10, 4 << 20));
+        assert_eq!(o.packages["kubeadm"].as_deref(), Some("1.37.1-1.1"));
+        assert_eq!(o.packages["kubelet"], None);
+        let missing = parse_readiness(&out("refit-ready hostname w-1"), &["/"]).unwrap_err();
+        assert!(missing.contains("nothing for /"), "{missing}");
+        assert!(parse_readiness(&out(""), &[]).is_err());
+        let bad =
+            parse_readiness(&out("refit-ready hostname h\nrefit-ready disk / x y z\n"), &["/"]).unwrap_err();
+        assert!(bad.contains("cannot read"), "{bad}");
+        let huge = "refit-ready disk / d 99999999999999999999 1 2 1% /";
+        assert!(
+            parse_readiness(&out(&format!("refit-ready hostname h\n{huge}")), &["/"]).is_err(),
+            "no overflow"
+        );
     }
 }

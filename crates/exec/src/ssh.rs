@@ -31,6 +31,7 @@
 //!   SIGHUP, so when it times out or is dropped a remote command already running finishes on
 //!   its own.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -38,6 +39,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
+use refit_core::identity::HostIdentity;
 use refit_core::planfile::{Action, HostKeyCheck};
 use serde::{Deserialize, Serialize};
 
@@ -150,6 +152,10 @@ pub struct SshOptions {
     /// Where detached recipes keep their state on the node (default: `/var/lib/refit/actions`
     /// as root, else `~/.local/state/refit/actions`).
     pub action_root: Option<String>,
+    /// Each node's identity as recorded when the plan was made (the readiness probe reads
+    /// it). A node listed here is checked on every connection before anything runs: a host
+    /// that is not the recorded one is refused ([`Error::WrongHost`]).
+    pub expected: BTreeMap<String, HostIdentity>,
 }
 
 impl Default for SshOptions {
@@ -165,6 +171,7 @@ impl Default for SshOptions {
             connect_timeout: Duration::from_secs(30),
             control_dir: None,
             action_root: None,
+            expected: BTreeMap::new(),
         }
     }
 }
@@ -398,7 +405,37 @@ async fn connect(opts: &SshOptions, ctx: &NodeContext, destination: &str) -> Res
     let session =
         opts.builder(&config).connect(destination).await.map_err(|e| refuse(explain_connect(&chain(&e))))?;
     tracing::debug!(node = %ctx.node, %destination, "ssh master connected");
+    if let Some(want) = opts.expected.get(&ctx.node) {
+        let wrong = |detail: String| Error::WrongHost {
+            node: ctx.node.clone(),
+            destination: destination.to_string(),
+            detail,
+        };
+        let seen =
+            host_identity(&session).await.map_err(|e| wrong(format!("its identity cannot be read: {e}")))?;
+        if let Some(detail) = want.differs(&seen) {
+            let _ = session.close().await;
+            return Err(wrong(detail));
+        }
+    }
     Ok(session)
+}
+
+/// The identity script: host name, then machine id (POSIX sh; nothing needs root).
+const IDENTITY_SCRIPT: &str = "uname -n; cat /etc/machine-id 2>/dev/null || true";
+
+/// Reads the host's name and machine id over `session`.
+async fn host_identity(session: &Session) -> Result<HostIdentity, String> {
+    let tails = Tails::default();
+    let argv: Vec<String> = vec!["sh".into(), "-c".into(), IDENTITY_SCRIPT.into()];
+    match remote_status(session, &argv, Some(&tails), &|_| {}).await? {
+        Some(0) => {}
+        code => return Err(format!("exit code {code:?}")),
+    }
+    let (out, _) = tails.into_vecs();
+    let mut lines = out.into_iter().map(|l| l.trim().to_string());
+    let hostname = lines.next().filter(|h| !h.is_empty()).ok_or("no host name")?;
+    Ok(HostIdentity { hostname, machine_id: lines.next().filter(|m| !m.is_empty()) })
 }
 
 /// Runs `recipe` on the node as one detached, exclusive recipe of run `scope.run` (see the

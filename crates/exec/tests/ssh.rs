@@ -181,6 +181,7 @@ impl Sshd {
             connect_timeout: Duration::from_secs(20),
             control_dir: Some(self.dir.path().to_path_buf()),
             action_root: Some(self.path("actions").display().to_string()),
+            expected: Default::default(),
         }
     }
 
@@ -527,4 +528,125 @@ fn the_master_connection_never_forwards_an_agent_x11_or_ports() {
         assert!(effective.lines().any(|l| l == want), "{want} missing from:\n{effective}");
     }
     assert!(!effective.contains("localforward"), "{effective}");
+}
+
+/// A small tmpfs mounted for one test, unmounted on drop.
+struct SmallFs(tempfile::TempDir);
+
+impl SmallFs {
+    /// `size_kib` big, with `fill_kib` of it written.
+    fn mount(size_kib: u64, fill_kib: u64) -> SmallFs {
+        assert!(is_root(), "mounting a small tmpfs needs root (CI runs as root): run this test as root");
+        let dir = tempfile::Builder::new().prefix("refit-full").tempdir_in("/tmp").unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_kib}k"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount -t tmpfs failed");
+        std::fs::write(dir.path().join("ballast"), vec![7u8; (fill_kib * 1024) as usize]).unwrap();
+        SmallFs(dir)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+/// Kismatic's readiness checks over the node's own transport: the real `df` of a nearly full
+/// filesystem and the real package database, read through a real sshd, decided by core.
+#[tokio::test]
+async fn the_readiness_probe_names_a_nearly_full_filesystem_and_a_missing_package() {
+    use refit_core::readiness::{DEFAULT_MIN_FREE_BYTES, Requirements, WRITTEN_PATHS, findings};
+    use refit_exec::probe::probe_readiness;
+    let sshd = Sshd::start();
+    let opts = sshd.options(sshd.known_hosts("host_key.pub"));
+    let full = SmallFs::mount(8192, 7168);
+    let mount = full.0.path().display().to_string();
+    let mut paths: Vec<&str> = WRITTEN_PATHS.to_vec();
+    paths.push(&mount);
+    let node = ctx("node-a", &["worker"], false);
+    let seen =
+        probe_readiness(&opts, &node, &paths, &["kubeadm", "refit-no-such-package"], LONG).await.unwrap();
+    assert!(!seen.hostname.is_empty());
+    let small =
+        seen.filesystems.iter().find(|fs| fs.mount == mount).expect("the tmpfs is its own filesystem");
+    assert_eq!(small.paths, std::slice::from_ref(&mount));
+    assert_eq!(small.size, 8 << 20);
+    assert!(small.available <= 1 << 20, "{small:?}");
+    assert!(seen.filesystems.iter().all(|fs| fs.paths.iter().all(|p| paths.contains(&p.as_str()))));
+    assert_eq!(seen.packages["refit-no-such-package"], None);
+
+    // 4 MiB wanted: only the tmpfs is short (the machine's own disks have more).
+    let req = Requirements { min_free: 4 << 20, preinstalled: Some("1.37.1".parse().unwrap()) };
+    let f = findings("node-a", Ok(&seen), &req);
+    let disk: Vec<&str> =
+        f.iter().filter(|f| f.check == "node-disk-space").map(|f| f.message.as_str()).collect();
+    assert_eq!(disk.len(), 1, "{disk:?}");
+    assert!(disk[0].starts_with(&format!("{mount} (holding {mount}) has ")), "{}", disk[0]);
+    assert!(disk[0].contains("MiB free of 8 MiB") && disk[0].contains("needs 4 MiB"), "{}", disk[0]);
+    let pkg: Vec<&str> =
+        f.iter().filter(|f| f.check == "node-package-missing").map(|f| f.message.as_str()).collect();
+    assert!(pkg.iter().any(|m| m.contains("refit-no-such-package is not installed")), "{pkg:?}");
+    assert!(f.iter().all(|f| f.subject == "node/node-a"));
+    // The default threshold is what `--help` states.
+    assert_eq!(DEFAULT_MIN_FREE_BYTES, 2 << 30);
+
+    // A node that cannot be reached is not ready, and says why.
+    let dead = SshOptions { port: Some(1), connect_timeout: Duration::from_secs(5), ..opts.clone() };
+    let why = probe_readiness(&dead, &node, &paths, &[], LONG).await.unwrap_err();
+    let f = findings("node-a", Err(&why), &req);
+    assert_eq!(f[0].check, "node-readiness-unknown");
+}
+
+/// The ssh action checks it reached the host the plan recorded before running anything: the
+/// identity the readiness probe read passes, another one is refused with nothing run — for the
+/// plain and the detached recipe alike.
+#[tokio::test]
+async fn a_host_that_is_not_the_recorded_one_runs_nothing() {
+    use refit_core::identity::HostIdentity;
+    let sshd = Sshd::start();
+    let mut opts = sshd.options(sshd.known_hosts("host_key.pub"));
+    let node = ctx("node-a", &["worker"], false);
+    let seen = refit_exec::probe::probe_readiness(&opts, &node, &["/"], &[], LONG).await.unwrap();
+    let recorded = HostIdentity { hostname: seen.hostname.clone(), machine_id: seen.machine_id.clone() };
+    opts.expected.insert("node-a".into(), recorded.clone());
+    run_ssh(&[cmd("record", &["same-host"])], &node, &opts, LONG, &|_| {}).await.unwrap();
+    assert_eq!(sshd.calls(), "record <same-host>\n");
+
+    let elsewhere = HostIdentity { hostname: "node-b".into(), machine_id: Some("0000feed".into()) };
+    opts.expected.insert("node-a".into(), elsewhere);
+    let e = run_ssh(&[cmd("record", &["wrong-host"])], &node, &opts, LONG, &|_| {}).await.unwrap_err();
+    assert!(matches!(e, Error::WrongHost { .. }), "{e:?}");
+    let text = e.to_string();
+    assert!(text.contains("node node-a") && text.contains("nothing was run"), "{text}");
+    let e = run_ssh_detached(&[cmd("record", &["wrong-host"])], &node, &scope("r1"), &opts, LONG, &|_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::WrongHost { .. }), "{e:?}");
+    assert_eq!(sshd.calls(), "record <same-host>\n", "nothing ran on the wrong host");
+    // Another node's recorded identity does not concern this one.
+    opts.expected = [("node-b".to_string(), recorded)].into();
+    run_ssh(&[cmd("record", &["unlisted"])], &node, &opts, LONG, &|_| {}).await.unwrap();
+}
+
+/// Control characters a node writes to stderr never reach an error message.
+#[tokio::test]
+async fn a_nodes_escape_sequences_are_stripped_from_error_tails() {
+    let sshd = Sshd::start();
+    let opts = sshd.options(sshd.known_hosts("host_key.pub"));
+    let e = run_ssh(
+        &[cmd("sh", &["-c", "printf 'bad \\033]0;pwned\\007\\033[2J thing\\n' >&2; exit 4"])],
+        &ctx("node-a", &["worker"], false),
+        &opts,
+        LONG,
+        &|_| {},
+    )
+    .await
+    .unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("bad ?]0;pwned??[2J thing"), "{text:?}");
+    assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
 }

@@ -258,6 +258,8 @@ impl<L: MemberLauncher, O: Observer> Driver<L, O> {
             }
             Msg::Done { run, member, end } => {
                 self.children.remove(&(run.clone(), member.clone()));
+                // A node-image upgrade is done when the nodes say so (core's rule).
+                let end = self.confirm_node_images(&run, &member, end).await?;
                 // An upgrade that never reached its cluster: is the member reachable now? (If
                 // not it waits Pending and is retried, as before a first start.)
                 let facts = match (&end, self.store.member(&member)?) {
@@ -283,6 +285,34 @@ impl<L: MemberLauncher, O: Observer> Driver<L, O> {
             }
         }
         Ok(())
+    }
+
+    /// A NodeImageOnly member's reported success checked against its nodes' images
+    /// (refit_core::fleet::outcome::confirm_node_images); other ends pass unchanged.
+    async fn confirm_node_images(
+        &mut self,
+        run: &str,
+        member: &str,
+        end: UpgradeEnd,
+    ) -> Result<UpgradeEnd, Error> {
+        if !matches!(end, UpgradeEnd::Succeeded { .. }) {
+            return Ok(end);
+        }
+        let state = load_run(&self.store, run)?.state;
+        if state.spec.upgrade_type != UpgradeType::NodeImageOnly {
+            return Ok(end);
+        }
+        let target =
+            state.members().find(|(_, _, m)| m.name == member).and_then(|(_, _, m)| m.target.clone());
+        let Some(rec) = self.store.member(member)? else { return Ok(end) };
+        self.facts.remove(member);
+        let facts = observe_within(self.observer.as_ref(), &rec, self.cfg.observe_timeout).await;
+        Ok(refit_core::fleet::outcome::confirm_node_images(
+            end,
+            state.spec.upgrade_type,
+            &target.unwrap_or_default(),
+            &facts,
+        ))
     }
 
     /// Applies and stores one event under our fence; a refusal (the run changed meanwhile) is

@@ -25,6 +25,8 @@ pub struct PlanOutput<'a> {
     path: Vec<String>,
     /// Checks that could not run, and why.
     not_run: Vec<String>,
+    /// The version policy (`--policy`).
+    policy: refit_core::path::Policy,
     #[serde(flatten)]
     plan: &'a Plan,
     /// What the node action can reach, and kubeadm's own plan (ssh action).
@@ -40,6 +42,7 @@ impl<'a> PlanOutput<'a> {
             current: p.current.to_string(),
             path: p.path.hops.iter().map(|h| h.to.to_string()).collect(),
             not_run: p.not_run.clone(),
+            policy: p.policy,
             plan: &p.plan,
             reach: p.reach.as_ref(),
         }
@@ -87,7 +90,10 @@ pub fn plan_input(
         (false, true) => Mode::IgnoreSafetyChecks,
         (false, false) => Mode::Online,
     };
-    crate::commands::upgrade::resolve_action(args.action.as_deref(), plan_file.action.as_ref())?;
+    let action = crate::commands::upgrade::resolve_action(args.action.as_deref(), plan_file.action.as_ref())?;
+    if let Some(refit_engine::spec::NodeAction::Ssh { action, .. }) = &action {
+        plan_file.check_external_etcd(Some(action)).map_err(|e| usage(e.to_string()))?;
+    }
     let probe = crate::commands::reach::target_probe(args.action.as_deref(), &plan_file)?;
     Ok(PlanInput {
         catalog,
@@ -106,6 +112,9 @@ pub fn plan_input(
         storage_labels: args.storage_label.clone(),
         today: jiff::Zoned::now().date(),
         probe,
+        accept: args.accept.clone(),
+        policy: args.policy,
+        readiness: refit_engine::reach::ReadinessInput { min_free: args.min_free_disk },
     })
 }
 
@@ -131,10 +140,16 @@ pub fn prepare_error(e: PrepareError) -> anyhow::Error {
     }
 }
 
-/// Prints the `--offline` warning when it applies.
+/// Prints the `--offline` warning when it applies, and one for each acceptance that matched
+/// nothing.
 pub fn warn_offline(p: &Prepared) {
     if p.plan.mode == Mode::Offline {
         eprintln!("WARNING: --offline: no readiness, safety, availability, PDB or capacity check was run");
+    }
+    for rule in &p.unused_accepts {
+        eprintln!(
+            "WARNING: accept {rule}: no such blocker in this plan (check the subject as the plan prints it)"
+        );
     }
 }
 
@@ -161,12 +176,13 @@ pub async fn run(args: PlanArgs, format: Format) -> anyhow::Result<ExitCode> {
 pub fn render(o: &PlanOutput<'_>) -> String {
     let p = o.plan;
     let mut s = format!(
-        "Plan for context {}: {} → {} (hops: {}), mode {:?}, max-unavailable {}\n\n",
+        "Plan for context {}: {} → {} (hops: {}), mode {:?}, policy {}, max-unavailable {}\n\n",
         o.context,
         o.current,
         p.target,
         if o.path.is_empty() { "none".into() } else { o.path.join(" → ") },
         p.mode,
+        o.policy,
         p.max_unavailable
     );
     if p.findings.is_empty() {
@@ -183,6 +199,19 @@ pub fn render(o: &PlanOutput<'_>) -> String {
             ]);
         }
         s.push_str(&format!("Findings\n{t}\n\n"));
+    }
+    if !p.accepted.is_empty() {
+        let mut t = table(&["check", "subject", "node", "accepted by", "risk taken on"]);
+        for a in &p.accepted {
+            t.add_row(vec![
+                a.finding.check.to_string(),
+                a.finding.subject.clone(),
+                a.finding.node.clone().unwrap_or_default(),
+                format!("{} {}", a.origin, a.rule),
+                a.finding.message.clone(),
+            ]);
+        }
+        s.push_str(&format!("Accepted (not blocking)\n{t}\n\n"));
     }
     if let Some(r) = o.reach {
         s.push_str(&crate::commands::reach::render(r));
@@ -220,8 +249,21 @@ pub fn render(o: &PlanOutput<'_>) -> String {
     for n in &o.not_run {
         s.push_str(&format!("NOT RUN: {n}\n"));
     }
+    let acceptable: Vec<String> = p
+        .findings
+        .iter()
+        .filter(|f| f.severity == refit_core::checks::Severity::Blocker)
+        .filter_map(refit_core::accept::AcceptRule::exact)
+        .map(|r| format!("--accept {r}"))
+        .collect();
+    if p.blocked && !acceptable.is_empty() {
+        s.push_str(&format!(
+            "\nTo take on a blocker of Kismatic's table after checking it, accept it by name: {}\n",
+            acceptable.join(" ")
+        ));
+    }
     s.push_str(if p.blocked {
-        "\nBLOCKED: fix the blockers above, or choose --partial-ok / --ignore-safety-checks.\n"
+        "\nBLOCKED: fix the blockers above, accept them one by one (--accept), or choose --partial-ok / --ignore-safety-checks.\n"
     } else {
         "\nReady: nothing blocks this plan.\n"
     });
@@ -279,12 +321,17 @@ mod tests {
             current: "1.36.4".into(),
             path: vec!["1.37.1".into()],
             not_run: vec![],
+            policy: Default::default(),
             plan,
             reach: None,
         }
     }
 
     fn make() -> Plan {
+        make_accepting(&Default::default())
+    }
+
+    fn make_accepting(accept: &refit_core::accept::Acceptances) -> Plan {
         let target: refit_core::Version = "1.37.1".parse().unwrap();
         let plan_opts = PlanOptions {
             target: target.clone(),
@@ -296,7 +343,38 @@ mod tests {
             extra_roles: Default::default(),
         };
         let check_opts = CheckOptions { target: Some(target), ..Default::default() };
-        refit_core::preflight::preflight(&snapshot(), None, vec![], &plan_opts, &check_opts).unwrap()
+        refit_core::preflight::preflight_accepting(&snapshot(), None, vec![], &plan_opts, &check_opts, accept)
+            .unwrap()
+    }
+
+    #[test]
+    fn accepted_findings_are_listed_apart_and_open_ones_say_how_to_accept_them() {
+        let plan = make_accepting(&refit_core::accept::Acceptances::new(
+            &["control-plane-count".parse().unwrap()],
+            &["local-data=pod/shop/debug".parse().unwrap()],
+        ));
+        let mut out = output(&plan);
+        out.policy = refit_core::path::Policy::Strict;
+        let text = render(&out);
+        assert!(text.contains("policy strict"), "{text}");
+        let (open, accepted) = text.split_once("Accepted (not blocking)").expect(&text);
+        assert!(
+            accepted.contains("plan file control-plane-count")
+                && accepted.contains("--accept local-data=pod/shop/debug"),
+            "{accepted}"
+        );
+        assert!(
+            !open.contains("control-plane-count"),
+            "accepted findings are not among the open ones: {open}"
+        );
+        assert!(
+            text.contains("--accept unmanaged-pod=pod/shop/debug"),
+            "the open Kismatic blocker says how: {text}"
+        );
+        assert!(!text.contains("--accept pdb-never-allows"), "a PDB is not accepted by name");
+        let json = serde_json::to_value(&out).unwrap();
+        assert_eq!(json["policy"], "strict");
+        assert_eq!(json["accepted"][0]["origin"], "plan-file");
     }
 
     #[test]

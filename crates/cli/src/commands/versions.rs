@@ -37,13 +37,6 @@ pub fn compact(versions: &[Version]) -> String {
     if parts.is_empty() { "-".into() } else { parts.join(", ") }
 }
 
-fn policy_name(p: Policy) -> &'static str {
-    match p {
-        Policy::Default => "default",
-        Policy::Strict => "strict",
-    }
-}
-
 fn support_text(s: &Support) -> String {
     match s {
         Support::Supported { end_of_life } => format!("supported until {end_of_life}"),
@@ -101,8 +94,7 @@ fn list_all(
         if !all {
             println!(
                 "\n(end-of-life releases hidden; --all shows them; policy {}, catalog of {})",
-                policy_name(policy),
-                catalog.updated
+                policy, catalog.updated
             );
         }
     }
@@ -138,7 +130,7 @@ fn list_from(
         targets,
     };
     if !print_structured(format, &result)? {
-        println!("from {} ({}), policy {}:", result.from, support_text(&result.support), policy_name(policy));
+        println!("from {} ({}), policy {}:", result.from, support_text(&result.support), policy);
         let mut t = table(&["target", "support"]);
         for r in &result.targets {
             t.add_row(vec![r.version.to_string(), support_text(&r.support)]);

@@ -60,6 +60,46 @@ pub fn ended(member: &str, end: &UpgradeEnd, facts: Option<&MemberFacts>, at: Ti
     }
 }
 
+/// A NodeImageOnly upgrade is done when the member's nodes report the target images, not when
+/// its `refit upgrade` says it finished (issue 18 item 15: a run that rolled no node, or rolled
+/// them to the wrong image, was marked Completed). `facts` is the member observed after the
+/// end: an end it does not confirm becomes a failure saying what the nodes report; a member
+/// that cannot be observed now is a failure that did not reach it (so [`ended`] keeps it
+/// Pending and retries). Other upgrade types and other ends pass unchanged.
+pub fn confirm_node_images(
+    end: UpgradeEnd,
+    upgrade_type: crate::fleet::UpgradeType,
+    target: &crate::fleet::MemberTarget,
+    facts: &MemberFacts,
+) -> UpgradeEnd {
+    if upgrade_type != crate::fleet::UpgradeType::NodeImageOnly
+        || !matches!(end, UpgradeEnd::Succeeded { .. })
+    {
+        return end;
+    }
+    if let Some(why) = &facts.unavailable {
+        return UpgradeEnd::Failed {
+            error: format!("its node images could not be checked after the upgrade: {why}"),
+            reached: false,
+        };
+    }
+    let seen = &facts.versions.node_images;
+    let observed = target.node_images.is_empty() || !seen.is_empty();
+    if observed && crate::fleet::target::at_target(upgrade_type, target, &facts.versions).is_some() {
+        return end;
+    }
+    let now: Vec<String> = seen.iter().map(|i| format!("{} {}", i.family, i.version)).collect();
+    let want: Vec<String> = target.node_images.iter().map(|(f, v)| format!("{f} {v}")).collect();
+    UpgradeEnd::Failed {
+        error: format!(
+            "its upgrade reported success, but its nodes report {} (target {})",
+            if now.is_empty() { "no node image".to_string() } else { now.join(", ") },
+            want.join(", ")
+        ),
+        reached: true,
+    }
+}
+
 /// What to record for a member the run says is under way but no driver runs: relaunch its
 /// upgrade ([`Event::MemberRelaunched`], which resumes its journal), or — when the member
 /// cannot be reached now — [`Event::MemberUnreachable`], so it waits Pending and is started
@@ -187,5 +227,50 @@ mod tests {
         run = apply(&run, &relaunch("m", &unreachable(), t0())).unwrap();
         assert_eq!(run.member("m").unwrap().status.state, UpdateState::Stopped);
         assert_eq!(run.status.state, UpdateState::Stopped);
+    }
+
+    #[test]
+    fn a_node_image_upgrade_is_done_only_when_its_nodes_report_the_target_images() {
+        use crate::fleet::MemberTarget;
+        use crate::fleet::target::NodeImage;
+        let target = MemberTarget {
+            kubernetes: None,
+            node_images: [("ubuntu-2404".to_string(), "202606.10.0".to_string())].into(),
+        };
+        let facts = |version: &str| MemberFacts {
+            versions: MemberVersions {
+                node_images: vec![NodeImage { family: "ubuntu-2404".into(), version: version.into() }],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let done = || UpgradeEnd::Succeeded { message: "rolled 3 nodes".into() };
+        assert_eq!(
+            confirm_node_images(done(), UpgradeType::NodeImageOnly, &target, &facts("202606.10.0")),
+            done()
+        );
+        let stale = confirm_node_images(done(), UpgradeType::NodeImageOnly, &target, &facts("202601.02.0"));
+        assert!(
+            matches!(&stale, UpgradeEnd::Failed { error, reached: true }
+                if error.contains("ubuntu-2404 202601.02.0") && error.contains("target ubuntu-2404 202606.10.0")),
+            "{stale:?}"
+        );
+        let blind = confirm_node_images(done(), UpgradeType::NodeImageOnly, &target, &MemberFacts::default());
+        assert!(
+            matches!(&blind, UpgradeEnd::Failed { error, .. } if error.contains("no node image")),
+            "{blind:?}"
+        );
+        let away = MemberFacts { unavailable: Some("connection refused".into()), ..facts("202606.10.0") };
+        assert!(matches!(
+            confirm_node_images(done(), UpgradeType::NodeImageOnly, &target, &away),
+            UpgradeEnd::Failed { reached: false, .. }
+        ));
+        // Other types and ends are not this rule's business.
+        assert_eq!(confirm_node_images(done(), UpgradeType::Full, &target, &facts("202601.02.0")), done());
+        let failed = UpgradeEnd::Failed { error: "x".into(), reached: true };
+        assert_eq!(
+            confirm_node_images(failed.clone(), UpgradeType::NodeImageOnly, &target, &facts("1")),
+            failed
+        );
     }
 }

@@ -253,6 +253,11 @@ impl Engine {
             units: schedule.units().count(),
             resumed,
         });
+        if !resumed {
+            for a in &self.spec.accepted {
+                self.emit(Event::Warning { message: a.to_string() });
+            }
+        }
         let mut units: Vec<UnitReport> = Vec::new();
         let mut timings = Vec::new();
         let mut backup = None;

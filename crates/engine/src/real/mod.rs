@@ -175,13 +175,14 @@ impl NodeActions for ExecActions {
                         .await
                         .map_err(changed)
                 }
-                NodeAction::Ssh { action } => {
-                    let Some(opts) = refit_exec::ssh::SshOptions::from_action(action) else {
+                NodeAction::Ssh { action, identities } => {
+                    let Some(mut opts) = refit_exec::ssh::SshOptions::from_action(action) else {
                         return Err(ActionFailure {
                             message: "the ssh action has no usable options".into(),
                             node_unchanged: false,
                         });
                     };
+                    opts.expected = identities.clone();
                     let options = refit_exec::kubeadm::KubeadmOptions::from_action(action);
                     let recipe = refit_exec::kubeadm::kubeadm_recipe(ctx, options)
                         .map_err(|e| ActionFailure { message: e.to_string(), node_unchanged: true })?;

@@ -620,6 +620,7 @@ impl World {
             backup: BackupSpec::None,
             cluster_services: None,
             eviction_concurrency: 4,
+            accepted: Vec::new(),
         }
     }
 

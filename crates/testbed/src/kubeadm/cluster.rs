@@ -456,7 +456,8 @@ impl KubeadmCluster {
                 "knownHostsFile": ssh.known_hosts_file,
                 "identityFile": ssh.identity_file,
                 "ignorePreflightErrors": ignored,
-            }
+            },
+            "accept": sandbox_accepts(&self.state.nodes),
         });
         let text = format!(
             "# refit's plan file for this kubeadm sandbox: refit upgrade --to V --action ssh -f {}\n{}\n",
@@ -617,4 +618,24 @@ fn free_port_on(ip: Ipv4Addr) -> Result<u16, Error> {
     l.local_addr()
         .map(|a| a.port())
         .map_err(|e| Error::Process { name: "port".into(), detail: e.to_string() })
+}
+
+/// The availability blockers a small sandbox has by construction (Kismatic blocks an online
+/// upgrade of a lone etcd member, a lone control plane, a lone worker): accepted in the
+/// sandbox's plan file so `refit upgrade -f` works on it as on any cluster whose operator
+/// took those risks on knowingly — and only those its topology has.
+fn sandbox_accepts(nodes: &[SandboxNode]) -> Vec<&'static str> {
+    let cps = nodes.iter().filter(|n| n.control_plane).count();
+    let workers = nodes.len().saturating_sub(cps);
+    let mut out = Vec::new();
+    if cps < 3 {
+        out.push("etcd-members");
+    }
+    if cps < 2 {
+        out.push("control-plane-count");
+    }
+    if workers < 2 {
+        out.push("worker-count");
+    }
+    out
 }

@@ -77,7 +77,9 @@ pub(crate) fn resolve_action(
     let Some(flag) = flag else {
         return Ok(match plan_action {
             Some(Action::Exec { command, .. }) => Some(NodeAction::Exec { command: command.clone() }),
-            Some(a @ Action::Ssh { .. }) => Some(NodeAction::Ssh { action: a.clone() }),
+            Some(a @ Action::Ssh { .. }) => {
+                Some(NodeAction::Ssh { action: a.clone(), identities: Default::default() })
+            }
             Some(Action::Replace { create, remove, control_plane, carry_over }) => {
                 Some(NodeAction::Replace {
                     create: create.clone(),
@@ -134,8 +136,11 @@ pub(crate) fn resolve_action(
             }
         }
         "ssh" => match plan_action {
-            Some(a @ Action::Ssh { .. }) => NodeAction::Ssh { action: a.clone() },
+            Some(a @ Action::Ssh { .. }) => {
+                NodeAction::Ssh { action: a.clone(), identities: Default::default() }
+            }
             _ => NodeAction::Ssh {
+                identities: Default::default(),
                 action: refit_core::planfile::PlanFile::from_yaml("action: {type: ssh}")
                     .ok()
                     .and_then(|p| p.action)

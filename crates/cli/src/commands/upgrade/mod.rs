@@ -195,6 +195,11 @@ async fn upgrade(
         return Ok(ExitCode::from(1));
     }
     let b = input.behaviour;
+    // The ssh action checks it reaches the hosts the readiness probe saw.
+    let action = match action {
+        NodeAction::Ssh { action, .. } => NodeAction::Ssh { action, identities: prepared.identities.clone() },
+        other => other,
+    };
     let spec = RunSpec {
         cluster_services: cluster_services.then(|| refit_core::addons::AddonTargets {
             owner: action.addon_owner(),
@@ -210,6 +215,7 @@ async fn upgrade(
         addresses: prepared.addresses.clone(),
         backup: input.backup.clone(),
         eviction_concurrency: b.eviction_concurrency,
+        accepted: prepared.plan.accepted.iter().map(refit_core::accept::Record::from).collect(),
     };
     let journal = match journal {
         Some(j) => j,
