@@ -460,7 +460,7 @@ fn tls_failure(e: &(dyn std::error::Error + 'static), ep: &EtcdEndpoint) -> Fail
 }
 
 /// An error and its sources in one line (hyper's Display stops at its own layer).
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {

@@ -24,6 +24,7 @@ pub mod detached;
 mod error;
 pub mod exclusive;
 pub mod exec;
+pub mod gate;
 pub mod kubeadm;
 pub mod probe;
 pub mod ssh;

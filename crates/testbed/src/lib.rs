@@ -12,6 +12,7 @@ pub mod kubeadm;
 pub mod lb;
 pub mod pki;
 pub mod process;
+pub mod prometheus;
 mod shared;
 mod testbed;
 pub mod workloads;
