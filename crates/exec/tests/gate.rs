@@ -102,6 +102,16 @@ async fn a_gate_on_the_apiservers_metrics() {
     // `empty` (the default): an alert-style query selecting what is wrong.
     let alert = gate(&prom, "up{job=\"apiserver\"} == 0", "empty", "0", "30s");
     assert!(matches!(run(&alert).await, Verdict::Passed { .. }));
+    // http gates: 2xx holds, anything else fails with the status.
+    let ready = refit_core::health::HttpUrl::parse(&format!("{}/-/ready", prom.url())).unwrap();
+    assert!(
+        matches!(refit_exec::gate::http_check(&ready).await, Observation::Holds(ref d) if d == "HTTP 200")
+    );
+    let missing = refit_core::health::HttpUrl::parse(&format!("{}/no-such-page", prom.url())).unwrap();
+    match refit_exec::gate::http_check(&missing).await {
+        Observation::Fails(r) => assert!(r.contains("HTTP 404"), "{r}"),
+        other => panic!("{other:?}"),
+    }
     // A query Prometheus refuses is a failing observation naming Prometheus' error.
     let bad = gate(&prom, "sum(up", "empty", "0", "30s");
     match probe(&bad.check, &[]).await {
