@@ -23,6 +23,7 @@ pub mod identity;
 pub mod fleet;
 pub mod health;
 pub mod inventory;
+pub mod lock;
 pub mod path;
 pub mod pdb;
 pub mod placeholder;
