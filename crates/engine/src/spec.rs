@@ -108,6 +108,12 @@ pub struct RunSpec {
     pub cluster_services: Option<AddonTargets>,
     /// Evictions in flight per node.
     pub eviction_concurrency: usize,
+    /// Health gates between batches of workers (the plan file's `gates:`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<refit_core::health::HealthGate>,
+    /// What a failed gate does to the run.
+    #[serde(default)]
+    pub on_gate_failure: refit_core::health::OnGateFailure,
 }
 
 impl RunSpec {

@@ -42,14 +42,15 @@ async fn serve_target() -> Target {
     Target { value, port }
 }
 
-/// Prometheus scraping the shared testbed's apiserver(s) and the test's target.
-async fn prometheus(target: &Target) -> Prometheus {
+/// Prometheus scraping the shared testbed's apiserver(s) and the test's target (its data dir
+/// lives as long as the returned TempDir).
+async fn prometheus(target: &Target) -> (Prometheus, tempfile::TempDir) {
     let tb = shared().unwrap();
     let (_, pki) = tb.etcd_endpoint();
     let apiservers = tb.members().iter().map(|m| format!("127.0.0.1:{}", m.apiserver_port)).collect();
-    let dir = tempfile::tempdir().unwrap().keep();
-    Prometheus::start(
-        &dir,
+    let dir = tempfile::tempdir().unwrap();
+    let prom = Prometheus::start(
+        dir.path(),
         &[
             ScrapeJob {
                 name: "apiserver".into(),
@@ -66,7 +67,8 @@ async fn prometheus(target: &Target) -> Prometheus {
         ],
     )
     .await
-    .unwrap()
+    .unwrap();
+    (prom, dir)
 }
 
 fn gate(prom: &Prometheus, query: &str, condition: &str, soak: &str, timeout: &str) -> HealthGate {
@@ -85,7 +87,7 @@ async fn run(g: &HealthGate) -> Verdict {
 #[tokio::test]
 async fn a_gate_on_the_apiservers_metrics() {
     let target = serve_target().await;
-    let prom = prometheus(&target).await;
+    let (prom, _dir) = prometheus(&target).await;
     // Passes on a healthy cluster once the first scrapes are in.
     let up = gate(&prom, "up{job=\"apiserver\"}", "== 1", "2s", "60s");
     assert!(matches!(run(&up).await, Verdict::Passed { .. }));
@@ -123,7 +125,7 @@ async fn a_gate_on_the_apiservers_metrics() {
 #[tokio::test]
 async fn the_soak_restarts_on_a_dip() {
     let target = serve_target().await;
-    let prom = prometheus(&target).await;
+    let (prom, _dir) = prometheus(&target).await;
     let healthy = gate(&prom, "refit_test_health{job=\"test\"}", "== 1", "3s", "60s");
     assert!(matches!(run(&healthy).await, Verdict::Passed { .. }));
 

@@ -210,6 +210,8 @@ async fn upgrade(
         addresses: prepared.addresses.clone(),
         backup: input.backup.clone(),
         eviction_concurrency: b.eviction_concurrency,
+        gates: input.gates.clone(),
+        on_gate_failure: b.on_gate_failure,
     };
     let journal = match journal {
         Some(j) => j,
