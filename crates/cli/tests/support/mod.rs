@@ -40,7 +40,6 @@ impl Drop for Sandbox {
     }
 }
 
-/// Runs the command, asserts success, returns stdout.
 /// A kubeconfig whose server nothing serves: a command that contacts it fails, so one that is
 /// refused as bad input provably refused before any cluster was contacted.
 pub const DEAD_KUBECONFIG: &str = "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"https://127.0.0.1:9\", insecure-skip-tls-verify: true}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n";
@@ -56,6 +55,7 @@ pub fn refused(c: &mut Command) -> String {
     err
 }
 
+/// Runs the command, asserts success, returns stdout.
 pub fn stdout(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
