@@ -22,6 +22,7 @@ pub mod backup;
 pub mod command;
 pub mod detached;
 mod error;
+pub mod etcd;
 pub mod exclusive;
 pub mod exec;
 pub mod gate;

@@ -8,6 +8,7 @@
 //! lives in a directory.
 
 pub mod cache;
+pub mod etcd_cluster;
 pub mod kubeadm;
 pub mod lb;
 pub mod pki;
