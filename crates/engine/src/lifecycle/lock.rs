@@ -81,12 +81,18 @@ pub fn this_process() -> Holder {
     }
 }
 
-/// When process `pid` started (field 22 of `/proc/PID/stat`, clock ticks since boot).
+/// When process `pid` started (field 22 of `/proc/PID/stat`, clock ticks since boot); None when
+/// there is no such process or it has exited and only its zombie is left (state Z or X: a
+/// member upgrade killed with its fleet driver stays a zombie until someone reaps it, and must
+/// not keep the cluster locked meanwhile).
 fn process_start(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may contain spaces.
-    let after = stat.get(stat.rfind(')')?.checked_add(1)?..)?;
-    after.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat.get(stat.rfind(')')?.checked_add(1)?..)?.split_whitespace();
+    if matches!(fields.next()?, "Z" | "X" | "x") {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// What this machine knows about `holder`'s process.
@@ -277,6 +283,29 @@ mod tests {
         assert_eq!(liveness(&reused, &me), Liveness::Gone, "same pid, other start: another process");
         let elsewhere = Holder { machine: "other".into(), ..me.clone() };
         assert_eq!(liveness(&elsewhere, &me), Liveness::Unknown);
+    }
+
+    #[test]
+    fn an_exited_process_not_yet_reaped_is_gone() {
+        let me = this_process();
+        let mut child =
+            std::process::Command::new("cat").stdin(std::process::Stdio::piped()).spawn().expect("cat runs");
+        let started = process_start(child.id()).expect("a running child has a start time");
+        let holder = Holder { pid: child.id(), started, ..me.clone() };
+        assert_eq!(liveness(&holder, &me), Liveness::Alive);
+        drop(child.stdin.take()); // cat exits; nobody reaps it yet: a zombie
+        let state = || {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
+            stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while state() != 'Z' {
+            assert!(std::time::Instant::now() < deadline, "cat did not exit");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(liveness(&holder, &me), Liveness::Gone, "a zombie holds no lock");
+        child.wait().unwrap();
+        assert_eq!(liveness(&holder, &me), Liveness::Gone);
     }
 
     #[test]
