@@ -425,6 +425,10 @@ pub struct UpgradeArgs {
     /// A node that cannot be drained: stop (fail), leave it cordoned and go on (skip), or delete what remains (force).
     #[arg(long, default_value = "fail")]
     pub on_undrainable: String,
+    /// A health gate (plan file `gates:`) that fails between batches: end the run paused
+    /// (exit 3; the same command resumes it, gate first) or failed (exit 1).
+    #[arg(long, default_value = "pause", value_name = "pause|fail")]
+    pub on_gate_failure: String,
     /// Evictions in flight per node (1 to 1000).
     #[arg(long, default_value_t = 16, value_parser = eviction_concurrency)]
     pub eviction_concurrency: usize,

@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
 use serde_json::Value;
-use support::refit;
-
-const DEAD_KUBECONFIG: &str = "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"https://127.0.0.1:9\", insecure-skip-tls-verify: true}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n";
+use support::{DEAD_KUBECONFIG, refit, refused};
 
 struct Dir {
     tmp: tempfile::TempDir,
@@ -55,17 +53,6 @@ fn add_bound_member(d: &Dir, kubeconfig: &std::path::Path) {
         ..Default::default()
     })
     .unwrap();
-}
-
-/// Runs a command that must be refused as bad input: exit 2, one line, one `error:`, no panic.
-fn refused(c: &mut Command) -> String {
-    let out = c.output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    assert_eq!(out.status.code(), Some(2), "{c:?}: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-    assert_eq!(err.lines().count(), 1, "one line: {err}");
-    assert_eq!(err.matches("error:").count(), 1, "{err}");
-    err
 }
 
 fn ok(c: &mut Command) -> String {

@@ -104,6 +104,18 @@ impl FailureKind {
     }
 }
 
+/// Where a health gate stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GateState {
+    /// Not decided yet (the condition does not hold, or has not held for the soak).
+    Waiting,
+    /// Held for its soak: the run goes on.
+    Passed,
+    /// Its timeout ran out: the run pauses or fails (`--on-gate-failure`).
+    Failed,
+}
+
 /// Something that happened in a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
@@ -236,6 +248,15 @@ pub enum Event {
         addon: String,
         /// What happened.
         detail: String,
+    },
+    /// A health gate between batches is waiting, passed or failed.
+    Gate {
+        /// The gate's name.
+        gate: String,
+        /// Where it stands.
+        state: GateState,
+        /// What it waits for, what it saw, or why it failed.
+        reason: String,
     },
     /// Something the operator should read.
     Warning {

@@ -22,6 +22,7 @@ pub mod identity;
 // land with that split rather than as conflicting edits now.
 #[allow(clippy::indexing_slicing, clippy::arithmetic_side_effects, clippy::unwrap_used, clippy::expect_used)]
 pub mod fleet;
+pub mod health;
 pub mod inventory;
 pub mod lock;
 pub mod path;

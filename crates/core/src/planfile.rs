@@ -15,6 +15,9 @@
 //! action:                     # how each node is upgraded (the upgrade engine runs it)
 //!   type: exec
 //!   command: [refit, sandbox, upgrade-node, "{node}", --to, "{to}"]
+//! gates:                      # health gates between batches (crate::health::gate)
+//!   - {type: workloads}
+//!   - {type: prometheus, url: "http://prometheus:9090", query: "up == 0", soak: 2m}
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,6 +40,9 @@ pub enum PlanFileError {
     /// The action is incomplete or names something unknown.
     #[error("the plan file's action is not usable: {0}")]
     Action(String),
+    /// A health gate that cannot be used.
+    #[error("the plan file's {0}")]
+    Gate(#[from] crate::health::GateError),
     /// An external etcd host shares a name with a node.
     #[error(
         "external etcd member '{0}' has the name of a cluster node; list it under nodes with roles [etcd] instead"
@@ -127,6 +133,10 @@ pub struct PlanFile {
     /// risks and no others.
     #[serde(default)]
     pub accept: Vec<crate::accept::AcceptRule>,
+    /// Health gates that must pass between batches of workers (after each batch, before the
+    /// next one starts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<crate::health::HealthGateSpec>,
 }
 
 /// The node upgrade action. Placeholders (`{node}`, `{role}`, `{from}`, `{to}`, `{phase}`,
@@ -272,7 +282,7 @@ impl PlanFile {
         const HINTS: &crate::yaml::Hints = &[
             (
                 "",
-                "a mapping of etcd, nodes, ingressLabels, storageLabels, action, accept (refit formats plan)",
+                "a mapping of etcd, nodes, ingressLabels, storageLabels, action, accept, gates (refit formats plan)",
             ),
             ("accept", "a list of CHECK or CHECK=SUBJECT, e.g. [single-replica=deployment/shop/web]"),
             ("etcd", "a list of {name, address}"),
@@ -286,8 +296,19 @@ impl PlanFile {
             ("action.remove", COMMAND),
             ("action.controlPlane", COMMAND),
             ("action.probe", COMMAND),
+            ("gates", "a list of health gates, e.g. [{type: http, url: \"https://shop/healthz\", soak: 1m}]"),
+            ("gates.command", COMMAND),
         ];
-        crate::yaml::from_str_hinted(text, HINTS).map_err(PlanFileError::Parse)
+        let file: PlanFile = crate::yaml::from_str_hinted(text, HINTS).map_err(PlanFileError::Parse)?;
+        // Gates need nothing from the cluster: a bad one is refused with the file's parse,
+        // before anything connects.
+        file.health_gates()?;
+        Ok(file)
+    }
+
+    /// The validated health gates between batches.
+    pub fn health_gates(&self) -> Result<Vec<crate::health::HealthGate>, PlanFileError> {
+        Ok(crate::health::gate::resolve_all(&self.gates)?)
     }
 
     /// Checks the file against the cluster's node names.
@@ -541,5 +562,25 @@ mod tests {
             assert!(PlanFile::from_yaml(bad).is_err(), "{bad}");
         }
         assert_eq!(PlanFile::from_yaml("{}").unwrap(), PlanFile::default());
+    }
+
+    #[test]
+    fn gates_between_batches() {
+        let f = PlanFile::from_yaml(
+            "gates:\n  - {type: workloads, soak: 30s}\n  - {name: errors, type: prometheus, url: 'http://127.0.0.1:9090', query: 'up == 0', timeout: 5m}\n",
+        )
+        .unwrap();
+        let gates = f.health_gates().unwrap();
+        assert_eq!(gates.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(), ["workloads-1", "errors"]);
+        for (bad, says) in [
+            ("gates: [{type: grafana}]", "health gate 'grafana-1': unknown type 'grafana'"),
+            ("gates: [{type: prometheus, url: 'prom:9090', query: up}]", "not a URL"),
+            ("gates: [{type: http, url: 'http://x', soak: -1m}]", "negative"),
+            ("gates: [{type: http, url: 'http://x', soke: 1m}]", "soke"),
+            ("gates: {type: http}", "a list of health gates"),
+        ] {
+            let e = PlanFile::from_yaml(bad).unwrap_err().to_string();
+            assert!(e.contains(says) && !e.contains('\n'), "{bad}: {e}");
+        }
     }
 }

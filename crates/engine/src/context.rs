@@ -138,6 +138,13 @@ pub trait NodeActions: Send + Sync {
         timeout: Duration,
         on_line: OnLine<'a>,
     ) -> BoxFuture<'a, Result<(), ActionFailure>>;
+    /// One observation of a health gate's check (`prometheus`, `http`, `command`; a
+    /// `workloads` gate is observed through the cluster and answers "not supported" here).
+    fn probe_gate<'a>(
+        &'a self,
+        check: &'a refit_core::health::GateCheck,
+        env: &'a [(String, String)],
+    ) -> BoxFuture<'a, refit_core::health::Observation>;
     /// An etcd snapshot named `name` in `dir`: (path, bytes).
     fn etcd_snapshot<'a>(
         &'a self,

@@ -119,6 +119,12 @@ pub struct RunSpec {
     /// `accept:`): recorded with it, and announced when it starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub accepted: Vec<refit_core::accept::Record>,
+    /// Health gates between batches of workers (the plan file's `gates:`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<refit_core::health::HealthGate>,
+    /// What a failed gate does to the run.
+    #[serde(default)]
+    pub on_gate_failure: refit_core::health::OnGateFailure,
 }
 
 impl RunSpec {

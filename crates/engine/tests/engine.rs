@@ -340,6 +340,80 @@ async fn the_real_sqlite_journal_locked_mid_run_lets_units_under_way_finish() {
     assert_eq!(store.run(&id).unwrap().unwrap().state, "running");
 }
 
+fn gated(
+    spec: refit_engine::RunSpec,
+    on_failure: refit_core::health::OnGateFailure,
+) -> refit_engine::RunSpec {
+    let gate = refit_core::yaml::from_str::<refit_core::health::HealthGateSpec>(
+        "{name: error-rate, type: command, command: [./check.sh], soak: 30s, timeout: 5m}",
+    )
+    .unwrap()
+    .resolve(0)
+    .unwrap();
+    refit_engine::RunSpec { gates: vec![gate], on_gate_failure: on_failure, ..spec }
+}
+
+#[tokio::test(start_paused = true)]
+async fn health_gates_hold_each_batch_and_a_failed_one_pauses_the_run_until_a_rerun() {
+    use refit_core::event::GateState;
+    let w = World::new(0, 6);
+    let spec = gated(w.spec(2, OnUndrainable::Fail), refit_core::health::OnGateFailure::Pause);
+    let id = w.create("r1", &spec);
+    // Healthy: three batches of two, the gate soaked between them (twice), every node done.
+    let o = run(&w, &id, spec.clone(), None).await;
+    assert_eq!(o.state, RunState::Completed, "{:?}", o.reason);
+    let passed =
+        w.events().iter().filter(|e| matches!(e, Event::Gate { state: GateState::Passed, .. })).count();
+    assert_eq!(passed, 2);
+    assert_eq!(w.actions.max_running.load(Ordering::SeqCst), 2);
+
+    // The gate fails after the first batch: nothing more starts and the run ends Paused.
+    let w = World::new(0, 6);
+    let id = w.create("r2", &spec);
+    w.actions.gate_holds.store(false, Ordering::SeqCst);
+    let o = run(&w, &id, spec.clone(), None).await;
+    assert_eq!(o.state, RunState::Paused, "{:?}", o.reason);
+    let reason = o.reason.clone().unwrap();
+    assert!(
+        reason.contains("health gate error-rate failed") && reason.contains("error rate 7/s"),
+        "{reason}"
+    );
+    assert_eq!(w.cluster.at(TO), 2, "only the first batch");
+    assert!(w.cluster.unschedulable().is_empty());
+    assert!(w.events().iter().any(
+        |e| matches!(e, Event::Gate { state: GateState::Waiting, reason, .. } if reason == "error rate 7/s")
+    ));
+    assert!(
+        w.events()
+            .iter()
+            .any(|e| matches!(e, Event::Gate { state: GateState::Failed, gate, .. } if gate == "error-rate"))
+    );
+    // Fixed: the same run continues, the gate checked first, the finished batch not redone.
+    w.actions.gate_holds.store(true, Ordering::SeqCst);
+    let o = run(&w, &id, spec, None).await;
+    assert_eq!(o.state, RunState::Completed, "{:?}", o.reason);
+    assert_eq!(w.cluster.at(TO), 6);
+    for n in 1..=6 {
+        assert_eq!(w.actions.runs(&format!("w-{n:02}")), 1, "w-{n:02} upgraded once");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_gate_fails_the_run_with_on_gate_failure_fail() {
+    let w = World::new(0, 4);
+    let spec = gated(w.spec(2, OnUndrainable::Fail), refit_core::health::OnGateFailure::Fail);
+    let id = w.create("r1", &spec);
+    w.actions.gate_holds.store(false, Ordering::SeqCst);
+    let o = run(&w, &id, spec, None).await;
+    assert_eq!(o.state, RunState::Failed, "{:?}", o.reason);
+    assert!(
+        o.reason.as_deref().unwrap().contains("health gate error-rate failed: timed out after 5m"),
+        "{:?}",
+        o.reason
+    );
+    assert_eq!(w.cluster.at(TO), 2);
+}
+
 /// Issue 18 item 12, node churn: a node deleted before its turn or under its drain is skipped
 /// with a warning (not failed forever); a node that joined during the run is reported as not
 /// upgraded instead of "every node is at the target"; a node that cannot be read fails its

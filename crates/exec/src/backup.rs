@@ -330,6 +330,25 @@ struct Taken {
 }
 
 async fn attempt(ep: &EtcdEndpoint, part: &Path) -> Result<Taken, Attempt> {
+    let (mut sender, driver, host, port) = connect(ep).await?;
+    let result = stream_snapshot(ep, &host, port, &mut sender, part).await;
+    driver.abort();
+    result
+}
+
+/// An HTTP/1.1 connection over TLS with the client certificate to one endpoint: the sender,
+/// the connection's driver task (abort it when done), the host and the port.
+pub(crate) async fn connect(
+    ep: &EtcdEndpoint,
+) -> Result<
+    (
+        hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        tokio::task::JoinHandle<hyper::Result<()>>,
+        String,
+        u16,
+    ),
+    Failure,
+> {
     let (host, port) = parse_url(&ep.url)?;
     let tls = tls_config(ep)?;
     let server_name = ServerName::try_from(host.clone())
@@ -346,13 +365,11 @@ async fn attempt(ep: &EtcdEndpoint, part: &Path) -> Result<Taken, Attempt> {
         .map_err(|_| Failure::Timeout { during: "the TLS handshake", seconds: HANDSHAKE_TIMEOUT.as_secs() })?
         .map_err(|e| tls_failure(&e, ep))?;
 
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| Failure::Stream(format!("HTTP handshake: {e}")))?;
     let driver = tokio::spawn(conn);
-    let result = stream_snapshot(ep, &host, port, &mut sender, part).await;
-    driver.abort();
-    result
+    Ok((sender, driver, host, port))
 }
 
 fn parse_url(url: &str) -> Result<(String, u16), Failure> {
@@ -460,7 +477,7 @@ fn tls_failure(e: &(dyn std::error::Error + 'static), ep: &EtcdEndpoint) -> Fail
 }
 
 /// An error and its sources in one line (hyper's Display stops at its own layer).
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {
@@ -492,7 +509,7 @@ fn find_rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a
 
 /// The failure of an HTTP exchange: a TLS alert arriving after the handshake (TLS 1.3 reports
 /// a refused client certificate on the first read) is classified as TLS.
-fn http_failure(e: &hyper::Error, ep: &EtcdEndpoint, what: &str) -> Failure {
+pub(crate) fn http_failure(e: &hyper::Error, ep: &EtcdEndpoint, what: &str) -> Failure {
     match find_rustls_error(e) {
         Some(_) => tls_failure(e, ep),
         None => Failure::Stream(format!("{what}: {}", chain(e))),
@@ -599,7 +616,7 @@ fn open_part(part: &Path) -> Result<std::fs::File, Attempt> {
     Ok(file)
 }
 
-async fn read_some(body: &mut Incoming, limit: usize) -> String {
+pub(crate) async fn read_some(body: &mut Incoming, limit: usize) -> String {
     let mut buf = Vec::new();
     while buf.len() < limit {
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, body.frame()).await {
@@ -617,7 +634,7 @@ async fn read_some(body: &mut Incoming, limit: usize) -> String {
 
 /// The message of a gateway error body (`{"code":16,"message":"..."}` or a stream's
 /// `{"error":{...}}`), else the body's first line.
-fn gateway_message(text: &str) -> String {
+pub(crate) fn gateway_message(text: &str) -> String {
     let v: Option<serde_json::Value> = serde_json::from_str(text.trim()).ok();
     let msg = v.as_ref().and_then(|v| {
         let e = v.get("error").unwrap_or(v);

@@ -11,6 +11,7 @@ pub mod connect;
 pub mod cordon;
 pub mod drain;
 pub mod endpoints;
+pub mod health;
 pub mod inventory;
 pub mod lease;
 pub mod node;

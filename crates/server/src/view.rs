@@ -334,7 +334,11 @@ pub fn cluster_run(row: &RunRow, journal: &[JournalEntry]) -> ClusterRunView {
             }
             // The summary and a blocked plan are what a fleet driver reads from `-o json`; the
             // journal's own records above already say the same.
-            Event::Evicted { .. }
+            Event::Gate { gate, state: refit_core::event::GateState::Failed, reason } => {
+                view.warnings.push(format!("health gate {gate} failed: {reason}"))
+            }
+            Event::Gate { .. }
+            | Event::Evicted { .. }
             | Event::Backup { .. }
             | Event::Summary { .. }
             | Event::PlanBlocked { .. } => {}

@@ -5,6 +5,7 @@
 #   build-testbed.sh k8s-node 1.36.5 OUTDIR  kubeadm and kubelet (the node side: kubeadm-shaped sandboxes)
 #   build-testbed.sh etcd 3.6.16  OUTDIR   etcd (server) and etcdctl
 #   build-testbed.sh kwok 0.8.0   OUTDIR   kwok + kwok.yaml (KwokConfiguration + the stages kwok needs)
+#   build-testbed.sh prometheus 3.16.0 OUTDIR  prometheus (server; no service discovery, no web UI)
 #
 # Called by `crates/testbed` (src/build.rs), which decides what is missing or corrupt, writes the
 # manifest after this script succeeds, and prints progress. This script only builds: it writes
@@ -12,7 +13,7 @@
 # half-populated OUTDIR behind. GOCACHE and GOMODCACHE are the user's, so rebuilds are warm.
 set -euo pipefail
 
-kind=${1:?usage: build-testbed.sh k8s|k8s-node|etcd|kwok VERSION OUTDIR}
+kind=${1:?usage: build-testbed.sh k8s|k8s-node|etcd|kwok|prometheus VERSION OUTDIR}
 ver=${2:?missing VERSION}
 out=${3:?missing OUTDIR}
 ver=${ver#v}
@@ -109,8 +110,29 @@ kwok)
     done
   } >"$tmp/kwok.yaml"
   ;;
+prometheus)
+  # Prometheus publishes its Go module as v0.MMM.P for release M.MM.P (3.16.0 -> v0.316.0;
+  # 2.x releases as v0.MM.P). Health gates need only the server and its query API: the
+  # `remove_all_sd` tag leaves out every cloud service discovery (static targets only), which
+  # more than halves the dependency graph, and without `builtinassets` the web UI is not
+  # embedded (the API still answers).
+  major=$(cut -d. -f1 <<<"$ver")
+  minor=$(cut -d. -f2 <<<"$ver")
+  patch=$(cut -d. -f3 <<<"$ver")
+  if [ "$major" -ge 3 ]; then mver="v0.$((major * 100 + minor)).$patch"; else mver="v0.$minor.$patch"; fi
+  rm -f go.mod go.sum
+  go mod init testbed.local/prometheus-build >/dev/null 2>&1
+  step "resolving github.com/prometheus/prometheus@$mver"
+  go get "github.com/prometheus/prometheus@$mver" >/dev/null 2>&1 || go get "github.com/prometheus/prometheus@$mver"
+  step "compiling prometheus (cold: many minutes)"
+  go build -trimpath -tags remove_all_sd \
+    -ldflags "-s -w -X github.com/prometheus/common/version.Version=$ver -X github.com/prometheus/common/version.Branch=HEAD -X github.com/prometheus/common/version.Revision=0000000" \
+    -o "$tmp/prometheus" github.com/prometheus/prometheus/cmd/prometheus
+  "$tmp/prometheus" --version 2>&1 | grep -q "prometheus, version $ver " \
+    || { echo "prometheus --version does not report $ver" >&2; exit 1; }
+  ;;
 *)
-  echo "unknown component kind '$kind' (expected k8s, k8s-node, etcd or kwok)" >&2
+  echo "unknown component kind '$kind' (expected k8s, k8s-node, etcd, kwok or prometheus)" >&2
   exit 2
   ;;
 esac

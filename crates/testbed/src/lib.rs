@@ -8,10 +8,12 @@
 //! lives in a directory.
 
 pub mod cache;
+pub mod etcd_cluster;
 pub mod kubeadm;
 pub mod lb;
 pub mod pki;
 pub mod process;
+pub mod prometheus;
 mod shared;
 mod testbed;
 pub mod workloads;

@@ -1291,7 +1291,7 @@ async fn get_text(client: &Client, path: &str) -> Result<String, String> {
 }
 
 /// A bare HTTP/1.0 GET for kwok's plain-HTTP health endpoint.
-async fn plain_http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
+pub(crate) async fn plain_http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
@@ -1308,7 +1308,12 @@ async fn plain_http_get(addr: SocketAddr, path: &str) -> Result<String, String> 
 }
 
 /// Polls `probe` every 100–500 ms until it succeeds or `timeout` passes.
-async fn wait_until<F, Fut>(what: &str, log: &Path, timeout: Duration, mut probe: F) -> Result<(), Error>
+pub(crate) async fn wait_until<F, Fut>(
+    what: &str,
+    log: &Path,
+    timeout: Duration,
+    mut probe: F,
+) -> Result<(), Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,

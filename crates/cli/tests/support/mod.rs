@@ -40,6 +40,21 @@ impl Drop for Sandbox {
     }
 }
 
+/// A kubeconfig whose server nothing serves: a command that contacts it fails, so one that is
+/// refused as bad input provably refused before any cluster was contacted.
+pub const DEAD_KUBECONFIG: &str = "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"https://127.0.0.1:9\", insecure-skip-tls-verify: true}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n";
+
+/// Runs a command that must be refused as bad input: exit 2, one line, one `error:`, no panic.
+pub fn refused(c: &mut Command) -> String {
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(out.status.code(), Some(2), "{c:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert_eq!(err.matches("error:").count(), 1, "{err}");
+    err
+}
+
 /// Runs the command, asserts success, returns stdout.
 pub fn stdout(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();

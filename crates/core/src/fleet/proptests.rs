@@ -172,6 +172,7 @@ fn arb_scenario() -> impl Strategy<Value = Scenario> {
                     after_stage_wait_in_seconds: if st.wait { 3600 } else { 0 },
                     before_gates: if st.before { approval() } else { vec![] },
                     after_gates: if st.after { approval() } else { vec![] },
+                    health_gates: vec![],
                 });
             }
             Scenario { strategy: FleetStrategy { name: None, stages: specs }, members, facts, budget }

@@ -239,6 +239,10 @@ pub struct StageSpec {
     /// Gates after every group is done.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub after_gates: Vec<GateSpec>,
+    /// Health gates checked after the stage's members finish, before the next stage starts
+    /// (alongside the after-gates and the wait).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_gates: Vec<crate::health::HealthGateSpec>,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -246,6 +250,12 @@ fn is_zero(v: &u64) -> bool {
 }
 
 impl StageSpec {
+    /// The stage's validated health gates (validated with the strategy, so an error here means
+    /// the strategy was stored by an older refit).
+    pub fn health_gates(&self) -> Result<Vec<crate::health::HealthGate>, crate::health::GateError> {
+        crate::health::gate::resolve_all(&self.health_gates)
+    }
+
     /// The groups, with the implicit group of a selector-only stage.
     pub fn effective_groups(&self) -> Vec<GroupSpec> {
         if self.groups.is_empty() && self.member_selector.is_some() {
@@ -370,6 +380,19 @@ pub enum StrategyError {
 }
 
 impl Strategy {
+    /// Whether a fleet run can carry this strategy out as written. Stage health gates parse
+    /// and validate, but the fleet driver does not run them yet: a strategy that has them is
+    /// refused rather than silently run without them.
+    pub fn check_runnable(&self) -> Result<(), String> {
+        match self.stages.iter().find(|st| !st.health_gates.is_empty()) {
+            Some(st) => Err(format!(
+                "stage '{}': healthGates are not run by fleet runs yet; remove them (gates between a cluster's worker batches go in the member's plan file, `gates:`)",
+                st.name
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Parses a strategy from YAML or JSON, then validates it.
     pub fn parse(text: &str) -> Result<Strategy, StrategyError> {
         // JSON is YAML: one reader, so JSON files get the same field-naming errors.
@@ -381,6 +404,10 @@ impl Strategy {
             ("stages.afterStageWaitInSeconds", "a whole number of seconds"),
             ("stages.beforeGates", GATES),
             ("stages.afterGates", GATES),
+            (
+                "stages.healthGates",
+                "a list of health gates, e.g. [{type: prometheus, url: \"http://prom:9090\", query: \"up == 0\"}]",
+            ),
             ("stages.groups.beforeGates", GATES),
             ("stages.groups.afterGates", GATES),
             ("stages.memberSelector", "{matchLabels: {KEY: VALUE}, matchExpressions: [...]}"),
@@ -404,6 +431,7 @@ impl Strategy {
                 after_stage_wait_in_seconds: 0,
                 before_gates: vec![],
                 after_gates: vec![],
+                health_gates: vec![],
             }],
         }
     }
@@ -444,6 +472,8 @@ impl Strategy {
                 });
             }
             check_gates(&at, &st.before_gates, &st.after_gates)?;
+            crate::health::gate::resolve_all(&st.health_gates)
+                .map_err(|e| StrategyError::Gate { at: at.clone(), problem: e.to_string() })?;
             if let Some(sel) = &st.member_selector {
                 sel.check(&at)?;
             }
@@ -689,6 +719,32 @@ mod tests {
         // And it round-trips through JSON.
         let back = Strategy::parse(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn stages_carry_health_gates() {
+        let s = Strategy::parse(
+            "stages:\n  - name: canary\n    groups: [{name: canary}]\n    healthGates:\n      - {name: errors, type: prometheus, url: 'http://prom:9090', query: 'up == 0', soak: 5m, timeout: 30m}\n  - name: rest\n    groups: [{name: rest}]\n",
+        )
+        .unwrap();
+        let gates = s.stages[0].health_gates().unwrap();
+        assert_eq!(
+            (gates[0].name.as_str(), gates[0].soak_seconds, gates[0].timeout_seconds),
+            ("errors", 300, 1800)
+        );
+        assert!(s.stages[1].health_gates().unwrap().is_empty());
+        assert!(s.check_runnable().unwrap_err().contains("stage 'canary': healthGates are not run"));
+        let back = Strategy::parse(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        for (bad, says) in [
+            ("healthGates: [{type: pager}]", "stage 'canary': health gate 'pager-1': unknown type 'pager'"),
+            ("healthGates: [{type: http, url: 'gopher://x'}]", "scheme must be http or https"),
+            ("healthGates: [{type: http, url: 'http://x', soak: -10s}]", "negative"),
+        ] {
+            let text = format!("stages:\n  - name: canary\n    groups: [{{name: canary}}]\n    {bad}\n");
+            let e = Strategy::parse(&text).unwrap_err().to_string();
+            assert!(e.contains(says) && !e.contains('\n'), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! cluster-wide steps are in `cluster.rs`.
 
 mod cluster;
+mod gates;
 mod stage;
 
 use std::collections::BTreeMap;
@@ -49,6 +50,8 @@ pub struct Engine {
     /// The journal could not be written: nothing new starts (why, once).
     journal_broken: Mutex<Option<String>>,
     pub(crate) left_cordoned: Mutex<Vec<(String, String)>>,
+    /// A health gate failed: nothing new starts (why, once).
+    gate_failed: Mutex<Option<String>>,
 }
 
 impl Engine {
@@ -95,6 +98,7 @@ impl Engine {
             failed: AtomicBool::new(false),
             journal_broken: Mutex::new(None),
             left_cordoned: Mutex::new(Vec::new()),
+            gate_failed: Mutex::new(None),
         })
     }
 
@@ -194,6 +198,8 @@ impl Engine {
     fn halted(&self) -> Option<String> {
         if self.broken().is_some() {
             Some("the run journal cannot be written".into())
+        } else if let Some(gate) = self.gate_failure() {
+            Some(gate)
         } else if self.failed.load(Ordering::SeqCst) {
             Some("the run stopped on a failure".into())
         } else if self.stopping() {
@@ -336,8 +342,24 @@ impl Engine {
                 work_left = true;
             }
         }
+        let gate = self.gate_failure();
+        let pause_on_gate = self.spec.on_gate_failure == refit_core::health::OnGateFailure::Pause;
+        if reason.is_none() && !pause_on_gate {
+            reason = gate.clone();
+        }
         let not_planned = self.added_after_planning().await;
         let (state, mut reason) = refit_core::run::final_state(self.halt(), work_left, reason);
+        // A gate that failed with `--on-gate-failure pause` ends the run Paused: a rerun of
+        // the same command checks the gate again first, then continues.
+        let (state, mut reason) = match gate {
+            Some(g) if pause_on_gate && state == RunState::Completed => (
+                RunState::Paused,
+                Some(format!(
+                    "{g}; no node was started after it: fix what the gate checks and rerun the same command to continue"
+                )),
+            ),
+            _ => (state, reason.take()),
+        };
         if let Err(e) = self.ctx.journal.set_run_state(&self.run_id, state).await {
             // The journal still says running: a rerun resumes the run, which is right.
             tracing::warn!("journal: cannot record the run's end: {e}");

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use refit_core::event::{Event, FailureKind};
+use refit_core::plan::PhaseKind;
 use refit_core::run::Stage;
 use tokio::sync::Semaphore;
 use tokio::task::{Id, JoinError, JoinSet};
@@ -34,7 +35,22 @@ impl Engine {
         let mut reports = Vec::new();
         let mut reason = None;
         let mut pending = stage.units.iter();
+        // With health gates, workers go in batches of `width`: a batch finishes, the gates
+        // pass, then the next batch starts (the batch's effect is what the gates observe).
+        let gated = stage.phase == PhaseKind::Workers && !self.spec.gates.is_empty();
+        let mut started = 0usize;
         for unit in pending.by_ref() {
+            if gated && started > 0 && started.is_multiple_of(width) {
+                while let Some(done) = tasks.join_next_with_id().await {
+                    reports.push(self.joined(index, done, &mut nodes));
+                }
+                if self.halted().is_none()
+                    && let Err(why) = self.health_gates().await
+                {
+                    reports.push(not_started(index, unit, &why));
+                    break;
+                }
+            }
             match self.may_start(unit).await {
                 Start::Skip(why) => {
                     reports.push(not_started(index, unit, why));
@@ -105,6 +121,7 @@ impl Engine {
                 report
             });
             nodes.insert(handle.id(), (unit.node.clone(), stage.to.to_string()));
+            started = started.saturating_add(1);
         }
         let why = self.halted().unwrap_or_else(|| "the run stopped before this unit".into());
         let rest: Vec<UnitReport> = pending.map(|u| not_started(index, u, &why)).collect();

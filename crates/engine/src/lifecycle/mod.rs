@@ -106,6 +106,8 @@ pub struct Behaviour {
     pub eviction_concurrency: usize,
     /// kubectl-drain allowances.
     pub drain_rules: refit_core::drain::DrainOptions,
+    /// What a failed health gate does (`--on-gate-failure`).
+    pub on_gate_failure: refit_core::health::OnGateFailure,
 }
 
 impl RunSpec {
@@ -116,6 +118,7 @@ impl RunSpec {
         self.node_timeout_secs = b.node_timeout_secs;
         self.eviction_concurrency = b.eviction_concurrency;
         self.drain_rules = b.drain_rules;
+        self.on_gate_failure = b.on_gate_failure;
         self
     }
 }

@@ -156,6 +156,14 @@ pub struct ExecActions {
 }
 
 impl NodeActions for ExecActions {
+    fn probe_gate<'a>(
+        &'a self,
+        check: &'a refit_core::health::GateCheck,
+        env: &'a [(String, String)],
+    ) -> BoxFuture<'a, refit_core::health::Observation> {
+        refit_exec::gate::probe(check, env).boxed()
+    }
+
     fn upgrade<'a>(
         &'a self,
         run: &'a str,

@@ -312,6 +312,9 @@ pub struct FakeActions {
     pub started: Notify,
     /// While true, actions wait after their time is up (a test decides when they end).
     pub held: tokio::sync::watch::Sender<bool>,
+    /// Whether health gates hold (a test flips it), and how often they were probed.
+    pub gate_holds: std::sync::atomic::AtomicBool,
+    pub gate_probes: AtomicUsize,
 }
 
 impl FakeActions {
@@ -325,6 +328,8 @@ impl FakeActions {
             max_running: AtomicUsize::new(0),
             started: Notify::new(),
             held: tokio::sync::watch::channel(false).0,
+            gate_holds: std::sync::atomic::AtomicBool::new(true),
+            gate_probes: AtomicUsize::new(0),
         })
     }
 
@@ -334,6 +339,22 @@ impl FakeActions {
 }
 
 impl NodeActions for FakeActions {
+    fn probe_gate<'a>(
+        &'a self,
+        _check: &'a refit_core::health::GateCheck,
+        _env: &'a [(String, String)],
+    ) -> BoxFuture<'a, refit_core::health::Observation> {
+        async move {
+            self.gate_probes.fetch_add(1, Ordering::SeqCst);
+            if self.gate_holds.load(Ordering::SeqCst) {
+                refit_core::health::Observation::Holds("error rate 0".into())
+            } else {
+                refit_core::health::Observation::Fails("error rate 7/s".into())
+            }
+        }
+        .boxed()
+    }
+
     fn upgrade<'a>(
         &'a self,
         _run: &'a str,
@@ -621,6 +642,8 @@ impl World {
             cluster_services: None,
             eviction_concurrency: 4,
             accepted: Vec::new(),
+            gates: Vec::new(),
+            on_gate_failure: Default::default(),
         }
     }
 

@@ -12,7 +12,9 @@ use crate::output::{Format, print_structured, table, usage};
 /// Reads and validates a strategy file; every problem is one line and exit code 2.
 pub fn parse_file(flag: &str, path: &Path) -> anyhow::Result<Strategy> {
     let text = read_file(flag, path)?;
-    Strategy::parse(&text).map_err(|e| usage(format!("{}: {e}", path.display())))
+    let s = Strategy::parse(&text).map_err(|e| usage(format!("{}: {e}", path.display())))?;
+    s.check_runnable().map_err(|e| usage(format!("{}: {e}", path.display())))?;
+    Ok(s)
 }
 
 pub fn run(cmd: StrategyCommand, store: &Path, format: Format) -> anyhow::Result<ExitCode> {

@@ -32,6 +32,8 @@ pub struct Input {
     pub store_path: PathBuf,
     /// `--stop-grace`.
     pub stop_grace: Duration,
+    /// The plan file's health gates between batches.
+    pub gates: Vec<refit_core::health::HealthGate>,
 }
 
 impl Input {
@@ -41,7 +43,16 @@ impl Input {
         let (drain_timeout, node_timeout, stop_grace) =
             (args.drain_timeout, args.node_timeout, args.stop_grace);
         let on_undrainable: OnUndrainable = args.on_undrainable.parse().map_err(usage)?;
+        let on_gate_failure: refit_core::health::OnGateFailure =
+            args.on_gate_failure.parse().map_err(|e: String| usage(format!("--on-gate-failure {e}")))?;
         let plan_file = read_plan_file(args.plan.file.as_deref())?;
+        let gates = plan_file.health_gates().map_err(|e| usage(e.to_string()))?;
+        if let Some(g) = gates.iter().find(|g| g.check == refit_core::health::GateCheck::Workloads) {
+            return Err(usage(format!(
+                "the plan file's health gate '{}': `workloads` gates are not run by refit upgrade yet; use a prometheus, http or command gate",
+                g.name
+            )));
+        }
         let action = resolve_action(args.plan.action.as_deref(), plan_file.action.as_ref())?;
         let request: VersionRequest = parse_to(&args.plan)?;
         let store_path = store_path(args)?;
@@ -58,8 +69,9 @@ impl Input {
             node_timeout_secs: node_timeout.as_secs(),
             eviction_concurrency: args.eviction_concurrency,
             drain_rules: plan.drain,
+            on_gate_failure,
         };
-        Ok(Input { plan, action, behaviour, backup, not_after, store_path, stop_grace })
+        Ok(Input { plan, action, behaviour, backup, not_after, store_path, stop_grace, gates })
     }
 }
 

@@ -216,6 +216,8 @@ async fn upgrade(
         backup: input.backup.clone(),
         eviction_concurrency: b.eviction_concurrency,
         accepted: prepared.plan.accepted.iter().map(refit_core::accept::Record::from).collect(),
+        gates: input.gates.clone(),
+        on_gate_failure: b.on_gate_failure,
     };
     let journal = match journal {
         Some(j) => j,

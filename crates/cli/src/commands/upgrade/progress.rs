@@ -138,7 +138,10 @@ impl View {
                 remove(&mut st, node);
                 log_above(multi, e);
             }
-            Event::Warning { .. } | Event::LeftCordoned { .. } | Event::Backup { .. } => log_above(multi, e),
+            Event::Warning { .. }
+            | Event::LeftCordoned { .. }
+            | Event::Backup { .. }
+            | Event::Gate { .. } => log_above(multi, e),
             Event::UnitFinished { node, millis, result, .. } => {
                 remove(&mut st, node);
                 st.done += 1;
@@ -275,6 +278,11 @@ fn raw_line_for(e: &Event) -> Option<String> {
         Event::Backup { path, bytes } => format!("etcd backup written: {path} ({bytes} bytes, kept)"),
         Event::ClusterService { addon, detail } => format!("cluster services: {addon}: {detail}"),
         Event::Warning { message } => format!("WARNING: {message}"),
+        Event::Gate { gate, state, reason } => match state {
+            refit_core::event::GateState::Waiting => format!("health gate {gate}: waiting: {reason}"),
+            refit_core::event::GateState::Passed => format!("health gate {gate}: passed ({reason})"),
+            refit_core::event::GateState::Failed => format!("health gate {gate}: FAILED: {reason}"),
+        },
         Event::RunFinished { state, millis, reason } => format!(
             "run {} after {:.1}s{}",
             state.as_str(),
