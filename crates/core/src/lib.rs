@@ -11,6 +11,7 @@
 #![cfg_attr(test, allow(clippy::arithmetic_side_effects))]
 
 pub mod addons;
+pub mod batch;
 pub mod catalog;
 pub mod checks;
 pub mod drain;
