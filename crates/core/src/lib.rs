@@ -16,6 +16,7 @@ pub mod catalog;
 pub mod checks;
 pub mod drain;
 pub mod duration;
+pub mod eta;
 pub mod event;
 pub mod identity;
 // The fleet modules are being split by a parallel change (issue 12 item 5); their lint fixes

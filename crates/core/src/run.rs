@@ -638,12 +638,7 @@ pub fn final_state(
 /// An estimate of the time left: the mean duration of finished units times the rounds of
 /// `concurrency` units still to go. None until one unit has finished.
 pub fn eta(finished: &[Duration], remaining: usize, concurrency: usize) -> Option<Duration> {
-    if finished.is_empty() {
-        return None;
-    }
-    let total =
-        finished.iter().try_fold(Duration::ZERO, |acc, d| acc.checked_add(*d)).unwrap_or(Duration::MAX);
-    let mean = u32::try_from(finished.len()).ok().and_then(|n| total.checked_div(n)).unwrap_or(Duration::MAX);
+    let mean = crate::eta::mean(finished)?;
     let rounds = u32::try_from(remaining.div_ceil(concurrency.max(1))).unwrap_or(u32::MAX);
     Some(mean.saturating_mul(rounds))
 }
