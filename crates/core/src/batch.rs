@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::checks::{Capacity, CheckOptions};
 use crate::drain;
@@ -82,7 +82,7 @@ pub fn parse_cap(s: &str) -> Result<MaxUnavailable, String> {
 }
 
 /// The settings of `auto`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Auto {
     /// The most workers one batch may take.
     pub cap: MaxUnavailable,
@@ -290,6 +290,16 @@ pub enum Limit {
     Candidates,
     /// A candidate had to be passed over, for this reason (the first one met).
     Held(Hold),
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Limit::Cap { cap } => write!(f, "the cap ({cap} nodes)"),
+            Limit::Candidates => f.write_str("no other worker of its zone is left"),
+            Limit::Held(h) => h.fmt(f),
+        }
+    }
 }
 
 /// A batch chosen by [`choose`].

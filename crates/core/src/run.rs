@@ -184,10 +184,15 @@ pub struct Stage {
     pub phase: PhaseKind,
     /// The version this stage moves its units to.
     pub to: Version,
-    /// Units at once.
+    /// Units at once (under `auto`: its cap).
     pub concurrency: usize,
     /// The units, in order.
     pub units: Vec<UnitWork>,
+    /// `--max-unavailable auto`: each batch is chosen from the live cluster before it starts
+    /// ([`crate::batch::next`]) instead of a sliding window of `concurrency`. Absent in
+    /// schedules stored before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto: Option<crate::batch::Auto>,
 }
 
 /// Everything a run executes, frozen when it starts.
@@ -205,6 +210,14 @@ pub struct Schedule {
 }
 
 impl Schedule {
+    /// Batches every worker stage with `auto` (its cap of `workers` as the stage's width).
+    pub fn batch_automatically(&mut self, auto: crate::batch::Auto, workers: usize) {
+        for s in self.stages.iter_mut().filter(|s| s.phase == PhaseKind::Workers) {
+            s.auto = Some(auto);
+            s.concurrency = auto.cap.batch_size(workers);
+        }
+    }
+
     /// Every (stage, unit) pair.
     pub fn units(&self) -> impl Iterator<Item = (usize, &UnitWork)> {
         self.stages.iter().enumerate().flat_map(|(i, s)| s.units.iter().map(move |u| (i, u)))
@@ -311,6 +324,7 @@ pub fn schedule(
                 to: from.clone(),
                 concurrency: worker_concurrency.max(1),
                 units,
+                auto: None,
             });
         }
         if let Some(&(phase, _)) = control.first() {
@@ -331,7 +345,7 @@ pub fn schedule(
                     work(u, was, to, first)
                 })
                 .collect();
-            stages.push(Stage { phase, to: to.clone(), concurrency: 1, units });
+            stages.push(Stage { phase, to: to.clone(), concurrency: 1, units, auto: None });
         }
     }
     let remaining: Vec<UnitWork> = workers
@@ -355,6 +369,7 @@ pub fn schedule(
             to: plan.target.clone(),
             concurrency: worker_concurrency.max(1),
             units: remaining,
+            auto: None,
         });
     }
     Schedule {

@@ -138,7 +138,11 @@ impl View {
                 remove(&mut st, node);
                 log_above(multi, e);
             }
-            Event::Warning { .. } | Event::LeftCordoned { .. } | Event::Backup { .. } => log_above(multi, e),
+            Event::Warning { .. }
+            | Event::LeftCordoned { .. }
+            | Event::Backup { .. }
+            | Event::BatchChosen { .. }
+            | Event::BatchHeld { .. } => log_above(multi, e),
             Event::UnitFinished { node, millis, result, .. } => {
                 remove(&mut st, node);
                 st.done += 1;
@@ -275,6 +279,13 @@ fn raw_line_for(e: &Event) -> Option<String> {
         Event::Backup { path, bytes } => format!("etcd backup written: {path} ({bytes} bytes, kept)"),
         Event::ClusterService { addon, detail } => format!("cluster services: {addon}: {detail}"),
         Event::Warning { message } => format!("WARNING: {message}"),
+        Event::BatchChosen { nodes, zone, limit, .. } => format!(
+            "next batch: {} node(s){} ({}); not larger: {limit}",
+            nodes.len(),
+            zone.as_ref().map(|z| format!(" in zone {z}")).unwrap_or_default(),
+            nodes.join(", ")
+        ),
+        Event::BatchHeld { reason, .. } => format!("no worker batch can start: {reason}"),
         Event::RunFinished { state, millis, reason } => format!(
             "run {} after {:.1}s{}",
             state.as_str(),
