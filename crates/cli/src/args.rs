@@ -462,9 +462,19 @@ pub struct PlanArgs {
     /// Target: a release (1.37.1) or a minor (1.37 = its newest patch).
     #[arg(long)]
     pub to: String,
-    /// Workers unavailable at once: a count or a percentage (etcd and control plane: always 1).
+    /// Workers unavailable at once: a count, a percentage, or auto (each batch as large as
+    /// every PDB's allowance, room for the evicted pods, one zone and the cap allow, chosen
+    /// from the live cluster before it starts). etcd and control plane: always 1.
     #[arg(long, default_value = "1")]
     pub max_unavailable: String,
+    /// The most workers one batch takes under --max-unavailable auto: a count or a
+    /// percentage of the workers [default: 25%].
+    #[arg(long)]
+    pub max_unavailable_cap: Option<String>,
+    /// Under --max-unavailable auto, let a batch take workers of several zones
+    /// (topology.kubernetes.io/zone); by default one zone at a time.
+    #[arg(long)]
+    pub across_zones: bool,
     /// Plan file: external etcd hosts, node addresses and roles, ingress/storage labels.
     #[arg(short = 'f', long = "file")]
     pub file: Option<PathBuf>,

@@ -210,11 +210,12 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// Batches every worker stage with `auto` (its cap of `workers` as the stage's width).
-    pub fn batch_automatically(&mut self, auto: crate::batch::Auto, workers: usize) {
+    /// Batches every worker stage with `auto`; `width` (its cap resolved against the
+    /// workers) is what the stage shows as its units at once.
+    pub fn batch_automatically(&mut self, auto: crate::batch::Auto, width: usize) {
         for s in self.stages.iter_mut().filter(|s| s.phase == PhaseKind::Workers) {
             s.auto = Some(auto);
-            s.concurrency = auto.cap.batch_size(workers);
+            s.concurrency = width.max(1);
         }
     }
 

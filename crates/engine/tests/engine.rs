@@ -350,7 +350,7 @@ fn auto_world(workers: usize) -> (World, refit_engine::RunSpec) {
     let mut spec = w.spec(1, OnUndrainable::Fail);
     let auto =
         refit_core::batch::Auto { cap: refit_core::plan::MaxUnavailable::Count(10), across_zones: false };
-    spec.schedule.batch_automatically(auto, workers);
+    spec.schedule.batch_automatically(auto, auto.cap.batch_size(workers));
     (w, spec)
 }
 

@@ -5,9 +5,10 @@
 use std::process::ExitCode;
 
 use refit_core::VersionRequest;
+use refit_core::batch::{Batching, MaxUnavailableSetting, parse_cap};
 use refit_core::catalog::Catalog;
 use refit_core::drain::DrainOptions;
-use refit_core::plan::{MaxUnavailable, Mode, Plan};
+use refit_core::plan::{Mode, Plan};
 use refit_core::planfile::PlanFile;
 use refit_engine::prepare::{PlanInput, PrepareError, Prepared, prepare};
 use refit_kube::{ClusterTarget, Connection};
@@ -30,6 +31,9 @@ pub struct PlanOutput<'a> {
     /// What the node action can reach, and kubeadm's own plan (ssh action).
     #[serde(skip_serializing_if = "Option::is_none")]
     reach: Option<&'a refit_engine::reach::ReachReport>,
+    /// `--max-unavailable auto`: its settings and the first batch it would take now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auto: Option<&'a refit_engine::prepare::AutoPreview>,
 }
 
 impl<'a> PlanOutput<'a> {
@@ -42,6 +46,7 @@ impl<'a> PlanOutput<'a> {
             not_run: p.not_run.clone(),
             plan: &p.plan,
             reach: p.reach.as_ref(),
+            auto: p.auto.as_ref(),
         }
     }
 }
@@ -80,7 +85,13 @@ pub fn plan_input(
     request: VersionRequest,
     plan_file: PlanFile,
 ) -> anyhow::Result<PlanInput> {
-    let max_unavailable: MaxUnavailable = args.max_unavailable.parse().map_err(usage)?;
+    let setting: MaxUnavailableSetting = args.max_unavailable.parse().map_err(usage)?;
+    let cap = args.max_unavailable_cap.as_deref().map(parse_cap).transpose().map_err(usage)?;
+    let (max_unavailable, auto) = match Batching::new(setting, cap, args.across_zones) {
+        Ok(Batching::Fixed(m)) => (m, None),
+        Ok(Batching::Auto(a)) => (a.cap, Some(a)),
+        Err(e) => return Err(usage(e.to_string())),
+    };
     let mode = match (args.offline, args.ignore_safety_checks) {
         (true, true) => return Err(usage("--offline and --ignore-safety-checks exclude each other")),
         (true, false) => Mode::Offline,
@@ -93,6 +104,7 @@ pub fn plan_input(
         catalog,
         request,
         max_unavailable,
+        auto,
         mode,
         plan_file,
         partial_ok: args.partial_ok,
@@ -157,6 +169,29 @@ pub async fn run(args: PlanArgs, format: Format) -> anyhow::Result<ExitCode> {
     Ok(if prepared.plan.blocked { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
+/// What `auto` would do now, in a sentence or two.
+fn render_auto(a: &refit_engine::prepare::AutoPreview) -> String {
+    let how = format!(
+        "max-unavailable auto (cap {}, {}): each worker batch is chosen from the live cluster before it starts",
+        a.settings.cap,
+        if a.settings.across_zones { "across zones" } else { "one zone at a time" }
+    );
+    let now = match &a.first {
+        refit_core::batch::Next::Batch(c) => format!(
+            "first batch now: {} node(s){} ({}); not larger: {}",
+            c.nodes.len(),
+            c.zone.as_ref().map(|z| format!(" in zone {z}")).unwrap_or_default(),
+            c.nodes.join(", "),
+            c.limit
+        ),
+        refit_core::batch::Next::Alone { node, hold } => {
+            format!("first batch now: {node} alone, its drain waiting on a budget: {hold}")
+        }
+        refit_core::batch::Next::Wait(hold) => format!("no worker batch can start now: {hold}"),
+    };
+    format!("{how}\n{now}\n(the table's worker batches show the cap)\n\n")
+}
+
 /// The plan as tables.
 pub fn render(o: &PlanOutput<'_>) -> String {
     let p = o.plan;
@@ -186,6 +221,9 @@ pub fn render(o: &PlanOutput<'_>) -> String {
     }
     if let Some(r) = o.reach {
         s.push_str(&crate::commands::reach::render(r));
+    }
+    if let Some(a) = o.auto {
+        s.push_str(&render_auto(a));
     }
     let mut t = table(&["phase", "batch", "node", "roles", "from", "to", "drain", "steps", "blockers"]);
     for phase in &p.phases {
@@ -232,6 +270,7 @@ pub fn render(o: &PlanOutput<'_>) -> String {
 mod tests {
     use super::*;
     use refit_core::checks::CheckOptions;
+    use refit_core::plan::MaxUnavailable;
     use refit_core::plan::PlanOptions;
     use refit_core::snapshot::Snapshot;
     use serde_json::json;
@@ -281,6 +320,7 @@ mod tests {
             not_run: vec![],
             plan,
             reach: None,
+            auto: None,
         }
     }
 

@@ -148,8 +148,11 @@ async fn upgrade(
         _ => Style::InPlace,
     };
     let cluster_services = !args.skip_cluster_services && !args.plan.control_plane_only;
-    let sched =
+    let mut sched =
         schedule(&prepared.plan, &prepared.path, style, prepared.worker_concurrency, cluster_services);
+    if let Some(a) = &prepared.auto {
+        sched.batch_automatically(a.settings, prepared.worker_concurrency);
+    }
     let out = PlanOutput::new(&conn.context, &prepared);
     let (Some(lock), Some(cluster)) = (lock, cluster) else {
         let dry = DryRun { plan: out, schedule: &sched };
