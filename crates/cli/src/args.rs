@@ -411,10 +411,6 @@ pub struct UpgradeArgs {
     /// before refit leaves anyway (the journal lets a rerun continue).
     #[arg(long, default_value = "10m", value_parser = duration)]
     pub stop_grace: Duration,
-    /// Start no node after this instant (RFC 3339, e.g. 2026-12-05T06:00:00Z; the end of a
-    /// maintenance window): nodes under way finish, the run ends paused, a rerun continues.
-    #[arg(long)]
-    pub not_after: Option<String>,
     /// Per-node drain deadline (e.g. 300s, 10m; 1s to one year).
     #[arg(long, default_value = "10m", value_parser = duration)]
     pub drain_timeout: Duration,
@@ -475,6 +471,12 @@ pub struct PlanArgs {
     /// (topology.kubernetes.io/zone); by default one zone at a time.
     #[arg(long)]
     pub across_zones: bool,
+    /// The end of the maintenance window (RFC 3339, e.g. 2026-12-05T06:00:00Z). upgrade:
+    /// start no node after it (nodes under way finish, the run ends paused, a rerun
+    /// continues); plan: warn when the run is not expected to end before it, and say how many
+    /// nodes will.
+    #[arg(long)]
+    pub not_after: Option<String>,
     /// Plan file: external etcd hosts, node addresses and roles, ingress/storage labels.
     #[arg(short = 'f', long = "file")]
     pub file: Option<PathBuf>,

@@ -503,4 +503,33 @@ async fn auto_picks_one_zone_within_the_budgets_and_names_the_budget_that_holds_
         ),
         "{stdout}"
     );
+
+    // The window: one stacked etcd + control-plane node (300 s estimated) and six workers one
+    // at a time (120 s each) do not fit in seven minutes; they fit in a day.
+    let soon = (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(420)).to_string();
+    let (_, p, stderr) = plan(&kc, &["--to", "1.37", "--not-after", &soon]);
+    let w = &p["eta"]["window"];
+    assert_eq!(w["fits"], false, "{stderr} {}", p["eta"]);
+    assert_eq!(w["nodes"], 7, "{w}");
+    assert_eq!(w["finished"], 1, "the control plane only: {w}");
+    assert_eq!(w["started"], 2, "{w}");
+    let later = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24)).to_string();
+    let (_, p, _) = plan(&kc, &["--to", "1.37", "--not-after", &later]);
+    assert_eq!(p["eta"]["window"]["fits"], true, "{}", p["eta"]);
+    let out = Command::cargo_bin("refit")
+        .unwrap()
+        .args(["plan", "--to", "1.37", "--not-after", &soon, "--kubeconfig"])
+        .arg(&kc)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "WARNING: the run is not expected to end before --not-after: about 1 of 7 nodes finish"
+        ),
+        "{stdout}"
+    );
+    let (code, _, stderr) = plan(&kc, &["--to", "1.37", "--not-after", "tonight"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--not-after 'tonight'"), "{stderr}");
 }

@@ -71,6 +71,24 @@ pub struct PhaseWork {
     pub measured: Vec<Duration>,
 }
 
+/// What a plan leaves to do, before anything ran: etcd and control-plane members one at a
+/// time once per hop of the path (`hops`, at least one pass), workers `worker_concurrency` at a
+/// time, cluster services once when the plan has that phase.
+pub fn plan_work(plan: &crate::plan::Plan, hops: usize, worker_concurrency: usize) -> Vec<PhaseWork> {
+    plan.phases
+        .iter()
+        .map(|p| {
+            let units: usize = p.batches.iter().map(|b| b.units.len()).sum();
+            let (remaining, concurrency) = match p.kind {
+                PhaseKind::Etcd | PhaseKind::ControlPlane => (units.saturating_mul(hops.max(1)), 1),
+                PhaseKind::Workers => (units, worker_concurrency.max(1)),
+                PhaseKind::ClusterServices => (1, 1),
+            };
+            PhaseWork { kind: p.kind, remaining, concurrency, measured: Vec::new() }
+        })
+        .collect()
+}
+
 /// The mean of `durations` (None when empty), saturating rather than overflowing.
 pub fn mean(durations: &[Duration]) -> Option<Duration> {
     let n = u32::try_from(durations.len()).ok().filter(|n| *n > 0)?;
@@ -235,6 +253,54 @@ mod tests {
         assert_eq!((f.finished, f.started, f.fits), (13, 13, true));
         let f = fit(&run(), &Estimate::default(), Duration::ZERO);
         assert_eq!((f.finished, f.started, f.fits), (0, 0, false));
+    }
+
+    #[test]
+    fn a_plan_becomes_rounds() {
+        use crate::plan::{Batch, Mode, Phase, Plan, UnitPlan};
+        let unit = |n: &str| UnitPlan {
+            node: n.into(),
+            roles: Default::default(),
+            from: "v1.36.4".into(),
+            to: crate::Version::new(1, 37, 1),
+            steps: Vec::new(),
+            blockers: Vec::new(),
+            drain: Default::default(),
+        };
+        let phase = |kind, sizes: &[usize]| Phase {
+            kind,
+            batches: sizes
+                .iter()
+                .map(|n| Batch { units: (0..*n).map(|i| unit(&format!("n-{i}"))).collect() })
+                .collect(),
+        };
+        let plan = Plan {
+            target: crate::Version::new(1, 37, 1),
+            mode: Mode::Online,
+            max_unavailable: "2".into(),
+            phases: vec![
+                phase(PhaseKind::ControlPlane, &[1, 1, 1]),
+                phase(PhaseKind::Workers, &[2, 2, 1]),
+                phase(PhaseKind::ClusterServices, &[]),
+            ],
+            findings: Vec::new(),
+            excluded: Vec::new(),
+            blocked: false,
+        };
+        let w = plan_work(&plan, 2, 2);
+        let got: Vec<(PhaseKind, usize, usize)> =
+            w.iter().map(|p| (p.kind, p.remaining, p.concurrency)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (PhaseKind::ControlPlane, 6, 1),
+                (PhaseKind::Workers, 5, 2),
+                (PhaseKind::ClusterServices, 1, 1)
+            ],
+            "control plane once per hop"
+        );
+        // 6 × 240 + 3 × 120 + 30.
+        assert_eq!(eta(&w, &Estimate::default()).ends_in, S * 1830);
     }
 
     #[test]

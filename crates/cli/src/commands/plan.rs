@@ -34,6 +34,40 @@ pub struct PlanOutput<'a> {
     /// `--max-unavailable auto`: its settings and the first batch it would take now.
     #[serde(skip_serializing_if = "Option::is_none")]
     auto: Option<&'a refit_engine::prepare::AutoPreview>,
+    /// When the run is expected to end (estimates: nothing ran yet), and the window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eta: Option<PlanEta>,
+}
+
+/// The plan's expected duration.
+#[derive(Serialize)]
+pub struct PlanEta {
+    /// Each phase's expected end, from the start.
+    phases: Vec<refit_core::eta::PhaseEta>,
+    /// The run's expected end, from the start, in seconds.
+    ends_in_secs: u64,
+    /// Against `--not-after`, when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    window: Option<refit_core::eta::Fit>,
+}
+
+impl PlanEta {
+    /// The estimate for `p`, and the window closing `window` from now.
+    fn new(p: &Prepared, window: Option<std::time::Duration>) -> PlanEta {
+        let width = match p.auto.as_ref().map(|a| &a.first) {
+            Some(refit_core::batch::Next::Batch(c)) => c.nodes.len(),
+            Some(_) => 1,
+            None => p.worker_concurrency,
+        };
+        let work = refit_core::eta::plan_work(&p.plan, p.path.hops.len(), width);
+        let estimate = refit_core::eta::Estimate::default();
+        let e = refit_core::eta::eta(&work, &estimate);
+        PlanEta {
+            phases: e.phases,
+            ends_in_secs: e.ends_in.as_secs(),
+            window: window.map(|w| refit_core::eta::fit(&work, &estimate, w)),
+        }
+    }
 }
 
 impl<'a> PlanOutput<'a> {
@@ -47,7 +81,14 @@ impl<'a> PlanOutput<'a> {
             plan: &p.plan,
             reach: p.reach.as_ref(),
             auto: p.auto.as_ref(),
+            eta: None,
         }
+    }
+
+    /// With the expected duration (and the window closing `window` from now).
+    pub fn with_eta(mut self, p: &Prepared, window: Option<std::time::Duration>) -> PlanOutput<'a> {
+        self.eta = Some(PlanEta::new(p, window));
+        self
     }
 }
 
@@ -155,6 +196,7 @@ pub async fn run(args: PlanArgs, format: Format) -> anyhow::Result<ExitCode> {
     let request = parse_to(&args)?;
     let plan_file = read_plan_file(args.file.as_deref())?;
     let input = plan_input(&args, catalog, request, plan_file)?;
+    let not_after = args.not_after.as_deref().map(crate::commands::upgrade::parse_not_after).transpose()?;
     let conn = connect(&args).await?;
     let prepared = match prepare(&conn, &input).await {
         Ok(p) => p,
@@ -162,11 +204,39 @@ pub async fn run(args: PlanArgs, format: Format) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(prepare_error(e)),
     };
     warn_offline(&prepared);
-    let out = PlanOutput::new(&conn.context, &prepared);
+    let window = not_after.map(|t| t.duration_since(std::time::SystemTime::now()).unwrap_or_default());
+    let out = PlanOutput::new(&conn.context, &prepared).with_eta(&prepared, window);
     if !print_structured(format, &out)? {
         print!("{}", render(&out));
     }
     Ok(if prepared.plan.blocked { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// The expected duration, and the warning when the window is too short.
+fn render_eta(e: &PlanEta) -> String {
+    let mins = |secs: u64| format!("{}m{:02}s", secs / 60, secs % 60);
+    let phases: Vec<String> = e
+        .phases
+        .iter()
+        .map(|p| format!("{} after {}", refit_core::run::phase_name(p.kind), mins(p.ends_in.as_secs())))
+        .collect();
+    let mut s = format!(
+        "Expected duration (estimated per node, refined by the run as nodes finish): {}; the run ends after {}\n",
+        phases.join(", "),
+        mins(e.ends_in_secs)
+    );
+    if let Some(w) = &e.window {
+        if w.fits {
+            s.push_str("It is expected to end before --not-after.\n");
+        } else {
+            s.push_str(&format!(
+                "WARNING: the run is not expected to end before --not-after: about {} of {} nodes finish inside the window ({} start before it; the run then pauses, and a rerun continues)\n",
+                w.finished, w.nodes, w.started
+            ));
+        }
+    }
+    s.push('\n');
+    s
 }
 
 /// What `auto` would do now, in a sentence or two.
@@ -224,6 +294,9 @@ pub fn render(o: &PlanOutput<'_>) -> String {
     }
     if let Some(a) = o.auto {
         s.push_str(&render_auto(a));
+    }
+    if let Some(e) = &o.eta {
+        s.push_str(&render_eta(e));
     }
     let mut t = table(&["phase", "batch", "node", "roles", "from", "to", "drain", "steps", "blockers"]);
     for phase in &p.phases {
@@ -321,6 +394,7 @@ mod tests {
             plan,
             reach: None,
             auto: None,
+            eta: None,
         }
     }
 

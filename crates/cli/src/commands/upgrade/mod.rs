@@ -23,7 +23,7 @@ use refit_engine::{Engine, EventSink, NodeAction, RunSpec};
 use refit_kube::Connection;
 use serde::Serialize;
 
-pub(crate) use input::resolve_action;
+pub(crate) use input::{parse_not_after, resolve_action};
 
 use crate::args::UpgradeArgs;
 use crate::commands::plan::{PlanOutput, connect, prepare_error, render, warn_offline};
