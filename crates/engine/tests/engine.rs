@@ -448,3 +448,31 @@ async fn auto_with_no_headroom_waits_then_names_the_budget() {
     assert_eq!(w.cluster.at(TO), 0);
     assert!(results(&o).iter().all(|(_, r)| *r == "not-started"), "{:?}", results(&o));
 }
+
+#[tokio::test(start_paused = true)]
+async fn auto_finishes_the_node_an_earlier_attempt_began_before_choosing_others() {
+    let (w, spec) = auto_world(4);
+    let id = w.create("r1", &spec);
+    // An earlier attempt cordoned w-03 (zone b) and recorded it, then died.
+    w.journal
+        .steps
+        .lock()
+        .unwrap()
+        .insert((id.clone(), "w-03".into(), format!("cordon@{TO}")), refit_core::run::StepState::Done);
+    w.cluster.set("w-03", |n| {
+        n.unschedulable = true;
+        n.cordoned_by = Some(id.clone());
+    });
+    let o = run(&w, &id, spec, None).await;
+    assert_eq!(o.state, RunState::Completed, "{:?}", o.reason);
+    assert_eq!(w.cluster.at(TO), 4);
+    let first = w.events().into_iter().find_map(|e| match e {
+        Event::BatchChosen { nodes, .. } => Some(nodes),
+        _ => None,
+    });
+    assert_eq!(first, Some(vec!["w-03".to_string()]), "the begun node alone, first");
+    assert!(
+        w.cluster.max_unschedulable_workers.load(Ordering::SeqCst) <= 2,
+        "never two zones' worth at once"
+    );
+}

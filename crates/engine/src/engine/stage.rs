@@ -155,7 +155,7 @@ impl Engine {
         auto: batch::Auto,
     ) -> (Vec<UnitReport>, Option<String>) {
         let mut tasks: JoinSet<UnitReport> = JoinSet::new();
-        let mut nodes: HashMap<Id, (String, String)> = HashMap::new();
+        let mut nodes_of: HashMap<Id, (String, String)> = HashMap::new();
         let mut reports = Vec::new();
         let mut reason = None;
         let mut left: Vec<&UnitWork> = stage.units.iter().collect();
@@ -163,6 +163,17 @@ impl Engine {
         let held = Arc::new(AtomicUsize::new(0));
         let mut waiting_since: Option<Instant> = None;
         let workers = stage.units.len();
+        // Units an earlier attempt began are already unavailable (cordoned, half drained):
+        // they finish first, as one batch, before the chooser counts anything else.
+        let mut begun: Vec<String> = Vec::new();
+        for unit in &left {
+            if let Ok(j) = self.journal(&unit.node).await
+                && refit_core::run::begun(unit, &j)
+            {
+                begun.push(unit.node.clone());
+            }
+        }
+        let mut resumed = (!begun.is_empty()).then_some(begun);
         while !left.is_empty() {
             // Units the deadline or a stop rules out are reported, not chosen.
             let mut keep = Vec::new();
@@ -185,68 +196,84 @@ impl Engine {
             if stop.is_some() || left.is_empty() {
                 break;
             }
-            let cap = auto.cap.batch_size(workers).saturating_sub(held.load(Ordering::SeqCst));
-            if cap == 0 {
-                reason = Some(format!(
-                    "every one of the {} max-unavailable slots is held by a node left cordoned; fix those nodes and rerun",
-                    stage.concurrency
-                ));
-                self.fail_fast();
-                break;
-            }
-            let snapshot = match self.ctx.cluster.snapshot().await {
-                Ok(s) => s,
-                Err(e) => {
-                    reason = Some(format!("cannot read the cluster to choose the next batch: {e}"));
-                    self.fail_fast();
-                    break;
-                }
-            };
-            let candidates: Vec<String> = left.iter().map(|u| u.node.clone()).collect();
-            let this =
-                batch::Auto { cap: MaxUnavailable::Count(u32::try_from(cap).unwrap_or(u32::MAX)), ..auto };
-            let chosen: Vec<String> = match batch::next(&snapshot, &candidates, workers, this, &checks) {
-                batch::Next::Batch(choice) => {
+            let chosen: Vec<String> = match resumed.take() {
+                Some(nodes) => {
                     self.emit(Event::BatchChosen {
                         stage: index,
-                        nodes: choice.nodes.clone(),
-                        zone: choice.zone.clone(),
-                        limit: choice.limit.to_string(),
-                    });
-                    choice.nodes
-                }
-                batch::Next::Alone { node, hold } => {
-                    self.emit(Event::BatchChosen {
-                        stage: index,
-                        nodes: vec![node.clone()],
+                        nodes: nodes.clone(),
                         zone: None,
-                        limit: format!("{hold}: it drains alone, waiting on the budget"),
+                        limit: "under way when the run stopped: finished first".into(),
                     });
-                    vec![node]
+                    nodes
                 }
-                batch::Next::Wait(hold) => {
-                    let first = waiting_since.is_none();
-                    let since = *waiting_since.get_or_insert_with(Instant::now);
-                    if first {
-                        self.emit(Event::BatchHeld { stage: index, reason: hold.to_string() });
-                    }
-                    if since.elapsed() >= self.spec.drain_timeout() {
-                        reason =
-                            Some(format!("no worker batch could start within the drain timeout: {hold}"));
+                None => {
+                    let cap = auto.cap.batch_size(workers).saturating_sub(held.load(Ordering::SeqCst));
+                    if cap == 0 {
+                        reason = Some(format!(
+                            "every one of the {} max-unavailable slots is held by a node left cordoned; fix those nodes and rerun",
+                            stage.concurrency
+                        ));
                         self.fail_fast();
                         break;
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(AUTO_RETRY) => {}
-                        _ = self.stop_requested() => {}
+                    let snapshot = match self.ctx.cluster.snapshot().await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            reason = Some(format!("cannot read the cluster to choose the next batch: {e}"));
+                            self.fail_fast();
+                            break;
+                        }
+                    };
+                    let candidates: Vec<String> = left.iter().map(|u| u.node.clone()).collect();
+                    let this = batch::Auto {
+                        cap: MaxUnavailable::Count(u32::try_from(cap).unwrap_or(u32::MAX)),
+                        ..auto
+                    };
+                    match batch::next(&snapshot, &candidates, workers, this, &checks) {
+                        batch::Next::Batch(choice) => {
+                            self.emit(Event::BatchChosen {
+                                stage: index,
+                                nodes: choice.nodes.clone(),
+                                zone: choice.zone.clone(),
+                                limit: choice.limit.to_string(),
+                            });
+                            choice.nodes
+                        }
+                        batch::Next::Alone { node, hold } => {
+                            self.emit(Event::BatchChosen {
+                                stage: index,
+                                nodes: vec![node.clone()],
+                                zone: None,
+                                limit: format!("{hold}: it drains alone, waiting on the budget"),
+                            });
+                            vec![node]
+                        }
+                        batch::Next::Wait(hold) => {
+                            let first = waiting_since.is_none();
+                            let since = *waiting_since.get_or_insert_with(Instant::now);
+                            if first {
+                                self.emit(Event::BatchHeld { stage: index, reason: hold.to_string() });
+                            }
+                            if since.elapsed() >= self.spec.drain_timeout() {
+                                reason = Some(format!(
+                                    "no worker batch could start within the drain timeout: {hold}"
+                                ));
+                                self.fail_fast();
+                                break;
+                            }
+                            tokio::select! {
+                                _ = tokio::time::sleep(AUTO_RETRY) => {}
+                                _ = self.stop_requested() => {}
+                            }
+                            continue;
+                        }
                     }
-                    continue;
                 }
             };
             waiting_since = None;
             for unit in left.iter().filter(|u| chosen.contains(&u.node)) {
                 let held = held.clone();
-                self.spawn_unit(&mut tasks, &mut nodes, index, stage, unit, move |result| {
+                self.spawn_unit(&mut tasks, &mut nodes_of, index, stage, unit, move |result| {
                     if matches!(result, UnitResult::LeftCordoned(_)) {
                         held.fetch_add(1, Ordering::SeqCst);
                     }
@@ -254,7 +281,7 @@ impl Engine {
             }
             left.retain(|u| !chosen.contains(&u.node));
             while let Some(done) = tasks.join_next_with_id().await {
-                reports.push(self.joined(index, done, &mut nodes));
+                reports.push(self.joined(index, done, &mut nodes_of));
             }
             if self.halted().is_some() {
                 break;
