@@ -411,10 +411,6 @@ pub struct UpgradeArgs {
     /// before refit leaves anyway (the journal lets a rerun continue).
     #[arg(long, default_value = "10m", value_parser = duration)]
     pub stop_grace: Duration,
-    /// Start no node after this instant (RFC 3339, e.g. 2026-12-05T06:00:00Z; the end of a
-    /// maintenance window): nodes under way finish, the run ends paused, a rerun continues.
-    #[arg(long)]
-    pub not_after: Option<String>,
     /// Per-node drain deadline (e.g. 300s, 10m; 1s to one year).
     #[arg(long, default_value = "10m", value_parser = duration)]
     pub drain_timeout: Duration,
@@ -466,9 +462,25 @@ pub struct PlanArgs {
     /// Target: a release (1.37.1) or a minor (1.37 = its newest patch).
     #[arg(long)]
     pub to: String,
-    /// Workers unavailable at once: a count or a percentage (etcd and control plane: always 1).
+    /// Workers unavailable at once: a count, a percentage, or auto (each batch as large as
+    /// every PDB's allowance, room for the evicted pods, one zone and the cap allow, chosen
+    /// from the live cluster before it starts). etcd and control plane: always 1.
     #[arg(long, default_value = "1")]
     pub max_unavailable: String,
+    /// The most workers one batch takes under --max-unavailable auto: a count or a
+    /// percentage of the workers [default: 25%].
+    #[arg(long)]
+    pub max_unavailable_cap: Option<String>,
+    /// Under --max-unavailable auto, let a batch take workers of several zones
+    /// (topology.kubernetes.io/zone); by default one zone at a time.
+    #[arg(long)]
+    pub across_zones: bool,
+    /// The end of the maintenance window (RFC 3339, e.g. 2026-12-05T06:00:00Z). upgrade:
+    /// start no node after it (nodes under way finish, the run ends paused, a rerun
+    /// continues); plan: warn when the run is not expected to end before it, and say how many
+    /// nodes will.
+    #[arg(long)]
+    pub not_after: Option<String>,
     /// Plan file: external etcd hosts, node addresses and roles, ingress/storage labels.
     #[arg(short = 'f', long = "file")]
     pub file: Option<PathBuf>,

@@ -478,3 +478,125 @@ async fn lifecycle_version_batch_and_volume_rules_fire_on_their_trigger_only() {
     let (_, lonely, _) = plan(&kc, &["--to", &to]);
     assert_eq!(find(&lonely, "worker-count"), ["node/worker-001"], "{:?}", checks(&lonely));
 }
+
+// `--max-unavailable auto` in `refit plan`: six workers in three zones (the testbed labels
+// them round-robin), real PDBs whose status the real disruption controller publishes, pods the
+// real scheduler placed.
+
+/// `replicas` pods of `name`, at most one per worker (required anti-affinity on the hostname).
+fn spread(namespace: &str, name: &str, replicas: i32) -> Value {
+    let mut d = deployment(namespace, name, replicas);
+    d["spec"]["template"]["spec"]["affinity"] = serde_json::json!({
+        "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": name}}, "topologyKey": "kubernetes.io/hostname"}]},
+    });
+    d
+}
+
+fn str_list(v: &Value) -> Vec<String> {
+    v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test]
+async fn auto_picks_one_zone_within_the_budgets_and_names_the_budget_that_holds_it() {
+    let tb = Testbed::start(TestbedConfig::new(default_version().unwrap(), 6)).await.unwrap();
+    let client = tb.client().await.unwrap();
+    let kc = tb.kubeconfig();
+    tb.create_namespace("shop").await.unwrap();
+
+    // Bad input first: nothing about the cluster is read or changed.
+    let (code, _, stderr) =
+        plan(&kc, &["--to", "1.37", "--max-unavailable", "2", "--max-unavailable-cap", "3"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--max-unavailable-cap applies only to --max-unavailable auto"), "{stderr}");
+    let (code, _, stderr) =
+        plan(&kc, &["--to", "1.37", "--max-unavailable", "auto", "--max-unavailable-cap", "0"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--max-unavailable-cap '0'"), "{stderr}");
+    let (code, _, stderr) = plan(&kc, &["--to", "1.37", "--max-unavailable", "some"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("or auto"), "{stderr}");
+
+    // "web": one pod on each worker, a budget allowing one disruption.
+    apply::<Deployment>(&client, spread("shop", "web", 6)).await.unwrap();
+    apply::<PodDisruptionBudget>(&client, pdb("shop", "web", "web", Budget::MaxUnavailable(1)))
+        .await
+        .unwrap();
+    wait_pods_ready(&client, "shop", "app=web", 6, std::time::Duration::from_secs(90)).await.unwrap();
+    // The disruption controller publishes the budget's status shortly after the pods: poll
+    // until the plan shows what `ready` waits for.
+    let until = |ready: fn(&Value) -> bool| {
+        let kc = kc.clone();
+        async move {
+            let mut last = (0, Value::Null, String::new());
+            for _ in 0..60 {
+                last =
+                    plan(&kc, &["--to", "1.37", "--max-unavailable", "auto", "--max-unavailable-cap", "4"]);
+                if ready(&last.1["auto"]["first"]) {
+                    return last.1;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            panic!("the plan never showed the budget's status: {} {} {}", last.0, last.1["auto"], last.2);
+        }
+    };
+    let p = until(|f| f["next"] == "batch" && f["limit"]["limit"] == "held").await;
+    let first = &p["auto"]["first"];
+    assert_eq!(str_list(&first["nodes"]).len(), 1, "one disruption allowed: one node: {first}");
+    assert_eq!(first["limit"]["hold"], "budget", "{first}");
+    assert_eq!(first["limit"]["pdb"], "shop/web", "{first}");
+    assert_eq!(first["limit"]["allowed"], 1, "{first}");
+    assert_eq!(p["auto"]["settings"]["across_zones"], false);
+
+    // Now a budget that allows nothing over the same pods: no batch can start, and the
+    // answer names it.
+    apply::<PodDisruptionBudget>(&client, pdb("shop", "web", "web", Budget::MinAvailable(6))).await.unwrap();
+    let p = until(|f| f["next"] == "wait").await;
+    let first = &p["auto"]["first"];
+    assert_eq!(first["hold"], "budget", "{first}");
+    assert_eq!(first["pdb"], "shop/web", "{first}");
+    assert_eq!(first["allowed"], 0, "{first}");
+    let out = Command::cargo_bin("refit")
+        .unwrap()
+        .args(["plan", "--to", "1.37", "--max-unavailable", "auto", "--kubeconfig"])
+        .arg(&kc)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "the budget blocks the plan too (pdb-never-allows): {stdout}");
+    assert!(
+        stdout.contains(
+            "no worker batch can start now: the disruption budget shop/web allows no disruption now"
+        ),
+        "{stdout}"
+    );
+
+    // The window: one stacked etcd + control-plane node (300 s estimated) and six workers one
+    // at a time (120 s each) do not fit in seven minutes; they fit in a day.
+    let soon = (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(420)).to_string();
+    let (_, p, stderr) = plan(&kc, &["--to", "1.37", "--not-after", &soon]);
+    let w = &p["eta"]["window"];
+    assert_eq!(w["fits"], false, "{stderr} {}", p["eta"]);
+    assert_eq!(w["nodes"], 7, "{w}");
+    assert_eq!(w["finished"], 1, "the control plane only: {w}");
+    assert_eq!(w["started"], 2, "{w}");
+    let later = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24)).to_string();
+    let (_, p, _) = plan(&kc, &["--to", "1.37", "--not-after", &later]);
+    assert_eq!(p["eta"]["window"]["fits"], true, "{}", p["eta"]);
+    let out = Command::cargo_bin("refit")
+        .unwrap()
+        .args(["plan", "--to", "1.37", "--not-after", &soon, "--kubeconfig"])
+        .arg(&kc)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "WARNING: the run is not expected to end before --not-after: about 1 of 7 nodes finish"
+        ),
+        "{stdout}"
+    );
+    let (code, _, stderr) = plan(&kc, &["--to", "1.37", "--not-after", "tonight"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--not-after 'tonight'"), "{stderr}");
+}

@@ -1083,3 +1083,76 @@ async fn replace_never_adopts_a_node_that_merely_has_the_replacements_name() {
     assert!(other.metadata.labels.as_ref().is_none_or(|l| !l.contains_key("team")));
     assert!(!unschedulable(&other));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_batches_stay_in_one_zone_within_every_budget_and_finish() {
+    let to = release(37);
+    // Six workers, two in each of three zones (the sandbox labels them round-robin).
+    let c = Cluster::up(&release(36), 1, 6);
+    let client = c.client().await;
+    install_apps(&client, &c.testbed()).await;
+    let watcher = Watcher::start(client.clone(), NS).await;
+    let out = c
+        .upgrade(&to)
+        .args([
+            "--action",
+            "sandbox",
+            "--max-unavailable",
+            "auto",
+            "--max-unavailable-cap",
+            "4",
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    let events: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let zone_of: std::collections::BTreeMap<String, String> = c
+        .nodes()
+        .await
+        .iter()
+        .filter_map(|n| {
+            let labels = n.metadata.labels.as_ref()?;
+            Some((n.metadata.name.clone()?, labels.get("topology.kubernetes.io/zone")?.clone()))
+        })
+        .collect();
+    let batches: Vec<Vec<String>> = events
+        .iter()
+        .filter(|e| e["event"] == "batch-chosen")
+        .map(|e| e["nodes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect())
+        .collect();
+    assert!(!batches.is_empty(), "no batch-chosen event: {stdout}");
+    let workers: BTreeSet<String> = batches.iter().flatten().cloned().collect();
+    assert_eq!(workers.len(), 6, "every worker in exactly one batch: {batches:?}");
+    assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 6, "{batches:?}");
+    for b in &batches {
+        let zones: BTreeSet<&String> = b.iter().filter_map(|n| zone_of.get(n)).collect();
+        assert_eq!(zones.len(), 1, "a batch spans zones: {b:?} {zone_of:?}");
+        assert!(b.len() <= 4, "above the cap: {b:?}");
+    }
+    let summary = events.last().unwrap();
+    assert_eq!(summary["outcome"]["state"], "completed", "{summary}");
+    for n in c.nodes().await {
+        assert_eq!(kubelet(&n), format!("v{to}"), "{:?}", n.metadata.name);
+        assert!(!unschedulable(&n), "{:?} left cordoned", n.metadata.name);
+    }
+    let seen = watcher.stop();
+    assert!(
+        seen.max_unschedulable_workers <= 4,
+        "{} workers unschedulable at once",
+        seen.max_unschedulable_workers
+    );
+    for (app, _, _, least) in APPS {
+        let min = seen.min_healthy.get(*app).copied().unwrap_or(0);
+        assert!(
+            min >= *least,
+            "{app}: {min} healthy pods at one moment, the PDB allows no fewer than {least}"
+        );
+    }
+    println!(
+        "auto batches: {batches:?}; most workers unschedulable at once: {}",
+        seen.max_unschedulable_workers
+    );
+}

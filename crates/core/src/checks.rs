@@ -674,16 +674,7 @@ mod capacity_tests {
     use crate::snapshot::{Phase, Resources, Scheduling, Taint, Toleration};
 
     fn placed(s: &mut Snapshot, name: &str, node: &str, cpu: i64) {
-        let mut p = pod(name).owned_by("ReplicaSet", "rs");
-        p.node = Some(node.into());
-        s.scheduling.insert(
-            p.uid.clone(),
-            Scheduling {
-                requests: Resources { cpu_millis: cpu, memory_bytes: 1 << 20, pods: 1 },
-                ..Default::default()
-            },
-        );
-        s.pods.push(p);
+        crate::snapshot::build::place(s, name, "rs", node, cpu);
     }
 
     #[test]

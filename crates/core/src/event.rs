@@ -258,6 +258,25 @@ pub enum Event {
         /// What it waits for, what it saw, or why it failed.
         reason: String,
     },
+    /// `--max-unavailable auto` chose the next worker batch from the live cluster.
+    BatchChosen {
+        /// Index of the stage in the schedule.
+        stage: usize,
+        /// The nodes, started together.
+        nodes: Vec<String>,
+        /// Their zone (None: no zone label, or `--across-zones`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        zone: Option<String>,
+        /// Why the batch is not larger, for people.
+        limit: String,
+    },
+    /// `--max-unavailable auto` could start no node: the budget or pod that holds it.
+    BatchHeld {
+        /// Index of the stage in the schedule.
+        stage: usize,
+        /// Why, naming the budget or pod.
+        reason: String,
+    },
     /// Something the operator should read.
     Warning {
         /// The message.

@@ -12,10 +12,12 @@
 
 pub mod accept;
 pub mod addons;
+pub mod batch;
 pub mod catalog;
 pub mod checks;
 pub mod drain;
 pub mod duration;
+pub mod eta;
 pub mod event;
 pub mod identity;
 // The fleet modules are being split by a parallel change (issue 12 item 5); their lint fixes

@@ -307,7 +307,7 @@ pub fn check_batch_counted(pdbs: &[PdbInfo], evicted: &[&PodInfo], covered: &[us
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::build::pod;
+    use crate::snapshot::build::{budget, pod};
     use proptest::prelude::*;
 
     fn labelled(name: &str, app: &str, node: &str) -> PodInfo {
@@ -315,22 +315,6 @@ mod tests {
         p.labels.insert("app".into(), app.into());
         p.node = Some(node.into());
         p
-    }
-
-    fn budget(app: &str, expected: i32, desired: i32, healthy: i32) -> PdbInfo {
-        PdbInfo {
-            namespace: "default".into(),
-            name: app.into(),
-            selector: Selector {
-                match_labels: BTreeMap::from([("app".into(), app.into())]),
-                ..Default::default()
-            },
-            disruptions_allowed: (healthy - desired).max(0),
-            current_healthy: healthy,
-            desired_healthy: desired,
-            expected_pods: expected,
-            always_allow_unhealthy: false,
-        }
     }
 
     #[test]

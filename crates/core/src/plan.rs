@@ -129,7 +129,7 @@ pub enum Step {
 }
 
 /// How many workers may be unavailable at once: a count or a percentage of the workers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MaxUnavailable {
     /// At most N nodes.
     Count(u32),

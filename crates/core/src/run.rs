@@ -280,10 +280,15 @@ pub struct Stage {
     pub phase: PhaseKind,
     /// The version this stage moves its units to.
     pub to: Version,
-    /// Units at once.
+    /// Units at once (under `auto`: its cap).
     pub concurrency: usize,
     /// The units, in order.
     pub units: Vec<UnitWork>,
+    /// `--max-unavailable auto`: each batch is chosen from the live cluster before it starts
+    /// ([`crate::batch::next`]) instead of a sliding window of `concurrency`. Absent in
+    /// schedules stored before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto: Option<crate::batch::Auto>,
 }
 
 /// Everything a run executes, frozen when it starts.
@@ -301,6 +306,15 @@ pub struct Schedule {
 }
 
 impl Schedule {
+    /// Batches every worker stage with `auto`; `width` (its cap resolved against the
+    /// workers) is what the stage shows as its units at once.
+    pub fn batch_automatically(&mut self, auto: crate::batch::Auto, width: usize) {
+        for s in self.stages.iter_mut().filter(|s| s.phase == PhaseKind::Workers) {
+            s.auto = Some(auto);
+            s.concurrency = width.max(1);
+        }
+    }
+
     /// Every (stage, unit) pair.
     pub fn units(&self) -> impl Iterator<Item = (usize, &UnitWork)> {
         self.stages.iter().enumerate().flat_map(|(i, s)| s.units.iter().map(move |u| (i, u)))
@@ -407,6 +421,7 @@ pub fn schedule(
                 to: from.clone(),
                 concurrency: worker_concurrency.max(1),
                 units,
+                auto: None,
             });
         }
         if let Some(&(phase, _)) = control.first() {
@@ -427,7 +442,7 @@ pub fn schedule(
                     work(u, was, to, first)
                 })
                 .collect();
-            stages.push(Stage { phase, to: to.clone(), concurrency: 1, units });
+            stages.push(Stage { phase, to: to.clone(), concurrency: 1, units, auto: None });
         }
     }
     let remaining: Vec<UnitWork> = workers
@@ -451,6 +466,7 @@ pub fn schedule(
             to: plan.target.clone(),
             concurrency: worker_concurrency.max(1),
             units: remaining,
+            auto: None,
         });
     }
     Schedule {
@@ -779,12 +795,7 @@ pub fn final_state(
 /// An estimate of the time left: the mean duration of finished units times the rounds of
 /// `concurrency` units still to go. None until one unit has finished.
 pub fn eta(finished: &[Duration], remaining: usize, concurrency: usize) -> Option<Duration> {
-    if finished.is_empty() {
-        return None;
-    }
-    let total =
-        finished.iter().try_fold(Duration::ZERO, |acc, d| acc.checked_add(*d)).unwrap_or(Duration::MAX);
-    let mean = u32::try_from(finished.len()).ok().and_then(|n| total.checked_div(n)).unwrap_or(Duration::MAX);
+    let mean = crate::eta::mean(finished)?;
     let rounds = u32::try_from(remaining.div_ceil(concurrency.max(1))).unwrap_or(u32::MAX);
     Some(mean.saturating_mul(rounds))
 }
@@ -1069,6 +1080,7 @@ mod tests {
                 to: v("1.37.1"),
                 concurrency: 1,
                 units: vec![r.clone()],
+                auto: None,
             }],
             cluster_services: false,
             excluded: vec![("left-out".into(), Exclusion::ControlPlaneOnly)],

@@ -343,6 +343,39 @@ pub struct Snapshot {
 pub(crate) mod build {
     use super::*;
 
+    /// Adds a running, ready pod of `app` (a ReplicaSet's, labelled `app`) on `node`,
+    /// requesting `cpu` millicores and 1 MiB.
+    pub fn place(s: &mut Snapshot, name: &str, app: &str, node: &str, cpu: i64) {
+        let mut p = pod(name).owned_by("ReplicaSet", app);
+        p.labels.insert("app".into(), app.into());
+        p.node = Some(node.into());
+        s.scheduling.insert(
+            p.uid.clone(),
+            Scheduling {
+                requests: Resources { cpu_millis: cpu, memory_bytes: 1 << 20, pods: 1 },
+                ..Default::default()
+            },
+        );
+        s.pods.push(p);
+    }
+
+    /// A budget over the pods labelled `app` in `default`, with its status.
+    pub fn budget(app: &str, expected: i32, desired: i32, healthy: i32) -> crate::pdb::PdbInfo {
+        crate::pdb::PdbInfo {
+            namespace: "default".into(),
+            name: app.into(),
+            selector: crate::pdb::Selector {
+                match_labels: BTreeMap::from([("app".into(), app.into())]),
+                ..Default::default()
+            },
+            disruptions_allowed: (healthy - desired).max(0),
+            current_healthy: healthy,
+            desired_healthy: desired,
+            expected_pods: expected,
+            always_allow_unhealthy: false,
+        }
+    }
+
     /// A running, ready pod in namespace `default` owned by nothing.
     pub fn pod(name: &str) -> PodInfo {
         PodInfo {

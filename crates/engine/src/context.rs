@@ -33,6 +33,9 @@ pub type OnLine<'a> = &'a (dyn Fn(&str) + Send + Sync);
 
 /// What the engine does to and reads from the cluster (the kube crate in production).
 pub trait Cluster: Send + Sync {
+    /// Nodes, pods (with their scheduling constraints) and budgets as preflight reads them:
+    /// `--max-unavailable auto` chooses each worker batch from a fresh one.
+    fn snapshot(&self) -> BoxFuture<'_, Result<refit_core::snapshot::Snapshot, refit_kube::Error>>;
     /// One node's state (a missing node is `exists: false`; an unreadable one an error).
     fn node(&self, node: &str) -> BoxFuture<'_, Result<NodeState, refit_kube::Error>>;
     /// Every node's state, by name (one list).

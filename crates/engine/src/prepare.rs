@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use refit_core::VersionRequest;
 use refit_core::accept::{AcceptRule, Acceptances};
+use refit_core::batch::{self, Auto};
 use refit_core::catalog::Catalog;
 use refit_core::checks::{CheckOptions, Finding};
 use refit_core::drain::DrainOptions;
@@ -26,8 +27,10 @@ pub struct PlanInput {
     pub catalog: Catalog,
     /// `--to`.
     pub request: VersionRequest,
-    /// `--max-unavailable`.
+    /// `--max-unavailable` (under `auto`: its cap, the most a batch may take).
     pub max_unavailable: MaxUnavailable,
+    /// `--max-unavailable auto` with its cap and `--across-zones`.
+    pub auto: Option<Auto>,
     /// Online, ignoring safety checks, or offline.
     pub mode: Mode,
     /// The plan file (empty when none was given).
@@ -69,8 +72,10 @@ pub struct Prepared {
     pub not_run: Vec<String>,
     /// Node addresses: the plan file's, else each node's InternalIP.
     pub addresses: BTreeMap<String, String>,
-    /// Worker batch size.
+    /// Worker batch size (under `auto`: the cap).
     pub worker_concurrency: usize,
+    /// Under `--max-unavailable auto`: what it would do with the cluster as it is now.
+    pub auto: Option<AutoPreview>,
     /// What the node action can reach (None: it has no probe).
     pub reach: Option<crate::reach::ReachReport>,
     /// The version policy the path was resolved under.
@@ -80,6 +85,16 @@ pub struct Prepared {
     /// Acceptances that matched no finding (a typo, or a finding that went away): warned
     /// about, never an error — the cluster moves between plan and run.
     pub unused_accepts: Vec<AcceptRule>,
+}
+
+/// `--max-unavailable auto` in a plan: its settings and the first batch it would choose now
+/// (each later batch is chosen from the cluster as it is then).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AutoPreview {
+    /// The settings.
+    pub settings: Auto,
+    /// The first batch, or what holds it.
+    pub first: batch::Next,
 }
 
 /// Why preparation stopped.
@@ -217,6 +232,16 @@ fn decide(
     plan.blocked |= refit_core::reach::blocks_regardless_of_mode(&plan);
     let unused_accepts = accept.unused(&plan.accepted).into_iter().cloned().collect();
     let workers = snapshot.nodes.iter().filter(|n| !n.is_control_plane()).count();
+    let auto = input.auto.map(|settings| {
+        let candidates: Vec<String> = plan
+            .phases
+            .iter()
+            .filter(|p| p.kind == refit_core::plan::PhaseKind::Workers)
+            .flat_map(|p| p.batches.iter().flat_map(|b| b.units.iter().map(|u| u.node.clone())))
+            .collect();
+        let first = batch::next(snapshot, &candidates, candidates.len(), settings, &check_opts);
+        AutoPreview { settings, first }
+    });
     let addresses: BTreeMap<String, String> =
         plan_file.addresses(snapshot.nodes.iter().map(|n| (n.name.as_str(), n.address.as_deref())));
     Ok(Prepared {
@@ -226,6 +251,7 @@ fn decide(
         not_run,
         addresses,
         worker_concurrency: input.max_unavailable.batch_size(workers),
+        auto,
         reach: reached.report,
         identities: reached.identities,
         policy: input.policy,

@@ -480,3 +480,140 @@ async fn deleted_nodes_are_skipped_added_ones_reported_and_unreadable_ones_fail(
     assert_eq!(u.failure, Some(FailureKind::Observe), "{u:?}");
     assert_eq!(w.actions.runs("w-01"), 0);
 }
+
+/// `--max-unavailable auto` on a cluster of `workers` in zones a then b (half each).
+fn auto_world(workers: usize) -> (World, refit_engine::RunSpec) {
+    let w = World::new(0, workers);
+    for i in 1..=workers {
+        let zone = if i <= workers / 2 { "a" } else { "b" };
+        w.cluster.zones.lock().unwrap().insert(format!("w-{i:02}"), zone.into());
+    }
+    let mut spec = w.spec(1, OnUndrainable::Fail);
+    let auto =
+        refit_core::batch::Auto { cap: refit_core::plan::MaxUnavailable::Count(10), across_zones: false };
+    spec.schedule.batch_automatically(auto, auto.cap.batch_size(workers));
+    (w, spec)
+}
+
+/// A running, ready pod of `app` (a ReplicaSet's) on `node`, requesting 100m.
+fn web_pod(w: &World, name: &str, node: &str) {
+    let pod = refit_core::snapshot::PodInfo {
+        namespace: "default".into(),
+        name: name.into(),
+        uid: format!("uid-{name}"),
+        node: Some(node.into()),
+        owner: Some(refit_core::snapshot::Owner { kind: "ReplicaSet".into(), name: "web".into() }),
+        phase: refit_core::snapshot::Phase::Running,
+        ready: true,
+        mirror: false,
+        terminating: false,
+        labels: [("app".to_string(), "web".to_string())].into(),
+        volumes: Vec::new(),
+    };
+    let mut s = w.cluster.workloads.lock().unwrap();
+    s.scheduling.insert(
+        pod.uid.clone(),
+        refit_core::snapshot::Scheduling {
+            requests: refit_core::snapshot::Resources { cpu_millis: 100, memory_bytes: 1 << 20, pods: 1 },
+            ..Default::default()
+        },
+    );
+    s.pods.push(pod);
+}
+
+fn web_budget(allowed: i32) -> refit_core::pdb::PdbInfo {
+    refit_core::pdb::PdbInfo {
+        namespace: "default".into(),
+        name: "web".into(),
+        selector: refit_core::pdb::Selector {
+            match_labels: [("app".to_string(), "web".to_string())].into(),
+            ..Default::default()
+        },
+        disruptions_allowed: allowed,
+        current_healthy: 3,
+        desired_healthy: 3 - allowed,
+        expected_pods: 3,
+        always_allow_unhealthy: false,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn auto_takes_a_zone_at_a_time_as_the_budgets_allow() {
+    let (w, spec) = auto_world(6);
+    // One web pod in zone a on w-01 and w-02, under a budget allowing one disruption: they
+    // cannot be in one batch.
+    web_pod(&w, "web-1", "w-01");
+    web_pod(&w, "web-2", "w-02");
+    w.cluster.workloads.lock().unwrap().pdbs.push(web_budget(1));
+    let id = w.create("r1", &spec);
+    let o = run(&w, &id, spec, None).await;
+    assert_eq!(o.state, RunState::Completed, "{:?}", o.reason);
+    assert_eq!(w.cluster.at(TO), 6);
+    let batches: Vec<(Vec<String>, Option<String>)> = w
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::BatchChosen { nodes, zone, .. } => Some((nodes, zone)),
+            _ => None,
+        })
+        .collect();
+    let names = |ns: &[&str]| ns.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        batches,
+        vec![
+            (names(&["w-01", "w-03"]), Some("a".to_string())),
+            (names(&["w-02"]), Some("a".to_string())),
+            (names(&["w-04", "w-05", "w-06"]), Some("b".to_string())),
+        ],
+        "zone a first, w-02 passed over while w-01's pod takes the budget's one disruption"
+    );
+    assert_eq!(w.cluster.max_unschedulable_workers.load(Ordering::SeqCst), 3);
+    assert_eq!(w.cluster.snapshots_taken.load(Ordering::SeqCst), 3, "one fresh read per batch");
+}
+
+#[tokio::test(start_paused = true)]
+async fn auto_with_no_headroom_waits_then_names_the_budget() {
+    let (w, spec) = auto_world(2);
+    web_pod(&w, "web-1", "w-01");
+    web_pod(&w, "web-2", "w-02");
+    w.cluster.workloads.lock().unwrap().pdbs.push(web_budget(0));
+    let id = w.create("r1", &spec);
+    let o = run(&w, &id, spec, None).await;
+    assert_eq!(o.state, RunState::Failed);
+    let reason = o.reason.clone().unwrap();
+    assert!(reason.contains("default/web allows no disruption now"), "{reason}");
+    let held = w.events().iter().filter(|e| matches!(e, Event::BatchHeld { .. })).count();
+    assert_eq!(held, 1, "announced once while it waits");
+    assert!(w.cluster.snapshots_taken.load(Ordering::SeqCst) > 100, "re-read while waiting (600 s / 5 s)");
+    assert!(w.cluster.unschedulable().is_empty(), "nothing was cordoned");
+    assert_eq!(w.cluster.at(TO), 0);
+    assert!(results(&o).iter().all(|(_, r)| *r == "not-started"), "{:?}", results(&o));
+}
+
+#[tokio::test(start_paused = true)]
+async fn auto_finishes_the_node_an_earlier_attempt_began_before_choosing_others() {
+    let (w, spec) = auto_world(4);
+    let id = w.create("r1", &spec);
+    // An earlier attempt cordoned w-03 (zone b) and recorded it, then died.
+    w.journal
+        .steps
+        .lock()
+        .unwrap()
+        .insert((id.clone(), "w-03".into(), format!("cordon@{TO}")), refit_core::run::StepState::Done);
+    w.cluster.set("w-03", |n| {
+        n.unschedulable = true;
+        n.cordoned_by = Some(id.clone());
+    });
+    let o = run(&w, &id, spec, None).await;
+    assert_eq!(o.state, RunState::Completed, "{:?}", o.reason);
+    assert_eq!(w.cluster.at(TO), 4);
+    let first = w.events().into_iter().find_map(|e| match e {
+        Event::BatchChosen { nodes, .. } => Some(nodes),
+        _ => None,
+    });
+    assert_eq!(first, Some(vec!["w-03".to_string()]), "the begun node alone, first");
+    assert!(
+        w.cluster.max_unschedulable_workers.load(Ordering::SeqCst) <= 2,
+        "never two zones' worth at once"
+    );
+}

@@ -312,6 +312,11 @@ pub fn cluster_run(row: &RunRow, journal: &[JournalEntry]) -> ClusterRunView {
                 }
             }
             Event::Warning { message } => view.warnings.push(message),
+            Event::BatchHeld { reason, .. } => {
+                view.warnings.push(format!("no worker batch can start: {reason}"))
+            }
+            // Its nodes show up as their steps start.
+            Event::BatchChosen { .. } => {}
             Event::ClusterService { addon, detail } => {
                 view.cluster_services.push(format!("{addon}: {detail}"))
             }

@@ -5,9 +5,10 @@
 use std::process::ExitCode;
 
 use refit_core::VersionRequest;
+use refit_core::batch::{Batching, MaxUnavailableSetting, parse_cap};
 use refit_core::catalog::Catalog;
 use refit_core::drain::DrainOptions;
-use refit_core::plan::{MaxUnavailable, Mode, Plan};
+use refit_core::plan::{Mode, Plan};
 use refit_core::planfile::PlanFile;
 use refit_engine::prepare::{PlanInput, PrepareError, Prepared, prepare};
 use refit_kube::{ClusterTarget, Connection};
@@ -32,6 +33,43 @@ pub struct PlanOutput<'a> {
     /// What the node action can reach, and kubeadm's own plan (ssh action).
     #[serde(skip_serializing_if = "Option::is_none")]
     reach: Option<&'a refit_engine::reach::ReachReport>,
+    /// `--max-unavailable auto`: its settings and the first batch it would take now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auto: Option<&'a refit_engine::prepare::AutoPreview>,
+    /// When the run is expected to end (estimates: nothing ran yet), and the window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eta: Option<PlanEta>,
+}
+
+/// The plan's expected duration.
+#[derive(Serialize)]
+pub struct PlanEta {
+    /// Each phase's expected end, from the start.
+    phases: Vec<refit_core::eta::PhaseEta>,
+    /// The run's expected end, from the start, in seconds.
+    ends_in_secs: u64,
+    /// Against `--not-after`, when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    window: Option<refit_core::eta::Fit>,
+}
+
+impl PlanEta {
+    /// The estimate for `p`, and the window closing `window` from now.
+    fn new(p: &Prepared, window: Option<std::time::Duration>) -> PlanEta {
+        let width = match p.auto.as_ref().map(|a| &a.first) {
+            Some(refit_core::batch::Next::Batch(c)) => c.nodes.len(),
+            Some(_) => 1,
+            None => p.worker_concurrency,
+        };
+        let work = refit_core::eta::plan_work(&p.plan, p.path.hops.len(), width);
+        let estimate = refit_core::eta::Estimate::default();
+        let e = refit_core::eta::eta(&work, &estimate);
+        PlanEta {
+            phases: e.phases,
+            ends_in_secs: e.ends_in.as_secs(),
+            window: window.map(|w| refit_core::eta::fit(&work, &estimate, w)),
+        }
+    }
 }
 
 impl<'a> PlanOutput<'a> {
@@ -45,7 +83,15 @@ impl<'a> PlanOutput<'a> {
             policy: p.policy,
             plan: &p.plan,
             reach: p.reach.as_ref(),
+            auto: p.auto.as_ref(),
+            eta: None,
         }
+    }
+
+    /// With the expected duration (and the window closing `window` from now).
+    pub fn with_eta(mut self, p: &Prepared, window: Option<std::time::Duration>) -> PlanOutput<'a> {
+        self.eta = Some(PlanEta::new(p, window));
+        self
     }
 }
 
@@ -83,7 +129,13 @@ pub fn plan_input(
     request: VersionRequest,
     plan_file: PlanFile,
 ) -> anyhow::Result<PlanInput> {
-    let max_unavailable: MaxUnavailable = args.max_unavailable.parse().map_err(usage)?;
+    let setting: MaxUnavailableSetting = args.max_unavailable.parse().map_err(usage)?;
+    let cap = args.max_unavailable_cap.as_deref().map(parse_cap).transpose().map_err(usage)?;
+    let (max_unavailable, auto) = match Batching::new(setting, cap, args.across_zones) {
+        Ok(Batching::Fixed(m)) => (m, None),
+        Ok(Batching::Auto(a)) => (a.cap, Some(a)),
+        Err(e) => return Err(usage(e.to_string())),
+    };
     let mode = match (args.offline, args.ignore_safety_checks) {
         (true, true) => return Err(usage("--offline and --ignore-safety-checks exclude each other")),
         (true, false) => Mode::Offline,
@@ -99,6 +151,7 @@ pub fn plan_input(
         catalog,
         request,
         max_unavailable,
+        auto,
         mode,
         plan_file,
         partial_ok: args.partial_ok,
@@ -158,6 +211,7 @@ pub async fn run(args: PlanArgs, format: Format) -> anyhow::Result<ExitCode> {
     let request = parse_to(&args)?;
     let plan_file = read_plan_file(args.file.as_deref())?;
     let input = plan_input(&args, catalog, request, plan_file)?;
+    let not_after = args.not_after.as_deref().map(crate::commands::upgrade::parse_not_after).transpose()?;
     let conn = connect(&args).await?;
     let prepared = match prepare(&conn, &input).await {
         Ok(p) => p,
@@ -165,11 +219,62 @@ pub async fn run(args: PlanArgs, format: Format) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(prepare_error(e)),
     };
     warn_offline(&prepared);
-    let out = PlanOutput::new(&conn.context, &prepared);
+    let window = not_after.map(|t| t.duration_since(std::time::SystemTime::now()).unwrap_or_default());
+    let out = PlanOutput::new(&conn.context, &prepared).with_eta(&prepared, window);
     if !print_structured(format, &out)? {
         print!("{}", render(&out));
     }
     Ok(if prepared.plan.blocked { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// The expected duration, and the warning when the window is too short.
+fn render_eta(e: &PlanEta) -> String {
+    let mins = |secs: u64| format!("{}m{:02}s", secs / 60, secs % 60);
+    let phases: Vec<String> = e
+        .phases
+        .iter()
+        .map(|p| format!("{} after {}", refit_core::run::phase_name(p.kind), mins(p.ends_in.as_secs())))
+        .collect();
+    let mut s = format!(
+        "Expected duration (estimated per node, refined by the run as nodes finish): {}; the run ends after {}\n",
+        phases.join(", "),
+        mins(e.ends_in_secs)
+    );
+    if let Some(w) = &e.window {
+        if w.fits {
+            s.push_str("It is expected to end before --not-after.\n");
+        } else {
+            s.push_str(&format!(
+                "WARNING: the run is not expected to end before --not-after: about {} of {} nodes finish inside the window ({} start before it; the run then pauses, and a rerun continues)\n",
+                w.finished, w.nodes, w.started
+            ));
+        }
+    }
+    s.push('\n');
+    s
+}
+
+/// What `auto` would do now, in a sentence or two.
+fn render_auto(a: &refit_engine::prepare::AutoPreview) -> String {
+    let how = format!(
+        "max-unavailable auto (cap {}, {}): each worker batch is chosen from the live cluster before it starts",
+        a.settings.cap,
+        if a.settings.across_zones { "across zones" } else { "one zone at a time" }
+    );
+    let now = match &a.first {
+        refit_core::batch::Next::Batch(c) => format!(
+            "first batch now: {} node(s){} ({}); not larger: {}",
+            c.nodes.len(),
+            c.zone.as_ref().map(|z| format!(" in zone {z}")).unwrap_or_default(),
+            c.nodes.join(", "),
+            c.limit
+        ),
+        refit_core::batch::Next::Alone { node, hold } => {
+            format!("first batch now: {node} alone, its drain waiting on a budget: {hold}")
+        }
+        refit_core::batch::Next::Wait(hold) => format!("no worker batch can start now: {hold}"),
+    };
+    format!("{how}\n{now}\n(the table's worker batches show the cap)\n\n")
 }
 
 /// The plan as tables.
@@ -215,6 +320,12 @@ pub fn render(o: &PlanOutput<'_>) -> String {
     }
     if let Some(r) = o.reach {
         s.push_str(&crate::commands::reach::render(r));
+    }
+    if let Some(a) = o.auto {
+        s.push_str(&render_auto(a));
+    }
+    if let Some(e) = &o.eta {
+        s.push_str(&render_eta(e));
     }
     let mut t = table(&["phase", "batch", "node", "roles", "from", "to", "drain", "steps", "blockers"]);
     for phase in &p.phases {
@@ -274,6 +385,7 @@ pub fn render(o: &PlanOutput<'_>) -> String {
 mod tests {
     use super::*;
     use refit_core::checks::CheckOptions;
+    use refit_core::plan::MaxUnavailable;
     use refit_core::plan::PlanOptions;
     use refit_core::snapshot::Snapshot;
     use serde_json::json;
@@ -324,6 +436,8 @@ mod tests {
             policy: Default::default(),
             plan,
             reach: None,
+            auto: None,
+            eta: None,
         }
     }
 

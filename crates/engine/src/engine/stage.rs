@@ -5,15 +5,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use refit_core::batch;
+use refit_core::checks::CheckOptions;
 use refit_core::event::{Event, FailureKind};
-use refit_core::plan::PhaseKind;
-use refit_core::run::Stage;
+use refit_core::plan::{MaxUnavailable, PhaseKind};
+use refit_core::run::{Stage, UnitWork};
 use tokio::sync::Semaphore;
 use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::Instant;
 
 use super::{Engine, Start, not_started};
 use crate::report::{StepError, UnitReport, UnitResult, millis};
+
+/// How often a held `auto` stage re-reads the cluster.
+const AUTO_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Engine {
     /// Runs one stage: units one at a time (etcd, control plane) or in a sliding window of
@@ -26,6 +31,9 @@ impl Engine {
         index: usize,
         stage: &Stage,
     ) -> (Vec<UnitReport>, Option<String>) {
+        if let Some(auto) = stage.auto {
+            return self.run_auto_stage(index, stage, auto).await;
+        }
         let width = stage.concurrency.max(1);
         let slots = Arc::new(Semaphore::new(width));
         let held = Arc::new(AtomicUsize::new(0));
@@ -98,29 +106,15 @@ impl Engine {
                     break;
                 }
             };
-            let engine = self.clone();
-            let work = unit.clone();
-            let stage_to = stage.to.to_string();
             let held = held.clone();
-            let handle = tasks.spawn(async move {
-                let t = Instant::now();
-                let result = engine.run_unit(&work).await;
+            self.spawn_unit(&mut tasks, &mut nodes, index, stage, unit, move |result| {
                 if matches!(result, UnitResult::LeftCordoned(_)) {
                     held.fetch_add(1, Ordering::SeqCst);
                     permit.forget();
                 } else {
                     drop(permit);
                 }
-                let report = UnitReport::new(index, &work.node, &stage_to, result, millis(t.elapsed()));
-                engine.emit(Event::UnitFinished {
-                    node: report.node.clone(),
-                    to: report.to.clone(),
-                    result: report.result.end(),
-                    millis: report.millis,
-                });
-                report
             });
-            nodes.insert(handle.id(), (unit.node.clone(), stage.to.to_string()));
             started = started.saturating_add(1);
         }
         let why = self.halted().unwrap_or_else(|| "the run stopped before this unit".into());
@@ -130,6 +124,197 @@ impl Engine {
         }
         reports.extend(rest);
         // In the schedule's order, whichever finished first.
+        reports.sort_by_key(|r| stage.units.iter().position(|u| u.node == r.node));
+        (reports, reason)
+    }
+
+    /// Starts `unit` as a task; `on_result` runs when the unit ends, before its report.
+    fn spawn_unit(
+        self: &Arc<Self>,
+        tasks: &mut JoinSet<UnitReport>,
+        nodes: &mut HashMap<Id, (String, String)>,
+        index: usize,
+        stage: &Stage,
+        unit: &UnitWork,
+        on_result: impl FnOnce(&UnitResult) + Send + 'static,
+    ) {
+        let engine = self.clone();
+        let work = unit.clone();
+        let stage_to = stage.to.to_string();
+        let handle = tasks.spawn(async move {
+            let t = Instant::now();
+            let result = engine.run_unit(&work).await;
+            on_result(&result);
+            let report = UnitReport::new(index, &work.node, &stage_to, result, millis(t.elapsed()));
+            engine.emit(Event::UnitFinished {
+                node: report.node.clone(),
+                to: report.to.clone(),
+                result: report.result.end(),
+                millis: report.millis,
+            });
+            report
+        });
+        nodes.insert(handle.id(), (unit.node.clone(), stage.to.to_string()));
+    }
+
+    /// A worker stage under `--max-unavailable auto`: before each batch, a fresh snapshot of
+    /// the cluster and core's [`batch::next`] decide which of the units not yet started go
+    /// together; the batch runs to its end before the next is chosen, so pods evicted by one
+    /// batch have settled (or show as unready, taking no budget) when the next is measured.
+    /// When nothing can start, the stage waits for the budget or room (re-reading the cluster
+    /// every [`AUTO_RETRY`]) up to the drain timeout, then stops with the hold as its reason.
+    /// A node left cordoned counts against the cap for the rest of the stage.
+    async fn run_auto_stage(
+        self: Arc<Self>,
+        index: usize,
+        stage: &Stage,
+        auto: batch::Auto,
+    ) -> (Vec<UnitReport>, Option<String>) {
+        let mut tasks: JoinSet<UnitReport> = JoinSet::new();
+        let mut nodes_of: HashMap<Id, (String, String)> = HashMap::new();
+        let mut reports = Vec::new();
+        let mut reason = None;
+        let mut left: Vec<&UnitWork> = stage.units.iter().collect();
+        let checks = CheckOptions { drain: self.spec.drain_rules, ..CheckOptions::default() };
+        let held = Arc::new(AtomicUsize::new(0));
+        let mut waiting_since: Option<Instant> = None;
+        let mut gate_stop: Option<String> = None;
+        let workers = stage.units.len();
+        // Units an earlier attempt began are already unavailable (cordoned, half drained):
+        // they finish first, as one batch, before the chooser counts anything else.
+        let mut begun: Vec<String> = Vec::new();
+        for unit in &left {
+            if let Ok(j) = self.journal(&unit.node).await
+                && refit_core::run::begun(unit, &j)
+            {
+                begun.push(unit.node.clone());
+            }
+        }
+        let mut resumed = (!begun.is_empty()).then_some(begun);
+        while !left.is_empty() {
+            // Units the deadline or a stop rules out are reported, not chosen.
+            let mut keep = Vec::new();
+            let mut stop = None;
+            for unit in left {
+                if stop.is_some() {
+                    keep.push(unit);
+                    continue;
+                }
+                match self.may_start(unit).await {
+                    Start::Yes => keep.push(unit),
+                    Start::Skip(why) => reports.push(not_started(index, unit, why)),
+                    Start::Stop(why) => {
+                        stop = Some(why);
+                        keep.push(unit);
+                    }
+                }
+            }
+            left = keep;
+            if stop.is_some() || left.is_empty() {
+                break;
+            }
+            let chosen: Vec<String> = match resumed.take() {
+                Some(nodes) => {
+                    self.emit(Event::BatchChosen {
+                        stage: index,
+                        nodes: nodes.clone(),
+                        zone: None,
+                        limit: "under way when the run stopped: finished first".into(),
+                    });
+                    nodes
+                }
+                None => {
+                    let cap = auto.cap.batch_size(workers).saturating_sub(held.load(Ordering::SeqCst));
+                    if cap == 0 {
+                        reason = Some(format!(
+                            "every one of the {} max-unavailable slots is held by a node left cordoned; fix those nodes and rerun",
+                            stage.concurrency
+                        ));
+                        self.fail_fast();
+                        break;
+                    }
+                    let snapshot = match self.ctx.cluster.snapshot().await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            reason = Some(format!("cannot read the cluster to choose the next batch: {e}"));
+                            self.fail_fast();
+                            break;
+                        }
+                    };
+                    let candidates: Vec<String> = left.iter().map(|u| u.node.clone()).collect();
+                    let this = batch::Auto {
+                        cap: MaxUnavailable::Count(u32::try_from(cap).unwrap_or(u32::MAX)),
+                        ..auto
+                    };
+                    match batch::next(&snapshot, &candidates, workers, this, &checks) {
+                        batch::Next::Batch(choice) => {
+                            self.emit(Event::BatchChosen {
+                                stage: index,
+                                nodes: choice.nodes.clone(),
+                                zone: choice.zone.clone(),
+                                limit: choice.limit.to_string(),
+                            });
+                            choice.nodes
+                        }
+                        batch::Next::Alone { node, hold } => {
+                            self.emit(Event::BatchChosen {
+                                stage: index,
+                                nodes: vec![node.clone()],
+                                zone: None,
+                                limit: format!("{hold}: it drains alone, waiting on the budget"),
+                            });
+                            vec![node]
+                        }
+                        batch::Next::Wait(hold) => {
+                            let first = waiting_since.is_none();
+                            let since = *waiting_since.get_or_insert_with(Instant::now);
+                            if first {
+                                self.emit(Event::BatchHeld { stage: index, reason: hold.to_string() });
+                            }
+                            if since.elapsed() >= self.spec.drain_timeout() {
+                                reason = Some(format!(
+                                    "no worker batch could start within the drain timeout: {hold}"
+                                ));
+                                self.fail_fast();
+                                break;
+                            }
+                            tokio::select! {
+                                _ = tokio::time::sleep(AUTO_RETRY) => {}
+                                _ = self.stop_requested() => {}
+                            }
+                            continue;
+                        }
+                    }
+                }
+            };
+            waiting_since = None;
+            for unit in left.iter().filter(|u| chosen.contains(&u.node)) {
+                let held = held.clone();
+                self.spawn_unit(&mut tasks, &mut nodes_of, index, stage, unit, move |result| {
+                    if matches!(result, UnitResult::LeftCordoned(_)) {
+                        held.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+            }
+            left.retain(|u| !chosen.contains(&u.node));
+            while let Some(done) = tasks.join_next_with_id().await {
+                reports.push(self.joined(index, done, &mut nodes_of));
+            }
+            if self.halted().is_some() {
+                break;
+            }
+            // Health gates after each batch, before the next is chosen.
+            if !left.is_empty()
+                && !self.spec.gates.is_empty()
+                && let Err(why) = self.health_gates().await
+            {
+                gate_stop = Some(why);
+                break;
+            }
+        }
+        let why =
+            gate_stop.or_else(|| self.halted()).unwrap_or_else(|| "the run stopped before this unit".into());
+        reports.extend(left.into_iter().map(|u| not_started(index, u, &why)));
         reports.sort_by_key(|r| stage.units.iter().position(|u| u.node == r.node));
         (reports, reason)
     }

@@ -49,6 +49,15 @@ pub fn context(
 pub struct KubeCluster(pub Connection);
 
 impl Cluster for KubeCluster {
+    fn snapshot(&self) -> BoxFuture<'_, Result<refit_core::snapshot::Snapshot, refit_kube::Error>> {
+        async move {
+            let version = refit_kube::apis::oldest_apiserver_version(&self.0).await?;
+            let large = refit_kube::snapshot::LargeLists::for_server(&version);
+            refit_kube::snapshot::read_snapshot(&self.0, large).await
+        }
+        .boxed()
+    }
+
     fn node(&self, node: &str) -> BoxFuture<'_, Result<NodeState, refit_kube::Error>> {
         let node = node.to_string();
         async move { refit_kube::node::node_state(&self.0, &node).await }.boxed()

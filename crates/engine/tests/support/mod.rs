@@ -20,6 +20,7 @@ use refit_core::addons::AddonTargets;
 use refit_core::event::Event;
 use refit_core::plan::{PhaseKind, Role, Step};
 use refit_core::run::{OnUndrainable, RunState, Schedule, Stage, StepState, UnitWork};
+use refit_core::snapshot::{NodeInfo, Resources, Snapshot};
 use refit_engine::context::{
     ActionFailure, Clock, Cluster, Context, Journal, JournalError, NodeActions, OnAddon, OnDrain, OnLine,
     RunRecord, StepRecord,
@@ -73,6 +74,12 @@ pub struct FakeCluster {
     pub unreadable: Mutex<BTreeSet<String>>,
     /// Most workers unschedulable at one moment.
     pub max_unschedulable_workers: AtomicUsize,
+    /// Zones of the nodes (`topology.kubernetes.io/zone`), for `auto` batching.
+    pub zones: Mutex<BTreeMap<String, String>>,
+    /// Pods and budgets the snapshot shows (nodes come from `nodes`).
+    pub workloads: Mutex<Snapshot>,
+    /// How many snapshots the engine read.
+    pub snapshots_taken: AtomicUsize,
 }
 
 impl FakeCluster {
@@ -125,6 +132,34 @@ fn missing(node: &str) -> refit_kube::Error {
 }
 
 impl Cluster for FakeCluster {
+    fn snapshot(&self) -> BoxFuture<'_, Result<Snapshot, refit_kube::Error>> {
+        self.snapshots_taken.fetch_add(1, Ordering::SeqCst);
+        let zones = self.zones.lock().unwrap().clone();
+        let mut s = self.workloads.lock().unwrap().clone();
+        s.nodes = self
+            .nodes
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(name, n)| NodeInfo {
+                name: name.clone(),
+                labels: zones
+                    .get(name)
+                    .map(|z| BTreeMap::from([(refit_core::batch::ZONE_LABEL.to_string(), z.clone())]))
+                    .unwrap_or_default(),
+                annotations: BTreeMap::new(),
+                taints: Vec::new(),
+                unschedulable: n.unschedulable,
+                ready: true,
+                pressure: Vec::new(),
+                kubelet: format!("v{}", n.kubelet),
+                address: None,
+                allocatable: Resources { cpu_millis: 4000, memory_bytes: 16 << 30, pods: 110 },
+            })
+            .collect();
+        async move { Ok(s) }.boxed()
+    }
+
     fn node(&self, node: &str) -> BoxFuture<'_, Result<NodeState, refit_kube::Error>> {
         if self.unreadable.lock().unwrap().contains(node) {
             let e = refit_kube::Error::Wait { what: format!("reading {node}"), detail: "503".into() };
@@ -615,7 +650,13 @@ impl World {
             nodes.iter().filter(|(_, n)| n.worker).map(|(name, _)| unit(name, Role::Worker, false)).collect();
         let mut stages = Vec::new();
         if !cps.is_empty() {
-            stages.push(Stage { phase: PhaseKind::ControlPlane, to: v(TO), concurrency: 1, units: cps });
+            stages.push(Stage {
+                phase: PhaseKind::ControlPlane,
+                to: v(TO),
+                concurrency: 1,
+                units: cps,
+                auto: None,
+            });
         }
         if !workers.is_empty() {
             stages.push(Stage {
@@ -623,6 +664,7 @@ impl World {
                 to: v(TO),
                 concurrency: max_unavailable,
                 units: workers,
+                auto: None,
             });
         }
         Schedule { target: v(TO), stages, cluster_services: false, excluded: Vec::new() }

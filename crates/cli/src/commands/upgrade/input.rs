@@ -60,7 +60,7 @@ impl Input {
             store_path.parent().map(|p| p.join("backups")).unwrap_or_else(|| PathBuf::from("backups"))
         });
         let backup = backup_spec(args, backup_dir)?;
-        let not_after = args.not_after.as_deref().map(parse_not_after).transpose()?;
+        let not_after = args.plan.not_after.as_deref().map(parse_not_after).transpose()?;
         let catalog = load_catalog(args.plan.catalog.as_deref())?;
         let plan = plan_input(&args.plan, catalog, request, plan_file)?;
         let behaviour = Behaviour {
@@ -234,7 +234,7 @@ fn store_path(args: &UpgradeArgs) -> anyhow::Result<PathBuf> {
 }
 
 /// `--not-after`: an RFC 3339 instant with its offset (a bare local time would be ambiguous).
-fn parse_not_after(s: &str) -> anyhow::Result<std::time::SystemTime> {
+pub(crate) fn parse_not_after(s: &str) -> anyhow::Result<std::time::SystemTime> {
     let t: jiff::Timestamp = s.parse().map_err(|e| {
         usage(format!("--not-after '{s}': {e}; write an RFC 3339 instant such as 2026-12-05T06:00:00Z"))
     })?;

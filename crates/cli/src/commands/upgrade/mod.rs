@@ -23,7 +23,7 @@ use refit_engine::{Engine, EventSink, NodeAction, RunSpec};
 use refit_kube::Connection;
 use serde::Serialize;
 
-pub(crate) use input::resolve_action;
+pub(crate) use input::{parse_not_after, resolve_action};
 
 use crate::args::UpgradeArgs;
 use crate::commands::plan::{PlanOutput, connect, prepare_error, render, warn_offline};
@@ -148,8 +148,11 @@ async fn upgrade(
         _ => Style::InPlace,
     };
     let cluster_services = !args.skip_cluster_services && !args.plan.control_plane_only;
-    let sched =
+    let mut sched =
         schedule(&prepared.plan, &prepared.path, style, prepared.worker_concurrency, cluster_services);
+    if let Some(a) = &prepared.auto {
+        sched.batch_automatically(a.settings, prepared.worker_concurrency);
+    }
     let out = PlanOutput::new(&conn.context, &prepared);
     let (Some(lock), Some(cluster)) = (lock, cluster) else {
         let dry = DryRun { plan: out, schedule: &sched };

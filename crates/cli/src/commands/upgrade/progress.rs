@@ -141,7 +141,9 @@ impl View {
             Event::Warning { .. }
             | Event::LeftCordoned { .. }
             | Event::Backup { .. }
-            | Event::Gate { .. } => log_above(multi, e),
+            | Event::Gate { .. }
+            | Event::BatchChosen { .. }
+            | Event::BatchHeld { .. } => log_above(multi, e),
             Event::UnitFinished { node, millis, result, .. } => {
                 remove(&mut st, node);
                 st.done += 1;
@@ -283,6 +285,13 @@ fn raw_line_for(e: &Event) -> Option<String> {
             refit_core::event::GateState::Passed => format!("health gate {gate}: passed ({reason})"),
             refit_core::event::GateState::Failed => format!("health gate {gate}: FAILED: {reason}"),
         },
+        Event::BatchChosen { nodes, zone, limit, .. } => format!(
+            "next batch: {} node(s){} ({}); not larger: {limit}",
+            nodes.len(),
+            zone.as_ref().map(|z| format!(" in zone {z}")).unwrap_or_default(),
+            nodes.join(", ")
+        ),
+        Event::BatchHeld { reason, .. } => format!("no worker batch can start: {reason}"),
         Event::RunFinished { state, millis, reason } => format!(
             "run {} after {:.1}s{}",
             state.as_str(),

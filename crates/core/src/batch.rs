@@ -1,0 +1,724 @@
+//! Automatic worker batching (`--max-unavailable auto`) and the batching value types.
+//!
+//! A fixed batch size is either too timid (one node at a time: a 200-node cluster takes a
+//! day) or too bold (it trips over budgets and capacity, and the drains then crawl through
+//! 429s). Refit already sees every pod's budget and every node's free room, so `auto` takes
+//! the largest batch that is safe *now*, from the live cluster, before each batch:
+//!
+//! - **budgets**: for every PodDisruptionBudget, the pods the batch would evict that use up a
+//!   disruption ([`PodInfo::consumes_disruption`]) are at most its current allowance
+//!   (`status.disruptionsAllowed`), so every eviction of the batch can be granted at once;
+//! - **room**: every pod the batch evicts fits on the nodes that stay schedulable (requests,
+//!   taints/tolerations, nodeSelector, required node affinity) — the plan's own capacity rule
+//!   ([`Capacity`]), so a batch `auto` takes is one `refit plan` would not flag;
+//! - **one failure domain**: all nodes share one `topology.kubernetes.io/zone` (nodes without
+//!   the label are a domain of their own), unless `--across-zones`;
+//! - **a cap**: `--max-unavailable-cap N|P%` ([`DEFAULT_CAP`] when not given).
+//!
+//! Candidates are tried in the order given (the schedule's), zone by zone in the order their
+//! first candidate appears, so one zone is finished before the next starts. A candidate that
+//! would break a rule is passed over and the next one tried, so one busy node does not stop
+//! the batch. When not even one node can go, the answer is a [`Hold`] naming the budget or the
+//! pod that holds it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::checks::{Capacity, CheckOptions};
+use crate::drain;
+use crate::pdb::PdbIndex;
+use crate::plan::MaxUnavailable;
+use crate::run::Style;
+use crate::snapshot::Snapshot;
+
+/// The node label naming a node's failure domain.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// The cap of `--max-unavailable auto` when `--max-unavailable-cap` is not given: a quarter of
+/// the workers, as a Deployment's default `maxUnavailable`, so `auto` never takes more than
+/// the most common fixed setting would.
+pub const DEFAULT_CAP: MaxUnavailable = MaxUnavailable::Percent(25);
+
+/// What `--max-unavailable` says: a fixed size, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum MaxUnavailableSetting {
+    /// A count or a percentage of the workers.
+    Fixed(MaxUnavailable),
+    /// As many as is safe now ([`choose`]).
+    Auto,
+}
+
+impl FromStr for MaxUnavailableSetting {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim() == "auto" {
+            return Ok(MaxUnavailableSetting::Auto);
+        }
+        s.parse::<MaxUnavailable>().map(MaxUnavailableSetting::Fixed).map_err(|_| {
+            format!("--max-unavailable '{s}' is not a count (e.g. 2), a percentage (e.g. 10%) or auto")
+        })
+    }
+}
+
+impl fmt::Display for MaxUnavailableSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MaxUnavailableSetting::Fixed(m) => m.fmt(f),
+            MaxUnavailableSetting::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+/// Parses `--max-unavailable-cap`: a count or a percentage, like a fixed `--max-unavailable`.
+pub fn parse_cap(s: &str) -> Result<MaxUnavailable, String> {
+    s.parse::<MaxUnavailable>().map_err(|_| {
+        format!(
+            "--max-unavailable-cap '{s}' is not a count (e.g. 20) or a percentage (e.g. 25%); it bounds --max-unavailable auto"
+        )
+    })
+}
+
+/// The settings of `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Auto {
+    /// The most workers one batch may take.
+    pub cap: MaxUnavailable,
+    /// Whether a batch may take nodes of several zones.
+    pub across_zones: bool,
+}
+
+/// How the workers are batched: the three flags resolved together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Batching {
+    /// A fixed batch size.
+    Fixed(MaxUnavailable),
+    /// Chosen before each batch from the live cluster.
+    Auto(Auto),
+}
+
+/// Flags that contradict each other.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchingError {
+    /// `--max-unavailable-cap` or `--across-zones` with a fixed size.
+    #[error("{0} applies only to --max-unavailable auto (a fixed size is its own cap and ignores zones)")]
+    AutoOnly(&'static str),
+    /// `--max-surge` with an action that upgrades nodes in place.
+    #[error(
+        "--max-surge applies only to the replace action (it creates replacement nodes before the old ones drain); drop it or use --action replace"
+    )]
+    SurgeNeedsReplace,
+}
+
+impl Batching {
+    /// Resolves `--max-unavailable`, `--max-unavailable-cap` and `--across-zones`.
+    pub fn new(
+        setting: MaxUnavailableSetting,
+        cap: Option<MaxUnavailable>,
+        across_zones: bool,
+    ) -> Result<Batching, BatchingError> {
+        match setting {
+            MaxUnavailableSetting::Auto => {
+                Ok(Batching::Auto(Auto { cap: cap.unwrap_or(DEFAULT_CAP), across_zones }))
+            }
+            MaxUnavailableSetting::Fixed(_) if cap.is_some() => {
+                Err(BatchingError::AutoOnly("--max-unavailable-cap"))
+            }
+            MaxUnavailableSetting::Fixed(_) if across_zones => Err(BatchingError::AutoOnly("--across-zones")),
+            MaxUnavailableSetting::Fixed(m) => Ok(Batching::Fixed(m)),
+        }
+    }
+
+    /// The most workers one batch may take, of `workers` (the fixed size, or auto's cap).
+    pub fn most(self, workers: usize) -> usize {
+        match self {
+            Batching::Fixed(m) | Batching::Auto(Auto { cap: m, .. }) => m.batch_size(workers),
+        }
+    }
+}
+
+/// `--max-surge N|P%`: replacement nodes created ahead of the old ones they replace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub enum MaxSurge {
+    /// No surge: each replacement is created when its old node's turn comes.
+    #[default]
+    None,
+    /// At most N extra nodes.
+    Count(u32),
+    /// At most P% of the workers, rounded up (as a Deployment's `maxSurge`).
+    Percent(u32),
+}
+
+impl FromStr for MaxSurge {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad =
+            || format!("--max-surge '{s}' is not a count (e.g. 2) or a percentage (e.g. 10%) of the workers");
+        match s.trim().strip_suffix('%') {
+            Some(p) => match p.parse::<u32>() {
+                Ok(0) => Ok(MaxSurge::None),
+                Ok(p) if p <= 100 => Ok(MaxSurge::Percent(p)),
+                _ => Err(bad()),
+            },
+            None => match s.trim().parse::<u32>() {
+                Ok(0) => Ok(MaxSurge::None),
+                Ok(n) => Ok(MaxSurge::Count(n)),
+                Err(_) => Err(bad()),
+            },
+        }
+    }
+}
+
+impl fmt::Display for MaxSurge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MaxSurge::None => f.write_str("0"),
+            MaxSurge::Count(n) => write!(f, "{n}"),
+            MaxSurge::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl MaxSurge {
+    /// Extra nodes allowed for `workers` workers (percentages round up, as Deployments do).
+    pub fn extra(self, workers: usize) -> usize {
+        match self {
+            MaxSurge::None => 0,
+            MaxSurge::Count(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            MaxSurge::Percent(p) => {
+                workers.saturating_mul(usize::try_from(p).unwrap_or(usize::MAX)).div_ceil(100)
+            }
+        }
+    }
+
+    /// Refuses a surge where nothing is replaced.
+    pub fn check_style(self, style: Style) -> Result<(), BatchingError> {
+        match (self, style) {
+            (MaxSurge::None, _) | (_, Style::Replace) => Ok(()),
+            (_, Style::InPlace) => Err(BatchingError::SurgeNeedsReplace),
+        }
+    }
+}
+
+/// One round of a replace-style rollout with surge, combined as in a Deployment: `create`
+/// replacements are made first (up to the surge), then `drain` old nodes leave at once — the
+/// replacements already serving plus the unavailability allowed. With `unavailable` 0 the
+/// schedulable capacity never drops below what it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SurgeRound {
+    /// Replacement nodes created before any old node is cordoned.
+    pub create: usize,
+    /// Old nodes cordoned and drained together once those replacements are Ready.
+    pub drain: usize,
+}
+
+/// The next round for `remaining` old nodes: `surge` extra nodes at most, `unavailable` old
+/// nodes out beyond what the surge replaced. At least one node moves while any remain.
+pub fn surge_round(remaining: usize, surge: usize, unavailable: usize) -> SurgeRound {
+    let create = surge.min(remaining);
+    let drain = create.saturating_add(unavailable).clamp(1, remaining.max(1)).min(remaining);
+    SurgeRound { create, drain }
+}
+
+/// Why a batch cannot take a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "hold", rename_all = "kebab-case")]
+pub enum Hold {
+    /// The node's pods would take more disruptions from this budget than it allows now
+    /// (together with the nodes already in the batch).
+    Budget {
+        /// The budget, `namespace/name`.
+        pdb: String,
+        /// `status.disruptionsAllowed` now.
+        allowed: i32,
+        /// Disruptions the batch would need with this node.
+        needed: usize,
+        /// The node.
+        node: String,
+    },
+    /// A pod the node's drain evicts would find no room outside the batch.
+    NoRoom {
+        /// The pod, `namespace/name`.
+        pod: String,
+        /// The node.
+        node: String,
+    },
+    /// No worker is left to choose from.
+    NothingLeft,
+}
+
+impl Hold {
+    /// Whether time alone can release it: a budget that allows disruptions but fewer than the
+    /// node needs lets the node drain one allowance at a time.
+    pub fn drains_slowly(&self) -> bool {
+        matches!(self, Hold::Budget { allowed, .. } if *allowed > 0)
+    }
+}
+
+impl fmt::Display for Hold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Hold::Budget { pdb, allowed: 0, node, .. } => write!(
+                f,
+                "the disruption budget {pdb} allows no disruption now and {node} runs pods it covers: wait for its pods to become ready, or relax it"
+            ),
+            Hold::Budget { pdb, allowed, needed, node } => write!(
+                f,
+                "the disruption budget {pdb} allows {allowed} disruption(s) now and the batch with {node} would need {needed}"
+            ),
+            Hold::NoRoom { pod, node } => write!(
+                f,
+                "pod {pod} on {node} would find no room on the nodes left schedulable (add capacity or free some)"
+            ),
+            Hold::NothingLeft => f.write_str("no worker is left to upgrade"),
+        }
+    }
+}
+
+/// What stopped a batch from growing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "limit", rename_all = "kebab-case")]
+pub enum Limit {
+    /// It reached the cap.
+    Cap {
+        /// The cap in nodes.
+        cap: usize,
+    },
+    /// It took every candidate of its zone (or all candidates).
+    Candidates,
+    /// A candidate had to be passed over, for this reason (the first one met).
+    Held(Hold),
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Limit::Cap { cap } => write!(f, "the cap ({cap} nodes)"),
+            Limit::Candidates => f.write_str("no other worker of its zone is left"),
+            Limit::Held(h) => h.fmt(f),
+        }
+    }
+}
+
+/// A batch chosen by [`choose`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Choice {
+    /// The nodes, in candidate order.
+    pub nodes: Vec<String>,
+    /// Their zone (None: nodes without the zone label, or `--across-zones`).
+    pub zone: Option<String>,
+    /// Why it is not larger.
+    pub limit: Limit,
+}
+
+/// The zone of a node (None when it has no zone label or is unknown).
+fn zone_of<'a>(snapshot: &'a Snapshot, node: &str) -> Option<&'a str> {
+    snapshot.nodes.iter().find(|n| n.name == node).and_then(|n| n.labels.get(ZONE_LABEL)).map(String::as_str)
+}
+
+/// The next worker batch under `auto`, from the live `snapshot`.
+///
+/// `candidates` are the workers still to upgrade, in schedule order; `workers` is how many
+/// workers the run upgrades (what a percentage cap is of); `checks` carries the drain
+/// allowances (which pods a drain evicts).
+pub fn choose(
+    snapshot: &Snapshot,
+    candidates: &[String],
+    workers: usize,
+    auto: Auto,
+    checks: &CheckOptions,
+) -> Result<Choice, Hold> {
+    let cap = auto.cap.batch_size(workers);
+    let capacity = Capacity::new(snapshot);
+    let index = PdbIndex::new(&snapshot.pdbs);
+    // Disruptions each candidate takes from each budget if its drain evicts everything at once.
+    let demand = |node: &str| -> BTreeMap<usize, usize> {
+        let mut d: BTreeMap<usize, usize> = BTreeMap::new();
+        let evicted = capacity
+            .pods_on(node)
+            .iter()
+            .filter(|p| p.consumes_disruption())
+            .filter(|p| matches!(drain::decide(p, checks.drain), drain::Decision::Evict { .. }));
+        for p in evicted {
+            for i in index.covering(p) {
+                let c = d.entry(i).or_default();
+                *c = c.saturating_add(1);
+            }
+        }
+        d
+    };
+    // Zones in the order their first candidate appears; one group for all with --across-zones.
+    let mut zones: Vec<(Option<&str>, Vec<&str>)> = Vec::new();
+    let mut seen: BTreeSet<&str> = BTreeSet::new();
+    for c in candidates.iter().map(String::as_str).filter(|c| seen.insert(c)) {
+        let zone = if auto.across_zones { None } else { zone_of(snapshot, c) };
+        match zones.iter_mut().find(|(z, _)| *z == zone) {
+            Some((_, nodes)) => nodes.push(c),
+            None => zones.push((zone, vec![c])),
+        }
+    }
+    let mut first_hold: Option<Hold> = None;
+    for (zone, nodes) in zones {
+        let mut batch: BTreeSet<String> = BTreeSet::new();
+        let mut order: Vec<String> = Vec::new();
+        let mut used: BTreeMap<usize, usize> = BTreeMap::new();
+        let mut held: Option<Hold> = None;
+        let mut limit = Limit::Candidates;
+        for node in nodes {
+            if order.len() >= cap {
+                limit = Limit::Cap { cap };
+                break;
+            }
+            let mut with = used.clone();
+            for (i, n) in demand(node) {
+                let c = with.entry(i).or_default();
+                *c = c.saturating_add(n);
+            }
+            let over = with.iter().find_map(|(&i, &needed)| {
+                let pdb = snapshot.pdbs.get(i)?;
+                let allowed = usize::try_from(pdb.disruptions_allowed).unwrap_or(0);
+                (needed > allowed).then(|| Hold::Budget {
+                    pdb: pdb.key(),
+                    allowed: pdb.disruptions_allowed.max(0),
+                    needed,
+                    node: node.to_string(),
+                })
+            });
+            if let Some(h) = over {
+                held.get_or_insert(h);
+                continue;
+            }
+            batch.insert(node.to_string());
+            let no_room = capacity.check(&batch, checks).into_iter().find(|f| f.check == "capacity");
+            if let Some(f) = no_room {
+                batch.remove(node);
+                let pod = f.subject.strip_prefix("pod/").unwrap_or(&f.subject).to_string();
+                held.get_or_insert(Hold::NoRoom { pod, node: node.to_string() });
+                continue;
+            }
+            used = with;
+            order.push(node.to_string());
+        }
+        if !order.is_empty() {
+            if let (Limit::Candidates, Some(h)) = (&limit, held) {
+                limit = Limit::Held(h);
+            }
+            return Ok(Choice { nodes: order, zone: zone.map(str::to_string), limit });
+        }
+        if first_hold.is_none() {
+            first_hold = held;
+        }
+    }
+    Err(first_hold.unwrap_or(Hold::NothingLeft))
+}
+
+/// What the engine does next under `auto`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "next", rename_all = "kebab-case")]
+pub enum Next {
+    /// Upgrade this batch; every eviction can be granted at once.
+    Batch(Choice),
+    /// No batch drains at once, but the first candidate's budgets only need time: upgrade it
+    /// alone, its drain waiting on the budget as `--max-unavailable 1` would.
+    Alone {
+        /// The node.
+        node: String,
+        /// The budget it waits on.
+        hold: Hold,
+    },
+    /// Nothing can start: a budget allows no disruption at all, or a pod has no room.
+    Wait(Hold),
+}
+
+/// [`choose`], falling back to one node whose drain only has to wait for a budget.
+pub fn next(
+    snapshot: &Snapshot,
+    candidates: &[String],
+    workers: usize,
+    auto: Auto,
+    checks: &CheckOptions,
+) -> Next {
+    match choose(snapshot, candidates, workers, auto, checks) {
+        Ok(choice) => Next::Batch(choice),
+        Err(hold @ Hold::Budget { .. }) if hold.drains_slowly() => match &hold {
+            Hold::Budget { node, .. } => Next::Alone { node: node.clone(), hold },
+            _ => Next::Wait(hold),
+        },
+        Err(hold) => Next::Wait(hold),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pdb::PdbInfo;
+    use crate::snapshot::build::{self, node, place};
+    use crate::snapshot::{NodeInfo, Taint};
+    use proptest::prelude::*;
+
+    fn zoned(name: &str, zone: &str) -> NodeInfo {
+        let mut n = node(name).cpu(4000);
+        n.labels.insert(ZONE_LABEL.into(), zone.into());
+        n
+    }
+
+    fn budget(app: &str, allowed: i32) -> PdbInfo {
+        build::budget(app, 10, 10 - allowed, 10)
+    }
+
+    fn names(ns: &[&str]) -> Vec<String> {
+        ns.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn auto(cap: u32) -> Auto {
+        Auto { cap: MaxUnavailable::Count(cap), across_zones: false }
+    }
+
+    /// Six workers, two zones, one small pod of `web` on each.
+    fn cluster() -> Snapshot {
+        let mut s = Snapshot::default();
+        for (i, z) in ["a", "a", "a", "b", "b", "b"].iter().enumerate() {
+            s.nodes.push(zoned(&format!("w-{i}"), z));
+            place(&mut s, &format!("web-{i}"), "web", &format!("w-{i}"), 100);
+        }
+        s
+    }
+
+    #[test]
+    fn takes_a_whole_zone_when_nothing_limits_it() {
+        let s = cluster();
+        let all = names(&["w-0", "w-3", "w-1", "w-4", "w-2", "w-5"]);
+        let c = choose(&s, &all, 6, auto(10), &CheckOptions::default()).unwrap();
+        assert_eq!(c.nodes, names(&["w-0", "w-1", "w-2"]), "one zone, the first candidate's");
+        assert_eq!(c.zone.as_deref(), Some("a"));
+        assert_eq!(c.limit, Limit::Candidates);
+        let across = Auto { across_zones: true, ..auto(10) };
+        let c = choose(&s, &all, 6, across, &CheckOptions::default()).unwrap();
+        assert_eq!(c.nodes.len(), 5, "the last node must stay to take the evicted pods");
+        assert_eq!(c.limit, Limit::Held(Hold::NoRoom { pod: "default/web-0".into(), node: "w-5".into() }));
+        let c = choose(&s, &all, 6, auto(2), &CheckOptions::default()).unwrap();
+        assert_eq!((c.nodes.len(), c.limit), (2, Limit::Cap { cap: 2 }));
+        let pct = Auto { cap: MaxUnavailable::Percent(50), across_zones: true };
+        assert_eq!(choose(&s, &all, 6, pct, &CheckOptions::default()).unwrap().nodes.len(), 3);
+    }
+
+    #[test]
+    fn a_budget_limits_the_batch_to_its_allowance() {
+        let mut s = cluster();
+        s.pdbs.push(budget("web", 2));
+        let all = names(&["w-0", "w-1", "w-2"]);
+        let c = choose(&s, &all, 6, auto(10), &CheckOptions::default()).unwrap();
+        assert_eq!(c.nodes, names(&["w-0", "w-1"]));
+        assert_eq!(
+            c.limit,
+            Limit::Held(Hold::Budget {
+                pdb: "default/web".into(),
+                allowed: 2,
+                needed: 3,
+                node: "w-2".into()
+            })
+        );
+        // An unready pod takes no disruption: w-2's pod does not count.
+        s.pods[2].ready = false;
+        assert_eq!(choose(&s, &all, 6, auto(10), &CheckOptions::default()).unwrap().nodes.len(), 3);
+    }
+
+    #[test]
+    fn no_headroom_at_all_names_the_budget() {
+        let mut s = cluster();
+        s.pdbs.push(budget("web", 0));
+        let all = names(&["w-0", "w-1", "w-3"]);
+        let hold = choose(&s, &all, 6, auto(10), &CheckOptions::default()).unwrap_err();
+        assert_eq!(
+            hold,
+            Hold::Budget { pdb: "default/web".into(), allowed: 0, needed: 1, node: "w-0".into() }
+        );
+        assert!(hold.to_string().contains("default/web allows no disruption now"), "{hold}");
+        assert_eq!(next(&s, &all, 6, auto(10), &CheckOptions::default()), Next::Wait(hold));
+    }
+
+    #[test]
+    fn a_node_needing_more_than_the_allowance_goes_alone() {
+        let mut s = cluster();
+        place(&mut s, "web-extra", "web", "w-0", 100);
+        s.pdbs.push(budget("web", 1));
+        let all = names(&["w-0"]);
+        let n = next(&s, &all, 6, auto(10), &CheckOptions::default());
+        let Next::Alone { node, hold } = n else { panic!("{n:?}") };
+        assert_eq!(node, "w-0");
+        assert!(
+            hold.to_string().contains("allows 1 disruption(s) now and the batch with w-0 would need 2"),
+            "{hold}"
+        );
+        // With another candidate that fits, the busy node is passed over instead.
+        let c = choose(&s, &names(&["w-0", "w-1"]), 6, auto(10), &CheckOptions::default()).unwrap();
+        assert_eq!(c.nodes, names(&["w-1"]));
+    }
+
+    #[test]
+    fn evicted_pods_must_keep_room() {
+        let mut s = cluster();
+        // Zone a's nodes are nearly full: each runs 3.5 CPUs of 4, so one node's pods fit on
+        // zone b and the others only while there is room left.
+        for i in 0..3 {
+            place(&mut s, &format!("big-{i}"), &format!("big{i}"), &format!("w-{i}"), 3400);
+        }
+        let all = names(&["w-0", "w-1", "w-2"]);
+        let c = choose(&s, &all, 6, auto(10), &CheckOptions::default()).unwrap();
+        assert_eq!(c.nodes, names(&["w-0", "w-1", "w-2"]), "zone b has 3 × 3.9 CPUs free");
+        // Taint zone b: only zone a's own nodes take the pods, and one node's worth at most.
+        for n in s.nodes.iter_mut().filter(|n| n.labels[ZONE_LABEL] == "b") {
+            n.taints.push(Taint { key: "k".into(), value: String::new(), effect: "NoSchedule".into() });
+        }
+        let hold = choose(&s, &all, 6, auto(10), &CheckOptions::default()).unwrap_err();
+        assert_eq!(hold, Hold::NoRoom { pod: "default/big-0".into(), node: "w-0".into() });
+        assert!(hold.to_string().contains("no room"), "{hold}");
+        assert_eq!(next(&s, &all, 6, auto(10), &CheckOptions::default()), Next::Wait(hold));
+    }
+
+    #[test]
+    fn nothing_left_is_its_own_hold() {
+        let s = cluster();
+        assert_eq!(choose(&s, &[], 6, auto(1), &CheckOptions::default()), Err(Hold::NothingLeft));
+    }
+
+    #[test]
+    fn flags() {
+        assert_eq!("auto".parse(), Ok(MaxUnavailableSetting::Auto));
+        assert_eq!("10%".parse(), Ok(MaxUnavailableSetting::Fixed(MaxUnavailable::Percent(10))));
+        let e = "many".parse::<MaxUnavailableSetting>().unwrap_err();
+        assert!(e.contains("'many'") && e.contains("or auto"), "{e}");
+        assert_eq!(parse_cap("20"), Ok(MaxUnavailable::Count(20)));
+        assert!(parse_cap("auto").unwrap_err().contains("--max-unavailable-cap 'auto'"));
+        assert!(parse_cap("0").is_err() && parse_cap("101%").is_err());
+
+        let auto = MaxUnavailableSetting::Auto;
+        let fixed = MaxUnavailableSetting::Fixed(MaxUnavailable::Count(3));
+        assert_eq!(
+            Batching::new(auto, None, false),
+            Ok(Batching::Auto(Auto { cap: DEFAULT_CAP, across_zones: false }))
+        );
+        assert_eq!(Batching::new(auto, None, false).unwrap().most(200), 50, "the default cap, 25%");
+        assert_eq!(Batching::new(fixed, None, false).unwrap().most(200), 3);
+        let e = Batching::new(fixed, Some(MaxUnavailable::Count(2)), false).unwrap_err();
+        assert!(
+            e.to_string().starts_with("--max-unavailable-cap applies only to --max-unavailable auto"),
+            "{e}"
+        );
+        assert_eq!(Batching::new(fixed, None, true), Err(BatchingError::AutoOnly("--across-zones")));
+
+        assert_eq!("2".parse(), Ok(MaxSurge::Count(2)));
+        assert_eq!("0".parse(), Ok(MaxSurge::None));
+        assert_eq!("0%".parse(), Ok(MaxSurge::None));
+        assert_eq!("10%".parse::<MaxSurge>().unwrap().extra(15), 2, "rounds up like a Deployment");
+        assert_eq!(MaxSurge::Count(3).to_string(), "3");
+        for bad in ["", "-1", "x", "101%", "1.5"] {
+            let e = bad.parse::<MaxSurge>().unwrap_err();
+            assert!(e.starts_with("--max-surge"), "{e}");
+        }
+        assert_eq!(MaxSurge::Count(1).check_style(Style::InPlace), Err(BatchingError::SurgeNeedsReplace));
+        assert!(MaxSurge::Count(1).check_style(Style::Replace).is_ok());
+        assert!(MaxSurge::None.check_style(Style::InPlace).is_ok());
+    }
+
+    #[test]
+    fn surge_rounds_combine_like_a_deployment() {
+        assert_eq!(surge_round(10, 2, 0), SurgeRound { create: 2, drain: 2 }, "capacity never drops");
+        assert_eq!(surge_round(10, 2, 1), SurgeRound { create: 2, drain: 3 });
+        assert_eq!(surge_round(1, 2, 1), SurgeRound { create: 1, drain: 1 });
+        assert_eq!(surge_round(5, 0, 2), SurgeRound { create: 0, drain: 2 });
+        assert_eq!(surge_round(5, 0, 0), SurgeRound { create: 0, drain: 1 }, "always moves");
+        assert_eq!(surge_round(0, 3, 3), SurgeRound { create: 0, drain: 0 });
+        assert_eq!(surge_round(4, usize::MAX, usize::MAX), SurgeRound { create: 4, drain: 4 });
+    }
+
+    /// A random cluster: nodes in up to three zones (some without one), some tainted, pods of
+    /// four apps with random requests and readiness, budgets with random allowances.
+    fn arb_cluster() -> impl Strategy<Value = (Snapshot, Vec<String>, u32, bool)> {
+        let nodes = prop::collection::vec((0usize..4, 1000i64..6000, any::<bool>()), 1..10);
+        let pods = prop::collection::vec((0usize..10, 0usize..4, 0i64..2500, any::<bool>(), 0u8..8), 0..40);
+        let budgets = prop::collection::vec((0usize..4, 0i32..4), 0..4);
+        (nodes, pods, budgets, 1u32..8, any::<bool>(), any::<u64>()).prop_map(
+            |(nodes, pods, budgets, cap, across, seed)| {
+                let mut s = Snapshot::default();
+                for (i, (zone, cpu, tainted)) in nodes.iter().enumerate() {
+                    let mut n = node(&format!("w-{i}")).cpu(*cpu);
+                    if *zone < 3 {
+                        n.labels.insert(ZONE_LABEL.into(), ["a", "b", "c"][*zone].into());
+                    }
+                    if *tainted && i % 3 == 0 {
+                        n.taints.push(Taint {
+                            key: "t".into(),
+                            value: String::new(),
+                            effect: "NoSchedule".into(),
+                        });
+                    }
+                    s.nodes.push(n);
+                }
+                for (j, (on, app, cpu, ready, extra)) in pods.into_iter().enumerate() {
+                    let on = format!("w-{}", on % nodes.len());
+                    place(&mut s, &format!("p-{j}"), &format!("app{app}"), &on, cpu);
+                    let p = s.pods.last_mut().unwrap();
+                    p.ready = ready || extra > 2;
+                    if extra == 0 {
+                        p.owner =
+                            Some(crate::snapshot::Owner { kind: "DaemonSet".into(), name: "ds".into() });
+                    }
+                }
+                for (app, allowed) in budgets {
+                    s.pdbs.push(budget(&format!("app{app}"), allowed));
+                }
+                // Candidates: every node, in an order the seed shuffles.
+                let mut cands: Vec<String> = s.nodes.iter().map(|n| n.name.clone()).collect();
+                let len = cands.len();
+                for i in 0..len {
+                    let j = ((seed >> (i % 60)) as usize).wrapping_add(i) % len;
+                    cands.swap(i, j);
+                }
+                (s, cands, cap, across)
+            },
+        )
+    }
+
+    proptest! {
+        /// Whatever the cluster: a chosen batch never asks a budget for more than it allows
+        /// when all of its pods are evicted at once, never leaves an evicted pod without
+        /// room, never spans two zones (unless told to) and stays within the cap; and a hold
+        /// means no candidate could have gone alone.
+        #[test]
+        fn auto_batches_are_safe((s, cands, cap, across) in arb_cluster()) {
+            let opts = CheckOptions::default();
+            let a = Auto { cap: MaxUnavailable::Count(cap), across_zones: across };
+            match choose(&s, &cands, cands.len(), a, &opts) {
+                Ok(c) => {
+                    prop_assert!(!c.nodes.is_empty() && c.nodes.len() <= cap as usize);
+                    let set: BTreeSet<String> = c.nodes.iter().cloned().collect();
+                    prop_assert_eq!(set.len(), c.nodes.len(), "no node twice");
+                    prop_assert!(c.nodes.iter().all(|n| cands.contains(n)));
+                    for pdb in &s.pdbs {
+                        let taken = s.pods.iter()
+                            .filter(|p| p.node.as_ref().is_some_and(|n| set.contains(n)))
+                            .filter(|p| p.consumes_disruption() && pdb.covers(p))
+                            .filter(|p| matches!(drain::decide(p, opts.drain), drain::Decision::Evict { .. }))
+                            .count();
+                        prop_assert!(taken as i32 <= pdb.disruptions_allowed.max(0), "{} takes {taken}", pdb.key());
+                    }
+                    prop_assert!(Capacity::new(&s).check(&set, &opts).is_empty(), "an evicted pod without room");
+                    if !across {
+                        let zones: BTreeSet<Option<&str>> = c.nodes.iter().map(|n| zone_of(&s, n)).collect();
+                        prop_assert_eq!(zones.len(), 1, "two zones: {:?}", zones);
+                    }
+                }
+                Err(hold) => {
+                    for n in &cands {
+                        let alone = choose(&s, std::slice::from_ref(n), cands.len(), a, &opts);
+                        prop_assert!(alone.is_err(), "held by {hold} but {n} could go alone");
+                    }
+                    prop_assert!(!matches!(hold, Hold::NothingLeft));
+                }
+            }
+        }
+    }
+}

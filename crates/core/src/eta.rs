@@ -1,0 +1,340 @@
+//! When a run is expected to end, phase by phase, and how much of it fits a window.
+//!
+//! A maintenance window that ends before the run does is found out at the worst moment, so
+//! refit says it in advance: `refit plan --not-after` warns when the run is not expected to
+//! fit and says how many nodes will, and a run's progress shows the expected end of each phase.
+//!
+//! The model is the engine's own: phases run one after the other; within a phase, units go in
+//! rounds of `concurrency` (one for etcd and the control plane, the batch size for workers)
+//! and a round takes as long as a unit of that phase takes. A unit's time is the mean of the
+//! units of that phase measured in this run, or the [`Estimate`] before the first one ends —
+//! phases differ too much (a control-plane hop is kubeadm's whole `upgrade apply`; a worker is
+//! mostly its drain) to lend each other their measurements.
+//!
+//! Nothing here reads a clock: durations are offsets from "now", which the caller owns.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::plan::PhaseKind;
+
+/// Per-unit durations assumed before a phase has measured one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Estimate {
+    /// An etcd member (with a stacked control plane: both).
+    pub etcd: Duration,
+    /// A control-plane node.
+    pub control_plane: Duration,
+    /// A worker: cordon, drain, action, Ready, uncordon.
+    pub worker: Duration,
+    /// The cluster-services phase as a whole (kube-proxy, CoreDNS).
+    pub cluster_services: Duration,
+}
+
+impl Default for Estimate {
+    /// Rough figures for kubeadm-shaped clusters (a kubeadm `upgrade apply` restarts every
+    /// static pod and waits for each; a worker's package upgrade and kubelet restart take about
+    /// a minute plus its drain); a run replaces them with its own measurements as units finish.
+    fn default() -> Self {
+        Estimate {
+            etcd: Duration::from_secs(300),
+            control_plane: Duration::from_secs(240),
+            worker: Duration::from_secs(120),
+            cluster_services: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Estimate {
+    /// The assumed duration of one unit (the whole phase for cluster services).
+    pub fn of(&self, kind: PhaseKind) -> Duration {
+        match kind {
+            PhaseKind::Etcd => self.etcd,
+            PhaseKind::ControlPlane => self.control_plane,
+            PhaseKind::Workers => self.worker,
+            PhaseKind::ClusterServices => self.cluster_services,
+        }
+    }
+}
+
+/// What is left of one phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhaseWork {
+    /// Which phase.
+    pub kind: PhaseKind,
+    /// Units not finished yet (cluster services: 1 while not done, else 0).
+    pub remaining: usize,
+    /// Units per round (1 for etcd and the control plane; the batch size for workers).
+    pub concurrency: usize,
+    /// Durations of this phase's units finished in this run.
+    pub measured: Vec<Duration>,
+}
+
+/// What a plan leaves to do, before anything ran: etcd and control-plane members one at a
+/// time once per hop of the path (`hops`, at least one pass), workers `worker_concurrency` at a
+/// time, cluster services once when the plan has that phase.
+pub fn plan_work(plan: &crate::plan::Plan, hops: usize, worker_concurrency: usize) -> Vec<PhaseWork> {
+    plan.phases
+        .iter()
+        .map(|p| {
+            let units: usize = p.batches.iter().map(|b| b.units.len()).sum();
+            let (remaining, concurrency) = match p.kind {
+                PhaseKind::Etcd | PhaseKind::ControlPlane => (units.saturating_mul(hops.max(1)), 1),
+                PhaseKind::Workers => (units, worker_concurrency.max(1)),
+                PhaseKind::ClusterServices => (1, 1),
+            };
+            PhaseWork { kind: p.kind, remaining, concurrency, measured: Vec::new() }
+        })
+        .collect()
+}
+
+/// The mean of `durations` (None when empty), saturating rather than overflowing.
+pub fn mean(durations: &[Duration]) -> Option<Duration> {
+    let n = u32::try_from(durations.len()).ok().filter(|n| *n > 0)?;
+    let total =
+        durations.iter().try_fold(Duration::ZERO, |acc, d| acc.checked_add(*d)).unwrap_or(Duration::MAX);
+    total.checked_div(n)
+}
+
+/// The expected end of one phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PhaseEta {
+    /// Which phase.
+    pub kind: PhaseKind,
+    /// How long one of its rounds takes (measured mean, or the estimate).
+    pub per_round: Duration,
+    /// Whether `per_round` was measured in this run (false: the estimate).
+    pub measured: bool,
+    /// From now until the phase is expected to end.
+    pub ends_in: Duration,
+}
+
+/// The expected end of each phase and of the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Eta {
+    /// Phases with work left, in order.
+    pub phases: Vec<PhaseEta>,
+    /// From now until the run is expected to end.
+    pub ends_in: Duration,
+}
+
+/// `per × n`, saturating at [`Duration::MAX`] (computed in nanoseconds, so no count of
+/// rounds can overflow it).
+fn times(per: Duration, n: u128) -> Duration {
+    let nanos = per.as_nanos().saturating_mul(n);
+    let secs = u64::try_from(nanos / 1_000_000_000).unwrap_or(u64::MAX);
+    let sub = u32::try_from(nanos % 1_000_000_000).unwrap_or(0);
+    if secs == u64::MAX { Duration::MAX } else { Duration::new(secs, sub) }
+}
+
+/// How many rounds a phase has left.
+fn rounds(work: &PhaseWork) -> u128 {
+    u128::try_from(work.remaining.div_ceil(work.concurrency.max(1))).unwrap_or(u128::MAX)
+}
+
+/// The units in the first `k` rounds of a phase.
+fn units_in(work: &PhaseWork, k: u128) -> usize {
+    let k = usize::try_from(k).unwrap_or(usize::MAX);
+    k.saturating_mul(work.concurrency.max(1)).min(work.remaining)
+}
+
+fn per_round(work: &PhaseWork, estimate: &Estimate) -> (Duration, bool) {
+    match mean(&work.measured) {
+        Some(m) => (m, true),
+        None => (estimate.of(work.kind), false),
+    }
+}
+
+/// Expected ends of every phase with work left, and of the run.
+pub fn eta(work: &[PhaseWork], estimate: &Estimate) -> Eta {
+    let mut at = Duration::ZERO;
+    let mut phases = Vec::new();
+    for w in work.iter().filter(|w| w.remaining > 0) {
+        let (per, measured) = per_round(w, estimate);
+        at = at.saturating_add(times(per, rounds(w)));
+        phases.push(PhaseEta { kind: w.kind, per_round: per, measured, ends_in: at });
+    }
+    Eta { phases, ends_in: at }
+}
+
+/// How much of the run a window holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Fit {
+    /// Nodes (units) left to upgrade.
+    pub nodes: usize,
+    /// Nodes expected to be finished when the window closes.
+    pub finished: usize,
+    /// Nodes expected to have started before it closes (a run starts nothing after its
+    /// deadline but lets what is under way finish: these end up done, late).
+    pub started: usize,
+    /// The expected end of the whole run, from now.
+    pub ends_in: Duration,
+    /// Whether the whole run is expected to end inside the window.
+    pub fits: bool,
+}
+
+/// Sets the rounds of each phase against a window that closes `window` from now.
+pub fn fit(work: &[PhaseWork], estimate: &Estimate, window: Duration) -> Fit {
+    let mut at = Duration::ZERO;
+    let (mut nodes, mut finished, mut started) = (0usize, 0usize, 0usize);
+    for w in work.iter().filter(|w| w.remaining > 0) {
+        let (per, _) = per_round(w, estimate);
+        let n = rounds(w);
+        // Cluster services count as a step, not as nodes.
+        if w.kind != PhaseKind::ClusterServices {
+            nodes = nodes.saturating_add(w.remaining);
+            // Round i (0-based) starts at `at + i·per` and ends at `at + (i+1)·per`.
+            let left = window.checked_sub(at).map(|d| d.as_nanos());
+            let per_ns = per.as_nanos();
+            let (begun, done) = match left {
+                None => (0, 0),
+                Some(_) if per_ns == 0 => (n, n),
+                Some(l) => (l.div_ceil(per_ns).min(n), l.checked_div(per_ns).unwrap_or(n).min(n)),
+            };
+            started = started.saturating_add(units_in(w, begun));
+            finished = finished.saturating_add(units_in(w, done));
+        }
+        at = at.saturating_add(times(per, n));
+    }
+    Fit { nodes, finished, started, ends_in: at, fits: at <= window }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn work(kind: PhaseKind, remaining: usize, concurrency: usize, measured: &[u64]) -> PhaseWork {
+        PhaseWork { kind, remaining, concurrency, measured: measured.iter().map(|s| S * *s as u32).collect() }
+    }
+
+    fn run() -> Vec<PhaseWork> {
+        vec![
+            work(PhaseKind::ControlPlane, 3, 1, &[]),
+            work(PhaseKind::Workers, 10, 4, &[]),
+            work(PhaseKind::ClusterServices, 1, 1, &[]),
+        ]
+    }
+
+    #[test]
+    fn phases_end_one_after_the_other() {
+        let e = eta(&run(), &Estimate::default());
+        let ends: Vec<u64> = e.phases.iter().map(|p| p.ends_in.as_secs()).collect();
+        // 3 × 240; then 3 rounds (4, 4, 2) × 120; then 30.
+        assert_eq!(ends, vec![720, 1080, 1110]);
+        assert_eq!(e.ends_in, S * 1110);
+        assert!(e.phases.iter().all(|p| !p.measured));
+    }
+
+    #[test]
+    fn measurements_replace_the_estimate_of_their_phase_only() {
+        let mut w = run();
+        w[0].measured = vec![S * 100, S * 200];
+        w[0].remaining = 1;
+        let e = eta(&w, &Estimate::default());
+        assert_eq!((e.phases[0].per_round, e.phases[0].measured), (S * 150, true));
+        assert_eq!((e.phases[1].per_round, e.phases[1].measured), (S * 120, false));
+        assert_eq!(e.ends_in, S * (150 + 360 + 30));
+        // A finished phase is left out.
+        w[0].remaining = 0;
+        assert_eq!(eta(&w, &Estimate::default()).phases[0].kind, PhaseKind::Workers);
+    }
+
+    #[test]
+    fn a_short_window_says_how_many_nodes_fit() {
+        // 720 s of control plane, then worker rounds ending at 840, 960, 1080.
+        let f = fit(&run(), &Estimate::default(), S * 900);
+        assert_eq!((f.nodes, f.finished, f.started, f.fits), (13, 7, 11, false));
+        assert_eq!(f.ends_in, S * 1110);
+        let f = fit(&run(), &Estimate::default(), S * 1110);
+        assert_eq!((f.finished, f.started, f.fits), (13, 13, true));
+        let f = fit(&run(), &Estimate::default(), Duration::ZERO);
+        assert_eq!((f.finished, f.started, f.fits), (0, 0, false));
+    }
+
+    #[test]
+    fn a_plan_becomes_rounds() {
+        use crate::plan::{Batch, Mode, Phase, Plan, UnitPlan};
+        let unit = |n: &str| UnitPlan {
+            node: n.into(),
+            roles: Default::default(),
+            from: "v1.36.4".into(),
+            to: crate::Version::new(1, 37, 1),
+            steps: Vec::new(),
+            blockers: Vec::new(),
+            drain: Default::default(),
+        };
+        let phase = |kind, sizes: &[usize]| Phase {
+            kind,
+            batches: sizes
+                .iter()
+                .map(|n| Batch { units: (0..*n).map(|i| unit(&format!("n-{i}"))).collect() })
+                .collect(),
+        };
+        let plan = Plan {
+            target: crate::Version::new(1, 37, 1),
+            mode: Mode::Online,
+            max_unavailable: "2".into(),
+            phases: vec![
+                phase(PhaseKind::ControlPlane, &[1, 1, 1]),
+                phase(PhaseKind::Workers, &[2, 2, 1]),
+                phase(PhaseKind::ClusterServices, &[]),
+            ],
+            findings: Vec::new(),
+            accepted: Vec::new(),
+            excluded: Vec::new(),
+            blocked: false,
+        };
+        let w = plan_work(&plan, 2, 2);
+        let got: Vec<(PhaseKind, usize, usize)> =
+            w.iter().map(|p| (p.kind, p.remaining, p.concurrency)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (PhaseKind::ControlPlane, 6, 1),
+                (PhaseKind::Workers, 5, 2),
+                (PhaseKind::ClusterServices, 1, 1)
+            ],
+            "control plane once per hop"
+        );
+        // 6 × 240 + 3 × 120 + 30.
+        assert_eq!(eta(&w, &Estimate::default()).ends_in, S * 1830);
+    }
+
+    #[test]
+    fn means_never_overflow() {
+        assert_eq!(mean(&[]), None);
+        assert_eq!(mean(&[Duration::MAX, Duration::MAX]), Some(Duration::MAX / 2));
+        let e = eta(&[work(PhaseKind::Workers, usize::MAX, 1, &[])], &Estimate::default());
+        assert_eq!(e.ends_in, Duration::MAX, "saturates");
+    }
+
+    proptest! {
+        /// The run ends when its last phase does; phases end in order; a window the run ends
+        /// inside holds every node, and a longer window never holds fewer.
+        #[test]
+        fn eta_and_fit_agree(
+            phases in prop::collection::vec((0usize..3, 0usize..40, 1usize..10, prop::collection::vec(1u64..1000, 0..4)), 0..4),
+            window in 0u64..20_000,
+            more in 0u64..5_000,
+        ) {
+            let kinds = [PhaseKind::Etcd, PhaseKind::ControlPlane, PhaseKind::Workers];
+            let w: Vec<PhaseWork> = phases.iter().map(|(k, r, c, m)| work(kinds[*k], *r, *c, m)).collect();
+            let est = Estimate::default();
+            let e = eta(&w, &est);
+            prop_assert_eq!(e.phases.last().map_or(Duration::ZERO, |p| p.ends_in), e.ends_in);
+            prop_assert!(e.phases.windows(2).all(|p| p[0].ends_in <= p[1].ends_in));
+            let f = fit(&w, &est, S * window as u32);
+            prop_assert_eq!(f.ends_in, e.ends_in);
+            prop_assert_eq!(f.nodes, w.iter().map(|p| p.remaining).sum::<usize>());
+            prop_assert!(f.finished <= f.started && f.started <= f.nodes);
+            prop_assert_eq!(f.fits, e.ends_in <= S * window as u32);
+            if f.fits { prop_assert_eq!(f.finished, f.nodes); }
+            let g = fit(&w, &est, S * (window + more) as u32);
+            prop_assert!(g.finished >= f.finished && g.started >= f.started);
+        }
+    }
+}
