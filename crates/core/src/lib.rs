@@ -32,6 +32,8 @@ pub mod quantity;
 pub mod reach;
 pub mod removed;
 pub mod run;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod skew;
 pub mod snapshot;
 pub mod version;

@@ -1,0 +1,21 @@
+//! Hub mode: a fleet kept as Kubernetes custom resources in a hub cluster (issue 15).
+//!
+//! Local mode keeps a fleet in one operator's SQLite file; hub mode keeps the same objects —
+//! members, strategies, update runs, gates, profiles and each member upgrade's journal — as
+//! custom resources (`refit.dev/v1alpha1`), so the fleet outlives any one machine, several
+//! people approve gates with their own Kubernetes identity, and kubectl, GitOps tools and
+//! dashboards read and write it. Every rule stays `refit_core::fleet`'s.
+//!
+//! - [`resources`]: the custom resource types (schemas generated from them and from core's).
+//! - [`manifests`]: CRDs, RBAC, the approver admission policy and the Deployment.
+
+pub mod manifests;
+pub mod resources;
+
+/// Everything that can go wrong in hub mode.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The manifests could not be written as YAML.
+    #[error("cannot render the manifests: {0}")]
+    Render(String),
+}
