@@ -17,6 +17,8 @@ use refit_core::fleet::{
     Channel, GateStatus, MaintenanceWindow, NodeImageSelection, RunState, Strategy, UpdateState, UpgradeSpec,
 };
 use schemars::JsonSchema;
+
+use crate::layout::MemberDetail;
 use serde::{Deserialize, Serialize};
 
 /// The API group of every refit resource.
@@ -221,15 +223,19 @@ pub struct UpdateRunStatus {
     #[serde(default)]
     pub members: u32,
     /// The run tree: frozen strategy and targets, stages → groups → members with states,
-    /// reasons and timings, gates, skips (core's `RunState`).
+    /// reasons and timings, gates, skips (core's `RunState`, each member's detail moved to its
+    /// ClusterUpgrade: [`crate::layout`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "open_object")]
     pub run: Option<RunState>,
 }
 
 impl UpdateRunStatus {
-    /// The status for `run`: the tree and its projection (conditions are left to the caller).
-    pub fn of(run: RunState) -> UpdateRunStatus {
+    /// The status for `run` — the tree without per-member detail, and its projection — and
+    /// that detail for the members' ClusterUpgrades ([`crate::layout`]); conditions are left to
+    /// the caller.
+    pub fn of(run: RunState) -> (UpdateRunStatus, BTreeMap<String, MemberDetail>) {
+        let (run, details) = crate::layout::split(run);
         let current_stage = run.current_stage().and_then(|i| run.stages.get(i)).map(|s| s.name.clone());
         let (mut done, mut failed, mut members) = (0u32, 0u32, 0u32);
         for (_, _, m) in run.members() {
@@ -240,7 +246,7 @@ impl UpdateRunStatus {
                 failed = failed.saturating_add(1);
             }
         }
-        UpdateRunStatus {
+        let status = UpdateRunStatus {
             observed_generation: None,
             conditions: Vec::new(),
             state: Some(run.status.state),
@@ -249,7 +255,8 @@ impl UpdateRunStatus {
             failed,
             members,
             run: Some(run),
-        }
+        };
+        (status, details)
     }
 }
 
@@ -414,6 +421,10 @@ pub struct ClusterUpgradeStatus {
     /// The member's state in the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<UpdateState>,
+    /// The member's detail in the run: target, operation, message, error ([`crate::layout`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "open_object")]
+    pub detail: Option<MemberDetail>,
     /// The node step under way (`cp-1: drain`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
