@@ -167,7 +167,7 @@ fn main() {
         &mut store,
         &mut state,
         &mut version,
-        &Event::Start { at: t0, targets: Some(targets), plan: Some(plan) },
+        &Event::Start { at: t0, targets: Some(targets), plan: Some(plan), by: None },
         &mut cost,
     );
     let mut sim = SimulatedMemberDriver { seed: 0x5EED_1234_ABCD_0001, running: BinaryHeap::new() };

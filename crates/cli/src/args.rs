@@ -52,6 +52,11 @@ Exit code 1 when a blocker stops the plan (online mode).")]
 Every node: cordon, drain (Eviction API, PDBs respected), upgrade (the node action), validate
 (Ready at the version), uncordon. Every step is journaled; after any failure, a crash or Ctrl-C,
 rerun the same command to continue where it stopped (finished nodes are not touched again).
+One upgrade per cluster at a time, from any machine: refit holds the Lease
+kube-system/refit-upgrade for the whole run; a second one is refused with the holder and its run
+(--break-lock takes the lock from a holder that is gone for good). Ctrl-C, SIGTERM and SIGHUP
+stop cleanly: no new node starts, drains are abandoned and their cordons given back, actions under
+way finish (within --stop-grace); a second signal leaves at once.
 
 Examples:
   refit upgrade --to 1.37 --dry-run                       the plan, no change
@@ -403,6 +408,15 @@ pub struct UpgradeArgs {
     /// Give up this cluster's unfinished run (its cordons are given back) and start afresh.
     #[arg(long)]
     pub abandon: bool,
+    /// Take the cluster lock (the Lease kube-system/refit-upgrade) from the refit named as its
+    /// holder: only when that process is gone for good (a machine that died; a holder on this
+    /// machine that is gone, or one not renewing for 45s, is taken over without it).
+    #[arg(long)]
+    pub break_lock: bool,
+    /// After Ctrl-C, SIGTERM or SIGHUP: how long node actions under way may take to finish
+    /// before refit leaves anyway (the journal lets a rerun continue).
+    #[arg(long, default_value = "10m", value_parser = duration)]
+    pub stop_grace: Duration,
     /// Start no node after this instant (RFC 3339, e.g. 2026-12-05T06:00:00Z; the end of a
     /// maintenance window): nodes under way finish, the run ends paused, a rerun continues.
     #[arg(long)]

@@ -20,6 +20,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return clap_exit(&e),
     };
+    if matches!(cli.command, args::Command::Upgrade(_)) {
+        // A run must not die with the consumer of its output (`-o json | head -1`) halfway
+        // through a node's action: its writes to a closed pipe are dropped instead.
+        ignore_sigpipe();
+    }
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
@@ -110,6 +115,15 @@ fn restore_sigpipe() {
     // SAFETY: called first thing in main, before any thread exists; SIG_DFL is always valid.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// `refit upgrade` keeps running when its output pipe closes (see main).
+#[allow(unsafe_code)]
+fn ignore_sigpipe() {
+    // SAFETY: called in main before the runtime starts any thread; SIG_IGN is always valid.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
 }
 

@@ -63,6 +63,11 @@ impl Cluster {
     /// `refit upgrade` against this sandbox, with its journal, the sandbox action, `--yes`
     /// and the etcd backup through the etcd API.
     fn upgrade(&self, to: &str) -> assert_cmd::Command {
+        self.upgrade_with_store(to, &self.store)
+    }
+
+    /// The same with another journal (as another machine would have).
+    fn upgrade_with_store(&self, to: &str, store: &Path) -> assert_cmd::Command {
         let tb = self.testbed();
         let (url, pki) = tb.etcd_endpoint();
         let mut cmd = refit();
@@ -70,7 +75,7 @@ impl Cluster {
             .args(["upgrade", "--to", to, "--yes", "--kubeconfig"])
             .arg(tb.kubeconfig())
             .arg("--store")
-            .arg(&self.store)
+            .arg(store)
             .args(["--etcd-endpoint", &url, "--etcd-cacert"])
             .arg(&pki.ca_cert)
             .arg("--etcd-cert")
@@ -690,14 +695,9 @@ async fn ctrl_c_stops_cleanly_gives_back_the_cordon_and_a_rerun_finishes() {
     }
 }
 
-/// `--not-after`: a deadline that passes while a node is under way lets that node finish,
-/// starts no other, ends the run paused (exit 3, state "paused"); a rerun continues it without
-/// repeating the finished node. A deadline already past changes nothing. Deterministic: the
-/// first node's action is held until the deadline has passed.
-#[test]
-fn a_deadline_lets_the_node_under_way_finish_starts_no_other_and_a_rerun_continues() {
-    let (from, to) = (release(36), release(37));
-    let c = Cluster::up(&from, 1, 2);
+/// An exec action that logs each node and then waits while `hold` exists before it runs the
+/// sandbox's upgrade-node: `(--action value, hold file, log)`.
+fn held_action(c: &Cluster) -> (String, PathBuf, PathBuf) {
     let hold = c.dir.join("hold");
     let log = c.dir.join("actions.log");
     let script = c.dir.join("held-action.sh");
@@ -714,7 +714,155 @@ fn a_deadline_lets_the_node_under_way_finish_starts_no_other_and_a_rerun_continu
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let action = format!("exec:{}", script.display());
+    (format!("exec:{}", script.display()), hold, log)
+}
+
+/// Waits until the action log has `n` lines.
+fn wait_log(log: &Path, n: usize) {
+    let started = std::time::Instant::now();
+    while log_lines(log).len() < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the action never started: {:?}",
+            log_lines(log)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The cluster lock is in the cluster: a second `refit upgrade` with another store (as from
+/// another machine) is refused naming the holder and its run; a lock a live holder elsewhere
+/// renews is refused too, and `--break-lock` takes it; the lock is gone after each run.
+#[test]
+fn a_second_upgrade_from_another_store_is_refused_with_the_holder_and_its_run() {
+    let to = release(37);
+    let c = Cluster::up(&release(36), 1, 1);
+    let (action, hold, log) = held_action(&c);
+    std::fs::write(&hold, "").unwrap();
+    let mut first = spawn(c.upgrade(&to).args(["--action", &action, "-o", "json"]));
+    wait_log(&log, 1);
+    let other_store = c._tmp.path().join("other").join("refit.db");
+    let second = c.upgrade_with_store(&to, &other_store).args(["--action", &action]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("another refit upgrade is running"), "{stderr}");
+    assert!(stderr.contains(&format!("(pid {})", first.id())), "names the holder: {stderr}");
+    assert!(stderr.contains(", run up-"), "names its run: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(!other_store.exists(), "the refused upgrade recorded nothing");
+    assert_eq!(log_lines(&log).len(), 1, "the refused upgrade ran no action");
+    std::fs::remove_file(&hold).unwrap();
+    let status = first.wait().unwrap();
+    assert!(status.success(), "{}", spawned_stderr());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let leases = || -> Api<k8s_openapi::api::coordination::v1::Lease> {
+        rt.block_on(async { Api::namespaced(c.client().await, "kube-system") })
+    };
+    let lease = |api: &Api<k8s_openapi::api::coordination::v1::Lease>| {
+        rt.block_on(api.get_opt("refit-upgrade")).unwrap()
+    };
+    let api = leases();
+    assert!(lease(&api).is_none(), "the lock is released at the end");
+
+    // A holder on another machine that keeps renewing: refused; --break-lock takes it.
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let foreign = json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "refit-upgrade", "namespace": "kube-system",
+                     "annotations": {"refit.dev/machine": "elsewhere", "refit.dev/pid": "1", "refit.dev/pid-start": "1", "refit.dev/run": "up-bob"}},
+        "spec": {"holderIdentity": "bob@elsewhere (pid 1)", "leaseDurationSeconds": 3600,
+                 "renewTime": now.strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string()},
+    });
+    rt.block_on(apply::<k8s_openapi::api::coordination::v1::Lease>(&rt.block_on(c.client()), foreign))
+        .unwrap();
+    let out = c.upgrade(&to).args(["--action", &action]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("bob@elsewhere (pid 1), run up-bob,"), "{stderr}");
+    assert!(stderr.contains("--break-lock"), "names the way out: {stderr}");
+    let out = c.upgrade(&to).args(["--action", &action, "--break-lock"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("took the cluster lock over from bob@elsewhere (pid 1) (--break-lock)"),
+        "{stderr}"
+    );
+    assert!(lease(&api).is_none(), "released again");
+}
+
+/// SIGTERM and SIGHUP stop like the first Ctrl-C: the action under way finishes, no other node
+/// starts, nothing stays cordoned; a rerun continues. A consumer of `-o json` that goes away
+/// (`| head -1`) does not stop the run.
+#[test]
+fn sigterm_and_sighup_stop_cleanly_and_a_closed_output_pipe_does_not_stop_the_run() {
+    let (from, to) = (release(36), release(37));
+    let c = Cluster::up(&from, 1, 2);
+    let (action, hold, log) = held_action(&c);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let kubelets = || -> Vec<String> { rt.block_on(async { c.nodes().await.iter().map(kubelet).collect() }) };
+    let cordoned =
+        || -> usize { rt.block_on(async { c.nodes().await.iter().filter(|n| unschedulable(n)).count() }) };
+    for (signal, n) in [("-TERM", 1), ("-HUP", 2)] {
+        std::fs::write(&hold, "").unwrap();
+        let mut child = spawn(c.upgrade(&to).args(["--action", &action, "-o", "json"]));
+        wait_log(&log, n);
+        assert!(
+            std::process::Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        // The action under way is not cut off: it finishes when it is let go.
+        std::thread::sleep(Duration::from_millis(500));
+        std::fs::remove_file(&hold).unwrap();
+        let status = child.wait().unwrap();
+        let mut stdout = Vec::new();
+        std::io::Read::read_to_end(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+        assert_eq!(status.code(), Some(1), "{signal}: {}", spawned_stderr());
+        let summary = last_summary(&stdout);
+        assert_eq!(summary["outcome"]["state"], "interrupted", "{signal}: {summary}");
+        assert_eq!(log_lines(&log).len(), n, "{signal}: no other node started");
+        assert_eq!(
+            kubelets().iter().filter(|k| k.contains(&to)).count(),
+            n,
+            "{signal}: the node under way finished"
+        );
+        assert_eq!(cordoned(), 0, "{signal}: nothing left cordoned");
+    }
+    assert!(spawned_stderr().contains("stopping cleanly on SIGTERM"), "{}", spawned_stderr());
+    // The last node, with the output's reader gone after one line.
+    let cmd = c.upgrade(&to);
+    let mut line = format!("{:?}", cmd.get_program());
+    for a in cmd.get_args() {
+        line.push(' ');
+        line.push_str(&format!("'{}'", a.to_string_lossy()));
+    }
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{line} --action '{action}' -o json | head -1"))
+        .env("REFIT_SANDBOX_DIR", &c.dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    let store = refit_store::Store::open(&c.store).unwrap();
+    let runs = store.runs().unwrap();
+    assert_eq!(runs.len(), 1, "one run, resumed twice");
+    assert_eq!(runs[0].state, "completed", "the run went on after its reader left");
+    assert!(kubelets().iter().all(|k| k.contains(&to)), "{:?}", kubelets());
+    assert_eq!(cordoned(), 0);
+}
+
+/// `--not-after`: a deadline that passes while a node is under way lets that node finish,
+/// starts no other, ends the run paused (exit 3, state "paused"); a rerun continues it without
+/// repeating the finished node. A deadline already past changes nothing. Deterministic: the
+/// first node's action is held until the deadline has passed.
+#[test]
+fn a_deadline_lets_the_node_under_way_finish_starts_no_other_and_a_rerun_continues() {
+    let (from, to) = (release(36), release(37));
+    let c = Cluster::up(&from, 1, 2);
+    let (action, hold, log) = held_action(&c);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let kubelets = || -> Vec<String> { rt.block_on(async { c.nodes().await.iter().map(kubelet).collect() }) };
 

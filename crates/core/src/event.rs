@@ -40,6 +40,66 @@ impl UnitEnd {
     }
 }
 
+/// Why a step (or a cluster-wide step) failed, as a closed set with stable names: metrics and
+/// the run's history count failures by kind, and automation decides on it, never on the
+/// wording of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureKind {
+    /// Cordoning the node failed (the API refused or kept conflicting).
+    Cordon,
+    /// The node is cordoned by another refit run that has not finished: refit stops rather
+    /// than drain it a second time.
+    CordonedByOtherRun,
+    /// The drain could not read the node or its pods, or force-deleting failed.
+    Drain,
+    /// Pods could not be evicted within the drain timeout (`--on-undrainable fail`).
+    Undrainable,
+    /// The node action (exec command, ssh recipe, replacement) failed or timed out.
+    Action,
+    /// The action is not usable as configured (e.g. the replace action has no controlPlane
+    /// command for a control-plane member).
+    ActionConfig,
+    /// The node did not come back Ready at the version (or its control-plane pods did not).
+    Validate,
+    /// Uncordoning failed.
+    Uncordon,
+    /// Removing a replaced node failed.
+    Remove,
+    /// The etcd backup failed (nothing was changed).
+    Backup,
+    /// Moving kube-proxy or CoreDNS failed.
+    ClusterServices,
+    /// The run's journal could not be written or read: nothing may change unrecorded.
+    Journal,
+    /// The cluster lock (the Lease) was taken by someone else during the run.
+    LockLost,
+    /// A bug: the unit's task panicked.
+    Panic,
+}
+
+impl FailureKind {
+    /// Its stable name (metrics labels, history, `-o json`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Cordon => "cordon",
+            FailureKind::CordonedByOtherRun => "cordoned-by-other-run",
+            FailureKind::Drain => "drain",
+            FailureKind::Undrainable => "undrainable",
+            FailureKind::Action => "action",
+            FailureKind::ActionConfig => "action-config",
+            FailureKind::Validate => "validate",
+            FailureKind::Uncordon => "uncordon",
+            FailureKind::Remove => "remove",
+            FailureKind::Backup => "backup",
+            FailureKind::ClusterServices => "cluster-services",
+            FailureKind::Journal => "journal",
+            FailureKind::LockLost => "lock-lost",
+            FailureKind::Panic => "panic",
+        }
+    }
+}
+
 /// Something that happened in a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
@@ -111,6 +171,10 @@ pub enum Event {
         to: String,
         /// What went wrong and what to do.
         error: String,
+        /// What kind of failure (absent in journals written before kinds existed, and for
+        /// a step interrupted on request).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<FailureKind>,
     },
     /// An eviction was refused (PDB) or a pod cannot be evicted; reported as it happens.
     Blocked {
@@ -297,6 +361,18 @@ mod tests {
         assert_eq!(json["phase"], "control-plane");
         let done = Event::RunFinished { state: RunState::Paused, millis: 5, reason: None };
         assert_eq!(serde_json::to_value(&done).unwrap()["state"], RunState::Paused.as_str());
+        let failed = Event::StepFailed {
+            node: "w-1".into(),
+            step: "upgrade".into(),
+            to: "1.37.1".into(),
+            error: "exit 1".into(),
+            kind: Some(FailureKind::CordonedByOtherRun),
+        };
+        let json = serde_json::to_value(&failed).unwrap();
+        assert_eq!(json["kind"], FailureKind::CordonedByOtherRun.as_str());
+        // A journal written before kinds existed still reads.
+        let old = r#"{"event":"step-failed","node":"w-1","step":"drain","to":"1.37.1","error":"x"}"#;
+        assert!(matches!(serde_json::from_str::<Event>(old).unwrap(), Event::StepFailed { kind: None, .. }));
         let unknown = r#"{"event":"run-finished","state":"resuming","millis":1,"reason":null}"#;
         assert!(serde_json::from_str::<Event>(unknown).is_err(), "an unknown state is an error");
     }

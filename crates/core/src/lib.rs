@@ -22,6 +22,7 @@ pub mod identity;
 #[allow(clippy::indexing_slicing, clippy::arithmetic_side_effects, clippy::unwrap_used, clippy::expect_used)]
 pub mod fleet;
 pub mod inventory;
+pub mod lock;
 pub mod path;
 pub mod pdb;
 pub mod placeholder;

@@ -46,12 +46,14 @@ pub enum Started {
 
 /// Starts `name`: the first start freezes the member set (resolved again now) and the targets
 /// (observing the members when node images must be consistent); a Failed or Stopped run starts
-/// again. With `drive`, a run already under way is left as it is (the caller drives it).
+/// again. With `drive`, a run already under way is left as it is (the caller drives it). `by`
+/// is who asked, kept in the run's history.
 pub async fn start<O: Observer>(
     store: &Path,
     observer: &Arc<O>,
     name: &str,
     drive: bool,
+    by: Option<String>,
 ) -> Result<Started, Error> {
     let mut s = Store::open(store)?;
     let cur = load_run(&s, name)?.state;
@@ -71,14 +73,18 @@ pub async fn start<O: Observer>(
                 versions = facts.into_values().map(|f| f.versions).collect();
             }
             let targets = freeze_targets(&cur.spec, versions.iter());
-            commit(&mut s, name, &Event::Start { at: now(), targets: Some(targets), plan: Some(plan) })?;
+            commit(
+                &mut s,
+                name,
+                &Event::Start { at: now(), targets: Some(targets), plan: Some(plan), by: by.clone() },
+            )?;
             Ok(Started::First)
         }
         state @ (UpdateState::Running | UpdateState::Pending | UpdateState::Stopping) if drive => {
             Ok(Started::AlreadyActive(state))
         }
         _ => {
-            commit(&mut s, name, &Event::Start { at: now(), targets: None, plan: None })?;
+            commit(&mut s, name, &Event::Start { at: now(), targets: None, plan: None, by })?;
             Ok(Started::Again)
         }
     }

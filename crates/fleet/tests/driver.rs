@@ -113,7 +113,7 @@ async fn fleet() -> (tempfile::TempDir, PathBuf, Clusters) {
     let spec = UpgradeSpec::new(UpgradeType::Full, Some("1.37.1".parse().unwrap()));
     refit_fleet::runs::create_from(&store, "r", spec, Strategy::one_by_one()).unwrap();
     let clusters = Clusters::default();
-    refit_fleet::runs::start(&store, &Arc::new(clusters.clone()), "r", false).await.unwrap();
+    refit_fleet::runs::start(&store, &Arc::new(clusters.clone()), "r", false, None).await.unwrap();
     (dir, store, clusters)
 }
 

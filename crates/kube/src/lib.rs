@@ -12,6 +12,7 @@ pub mod cordon;
 pub mod drain;
 pub mod endpoints;
 pub mod inventory;
+pub mod lease;
 pub mod node;
 pub mod snapshot;
 

@@ -183,7 +183,7 @@ impl LocalStore {
             Action::Skip { targets } => {
                 Event::Skip { targets: targets.clone(), by: Some(actor.to_string()), at: now }
             }
-            Action::Stop => Event::Stop { at: now },
+            Action::Stop => Event::Stop { at: now, by: Some(actor.to_string()) },
             Action::Start if cur.status.state == UpdateState::NotStarted => {
                 // As `refit fleet run start`: the first start freezes the member set (resolved
                 // again now) and the targets. Consistent node images need every member's images
@@ -199,9 +199,14 @@ impl LocalStore {
                 let plan =
                     resolve(&cur.strategy, members).map_err(|e| ActError::Unsupported(e.to_string()))?;
                 let targets = freeze_targets(&cur.spec, std::iter::empty());
-                Event::Start { at: now, targets: Some(targets), plan: Some(plan) }
+                Event::Start {
+                    at: now,
+                    targets: Some(targets),
+                    plan: Some(plan),
+                    by: Some(actor.to_string()),
+                }
             }
-            Action::Start => Event::Start { at: now, targets: None, plan: None },
+            Action::Start => Event::Start { at: now, targets: None, plan: None, by: Some(actor.to_string()) },
         })
     }
 

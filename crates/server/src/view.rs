@@ -262,7 +262,7 @@ pub fn cluster_run(row: &RunRow, journal: &[JournalEntry]) -> ClusterRunView {
                     }
                 }
             }
-            Event::StepFailed { node, step, to, error } => {
+            Event::StepFailed { node, step, to, error, .. } => {
                 let i = slot(&mut nodes, &mut index, &mut latest, &node, &to);
                 if let Some(n) = nodes.get_mut(i) {
                     let s = step_mut(n, &step);

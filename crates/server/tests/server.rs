@@ -94,6 +94,7 @@ fn store_with_pending_gate(path: &std::path::Path) -> RunState {
         at: Timestamp::now(),
         targets: Some(freeze_targets(&spec, std::iter::empty())),
         plan: Some(plan),
+        by: None,
     };
     let started = apply(&run, &start).unwrap();
     s.save_fleet_run(&started, 1, &start).unwrap();
@@ -292,6 +293,12 @@ async fn actions_need_a_valid_token_and_the_csrf_token_and_bad_requests_say_why(
         history
             .iter()
             .any(|e| matches!(&e.event, refit_core::fleet::Event::ApproveGate { by, .. } if by == "alice"))
+    );
+    assert!(
+        history
+            .iter()
+            .any(|e| matches!(&e.event, refit_core::fleet::Event::Stop { by: Some(by), .. } if by == "bob")),
+        "the stop names bob in the run's history"
     );
 }
 
@@ -656,4 +663,185 @@ async fn a_pending_gate_is_notified_with_the_command_that_approves_it() {
         source.due_deliveries(10).unwrap().is_empty(),
         "a hook added after the gate was reached is not told"
     );
+}
+
+/// A CA, and certificates it signs (server: IP 127.0.0.1; client: a common name), as PEM
+/// files and rustls values — what an operator's PKI would hand `refit serve`.
+struct Pki {
+    dir: std::path::PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    ca_der: rustls::pki_types::CertificateDer<'static>,
+}
+
+type Identity = (Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>);
+
+impl Pki {
+    fn new(dir: &std::path::Path, name: &str) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        let ca = params.self_signed(&key).unwrap();
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ca.crt"), ca.pem()).unwrap();
+        Pki { dir, ca_der: ca.der().clone(), issuer: rcgen::Issuer::new(params, key) }
+    }
+
+    /// Signs a certificate for `cn` (a server one for 127.0.0.1 when `server`), writes
+    /// `<cn>.crt`/`<cn>.key` and returns it for a rustls client.
+    fn issue(&self, cn: &str, server: bool) -> Identity {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, SanType};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        if server {
+            params.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        } else {
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        }
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        std::fs::write(self.dir.join(format!("{cn}.crt")), cert.pem()).unwrap();
+        std::fs::write(self.dir.join(format!("{cn}.key")), key.serialize_pem()).unwrap();
+        let der = rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
+        (vec![cert.der().clone()], der.into())
+    }
+}
+
+/// An HTTPS client trusting `ca`, presenting `identity` when given.
+fn https_client(
+    ca: &rustls::pki_types::CertificateDer<'static>,
+    identity: Option<Identity>,
+) -> Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_only()
+        .enable_http1()
+        .build();
+    Client::builder(TokioExecutor::new()).build(https)
+}
+
+async fn https_call(
+    client: &Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, String), String> {
+    let mut req = hyper::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client
+        .request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap())
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// The path beyond loopback without a token file: TLS with `--client-ca`. A certificate the CA
+/// signed names the caller (its common name) for reads, actions (with the CSRF token the
+/// session gives that name) and the audit; no certificate is anonymous (401 with reads closed);
+/// a certificate from another CA fails the handshake; tokens still work over TLS; plain HTTP
+/// gets no answer.
+#[tokio::test]
+async fn client_certificates_name_the_caller_and_others_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("refit.db");
+    store_with_pending_gate(&store);
+    let pki = Pki::new(dir.path(), "ops-ca");
+    pki.issue("server", true);
+    let carol = pki.issue("carol", false);
+    let rogue = Pki::new(dir.path(), "rogue-ca");
+    let mallory = rogue.issue("mallory", false);
+    let tls = refit_server::tls::TlsFiles {
+        cert: pki.dir.join("server.crt"),
+        key: pki.dir.join("server.key"),
+        client_ca: Some(pki.dir.join("ca.crt")),
+    };
+    let tokens = Tokens::parse(&format!("{ALICE},alice\n")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = Config {
+        listen: addr,
+        tokens,
+        open_reads: false,
+        tls: Some(tls),
+        poll_interval: Duration::from_millis(50),
+    };
+    let source: Arc<dyn Source> = Arc::new(LocalStore::open(&store).unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(refit_server::serve_on(listener, config, source, async {
+        let _ = stopped.await;
+    }));
+    let url = |path: &str| format!("https://{addr}{path}");
+
+    // carol: named by her certificate, she reads, gets her CSRF token, approves, is audited.
+    let as_carol = https_client(&pki.ca_der, Some(carol));
+    let (status, body) = https_call(&as_carol, "GET", &url("/api/session"), &[], "").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let session: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((session["name"].as_str(), session["canAct"].as_bool()), (Some("carol"), Some(true)));
+    let csrf = session["csrfToken"].as_str().unwrap().to_string();
+    assert_eq!(https_call(&as_carol, "GET", &url("/api/fleet/runs"), &[], "").await.unwrap().0, 200);
+    let approve = url("/api/fleet/runs/to-137/approve");
+    let json = ("content-type", "application/json");
+    let body = r#"{"gate":"canary/after/1"}"#;
+    let (status, b) = https_call(&as_carol, "POST", &approve, &[json], body).await.unwrap();
+    assert_eq!(status, 403, "a certificate is no CSRF token: {b}");
+    let (status, b) =
+        https_call(&as_carol, "POST", &approve, &[json, ("x-csrf-token", &csrf)], body).await.unwrap();
+    assert_eq!(status, 200, "{b}");
+    let (_, audit) =
+        https_call(&as_carol, "GET", &url("/api/fleet/runs/to-137/audit"), &[], "").await.unwrap();
+    let audit: Value = serde_json::from_str(&audit).unwrap();
+    let done: Vec<(&str, &str)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["outcome"] == "done")
+        .map(|a| (a["actor"].as_str().unwrap(), a["action"].as_str().unwrap()))
+        .collect();
+    assert_eq!(done, [("carol", "approve-gate")]);
+
+    // No certificate: anonymous, and reads are closed; a token still names its holder.
+    let anonymous = https_client(&pki.ca_der, None);
+    let (status, b) = https_call(&anonymous, "GET", &url("/api/fleet/runs"), &[], "").await.unwrap();
+    assert_eq!(status, 401, "{b}");
+    let bearer = format!("Bearer {ALICE}");
+    let (status, b) =
+        https_call(&anonymous, "GET", &url("/api/session"), &[("authorization", &bearer)], "").await.unwrap();
+    assert_eq!(status, 200, "{b}");
+    assert_eq!(serde_json::from_str::<Value>(&b).unwrap()["name"], "alice");
+
+    // A certificate another CA signed: the handshake fails, nothing is answered.
+    let as_mallory = https_client(&pki.ca_der, Some(mallory));
+    let refused = https_call(&as_mallory, "GET", &url("/api/session"), &[], "").await;
+    assert!(refused.is_err(), "a rogue CA's certificate was answered: {refused:?}");
+
+    // Plain HTTP to the TLS port: no HTTP answer.
+    let plain = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req =
+        hyper::Request::get(format!("http://{addr}/api/session")).body(Full::new(Bytes::new())).unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(10), plain.request(req)).await;
+    assert!(!matches!(answered, Ok(Ok(_))), "plain HTTP got an answer: {answered:?}");
+
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
 }

@@ -5,11 +5,19 @@
 //! step's new state and the event that explains it land together or not at all), and one
 //! connection writes. The schema is versioned with `PRAGMA user_version`; migrations run in a
 //! transaction when the store opens.
+//!
+//! Another process writing at the same moment (the fleet daemon and its member upgrades share
+//! one store) makes SQLite answer "busy": SQLite itself waits up to [`BUSY_TIMEOUT`], and a
+//! write still refused is retried with jittered backoff ([`with_busy_retry`]) before it
+//! becomes an [`Error::Busy`] naming the file.
 
 pub mod fleet;
 pub mod notify;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use backon::{BlockingRetryable, ExponentialBuilder};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -57,17 +65,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// A cluster identity that is not a Kubernetes UID (lock files are named after it).
-    #[error("{0}")]
-    ClusterId(#[from] refit_core::identity::ClusterUidError),
-    /// Another process holds this cluster's lock.
-    #[error(
-        "another refit upgrade is running against this cluster (lock {path}); wait for it to end or stop it"
-    )]
-    Locked {
-        /// The lock file.
-        path: PathBuf,
-    },
     /// The file's schema version is negative: not a refit store.
     #[error("{path} is not a refit store (schema version {found}); choose another --store")]
     Foreign {
@@ -91,6 +88,17 @@ pub enum Error {
     /// A query failed.
     #[error("refit store: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// Another process kept the store locked through every retry.
+    #[error(
+        "the refit store at {path} stayed locked by another process (is another refit writing to it, or a tool holding it open?): {source}"
+    )]
+    Busy {
+        /// The file.
+        path: PathBuf,
+        /// SQLite's last answer.
+        #[source]
+        source: rusqlite::Error,
+    },
     /// No state directory to put the store in.
     #[error("no state directory for the refit store: set REFIT_STATE_DIR")]
     NoStateDir,
@@ -172,6 +180,34 @@ CREATE INDEX events_by_run ON events(run_id, seq);
     fleet::MIGRATION_3,
     notify::MIGRATION,
 ];
+
+/// How long SQLite itself waits for a lock held by another connection before answering busy.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Whether SQLite refused because another connection holds a lock.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Runs `write` (one transaction), retrying it while SQLite answers busy: up to 4 more
+/// attempts, 200 ms to 2 s apart with jitter, each after SQLite's own busy wait. Any other
+/// error is returned at once. A write is one transaction, so a retry never applies it twice.
+pub fn with_busy_retry<T>(
+    path: &Path,
+    write: impl FnMut() -> Result<T, rusqlite::Error>,
+) -> Result<T, Error> {
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(2))
+        .with_max_times(4)
+        .with_jitter();
+    write.retry(backoff).sleep(std::thread::sleep).when(is_busy).call().map_err(|e| {
+        if is_busy(&e) { Error::Busy { path: path.to_path_buf(), source: e } } else { Error::Sql(e) }
+    })
+}
 
 /// The schema version this code writes.
 pub const SCHEMA: i64 = MIGRATIONS.len() as i64;
@@ -289,53 +325,17 @@ fn store_files(path: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// An exclusive per-cluster lock (see [`lock_cluster`]); released when dropped or when the
-/// process dies.
-#[derive(Debug)]
-pub struct ClusterLock {
-    _file: std::fs::File,
-    path: PathBuf,
-}
-
-impl ClusterLock {
-    /// The lock file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-/// Takes the lock of `cluster` (its kube-system UID) next to the store at `store_path`:
-/// `<store dir>/locks/<uid>.lock`, the directory 0700 and the file 0600, created without
-/// following a symlink. The UID is checked first, so a cluster cannot name a path (`../x`).
-/// The kernel drops the lock when the process dies, kill -9 included.
-pub fn lock_cluster(store_path: &Path, cluster: &str) -> Result<ClusterLock, Error> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let uid = refit_core::identity::ClusterUid::parse(cluster)?;
-    let dir = store_path.parent().unwrap_or(Path::new(".")).join("locks");
-    private_dir(&dir)?;
-    let path = dir.join(format!("{uid}.lock"));
-    private_file(&path)?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(FILE_MODE)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(|source| Error::Permissions { path: path.clone(), source })?;
-    match file.try_lock() {
-        Ok(()) => Ok(ClusterLock { _file: file, path }),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked { path }),
-        Err(std::fs::TryLockError::Error(source)) => Err(Error::Permissions { path, source }),
-    }
-}
-
 impl Store {
     /// Opens (creating if needed) the store at `path` and brings its schema up to date. The
     /// directory is made 0700 when refit creates it; the database and its WAL/SHM files are
     /// 0600 (SQLite gives the companions the database's mode). A directory or file others can
     /// write is refused before anything is opened.
     pub fn open(path: &Path) -> Result<Store, Error> {
+        Store::open_with(path, BUSY_TIMEOUT)
+    }
+
+    /// [`Store::open`] with SQLite's busy wait set to `busy_timeout` (tests shorten it).
+    pub fn open_with(path: &Path, busy_timeout: Duration) -> Result<Store, Error> {
         use std::os::unix::fs::OpenOptionsExt;
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -359,7 +359,7 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+        conn.busy_timeout(busy_timeout).map_err(open_err)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(open_err)?;
         if version > SCHEMA {
             return Err(Error::TooNew { path: path.to_path_buf(), found: version, supported: SCHEMA });
@@ -383,16 +383,19 @@ impl Store {
 
     /// Records a new run (or returns the existing one with that id: creating is idempotent).
     pub fn create_run(&mut self, run: &RunRow) -> Result<RunRow, Error> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let at = now();
-        tx.execute(
-            "INSERT INTO runs (id, cluster, target, state, spec, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT(id) DO NOTHING",
-            params![run.id, run.cluster, run.target, run.state, run.spec, at],
-        )?;
-        let row = tx.query_row(SELECT_RUN, params![run.id], run_row)?;
-        tx.commit()?;
-        Ok(row)
+        let conn = &mut self.conn;
+        with_busy_retry(&self.path, || {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let at = now();
+            tx.execute(
+                "INSERT INTO runs (id, cluster, target, state, spec, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT(id) DO NOTHING",
+                params![run.id, run.cluster, run.target, run.state, run.spec, at],
+            )?;
+            let row = tx.query_row(SELECT_RUN, params![run.id], run_row)?;
+            tx.commit()?;
+            Ok(row)
+        })
     }
 
     /// A run by id.
@@ -411,23 +414,25 @@ impl Store {
         detail: &str,
         event: &str,
     ) -> Result<(), Error> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let at = now();
-        tx.execute(
-            "INSERT INTO steps (run_id, unit, step, state, attempt, detail, updated_at)
-             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6)
-             ON CONFLICT(run_id, unit, step) DO UPDATE SET
-               state = excluded.state, detail = excluded.detail, updated_at = excluded.updated_at,
-               attempt = steps.attempt + (CASE WHEN excluded.state = 'started' THEN 1 ELSE 0 END)",
-            params![run, unit, step, state, detail, at],
-        )?;
-        tx.execute(
-            "INSERT INTO events (run_id, at, kind, body) VALUES (?1, ?2, 'step', ?3)",
-            params![run, at, event],
-        )?;
-        tx.execute("UPDATE runs SET updated_at = ?2 WHERE id = ?1", params![run, at])?;
-        tx.commit()?;
-        Ok(())
+        let conn = &mut self.conn;
+        with_busy_retry(&self.path, || {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let at = now();
+            tx.execute(
+                "INSERT INTO steps (run_id, unit, step, state, attempt, detail, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6)
+                 ON CONFLICT(run_id, unit, step) DO UPDATE SET
+                   state = excluded.state, detail = excluded.detail, updated_at = excluded.updated_at,
+                   attempt = steps.attempt + (CASE WHEN excluded.state = 'started' THEN 1 ELSE 0 END)",
+                params![run, unit, step, state, detail, at],
+            )?;
+            tx.execute(
+                "INSERT INTO events (run_id, at, kind, body) VALUES (?1, ?2, 'step', ?3)",
+                params![run, at, event],
+            )?;
+            tx.execute("UPDATE runs SET updated_at = ?2 WHERE id = ?1", params![run, at])?;
+            tx.commit()
+        })
     }
 
     /// The newest run for `cluster`, if any: a rerun of the same command resumes it when it is
@@ -456,23 +461,36 @@ impl Store {
     /// Records an event that is not a step transition (a blocked eviction, a warning, a
     /// backup), in its own transaction.
     pub fn record_event(&mut self, run: &str, kind: &str, body: &str) -> Result<(), Error> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let at = now();
-        tx.execute(
-            "INSERT INTO events (run_id, at, kind, body) VALUES (?1, ?2, ?3, ?4)",
-            params![run, at, kind, body],
-        )?;
-        tx.execute("UPDATE runs SET updated_at = ?2 WHERE id = ?1", params![run, at])?;
-        tx.commit()?;
-        Ok(())
+        self.record_events(&[(run.to_string(), kind.to_string(), body.to_string())])
+    }
+
+    /// Records several events, `(run, kind, body)`, in one transaction (one fsync for a burst
+    /// of action output instead of one per line).
+    pub fn record_events(&mut self, events: &[(String, String, String)]) -> Result<(), Error> {
+        let conn = &mut self.conn;
+        with_busy_retry(&self.path, || {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let at = now();
+            for (run, kind, body) in events {
+                tx.execute(
+                    "INSERT INTO events (run_id, at, kind, body) VALUES (?1, ?2, ?3, ?4)",
+                    params![run, at, kind, body],
+                )?;
+                tx.execute("UPDATE runs SET updated_at = ?2 WHERE id = ?1", params![run, at])?;
+            }
+            tx.commit()
+        })
     }
 
     /// Sets a run's state.
     pub fn set_run_state(&mut self, run: &str, state: &str) -> Result<(), Error> {
-        self.conn.execute(
-            "UPDATE runs SET state = ?2, updated_at = ?3 WHERE id = ?1",
-            params![run, state, now()],
-        )?;
+        let conn = &self.conn;
+        with_busy_retry(&self.path, || {
+            conn.execute(
+                "UPDATE runs SET state = ?2, updated_at = ?3 WHERE id = ?1",
+                params![run, state, now()],
+            )
+        })?;
         Ok(())
     }
 
@@ -657,25 +675,6 @@ mod tests {
     }
 
     #[test]
-    fn cluster_locks_are_private_named_by_a_checked_uid_and_exclusive() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = tmp.path().join("refit.db");
-        let uid = "0b3c9f6e-5c1a-4f4e-9a57-2d0c1e8b7a10";
-        let lock = lock_cluster(&store, uid).unwrap();
-        assert_eq!(lock.path(), tmp.path().join(format!("locks/{uid}.lock")));
-        assert_eq!(mode(&tmp.path().join("locks")), 0o700);
-        assert_eq!(mode(lock.path()), 0o600);
-        assert!(matches!(lock_cluster(&store, uid).unwrap_err(), Error::Locked { .. }));
-        drop(lock);
-        drop(lock_cluster(&store, uid).unwrap());
-        for bad in ["", "../../escape", "/etc/passwd", "x.lock"] {
-            let e = lock_cluster(&store, bad).unwrap_err();
-            assert!(matches!(e, Error::ClusterId(_)), "{bad}: {e}");
-        }
-        assert_eq!(std::fs::read_dir(tmp.path().join("locks")).unwrap().count(), 1, "no stray lock file");
-    }
-
-    #[test]
     fn the_latest_run_is_the_last_inserted_whatever_the_clock_said() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(&dir.path().join("refit.db")).unwrap();
@@ -686,6 +685,44 @@ mod tests {
         assert_eq!(s.latest_run("prod").unwrap().unwrap().id, "r2");
         let ids: Vec<String> = s.runs().unwrap().into_iter().map(|r| r.id).collect();
         assert_eq!(ids, ["r2", "r1"]);
+    }
+
+    #[test]
+    fn a_burst_of_events_is_one_transaction_and_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("refit.db")).unwrap();
+        s.create_run(&run("r1")).unwrap();
+        let ev =
+            |run: &str, n: usize| (run.to_string(), "action-output".to_string(), format!("{{\"n\":{n}}}"));
+        s.record_events(&[ev("r1", 1), ev("r1", 2), ev("r1", 3)]).unwrap();
+        assert_eq!(s.events("r1").unwrap().len(), 3);
+        // One event of a run that does not exist: none of the batch is kept.
+        assert!(s.record_events(&[ev("r1", 4), ev("ghost", 5)]).is_err());
+        assert_eq!(s.events("r1").unwrap().len(), 3);
+    }
+
+    /// Another process holding the write lock: a write waits and retries, succeeds once the
+    /// lock is released, and fails with a clear error when it never is.
+    #[test]
+    fn a_locked_store_is_retried_then_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("refit.db");
+        let mut s = Store::open_with(&path, Duration::from_millis(50)).unwrap();
+        s.create_run(&run("r1")).unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let e = s.record_step("r1", "w-1", "cordon", "started", "", "{}").unwrap_err();
+        assert!(matches!(e, Error::Busy { .. }), "{e:?}");
+        assert!(e.to_string().contains("stayed locked by another process"), "{e}");
+        assert!(s.steps("r1").unwrap().is_empty());
+        // Released while the writer waits between attempts: the write goes through.
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(150));
+            other.execute_batch("COMMIT").unwrap();
+        });
+        s.record_step("r1", "w-1", "cordon", "started", "", "{}").unwrap();
+        release.join().unwrap();
+        assert_eq!(s.steps("r1").unwrap().len(), 1);
     }
 
     #[test]

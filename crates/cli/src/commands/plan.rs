@@ -1,17 +1,16 @@
 //! `refit plan --to V`: what will block, what is unsafe, what will be unavailable, and the
-//! ordered plan. Gathers (kube), decides (core::preflight), prints.
+//! ordered plan. Parses the arguments, lets the engine prepare (fetch → validate → decide),
+//! prints.
 
-use std::collections::BTreeSet;
 use std::process::ExitCode;
 
 use refit_core::VersionRequest;
-use refit_core::checks::{CheckOptions, Finding};
+use refit_core::catalog::Catalog;
 use refit_core::drain::DrainOptions;
-use refit_core::path::{Policy, upgrade_path};
-use refit_core::plan::{MaxUnavailable, Mode, Plan, PlanOptions};
+use refit_core::plan::{MaxUnavailable, Mode, Plan};
 use refit_core::planfile::PlanFile;
-use refit_core::removed;
-use refit_kube::{ClusterTarget, connect};
+use refit_engine::prepare::{PlanInput, PrepareError, Prepared, prepare};
+use refit_kube::{ClusterTarget, Connection};
 use serde::Serialize;
 
 use crate::args::PlanArgs;
@@ -30,30 +29,21 @@ pub struct PlanOutput<'a> {
     plan: &'a Plan,
     /// What the node action can reach, and kubeadm's own plan (ssh action).
     #[serde(skip_serializing_if = "Option::is_none")]
-    reach: Option<&'a crate::commands::reach::ReachReport>,
+    reach: Option<&'a refit_engine::reach::ReachReport>,
 }
 
-/// Everything preflight gathered and decided: `refit plan` prints it, `refit upgrade`
-/// executes it.
-pub struct Prepared {
-    /// The cluster.
-    pub conn: refit_kube::Connection,
-    /// The oldest apiserver's version.
-    pub current: refit_core::Version,
-    /// The control plane's hops.
-    pub path: refit_core::path::UpgradePath,
-    /// Findings and the ordered plan.
-    pub plan: Plan,
-    /// Checks that could not run, and why.
-    pub not_run: Vec<String>,
-    /// Node addresses: the plan file's, else each node's InternalIP.
-    pub addresses: std::collections::BTreeMap<String, String>,
-    /// The release catalog in use.
-    pub catalog: refit_core::catalog::Catalog,
-    /// Worker batch size.
-    pub worker_concurrency: usize,
-    /// What the node action can reach (None: it has no probe).
-    pub reach: Option<crate::commands::reach::ReachReport>,
+impl<'a> PlanOutput<'a> {
+    /// The printable form of what was prepared for `context`.
+    pub fn new(context: &'a str, p: &'a Prepared) -> PlanOutput<'a> {
+        PlanOutput {
+            context,
+            current: p.current.to_string(),
+            path: p.path.hops.iter().map(|h| h.to.to_string()).collect(),
+            not_run: p.not_run.clone(),
+            plan: &p.plan,
+            reach: p.reach.as_ref(),
+        }
+    }
 }
 
 /// Every node is already at the target: bad input for `refit plan` (exit 2, as before), a
@@ -81,11 +71,15 @@ pub fn read_plan_file(path: Option<&std::path::Path>) -> anyhow::Result<PlanFile
     }
 }
 
-/// Validates the input, reads the cluster, runs every check and builds the plan.
-pub async fn prepare(args: &PlanArgs) -> anyhow::Result<Prepared> {
-    // Everything the user typed is validated before the cluster is touched.
-    let catalog = load_catalog(args.catalog.as_deref())?;
-    let request: VersionRequest = args.to.parse().map_err(|e| usage(format!("--to: {e}")))?;
+/// The plan's input from the arguments, with the catalog, the target and the plan file the
+/// caller already read (each once). Everything the user typed is validated here, before the
+/// cluster is touched.
+pub fn plan_input(
+    args: &PlanArgs,
+    catalog: Catalog,
+    request: VersionRequest,
+    plan_file: PlanFile,
+) -> anyhow::Result<PlanInput> {
     let max_unavailable: MaxUnavailable = args.max_unavailable.parse().map_err(usage)?;
     let mode = match (args.offline, args.ignore_safety_checks) {
         (true, true) => return Err(usage("--offline and --ignore-safety-checks exclude each other")),
@@ -93,152 +87,70 @@ pub async fn prepare(args: &PlanArgs) -> anyhow::Result<Prepared> {
         (false, true) => Mode::IgnoreSafetyChecks,
         (false, false) => Mode::Online,
     };
-    let plan_file = read_plan_file(args.file.as_deref())?;
     crate::commands::upgrade::resolve_action(args.action.as_deref(), plan_file.action.as_ref())?;
     let probe = crate::commands::reach::target_probe(args.action.as_deref(), &plan_file)?;
-
-    let target =
-        ClusterTarget { kubeconfig: args.cluster.kubeconfig.clone(), context: args.cluster.context.clone() };
-    let started = std::time::Instant::now();
-    let conn = connect(&target).await.map_err(|e| usage(e.to_string()))?;
-    let current = refit_kube::apis::oldest_apiserver_version(&conn).await?;
-    let today = jiff::Zoned::now().date();
-    let path = upgrade_path(&catalog, &current, &request, Policy::Default, args.force, today)
-        .map_err(|e| usage(e.to_string()))?;
-    // The removed-API signals (each apiserver's metrics, metadata-only lists, Helm releases)
-    // do not depend on the snapshot: both are read at once. The snapshot's lists use only GA
-    // versions, so they never show up in the deprecated-API metric the signals scrape.
-    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "connected, path resolved");
-    let signals = async {
-        let s = match mode {
-            Mode::Offline => Ok(Vec::new()),
-            _ => refit_kube::apis::collect_signals(&conn, &catalog).await,
-        };
-        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "removed-API signals read");
-        s
-    };
-    let snapshot = async {
-        let large = refit_kube::snapshot::LargeLists::for_server(&current);
-        let s = refit_kube::snapshot::read_snapshot(&conn, large).await;
-        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "snapshot read");
-        s
-    };
-    let (snapshot, signals) = tokio::join!(snapshot, signals);
-    let mut snapshot = snapshot?;
-    let nodes: BTreeSet<String> = snapshot.nodes.iter().map(|n| n.name.clone()).collect();
-    plan_file.validate(&nodes).map_err(|e| usage(e.to_string()))?;
-    // The plan file's address replaces the node's InternalIP before the checks: the address
-    // check (node-address-invalid) is about the one the action will get.
-    for n in &mut snapshot.nodes {
-        if let Some(a) = plan_file.nodes.get(&n.name).and_then(|f| f.address.clone()) {
-            n.address = Some(a);
-        }
-    }
-
-    let mut plan_opts = PlanOptions {
-        target: path.to.clone(),
+    Ok(PlanInput {
+        catalog,
+        request,
         max_unavailable,
         mode,
+        plan_file,
         partial_ok: args.partial_ok,
         force: args.force,
         control_plane_only: args.control_plane_only,
-        extra_roles: plan_file.extra_roles(),
-    };
-    // What the node action can reach, before anything changes: may move a minor `--to` to the
-    // newest patch every node offers, and blocks on nodes that cannot reach their target.
-    let reached = crate::commands::reach::probe(
-        probe.as_ref(),
-        &snapshot,
-        &plan_file,
-        &catalog,
-        &request,
-        path,
-        &plan_opts,
-        args.force,
-    )
-    .await?;
-    let path = reached.path;
-    plan_opts.target = path.to.clone();
-    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "target probed");
-
-    let mut extra: Vec<Finding> = reached.findings;
-    let mut not_run = reached.not_run;
-    if mode == Mode::Offline {
-        not_run.push("all checks (--offline)".to_string());
-    } else {
-        match signals {
-            Ok(signals) => {
-                let found =
-                    removed::findings(&catalog, current.minor_version(), path.to.minor_version(), &signals);
-                extra.extend(refit_core::preflight::removed_api_findings(&found));
-            }
-            Err(e) => not_run.push(format!("removed-API usage ({e})")),
-        }
-        extra.extend(refit_core::preflight::forced_findings(&path));
-    }
-    let mut ingress = plan_file.ingress_labels.clone();
-    ingress.extend(args.ingress_label.iter().cloned());
-    let mut storage = plan_file.storage_labels.clone();
-    storage.extend(args.storage_label.iter().cloned());
-    let check_opts = CheckOptions {
-        target: Some(path.to.clone()),
-        force: args.force,
         drain: DrainOptions {
             delete_emptydir_data: args.delete_emptydir_data,
             force: args.delete_unmanaged_pods,
         },
-        ingress_labels: ingress,
-        storage_labels: storage,
-    };
-    let mut plan = refit_core::preflight::preflight(&snapshot, Some(&path), extra, &plan_opts, &check_opts)
-        .map_err(|e| match e {
-        refit_core::plan::PlanError::NothingToDo(_) => anyhow::Error::new(NothingToDo(e.to_string())),
-        e => usage(e.to_string()),
-    })?;
-    plan.blocked |= refit_core::reach::blocks_regardless_of_mode(&plan);
-    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "preflight decided");
-    let workers = snapshot.nodes.iter().filter(|n| !n.is_control_plane()).count();
-    let addresses =
-        plan_file.addresses(snapshot.nodes.iter().map(|n| (n.name.as_str(), n.address.as_deref())));
-    Ok(Prepared {
-        conn,
-        current,
-        path,
-        plan,
-        not_run,
-        addresses,
-        catalog,
-        worker_concurrency: max_unavailable.batch_size(workers),
-        reach: reached.report,
+        ingress_labels: args.ingress_label.clone(),
+        storage_labels: args.storage_label.clone(),
+        today: jiff::Zoned::now().date(),
+        probe,
     })
 }
 
-impl Prepared {
-    /// The printable form.
-    pub fn output(&self) -> PlanOutput<'_> {
-        PlanOutput {
-            context: &self.conn.context,
-            current: self.current.to_string(),
-            path: self.path.hops.iter().map(|h| h.to.to_string()).collect(),
-            not_run: self.not_run.clone(),
-            plan: &self.plan,
-            reach: self.reach.as_ref(),
-        }
+/// `--to`, parsed once.
+pub fn parse_to(args: &PlanArgs) -> anyhow::Result<VersionRequest> {
+    args.to.parse().map_err(|e| usage(format!("--to: {e}")))
+}
+
+/// Connects to the cluster the arguments name (an unreachable cluster is bad input: exit 2).
+pub async fn connect(args: &PlanArgs) -> anyhow::Result<Connection> {
+    let target =
+        ClusterTarget { kubeconfig: args.cluster.kubeconfig.clone(), context: args.cluster.context.clone() };
+    refit_kube::connect(&target).await.map_err(|e| usage(e.to_string()))
+}
+
+/// The engine's preparation errors as the CLI reports them: what was asked is bad input
+/// (exit 2), nothing to do is its own value, the cluster failing is exit 1.
+pub fn prepare_error(e: PrepareError) -> anyhow::Error {
+    match e {
+        PrepareError::Input(m) => usage(m),
+        PrepareError::NothingToDo(m) => anyhow::Error::new(NothingToDo(m)),
+        PrepareError::Cluster(e) => anyhow::Error::new(e),
+    }
+}
+
+/// Prints the `--offline` warning when it applies.
+pub fn warn_offline(p: &Prepared) {
+    if p.plan.mode == Mode::Offline {
+        eprintln!("WARNING: --offline: no readiness, safety, availability, PDB or capacity check was run");
     }
 }
 
 pub async fn run(args: PlanArgs, format: Format) -> anyhow::Result<ExitCode> {
-    let prepared = match prepare(&args).await {
+    let catalog = load_catalog(args.catalog.as_deref())?;
+    let request = parse_to(&args)?;
+    let plan_file = read_plan_file(args.file.as_deref())?;
+    let input = plan_input(&args, catalog, request, plan_file)?;
+    let conn = connect(&args).await?;
+    let prepared = match prepare(&conn, &input).await {
         Ok(p) => p,
-        Err(e) => match e.downcast::<NothingToDo>() {
-            Ok(n) => return Err(usage(n.0)),
-            Err(e) => return Err(e),
-        },
+        Err(PrepareError::NothingToDo(m)) => return Err(usage(m)),
+        Err(e) => return Err(prepare_error(e)),
     };
-    if prepared.plan.mode == Mode::Offline {
-        eprintln!("WARNING: --offline: no readiness, safety, availability, PDB or capacity check was run");
-    }
-    let out = prepared.output();
+    warn_offline(&prepared);
+    let out = PlanOutput::new(&conn.context, &prepared);
     if !print_structured(format, &out)? {
         print!("{}", render(&out));
     }
@@ -319,6 +231,8 @@ pub fn render(o: &PlanOutput<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use refit_core::checks::CheckOptions;
+    use refit_core::plan::PlanOptions;
     use refit_core::snapshot::Snapshot;
     use serde_json::json;
 

@@ -105,7 +105,8 @@ mod tests {
         let run = RunState::new("r", spec, strategy, plan, t0()).unwrap();
         let all = Facts { members: [("m".to_string(), facts())].into() };
         let targets = freeze_targets(&run.spec, all.members.values().map(|f| &f.versions));
-        let run = apply(&run, &Event::Start { at: t0(), targets: Some(targets), plan: None }).unwrap();
+        let run =
+            apply(&run, &Event::Start { at: t0(), targets: Some(targets), plan: None, by: None }).unwrap();
         (run, all)
     }
 
@@ -181,7 +182,7 @@ mod tests {
         let (mut run, all) = one_member_run();
         let start = next(&run, &all, t0());
         run = apply(&run, &start[0].started(t0(), None).unwrap()).unwrap();
-        run = apply(&run, &Event::Stop { at: t0() }).unwrap();
+        run = apply(&run, &Event::Stop { at: t0(), by: None }).unwrap();
         assert_eq!(run.member("m").unwrap().status.state, UpdateState::Stopping);
         run = apply(&run, &relaunch("m", &unreachable(), t0())).unwrap();
         assert_eq!(run.member("m").unwrap().status.state, UpdateState::Stopped);

@@ -259,15 +259,15 @@ fn events_for(run: &RunState, facts: &Facts, now: &mut Timestamp, action: &Actio
                 .into_iter()
                 .collect()
         }
-        Action::Stop => vec![Event::Stop { at }],
+        Action::Stop => vec![Event::Stop { at, by: None }],
         Action::Start => {
             let targets = run
                 .targets
                 .is_none()
                 .then(|| freeze_targets(&run.spec, facts.members.values().map(|f| &f.versions)));
-            vec![Event::Start { at, targets, plan: None }]
+            vec![Event::Start { at, targets, plan: None, by: None }]
         }
-        Action::Retry => vec![Event::RetryFailed { at }],
+        Action::Retry => vec![Event::RetryFailed { at, by: None }],
         Action::SkipMember(i) => skip(pick(&members, i).cloned().map(SkipTarget::Member), at),
         Action::SkipGroup(i) => skip(pick(&groups, i).cloned().map(SkipTarget::Group), at),
         Action::SkipStage(i) => skip(pick(&stages, i).cloned().map(SkipTarget::Stage), at),
@@ -595,7 +595,7 @@ proptest! {
         let mut now: Timestamp = "2026-06-10T12:00:00Z".parse().unwrap();
         let mut run = RunState::new("prop", spec, sc.strategy.clone(), plan, now).unwrap();
         let targets = freeze_targets(&run.spec, sc.facts.members.values().map(|f| &f.versions));
-        run = apply(&run, &Event::Start { at: now, targets: Some(targets), plan: None }).unwrap();
+        run = apply(&run, &Event::Start { at: now, targets: Some(targets), plan: None, by: None }).unwrap();
         for _ in 0..2000 {
             if matches!(run.status.state, Completed | Skipped) {
                 break;

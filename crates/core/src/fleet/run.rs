@@ -750,16 +750,25 @@ pub enum Event {
         /// The member set resolved at start; replaces the one from creation (first start only).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         plan: Option<RunPlan>,
+        /// Who asked (a person's name, a token's name; None from the driver itself).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
     },
     /// Stop: start nothing new; upgrades under way finish.
     Stop {
         /// When.
         at: Timestamp,
+        /// Who asked (a person's name, a token's name; None from the driver itself).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
     },
     /// Re-run only the failed members (Failed, Stopped or Completed run), same targets.
     RetryFailed {
         /// When.
         at: Timestamp,
+        /// Who asked (a person's name, a token's name; None from the driver itself).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
     },
     /// Skip members, groups, stages or after-stage waits.
     Skip {
@@ -929,8 +938,8 @@ impl Event {
     pub fn at(&self) -> Timestamp {
         match self {
             Event::Start { at, .. }
-            | Event::Stop { at }
-            | Event::RetryFailed { at }
+            | Event::Stop { at, .. }
+            | Event::RetryFailed { at, .. }
             | Event::Skip { at, .. }
             | Event::ApproveGate { at, .. }
             | Event::GateReached { at, .. }

@@ -44,17 +44,23 @@ pub async fn daemon(store: &Path, exit_when_idle: bool, format: Format) -> anyho
     Ok(ExitCode::SUCCESS)
 }
 
+/// " by NAME" when the event says who asked.
+fn by_whom(by: &Option<String>) -> String {
+    by.as_deref().map(|b| format!(" by {b}")).unwrap_or_default()
+}
+
 /// One line per fleet event, for people.
 pub fn describe(e: &Event) -> String {
     match e {
-        Event::Start { targets: Some(t), .. } => format!(
-            "started; targets frozen (kubernetes {}, node images {:?})",
+        Event::Start { targets: Some(t), by, .. } => format!(
+            "started{}; targets frozen (kubernetes {}, node images {:?})",
+            by_whom(by),
             t.kubernetes.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "unchanged".into()),
             t.node_images
         ),
-        Event::Start { .. } => "started again".into(),
-        Event::Stop { .. } => "stop requested".into(),
-        Event::RetryFailed { .. } => "retrying failed members".into(),
+        Event::Start { by, .. } => format!("started again{}", by_whom(by)),
+        Event::Stop { by, .. } => format!("stop requested{}", by_whom(by)),
+        Event::RetryFailed { by, .. } => format!("retrying failed members{}", by_whom(by)),
         Event::Skip { targets, by, .. } => format!(
             "skip {} by {}",
             targets.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(" "),

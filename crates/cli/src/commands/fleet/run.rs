@@ -29,7 +29,7 @@ pub async fn run(cmd: RunCommand, store: &Path, format: Format) -> anyhow::Resul
         RunCommand::Stop { name } => {
             let mut s = open(store)?;
             load_run(&s, &name)?;
-            let r = commit(&mut s, &name, &Event::Stop { at: now() })?;
+            let r = commit(&mut s, &name, &Event::Stop { at: now(), by: Some(who(None)) })?;
             report(format, &r.state, "stop requested: no new member starts; upgrades under way finish")
         }
         RunCommand::Skip { name, targets, by } => {
@@ -87,7 +87,7 @@ pub async fn run(cmd: RunCommand, store: &Path, format: Format) -> anyhow::Resul
         RunCommand::Retry { name, failed: _, wait } => {
             let mut s = open(store)?;
             load_run(&s, &name)?;
-            let r = commit(&mut s, &name, &Event::RetryFailed { at: now() })?;
+            let r = commit(&mut s, &name, &Event::RetryFailed { at: now(), by: Some(who(None)) })?;
             if wait {
                 drop(s);
                 return drive(store, &name, format).await;
@@ -164,8 +164,9 @@ fn check_run_name(name: &str) -> anyhow::Result<()> {
 }
 
 async fn start(store: &Path, name: &str, wait: bool, format: Format) -> anyhow::Result<ExitCode> {
-    let started =
-        refit_fleet::runs::start(store, &Arc::new(KubeObserver), name, wait).await.map_err(fleet_err)?;
+    let started = refit_fleet::runs::start(store, &Arc::new(KubeObserver), name, wait, Some(who(None)))
+        .await
+        .map_err(fleet_err)?;
     if let Started::AlreadyActive(state) = started
         && format.is_table()
     {

@@ -258,7 +258,7 @@ mod tests {
         let spec = UpgradeSpec::new(UpgradeType::Full, Some("1.37.1".parse().unwrap()));
         let targets = freeze_targets(&spec, std::iter::empty());
         let run = RunState::new("to-137", spec, strategy, plan, at(0)).unwrap();
-        let run = step(&run, Event::Start { at: at(0), targets: Some(targets), plan: None });
+        let run = step(&run, Event::Start { at: at(0), targets: Some(targets), plan: None, by: None });
         let run = step(&run, started("canary-1", 0));
         let run = step(&run, Event::MemberSucceeded { member: "canary-1".into(), at: at(5), message: None });
         step(&run, Event::AfterStageWaitStarted { stage: "canary".into(), at: at(5) })

@@ -85,7 +85,10 @@ impl View {
             Mode::Lines => {
                 if let Some(line) = line_for(e) {
                     let secs = self.started.elapsed().as_secs_f64();
-                    println!("[{secs:7.1}s] {line}");
+                    // A closed pipe drops the line; it never stops the run.
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "[{secs:7.1}s] {line}");
+                    let _ = out.flush();
                 }
             }
             Mode::Bars { multi, overall } => self.bars(multi, overall, e),
@@ -356,6 +359,7 @@ mod tests {
             step: "upgrade".into(),
             to: "1.37.1".into(),
             error: "boom".into(),
+            kind: None,
         });
         assert!(lines(&v).is_empty());
     }

@@ -65,7 +65,7 @@ fn ok(run: &RunState, e: Event) -> RunState {
 
 fn start(run: &RunState, facts: &Facts, at: Timestamp) -> RunState {
     let targets = freeze_targets(&run.spec, facts.members.values().map(|f| &f.versions));
-    ok(run, Event::Start { at, targets: Some(targets), plan: None })
+    ok(run, Event::Start { at, targets: Some(targets), plan: None, by: None })
 }
 
 /// Applies every decision until only a wait (or nothing) is left; the members started and the
@@ -311,7 +311,7 @@ fn stop_lets_upgrades_under_way_finish_and_start_continues() {
     let mut run = new_run("stages: [{name: s, groups: [{name: g, maxConcurrency: 2}]}]", &members, spec());
     run = start(&run, &facts, t0());
     assert_eq!(settle(&mut run, &facts, t0()).0, ["a", "b"]);
-    run = ok(&run, Event::Stop { at: t0() });
+    run = ok(&run, Event::Stop { at: t0(), by: None });
     assert_eq!(run.status.state, Stopping);
     assert_eq!((state_of(&run, "a"), state_of(&run, "b")), (Stopping, Stopping));
     assert!(matches!(&next(&run, &facts, t0())[..], [Decision::Wait { until: None, .. }]));
@@ -328,7 +328,7 @@ fn stop_lets_upgrades_under_way_finish_and_start_continues() {
     .unwrap_err();
     assert!(matches!(err, TransitionError::Run { state: Stopping, .. }), "{err}");
     assert!(matches!(
-        apply(&run, &Event::Start { at: t0(), targets: None, plan: None }),
+        apply(&run, &Event::Start { at: t0(), targets: None, plan: None, by: None }),
         Err(TransitionError::Run { .. })
     ));
     run = succeed(&run, "a", t0());
@@ -338,8 +338,8 @@ fn stop_lets_upgrades_under_way_finish_and_start_continues() {
     assert_eq!(group(&run, "g").status.state, Stopped);
     assert_eq!(state_of(&run, "c"), NotStarted);
     assert!(next(&run, &facts, t0()).is_empty());
-    assert!(apply(&run, &Event::Stop { at: t0() }).is_err());
-    run = ok(&run, Event::Start { at: t0(), targets: None, plan: None });
+    assert!(apply(&run, &Event::Stop { at: t0(), by: None }).is_err());
+    run = ok(&run, Event::Start { at: t0(), targets: None, plan: None, by: None });
     assert_eq!(run.attempt, 2);
     assert_eq!(settle(&mut run, &facts, t0()).0, ["c"]);
     run = succeed(&run, "c", t0());
@@ -379,7 +379,7 @@ fn a_failure_fails_group_stage_and_run_and_nothing_else_starts() {
     assert_eq!(group(&run, "gb").status.state, Stopped);
     assert_eq!(state_of(&run, "z"), NotStarted);
     // Start again re-applies the failed member.
-    run = ok(&run, Event::Start { at: t0(), targets: None, plan: None });
+    run = ok(&run, Event::Start { at: t0(), targets: None, plan: None, by: None });
     assert_eq!(state_of(&run, "a1"), NotStarted);
     assert_eq!(settle(&mut run, &facts, t0()).0, ["a1", "b2"]);
     assert_eq!(run.member("a1").unwrap().attempts, 2);
@@ -411,14 +411,17 @@ fn max_allowed_failures_tolerates_failures_counts_them_and_retry_reruns_only_tho
     assert_eq!((run.status.state, run.failure_count), (Completed, 1));
     // Retry only the failed member, with the frozen targets; the skipped one stays skipped.
     let frozen = run.targets.clone();
-    run = ok(&run, Event::RetryFailed { at: t0() });
+    run = ok(&run, Event::RetryFailed { at: t0(), by: None });
     assert_eq!((run.status.state, stage(&run, "s").status.state), (Running, Running));
     assert_eq!(state_of(&run, "a3"), Skipped);
     assert_eq!(settle(&mut run, &facts, t0()).0, ["a1"]);
     assert_eq!(run.targets, frozen);
     run = succeed(&run, "a1", t0());
     assert_eq!((run.status.state, run.failure_count), (Completed, 0));
-    assert!(matches!(apply(&run, &Event::RetryFailed { at: t0() }), Err(TransitionError::State { .. })));
+    assert!(matches!(
+        apply(&run, &Event::RetryFailed { at: t0(), by: None }),
+        Err(TransitionError::State { .. })
+    ));
 }
 
 #[test]
@@ -432,11 +435,11 @@ fn start_again_reapplies_skipped_work_but_not_members_already_at_the_target() {
     assert_eq!(settle(&mut run, &facts, t0()).0, ["a"]);
     assert_eq!(run.member("c").unwrap().skip.as_ref().map(SkipCause::leaves_work), Some(false));
     run = fail(&run, "a", t0());
-    run = ok(&run, Event::RetryFailed { at: t0() });
+    run = ok(&run, Event::RetryFailed { at: t0(), by: None });
     assert_eq!(state_of(&run, "b"), Skipped);
     assert_eq!(settle(&mut run, &facts, t0()).0, ["a"]);
     run = fail(&run, "a", t0());
-    run = ok(&run, Event::Start { at: t0(), targets: None, plan: None });
+    run = ok(&run, Event::Start { at: t0(), targets: None, plan: None, by: None });
     assert_eq!(
         (state_of(&run, "a"), state_of(&run, "b"), state_of(&run, "c")),
         (NotStarted, NotStarted, Skipped)
@@ -528,10 +531,13 @@ fn skipping_a_completed_group_is_refused_and_a_fully_skipped_run_is_skipped() {
         },
     );
     assert_eq!(fresh.status.state, NotStarted); // not finished before it started
-    fresh = ok(&fresh, Event::Start { at: t0(), targets: Some(freeze_targets(&fresh.spec, [])), plan: None });
+    fresh = ok(
+        &fresh,
+        Event::Start { at: t0(), targets: Some(freeze_targets(&fresh.spec, [])), plan: None, by: None },
+    );
     assert_eq!(fresh.status.state, Skipped);
     assert!(next(&fresh, &facts, t0()).is_empty());
-    let err = apply(&fresh, &Event::Start { at: t0(), targets: None, plan: None }).unwrap_err();
+    let err = apply(&fresh, &Event::Start { at: t0(), targets: None, plan: None, by: None }).unwrap_err();
     assert!(matches!(err, TransitionError::Run { state: Skipped, .. }));
 }
 
@@ -675,13 +681,13 @@ fn events_that_do_not_fit_are_refused_with_the_reason() {
         spec(),
     );
     assert_eq!(
-        apply(&run, &Event::Start { at: t0(), targets: None, plan: None }),
+        apply(&run, &Event::Start { at: t0(), targets: None, plan: None, by: None }),
         Err(TransitionError::TargetsRequired("run-1".into()))
     );
     let started = start(&run, &facts, t0());
     let targets = started.targets.clone();
     assert!(matches!(
-        apply(&started, &Event::Start { at: t0(), targets: targets.clone(), plan: None }),
+        apply(&started, &Event::Start { at: t0(), targets: targets.clone(), plan: None, by: None }),
         Err(TransitionError::Run { state: Running, .. })
     ));
     let later_stage = Event::MemberStarted {
@@ -702,16 +708,16 @@ fn events_that_do_not_fit_are_refused_with_the_reason() {
         Err(TransitionError::RequestedSkip)
     );
     assert!(matches!(
-        apply(&run, &Event::Stop { at: t0() }),
+        apply(&run, &Event::Stop { at: t0(), by: None }),
         Err(TransitionError::Run { state: NotStarted, .. })
     ));
-    let mut stopped = ok(&started, Event::Stop { at: t0() });
+    let mut stopped = ok(&started, Event::Stop { at: t0(), by: None });
     assert_eq!(stopped.status.state, Stopped);
     assert_eq!(
-        apply(&stopped, &Event::Start { at: t0(), targets, plan: None }),
+        apply(&stopped, &Event::Start { at: t0(), targets, plan: None, by: None }),
         Err(TransitionError::AlreadyFrozen("run-1".into()))
     );
-    stopped = ok(&stopped, Event::Start { at: t0(), targets: None, plan: None });
+    stopped = ok(&stopped, Event::Start { at: t0(), targets: None, plan: None, by: None });
     assert_eq!(stopped.status.state, Running);
     assert!("Cluster:x".parse::<SkipTarget>().is_err());
     assert_eq!("AfterStageWait:s1".parse::<SkipTarget>().unwrap(), SkipTarget::AfterStageWait("s1".into()));
@@ -740,7 +746,8 @@ fn the_member_set_is_resolved_again_at_the_first_start_keeping_requested_skips()
     );
     let targets = freeze_targets(&run.spec, facts.members.values().map(|f| &f.versions));
     let plan = resolve(&strategy, &new).unwrap();
-    let mut run = ok(&run, Event::Start { at: t0(), targets: Some(targets.clone()), plan: Some(plan) });
+    let mut run =
+        ok(&run, Event::Start { at: t0(), targets: Some(targets.clone()), plan: Some(plan), by: None });
     assert!(run.member("a").is_none());
     assert_eq!(state_of(&run, "b"), Skipped);
     assert_eq!(settle(&mut run, &facts, t0()).0, ["c"]);
@@ -750,7 +757,12 @@ fn the_member_set_is_resolved_again_at_the_first_start_keeping_requested_skips()
         RunState::new("r", spec(), strategy.clone(), resolve(&strategy, &old).unwrap(), t0()).unwrap();
     let err = apply(
         &fresh,
-        &Event::Start { at: t0(), targets: Some(targets), plan: Some(resolve(&other, &new).unwrap()) },
+        &Event::Start {
+            at: t0(),
+            targets: Some(targets),
+            plan: Some(resolve(&other, &new).unwrap()),
+            by: None,
+        },
     )
     .unwrap_err();
     assert!(matches!(err, TransitionError::PlanMismatch { .. }));
@@ -857,7 +869,7 @@ fn a_group_empty_at_creation_keeps_its_gates_when_members_join_before_the_start(
     let (now_members, facts) = fleet(&[("a", "g"), ("b", "h")]);
     let targets = freeze_targets(&run.spec, facts.members.values().map(|f| &f.versions));
     let plan = resolve(&strategy, &now_members).unwrap();
-    run = ok(&run, Event::Start { at: t0(), targets: Some(targets), plan: Some(plan) });
+    run = ok(&run, Event::Start { at: t0(), targets: Some(targets), plan: Some(plan), by: None });
     assert_eq!(run.gate(&"s/g/before/1".parse().unwrap()).unwrap().state, GateStatus::NotStarted);
     assert!(matches!(run.member("b").unwrap().skip, Some(SkipCause::Requested { .. })));
     let (started, _) = settle(&mut run, &facts, t0());
@@ -929,9 +941,9 @@ fn a_paused_member_that_looks_at_the_target_is_continued_not_skipped() {
     f.versions.control_plane = Some(v("1.37.1"));
     f.versions.nodes = Some(v("1.37.1"));
     // Even across a stop and a start again.
-    run = ok(&run, Event::Stop { at: t0() });
+    run = ok(&run, Event::Stop { at: t0(), by: None });
     assert_eq!(state_of(&run, "m"), Stopped);
-    run = ok(&run, Event::Start { at: t0(), targets: None, plan: None });
+    run = ok(&run, Event::Start { at: t0(), targets: None, plan: None, by: None });
     let (started, _) = settle(&mut run, &facts, t0());
     assert_eq!(started, ["m"], "continued: {:?}", run.member("m").unwrap().status);
     assert_eq!(run.member("m").unwrap().target.as_ref().unwrap().kubernetes, Some(v("1.37.1")));
@@ -955,7 +967,7 @@ fn a_member_paused_while_its_run_stops_is_stopped_and_other_states_refuse_a_paus
     assert!(apply(&run, &paused("m")).is_err(), "NotStarted cannot pause");
     run = start(&run, &facts, t0());
     settle(&mut run, &facts, t0());
-    run = ok(&run, Event::Stop { at: t0() });
+    run = ok(&run, Event::Stop { at: t0(), by: None });
     assert_eq!(state_of(&run, "m"), Stopping);
     run = ok(&run, paused("m"));
     assert_eq!((state_of(&run, "m"), run.status.state), (Stopped, Stopped));
@@ -986,7 +998,7 @@ fn a_member_waiting_on_a_closed_window_has_not_started_until_its_upgrade_does() 
     let mut run = new_run("stages: [{name: s, groups: [{name: g}]}]", &members, spec());
     run = start(&run, &facts, t0());
     settle(&mut run, &facts, t0());
-    run = ok(&run, Event::Stop { at: t0() + hours(1) });
+    run = ok(&run, Event::Stop { at: t0() + hours(1), by: None });
     let c = run.member("c").unwrap();
     assert_eq!((c.status.state, c.status.started_at), (Stopped, None));
 }
@@ -999,11 +1011,11 @@ fn the_time_a_run_spent_stopped_does_not_count_in_what_its_stages_took() {
     assert_eq!(settle(&mut run, &facts, t0()).0, ["a"]);
     // Stopped after an hour of work (a finishes at once), started again ten hours later.
     let t1 = t0() + hours(1);
-    run = ok(&run, Event::Stop { at: t1 });
+    run = ok(&run, Event::Stop { at: t1, by: None });
     run = succeed(&run, "a", t1);
     assert_eq!(stage(&run, "s").status.state, Stopped);
     let t2 = t1 + hours(10);
-    run = ok(&run, Event::Start { at: t2, targets: None, plan: None });
+    run = ok(&run, Event::Start { at: t2, targets: None, plan: None, by: None });
     assert_eq!(settle(&mut run, &facts, t2).0, ["b"]);
     // Half an hour in, the stage has taken 1.5 hours, not 11.5.
     let now = t2 + SignedDuration::from_mins(30);
@@ -1024,7 +1036,7 @@ fn a_requested_stop_completes_when_the_last_upgrade_under_way_finishes() {
     let mut run = new_run("stages: [{name: s, groups: [{name: g}, {name: h}]}]", &members, spec());
     run = start(&run, &facts, t0());
     assert_eq!(settle(&mut run, &facts, t0()).0, ["a", "b"]);
-    let stopped = ok(&run, Event::Stop { at: t0() });
+    let stopped = ok(&run, Event::Stop { at: t0(), by: None });
     assert_eq!(stopped.status.state, Stopping);
     assert_eq!(follow_up(&run, &stopped, t0()), None, "upgrades are still under way");
     let one = succeed(&stopped, "a", t0() + hours(1));
@@ -1041,7 +1053,7 @@ fn a_requested_stop_completes_when_the_last_upgrade_under_way_finishes() {
     let (members, facts) = fleet(&[("c", "g")]);
     let mut idle = new_run("stages: [{name: s, groups: [{name: g}]}]", &members, spec());
     idle = start(&idle, &facts, t0());
-    let stopped = ok(&idle, Event::Stop { at });
+    let stopped = ok(&idle, Event::Stop { at, by: None });
     assert_eq!(stopped.status.state, Stopped);
     assert_eq!(follow_up(&idle, &stopped, at), Some(Event::StopCompleted { at }));
     // A run that failed (and halted like a stop) is Failed, not a completed stop.

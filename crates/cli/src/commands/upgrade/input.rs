@@ -1,0 +1,235 @@
+//! `refit upgrade`'s input: every argument parsed and checked before the cluster is touched,
+//! and each file (catalog, plan file) read once.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use refit_core::VersionRequest;
+use refit_core::planfile::Action;
+use refit_core::run::OnUndrainable;
+use refit_engine::lifecycle::Behaviour;
+use refit_engine::prepare::PlanInput;
+use refit_engine::{BackupSpec, EtcdEndpointSpec, NodeAction};
+
+use crate::args::UpgradeArgs;
+use crate::commands::load_catalog;
+use crate::commands::plan::{parse_to, plan_input, read_plan_file};
+use crate::output::usage;
+
+/// Everything `refit upgrade` was asked, parsed.
+pub struct Input {
+    /// What to plan.
+    pub plan: PlanInput,
+    /// The node action (`--action`, else the plan file's).
+    pub action: Option<NodeAction>,
+    /// How to behave while executing.
+    pub behaviour: Behaviour,
+    /// The etcd backup.
+    pub backup: BackupSpec,
+    /// `--not-after`.
+    pub not_after: Option<std::time::SystemTime>,
+    /// The journal's file.
+    pub store_path: PathBuf,
+    /// `--stop-grace`.
+    pub stop_grace: Duration,
+}
+
+impl Input {
+    /// Parses and checks every argument (bad input: exit 2, nothing read from the cluster).
+    pub fn parse(args: &UpgradeArgs) -> anyhow::Result<Input> {
+        // Durations and the eviction concurrency were checked by clap (core's ranges).
+        let (drain_timeout, node_timeout, stop_grace) =
+            (args.drain_timeout, args.node_timeout, args.stop_grace);
+        let on_undrainable: OnUndrainable = args.on_undrainable.parse().map_err(usage)?;
+        let plan_file = read_plan_file(args.plan.file.as_deref())?;
+        let action = resolve_action(args.plan.action.as_deref(), plan_file.action.as_ref())?;
+        let request: VersionRequest = parse_to(&args.plan)?;
+        let store_path = store_path(args)?;
+        let backup_dir = args.backup_dir.clone().unwrap_or_else(|| {
+            store_path.parent().map(|p| p.join("backups")).unwrap_or_else(|| PathBuf::from("backups"))
+        });
+        let backup = backup_spec(args, backup_dir)?;
+        let not_after = args.not_after.as_deref().map(parse_not_after).transpose()?;
+        let catalog = load_catalog(args.plan.catalog.as_deref())?;
+        let plan = plan_input(&args.plan, catalog, request, plan_file)?;
+        let behaviour = Behaviour {
+            on_undrainable,
+            drain_timeout_secs: drain_timeout.as_secs(),
+            node_timeout_secs: node_timeout.as_secs(),
+            eviction_concurrency: args.eviction_concurrency,
+            drain_rules: plan.drain,
+        };
+        Ok(Input { plan, action, behaviour, backup, not_after, store_path, stop_grace })
+    }
+}
+
+/// The node action from `--action`, else the plan file's.
+pub(crate) fn resolve_action(
+    flag: Option<&str>,
+    plan_action: Option<&Action>,
+) -> anyhow::Result<Option<NodeAction>> {
+    let exe = || -> anyhow::Result<String> {
+        Ok(std::env::current_exe()
+            .map_err(|e| usage(format!("cannot locate the refit binary: {e}")))?
+            .display()
+            .to_string())
+    };
+    let Some(flag) = flag else {
+        return Ok(match plan_action {
+            Some(Action::Exec { command, .. }) => Some(NodeAction::Exec { command: command.clone() }),
+            Some(a @ Action::Ssh { .. }) => Some(NodeAction::Ssh { action: a.clone() }),
+            Some(Action::Replace { create, remove, control_plane }) => Some(NodeAction::Replace {
+                create: create.clone(),
+                remove: remove.clone(),
+                control_plane: control_plane.clone(),
+            }),
+            None => None,
+        });
+    };
+    // The sandbox's own commands, with its directory spelled out (the action runs in another
+    // process): `sandbox` uses $REFIT_SANDBOX_DIR or the default, `sandbox:DIR` names it.
+    let sandbox = |dir: Option<&str>| -> anyhow::Result<(String, String)> {
+        let dir = match dir {
+            Some(d) => PathBuf::from(d),
+            None => crate::commands::sandbox::sandbox_dir(&crate::args::SandboxDir {
+                dir: std::env::var_os("REFIT_SANDBOX_DIR").map(PathBuf::from),
+            })?,
+        };
+        Ok((exe()?, dir.display().to_string()))
+    };
+    let (kind, arg) = match flag.split_once(':') {
+        Some((k, a)) => (k, Some(a)),
+        None => (flag, None),
+    };
+    let action = match kind {
+        "sandbox" => {
+            let (exe, dir) = sandbox(arg)?;
+            NodeAction::Exec {
+                command: svec(&[&exe, "sandbox", "upgrade-node", "--dir", &dir, "{node}", "--to", "{to}"]),
+            }
+        }
+        "replace-sandbox" => {
+            let (exe, dir) = sandbox(arg)?;
+            NodeAction::Replace {
+                create: svec(&[&exe, "sandbox", "add-node", "--dir", &dir, "{new}", "--version", "{to}"]),
+                remove: svec(&[&exe, "sandbox", "remove-node", "--dir", &dir, "{node}"]),
+                control_plane: svec(&[
+                    &exe,
+                    "sandbox",
+                    "upgrade-node",
+                    "--dir",
+                    &dir,
+                    "{node}",
+                    "--to",
+                    "{to}",
+                ]),
+            }
+        }
+        "ssh" => match plan_action {
+            Some(a @ Action::Ssh { .. }) => NodeAction::Ssh { action: a.clone() },
+            _ => NodeAction::Ssh {
+                action: refit_core::planfile::PlanFile::from_yaml("action: {type: ssh}")
+                    .ok()
+                    .and_then(|p| p.action)
+                    .ok_or_else(|| usage("internal: the default ssh action does not parse"))?,
+            },
+        },
+        _ => match flag.strip_prefix("exec:") {
+            Some(cmd) => {
+                let command: Vec<String> = cmd.split_whitespace().map(str::to_string).collect();
+                let probe = refit_core::planfile::PlanFile {
+                    action: Some(Action::Exec { command: command.clone(), probe: Vec::new() }),
+                    ..Default::default()
+                };
+                probe.validate(&Default::default()).map_err(|e| usage(format!("--action: {e}")))?;
+                NodeAction::Exec { command }
+            }
+            None => {
+                return Err(usage(format!(
+                    "--action '{flag}': expected exec:PROGRAM ARG..., ssh, sandbox[:DIR] or replace-sandbox[:DIR]"
+                )));
+            }
+        },
+    };
+    Ok(Some(action))
+}
+
+fn svec(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn backup_spec(args: &UpgradeArgs, dir: PathBuf) -> anyhow::Result<BackupSpec> {
+    if let Some(cmd) = &args.backup_command {
+        let command: Vec<String> = cmd.split_whitespace().map(str::to_string).collect();
+        if command.is_empty() {
+            return Err(usage("--backup-command is empty"));
+        }
+        return Ok(BackupSpec::Command { command, dir });
+    }
+    if args.etcd_endpoints.is_empty() {
+        return Ok(BackupSpec::None);
+    }
+    let need = |v: &Option<PathBuf>, flag: &str| -> anyhow::Result<PathBuf> {
+        let p = v.clone().ok_or_else(|| usage(format!("--etcd-endpoint needs {flag}")))?;
+        if !p.exists() {
+            return Err(usage(format!("{flag} {}: no such file", p.display())));
+        }
+        Ok(p)
+    };
+    let (ca, cert, key) = (
+        need(&args.etcd_cacert, "--etcd-cacert")?,
+        need(&args.etcd_cert, "--etcd-cert")?,
+        need(&args.etcd_key, "--etcd-key")?,
+    );
+    let endpoints = args
+        .etcd_endpoints
+        .iter()
+        .map(|url| {
+            if !url.starts_with("https://") && !url.starts_with("http://") {
+                return Err(usage(format!(
+                    "--etcd-endpoint '{url}' is not a URL (e.g. https://10.0.0.5:2379)"
+                )));
+            }
+            Ok(EtcdEndpointSpec {
+                url: url.clone(),
+                ca_file: ca.clone(),
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(BackupSpec::Etcd { endpoints, dir })
+}
+
+fn store_path(args: &UpgradeArgs) -> anyhow::Result<PathBuf> {
+    match &args.store {
+        Some(p) => Ok(p.clone()),
+        None => Ok(refit_store::default_path()?),
+    }
+}
+
+/// `--not-after`: an RFC 3339 instant with its offset (a bare local time would be ambiguous).
+fn parse_not_after(s: &str) -> anyhow::Result<std::time::SystemTime> {
+    let t: jiff::Timestamp = s.parse().map_err(|e| {
+        usage(format!("--not-after '{s}': {e}; write an RFC 3339 instant such as 2026-12-05T06:00:00Z"))
+    })?;
+    Ok(std::time::SystemTime::from(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_from_the_flag_never_go_through_a_shell() {
+        let a = resolve_action(Some("exec:./up.sh {node} --to={to}"), None).unwrap().unwrap();
+        assert_eq!(
+            a,
+            NodeAction::Exec { command: vec!["./up.sh".into(), "{node}".into(), "--to={to}".into()] }
+        );
+        assert!(resolve_action(Some("exec:./up.sh {nod}"), None).is_err(), "unknown placeholder");
+        assert!(resolve_action(Some("teleport"), None).is_err());
+        assert!(matches!(resolve_action(Some("ssh"), None).unwrap(), Some(NodeAction::Ssh { .. })));
+        assert!(resolve_action(None, None).unwrap().is_none());
+    }
+}

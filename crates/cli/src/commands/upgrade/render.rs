@@ -1,0 +1,69 @@
+//! The tables `refit upgrade` prints: the schedule before it starts, the summary after.
+
+use refit_core::run::{RunState, Schedule, phase_name, step_name};
+use refit_engine::Outcome;
+
+use crate::output::table;
+
+pub fn render_schedule(s: &Schedule) -> String {
+    let mut t = table(&["stage", "phase", "to", "at once", "nodes", "steps"]);
+    for (i, st) in s.stages.iter().enumerate() {
+        let nodes: Vec<&str> = st.units.iter().map(|u| u.node.as_str()).collect();
+        let shown = if nodes.len() > 6 {
+            format!("{} … (+{})", nodes[..6].join(", "), nodes.len() - 6)
+        } else {
+            nodes.join(", ")
+        };
+        let steps = st
+            .units
+            .first()
+            .map(|u| u.steps.iter().map(|s| step_name(*s)).collect::<Vec<_>>().join(","))
+            .unwrap_or_default();
+        t.add_row(vec![
+            (i + 1).to_string(),
+            phase_name(st.phase).into(),
+            st.to.to_string(),
+            st.concurrency.to_string(),
+            shown,
+            steps,
+        ]);
+    }
+    let mut out = format!("\nSchedule\n{t}\n");
+    if s.cluster_services {
+        out.push_str("then: cluster services (kube-proxy, CoreDNS) at the target's versions\n");
+    }
+    out
+}
+
+pub fn render_outcome(o: &Outcome) -> String {
+    let mut t = table(&["node", "to", "result", "time", "reason"]);
+    for u in &o.units {
+        t.add_row(vec![
+            u.node.clone(),
+            u.to.clone(),
+            u.result.name().to_string(),
+            format!("{:.1}s", u.millis as f64 / 1000.0),
+            u.result.reason().unwrap_or("").to_string(),
+        ]);
+    }
+    let mut out = format!("\nSummary of run {}\n{t}\n\n", o.run);
+    let mut times = table(&["phase", "time"]);
+    for (phase, ms) in &o.timings {
+        times.add_row(vec![phase.clone(), format!("{:.1}s", *ms as f64 / 1000.0)]);
+    }
+    out.push_str(&format!("{times}\n"));
+    if let Some(b) = &o.backup {
+        out.push_str(&format!("etcd backup: {b} (kept)\n"));
+    }
+    for (n, why) in &o.left_cordoned {
+        out.push_str(&format!("LEFT CORDONED: {n}: {why}\n"));
+    }
+    out.push_str(&match (&o.state, &o.reason) {
+        (RunState::Completed, _) => "\nCompleted: every node is at the target.\n".to_string(),
+        (state, Some(r)) => {
+            format!("\n{}: {r}\nRerun the same command to continue.\n", state.as_str().to_uppercase())
+        }
+        (state, None) => format!("\n{}\n", state.as_str().to_uppercase()),
+    });
+    out
+}

@@ -1,0 +1,340 @@
+//! The stage loop: backup → stages in order → cluster services, with fail-fast, a clean stop
+//! on request, a deadline, and the max-unavailable window for workers (`stage.rs`); the
+//! cluster-wide steps are in `cluster.rs`.
+
+mod cluster;
+mod stage;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use refit_core::event::{Event, FailureKind};
+use refit_core::plan::PhaseKind;
+use refit_core::run::{Halt, RunState, Stage, StepState, UnitWork, phase_name};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::Error;
+use crate::context::{Context, JournalError};
+use crate::report::{Outcome, StepError, UnitReport, UnitResult, millis};
+use crate::spec::RunSpec;
+
+/// Whether a unit may start, and if not, what the stage does next.
+enum Start {
+    /// It may.
+    Yes,
+    /// Not this one (the deadline passed), but look at the next: it may be under way.
+    Skip(&'static str),
+    /// Not this one nor any after it (a failure, a requested stop, a broken journal).
+    Stop(String),
+}
+
+/// Why a unit was not started after the deadline.
+const DEADLINE: &str = "not started: the deadline (--not-after) passed";
+
+/// The journal's unit name for cluster-wide steps (backup, cluster services).
+pub const CLUSTER_UNIT: &str = "(cluster)";
+
+/// A run being executed.
+pub struct Engine {
+    pub(crate) ctx: Context,
+    pub(crate) run_id: String,
+    pub(crate) spec: RunSpec,
+    stop: watch::Receiver<bool>,
+    /// Start no unit (or cluster-wide step) at or after this instant (`--not-after`).
+    not_after: Option<SystemTime>,
+    failed: AtomicBool,
+    /// The journal could not be written: nothing new starts (why, once).
+    journal_broken: Mutex<Option<String>>,
+    pub(crate) left_cordoned: Mutex<Vec<(String, String)>>,
+}
+
+impl Engine {
+    /// An engine for run `run_id` (already recorded in the context's journal with `spec`).
+    /// `stop` turning true asks for a clean stop: no new unit starts, drains in progress are
+    /// abandoned and their nodes uncordoned, actions already running finish. After
+    /// `not_after` no new unit starts either, but units under way finish (a deadline never
+    /// cuts a node off midway) and the run ends Paused.
+    pub fn new(
+        ctx: Context,
+        run_id: String,
+        spec: RunSpec,
+        stop: watch::Receiver<bool>,
+        not_after: Option<SystemTime>,
+    ) -> Arc<Engine> {
+        Arc::new(Engine {
+            ctx,
+            run_id,
+            spec,
+            stop,
+            not_after,
+            failed: AtomicBool::new(false),
+            journal_broken: Mutex::new(None),
+            left_cordoned: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The run's id.
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// Sends an event to the sink, and journals the ones worth keeping (step transitions are
+    /// journaled with their state by [`Engine::record`]; evictions are too many to keep).
+    pub(crate) fn emit(&self, e: Event) {
+        let keep = !matches!(
+            e,
+            Event::StepStarted { .. }
+                | Event::StepDone { .. }
+                | Event::StepFailed { .. }
+                | Event::Evicted { .. }
+        );
+        if keep {
+            self.ctx.journal.record_event(&self.run_id, &e);
+        }
+        self.ctx.sink.emit(&e);
+    }
+
+    /// Records a step transition with its event, atomically, then tells the sink. A journal
+    /// that cannot be written stops the run from starting anything new.
+    pub(crate) async fn record(
+        &self,
+        unit: &str,
+        key: &str,
+        state: StepState,
+        detail: &str,
+        e: Event,
+    ) -> Result<(), StepError> {
+        match self.ctx.journal.record_step(&self.run_id, unit, key, state, detail, &e).await {
+            Ok(()) => {
+                self.ctx.sink.emit(&e);
+                Ok(())
+            }
+            Err(err) => Err(self.journal_failed(&err)),
+        }
+    }
+
+    /// Marks the journal broken (nothing new starts) and returns the unit's error.
+    pub(crate) fn journal_failed(&self, err: &JournalError) -> StepError {
+        let mut broken = self.journal_broken.lock().unwrap_or_else(|e| e.into_inner());
+        if broken.is_none() {
+            *broken = Some(err.to_string());
+            drop(broken);
+            self.ctx.sink.emit(&Event::Warning {
+                message: format!(
+                    "the run journal cannot be written ({err}): no new node starts; nodes under way finish"
+                ),
+            });
+        }
+        StepError::new(FailureKind::Journal, format!("the run journal: {err}"))
+    }
+
+    /// This run's journal for one unit: step key → state. A state this version does not know
+    /// is an error, never skipped: a step read as "not recorded" would be done twice.
+    pub(crate) async fn journal(&self, unit: &str) -> Result<BTreeMap<String, StepState>, StepError> {
+        let steps = self.ctx.journal.steps(&self.run_id).await.map_err(|e| self.journal_failed(&e))?;
+        steps
+            .into_iter()
+            .filter(|s| s.unit == unit)
+            .map(|s| match s.state.parse() {
+                Ok(st) => Ok((s.step, st)),
+                Err(detail) => Err(self.journal_failed(&JournalError::msg(format!(
+                    "run {} is unreadable ({detail}); it was written by another refit version",
+                    self.run_id
+                )))),
+            })
+            .collect()
+    }
+
+    /// Whether a clean stop was requested.
+    pub(crate) fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Resolves when a clean stop is requested.
+    pub(crate) async fn stop_requested(&self) {
+        let mut rx = self.stop.clone();
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                // The sender is gone: nobody can ask any more.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    fn broken(&self) -> Option<String> {
+        self.journal_broken.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Why no unit may start any more, if so: a broken journal, a failure or a requested stop.
+    fn halted(&self) -> Option<String> {
+        if self.broken().is_some() {
+            Some("the run journal cannot be written".into())
+        } else if self.failed.load(Ordering::SeqCst) {
+            Some("the run stopped on a failure".into())
+        } else if self.stopping() {
+            Some("stopped on request".into())
+        } else {
+            None
+        }
+    }
+
+    /// Whether the deadline (`--not-after`) has passed: no unit that has not begun starts.
+    fn past_deadline(&self) -> bool {
+        !refit_core::run::may_start(self.ctx.clock.now(), self.not_after)
+    }
+
+    /// Whether `unit` may start now (a unit the journal shows under way may always finish).
+    async fn may_start(&self, unit: &UnitWork) -> Start {
+        if let Some(why) = self.halted() {
+            return Start::Stop(why);
+        }
+        if self.past_deadline() {
+            match self.journal(&unit.node).await {
+                Ok(j) if refit_core::run::begun(unit, &j) => {}
+                Ok(_) => return Start::Skip(DEADLINE),
+                Err(_) => return Start::Stop("the run journal cannot be read".into()),
+            }
+        }
+        Start::Yes
+    }
+
+    /// The halt the run ended with (for its final state).
+    fn halt(&self) -> Option<Halt> {
+        if self.stopping() {
+            Some(Halt::Requested)
+        } else if self.past_deadline() {
+            Some(Halt::Deadline)
+        } else {
+            None
+        }
+    }
+
+    pub(crate) fn fail_fast(&self) {
+        self.failed.store(true, Ordering::SeqCst);
+    }
+
+    /// Executes the run to its end (or to the first failure, or a requested stop). `Err` only
+    /// when the journal cannot be read or written before anything started; later journal
+    /// failures end the run Failed with the reason, after the units under way finished.
+    pub async fn execute(self: Arc<Self>) -> Result<Outcome, Error> {
+        let started = Instant::now();
+        let schedule = &self.spec.schedule;
+        let resumed = !self.ctx.journal.steps(&self.run_id).await.map_err(Error::Journal)?.is_empty();
+        self.ctx.journal.set_run_state(&self.run_id, RunState::Running).await.map_err(Error::Journal)?;
+        self.emit(Event::RunStarted {
+            run: self.run_id.clone(),
+            target: schedule.target.to_string(),
+            stages: schedule.stages.len(),
+            units: schedule.units().count(),
+            resumed,
+        });
+        let mut units: Vec<UnitReport> = Vec::new();
+        let mut timings = Vec::new();
+        let mut backup = None;
+        let mut reason: Option<String> = None;
+
+        for (i, stage) in schedule.stages.iter().enumerate() {
+            if let Some(why) = self.halted() {
+                units.extend(stage.units.iter().map(|u| not_started(i, u, &why)));
+                continue;
+            }
+            if self.past_deadline() && !self.any_begun(stage).await {
+                units.extend(stage.units.iter().map(|u| not_started(i, u, DEADLINE)));
+                continue;
+            }
+            if stage.phase != PhaseKind::Workers && backup.is_none() {
+                let t = Instant::now();
+                match self.backup_once().await {
+                    Ok(b) => backup = b,
+                    Err(e) => {
+                        reason = Some(e.message);
+                        self.fail_fast();
+                        units.extend(stage.units.iter().map(|u| not_started(i, u, "the etcd backup failed")));
+                        continue;
+                    }
+                }
+                timings.push(("etcd backup".to_string(), millis(t.elapsed())));
+            }
+            let t = Instant::now();
+            self.emit(Event::StageStarted {
+                stage: i,
+                phase: stage.phase,
+                to: stage.to.to_string(),
+                units: stage.units.len(),
+                concurrency: stage.concurrency,
+            });
+            let (reports, why) = self.clone().run_stage(i, stage).await;
+            if reason.is_none() {
+                reason = why;
+            }
+            units.extend(reports);
+            timings.push((format!("{} → {}", phase_name(stage.phase), stage.to), millis(t.elapsed())));
+        }
+
+        let failed_unit = units.iter().find_map(|u| match &u.result {
+            UnitResult::Failed(e) => Some(format!("{}: {e}", u.node)),
+            _ => None,
+        });
+        if let Some(broken) = self.broken() {
+            // The first thing to fix: until the journal can be written, no run can go on.
+            reason = Some(format!(
+                "the run journal cannot be written ({broken}): no new node was started and the nodes under way finished; make the store writable and rerun the same command to continue"
+            ));
+        }
+        if reason.is_none() {
+            reason = failed_unit;
+        }
+        let left_cordoned = self.left_cordoned.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if reason.is_none() && !left_cordoned.is_empty() {
+            // Not every node is at the target: the run is not complete, and a rerun (after the
+            // blockers are dealt with) continues with exactly those nodes.
+            reason = Some(format!(
+                "{} node(s) left cordoned and not upgraded: {}",
+                left_cordoned.len(),
+                left_cordoned.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        let mut work_left = units.iter().any(|u| matches!(u.result, UnitResult::NotStarted(_)));
+        if let Some(targets) = &self.spec.cluster_services {
+            if reason.is_none() && self.halted().is_none() && !self.past_deadline() {
+                let t = Instant::now();
+                if let Err(e) = self.cluster_services(targets).await {
+                    reason = Some(e.message);
+                }
+                timings.push(("cluster services".to_string(), millis(t.elapsed())));
+            } else {
+                work_left = true;
+            }
+        }
+        let (state, mut reason) = refit_core::run::final_state(self.halt(), work_left, reason);
+        if let Err(e) = self.ctx.journal.set_run_state(&self.run_id, state).await {
+            // The journal still says running: a rerun resumes the run, which is right.
+            tracing::warn!("journal: cannot record the run's end: {e}");
+            if reason.is_none() {
+                reason = Some(format!("the run's end could not be recorded ({e}); rerun the same command"));
+            }
+        }
+        self.emit(Event::RunFinished { state, millis: millis(started.elapsed()), reason: reason.clone() });
+        self.ctx.journal.flush().await;
+        Ok(Outcome { run: self.run_id.clone(), state, reason, units, left_cordoned, timings, backup })
+    }
+
+    /// Whether any unit of `stage` is under way or finished according to the journal (an
+    /// unreadable journal counts as begun: the unit's own read reports it).
+    async fn any_begun(&self, stage: &Stage) -> bool {
+        for u in &stage.units {
+            match self.journal(&u.node).await {
+                Ok(j) if !refit_core::run::begun(u, &j) => {}
+                _ => return true,
+            }
+        }
+        false
+    }
+}
+
+fn not_started(stage: usize, u: &UnitWork, why: &str) -> UnitReport {
+    UnitReport::new(stage, &u.node, &u.to.to_string(), UnitResult::NotStarted(why.to_string()), 0)
+}

@@ -1,0 +1,341 @@
+//! The engine on fakes and paused tokio time: the sliding window, a left-cordoned node's slot,
+//! `--not-after`, fail-fast, a clean stop, resume after every journal write, a panicking unit,
+//! a journal that stops working, and a node another run holds. Every behaviour here is also
+//! exercised end to end against the testbed by crates/cli/tests/upgrade.rs; these tests reach
+//! the interleavings a real cluster cannot be made to produce on demand.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use refit_core::event::{Event, FailureKind};
+use refit_core::run::{OnUndrainable, RunState};
+use refit_engine::{Engine, Outcome, UnitResult};
+use support::{Behave, Fault, TO, World};
+use tokio::sync::watch;
+
+async fn run(
+    w: &World,
+    id: &str,
+    spec: refit_engine::RunSpec,
+    not_after: Option<std::time::SystemTime>,
+) -> Outcome {
+    let (_stop, rx) = watch::channel(false);
+    let engine = Engine::new(w.context(), id.into(), spec, rx, not_after);
+    engine.execute().await.unwrap()
+}
+
+fn results(o: &Outcome) -> Vec<(String, &'static str)> {
+    o.units.iter().map(|u| (u.node.clone(), u.result.name())).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_window_never_exceeds_max_unavailable_and_every_node_reaches_the_target() {
+    let w = World::new(1, 10);
+    let spec = w.spec(3, OnUndrainable::Fail);
+    let id = w.create("r1", &spec);
+    let o = run(&w, &id, spec, None).await;
+    assert_eq!(o.state, RunState::Completed, "{:?}", o.reason);
+    assert_eq!(w.cluster.at(TO), 11);
+    assert!(w.cluster.unschedulable().is_empty(), "nothing left cordoned");
+    assert_eq!(
+        w.cluster.max_unschedulable_workers.load(Ordering::SeqCst),
+        3,
+        "the window is used, never exceeded"
+    );
+    for n in 1..=10 {
+        assert_eq!(w.actions.runs(&format!("w-{n:02}")), 1);
+    }
+    assert_eq!(w.actions.max_running.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_left_cordoned_keeps_its_slot() {
+    let w = World::new(0, 6);
+    w.cluster.undrainable.lock().unwrap().insert("w-01".into());
+    let spec = w.spec(2, OnUndrainable::Skip);
+    let id = w.create("r1", &spec);
+    let o = run(&w, &id, spec, None).await;
+    // w-01 stays cordoned (its slot held): the others went through one at a time.
+    assert_eq!(o.state, RunState::Failed);
+    assert!(o.reason.as_deref().unwrap().contains("left cordoned"), "{:?}", o.reason);
+    assert_eq!(w.cluster.unschedulable(), ["w-01"]);
+    assert_eq!(w.cluster.max_unschedulable_workers.load(Ordering::SeqCst), 2, "never above max-unavailable");
+    assert_eq!(w.cluster.at(TO), 5);
+    assert_eq!(o.left_cordoned.len(), 1);
+    assert!(results(&o).contains(&("w-01".into(), "left-cordoned")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_slot_held_by_left_cordoned_nodes_stops_the_stage() {
+    let w = World::new(0, 4);
+    for n in ["w-01", "w-02"] {
+        w.cluster.undrainable.lock().unwrap().insert(n.into());
+    }
+    let spec = w.spec(2, OnUndrainable::Skip);
+    let id = w.create("r1", &spec);
+    let o = run(&w, &id, spec, None).await;
+    assert_eq!(o.state, RunState::Failed);
+    assert!(o.reason.as_deref().unwrap().contains("max-unavailable slots"), "{:?}", o.reason);
+    assert_eq!(w.actions.runs("w-03") + w.actions.runs("w-04"), 0, "no node starts without a slot");
+    assert_eq!(w.cluster.max_unschedulable_workers.load(Ordering::SeqCst), 2);
+}
+
+/// Each unit takes 80 s (drain 20 s + action 60 s); the deadline falls in the second unit.
+#[tokio::test(start_paused = true)]
+async fn a_deadline_lets_the_unit_under_way_finish_and_starts_no_other() {
+    let w = World::new(0, 4);
+    let spec = w.spec(1, OnUndrainable::Fail);
+    let id = w.create("r1", &spec);
+    let deadline = w.clock.now_plus(Duration::from_secs(100));
+    let o = run(&w, &id, spec.clone(), Some(deadline)).await;
+    assert_eq!(o.state, RunState::Paused, "{:?}", o.reason);
+    assert_eq!(
+        results(&o),
+        [
+            ("w-01".into(), "upgraded"),
+            ("w-02".into(), "upgraded"),
+            ("w-03".into(), "not-started"),
+            ("w-04".into(), "not-started")
+        ]
+    );
+    assert!(w.cluster.unschedulable().is_empty(), "a pause leaves nothing cordoned");
+    // The rerun (no deadline) continues: the two others, not the first two again.
+    let o = run(&w, &id, spec, None).await;
+    assert_eq!(o.state, RunState::Completed);
+    for n in 1..=4 {
+        assert_eq!(w.actions.runs(&format!("w-{n:02}")), 1, "w-{n:02}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_action_stops_the_run_fast_with_a_typed_error() {
+    let w = World::new(1, 5);
+    w.actions.behave.lock().unwrap().insert("w-02".into(), Behave::Fail);
+    let spec = w.spec(1, OnUndrainable::Fail);
+    let id = w.create("r1", &spec);
+    let o = run(&w, &id, spec, None).await;
+    assert_eq!(o.state, RunState::Failed);
+    let failed = o.units.iter().find(|u| u.node == "w-02").unwrap();
+    assert_eq!(failed.failure, Some(FailureKind::Action));
+    assert!(matches!(&failed.result, UnitResult::Failed(e) if e.message.contains("exit status 1")));
+    for n in ["w-03", "w-04", "w-05"] {
+        assert_eq!(w.actions.runs(n), 0, "{n} started after the failure");
+    }
+    assert_eq!(w.cluster.unschedulable(), ["w-02"], "a node the action failed on stays cordoned");
+    let kinds: Vec<_> = w
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::StepFailed { kind, .. } => Some(kind),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds, [Some(FailureKind::Action)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_lets_actions_finish_abandons_drains_and_gives_cordons_back() {
+    let w = World::new(0, 4);
+    let spec = w.spec(2, OnUndrainable::Fail);
+    let id = w.create("r1", &spec);
+    // w-02's drain takes long: it is abandoned by the stop; w-01's action is under way.
+    *w.cluster.drain_time.lock().unwrap() = Duration::from_secs(5);
+    let (stop, rx) = watch::channel(false);
+    let engine = Engine::new(w.context(), id.clone(), spec.clone(), rx, None);
+    let exec = tokio::spawn(engine.execute());
+    // Both units drain 5 s, then act 60 s: stop in the middle of the actions.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(w.actions.running.load(Ordering::SeqCst), 2);
+    stop.send(true).unwrap();
+    let o = exec.await.unwrap().unwrap();
+    assert_eq!(o.state, RunState::Interrupted);
+    assert_eq!(w.cluster.at(TO), 2, "the two actions under way finished");
+    assert_eq!(w.actions.runs("w-03") + w.actions.runs("w-04"), 0);
+    assert!(w.cluster.unschedulable().is_empty());
+
+    // A stop during a drain: the drain is abandoned, its cordon given back.
+    *w.cluster.drain_time.lock().unwrap() = Duration::from_secs(300);
+    let (stop, rx) = watch::channel(false);
+    let engine = Engine::new(w.context(), id.clone(), spec.clone(), rx, None);
+    let exec = tokio::spawn(engine.execute());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(w.cluster.unschedulable(), ["w-03", "w-04"]);
+    stop.send(true).unwrap();
+    let o = exec.await.unwrap().unwrap();
+    assert_eq!(o.state, RunState::Interrupted);
+    assert!(w.cluster.unschedulable().is_empty(), "abandoned drains give their cordons back");
+    assert_eq!(w.actions.runs("w-03"), 0);
+
+    // The rerun finishes exactly the rest.
+    *w.cluster.drain_time.lock().unwrap() = Duration::from_secs(5);
+    let o = run(&w, &id, spec, None).await;
+    assert_eq!(o.state, RunState::Completed);
+    for n in 1..=4 {
+        assert_eq!(w.actions.runs(&format!("w-{n:02}")), 1);
+    }
+}
+
+/// The process dies at each journal write in turn (the write never returns and the run is
+/// dropped, as a kill -9 would leave it); a new engine on the same journal and cluster
+/// finishes the run. No node finished before a crash is upgraded again, nothing is left
+/// cordoned, every node reaches the target.
+#[tokio::test(start_paused = true)]
+async fn a_run_resumes_after_a_crash_at_every_journal_write() {
+    let total = {
+        let w = World::new(1, 3);
+        let spec = w.spec(2, OnUndrainable::Fail);
+        let id = w.create("r1", &spec);
+        run(&w, &id, spec, None).await;
+        w.journal.writes.load(Ordering::SeqCst)
+    };
+    assert!(total > 20, "{total} writes");
+    for crash_at in 0..total {
+        let w = World::new(1, 3);
+        let spec = w.spec(2, OnUndrainable::Fail);
+        let id = w.create("r1", &spec);
+        *w.journal.fault.lock().unwrap() = Fault::HangAt(crash_at);
+        let (_stop, rx) = watch::channel(false);
+        let engine = Engine::new(w.context(), id.clone(), spec.clone(), rx, None);
+        let hung = w.journal.hung.notified();
+        tokio::select! {
+            _ = engine.execute() => panic!("write {crash_at} was never reached"),
+            _ = hung => {}
+        }
+        let finished: Vec<String> = ["cp-1", "w-01", "w-02", "w-03"]
+            .into_iter()
+            .filter(|n| {
+                w.journal.step(&id, n, &format!("uncordon@{TO}")) == Some(refit_core::run::StepState::Done)
+            })
+            .map(str::to_string)
+            .collect();
+        let before: Vec<usize> = finished.iter().map(|n| w.actions.runs(n)).collect();
+        // Let whatever the dead process left running (nothing here: dropped) settle, restart.
+        *w.journal.fault.lock().unwrap() = Fault::None;
+        let o = run(&w, &id, spec, None).await;
+        assert_eq!(o.state, RunState::Completed, "crash at write {crash_at}: {:?}", o.reason);
+        assert_eq!(w.cluster.at(TO), 4, "crash at write {crash_at}");
+        assert!(
+            w.cluster.unschedulable().is_empty(),
+            "crash at write {crash_at}: {:?}",
+            w.cluster.unschedulable()
+        );
+        let after: Vec<usize> = finished.iter().map(|n| w.actions.runs(n)).collect();
+        assert_eq!(
+            before, after,
+            "crash at write {crash_at}: finished nodes {finished:?} were upgraded again"
+        );
+        for n in ["cp-1", "w-01", "w-02", "w-03"] {
+            assert!(w.actions.runs(n) <= 2, "crash at write {crash_at}: {n} ran {} times", w.actions.runs(n));
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_unit_is_reported_as_a_panic_and_the_others_finish() {
+    let w = World::new(0, 3);
+    w.actions.behave.lock().unwrap().insert("w-02".into(), Behave::Panic);
+    let spec = w.spec(3, OnUndrainable::Fail);
+    let id = w.create("r1", &spec);
+    let o = run(&w, &id, spec, None).await;
+    assert_eq!(o.state, RunState::Failed);
+    let p = o.units.iter().find(|u| u.node == "w-02").unwrap();
+    assert_eq!(p.failure, Some(FailureKind::Panic));
+    let reason = p.result.reason().unwrap();
+    assert!(reason.contains("panicked") && reason.contains("bug in refit"), "{reason}");
+    assert!(!reason.contains("another refit version"), "{reason}");
+    assert_eq!(w.cluster.at(TO), 2, "the units beside it finished");
+}
+
+/// The journal fails from its 12th write on: the units under way finish their action (they
+/// do not get killed), nothing new starts, and the run ends with the journal as its reason.
+#[tokio::test(start_paused = true)]
+async fn a_journal_that_stops_working_starts_nothing_new() {
+    let w = World::new(0, 6);
+    let spec = w.spec(2, OnUndrainable::Fail);
+    let id = w.create("r1", &spec);
+    *w.journal.fault.lock().unwrap() = Fault::FailFrom(12);
+    let o = run(&w, &id, spec, None).await;
+    assert_eq!(o.state, RunState::Failed);
+    assert!(o.reason.as_deref().unwrap().contains("journal cannot be written"), "{:?}", o.reason);
+    let failed: Vec<_> = o.units.iter().filter(|u| u.failure == Some(FailureKind::Journal)).collect();
+    assert!(!failed.is_empty());
+    let started: usize = (1..=6).map(|n| w.actions.runs(&format!("w-{n:02}"))).sum();
+    assert!(started <= 4, "{started} actions: nodes started after the journal broke");
+    assert!(
+        o.units.iter().any(|u| matches!(&u.result, UnitResult::NotStarted(r) if r.contains("journal"))),
+        "{:?}",
+        results(&o)
+    );
+    assert!(
+        w.events()
+            .iter()
+            .any(|e| matches!(e, Event::Warning { message } if message.contains("no new node starts")))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_cordoned_by_another_unfinished_run_stops_the_run() {
+    let w = World::new(0, 3);
+    w.cluster.set("w-02", |n| {
+        n.unschedulable = true;
+        n.cordoned_by = Some("up-other".into());
+    });
+    let spec = w.spec(1, OnUndrainable::Fail);
+    let id = w.create("r1", &spec);
+    let o = run(&w, &id, spec.clone(), None).await;
+    assert_eq!(o.state, RunState::Failed);
+    let u = o.units.iter().find(|u| u.node == "w-02").unwrap();
+    assert_eq!(u.failure, Some(FailureKind::CordonedByOtherRun));
+    assert_eq!(w.actions.runs("w-02"), 0, "not drained, not upgraded");
+    assert_eq!(w.cluster.node("w-02").cordoned_by.as_deref(), Some("up-other"), "its cordon untouched");
+
+    // Once that run is over (completed in this store), its cordon is left as found.
+    w.create("up-other", &spec);
+    w.journal.runs.lock().unwrap().get_mut("up-other").unwrap().state = "completed".into();
+    let o = run(&w, &id, spec, None).await;
+    assert_eq!(o.state, RunState::Completed, "{:?}", o.reason);
+    assert_eq!(w.actions.runs("w-02"), 1);
+    assert!(w.cluster.node("w-02").unschedulable, "left cordoned as found");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_real_sqlite_journal_locked_mid_run_lets_units_under_way_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("refit.db");
+    let store = refit_store::Store::open_with(&path, Duration::from_millis(20)).unwrap();
+    let journal = Arc::new(refit_engine::real::SqliteJournal::new(store));
+    let w = World::new(0, 4);
+    let spec = w.spec(2, OnUndrainable::Fail);
+    let ctx = refit_engine::Context { journal: journal.clone(), ..w.context() };
+    let id = refit_engine::lifecycle::create_run(journal.as_ref(), "uid-1", &spec, &jiff::Zoned::now())
+        .await
+        .unwrap();
+    let (_stop, rx) = watch::channel(false);
+    let engine = Engine::new(ctx, id.clone(), spec, rx, None);
+    w.actions.held.send_replace(true);
+    let exec = tokio::spawn(engine.execute());
+    // In the middle of the first two actions, another process takes the write lock. (The
+    // journal answers in real time on its own thread: wait in small steps of paused time.)
+    for _ in 0..100_000 {
+        if w.actions.running.load(Ordering::SeqCst) == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(w.actions.running.load(Ordering::SeqCst), 2);
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    w.actions.held.send_replace(false);
+    let o = exec.await.unwrap().unwrap();
+    assert_eq!(o.state, RunState::Failed);
+    assert!(o.reason.as_deref().unwrap().contains("stayed locked by another process"), "{:?}", o.reason);
+    assert_eq!(w.cluster.at(TO), 2, "the two actions under way finished");
+    assert_eq!(w.actions.runs("w-03") + w.actions.runs("w-04"), 0, "nothing new started");
+    drop(other);
+    // Unlocked: the journal says the run is unfinished, and a rerun continues it.
+    let store = refit_store::Store::open(&path).unwrap();
+    assert_eq!(store.run(&id).unwrap().unwrap().state, "running");
+}
