@@ -6,14 +6,18 @@
 //! people approve gates with their own Kubernetes identity, and kubectl, GitOps tools and
 //! dashboards read and write it. Every rule stays `refit_core::fleet`'s.
 //!
+//! - [`leader`]: replicas elect a leader on a Lease (the engine's cluster lock, elsewhere).
+//! - [`serve`]: one replica: election, `/healthz`, `/readyz`, `/metrics`.
 //! - [`resources`]: the custom resource types (schemas generated from them and from core's).
 //! - [`layout`]: which part of a run lives in the UpdateRun, which in each ClusterUpgrade
 //!   (an UpdateRun of 5,000 members stays under 1 MiB).
 //! - [`manifests`]: CRDs, RBAC, the approver admission policy and the Deployment.
 
 pub mod layout;
+pub mod leader;
 pub mod manifests;
 pub mod resources;
+pub mod serve;
 
 /// Everything that can go wrong in hub mode.
 #[derive(Debug, thiserror::Error)]
@@ -21,4 +25,16 @@ pub enum Error {
     /// The manifests could not be written as YAML.
     #[error("cannot render the manifests: {0}")]
     Render(String),
+    /// The hub could not be reached.
+    #[error("the hub: {0}")]
+    Hub(#[from] refit_kube::Error),
+    /// The HTTP endpoint could not listen.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// Where.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }

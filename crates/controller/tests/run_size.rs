@@ -55,7 +55,7 @@ fn finished_run(n: usize) -> RunState {
     let t0: Timestamp = "2026-12-05T06:00:00Z".parse().unwrap();
     let mut run = RunState::new("to-137", spec.clone(), strategy, plan, t0).unwrap();
     let targets = freeze_targets(&spec, std::iter::empty());
-    run = apply(&run, &Event::Start { at: t0, targets: Some(targets), plan: None }).unwrap();
+    run = apply(&run, &Event::Start { at: t0, targets: Some(targets), plan: None, by: None }).unwrap();
     // One member started and finished through the state machine gives a finished member's
     // shape; every member takes it (name and times its own). Applying 2n events to a run of n
     // members clones the run each time: minutes at 5,000 for the same bytes.

@@ -7,12 +7,25 @@ use refit_controller::manifests::{self, Options};
 
 use crate::output::UsageError;
 
-/// `refit controller ...`.
+/// `refit controller ...`: without a subcommand, run a replica.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct ControllerArgs {
-    /// What to do.
+    /// What to do (none: run a controller replica).
     #[command(subcommand)]
-    pub command: ControllerCommand,
+    pub command: Option<ControllerCommand>,
+    /// The hub's kubeconfig.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// The kubeconfig context.
+    #[arg(long)]
+    pub context: Option<String>,
+    /// The namespace the fleet's resources (and the leader Lease) live in.
+    #[arg(long, short = 'n', default_value = "refit-system")]
+    pub namespace: String,
+    /// Where /healthz, /readyz and /metrics listen.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
 }
 
 /// The controller's subcommands.
@@ -37,22 +50,40 @@ pub struct ManifestsArgs {
 }
 
 /// Runs `refit controller ...`.
-pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     match args.command {
-        ControllerCommand::Manifests(m) => {
-            if !is_dns_label(&m.namespace) {
-                return Err(UsageError(format!(
-                    "--namespace '{}' is not a namespace name (lowercase letters, digits and '-', at most 63)",
-                    m.namespace
-                ))
-                .into());
-            }
+        None => {
+            check_namespace(&args.namespace)?;
+            let cfg = refit_controller::serve::Config {
+                hub: refit_kube::ClusterTarget { kubeconfig: args.kubeconfig, context: args.context },
+                election: refit_controller::leader::Config::new(&args.namespace),
+                namespace: args.namespace,
+                listen: args.listen,
+            };
+            refit_controller::serve::run(cfg, |addr| {
+                eprintln!("refit controller: listening on http://{addr}")
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(ControllerCommand::Manifests(m)) => {
+            check_namespace(&m.namespace)?;
             let text =
                 manifests::render(&Options { namespace: m.namespace, image: m.image, replicas: m.replicas })?;
             print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn check_namespace(ns: &str) -> anyhow::Result<()> {
+    if is_dns_label(ns) {
+        return Ok(());
+    }
+    Err(UsageError(format!(
+        "--namespace '{ns}' is not a namespace name (lowercase letters, digits and '-', at most 63)"
+    ))
+    .into())
 }
 
 /// A Kubernetes namespace name (RFC 1123 label).
