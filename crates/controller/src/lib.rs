@@ -9,10 +9,12 @@
 //! - [`leader`]: replicas elect a leader on a Lease (the engine's cluster lock, elsewhere).
 //! - [`serve`]: one replica: election, `/healthz`, `/readyz`, `/metrics`.
 //! - [`resources`]: the custom resource types (schemas generated from them and from core's).
+//! - [`hub`]: `refit fleet --hub` verbs (gate approval as the hub's authenticated user).
 //! - [`layout`]: which part of a run lives in the UpdateRun, which in each ClusterUpgrade
 //!   (an UpdateRun of 5,000 members stays under 1 MiB).
 //! - [`manifests`]: CRDs, RBAC, the approver admission policy and the Deployment.
 
+pub mod hub;
 pub mod layout;
 pub mod leader;
 pub mod manifests;
