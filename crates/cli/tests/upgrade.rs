@@ -937,3 +937,84 @@ fn last_summary(stdout: &[u8]) -> serde_json::Value {
         .rfind(|e| e["event"] == "summary")
         .unwrap_or_else(|| panic!("no summary in {}", String::from_utf8_lossy(stdout)))
 }
+
+/// Node churn during a run (issue 18 item 12), on the testbed: worker-002 is deleted while its
+/// action waits (after its cordon and drain), worker-003 before its turn, and worker-004 joins
+/// at the old version. The run completes: the deleted ones are skipped with a warning (not
+/// failed), the new one is reported as not upgraded, and nothing is left cordoned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_deleted_during_a_run_are_skipped_and_nodes_added_are_reported() {
+    let from = release(36);
+    let to = release(37);
+    let c = Cluster::up(&from, 1, 3);
+    let hold = c.dir.join("hold");
+    let log = c.dir.join("actions.log");
+    let script = c.dir.join("churn-action.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$REFIT_NODE\" >> '{log}'\nif [ \"$REFIT_NODE\" = worker-002 ]; then while [ -e '{hold}' ]; do sleep 0.1; done; fi\nexec '{bin}' sandbox upgrade-node \"$REFIT_NODE\" --to \"$REFIT_TO\"\n",
+            log = log.display(),
+            hold = hold.display(),
+            bin = assert_cmd::cargo::cargo_bin("refit").display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(&hold, "").unwrap();
+
+    let mut upgrade = c.upgrade(&to);
+    upgrade.args(["--action", &format!("exec:{}", script.display())]);
+    upgrade.args(["--ignore-safety-checks", "--max-unavailable", "1", "-o", "json"]);
+    let mut child = spawn(&upgrade);
+    let started = std::time::Instant::now();
+    while !log_lines(&log).iter().any(|l| l == "worker-002") {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "worker-002 never started: {:?}",
+            log_lines(&log)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let tb = c.testbed();
+    tb.remove_worker("worker-002").await.unwrap();
+    tb.remove_worker("worker-003").await.unwrap();
+    let joined = tb.add_workers(tb.next_worker_specs(1, &from.parse().unwrap())).await.unwrap();
+    assert_eq!(joined, ["worker-004"]);
+    std::fs::remove_file(&hold).unwrap();
+
+    let mut stdout = Vec::new();
+    std::io::Read::read_to_end(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    let status = child.wait().unwrap();
+    let text = String::from_utf8_lossy(&stdout);
+    assert!(status.success(), "{text}\n{}", spawned_stderr());
+    let summary = last_summary(&stdout);
+    let outcome = &summary["outcome"];
+    assert_eq!(outcome["state"], "completed", "{outcome:#}");
+    let unit = |n: &str| {
+        outcome["units"].as_array().unwrap().iter().find(|u| u["node"] == n).cloned().unwrap_or_default()
+    };
+    assert_eq!(unit("worker-001")["result"], "upgraded", "{outcome:#}");
+    for n in ["worker-002", "worker-003"] {
+        let u = unit(n);
+        assert_eq!(u["result"], "skipped", "{n}: {outcome:#}");
+        assert!(u["reason"].as_str().unwrap().contains("no longer in the cluster"), "{u}");
+    }
+    assert!(!log_lines(&log).contains(&"worker-003".to_string()), "no action for a node already gone");
+    let added = outcome["not_planned"].as_array().unwrap();
+    assert_eq!(added.len(), 1, "{outcome:#}");
+    assert_eq!(added[0][0], "worker-004");
+    let warnings: Vec<String> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "warning")
+        .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+        .collect();
+    for n in ["worker-002", "worker-003", "worker-004"] {
+        assert!(warnings.iter().any(|w| w.contains(n)), "a warning names {n}: {warnings:?}");
+    }
+    for n in c.nodes().await {
+        assert!(!unschedulable(&n), "{:?} left cordoned", n.metadata.name);
+    }
+}

@@ -76,6 +76,9 @@ pub enum FailureKind {
     LockLost,
     /// A bug: the unit's task panicked.
     Panic,
+    /// The node could not be read from the cluster (a failed read is never taken for "no
+    /// node": in replace style that would mean "already replaced").
+    Observe,
 }
 
 impl FailureKind {
@@ -96,6 +99,7 @@ impl FailureKind {
             FailureKind::Journal => "journal",
             FailureKind::LockLost => "lock-lost",
             FailureKind::Panic => "panic",
+            FailureKind::Observe => "observe",
         }
     }
 }

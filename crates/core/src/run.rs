@@ -455,6 +455,9 @@ pub enum Resume {
     Done(String),
     /// Continue at this index of the unit's steps.
     At(usize),
+    /// The node is no longer in the cluster (deleted after planning) and this unit never
+    /// replaced it: nothing to upgrade, skipped with a warning (the reason says so).
+    Gone(String),
 }
 
 /// Decides where `unit` continues, from its journal entries (`step_key` → state) and what the
@@ -493,6 +496,9 @@ pub fn resume_point(
         // Replaced: the old node is gone, so the remaining steps have nothing to act on.
         return Resume::Done("replaced earlier in this run".into());
     }
+    if !unit.external && !observed.exists {
+        return Resume::Gone(gone_reason(&unit.node));
+    }
     let mut at = unit.steps.iter().position(|s| !done(*s)).unwrap_or(unit.steps.len());
     if unit.steps.get(at) == Some(&Step::Upgrade)
         && at_version
@@ -515,6 +521,45 @@ pub fn resume_point(
         at = c;
     }
     Resume::At(at)
+}
+
+/// Why a unit whose node left the cluster during the run is skipped.
+pub fn gone_reason(node: &str) -> String {
+    format!("{node} is no longer in the cluster (deleted after planning): not upgraded")
+}
+
+/// Whether a unit whose step failed is skipped instead, because its node left the cluster:
+/// only an in-place unit (a replace unit's node is deleted by the unit itself) of a node, not
+/// an external etcd host.
+pub fn skip_when_gone(unit: &UnitWork, observed: &Observed) -> bool {
+    !unit.external && !unit.steps.contains(&Step::Remove) && !observed.exists
+}
+
+/// Nodes the cluster has now that the plan never saw (neither scheduled nor left out: added
+/// during the run) and that are not at the schedule's target: reported at the end as not
+/// upgraded, so a run never claims every node is at the target when one joined after
+/// planning. Replacements this run created are not new.
+pub fn added_after_planning<'a>(
+    schedule: &Schedule,
+    nodes: impl IntoIterator<Item = (&'a str, Option<&'a Version>)>,
+) -> Vec<(String, String)> {
+    let mut known: std::collections::BTreeSet<String> =
+        schedule.excluded.iter().map(|(n, _)| n.clone()).collect();
+    for (_, u) in schedule.units() {
+        known.insert(u.node.clone());
+        if u.steps.contains(&Step::Remove) {
+            known.insert(u.replacement());
+        }
+    }
+    nodes
+        .into_iter()
+        .filter(|(n, _)| !known.contains(*n))
+        .filter(|(_, v)| v.is_none_or(|v| v.release() != schedule.target.release()))
+        .map(|(n, v)| {
+            let at = v.map_or_else(|| "an unknown version".to_string(), |v| v.to_string());
+            (n.to_string(), format!("not upgraded: added after planning (at {at})"))
+        })
+        .collect()
 }
 
 /// The run's state, as stored.
@@ -864,6 +909,55 @@ mod tests {
     }
 
     #[test]
+    fn a_node_deleted_after_planning_is_gone_a_replaced_one_is_done_and_new_nodes_are_reported() {
+        let gone = Observed::default();
+        let u = w("1.37.1");
+        // In place: deleted before the unit began, or mid-way: skipped, never failed forever.
+        assert_eq!(resume_point(&u, &journal(&[]), &gone, false), Resume::Gone(gone_reason("w-1")));
+        let j = journal(&[(Step::Cordon, StepState::Done), (Step::Drain, StepState::Started)]);
+        assert_eq!(resume_point(&u, &j, &gone, false), Resume::Gone(gone_reason("w-1")));
+        assert!(skip_when_gone(&u, &gone));
+        assert!(!skip_when_gone(&u, &seen("1.36.4", true)), "a node still there fails as before");
+        // Replace style: gone after it began = the unit replaced it; gone before = deleted.
+        let r = UnitWork { steps: steps_for(false, Style::Replace), ..w("1.37.1") };
+        let begun = BTreeMap::from([(step_key(r.steps[0], &r.to), StepState::Done)]);
+        assert!(
+            matches!(resume_point(&r, &begun, &gone, false), Resume::Done(why) if why.contains("replaced"))
+        );
+        assert_eq!(resume_point(&r, &journal(&[]), &gone, false), Resume::Gone(gone_reason("w-1")));
+        assert!(!skip_when_gone(&r, &gone), "a replace unit's failure is its own");
+        // An external etcd host is never observed as a node.
+        let e = UnitWork { external: true, steps: vec![Step::Upgrade, Step::Validate], ..w("1.37.1") };
+        assert_eq!(resume_point(&e, &journal(&[]), &gone, false), Resume::At(0));
+        assert!(!skip_when_gone(&e, &gone));
+
+        // Nodes that joined after planning and are not at the target are reported.
+        let sched = Schedule {
+            target: v("1.37.1"),
+            stages: vec![Stage {
+                phase: PhaseKind::Workers,
+                to: v("1.37.1"),
+                concurrency: 1,
+                units: vec![r.clone()],
+            }],
+            cluster_services: false,
+            excluded: vec![("left-out".into(), Exclusion::ControlPlaneOnly)],
+        };
+        let (old, new) = (v("1.36.4"), v("1.37.1"));
+        let now = [
+            ("w-1-v1-37-1", Some(&new)),
+            ("left-out", Some(&old)),
+            ("joined", Some(&old)),
+            ("joined-new", Some(&new)),
+            ("joined-unknown", None),
+        ];
+        let added = added_after_planning(&sched, now);
+        let names: Vec<&str> = added.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["joined", "joined-unknown"], "{added:?}");
+        assert!(added[0].1.contains("added after planning (at 1.36.4)"));
+    }
+
+    #[test]
     fn resume_points() {
         let u = w("1.37.1");
         // Fresh node at the old version: from the start.
@@ -934,6 +1028,7 @@ mod tests {
                     }
                     prop_assert!(!matches!(j.get(&step_key(Step::Uncordon, &u.to)), Some(StepState::Done)));
                 }
+                Resume::Gone(_) => prop_assert!(false, "an observed node is never gone"),
                 Resume::Done(_) => {
                     let last_done = matches!(j.get(&step_key(Step::Uncordon, &u.to)), Some(StepState::Done));
                     prop_assert!(last_done || (at_target && !ours && entries.is_empty() && !force));

@@ -35,6 +35,10 @@ pub type OnLine<'a> = &'a (dyn Fn(&str) + Send + Sync);
 pub trait Cluster: Send + Sync {
     /// One node's state (a missing node is `exists: false`; an unreadable one an error).
     fn node(&self, node: &str) -> BoxFuture<'_, Result<NodeState, refit_kube::Error>>;
+    /// Every node's state, by name (one list).
+    fn nodes(
+        &self,
+    ) -> BoxFuture<'_, Result<std::collections::BTreeMap<String, NodeState>, refit_kube::Error>>;
     /// Cordons `node` for `run` (never takes someone else's cordon).
     fn cordon<'a>(
         &'a self,

@@ -136,6 +136,9 @@ pub struct Outcome {
     pub units: Vec<UnitReport>,
     /// Nodes refit left cordoned, and why (nothing else refit cordoned is left cordoned).
     pub left_cordoned: Vec<(String, String)>,
+    /// Nodes that joined the cluster after planning and are not at the target, and why they
+    /// were not upgraded.
+    pub not_planned: Vec<(String, String)>,
     /// Wall time per stage (and backup, cluster services).
     pub timings: Vec<(String, u64)>,
     /// The etcd backup, if one was taken in this run.

@@ -339,3 +339,70 @@ async fn the_real_sqlite_journal_locked_mid_run_lets_units_under_way_finish() {
     let store = refit_store::Store::open(&path).unwrap();
     assert_eq!(store.run(&id).unwrap().unwrap().state, "running");
 }
+
+/// Issue 18 item 12, node churn: a node deleted before its turn or under its drain is skipped
+/// with a warning (not failed forever); a node that joined during the run is reported as not
+/// upgraded instead of "every node is at the target"; a node that cannot be read fails its
+/// unit (kind observe) and is never taken for a missing one.
+#[tokio::test(start_paused = true)]
+async fn deleted_nodes_are_skipped_added_ones_reported_and_unreadable_ones_fail() {
+    let w = World::new(0, 5);
+    let spec = w.spec(1, OnUndrainable::Fail);
+    let id = w.create("r1", &spec);
+    w.cluster.nodes.lock().unwrap().remove("w-05");
+    let cluster = w.cluster.clone();
+    tokio::spawn(async move {
+        while !cluster.nodes.lock().unwrap().get("w-02").is_some_and(|n| n.unschedulable) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut nodes = cluster.nodes.lock().unwrap();
+        nodes.remove("w-02");
+        let new = support::FakeNode {
+            kubelet: support::v(support::FROM),
+            unschedulable: false,
+            cordoned_by: None,
+            worker: true,
+        };
+        nodes.insert("w-new".into(), new);
+    });
+    let o = run(&w, &id, spec, None).await;
+    assert_eq!(o.state, RunState::Completed, "{:?}", o.reason);
+    let r = results(&o);
+    for (n, want) in [("w-01", "upgraded"), ("w-02", "skipped"), ("w-03", "upgraded"), ("w-05", "skipped")] {
+        assert!(r.contains(&(n.to_string(), want)), "{n} {want}: {r:?}");
+    }
+    for n in ["w-02", "w-05"] {
+        let u = o.units.iter().find(|u| u.node == n).unwrap();
+        assert!(u.result.reason().unwrap().contains("no longer in the cluster"), "{u:?}");
+    }
+    assert_eq!(o.not_planned.len(), 1, "{:?}", o.not_planned);
+    assert_eq!(o.not_planned[0].0, "w-new");
+    assert!(o.not_planned[0].1.contains("added after planning"));
+    let warnings: Vec<String> = w
+        .events
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .cloned()
+        .filter_map(|e| match e {
+            Event::Warning { message } => Some(message),
+            _ => None,
+        })
+        .collect();
+    for n in ["w-02", "w-05", "w-new"] {
+        assert!(warnings.iter().any(|m| m.contains(n)), "a warning names {n}: {warnings:?}");
+    }
+    assert!(w.cluster.unschedulable().is_empty(), "nothing left cordoned");
+
+    // A node that cannot be read: its unit fails, the run stops, nothing is assumed.
+    let w = World::new(0, 2);
+    w.cluster.unreadable.lock().unwrap().insert("w-01".into());
+    let spec = w.spec(1, OnUndrainable::Fail);
+    let id = w.create("r2", &spec);
+    let o = run(&w, &id, spec, None).await;
+    assert_eq!(o.state, RunState::Failed);
+    let u = o.units.iter().find(|u| u.node == "w-01").unwrap();
+    assert_eq!(u.failure, Some(FailureKind::Observe), "{u:?}");
+    assert_eq!(w.actions.runs("w-01"), 0);
+}

@@ -52,6 +52,28 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// Nodes that joined the cluster during the run and are not at the target (core's rule),
+    /// each announced as a warning. A failed read is a warning too: the run's own work is done.
+    async fn added_after_planning(&self) -> Vec<(String, String)> {
+        let nodes = match self.ctx.cluster.nodes().await {
+            Ok(n) => n,
+            Err(e) => {
+                self.emit(Event::Warning {
+                    message: format!("listing nodes for ones added during the run: {e}"),
+                });
+                return Vec::new();
+            }
+        };
+        let added = refit_core::run::added_after_planning(
+            &self.spec.schedule,
+            nodes.iter().map(|(n, s)| (n.as_str(), s.kubelet.as_ref())),
+        );
+        for (n, why) in &added {
+            self.emit(Event::Warning { message: format!("{n}: {why}") });
+        }
+        added
+    }
+
     /// An engine for run `run_id` (already recorded in the context's journal with `spec`).
     /// `stop` turning true asks for a clean stop: no new unit starts, drains in progress are
     /// abandoned and their nodes uncordoned, actions already running finish. After
@@ -309,6 +331,7 @@ impl Engine {
                 work_left = true;
             }
         }
+        let not_planned = self.added_after_planning().await;
         let (state, mut reason) = refit_core::run::final_state(self.halt(), work_left, reason);
         if let Err(e) = self.ctx.journal.set_run_state(&self.run_id, state).await {
             // The journal still says running: a rerun resumes the run, which is right.
@@ -319,7 +342,16 @@ impl Engine {
         }
         self.emit(Event::RunFinished { state, millis: millis(started.elapsed()), reason: reason.clone() });
         self.ctx.journal.flush().await;
-        Ok(Outcome { run: self.run_id.clone(), state, reason, units, left_cordoned, timings, backup })
+        Ok(Outcome {
+            run: self.run_id.clone(),
+            state,
+            reason,
+            units,
+            left_cordoned,
+            not_planned,
+            timings,
+            backup,
+        })
     }
 
     /// Whether any unit of `stage` is under way or finished according to the journal (an

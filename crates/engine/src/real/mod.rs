@@ -54,6 +54,12 @@ impl Cluster for KubeCluster {
         async move { refit_kube::node::node_state(&self.0, &node).await }.boxed()
     }
 
+    fn nodes(
+        &self,
+    ) -> BoxFuture<'_, Result<std::collections::BTreeMap<String, NodeState>, refit_kube::Error>> {
+        refit_kube::node::node_states(&self.0).boxed()
+    }
+
     fn cordon<'a>(
         &'a self,
         node: &'a str,

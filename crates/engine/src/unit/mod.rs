@@ -7,7 +7,9 @@ mod steps;
 
 use refit_core::event::{Event, FailureKind};
 use refit_core::plan::Step;
-use refit_core::run::{Observed, Resume, StepState, UnitWork, resume_point, step_key, step_name};
+use refit_core::run::{
+    Observed, Resume, StepState, UnitWork, gone_reason, resume_point, skip_when_gone, step_key, step_name,
+};
 use refit_kube::cordon::UncordonOutcome;
 use tokio::time::Instant;
 
@@ -40,7 +42,7 @@ impl Engine {
         match self.unit_steps(u).await {
             Ok(r) => r,
             Err(e) => {
-                if !u.external && self.observe(&u.node).await.cordoned_by_this_run {
+                if !u.external && self.observe(&u.node).await.is_ok_and(|o| o.cordoned_by_this_run) {
                     self.leave_cordoned(
                         &u.node,
                         "the run journal could not be written: left cordoned, in whatever step it reached; rerun the same command to continue",
@@ -52,7 +54,7 @@ impl Engine {
     }
 
     async fn unit_steps(&self, u: &UnitWork) -> Result<UnitResult, StepError> {
-        let observed = if u.external { Observed::default() } else { self.observe(&u.node).await };
+        let observed = if u.external { Observed::default() } else { self.observe(&u.node).await? };
         let journal = self.journal(&u.node).await?;
         let at = match resume_point(u, &journal, &observed, self.spec.force) {
             Resume::Done(reason) => {
@@ -64,6 +66,7 @@ impl Engine {
                 return Ok(UnitResult::Skipped(reason));
             }
             Resume::At(i) => i,
+            Resume::Gone(reason) => return Ok(self.gone(u, reason)),
         };
         for &step in u.steps.get(at..).unwrap_or_default() {
             // Before a node is changed, work can be abandoned and its cordon given back.
@@ -117,6 +120,17 @@ impl Engine {
                     return Ok(UnitResult::LeftCordoned(reason));
                 }
                 StepEnd::Fail { error, release } => {
+                    // The node left the cluster under the step: nothing to upgrade any more.
+                    if let Ok(o) = self.observe(&u.node).await
+                        && skip_when_gone(u, &o)
+                    {
+                        let reason =
+                            format!("{} (its {name} step failed: {})", gone_reason(&u.node), error.message);
+                        let e = Event::Warning { message: reason.clone() };
+                        self.record(&u.node, &key, StepState::Skipped, &reason, e).await?;
+                        self.emit(Event::UnitSkipped { node: u.node.clone(), to, reason: reason.clone() });
+                        return Ok(UnitResult::Skipped(reason));
+                    }
                     let e = Event::StepFailed {
                         node: u.node.clone(),
                         step: name,
@@ -128,7 +142,8 @@ impl Engine {
                     self.record(&u.node, &key, StepState::Failed, &error.message, e).await?;
                     if release {
                         self.give_back(u).await;
-                    } else if !u.external && self.observe(&u.node).await.cordoned_by_this_run {
+                    } else if !u.external && self.observe(&u.node).await.is_ok_and(|o| o.cordoned_by_this_run)
+                    {
                         self.leave_cordoned(
                             &u.node,
                             &format!("{step:?} failed: left cordoned so that no workload lands on a node in an unknown state; fix it and rerun the same command").to_lowercase(),
@@ -153,20 +168,25 @@ impl Engine {
         Ok(UnitResult::Upgraded)
     }
 
-    pub(crate) async fn observe(&self, node: &str) -> Observed {
-        match self.ctx.cluster.node(node).await {
-            Ok(s) => Observed {
-                exists: s.exists,
-                kubelet: s.kubelet,
-                ready: s.ready,
-                cordoned_by_this_run: s.unschedulable
-                    && s.cordoned_by.as_deref() == Some(self.run_id.as_str()),
-            },
-            Err(e) => {
-                tracing::warn!("observing {node}: {e}");
-                Observed::default()
-            }
-        }
+    /// What the cluster shows about `node`. A failed read is an error, never "no node" (in
+    /// replace style that would read as "already replaced").
+    pub(crate) async fn observe(&self, node: &str) -> Result<Observed, StepError> {
+        let s = self.ctx.cluster.node(node).await.map_err(|e| {
+            StepError::new(FailureKind::Observe, format!("reading node {node} from the cluster: {e}"))
+        })?;
+        Ok(Observed {
+            exists: s.exists,
+            kubelet: s.kubelet,
+            ready: s.ready,
+            cordoned_by_this_run: s.unschedulable && s.cordoned_by.as_deref() == Some(self.run_id.as_str()),
+        })
+    }
+
+    /// A unit whose node left the cluster: skipped with a warning, never failed forever.
+    fn gone(&self, u: &UnitWork, reason: String) -> UnitResult {
+        self.emit(Event::Warning { message: reason.clone() });
+        self.emit(Event::UnitSkipped { node: u.node.clone(), to: u.to.to_string(), reason: reason.clone() });
+        UnitResult::Skipped(reason)
     }
 
     pub(crate) fn leave_cordoned(&self, node: &str, reason: &str) {

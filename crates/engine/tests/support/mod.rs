@@ -47,6 +47,20 @@ pub struct FakeNode {
     pub worker: bool,
 }
 
+impl FakeNode {
+    /// What the cluster shows of it.
+    pub fn state(&self) -> NodeState {
+        NodeState {
+            exists: true,
+            kubelet: Some(self.kubelet.clone()),
+            ready: true,
+            unschedulable: self.unschedulable,
+            cordoned_by: self.cordoned_by.clone(),
+            address: None,
+        }
+    }
+}
+
 /// The cluster.
 #[derive(Default)]
 pub struct FakeCluster {
@@ -55,6 +69,8 @@ pub struct FakeCluster {
     pub undrainable: Mutex<BTreeSet<String>>,
     /// How long a drain takes.
     pub drain_time: Mutex<Duration>,
+    /// Nodes whose reads fail (the API server answering errors for them).
+    pub unreadable: Mutex<BTreeSet<String>>,
     /// Most workers unschedulable at one moment.
     pub max_unschedulable_workers: AtomicUsize,
 }
@@ -110,15 +126,19 @@ fn missing(node: &str) -> refit_kube::Error {
 
 impl Cluster for FakeCluster {
     fn node(&self, node: &str) -> BoxFuture<'_, Result<NodeState, refit_kube::Error>> {
-        let s = self.nodes.lock().unwrap().get(node).map(|n| NodeState {
-            exists: true,
-            kubelet: Some(n.kubelet.clone()),
-            ready: true,
-            unschedulable: n.unschedulable,
-            cordoned_by: n.cordoned_by.clone(),
-            address: None,
-        });
+        if self.unreadable.lock().unwrap().contains(node) {
+            let e = refit_kube::Error::Wait { what: format!("reading {node}"), detail: "503".into() };
+            return async move { Err(e) }.boxed();
+        }
+        let s = self.nodes.lock().unwrap().get(node).map(FakeNode::state);
         async move { Ok(s.unwrap_or_default()) }.boxed()
+    }
+
+    fn nodes(
+        &self,
+    ) -> BoxFuture<'_, Result<std::collections::BTreeMap<String, NodeState>, refit_kube::Error>> {
+        let all = self.nodes.lock().unwrap().iter().map(|(name, n)| (name.clone(), n.state())).collect();
+        async move { Ok(all) }.boxed()
     }
 
     fn cordon<'a>(
@@ -187,6 +207,9 @@ impl Cluster for FakeCluster {
             }
             let t = *self.drain_time.lock().unwrap();
             tokio::time::sleep(t).await;
+            if !self.nodes.lock().unwrap().contains_key(node) {
+                return Err(missing(node));
+            }
             Ok(DrainReport { complete: true, ..DrainReport::default() })
         }
         .boxed()

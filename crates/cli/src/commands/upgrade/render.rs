@@ -58,7 +58,14 @@ pub fn render_outcome(o: &Outcome) -> String {
     for (n, why) in &o.left_cordoned {
         out.push_str(&format!("LEFT CORDONED: {n}: {why}\n"));
     }
+    for (n, why) in &o.not_planned {
+        out.push_str(&format!("NOT UPGRADED: {n}: {why}\n"));
+    }
     out.push_str(&match (&o.state, &o.reason) {
+        (RunState::Completed, _) if !o.not_planned.is_empty() => format!(
+            "\nCompleted: every planned node is at the target; {} node(s) added after planning were not (run refit upgrade again for them).\n",
+            o.not_planned.len()
+        ),
         (RunState::Completed, _) => "\nCompleted: every node is at the target.\n".to_string(),
         (state, Some(r)) => {
             format!("\n{}: {r}\nRerun the same command to continue.\n", state.as_str().to_uppercase())
