@@ -114,6 +114,12 @@ Examples:
   curl -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:8080/api/fleet/runs
 Webhooks: refit fleet notify add NAME --url URL --events gate-pending,run-failed (refit serve delivers them).")]
     Serve(crate::commands::serve::ServeArgs),
+    /// Hub mode: the fleet as custom resources in a hub cluster.
+    #[command(after_help = "\
+Examples:
+  refit controller manifests | kubectl apply -f -          CRDs, RBAC, approver policy, Deployment
+  refit controller manifests -n fleet --image registry.example/refit:0.1")]
+    Controller(crate::commands::controller::ControllerArgs),
     /// Every file refit reads (plan, strategy, window, node-images, profile, catalog), each as a
     /// complete, commented example.
     #[command(

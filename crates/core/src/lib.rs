@@ -38,6 +38,8 @@ pub mod reach;
 pub mod readiness;
 pub mod removed;
 pub mod run;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod skew;
 pub mod snapshot;
 pub mod version;

@@ -2,6 +2,7 @@
 
 mod apis;
 mod build;
+pub mod controller;
 mod demo;
 pub mod fleet;
 pub mod formats;
@@ -49,6 +50,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Upgrade(args) => upgrade::run(*args, format).await,
         Command::Fleet(args) => fleet::run(args, format).await,
         Command::Serve(args) => serve::run(args).await,
+        Command::Controller(args) => controller::run(args).await,
         Command::Formats { name } => formats::run(name.as_deref()),
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "refit", &mut std::io::stdout());

@@ -143,6 +143,7 @@ pub fn next_scheduled(day: Day, time: Time, offset: UtcOffset, now: Timestamp) -
 
 /// Before or after its stage or group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum GateTiming {
     /// Before any member of the scope starts.
     Before,
@@ -215,6 +216,7 @@ impl<'de> Deserialize<'de> for GateRef {
 
 /// The four states of a gate (and of an after-stage wait), as Azure Fleet has them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum GateStatus {
     /// Not reached yet.
     NotStarted,

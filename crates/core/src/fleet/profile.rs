@@ -28,6 +28,7 @@ pub const MAX_PROFILE_NAME: usize = 40;
 
 /// What a profile follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Channel {
     /// The newest patch of the minor before the newest (N-1).
     Stable,

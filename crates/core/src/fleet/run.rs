@@ -35,6 +35,7 @@ use crate::version::Version;
 
 /// The state of a run, stage, group or member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum UpdateState {
     /// Not reached yet.
     NotStarted,

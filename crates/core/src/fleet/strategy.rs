@@ -113,6 +113,7 @@ impl<'de> Deserialize<'de> for Limit {
 
 /// Operators of a label selector expression (Kubernetes' set-based selectors).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum SelectorOperator {
     /// The label's value is one of `values`.
     In,
@@ -126,6 +127,7 @@ pub enum SelectorOperator {
 
 /// One requirement of a label selector.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabelExpression {
     /// Label key.
@@ -140,6 +142,7 @@ pub struct LabelExpression {
 /// A Kubernetes-style label selector over fleet members. An empty selector selects every
 /// member (as in Kubernetes).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabelSelector {
     /// Labels that must equal these values.
@@ -190,6 +193,7 @@ impl LabelSelector {
 
 /// A group of a stage: its members update in parallel with the other groups of the stage.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GroupSpec {
     /// Group name; without a `memberSelector`, members whose update group has this name.
@@ -213,6 +217,7 @@ pub struct GroupSpec {
 
 /// A stage: its groups run in parallel; the next stage starts when it is done.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StageSpec {
     /// Stage name.
@@ -275,6 +280,7 @@ impl StageSpec {
 
 /// A strategy: stages in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Strategy {
     /// Its name, if the file gives one (the CLI may name it instead).

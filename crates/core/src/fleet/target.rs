@@ -16,6 +16,7 @@ use crate::version::Version;
 
 /// What a run upgrades on each member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum UpgradeType {
     /// Control plane, then node pools, with node images.
     Full,
@@ -57,6 +58,7 @@ impl std::str::FromStr for UpgradeType {
 
 /// How node images are chosen.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum NodeImageSelection {
     /// Each member's newest image when that member starts.
     #[default]
@@ -78,6 +80,7 @@ impl std::str::FromStr for NodeImageSelection {
 
 /// The goal of an update run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct UpgradeSpec {
     /// What is upgraded.

@@ -32,6 +32,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A day of the week as written in strategy and window files (`Monday` … `Sunday`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Day {
     /// Monday.
     #[serde(alias = "monday")]
@@ -92,6 +93,7 @@ impl fmt::Display for Day {
 
 /// How a window recurs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum Recurrence {
     /// Every week on these days: `weekly: [Saturday, Sunday]`.
@@ -166,11 +168,13 @@ impl<'de> Deserialize<'de> for Blackout {
 /// blackoutDates: ["2026-12-24", "2026-12-28/2027-01-03"]
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MaintenanceWindow {
     /// Which days it opens.
     pub recurrence: Recurrence,
     /// Local wall-clock opening time.
+    #[cfg_attr(feature = "schema", schemars(with = "crate::schema::TimeOfDay"))]
     pub start: Time,
     /// Wall-clock length in minutes (1 minute to 7 days).
     pub duration_minutes: u32,

@@ -106,7 +106,7 @@ fn liveness(holder: &Holder, me: &Holder) -> Liveness {
     }
 }
 
-fn claim(me: &Holder) -> LeaseClaim {
+fn claim(me: &Holder, duration: Duration) -> LeaseClaim {
     let mut annotations = BTreeMap::from([
         (MACHINE.to_string(), me.machine.clone()),
         (PID.to_string(), me.pid.to_string()),
@@ -115,7 +115,7 @@ fn claim(me: &Holder) -> LeaseClaim {
     if let Some(run) = &me.run {
         annotations.insert(RUN.to_string(), run.clone());
     }
-    LeaseClaim { holder: me.identity.clone(), duration: DURATION, annotations }
+    LeaseClaim { holder: me.identity.clone(), duration, annotations }
 }
 
 fn held(r: &LeaseRecord) -> Held {
@@ -133,9 +133,31 @@ fn held(r: &LeaseRecord) -> Held {
     Held { holder, identity: r.holder.clone(), renewed: r.renewed, duration: r.duration }
 }
 
+/// Which Lease, and its timings: the cluster lock ([`Place::cluster`]) or another lock on the
+/// same rules (the hub controller's leader Lease).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// How long one renewal holds it.
+    pub duration: Duration,
+    /// How often it is renewed.
+    pub renew_every: Duration,
+}
+
+impl Place {
+    /// The cluster lock `kube-system/refit-upgrade`.
+    pub fn cluster() -> Place {
+        Place { namespace: NAMESPACE.into(), name: NAME.into(), duration: DURATION, renew_every: RENEW_EVERY }
+    }
+}
+
 struct State {
     me: Holder,
     record: LeaseRecord,
+    place: Place,
 }
 
 /// The cluster lock, held (see the module documentation). Release it with [`Lock::release`].
@@ -154,8 +176,19 @@ impl Lock {
         me: Holder,
         break_lock: bool,
     ) -> Result<(Lock, Option<(Takeover, String)>), LockError> {
+        Lock::acquire_at(conn, Place::cluster(), me, break_lock).await
+    }
+
+    /// [`Lock::acquire`] on the Lease at `place`.
+    pub async fn acquire_at(
+        conn: &Connection,
+        place: Place,
+        me: Holder,
+        break_lock: bool,
+    ) -> Result<(Lock, Option<(Takeover, String)>), LockError> {
+        let (ns, name) = (place.namespace.as_str(), place.name.as_str());
         for _ in 0..5 {
-            let current = refit_kube::lease::read(conn, NAMESPACE, NAME).await?;
+            let current = refit_kube::lease::read(conn, ns, name).await?;
             let seen = current.as_ref().map(held);
             let life =
                 seen.as_ref().and_then(|h| h.holder.as_ref()).map_or(Liveness::Unknown, |h| liveness(h, &me));
@@ -166,7 +199,7 @@ impl Lock {
                         holder: None,
                         identity: String::new(),
                         renewed: None,
-                        duration: DURATION,
+                        duration: place.duration,
                     });
                     return Err(LockError::Held {
                         holder: seen.identity.clone(),
@@ -182,12 +215,14 @@ impl Lock {
                             .unwrap_or_default(),
                     });
                 }
-                (_, None) => refit_kube::lease::create(conn, NAMESPACE, NAME, &claim(&me)).await?,
+                (_, None) => refit_kube::lease::create(conn, ns, name, &claim(&me, place.duration)).await?,
                 (LockDecision::Ours, Some(prev)) => {
-                    refit_kube::lease::replace(conn, NAMESPACE, NAME, prev, &claim(&me), false).await?
+                    refit_kube::lease::replace(conn, ns, name, prev, &claim(&me, place.duration), false)
+                        .await?
                 }
                 (_, Some(prev)) => {
-                    refit_kube::lease::replace(conn, NAMESPACE, NAME, prev, &claim(&me), true).await?
+                    refit_kube::lease::replace(conn, ns, name, prev, &claim(&me, place.duration), true)
+                        .await?
                 }
             };
             let Write::Written(record) = written else { continue };
@@ -195,7 +230,7 @@ impl Lock {
                 LockDecision::TakeOver(why) => Some((why, current.map(|c| c.holder).unwrap_or_default())),
                 _ => None,
             };
-            let state = Arc::new(Mutex::new(State { me, record }));
+            let state = Arc::new(Mutex::new(State { me, record, place: place.clone() }));
             let (lost_tx, lost) = watch::channel(false);
             let renewer = tokio::spawn(renew(conn.clone(), state.clone(), lost_tx));
             return Ok((Lock { conn: conn.clone(), state, renewer, lost }, takeover));
@@ -207,8 +242,9 @@ impl Lock {
     pub async fn set_run(&self, run: &str) -> Result<(), LockError> {
         let mut st = self.state.lock().await;
         st.me.run = Some(run.to_string());
-        let c = claim(&st.me);
-        match refit_kube::lease::replace(&self.conn, NAMESPACE, NAME, &st.record, &c, false).await? {
+        let c = claim(&st.me, st.place.duration);
+        let (ns, name) = (st.place.namespace.clone(), st.place.name.clone());
+        match refit_kube::lease::replace(&self.conn, &ns, &name, &st.record, &c, false).await? {
             Write::Written(r) => {
                 st.record = r;
                 Ok(())
@@ -231,14 +267,15 @@ impl Lock {
         if *self.lost.borrow() {
             return;
         }
-        match refit_kube::lease::delete(&self.conn, NAMESPACE, NAME, &st.record).await {
+        let (ns, name) = (st.place.namespace.as_str(), st.place.name.as_str());
+        match refit_kube::lease::delete(&self.conn, ns, name, &st.record).await {
             Ok(true) => {}
             Ok(false) => {
                 // Written since our last renewal: delete it only if it is still ours.
-                if let Ok(Some(now)) = refit_kube::lease::read(&self.conn, NAMESPACE, NAME).await
+                if let Ok(Some(now)) = refit_kube::lease::read(&self.conn, ns, name).await
                     && held(&now).holder.is_some_and(|h| h.same_process(&st.me))
                 {
-                    let _ = refit_kube::lease::delete(&self.conn, NAMESPACE, NAME, &now).await;
+                    let _ = refit_kube::lease::delete(&self.conn, ns, name, &now).await;
                 }
             }
             // It expires by itself; a rerun on this machine takes it over at once anyway.
@@ -250,13 +287,15 @@ impl Lock {
 /// Renews the lock every [`RENEW_EVERY`] until aborted; says so on `lost` if someone else
 /// took it. A failed renewal (the apiserver restarting) is retried at the next tick.
 async fn renew(conn: Connection, state: Arc<Mutex<State>>, lost: watch::Sender<bool>) {
+    let every = state.lock().await.place.renew_every;
     loop {
-        tokio::time::sleep(RENEW_EVERY).await;
+        tokio::time::sleep(every).await;
         let mut st = state.lock().await;
-        let c = claim(&st.me);
-        match refit_kube::lease::replace(&conn, NAMESPACE, NAME, &st.record, &c, false).await {
+        let c = claim(&st.me, st.place.duration);
+        let (ns, name) = (st.place.namespace.clone(), st.place.name.clone());
+        match refit_kube::lease::replace(&conn, &ns, &name, &st.record, &c, false).await {
             Ok(Write::Written(r)) => st.record = r,
-            Ok(Write::Lost) => match refit_kube::lease::read(&conn, NAMESPACE, NAME).await {
+            Ok(Write::Lost) => match refit_kube::lease::read(&conn, &ns, &name).await {
                 Ok(Some(now)) if held(&now).holder.is_some_and(|h| h.same_process(&st.me)) => st.record = now,
                 Ok(_) => {
                     tracing::warn!("the cluster lock was taken by someone else");
@@ -311,7 +350,7 @@ mod tests {
     #[test]
     fn the_holder_reads_back_from_the_lease() {
         let me = Holder { run: Some("up-1".into()), ..this_process() };
-        let c = claim(&me);
+        let c = claim(&me, DURATION);
         let r = LeaseRecord {
             holder: c.holder.clone(),
             annotations: c.annotations.clone(),

@@ -12,6 +12,13 @@ pub struct FleetArgs {
     /// as `refit upgrade`'s journal. Default: $REFIT_STATE_DIR/refit.db or the user's state directory.
     #[arg(long, env = "REFIT_STORE", global = true)]
     pub store: Option<PathBuf>,
+    /// A hub cluster's kubeconfig: the fleet lives there as custom resources (refit controller
+    /// manifests) instead of in the store. So far: gate approve.
+    #[arg(long, value_name = "KUBECONFIG", global = true, conflicts_with = "store")]
+    pub hub: Option<PathBuf>,
+    /// The hub namespace the fleet lives in.
+    #[arg(long, global = true, default_value = "refit-system", requires = "hub")]
+    pub hub_namespace: String,
     #[command(subcommand)]
     pub command: FleetCommand,
 }

@@ -23,11 +23,14 @@ use refit_core::fleet::Event;
 use refit_store::Store;
 use refit_store::fleet::StoredRun;
 
-use crate::output::{Format, usage};
+use crate::output::{Format, UsageError, usage};
 use args::{FleetArgs, FleetCommand};
 
 /// Runs `refit fleet ...`.
 pub async fn run(args: FleetArgs, format: Format) -> anyhow::Result<ExitCode> {
+    if let Some(hub) = &args.hub {
+        return hub_run(hub, &args.hub_namespace, args.command).await;
+    }
     let store = store_path(args.store.as_ref())?;
     match args.command {
         FleetCommand::Member(cmd) => member::run(cmd, &store, format).await,
@@ -37,6 +40,36 @@ pub async fn run(args: FleetArgs, format: Format) -> anyhow::Result<ExitCode> {
         FleetCommand::Profile(cmd) => profile::run(cmd, &store, format).await,
         FleetCommand::Daemon(a) => driver::daemon(&store, a.exit_when_idle, format).await,
         FleetCommand::Notify(cmd) => notify::run(cmd, &store, format),
+    }
+}
+
+/// `refit fleet --hub KUBECONFIG ...`: the verbs hub mode has so far (crates/controller's hub).
+async fn hub_run(hub: &std::path::Path, namespace: &str, command: FleetCommand) -> anyhow::Result<ExitCode> {
+    use args::GateCommand;
+    let FleetCommand::Gate(GateCommand::Approve { run, gate, expires_in, by }) = command else {
+        return Err(UsageError(
+            "with --hub only `gate approve` works so far; use kubectl for the hub's other objects \
+             (kubectl get updateruns,gates,members)"
+                .into(),
+        )
+        .into());
+    };
+    if by.is_some() {
+        return Err(UsageError(
+            "--by has no meaning with --hub: the approver is the user the hub authenticates".into(),
+        )
+        .into());
+    }
+    let expires_at = expires_in.map(|d| refit_core::duration::timestamp_after(Timestamp::now(), d.as_secs()));
+    let target = refit_kube::ClusterTarget { kubeconfig: Some(hub.to_path_buf()), context: None };
+    let conn = refit_kube::connect(&target).await?;
+    match refit_controller::hub::approve(&conn, namespace, &run, &gate, expires_at).await {
+        Ok(who) => {
+            println!("approved {run} {gate} as {who}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) if e.is_usage() => Err(UsageError(e.to_string()).into()),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -1,0 +1,96 @@
+//! `refit controller`: hub mode (crates/controller). `manifests` prints what a hub needs.
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use refit_controller::manifests::{self, Options};
+
+use crate::output::UsageError;
+
+/// `refit controller ...`: without a subcommand, run a replica.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ControllerArgs {
+    /// What to do (none: run a controller replica).
+    #[command(subcommand)]
+    pub command: Option<ControllerCommand>,
+    /// The hub's kubeconfig.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// The kubeconfig context.
+    #[arg(long)]
+    pub context: Option<String>,
+    /// The namespace the fleet's resources (and the leader Lease) live in.
+    #[arg(long, short = 'n', default_value = "refit-system")]
+    pub namespace: String,
+    /// Where /healthz, /readyz and /metrics listen.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+}
+
+/// The controller's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ControllerCommand {
+    /// Print the CRDs, RBAC, the approver admission policy and the Deployment (for kubectl apply -f -).
+    Manifests(ManifestsArgs),
+}
+
+/// `refit controller manifests`.
+#[derive(Debug, Args)]
+pub struct ManifestsArgs {
+    /// The namespace the fleet's resources live in.
+    #[arg(long, short = 'n', default_value = "refit-system")]
+    pub namespace: String,
+    /// The controller image of the Deployment.
+    #[arg(long, default_value = "refit:latest")]
+    pub image: String,
+    /// Controller replicas (they elect a leader).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub replicas: u32,
+}
+
+/// Runs `refit controller ...`.
+pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        None => {
+            check_namespace(&args.namespace)?;
+            let cfg = refit_controller::serve::Config {
+                hub: refit_kube::ClusterTarget { kubeconfig: args.kubeconfig, context: args.context },
+                election: refit_controller::leader::Config::new(&args.namespace),
+                namespace: args.namespace,
+                listen: args.listen,
+            };
+            refit_controller::serve::run(cfg, |addr| {
+                eprintln!("refit controller: listening on http://{addr}")
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(ControllerCommand::Manifests(m)) => {
+            check_namespace(&m.namespace)?;
+            let text =
+                manifests::render(&Options { namespace: m.namespace, image: m.image, replicas: m.replicas })?;
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn check_namespace(ns: &str) -> anyhow::Result<()> {
+    if is_dns_label(ns) {
+        return Ok(());
+    }
+    Err(UsageError(format!(
+        "--namespace '{ns}' is not a namespace name (lowercase letters, digits and '-', at most 63)"
+    ))
+    .into())
+}
+
+/// A Kubernetes namespace name (RFC 1123 label).
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    (1..=63).contains(&b.len())
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.first().is_some_and(|c| *c != b'-')
+        && b.last().is_some_and(|c| *c != b'-')
+}

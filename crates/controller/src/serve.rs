@@ -1,0 +1,98 @@
+//! `refit controller --kubeconfig HUB`: one replica — leader election, and `/healthz`,
+//! `/readyz`, `/metrics` for the kubelet's probes and Prometheus.
+//!
+//! Readiness means "knows its role" (leading, or following a named leader): a replica whose
+//! hub is unreachable is alive but not ready. `/metrics` carries `refit_controller_leader`
+//! (1 on the leader) and `refit_controller_leader_changes_total` (times this replica started
+//! leading).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use refit_kube::ClusterTarget;
+use tokio::sync::watch;
+
+use crate::Error;
+use crate::leader::{self, Role};
+
+/// One replica's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The hub.
+    pub hub: ClusterTarget,
+    /// The fleet's namespace.
+    pub namespace: String,
+    /// Where `/healthz`, `/readyz` and `/metrics` listen.
+    pub listen: SocketAddr,
+    /// Leader election.
+    pub election: leader::Config,
+}
+
+struct Shared {
+    role: watch::Receiver<Role>,
+    registry: Registry,
+}
+
+/// Runs a replica until the process ends. `on_listen` is told the bound address (port 0
+/// picks one).
+pub async fn run(cfg: Config, on_listen: impl FnOnce(SocketAddr)) -> Result<(), Error> {
+    let conn = refit_kube::connect(&cfg.hub).await?;
+    let me = refit_engine::lifecycle::lock::this_process();
+    let (tx, role) = watch::channel(Role::Candidate);
+    let leader_gauge: Gauge = Gauge::default();
+    let changes: Counter<u64, AtomicU64> = Counter::default();
+    let mut registry = Registry::with_prefix("refit_controller");
+    registry.register("leader", "1 while this replica leads", leader_gauge.clone());
+    registry.register("leader_changes", "Times this replica started leading", changes.clone());
+    let mut watch_role = role.clone();
+    tokio::spawn(async move {
+        while watch_role.changed().await.is_ok() {
+            let leading = *watch_role.borrow() == Role::Leader;
+            leader_gauge.set(i64::from(leading));
+            if leading {
+                changes.inc();
+            }
+        }
+    });
+    tokio::spawn(leader::campaign(conn, cfg.election.clone(), me, tx));
+    let shared = Arc::new(Shared { role, registry });
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(shared);
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| Error::Listen { addr: cfg.listen, source: e })?;
+    let addr = listener.local_addr().map_err(|e| Error::Listen { addr: cfg.listen, source: e })?;
+    on_listen(addr);
+    axum::serve(listener, app).await.map_err(|e| Error::Listen { addr, source: e })
+}
+
+async fn readyz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    match &*s.role.borrow() {
+        Role::Candidate => {
+            (StatusCode::SERVICE_UNAVAILABLE, "no role yet: the hub has not answered\n".to_string())
+        }
+        Role::Leader => (StatusCode::OK, "leader\n".to_string()),
+        Role::Follower(who) => (StatusCode::OK, format!("follower of {who}\n")),
+    }
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    let mut text = String::new();
+    match encode(&mut text, &s.registry) {
+        Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], e.to_string()),
+    }
+}
