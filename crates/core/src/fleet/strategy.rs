@@ -245,8 +245,10 @@ pub struct StageSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub after_gates: Vec<GateSpec>,
     /// Health gates checked after the stage's members finish, before the next stage starts
-    /// (alongside the after-gates and the wait).
+    /// (alongside the after-gates and the wait). Not in the hub's schema: fleet runs refuse
+    /// them until the driver runs them (`Strategy::check_runnable`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "schema", schemars(skip))]
     pub health_gates: Vec<crate::health::HealthGateSpec>,
 }
 
