@@ -91,7 +91,16 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over_after_a_kill_9()
     for r in [&leader, &follower] {
         assert_eq!(get(r.addr, "/healthz").0, 200);
     }
-    let (status, body) = get(follower.addr, "/readyz");
+    // The follower is ready once its own first campaign has read the Lease (it may not have
+    // when the leader already leads).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (status, body) = loop {
+        let (status, body) = get(follower.addr, "/readyz");
+        if status == 200 || Instant::now() >= deadline {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(status, 200, "{body}");
     assert!(
         body.starts_with("follower of ") && body.contains(&format!("pid {}", leader.child.id())),

@@ -113,7 +113,7 @@ fn a_failing_gate_pauses_the_run_after_a_batch_and_the_same_command_continues_it
     std::fs::write(
         &plan,
         format!(
-            "gates:\n  - name: smoke\n    type: command\n    command: [test, -e, {:?}]\n    timeout: 6s\n",
+            "accept: [etcd-members, control-plane-count]\ngates:\n  - name: smoke\n    type: command\n    command: [test, -e, {:?}]\n    timeout: 6s\n",
             healthy.display().to_string()
         ),
     )

@@ -79,7 +79,7 @@ fn upgrade_in_tmux(width: u16, work: &Path) -> (Vec<String>, String, String) {
     assert!(kubeconfig.exists(), "{}", kubeconfig.display());
     let exe = assert_cmd::cargo::cargo_bin("refit");
     let script = format!(
-        "REFIT_SANDBOX_DIR={} {} upgrade --to {} --force --yes --action sandbox --kubeconfig {} --store {}; echo REFIT-EXIT:$?; sleep 600",
+        "REFIT_SANDBOX_DIR={} {} upgrade --to {} --force --yes --action sandbox --accept etcd-members --accept control-plane-count --kubeconfig {} --store {}; echo REFIT-EXIT:$?; sleep 600",
         quote(&dir.display().to_string()),
         quote(&exe.display().to_string()),
         release(36),
