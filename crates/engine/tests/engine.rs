@@ -479,6 +479,7 @@ async fn deleted_nodes_are_skipped_added_ones_reported_and_unreadable_ones_fail(
     let u = o.units.iter().find(|u| u.node == "w-01").unwrap();
     assert_eq!(u.failure, Some(FailureKind::Observe), "{u:?}");
     assert_eq!(w.actions.runs("w-01"), 0);
+    assert_eq!(w.actions.runs("w-02"), 0, "the run stops on it: nothing new starts");
 }
 
 /// `--max-unavailable auto` on a cluster of `workers` in zones a then b (half each).

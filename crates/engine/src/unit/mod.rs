@@ -37,15 +37,23 @@ impl StepEnd {
 
 impl Engine {
     /// Moves one unit through the steps it still needs. A journal that cannot be written
-    /// ends the unit where it is (nothing acts unrecorded).
+    /// ends the unit where it is (nothing acts unrecorded); so does a node that cannot be read
+    /// (nothing is decided blind), which also stops the run like any failed step.
     pub(crate) async fn run_unit(&self, u: &UnitWork) -> UnitResult {
         match self.unit_steps(u).await {
             Ok(r) => r,
             Err(e) => {
+                if e.kind != FailureKind::Journal {
+                    self.fail_fast();
+                }
                 if !u.external && self.observe(&u.node).await.is_ok_and(|o| o.cordoned_by_this_run) {
+                    let why = match e.kind {
+                        FailureKind::Journal => "the run journal could not be written".to_string(),
+                        _ => e.message.clone(),
+                    };
                     self.leave_cordoned(
                         &u.node,
-                        "the run journal could not be written: left cordoned, in whatever step it reached; rerun the same command to continue",
+                        &format!("{why}: left cordoned, in whatever step it reached; rerun the same command to continue"),
                     );
                 }
                 UnitResult::Failed(e)
