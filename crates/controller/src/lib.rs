@@ -14,6 +14,10 @@
 //!   (an UpdateRun of 5,000 members stays under 1 MiB).
 //! - [`manifests`]: CRDs, RBAC, the approver admission policy and the Deployment.
 
+// A panic here would take a fleet (or the hub) down with it: none outside tests
+// (clippy.toml lets tests unwrap and expect).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod hub;
 pub mod layout;
 pub mod leader;

@@ -16,6 +16,10 @@
 //!   (concurrent, bounded, a timeout per member) and a member's binding to its cluster.
 //! - [`runs`]: creating and starting runs, and a profile's generated run.
 
+// A panic here would take a fleet (or the hub) down with it: none outside tests
+// (clippy.toml lets tests unwrap and expect).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod commit;
 pub mod driver;
 pub mod launch;
