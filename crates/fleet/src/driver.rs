@@ -23,14 +23,14 @@ use refit_core::Version;
 use refit_core::fleet::{
     Decision, Event, Facts, MemberFacts, MemberTarget, RunState, UpdateState, UpgradeEnd, UpgradeType,
 };
-use refit_store::Store;
-use refit_store::fleet::{LeaseOutcome, MemberProgress, MemberRecord};
+use refit_store::fleet::{MemberProgress, MemberRecord};
 use tokio::sync::mpsc;
 
-use crate::commit::{commit_with, load_run};
+use crate::commit::{commit_on, load_run_on};
 use crate::launch::{MemberLauncher, MemberUpgrade, OnProgress};
-use crate::lease::{Identity, Renewer, liveness};
+use crate::lease::Identity;
 use crate::observe::{Observer, observe_all, observe_within, static_facts};
+use crate::store::{DriverStore, LocalFleet};
 use crate::{Error, now};
 
 /// The driver's timings.
@@ -97,22 +97,21 @@ pub struct Tick {
     pub wake: Option<Timestamp>,
 }
 
-/// A driver: one process driving one run (`run start --wait`) or every run (`daemon`).
-pub struct Driver<L: MemberLauncher, O: Observer> {
-    store: Store,
+/// A driver: one process driving one run (`run start --wait`) or every run (`daemon`), on the
+/// SQLite store ([`LocalFleet`], the default) or any other [`DriverStore`] (the hub).
+pub struct Driver<L: MemberLauncher, O: Observer, S: DriverStore = LocalFleet> {
+    store: S,
     launcher: Arc<L>,
     observer: Arc<O>,
-    me: Identity,
     cfg: DriverConfig,
     sink: Sink,
-    renewer: Renewer,
     children: HashMap<(String, String), tokio::task::JoinHandle<()>>,
     tx: mpsc::UnboundedSender<Msg>,
     rx: mpsc::UnboundedReceiver<Msg>,
     facts: HashMap<String, (Instant, MemberFacts)>,
 }
 
-impl<L: MemberLauncher, O: Observer> Driver<L, O> {
+impl<L: MemberLauncher, O: Observer> Driver<L, O, LocalFleet> {
     /// A driver on the store at `store_path`.
     pub fn new(
         store_path: &Path,
@@ -133,25 +132,36 @@ impl<L: MemberLauncher, O: Observer> Driver<L, O> {
         cfg: DriverConfig,
         me: Identity,
     ) -> Result<Driver<L, O>, Error> {
+        let store = LocalFleet::open(store_path, me, cfg.lease_ttl_ms, cfg.renew_every)?;
+        Ok(Driver::on(store, launcher, observer, sink, cfg))
+    }
+}
+
+impl<L: MemberLauncher, O: Observer, S: DriverStore> Driver<L, O, S> {
+    /// A driver on any fleet store (its leases are the store's).
+    pub fn on(store: S, launcher: L, observer: O, sink: Sink, cfg: DriverConfig) -> Driver<L, O, S> {
         let (tx, rx) = mpsc::unbounded_channel();
-        Ok(Driver {
-            store: Store::open(store_path)?,
-            renewer: Renewer::start(store_path, cfg.renew_every)?,
+        Driver {
+            store,
             launcher: Arc::new(launcher),
             observer: Arc::new(observer),
-            me,
             cfg,
             sink,
             children: HashMap::new(),
             tx,
             rx,
             facts: HashMap::new(),
-        })
+        }
     }
 
     /// This driver's name in leases and history.
     pub fn holder(&self) -> &str {
-        &self.me.holder
+        self.store.holder()
+    }
+
+    /// The store it drives on.
+    pub fn store(&mut self) -> &mut S {
+        &mut self.store
     }
 
     /// Drives `run` until nothing is left to do; returns its final state.
@@ -159,8 +169,8 @@ impl<L: MemberLauncher, O: Observer> Driver<L, O> {
         loop {
             let tick = self.tick(run).await?;
             if tick.finished {
-                self.release(run);
-                return Ok(load_run(&self.store, run)?.state);
+                self.release(run).await;
+                return Ok(load_run_on(&mut self.store, run).await?.state);
             }
             self.wait(tick.wake).await?;
         }
@@ -169,7 +179,7 @@ impl<L: MemberLauncher, O: Observer> Driver<L, O> {
     /// Drives every run that has work, until `exit_when_idle` and nothing is left.
     pub async fn daemon(&mut self, exit_when_idle: bool) -> Result<(), Error> {
         loop {
-            let runs = self.store.fleet_runs()?;
+            let runs = self.store.runs().await?;
             let mut wake: Option<Timestamp> = None;
             let mut busy = false;
             for r in runs {
@@ -179,11 +189,11 @@ impl<L: MemberLauncher, O: Observer> Driver<L, O> {
                     UpdateState::Running | UpdateState::Pending | UpdateState::Stopping
                 ) || s.progress().in_flight > 0;
                 if !active {
-                    self.release(&s.name);
+                    self.release(&s.name).await;
                     continue;
                 }
                 match self.tick(&s.name).await {
-                    Ok(t) if t.finished => self.release(&s.name),
+                    Ok(t) if t.finished => self.release(&s.name).await,
                     Ok(t) => {
                         busy = true;
                         wake = match (wake, t.wake) {
@@ -223,16 +233,14 @@ impl<L: MemberLauncher, O: Observer> Driver<L, O> {
         Ok(())
     }
 
-    fn release(&mut self, run: &str) {
-        if let Some(fence) = self.renewer.drop_run(run) {
-            let _ = self.store.release_lease(&fence);
-        }
+    async fn release(&mut self, run: &str) {
+        self.store.release_lease(run).await;
     }
 
     /// Another driver holds `run` now: cancel our member upgrades of it (each resumes its
     /// journal under the new driver) and stop renewing it.
     fn deposed(&mut self, run: &str) {
-        self.renewer.drop_run(run);
+        self.store.forget_lease(run);
         let mine: Vec<(String, String)> = self.children.keys().filter(|(r, _)| r == run).cloned().collect();
         for key in mine {
             if let Some(task) = self.children.remove(&key) {
@@ -246,12 +254,12 @@ impl<L: MemberLauncher, O: Observer> Driver<L, O> {
         match m {
             Msg::Progress { run, progress } => {
                 // Best effort: a missed progress line is not worth stopping the run for.
-                let fence = self.renewer.fence(&run);
-                match self.store.set_member_progress(&run, &progress, fence.as_ref()) {
+                let fence = self.store.fence(&run);
+                match self.store.set_member_progress(&run, &progress, fence.as_ref()).await {
                     Ok(()) => {}
-                    Err(e @ refit_store::Error::Deposed { .. }) => {
+                    Err(e @ Error::Store(refit_store::Error::Deposed { .. })) => {
                         self.deposed(&run);
-                        return Err(e.into());
+                        return Err(e);
                     }
                     Err(e) => (self.sink)(Report::Warning { run: &run, message: format!("progress: {e}") }),
                 }
@@ -262,7 +270,7 @@ impl<L: MemberLauncher, O: Observer> Driver<L, O> {
                 let end = self.confirm_node_images(&run, &member, end).await?;
                 // An upgrade that never reached its cluster: is the member reachable now? (If
                 // not it waits Pending and is retried, as before a first start.)
-                let facts = match (&end, self.store.member(&member)?) {
+                let facts = match (&end, self.store.member(&member).await?) {
                     (UpgradeEnd::Failed { reached: false, .. }, Some(rec)) => {
                         self.facts.remove(&member);
                         Some(observe_within(self.observer.as_ref(), &rec, self.cfg.observe_timeout).await)
@@ -276,10 +284,10 @@ impl<L: MemberLauncher, O: Observer> Driver<L, O> {
                     Event::MemberUnreachable { .. } => "waiting: cannot reach the cluster",
                     _ => "failed",
                 };
-                self.record(&run, event)?;
+                self.record(&run, event).await?;
                 let progress = MemberProgress { member, operation: None, detail: detail.into() };
-                let fence = self.renewer.fence(&run);
-                if let Err(e) = self.store.set_member_progress(&run, &progress, fence.as_ref()) {
+                let fence = self.store.fence(&run);
+                if let Err(e) = self.store.set_member_progress(&run, &progress, fence.as_ref()).await {
                     (self.sink)(Report::Warning { run: &run, message: format!("progress: {e}") });
                 }
             }
@@ -298,13 +306,13 @@ impl<L: MemberLauncher, O: Observer> Driver<L, O> {
         if !matches!(end, UpgradeEnd::Succeeded { .. }) {
             return Ok(end);
         }
-        let state = load_run(&self.store, run)?.state;
+        let state = load_run_on(&mut self.store, run).await?.state;
         if state.spec.upgrade_type != UpgradeType::NodeImageOnly {
             return Ok(end);
         }
         let target =
             state.members().find(|(_, _, m)| m.name == member).and_then(|(_, _, m)| m.target.clone());
-        let Some(rec) = self.store.member(member)? else { return Ok(end) };
+        let Some(rec) = self.store.member(member).await? else { return Ok(end) };
         self.facts.remove(member);
         let facts = observe_within(self.observer.as_ref(), &rec, self.cfg.observe_timeout).await;
         Ok(refit_core::fleet::outcome::confirm_node_images(
@@ -317,9 +325,9 @@ impl<L: MemberLauncher, O: Observer> Driver<L, O> {
 
     /// Applies and stores one event under our fence; a refusal (the run changed meanwhile) is
     /// skipped. Ok(whether it was recorded); Err only when we were deposed.
-    fn record(&mut self, run: &str, event: Event) -> Result<bool, Error> {
-        let fence = self.renewer.fence(run);
-        match commit_with(&mut self.store, run, fence.as_ref(), |_| Ok(event.clone())) {
+    async fn record(&mut self, run: &str, event: Event) -> Result<bool, Error> {
+        let fence = self.store.fence(run);
+        match commit_on(&mut self.store, run, fence.as_ref(), |_| Ok(event.clone())).await {
             Ok(_) => {
                 (self.sink)(Report::Recorded { run, event: &event });
                 Ok(true)
@@ -340,61 +348,47 @@ impl<L: MemberLauncher, O: Observer> Driver<L, O> {
     }
 
     /// Takes or renews the lease; [`Error::Held`] when another live driver holds it.
-    fn lease(&mut self, run: &str) -> Result<(), Error> {
-        if let Some(holder) = self.renewer.deposed(run) {
-            self.deposed(run);
-            return Err(refit_store::Error::Deposed { run: run.to_string(), holder }.into());
-        }
-        let host = self.me.host.clone();
-        let alive = move |l: &refit_store::fleet::Lease| liveness(&host, l);
-        match self.store.acquire_lease(run, &self.me.holder, self.me.pid, self.cfg.lease_ttl_ms, &alive)? {
-            LeaseOutcome::Acquired { fence, took_over } => {
-                self.renewer.hold(fence);
-                if let Some(l) = took_over {
-                    // In the run's history: from when on this process drove it.
+    async fn lease(&mut self, run: &str) -> Result<(), Error> {
+        match self.store.take_lease(run).await {
+            Ok(taken) => {
+                if let Some(previous) = taken.took_over {
+                    // In the run's history: from when on this driver drove it.
                     let event = Event::DriverTookOver {
-                        driver: self.me.holder.clone(),
-                        previous: l.holder,
+                        driver: self.store.holder().to_string(),
+                        previous,
                         at: now(),
                     };
-                    self.record(run, event)?;
+                    self.record(run, event).await?;
                 }
                 Ok(())
             }
-            // Ours until now: another driver took it over before our timer noticed.
-            LeaseOutcome::Held(l) if self.renewer.fence(run).is_some() => {
+            Err(e @ Error::Store(refit_store::Error::Deposed { .. })) => {
                 self.deposed(run);
-                Err(refit_store::Error::Deposed { run: run.to_string(), holder: Some(l.holder) }.into())
+                Err(e)
             }
-            LeaseOutcome::Held(l) => Err(Error::Held {
-                run: run.to_string(),
-                pid: l.pid,
-                host: crate::lease::parse_holder(&l.holder)
-                    .map(|(h, _, _)| h.to_string())
-                    .unwrap_or_default(),
-            }),
+            Err(e) => Err(e),
         }
     }
 
     /// One tick of `run` (see the module doc).
     pub async fn tick(&mut self, run: &str) -> Result<Tick, Error> {
-        self.lease(run)?;
+        self.lease(run).await?;
         let mut wake = None;
         for _ in 0..200 {
-            let state = load_run(&self.store, run)?.state;
+            let state = load_run_on(&mut self.store, run).await?.state;
             self.relaunch(&state).await?;
             let facts = self.facts_for(&state).await?;
             let decisions = refit_core::fleet::next(&state, &facts, now());
             let mut acted = false;
             for d in decisions {
                 match d {
-                    Decision::Record(e) => acted |= self.record(run, e)?,
+                    Decision::Record(e) => acted |= self.record(run, e).await?,
                     ref start @ Decision::StartMember { ref member, ref target, window_closes_at, .. } => {
                         let Some(event) = start.started(now(), None) else { continue };
-                        if self.record(run, event)? {
+                        if self.record(run, event).await? {
                             acted = true;
                             let cp = facts.members.get(member).and_then(|f| f.versions.control_plane.clone());
-                            self.launch(&state, member, target.clone(), cp, window_closes_at)?;
+                            self.launch(&state, member, target.clone(), cp, window_closes_at).await?;
                         }
                     }
                     Decision::Wait { until, .. } => wake = until,
@@ -404,7 +398,7 @@ impl<L: MemberLauncher, O: Observer> Driver<L, O> {
                 break;
             }
         }
-        let state = load_run(&self.store, run)?.state;
+        let state = load_run_on(&mut self.store, run).await?.state;
         let mine = self.children.keys().filter(|(r, _)| r == run).count();
         let finished = mine == 0
             && state.progress().in_flight == 0
@@ -418,7 +412,7 @@ impl<L: MemberLauncher, O: Observer> Driver<L, O> {
     /// Facts for every fleet member: windows and budgets for all, the cluster observed (at
     /// once, a timeout each) for the members the current stage may start.
     async fn facts_for(&mut self, state: &RunState) -> Result<Facts, Error> {
-        let members = self.store.members()?;
+        let members = self.store.members().await?;
         let candidates: HashSet<&str> = match state.current_stage() {
             Some(si) if matches!(state.status.state, UpdateState::Running | UpdateState::Pending) => state
                 .stages
@@ -463,7 +457,7 @@ impl<L: MemberLauncher, O: Observer> Driver<L, O> {
             .map(|(_, _, m)| (m.name.clone(), m.target.clone(), m.window_closes_at))
             .collect();
         for (member, target, closes_at) in lost {
-            let rec = self.store.member(&member)?;
+            let rec = self.store.member(&member).await?;
             let facts = match &rec {
                 Some(r) => observe_within(self.observer.as_ref(), r, self.cfg.observe_timeout).await,
                 // Not a member any more: relaunched, its launch fails saying so.
@@ -473,7 +467,7 @@ impl<L: MemberLauncher, O: Observer> Driver<L, O> {
             let relaunched = matches!(event, Event::MemberRelaunched { .. });
             // Recorded first (the history says when and what); a refusal means the member is
             // no longer under way, so there is nothing to relaunch.
-            if !self.record(&state.name, event)? || !relaunched {
+            if !self.record(&state.name, event).await? || !relaunched {
                 continue;
             }
             let cp = match state.spec.upgrade_type {
@@ -481,13 +475,13 @@ impl<L: MemberLauncher, O: Observer> Driver<L, O> {
                 _ => None,
             };
             // The window it started in still bounds it: a node under way finishes, none starts.
-            self.launch(state, &member, target.unwrap_or_default(), cp, closes_at)?;
+            self.launch(state, &member, target.unwrap_or_default(), cp, closes_at).await?;
         }
         Ok(())
     }
 
     /// Starts the member's upgrade as a task.
-    fn launch(
+    async fn launch(
         &mut self,
         state: &RunState,
         member: &str,
@@ -498,7 +492,7 @@ impl<L: MemberLauncher, O: Observer> Driver<L, O> {
         let run = state.name.clone();
         let key = (run.clone(), member.to_string());
         let tx = self.tx.clone();
-        let Some(rec) = self.store.member(member)? else {
+        let Some(rec) = self.store.member(member).await? else {
             let _ = tx.send(Msg::Done {
                 run,
                 member: member.to_string(),
@@ -534,7 +528,7 @@ impl<L: MemberLauncher, O: Observer> Driver<L, O> {
     }
 }
 
-impl<L: MemberLauncher, O: Observer> Drop for Driver<L, O> {
+impl<L: MemberLauncher, O: Observer, S: DriverStore> Drop for Driver<L, O, S> {
     fn drop(&mut self) {
         for (_, task) in self.children.drain() {
             task.abort();

@@ -15,6 +15,8 @@
 //! - [`observe`]: the [`Observer`] seam, member observation through the Kubernetes API
 //!   (concurrent, bounded, a timeout per member) and a member's binding to its cluster.
 //! - [`runs`]: creating and starting runs, and a profile's generated run.
+//! - [`store`]: the [`FleetStore`] seam the driver and the commit loop run on: the SQLite
+//!   store ([`LocalFleet`]) here, the hub's custom resources in `refit_controller`.
 
 // A panic here would take a fleet (or the hub) down with it: none outside tests
 // (clippy.toml lets tests unwrap and expect).
@@ -26,11 +28,13 @@ pub mod launch;
 pub mod lease;
 pub mod observe;
 pub mod runs;
+pub mod store;
 
-pub use commit::{commit, commit_with};
+pub use commit::{commit, commit_on, commit_with};
 pub use driver::{Driver, DriverConfig, Report, Sink};
 pub use launch::{MemberLauncher, MemberUpgrade, SubprocessLauncher};
 pub use observe::{KubeObserver, Observer};
+pub use store::{DriverStore, FleetStore, LocalFleet, Taken};
 
 /// Everything that can go wrong in the fleet library.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +78,15 @@ pub enum Error {
     /// Nothing could be decided (a profile read no member).
     #[error("{0}")]
     Undecided(String),
+    /// Where the fleet lives (the hub) failed.
+    #[error("{context}: {source}")]
+    Backend {
+        /// What was asked.
+        context: String,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl Error {

@@ -14,8 +14,9 @@ use refit_core::fleet::{
 use refit_store::Store;
 use serde::Serialize;
 
-use crate::commit::{commit, load_run};
+use crate::commit::{commit_on, load_run_on};
 use crate::observe::{Observer, fleet_members, observe_all};
+use crate::store::FleetStore;
 use crate::{Error, now};
 
 /// Writes a new run of `strategy` resolved against the fleet as it is now.
@@ -55,11 +56,21 @@ pub async fn start<O: Observer>(
     drive: bool,
     by: Option<String>,
 ) -> Result<Started, Error> {
-    let mut s = Store::open(store)?;
-    let cur = load_run(&s, name)?.state;
-    match cur.status.state {
+    start_on(&mut Store::open(store)?, observer, name, drive, by).await
+}
+
+/// [`start`] on any fleet store (the hub starts a run when its spec asks for `Run`).
+pub async fn start_on<S: FleetStore, O: Observer>(
+    s: &mut S,
+    observer: &Arc<O>,
+    name: &str,
+    drive: bool,
+    by: Option<String>,
+) -> Result<Started, Error> {
+    let cur = load_run_on(s, name).await?.state;
+    let event = match cur.status.state {
         UpdateState::NotStarted => {
-            let records = s.members()?;
+            let records = s.members().await?;
             let plan = resolve(&cur.strategy, &fleet_members(&records))
                 .map_err(|e| Error::Invalid(e.to_string()))?;
             let planned: Vec<&str> = plan.members().collect();
@@ -73,21 +84,16 @@ pub async fn start<O: Observer>(
                 versions = facts.into_values().map(|f| f.versions).collect();
             }
             let targets = freeze_targets(&cur.spec, versions.iter());
-            commit(
-                &mut s,
-                name,
-                &Event::Start { at: now(), targets: Some(targets), plan: Some(plan), by: by.clone() },
-            )?;
-            Ok(Started::First)
+            Event::Start { at: now(), targets: Some(targets), plan: Some(plan), by }
         }
         state @ (UpdateState::Running | UpdateState::Pending | UpdateState::Stopping) if drive => {
-            Ok(Started::AlreadyActive(state))
+            return Ok(Started::AlreadyActive(state));
         }
-        _ => {
-            commit(&mut s, name, &Event::Start { at: now(), targets: None, plan: None, by })?;
-            Ok(Started::Again)
-        }
-    }
+        _ => Event::Start { at: now(), targets: None, plan: None, by },
+    };
+    let first = matches!(event, Event::Start { targets: Some(_), .. });
+    commit_on(s, name, None, |_| Ok(event.clone())).await?;
+    Ok(if first { Started::First } else { Started::Again })
 }
 
 /// What `profile generate-run` did.
