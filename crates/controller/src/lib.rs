@@ -7,7 +7,12 @@
 //! dashboards read and write it. Every rule stays `refit_core::fleet`'s.
 //!
 //! - [`leader`]: replicas elect a leader on a Lease (the engine's cluster lock, elsewhere).
-//! - [`serve`]: one replica: election, `/healthz`, `/readyz`, `/metrics`.
+//! - [`serve`]: one replica: election, `/healthz`, `/readyz`, `/metrics`, and while leading
+//!   the [`reconcile`]r.
+//! - [`reconcile`]: the leader's loop: `refit_fleet`'s driver over [`store::HubFleet`] (the
+//!   hub's resources as a fleet store), plus what only the hub has (binding Members,
+//!   initializing UpdateRuns, the spec's Run/Stop, approvals written to Gate objects).
+//! - [`events`]: Kubernetes Events for what people watch.
 //! - [`resources`]: the custom resource types (schemas generated from them and from core's).
 //! - [`hub`]: `refit fleet --hub` verbs (gate approval as the hub's authenticated user).
 //! - [`layout`]: which part of a run lives in the UpdateRun, which in each ClusterUpgrade
@@ -18,12 +23,15 @@
 // (clippy.toml lets tests unwrap and expect).
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod events;
 pub mod hub;
 pub mod layout;
 pub mod leader;
 pub mod manifests;
+pub mod reconcile;
 pub mod resources;
 pub mod serve;
+pub mod store;
 
 /// Everything that can go wrong in hub mode.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +42,9 @@ pub enum Error {
     /// The hub could not be reached.
     #[error("the hub: {0}")]
     Hub(#[from] refit_kube::Error),
+    /// The member upgrades' journal could not be prepared.
+    #[error("{0}")]
+    Journal(String),
     /// The HTTP endpoint could not listen.
     #[error("cannot listen on {addr}: {source}")]
     Listen {

@@ -111,6 +111,10 @@ pub struct MemberSpec {
     /// The node action, as `refit upgrade --action` takes it (`ssh`, `exec:...`, `sandbox:DIR`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
+    /// Extra `refit upgrade` arguments for this member (e.g. `--accept=control-plane-count`),
+    /// as `refit fleet member add --upgrade-arg` stores them locally.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upgrade_args: Vec<String>,
 }
 
 /// What the controller observed of a member.

@@ -4,11 +4,13 @@
 //! Readiness means "knows its role" (leading, or following a named leader): a replica whose
 //! hub is unreachable is alive but not ready. `/metrics` carries `refit_controller_leader`
 //! (1 on the leader) and `refit_controller_leader_changes_total` (times this replica started
-//! leading).
+//! leading), and the reconciler's metrics ([`crate::reconcile::Metrics`]). While this replica
+//! leads it runs the reconciler ([`crate::reconcile::lead`]), each time in a new term (the
+//! fence of its writes).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -24,6 +26,7 @@ use tokio::sync::watch;
 
 use crate::Error;
 use crate::leader::{self, Role};
+use crate::store::Leadership;
 
 /// One replica's settings.
 #[derive(Debug, Clone)]
@@ -36,11 +39,16 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Leader election.
     pub election: leader::Config,
+    /// The local store member upgrades journal into (None: a private directory of this
+    /// replica's, removed when it exits).
+    pub journal: Option<std::path::PathBuf>,
 }
 
 struct Shared {
     role: watch::Receiver<Role>,
     registry: Registry,
+    /// Kept for the replica's lifetime.
+    _journal: tempfile::TempDir,
 }
 
 /// Runs a replica until the process ends. `on_listen` is told the bound address (port 0
@@ -48,6 +56,7 @@ struct Shared {
 pub async fn run(cfg: Config, on_listen: impl FnOnce(SocketAddr)) -> Result<(), Error> {
     let conn = refit_kube::connect(&cfg.hub).await?;
     let me = refit_engine::lifecycle::lock::this_process();
+    let holder = me.identity.clone();
     let (tx, role) = watch::channel(Role::Candidate);
     let leader_gauge: Gauge = Gauge::default();
     let changes: Counter<u64, AtomicU64> = Counter::default();
@@ -64,8 +73,48 @@ pub async fn run(cfg: Config, on_listen: impl FnOnce(SocketAddr)) -> Result<(), 
             }
         }
     });
+    let reconciler_metrics = crate::reconcile::Metrics::register(&mut registry);
+    // The member upgrades' local journal: given, or private to this replica.
+    let private = tempfile::Builder::new()
+        .prefix("refit-controller")
+        .tempdir()
+        .map_err(|e| Error::Journal(format!("cannot create a private directory: {e}")))?;
+    let journal = cfg.journal.clone().unwrap_or_else(|| private.path().join("refit.db"));
+    let term = Arc::new(AtomicI64::new(0));
+    let leadership = Leadership { role: role.clone(), term: term.clone() };
+    let client = conn.client.clone();
+    let namespace = cfg.namespace.clone();
+    tokio::spawn(async move {
+        let mut watch_role = leadership.role.clone();
+        loop {
+            if *watch_role.borrow_and_update() == Role::Leader {
+                term.fetch_add(1, Ordering::SeqCst);
+                let lead = crate::reconcile::Lead {
+                    client: client.clone(),
+                    namespace: namespace.clone(),
+                    holder: holder.clone(),
+                    leadership: leadership.clone(),
+                    metrics: reconciler_metrics.clone(),
+                    journal: journal.clone(),
+                    driver: refit_fleet::DriverConfig::default(),
+                };
+                match crate::reconcile::lead(lead).await {
+                    Ok(()) => tracing::info!("no longer leading: the reconciler stopped"),
+                    Err(e) => tracing::error!("the reconciler stopped: {e}"),
+                }
+                // Still leading (the reconciler failed): try again shortly.
+                if *watch_role.borrow() == Role::Leader {
+                    tokio::time::sleep(crate::reconcile::POLL).await;
+                    continue;
+                }
+            }
+            if watch_role.changed().await.is_err() {
+                break;
+            }
+        }
+    });
     tokio::spawn(leader::campaign(conn, cfg.election.clone(), me, tx));
-    let shared = Arc::new(Shared { role, registry });
+    let shared = Arc::new(Shared { role, registry, _journal: private });
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

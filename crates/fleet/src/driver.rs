@@ -218,6 +218,17 @@ impl<L: MemberLauncher, O: Observer, S: DriverStore> Driver<L, O, S> {
 
     /// Sleeps until `wake`, a member's message or the poll interval, handling what arrives.
     async fn wait(&mut self, wake: Option<Timestamp>) -> Result<(), Error> {
+        self.wait_or(wake, std::future::pending()).await
+    }
+
+    /// Like the driver's own wait between ticks — until `wake`, a member upgrade's message
+    /// (handled: progress and outcomes are recorded) or the poll interval — or until `also`
+    /// completes (the hub's watches: a run or gate changed).
+    pub async fn wait_or(
+        &mut self,
+        wake: Option<Timestamp>,
+        also: impl std::future::Future<Output = ()>,
+    ) -> Result<(), Error> {
         let mut sleep = self.cfg.poll;
         if let Some(w) = wake {
             let ms = w.as_millisecond().saturating_sub(Timestamp::now().as_millisecond());
@@ -226,6 +237,7 @@ impl<L: MemberLauncher, O: Observer, S: DriverStore> Driver<L, O, S> {
         tokio::select! {
             m = self.rx.recv() => if let Some(m) = m { self.handle(m).await? },
             _ = tokio::time::sleep(sleep) => {}
+            () = also => {}
         }
         while let Ok(m) = self.rx.try_recv() {
             self.handle(m).await?;

@@ -26,6 +26,10 @@ pub struct ControllerArgs {
     /// Where /healthz, /readyz and /metrics listen.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
+    /// The local store member upgrades journal into (default: a private directory of this
+    /// replica's, removed when it exits).
+    #[arg(long)]
+    pub store: Option<std::path::PathBuf>,
 }
 
 /// The controller's subcommands.
@@ -59,6 +63,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
                 election: refit_controller::leader::Config::new(&args.namespace),
                 namespace: args.namespace,
                 listen: args.listen,
+                journal: args.store,
             };
             refit_controller::serve::run(cfg, |addr| {
                 eprintln!("refit controller: listening on http://{addr}")
