@@ -11,6 +11,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -107,19 +108,27 @@ async fn cluster_uid(kubeconfig: &Path) -> String {
 }
 
 /// The hub's count of API requests to refit's resources, Secrets and Events (its own
-/// `apiserver_request_total`).
-async fn hub_requests(client: &kube::Client) -> u64 {
+/// `apiserver_request_total`), by verb and resource.
+async fn hub_requests(client: &kube::Client) -> BTreeMap<(String, String), u64> {
     let text = client.request_text(http::Request::get("/metrics").body(Vec::new()).unwrap()).await.unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-        .filter(|l| {
-            l.contains("group=\"refit.dev\"")
-                || l.contains("resource=\"secrets\"")
-                || l.contains("resource=\"events\"")
-        })
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
+    let label = |l: &str, k: &str| {
+        l.split_once(&format!("{k}=\""))
+            .and_then(|(_, r)| r.split_once('"'))
+            .map(|(v, _)| v.to_string())
+            .unwrap_or_default()
+    };
+    let mut out = BTreeMap::new();
+    for l in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+        let resource = label(l, "resource");
+        if !(l.contains("group=\"refit.dev\"") || resource == "secrets" || resource == "events") {
+            continue;
+        }
+        let n = l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()).unwrap_or(0.0) as u64;
+        let sub = label(l, "subresource");
+        let key = (label(l, "verb"), if sub.is_empty() { resource } else { format!("{resource}/{sub}") });
+        *out.entry(key).or_insert(0) += n;
+    }
+    out
 }
 
 async fn eventually<T>(
@@ -260,6 +269,7 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
     runs.create(&post, &new_run("to-137", "two-stage")).await.unwrap();
 
     let before = hub_requests(&client).await;
+    let started = Instant::now();
     let controller = start_controller(&hub.kubeconfig(), &log);
     let mut polls: u64 = 0;
 
@@ -295,6 +305,7 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
     })
     .await;
     let after = hub_requests(&client).await;
+    let run_secs = started.elapsed().as_secs();
     let status = &run.data["status"];
     assert_eq!(status["state"], "Completed", "{status}");
     assert_eq!((status["done"].as_u64(), status["members"].as_u64()), (Some(2), Some(2)));
@@ -386,11 +397,17 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
     );
 
     // What the hub served for the first run (its two member upgrades), less this test's own
-    // polling: printed, not asserted.
-    let controller_requests = after.saturating_sub(before).saturating_sub(polls);
+    // polling (GETs of updateruns and gates): printed, not asserted.
+    let mut by_kind: Vec<((String, String), u64)> = after
+        .iter()
+        .map(|(k, n)| (k.clone(), n.saturating_sub(before.get(k).copied().unwrap_or(0))))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    by_kind.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    let total: u64 = by_kind.iter().map(|(_, n)| n).sum::<u64>().saturating_sub(polls);
     println!(
-        "hub API requests (refit resources, Secrets, Events) for a 2-member, 2-stage run: {controller_requests} (~{} per member upgrade; includes the ~2 s polling while waiting on the gate)",
-        controller_requests / 2
+        "hub API requests (refit resources, Secrets, Events) for a 2-member, 2-stage run in {run_secs} s: {total} (~{} per member upgrade; includes the polling while the run waited on its gate); by verb and resource, the test's {polls} polls included: {by_kind:?}",
+        total / 2
     );
     drop(controller);
     hub.stop();

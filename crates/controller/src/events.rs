@@ -121,20 +121,19 @@ impl Events {
         Events { recorder: Recorder::new(client, reporter) }
     }
 
-    /// Publishes the Events for what was recorded on `run` (see [`translate`]).
-    pub async fn recorded(
+    /// Publishes `notes` (from [`translate`]) about run `name`, its members and gates.
+    pub async fn publish_all(
         &self,
         run: &UpdateRun,
-        before: UpdateState,
-        after: &RunState,
-        events: &[Event],
+        name: &str,
+        notes: Vec<Note>,
         members: &HashMap<String, Member>,
     ) {
-        for n in translate(&after.name, before, after, events) {
+        for n in notes {
             let reference = match &n.subject {
                 Subject::Run => Some(run.object_ref(&())),
                 Subject::Member(m) => members.get(m).map(|m| m.object_ref(&())),
-                Subject::Gate(g) => Some(gate_ref(run, &crate::hub::gate_object_name(&after.name, g))),
+                Subject::Gate(g) => Some(gate_ref(run, &crate::hub::gate_object_name(name, g))),
             };
             match reference {
                 Some(r) => self.publish(&r, n.reason, &n.message, n.warning).await,

@@ -293,6 +293,10 @@ async fn reconcile_run(
         let Some((obj, _)) = d.store().run_object(name).await? else { return Ok(None) };
         d.store().observe_generation(&obj).await?;
     }
+    // A run that needed nothing at this version needs nothing now.
+    if d.store().is_settled(&obj) {
+        return Ok(None);
+    }
     approvals(d.store(), name).await?;
     let mut wake = None;
     let state = refit_fleet::commit::load_run_on(d.store(), name).await?.state;
@@ -309,6 +313,9 @@ async fn reconcile_run(
     let state = refit_fleet::commit::load_run_on(d.store(), name).await?.state;
     metrics.run(&state);
     mirror_gates(d.store(), &state).await?;
+    if !active && state.progress().in_flight == 0 {
+        d.store().settle(name);
+    }
     Ok(wake)
 }
 

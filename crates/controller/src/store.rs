@@ -84,6 +84,11 @@ pub struct HubFleet {
     held: HashMap<String, Fence>,
     /// The member details of each run as last read, to write only those that changed.
     details: HashMap<String, BTreeMap<String, MemberDetail>>,
+    /// Each run's object as last read: a write names its resourceVersion (the commit loop
+    /// reads right before it writes, so this saves reading it twice).
+    objects: HashMap<String, UpdateRun>,
+    /// The resourceVersion of each run at its last settled pass (nothing to do since).
+    settled: HashMap<String, String>,
     /// Member kubeconfigs (0700 directory, 0600 files); removed when dropped.
     kubeconfigs: tempfile::TempDir,
     events: Events,
@@ -109,6 +114,8 @@ impl HubFleet {
             leadership,
             held: HashMap::new(),
             details: HashMap::new(),
+            objects: HashMap::new(),
+            settled: HashMap::new(),
             kubeconfigs,
             events,
         })
@@ -122,6 +129,20 @@ impl HubFleet {
     /// The fleet's namespace.
     pub fn namespace(&self) -> &str {
         &self.namespace
+    }
+
+    /// Whether `obj` is as it was at its last settled pass (nothing changed since).
+    pub fn is_settled(&self, obj: &UpdateRun) -> bool {
+        let name = obj.metadata.name.as_deref().unwrap_or_default();
+        obj.metadata.resource_version.is_some()
+            && self.settled.get(name) == obj.metadata.resource_version.as_ref()
+    }
+
+    /// Remembers that `name` needed nothing at the version last read.
+    pub fn settle(&mut self, name: &str) {
+        if let Some(rv) = self.objects.get(name).and_then(|o| o.metadata.resource_version.clone()) {
+            self.settled.insert(name.to_string(), rv);
+        }
     }
 
     /// The Event recorder.
@@ -169,6 +190,7 @@ impl HubFleet {
         let details = self.read_details(name).await?;
         let state = crate::layout::join(tree, &details);
         self.details.insert(name.to_string(), details);
+        self.objects.insert(name.to_string(), obj.clone());
         Ok(Some((obj, Some(StoredRun { state, version }))))
     }
 
@@ -244,11 +266,10 @@ impl HubFleet {
     ) -> Result<(), refit_fleet::Error> {
         let run = &state.name;
         let before = self.details.remove(run).unwrap_or_default();
-        let members = self.members_by_name().await?;
-        for (member, detail) in &details {
-            if before.get(member) == Some(detail) {
-                continue;
-            }
+        let changed: Vec<&String> = details.keys().filter(|m| before.get(*m) != details.get(*m)).collect();
+        let members = if changed.is_empty() { HashMap::new() } else { self.members_by_name().await? };
+        for member in changed {
+            let Some(detail) = details.get(member) else { continue };
             let state_of =
                 state.members().find(|(_, _, m)| &m.name == member).map(|(_, _, m)| m.status.state);
             self.put_upgrade(run, member, detail, state_of, members.get(member)).await?;
@@ -490,16 +511,26 @@ impl FleetStore for HubFleet {
     ) -> Result<i64, refit_fleet::Error> {
         self.check_fence(&state.name, fence)?;
         let name = state.name.clone();
-        let Some((obj, Some(cur))) = self.run_object(&name).await? else {
-            return Err(refit_store::Error::NotFound { kind: "update run", name }.into());
+        let obj = match self.objects.get(&name) {
+            Some(o) if version_of(o).ok() == Some(expected) => o.clone(),
+            // Not the version read last: someone wrote it since (or it was never read).
+            _ => return Err(refit_store::Error::Conflict { name, expected, found: -1 }.into()),
         };
-        if cur.version != expected {
-            return Err(refit_store::Error::Conflict { name, expected, found: cur.version }.into());
-        }
-        let before = cur.state.status.state;
+        let before = obj
+            .status
+            .as_ref()
+            .and_then(|s| s.run.as_ref())
+            .map(|r| r.status.state)
+            .unwrap_or(UpdateState::NotStarted);
         let (version, details) = self.write_status(&obj, state).await?;
         self.write_details(state, details).await?;
-        self.events.recorded(&obj, before, state, events, &self.members_by_name().await?).await;
+        let notes = crate::events::translate(&state.name, before, state, events);
+        let members = if notes.iter().any(|n| matches!(n.subject, crate::events::Subject::Member(_))) {
+            self.members_by_name().await?
+        } else {
+            HashMap::new()
+        };
+        self.events.publish_all(&obj, &state.name, notes, &members).await;
         Ok(version)
     }
 
