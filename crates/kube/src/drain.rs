@@ -142,8 +142,10 @@ pub enum DrainEvent {
     Refused {
         /// The pod.
         pod: PodRef,
-        /// Why, and which allowance would change that.
+        /// Why (kubectl's words).
         reason: String,
+        /// The allowance that would change that.
+        remedy: refit_core::remedy::Remedy,
     },
     /// [`force_delete_remaining`] deleted the pod and it is gone.
     Deleted(PodRef),
@@ -158,6 +160,9 @@ pub struct Blocker {
     pub pdb: Option<String>,
     /// The last reason (the apiserver's refusal, "terminating", a refusal by the rules).
     pub reason: String,
+    /// The allowance that would let the drain take it, for a refusal by the rules.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remedy: Option<refit_core::remedy::Remedy>,
 }
 
 /// How a drain ended.
@@ -288,9 +293,14 @@ async fn run(
         // kubectl's rule: a node with a pod that must not be evicted is not touched at all.
         for (pod, reason) in refused {
             let pod = PodRef::of(pod);
+            let remedy = reason.remedy();
             let reason = reason.advice().to_string();
-            on_event(DrainEvent::Refused { pod: pod.clone(), reason: reason.clone() });
-            report.remaining.push(Blocker { pod, pdb: None, reason });
+            on_event(DrainEvent::Refused {
+                pod: pod.clone(),
+                reason: reason.clone(),
+                remedy: remedy.clone(),
+            });
+            report.remaining.push(Blocker { pod, pdb: None, reason, remedy: Some(remedy) });
         }
         return Ok(finish(report, start));
     }
@@ -376,7 +386,7 @@ impl Ctx<'_> {
             o = self.work(w, &standing) => o,
             _ = tokio::time::sleep_until(self.deadline) => {
                 let s = lock(&standing);
-                Outcome::TimedOut(Blocker { pod: w.pod.clone(), pdb: s.pdb.clone(), reason: s.reason.clone() })
+                Outcome::TimedOut(Blocker { pod: w.pod.clone(), pdb: s.pdb.clone(), reason: s.reason.clone(), remedy: None })
             }
         };
         (w.pod.clone(), outcome)
@@ -452,7 +462,7 @@ impl Ctx<'_> {
                 }
                 Answer::Fatal { reason } => {
                     self.report_blocked(pod, None, reason.clone(), &mut reported);
-                    return Outcome::Remaining(Blocker { pod: pod.clone(), pdb: None, reason });
+                    return Outcome::Remaining(Blocker { pod: pod.clone(), pdb: None, reason, remedy: None });
                 }
             }
         }
@@ -493,7 +503,7 @@ impl Ctx<'_> {
                 }
                 Answer::Fatal { reason } => {
                     self.report_blocked(pod, None, reason.clone(), &mut reported);
-                    return Outcome::Remaining(Blocker { pod: pod.clone(), pdb: None, reason });
+                    return Outcome::Remaining(Blocker { pod: pod.clone(), pdb: None, reason, remedy: None });
                 }
             }
         }
