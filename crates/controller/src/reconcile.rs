@@ -227,9 +227,18 @@ where
 {
     let api: Api<K> = Api::namespaced(client, &namespace);
     let mut stream = watcher(api, watcher::Config::default()).boxed();
+    // Only a new object or a new generation (a spec change: a request, an approval) wakes the
+    // loop; status writes — most of them the controller's own — do not.
+    let mut seen: HashMap<String, Option<i64>> = HashMap::new();
     while let Some(item) = stream.next().await {
         match item {
-            Ok(_) => nudge.notify_one(),
+            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                let name = o.meta().name.clone().unwrap_or_default();
+                if seen.insert(name, o.meta().generation) != Some(o.meta().generation) {
+                    nudge.notify_one();
+                }
+            }
+            Ok(_) => {}
             Err(e) => {
                 tracing::debug!("watch: {e}");
                 tokio::time::sleep(POLL).await;
@@ -266,10 +275,10 @@ async fn reconcile_run(
     name: &str,
 ) -> Result<Option<jiff::Timestamp>, refit_fleet::Error> {
     let Some((obj, run)) = d.store().run_object(name).await? else { return Ok(None) };
-    if run.is_none() {
+    let Some(mut run) = run else {
         initialize(d.store(), &obj).await?;
         return Ok(None);
-    }
+    };
     // The spec's request, once per generation.
     let status = obj.status.clone().unwrap_or_default();
     if obj.metadata.generation.is_some() && status.observed_generation != obj.metadata.generation {
@@ -290,16 +299,19 @@ async fn reconcile_run(
             }
             None => {}
         }
-        let Some((obj, _)) = d.store().run_object(name).await? else { return Ok(None) };
+        let Some((obj, now)) = d.store().run_object(name).await? else { return Ok(None) };
         d.store().observe_generation(&obj).await?;
+        run = now.unwrap_or(run);
     }
     // A run that needed nothing at this version needs nothing now.
     if d.store().is_settled(&obj) {
         return Ok(None);
     }
-    approvals(d.store(), name).await?;
+    if approvals(d.store(), name).await? {
+        run = refit_fleet::commit::load_run_on(d.store(), name).await?;
+    }
     let mut wake = None;
-    let state = refit_fleet::commit::load_run_on(d.store(), name).await?.state;
+    let state = run.state;
     let active =
         matches!(state.status.state, UpdateState::Running | UpdateState::Pending | UpdateState::Stopping)
             || state.progress().in_flight > 0;
@@ -310,7 +322,7 @@ async fn reconcile_run(
             d.store().release_lease(name).await;
         }
     }
-    let state = refit_fleet::commit::load_run_on(d.store(), name).await?.state;
+    let state = if active { refit_fleet::commit::load_run_on(d.store(), name).await?.state } else { state };
     metrics.run(&state);
     mirror_gates(d.store(), &state).await?;
     if !active && state.progress().in_flight == 0 {
@@ -378,8 +390,9 @@ async fn initialize(store: &mut HubFleet, obj: &UpdateRun) -> Result<(), refit_f
     Ok(())
 }
 
-/// Approvals written to the run's Gate objects, recorded in the run.
-async fn approvals(store: &mut HubFleet, run: &str) -> Result<(), refit_fleet::Error> {
+/// Approvals written to the run's Gate objects, recorded in the run; whether any was.
+async fn approvals(store: &mut HubFleet, run: &str) -> Result<bool, refit_fleet::Error> {
+    let mut recorded = false;
     let gates: Api<Gate> = Api::namespaced(store.client().clone(), store.namespace());
     let list = gates
         .list(&ListParams::default().labels(&format!("{}={run}", crate::store::RUN_LABEL)))
@@ -407,11 +420,12 @@ async fn approvals(store: &mut HubFleet, run: &str) -> Result<(), refit_fleet::E
             }
         };
         match commit_on(store, run, None, event).await {
-            Ok(_) | Err(refit_fleet::Error::Invalid(_) | refit_fleet::Error::Refused(_)) => {}
+            Ok(_) => recorded = true,
+            Err(refit_fleet::Error::Invalid(_) | refit_fleet::Error::Refused(_)) => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(recorded)
 }
 
 /// Each Gate object's status as the run has it.

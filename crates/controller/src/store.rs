@@ -39,6 +39,9 @@ use crate::resources::{
     UpdateRunStatus,
 };
 
+/// How long a member's kubeconfig read from its Secret is used before the Secret is read again.
+pub const SECRET_TTL: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// The label every ClusterUpgrade carries: its run.
 pub const RUN_LABEL: &str = "refit.dev/run";
 
@@ -89,6 +92,8 @@ pub struct HubFleet {
     objects: HashMap<String, UpdateRun>,
     /// The resourceVersion of each run at its last settled pass (nothing to do since).
     settled: HashMap<String, String>,
+    /// Each member's kubeconfig file as last read from its Secret, and when.
+    kubeconfig_read: std::sync::Mutex<HashMap<String, (std::time::Instant, Option<PathBuf>)>>,
     /// Member kubeconfigs (0700 directory, 0600 files); removed when dropped.
     kubeconfigs: tempfile::TempDir,
     events: Events,
@@ -116,6 +121,7 @@ impl HubFleet {
             details: HashMap::new(),
             objects: HashMap::new(),
             settled: HashMap::new(),
+            kubeconfig_read: std::sync::Mutex::default(),
             kubeconfigs,
             events,
         })
@@ -325,25 +331,23 @@ impl HubFleet {
     }
 
     /// A Member as the fleet library sees it: its kubeconfig written from its Secret to a 0600
-    /// file (rewritten only when it changed).
+    /// file (rewritten only when it changed; the Secret is read again after [`SECRET_TTL`] —
+    /// whatever the file says, the cluster it reaches is checked against the binding before
+    /// every observation and launch).
     async fn record_of(&self, m: &Member) -> Result<MemberRecord, refit_fleet::Error> {
         let name = m.metadata.name.clone().unwrap_or_default();
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
-        let r = &m.spec.kubeconfig_secret;
-        // Unreadable: the member is recorded without a kubeconfig, and observing it says why.
-        let kubeconfig = match secrets.get_opt(&r.name).await {
-            Ok(Some(s)) => match s.data.as_ref().and_then(|d| d.get(&r.key)) {
-                Some(bytes) => Some(self.write_kubeconfig(&name, &bytes.0)?),
-                None => {
-                    tracing::warn!(member = %name, secret = %r.name, key = %r.key, "the Secret has no such key");
-                    None
-                }
-            },
-            Ok(None) => {
-                tracing::warn!(member = %name, secret = %r.name, "the member's Secret does not exist");
-                None
+        let cached = {
+            let read = self.kubeconfig_read.lock().unwrap_or_else(|e| e.into_inner());
+            read.get(&name).filter(|(at, _)| at.elapsed() < SECRET_TTL).map(|(_, p)| p.clone())
+        };
+        let kubeconfig = match cached {
+            Some(p) => p,
+            None => {
+                let p = self.read_kubeconfig(&name, m).await?;
+                let mut read = self.kubeconfig_read.lock().unwrap_or_else(|e| e.into_inner());
+                read.insert(name.clone(), (std::time::Instant::now(), p.clone()));
+                p
             }
-            Err(e) => return Err(fleet_err(format!("reading the Secret of member {name}"), e)),
         };
         Ok(MemberRecord {
             name,
@@ -358,6 +362,27 @@ impl HubFleet {
             action: m.spec.action.clone(),
             plan_file: None,
             upgrade_args: m.spec.upgrade_args.clone(),
+        })
+    }
+
+    /// The member's kubeconfig from its Secret, written to its file (None: unreadable; the
+    /// member is then recorded without one, and observing it says why).
+    async fn read_kubeconfig(&self, name: &str, m: &Member) -> Result<Option<PathBuf>, refit_fleet::Error> {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        let r = &m.spec.kubeconfig_secret;
+        Ok(match secrets.get_opt(&r.name).await {
+            Ok(Some(s)) => match s.data.as_ref().and_then(|d| d.get(&r.key)) {
+                Some(bytes) => Some(self.write_kubeconfig(name, &bytes.0)?),
+                None => {
+                    tracing::warn!(member = %name, secret = %r.name, key = %r.key, "the Secret has no such key");
+                    None
+                }
+            },
+            Ok(None) => {
+                tracing::warn!(member = %name, secret = %r.name, "the member's Secret does not exist");
+                None
+            }
+            Err(e) => return Err(fleet_err(format!("reading the Secret of member {name}"), e)),
         })
     }
 
