@@ -80,3 +80,15 @@ pub fn catalog_newest_at(dir: &std::path::Path, patch: &str) -> PathBuf {
     std::fs::write(&path, trimmed).unwrap();
     path
 }
+
+/// `refit upgrade`'s etcd backup flags for a testbed's own etcd (what an exec action, which
+/// cannot back up by itself, is given; the sandbox action needs none).
+pub fn etcd_backup_args(tb: &refit_testbed::Testbed) -> Vec<String> {
+    let (url, pki) = tb.etcd_endpoint();
+    vec![
+        format!("--etcd-endpoint={url}"),
+        format!("--etcd-cacert={}", pki.ca_cert.display()),
+        format!("--etcd-cert={}", pki.admin_cert.display()),
+        format!("--etcd-key={}", pki.admin_key.display()),
+    ]
+}
