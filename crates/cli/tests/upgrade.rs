@@ -24,9 +24,7 @@ use refit_testbed::Testbed;
 use refit_testbed::workloads::{Budget, apply, deployment, pdb, wait_pods_ready};
 use serde_json::json;
 use support::watcher::{Watcher, kubelet, unschedulable};
-use support::{Sandbox, catalog_newest_at, has_minor, refit, release};
-
-const NS: &str = "shop";
+use support::{APPS, NS, Sandbox, catalog_newest_at, has_minor, install_apps, refit, release};
 
 /// A sandbox for one test, stopped when the test ends however it ends.
 struct Cluster {
@@ -43,14 +41,7 @@ impl Cluster {
     fn up(version: &str, control_planes: usize, workers: usize) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("sb");
-        let out = refit()
-            .args(["sandbox", "up", "--version", version, "--workers", &workers.to_string()])
-            .args(["--control-plane", &control_planes.to_string(), "--dir"])
-            .arg(&dir)
-            .output()
-            .unwrap();
-        let guard = Sandbox(dir.clone());
-        assert!(out.status.success(), "sandbox up: {}", String::from_utf8_lossy(&out.stderr));
+        let guard = support::sandbox_up(&dir, version, control_planes, workers);
         // The testbed runs one etcd member whatever the control planes.
         let mut accepts = vec!["--accept=etcd-members".to_string()];
         if control_planes < 2 {
@@ -104,24 +95,6 @@ impl Cluster {
     async fn nodes(&self) -> Vec<Node> {
         Api::<Node>::all(self.client().await).list(&ListParams::default()).await.unwrap().items
     }
-}
-
-/// Deployments spread over the workers, each covered by a PDB: `(app, replicas, budget, least
-/// healthy allowed)`.
-const APPS: &[(&str, i32, Budget, usize)] = &[
-    ("web", 12, Budget::MaxUnavailable(1), 11),
-    ("api", 6, Budget::MinAvailable(5), 5),
-    ("db", 4, Budget::MaxUnavailable(1), 3),
-];
-
-async fn install_apps(client: &kube::Client, tb: &Testbed) {
-    tb.create_namespace(NS).await.unwrap();
-    for (app, replicas, budget, _) in APPS {
-        apply::<Deployment>(client, deployment(NS, app, *replicas)).await.unwrap();
-        apply::<PodDisruptionBudget>(client, pdb(NS, app, app, *budget)).await.unwrap();
-    }
-    let total: i32 = APPS.iter().map(|a| a.1).sum();
-    wait_pods_ready(client, NS, "", total as usize, Duration::from_secs(120)).await.unwrap();
 }
 
 /// Writes an exec action that logs each invocation, then runs the sandbox's upgrade-node
@@ -1139,18 +1112,7 @@ async fn auto_batches_stay_in_one_zone_within_every_budget_and_finish() {
         assert!(!unschedulable(&n), "{:?} left cordoned", n.metadata.name);
     }
     let seen = watcher.stop();
-    assert!(
-        seen.max_unschedulable_workers <= 4,
-        "{} workers unschedulable at once",
-        seen.max_unschedulable_workers
-    );
-    for (app, _, _, least) in APPS {
-        let min = seen.min_healthy.get(*app).copied().unwrap_or(0);
-        assert!(
-            min >= *least,
-            "{app}: {min} healthy pods at one moment, the PDB allows no fewer than {least}"
-        );
-    }
+    seen.assert_safe(4);
     println!(
         "auto batches: {batches:?}; most workers unschedulable at once: {}",
         seen.max_unschedulable_workers
