@@ -311,9 +311,10 @@ pub(crate) async fn save<S: Source + Sync>(sources: &[S], dir: &Path, name: &str
     Err(Error::AllEndpointsFailed(failures))
 }
 
-/// The backup directory: created 0700 when missing; an existing one that others can enter
-/// is refused (a snapshot holds every Secret of the cluster, and a directory others can write
-/// lets them swap files under refit).
+/// The backup directory: created 0700 when missing; an existing one that others can write is
+/// refused (they could swap or plant files under refit — a snapshot holds every Secret of the
+/// cluster), like the store's directory. One others can only read is the operator's choice:
+/// the snapshots in it are 0600.
 pub fn private_dir(dir: &Path) -> Result<(), Error> {
     match std::fs::symlink_metadata(dir) {
         Err(e) if e.kind() == ErrorKind::NotFound => std::fs::DirBuilder::new()
@@ -326,10 +327,10 @@ pub fn private_dir(dir: &Path) -> Result<(), Error> {
             path: dir.to_path_buf(),
             detail: "is not a directory (a symlink is not followed)".into(),
         }),
-        Ok(m) if m.permissions().mode() & 0o077 != 0 => Err(Error::Unsafe {
+        Ok(m) if m.permissions().mode() & 0o022 != 0 => Err(Error::Unsafe {
             path: dir.to_path_buf(),
             detail: format!(
-                "is mode {:04o}: others could read or replace backups (etcd snapshots hold every Secret); run chmod 700 on it",
+                "is mode {:04o}: others could replace backups (etcd snapshots hold every Secret); run chmod 700 on it",
                 m.permissions().mode() & 0o7777
             ),
         }),
@@ -986,7 +987,7 @@ fn fnv1a64(data: &[u8]) -> u64 {
 }
 
 /// Checks the file a backup command wrote (`--backup-command` succeeding is not enough): it
-/// exists as a regular file, owner-only (0600) in an owner-only (0700) directory, is not
+/// exists as a regular file, owner-only (0600) in a directory others cannot write, is not
 /// empty, and is an etcd snapshot — a bbolt database whose meta page verifies, and, when it
 /// carries etcd's SHA-256 digest (size % 512 == 32, what `etcdctl snapshot save` writes), a
 /// digest that matches, exactly what `etcdutl snapshot restore` will check. A database copied
@@ -1235,8 +1236,8 @@ mod tests {
         let link = dir.join("link");
         std::os::unix::fs::symlink(&good, &link).unwrap();
         assert!(err(check_snapshot_file(&link).await.unwrap_err()).contains("symlink"));
-        // The directory must be private too.
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // The directory must not be writable by others.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o775)).unwrap();
         assert!(err(check_snapshot_file(&good).await.unwrap_err()).contains("chmod 700"));
         assert!(matches!(private_dir(&dir), Err(Error::Unsafe { .. })));
     }
