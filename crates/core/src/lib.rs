@@ -36,6 +36,7 @@ pub mod preflight;
 pub mod quantity;
 pub mod reach;
 pub mod readiness;
+pub mod refresh;
 pub mod remedy;
 pub mod removed;
 pub mod run;
