@@ -452,9 +452,15 @@ pub struct UpgradeArgs {
     /// Client key for --etcd-endpoint.
     #[arg(long)]
     pub etcd_key: Option<PathBuf>,
-    /// A backup command instead of the etcd API (placeholders {dir} {name}, no shell).
-    #[arg(long)]
+    /// A backup command instead of the etcd API (placeholders {dir} {name} {path}, no shell).
+    /// It must write the snapshot to {path} (= {dir}/{name}.db), 0600: the run goes on only
+    /// when that file is an etcd snapshot.
+    #[arg(long, conflicts_with = "etcd_endpoints")]
     pub backup_command: Option<String>,
+    /// Change etcd and the control plane WITHOUT an etcd snapshot first (said in the plan and
+    /// the summary). Without it, a run that touches them and has no backup is refused.
+    #[arg(long, conflicts_with_all = ["etcd_endpoints", "backup_command"])]
+    pub no_etcd_backup: bool,
     /// Where backups are kept (never deleted). Default: <state dir>/backups.
     #[arg(long)]
     pub backup_dir: Option<PathBuf>,

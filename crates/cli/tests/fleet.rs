@@ -46,6 +46,13 @@ const SANDBOX_ACCEPTS: &[&str] = &[
     "--upgrade-arg=--accept=worker-count",
 ];
 
+/// The member upgrades' etcd backup (their exec action does not back up by itself): the
+/// sandbox's etcd, through `--upgrade-arg`.
+fn etcd_backup_upgrade_args(sandbox: &Path) -> Vec<String> {
+    let tb = refit_testbed::Testbed::attach(sandbox).unwrap();
+    support::etcd_backup_args(&tb).into_iter().map(|a| format!("--upgrade-arg={a}")).collect()
+}
+
 const STRATEGY: &str = r#"
 stages:
   - name: canary
@@ -105,7 +112,8 @@ impl Fleet {
                     .arg("--kubeconfig")
                     .arg(dir.join("kubeconfig"))
                     .args(["--context", "refit-testbed", "--action", &action])
-                    .args(SANDBOX_ACCEPTS),
+                    .args(SANDBOX_ACCEPTS)
+                    .args(etcd_backup_upgrade_args(&dir)),
             );
             sandboxes.push((name.to_string(), dir));
         }
@@ -613,7 +621,9 @@ fn three_sandbox_members_in_two_stages_upgrade_with_gates_windows_skips_stop_fai
     run_ok(
         f.cmd()
             .args(["member", "add", "moved-1", "--update-group", "moved", "--context", "refit-testbed"])
-            .args(["--pending-budget", "2s", "--action", &action, "--kubeconfig"])
+            .args(["--pending-budget", "2s", "--action", &action])
+            .args(etcd_backup_upgrade_args(f.dir("west-1")))
+            .arg("--kubeconfig")
             .arg(&moved),
     );
     std::fs::copy(f.dir("west-1").join("kubeconfig"), &moved).unwrap();

@@ -135,8 +135,7 @@ fn a_failing_gate_pauses_the_run_after_a_batch_and_the_same_command_continues_it
             .arg(dir.join("kubeconfig"))
             .arg("--store")
             .arg(tmp.path().join("refit.db"))
-            .arg("--backup-command")
-            .arg("true")
+            // No backup flags: the sandbox action backs the sandbox's etcd up itself.
             .arg("-f")
             .arg(&plan)
             .args(["-o", "json"]);

@@ -89,6 +89,7 @@ async fn a_node_with_a_hostile_address_or_version_is_blocked_and_never_handed_on
             .arg(&store)
             .arg("--action")
             .arg(format!("exec:{} {{node}} {{address}} {{from}}", script.display()))
+            .args(support::etcd_backup_args(&tb))
             .args(extra);
         c.output().unwrap()
     };

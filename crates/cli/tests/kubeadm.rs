@@ -477,10 +477,34 @@ async fn one_control_plane_and_two_workers_go_from_136_to_137_through_kubeadm_an
     for n in c.nodes() {
         assert_eq!(spec["action"]["identities"][&n.name]["hostname"], n.name.as_str(), "{spec}");
     }
+    // No etcd certificates were given: the snapshot was taken on cp-1 through the ssh action
+    // (issue 18 item 9) — a real etcd snapshot, 0600 in a 0700 directory, holding the cluster.
+    assert_eq!(spec["backup"]["type"], "node", "{spec}");
+    assert_etcd_snapshot(&ran, &tmp.path().join("backups"), NS).await;
 
     assert!(seen.skew_breaches.is_empty(), "{:?}", seen.skew_breaches);
     assert!(seen.max_unschedulable_workers <= 1, "{seen:?}");
     assert!(seen.min_healthy.get("web").copied().unwrap_or(0) >= 3, "PDB violated: {seen:?}");
+}
+
+/// The run's `backup` event names a file in `dir` that is a verified etcd snapshot (exec's
+/// own check: bbolt meta page, SHA-256 trailer), private, and holds namespace `ns`.
+async fn assert_etcd_snapshot(ran: &Ran, dir: &Path, ns: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let event = ran.events.iter().find(|e| e["event"] == "backup").unwrap_or_else(|| {
+        panic!("no backup event:\n{}", ran.stdout);
+    });
+    let path = PathBuf::from(event["path"].as_str().unwrap());
+    assert_eq!(path.parent(), Some(dir), "{event}");
+    let checked = refit_exec::backup::check_snapshot_file(&path).await.unwrap();
+    assert_eq!(checked.bytes, event["bytes"].as_u64().unwrap());
+    assert!(checked.bytes > 64 * 1024, "{event}");
+    assert_eq!(checked.bytes % 512, 32, "etcd's digest trailer is there");
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(dir).unwrap().permissions().mode() & 0o777, 0o700);
+    let data = std::fs::read(&path).unwrap();
+    let needle = format!("/registry/namespaces/{ns}");
+    assert!(data.windows(needle.len()).any(|w| w == needle.as_bytes()), "{needle} is in the snapshot");
 }
 
 // ------------------------------------------------------------------ the --ignored scenarios

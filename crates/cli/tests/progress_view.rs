@@ -5,8 +5,8 @@
 //! What a person must never see: a line wider than the terminal (the terminal wraps it, and a
 //! wrapped line is one indicatif does not count when it redraws — the bars then leave copies
 //! of themselves behind), the overall bar or a node's line twice, or the "(cluster) backup"
-//! spinner still turning once the backup step is over (no backup is configured here, so the
-//! step ends at once with a warning).
+//! spinner still turning once the backup step is over (`--no-etcd-backup` here, so the step
+//! ends at once with a warning).
 //!
 //! Needs tmux (`.ci/run` installs it) and the testbed's 1.36 release.
 
@@ -79,7 +79,7 @@ fn upgrade_in_tmux(width: u16, work: &Path) -> (Vec<String>, String, String) {
     assert!(kubeconfig.exists(), "{}", kubeconfig.display());
     let exe = assert_cmd::cargo::cargo_bin("refit");
     let script = format!(
-        "REFIT_SANDBOX_DIR={} {} upgrade --to {} --force --yes --action sandbox --accept etcd-members --accept control-plane-count --kubeconfig {} --store {}; echo REFIT-EXIT:$?; sleep 600",
+        "REFIT_SANDBOX_DIR={} {} upgrade --to {} --force --yes --action sandbox --no-etcd-backup --accept etcd-members --accept control-plane-count --kubeconfig {} --store {}; echo REFIT-EXIT:$?; sleep 600",
         quote(&dir.display().to_string()),
         quote(&exe.display().to_string()),
         release(36),

@@ -362,7 +362,12 @@ async fn the_dashboard_follows_a_live_fleet_run_in_a_real_browser() {
                 &action,
                 "--upgrade-arg=--ignore-safety-checks",
                 "--upgrade-arg=--drain-timeout=10m",
-            ]));
+            ])
+            .args(
+                support::etcd_backup_args(&Testbed::attach(&dir).unwrap())
+                    .into_iter()
+                    .map(|a| format!("--upgrade-arg={a}")),
+            ));
     }
     std::fs::write(root.join("strategy.yaml"), STRATEGY).unwrap();
     ok(fleet(&store).args(["strategy", "create", "two-stage", "-f"]).arg(root.join("strategy.yaml")));

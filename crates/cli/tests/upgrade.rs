@@ -24,9 +24,7 @@ use refit_testbed::Testbed;
 use refit_testbed::workloads::{Budget, apply, deployment, pdb, wait_pods_ready};
 use serde_json::json;
 use support::watcher::{Watcher, kubelet, unschedulable};
-use support::{Sandbox, catalog_newest_at, has_minor, refit, release};
-
-const NS: &str = "shop";
+use support::{APPS, NS, Sandbox, catalog_newest_at, has_minor, install_apps, refit, release};
 
 /// A sandbox for one test, stopped when the test ends however it ends.
 struct Cluster {
@@ -43,14 +41,7 @@ impl Cluster {
     fn up(version: &str, control_planes: usize, workers: usize) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("sb");
-        let out = refit()
-            .args(["sandbox", "up", "--version", version, "--workers", &workers.to_string()])
-            .args(["--control-plane", &control_planes.to_string(), "--dir"])
-            .arg(&dir)
-            .output()
-            .unwrap();
-        let guard = Sandbox(dir.clone());
-        assert!(out.status.success(), "sandbox up: {}", String::from_utf8_lossy(&out.stderr));
+        let guard = support::sandbox_up(&dir, version, control_planes, workers);
         // The testbed runs one etcd member whatever the control planes.
         let mut accepts = vec!["--accept=etcd-members".to_string()];
         if control_planes < 2 {
@@ -78,8 +69,16 @@ impl Cluster {
 
     /// The same with another journal (as another machine would have).
     fn upgrade_with_store(&self, to: &str, store: &Path) -> assert_cmd::Command {
+        let mut cmd = self.upgrade_without_backup(to, store);
+        cmd.args(support::etcd_backup_args(&self.testbed()))
+            .arg("--backup-dir")
+            .arg(self.dir.parent().unwrap().join("backups"));
+        cmd
+    }
+
+    /// `refit upgrade` with no backup flag at all (the action decides whether it can back up).
+    fn upgrade_without_backup(&self, to: &str, store: &Path) -> assert_cmd::Command {
         let tb = self.testbed();
-        let (url, pki) = tb.etcd_endpoint();
         let mut cmd = refit();
         cmd.env("REFIT_SANDBOX_DIR", &self.dir)
             .args(["upgrade", "--to", to, "--yes", "--kubeconfig"])
@@ -89,39 +88,13 @@ impl Cluster {
             // availability rows for it are accepted, as its operator would.
             .args(&self.accepts)
             .arg("--store")
-            .arg(store)
-            .args(["--etcd-endpoint", &url, "--etcd-cacert"])
-            .arg(&pki.ca_cert)
-            .arg("--etcd-cert")
-            .arg(&pki.admin_cert)
-            .arg("--etcd-key")
-            .arg(&pki.admin_key)
-            .arg("--backup-dir")
-            .arg(self.dir.parent().unwrap().join("backups"));
+            .arg(store);
         cmd
     }
 
     async fn nodes(&self) -> Vec<Node> {
         Api::<Node>::all(self.client().await).list(&ListParams::default()).await.unwrap().items
     }
-}
-
-/// Deployments spread over the workers, each covered by a PDB: `(app, replicas, budget, least
-/// healthy allowed)`.
-const APPS: &[(&str, i32, Budget, usize)] = &[
-    ("web", 12, Budget::MaxUnavailable(1), 11),
-    ("api", 6, Budget::MinAvailable(5), 5),
-    ("db", 4, Budget::MaxUnavailable(1), 3),
-];
-
-async fn install_apps(client: &kube::Client, tb: &Testbed) {
-    tb.create_namespace(NS).await.unwrap();
-    for (app, replicas, budget, _) in APPS {
-        apply::<Deployment>(client, deployment(NS, app, *replicas)).await.unwrap();
-        apply::<PodDisruptionBudget>(client, pdb(NS, app, app, *budget)).await.unwrap();
-    }
-    let total: i32 = APPS.iter().map(|a| a.1).sum();
-    wait_pods_ready(client, NS, "", total as usize, Duration::from_secs(120)).await.unwrap();
 }
 
 /// Writes an exec action that logs each invocation, then runs the sandbox's upgrade-node
@@ -1139,20 +1112,95 @@ async fn auto_batches_stay_in_one_zone_within_every_budget_and_finish() {
         assert!(!unschedulable(&n), "{:?} left cordoned", n.metadata.name);
     }
     let seen = watcher.stop();
-    assert!(
-        seen.max_unschedulable_workers <= 4,
-        "{} workers unschedulable at once",
-        seen.max_unschedulable_workers
-    );
-    for (app, _, _, least) in APPS {
-        let min = seen.min_healthy.get(*app).copied().unwrap_or(0);
-        assert!(
-            min >= *least,
-            "{app}: {min} healthy pods at one moment, the PDB allows no fewer than {least}"
-        );
-    }
+    seen.assert_safe(4);
     println!(
         "auto batches: {batches:?}; most workers unschedulable at once: {}",
         seen.max_unschedulable_workers
     );
+}
+
+/// Whether any node is cordoned.
+async fn any_cordoned(c: &Cluster) -> Vec<String> {
+    c.nodes()
+        .await
+        .into_iter()
+        .filter(|n| n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true))
+        .filter_map(|n| n.metadata.name)
+        .collect()
+}
+
+/// Issue 18 item 9: a run that changes etcd and the control plane takes an etcd snapshot or
+/// does not start. With no backup configured and an action that cannot take one (exec), the
+/// run is refused (exit 2, one line naming the fix, nothing recorded or cordoned); a backup
+/// command whose file is empty, or is not an etcd snapshot, stops the run before any cordon;
+/// `--no-etcd-backup` proceeds and says so in the plan (table and JSON) and the summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_etcd_backup_refuses_bad_backups_stop_before_any_cordon_and_the_opt_out_is_said() {
+    let (from, to) = (release(36), release(37));
+    let c = Cluster::up(&from, 1, 2);
+    let (script, log) = logging_action(&c.dir);
+    let action = format!("exec:{} {{node}}", script.display());
+    let store = |n: &str| c._tmp.path().join(format!("{n}.db"));
+
+    // No backup, and the exec action cannot take one: refused before anything is recorded.
+    let err = support::refused(c.upgrade_without_backup(&to, &store("a")).args(["--action", &action]));
+    assert!(err.contains("no etcd backup is configured") && err.contains("--no-etcd-backup"), "{err}");
+    assert!(!store("a").exists(), "no run recorded");
+    // The dry run shows why, and is refused the same way.
+    let out =
+        c.upgrade_without_backup(&to, &store("a")).args(["--action", &action, "--dry-run"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("first: etcd backup: MISSING"));
+
+    // A backup command that "succeeds" but writes an empty file, or one that is not a snapshot.
+    for (n, body, says) in
+        [("empty", ": > \"$1\"", "is empty"), ("text", "echo done > \"$1\"", "not an etcd snapshot")]
+    {
+        let cmd = c.dir.join(format!("{n}-backup.sh"));
+        std::fs::write(&cmd, format!("#!/bin/sh\numask 077\n{body}\n")).unwrap();
+        std::fs::set_permissions(&cmd, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let out = c
+            .upgrade_without_backup(&to, &store(n))
+            .args(["--action", &action, "-o", "json", "--backup-command"])
+            .arg(format!("{} {{path}}", cmd.display()))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+        let summary = last_summary(&out.stdout);
+        let reason = summary["outcome"]["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("etcd backup failed") && reason.contains(says), "{n}: {summary}");
+        assert!(
+            summary["outcome"]["units"].as_array().unwrap().iter().all(|u| u["result"] == "not-started"),
+            "{summary}"
+        );
+        assert!(any_cordoned(&c).await.is_empty(), "{n}: nothing cordoned");
+        assert!(log_lines(&log).is_empty(), "{n}: no node action ran");
+    }
+
+    // The explicit opt-out: said in the plan (table, JSON), at the start and in the summary.
+    let out = c
+        .upgrade_without_backup(&to, &store("b"))
+        .args(["--action", &action, "--no-etcd-backup", "--dry-run"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("first: etcd backup: NONE (--no-etcd-backup)"));
+    let out = c
+        .upgrade_without_backup(&to, &store("b"))
+        .args(["--action", &action, "--no-etcd-backup", "--dry-run", "-o", "json"])
+        .output()
+        .unwrap();
+    let dry: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(dry["etcd_backup"]["type"], "opted-out", "{}", dry["etcd_backup"]);
+    let out = c
+        .upgrade_without_backup(&to, &store("b"))
+        .args(["--action", &action, "--no-etcd-backup", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary = last_summary(&out.stdout);
+    assert_eq!(summary["outcome"]["state"], "completed", "{summary}");
+    assert_eq!(summary["outcome"]["backup_opted_out"], true, "{summary}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--no-etcd-backup was given"), "the warning event");
+    assert!(summary["outcome"]["backup"].is_null(), "no backup taken: {summary}");
 }

@@ -155,6 +155,15 @@ pub trait NodeActions: Send + Sync {
         dir: &'a Path,
         name: &'a str,
     ) -> BoxFuture<'a, Result<(String, u64), String>>;
+    /// An etcd snapshot named `name` in `dir`, taken on the first of `nodes` (control-plane
+    /// nodes) that gives one, through `action` (the ssh action): (path, bytes).
+    fn etcd_snapshot_on_node<'a>(
+        &'a self,
+        action: &'a NodeAction,
+        nodes: &'a [NodeContext],
+        dir: &'a Path,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<(String, u64), String>>;
 }
 
 /// A run as the journal keeps it.

@@ -164,6 +164,9 @@ pub struct Outcome {
     pub timings: Vec<(String, u64)>,
     /// The etcd backup, if one was taken in this run.
     pub backup: Option<String>,
+    /// The run changed etcd or the control plane without a backup because the operator said
+    /// so (`--no-etcd-backup`): said again in the summary, table and JSON.
+    pub backup_opted_out: bool,
 }
 
 /// Milliseconds of a duration, saturating (a run never lasts 584 million years).

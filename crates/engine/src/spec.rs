@@ -68,12 +68,16 @@ pub struct EtcdEndpointSpec {
     pub key_file: PathBuf,
 }
 
-/// How etcd is backed up before the first etcd or control-plane stage.
+/// How etcd is backed up before the first etcd or control-plane stage. A run whose schedule
+/// touches etcd or the control plane ([`touches_control_plane`]) takes a snapshot or does not
+/// start; going without one is the operator's explicit choice (`--no-etcd-backup`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum BackupSpec {
-    /// No backup (the operator said so, or nothing was configured: a warning says which).
-    None,
+    /// No backup: the operator said so (`--no-etcd-backup`). Announced when the run starts and
+    /// in its summary. (`none` is how runs journaled before the opt-out existed spell it.)
+    #[serde(rename = "opted-out", alias = "none")]
+    OptedOut,
     /// A snapshot through the etcd API, written into `dir`.
     Etcd {
         /// Endpoints, tried in order.
@@ -81,13 +85,53 @@ pub enum BackupSpec {
         /// Where backups are kept (never deleted).
         dir: PathBuf,
     },
-    /// A command (e.g. a site's own backup script); `{dir}` and `{name}` are substituted.
+    /// A snapshot taken on a control-plane node through the node action (the ssh action: the
+    /// node's own etcd certificates, `curl` to etcd's gateway there), copied into `dir`.
+    Node {
+        /// Where backups are kept (never deleted).
+        dir: PathBuf,
+    },
+    /// A command (e.g. a site's own backup script); `{dir}`, `{name}` and `{path}` are
+    /// substituted. It must write the snapshot to `{path}` (`DIR/NAME.db`), 0600: its success
+    /// counts only when that file is an etcd snapshot.
     Command {
         /// Program and arguments.
         command: Vec<String>,
         /// Where backups are kept.
         dir: PathBuf,
     },
+}
+
+impl BackupSpec {
+    /// One line for the plan: how the snapshot will be taken, or that it will not.
+    pub fn describe(&self) -> String {
+        match self {
+            BackupSpec::OptedOut => {
+                "NONE (--no-etcd-backup): no etcd snapshot is taken before etcd and the control plane change"
+                    .into()
+            }
+            BackupSpec::Etcd { endpoints, dir } => format!(
+                "snapshot through the etcd API ({}) into {}",
+                endpoints.iter().map(|e| e.url.as_str()).collect::<Vec<_>>().join(", "),
+                dir.display()
+            ),
+            BackupSpec::Node { dir } => format!(
+                "snapshot taken on a control-plane node over ssh (its etcd certificates), copied into {}",
+                dir.display()
+            ),
+            BackupSpec::Command { command, dir } => format!(
+                "`{}` writes {}/etcd-RUN.db (checked: an etcd snapshot, 0600)",
+                command.join(" "),
+                dir.display()
+            ),
+        }
+    }
+}
+
+/// Whether a schedule changes etcd or the control plane (a stage other than workers): such a
+/// run takes an etcd snapshot first, or the operator opted out.
+pub fn touches_control_plane(schedule: &Schedule) -> bool {
+    schedule.stages.iter().any(|s| s.phase != refit_core::plan::PhaseKind::Workers)
 }
 
 /// Everything a run needs to execute and resume.

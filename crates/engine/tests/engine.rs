@@ -618,3 +618,52 @@ async fn auto_finishes_the_node_an_earlier_attempt_began_before_choosing_others(
         "never two zones' worth at once"
     );
 }
+
+/// Issue 18 item 9: a backup command's success is not enough — what it wrote must be a
+/// private etcd snapshot, or the run stops before any node is touched. And the node action's
+/// own backup (the ssh action's) is taken on the first control-plane node of the schedule.
+#[tokio::test(start_paused = true)]
+async fn a_backup_command_that_writes_no_snapshot_stops_the_run_before_any_cordon() {
+    for (script, says) in [
+        ("exit 0", "did not write it"),
+        ("umask 077; : > \"$1\"", "is empty"),
+        ("umask 077; echo done > \"$1\"", "not an etcd snapshot"),
+        ("umask 022; head -c 4128 /dev/zero > \"$1\"", "mode 0644"),
+    ] {
+        let w = World::new(1, 3);
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = w.spec(2, OnUndrainable::Fail);
+        spec.backup = refit_engine::BackupSpec::Command {
+            command: vec!["sh".into(), "-c".into(), script.into(), "backup".into(), "{path}".into()],
+            dir: dir.path().join("backups"),
+        };
+        let id = w.create("r1", &spec);
+        let o = run(&w, &id, spec, None).await;
+        assert_eq!(o.state, RunState::Failed, "{script}");
+        let reason = o.reason.clone().unwrap_or_default();
+        assert!(reason.contains("etcd backup failed") && reason.contains(says), "{script}: {reason}");
+        assert!(o.units.iter().all(|u| u.result.name() == "not-started"), "{script}: {:?}", results(&o));
+        assert_eq!(w.cluster.at(TO), 0, "{script}: no node upgraded");
+        assert!(w.cluster.unschedulable().is_empty(), "{script}: nothing cordoned");
+        assert_eq!(
+            std::fs::metadata(dir.path().join("backups"))
+                .map(|m| {
+                    use std::os::unix::fs::PermissionsExt;
+                    m.permissions().mode() & 0o777
+                })
+                .unwrap(),
+            0o700,
+            "the directory is created private"
+        );
+    }
+
+    let w = World::new(1, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = w.spec(2, OnUndrainable::Fail);
+    spec.backup = refit_engine::BackupSpec::Node { dir: dir.path().to_path_buf() };
+    let id = w.create("r1", &spec);
+    let o = run(&w, &id, spec, None).await;
+    assert_eq!(o.state, RunState::Completed, "{:?}", o.reason);
+    assert_eq!(o.backup.as_deref(), Some("cp-1:snapshot.db"), "taken through the first control plane");
+    assert!(!o.backup_opted_out);
+}

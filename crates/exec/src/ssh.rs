@@ -387,6 +387,13 @@ fn prepare(recipe: &[RemoteCommand], ctx: &NodeContext) -> Result<Option<String>
     Ok(Some(destination))
 }
 
+/// An open master connection to `ctx`'s node, its identity checked like the node action's,
+/// for commands of refit's own (the etcd backup relayed by a control-plane node).
+pub(crate) async fn open_session(opts: &SshOptions, ctx: &NodeContext) -> Result<Session, Error> {
+    let destination = destination(ctx)?;
+    connect(opts, ctx, &destination).await
+}
+
 /// Opens the master connection with the hardened config (written to a private temporary
 /// directory that is removed once ssh has read it).
 async fn connect(opts: &SshOptions, ctx: &NodeContext, destination: &str) -> Result<Session, Error> {

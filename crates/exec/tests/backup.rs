@@ -283,3 +283,48 @@ async fn bad_input_is_refused_before_contacting_etcd() {
     let err = etcd_snapshot(&[plain], dir.path(), "x").await.unwrap_err().to_string();
     assert!(err.contains("expected https://HOST:PORT"), "{err}");
 }
+
+/// What `--backup-command` users run, `etcdctl snapshot save`, against the real etcd: its file
+/// passes the same check a backup command's output must pass (bbolt meta page, etcd's digest,
+/// 0600 in a 0700 directory), and so does refit's own snapshot; a copy with a flipped byte
+/// or cut short does not.
+#[tokio::test]
+async fn etcdctls_snapshot_and_refits_own_pass_the_backup_command_check() {
+    use refit_exec::backup::check_snapshot_file;
+    use std::os::unix::fs::PermissionsExt;
+    let tb = shared().unwrap();
+    let ep = endpoint();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("backups");
+    refit_exec::backup::private_dir(&dir).unwrap();
+    let path = dir.join("etcdctl.db");
+    let out = std::process::Command::new(tb.etcdctl())
+        .arg(format!("--endpoints={}", ep.url))
+        .arg(format!("--cacert={}", ep.ca_file.display()))
+        .arg(format!("--cert={}", ep.cert_file.display()))
+        .arg(format!("--key={}", ep.key_file.display()))
+        .args(["snapshot", "save"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "etcdctl: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "etcdctl writes 0600");
+    let checked = check_snapshot_file(&path).await.unwrap();
+    assert_eq!(checked.bytes, std::fs::metadata(&path).unwrap().len());
+
+    let ours = etcd_snapshot(std::slice::from_ref(&ep), &dir, "refit").await.unwrap();
+    assert_eq!(check_snapshot_file(&ours.path).await.unwrap().sha256, ours.sha256);
+
+    let mut data = std::fs::read(&path).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0x40;
+    let flipped = dir.join("flipped.db");
+    std::fs::write(&flipped, &data).unwrap();
+    std::fs::set_permissions(&flipped, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let err = check_snapshot_file(&flipped).await.unwrap_err().to_string();
+    assert!(err.contains("SHA-256"), "{err}");
+    let cut = dir.join("cut.db");
+    std::fs::write(&cut, &data[..4096 * 3 + 100]).unwrap();
+    std::fs::set_permissions(&cut, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(check_snapshot_file(&cut).await.is_err());
+}

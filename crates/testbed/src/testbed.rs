@@ -932,10 +932,70 @@ impl Testbed {
         self.save()
     }
 
+    /// Chaos: stops etcd — every apiserver loses its store until [`Testbed::start_etcd_again`]
+    /// (same data directory, same ports). The state file is not rewritten: another process
+    /// (a `refit sandbox upgrade-node` under way) may be writing it, and etcd's recorded pid
+    /// is only replaced when etcd starts again.
+    pub fn stop_etcd(&self) {
+        self.stop_proc("etcd");
+    }
+
+    /// Chaos: starts etcd again after [`Testbed::stop_etcd`] and waits until it is healthy.
+    pub async fn start_etcd_again(&self) -> Result<(), Error> {
+        self.reload()?;
+        self.start_etcd().await
+    }
+
+    /// Chaos: stops one member's apiserver like [`Testbed::stop_apiserver`], touching only its
+    /// own pid in the state file (re-read first: another process may have changed it).
+    pub fn stop_apiserver_only(&self, index: usize) -> Result<(), Error> {
+        self.reload()?;
+        if index >= self.st().members.len() {
+            return Err(Error::NotFound(format!("no control-plane member {index}")));
+        }
+        self.stop_proc(&format!("{APISERVER}-{index}"));
+        self.st().members[index].pids.remove(APISERVER);
+        self.save()
+    }
+
+    /// Chaos: kills kwok (the workers' "kubelets" stop renewing their leases and statuses) and
+    /// starts it again, waiting until it serves.
+    pub async fn restart_kwok(&self) -> Result<(), Error> {
+        self.reload()?;
+        self.stop_proc("kwok");
+        self.start_kwok().await
+    }
+
+    /// Re-reads the state file (a detached sandbox's state changes under other processes) so
+    /// that the next save writes back what they wrote.
+    fn reload(&self) -> Result<(), Error> {
+        let path = self.dir().join("state.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let mut fresh: State = serde_json::from_str(&text)
+            .map_err(|e| Error::State { path: path.clone(), detail: e.to_string() })?;
+        let mut st = self.st();
+        fresh.lifetime = st.lifetime;
+        *st = fresh;
+        Ok(())
+    }
+
     /// Starts a member's apiserver again and waits for it.
     pub async fn start_apiserver_again(&self, index: usize) -> Result<(), Error> {
+        self.reload()?;
         self.start_apiserver(index).await?;
+        self.reload_keeping_apiserver(index)?;
         self.save()
+    }
+
+    /// After starting member `index`'s apiserver: the state file as other processes left it,
+    /// with this apiserver's new pid.
+    fn reload_keeping_apiserver(&self, index: usize) -> Result<(), Error> {
+        let pid = self.st().members.get(index).and_then(|m| m.pids.get(APISERVER).copied());
+        self.reload()?;
+        if let (Some(pid), Some(m)) = (pid, self.st().members.get_mut(index)) {
+            m.pids.insert(APISERVER.to_string(), pid);
+        }
+        Ok(())
     }
 
     /// `gitVersion` of one member's apiserver, asked directly.

@@ -40,6 +40,20 @@ impl Drop for Sandbox {
     }
 }
 
+/// `refit sandbox up` of a detached sandbox in `dir` (control planes, workers at `version`),
+/// stopped when the returned guard drops.
+pub fn sandbox_up(dir: &std::path::Path, version: &str, control_planes: usize, workers: usize) -> Sandbox {
+    let out = refit()
+        .args(["sandbox", "up", "--version", version, "--workers", &workers.to_string()])
+        .args(["--control-plane", &control_planes.to_string(), "--dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let guard = Sandbox(dir.to_path_buf());
+    assert!(out.status.success(), "sandbox up: {}", String::from_utf8_lossy(&out.stderr));
+    guard
+}
+
 /// A kubeconfig whose server nothing serves: a command that contacts it fails, so one that is
 /// refused as bad input provably refused before any cluster was contacted.
 pub const DEAD_KUBECONFIG: &str = "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"https://127.0.0.1:9\", insecure-skip-tls-verify: true}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n";
@@ -79,4 +93,57 @@ pub fn catalog_newest_at(dir: &std::path::Path, patch: &str) -> PathBuf {
     let path = dir.join("catalog.yaml");
     std::fs::write(&path, trimmed).unwrap();
     path
+}
+
+/// `refit upgrade`'s etcd backup flags for a testbed's own etcd (what an exec action, which
+/// cannot back up by itself, is given; the sandbox action needs none).
+pub fn etcd_backup_args(tb: &refit_testbed::Testbed) -> Vec<String> {
+    let (url, pki) = tb.etcd_endpoint();
+    vec![
+        format!("--etcd-endpoint={url}"),
+        format!("--etcd-cacert={}", pki.ca_cert.display()),
+        format!("--etcd-cert={}", pki.admin_cert.display()),
+        format!("--etcd-key={}", pki.admin_key.display()),
+    ]
+}
+
+/// The namespace of the upgrade tests' apps.
+pub const NS: &str = "shop";
+
+use refit_testbed::workloads::Budget;
+
+/// Deployments spread over the workers, each covered by a PDB: `(app, replicas, budget, least
+/// healthy allowed)`.
+pub const APPS: &[(&str, i32, Budget, usize)] = &[
+    ("web", 12, Budget::MaxUnavailable(1), 11),
+    ("api", 6, Budget::MinAvailable(5), 5),
+    ("db", 4, Budget::MaxUnavailable(1), 3),
+];
+
+pub async fn install_apps(client: &kube::Client, tb: &refit_testbed::Testbed) {
+    tb.create_namespace(NS).await.unwrap();
+    for (app, replicas, budget, _) in APPS {
+        refit_testbed::workloads::apply::<k8s_openapi::api::apps::v1::Deployment>(
+            client,
+            refit_testbed::workloads::deployment(NS, app, *replicas),
+        )
+        .await
+        .unwrap();
+        refit_testbed::workloads::apply::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(
+            client,
+            refit_testbed::workloads::pdb(NS, app, app, *budget),
+        )
+        .await
+        .unwrap();
+    }
+    let total: i32 = APPS.iter().map(|a| a.1).sum();
+    refit_testbed::workloads::wait_pods_ready(
+        client,
+        NS,
+        "",
+        total as usize,
+        std::time::Duration::from_secs(120),
+    )
+    .await
+    .unwrap();
 }

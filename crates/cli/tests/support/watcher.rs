@@ -42,6 +42,27 @@ pub struct Seen {
     pub skew_breaches: Vec<String>,
 }
 
+impl Seen {
+    /// The safety invariants of every upgrade: never more than `max_unavailable` workers
+    /// unschedulable at once, no app below its PDB's floor (`super::APPS`' least healthy), no
+    /// worker kubelet newer than a control-plane node's.
+    pub fn assert_safe(&self, max_unavailable: usize) {
+        assert!(
+            self.max_unschedulable_workers <= max_unavailable,
+            "{} workers unschedulable at once",
+            self.max_unschedulable_workers
+        );
+        for (app, _, _, least) in super::APPS {
+            let min = self.min_healthy.get(*app).copied().unwrap_or(0);
+            assert!(
+                min >= *least,
+                "{app}: {min} healthy pods at one moment, the PDB allows no fewer than {least}"
+            );
+        }
+        assert!(self.skew_breaches.is_empty(), "{:?}", self.skew_breaches);
+    }
+}
+
 /// Watches nodes and one namespace's pods until stopped.
 pub struct Watcher {
     seen: Arc<Mutex<Seen>>,

@@ -75,42 +75,76 @@ impl Engine {
         Ok(Some(path).filter(|p| !p.is_empty()))
     }
 
-    /// The backup itself: (path, bytes), or an empty path when none is configured.
+    /// The backup itself: (path, bytes), or an empty path when the operator opted out.
     async fn take_backup(&self) -> Result<(String, u64), String> {
         let name = format!("etcd-{}", self.run_id);
+        let file = |dir: &std::path::Path| dir.join(format!("{name}.db"));
         match &self.spec.backup {
-            BackupSpec::None => {
+            BackupSpec::OptedOut => {
                 self.emit(Event::Warning {
-                    message: "no etcd backup was configured (--etcd-endpoint with --etcd-cacert/--etcd-cert/--etcd-key, or --backup-command): continuing without one".into(),
+                    message: "no etcd backup: --no-etcd-backup was given, so etcd and the control plane change without a snapshot to go back to".into(),
                 });
                 Ok((String::new(), 0))
             }
             // Killed after the snapshot was published but before "done" was journaled: the
-            // file (published atomically, complete by construction) is this run's backup.
-            BackupSpec::Etcd { dir, .. } if dir.join(format!("{name}.db")).exists() => {
-                let path = dir.join(format!("{name}.db"));
+            // file (published atomically, verified before it got its name) is this run's backup.
+            BackupSpec::Etcd { dir, .. } | BackupSpec::Node { dir } if file(dir).exists() => {
+                let path = file(dir);
                 let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                 Ok((path.display().to_string(), bytes))
             }
             BackupSpec::Etcd { endpoints, dir } => {
                 self.ctx.actions.etcd_snapshot(endpoints, dir, &name).await
             }
+            BackupSpec::Node { dir } => {
+                let nodes = self.control_plane_contexts();
+                if nodes.is_empty() {
+                    return Err("no control-plane node in the schedule to take the snapshot on".into());
+                }
+                self.ctx.actions.etcd_snapshot_on_node(&self.spec.action, &nodes, dir, &name).await
+            }
             BackupSpec::Command { command, dir } => {
-                let dir_s = dir.display().to_string();
-                let argv = refit_exec::command::substitute(command, &[("dir", &dir_s), ("name", &name)]);
+                let path = file(dir);
+                // A file an earlier attempt of this run's command left is used only if it is a
+                // whole snapshot; otherwise the command runs again.
+                if let Ok(b) = refit_exec::backup::check_snapshot_file(&path).await {
+                    return Ok((path.display().to_string(), b.bytes));
+                }
+                refit_exec::backup::private_dir(dir).map_err(|e| e.to_string())?;
+                let (dir_s, path_s) = (dir.display().to_string(), path.display().to_string());
+                let argv = refit_exec::command::substitute(
+                    command,
+                    &[("dir", &dir_s), ("name", &name), ("path", &path_s)],
+                );
                 let on_line = |l: &str| {
                     self.emit(Event::ActionOutput { node: CLUSTER_UNIT.into(), line: l.to_string() })
                 };
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| format!("creating backup directory {dir_s}: {e}"))?;
                 self.ctx
                     .actions
                     .command(&argv, &[], self.spec.node_timeout(), &on_line)
                     .await
-                    .map(|()| (dir.join(&name).display().to_string(), 0))
-                    .map_err(|e| e.message)
+                    .map_err(|e| format!("the backup command failed: {}", e.message))?;
+                // Its exit code is not enough: the file must be there, private, and a snapshot.
+                let b = refit_exec::backup::check_snapshot_file(&path)
+                    .await
+                    .map_err(|e| format!("the backup command succeeded, but {e}"))?;
+                Ok((path_s, b.bytes))
             }
         }
+    }
+
+    /// The control-plane nodes of the schedule, in its order, as the node action sees them:
+    /// where a snapshot can be taken through the action.
+    fn control_plane_contexts(&self) -> Vec<refit_exec::NodeContext> {
+        let mut seen = std::collections::BTreeSet::new();
+        self.spec
+            .schedule
+            .units()
+            .map(|(_, u)| u)
+            .filter(|u| u.roles.contains(&refit_core::plan::Role::ControlPlane) && !u.external)
+            .filter(|u| seen.insert(u.node.clone()))
+            .map(|u| self.context(u, &u.node))
+            .collect()
     }
 
     /// Moves kube-proxy and CoreDNS to the target's versions and waits for their rollouts.

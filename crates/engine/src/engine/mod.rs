@@ -381,6 +381,8 @@ impl Engine {
             not_planned,
             timings,
             backup,
+            backup_opted_out: self.spec.backup == crate::spec::BackupSpec::OptedOut
+                && crate::spec::touches_control_plane(schedule),
         })
     }
 

@@ -263,6 +263,28 @@ impl NodeActions for ExecActions {
         }
         .boxed()
     }
+
+    fn etcd_snapshot_on_node<'a>(
+        &'a self,
+        action: &'a NodeAction,
+        nodes: &'a [NodeContext],
+        dir: &'a Path,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<(String, u64), String>> {
+        async move {
+            let NodeAction::Ssh { action, identities } = action else {
+                return Err("only the ssh action can take the snapshot on a node".to_string());
+            };
+            let mut opts = refit_exec::ssh::SshOptions::from_action(action)
+                .ok_or_else(|| "the ssh action has no usable options".to_string())?;
+            opts.expected = identities.clone();
+            refit_exec::backup::node::etcd_snapshot_on_nodes(nodes, &opts, dir, name)
+                .await
+                .map(|b| (b.path.display().to_string(), b.bytes))
+                .map_err(|e| e.to_string())
+        }
+        .boxed()
+    }
 }
 
 /// The system clock.

@@ -128,7 +128,7 @@ impl Engine {
         }
     }
 
-    fn context(&self, u: &UnitWork, node: &str) -> refit_exec::NodeContext {
+    pub(crate) fn context(&self, u: &UnitWork, node: &str) -> refit_exec::NodeContext {
         refit_exec::NodeContext {
             node: node.to_string(),
             roles: u.role_list(),

@@ -427,14 +427,27 @@ impl NodeActions for FakeActions {
         .boxed()
     }
 
+    /// Local commands succeed without running, except `sh -c SCRIPT`, which runs for real
+    /// (the backup command tests: what it writes is checked).
     fn command<'a>(
         &'a self,
-        _argv: &'a [String],
+        argv: &'a [String],
         _env: &'a [(String, String)],
         _timeout: Duration,
         _on_line: OnLine<'a>,
     ) -> BoxFuture<'a, Result<(), ActionFailure>> {
-        async move { Ok(()) }.boxed()
+        async move {
+            if argv.first().map(String::as_str) != Some("sh") {
+                return Ok(());
+            }
+            let status = std::process::Command::new("sh").args(&argv[1..]).status().unwrap();
+            if status.success() {
+                Ok(())
+            } else {
+                Err(ActionFailure { message: format!("{status}"), node_unchanged: true })
+            }
+        }
+        .boxed()
     }
 
     fn etcd_snapshot<'a>(
@@ -444,6 +457,16 @@ impl NodeActions for FakeActions {
         _name: &'a str,
     ) -> BoxFuture<'a, Result<(String, u64), String>> {
         async move { Ok(("snapshot.db".to_string(), 1)) }.boxed()
+    }
+
+    fn etcd_snapshot_on_node<'a>(
+        &'a self,
+        _action: &'a NodeAction,
+        nodes: &'a [NodeContext],
+        _dir: &'a Path,
+        _name: &'a str,
+    ) -> BoxFuture<'a, Result<(String, u64), String>> {
+        async move { Ok((format!("{}:snapshot.db", nodes[0].node), 1)) }.boxed()
     }
 }
 
@@ -685,7 +708,7 @@ impl World {
             on_undrainable,
             force: false,
             addresses: BTreeMap::new(),
-            backup: BackupSpec::None,
+            backup: BackupSpec::OptedOut,
             cluster_services: None,
             eviction_concurrency: 4,
             accepted: Vec::new(),

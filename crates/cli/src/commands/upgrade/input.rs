@@ -24,8 +24,9 @@ pub struct Input {
     pub action: Option<NodeAction>,
     /// How to behave while executing.
     pub behaviour: Behaviour,
-    /// The etcd backup.
-    pub backup: BackupSpec,
+    /// The etcd backup: configured, the action's own default, or the operator's opt-out;
+    /// `None` when there is none (a run that touches etcd or the control plane is refused).
+    pub backup: Option<BackupSpec>,
     /// `--not-after`.
     pub not_after: Option<std::time::SystemTime>,
     /// The journal's file.
@@ -59,7 +60,7 @@ impl Input {
         let backup_dir = args.backup_dir.clone().unwrap_or_else(|| {
             store_path.parent().map(|p| p.join("backups")).unwrap_or_else(|| PathBuf::from("backups"))
         });
-        let backup = backup_spec(args, backup_dir)?;
+        let backup = backup_spec(args, backup_dir, action.as_ref(), args.plan.action.as_deref())?;
         let not_after = args.plan.not_after.as_deref().map(parse_not_after).transpose()?;
         let catalog = load_catalog(args.plan.catalog.as_deref())?;
         let plan = plan_input(&args.plan, catalog, request, plan_file)?;
@@ -106,13 +107,7 @@ pub(crate) fn resolve_action(
     // The sandbox's own commands, with its directory spelled out (the action runs in another
     // process): `sandbox` uses $REFIT_SANDBOX_DIR or the default, `sandbox:DIR` names it.
     let sandbox = |dir: Option<&str>| -> anyhow::Result<(String, String)> {
-        let dir = match dir {
-            Some(d) => PathBuf::from(d),
-            None => crate::commands::sandbox::sandbox_dir(&crate::args::SandboxDir {
-                dir: std::env::var_os("REFIT_SANDBOX_DIR").map(PathBuf::from),
-            })?,
-        };
-        Ok((exe()?, dir.display().to_string()))
+        Ok((exe()?, sandbox_dir(dir)?.display().to_string()))
     };
     let (kind, arg) = match flag.split_once(':') {
         Some((k, a)) => (k, Some(a)),
@@ -179,20 +174,45 @@ pub(crate) fn resolve_action(
     Ok(Some(action))
 }
 
+/// The sandbox `--action sandbox[:DIR]` / `replace-sandbox[:DIR]` names: DIR, else
+/// $REFIT_SANDBOX_DIR, else the default.
+fn sandbox_dir(dir: Option<&str>) -> anyhow::Result<PathBuf> {
+    Ok(match dir {
+        Some(d) => PathBuf::from(d),
+        None => crate::commands::sandbox::sandbox_dir(&crate::args::SandboxDir {
+            dir: std::env::var_os("REFIT_SANDBOX_DIR").map(PathBuf::from),
+        })?,
+    })
+}
+
 fn svec(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
-fn backup_spec(args: &UpgradeArgs, dir: PathBuf) -> anyhow::Result<BackupSpec> {
+/// The etcd backup this command asks for: `--no-etcd-backup`, `--backup-command`,
+/// `--etcd-endpoint` (with its certificates), else the action's own way — the ssh action takes
+/// the snapshot on a control-plane node, a testbed sandbox names its etcd — else none.
+fn backup_spec(
+    args: &UpgradeArgs,
+    dir: PathBuf,
+    action: Option<&NodeAction>,
+    action_flag: Option<&str>,
+) -> anyhow::Result<Option<BackupSpec>> {
+    if args.no_etcd_backup {
+        return Ok(Some(BackupSpec::OptedOut));
+    }
     if let Some(cmd) = &args.backup_command {
         let command: Vec<String> = cmd.split_whitespace().map(str::to_string).collect();
         if command.is_empty() {
             return Err(usage("--backup-command is empty"));
         }
-        return Ok(BackupSpec::Command { command, dir });
+        return Ok(Some(BackupSpec::Command { command, dir }));
     }
     if args.etcd_endpoints.is_empty() {
-        return Ok(BackupSpec::None);
+        if matches!(action, Some(NodeAction::Ssh { .. })) {
+            return Ok(Some(BackupSpec::Node { dir }));
+        }
+        return sandbox_backup(action_flag, dir);
     }
     let need = |v: &Option<PathBuf>, flag: &str| -> anyhow::Result<PathBuf> {
         let p = v.clone().ok_or_else(|| usage(format!("--etcd-endpoint needs {flag}")))?;
@@ -223,7 +243,28 @@ fn backup_spec(args: &UpgradeArgs, dir: PathBuf) -> anyhow::Result<BackupSpec> {
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(BackupSpec::Etcd { endpoints, dir })
+    Ok(Some(BackupSpec::Etcd { endpoints, dir }))
+}
+
+/// A testbed sandbox knows its etcd (`state.json`: client URL, CA, a client certificate):
+/// `--action sandbox[:DIR]` and `replace-sandbox[:DIR]` back it up through the etcd API.
+fn sandbox_backup(action_flag: Option<&str>, dir: PathBuf) -> anyhow::Result<Option<BackupSpec>> {
+    let Some(flag) = action_flag else { return Ok(None) };
+    let (kind, arg) = flag.split_once(':').map_or((flag, None), |(k, a)| (k, Some(a)));
+    if kind != "sandbox" && kind != "replace-sandbox" {
+        return Ok(None);
+    }
+    let sandbox = sandbox_dir(arg)?;
+    if !sandbox.join("state.json").exists() {
+        // Not a testbed sandbox (or not up): nothing known about its etcd.
+        return Ok(None);
+    }
+    let tb = refit_testbed::Testbed::attach(&sandbox)
+        .map_err(|e| usage(format!("--action {flag}: reading the sandbox's etcd: {e}")))?;
+    let (url, pki) = tb.etcd_endpoint();
+    let endpoint =
+        EtcdEndpointSpec { url, ca_file: pki.ca_cert, cert_file: pki.admin_cert, key_file: pki.admin_key };
+    Ok(Some(BackupSpec::Etcd { endpoints: vec![endpoint], dir }))
 }
 
 fn store_path(args: &UpgradeArgs) -> anyhow::Result<PathBuf> {

@@ -39,7 +39,13 @@ struct DryRun<'a> {
     #[serde(flatten)]
     plan: PlanOutput<'a>,
     schedule: &'a Schedule,
+    /// How etcd would be backed up (absent: the schedule does not touch it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    etcd_backup: Option<&'a refit_engine::BackupSpec>,
 }
+
+/// The refusal of a run that would change etcd or the control plane with no backup.
+const NO_BACKUP: &str = "this run changes etcd and the control plane but no etcd backup is configured: give --etcd-endpoint URL with --etcd-cacert/--etcd-cert/--etcd-key, or --backup-command CMD (it must write {path}), or use --action ssh (snapshot on a control-plane node); --no-etcd-backup goes without one";
 
 /// Prints to stdout, dropping what a closed pipe refuses (`refit upgrade -o json | head -1`
 /// must not stop a run).
@@ -153,19 +159,26 @@ async fn upgrade(
     if let Some(a) = &prepared.auto {
         sched.batch_automatically(a.settings, prepared.worker_concurrency);
     }
+    // A run that changes etcd or the control plane has a backup, or the operator said not to
+    // (`None` here: no stage touches them, or none is configured — refused below).
+    let needs_backup = refit_engine::spec::touches_control_plane(&sched);
+    let backup_shown = if needs_backup { Some(input.backup.as_ref().ok_or(NO_BACKUP)) } else { None };
     let out = PlanOutput::new(&conn.context, &prepared);
     let (Some(lock), Some(cluster)) = (lock, cluster) else {
-        let dry = DryRun { plan: out, schedule: &sched };
+        let dry = DryRun { plan: out, schedule: &sched, etcd_backup: backup_shown.and_then(Result::ok) };
         if !print_structured(format, &dry)? {
             say(&render(&dry.plan));
-            say(&render_schedule(&sched));
+            say(&render_schedule(&sched, backup_shown));
             say("dry run: nothing was changed\n");
+        }
+        if let Some(Err(no)) = backup_shown {
+            return Err(usage(no));
         }
         return Ok(if prepared.plan.blocked { ExitCode::from(1) } else { ExitCode::SUCCESS });
     };
     if format == Format::Table {
         say(&render(&out));
-        say(&render_schedule(&sched));
+        say(&render_schedule(&sched, backup_shown));
     }
     if prepared.plan.blocked {
         if format != Format::Table {
@@ -180,6 +193,12 @@ async fn upgrade(
         }
         return Ok(ExitCode::from(1));
     }
+    let backup = match backup_shown {
+        Some(Ok(b)) => b.clone(),
+        Some(Err(no)) => return Err(usage(no)),
+        // Never used: no stage touches etcd or the control plane.
+        None => refit_engine::BackupSpec::OptedOut,
+    };
     let Some(action) = input.action.clone() else {
         return Err(usage(
             "no node action: pass --action (exec:PROGRAM ARG..., ssh, sandbox, replace-sandbox) or set `action:` in the plan file (-f)",
@@ -216,7 +235,7 @@ async fn upgrade(
         on_undrainable: b.on_undrainable,
         force: args.plan.force,
         addresses: prepared.addresses.clone(),
-        backup: input.backup.clone(),
+        backup,
         eviction_concurrency: b.eviction_concurrency,
         accepted: prepared.plan.accepted.iter().map(refit_core::accept::Record::from).collect(),
         gates: input.gates.clone(),

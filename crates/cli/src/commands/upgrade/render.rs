@@ -1,11 +1,14 @@
 //! The tables `refit upgrade` prints: the schedule before it starts, the summary after.
 
 use refit_core::run::{RunState, Schedule, phase_name, step_name};
-use refit_engine::Outcome;
+use refit_engine::{BackupSpec, Outcome};
 
 use crate::output::table;
 
-pub fn render_schedule(s: &Schedule) -> String {
+/// The schedule table, then what happens around it: the etcd backup taken before the first
+/// etcd or control-plane stage (`backup`: None when no stage touches them) and the cluster
+/// services after the last.
+pub fn render_schedule(s: &Schedule, backup: Option<Result<&BackupSpec, &str>>) -> String {
     let mut t = table(&["stage", "phase", "to", "at once", "nodes", "steps"]);
     for (i, st) in s.stages.iter().enumerate() {
         let nodes: Vec<&str> = st.units.iter().map(|u| u.node.as_str()).collect();
@@ -29,6 +32,11 @@ pub fn render_schedule(s: &Schedule) -> String {
         ]);
     }
     let mut out = format!("\nSchedule\n{t}\n");
+    match backup {
+        Some(Ok(b)) => out.push_str(&format!("first: etcd backup: {}\n", b.describe())),
+        Some(Err(missing)) => out.push_str(&format!("first: etcd backup: MISSING: {missing}\n")),
+        None => {}
+    }
     if s.cluster_services {
         out.push_str("then: cluster services (kube-proxy, CoreDNS) at the target's versions\n");
     }
@@ -54,6 +62,11 @@ pub fn render_outcome(o: &Outcome) -> String {
     out.push_str(&format!("{times}\n"));
     if let Some(b) = &o.backup {
         out.push_str(&format!("etcd backup: {b} (kept)\n"));
+    }
+    if o.backup_opted_out {
+        out.push_str(
+            "etcd backup: NONE (--no-etcd-backup): etcd and the control plane changed without a snapshot\n",
+        );
     }
     for (n, why) in &o.left_cordoned {
         out.push_str(&format!("LEFT CORDONED: {n}: {why}\n"));

@@ -19,6 +19,8 @@
 //! an etcd snapshot holds every Secret of the cluster. Key file contents never appear in an
 //! error or a log line.
 
+pub mod node;
+
 use std::fmt;
 use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -44,7 +46,7 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The gateway path of Maintenance/Snapshot (etcd ≥ 3.4 serves `/v3/`).
-const SNAPSHOT_PATH: &str = "/v3/maintenance/snapshot";
+pub(crate) const SNAPSHOT_PATH: &str = "/v3/maintenance/snapshot";
 /// etcd appends a SHA-256 digest (32 bytes) to the database it streams.
 const TRAILER: usize = 32;
 /// A gateway line carries one 32 KiB chunk (≈44 KiB of base64); anything far larger is not
@@ -52,6 +54,13 @@ const TRAILER: usize = 32;
 const MAX_LINE: usize = 16 << 20;
 /// bbolt's meta page magic, at offset 16 of the file (after the 16-byte page header).
 const BOLT_MAGIC: u32 = 0xED0C_DAED;
+/// The bbolt file format version etcd 3.x writes.
+const BOLT_VERSION: u32 = 2;
+/// The page header's flag of a meta page.
+const BOLT_META_PAGE: u16 = 0x04;
+/// How much of the start of a database is kept to check its two meta pages (pages 0 and 1;
+/// bbolt's page size is the OS page size, 4 KiB on the platforms etcd supports, at most 64 KiB).
+const HEAD: usize = 128 * 1024;
 
 /// One etcd member's client URL and the certificates to reach it (kubeadm:
 /// `/etc/kubernetes/pki/etcd/ca.crt` and the apiserver's `apiserver-etcd-client.{crt,key}`).
@@ -122,6 +131,22 @@ pub enum Error {
         /// The OS error.
         #[source]
         source: std::io::Error,
+    },
+    /// A backup directory or file others can reach, or that is not what it claims to be.
+    #[error("{path} {detail}")]
+    Unsafe {
+        /// The directory or file.
+        path: PathBuf,
+        /// What is wrong and the fix.
+        detail: String,
+    },
+    /// A backup command said it succeeded, but its file is not an etcd snapshot.
+    #[error("{path} is not an etcd snapshot: {detail}")]
+    NotASnapshot {
+        /// The file the command was to write.
+        path: PathBuf,
+        /// Why not.
+        detail: String,
     },
     /// Every endpoint failed; each is listed with its reason.
     #[error("no etcd endpoint gave a valid snapshot: {}", list(.0))]
@@ -200,41 +225,75 @@ pub enum Failure {
 /// `DIR/NAME.db` (directory created 0700 if missing, file 0600). Endpoints are tried in
 /// order; a local disk error stops at once, since another member would not fix it.
 pub async fn etcd_snapshot(endpoints: &[EtcdEndpoint], dir: &Path, name: &str) -> Result<Backup, Error> {
-    if endpoints.is_empty() {
+    save(endpoints, dir, name).await
+}
+
+/// Where a snapshot stream comes from: etcd's gateway asked directly ([`EtcdEndpoint`]), or a
+/// control-plane node that relays it (`node.rs`). Whatever the source, the bytes go through
+/// the same [`Sink`]: verified, written to the private `.part`, published the same way.
+pub(crate) trait Source {
+    /// The endpoint as reported (`https://10.0.0.5:2379`, `cp-1 → https://127.0.0.1:2379`).
+    fn label(&self) -> String;
+    /// Streams etcd's gateway answer (newline-delimited JSON) into `sink`.
+    fn stream<'a>(
+        &'a self,
+        sink: &'a mut Sink,
+    ) -> impl std::future::Future<Output = Result<(), Attempt>> + Send + 'a;
+}
+
+impl Source for EtcdEndpoint {
+    fn label(&self) -> String {
+        self.url.clone()
+    }
+
+    async fn stream(&self, sink: &mut Sink) -> Result<(), Attempt> {
+        let (mut sender, driver, host, port) = connect(self).await?;
+        let result = stream_snapshot(self, &host, port, &mut sender, sink).await;
+        driver.abort();
+        result
+    }
+}
+
+/// The one save loop: name and directory checked, each source tried in order until one
+/// gives a snapshot that verifies, published without ever replacing a file.
+pub(crate) async fn save<S: Source + Sync>(sources: &[S], dir: &Path, name: &str) -> Result<Backup, Error> {
+    if sources.is_empty() {
         return Err(Error::NoEndpoints);
     }
     if !valid_name(name) {
         return Err(Error::Name { name: name.to_string() });
     }
-    if !dir.exists() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| Error::Io {
-            action: "creating",
-            path: dir.to_path_buf(),
-            source: e,
-        })?;
-    }
+    private_dir(dir)?;
     let path = dir.join(format!("{name}.db"));
     let part = dir.join(format!("{name}.db.part"));
     if exists(&path) {
         return Err(Error::Exists { path });
     }
     let mut failures = Vec::new();
-    for ep in endpoints {
+    for source in sources {
         let start = Instant::now();
-        match attempt(ep, &part).await {
+        let label = source.label();
+        let taken = match Sink::open(&part) {
+            Ok(mut sink) => match source.stream(&mut sink).await {
+                Ok(()) => sink.finish().await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        match taken {
             Ok(mut taken) => {
                 let published = publish(&part, &path);
                 drop(taken.lock.take());
                 published?;
                 tracing::info!(
-                    endpoint = %ep.url, path = %path.display(), bytes = taken.bytes,
+                    endpoint = %label, path = %path.display(), bytes = taken.bytes,
                     seconds = start.elapsed().as_secs_f64(), "etcd snapshot saved"
                 );
                 return Ok(Backup {
                     path,
                     bytes: taken.bytes,
                     sha256: taken.sha256,
-                    endpoint: ep.url.clone(),
+                    endpoint: label,
                     etcd_version: taken.version,
                 });
             }
@@ -244,12 +303,39 @@ pub async fn etcd_snapshot(endpoints: &[EtcdEndpoint], dir: &Path, name: &str) -
             }
             Err(Attempt::Endpoint(reason)) => {
                 discard(&part);
-                tracing::warn!(endpoint = %ep.url, %reason, "etcd snapshot failed; trying the next endpoint");
-                failures.push(EndpointFailure { url: ep.url.clone(), reason });
+                tracing::warn!(endpoint = %label, %reason, "etcd snapshot failed; trying the next endpoint");
+                failures.push(EndpointFailure { url: label, reason });
             }
         }
     }
     Err(Error::AllEndpointsFailed(failures))
+}
+
+/// The backup directory: created 0700 when missing; an existing one that others can write is
+/// refused (they could swap or plant files under refit — a snapshot holds every Secret of the
+/// cluster), like the store's directory. One others can only read is the operator's choice:
+/// the snapshots in it are 0600.
+pub fn private_dir(dir: &Path) -> Result<(), Error> {
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::Io { action: "creating", path: dir.to_path_buf(), source: e }),
+        Err(e) => Err(Error::Io { action: "reading", path: dir.to_path_buf(), source: e }),
+        Ok(m) if !m.is_dir() => Err(Error::Unsafe {
+            path: dir.to_path_buf(),
+            detail: "is not a directory (a symlink is not followed)".into(),
+        }),
+        Ok(m) if m.permissions().mode() & 0o022 != 0 => Err(Error::Unsafe {
+            path: dir.to_path_buf(),
+            detail: format!(
+                "is mode {:04o}: others could replace backups (etcd snapshots hold every Secret); run chmod 700 on it",
+                m.permissions().mode() & 0o7777
+            ),
+        }),
+        Ok(_) => Ok(()),
+    }
 }
 
 fn valid_name(name: &str) -> bool {
@@ -309,7 +395,7 @@ fn publish(part: &Path, path: &Path) -> Result<(), Error> {
 }
 
 /// Why one attempt failed: the endpoint (try the next) or the local disk (stop).
-enum Attempt {
+pub(crate) enum Attempt {
     Endpoint(Failure),
     Local(Error),
 }
@@ -327,13 +413,6 @@ struct Taken {
     version: Option<String>,
     /// The locked `.part`, held until it is published.
     lock: Option<std::fs::File>,
-}
-
-async fn attempt(ep: &EtcdEndpoint, part: &Path) -> Result<Taken, Attempt> {
-    let (mut sender, driver, host, port) = connect(ep).await?;
-    let result = stream_snapshot(ep, &host, port, &mut sender, part).await;
-    driver.abort();
-    result
 }
 
 /// An HTTP/1.1 connection over TLS with the client certificate to one endpoint: the sender,
@@ -521,8 +600,8 @@ async fn stream_snapshot(
     host: &str,
     port: u16,
     sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    part: &Path,
-) -> Result<Taken, Attempt> {
+    sink: &mut Sink,
+) -> Result<(), Attempt> {
     let authority = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
     let req = http::Request::post(SNAPSHOT_PATH)
         .header(http::header::HOST, authority)
@@ -543,11 +622,6 @@ async fn stream_snapshot(
         let text = read_some(&mut body, 8192).await;
         return Err(Failure::Http { status: status.as_u16(), message: gateway_message(&text) }.into());
     }
-
-    let file = open_part(part)?;
-    let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
-    let mut check = Verifier::default();
-    let mut lines = LineSplitter::default();
     loop {
         let frame = tokio::time::timeout(IDLE_TIMEOUT, body.frame()).await.map_err(|_| Failure::Timeout {
             during: "receiving the snapshot",
@@ -556,19 +630,51 @@ async fn stream_snapshot(
         let Some(frame) = frame else { break };
         let frame = frame.map_err(|e| http_failure(&e, ep, "receiving the snapshot"))?;
         let Ok(data) = frame.into_data() else { continue };
-        for line in lines.push(&data).map_err(Failure::Stream)? {
-            take_line(&line, &mut check, &mut out, part).await?;
-        }
+        sink.push(&data).await?;
     }
-    let rest = lines.rest().to_vec();
-    take_line(&rest, &mut check, &mut out, part).await?;
-    out.flush().await.map_err(|e| local("writing", part, e))?;
-    let file = out.into_inner();
-    // The data must be on disk before the name says "backup".
-    file.sync_all().await.map_err(|e| local("syncing", part, e))?;
-    let mut verified = check.finish().map_err(Failure::Integrity)?;
-    verified.lock = Some(file.into_std().await);
-    Ok(verified)
+    Ok(())
+}
+
+/// Where a snapshot stream goes: etcd's gateway lines are split, decoded, verified as they
+/// arrive ([`Verifier`]) and written to the locked, private `NAME.db.part`.
+pub(crate) struct Sink {
+    out: tokio::io::BufWriter<tokio::fs::File>,
+    check: Verifier,
+    lines: LineSplitter,
+    part: PathBuf,
+}
+
+impl Sink {
+    fn open(part: &Path) -> Result<Sink, Attempt> {
+        let file = open_part(part)?;
+        Ok(Sink {
+            out: tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file)),
+            check: Verifier::default(),
+            lines: LineSplitter::default(),
+            part: part.to_path_buf(),
+        })
+    }
+
+    /// Takes the next bytes of the gateway's answer, however they were cut.
+    pub(crate) async fn push(&mut self, data: &[u8]) -> Result<(), Attempt> {
+        for line in self.lines.push(data).map_err(Failure::Stream)? {
+            take_line(&line, &mut self.check, &mut self.out, &self.part).await?;
+        }
+        Ok(())
+    }
+
+    /// The end of the stream: the rest written, flushed and synced, then verified.
+    async fn finish(mut self) -> Result<Taken, Attempt> {
+        let rest = self.lines.rest().to_vec();
+        take_line(&rest, &mut self.check, &mut self.out, &self.part).await?;
+        self.out.flush().await.map_err(|e| local("writing", &self.part, e))?;
+        let file = self.out.into_inner();
+        // The data must be on disk before the name says "backup".
+        file.sync_all().await.map_err(|e| local("syncing", &self.part, e))?;
+        let mut verified = self.check.finish().map_err(Failure::Integrity)?;
+        verified.lock = Some(file.into_std().await);
+        Ok(verified)
+    }
 }
 
 /// Verifies and writes one gateway line.
@@ -694,7 +800,11 @@ fn parse_chunk(line: &[u8]) -> Result<Chunk, Failure> {
     let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
         Failure::Stream(format!("not JSON ({e}): {}", text.chars().take(120).collect::<String>()))
     })?;
-    if let Some(err) = v.get("error") {
+    // A stream's error is `{"error":{...}}`; an error before any data is the gateway's plain
+    // `{"code":…,"message":…}` (what a relaying node, which does not see the HTTP status,
+    // passes on).
+    let plain = v.get("result").is_none() && v.get("message").is_some();
+    if let Some(err) = v.get("error").or(plain.then_some(&v)) {
         let message = err.get("message").and_then(|m| m.as_str()).unwrap_or("unknown error");
         let code = err.get("code").and_then(|c| c.as_i64()).unwrap_or(0);
         return Err(Failure::Server(format!("{message} (gRPC code {code})")));
@@ -751,8 +861,8 @@ impl Verifier {
         }
         self.whole.update(blob);
         self.bytes += blob.len() as u64;
-        if self.head.len() < 32 {
-            let take = (32 - self.head.len()).min(blob.len());
+        if self.head.len() < HEAD {
+            let take = (HEAD - self.head.len()).min(blob.len());
             self.head.extend_from_slice(&blob[..take]);
         }
         // Everything but the newest 32 bytes is certainly database: hash it straight from the
@@ -799,10 +909,8 @@ impl Verifier {
                 hex::encode(&self.tail)
             ));
         }
-        let magic = self.head.get(16..20).and_then(|b| <[u8; 4]>::try_from(b).ok());
-        if !magic.is_some_and(|m| u32::from_le_bytes(m) == BOLT_MAGIC || u32::from_be_bytes(m) == BOLT_MAGIC)
-        {
-            return Err("the data does not start with a bbolt database header".into());
+        if let Some(problem) = bbolt_problem(&self.head) {
+            return Err(problem);
         }
         Ok(Taken {
             bytes: self.bytes,
@@ -813,19 +921,182 @@ impl Verifier {
     }
 }
 
+/// Why `head` (the first bytes of a file) does not start like a bbolt database, as etcd's
+/// snapshots and data files are: `None` when one of its two meta pages (page 0, or page 1
+/// one page size further) is valid the way bbolt checks it when it opens a file — the meta
+/// page flag, the magic number, format version 2, a plausible page size, and the FNV-1a
+/// checksum over the meta fields. bbolt writes the pages little-endian on every platform
+/// etcd ships for.
+pub fn bbolt_problem(head: &[u8]) -> Option<String> {
+    let first = match meta_page(head) {
+        Ok(_) => return None,
+        Err(e) => e,
+    };
+    // Page 0 may be torn; page 1 sits one page size further (bbolt falls back to it too).
+    let size = head.get(24..28).and_then(le_u32).filter(|s| plausible_page_size(*s)).unwrap_or(4096);
+    let second = head.get(usize::try_from(size).ok()?..).map(meta_page);
+    match second {
+        Some(Ok(_)) => None,
+        _ => Some(first),
+    }
+}
+
+/// One meta page: `Ok(page size)` or why it is not a valid one.
+fn meta_page(page: &[u8]) -> Result<u32, String> {
+    // Page header: id u64, flags u16, count u16, overflow u32; then the meta: magic u32,
+    // version u32, pageSize u32, flags u32, root bucket (root u64, sequence u64), freelist
+    // u64, pgid u64, txid u64, checksum u64 (FNV-1a 64 of the 56 bytes before it).
+    let Some(meta) = page.get(16..80) else {
+        return Err(format!("{} bytes: too short for a bbolt meta page", page.len()));
+    };
+    let flags = page.get(8..10).and_then(|b| <[u8; 2]>::try_from(b).ok()).map(u16::from_le_bytes);
+    let magic = meta.get(0..4).and_then(le_u32);
+    if magic != Some(BOLT_MAGIC) {
+        return Err("no bbolt magic number in the first meta page (not an etcd snapshot or data file)".into());
+    }
+    if flags.is_none_or(|f| f & BOLT_META_PAGE == 0) {
+        return Err("the first page is not flagged as a bbolt meta page".into());
+    }
+    let version = meta.get(4..8).and_then(le_u32).unwrap_or(0);
+    if version != BOLT_VERSION {
+        return Err(format!("bbolt format version {version}, expected {BOLT_VERSION}"));
+    }
+    let size = meta.get(8..12).and_then(le_u32).unwrap_or(0);
+    if !plausible_page_size(size) {
+        return Err(format!("page size {size} is not a bbolt page size"));
+    }
+    let stored = meta.get(56..64).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_le_bytes);
+    if meta.get(..56).map(fnv1a64) != stored {
+        return Err("the bbolt meta page checksum does not match (a damaged or truncated file)".into());
+    }
+    Ok(size)
+}
+
+fn le_u32(b: &[u8]) -> Option<u32> {
+    <[u8; 4]>::try_from(b).ok().map(u32::from_le_bytes)
+}
+
+fn plausible_page_size(size: u32) -> bool {
+    size.is_power_of_two() && (512..=65536).contains(&size)
+}
+
+/// FNV-1a, 64 bits (Go's hash/fnv New64a, which bbolt uses for its meta checksum).
+fn fnv1a64(data: &[u8]) -> u64 {
+    data.iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// Checks the file a backup command wrote (`--backup-command` succeeding is not enough): it
+/// exists as a regular file, owner-only (0600) in a directory others cannot write, is not
+/// empty, and is an etcd snapshot — a bbolt database whose meta page verifies, and, when it
+/// carries etcd's SHA-256 digest (size % 512 == 32, what `etcdctl snapshot save` writes), a
+/// digest that matches, exactly what `etcdutl snapshot restore` will check. A database copied
+/// without the digest is accepted when its size is whole pages (restore needs
+/// `--skip-hash-check` for it).
+pub async fn check_snapshot_file(path: &Path) -> Result<Backup, Error> {
+    let owned = path.to_path_buf();
+    tokio::task::spawn_blocking(move || check_file(&owned)).await.map_err(|e| Error::Io {
+        action: "checking",
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })?
+}
+
+fn check_file(path: &Path) -> Result<Backup, Error> {
+    use std::io::Read;
+    let not = |detail: String| Error::NotASnapshot { path: path.to_path_buf(), detail };
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Err(not("the backup command succeeded but did not write it".into()));
+        }
+        Err(e) => return Err(Error::Io { action: "reading", path: path.to_path_buf(), source: e }),
+    };
+    if !meta.file_type().is_file() {
+        return Err(not("not a regular file (a symlink is not followed)".into()));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(Error::Unsafe {
+            path: path.to_path_buf(),
+            detail: format!(
+                "is mode {mode:04o}: an etcd snapshot holds every Secret; the backup command must create it 0600 (umask 077)"
+            ),
+        });
+    }
+    if let Some(dir) = path.parent() {
+        private_dir(dir)?;
+    }
+    if meta.len() == 0 {
+        return Err(not("the file is empty".into()));
+    }
+    let io = |e| Error::Io { action: "reading", path: path.to_path_buf(), source: e };
+    let mut file =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(io)?;
+    let with_digest = meta.len() % 512 == TRAILER as u64;
+    let mut check = Verifier::default();
+    let mut plain = Sha256::new();
+    let mut head = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(io)?;
+        let Some(data) = buf.get(..n).filter(|d| !d.is_empty()) else { break };
+        if with_digest {
+            check.chunk(data, None, None);
+        } else {
+            plain.update(data);
+            let take = HEAD.saturating_sub(head.len()).min(data.len());
+            head.extend_from_slice(data.get(..take).unwrap_or_default());
+        }
+    }
+    let (bytes, sha256) = if with_digest {
+        let taken = check.finish().map_err(not)?;
+        (taken.bytes, taken.sha256)
+    } else {
+        if let Some(problem) = bbolt_problem(&head) {
+            return Err(not(problem));
+        }
+        let size = head.get(16 + 8..16 + 12).and_then(le_u32).unwrap_or(4096);
+        if meta.len() % u64::from(size) != 0 {
+            return Err(not(format!(
+                "{} bytes is neither whole {size}-byte pages nor a database plus etcd's digest (a cut-off file?)",
+                meta.len()
+            )));
+        }
+        (meta.len(), hex::encode(plain.finalize()))
+    };
+    Ok(Backup { path: path.to_path_buf(), bytes, sha256, endpoint: String::new(), etcd_version: None })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// A fake "database": a bbolt-like header, page-sized, then etcd's digest.
     fn fake_snapshot(pages: usize) -> Vec<u8> {
-        let mut db = vec![0u8; 4096 * pages];
-        db[16..20].copy_from_slice(&BOLT_MAGIC.to_le_bytes());
-        for (i, b) in db.iter_mut().enumerate().skip(32) {
-            *b = (i * 31 % 251) as u8;
-        }
+        let mut db = fake_db(pages);
         let digest = Sha256::digest(&db);
         db.extend_from_slice(&digest);
+        db
+    }
+
+    /// A database without etcd's digest: two valid meta pages, then filler pages.
+    fn fake_db(pages: usize) -> Vec<u8> {
+        let mut db = vec![0u8; 4096 * pages.max(2)];
+        for (i, b) in db.iter_mut().enumerate().skip(8192) {
+            *b = (i * 31 % 251) as u8;
+        }
+        for page in 0..2 {
+            let p = &mut db[page * 4096..];
+            p[0..8].copy_from_slice(&(page as u64).to_le_bytes());
+            p[8..10].copy_from_slice(&BOLT_META_PAGE.to_le_bytes());
+            p[16..20].copy_from_slice(&BOLT_MAGIC.to_le_bytes());
+            p[20..24].copy_from_slice(&BOLT_VERSION.to_le_bytes());
+            p[24..28].copy_from_slice(&4096u32.to_le_bytes());
+            p[64..72].copy_from_slice(&(page as u64 + 7).to_le_bytes()); // txid
+            let sum = fnv1a64(&p[16..72]);
+            p[72..80].copy_from_slice(&sum.to_le_bytes());
+        }
         db
     }
 
@@ -873,11 +1144,102 @@ mod tests {
 
         let mut not_bolt = fake_snapshot(2);
         not_bolt[16] = 0;
+        not_bolt[4096 + 16] = 0;
         let n = not_bolt.len() - TRAILER;
         let digest = Sha256::digest(&not_bolt[..n]);
         not_bolt[n..].copy_from_slice(&digest);
         assert!(verify(&not_bolt, 4096).unwrap_err().contains("bbolt"));
         assert!(Verifier::default().finish().unwrap_err().contains("no data"));
+    }
+
+    #[test]
+    fn a_bbolt_meta_page_is_checked_as_bbolt_opens_a_file() {
+        let db = fake_db(4);
+        assert_eq!(bbolt_problem(&db), None);
+        // A torn page 0 is survived through page 1, as bbolt does.
+        let mut torn = db.clone();
+        torn[40] ^= 0xff; // the root bucket id: page 0's checksum no longer matches
+        assert_eq!(bbolt_problem(&torn), None);
+        torn[4096 + 40] ^= 0xff;
+        assert!(bbolt_problem(&torn).unwrap().contains("checksum"), "{:?}", bbolt_problem(&torn));
+        let mut old = db.clone();
+        for p in [0, 4096] {
+            old[p + 20] = 1;
+        }
+        assert!(bbolt_problem(&old).unwrap().contains("version 1"));
+        let mut flags = db.clone();
+        for p in [0, 4096] {
+            flags[p + 8] = 0x10;
+        }
+        assert!(bbolt_problem(&flags).unwrap().contains("meta page"));
+        assert!(bbolt_problem(b"").unwrap().contains("too short"));
+        assert!(
+            bbolt_problem(
+                b"SQLite format 3\0 and then some more bytes than eighty, surely, yes indeed it is"
+            )
+            .is_some()
+        );
+        // Whatever the bytes, an answer and never a panic.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for len in 0..3000 {
+            let mut junk = db.get(..len % 9000).unwrap_or_default().to_vec();
+            for b in junk.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if x.is_multiple_of(61) {
+                    *b = x as u8;
+                }
+            }
+            let _ = bbolt_problem(&junk);
+        }
+    }
+
+    fn write_private(dir: &Path, name: &str, data: &[u8], mode: u32) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, data).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[tokio::test]
+    async fn a_backup_commands_file_must_be_a_private_etcd_snapshot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("backups");
+        private_dir(&dir).unwrap();
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+
+        let snap = fake_snapshot(6);
+        let good = write_private(&dir, "good", &snap, 0o600);
+        let b = check_snapshot_file(&good).await.unwrap();
+        assert_eq!((b.bytes, b.sha256), (snap.len() as u64, hex::encode(Sha256::digest(&snap))));
+        // A bare database (etcd's data file copied) is whole pages, no digest.
+        let bare = write_private(&dir, "bare", &fake_db(3), 0o400);
+        assert_eq!(check_snapshot_file(&bare).await.unwrap().bytes, 3 * 4096);
+
+        let err = |e: Error| e.to_string();
+        let empty = write_private(&dir, "empty", b"", 0o600);
+        assert!(err(check_snapshot_file(&empty).await.unwrap_err()).contains("empty"));
+        let text = write_private(&dir, "text", b"backup done\n", 0o600);
+        assert!(matches!(check_snapshot_file(&text).await, Err(Error::NotASnapshot { .. })));
+        let mut flipped = snap.clone();
+        flipped[9000] ^= 1;
+        let flipped = write_private(&dir, "flipped", &flipped, 0o600);
+        assert!(err(check_snapshot_file(&flipped).await.unwrap_err()).contains("SHA-256"));
+        let cut = write_private(&dir, "cut", &snap[..snap.len() - 100], 0o600);
+        assert!(matches!(check_snapshot_file(&cut).await, Err(Error::NotASnapshot { .. })));
+        assert!(
+            err(check_snapshot_file(&dir.join("missing")).await.unwrap_err()).contains("did not write it")
+        );
+        let open = write_private(&dir, "open", &snap, 0o644);
+        assert!(err(check_snapshot_file(&open).await.unwrap_err()).contains("0644"));
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&good, &link).unwrap();
+        assert!(err(check_snapshot_file(&link).await.unwrap_err()).contains("symlink"));
+        // The directory must not be writable by others.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o775)).unwrap();
+        assert!(err(check_snapshot_file(&good).await.unwrap_err()).contains("chmod 700"));
+        assert!(matches!(private_dir(&dir), Err(Error::Unsafe { .. })));
     }
 
     #[test]
@@ -911,6 +1273,9 @@ mod tests {
         assert_eq!((blob, remaining), (vec![0], Some(0)));
         let err = parse_chunk(br#"{"error":{"code":14,"message":"etcdserver: no leader"}}"#).unwrap_err();
         assert_eq!(err, Failure::Server("etcdserver: no leader (gRPC code 14)".into()));
+        // The gateway's error before any data, as a relaying node's curl passes it on.
+        let err = parse_chunk(br#"{"code":7,"message":"permission denied","details":[]}"#).unwrap_err();
+        assert_eq!(err, Failure::Server("permission denied (gRPC code 7)".into()));
         assert!(matches!(parse_chunk(b"<html>"), Err(Failure::Stream(_))));
         assert!(matches!(parse_chunk(br#"{"result":{"blob":"!!"}}"#), Err(Failure::Stream(_))));
         assert!(matches!(parse_chunk(b"\n"), Ok(Chunk::Empty)));
