@@ -130,7 +130,11 @@ pub fn with_patches(
             continue;
         }
         if said.patch.saturating_sub(newest.patch) > MAX_NEW_PATCHES {
-            return Err(RefreshError::TooFar { minor: *minor, said: said.to_string(), newest: newest.to_string() });
+            return Err(RefreshError::TooFar {
+                minor: *minor,
+                said: said.to_string(),
+                newest: newest.to_string(),
+            });
         }
         for patch in newest.patch.saturating_add(1)..=said.patch {
             let v = Version::new(minor.major, minor.minor, patch);
