@@ -579,6 +579,26 @@ mod tests {
     }
 
     #[test]
+    fn a_zone_spread_workload_keeps_one_node_of_its_zone() {
+        let mut s = cluster();
+        for sched in s.scheduling.values_mut() {
+            sched.spread = vec![crate::snapshot::Spread {
+                max_skew: 1,
+                topology_key: ZONE_LABEL.into(),
+                selector: crate::pdb::Selector {
+                    match_labels: BTreeMap::from([("app".into(), "web".into())]),
+                    ..Default::default()
+                },
+            }];
+        }
+        // Without the constraint all of zone a goes; with it, its last node must stay to take
+        // the evicted pods (moved elsewhere, zone a would be the empty domain: skew 2).
+        let c = choose(&s, &names(&["w-0", "w-1", "w-2"]), 6, auto(10), &CheckOptions::default()).unwrap();
+        assert_eq!(c.nodes, names(&["w-0", "w-1"]));
+        assert_eq!(c.limit, Limit::Held(Hold::NoRoom { pod: "default/web-0".into(), node: "w-2".into() }));
+    }
+
+    #[test]
     fn nothing_left_is_its_own_hold() {
         let s = cluster();
         assert_eq!(choose(&s, &[], 6, auto(1), &CheckOptions::default()), Err(Hold::NothingLeft));
@@ -666,6 +686,21 @@ mod tests {
                         p.owner =
                             Some(crate::snapshot::Owner { kind: "DaemonSet".into(), name: "ds".into() });
                     }
+                    let uid = p.uid.clone();
+                    if extra >= 6
+                        && let Some(sched) = s.scheduling.get_mut(&uid)
+                    {
+                        // Spread over zones (or hostnames), one app's pods counted together.
+                        sched.spread = vec![crate::snapshot::Spread {
+                            max_skew: u32::from(extra) - 5,
+                            topology_key: if app % 2 == 0 { ZONE_LABEL } else { "kubernetes.io/hostname" }
+                                .into(),
+                            selector: crate::pdb::Selector {
+                                match_labels: BTreeMap::from([("app".into(), format!("app{app}"))]),
+                                ..Default::default()
+                            },
+                        }];
+                    }
                 }
                 for (app, allowed) in budgets {
                     s.pdbs.push(budget(&format!("app{app}"), allowed));
@@ -706,6 +741,32 @@ mod tests {
                         prop_assert!(taken as i32 <= pdb.disruptions_allowed.max(0), "{} takes {taken}", pdb.key());
                     }
                     prop_assert!(Capacity::new(&s).check(&set, &opts).is_empty(), "an evicted pod without room");
+                    // Topology spread, checked on its own: every evicted pod with a hard spread
+                    // constraint has some node outside the batch that keeps its skew.
+                    let evicted: Vec<&crate::snapshot::PodInfo> = s.pods.iter()
+                        .filter(|p| p.node.as_ref().is_some_and(|n| set.contains(n)))
+                        .filter(|p| p.owner.is_some() && !p.phase.is_terminal())
+                        .filter(|p| matches!(drain::decide(p, opts.drain), drain::Decision::Evict { .. }))
+                        .collect();
+                    for p in &evicted {
+                        for c in &s.scheduling[&p.uid].spread {
+                            let domain = |n: &str| s.nodes.iter().find(|x| x.name == n).and_then(|x| x.labels.get(&c.topology_key)).cloned();
+                            let mut counts: BTreeMap<String, u64> = s.nodes.iter()
+                                .filter_map(|n| n.labels.get(&c.topology_key).map(|d| (d.clone(), 0)))
+                                .collect();
+                            for q in s.pods.iter().filter(|q| c.selector.matches(&q.labels) && !evicted.iter().any(|e| e.uid == q.uid)) {
+                                if let Some(d) = q.node.as_deref().and_then(domain) {
+                                    *counts.entry(d).or_default() += 1;
+                                }
+                            }
+                            let min = counts.values().copied().min().unwrap_or(0);
+                            let fits = s.nodes.iter()
+                                .filter(|n| !set.contains(&n.name) && n.ready && !n.unschedulable && n.taints.is_empty())
+                                .filter_map(|n| n.labels.get(&c.topology_key))
+                                .any(|d| counts[d] + 1 - min <= u64::from(c.max_skew));
+                            prop_assert!(fits, "{} has no node keeping its spread over {}", p.key(), c.topology_key);
+                        }
+                    }
                     if !across {
                         let zones: BTreeSet<Option<&str>> = c.nodes.iter().map(|n| zone_of(&s, n)).collect();
                         prop_assert_eq!(zones.len(), 1, "two zones: {:?}", zones);

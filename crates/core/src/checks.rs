@@ -567,13 +567,19 @@ pub fn schedulable_on(sched: &crate::snapshot::Scheduling, node: &NodeInfo) -> b
         .iter()
         .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
         .all(|t| sched.tolerations.iter().any(|tol| tol.tolerates(t)));
+    tolerated && schedulable_on_labels(sched, node)
+}
+
+/// The label half of [`schedulable_on`]: `nodeSelector` and required node affinity (what a
+/// topology spread constraint's domains honour by default; taints are not).
+fn schedulable_on_labels(sched: &crate::snapshot::Scheduling, node: &NodeInfo) -> bool {
     let selected = sched.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v));
     let affinity = sched.required_node_terms.is_empty()
         || sched.required_node_terms.iter().any(|term| {
             crate::pdb::Selector { match_labels: BTreeMap::new(), match_expressions: term.clone() }
                 .matches(&node.labels)
         });
-    tolerated && selected && affinity
+    selected && affinity
 }
 
 /// The order replacements are placed in: largest CPU request first (first-fit decreasing),
@@ -634,6 +640,61 @@ impl<'a> Capacity<'a> {
         self.pods_by_node.get(node).map_or(&[], Vec::as_slice)
     }
 
+    /// Whether a replacement of `pod` on node `target` (an index into the snapshot's nodes)
+    /// keeps each of its hard topology spread constraints, as the scheduler's
+    /// PodTopologySpread filter decides: the domains are the values of the constraint's key on
+    /// the nodes the pod's selector and required affinity allow (its default
+    /// `nodeAffinityPolicy: Honor`; taints and cordons do not remove a domain, its default
+    /// `nodeTaintsPolicy: Ignore` — so a drained zone stays a domain and counts as empty), and
+    /// placing the pod must leave `count(target's domain) + 1 - min(count)` within maxSkew.
+    /// Counted: matching pods of the namespace that stay (not evicted by the batch, not
+    /// terminating or finished) plus the replacements placed so far. A node without the key
+    /// is never a target for the pod.
+    fn spread_allows(
+        &self,
+        pod: &PodInfo,
+        sched: &crate::snapshot::Scheduling,
+        target: usize,
+        gone: &BTreeSet<&str>,
+        placed: &[(&PodInfo, usize)],
+    ) -> bool {
+        let nodes = &self.snapshot.nodes;
+        sched.spread.iter().all(|c| {
+            let Some(target_domain) = nodes.get(target).and_then(|n| n.labels.get(&c.topology_key)) else {
+                return false;
+            };
+            let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+            let mut domain_of: BTreeMap<&str, &str> = BTreeMap::new();
+            for n in nodes.iter().filter(|n| schedulable_on_labels(sched, n)) {
+                if let Some(d) = n.labels.get(&c.topology_key) {
+                    counts.entry(d.as_str()).or_insert(0);
+                    domain_of.insert(n.name.as_str(), d.as_str());
+                }
+            }
+            let counts_for = |p: &PodInfo| p.namespace == pod.namespace && c.selector.matches(&p.labels);
+            for p in self.snapshot.pods.iter().filter(|p| counts_for(p)) {
+                if gone.contains(p.uid.as_str()) || p.terminating || p.phase.is_terminal() {
+                    continue;
+                }
+                if let Some(d) = p.node.as_deref().and_then(|n| domain_of.get(n))
+                    && let Some(c) = counts.get_mut(d)
+                {
+                    *c = c.saturating_add(1);
+                }
+            }
+            for (_, i) in placed.iter().filter(|(p, _)| counts_for(p)) {
+                if let Some(d) = nodes.get(*i).and_then(|n| domain_of.get(n.name.as_str()))
+                    && let Some(c) = counts.get_mut(d)
+                {
+                    *c = c.saturating_add(1);
+                }
+            }
+            let Some(&here) = counts.get(target_domain.as_str()) else { return false };
+            let min = counts.values().copied().min().unwrap_or(0);
+            here.saturating_add(1).saturating_sub(min) <= u64::from(c.max_skew)
+        })
+    }
+
     /// The capacity findings of one batch.
     pub fn check(&self, batch: &BTreeSet<String>, opts: &CheckOptions) -> Vec<Finding> {
         let nodes = &self.snapshot.nodes;
@@ -651,20 +712,28 @@ impl<'a> Capacity<'a> {
             .filter_map(|p| self.snapshot.scheduling.get(&p.uid).map(|s| (p, s)))
             .collect();
         moving.sort_by(|a, b| first_fit_order(*a, *b));
+        let gone: BTreeSet<&str> = moving.iter().map(|(p, _)| p.uid.as_str()).collect();
+        // Replacements placed so far (pod, node index): they count for later spread checks.
+        let mut placed: Vec<(&PodInfo, usize)> = Vec::new();
         let mut out = Vec::new();
         for (pod, sched) in moving {
-            let target = room.iter_mut().zip(nodes.iter()).find(|(room, node)| {
-                room.is_some_and(|r| sched.requests.fits_in(r)) && schedulable_on(sched, node)
+            let target = room.iter_mut().zip(nodes.iter()).enumerate().find(|(i, (room, node))| {
+                room.is_some_and(|r| sched.requests.fits_in(r))
+                    && schedulable_on(sched, node)
+                    && self.spread_allows(pod, sched, *i, &gone, &placed)
             });
             match target {
-                Some((room, _)) => *room = room.map(|r| r.minus(sched.requests)),
+                Some((i, (room, _))) => {
+                    *room = room.map(|r| r.minus(sched.requests));
+                    placed.push((pod, i));
+                }
                 None => out.push(Finding {
                     check: "capacity",
                     severity: Severity::Blocker,
                     subject: format!("pod/{}", pod.key()),
                     node: pod.node.clone(),
                     message: format!(
-                        "no schedulable node outside this batch has room for it ({}m CPU, {} MiB) and matches its selectors, affinity and tolerations: it would stay Pending: add capacity",
+                        "no schedulable node outside this batch has room for it ({}m CPU, {} MiB) and matches its selectors, affinity, tolerations and topology spread: it would stay Pending: add capacity",
                         sched.requests.cpu_millis,
                         sched.requests.memory_bytes >> 20
                     ),
@@ -684,6 +753,69 @@ mod capacity_tests {
 
     fn placed(s: &mut Snapshot, name: &str, node: &str, cpu: i64) {
         crate::snapshot::build::place(s, name, "rs", node, cpu);
+    }
+
+    /// Three zones of two nodes, and `web` spread one per zone with maxSkew 1 (DoNotSchedule).
+    fn spread_cluster() -> Snapshot {
+        let mut s = Snapshot::default();
+        for (n, z) in [("a1", "a"), ("a2", "a"), ("b1", "b"), ("b2", "b"), ("c1", "c"), ("c2", "c")] {
+            let mut node = node(n).cpu(4000);
+            node.labels.insert("topology.kubernetes.io/zone".into(), z.into());
+            s.nodes.push(node);
+        }
+        for (p, n) in [("web-a", "a1"), ("web-b", "b1"), ("web-c", "c1")] {
+            crate::snapshot::build::place(&mut s, p, "web", n, 100);
+            let uid = s.pods.last().unwrap().uid.clone();
+            s.scheduling.get_mut(&uid).unwrap().spread = vec![crate::snapshot::Spread {
+                max_skew: 1,
+                topology_key: "topology.kubernetes.io/zone".into(),
+                selector: crate::pdb::Selector {
+                    match_labels: BTreeMap::from([("app".into(), "web".into())]),
+                    ..Default::default()
+                },
+            }];
+        }
+        s
+    }
+
+    #[test]
+    fn a_spread_pod_needs_a_node_that_keeps_its_skew() {
+        let s = spread_cluster();
+        let cap = Capacity::new(&s);
+        let batch = |ns: &[&str]| ns.iter().map(|n| n.to_string()).collect::<BTreeSet<String>>();
+        // a1 goes: its pod moves to a2, the same zone: skew kept.
+        assert!(cap.check(&batch(&["a1"]), &CheckOptions::default()).is_empty());
+        // The whole zone a goes: zone a is still a domain (cordoned, not gone), now empty; the
+        // pod in zone b or c would make a skew of 2.
+        let f = cap.check(&batch(&["a1", "a2"]), &CheckOptions::default());
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].subject, "pod/default/web-a");
+        assert!(f[0].message.contains("topology spread"), "{}", f[0].message);
+        // maxSkew 2 allows it.
+        let mut loose = s.clone();
+        for sched in loose.scheduling.values_mut() {
+            for c in &mut sched.spread {
+                c.max_skew = 2;
+            }
+        }
+        assert!(Capacity::new(&loose).check(&batch(&["a1", "a2"]), &CheckOptions::default()).is_empty());
+        // Two pods of zone a and one elsewhere: a1 with both goes; they go to a2, one each
+        // counted as it is placed (a: 2, b: 1, c: 1 → fine; a third would not be).
+        let mut two = s.clone();
+        crate::snapshot::build::place(&mut two, "web-a2", "web", "a1", 100);
+        let uid = two.pods.last().unwrap().uid.clone();
+        let spread = two.scheduling[&two.pods[0].uid].spread.clone();
+        two.scheduling.get_mut(&uid).unwrap().spread = spread;
+        assert!(Capacity::new(&two).check(&batch(&["a1"]), &CheckOptions::default()).is_empty());
+        // A node without the key is no target: zone labels off b and c, then a1+a2 cannot go.
+        let mut unlabelled = s.clone();
+        for n in unlabelled.nodes.iter_mut().filter(|n| !n.name.starts_with('a')) {
+            n.labels.remove("topology.kubernetes.io/zone");
+        }
+        assert_eq!(
+            Capacity::new(&unlabelled).check(&batch(&["a1", "a2"]), &CheckOptions::default()).len(),
+            1
+        );
     }
 
     #[test]

@@ -200,6 +200,129 @@ pub fn fit(work: &[PhaseWork], estimate: &Estimate, window: Duration) -> Fit {
     Fit { nodes, finished, started, ends_in: at, fits: at <= window }
 }
 
+/// A run's expected end as it goes: the schedule's stages with the units each has left and
+/// the times measured so far, turned into [`PhaseWork`] for [`eta`] whenever a unit or a batch
+/// ends. Pure bookkeeping (no clock): the engine reports what ended and how long it took.
+///
+/// Measurements are shared by stages of the same phase (a second control-plane hop takes about
+/// as long as the first). A stage under `auto` goes batch by batch, and its batches differ in
+/// size (zones, budgets), so its round is a *batch*: its concurrency is the mean size of the
+/// batches chosen so far and its per-round time the mean batch wall time (choosing included);
+/// before its first batch ends, its units' own times stand in for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Live {
+    stages: Vec<LiveStage>,
+    /// Durations of upgraded units, per phase.
+    measured: Vec<(PhaseKind, Vec<Duration>)>,
+    /// Whether the cluster-services phase is still to come.
+    cluster_services: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LiveStage {
+    kind: PhaseKind,
+    remaining: usize,
+    concurrency: usize,
+    auto: bool,
+    batch_sizes: Vec<usize>,
+    batch_times: Vec<Duration>,
+}
+
+impl Live {
+    /// Nothing measured yet: every unit of `schedule` is left.
+    pub fn of(schedule: &crate::run::Schedule) -> Live {
+        Live {
+            stages: schedule
+                .stages
+                .iter()
+                .map(|s| LiveStage {
+                    kind: s.phase,
+                    remaining: s.units.len(),
+                    concurrency: s.concurrency.max(1),
+                    auto: s.auto.is_some(),
+                    batch_sizes: Vec::new(),
+                    batch_times: Vec::new(),
+                })
+                .collect(),
+            measured: Vec::new(),
+            cluster_services: schedule.cluster_services,
+        }
+    }
+
+    /// A unit of stage `stage` ended; `upgraded` is how long it took when it was upgraded
+    /// (a skipped or failed unit is no measurement).
+    pub fn unit_ended(&mut self, stage: usize, upgraded: Option<Duration>) {
+        let Some(s) = self.stages.get_mut(stage) else { return };
+        s.remaining = s.remaining.saturating_sub(1);
+        if let Some(d) = upgraded {
+            let kind = s.kind;
+            match self.measured.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, m)) => m.push(d),
+                None => self.measured.push((kind, vec![d])),
+            }
+        }
+    }
+
+    /// An `auto` stage chose a batch of `size` units.
+    pub fn batch_chosen(&mut self, stage: usize, size: usize) {
+        if let Some(s) = self.stages.get_mut(stage) {
+            s.batch_sizes.push(size);
+        }
+    }
+
+    /// An `auto` stage's batch ended after `took` (from before it was chosen).
+    pub fn batch_ended(&mut self, stage: usize, took: Duration) {
+        if let Some(s) = self.stages.get_mut(stage) {
+            s.batch_times.push(took);
+        }
+    }
+
+    /// The cluster-services phase is over (or will not run).
+    pub fn cluster_services_done(&mut self) {
+        self.cluster_services = false;
+    }
+
+    /// What is left, phase by phase, for [`eta`].
+    pub fn work(&self) -> Vec<PhaseWork> {
+        let mut work: Vec<PhaseWork> = self
+            .stages
+            .iter()
+            .map(|s| {
+                let units = || {
+                    self.measured
+                        .iter()
+                        .find(|(k, _)| *k == s.kind)
+                        .map(|(_, m)| m.clone())
+                        .unwrap_or_default()
+                };
+                let (concurrency, measured) = if s.auto {
+                    let total = s.batch_sizes.iter().fold(0usize, |a, n| a.saturating_add(*n));
+                    let mean = total.checked_div(s.batch_sizes.len());
+                    let times = if s.batch_times.is_empty() { units() } else { s.batch_times.clone() };
+                    (mean.unwrap_or(s.concurrency).max(1), times)
+                } else {
+                    (s.concurrency, units())
+                };
+                PhaseWork { kind: s.kind, remaining: s.remaining, concurrency, measured }
+            })
+            .collect();
+        if self.cluster_services {
+            work.push(PhaseWork {
+                kind: PhaseKind::ClusterServices,
+                remaining: 1,
+                concurrency: 1,
+                measured: Vec::new(),
+            });
+        }
+        work
+    }
+
+    /// The expected ends now ([`eta`] over [`Live::work`]).
+    pub fn eta(&self, estimate: &Estimate) -> Eta {
+        eta(&self.work(), estimate)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,6 +425,96 @@ mod tests {
         );
         // 6 × 240 + 3 × 120 + 30.
         assert_eq!(eta(&w, &Estimate::default()).ends_in, S * 1830);
+    }
+
+    fn schedule(stages: &[(PhaseKind, usize, usize, bool)], services: bool) -> crate::run::Schedule {
+        use crate::run::{Schedule, Stage};
+        let v = crate::Version::new(1, 37, 1);
+        Schedule {
+            target: v.clone(),
+            stages: stages
+                .iter()
+                .map(|&(phase, units, concurrency, auto)| Stage {
+                    phase,
+                    to: v.clone(),
+                    concurrency,
+                    units: (0..units)
+                        .map(|i| crate::run::UnitWork {
+                            node: format!("n-{i}"),
+                            roles: Default::default(),
+                            from: "v1.36.4".into(),
+                            to: v.clone(),
+                            steps: Vec::new(),
+                            external: false,
+                            first_control_plane: false,
+                        })
+                        .collect(),
+                    auto: auto.then_some(crate::batch::Auto {
+                        cap: crate::plan::MaxUnavailable::Count(u32::try_from(concurrency).unwrap()),
+                        across_zones: false,
+                    }),
+                })
+                .collect(),
+            cluster_services: services,
+            excluded: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_live_run_replaces_the_estimate_with_its_own_pace() {
+        let s = schedule(
+            &[
+                (PhaseKind::ControlPlane, 1, 1, false),
+                (PhaseKind::ControlPlane, 1, 1, false),
+                (PhaseKind::Workers, 10, 5, false),
+            ],
+            true,
+        );
+        let mut live = Live::of(&s);
+        // Before anything: the estimate (240 + 240 + 2 × 120 + 30).
+        assert_eq!(live.eta(&Estimate::default()).ends_in, S * 750);
+        // The first hop took 60 s: the second is expected to take as long.
+        live.unit_ended(0, Some(S * 60));
+        let e = live.eta(&Estimate::default());
+        assert_eq!(
+            (e.phases[0].kind, e.phases[0].per_round, e.phases[0].measured),
+            (PhaseKind::ControlPlane, S * 60, true)
+        );
+        assert_eq!(e.ends_in, S * (60 + 240 + 30));
+        live.unit_ended(1, Some(S * 80));
+        // Workers: 4 upgraded (10 s each), one skipped: 5 left = one round of 5.
+        for _ in 0..4 {
+            live.unit_ended(2, Some(S * 10));
+        }
+        live.unit_ended(2, None);
+        let e = live.eta(&Estimate::default());
+        assert_eq!(e.phases.iter().map(|p| p.ends_in.as_secs()).collect::<Vec<_>>(), vec![10, 40]);
+        live.cluster_services_done();
+        assert_eq!(live.eta(&Estimate::default()).ends_in, S * 10);
+    }
+
+    #[test]
+    fn an_auto_stage_counts_in_batches() {
+        let s = schedule(&[(PhaseKind::Workers, 100, 50, true)], false);
+        let mut live = Live::of(&s);
+        // Before a batch: rounds of the cap.
+        assert_eq!(live.eta(&Estimate::default()).ends_in, S * 240);
+        // A first batch of 10: its units' own times stand in until it ends.
+        live.batch_chosen(0, 10);
+        for _ in 0..5 {
+            live.unit_ended(0, Some(S * 20));
+        }
+        assert_eq!(live.eta(&Estimate::default()).ends_in, S * 20 * 10, "95 left in rounds of 10");
+        for _ in 0..5 {
+            live.unit_ended(0, Some(S * 20));
+        }
+        // The batch took 30 s in all (choosing, the slowest node).
+        live.batch_ended(0, S * 30);
+        live.batch_chosen(0, 30);
+        // 90 left in rounds of the mean batch (20): 5 × 30 s.
+        assert_eq!(live.eta(&Estimate::default()).ends_in, S * 150);
+        live.unit_ended(7, Some(S)); // a stage that does not exist changes nothing
+        assert_eq!(live.eta(&Estimate::default()).ends_in, S * 150);
     }
 
     #[test]

@@ -284,6 +284,16 @@ pub enum Event {
         /// Why, naming the budget or pod.
         reason: String,
     },
+    /// When the run is expected to end: each phase with work left and the whole run, from this
+    /// run's measured times (the plan's estimate for a phase that has measured nothing yet).
+    /// Sent when the run starts and whenever a unit or an `auto` batch ends; offsets count
+    /// from the moment it is sent (`-o json` adds that moment as `at`).
+    Eta {
+        /// Phases with work left, in order.
+        phases: Vec<PhaseEnd>,
+        /// Seconds from now until the run is expected to end.
+        ends_in_secs: u64,
+    },
     /// Something the operator should read.
     Warning {
         /// The message.
@@ -312,6 +322,32 @@ pub enum Event {
         /// The blocking findings, in the plan's order.
         blockers: Vec<Blocker>,
     },
+}
+
+/// One phase's expected end, as [`Event::Eta`] carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseEnd {
+    /// etcd, control-plane, workers, cluster-services.
+    pub phase: PhaseKind,
+    /// Seconds from now until it is expected to end.
+    pub ends_in_secs: u64,
+    /// Whether its pace was measured in this run (false: the plan's estimate).
+    pub measured: bool,
+}
+
+impl Event {
+    /// The [`Event::Eta`] of an expected end (seconds rounded up: "ends in 0 s" only when done).
+    pub fn eta(e: &crate::eta::Eta) -> Event {
+        let secs = |d: std::time::Duration| d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
+        Event::Eta {
+            phases: e
+                .phases
+                .iter()
+                .map(|p| PhaseEnd { phase: p.kind, ends_in_secs: secs(p.ends_in), measured: p.measured })
+                .collect(),
+            ends_in_secs: secs(e.ends_in),
+        }
+    }
 }
 
 /// How a `refit upgrade` ended, as [`Event::Summary`] carries it.
@@ -433,6 +469,22 @@ mod tests {
         // A journal written before kinds existed still reads.
         let old = r#"{"event":"step-failed","node":"w-1","step":"drain","to":"1.37.1","error":"x"}"#;
         assert!(matches!(serde_json::from_str::<Event>(old).unwrap(), Event::StepFailed { kind: None, .. }));
+        let eta = Event::eta(&crate::eta::Eta {
+            phases: vec![crate::eta::PhaseEta {
+                kind: PhaseKind::Workers,
+                per_round: std::time::Duration::from_secs(3),
+                measured: true,
+                ends_in: std::time::Duration::from_millis(90_001),
+            }],
+            ends_in: std::time::Duration::from_millis(90_001),
+        });
+        let json = serde_json::to_string(&eta).unwrap();
+        assert_eq!(
+            json,
+            r#"{"event":"eta","phases":[{"phase":"workers","ends_in_secs":91,"measured":true}],"ends_in_secs":91}"#,
+            "rounded up"
+        );
+        assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), eta);
         let unknown = r#"{"event":"run-finished","state":"resuming","millis":1,"reason":null}"#;
         assert!(serde_json::from_str::<Event>(unknown).is_err(), "an unknown state is an error");
     }

@@ -319,6 +319,23 @@ pub struct Scheduling {
     pub tolerations: Vec<Toleration>,
     /// Required node affinity: any term must match; within a term all requirements.
     pub required_node_terms: Vec<Vec<crate::pdb::Requirement>>,
+    /// `topologySpreadConstraints` with `whenUnsatisfiable: DoNotSchedule` (the scheduler
+    /// refuses a node that breaks them; `ScheduleAnyway` ones only score, so they are not kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spread: Vec<Spread>,
+}
+
+/// One hard topology spread constraint: among the domains (values of `topology_key` on the
+/// nodes the pod may go to), the pods `selector` matches in the pod's namespace may differ by
+/// at most `max_skew` between the fullest domain a pod is placed in and the emptiest one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spread {
+    /// `maxSkew` (at least 1).
+    pub max_skew: u32,
+    /// `topologyKey`, e.g. `topology.kubernetes.io/zone`.
+    pub topology_key: String,
+    /// `labelSelector` (a missing one matches no pod: the constraint counts nothing).
+    pub selector: crate::pdb::Selector,
 }
 
 /// Everything preflight reads from a cluster, at one moment.

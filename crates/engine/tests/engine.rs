@@ -667,3 +667,48 @@ async fn a_backup_command_that_writes_no_snapshot_stops_the_run_before_any_cordo
     assert_eq!(o.backup.as_deref(), Some("cp-1:snapshot.db"), "taken through the first control plane");
     assert!(!o.backup_opted_out);
 }
+
+/// The live ETA: the plan's estimate at the start, then this run's own pace phase by phase —
+/// after the first round of two workers (each at least its 60 s action) the four rounds left
+/// are expected to take 4 × their measured mean, and the last ETA says the run is over.
+#[tokio::test(start_paused = true)]
+async fn the_eta_follows_the_runs_own_pace() {
+    use refit_core::plan::PhaseKind;
+    let w = World::new(1, 10);
+    let spec = w.spec(2, OnUndrainable::Fail);
+    let id = w.create("r1", &spec);
+    let o = run(&w, &id, spec, None).await;
+    assert_eq!(o.state, RunState::Completed, "{:?}", o.reason);
+    let events = w.events();
+    let etas: Vec<(usize, &Event)> =
+        events.iter().enumerate().filter(|(_, e)| matches!(e, Event::Eta { .. })).collect();
+    let Some((_, Event::Eta { phases, ends_in_secs })) = etas.first() else { panic!("no ETA: {events:?}") };
+    // The estimate: a control-plane node 240 s, then 5 rounds of workers × 120 s.
+    assert_eq!(*ends_in_secs, 240 + 5 * 120);
+    assert!(phases.iter().all(|p| !p.measured));
+    // The ETA sent when the second worker finished (the first round).
+    let workers_done = |upto: usize| {
+        events[..upto]
+            .iter()
+            .filter(|e| matches!(e, Event::UnitFinished { node, .. } if node.starts_with("w-")))
+            .count()
+    };
+    let (_, after_round) =
+        etas.iter().find(|(i, _)| workers_done(*i) == 2).expect("an ETA after two workers");
+    let Event::Eta { phases, ends_in_secs } = after_round else { unreachable!() };
+    assert_eq!(phases.len(), 1, "only the workers are left: {phases:?}");
+    assert_eq!((phases[0].phase, phases[0].measured), (PhaseKind::Workers, true));
+    let took: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::UnitFinished { node, millis, .. } if node.starts_with("w-") => Some(*millis),
+            _ => None,
+        })
+        .take(2)
+        .collect();
+    let expected = (took.iter().sum::<u64>() / 2 * 4).div_ceil(1000);
+    assert!(expected >= 240, "each unit at least its 60 s action: {took:?}");
+    assert_eq!(*ends_in_secs, expected, "4 rounds of the measured mean");
+    let Some((_, Event::Eta { phases, ends_in_secs })) = etas.last() else { unreachable!() };
+    assert_eq!((phases.len(), *ends_in_secs), (0, 0), "nothing left");
+}

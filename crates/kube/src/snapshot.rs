@@ -48,8 +48,8 @@ use kube::api::{Api, ListParams};
 use refit_core::pdb::{PdbInfo, Requirement, Selector};
 use refit_core::quantity;
 use refit_core::snapshot::{
-    NodeInfo, Owner, Phase, PodInfo, PodRequests, PvInfo, Resources, Scheduling, Snapshot, Taint, Toleration,
-    Volume, WorkloadInfo,
+    NodeInfo, Owner, Phase, PodInfo, PodRequests, PvInfo, Resources, Scheduling, Snapshot, Spread, Taint,
+    Toleration, Volume, WorkloadInfo,
 };
 use serde::de::DeserializeOwned;
 
@@ -579,6 +579,7 @@ pub(crate) mod wire {
         pub node_selector: BTreeMap<String, String>,
         pub tolerations: Vec<core::Toleration>,
         pub affinity: Option<Affinity>,
+        pub topology_spread_constraints: Vec<core::TopologySpreadConstraint>,
     }
 
     #[derive(Deserialize, Default)]
@@ -679,6 +680,7 @@ pub(crate) mod wire {
                                 .required_during_scheduling_ignored_during_execution,
                         }),
                     }),
+                    topology_spread_constraints: spec.topology_spread_constraints.unwrap_or_default(),
                 },
                 status: PodStatus {
                     phase: status.phase,
@@ -857,6 +859,7 @@ fn pod_from_wire(p: wire::Pod) -> (PodInfo, Scheduling) {
             })
             .collect(),
         required_node_terms: required_node_terms(spec.affinity),
+        spread: spread(spec.topology_spread_constraints),
     };
     let volumes = spec
         .volumes
@@ -950,6 +953,20 @@ fn required_node_terms(affinity: Option<wire::Affinity>) -> Vec<Vec<Requirement>
         .node_selector_terms
         .iter()
         .map(|t| t.match_expressions.as_deref().unwrap_or_default().iter().map(requirement).collect())
+        .collect()
+}
+
+/// The hard (`DoNotSchedule`) topology spread constraints; `ScheduleAnyway` ones only weigh
+/// the scheduler's choice. A missing labelSelector counts no pod, as the scheduler's does.
+fn spread(constraints: Vec<k8s_openapi::api::core::v1::TopologySpreadConstraint>) -> Vec<Spread> {
+    constraints
+        .into_iter()
+        .filter(|c| c.when_unsatisfiable == "DoNotSchedule")
+        .map(|c| Spread {
+            max_skew: u32::try_from(c.max_skew).unwrap_or(1).max(1),
+            topology_key: c.topology_key,
+            selector: selector(c.label_selector),
+        })
         .collect()
 }
 

@@ -511,6 +511,12 @@ async fn protobuf_and_json_read_the_same_pods_and_nodes() {
                     {"weight": 10, "preference": {"matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd"]}]}},
                 ],
             }},
+            "topologySpreadConstraints": [
+                {"maxSkew": 2, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule",
+                 "labelSelector": {"matchLabels": {"tier": "db"}, "matchExpressions": [{"key": "app", "operator": "Exists"}]}},
+                {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
+                 "labelSelector": {"matchLabels": {"tier": "db"}}},
+            ],
             "initContainers": [
                 {"name": "proxy", "image": image, "restartPolicy": "Always",
                  "resources": {"requests": {"cpu": "100m", "memory": "16Mi"}, "limits": {"cpu": "200m", "memory": "32Mi"}}},
@@ -594,6 +600,11 @@ async fn protobuf_and_json_read_the_same_pods_and_nodes() {
     assert_eq!(s.required_node_terms.len(), 2);
     assert_eq!(s.required_node_terms[0].len(), 2);
     assert!(s.required_node_terms[1].is_empty());
+    // Only the hard spread constraint, with its selector.
+    assert_eq!(s.spread.len(), 1, "{:?}", s.spread);
+    assert_eq!((s.spread[0].max_skew, s.spread[0].topology_key.as_str()), (2, "topology.kubernetes.io/zone"));
+    assert_eq!(s.spread[0].selector.match_labels.get("tier").map(String::as_str), Some("db"));
+    assert_eq!(s.spread[0].selector.match_expressions, [req("app", "Exists", &[])]);
     assert_eq!(
         find("pod-level").1.requests,
         Resources { cpu_millis: 1000, memory_bytes: 1024 * MI, pods: 1 }

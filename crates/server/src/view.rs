@@ -344,6 +344,7 @@ pub fn cluster_run(row: &RunRow, journal: &[JournalEntry]) -> ClusterRunView {
             }
             Event::Gate { .. }
             | Event::Evicted { .. }
+            | Event::Eta { .. }
             | Event::Backup { .. }
             | Event::Summary { .. }
             | Event::PlanBlocked { .. } => {}

@@ -52,6 +52,8 @@ pub struct Engine {
     pub(crate) left_cordoned: Mutex<Vec<(String, String)>>,
     /// A health gate failed: nothing new starts (why, once).
     gate_failed: Mutex<Option<String>>,
+    /// What is left and how fast it went so far: the live ETA ([`Event::Eta`]).
+    live: Mutex<refit_core::eta::Live>,
 }
 
 impl Engine {
@@ -92,14 +94,25 @@ impl Engine {
         Arc::new(Engine {
             ctx,
             run_id,
-            spec,
             stop,
             not_after,
             failed: AtomicBool::new(false),
             journal_broken: Mutex::new(None),
             left_cordoned: Mutex::new(Vec::new()),
             gate_failed: Mutex::new(None),
+            live: Mutex::new(refit_core::eta::Live::of(&spec.schedule)),
+            spec,
         })
+    }
+
+    /// Updates the live ETA with `change` and sends the new expected ends.
+    pub(crate) fn eta(&self, change: impl FnOnce(&mut refit_core::eta::Live)) {
+        let e = {
+            let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+            change(&mut live);
+            live.eta(&refit_core::eta::Estimate::default())
+        };
+        self.emit(Event::eta(&e));
     }
 
     /// The run's id.
@@ -259,6 +272,7 @@ impl Engine {
             units: schedule.units().count(),
             resumed,
         });
+        self.eta(|_| {});
         if !resumed {
             for a in &self.spec.accepted {
                 self.emit(Event::Warning { message: a.to_string() });
@@ -337,6 +351,7 @@ impl Engine {
                 if let Err(e) = self.cluster_services(targets).await {
                     reason = Some(e.message);
                 }
+                self.eta(|l| l.cluster_services_done());
                 timings.push(("cluster services".to_string(), millis(t.elapsed())));
             } else {
                 work_left = true;

@@ -152,6 +152,9 @@ impl Engine {
                 result: report.result.end(),
                 millis: report.millis,
             });
+            let upgraded = matches!(report.result, UnitResult::Upgraded)
+                .then(|| std::time::Duration::from_millis(report.millis));
+            engine.eta(|l| l.unit_ended(index, upgraded));
             report
         });
         nodes.insert(handle.id(), (unit.node.clone(), stage.to.to_string()));
@@ -192,6 +195,7 @@ impl Engine {
         }
         let mut resumed = (!begun.is_empty()).then_some(begun);
         while !left.is_empty() {
+            let batch_started = Instant::now();
             // Units the deadline or a stop rules out are reported, not chosen.
             let mut keep = Vec::new();
             let mut stop = None;
@@ -288,6 +292,7 @@ impl Engine {
                 }
             };
             waiting_since = None;
+            self.eta(|l| l.batch_chosen(index, chosen.len()));
             for unit in left.iter().filter(|u| chosen.contains(&u.node)) {
                 let held = held.clone();
                 self.spawn_unit(&mut tasks, &mut nodes_of, index, stage, unit, move |result| {
@@ -300,6 +305,7 @@ impl Engine {
             while let Some(done) = tasks.join_next_with_id().await {
                 reports.push(self.joined(index, done, &mut nodes_of));
             }
+            self.eta(|l| l.batch_ended(index, batch_started.elapsed()));
             if self.halted().is_some() {
                 break;
             }

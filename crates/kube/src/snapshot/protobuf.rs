@@ -36,7 +36,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1 as json;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, OwnerReference,
+};
 use k8s_pb::api::core::v1 as pb;
 use k8s_pb::apimachinery::pkg::api::resource::Quantity as PbQuantity;
 use k8s_pb::apimachinery::pkg::apis::meta::v1 as pb_meta;
@@ -545,8 +547,9 @@ mod tag {
     pub const SPEC_CONTAINERS: u64 = 2;
     pub const SPEC_INIT_CONTAINERS: u64 = 20;
     pub const SPEC_AFFINITY: u64 = 18;
-    /// nodeSelector, nodeName, tolerations, overhead, resources (pod-level).
-    pub const SPEC: &[u64] = &[7, 10, 22, 32, 40];
+    /// nodeSelector, nodeName, tolerations, overhead, topologySpreadConstraints, resources
+    /// (pod-level).
+    pub const SPEC: &[u64] = &[7, 10, 22, 32, 33, 40];
     /// resources, restartPolicy.
     pub const CONTAINER: &[u64] = &[8, 24];
     pub const VOLUME_NAME: u64 = 1;
@@ -674,6 +677,22 @@ fn pod(p: pb::Pod) -> wire::Pod {
                         .required_during_scheduling_ignored_during_execution
                         .map(node_selector),
                 }),
+            }),
+            topology_spread_constraints: map(spec.topology_spread_constraints, |c| {
+                json::TopologySpreadConstraint {
+                    max_skew: c.max_skew.unwrap_or_default(),
+                    topology_key: c.topology_key.unwrap_or_default(),
+                    when_unsatisfiable: c.when_unsatisfiable.unwrap_or_default(),
+                    label_selector: c.label_selector.map(|l| LabelSelector {
+                        match_labels: some(l.match_labels),
+                        match_expressions: some(map(l.match_expressions, |r| LabelSelectorRequirement {
+                            key: r.key.unwrap_or_default(),
+                            operator: r.operator.unwrap_or_default(),
+                            values: some(r.values),
+                        })),
+                    }),
+                    ..Default::default()
+                }
             }),
         },
         status: wire::PodStatus {
@@ -952,6 +971,28 @@ mod tests {
                     pod_anti_affinity: Some(Default::default()),
                     ..Default::default()
                 }),
+                topology_spread_constraints: vec![
+                    pb::TopologySpreadConstraint {
+                        max_skew: Some(2),
+                        topology_key: Some("topology.kubernetes.io/zone".into()),
+                        when_unsatisfiable: Some("DoNotSchedule".into()),
+                        label_selector: Some(pb_meta::LabelSelector {
+                            match_labels: [("app".to_string(), "x".to_string())].into(),
+                            match_expressions: vec![pb_meta::LabelSelectorRequirement {
+                                key: Some("tier".into()),
+                                operator: Some("In".into()),
+                                values: vec!["web".into()],
+                            }],
+                        }),
+                        ..Default::default()
+                    },
+                    pb::TopologySpreadConstraint {
+                        max_skew: Some(1),
+                        topology_key: Some("kubernetes.io/hostname".into()),
+                        when_unsatisfiable: Some("ScheduleAnyway".into()),
+                        ..Default::default()
+                    },
+                ],
                 ..Default::default()
             }),
             status: Some(pb::PodStatus {
@@ -985,6 +1026,12 @@ mod tests {
         assert_eq!(info.owner.map(|o| o.name).as_deref(), Some("x-1"));
         assert_eq!(scheduling.required_node_terms.len(), 1);
         assert_eq!(scheduling.tolerations[0].operator, "Equal");
+        // The hard spread constraint only, with its whole selector.
+        assert_eq!(scheduling.spread.len(), 1, "{:?}", scheduling.spread);
+        let c = &scheduling.spread[0];
+        assert_eq!((c.max_skew, c.topology_key.as_str()), (2, "topology.kubernetes.io/zone"));
+        assert_eq!(c.selector.match_labels.get("app").map(String::as_str), Some("x"));
+        assert_eq!(c.selector.match_expressions[0].values, ["web"]);
         // cpu: the init container beside the sidecar (600m) beats 100m + 100m; plus overhead.
         // memory: the pod-level request replaces the containers' sum.
         assert_eq!(scheduling.requests.cpu_millis, 850);

@@ -30,16 +30,13 @@ enum Mode {
 
 struct State {
     nodes: HashMap<String, ProgressBar>,
-    finished: Vec<Duration>,
     done: usize,
-    concurrency: usize,
 }
 
 /// The view of one run.
 pub struct View {
     mode: Mode,
     run: String,
-    total: usize,
     started: Instant,
     state: Mutex<State>,
 }
@@ -55,13 +52,11 @@ impl View {
             }
             Format::Table | Format::Wide => Mode::Lines,
         };
-        let concurrency = schedule.stages.iter().map(|s| s.concurrency).max().unwrap_or(1);
         View {
             mode,
             run: run.to_string(),
-            total,
             started: Instant::now(),
-            state: Mutex::new(State { nodes: HashMap::new(), finished: Vec::new(), done: 0, concurrency }),
+            state: Mutex::new(State { nodes: HashMap::new(), done: 0 }),
         }
     }
 
@@ -144,20 +139,12 @@ impl View {
             | Event::Gate { .. }
             | Event::BatchChosen { .. }
             | Event::BatchHeld { .. } => log_above(multi, e),
-            Event::UnitFinished { node, millis, result, .. } => {
+            Event::UnitFinished { node, .. } => {
                 remove(&mut st, node);
                 st.done += 1;
-                if *result == refit_core::event::UnitEnd::Upgraded {
-                    st.finished.push(Duration::from_millis(*millis));
-                }
                 overall.set_position(st.done as u64);
-                let eta =
-                    refit_core::run::eta(&st.finished, self.total.saturating_sub(st.done), st.concurrency);
-                overall.set_message(match eta {
-                    Some(d) => format!("ETA {}", fmt_secs(d)),
-                    None => String::new(),
-                });
             }
+            Event::Eta { .. } => overall.set_message(line_for(e).unwrap_or_default()),
             Event::ClusterService { addon, detail } => {
                 overall.set_message(format!("cluster services: {addon} {detail}"))
             }
@@ -241,9 +228,29 @@ fn wrap(text: &str, width: usize) -> String {
         .join("\n")
 }
 
-fn fmt_secs(d: Duration) -> String {
-    let s = d.as_secs();
-    if s >= 60 { format!("{}m{:02}s", s / 60, s % 60) } else { format!("{s}s") }
+fn fmt_secs(s: u64) -> String {
+    match s {
+        3600.. => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        60.. => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{s}s"),
+    }
+}
+
+/// "ETA 12m30s (workers 12m00s, cluster services 12m30s)": the run's expected end and each
+/// phase's, from now; `~` marks a phase paced by the plan's estimate, not by this run.
+fn eta_line(phases: &[refit_core::event::PhaseEnd], ends_in_secs: u64) -> String {
+    let each: Vec<String> = phases
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {}{}",
+                refit_core::run::phase_name(p.phase),
+                if p.measured { "" } else { "~" },
+                fmt_secs(p.ends_in_secs)
+            )
+        })
+        .collect();
+    format!("ETA {} ({})", fmt_secs(ends_in_secs), each.join(", "))
 }
 
 /// The plain-text line for an event (None for the ones too chatty to print).
@@ -294,6 +301,7 @@ fn raw_line_for(e: &Event) -> Option<String> {
             nodes.join(", ")
         ),
         Event::BatchHeld { reason, .. } => format!("no worker batch can start: {reason}"),
+        Event::Eta { phases, ends_in_secs } => eta_line(phases, *ends_in_secs),
         Event::RunFinished { state, millis, reason } => format!(
             "run {} after {:.1}s{}",
             state.as_str(),
@@ -315,9 +323,8 @@ mod tests {
         View {
             mode: bars(MultiProgress::with_draw_target(ProgressDrawTarget::hidden()), "up-1", 3),
             run: "up-1".into(),
-            total: 3,
             started: Instant::now(),
-            state: Mutex::new(State { nodes: HashMap::new(), finished: Vec::new(), done: 0, concurrency: 1 }),
+            state: Mutex::new(State { nodes: HashMap::new(), done: 0 }),
         }
     }
 
@@ -382,6 +389,25 @@ mod tests {
             remedies: Vec::new(),
         });
         assert!(lines(&v).is_empty());
+    }
+
+    #[test]
+    fn the_eta_names_the_run_and_each_phase() {
+        use refit_core::event::PhaseEnd;
+        use refit_core::plan::PhaseKind;
+        let e = Event::Eta {
+            phases: vec![
+                PhaseEnd { phase: PhaseKind::Workers, ends_in_secs: 750, measured: true },
+                PhaseEnd { phase: PhaseKind::ClusterServices, ends_in_secs: 3790, measured: false },
+            ],
+            ends_in_secs: 3790,
+        };
+        assert_eq!(line_for(&e).unwrap(), "ETA 1h03m (workers 12m30s, cluster-services ~1h03m)");
+        let v = hidden_view();
+        v.handle(&e);
+        if let Mode::Bars { overall, .. } = &v.mode {
+            assert!(overall.message().starts_with("ETA 1h03m"), "{}", overall.message());
+        }
     }
 
     #[test]

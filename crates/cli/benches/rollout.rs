@@ -1,0 +1,499 @@
+//! Issue 14's rollout benchmark: 200 kwok workers in 3 zones, about 6,000 pods under budgets
+//! of varied tightness, a fixed simulated node action of 3 s, upgraded with
+//! `--max-unavailable 1`, `10%`, `25%` and `auto`, next to the peer — a sequential `kubectl
+//! drain` / action / `kubectl uncordon` loop — on the same testbed in the same run. An
+//! independent watcher (its own watches on nodes, pods and budgets; never refit's events)
+//! measures what each run did to the cluster: the most workers unschedulable at once and the
+//! zones they were in, pods left Pending for lack of room, and budgets whose healthy pods fell
+//! below what they require (violations). The ETA refit printed after 10% of the workers is
+//! set against the run's actual end.
+//!
+//! Workloads (namespace `bench`, pods of 50m CPU / 64 Mi, spread by the scheduler's default
+//! topology spreading):
+//!   - 40 Deployments × 3 replicas, PDB `maxUnavailable: 1`
+//!   - 40 Deployments × 5 replicas, PDB `minAvailable: 4` (N-1)
+//!   - 20 Deployments × 50 replicas, PDB `maxUnavailable: 10%`
+//!   - 47 Deployments × 100 replicas, no PDB
+//!
+//! `--max-unavailable 1` over 200 workers at ≥ 3 s each is well over 10 minutes, so it runs
+//! under `--not-after` for REFIT_BENCH_ONE_SECS (default 150 s; the run ends Paused) and is
+//! extrapolated from the workers it finished; the kubectl loop runs over
+//! REFIT_BENCH_PEER_NODES workers (default 10) and is extrapolated likewise (both are
+//! sequential, so they scale linearly). Between runs every worker is put back one minor
+//! behind and the bench waits until every pod is Ready again.
+//!
+//! Not a test: it prints the table; it asserts nothing about time.
+//! Run: `cargo bench -p refit-cli --bench rollout` (about 30 minutes on 2 cores;
+//! REFIT_BENCH_WORKERS, REFIT_BENCH_ACTION_SECS, REFIT_BENCH_RUNS=1,10%,25%,auto to change it).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::Api;
+use kube::runtime::watcher;
+use refit_core::MinorVersion;
+use refit_testbed::workloads::apply;
+use refit_testbed::{Testbed, TestbedConfig, TestbedVersions};
+use serde_json::{Value, json};
+
+const NS: &str = "bench";
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// What the independent watcher sees now, and the worst of it since the last reset.
+#[derive(Default)]
+struct Watched {
+    /// Unschedulable workers → their zone.
+    cordoned: BTreeMap<String, String>,
+    /// Pods the scheduler found no room for (PodScheduled=False, Unschedulable).
+    no_room: BTreeSet<String>,
+    /// Budgets with fewer healthy pods than they require.
+    below: BTreeSet<String>,
+    /// Pods Running and Ready (not terminating).
+    ready: BTreeSet<String>,
+    most_cordoned: usize,
+    most_zones: usize,
+    most_no_room: usize,
+    violated: BTreeSet<String>,
+}
+
+impl Watched {
+    fn note(&mut self) {
+        self.most_cordoned = self.most_cordoned.max(self.cordoned.len());
+        let zones: BTreeSet<&String> = self.cordoned.values().collect();
+        self.most_zones = self.most_zones.max(zones.len());
+        self.most_no_room = self.most_no_room.max(self.no_room.len());
+        self.violated.extend(self.below.iter().cloned());
+    }
+
+    fn reset(&mut self) {
+        self.most_cordoned = 0;
+        self.most_zones = 0;
+        self.most_no_room = 0;
+        self.violated.clear();
+        self.note();
+    }
+}
+
+/// Starts the watcher's three watches; each keeps `Watched` current.
+fn watch(rt: &tokio::runtime::Runtime, client: &kube::Client, seen: Arc<Mutex<Watched>>) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let s = seen.clone();
+    rt.spawn(async move {
+        let mut stream =
+            watcher(nodes, watcher::Config::default().labels("!node-role.kubernetes.io/control-plane"))
+                .boxed();
+        while let Some(ev) = stream.next().await {
+            let mut w = s.lock().unwrap();
+            match ev {
+                Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => {
+                    let name = n.metadata.name.clone().unwrap_or_default();
+                    let zone = n
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get("topology.kubernetes.io/zone").cloned())
+                        .unwrap_or_default();
+                    if n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false) {
+                        w.cordoned.insert(name, zone);
+                    } else {
+                        w.cordoned.remove(&name);
+                    }
+                }
+                Ok(watcher::Event::Delete(n)) => {
+                    w.cordoned.remove(&n.metadata.name.unwrap_or_default());
+                }
+                _ => {}
+            }
+            w.note();
+        }
+    });
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let s = seen.clone();
+    rt.spawn(async move {
+        let mut stream = watcher(pods, watcher::Config::default()).boxed();
+        while let Some(ev) = stream.next().await {
+            let mut w = s.lock().unwrap();
+            match ev {
+                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
+                    let uid = p.metadata.uid.clone().unwrap_or_default();
+                    let unschedulable =
+                        p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
+                            c.iter().any(|c| {
+                                c.type_ == "PodScheduled"
+                                    && c.status == "False"
+                                    && c.reason.as_deref() == Some("Unschedulable")
+                            })
+                        });
+                    if unschedulable {
+                        w.no_room.insert(uid.clone());
+                    } else {
+                        w.no_room.remove(&uid);
+                    }
+                    if refit_testbed::workloads::pod_is_ready(&p) {
+                        w.ready.insert(uid);
+                    } else {
+                        w.ready.remove(&uid);
+                    }
+                }
+                Ok(watcher::Event::Delete(p)) => {
+                    let uid = p.metadata.uid.unwrap_or_default();
+                    w.no_room.remove(&uid);
+                    w.ready.remove(&uid);
+                }
+                _ => {}
+            }
+            w.note();
+        }
+    });
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), NS);
+    rt.spawn(async move {
+        let mut stream = watcher(pdbs, watcher::Config::default()).boxed();
+        while let Some(ev) = stream.next().await {
+            let mut w = seen.lock().unwrap();
+            if let Ok(watcher::Event::Apply(b) | watcher::Event::InitApply(b)) = ev {
+                let name = b.metadata.name.clone().unwrap_or_default();
+                let current = b.metadata.generation == b.status.as_ref().and_then(|s| s.observed_generation);
+                let short = b.status.as_ref().is_some_and(|s| s.current_healthy < s.desired_healthy);
+                if current && short {
+                    w.below.insert(name);
+                } else {
+                    w.below.remove(&name);
+                }
+            }
+            w.note();
+        }
+    });
+}
+
+/// A Deployment of `replicas` pods labelled `app: NAME, bench: rollout`.
+fn deployment(name: &str, replicas: i32) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name, "bench": "rollout"}},
+                "spec": {"containers": [{
+                    "name": "app", "image": "registry.k8s.io/pause:3.10.1",
+                    "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
+                }]},
+            },
+        },
+    })
+}
+
+fn budget(name: &str, spec: Value) -> Value {
+    let mut spec = spec;
+    spec["selector"] = json!({"matchLabels": {"app": name}});
+    json!({
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": spec,
+    })
+}
+
+/// One row of the table.
+struct Row {
+    name: String,
+    /// Measured seconds, and the total for every worker (extrapolated when partial).
+    measured: f64,
+    total: f64,
+    /// Workers the measured part covered.
+    nodes: usize,
+    largest_batch: usize,
+    most_cordoned: usize,
+    violations: usize,
+    no_room: usize,
+    zones: usize,
+    refusals: usize,
+}
+
+fn at(e: &Value) -> Option<jiff::Timestamp> {
+    e["at"].as_str().and_then(|s| s.parse().ok())
+}
+
+fn main() {
+    let workers = env("REFIT_BENCH_WORKERS", 200);
+    let action_secs = env("REFIT_BENCH_ACTION_SECS", 3);
+    let peer_nodes = env("REFIT_BENCH_PEER_NODES", 10).min(workers);
+    let one_secs = env("REFIT_BENCH_ONE_SECS", 150);
+    // Fewer Deployments of each kind (a quick check of the bench itself).
+    let div = env("REFIT_BENCH_APPS_DIV", 1).max(1);
+    let runs: Vec<String> = std::env::var("REFIT_BENCH_RUNS")
+        .unwrap_or_else(|_| "10%,25%,auto,1".into())
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    let versions = TestbedVersions::from_env().unwrap();
+    let to = versions.kubernetes_for_minor(MinorVersion::new(1, 37)).unwrap().clone();
+    let from = versions.kubernetes_for_minor(MinorVersion::new(1, 36)).unwrap().clone();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let started = Instant::now();
+    let tb = rt
+        .block_on(Testbed::start(TestbedConfig::new(to.clone(), workers).worker_version(from.clone())))
+        .unwrap();
+    let client = rt.block_on(tb.client()).unwrap();
+    println!("testbed: {workers} workers in {:.0} s", started.elapsed().as_secs_f64());
+    let seen: Arc<Mutex<Watched>> = Default::default();
+    watch(&rt, &client, seen.clone());
+    // Waits (from the watcher's view: no lists of thousands of pods) until `n` pods are Ready.
+    let wait_ready = |n: usize| {
+        let t = Instant::now();
+        while seen.lock().unwrap().ready.len() < n {
+            assert!(t.elapsed() < Duration::from_secs(1800), "{n} pods not Ready in 30 minutes");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    };
+    let mut pods = 0usize;
+    let t = Instant::now();
+    rt.block_on(async {
+        tb.create_namespace(NS).await.unwrap();
+        let mut objects: Vec<(Value, Option<Value>)> = Vec::new();
+        for i in 0..40 / div {
+            let n = format!("tight-{i:02}");
+            objects.push((deployment(&n, 3), Some(budget(&n, json!({"maxUnavailable": 1})))));
+            let n = format!("quorum-{i:02}");
+            objects.push((deployment(&n, 5), Some(budget(&n, json!({"minAvailable": 4})))));
+        }
+        for i in 0..20 / div {
+            let n = format!("pct-{i:02}");
+            objects.push((deployment(&n, 50), Some(budget(&n, json!({"maxUnavailable": "10%"})))));
+        }
+        for i in 0..47 / div {
+            objects.push((deployment(&format!("free-{i:02}"), 100), None));
+        }
+        for (d, b) in objects {
+            pods += d["spec"]["replicas"].as_u64().unwrap() as usize;
+            if let Some(b) = b {
+                apply::<PodDisruptionBudget>(&client, b).await.unwrap();
+            }
+            apply::<k8s_openapi::api::apps::v1::Deployment>(&client, d).await.unwrap();
+        }
+    });
+    wait_ready(pods);
+    let pdbs = (40 + 40 + 20) / div;
+    println!("workloads: {pods} pods Ready in {:.0} s ({pdbs} PDBs)", t.elapsed().as_secs_f64());
+
+    let tmp = tempfile::tempdir().unwrap();
+    let refit_bin = env!("CARGO_BIN_EXE_refit");
+    let script = tmp.path().join("upgrade-node.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nsleep {action_secs}\nexec '{refit_bin}' sandbox upgrade-node --dir '{}' \"$1\" --to \"$2\" >/dev/null\n",
+            tb.dir().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let kubeconfig = tb.kubeconfig();
+    let kubectl = tb.kubectl(&to).unwrap();
+
+    // Every worker back one minor behind, and every pod Ready, before each run.
+    let reset = |n: usize| {
+        rt.block_on(async {
+            for i in 1..=n {
+                tb.set_node_version(&format!("worker-{i:03}"), &from, &from).await.unwrap();
+            }
+        });
+        wait_ready(pods);
+        // Let the disruption controller catch up with the last replacements.
+        std::thread::sleep(Duration::from_secs(10));
+        seen.lock().unwrap().reset();
+    };
+    let watched = |row: &mut Row| {
+        let w = seen.lock().unwrap();
+        row.most_cordoned = w.most_cordoned;
+        row.violations = w.violated.len();
+        row.no_room = w.most_no_room;
+        row.zones = w.most_zones;
+    };
+
+    let mut rows: Vec<Row> = Vec::new();
+    let mut eta_report: Vec<String> = Vec::new();
+
+    // The peer: one node after the other, as the shell loops in runbooks do.
+    seen.lock().unwrap().reset();
+    let t = Instant::now();
+    for i in 1..=peer_nodes {
+        let node = format!("worker-{i:03}");
+        let ok = |c: &mut Command| {
+            let out = c.stdin(Stdio::null()).output().unwrap();
+            if !out.status.success() {
+                eprintln!("{c:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            out.status.success()
+        };
+        assert!(ok(Command::new(&kubectl)
+            .args(["drain", &node, "--ignore-daemonsets", "--delete-emptydir-data", "--kubeconfig"])
+            .arg(&kubeconfig)));
+        assert!(ok(Command::new(&script).args([&node, &to.to_string()])));
+        assert!(ok(Command::new(&kubectl).args(["uncordon", &node, "--kubeconfig"]).arg(&kubeconfig)));
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let mut row = Row {
+        name: format!("kubectl drain/action/uncordon loop ({peer_nodes} nodes, extrapolated)"),
+        measured: secs,
+        total: secs / peer_nodes as f64 * workers as f64,
+        nodes: peer_nodes,
+        largest_batch: 1,
+        most_cordoned: 0,
+        violations: 0,
+        no_room: 0,
+        zones: 0,
+        refusals: 0,
+    };
+    watched(&mut row);
+    rows.push(row);
+    reset(peer_nodes);
+
+    for setting in &runs {
+        let one = setting == "1";
+        let mut cmd = Command::new(refit_bin);
+        cmd.args(["upgrade", "--to", &to.to_string(), "--yes", "--max-unavailable", setting])
+            .args(["--skip-cluster-services", "--action"])
+            .arg(format!("exec:{} {{node}} {{to}}", script.display()))
+            .args(["-o", "json", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .arg("--store")
+            .arg(tmp.path().join(format!("refit-{}.db", setting.replace('%', "pct"))));
+        if one {
+            let deadline = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(one_secs as i64);
+            cmd.args(["--not-after", &deadline.to_string()]);
+        }
+        let t = Instant::now();
+        let out = cmd.stdin(Stdio::null()).stderr(Stdio::inherit()).output().unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let upgraded =
+            events.iter().filter(|e| e["event"] == "unit-finished" && e["result"] == "upgraded").count();
+        if !one {
+            assert!(out.status.success(), "refit upgrade --max-unavailable {setting} failed");
+            assert_eq!(upgraded, workers, "every worker upgraded once");
+        }
+        let largest = events
+            .iter()
+            .filter(|e| e["event"] == "batch-chosen")
+            .filter_map(|e| e["nodes"].as_array().map(Vec::len))
+            .max()
+            .unwrap_or_else(|| {
+                events
+                    .iter()
+                    .find(|e| e["event"] == "stage-started")
+                    .and_then(|e| e["concurrency"].as_u64())
+                    .unwrap_or(0) as usize
+            });
+        let refusals = events.iter().filter(|e| e["event"] == "blocked").count();
+        let stage = |name: &str| events.iter().find(|e| e["event"] == name).and_then(at);
+        // The ETA after 10% of the workers, against the run's actual end.
+        let mut finished = 0usize;
+        let tenth = workers.div_ceil(10);
+        let end = events.iter().rev().find(|e| e["event"] == "run-finished").and_then(at);
+        for e in &events {
+            if e["event"] == "unit-finished" {
+                finished += 1;
+            }
+            if e["event"] == "eta" && finished >= tenth {
+                if let (Some(sent), Some(end)) = (at(e), end) {
+                    let predicted = e["ends_in_secs"].as_f64().unwrap_or(0.0);
+                    let actual = end.duration_since(sent).as_secs_f64();
+                    let begun = stage("run-started").unwrap_or(sent);
+                    let whole = actual + sent.duration_since(begun).as_secs_f64();
+                    eta_report.push(format!(
+                        "  --max-unavailable {setting:5}: after {finished} workers the ETA said {predicted:.0} s left; the run ended {actual:.1} s later: error {:+.1}% of the time left, {:+.1}% of the whole run",
+                        (predicted - actual) / actual * 100.0,
+                        (predicted - actual) / whole * 100.0
+                    ));
+                }
+                break;
+            }
+        }
+        let total = if one {
+            // Sequential: the worker phase per upgraded node × every worker, plus the
+            // command's own time around it (preflight, journal, summary).
+            let (Some(s), Some(e)) = (stage("stage-started"), end) else { panic!("no stage in {events:?}") };
+            let phase = e.duration_since(s).as_secs_f64();
+            secs - phase + phase / upgraded.max(1) as f64 * workers as f64
+        } else {
+            secs
+        };
+        let mut row = Row {
+            name: if one {
+                format!("refit --max-unavailable 1 ({upgraded} nodes in {one_secs} s, extrapolated)")
+            } else {
+                format!("refit --max-unavailable {setting}")
+            },
+            measured: secs,
+            total,
+            nodes: upgraded,
+            largest_batch: largest,
+            most_cordoned: 0,
+            violations: 0,
+            no_room: 0,
+            zones: 0,
+            refusals,
+        };
+        watched(&mut row);
+        rows.push(row);
+        reset(workers);
+    }
+
+    println!();
+    println!(
+        "rollout of {workers} workers (3 zones), {pods} pods, {pdbs} PDBs, simulated action {action_secs} s; independent watcher"
+    );
+    println!(
+        "{:62} {:>9} {:>9} {:>6} {:>7} {:>6} {:>7} {:>5} {:>8} {:>8}",
+        "run", "measured", "total s", "batch", "unsched", "viol.", "no-room", "zones", "429s", "vs 1"
+    );
+    let one = rows.iter().find(|r| r.name.contains("unavailable 1 ")).map(|r| r.total);
+    for r in &rows {
+        println!(
+            "{:62} {:>8.1}s {:>8.1}s {:>6} {:>7} {:>6} {:>7} {:>5} {:>8} {:>8}",
+            r.name,
+            r.measured,
+            r.total,
+            r.largest_batch,
+            r.most_cordoned,
+            r.violations,
+            r.no_room,
+            r.zones,
+            r.refusals,
+            one.map(|o| format!("{:.1}×", o / r.total)).unwrap_or_default()
+        );
+        let _ = r.nodes;
+    }
+    let auto = rows.iter().find(|r| r.name.ends_with("auto")).map(|r| r.total);
+    let fastest =
+        rows.iter().filter(|r| r.name.ends_with('%')).map(|r| r.total).fold(f64::INFINITY, f64::min);
+    let peer = rows.first().map(|r| r.total);
+    if let (Some(a), Some(o), Some(p)) = (auto, one, peer) {
+        println!(
+            "auto: {:.1}× faster than --max-unavailable 1 (goal ≥ 10×), {:.2}× the fastest fixed setting (goal ≤ 1.1×), {:.1}× faster than the kubectl loop",
+            o / a,
+            a / fastest,
+            p / a
+        );
+    }
+    println!("ETA accuracy (first ETA after 10% of the workers vs the actual end):");
+    for l in &eta_report {
+        println!("{l}");
+    }
+    println!(
+        "columns: batch = largest batch refit started (auto: largest chosen); unsched = most workers unschedulable at once, viol. = PDBs seen with fewer healthy pods than required, no-room = most pods Pending as Unschedulable at once, zones = most zones with an unschedulable worker at once (all four from the watcher); 429s = evictions refused by a PDB (refit's events)"
+    );
+}
