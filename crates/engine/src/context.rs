@@ -157,6 +157,19 @@ pub trait NodeActions: Send + Sync {
     ) -> BoxFuture<'a, Result<(String, u64), String>>;
 }
 
+/// The control plane's own health, as the control-plane gate reads it (kube's `/readyz` of
+/// every apiserver, etcd through its API in production). Reads only.
+pub trait ControlPlane: Send + Sync {
+    /// Every apiserver asked for `/readyz?verbose`: how many, and the problem of each one that
+    /// is not ready. `Err` when the apiservers cannot be listed.
+    fn apiservers(&self) -> BoxFuture<'_, Result<refit_core::health::control_plane::ApiserversView, String>>;
+    /// etcd's member list, members' status and alarms through `endpoints` (tried in order).
+    fn etcd<'a>(
+        &'a self,
+        endpoints: &'a [EtcdEndpointSpec],
+    ) -> BoxFuture<'a, Result<refit_core::health::etcd::EtcdHealth, String>>;
+}
+
 /// A run as the journal keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunRecord {
@@ -257,6 +270,8 @@ pub struct Context {
     pub cluster: Arc<dyn Cluster>,
     /// Node actions and local commands.
     pub actions: Arc<dyn NodeActions>,
+    /// The control plane's health (the control-plane gate).
+    pub health: Arc<dyn ControlPlane>,
     /// The journal.
     pub journal: Arc<dyn Journal>,
     /// The time of day.

@@ -106,6 +106,13 @@ impl Engine {
                     break;
                 }
             };
+            if stage.phase != PhaseKind::Workers
+                && let Err(why) = self.member_gate(unit).await
+            {
+                drop(permit);
+                reports.push(not_started(index, unit, &why));
+                break;
+            }
             let held = held.clone();
             self.spawn_unit(&mut tasks, &mut nodes, index, stage, unit, move |result| {
                 if matches!(result, UnitResult::LeftCordoned(_)) {

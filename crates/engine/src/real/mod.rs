@@ -22,8 +22,12 @@ use refit_kube::node::{CustomMetadata, NodeState};
 
 pub use journal::SqliteJournal;
 
+use refit_core::health::control_plane::ApiserversView;
+use refit_core::health::etcd::EtcdHealth;
+
 use crate::context::{
-    ActionFailure, Clock, Cluster, Context, EventSink, Journal, NodeActions, OnAddon, OnDrain, OnLine,
+    ActionFailure, Clock, Cluster, Context, ControlPlane, EventSink, Journal, NodeActions, OnAddon, OnDrain,
+    OnLine,
 };
 use crate::spec::{EtcdEndpointSpec, NodeAction};
 
@@ -37,6 +41,7 @@ pub fn context(
     lock_dir: PathBuf,
 ) -> Context {
     Context {
+        health: Arc::new(KubeControlPlane(conn.clone())),
         cluster: Arc::new(KubeCluster(conn)),
         actions: Arc::new(ExecActions { lock_dir }),
         journal,
@@ -158,6 +163,39 @@ impl Cluster for KubeCluster {
     }
 }
 
+/// The control plane's health: each apiserver through `refit-kube`, etcd through
+/// `refit-exec`'s gateway client.
+pub struct KubeControlPlane(pub Connection);
+
+impl ControlPlane for KubeControlPlane {
+    fn apiservers(&self) -> BoxFuture<'_, Result<ApiserversView, String>> {
+        async move {
+            let all = refit_kube::health::apiservers_health(&self.0).await.map_err(|e| e.to_string())?;
+            Ok(ApiserversView {
+                asked: all.len(),
+                problems: all.iter().filter_map(refit_kube::health::ApiserverHealth::problem).collect(),
+            })
+        }
+        .boxed()
+    }
+
+    fn etcd<'a>(&'a self, endpoints: &'a [EtcdEndpointSpec]) -> BoxFuture<'a, Result<EtcdHealth, String>> {
+        async move { refit_exec::etcd::etcd_health(&etcd_endpoints(endpoints)).await }.boxed()
+    }
+}
+
+fn etcd_endpoints(endpoints: &[EtcdEndpointSpec]) -> Vec<refit_exec::backup::EtcdEndpoint> {
+    endpoints
+        .iter()
+        .map(|e| refit_exec::backup::EtcdEndpoint {
+            url: e.url.clone(),
+            ca_file: e.ca_file.clone(),
+            cert_file: e.cert_file.clone(),
+            key_file: e.key_file.clone(),
+        })
+        .collect()
+}
+
 /// Node actions and local commands through `refit-exec`.
 pub struct ExecActions {
     /// Where the exec action's per-node locks live (issue 18 items 5, 17).
@@ -247,16 +285,7 @@ impl NodeActions for ExecActions {
         name: &'a str,
     ) -> BoxFuture<'a, Result<(String, u64), String>> {
         async move {
-            let eps: Vec<refit_exec::backup::EtcdEndpoint> = endpoints
-                .iter()
-                .map(|e| refit_exec::backup::EtcdEndpoint {
-                    url: e.url.clone(),
-                    ca_file: e.ca_file.clone(),
-                    cert_file: e.cert_file.clone(),
-                    key_file: e.key_file.clone(),
-                })
-                .collect();
-            refit_exec::backup::etcd_snapshot(&eps, dir, name)
+            refit_exec::backup::etcd_snapshot(&etcd_endpoints(endpoints), dir, name)
                 .await
                 .map(|b| (b.path.display().to_string(), b.bytes))
                 .map_err(|e| e.to_string())

@@ -34,6 +34,10 @@ pub struct Input {
     pub stop_grace: Duration,
     /// The plan file's health gates between batches.
     pub gates: Vec<refit_core::health::HealthGate>,
+    /// Where the control-plane gate reads etcd's health (the backup's `--etcd-endpoint`s).
+    pub etcd_health: Vec<EtcdEndpointSpec>,
+    /// `--control-plane-gate-timeout` (zero: the gate is off).
+    pub control_plane_gate: Duration,
 }
 
 impl Input {
@@ -71,7 +75,23 @@ impl Input {
             drain_rules: plan.drain,
             on_gate_failure,
         };
-        Ok(Input { plan, action, behaviour, backup, not_after, store_path, stop_grace, gates })
+        // The etcd the backup reaches is the etcd the control-plane gate reads.
+        let etcd_health = match &backup {
+            BackupSpec::Etcd { endpoints, .. } => endpoints.clone(),
+            BackupSpec::None | BackupSpec::Command { .. } => Vec::new(),
+        };
+        Ok(Input {
+            plan,
+            action,
+            behaviour,
+            backup,
+            not_after,
+            store_path,
+            stop_grace,
+            gates,
+            etcd_health,
+            control_plane_gate: args.control_plane_gate_timeout,
+        })
     }
 }
 
