@@ -31,7 +31,7 @@ fn bad_gates_are_refused_before_anything_runs() {
             "[{type: command, command: [./check.sh], soak: 10m, timeout: 5m}]",
             "make the timeout longer than the soak",
         ),
-        ("[{type: workloads}]", "not run by refit upgrade yet"),
+        ("[{type: workloads, url: 'http://x'}]", "a workloads gate takes no url; remove it"),
     ] {
         let plan = file("plan.yaml", &format!("gates: {gates}\n"));
         let err = refused(
@@ -44,13 +44,11 @@ fn bad_gates_are_refused_before_anything_runs() {
                 .arg(&plan),
         );
         assert!(err.contains(says), "{gates}: {err}");
-        if !says.contains("refit upgrade") {
-            // `refit plan` reads the same file the same way.
-            let err = refused(
-                refit().args(["plan", "--to", "1.37", "--kubeconfig"]).arg(&kubeconfig).arg("-f").arg(&plan),
-            );
-            assert!(err.contains(says), "plan {gates}: {err}");
-        }
+        // `refit plan` reads the same file the same way.
+        let err = refused(
+            refit().args(["plan", "--to", "1.37", "--kubeconfig"]).arg(&kubeconfig).arg("-f").arg(&plan),
+        );
+        assert!(err.contains(says), "plan {gates}: {err}");
     }
     let err = refused(
         refit()

@@ -547,6 +547,43 @@ async fn the_etcd_quorum_is_never_given_up() {
     assert_eq!(w.cluster.at(TO), 3);
 }
 
+/// Issue 17 item 4, the `workloads` gate: after a batch, the Deployments/StatefulSets/
+/// DaemonSets whose pods were on its nodes when their units started must be available again;
+/// not available, the run pauses before the next batch and names them.
+#[tokio::test(start_paused = true)]
+async fn the_workloads_gate_waits_for_what_the_batch_touched() {
+    use refit_core::health::workloads::{WorkloadKind, WorkloadRef};
+    let w = World::new(0, 4);
+    let gate =
+        refit_core::yaml::from_str::<refit_core::health::HealthGateSpec>("{type: workloads, timeout: 1m}")
+            .unwrap()
+            .resolve(0)
+            .unwrap();
+    let spec = refit_engine::RunSpec { gates: vec![gate], ..w.spec(2, OnUndrainable::Fail) };
+    let id = w.create("r1", &spec);
+    let web = WorkloadRef { kind: WorkloadKind::ReplicaSet, namespace: "shop".into(), name: "web".into() };
+    let db = WorkloadRef { kind: WorkloadKind::StatefulSet, namespace: "shop".into(), name: "db".into() };
+    w.health.workloads_on.lock().unwrap().insert("w-01".into(), [web.clone()].into());
+    w.health.workloads_on.lock().unwrap().insert("w-03".into(), [db].into());
+    w.health.unavailable.lock().unwrap().insert("web".into());
+    let o = run(&w, &id, spec.clone(), None).await;
+    assert_eq!(o.state, RunState::Paused, "{:?}", o.reason);
+    let reason = o.reason.unwrap();
+    assert!(
+        reason.contains("health gate workloads-1 failed: timed out after 1m")
+            && reason.contains("ReplicaSet shop/web: 0 of 2 ready"),
+        "{reason}"
+    );
+    assert_eq!(w.cluster.at(TO), 2, "the first batch only");
+    // Asked about exactly what the first batch's nodes ran.
+    assert!(w.health.workloads_asked.lock().unwrap().iter().all(|a| a == &[web.clone()].into()));
+    // Available again: the same command goes on.
+    w.health.unavailable.lock().unwrap().clear();
+    let o = run(&w, &id, spec, None).await;
+    assert_eq!(o.state, RunState::Completed, "{:?}", o.reason);
+    assert_eq!(w.cluster.at(TO), 4);
+}
+
 /// Issue 18 item 12, node churn: a node deleted before its turn or under its drain is skipped
 /// with a warning (not failed forever); a node that joined during the run is reported as not
 /// upgraded instead of "every node is at the target"; a node that cannot be read fails its

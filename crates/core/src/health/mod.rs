@@ -14,6 +14,7 @@ pub mod etcd;
 pub mod gate;
 pub mod readyz;
 pub mod soak;
+pub mod workloads;
 
 pub use gate::{Condition, GateCheck, GateError, HealthGate, HealthGateSpec, HttpUrl, OnGateFailure};
 pub use soak::{Observation, Soak, Verdict};

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use refit_core::event::{Event, GateState};
 use refit_core::health::control_plane::{self, ControlPlaneView, EtcdView, GATE_NAME, Moment};
-use refit_core::health::{OnGateFailure, Soak, Verdict};
+use refit_core::health::{GateCheck, Observation, OnGateFailure, Soak, Verdict};
 use refit_core::plan::{PhaseKind, Role};
 use refit_core::run::UnitWork;
 
@@ -123,7 +123,12 @@ impl Engine {
         let env = vec![("REFIT_RUN".to_string(), self.run_id.clone())];
         for gate in &self.spec.gates {
             let on_wait = self.on_wait(&gate.name);
-            let probe = || self.ctx.actions.probe_gate(&gate.check, &env);
+            let probe = || async {
+                match &gate.check {
+                    GateCheck::Workloads => self.probe_workloads().await,
+                    check => self.ctx.actions.probe_gate(check, &env).await,
+                }
+            };
             let verdict = tokio::select! {
                 v = refit_exec::gate::wait(gate, probe, &on_wait) => v,
                 () = self.stop_requested() => return Err("stopped on request".into()),
@@ -146,6 +151,37 @@ impl Engine {
                 }
             }
         }
+        // Every gate passed: what the batches touched is available again.
+        self.touched.lock().unwrap_or_else(|e| e.into_inner()).clear();
         Ok(())
+    }
+
+    /// Before a worker's unit starts, when the run has a `workloads` gate: the workloads of the
+    /// pods on its node, which the next gate waits for. A failed read is a warning (the gate
+    /// then cannot wait for them, and says nothing false).
+    pub(super) async fn note_workloads(&self, unit: &UnitWork) {
+        if unit.phase() != PhaseKind::Workers
+            || !self.spec.gates.iter().any(|g| g.check == GateCheck::Workloads)
+        {
+            return;
+        }
+        match self.ctx.health.workloads_on(&unit.node).await {
+            Ok(w) => self.touched.lock().unwrap_or_else(|e| e.into_inner()).extend(w),
+            Err(e) => self.emit(Event::Warning {
+                message: format!(
+                    "{}: cannot read its pods' workloads for the workloads gate ({e}); they are not waited for",
+                    unit.node
+                ),
+            }),
+        }
+    }
+
+    /// One observation of the `workloads` gate.
+    async fn probe_workloads(&self) -> Observation {
+        let touched = self.touched.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match self.ctx.health.workloads(&touched).await {
+            Ok(statuses) => refit_core::health::workloads::judge(&statuses),
+            Err(e) => Observation::Fails(format!("cannot read the workloads: {e}")),
+        }
     }
 }

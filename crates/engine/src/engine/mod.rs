@@ -53,6 +53,9 @@ pub struct Engine {
     pub(crate) left_cordoned: Mutex<Vec<(String, String)>>,
     /// A health gate failed: nothing new starts (why, once).
     gate_failed: Mutex<Option<String>>,
+    /// The workloads with pods on the nodes started since the last gates passed (what a
+    /// `workloads` gate waits for).
+    touched: Mutex<std::collections::BTreeSet<refit_core::health::workloads::WorkloadRef>>,
 }
 
 impl Engine {
@@ -100,6 +103,7 @@ impl Engine {
             journal_broken: Mutex::new(None),
             left_cordoned: Mutex::new(Vec::new()),
             gate_failed: Mutex::new(None),
+            touched: Mutex::default(),
         })
     }
 

@@ -150,6 +150,7 @@ impl Engine {
         let stage_to = stage.to.to_string();
         let handle = tasks.spawn(async move {
             let t = Instant::now();
+            engine.note_workloads(&work).await;
             let result = engine.run_unit(&work).await;
             on_result(&result);
             let report = UnitReport::new(index, &work.node, &stage_to, result, millis(t.elapsed()));

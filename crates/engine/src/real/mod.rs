@@ -4,6 +4,7 @@
 
 pub mod journal;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -24,10 +25,10 @@ pub use journal::SqliteJournal;
 
 use refit_core::health::control_plane::ApiserversView;
 use refit_core::health::etcd::EtcdHealth;
+use refit_core::health::workloads::{WorkloadRef, WorkloadStatus};
 
 use crate::context::{
-    ActionFailure, Clock, Cluster, Context, ControlPlane, EventSink, Journal, NodeActions, OnAddon, OnDrain,
-    OnLine,
+    ActionFailure, Clock, Cluster, Context, EventSink, Health, Journal, NodeActions, OnAddon, OnDrain, OnLine,
 };
 use crate::spec::{EtcdEndpointSpec, NodeAction};
 
@@ -167,7 +168,7 @@ impl Cluster for KubeCluster {
 /// `refit-exec`'s gateway client.
 pub struct KubeControlPlane(pub Connection);
 
-impl ControlPlane for KubeControlPlane {
+impl Health for KubeControlPlane {
     fn apiservers(&self) -> BoxFuture<'_, Result<ApiserversView, String>> {
         async move {
             let all = refit_kube::health::apiservers_health(&self.0).await.map_err(|e| e.to_string())?;
@@ -181,6 +182,19 @@ impl ControlPlane for KubeControlPlane {
 
     fn etcd<'a>(&'a self, endpoints: &'a [EtcdEndpointSpec]) -> BoxFuture<'a, Result<EtcdHealth, String>> {
         async move { refit_exec::etcd::etcd_health(&etcd_endpoints(endpoints)).await }.boxed()
+    }
+
+    fn workloads_on<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<BTreeSet<WorkloadRef>, String>> {
+        async move { refit_kube::health::workloads_on_node(&self.0, node).await.map_err(|e| e.to_string()) }
+            .boxed()
+    }
+
+    fn workloads<'a>(
+        &'a self,
+        refs: &'a BTreeSet<WorkloadRef>,
+    ) -> BoxFuture<'a, Result<Vec<WorkloadStatus>, String>> {
+        async move { refit_kube::health::workload_statuses(&self.0, refs).await.map_err(|e| e.to_string()) }
+            .boxed()
     }
 }
 

@@ -22,8 +22,8 @@ use refit_core::plan::{PhaseKind, Role, Step};
 use refit_core::run::{OnUndrainable, RunState, Schedule, Stage, StepState, UnitWork};
 use refit_core::snapshot::{NodeInfo, Resources, Snapshot};
 use refit_engine::context::{
-    ActionFailure, Clock, Cluster, Context, ControlPlane, Journal, JournalError, NodeActions, OnAddon,
-    OnDrain, OnLine, RunRecord, StepRecord,
+    ActionFailure, Clock, Cluster, Context, Health, Journal, JournalError, NodeActions, OnAddon, OnDrain,
+    OnLine, RunRecord, StepRecord,
 };
 use refit_engine::{BackupSpec, EtcdEndpointSpec, NodeAction, RunSpec};
 use refit_exec::NodeContext;
@@ -608,6 +608,12 @@ pub struct FakeHealth {
     pub etcd: Mutex<Result<refit_core::health::etcd::EtcdHealth, String>>,
     pub probes: AtomicUsize,
     pub etcd_probes: AtomicUsize,
+    /// Workloads with pods on each node.
+    pub workloads_on: Mutex<BTreeMap<String, BTreeSet<refit_core::health::workloads::WorkloadRef>>>,
+    /// Names of workloads that are not available.
+    pub unavailable: Mutex<BTreeSet<String>>,
+    /// Every set of workloads a gate asked about.
+    pub workloads_asked: Mutex<Vec<BTreeSet<refit_core::health::workloads::WorkloadRef>>>,
 }
 
 impl FakeHealth {
@@ -618,6 +624,9 @@ impl FakeHealth {
             etcd: Mutex::new(Err("no etcd in this test".into())),
             probes: AtomicUsize::new(0),
             etcd_probes: AtomicUsize::new(0),
+            workloads_on: Mutex::default(),
+            unavailable: Mutex::default(),
+            workloads_asked: Mutex::default(),
         })
     }
 
@@ -626,7 +635,7 @@ impl FakeHealth {
     }
 }
 
-impl ControlPlane for FakeHealth {
+impl Health for FakeHealth {
     fn apiservers(&self) -> BoxFuture<'_, Result<refit_core::health::control_plane::ApiserversView, String>> {
         self.probes.fetch_add(1, Ordering::SeqCst);
         let asked = self.cluster.nodes.lock().unwrap().values().filter(|n| !n.worker).count();
@@ -641,6 +650,37 @@ impl ControlPlane for FakeHealth {
         self.etcd_probes.fetch_add(1, Ordering::SeqCst);
         let h = self.etcd.lock().unwrap().clone();
         async move { h }.boxed()
+    }
+
+    fn workloads_on<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> BoxFuture<'a, Result<BTreeSet<refit_core::health::workloads::WorkloadRef>, String>> {
+        let on = self.workloads_on.lock().unwrap().get(node).cloned().unwrap_or_default();
+        async move { Ok(on) }.boxed()
+    }
+
+    fn workloads<'a>(
+        &'a self,
+        refs: &'a BTreeSet<refit_core::health::workloads::WorkloadRef>,
+    ) -> BoxFuture<'a, Result<Vec<refit_core::health::workloads::WorkloadStatus>, String>> {
+        self.workloads_asked.lock().unwrap().push(refs.clone());
+        let unavailable = self.unavailable.lock().unwrap().clone();
+        let out = refs
+            .iter()
+            .map(|w| {
+                let ready = if unavailable.contains(&w.name) { 0 } else { 2 };
+                refit_core::health::workloads::WorkloadStatus {
+                    workload: w.clone(),
+                    generation: 1,
+                    observed_generation: 1,
+                    desired: 2,
+                    ready,
+                    available: ready,
+                }
+            })
+            .collect();
+        async move { Ok(out) }.boxed()
     }
 }
 

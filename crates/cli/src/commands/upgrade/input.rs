@@ -51,12 +51,6 @@ impl Input {
             args.on_gate_failure.parse().map_err(|e: String| usage(format!("--on-gate-failure {e}")))?;
         let plan_file = read_plan_file(args.plan.file.as_deref())?;
         let gates = plan_file.health_gates().map_err(|e| usage(e.to_string()))?;
-        if let Some(g) = gates.iter().find(|g| g.check == refit_core::health::GateCheck::Workloads) {
-            return Err(usage(format!(
-                "the plan file's health gate '{}': `workloads` gates are not run by refit upgrade yet; use a prometheus, http or command gate",
-                g.name
-            )));
-        }
         let action = resolve_action(args.plan.action.as_deref(), plan_file.action.as_ref())?;
         let request: VersionRequest = parse_to(&args.plan)?;
         let store_path = store_path(args)?;
