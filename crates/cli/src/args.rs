@@ -120,6 +120,9 @@ Examples:
   refit controller manifests | kubectl apply -f -          CRDs, RBAC, approver policy, Deployment
   refit controller manifests -n fleet --image registry.example/refit:0.1")]
     Controller(crate::commands::controller::ControllerArgs),
+    /// The release catalog: which one is in use, and refreshing it without a new build.
+    #[command(subcommand)]
+    Catalog(crate::commands::catalog::CatalogCommand),
     /// Every file refit reads (plan, strategy, window, node-images, profile, catalog), each as a
     /// complete, commented example.
     #[command(

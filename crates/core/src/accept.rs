@@ -245,6 +245,7 @@ mod tests {
             subject: subject.into(),
             node: Some("w-1".into()),
             message: "m".into(),
+            remedy: None,
         }
     }
 

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use crate::drain::{self, DrainOptions};
+use crate::remedy::Remedy;
 use crate::snapshot::{NodeInfo, PodInfo, Snapshot, Volume, WorkloadInfo};
 use crate::version::Version;
 
@@ -33,8 +34,11 @@ pub struct Finding {
     pub subject: String,
     /// The node it happens on, when there is one (for per-node plans).
     pub node: Option<String>,
-    /// What is wrong and what to do.
+    /// What is wrong (never how a front end spells the way out: that is `remedy`).
     pub message: String,
+    /// The way out the operator has, when there is one (the CLI renders it as its flag).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remedy: Option<Remedy>,
 }
 
 /// Settings of the checks.
@@ -78,6 +82,8 @@ pub fn node_readiness(snapshot: &Snapshot, opts: &CheckOptions) -> Vec<Finding> 
                 subject: subject.clone(),
                 node: Some(n.name.clone()),
                 message,
+                // Only "already at the target" has a way out: include the node anyway.
+                remedy: (check == "at-target").then_some(Remedy::Force),
             })
         };
         if n.taints.iter().any(|t| t.key == "node.kubernetes.io/unreachable") {
@@ -136,11 +142,7 @@ pub fn node_readiness(snapshot: &Snapshot, opts: &CheckOptions) -> Vec<Finding> 
             && v.release() == target.release()
             && !opts.force
         {
-            push(
-                "at-target",
-                Severity::Info,
-                format!("already at {target}: skipped (use --force to include it)"),
-            );
+            push("at-target", Severity::Info, format!("already at {target}: skipped"));
         }
     }
     out
@@ -201,7 +203,8 @@ pub fn workload_safety(snapshot: &Snapshot, nodes: &BTreeSet<String>, opts: &Che
                 severity: if opts.drain.force { Severity::Warning } else { Severity::Blocker },
                 subject: subject.clone(),
                 node: node.clone(),
-                message: "not managed by a ReplicaSet, ReplicationController, Job, DaemonSet or StatefulSet: deleted by the drain, it will not come back (run it under a controller, or allow with --delete-unmanaged-pods)".into(),
+                message: "not managed by a ReplicaSet, ReplicationController, Job, DaemonSet or StatefulSet: deleted by the drain, it will not come back; run it under a controller".into(),
+                remedy: Some(Remedy::DeleteUnmanagedPods),
             });
         }
         // A DaemonSet's pod never moves (the drain leaves it on its node, kubectl's
@@ -230,12 +233,13 @@ pub fn workload_safety(snapshot: &Snapshot, nodes: &BTreeSet<String>, opts: &Che
                 node: node.clone(),
                 message: format!(
                     "uses {what} volume ({path}): its data stays on the node and is lost or unavailable when the pod moves{}",
-                    match (blocker, what) {
-                        (true, "an emptyDir") => " (allow with --delete-emptydir-data)",
-                        (true, _) => " (accept with --accept local-data=SUBJECT once it holds nothing to keep)",
-                        (false, _) => "",
-                    }
+                    if blocker && what != "an emptyDir" { "; accept it once it holds nothing to keep" } else { "" }
                 ),
+                remedy: match (blocker, what) {
+                    (true, "an emptyDir") => Some(Remedy::DeleteEmptyDirData),
+                    (true, _) => Some(Remedy::Accept { check: "local-data".into(), subject: subject.clone() }),
+                    (false, _) => None,
+                },
             });
         }
         if let Some((kind, name)) = index.owner_of(pod)
@@ -252,6 +256,7 @@ pub fn workload_safety(snapshot: &Snapshot, nodes: &BTreeSet<String>, opts: &Che
                 node: node.clone(),
                 message: "runs a single replica: unavailable while its node drains (scale to 2+ with a PDB)"
                     .into(),
+                remedy: None,
             });
         }
     }
@@ -274,6 +279,7 @@ pub fn workload_safety(snapshot: &Snapshot, nodes: &BTreeSet<String>, opts: &Che
                 message:
                     "scheduled on one node only: what it serves is unavailable while that node is upgraded"
                         .into(),
+                remedy: None,
             });
         }
     }
@@ -299,6 +305,7 @@ pub fn availability(
         subject: format!("node/{name}"),
         node: Some(name.to_string()),
         message,
+        remedy: None,
     };
     let with = |role: Role| roles.iter().filter(move |(_, r)| r.contains(&role)).map(|(n, _)| n.as_str());
     let etcd = with(Role::Etcd).count();
@@ -357,6 +364,7 @@ pub fn drain_blockers(snapshot: &Snapshot, node: &str, opts: &CheckOptions) -> V
             subject: format!("pod/{pod}"),
             node: Some(node.to_string()),
             message: format!("the drain of {node} cannot start: {pod} {}", why.advice()),
+            remedy: None,
         })
         .collect()
 }
@@ -656,10 +664,11 @@ impl<'a> Capacity<'a> {
                     subject: format!("pod/{}", pod.key()),
                     node: pod.node.clone(),
                     message: format!(
-                        "no schedulable node outside this batch has room for it ({}m CPU, {} MiB) and matches its selectors, affinity and tolerations: it would stay Pending (add capacity or lower --max-unavailable)",
+                        "no schedulable node outside this batch has room for it ({}m CPU, {} MiB) and matches its selectors, affinity and tolerations: it would stay Pending: add capacity",
                         sched.requests.cpu_millis,
                         sched.requests.memory_bytes >> 20
                     ),
+                    remedy: Some(Remedy::LowerMaxUnavailable),
                 }),
             }
         }

@@ -16,6 +16,7 @@
 
 use serde::Serialize;
 
+use crate::remedy::Remedy;
 use crate::snapshot::PodInfo;
 
 /// Drain options, as kubectl names them.
@@ -50,15 +51,21 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// What the operator can do, in kubectl's words.
+    /// Why the pod is refused, in kubectl's words (the way out is [`Refusal::remedy`]).
     pub fn advice(self) -> &'static str {
         match self {
-            Refusal::LocalStorage => {
-                "uses emptyDir: its data is lost when evicted (allow with --delete-emptydir-data)"
-            }
+            Refusal::LocalStorage => "uses emptyDir: its data is lost when evicted",
             Refusal::Unmanaged => {
-                "is not managed by a ReplicaSet, ReplicationController, Job, DaemonSet or StatefulSet: it will not come back (allow with --delete-unmanaged-pods)"
+                "is not managed by a ReplicaSet, ReplicationController, Job, DaemonSet or StatefulSet: it will not come back"
             }
+        }
+    }
+
+    /// The allowance that lets the drain go on.
+    pub fn remedy(self) -> Remedy {
+        match self {
+            Refusal::LocalStorage => Remedy::DeleteEmptyDirData,
+            Refusal::Unmanaged => Remedy::DeleteUnmanagedPods,
         }
     }
 }

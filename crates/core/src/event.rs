@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::plan::PhaseKind;
+use crate::remedy::Remedy;
 use crate::run::RunState;
 
 /// How a unit ended in one invocation (the closed set [`Event::UnitFinished`] reports).
@@ -191,6 +192,9 @@ pub enum Event {
         /// a step interrupted on request).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         kind: Option<FailureKind>,
+        /// The ways out the operator has (front ends render them: the CLI as flags).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        remedies: Vec<Remedy>,
     },
     /// An eviction was refused (PDB) or a pod cannot be evicted; reported as it happens.
     Blocked {
@@ -202,6 +206,9 @@ pub enum Event {
         pdb: Option<String>,
         /// The reason.
         reason: String,
+        /// The allowance that would let the drain take the pod, for a refusal by the rules.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        remedy: Option<Remedy>,
     },
     /// A pod was evicted.
     Evicted {
@@ -318,6 +325,9 @@ pub struct RunSummary {
     /// Why, when it did not complete (or what "nothing to do" found).
     #[serde(default)]
     pub reason: Option<String>,
+    /// The ways out of that reason (front ends render them: the CLI as flags).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remedies: Vec<Remedy>,
 }
 
 /// One preflight blocker, as [`Event::PlanBlocked`] carries it.
@@ -327,8 +337,11 @@ pub struct Blocker {
     pub check: String,
     /// What it concerns: `node/w-1`, `pod/ns/name`, `cluster`.
     pub subject: String,
-    /// What is wrong and what to do.
+    /// What is wrong.
     pub message: String,
+    /// The way out, when there is one (the CLI renders it as its flag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remedy: Option<Remedy>,
 }
 
 impl Blocker {
@@ -341,6 +354,7 @@ impl Blocker {
                 check: f.check.to_string(),
                 subject: f.subject.clone(),
                 message: f.message.clone(),
+                remedy: f.remedy.clone(),
             })
             .collect()
     }
@@ -375,6 +389,7 @@ mod tests {
             pod: "shop/web-1".into(),
             pdb: Some("shop/web".into()),
             reason: "Cannot evict pod as it would violate the pod's disruption budget.".into(),
+            remedy: None,
         };
         let json = serde_json::to_string(&e).unwrap();
         assert!(json.starts_with(r#"{"event":"blocked","node":"w-1""#), "{json}");
@@ -411,6 +426,7 @@ mod tests {
             to: "1.37.1".into(),
             error: "exit 1".into(),
             kind: Some(FailureKind::CordonedByOtherRun),
+            remedies: Vec::new(),
         };
         let json = serde_json::to_value(&failed).unwrap();
         assert_eq!(json["kind"], FailureKind::CordonedByOtherRun.as_str());
@@ -424,7 +440,7 @@ mod tests {
     #[test]
     fn a_summary_reads_the_fields_it_needs_from_the_whole_report_and_refuses_unknown_states() {
         // What `refit upgrade -o json` prints last: the engine's report, with more fields.
-        let line = r#"{"event":"summary","outcome":{"run":"up-1","state":"failed","reason":"worker-1: upgrade failed","units":[],"left_cordoned":[],"timings":[],"backup":null}}"#;
+        let line = r#"{"event":"summary","outcome":{"run":"up-1","state":"failed","reason":"worker-1: upgrade failed","remedies":[{"kind":"deleteUnmanagedPods"}],"units":[],"left_cordoned":[],"timings":[],"backup":null}}"#;
         let e: Event = serde_json::from_str(line).unwrap();
         assert_eq!(
             e,
@@ -432,7 +448,8 @@ mod tests {
                 outcome: RunSummary {
                     run: Some("up-1".into()),
                     state: RunState::Failed,
-                    reason: Some("worker-1: upgrade failed".into())
+                    reason: Some("worker-1: upgrade failed".into()),
+                    remedies: vec![Remedy::DeleteUnmanagedPods],
                 }
             }
         );
@@ -441,6 +458,7 @@ mod tests {
                 run: None,
                 state: RunState::Completed,
                 reason: Some("nothing to upgrade".into()),
+                remedies: Vec::new(),
             },
         };
         let json = serde_json::to_string(&nothing).unwrap();
@@ -458,6 +476,7 @@ mod tests {
                 check: "unmanaged-pod".into(),
                 subject: "pod/a/x".into(),
                 message: "m".into(),
+                remedy: None,
             }],
         };
         let json = serde_json::to_value(&blocked).unwrap();

@@ -36,6 +36,8 @@ pub mod preflight;
 pub mod quantity;
 pub mod reach;
 pub mod readiness;
+pub mod refresh;
+pub mod remedy;
 pub mod removed;
 pub mod run;
 #[cfg(feature = "schema")]

@@ -460,6 +460,7 @@ mod tests {
             subject: format!("node/{node}"),
             node: Some(node.into()),
             message: "not Ready".into(),
+            remedy: None,
         }
     }
 

@@ -9,6 +9,7 @@ use crate::drain;
 use crate::path::UpgradePath;
 use crate::pdb;
 use crate::plan::{self, Phase, PhaseKind, Plan, PlanError, PlanOptions};
+use crate::remedy::Remedy;
 use crate::skew::node_max_lag;
 use crate::snapshot::Snapshot;
 use crate::version::Version;
@@ -33,6 +34,7 @@ pub fn path_skew(snapshot: &Snapshot, path: &UpgradePath) -> Vec<Finding> {
                     last.to.minor_version(),
                     crate::version::MinorVersion::new(last.to.major, last.to.minor.saturating_sub(lag as u32))
                 ),
+                remedy: None,
             });
         }
     }
@@ -56,6 +58,7 @@ pub fn removed_api_findings(found: &[crate::removed::Finding]) -> Vec<Finding> {
                 f.removed_in,
                 f.advice()
             ),
+            remedy: None,
         })
         .collect()
 }
@@ -70,6 +73,7 @@ pub fn forced_findings(path: &UpgradePath) -> Vec<Finding> {
             subject: "cluster".into(),
             node: None,
             message: format!("--force: {forced}"),
+            remedy: None,
         })
         .collect()
 }
@@ -155,12 +159,20 @@ pub fn preflight_accepting(
                         "pdb-all-in-batch",
                         Severity::Warning,
                         format!(
-                            "every pod it covers ({}) is in one batch: they leave {allowed} at a time, each replacement must become ready elsewhere first (lower --max-unavailable to spread them)",
+                            "every pod it covers ({}) is in one batch: they leave {allowed} at a time, each replacement must become ready elsewhere first; spread them over batches",
                             pods.join(", ")
                         ),
                     ),
                 };
-                findings.push(Finding { check, severity, subject: format!("pdb/{}", f.pdb), node, message });
+                let remedy = (check == "pdb-all-in-batch").then_some(Remedy::LowerMaxUnavailable);
+                findings.push(Finding {
+                    check,
+                    severity,
+                    subject: format!("pdb/{}", f.pdb),
+                    node,
+                    message,
+                    remedy,
+                });
             }
         }
     }

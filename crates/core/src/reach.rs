@@ -183,6 +183,7 @@ pub fn resolution_note(
             message: format!(
                 "--to {m} is {target}: the newest patch every node can reach (the catalog's newest is {catalog_target})"
             ),
+            remedy: None,
         }),
         _ => None,
     }
@@ -197,6 +198,7 @@ pub fn kubeadm_plan_refused(node: &str, version: &Version, error: &str) -> Findi
         subject: format!("node/{node}"),
         node: Some(node.to_string()),
         message: format!("kubeadm upgrade plan {} refused: {error}", version.git_version()),
+        remedy: None,
     }
 }
 
@@ -255,6 +257,7 @@ pub fn findings(
             subject: format!("node/{node}"),
             node: Some(node.clone()),
             message,
+            remedy: None,
         };
         match obs {
             Observation::Failed { reason } => out.push(blocker(

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::checks::{Finding, Severity};
+use crate::remedy::Remedy;
 use crate::version::Version;
 
 /// The paths a node upgrade writes to, each checked for free room on its filesystem:
@@ -83,6 +84,7 @@ pub fn findings(node: &str, observed: Result<&NodeReadiness, &str>, req: &Requir
         subject: format!("node/{node}"),
         node: Some(node.to_string()),
         message,
+        remedy: (check == "node-disk-space").then_some(Remedy::MinFreeDisk),
     };
     let observed = match observed {
         Ok(o) => o,
@@ -98,7 +100,7 @@ pub fn findings(node: &str, observed: Result<&NodeReadiness, &str>, req: &Requir
         out.push(blocker(
             "node-disk-space",
             format!(
-                "{} (holding {}) has {} MiB free of {} MiB; the upgrade needs {} MiB there (kubeadm's backups, packages, new binaries): free space, or set --min-free-disk",
+                "{} (holding {}) has {} MiB free of {} MiB; the upgrade needs {} MiB there (kubeadm's backups, packages, new binaries): free space",
                 fs.mount,
                 fs.paths.join(", "),
                 mib(fs.available),

@@ -1,6 +1,7 @@
 //! What a run reports: how each unit ended, typed step errors, the outcome.
 
 use refit_core::event::{FailureKind, UnitEnd};
+use refit_core::remedy::Remedy;
 use refit_core::run::RunState;
 use serde::{Serialize, Serializer};
 
@@ -11,12 +12,20 @@ pub struct StepError {
     pub kind: FailureKind,
     /// What went wrong and what to do.
     pub message: String,
+    /// The ways out core named (front ends render them: the CLI as flags).
+    pub remedies: Vec<Remedy>,
 }
 
 impl StepError {
     /// A failure of `kind`.
     pub fn new(kind: FailureKind, message: impl Into<String>) -> StepError {
-        StepError { kind, message: message.into() }
+        StepError { kind, message: message.into(), remedies: Vec::new() }
+    }
+
+    /// The same failure, with the ways out of it.
+    pub fn with_remedies(mut self, remedies: Vec<Remedy>) -> StepError {
+        self.remedies = remedies;
+        self
     }
 }
 
@@ -81,6 +90,14 @@ impl UnitResult {
         }
     }
 
+    /// The ways out of its failure core named (none for other results).
+    pub fn remedies(&self) -> &[Remedy] {
+        match self {
+            UnitResult::Failed(e) => &e.remedies,
+            _ => &[],
+        }
+    }
+
     /// The failure's kind, for a failed unit.
     pub fn failure(&self) -> Option<FailureKind> {
         match self {
@@ -132,6 +149,10 @@ pub struct Outcome {
     pub state: RunState,
     /// Why, when not completed.
     pub reason: Option<String>,
+    /// The ways out of the units' failures core named, each once (front ends render them:
+    /// the CLI as flags).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub remedies: Vec<Remedy>,
     /// Every unit of the schedule.
     pub units: Vec<UnitReport>,
     /// Nodes refit left cordoned, and why (nothing else refit cordoned is left cordoned).

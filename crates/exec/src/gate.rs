@@ -69,7 +69,7 @@ pub async fn probe(check: &GateCheck, env: &[(String, String)]) -> Observation {
 }
 
 /// GETs `url`, returning the status and at most [`MAX_BODY`] bytes of the body.
-async fn get(url: &str) -> Result<(u16, String), String> {
+pub(crate) async fn get(url: &str) -> Result<(u16, String), String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
     let req = http::Request::get(uri)
         .header(http::header::USER_AGENT, concat!("refit/", env!("CARGO_PKG_VERSION")))

@@ -28,6 +28,7 @@ pub mod exec;
 pub mod gate;
 pub mod kubeadm;
 pub mod probe;
+pub mod release;
 pub mod ssh;
 
 use serde::{Deserialize, Serialize};

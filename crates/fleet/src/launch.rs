@@ -392,6 +392,7 @@ mod tests {
             check: "unmanaged-pod".into(),
             subject: s.into(),
             message: "unmanaged".into(),
+            remedy: None,
         };
         let blocked = serde_json::to_string(&Event::PlanBlocked {
             blockers: ["pod/a/x", "pod/a/y", "pod/a/z", "pod/a/w"].map(blocker).to_vec(),
@@ -411,6 +412,7 @@ mod tests {
                 run: None,
                 state: RunState::Completed,
                 reason: Some("nothing to upgrade: every planned node is already at 1.37.1".into()),
+                remedies: Vec::new(),
             },
         })
         .unwrap();

@@ -550,7 +550,7 @@ async fn a_timeout_names_each_pod_and_its_budget_and_force_deletes_the_rest_with
     let refused: Vec<_> = report.remaining.iter().filter(|b| b.pod.namespace == ns).collect();
     assert_eq!(refused.len(), 1, "{report:#?}");
     assert_eq!(refused[0].pod.name, "debug");
-    assert!(refused[0].reason.contains("--delete-unmanaged-pods"), "{:?}", refused[0]);
+    assert_eq!(refused[0].remedy, Some(refit_core::remedy::Remedy::DeleteUnmanagedPods), "{:?}", refused[0]);
     assert_eq!(pods_on(&c.client, &ns, node).await.len(), 3, "nothing deleted");
     let rec = Recorder::new();
     let allowed = DrainConfig {

@@ -271,7 +271,7 @@ pub fn cluster_run(row: &RunRow, journal: &[JournalEntry]) -> ClusterRunView {
                     n.blocker = None;
                 }
             }
-            Event::Blocked { node, pod, pdb, reason } => {
+            Event::Blocked { node, pod, pdb, reason, remedy: _ } => {
                 // The node's newest entry; one the journal never named gets one at the target.
                 let i = match latest.get(&node).copied().or_else(|| nodes.iter().position(|n| n.node == node))
                 {

@@ -11,6 +11,7 @@
 //! write still refused is retried with jittered backoff ([`with_busy_retry`]) before it
 //! becomes an [`Error::Busy`] naming the file.
 
+pub mod catalog;
 pub mod fleet;
 pub mod notify;
 

@@ -14,6 +14,7 @@ pub mod lb;
 pub mod pki;
 pub mod process;
 pub mod prometheus;
+pub mod sandbox;
 mod shared;
 mod testbed;
 pub mod workloads;

@@ -51,13 +51,13 @@ pub async fn run(args: DemoArgs, format: Format) -> anyhow::Result<ExitCode> {
             .await?
         }
     };
-    let status = sandbox::collect_status(&tb).await?;
+    let status = refit_testbed::sandbox::status(&tb).await?;
     sandbox::print_status(&status, format)?;
     if !args.no_upgrade {
         upgrade(&tb, &dir, &to, format).await?;
         // Read the sandbox again: the upgrade replaced the control-plane processes.
         let tb = refit_testbed::Testbed::attach(&dir)?;
-        let status = sandbox::collect_status(&tb).await?;
+        let status = refit_testbed::sandbox::status(&tb).await?;
         sandbox::print_status(&status, format)?;
     }
     if format == Format::Table {

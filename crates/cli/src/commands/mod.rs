@@ -2,6 +2,7 @@
 
 mod apis;
 mod build;
+pub mod catalog;
 pub mod controller;
 mod demo;
 pub mod fleet;
@@ -51,6 +52,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Fleet(args) => fleet::run(args, format).await,
         Command::Serve(args) => serve::run(args).await,
         Command::Controller(args) => controller::run(args).await,
+        Command::Catalog(cmd) => catalog::run(cmd, format).await,
         Command::Formats { name } => formats::run(name.as_deref()),
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "refit", &mut std::io::stdout());
@@ -59,15 +61,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The catalog from `--catalog FILE`, else the built-in one. A bad file is bad input (exit 2).
+/// The catalog from `--catalog FILE`, else the one `refit catalog update` kept (when newer),
+/// else the built-in one. A bad file is bad input (exit 2).
 pub fn load_catalog(path: Option<&std::path::Path>) -> anyhow::Result<refit_core::catalog::Catalog> {
-    use refit_core::catalog::Catalog;
-    match path {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| crate::output::usage(format!("cannot read catalog {}: {e}", p.display())))?;
-            Catalog::from_yaml(&text).map_err(|e| crate::output::usage(format!("{}: {e}", p.display())))
+    use refit_engine::catalog::{CatalogLoadError, load};
+    match load(path, None) {
+        Ok((c, _)) => Ok(c),
+        Err(e @ (CatalogLoadError::Read { .. } | CatalogLoadError::Invalid { .. })) if path.is_some() => {
+            Err(crate::output::usage(e.to_string()))
         }
-        None => Ok(Catalog::embedded()?),
+        Err(e) => Err(e.into()),
     }
 }

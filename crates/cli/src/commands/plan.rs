@@ -300,7 +300,7 @@ pub fn render(o: &PlanOutput<'_>) -> String {
                 f.check.to_string(),
                 f.subject.clone(),
                 f.node.clone().unwrap_or_default(),
-                f.message.clone(),
+                crate::remedy::sentence(&f.message, &f.remedy),
             ]);
         }
         s.push_str(&format!("Findings\n{t}\n\n"));

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use refit_core::{Version, VersionRequest};
 use refit_testbed::kubeadm::cluster::{KubeadmCluster, KubeadmConfig};
-use refit_testbed::{Cache, Check, Component, Lifetime, Testbed, TestbedConfig, TestbedVersions, WorkerSpec};
+use refit_testbed::sandbox::{SandboxStart, SandboxStatus};
+use refit_testbed::{Cache, Check, Component, Lifetime, Testbed, TestbedVersions, WorkerSpec};
 use serde::Serialize;
 
 use crate::args::{
@@ -21,7 +22,7 @@ use crate::args::{
 use crate::output::{Format, print_structured, table, usage};
 
 /// The namespace `--workloads demo` uses.
-pub const DEMO_NAMESPACE: &str = "demo";
+pub use refit_testbed::sandbox::DEMO_NAMESPACE;
 
 /// The sandbox directory: `--dir`, `REFIT_SANDBOX_DIR`, else `<state dir>/refit/sandbox`.
 pub fn sandbox_dir(dir: &SandboxDir) -> anyhow::Result<PathBuf> {
@@ -58,12 +59,6 @@ pub fn resolve_version(input: &str, versions: &TestbedVersions) -> anyhow::Resul
             ))
         }),
     }
-}
-
-/// Whether a sandbox is running in `dir` (its etcd is alive).
-fn running(dir: &std::path::Path) -> Option<Testbed> {
-    let tb = Testbed::attach(dir).ok()?;
-    tb.recorded_pids().iter().any(|(name, _, alive)| name == "etcd" && *alive).then_some(tb)
 }
 
 fn spinner(msg: &str) -> anyhow::Result<ProgressBar> {
@@ -112,74 +107,22 @@ pub async fn start(
         ],
         Check::Quick,
     )?;
-    if dir.join("state.json").exists() {
-        if running(&dir).is_some() {
-            return Err(usage(format!(
-                "a sandbox is already running in {}; stop it with `refit sandbox down` or pass another --dir",
-                dir.display()
-            )));
-        }
-        // A dead sandbox's leftovers (after a reboot): start afresh.
-        std::fs::remove_dir_all(&dir).with_context(|| format!("removing stale sandbox {}", dir.display()))?;
-    }
     let exe = std::env::current_exe().context("locating the refit binary for the load balancer")?;
-    let config = TestbedConfig {
-        version: version.clone(),
-        control_planes,
-        workers,
-        worker_version: None,
-        dir: Some(dir.clone()),
-        lifetime: Lifetime::Detached,
-        lb_command: Some(vec![exe.display().to_string(), "sandbox".into(), "serve-lb".into()]),
-        addons: true,
-        apiserver_args: Vec::new(),
-    };
-    let bar = if quiet {
-        ProgressBar::hidden()
-    } else {
-        spinner(&format!(
-            "starting etcd, {control_planes} control-plane member(s) at v{version} and {workers} kwok workers"
-        ))?
-    };
-    let tb = match Testbed::start(config).await {
-        Ok(tb) => tb,
-        Err(e) => {
-            bar.finish_and_clear();
-            // Leave nothing half-started behind.
-            if let Ok(tb) = Testbed::attach(&dir) {
-                tb.stop();
-            }
-            return Err(e).context("starting the sandbox");
-        }
-    };
-    if let Some(Workloads::Demo) = workloads {
-        bar.set_message("creating demo workloads");
-        install_demo(&tb).await?;
-    }
-    bar.finish_and_clear();
-    Ok(tb)
-}
-
-async fn install_demo(tb: &Testbed) -> anyhow::Result<()> {
-    tb.create_namespace(DEMO_NAMESPACE).await?;
-    let client = tb.client().await?;
-    refit_testbed::workloads::install_demo(&client, DEMO_NAMESPACE).await?;
-    // web 6 + api 4 + singleton 1 + cache 2 + db 3 + bare 1 + one agent per worker.
-    let workers = Api::<Node>::all(client.clone())
-        .list(&ListParams::default().labels("!node-role.kubernetes.io/control-plane"))
-        .await?
-        .items
-        .len();
-    refit_testbed::workloads::wait_pods_ready(
-        &client,
-        DEMO_NAMESPACE,
-        "",
-        17 + workers,
-        Duration::from_secs(180),
+    let bar = if quiet { ProgressBar::hidden() } else { spinner("starting the sandbox")? };
+    let started = refit_testbed::sandbox::start(
+        SandboxStart {
+            dir,
+            version: version.clone(),
+            control_planes,
+            workers,
+            lb_command: vec![exe.display().to_string(), "sandbox".into(), "serve-lb".into()],
+            demo: matches!(workloads, Some(Workloads::Demo)),
+        },
+        &|phase| bar.set_message(phase.to_string()),
     )
-    .await
-    .context("waiting for the demo workloads")?;
-    Ok(())
+    .await;
+    bar.finish_and_clear();
+    started.context("starting the sandbox")
 }
 
 pub async fn up(args: UpArgs, format: Format) -> anyhow::Result<ExitCode> {
@@ -230,168 +173,6 @@ pub fn down(dir: SandboxDir, format: Format) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// What `sandbox status` and `demo` show.
-#[derive(Serialize)]
-pub struct SandboxStatus {
-    dir: String,
-    kubeconfig: String,
-    processes: Vec<ProcessRow>,
-    control_plane: Vec<MemberRow>,
-    nodes: Vec<NodeRow>,
-    workloads: Vec<WorkloadRow>,
-}
-
-#[derive(Serialize)]
-struct WorkloadRow {
-    namespace: String,
-    kind: &'static str,
-    name: String,
-    ready: i32,
-    desired: i32,
-    /// For PodDisruptionBudgets: disruptions allowed now.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    disruptions_allowed: Option<i32>,
-}
-
-#[derive(Serialize)]
-struct ProcessRow {
-    name: String,
-    pid: i32,
-    running: bool,
-}
-
-#[derive(Serialize)]
-struct MemberRow {
-    node: String,
-    apiserver: String,
-    version: String,
-}
-
-#[derive(Serialize)]
-struct NodeRow {
-    name: String,
-    role: String,
-    ready: bool,
-    schedulable: bool,
-    kubelet: String,
-    kube_proxy: String,
-}
-
-/// Reads the sandbox's processes, members and nodes.
-pub async fn collect_status(tb: &Testbed) -> anyhow::Result<SandboxStatus> {
-    let processes = tb
-        .recorded_pids()
-        .into_iter()
-        .map(|(name, pid, running)| ProcessRow { name, pid, running })
-        .collect();
-    let mut control_plane = Vec::new();
-    for m in tb.members() {
-        let version = match tb.apiserver_version(m.index).await {
-            Ok(v) => v,
-            Err(_) => "unreachable".to_string(),
-        };
-        control_plane.push(MemberRow { node: m.node.clone(), apiserver: m.apiserver_url(), version });
-    }
-    let client = tb.client().await?;
-    let nodes = Api::<Node>::all(client).list(&ListParams::default()).await.context("listing nodes")?;
-    let nodes = nodes
-        .items
-        .iter()
-        .map(|n| {
-            let labels = n.metadata.labels.clone().unwrap_or_default();
-            let info = n.status.as_ref().and_then(|s| s.node_info.clone()).unwrap_or_default();
-            NodeRow {
-                name: n.metadata.name.clone().unwrap_or_default(),
-                role: if labels.contains_key("node-role.kubernetes.io/control-plane") {
-                    "control-plane"
-                } else {
-                    "worker"
-                }
-                .into(),
-                ready: n
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
-                schedulable: !n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false),
-                kubelet: info.kubelet_version,
-                kube_proxy: info.kube_proxy_version,
-            }
-        })
-        .collect();
-    let workloads = collect_workloads(&tb.client().await?).await?;
-    Ok(SandboxStatus {
-        dir: tb.dir().display().to_string(),
-        kubeconfig: tb.kubeconfig().display().to_string(),
-        processes,
-        control_plane,
-        nodes,
-        workloads,
-    })
-}
-
-async fn collect_workloads(client: &kube::Client) -> anyhow::Result<Vec<WorkloadRow>> {
-    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-    let lp = ListParams::default();
-    let ns_name = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-        (m.namespace.clone().unwrap_or_default(), m.name.clone().unwrap_or_default())
-    };
-    let mut rows = Vec::new();
-    for d in Api::<Deployment>::all(client.clone()).list(&lp).await?.items {
-        let (namespace, name) = ns_name(&d.metadata);
-        let ready = d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
-        let desired = d.spec.replicas.unwrap_or(1);
-        rows.push(WorkloadRow {
-            namespace,
-            kind: "Deployment",
-            name,
-            ready,
-            desired,
-            disruptions_allowed: None,
-        });
-    }
-    for s in Api::<StatefulSet>::all(client.clone()).list(&lp).await?.items {
-        let (namespace, name) = ns_name(&s.metadata);
-        let ready = s.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
-        let desired = s.spec.replicas.unwrap_or(1);
-        rows.push(WorkloadRow {
-            namespace,
-            kind: "StatefulSet",
-            name,
-            ready,
-            desired,
-            disruptions_allowed: None,
-        });
-    }
-    for d in Api::<DaemonSet>::all(client.clone()).list(&lp).await?.items {
-        let (namespace, name) = ns_name(&d.metadata);
-        let st = d.status.unwrap_or_default();
-        rows.push(WorkloadRow {
-            namespace,
-            kind: "DaemonSet",
-            name,
-            ready: st.number_ready,
-            desired: st.desired_number_scheduled,
-            disruptions_allowed: None,
-        });
-    }
-    for p in Api::<PodDisruptionBudget>::all(client.clone()).list(&lp).await?.items {
-        let (namespace, name) = ns_name(&p.metadata);
-        let st = p.status.unwrap_or_default();
-        rows.push(WorkloadRow {
-            namespace,
-            kind: "PodDisruptionBudget",
-            name,
-            ready: st.current_healthy.unwrap_or(0),
-            desired: st.desired_healthy.unwrap_or(0),
-            disruptions_allowed: st.disruptions_allowed,
-        });
-    }
-    rows.sort_by(|a, b| (&a.namespace, a.kind, &a.name).cmp(&(&b.namespace, b.kind, &b.name)));
-    Ok(rows)
-}
-
 /// Prints a status as tables (or JSON/YAML).
 pub fn print_status(status: &SandboxStatus, format: Format) -> anyhow::Result<()> {
     if print_structured(format, status)? {
@@ -439,7 +220,7 @@ fn attach_running(dir: &SandboxDir) -> anyhow::Result<Testbed> {
     if !dir.join("state.json").exists() {
         return Err(usage(format!("no sandbox in {}; start one with `refit sandbox up`", dir.display())));
     }
-    running(&dir).ok_or_else(|| {
+    refit_testbed::sandbox::running(&dir).ok_or_else(|| {
         usage(format!(
             "the sandbox in {} is not running; `refit sandbox down` then `refit sandbox up`",
             dir.display()
@@ -453,7 +234,7 @@ pub async fn status(dir: SandboxDir, format: Format) -> anyhow::Result<ExitCode>
         return kubeadm_status(&path, format).await;
     }
     let tb = attach_running(&dir)?;
-    let status = collect_status(&tb).await?;
+    let status = refit_testbed::sandbox::status(&tb).await?;
     print_status(&status, format)?;
     let all_running = status.processes.iter().all(|p| p.running);
     Ok(if all_running { ExitCode::SUCCESS } else { ExitCode::from(1) })
@@ -785,69 +566,9 @@ async fn kubeadm_up(
     Ok(ExitCode::SUCCESS)
 }
 
-#[derive(Serialize)]
-struct KubeadmNodeRow {
-    name: String,
-    address: String,
-    role: &'static str,
-    kubelet: String,
-    ready: bool,
-    unschedulable: bool,
-}
-
-#[derive(Serialize)]
-struct KubeadmStatus {
-    dir: String,
-    kubeconfig: String,
-    plan_file: String,
-    processes: Vec<ProcessRow>,
-    nodes: Vec<KubeadmNodeRow>,
-}
-
 async fn kubeadm_status(dir: &std::path::Path, format: Format) -> anyhow::Result<ExitCode> {
-    let cluster = KubeadmCluster::attach(dir)?;
-    let state = cluster.state();
-    let processes: Vec<ProcessRow> = state
-        .pids
-        .iter()
-        .map(|(name, pid)| ProcessRow {
-            name: name.clone(),
-            pid: *pid,
-            running: refit_testbed::process::pid_alive(*pid),
-        })
-        .collect();
-    let client = cluster.client().await?;
-    let listed = Api::<Node>::all(client).list(&ListParams::default()).await.context("listing the nodes")?;
-    let nodes: Vec<KubeadmNodeRow> = state
-        .nodes
-        .iter()
-        .map(|n| {
-            let node = listed.items.iter().find(|k| k.metadata.name.as_deref() == Some(n.name.as_str()));
-            KubeadmNodeRow {
-                name: n.name.clone(),
-                address: n.address.to_string(),
-                role: if n.control_plane { "control-plane" } else { "worker" },
-                kubelet: node
-                    .and_then(|k| k.status.as_ref())
-                    .and_then(|s| s.node_info.as_ref())
-                    .map(|i| i.kubelet_version.clone())
-                    .unwrap_or_default(),
-                ready: node.is_some_and(refit_testbed::node_is_ready),
-                unschedulable: node
-                    .and_then(|k| k.spec.as_ref())
-                    .and_then(|s| s.unschedulable)
-                    .unwrap_or(false),
-            }
-        })
-        .collect();
-    let status = KubeadmStatus {
-        dir: dir.display().to_string(),
-        kubeconfig: state.kubeconfig.display().to_string(),
-        plan_file: state.plan_file.display().to_string(),
-        processes,
-        nodes,
-    };
-    let healthy = status.processes.iter().all(|p| p.running) && status.nodes.iter().all(|n| n.ready);
+    let status = refit_testbed::sandbox::kubeadm_status(dir).await?;
+    let healthy = status.healthy();
     if !print_structured(format, &status)? {
         println!("kubeadm sandbox in {} (kubeconfig {})", status.dir, status.kubeconfig);
         let mut t = table(&["NODE", "ADDRESS", "ROLE", "KUBELET", "READY", "SCHEDULABLE"]);

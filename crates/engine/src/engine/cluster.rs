@@ -44,6 +44,7 @@ impl Engine {
                     to,
                     error: error.message.clone(),
                     kind: Some(error.kind),
+                    remedies: Vec::new(),
                 };
                 let _ = self.record(CLUSTER_UNIT, &key, StepState::Failed, &error.message, failed).await;
                 Err(error)

@@ -398,10 +398,13 @@ impl Engine {
         }
         self.emit(Event::RunFinished { state, millis: millis(started.elapsed()), reason: reason.clone() });
         self.ctx.journal.flush().await;
+        let remedies: std::collections::BTreeSet<_> =
+            units.iter().flat_map(|u| u.result.remedies()).cloned().collect();
         Ok(Outcome {
             run: self.run_id.clone(),
             state,
             reason,
+            remedies: remedies.into_iter().collect(),
             units,
             left_cordoned,
             not_planned,

@@ -122,6 +122,7 @@ impl Engine {
                         to,
                         error: reason.clone(),
                         kind: Some(FailureKind::Undrainable),
+                        remedies: Vec::new(),
                     };
                     self.record(&u.node, &key, StepState::Failed, &reason, e).await?;
                     self.leave_cordoned(&u.node, &reason);
@@ -145,6 +146,7 @@ impl Engine {
                         to,
                         error: error.message.clone(),
                         kind: Some(error.kind),
+                        remedies: error.remedies.clone(),
                     };
                     self.fail_fast();
                     self.record(&u.node, &key, StepState::Failed, &error.message, e).await?;
@@ -166,6 +168,7 @@ impl Engine {
                         to,
                         error: "interrupted".into(),
                         kind: None,
+                        remedies: Vec::new(),
                     };
                     self.record(&u.node, &key, StepState::Failed, "interrupted", e).await?;
                     self.give_back(u).await;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use refit_core::event::{Event, FailureKind};
 use refit_core::lock::{ForeignCordon, foreign_cordon};
 use refit_core::plan::{Role, Step};
+use refit_core::remedy::Remedy;
 use refit_core::run::carried_over::{self, Adoption};
 use refit_core::run::{OnUndrainable, RunState, UnitWork, phase_name};
 use refit_kube::cordon::{CordonOutcome, UncordonOutcome};
@@ -14,6 +15,7 @@ use tokio::time::Instant;
 
 use super::StepEnd;
 use crate::engine::Engine;
+use crate::report::StepError;
 use crate::spec::NodeAction;
 
 impl Engine {
@@ -68,12 +70,14 @@ impl Engine {
                 pod: format!("{}/{}", pod.namespace, pod.name),
                 pdb,
                 reason,
+                remedy: None,
             }),
-            DrainEvent::Refused { pod, reason } => self.emit(Event::Blocked {
+            DrainEvent::Refused { pod, reason, remedy } => self.emit(Event::Blocked {
                 node: node.clone(),
                 pod: format!("{}/{}", pod.namespace, pod.name),
                 pdb: None,
                 reason,
+                remedy: Some(remedy),
             }),
             DrainEvent::Evicted(pod) => self
                 .emit(Event::Evicted { node: node.clone(), pod: format!("{}/{}", pod.namespace, pod.name) }),
@@ -92,13 +96,16 @@ impl Engine {
         }
         let blockers = describe_blockers(&report);
         match self.spec.on_undrainable {
-            OnUndrainable::Fail => StepEnd::fail(
-                FailureKind::Undrainable,
-                format!(
-                    "cannot drain: {blockers} (uncordoned, not upgraded; --on-undrainable skip|force decide otherwise)"
-                ),
-                true,
-            ),
+            OnUndrainable::Fail => StepEnd::Fail {
+                error: StepError::new(
+                    FailureKind::Undrainable,
+                    format!(
+                        "cannot drain: {blockers} (uncordoned, not upgraded; --on-undrainable skip|force decide otherwise)"
+                    ),
+                )
+                .with_remedies(remedies_of(&report)),
+                release: true,
+            },
             OnUndrainable::Skip => StepEnd::LeaveCordoned(format!("not drained, not upgraded: {blockers}")),
             OnUndrainable::Force => {
                 match self.ctx.cluster.force_delete_remaining(&u.node, &cfg, &on_event).await {
@@ -107,11 +114,14 @@ impl Engine {
                         report.evicted.len(),
                         report.remaining.len()
                     )),
-                    Ok(r) => StepEnd::fail(
-                        FailureKind::Undrainable,
-                        format!("still not drained after force: {}", describe_blockers(&r)),
-                        true,
-                    ),
+                    Ok(r) => StepEnd::Fail {
+                        error: StepError::new(
+                            FailureKind::Undrainable,
+                            format!("still not drained after force: {}", describe_blockers(&r)),
+                        )
+                        .with_remedies(remedies_of(&r)),
+                        release: true,
+                    },
                     Err(e) => StepEnd::fail(FailureKind::Drain, format!("force delete: {e}"), true),
                 }
             }
@@ -295,6 +305,13 @@ impl Engine {
             Err(e) => StepEnd::fail(FailureKind::Remove, e.to_string(), false),
         }
     }
+}
+
+/// The allowances that would let the drain take what it refused, each once.
+fn remedies_of(r: &DrainReport) -> Vec<Remedy> {
+    let set: std::collections::BTreeSet<Remedy> =
+        r.remaining.iter().filter_map(|b| b.remedy.clone()).collect();
+    set.into_iter().collect()
 }
 
 fn describe_blockers(r: &DrainReport) -> String {

@@ -234,7 +234,12 @@ impl Cluster for FakeCluster {
                 tokio::time::sleep(cfg.timeout).await;
                 let pod = PodRef { namespace: "shop".into(), name: format!("web-{node}"), uid: "u".into() };
                 return Ok(DrainReport {
-                    remaining: vec![Blocker { pod, pdb: Some("shop/web".into()), reason: "budget".into() }],
+                    remaining: vec![Blocker {
+                        pod,
+                        pdb: Some("shop/web".into()),
+                        reason: "budget".into(),
+                        remedy: None,
+                    }],
                     complete: false,
                     timed_out: true,
                     ..DrainReport::default()

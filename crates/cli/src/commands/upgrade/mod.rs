@@ -243,6 +243,7 @@ fn nothing_to_do_summary(format: Format, why: &str) -> anyhow::Result<()> {
                 run: None,
                 state: RunState::Completed,
                 reason: Some(why.to_string()),
+                remedies: Vec::new(),
             },
         };
         say(&format!("{}\n", serde_json::to_string(&summary)?));

@@ -127,7 +127,7 @@ impl View {
                 }
             }
             Event::UnitSkipped { node, .. } => remove(&mut st, node),
-            Event::Blocked { node, pod, pdb, reason } => {
+            Event::Blocked { node, pod, pdb, reason, .. } => {
                 if let Some(b) = st.nodes.get(node) {
                     let why = pdb.as_ref().map(|p| format!("PDB {p}")).unwrap_or_else(|| reason.clone());
                     let text = format!("drain: blocked by {pod} ({why})");
@@ -271,10 +271,12 @@ fn raw_line_for(e: &Event) -> Option<String> {
             let detail = if detail.is_empty() { String::new() } else { format!(": {detail}") };
             format!("{node}: {step} done in {:.1}s{detail}", *millis as f64 / 1000.0)
         }
-        Event::StepFailed { node, step, error, .. } => format!("{node}: {step} FAILED: {error}"),
-        Event::Blocked { node, pod, pdb, reason } => match pdb {
+        Event::StepFailed { node, step, error, remedies, .. } => {
+            format!("{node}: {step} FAILED: {}", crate::remedy::sentence(error, remedies))
+        }
+        Event::Blocked { node, pod, pdb, reason, remedy } => match pdb {
             Some(p) => format!("{node}: eviction of {pod} blocked by PDB {p}: {reason}"),
-            None => format!("{node}: {pod} blocks the drain: {reason}"),
+            None => format!("{node}: {pod} blocks the drain: {}", crate::remedy::sentence(reason, remedy)),
         },
         Event::LeftCordoned { node, reason } => format!("{node}: LEFT CORDONED: {reason}"),
         Event::Backup { path, bytes } => format!("etcd backup written: {path} ({bytes} bytes, kept)"),
@@ -377,6 +379,7 @@ mod tests {
             to: "1.37.1".into(),
             error: "boom".into(),
             kind: None,
+            remedies: Vec::new(),
         });
         assert!(lines(&v).is_empty());
     }

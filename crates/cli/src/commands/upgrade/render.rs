@@ -43,7 +43,7 @@ pub fn render_outcome(o: &Outcome) -> String {
             u.to.clone(),
             u.result.name().to_string(),
             format!("{:.1}s", u.millis as f64 / 1000.0),
-            u.result.reason().unwrap_or("").to_string(),
+            crate::remedy::sentence(u.result.reason().unwrap_or(""), u.result.remedies()),
         ]);
     }
     let mut out = format!("\nSummary of run {}\n{t}\n\n", o.run);
@@ -67,9 +67,11 @@ pub fn render_outcome(o: &Outcome) -> String {
             o.not_planned.len()
         ),
         (RunState::Completed, _) => "\nCompleted: every node is at the target.\n".to_string(),
-        (state, Some(r)) => {
-            format!("\n{}: {r}\nRerun the same command to continue.\n", state.as_str().to_uppercase())
-        }
+        (state, Some(r)) => format!(
+            "\n{}: {}\nRerun the same command to continue.\n",
+            state.as_str().to_uppercase(),
+            crate::remedy::sentence(r, &o.remedies)
+        ),
         (state, None) => format!("\n{}\n", state.as_str().to_uppercase()),
     });
     out

@@ -1,9 +1,18 @@
 //! Unit tests of the update run state machine: one scenario per rule.
 
+use std::collections::BTreeMap;
+
+use jiff::{SignedDuration, Timestamp};
+
 use super::*;
+use crate::fleet::gate::{GateRef, GateStatus};
+use crate::fleet::strategy::Strategy;
 use crate::fleet::strategy::{FleetMember, resolve};
+use crate::fleet::target::{MemberTarget, MemberVersions, UpgradeSpec};
 use crate::fleet::target::{NodeImage, NodeImageSelection, NodeImageTargets, UpgradeType, freeze_targets};
 use crate::fleet::window::{Day, MaintenanceWindow, Recurrence};
+use crate::version::Version;
+use UpdateState::{Completed, Failed, NotStarted, Pending, Running, Skipped, Stopped, Stopping};
 
 fn ts(s: &str) -> Timestamp {
     s.parse().unwrap()
