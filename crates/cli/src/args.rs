@@ -434,6 +434,12 @@ pub struct UpgradeArgs {
     /// (exit 3; the same command resumes it, gate first) or failed (exit 1).
     #[arg(long, default_value = "pause", value_name = "pause|fail")]
     pub on_gate_failure: String,
+    /// The control-plane gate, before the first change, before each etcd or control-plane
+    /// member and after the last: how long to wait for every apiserver's /readyz and etcd's
+    /// health and quorum (with --etcd-endpoint) before the run stops as --on-gate-failure
+    /// says (0 turns the gate off).
+    #[arg(long, default_value = "2m", value_parser = gate_timeout)]
+    pub control_plane_gate_timeout: Duration,
     /// Evictions in flight per node (1 to 1000).
     #[arg(long, default_value_t = 16, value_parser = eviction_concurrency)]
     pub eviction_concurrency: usize,
@@ -578,6 +584,11 @@ fn policy(s: &str) -> Result<refit_core::path::Policy, String> {
 /// bad value is refused by clap (exit 2) before anything runs, and no flag can overflow a clock.
 pub fn duration(s: &str) -> Result<Duration, String> {
     refit_core::duration::parse(s).map_err(|e| e.problem.reason().to_string())
+}
+
+/// clap value parser for `--control-plane-gate-timeout`: 0 (the gate off) or a duration.
+fn gate_timeout(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" { Ok(Duration::ZERO) } else { duration(s) }
 }
 
 /// clap value parser for `--eviction-concurrency`: core's range (evictions in flight are

@@ -7,6 +7,7 @@
 //! The methods return boxed futures so that the traits are object-safe (`Arc<dyn Cluster>`):
 //! a run makes a few calls per node, so the allocation costs nothing measurable.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -166,6 +167,29 @@ pub trait NodeActions: Send + Sync {
     ) -> BoxFuture<'a, Result<(String, u64), String>>;
 }
 
+/// The cluster's health as gates read it: the control plane's own (kube's `/readyz` of every
+/// apiserver, etcd through its API in production) and the `workloads` gate's. Reads only.
+pub trait Health: Send + Sync {
+    /// Every apiserver asked for `/readyz?verbose`: how many, and the problem of each one that
+    /// is not ready. `Err` when the apiservers cannot be listed.
+    fn apiservers(&self) -> BoxFuture<'_, Result<refit_core::health::control_plane::ApiserversView, String>>;
+    /// etcd's member list, members' status and alarms through `endpoints` (tried in order).
+    fn etcd<'a>(
+        &'a self,
+        endpoints: &'a [EtcdEndpointSpec],
+    ) -> BoxFuture<'a, Result<refit_core::health::etcd::EtcdHealth, String>>;
+    /// The workloads of the pods on `node` now (read when its unit starts).
+    fn workloads_on<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> BoxFuture<'a, Result<BTreeSet<refit_core::health::workloads::WorkloadRef>, String>>;
+    /// Each workload's status (deleted ones left out).
+    fn workloads<'a>(
+        &'a self,
+        refs: &'a BTreeSet<refit_core::health::workloads::WorkloadRef>,
+    ) -> BoxFuture<'a, Result<Vec<refit_core::health::workloads::WorkloadStatus>, String>>;
+}
+
 /// A run as the journal keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunRecord {
@@ -266,6 +290,8 @@ pub struct Context {
     pub cluster: Arc<dyn Cluster>,
     /// Node actions and local commands.
     pub actions: Arc<dyn NodeActions>,
+    /// The control plane's health (the control-plane gate).
+    pub health: Arc<dyn Health>,
     /// The journal.
     pub journal: Arc<dyn Journal>,
     /// The time of day.

@@ -35,7 +35,7 @@ mod unit;
 pub use context::{Context, EventSink};
 pub use engine::{CLUSTER_UNIT, Engine};
 pub use report::{Outcome, StepError, UnitReport, UnitResult};
-pub use spec::{BackupSpec, EtcdEndpointSpec, NodeAction, RunSpec};
+pub use spec::{BackupSpec, DEFAULT_CONTROL_PLANE_GATE_SECS, EtcdEndpointSpec, NodeAction, RunSpec};
 
 /// What can stop the engine itself before it started (a unit's failure is an outcome).
 #[derive(Debug, thiserror::Error)]

@@ -169,6 +169,23 @@ pub struct RunSpec {
     /// What a failed gate does to the run.
     #[serde(default)]
     pub on_gate_failure: refit_core::health::OnGateFailure,
+    /// Where the control-plane gate reads etcd's health (the `--etcd-endpoint`s); empty: only
+    /// the apiservers are checked, and the run warns once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub etcd_health: Vec<EtcdEndpointSpec>,
+    /// How long the control-plane gate waits for a healthy control plane before it stops the
+    /// run (as `on_gate_failure` says); 0 turns the gate off.
+    #[serde(default = "default_control_plane_gate_secs")]
+    pub control_plane_gate_secs: u64,
+}
+
+/// The control-plane gate's timeout when a spec does not say (a run recorded before it
+/// existed, a caller that does not care): long enough for an apiserver restarted by its
+/// member's upgrade to become ready again, short enough that a broken one stops the run soon.
+pub const DEFAULT_CONTROL_PLANE_GATE_SECS: u64 = 120;
+
+fn default_control_plane_gate_secs() -> u64 {
+    DEFAULT_CONTROL_PLANE_GATE_SECS
 }
 
 impl RunSpec {

@@ -232,15 +232,29 @@ pub async fn command_check(command: &[String], env: &[(String, String)]) -> Obse
 /// it, reporting each waiting reason to `on_wait` (progress, events). `probe` is the gate's
 /// observation — [`probe`] for the external kinds, a Kubernetes API read for `workloads`; each
 /// call is bounded by the time the gate has left.
-pub async fn wait<F, Fut>(gate: &HealthGate, mut probe: F, on_wait: &(dyn Fn(&str) + Send + Sync)) -> Verdict
+pub async fn wait<F, Fut>(gate: &HealthGate, probe: F, on_wait: &(dyn Fn(&str) + Send + Sync)) -> Verdict
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Observation>,
 {
-    let mut soak = Soak::for_gate(gate);
+    wait_soak(Soak::for_gate(gate), gate.timeout(), probe, on_wait).await
+}
+
+/// [`wait`] for a check that is not a declared gate (the engine's control-plane gate): the
+/// same soak rule, probing and timeout.
+pub async fn wait_soak<F, Fut>(
+    mut soak: Soak,
+    timeout: Duration,
+    mut probe: F,
+    on_wait: &(dyn Fn(&str) + Send + Sync),
+) -> Verdict
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Observation>,
+{
     let started = tokio::time::Instant::now();
     loop {
-        let left = gate.timeout().saturating_sub(started.elapsed());
+        let left = timeout.saturating_sub(started.elapsed());
         let observation = match tokio::time::timeout(left.max(Duration::from_millis(1)), probe()).await {
             Ok(o) => o,
             Err(_) => match soak.timed_out(started.elapsed()) {
@@ -252,7 +266,7 @@ where
             Verdict::Waiting { reason } => on_wait(&reason),
             decided => return decided,
         }
-        let left = gate.timeout().saturating_sub(started.elapsed());
+        let left = timeout.saturating_sub(started.elapsed());
         tokio::time::sleep(soak.poll_interval().min(left)).await;
     }
 }

@@ -738,3 +738,70 @@ async fn a_refusal_reaches_the_drain_at_once() {
     assert!(reason.contains("disruption budget"), "{reason}");
     assert_eq!(uncordon(&c, node, "run-quick").await.unwrap(), UncordonOutcome::Uncordoned);
 }
+
+/// Issue 17 item 4, the `workloads` gate's reads: a Deployment's pods on a node are found
+/// through their ReplicaSet and judged as the Deployment; available, the gate holds. Drained
+/// with replacements that can go elsewhere, it is available again; drained with replacements
+/// that cannot be scheduled anywhere (pinned to the cordoned node), the gate fails naming it.
+#[tokio::test]
+async fn the_workloads_gate_sees_a_drained_deployment_come_back_or_not() {
+    use refit_core::health::soak::Observation;
+    use refit_core::health::workloads::{WorkloadKind, judge};
+    use refit_kube::health::{workload_statuses, workloads_on_node};
+    let (c, ns, key) = setup("wlgate").await;
+    let node = "worker-011";
+    label(&c.client, node, &key, true).await;
+    apply::<Deployment>(&c.client, pinned(&ns, "web", 2, &key)).await.unwrap();
+    let stuck_key = format!("{key}-stuck");
+    label(&c.client, node, &stuck_key, true).await;
+    apply::<Deployment>(&c.client, pinned(&ns, "stuck", 1, &stuck_key)).await.unwrap();
+    wait_pods_ready(&c.client, &ns, "app=web", 2, READY).await.unwrap();
+    wait_pods_ready(&c.client, &ns, "app=stuck", 1, READY).await.unwrap();
+
+    let touched: std::collections::BTreeSet<_> =
+        workloads_on_node(&c, node).await.unwrap().into_iter().filter(|w| w.namespace == ns).collect();
+    assert_eq!(touched.len(), 2, "{touched:?}");
+    assert!(touched.iter().all(|w| w.kind == WorkloadKind::ReplicaSet), "{touched:?}");
+    // Available: read as Deployments, the controller's status current.
+    let until_holds = |touched: std::collections::BTreeSet<_>| {
+        let c = &c;
+        async move {
+            let start = Instant::now();
+            loop {
+                let statuses = workload_statuses(c, &touched).await.unwrap();
+                match judge(&statuses) {
+                    Observation::Holds(_) => return statuses,
+                    Observation::Fails(r) => assert!(start.elapsed() < READY, "never available: {r}"),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let statuses = until_holds(touched.clone()).await;
+    assert!(statuses.iter().all(|s| s.workload.kind == WorkloadKind::Deployment), "{statuses:?}");
+
+    // Drained: web's replacements land elsewhere, stuck's have nowhere to go.
+    land_elsewhere(&c.client, &key).await;
+    assert_eq!(cordon(&c, node, "run-wl").await.unwrap(), CordonOutcome::Cordoned);
+    let cfg = DrainConfig { timeout: Duration::from_secs(120), ..DrainConfig::default() };
+    let report = drain(&c, node, &cfg, &|_| {}).await.unwrap();
+    assert!(report.complete, "{report:#?}");
+    let web: std::collections::BTreeSet<_> =
+        touched.iter().filter(|w| w.name.starts_with("web-")).cloned().collect();
+    until_holds(web).await;
+    // The controller may take a moment to count the evicted pod out; then it stays out.
+    let start = Instant::now();
+    let reason = loop {
+        let statuses = workload_statuses(&c, &touched).await.unwrap();
+        if let Observation::Fails(r) = judge(&statuses) {
+            break r;
+        }
+        assert!(start.elapsed() < READY, "stuck's status never dropped: {statuses:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(reason, format!("Deployment {ns}/stuck: 0 of 1 ready, 0 available"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(matches!(judge(&workload_statuses(&c, &touched).await.unwrap()), Observation::Fails(_)));
+    assert_eq!(uncordon(&c, node, "run-wl").await.unwrap(), UncordonOutcome::Uncordoned);
+    label(&c.client, node, &stuck_key, false).await;
+}

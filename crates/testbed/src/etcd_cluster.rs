@@ -20,11 +20,21 @@ pub struct EtcdCluster {
     /// (client port, peer port) per member.
     ports: Vec<(u16, u16)>,
     procs: Vec<Option<Proc>>,
+    /// Member names, by index.
+    names: Vec<String>,
 }
 
 impl EtcdCluster {
     /// Starts `members` members in `dir` and waits until each one answers on its client port.
     pub async fn start(dir: &Path, members: usize) -> Result<EtcdCluster, Error> {
+        let names: Vec<String> = (0..members).map(Self::name).collect();
+        Self::start_named(dir, &names).await
+    }
+
+    /// Starts one member per name (a stacked member is named after its node, as kubeadm
+    /// does, so the quorum rule can be tested on a sandbox's control-plane node).
+    pub async fn start_named(dir: &Path, names: &[String]) -> Result<EtcdCluster, Error> {
+        let members = names.len();
         let cache = Cache::from_env()?;
         let versions = TestbedVersions::from_env()?;
         let component = Component::Etcd(versions.etcd.clone());
@@ -39,6 +49,7 @@ impl EtcdCluster {
             pki,
             procs: (0..ports.len()).map(|_| None).collect(),
             ports,
+            names: names.to_vec(),
         };
         for i in 0..cluster.ports.len() {
             cluster.start_member(i)?;
@@ -66,6 +77,11 @@ impl EtcdCluster {
         format!("etcd-{i}")
     }
 
+    /// Member `i`'s name in this cluster.
+    pub fn member_name(&self, i: usize) -> String {
+        self.names.get(i).cloned().unwrap_or_else(|| Self::name(i))
+    }
+
     /// Every member's client URL.
     pub fn client_urls(&self) -> Vec<String> {
         self.ports.iter().map(|(c, _)| format!("https://127.0.0.1:{c}")).collect()
@@ -82,15 +98,16 @@ impl EtcdCluster {
             .ports
             .iter()
             .enumerate()
-            .map(|(j, (_, p))| format!("{}=http://127.0.0.1:{p}", Self::name(j)))
+            .map(|(j, (_, p))| format!("{}=http://127.0.0.1:{p}", self.member_name(j)))
             .collect();
         let (client, peer) =
             *self.ports.get(i).ok_or_else(|| Error::NotFound(format!("no etcd member {i}")))?;
         let client = format!("https://127.0.0.1:{client}");
         let peer = format!("http://127.0.0.1:{peer}");
+        let name = self.member_name(i);
         let args = vec![
-            format!("--name={}", Self::name(i)),
-            format!("--data-dir={}", self.dir.join(Self::name(i)).display()),
+            format!("--name={name}"),
+            format!("--data-dir={}", self.dir.join(&name).display()),
             format!("--listen-client-urls={client}"),
             format!("--advertise-client-urls={client}"),
             format!("--listen-peer-urls={peer}"),
@@ -105,7 +122,7 @@ impl EtcdCluster {
             "--log-level=warn".to_string(),
         ];
         let env = vec![("GOMAXPROCS".to_string(), "1".to_string())];
-        let proc = Proc::spawn(&Self::name(i), &self.binary, &args, &env, &self.log(i), Lifetime::Attached)?;
+        let proc = Proc::spawn(&name, &self.binary, &args, &env, &self.log(i), Lifetime::Attached)?;
         if let Some(slot) = self.procs.get_mut(i) {
             *slot = Some(proc);
         }

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use refit_core::event::{Event, FailureKind};
+use refit_core::health::control_plane::Moment;
 use refit_core::plan::PhaseKind;
 use refit_core::run::{Halt, RunState, Stage, StepState, UnitWork, phase_name};
 use tokio::sync::watch;
@@ -54,6 +55,9 @@ pub struct Engine {
     gate_failed: Mutex<Option<String>>,
     /// What is left and how fast it went so far: the live ETA ([`Event::Eta`]).
     live: Mutex<refit_core::eta::Live>,
+    /// The workloads with pods on the nodes started since the last gates passed (what a
+    /// `workloads` gate waits for).
+    touched: Mutex<std::collections::BTreeSet<refit_core::health::workloads::WorkloadRef>>,
 }
 
 impl Engine {
@@ -102,6 +106,7 @@ impl Engine {
             gate_failed: Mutex::new(None),
             live: Mutex::new(refit_core::eta::Live::of(&spec.schedule)),
             spec,
+            touched: Mutex::default(),
         })
     }
 
@@ -278,6 +283,7 @@ impl Engine {
                 self.emit(Event::Warning { message: a.to_string() });
             }
         }
+        self.warn_no_etcd_access();
         let mut units: Vec<UnitReport> = Vec::new();
         let mut timings = Vec::new();
         let mut backup = None;
@@ -290,6 +296,19 @@ impl Engine {
             }
             if self.past_deadline() && !self.any_begun(stage).await {
                 units.extend(stage.units.iter().map(|u| not_started(i, u, DEADLINE)));
+                continue;
+            }
+            // Before the first change when workers come first, and after the last etcd or
+            // control-plane member (each member has its own gate before it, in the stage).
+            let first_after_members = i == 0
+                || i.checked_sub(1)
+                    .and_then(|p| schedule.stages.get(p))
+                    .is_some_and(|p| p.phase != PhaseKind::Workers);
+            if stage.phase == PhaseKind::Workers
+                && first_after_members
+                && let Err(why) = self.control_plane_gate(Moment::Settled).await
+            {
+                units.extend(stage.units.iter().map(|u| not_started(i, u, &why)));
                 continue;
             }
             if stage.phase != PhaseKind::Workers && backup.is_none() {
@@ -321,6 +340,16 @@ impl Engine {
             timings.push((format!("{} → {}", phase_name(stage.phase), stage.to), millis(t.elapsed())));
         }
 
+        // A run that ends with its members (no workers after them) is not done until the
+        // control plane is healthy after the last one.
+        if schedule.stages.last().is_some_and(|s| s.phase != PhaseKind::Workers)
+            && reason.is_none()
+            && self.halted().is_none()
+            && !self.past_deadline()
+        {
+            // A failure is recorded as the gate's; the run's end below reads it.
+            let _ = self.control_plane_gate(Moment::Settled).await;
+        }
         let failed_unit = units.iter().find_map(|u| match &u.result {
             UnitResult::Failed(e) => Some(format!("{}: {e}", u.node)),
             _ => None,

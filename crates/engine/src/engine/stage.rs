@@ -106,6 +106,13 @@ impl Engine {
                     break;
                 }
             };
+            if stage.phase != PhaseKind::Workers
+                && let Err(why) = self.member_gate(unit).await
+            {
+                drop(permit);
+                reports.push(not_started(index, unit, &why));
+                break;
+            }
             let held = held.clone();
             self.spawn_unit(&mut tasks, &mut nodes, index, stage, unit, move |result| {
                 if matches!(result, UnitResult::LeftCordoned(_)) {
@@ -143,6 +150,7 @@ impl Engine {
         let stage_to = stage.to.to_string();
         let handle = tasks.spawn(async move {
             let t = Instant::now();
+            engine.note_workloads(&work).await;
             let result = engine.run_unit(&work).await;
             on_result(&result);
             let report = UnitReport::new(index, &work.node, &stage_to, result, millis(t.elapsed()));

@@ -4,6 +4,7 @@
 
 pub mod journal;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -22,8 +23,12 @@ use refit_kube::node::{CustomMetadata, NodeState};
 
 pub use journal::SqliteJournal;
 
+use refit_core::health::control_plane::ApiserversView;
+use refit_core::health::etcd::EtcdHealth;
+use refit_core::health::workloads::{WorkloadRef, WorkloadStatus};
+
 use crate::context::{
-    ActionFailure, Clock, Cluster, Context, EventSink, Journal, NodeActions, OnAddon, OnDrain, OnLine,
+    ActionFailure, Clock, Cluster, Context, EventSink, Health, Journal, NodeActions, OnAddon, OnDrain, OnLine,
 };
 use crate::spec::{EtcdEndpointSpec, NodeAction};
 
@@ -37,6 +42,7 @@ pub fn context(
     lock_dir: PathBuf,
 ) -> Context {
     Context {
+        health: Arc::new(KubeControlPlane(conn.clone())),
         cluster: Arc::new(KubeCluster(conn)),
         actions: Arc::new(ExecActions { lock_dir }),
         journal,
@@ -158,6 +164,52 @@ impl Cluster for KubeCluster {
     }
 }
 
+/// The control plane's health: each apiserver through `refit-kube`, etcd through
+/// `refit-exec`'s gateway client.
+pub struct KubeControlPlane(pub Connection);
+
+impl Health for KubeControlPlane {
+    fn apiservers(&self) -> BoxFuture<'_, Result<ApiserversView, String>> {
+        async move {
+            let all = refit_kube::health::apiservers_health(&self.0).await.map_err(|e| e.to_string())?;
+            Ok(ApiserversView {
+                asked: all.len(),
+                problems: all.iter().filter_map(refit_kube::health::ApiserverHealth::problem).collect(),
+            })
+        }
+        .boxed()
+    }
+
+    fn etcd<'a>(&'a self, endpoints: &'a [EtcdEndpointSpec]) -> BoxFuture<'a, Result<EtcdHealth, String>> {
+        async move { refit_exec::etcd::etcd_health(&etcd_endpoints(endpoints)).await }.boxed()
+    }
+
+    fn workloads_on<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<BTreeSet<WorkloadRef>, String>> {
+        async move { refit_kube::health::workloads_on_node(&self.0, node).await.map_err(|e| e.to_string()) }
+            .boxed()
+    }
+
+    fn workloads<'a>(
+        &'a self,
+        refs: &'a BTreeSet<WorkloadRef>,
+    ) -> BoxFuture<'a, Result<Vec<WorkloadStatus>, String>> {
+        async move { refit_kube::health::workload_statuses(&self.0, refs).await.map_err(|e| e.to_string()) }
+            .boxed()
+    }
+}
+
+fn etcd_endpoints(endpoints: &[EtcdEndpointSpec]) -> Vec<refit_exec::backup::EtcdEndpoint> {
+    endpoints
+        .iter()
+        .map(|e| refit_exec::backup::EtcdEndpoint {
+            url: e.url.clone(),
+            ca_file: e.ca_file.clone(),
+            cert_file: e.cert_file.clone(),
+            key_file: e.key_file.clone(),
+        })
+        .collect()
+}
+
 /// Node actions and local commands through `refit-exec`.
 pub struct ExecActions {
     /// Where the exec action's per-node locks live (issue 18 items 5, 17).
@@ -247,16 +299,7 @@ impl NodeActions for ExecActions {
         name: &'a str,
     ) -> BoxFuture<'a, Result<(String, u64), String>> {
         async move {
-            let eps: Vec<refit_exec::backup::EtcdEndpoint> = endpoints
-                .iter()
-                .map(|e| refit_exec::backup::EtcdEndpoint {
-                    url: e.url.clone(),
-                    ca_file: e.ca_file.clone(),
-                    cert_file: e.cert_file.clone(),
-                    key_file: e.key_file.clone(),
-                })
-                .collect();
-            refit_exec::backup::etcd_snapshot(&eps, dir, name)
+            refit_exec::backup::etcd_snapshot(&etcd_endpoints(endpoints), dir, name)
                 .await
                 .map(|b| (b.path.display().to_string(), b.bytes))
                 .map_err(|e| e.to_string())

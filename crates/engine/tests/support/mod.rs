@@ -22,8 +22,8 @@ use refit_core::plan::{PhaseKind, Role, Step};
 use refit_core::run::{OnUndrainable, RunState, Schedule, Stage, StepState, UnitWork};
 use refit_core::snapshot::{NodeInfo, Resources, Snapshot};
 use refit_engine::context::{
-    ActionFailure, Clock, Cluster, Context, Journal, JournalError, NodeActions, OnAddon, OnDrain, OnLine,
-    RunRecord, StepRecord,
+    ActionFailure, Clock, Cluster, Context, Health, Journal, JournalError, NodeActions, OnAddon, OnDrain,
+    OnLine, RunRecord, StepRecord,
 };
 use refit_engine::{BackupSpec, EtcdEndpointSpec, NodeAction, RunSpec};
 use refit_exec::NodeContext;
@@ -625,7 +625,95 @@ impl refit_engine::EventSink for Events {
 }
 
 /// One world: cluster, actions, journal, clock, events.
+/// A rule that says, from the cluster as it is now, which apiservers are not ready.
+pub type ApiserverRule = Box<dyn Fn(&FakeCluster) -> Vec<String> + Send + Sync>;
+
+/// The control plane's health: apiserver problems from a rule over the fake cluster (so a test
+/// can break one when another member is upgraded), etcd as set; every probe is counted.
+pub struct FakeHealth {
+    pub cluster: Arc<FakeCluster>,
+    pub apiservers: Mutex<ApiserverRule>,
+    pub etcd: Mutex<Result<refit_core::health::etcd::EtcdHealth, String>>,
+    pub probes: AtomicUsize,
+    pub etcd_probes: AtomicUsize,
+    /// Workloads with pods on each node.
+    pub workloads_on: Mutex<BTreeMap<String, BTreeSet<refit_core::health::workloads::WorkloadRef>>>,
+    /// Names of workloads that are not available.
+    pub unavailable: Mutex<BTreeSet<String>>,
+    /// Every set of workloads a gate asked about.
+    pub workloads_asked: Mutex<Vec<BTreeSet<refit_core::health::workloads::WorkloadRef>>>,
+}
+
+impl FakeHealth {
+    pub fn new(cluster: Arc<FakeCluster>) -> Arc<FakeHealth> {
+        Arc::new(FakeHealth {
+            cluster,
+            apiservers: Mutex::new(Box::new(|_| Vec::new())),
+            etcd: Mutex::new(Err("no etcd in this test".into())),
+            probes: AtomicUsize::new(0),
+            etcd_probes: AtomicUsize::new(0),
+            workloads_on: Mutex::default(),
+            unavailable: Mutex::default(),
+            workloads_asked: Mutex::default(),
+        })
+    }
+
+    pub fn set_apiservers(&self, rule: impl Fn(&FakeCluster) -> Vec<String> + Send + Sync + 'static) {
+        *self.apiservers.lock().unwrap() = Box::new(rule);
+    }
+}
+
+impl Health for FakeHealth {
+    fn apiservers(&self) -> BoxFuture<'_, Result<refit_core::health::control_plane::ApiserversView, String>> {
+        self.probes.fetch_add(1, Ordering::SeqCst);
+        let asked = self.cluster.nodes.lock().unwrap().values().filter(|n| !n.worker).count();
+        let problems = (self.apiservers.lock().unwrap())(&self.cluster);
+        async move { Ok(refit_core::health::control_plane::ApiserversView { asked, problems }) }.boxed()
+    }
+
+    fn etcd<'a>(
+        &'a self,
+        _endpoints: &'a [EtcdEndpointSpec],
+    ) -> BoxFuture<'a, Result<refit_core::health::etcd::EtcdHealth, String>> {
+        self.etcd_probes.fetch_add(1, Ordering::SeqCst);
+        let h = self.etcd.lock().unwrap().clone();
+        async move { h }.boxed()
+    }
+
+    fn workloads_on<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> BoxFuture<'a, Result<BTreeSet<refit_core::health::workloads::WorkloadRef>, String>> {
+        let on = self.workloads_on.lock().unwrap().get(node).cloned().unwrap_or_default();
+        async move { Ok(on) }.boxed()
+    }
+
+    fn workloads<'a>(
+        &'a self,
+        refs: &'a BTreeSet<refit_core::health::workloads::WorkloadRef>,
+    ) -> BoxFuture<'a, Result<Vec<refit_core::health::workloads::WorkloadStatus>, String>> {
+        self.workloads_asked.lock().unwrap().push(refs.clone());
+        let unavailable = self.unavailable.lock().unwrap().clone();
+        let out = refs
+            .iter()
+            .map(|w| {
+                let ready = if unavailable.contains(&w.name) { 0 } else { 2 };
+                refit_core::health::workloads::WorkloadStatus {
+                    workload: w.clone(),
+                    generation: 1,
+                    observed_generation: 1,
+                    desired: 2,
+                    ready,
+                    available: ready,
+                }
+            })
+            .collect();
+        async move { Ok(out) }.boxed()
+    }
+}
+
 pub struct World {
+    pub health: Arc<FakeHealth>,
     pub cluster: Arc<FakeCluster>,
     pub actions: Arc<FakeActions>,
     pub journal: Arc<MemJournal>,
@@ -637,6 +725,7 @@ impl World {
     pub fn new(control_planes: usize, workers: usize) -> World {
         let cluster = FakeCluster::new(control_planes, workers);
         World {
+            health: FakeHealth::new(cluster.clone()),
             actions: FakeActions::new(cluster.clone()),
             cluster,
             journal: MemJournal::new(),
@@ -647,6 +736,7 @@ impl World {
 
     pub fn context(&self) -> Context {
         Context {
+            health: self.health.clone(),
             cluster: self.cluster.clone(),
             actions: self.actions.clone(),
             journal: self.journal.clone(),
@@ -714,6 +804,8 @@ impl World {
             accepted: Vec::new(),
             gates: Vec::new(),
             on_gate_failure: Default::default(),
+            etcd_health: Vec::new(),
+            control_plane_gate_secs: refit_engine::DEFAULT_CONTROL_PLANE_GATE_SECS,
         }
     }
 

@@ -35,6 +35,10 @@ pub struct Input {
     pub stop_grace: Duration,
     /// The plan file's health gates between batches.
     pub gates: Vec<refit_core::health::HealthGate>,
+    /// Where the control-plane gate reads etcd's health (the backup's `--etcd-endpoint`s).
+    pub etcd_health: Vec<EtcdEndpointSpec>,
+    /// `--control-plane-gate-timeout` (zero: the gate is off).
+    pub control_plane_gate: Duration,
 }
 
 impl Input {
@@ -48,12 +52,6 @@ impl Input {
             args.on_gate_failure.parse().map_err(|e: String| usage(format!("--on-gate-failure {e}")))?;
         let plan_file = read_plan_file(args.plan.file.as_deref())?;
         let gates = plan_file.health_gates().map_err(|e| usage(e.to_string()))?;
-        if let Some(g) = gates.iter().find(|g| g.check == refit_core::health::GateCheck::Workloads) {
-            return Err(usage(format!(
-                "the plan file's health gate '{}': `workloads` gates are not run by refit upgrade yet; use a prometheus, http or command gate",
-                g.name
-            )));
-        }
         let action = resolve_action(args.plan.action.as_deref(), plan_file.action.as_ref())?;
         let request: VersionRequest = parse_to(&args.plan)?;
         let store_path = store_path(args)?;
@@ -72,7 +70,25 @@ impl Input {
             drain_rules: plan.drain,
             on_gate_failure,
         };
-        Ok(Input { plan, action, behaviour, backup, not_after, store_path, stop_grace, gates })
+        // The control-plane gate reads the etcd the flags name, else the one the backup
+        // reaches (a sandbox's), whatever the backup itself does (a command, opted out).
+        let etcd_health = match &backup {
+            _ if !args.etcd_endpoints.is_empty() => etcd_endpoints(args)?,
+            Some(BackupSpec::Etcd { endpoints, .. }) => endpoints.clone(),
+            _ => Vec::new(),
+        };
+        Ok(Input {
+            plan,
+            action,
+            behaviour,
+            backup,
+            not_after,
+            store_path,
+            stop_grace,
+            gates,
+            etcd_health,
+            control_plane_gate: args.control_plane_gate_timeout,
+        })
     }
 }
 
@@ -214,6 +230,11 @@ fn backup_spec(
         }
         return sandbox_backup(action_flag, dir);
     }
+    Ok(Some(BackupSpec::Etcd { endpoints: etcd_endpoints(args)?, dir }))
+}
+
+/// `--etcd-endpoint` with its certificates: what the backup and the control-plane gate reach.
+fn etcd_endpoints(args: &UpgradeArgs) -> anyhow::Result<Vec<EtcdEndpointSpec>> {
     let need = |v: &Option<PathBuf>, flag: &str| -> anyhow::Result<PathBuf> {
         let p = v.clone().ok_or_else(|| usage(format!("--etcd-endpoint needs {flag}")))?;
         if !p.exists() {
@@ -226,8 +247,7 @@ fn backup_spec(
         need(&args.etcd_cert, "--etcd-cert")?,
         need(&args.etcd_key, "--etcd-key")?,
     );
-    let endpoints = args
-        .etcd_endpoints
+    args.etcd_endpoints
         .iter()
         .map(|url| {
             if !url.starts_with("https://") && !url.starts_with("http://") {
@@ -242,8 +262,7 @@ fn backup_spec(
                 key_file: key.clone(),
             })
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Some(BackupSpec::Etcd { endpoints, dir }))
+        .collect::<anyhow::Result<Vec<_>>>()
 }
 
 /// A testbed sandbox knows its etcd (`state.json`: client URL, CA, a client certificate):

@@ -240,6 +240,8 @@ async fn upgrade(
         accepted: prepared.plan.accepted.iter().map(refit_core::accept::Record::from).collect(),
         gates: input.gates.clone(),
         on_gate_failure: b.on_gate_failure,
+        etcd_health: input.etcd_health.clone(),
+        control_plane_gate_secs: input.control_plane_gate.as_secs(),
     };
     let journal = match journal {
         Some(j) => j,
