@@ -205,6 +205,9 @@ fn an_apiserver_down_pauses_the_run_before_the_next_control_plane_member() {
     .unwrap();
     let plan = tmp.path().join("plan.yaml");
     std::fs::write(&plan, "accept: [etcd-members]\n").unwrap();
+    // The exec action has no sandbox to back up from: the sandbox's etcd, named (the gate reads
+    // its health through the same endpoint).
+    let backup = support::etcd_backup_args(&refit_testbed::Testbed::attach(&dir).unwrap());
     let upgrade = || {
         let mut c = refit();
         c.args(["upgrade", "--to", &to, "--yes", "--control-plane-gate-timeout", "10s", "--action"])
@@ -213,7 +216,8 @@ fn an_apiserver_down_pauses_the_run_before_the_next_control_plane_member() {
             .arg(dir.join("kubeconfig"))
             .arg("--store")
             .arg(tmp.path().join("refit.db"))
-            .args(["--backup-command", "true", "-f"])
+            .args(&backup)
+            .arg("-f")
             .arg(&plan)
             .args(["-o", "json"]);
         c

@@ -205,6 +205,10 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
     let members = dynamic("Member");
     let post = PostParams::default();
     let add_member = async |name: &str, group: &str, kubeconfig: &Path, action: &str| {
+        // The exec action's upgrade backs up the member sandbox's own etcd (issue 18 item 9).
+        let sandbox = kubeconfig.parent().unwrap();
+        let mut upgrade_args: Vec<String> = SANDBOX_ACCEPTS.iter().map(|a| a.to_string()).collect();
+        upgrade_args.extend(support::etcd_backup_args(&Testbed::attach(sandbox).unwrap()));
         let secret: Secret = serde_json::from_value(json!({
             "metadata": {"name": format!("{name}-kubeconfig")},
             "stringData": {"kubeconfig": std::fs::read_to_string(kubeconfig).unwrap()}
@@ -219,7 +223,7 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
                 "context": "refit-testbed",
                 "updateGroup": group,
                 "action": action,
-                "upgradeArgs": SANDBOX_ACCEPTS,
+                "upgradeArgs": upgrade_args,
             }
         }))
         .unwrap();
