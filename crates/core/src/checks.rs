@@ -364,7 +364,7 @@ pub fn drain_blockers(snapshot: &Snapshot, node: &str, opts: &CheckOptions) -> V
             subject: format!("pod/{pod}"),
             node: Some(node.to_string()),
             message: format!("the drain of {node} cannot start: {pod} {}", why.advice()),
-            remedy: None,
+            remedy: Some(why.remedy()),
         })
         .collect()
 }
@@ -555,7 +555,8 @@ mod tests {
             Snapshot { pods: vec![pod("bare"), pod("ok").owned_by("ReplicaSet", "x")], ..Default::default() };
         let f = drain_blockers(&s, "w-1", &CheckOptions::default());
         assert_eq!(checks(&f), vec![("drain-refused", "pod/default/bare".to_string())]);
-        assert!(f[0].message.contains("--delete-unmanaged-pods"));
+        assert_eq!(f[0].remedy, Some(Remedy::DeleteUnmanagedPods));
+        assert!(!f[0].message.contains("--"), "core names no flag: {}", f[0].message);
     }
 }
 

@@ -1116,6 +1116,29 @@ impl Testbed {
             self.stop_proc(&n);
         }
         self.lb.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.stop_strays();
+    }
+
+    /// Kills any process still running a cached binary with this testbed's directory on its
+    /// command line. Why: a detached sandbox's state file is written by several processes (a
+    /// chaos restart of kwok, `refit sandbox upgrade-node`); when one writes back a pid another
+    /// just replaced, the process behind the lost pid would outlive `sandbox down`.
+    fn stop_strays(&self) {
+        let dir = self.dir().display().to_string();
+        let cache = self.cache.root().display().to_string();
+        let Ok(entries) = std::fs::read_dir("/proc") else { return };
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+            let args: Vec<String> =
+                cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            let ours = args.first().is_some_and(|exe| exe.starts_with(&cache))
+                && args.iter().skip(1).any(|a| a.contains(&format!("{dir}/")));
+            if ours && pid_alive(pid) {
+                // Started detached, so it leads its own process group, as adopted ones do.
+                Proc::adopt("stray", pid).stop(STOP_GRACE);
+            }
+        }
     }
 
     /// Pids of every process the state file knows (a detached testbed's status).
