@@ -5,9 +5,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -16,53 +14,14 @@ use refit_testbed::{Testbed, TestbedConfig, TestbedVersions};
 
 const NS: &str = "fleet";
 
-struct Replica {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+type Replica = support::ControllerProcess;
 
 fn start(kubeconfig: &std::path::Path) -> Replica {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_refit"))
-        .args(["controller", "-n", NS, "--listen", "127.0.0.1:0", "--kubeconfig"])
-        .arg(kubeconfig)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("the controller exited before listening").unwrap();
-        if let Some(a) = line.strip_prefix("refit controller: listening on http://") {
-            break a.parse().unwrap();
-        }
-    };
-    // Keep draining its stderr so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Replica { child, addr }
-}
-
-/// A plain HTTP/1.0 GET: (status, body).
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    support::start_controller(kubeconfig, NS, None)
 }
 
 fn leading(r: &Replica) -> bool {
-    let (status, body) = get(r.addr, "/metrics");
+    let (status, body) = support::http_get(r.addr, "/metrics");
     assert_eq!(status, 200, "{body}");
     body.lines().any(|l| l == "refit_controller_leader 1")
 }
@@ -89,13 +48,13 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over_after_a_kill_9()
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     for r in [&leader, &follower] {
-        assert_eq!(get(r.addr, "/healthz").0, 200);
+        assert_eq!(support::http_get(r.addr, "/healthz").0, 200);
     }
     // The follower is ready once its own first campaign has read the Lease (it may not have
     // when the leader already leads).
     let deadline = Instant::now() + Duration::from_secs(30);
     let (status, body) = loop {
-        let (status, body) = get(follower.addr, "/readyz");
+        let (status, body) = support::http_get(follower.addr, "/readyz");
         if status == 200 || Instant::now() >= deadline {
             break (status, body);
         }

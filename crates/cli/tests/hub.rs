@@ -12,10 +12,8 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
@@ -23,62 +21,12 @@ use k8s_openapi::api::events::v1::Event as KubeEvent;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use refit_testbed::{Testbed, TestbedConfig, TestbedVersions};
 use serde_json::json;
-use support::{Sandbox, refit, release};
+use support::{Sandbox, http_get, refit, release, start_controller};
 
 const NS: &str = "fleet";
 
 const SANDBOX_ACCEPTS: [&str; 3] =
     ["--accept=etcd-members", "--accept=control-plane-count", "--accept=worker-count"];
-
-struct Controller {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_controller(kubeconfig: &Path, log: &Path) -> Controller {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_refit"))
-        .args(["controller", "-n", NS, "--listen", "127.0.0.1:0", "--kubeconfig"])
-        .arg(kubeconfig)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("the controller exited before listening").unwrap();
-        if let Some(a) = line.strip_prefix("refit controller: listening on http://") {
-            break a.parse().unwrap();
-        }
-    };
-    // Keep its log (shown when the test fails) and never let it block on a full pipe.
-    let mut file = std::fs::File::create(log).unwrap();
-    std::thread::spawn(move || {
-        for l in lines.map_while(Result::ok) {
-            let _ = writeln!(file, "{l}");
-        }
-    });
-    Controller { child, addr }
-}
-
-/// A plain HTTP/1.0 GET: (status, body).
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
-}
 
 /// A sandbox cluster at 1.36 with one worker, and the exec action that upgrades its nodes.
 fn sandbox(root: &Path, name: &str, script: &Path) -> (Sandbox, PathBuf, String) {
@@ -274,7 +222,7 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
 
     let before = hub_requests(&client).await;
     let started = Instant::now();
-    let controller = start_controller(&hub.kubeconfig(), &log);
+    let controller = start_controller(&hub.kubeconfig(), NS, Some(&log));
     let mut polls: u64 = 0;
 
     // The canary is upgraded, then the run waits on the gate; prod-1 has not started.
@@ -367,7 +315,7 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
     }
 
     // Metrics of the leader.
-    let (code, metrics) = get(controller.addr, "/metrics");
+    let (code, metrics) = http_get(controller.addr, "/metrics");
     assert_eq!(code, 200);
     for line in [
         "refit_controller_leader 1",

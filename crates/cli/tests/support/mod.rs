@@ -147,3 +147,65 @@ pub async fn install_apps(client: &kube::Client, tb: &refit_testbed::Testbed) {
     .await
     .unwrap();
 }
+
+/// A `refit controller` process on loopback, killed (and reaped) however the test ends.
+pub struct ControllerProcess {
+    /// The process (tests kill it to hand leadership over).
+    pub child: std::process::Child,
+    /// Where it serves /healthz, /readyz and /metrics.
+    pub addr: std::net::SocketAddr,
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `refit controller` in `namespace` against `kubeconfig` and waits until it listens; its
+/// log goes to `log` (shown when a test fails) or is drained, so it never blocks on a full pipe.
+pub fn start_controller(
+    kubeconfig: &std::path::Path,
+    namespace: &str,
+    log: Option<&std::path::Path>,
+) -> ControllerProcess {
+    use std::io::{BufRead, Write};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_refit"))
+        .args(["controller", "-n", namespace, "--listen", "127.0.0.1:0", "--kubeconfig"])
+        .arg(kubeconfig)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("the controller exited before listening").unwrap();
+        if let Some(a) = line.strip_prefix("refit controller: listening on http://") {
+            break a.parse().unwrap();
+        }
+    };
+    let mut file = log.map(|l| std::fs::File::create(l).unwrap());
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            if let Some(f) = file.as_mut() {
+                let _ = writeln!(f, "{l}");
+            }
+        }
+    });
+    ControllerProcess { child, addr }
+}
+
+/// A plain HTTP/1.0 GET: (status, body).
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
