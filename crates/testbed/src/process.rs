@@ -246,7 +246,45 @@ pub fn group_alive(pgid: i32) -> bool {
 
 /// Picks `n` distinct free TCP ports on 127.0.0.1 (bound and released; callers retry on the
 /// rare race with another process).
+///
+/// The ports come from below the kernel's ephemeral range (`ip_local_port_range`), never from
+/// it: a testbed picks its ports seconds to minutes before the component listens on them, and
+/// an ephemeral port is what every outgoing connection on the machine takes meanwhile (CI lost a
+/// run to kwok finding its port taken by a client connection). Below the range only another
+/// listener can take a port, and a random choice makes two testbeds picking the same one rare.
 pub fn free_ports(n: usize) -> Result<Vec<u16>, Error> {
+    let (low, _) = ephemeral_range();
+    // 10000.. leaves the well-known and registered low ports alone; fall back to the kernel's
+    // choice when the ephemeral range starts too low to leave room.
+    let pool = 10_000u16..low;
+    if pool.len() < n.saturating_mul(64) {
+        return kernel_ports(n);
+    }
+    let mut listeners: Vec<std::net::TcpListener> = Vec::with_capacity(n);
+    let mut attempts = 0usize;
+    while listeners.len() < n {
+        attempts += 1;
+        if attempts > n.saturating_mul(200) {
+            return kernel_ports(n);
+        }
+        let span = u64::from(pool.end - pool.start);
+        let port = pool.start + u16::try_from(random_u64() % span).unwrap_or(0);
+        if listeners.iter().any(|l| l.local_addr().is_ok_and(|a| a.port() == port)) {
+            continue;
+        }
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            listeners.push(l);
+        }
+    }
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| Error::Process { name: "ports".into(), detail: e.to_string() })
+}
+
+/// Ports the kernel picks (from the ephemeral range).
+fn kernel_ports(n: usize) -> Result<Vec<u16>, Error> {
     let listeners: Vec<std::net::TcpListener> = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<_, _>>()
@@ -256,6 +294,28 @@ pub fn free_ports(n: usize) -> Result<Vec<u16>, Error> {
         .map(|l| l.local_addr().map(|a| a.port()))
         .collect::<Result<_, _>>()
         .map_err(|e| Error::Process { name: "ports".into(), detail: e.to_string() })
+}
+
+/// The kernel's ephemeral port range (Linux's default when unreadable).
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|x| x.parse::<u16>());
+            Some((it.next()?.ok()?, it.next()?.ok()?))
+        })
+        .unwrap_or((32_768, 60_999))
+}
+
+/// A random number from std's per-process random hash keys: enough to spread port choices, no
+/// extra dependency.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
+    );
+    h.finish()
 }
 
 #[cfg(test)]
@@ -285,8 +345,12 @@ mod tests {
     }
 
     #[test]
-    fn free_ports_are_distinct() {
+    fn free_ports_are_distinct_and_outside_the_ephemeral_range() {
+        let (low, high) = ephemeral_range();
         let ports = free_ports(8).unwrap();
+        if low >= 10_512 {
+            assert!(ports.iter().all(|p| *p < low || *p > high), "{ports:?} within {low}-{high}");
+        }
         let mut sorted = ports.clone();
         sorted.sort();
         sorted.dedup();

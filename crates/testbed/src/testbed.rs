@@ -446,6 +446,12 @@ impl Testbed {
         Ok(pid)
     }
 
+    /// Whether our process `name` still runs: false only when we know it exited (one we do not
+    /// hold counts as running, so a wait on it runs to its timeout as before).
+    fn running(&self, name: &str) -> bool {
+        self.procs.lock().unwrap_or_else(|e| e.into_inner()).get_mut(name).is_none_or(|p| p.is_running())
+    }
+
     fn stop_proc(&self, name: &str) {
         let proc = self.procs.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
         if let Some(mut p) = proc {
@@ -501,13 +507,19 @@ impl Testbed {
         self.st().etcd_pid = pid;
         self.save()?;
         let client = tls_client(&client, &st.pki).await?;
-        wait_until("etcd", &self.log_path("etcd"), READY_TIMEOUT, || {
-            let client = client.clone();
-            async move {
-                let body = get_text(&client, "/health").await?;
-                if body.contains("\"health\":\"true\"") { Ok(()) } else { Err(body) }
-            }
-        })
+        wait_while_alive(
+            "etcd",
+            &self.log_path("etcd"),
+            READY_TIMEOUT,
+            || self.running("etcd"),
+            || {
+                let client = client.clone();
+                async move {
+                    let body = get_text(&client, "/health").await?;
+                    if body.contains("\"health\":\"true\"") { Ok(()) } else { Err(body) }
+                }
+            },
+        )
         .await
     }
 
@@ -586,22 +598,28 @@ impl Testbed {
         let client = self.member_client(member.index).await?;
         let want = member.binaries.version.git_version();
         let name = format!("{APISERVER}-{}", member.index);
-        wait_until(&name, &self.log_path(&name), READY_TIMEOUT, || {
-            let client = client.clone();
-            let want = want.clone();
-            async move {
-                let ready = get_text(&client, "/readyz").await?;
-                if ready.trim() != "ok" {
-                    return Err(ready);
+        wait_while_alive(
+            &name,
+            &self.log_path(&name),
+            READY_TIMEOUT,
+            || self.running(&name),
+            || {
+                let client = client.clone();
+                let want = want.clone();
+                async move {
+                    let ready = get_text(&client, "/readyz").await?;
+                    if ready.trim() != "ok" {
+                        return Err(ready);
+                    }
+                    let v = client.apiserver_version().await.map_err(|e| e.to_string())?;
+                    if v.git_version == want {
+                        Ok(())
+                    } else {
+                        Err(format!("reports {} not {want}", v.git_version))
+                    }
                 }
-                let v = client.apiserver_version().await.map_err(|e| e.to_string())?;
-                if v.git_version == want {
-                    Ok(())
-                } else {
-                    Err(format!("reports {} not {want}", v.git_version))
-                }
-            }
-        })
+            },
+        )
         .await
     }
 
@@ -674,13 +692,19 @@ impl Testbed {
         };
         let client = tls_client(&url, &pki).await?;
         let name = format!("{component}-{index}");
-        wait_until(&name, &self.log_path(&name), READY_TIMEOUT, || {
-            let client = client.clone();
-            async move {
-                let body = get_text(&client, "/healthz").await?;
-                if body.trim() == "ok" { Ok(()) } else { Err(body) }
-            }
-        })
+        wait_while_alive(
+            &name,
+            &self.log_path(&name),
+            READY_TIMEOUT,
+            || self.running(&name),
+            || {
+                let client = client.clone();
+                async move {
+                    let body = get_text(&client, "/healthz").await?;
+                    if body.trim() == "ok" { Ok(()) } else { Err(body) }
+                }
+            },
+        )
         .await
     }
 
@@ -697,17 +721,43 @@ impl Testbed {
             "--node-lease-duration-seconds=40".to_string(),
             "--cidr=10.128.0.0/12".to_string(),
             "--node-ip=10.0.0.1".to_string(),
-            format!("--server-address=127.0.0.1:{}", st.kwok_port),
         ];
-        let pid = self.spawn("kwok", &st.kwok_binary, args)?;
-        self.st().kwok_pid = pid;
-        self.save()?;
-        let addr: SocketAddr = ([127, 0, 0, 1], st.kwok_port).into();
-        wait_until("kwok", &self.log_path("kwok"), READY_TIMEOUT, || async move {
-            let body = plain_http_get(addr, "/healthz").await?;
-            if body.trim() == "ok" { Ok(()) } else { Err(body) }
-        })
-        .await
+        // kwok's port only serves its health check: when another process took it between the
+        // pick and now (kwok exits at once), a fresh one is picked, twice at most.
+        let mut port = st.kwok_port;
+        let mut attempt = 0;
+        loop {
+            let mut args = args.clone();
+            args.push(format!("--server-address=127.0.0.1:{port}"));
+            let pid = self.spawn("kwok", &st.kwok_binary, args)?;
+            {
+                let mut st = self.st();
+                st.kwok_pid = pid;
+                st.kwok_port = port;
+            }
+            self.save()?;
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let log = self.log_path("kwok");
+            let ready = wait_while_alive(
+                "kwok",
+                &log,
+                READY_TIMEOUT,
+                || self.running("kwok"),
+                || async move {
+                    let body = plain_http_get(addr, "/healthz").await?;
+                    if body.trim() == "ok" { Ok(()) } else { Err(body) }
+                },
+            )
+            .await;
+            match ready {
+                Err(e) if attempt < 2 && !self.running("kwok") => {
+                    attempt += 1;
+                    tracing::warn!("kwok exited on start ({e}); retrying on another port");
+                    port = *free_ports(1)?.first().ok_or_else(|| Error::Config("no free port".into()))?;
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn create_control_plane_nodes(&self) -> Result<(), Error> {
@@ -1395,9 +1445,27 @@ pub(crate) async fn wait_until<F, Fut>(
     what: &str,
     log: &Path,
     timeout: Duration,
+    probe: F,
+) -> Result<(), Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    wait_while_alive(what, log, timeout, || true, probe).await
+}
+
+/// [`wait_until`] for a process of ours: gives up at once when `alive` says it exited (a
+/// component that died on start — a port taken, a bad flag — must not cost the whole timeout),
+/// naming the last lines of its log.
+pub(crate) async fn wait_while_alive<A, F, Fut>(
+    what: &str,
+    log: &Path,
+    timeout: Duration,
+    mut alive: A,
     mut probe: F,
 ) -> Result<(), Error>
 where
+    A: FnMut() -> bool,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
 {
@@ -1409,17 +1477,32 @@ where
             Ok(Err(e)) => e,
             Err(_) => "probe timed out".to_string(),
         };
-        if start.elapsed() > timeout {
+        let exited = !alive();
+        if exited || start.elapsed() > timeout {
+            let detail = if exited {
+                format!("the process exited; its log ends: {}", log_tail(log, 3))
+            } else {
+                last.chars().take(300).collect()
+            };
             return Err(Error::NotReady {
                 what: what.to_string(),
-                seconds: timeout.as_secs(),
-                detail: last.chars().take(300).collect(),
+                seconds: start.elapsed().as_secs(),
+                detail,
                 log: log.display().to_string(),
             });
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(500));
     }
+}
+
+/// The last `n` non-empty lines of a log, joined, at most 400 characters.
+fn log_tail(log: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(n)..].join(" | ");
+    let count = tail.chars().count();
+    tail.chars().skip(count.saturating_sub(400)).collect()
 }
 
 #[cfg(test)]
