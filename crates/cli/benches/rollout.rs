@@ -385,10 +385,22 @@ fn main() {
             assert!(out.status.success(), "refit upgrade --max-unavailable {setting} failed");
             assert_eq!(upgraded, workers, "every worker upgraded once");
         }
+        // Under auto the window slides: the most nodes in flight at once (chosen, not yet
+        // finished), from refit's own events.
+        let mut flying = 0usize;
         let largest = events
             .iter()
-            .filter(|e| e["event"] == "batch-chosen")
-            .filter_map(|e| e["nodes"].as_array().map(Vec::len))
+            .filter_map(|e| {
+                if e["event"] == "batch-chosen" {
+                    flying += e["nodes"].as_array().map_or(0, Vec::len);
+                    Some(flying)
+                } else if e["event"] == "unit-finished" {
+                    flying = flying.saturating_sub(1);
+                    None
+                } else {
+                    None
+                }
+            })
             .max()
             .unwrap_or_else(|| {
                 events
@@ -494,6 +506,6 @@ fn main() {
         println!("{l}");
     }
     println!(
-        "columns: batch = largest batch refit started (auto: largest chosen); unsched = most workers unschedulable at once, viol. = PDBs seen with fewer healthy pods than required, no-room = most pods Pending as Unschedulable at once, zones = most zones with an unschedulable worker at once (all four from the watcher); 429s = evictions refused by a PDB (refit's events)"
+        "columns: batch = largest batch refit started (auto: most nodes in flight at once in its sliding window); unsched = most workers unschedulable at once, viol. = PDBs seen with fewer healthy pods than required, no-room = most pods Pending as Unschedulable at once, zones = most zones with an unschedulable worker at once (all four from the watcher); 429s = evictions refused by a PDB (refit's events)"
     );
 }

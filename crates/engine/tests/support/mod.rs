@@ -70,6 +70,8 @@ pub struct FakeCluster {
     pub undrainable: Mutex<BTreeSet<String>>,
     /// How long a drain takes.
     pub drain_time: Mutex<Duration>,
+    /// Drains that take another time than `drain_time`, by node.
+    pub drain_times: Mutex<BTreeMap<String, Duration>>,
     /// Nodes whose reads fail (the API server answering errors for them).
     pub unreadable: Mutex<BTreeSet<String>>,
     /// Most workers unschedulable at one moment.
@@ -245,7 +247,8 @@ impl Cluster for FakeCluster {
                     ..DrainReport::default()
                 });
             }
-            let t = *self.drain_time.lock().unwrap();
+            let t = self.drain_times.lock().unwrap().get(node).copied();
+            let t = t.unwrap_or_else(|| *self.drain_time.lock().unwrap());
             tokio::time::sleep(t).await;
             if !self.nodes.lock().unwrap().contains_key(node) {
                 return Err(missing(node));
