@@ -385,21 +385,14 @@ fn main() {
             assert!(out.status.success(), "refit upgrade --max-unavailable {setting} failed");
             assert_eq!(upgraded, workers, "every worker upgraded once");
         }
-        // Under auto the window slides: the most nodes in flight at once (chosen, not yet
-        // finished), from refit's own events.
-        let mut flying = 0usize;
+        // Under auto the window slides: the most nodes in flight at once (those chosen and
+        // the ones under way they join), from refit's own events.
         let largest = events
             .iter()
+            .filter(|e| e["event"] == "batch-chosen")
             .filter_map(|e| {
-                if e["event"] == "batch-chosen" {
-                    flying += e["nodes"].as_array().map_or(0, Vec::len);
-                    Some(flying)
-                } else if e["event"] == "unit-finished" {
-                    flying = flying.saturating_sub(1);
-                    None
-                } else {
-                    None
-                }
+                let joined = e["nodes"].as_array().map(Vec::len)?;
+                Some(joined + e["in_flight"].as_u64().unwrap_or(0) as usize)
             })
             .max()
             .unwrap_or_else(|| {

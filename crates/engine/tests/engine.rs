@@ -771,7 +771,8 @@ async fn auto_window_slides_without_waiting_for_the_slowest_node() {
         "w-03 fills w-02's slot; zone b waits for w-01"
     );
     let at = |pred: &dyn Fn(&Event) -> bool| events.iter().position(pred).unwrap();
-    let w03_chosen = at(&|e| matches!(e, Event::BatchChosen { nodes, .. } if nodes[0] == "w-03"));
+    let w03_chosen =
+        at(&|e| matches!(e, Event::BatchChosen { nodes, in_flight: 1, .. } if nodes[0] == "w-03"));
     let w01_done = at(&|e| matches!(e, Event::UnitFinished { node, .. } if node == "w-01"));
     let w04_chosen = at(&|e| matches!(e, Event::BatchChosen { nodes, .. } if nodes[0] == "w-04"));
     assert!(w03_chosen < w01_done, "w-03 started while the slow w-01 was still under way");

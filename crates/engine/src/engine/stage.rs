@@ -255,6 +255,7 @@ impl Engine {
                     self.emit(Event::BatchChosen {
                         stage: index,
                         nodes: nodes.clone(),
+                        in_flight: 0,
                         zone: None,
                         limit: "under way when the run stopped: finished first".into(),
                     });
@@ -403,6 +404,7 @@ impl Engine {
                 self.emit(Event::BatchChosen {
                     stage: index,
                     nodes: choice.nodes.clone(),
+                    in_flight: in_flight.len(),
                     zone: choice.zone.clone(),
                     limit: choice.limit.to_string(),
                 });
@@ -412,6 +414,7 @@ impl Engine {
                 self.emit(Event::BatchChosen {
                     stage: index,
                     nodes: vec![node.clone()],
+                    in_flight: in_flight.len(),
                     zone: None,
                     limit: format!("{hold}: it drains alone, waiting on the budget"),
                 });
