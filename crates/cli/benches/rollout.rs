@@ -382,7 +382,17 @@ fn main() {
         let upgraded =
             events.iter().filter(|e| e["event"] == "unit-finished" && e["result"] == "upgraded").count();
         if !one {
-            assert!(out.status.success(), "refit upgrade --max-unavailable {setting} failed");
+            if !out.status.success() {
+                // What went wrong, before the store's directory is gone.
+                for e in events.iter().filter(|e| {
+                    (e["event"] == "unit-finished" && e["result"] != "upgraded")
+                        || ["run-finished", "batch-held", "step-failed", "summary"]
+                            .contains(&e["event"].as_str().unwrap_or_default())
+                }) {
+                    eprintln!("{e}");
+                }
+                panic!("refit upgrade --max-unavailable {setting} failed");
+            }
             assert_eq!(upgraded, workers, "every worker upgraded once");
         }
         // Under auto the window slides: the most nodes in flight at once (those chosen and
