@@ -780,6 +780,36 @@ async fn auto_window_slides_without_waiting_for_the_slowest_node() {
     assert_eq!(w.cluster.max_unschedulable_workers.load(Ordering::SeqCst), 2, "never above the cap");
 }
 
+/// A sliding window reads the cluster whenever a node ends: a read that fails is retried, not
+/// a reason to stop the run; reads that keep failing with nothing under way stop it after the
+/// drain timeout, saying why.
+#[tokio::test(start_paused = true)]
+async fn auto_retries_a_failed_read_of_the_cluster() {
+    let (w, mut spec) = auto_world(4);
+    let auto =
+        refit_core::batch::Auto { cap: refit_core::plan::MaxUnavailable::Count(1), across_zones: false };
+    spec.schedule.batch_automatically(auto, 1);
+    w.cluster.snapshots_fail_after.store(1, Ordering::SeqCst);
+    w.cluster.snapshots_failing.store(3, Ordering::SeqCst);
+    let id = w.create("r1", &spec);
+    let o = run(&w, &id, spec, None).await;
+    assert_eq!(o.state, RunState::Completed, "{:?}", o.reason);
+    assert_eq!(w.cluster.at(TO), 4);
+
+    let (w, spec) = auto_world(2);
+    w.cluster.snapshots_fail_after.store(1, Ordering::SeqCst);
+    w.cluster.snapshots_failing.store(usize::MAX / 2, Ordering::SeqCst);
+    let id = w.create("r1", &spec);
+    let o = run(&w, &id, spec, None).await;
+    assert_eq!(o.state, RunState::Failed);
+    let reason = o.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("within the drain timeout: cannot read the cluster to choose the next batch"),
+        "{reason}"
+    );
+    assert_eq!(w.cluster.at(TO), 1, "zone a's node (the one read) finished; zone b's never started");
+}
+
 #[tokio::test(start_paused = true)]
 async fn auto_with_no_headroom_waits_then_names_the_budget() {
     let (w, spec) = auto_world(2);

@@ -22,6 +22,8 @@ enum Chosen {
     Nodes(Vec<String>),
     /// Nothing can join now, for this reason.
     Held(batch::Hold),
+    /// The snapshot could not be read.
+    Unreadable(String),
 }
 use crate::report::{StepError, UnitReport, UnitResult, millis};
 
@@ -278,36 +280,39 @@ impl Engine {
                         Vec::new()
                     } else {
                         match self.choose(index, stage, &in_flight, &left, cap, auto, &checks).await {
-                            Ok(Chosen::Nodes(nodes)) => nodes,
-                            Ok(Chosen::Held(hold)) if in_flight.is_empty() => {
-                                // Nothing can start and nothing is under way: name the hold,
-                                // wait for it up to the drain timeout.
-                                let first = waiting_since.is_none();
-                                let since = *waiting_since.get_or_insert_with(Instant::now);
-                                if first {
-                                    self.emit(Event::BatchHeld { stage: index, reason: hold.to_string() });
+                            Chosen::Nodes(nodes) => nodes,
+                            other => {
+                                // Held, or the cluster could not be read (one failed read
+                                // among hundreds is no reason to stop a run).
+                                let (why, timed) = match &other {
+                                    Chosen::Held(h) => (
+                                        h.to_string(),
+                                        matches!(h, batch::Hold::Budget { .. } | batch::Hold::NoRoom { .. }),
+                                    ),
+                                    Chosen::Unreadable(why) => (why.clone(), true),
+                                    Chosen::Nodes(_) => (String::new(), false),
+                                };
+                                if in_flight.is_empty() {
+                                    // Nothing can start and nothing is under way: name the
+                                    // hold, wait for it up to the drain timeout.
+                                    let first = waiting_since.is_none();
+                                    let since = *waiting_since.get_or_insert_with(Instant::now);
+                                    if first {
+                                        self.emit(Event::BatchHeld { stage: index, reason: why.clone() });
+                                    }
+                                    if since.elapsed() >= self.spec.drain_timeout() {
+                                        reason = Some(format!(
+                                            "no worker batch could start within the drain timeout: {why}"
+                                        ));
+                                        self.fail_fast();
+                                        stopping = true;
+                                    }
+                                    retry = true;
+                                } else {
+                                    // A unit ending frees a slot or a zone; a budget, room or
+                                    // the API may also come back while they run.
+                                    retry = timed;
                                 }
-                                if since.elapsed() >= self.spec.drain_timeout() {
-                                    reason = Some(format!(
-                                        "no worker batch could start within the drain timeout: {hold}"
-                                    ));
-                                    self.fail_fast();
-                                    stopping = true;
-                                }
-                                retry = true;
-                                Vec::new()
-                            }
-                            Ok(Chosen::Held(hold)) => {
-                                // A unit ending frees a slot or a zone; a budget or room may
-                                // also come back while they run.
-                                retry =
-                                    matches!(hold, batch::Hold::Budget { .. } | batch::Hold::NoRoom { .. });
-                                Vec::new()
-                            }
-                            Err(why) => {
-                                reason = Some(why);
-                                self.fail_fast();
-                                stopping = true;
                                 Vec::new()
                             }
                         }
@@ -378,8 +383,7 @@ impl Engine {
     }
 
     /// Asks core which of `left` join the units `in_flight`, from a fresh snapshot, within
-    /// `cap` nodes in all; emits the choice. An error is the reason the stage stops (the
-    /// cluster cannot be read).
+    /// `cap` nodes in all; emits the choice.
     #[allow(clippy::too_many_arguments)]
     async fn choose(
         &self,
@@ -390,16 +394,16 @@ impl Engine {
         cap: usize,
         auto: batch::Auto,
         checks: &CheckOptions,
-    ) -> Result<Chosen, String> {
-        let snapshot = self
-            .ctx
-            .cluster
-            .snapshot()
-            .await
-            .map_err(|e| format!("cannot read the cluster to choose the next batch: {e}"))?;
+    ) -> Chosen {
+        let snapshot = match self.ctx.cluster.snapshot().await {
+            Ok(s) => s,
+            Err(e) => {
+                return Chosen::Unreadable(format!("cannot read the cluster to choose the next batch: {e}"));
+            }
+        };
         let candidates: Vec<String> = left.iter().map(|u| u.node.clone()).collect();
         let this = batch::Auto { cap: MaxUnavailable::Count(u32::try_from(cap).unwrap_or(u32::MAX)), ..auto };
-        Ok(match batch::next(&snapshot, in_flight, &candidates, stage.units.len(), this, checks) {
+        match batch::next(&snapshot, in_flight, &candidates, stage.units.len(), this, checks) {
             batch::Next::Batch(choice) => {
                 self.emit(Event::BatchChosen {
                     stage: index,
@@ -421,7 +425,7 @@ impl Engine {
                 Chosen::Nodes(vec![node])
             }
             batch::Next::Wait(hold) => Chosen::Held(hold),
-        })
+        }
     }
 
     /// A finished unit task's report. A panic is a bug in refit: the unit is reported failed
