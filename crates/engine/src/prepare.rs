@@ -242,7 +242,7 @@ fn decide(
             .filter(|p| p.kind == refit_core::plan::PhaseKind::Workers)
             .flat_map(|p| p.batches.iter().flat_map(|b| b.units.iter().map(|u| u.node.clone())))
             .collect();
-        let first = batch::next(snapshot, &candidates, candidates.len(), settings, &check_opts);
+        let first = batch::next(snapshot, &[], &candidates, candidates.len(), settings, &check_opts);
         AutoPreview { settings, first }
     });
     let addresses: BTreeMap<String, String> =
