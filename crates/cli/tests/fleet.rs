@@ -1094,10 +1094,26 @@ fn a_stage_health_gate_holds_the_next_stage_until_its_check_passes_and_a_failing
     assert_eq!(state(member(&v, "prod-1")), "NotStarted", "{v:#}");
     assert!(f.kubelets("prod-1").iter().all(|k| k.contains("1.36")), "prod untouched");
 
+    // ------------------------------------------------ kill -9 the driver mid-gate
+    let mut driver = driver;
+    driver.kill().unwrap();
+    driver.wait().unwrap();
+    let probes_before = health_gate(&f.show("gated"), "canary", "shop")["observedAt"].clone();
+    assert!(probes_before.is_string(), "probed before the kill");
+
     // ------------------------------------------------ 200 for the soak: stage 2 runs
+    // A new driver goes on with the gate where the killed one left it (the run keeps it).
     status.store(200, std::sync::atomic::Ordering::SeqCst);
-    let (code, out, err) = finish(driver);
+    let (code, out, err) = finish(f.spawn_start("gated"));
     assert_eq!(code, 0, "{out}{err}");
+    let kinds: Vec<String> =
+        history(&mut f.cmd(), "gated").iter().map(|e| e["event"].as_str().unwrap().to_string()).collect();
+    assert!(kinds.iter().any(|k| k == "DriverTookOver"), "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "HealthGateReached").count(),
+        1,
+        "the gate was taken up, not reached again: {kinds:?}"
+    );
     let v = f.show("gated");
     assert_eq!(state(&v), "Completed", "{v:#}");
     let gate = health_gate(&v, "canary", "shop");
@@ -1108,10 +1124,13 @@ fn a_stage_health_gate_holds_the_next_stage_until_its_check_passes_and_a_failing
     assert!(ts(&member(&v, "prod-1")["startedAt"]) >= passed, "prod after the gate: {v:#}");
     assert!(f.kubelets("prod-1").iter().all(|k| k.contains(&to)));
     let events = fleet_events(&out);
-    assert!(events.iter().any(|e| e["event"] == "HealthGateReached"), "{out}");
     assert!(
-        events.iter().any(|e| e["event"] == "HealthGateObserved" && e["observation"]["result"] == "Fails"),
+        events.iter().any(|e| e["event"] == "HealthGateObserved" && e["observation"]["result"] == "Holds"),
         "{out}"
+    );
+    assert!(
+        kinds.iter().filter(|k| *k == "HealthGateObserved").count() >= 3,
+        "failing probes before the kill, holding ones after: {kinds:?}"
     );
 
     // ------------------------------------------------ a gate that fails pauses the run
