@@ -517,8 +517,14 @@ pub(super) fn reset_for_restart(run: &mut RunState, skipped_too: bool, at: Times
                 g.before_gates.iter_mut().chain(&mut g.after_gates).for_each(GateState::reset_skipped);
             }
         }
+        // A failed gate is evaluated again. A skipped one too, unless its stage completed
+        // with it skipped: skipping the stage is how an operator gets past a gate that keeps
+        // failing, and starting the run again must not take that back.
+        let completed = st.status.state == Completed;
         for h in &mut st.health_gates {
-            if h.state == HealthGateStatus::Failed || (skipped_too && h.state == HealthGateStatus::Skipped) {
+            if h.state == HealthGateStatus::Failed
+                || (skipped_too && h.state == HealthGateStatus::Skipped && !completed)
+            {
                 h.reset();
             }
         }

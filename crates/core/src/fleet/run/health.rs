@@ -136,9 +136,10 @@ impl HealthGateState {
         *self = HealthGateState::new(self.gate.clone());
     }
 
-    /// Skipped with its stage (a gate already decided keeps its outcome).
+    /// Skipped with its stage. A failed gate is skipped too (that is how an operator gets
+    /// past one that keeps failing); a passed one keeps its outcome.
     pub(super) fn skip(&mut self, at: Timestamp) {
-        if matches!(self.state, HealthGateStatus::NotStarted | HealthGateStatus::Pending) {
+        if self.state != HealthGateStatus::Passed && self.state != HealthGateStatus::Skipped {
             self.state = HealthGateStatus::Skipped;
             self.completed_at = Some(at);
             self.waiting = None;

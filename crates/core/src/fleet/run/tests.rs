@@ -1310,3 +1310,24 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn skipping_the_stage_gets_past_a_health_gate_that_keeps_failing() {
+    let (mut run, facts) = canary_done(spec());
+    settle(&mut run, &probed(&facts, false), t0());
+    settle(&mut run, &probed(&facts, false), t0() + secs(61));
+    assert_eq!(run.status.state, Stopped);
+    run = ok(
+        &run,
+        Event::Skip {
+            targets: vec![SkipTarget::Stage("canary".into())],
+            by: Some("ann".into()),
+            at: t0() + secs(70),
+        },
+    );
+    assert_eq!(stage(&run, "canary").status.state, Completed, "its member is done, its gate skipped");
+    run = ok(&run, Event::Start { at: t0() + secs(80), targets: None, plan: None, by: None });
+    assert_eq!(stage(&run, "canary").health_gates[0].state, HealthGateStatus::Skipped);
+    let (started, _) = settle(&mut run, &probed(&facts, false), t0() + secs(80));
+    assert_eq!(started, ["p1"]);
+}
