@@ -1121,6 +1121,11 @@ fn a_stage_health_gate_holds_the_next_stage_until_its_check_passes_and_a_failing
     let passed = ts(&gate["completedAt"]);
     let held = ts(&gate["holdingSince"]);
     assert!(passed.duration_since(held).as_secs() >= 3, "held its 3 s soak: {gate:#}");
+    eprintln!(
+        "health gate with a 3s soak passed {} ms after it first held; prod-1 started {} ms after that",
+        passed.duration_since(held).as_millis(),
+        ts(&member(&v, "prod-1")["startedAt"]).duration_since(passed).as_millis()
+    );
     assert!(ts(&member(&v, "prod-1")["startedAt"]) >= passed, "prod after the gate: {v:#}");
     assert!(f.kubelets("prod-1").iter().all(|k| k.contains(&to)));
     let events = fleet_events(&out);
@@ -1151,6 +1156,12 @@ fn a_stage_health_gate_holds_the_next_stage_until_its_check_passes_and_a_failing
     assert_eq!(state(&v), "Stopped", "{v:#}");
     let gate = health_gate(&v, "canary", "shop");
     assert_eq!(gate["state"], "Failed", "{gate:#}");
+    // For the report (not asserted: wall-clock): how long after it was reached the gate
+    // stopped the run (its timeout plus at most one poll).
+    eprintln!(
+        "health gate with a 4s timeout failed {} ms after it was reached",
+        ts(&gate["completedAt"]).duration_since(ts(&gate["reachedAt"])).as_millis()
+    );
     let message = v["message"].as_str().unwrap_or_default();
     assert!(
         message.starts_with("paused: health gate shop of stage canary failed: timed out after 4s")
