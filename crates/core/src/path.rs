@@ -13,7 +13,8 @@ use crate::catalog::{Catalog, Support};
 use crate::version::{MinorVersion, Version, VersionRequest};
 
 /// When the next minor is reachable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Policy {
     /// Any higher patch; the next minor from any patch.
