@@ -3,8 +3,13 @@
 //! Secrets), a two-stage UpdateStrategy with an after-stage Approval gate, and an UpdateRun
 //! created through the API with `state: Run`. The controller (a local `refit controller`
 //! process, since kwok runs no pods) drives it with the fleet driver over the hub's resources:
-//! the canary member is upgraded, the run waits on the gate, `refit fleet --hub gate approve`
-//! releases it, the second stage runs and the run Succeeds. Events and `/metrics` are
+//! the canary member is upgraded, the run waits on the gate; `refit serve --hub` (a process on
+//! loopback with a token file) shows the run tree from the hub, refuses without a token (401),
+//! answers an unknown run with a JSON 404, and its approve (token + CSRF) releases the gate on
+//! alice's behalf — its event stream shows the Gate change — the second stage runs and the run
+//! Succeeds; the server's audit and `/metrics` agree. Before the CRDs exist, `refit serve
+//! --hub` is refused (exit 2), as for an unknown context and an unreachable hub. Events and
+//! `/metrics` are
 //! asserted; a Member whose Secret reaches another cluster than the one it is bound to is
 //! refused and nothing is launched at it. API requests against the hub are counted per member
 //! upgrade and printed (`--nocapture`).
@@ -21,9 +26,69 @@ use k8s_openapi::api::events::v1::Event as KubeEvent;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use refit_testbed::{Testbed, TestbedConfig, TestbedVersions};
 use serde_json::json;
-use support::{Sandbox, http_get, refit, release, start_controller};
+use support::{Sandbox, http_get, http_request, refit, refused, release, start_controller};
 
 const NS: &str = "fleet";
+
+/// The `refit serve --hub` token of the person approving through it.
+const TOKEN: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
+/// A `refit serve --hub` process, killed (and reaped) however the test ends.
+struct Serve(std::process::Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `refit serve --hub` on loopback with a token file naming `alice`; its address.
+fn start_serve(root: &Path, kubeconfig: &Path) -> (Serve, std::net::SocketAddr) {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    let tokens = root.join("tokens.csv");
+    std::fs::write(&tokens, format!("{TOKEN},alice\n")).unwrap();
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("refit"))
+        .args(["serve", "--listen", "127.0.0.1:0", "-n", NS, "--hub"])
+        .arg(kubeconfig)
+        .arg("--token-file")
+        .arg(&tokens)
+        .arg("--store")
+        .arg(root.join("serve").join("refit.db"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let serve = Serve(child);
+    assert!(first.contains(&format!("namespace {NS}")), "{first}");
+    let addr = first
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    (serve, addr)
+}
+
+/// The lines of the server's event stream (`/api/events`), as they arrive.
+fn event_stream(addr: std::net::SocketAddr) -> std::sync::mpsc::Receiver<String> {
+    use std::io::{BufRead, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET /api/events HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(s).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
 
 const SANDBOX_ACCEPTS: [&str; 3] =
     ["--accept=etcd-members", "--accept=control-plane-count", "--accept=worker-count"];
@@ -116,6 +181,22 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
         assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
+    // `refit serve --hub` refuses a hub it cannot serve before anything listens (exit 2, one
+    // line naming the fix): no refit CRDs yet, a context the kubeconfig lacks, nobody there.
+    let serve_hub = |kubeconfig: &Path, extra: &[&str]| {
+        let mut c = refit();
+        c.args(["serve", "--listen", "127.0.0.1:0", "-n", NS, "--hub"]).arg(kubeconfig).args(extra);
+        c
+    };
+    let err = refused(&mut serve_hub(&hub.kubeconfig(), &[]));
+    assert!(err.contains("refit controller manifests"), "{err}");
+    let err = refused(&mut serve_hub(&hub.kubeconfig(), &["--context", "nope"]));
+    assert!(err.contains("'nope'"), "{err}");
+    let dead = root.join("dead.kubeconfig");
+    std::fs::write(&dead, support::DEAD_KUBECONFIG).unwrap();
+    let err = refused(&mut serve_hub(&dead, &[]));
+    assert!(err.contains("cannot reach"), "{err}");
+
     let manifests = root.join("hub.yaml");
     std::fs::write(&manifests, support::stdout(refit().args(["controller", "manifests", "-n", NS]))).unwrap();
     kubectl(&["apply", "-f", manifests.to_str().unwrap()]);
@@ -242,14 +323,67 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
     );
     assert!(std::fs::read_to_string(canary_dir.join("actions.log")).unwrap().lines().count() >= 2);
 
-    // Approved as the hub's authenticated user: the run goes on and succeeds.
-    let out = refit()
-        .args(["fleet", "--hub"])
-        .arg(hub.kubeconfig())
-        .args(["--hub-namespace", NS, "gate", "approve", "to-137", "canary/after/1"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // `refit serve --hub`: the API over the hub's objects while the run waits on its gate.
+    let (serve, addr) = start_serve(root, &hub.kubeconfig());
+    let bearer = format!("Bearer {TOKEN}");
+    let auth = [("Authorization", bearer.as_str())];
+    let get = |path: &str| {
+        let (code, body) = http_request(addr, "GET", path, &auth, "");
+        assert_eq!(code, 200, "GET {path}: {body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    let tree = get("/api/fleet/runs/to-137");
+    assert_eq!(tree["state"], "Pending", "{tree}");
+    let canary = &tree["stages"][0];
+    assert_eq!(canary["afterGates"][0]["state"], "Pending", "{tree}");
+    assert_eq!(canary["groups"][0]["members"][0]["name"], "canary-1", "{tree}");
+    assert_eq!(canary["groups"][0]["members"][0]["state"], "Completed", "{tree}");
+    // Each member's detail joined in from its ClusterUpgrade, as in the driver's view.
+    assert!(canary["groups"][0]["members"][0]["target"].is_object(), "{tree}");
+    assert_eq!(tree["stages"][1]["groups"][0]["members"][0]["state"], "NotStarted", "{tree}");
+    // The dashboard's page of the run, from the same source.
+    let (code, page) = http_request(addr, "GET", "/fleet/runs/to-137", &auth, "");
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("canary/after/1") && page.contains("canary-1"), "{page}");
+    let pending = get("/api/fleet/gates");
+    assert_eq!(pending[0]["run"], "to-137", "{pending}");
+    let names: Vec<String> =
+        get("/api/fleet/members").as_array().unwrap().iter().map(|m| m["name"].to_string()).collect();
+    assert_eq!(names, ["\"canary-1\"", "\"prod-1\"", "\"rogue-1\""]);
+    // No token: 401; unknown run: 404 as JSON; an action without CSRF: 403; skipping, which the
+    // hub has no verb for: 409 saying so.
+    let (code, body) = http_request(addr, "GET", "/api/fleet/runs/to-137", &[], "");
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = http_request(addr, "GET", "/api/fleet/runs/nope", &auth, "");
+    assert_eq!(code, 404, "{body}");
+    assert!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"].is_string(), "{body}");
+    let approve = r#"{"gate": "canary/after/1"}"#;
+    let (code, body) = http_request(addr, "POST", "/api/fleet/runs/to-137/approve", &auth, approve);
+    assert_eq!(code, 403, "{body}");
+    let csrf = get("/api/session")["csrfToken"].as_str().unwrap().to_string();
+    let act = [("Authorization", bearer.as_str()), ("X-CSRF-Token", csrf.as_str())];
+    let (code, body) =
+        http_request(addr, "POST", "/api/fleet/runs/to-137/skip", &act, r#"{"targets": ["Member:prod-1"]}"#);
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("not available on a hub"), "{body}");
+    assert!(std::fs::read_to_string(prod_dir.join("actions.log")).is_err(), "prod-1 was touched");
+
+    // Approved through the server with token and CSRF, as alice: written to the Gate by the
+    // server's hub identity on her behalf; the reconciler proceeds and the run succeeds.
+    let stream = event_stream(addr);
+    // Subscribed once the response starts.
+    let head = stream.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(head.contains(" 200 "), "{head}");
+    let (code, body) = http_request(addr, "POST", "/api/fleet/runs/to-137/approve", &act, approve);
+    assert_eq!(code, 200, "{body}");
+    // The watch on Gates feeds the event stream: the approval written shows up as a change.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = stream.recv_timeout(deadline.saturating_duration_since(Instant::now())).unwrap();
+        if line.starts_with("data:") && line.contains("\"event\":\"Gate\"") && line.contains("to-137") {
+            break;
+        }
+    }
     let run = eventually("the run succeeds", Duration::from_secs(300), &log, async || {
         polls += 1;
         let r = runs.get("to-137").await.unwrap();
@@ -273,7 +407,42 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
     let gate = gates.get("to-137.canary.after.1").await.unwrap();
     assert_eq!(gate.data["status"]["state"], "Completed");
     let approver = gate.data["spec"]["approval"]["approver"].as_str().unwrap().to_string();
-    assert_eq!(gate.data["status"]["approvedBy"], approver.as_str());
+    assert_eq!(gate.data["spec"]["approval"]["onBehalfOf"], "alice");
+    let recorded = format!("alice (through {approver})");
+    assert_eq!(gate.data["status"]["approvedBy"], recorded.as_str());
+    // The server shows what the hub holds: the run completed, approved by alice, and its audit
+    // (the hub's Events from refit-serve) names her; /metrics reads the same watch caches.
+    let shown = eventually("the server shows the run completed", Duration::from_secs(30), &log, async || {
+        let r = get("/api/fleet/runs/to-137");
+        (r["state"] == "Completed").then_some(r)
+    })
+    .await;
+    assert_eq!(shown["stages"][0]["afterGates"][0]["approval"]["by"], recorded.as_str(), "{shown}");
+    let audit = get("/api/fleet/runs/to-137/audit");
+    let trail: Vec<(String, String, String)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["actor"].to_string(), a["action"].to_string(), a["outcome"].to_string()))
+        .collect();
+    for want in [("alice", "approve-gate", "done"), ("alice", "skip", "refused")] {
+        let want = (format!("\"{}\"", want.0), format!("\"{}\"", want.1), format!("\"{}\"", want.2));
+        assert!(trail.contains(&want), "no {want:?} in {trail:?}");
+    }
+    let (code, text) = http_request(addr, "GET", "/metrics", &auth, "");
+    assert_eq!(code, 200);
+    let line = "refit_fleet_run_state{run=\"to-137\",state=\"Completed\"} 1";
+    assert!(text.lines().any(|l| l == line), "no '{line}' in\n{text}");
+    drop(serve);
+    // The CLI's approval shares the Gate write; an unknown gate is bad input.
+    refused(refit().args(["fleet", "--hub"]).arg(hub.kubeconfig()).args([
+        "--hub-namespace",
+        NS,
+        "gate",
+        "approve",
+        "to-137",
+        "nope/after/1",
+    ]));
     // Each member's detail and journal object.
     let upgrades = dynamic("ClusterUpgrade");
     for m in ["canary-1", "prod-1"] {
