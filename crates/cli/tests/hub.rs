@@ -7,10 +7,10 @@
 //! loopback with a token file) shows the run tree from the hub, refuses without a token (401),
 //! answers an unknown run with a JSON 404, and its approve (token + CSRF) releases the gate on
 //! alice's behalf — its event stream shows the Gate change — the second stage runs and the run
-//! Succeeds; the server's audit and `/metrics` agree. Before the CRDs exist, `refit serve
-//! --hub` is refused (exit 2), as for an unknown context and an unreachable hub. Events and
-//! `/metrics` are
-//! asserted; a Member whose Secret reaches another cluster than the one it is bound to is
+//! Succeeds; the server's audit and `/metrics` agree, and its stop of the finished run is
+//! refused (409) while its stop of another run is carried out by the reconciler. Before the
+//! CRDs exist, `refit serve --hub` is refused (exit 2), as for an unknown context and an
+//! unreachable hub. Events and `/metrics` are asserted; a Member whose Secret reaches another cluster than the one it is bound to is
 //! refused and nothing is launched at it. API requests against the hub are counted per member
 //! upgrade and printed (`--nocapture`).
 
@@ -433,7 +433,12 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
     assert_eq!(code, 200);
     let line = "refit_fleet_run_state{run=\"to-137\",state=\"Completed\"} 1";
     assert!(text.lines().any(|l| l == line), "no '{line}' in\n{text}");
-    drop(serve);
+    // Stopping a finished run: the run's rules refuse it and nothing is written.
+    let (code, body) = http_request(addr, "POST", "/api/fleet/runs/to-137/stop", &act, "");
+    assert_eq!(code, 409, "{body}");
+    let r = runs.get("to-137").await.unwrap();
+    assert!(!r.metadata.annotations.unwrap_or_default().contains_key("refit.dev/requested-by"));
+    assert_eq!(r.data["spec"]["state"], "Run");
     // The CLI's approval shares the Gate write; an unknown gate is bad input.
     refused(refit().args(["fleet", "--hub"]).arg(hub.kubeconfig()).args([
         "--hub-namespace",
@@ -483,17 +488,28 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
         assert!(seen.iter().any(|(k, r)| (k.as_str(), r.as_str()) == want), "no {want:?} event in {seen:?}");
     }
 
-    // Metrics of the leader.
-    let (code, metrics) = http_get(controller.addr, "/metrics");
-    assert_eq!(code, 200);
-    for line in [
+    // Metrics of the leader (its gauges are set by its next pass over the run).
+    let wanted = [
         "refit_controller_leader 1",
         "refit_controller_run_state{run=\"to-137\",state=\"Completed\"} 1",
         "refit_controller_run_state{run=\"to-137\",state=\"Pending\"} 0",
         "refit_controller_gates_pending{run=\"to-137\"} 0",
         "refit_controller_member_upgrade_duration_seconds_count{outcome=\"succeeded\"} 2",
-    ] {
-        assert!(metrics.lines().any(|l| l == line), "no '{line}' in\n{metrics}");
+    ];
+    let mut metrics = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let (code, text) = http_get(controller.addr, "/metrics");
+        assert_eq!(code, 200);
+        metrics = text;
+        if wanted.iter().all(|w| metrics.lines().any(|l| l == *w)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for line in wanted {
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(metrics.lines().any(|l| l == line), "no '{line}' in\n{metrics}\ncontroller log:\n{log}");
     }
 
     // A member whose Secret reaches another cluster than the one it is bound to: refused,
@@ -516,6 +532,18 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
             .unwrap()
             .is_none_or(|cu| cu.data["status"]["state"] != "Running")
     );
+    // Stopped through the server: spec.state written with who asked, and the reconciler stops it.
+    let (code, body) = http_request(addr, "POST", "/api/fleet/runs/rogue-run/stop", &act, "");
+    assert_eq!(code, 200, "{body}");
+    let r = runs.get("rogue-run").await.unwrap();
+    assert_eq!(r.data["spec"]["state"], "Stop");
+    assert_eq!(r.metadata.annotations.unwrap_or_default()["refit.dev/requested-by"], "alice");
+    eventually("the reconciler stops the run", Duration::from_secs(60), &log, async || {
+        let r = runs.get("rogue-run").await.unwrap();
+        (r.data["status"]["state"] == "Stopped").then_some(())
+    })
+    .await;
+    drop(serve);
 
     // What the hub served for the first run (its two member upgrades), less this test's own
     // polling (GETs of updateruns and gates): printed, not asserted.

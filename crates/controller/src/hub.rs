@@ -120,6 +120,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_approval_made_for_someone_records_them_and_who_vouched() {
+        let mut a = crate::resources::ApprovalRequest {
+            approver: "system:serviceaccount:ops:refit-serve".into(),
+            expires_at: None,
+            on_behalf_of: None,
+        };
+        assert_eq!(a.by(), "system:serviceaccount:ops:refit-serve");
+        a.on_behalf_of = Some("alice".into());
+        assert_eq!(a.by(), "alice (through system:serviceaccount:ops:refit-serve)");
+    }
+
+    #[test]
     fn gate_object_names_are_unambiguous() {
         assert_eq!(gate_object_name("to-137", "canary/after/1"), "to-137.canary.after.1");
         assert_ne!(gate_object_name("r", "a-b/c/before/1"), gate_object_name("r", "a/b-c/before/1"));
