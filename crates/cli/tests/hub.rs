@@ -30,6 +30,9 @@ use support::{Sandbox, http_get, http_request, refit, refused, release, start_co
 
 const NS: &str = "fleet";
 
+/// The hub user `refit serve --hub` runs as.
+const SERVE_USER: &str = "refit-serve-user";
+
 /// The `refit serve --hub` token of the person approving through it.
 const TOKEN: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
 
@@ -324,7 +327,26 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
     assert!(std::fs::read_to_string(canary_dir.join("actions.log")).unwrap().lines().count() >= 2);
 
     // `refit serve --hub`: the API over the hub's objects while the run waits on its gate.
-    let (serve, addr) = start_serve(root, &hub.kubeconfig());
+    // Its own hub identity: a user bound in the fleet's namespace to the manifests' refit-serve
+    // role, and nothing else (the testbed's admin impersonates it).
+    kubectl(&[
+        "-n",
+        NS,
+        "create",
+        "rolebinding",
+        "serve",
+        "--clusterrole",
+        "refit-serve",
+        "--user",
+        SERVE_USER,
+    ]);
+    let mut kc = kube::config::Kubeconfig::read_from(hub.kubeconfig()).unwrap();
+    for a in &mut kc.auth_infos {
+        a.auth_info.as_mut().unwrap().impersonate = Some(SERVE_USER.into());
+    }
+    let serve_kubeconfig = root.join("serve.kubeconfig");
+    std::fs::write(&serve_kubeconfig, serde_json::to_string(&kc).unwrap()).unwrap();
+    let (serve, addr) = start_serve(root, &serve_kubeconfig);
     let bearer = format!("Bearer {TOKEN}");
     let auth = [("Authorization", bearer.as_str())];
     let get = |path: &str| {
@@ -407,6 +429,7 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
     let gate = gates.get("to-137.canary.after.1").await.unwrap();
     assert_eq!(gate.data["status"]["state"], "Completed");
     let approver = gate.data["spec"]["approval"]["approver"].as_str().unwrap().to_string();
+    assert_eq!(approver, SERVE_USER);
     assert_eq!(gate.data["spec"]["approval"]["onBehalfOf"], "alice");
     let recorded = format!("alice (through {approver})");
     assert_eq!(gate.data["status"]["approvedBy"], recorded.as_str());

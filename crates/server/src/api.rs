@@ -2,7 +2,8 @@
 //!
 //! Errors are JSON `{"error": "..."}` with the status that says who must act: 400 malformed
 //! request, 401 no or wrong token, 403 missing CSRF token or foreign origin, 404 unknown run,
-//! 409 the run's rules refuse the action (nothing changed), 500 the store failed.
+//! 409 the run's rules refuse the action (nothing changed), 500 the store failed, 502 the hub
+//! failed (`refit serve --hub`).
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -33,7 +33,7 @@ use kube::Resource;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use refit_controller::resources::{ClusterUpgrade, Gate, Member, UpdateRun, UpdateStrategy};
+use refit_controller::resources::{ClusterUpgrade, Gate, Member, RunRequest, UpdateRun, UpdateStrategy};
 use refit_controller::store::{details_of, member_record, stored_run};
 use refit_core::fleet::{Event, RunState, Strategy, UpdateState, apply};
 use refit_store::fleet::{Lease, MemberProgress, MemberRecord, RunEvent, StoredRun};
@@ -366,6 +366,7 @@ impl HubSource {
     async fn write(
         &self,
         actor: &str,
+        obj: &UpdateRun,
         cur: &RunState,
         action: &Action,
         now: Timestamp,
@@ -399,25 +400,27 @@ impl HubSource {
             ))),
             Action::Stop | Action::Start => {
                 let (request, event) = match action {
-                    Action::Stop => ("Stop", Event::Stop { at: now, by: Some(actor.to_string()) }),
+                    Action::Stop => (RunRequest::Stop, Event::Stop { at: now, by: Some(actor.to_string()) }),
                     _ => (
-                        "Run",
+                        RunRequest::Run,
                         Event::Start { at: now, targets: None, plan: None, by: Some(actor.to_string()) },
                     ),
                 };
                 // A first start freezes targets, which the reconciler does; core judges the rest.
-                if !(request == "Run" && cur.status.state == UpdateState::NotStarted) {
+                if !(request == RunRequest::Run && cur.status.state == UpdateState::NotStarted) {
                     apply(cur, &event)?;
                 }
                 let api: Api<UpdateRun> = Api::namespaced(self.conn.client.clone(), &self.namespace);
-                let patch = json!({
-                    "metadata": {"annotations": {REQUESTED_BY: actor}},
-                    "spec": {"state": request},
-                });
-                api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| ActError::Read(read_err(format!("writing UpdateRun {name}"), e)))
+                for state in spec_writes(obj.spec.state, request) {
+                    let patch = json!({
+                        "metadata": {"annotations": {REQUESTED_BY: actor}},
+                        "spec": {"state": state},
+                    });
+                    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .map_err(|e| ActError::Read(read_err(format!("writing UpdateRun {name}"), e)))?;
+                }
+                Ok(())
             }
         }
     }
@@ -451,6 +454,17 @@ impl HubSource {
             outcome,
             detail,
         })
+    }
+}
+
+/// The `spec.state` writes that make the controller act on `want`. It acts once per generation
+/// of the spec, so starting again a run whose spec already says Run (it failed, say) writes
+/// Stop first — a stop the run's rules refuse on a finished run, so nothing but the new
+/// generation comes of it. A stop is always one write: it never passes through Run.
+fn spec_writes(current: Option<RunRequest>, want: RunRequest) -> Vec<RunRequest> {
+    match (current, want) {
+        (Some(RunRequest::Run), RunRequest::Run) => vec![RunRequest::Stop, RunRequest::Run],
+        (_, want) => vec![want],
     }
 }
 
@@ -589,7 +603,8 @@ impl Source for HubSource {
                 "run {run} is not initialized yet (the controller copies its strategy first); try again"
             )));
         };
-        let result = self.runtime.block_on(self.write(actor, &cur.state, action, now)).map(|()| cur.state);
+        let result =
+            self.runtime.block_on(self.write(actor, &obj, &cur.state, action, now)).map(|()| cur.state);
         let (outcome, detail) = audit_outcome(&result);
         let reason = match outcome {
             AuditOutcome::Done => "ActionDone",
@@ -677,6 +692,17 @@ mod tests {
             assert_eq!(r.actor, "alice: ops");
             assert_eq!((r.action.as_str(), r.outcome, r.detail.as_str()), ("approve-gate", outcome, detail));
             assert!(r.target.ends_with("to-137/canary/after/1"), "{}", r.target);
+        }
+    }
+
+    #[test]
+    fn starting_again_passes_through_stop_and_stopping_never_through_run() {
+        use RunRequest::{Run, Stop};
+        assert_eq!(spec_writes(None, Run), [Run]);
+        assert_eq!(spec_writes(Some(Stop), Run), [Run]);
+        assert_eq!(spec_writes(Some(Run), Run), [Stop, Run]);
+        for current in [None, Some(Run), Some(Stop)] {
+            assert_eq!(spec_writes(current, Stop), [Stop]);
         }
     }
 

@@ -4,11 +4,11 @@
 //! build step), Prometheus metrics, and webhook notifications.
 //!
 //! The server never talks to SQLite itself: it reads and acts through [`source::Source`], which
-//! the local store implements today ([`source::LocalStore`]) and a hub cluster can implement
-//! later. Actions (approve a gate, skip, stop, start) are core's fleet events applied the way the
+//! the local store implements ([`source::LocalStore`]) and so does a hub cluster's fleet
+//! ([`hub::HubSource`], `refit serve --hub`: watch caches, changes pushed to the stream). Actions (approve a gate, skip, stop, start) are core's fleet events applied the way the
 //! CLI applies them, and every one is audited with the name of the token that asked.
 //!
-//! Layout: `auth` (tokens, sessions, CSRF), `api` (JSON routes), `stream` (the journal tail and
+//! Layout: `auth` (tokens, sessions, CSRF), `api` (JSON routes), `hub` (the hub source), `stream` (the journal tail and
 //! its broadcast), `metrics`, `dashboard` (HTML), `view` (pure projections: a cluster run's
 //! per-node timeline, blockers and ETA), `notify` (webhook rules and delivery), `openapi`.
 

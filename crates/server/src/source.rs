@@ -1,6 +1,6 @@
 //! Where the server's state comes from and where its actions go: [`Source`], implemented by
-//! the local SQLite store ([`LocalStore`]); a hub cluster (custom resources) can implement the
-//! same trait later, and the API, stream, metrics and notifier stay as they are.
+//! the local SQLite store ([`LocalStore`]) and by a hub cluster's custom resources
+//! ([`crate::hub::HubSource`]); the API, stream, metrics and notifier stay as they are.
 //!
 //! The trait is synchronous on purpose: the store is, and every call is short. The server calls
 //! it from `spawn_blocking`, so a slow disk never stalls the async workers.
