@@ -30,6 +30,9 @@ use support::{Sandbox, http_get, http_request, refit, refused, release, start_co
 
 const NS: &str = "fleet";
 
+/// The approval alice posts.
+const APPROVE: &str = r#"{"gate": "canary/after/1"}"#;
+
 /// The hub user `refit serve --hub` runs as.
 const SERVE_USER: &str = "refit-serve-user";
 
@@ -75,6 +78,187 @@ fn start_serve(root: &Path, kubeconfig: &Path) -> (Serve, std::net::SocketAddr) 
         .parse()
         .unwrap();
     (serve, addr)
+}
+
+/// `refit serve --hub` refuses a hub it cannot serve before anything listens (exit 2, one line
+/// naming the fix): no refit CRDs yet (call it before the manifests are applied), a context the
+/// kubeconfig lacks, nobody serving the kubeconfig's address.
+fn serve_refuses_hubs_it_cannot_serve(root: &Path, kubeconfig: &Path) {
+    let serve_hub = |kubeconfig: &Path, extra: &[&str]| {
+        let mut c = refit();
+        c.args(["serve", "--listen", "127.0.0.1:0", "-n", NS, "--hub"]).arg(kubeconfig).args(extra);
+        c
+    };
+    let err = refused(&mut serve_hub(kubeconfig, &[]));
+    assert!(err.contains("refit controller manifests"), "{err}");
+    let err = refused(&mut serve_hub(kubeconfig, &["--context", "nope"]));
+    assert!(err.contains("'nope'"), "{err}");
+    let dead = root.join("dead.kubeconfig");
+    std::fs::write(&dead, support::DEAD_KUBECONFIG).unwrap();
+    let err = refused(&mut serve_hub(&dead, &[]));
+    assert!(err.contains("cannot reach"), "{err}");
+}
+
+/// A `refit serve --hub` process over the fleet of run `to-137` (a canary stage with an
+/// after-stage Approval gate, a prod stage), used as alice with her token and CSRF token.
+struct ServeHub {
+    _process: Serve,
+    addr: std::net::SocketAddr,
+    bearer: String,
+}
+
+impl ServeHub {
+    /// Starts the server as its own hub identity: a user bound in the fleet's namespace to the
+    /// manifests' refit-serve role and nothing else (the testbed's admin impersonates it).
+    fn start(root: &Path, admin_kubeconfig: &Path, kubectl: &dyn Fn(&[&str]) -> String) -> ServeHub {
+        kubectl(&[
+            "-n",
+            NS,
+            "create",
+            "rolebinding",
+            "serve",
+            "--clusterrole",
+            "refit-serve",
+            "--user",
+            SERVE_USER,
+        ]);
+        let mut kc = kube::config::Kubeconfig::read_from(admin_kubeconfig).unwrap();
+        for a in &mut kc.auth_infos {
+            a.auth_info.as_mut().unwrap().impersonate = Some(SERVE_USER.into());
+        }
+        let kubeconfig = root.join("serve.kubeconfig");
+        std::fs::write(&kubeconfig, serde_json::to_string(&kc).unwrap()).unwrap();
+        let (process, addr) = start_serve(root, &kubeconfig);
+        ServeHub { _process: process, addr, bearer: format!("Bearer {TOKEN}") }
+    }
+
+    fn auth(&self) -> [(&str, &str); 1] {
+        [("Authorization", self.bearer.as_str())]
+    }
+
+    /// GET `path` with the token: 200 and its JSON.
+    fn get(&self, path: &str) -> serde_json::Value {
+        let (code, body) = http_request(self.addr, "GET", path, &self.auth(), "");
+        assert_eq!(code, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// POST `path` with the token and the CSRF token: (status, body).
+    fn post(&self, path: &str, body: &str) -> (u16, String) {
+        let csrf = self.get("/api/session")["csrfToken"].as_str().unwrap().to_string();
+        let headers = [("Authorization", self.bearer.as_str()), ("X-CSRF-Token", csrf.as_str())];
+        http_request(self.addr, "POST", path, &headers, body)
+    }
+
+    /// While the run waits on its gate: the tree from the hub (each member's detail joined in
+    /// from its ClusterUpgrade), the dashboard's page, gates and members; no token → 401, an
+    /// unknown run → JSON 404, an action without CSRF → 403, a skip (no hub verb) → 409.
+    fn shows_the_waiting_run_and_refuses_bad_requests(&self, prod_dir: &Path) {
+        let tree = self.get("/api/fleet/runs/to-137");
+        assert_eq!(tree["state"], "Pending", "{tree}");
+        let canary = &tree["stages"][0];
+        assert_eq!(canary["afterGates"][0]["state"], "Pending", "{tree}");
+        assert_eq!(canary["groups"][0]["members"][0]["name"], "canary-1", "{tree}");
+        assert_eq!(canary["groups"][0]["members"][0]["state"], "Completed", "{tree}");
+        assert!(canary["groups"][0]["members"][0]["target"].is_object(), "{tree}");
+        assert_eq!(tree["stages"][1]["groups"][0]["members"][0]["state"], "NotStarted", "{tree}");
+        let (code, page) = http_request(self.addr, "GET", "/fleet/runs/to-137", &self.auth(), "");
+        assert_eq!(code, 200, "{page}");
+        assert!(page.contains("canary/after/1") && page.contains("canary-1"), "{page}");
+        let pending = self.get("/api/fleet/gates");
+        assert_eq!(pending[0]["run"], "to-137", "{pending}");
+        let names: Vec<String> = self
+            .get("/api/fleet/members")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].to_string())
+            .collect();
+        assert_eq!(names, ["\"canary-1\"", "\"prod-1\"", "\"rogue-1\""]);
+        let (code, body) = http_request(self.addr, "GET", "/api/fleet/runs/to-137", &[], "");
+        assert_eq!(code, 401, "{body}");
+        let (code, body) = http_request(self.addr, "GET", "/api/fleet/runs/nope", &self.auth(), "");
+        assert_eq!(code, 404, "{body}");
+        assert!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"].is_string(), "{body}");
+        let (code, body) =
+            http_request(self.addr, "POST", "/api/fleet/runs/to-137/approve", &self.auth(), APPROVE);
+        assert_eq!(code, 403, "{body}");
+        let (code, body) = self.post("/api/fleet/runs/to-137/skip", r#"{"targets": ["Member:prod-1"]}"#);
+        assert_eq!(code, 409, "{body}");
+        assert!(body.contains("not available on a hub"), "{body}");
+        assert!(std::fs::read_to_string(prod_dir.join("actions.log")).is_err(), "prod-1 was touched");
+    }
+
+    /// Approves the gate as alice (written to the Gate by the server's hub identity on her
+    /// behalf); the watch on Gates feeds the event stream, which shows the change.
+    fn approves_the_gate_and_streams_the_change(&self) {
+        let stream = event_stream(self.addr);
+        // Subscribed once the response starts.
+        let head = stream.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(head.contains(" 200 "), "{head}");
+        let (code, body) = self.post("/api/fleet/runs/to-137/approve", APPROVE);
+        assert_eq!(code, 200, "{body}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let line = stream.recv_timeout(deadline.saturating_duration_since(Instant::now())).unwrap();
+            if line.starts_with("data:") && line.contains("\"event\":\"Gate\"") && line.contains("to-137") {
+                break;
+            }
+        }
+    }
+
+    /// After the run completed: the server shows it completed and approved as `recorded`, its
+    /// audit (the hub's Events from refit-serve) names alice, `/metrics` reads the same watch
+    /// caches, and a stop of the finished run is refused (409) with nothing written.
+    async fn shows_the_completed_run(
+        &self,
+        recorded: &str,
+        runs: &Api<kube::api::DynamicObject>,
+        log: &Path,
+    ) {
+        let shown =
+            eventually("the server shows the run completed", Duration::from_secs(30), log, async || {
+                let r = self.get("/api/fleet/runs/to-137");
+                (r["state"] == "Completed").then_some(r)
+            })
+            .await;
+        assert_eq!(shown["stages"][0]["afterGates"][0]["approval"]["by"], recorded, "{shown}");
+        let audit = self.get("/api/fleet/runs/to-137/audit");
+        let trail: Vec<(String, String, String)> = audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| (a["actor"].to_string(), a["action"].to_string(), a["outcome"].to_string()))
+            .collect();
+        for want in [("alice", "approve-gate", "done"), ("alice", "skip", "refused")] {
+            let want = (format!("\"{}\"", want.0), format!("\"{}\"", want.1), format!("\"{}\"", want.2));
+            assert!(trail.contains(&want), "no {want:?} in {trail:?}");
+        }
+        let (code, text) = http_request(self.addr, "GET", "/metrics", &self.auth(), "");
+        assert_eq!(code, 200);
+        let line = "refit_fleet_run_state{run=\"to-137\",state=\"Completed\"} 1";
+        assert!(text.lines().any(|l| l == line), "no '{line}' in\n{text}");
+        let (code, body) = self.post("/api/fleet/runs/to-137/stop", "");
+        assert_eq!(code, 409, "{body}");
+        let r = runs.get("to-137").await.unwrap();
+        assert!(!r.metadata.annotations.unwrap_or_default().contains_key("refit.dev/requested-by"));
+        assert_eq!(r.data["spec"]["state"], "Run");
+    }
+
+    /// Stops `run` (Running or Pending): spec.state written with who asked; the reconciler
+    /// stops it.
+    async fn stops(&self, run: &str, runs: &Api<kube::api::DynamicObject>, log: &Path) {
+        let (code, body) = self.post(&format!("/api/fleet/runs/{run}/stop"), "");
+        assert_eq!(code, 200, "{body}");
+        let r = runs.get(run).await.unwrap();
+        assert_eq!(r.data["spec"]["state"], "Stop");
+        assert_eq!(r.metadata.annotations.unwrap_or_default()["refit.dev/requested-by"], "alice");
+        eventually("the reconciler stops the run", Duration::from_secs(60), log, async || {
+            let r = runs.get(run).await.unwrap();
+            (r.data["status"]["state"] == "Stopped").then_some(())
+        })
+        .await;
+    }
 }
 
 /// The lines of the server's event stream (`/api/events`), as they arrive.
@@ -184,21 +368,7 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
         assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
-    // `refit serve --hub` refuses a hub it cannot serve before anything listens (exit 2, one
-    // line naming the fix): no refit CRDs yet, a context the kubeconfig lacks, nobody there.
-    let serve_hub = |kubeconfig: &Path, extra: &[&str]| {
-        let mut c = refit();
-        c.args(["serve", "--listen", "127.0.0.1:0", "-n", NS, "--hub"]).arg(kubeconfig).args(extra);
-        c
-    };
-    let err = refused(&mut serve_hub(&hub.kubeconfig(), &[]));
-    assert!(err.contains("refit controller manifests"), "{err}");
-    let err = refused(&mut serve_hub(&hub.kubeconfig(), &["--context", "nope"]));
-    assert!(err.contains("'nope'"), "{err}");
-    let dead = root.join("dead.kubeconfig");
-    std::fs::write(&dead, support::DEAD_KUBECONFIG).unwrap();
-    let err = refused(&mut serve_hub(&dead, &[]));
-    assert!(err.contains("cannot reach"), "{err}");
+    serve_refuses_hubs_it_cannot_serve(root, &hub.kubeconfig());
 
     let manifests = root.join("hub.yaml");
     std::fs::write(&manifests, support::stdout(refit().args(["controller", "manifests", "-n", NS]))).unwrap();
@@ -326,86 +496,10 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
     );
     assert!(std::fs::read_to_string(canary_dir.join("actions.log")).unwrap().lines().count() >= 2);
 
-    // `refit serve --hub`: the API over the hub's objects while the run waits on its gate.
-    // Its own hub identity: a user bound in the fleet's namespace to the manifests' refit-serve
-    // role, and nothing else (the testbed's admin impersonates it).
-    kubectl(&[
-        "-n",
-        NS,
-        "create",
-        "rolebinding",
-        "serve",
-        "--clusterrole",
-        "refit-serve",
-        "--user",
-        SERVE_USER,
-    ]);
-    let mut kc = kube::config::Kubeconfig::read_from(hub.kubeconfig()).unwrap();
-    for a in &mut kc.auth_infos {
-        a.auth_info.as_mut().unwrap().impersonate = Some(SERVE_USER.into());
-    }
-    let serve_kubeconfig = root.join("serve.kubeconfig");
-    std::fs::write(&serve_kubeconfig, serde_json::to_string(&kc).unwrap()).unwrap();
-    let (serve, addr) = start_serve(root, &serve_kubeconfig);
-    let bearer = format!("Bearer {TOKEN}");
-    let auth = [("Authorization", bearer.as_str())];
-    let get = |path: &str| {
-        let (code, body) = http_request(addr, "GET", path, &auth, "");
-        assert_eq!(code, 200, "GET {path}: {body}");
-        serde_json::from_str::<serde_json::Value>(&body).unwrap()
-    };
-    let tree = get("/api/fleet/runs/to-137");
-    assert_eq!(tree["state"], "Pending", "{tree}");
-    let canary = &tree["stages"][0];
-    assert_eq!(canary["afterGates"][0]["state"], "Pending", "{tree}");
-    assert_eq!(canary["groups"][0]["members"][0]["name"], "canary-1", "{tree}");
-    assert_eq!(canary["groups"][0]["members"][0]["state"], "Completed", "{tree}");
-    // Each member's detail joined in from its ClusterUpgrade, as in the driver's view.
-    assert!(canary["groups"][0]["members"][0]["target"].is_object(), "{tree}");
-    assert_eq!(tree["stages"][1]["groups"][0]["members"][0]["state"], "NotStarted", "{tree}");
-    // The dashboard's page of the run, from the same source.
-    let (code, page) = http_request(addr, "GET", "/fleet/runs/to-137", &auth, "");
-    assert_eq!(code, 200, "{page}");
-    assert!(page.contains("canary/after/1") && page.contains("canary-1"), "{page}");
-    let pending = get("/api/fleet/gates");
-    assert_eq!(pending[0]["run"], "to-137", "{pending}");
-    let names: Vec<String> =
-        get("/api/fleet/members").as_array().unwrap().iter().map(|m| m["name"].to_string()).collect();
-    assert_eq!(names, ["\"canary-1\"", "\"prod-1\"", "\"rogue-1\""]);
-    // No token: 401; unknown run: 404 as JSON; an action without CSRF: 403; skipping, which the
-    // hub has no verb for: 409 saying so.
-    let (code, body) = http_request(addr, "GET", "/api/fleet/runs/to-137", &[], "");
-    assert_eq!(code, 401, "{body}");
-    let (code, body) = http_request(addr, "GET", "/api/fleet/runs/nope", &auth, "");
-    assert_eq!(code, 404, "{body}");
-    assert!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"].is_string(), "{body}");
-    let approve = r#"{"gate": "canary/after/1"}"#;
-    let (code, body) = http_request(addr, "POST", "/api/fleet/runs/to-137/approve", &auth, approve);
-    assert_eq!(code, 403, "{body}");
-    let csrf = get("/api/session")["csrfToken"].as_str().unwrap().to_string();
-    let act = [("Authorization", bearer.as_str()), ("X-CSRF-Token", csrf.as_str())];
-    let (code, body) =
-        http_request(addr, "POST", "/api/fleet/runs/to-137/skip", &act, r#"{"targets": ["Member:prod-1"]}"#);
-    assert_eq!(code, 409, "{body}");
-    assert!(body.contains("not available on a hub"), "{body}");
-    assert!(std::fs::read_to_string(prod_dir.join("actions.log")).is_err(), "prod-1 was touched");
-
-    // Approved through the server with token and CSRF, as alice: written to the Gate by the
-    // server's hub identity on her behalf; the reconciler proceeds and the run succeeds.
-    let stream = event_stream(addr);
-    // Subscribed once the response starts.
-    let head = stream.recv_timeout(Duration::from_secs(10)).unwrap();
-    assert!(head.contains(" 200 "), "{head}");
-    let (code, body) = http_request(addr, "POST", "/api/fleet/runs/to-137/approve", &act, approve);
-    assert_eq!(code, 200, "{body}");
-    // The watch on Gates feeds the event stream: the approval written shows up as a change.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let line = stream.recv_timeout(deadline.saturating_duration_since(Instant::now())).unwrap();
-        if line.starts_with("data:") && line.contains("\"event\":\"Gate\"") && line.contains("to-137") {
-            break;
-        }
-    }
+    // `refit serve --hub` shows the waiting run; alice approves through it.
+    let serve = ServeHub::start(root, &hub.kubeconfig(), &kubectl);
+    serve.shows_the_waiting_run_and_refuses_bad_requests(&prod_dir);
+    serve.approves_the_gate_and_streams_the_change();
     let run = eventually("the run succeeds", Duration::from_secs(300), &log, async || {
         polls += 1;
         let r = runs.get("to-137").await.unwrap();
@@ -433,35 +527,7 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
     assert_eq!(gate.data["spec"]["approval"]["onBehalfOf"], "alice");
     let recorded = format!("alice (through {approver})");
     assert_eq!(gate.data["status"]["approvedBy"], recorded.as_str());
-    // The server shows what the hub holds: the run completed, approved by alice, and its audit
-    // (the hub's Events from refit-serve) names her; /metrics reads the same watch caches.
-    let shown = eventually("the server shows the run completed", Duration::from_secs(30), &log, async || {
-        let r = get("/api/fleet/runs/to-137");
-        (r["state"] == "Completed").then_some(r)
-    })
-    .await;
-    assert_eq!(shown["stages"][0]["afterGates"][0]["approval"]["by"], recorded.as_str(), "{shown}");
-    let audit = get("/api/fleet/runs/to-137/audit");
-    let trail: Vec<(String, String, String)> = audit
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| (a["actor"].to_string(), a["action"].to_string(), a["outcome"].to_string()))
-        .collect();
-    for want in [("alice", "approve-gate", "done"), ("alice", "skip", "refused")] {
-        let want = (format!("\"{}\"", want.0), format!("\"{}\"", want.1), format!("\"{}\"", want.2));
-        assert!(trail.contains(&want), "no {want:?} in {trail:?}");
-    }
-    let (code, text) = http_request(addr, "GET", "/metrics", &auth, "");
-    assert_eq!(code, 200);
-    let line = "refit_fleet_run_state{run=\"to-137\",state=\"Completed\"} 1";
-    assert!(text.lines().any(|l| l == line), "no '{line}' in\n{text}");
-    // Stopping a finished run: the run's rules refuse it and nothing is written.
-    let (code, body) = http_request(addr, "POST", "/api/fleet/runs/to-137/stop", &act, "");
-    assert_eq!(code, 409, "{body}");
-    let r = runs.get("to-137").await.unwrap();
-    assert!(!r.metadata.annotations.unwrap_or_default().contains_key("refit.dev/requested-by"));
-    assert_eq!(r.data["spec"]["state"], "Run");
+    serve.shows_the_completed_run(&recorded, &runs, &log).await;
     // The CLI's approval shares the Gate write; an unknown gate is bad input.
     refused(refit().args(["fleet", "--hub"]).arg(hub.kubeconfig()).args([
         "--hub-namespace",
@@ -555,17 +621,7 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
             .unwrap()
             .is_none_or(|cu| cu.data["status"]["state"] != "Running")
     );
-    // Stopped through the server: spec.state written with who asked, and the reconciler stops it.
-    let (code, body) = http_request(addr, "POST", "/api/fleet/runs/rogue-run/stop", &act, "");
-    assert_eq!(code, 200, "{body}");
-    let r = runs.get("rogue-run").await.unwrap();
-    assert_eq!(r.data["spec"]["state"], "Stop");
-    assert_eq!(r.metadata.annotations.unwrap_or_default()["refit.dev/requested-by"], "alice");
-    eventually("the reconciler stops the run", Duration::from_secs(60), &log, async || {
-        let r = runs.get("rogue-run").await.unwrap();
-        (r.data["status"]["state"] == "Stopped").then_some(())
-    })
-    .await;
+    serve.stops("rogue-run", &runs, &log).await;
     drop(serve);
 
     // What the hub served for the first run (its two member upgrades), less this test's own
