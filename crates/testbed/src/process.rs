@@ -198,6 +198,14 @@ impl Proc {
     }
 }
 
+/// SIGKILL to one process (not its group).
+pub fn kill_pid(pid: i32) {
+    if pid > 0 {
+        // SAFETY: kill(2) on one positive pid with a constant signal; no memory is involved.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
 /// Whether `pid` names a live, non-zombie process.
 pub fn pid_alive(pid: i32) -> bool {
     if pid <= 1 {

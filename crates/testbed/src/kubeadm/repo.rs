@@ -493,10 +493,45 @@ impl SigningKey {
     }
 
     /// Stops the gpg-agent gpg started for this home (none may outlive the sandbox's work).
+    /// `gpgconf --kill` only asks the agent to exit: on a loaded machine it was seen still
+    /// running afterwards (the repo test caught it), so this waits for it to be gone, and kills
+    /// it after 2 s.
     fn stop_agent(&self) -> Result<(), Error> {
-        run_tool(Command::new("gpgconf").arg("--homedir").arg(&self.home).args(["--kill", "all"]), None)
-            .map(|_| ())
+        run_tool(Command::new("gpgconf").arg("--homedir").arg(&self.home).args(["--kill", "all"]), None)?;
+        let started = std::time::Instant::now();
+        loop {
+            let left = agents_of(&self.home);
+            if left.is_empty() {
+                return Ok(());
+            }
+            if started.elapsed() > std::time::Duration::from_secs(2) {
+                left.iter().copied().for_each(crate::process::kill_pid);
+            }
+            if started.elapsed() > std::time::Duration::from_secs(10) {
+                return Err(Error::Process {
+                    name: "gpg-agent".into(),
+                    detail: format!("pids {left:?} outlived gpgconf --kill and SIGKILL"),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
+}
+
+/// The pids of the gpg-agents running for gpg home `home` (their command line names it).
+fn agents_of(home: &Path) -> Vec<i32> {
+    let needle = home.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|raw| {
+                let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+                cmdline.contains("gpg-agent") && cmdline.contains(&needle)
+            })
+        })
+        .collect()
 }
 
 /// A command to run on a node: a program and its arguments (never a shell string), extra
