@@ -175,6 +175,8 @@ pub fn start_controller(
         .args(["controller", "-n", namespace, "--listen", "127.0.0.1:0", "--kubeconfig"])
         .arg(kubeconfig)
         .env("RUST_LOG", "info")
+        // Its private journal directory goes beside the log (a killed replica leaves it).
+        .env("TMPDIR", log.and_then(|l| l.parent()).unwrap_or(&std::env::temp_dir()))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
