@@ -133,7 +133,7 @@ if [ -f "$1/running" ]; then
   st=$(cut -d' ' -f3,4,22 "/proc/$4/stat" 2>/dev/null)
   case "$st" in
     Z*|X*|"") ;;
-    *) if [ "${st##* }" = "$6" ]; then
+    *) if [ "${{st##* }}" = "$6" ]; then
          echo "$2 (pid $$) started while action $4 ($5, state/parent/start $st) runs" >> "$1/concurrent.log"
        fi ;;
   esac
