@@ -156,7 +156,9 @@ rm -f "$1/running"
         std::fs::write(&manifests, support::stdout(refit().args(["controller", "manifests", "-n", NS])))
             .unwrap();
         hub.kubectl(&["apply", "-f", manifests.to_str().unwrap()]);
-        for crd in ["members", "updatestrategies", "updateruns", "gates", "clusterupgrades"] {
+        for crd in
+            ["members", "updatestrategies", "updateruns", "gates", "clusterupgrades", "autoupgradeprofiles"]
+        {
             hub.kubectl(&[
                 "wait",
                 "--for=condition=Established",
@@ -355,19 +357,8 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
     }
 
     // Events, as `kubectl describe` shows them.
-    let events: Api<KubeEvent> = Api::namespaced(client.clone(), NS);
-    let list = events.list(&ListParams::default()).await.unwrap();
-    let seen: Vec<(String, String)> = list
-        .items
-        .iter()
-        .map(|e| {
-            (
-                e.regarding.as_ref().and_then(|r| r.kind.clone()).unwrap_or_default(),
-                e.reason.clone().unwrap_or_default(),
-            )
-        })
-        .collect();
-    for want in [
+    // (Published right after the status write the test saw: waited for.)
+    for (kind, reason) in [
         ("UpdateRun", "Initialized"),
         ("UpdateRun", "Started"),
         ("Gate", "WaitingOnGate"),
@@ -378,7 +369,10 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
         ("Member", "UpgradeSucceeded"),
         ("UpdateRun", "Completed"),
     ] {
-        assert!(seen.iter().any(|(k, r)| (k.as_str(), r.as_str()) == want), "no {want:?} event in {seen:?}");
+        eventually(&format!("a {reason} event about a {kind}"), Duration::from_secs(30), &log, async || {
+            seen_event(&client, kind, reason).await.then_some(())
+        })
+        .await;
     }
 
     // Metrics of the leader.
@@ -420,6 +414,51 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
             .is_none_or(|cu| cu.data["status"]["state"] != "Running")
     );
 
+    // Auto-upgrade profiles fire by themselves: members at 1.37.1 and a catalog whose newest
+    // 1.37 patch is newer give the Rapid profile a run, generated and started once; its
+    // strategy's before-stage Approval holds it (the testbed has no newer release to install).
+    // A disabled profile generates nothing.
+    hub.add_strategy(
+        "gated",
+        json!([{"name": "all", "groups": [{"name": "canary"}, {"name": "prod"}, {"name": "rogue"}],
+                "beforeGates": [{"type": "Approval"}]}]),
+    )
+    .await;
+    let profiles = hub.api("AutoUpgradeProfile");
+    let post = PostParams::default();
+    for (name, disabled) in [("auto", false), ("off", true)] {
+        let p: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "refit.dev/v1alpha1", "kind": "AutoUpgradeProfile",
+            "metadata": {"name": name},
+            "spec": {"channel": "Rapid", "strategy": "gated", "disabled": disabled}
+        }))
+        .unwrap();
+        profiles.create(&post, &p).await.unwrap();
+    }
+    let generated = eventually("the profile generates its run", Duration::from_secs(120), &log, async || {
+        let p = profiles.get("auto").await.unwrap();
+        p.data["status"]["lastGeneratedRun"].as_str().map(str::to_string)
+    })
+    .await;
+    assert!(generated.starts_with("auto-rapid-1-37-"), "{generated}");
+    let r = eventually("the generated run waits on its gate", Duration::from_secs(60), &log, async || {
+        let r = runs.get(&generated).await.unwrap();
+        (r.data["status"]["state"] == "Pending").then_some(r)
+    })
+    .await;
+    assert_eq!(r.data["spec"]["state"], "Run");
+    assert_eq!(r.data["spec"]["strategy"], "gated");
+    let profile = profiles.get("auto").await.unwrap();
+    assert_eq!(profile.data["status"]["lastTarget"], r.data["spec"]["kubernetesVersion"]);
+    let all = runs.list(&ListParams::default()).await.unwrap();
+    let names: Vec<String> = all.items.iter().filter_map(|r| r.metadata.name.clone()).collect();
+    assert_eq!(names.iter().filter(|n| n.starts_with("auto-")).count(), 1, "{names:?}");
+    assert!(!names.iter().any(|n| n.starts_with("off-")), "a disabled profile generated a run: {names:?}");
+    eventually("a RunGenerated event", Duration::from_secs(30), &log, async || {
+        seen_event(&client, "AutoUpgradeProfile", "RunGenerated").await.then_some(())
+    })
+    .await;
+
     // What the hub served for the first run (its two member upgrades), less this test's own
     // polling (GETs of updateruns and gates): printed, not asserted.
     let mut by_kind: Vec<((String, String), u64)> = after
@@ -435,6 +474,15 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
     );
     drop(controller);
     hub.tb.stop();
+}
+
+/// Whether the fleet namespace has an Event of `reason` about a `kind`.
+async fn seen_event(client: &kube::Client, kind: &str, reason: &str) -> bool {
+    let events: Api<KubeEvent> = Api::namespaced(client.clone(), NS);
+    events.list(&ListParams::default()).await.unwrap().items.iter().any(|e| {
+        e.reason.as_deref() == Some(reason)
+            && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some(kind)
+    })
 }
 
 /// Whether process `pid` runs (an exited one not reaped yet does not).

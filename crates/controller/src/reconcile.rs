@@ -34,7 +34,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use refit_core::fleet::{Event, GateRef, GateStatus, RunState, UpdateState, resolve};
 use refit_fleet::driver::{Driver, DriverConfig, Report, Sink};
-use refit_fleet::observe::{KubeObserver, fleet_members};
+use refit_fleet::observe::{KubeObserver, fleet_members, observe_all};
 use refit_fleet::store::{DriverStore, FleetStore};
 use refit_fleet::{SubprocessLauncher, commit_on};
 use serde_json::json;
@@ -42,7 +42,8 @@ use tokio::sync::Notify;
 
 use crate::leader::Role;
 use crate::resources::{
-    Gate, GateResourceSpec, GateResourceStatus, GateType, RunRequest, UpdateRun, UpdateStrategy,
+    AutoUpgradeProfile, Gate, GateResourceSpec, GateResourceStatus, GateType, RunRequest, UpdateRun,
+    UpdateRunSpec, UpdateStrategy,
 };
 use crate::store::{HubFleet, Leadership, fleet_err};
 
@@ -262,11 +263,12 @@ pub async fn lead(lead: Lead) -> Result<(), refit_fleet::Error> {
         tokio::spawn(nudge_on::<Gate>(client.clone(), namespace.clone(), nudge.clone())),
     ];
     let mut role = leadership.role.clone();
+    let mut profiles_due = Instant::now();
     let result = loop {
         if leadership.leading().is_none() {
             break Ok(());
         }
-        let wake = match pass(&mut d, &metrics).await {
+        let wake = match pass(&mut d, &metrics, &mut profiles_due).await {
             Ok(w) => w,
             Err(e @ refit_fleet::Error::Store(refit_store::Error::Deposed { .. })) => {
                 tracing::warn!("{e}");
@@ -333,9 +335,104 @@ where
     }
 }
 
+/// How often the leader evaluates the AutoUpgradeProfiles (each evaluation reads every
+/// member's version).
+pub const PROFILES_EVERY: Duration = Duration::from_secs(30);
+
+/// Whether a profile whose last generated run is `last` generates a run for `target` now:
+/// once per target — a run the profile generated and someone deleted is not generated again.
+pub fn profile_due(last: Option<&str>, target: &refit_core::fleet::ProfileTarget) -> bool {
+    last != Some(target.run_name.as_str())
+}
+
+/// Every enabled AutoUpgradeProfile whose channel points past some member's version generates
+/// its run and starts it (`state: Run`), exactly once per target: the run's name is
+/// deterministic (core's `target_for`) and recorded in the profile's status.
+async fn profiles(store: &mut HubFleet) -> Result<(), refit_fleet::Error> {
+    let api: Api<AutoUpgradeProfile> = Api::namespaced(store.client().clone(), store.namespace());
+    let list =
+        api.list(&ListParams::default()).await.map_err(|e| fleet_err("listing AutoUpgradeProfiles", e))?;
+    if list.items.iter().all(|p| p.spec.disabled) {
+        return Ok(());
+    }
+    let catalog = match refit_engine::catalog::load(None, None) {
+        Ok((c, _)) => c,
+        Err(e) => return Err(refit_fleet::Error::Invalid(format!("the release catalog: {e}"))),
+    };
+    let members = FleetStore::members(store).await?;
+    let facts = observe_all(&Arc::new(KubeObserver), &members, refit_fleet::observe::OBSERVE_TIMEOUT).await;
+    let versions: std::collections::BTreeMap<String, refit_core::Version> = facts
+        .into_iter()
+        .filter(|(_, f)| f.unavailable.is_none())
+        .filter_map(|(m, f)| Some((m, f.versions.control_plane?)))
+        .collect();
+    let today = jiff::Zoned::now().date();
+    let runs: Api<UpdateRun> = Api::namespaced(store.client().clone(), store.namespace());
+    for p in list.items {
+        let Some(name) = p.metadata.name.clone() else { continue };
+        let profile = refit_core::fleet::Profile {
+            name: name.clone(),
+            channel: p.spec.channel,
+            target_kubernetes_version: p
+                .spec
+                .target_kubernetes_version
+                .as_deref()
+                .and_then(|m| m.parse().ok()),
+            strategy: p.spec.strategy.clone(),
+            node_image_selection: p.spec.node_image_selection,
+            disabled: p.spec.disabled,
+            last_trigger: None,
+        };
+        let Some(target) = refit_core::fleet::profile::target_for(&profile, &catalog, &versions, today)
+        else {
+            continue;
+        };
+        let last = p.status.as_ref().and_then(|s| s.last_generated_run.as_deref());
+        if !profile_due(last, &target) {
+            continue;
+        }
+        let Some(strategy) = p.spec.strategy.clone() else {
+            let why = format!("profile {name}: no run generated: name an UpdateStrategy in spec.strategy");
+            store.events().profile(&p, "NoStrategy", &why, true).await;
+            continue;
+        };
+        let mut run = UpdateRun::new(
+            &target.run_name,
+            UpdateRunSpec { upgrade: target.spec.clone(), strategy, state: Some(RunRequest::Run) },
+        );
+        run.metadata.namespace = Some(store.namespace().to_string());
+        match runs.create(&PostParams::default(), &run).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(fleet_err(format!("creating UpdateRun {}", target.run_name), e)),
+        }
+        let status = json!({"status": {
+            "lastGeneratedRun": target.run_name,
+            "lastTarget": target.spec.kubernetes_version,
+        }});
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .map_err(|e| fleet_err(format!("writing AutoUpgradeProfile {name}"), e))?;
+        let held = target.held_back.iter().map(|h| format!("; held back: {} ({})", h.member, h.reason));
+        let message = format!("generated and started run {}{}", target.run_name, held.collect::<String>());
+        store.events().profile(&p, "RunGenerated", &message, false).await;
+    }
+    Ok(())
+}
+
 /// One pass over every UpdateRun (see the module doc); the earliest wake-up asked for.
-async fn pass(d: &mut HubDriver, metrics: &Metrics) -> Result<Option<jiff::Timestamp>, refit_fleet::Error> {
+async fn pass(
+    d: &mut HubDriver,
+    metrics: &Metrics,
+    profiles_due: &mut Instant,
+) -> Result<Option<jiff::Timestamp>, refit_fleet::Error> {
     d.store().bind_members().await?;
+    if Instant::now() >= *profiles_due {
+        *profiles_due = Instant::now() + PROFILES_EVERY;
+        if let Err(e) = profiles(d.store()).await {
+            tracing::warn!("auto-upgrade profiles: {e}");
+        }
+    }
     let api: Api<UpdateRun> = Api::namespaced(d.store().client().clone(), d.store().namespace());
     let runs = api.list(&ListParams::default()).await.map_err(|e| fleet_err("listing UpdateRuns", e))?;
     let mut wake: Option<jiff::Timestamp> = None;
@@ -565,6 +662,20 @@ mod tests {
         assert_eq!(approval_latency(&g), Some(Duration::from_secs(60)));
         g.approval = Some(Approval { by: "alice".into(), at: at(40), expires_at: None });
         assert_eq!(approval_latency(&g), None, "approved before it was reached");
+    }
+
+    #[test]
+    fn a_profile_generates_once_per_target() {
+        let spec: refit_core::fleet::UpgradeSpec =
+            serde_json::from_value(json!({"upgradeType": "Full", "kubernetesVersion": "1.37.2"})).unwrap();
+        let t = refit_core::fleet::ProfileTarget {
+            run_name: "auto-rapid-1-37-2".into(),
+            spec,
+            held_back: vec![],
+        };
+        assert!(profile_due(None, &t));
+        assert!(profile_due(Some("auto-rapid-1-37-1"), &t), "a newer target");
+        assert!(!profile_due(Some("auto-rapid-1-37-2"), &t), "generated already (even if deleted since)");
     }
 
     #[test]
