@@ -21,7 +21,7 @@ use k8s_openapi::api::events::v1::Event as KubeEvent;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use refit_testbed::{Testbed, TestbedConfig, TestbedVersions};
 use serde_json::json;
-use support::{Sandbox, http_get, refit, release, start_controller};
+use support::{Sandbox, http_get, refit, release, start_controller, start_controller_with};
 
 const NS: &str = "fleet";
 
@@ -291,7 +291,25 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
 
     let before = hub_requests(&client).await;
     let started = Instant::now();
-    let controller = start_controller(&hub.tb.kubeconfig(), NS, Some(&log));
+    // A newer release catalog the controller refreshes from on its schedule (as from a
+    // mirror): 1.37.9, out since before today.
+    let newer = root.join("newer-catalog.yaml");
+    let shipped = include_str!("../../../data/catalog.yaml");
+    let with_patch = shipped.replacen(r#""1.37.2"]"#, r#""1.37.2", "1.37.9"]"#, 1);
+    assert_ne!(with_patch, shipped, "the shipped catalog's 1.37 patches moved: update this test");
+    let updated = jiff::Zoned::now().date().to_string();
+    let catalog = with_patch
+        .lines()
+        .map(|l| if l.starts_with("updated:") { format!("updated: \"{updated}\"") } else { l.to_string() })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&newer, catalog + "\n").unwrap();
+    let controller = start_controller_with(
+        &hub.tb.kubeconfig(),
+        NS,
+        Some(&log),
+        &["--catalog-refresh-every", "2s", "--catalog-from", newer.to_str().unwrap()],
+    );
     let mut polls: u64 = 0;
 
     // The canary is upgraded, then the run waits on the gate; prod-1 has not started.
@@ -414,10 +432,11 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
             .is_none_or(|cu| cu.data["status"]["state"] != "Running")
     );
 
-    // Auto-upgrade profiles fire by themselves: members at 1.37.1 and a catalog whose newest
-    // 1.37 patch is newer give the Rapid profile a run, generated and started once; its
-    // strategy's before-stage Approval holds it (the testbed has no newer release to install).
-    // A disabled profile generates nothing.
+    // Auto-upgrade profiles fire by themselves: members at 1.37.1 and the catalog the
+    // controller refreshed (newest 1.37 patch: 1.37.9, which the built-in one does not list)
+    // give the Rapid profile a run to 1.37.9, generated and started once; its strategy's
+    // before-stage Approval holds it (the testbed has no such release to install). A disabled
+    // profile generates nothing.
     hub.add_strategy(
         "gated",
         json!([{"name": "all", "groups": [{"name": "canary"}, {"name": "prod"}, {"name": "rogue"}],
@@ -440,7 +459,7 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
         p.data["status"]["lastGeneratedRun"].as_str().map(str::to_string)
     })
     .await;
-    assert!(generated.starts_with("auto-rapid-1-37-"), "{generated}");
+    assert_eq!(generated, "auto-rapid-1-37-9", "the refreshed catalog's release");
     let r = eventually("the generated run waits on its gate", Duration::from_secs(60), &log, async || {
         let r = runs.get(&generated).await.unwrap();
         (r.data["status"]["state"] == "Pending").then_some(r)
