@@ -85,7 +85,9 @@ pub async fn abandon(
     Ok(released)
 }
 
-/// Uncordons the nodes `run` cordoned; the nodes uncordoned.
+/// Uncordons the nodes `run` cordoned; the nodes uncordoned. Returns once they lost the
+/// unschedulable taint too (or after [`UNTAINT_WAIT`]): a plan made right after must be able to
+/// count them as room for the pods it moves.
 pub async fn give_back_cordons(conn: &Connection, run: &str) -> Result<Vec<String>, LifecycleError> {
     let mut released = Vec::new();
     for (node, state) in refit_kube::node::node_states(conn).await? {
@@ -94,8 +96,19 @@ pub async fn give_back_cordons(conn: &Connection, run: &str) -> Result<Vec<Strin
             released.push(node);
         }
     }
+    for node in &released {
+        if !refit_kube::cordon::wait_untainted(conn, node, UNTAINT_WAIT).await? {
+            tracing::warn!(
+                "{node} still carries the unschedulable taint {UNTAINT_WAIT:?} after its uncordon"
+            );
+        }
+    }
     Ok(released)
 }
+
+/// How long [`give_back_cordons`] waits for the node lifecycle controller to lift the
+/// unschedulable taint of the nodes it uncordoned.
+pub const UNTAINT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The run whose cordons a new run gives back before planning: the run of the lock holder
 /// this command took the cluster lock over from, when this store has no record of it (its
