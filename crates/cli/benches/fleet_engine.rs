@@ -154,6 +154,7 @@ fn main() {
             .iter()
             .map(|m| (m.name.clone(), MemberFacts { versions: behind.clone(), ..Default::default() }))
             .collect::<BTreeMap<_, _>>(),
+        ..Default::default()
     };
 
     let dir = tempfile::tempdir().expect("tempdir");

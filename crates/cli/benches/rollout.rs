@@ -382,13 +382,28 @@ fn main() {
         let upgraded =
             events.iter().filter(|e| e["event"] == "unit-finished" && e["result"] == "upgraded").count();
         if !one {
-            assert!(out.status.success(), "refit upgrade --max-unavailable {setting} failed");
+            if !out.status.success() {
+                // What went wrong, before the store's directory is gone.
+                for e in events.iter().filter(|e| {
+                    (e["event"] == "unit-finished" && e["result"] != "upgraded")
+                        || ["run-finished", "batch-held", "step-failed", "summary"]
+                            .contains(&e["event"].as_str().unwrap_or_default())
+                }) {
+                    eprintln!("{e}");
+                }
+                panic!("refit upgrade --max-unavailable {setting} failed");
+            }
             assert_eq!(upgraded, workers, "every worker upgraded once");
         }
+        // Under auto the window slides: the most nodes in flight at once (those chosen and
+        // the ones under way they join), from refit's own events.
         let largest = events
             .iter()
             .filter(|e| e["event"] == "batch-chosen")
-            .filter_map(|e| e["nodes"].as_array().map(Vec::len))
+            .filter_map(|e| {
+                let joined = e["nodes"].as_array().map(Vec::len)?;
+                Some(joined + e["in_flight"].as_u64().unwrap_or(0) as usize)
+            })
             .max()
             .unwrap_or_else(|| {
                 events
@@ -494,6 +509,6 @@ fn main() {
         println!("{l}");
     }
     println!(
-        "columns: batch = largest batch refit started (auto: largest chosen); unsched = most workers unschedulable at once, viol. = PDBs seen with fewer healthy pods than required, no-room = most pods Pending as Unschedulable at once, zones = most zones with an unschedulable worker at once (all four from the watcher); 429s = evictions refused by a PDB (refit's events)"
+        "columns: batch = largest batch refit started (auto: most nodes in flight at once in its sliding window); unsched = most workers unschedulable at once, viol. = PDBs seen with fewer healthy pods than required, no-room = most pods Pending as Unschedulable at once, zones = most zones with an unschedulable worker at once (all four from the watcher); 429s = evictions refused by a PDB (refit's events)"
     );
 }

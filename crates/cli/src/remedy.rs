@@ -12,7 +12,8 @@ pub fn flag(r: &Remedy) -> String {
         Remedy::Accept { check, subject } => format!("--accept {check}={subject}"),
         Remedy::LowerMaxUnavailable => "--max-unavailable".into(),
         Remedy::MinFreeDisk => "--min-free-disk".into(),
-        Remedy::Force => "--force".into(),
+        Remedy::Force | Remedy::OverrideVersionRule => "--force".into(),
+        Remedy::RefreshCatalog => "`refit catalog update` (or --catalog FILE)".into(),
     }
 }
 

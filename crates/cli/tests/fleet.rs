@@ -1020,3 +1020,164 @@ fn a_window_closing_mid_member_pauses_it_the_daemon_resumes_it_and_budgets_defer
     assert_eq!(minors[0].minor + 1, minors[1].minor, "Stable is one minor behind Rapid: {minors:?}");
     assert!(minors[1].minor >= 37, "Rapid is at least what the members run: {minors:?}");
 }
+
+/// A loopback HTTP server the test controls: every request is answered with the status in
+/// the returned cell (and counted).
+fn health_server()
+-> (u16, std::sync::Arc<std::sync::atomic::AtomicU16>, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let status = Arc::new(AtomicU16::new(500));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let (s, h) = (status.clone(), hits.clone());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = c.read(&mut buf);
+            h.fetch_add(1, Ordering::SeqCst);
+            let code = s.load(Ordering::SeqCst);
+            let body = if code == 200 { "ok" } else { "shop is degraded" };
+            let _ = write!(
+                c,
+                "HTTP/1.1 {code} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, status, hits)
+}
+
+/// The health gate `name` of `stage_name` in a run's JSON.
+fn health_gate<'a>(v: &'a Value, stage_name: &str, name: &str) -> &'a Value {
+    stage(v, stage_name)["healthGates"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no health gates: {v:#}"))
+        .iter()
+        .find(|h| h["gate"]["name"] == name)
+        .unwrap()
+}
+
+#[test]
+fn a_stage_health_gate_holds_the_next_stage_until_its_check_passes_and_a_failing_one_pauses_the_run() {
+    let (port, status, hits) = health_server();
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let strategy = format!(
+        "stages:\n  - name: canary\n    groups: [{{name: canary}}]\n    healthGates: [{{name: shop, type: http, url: '{url}', soak: 3s, timeout: 10m}}]\n  - name: prod\n    groups: [{{name: prod}}]\n"
+    );
+    let f = Fleet::with(&[("canary-1", "canary"), ("prod-1", "prod")], &strategy, 1);
+    let to = release(37);
+
+    // ------------------------------------------------ failing: the next stage does not start
+    f.create("gated", &["--strategy", "two-stage"]);
+    let driver = f.spawn_start("gated");
+    let v = f.wait_for("gated", "the health gate failing", |v| {
+        health_gate(v, "canary", "shop")["waiting"]["kind"] == "Failing"
+    });
+    assert_eq!(state(member(&v, "canary-1")), "Completed", "{v:#}");
+    assert_eq!(state(&v), "Pending", "{v:#}");
+    let pending = &v["pending"]["reason"];
+    assert_eq!(pending["kind"], "HealthGate", "the run says what it waits on: {v:#}");
+    assert_eq!((pending["stage"].as_str(), pending["gate"].as_str()), (Some("canary"), Some("shop")));
+    assert!(pending["waiting"]["reason"].as_str().unwrap().contains("HTTP 500"), "{pending}");
+    let shown = run_ok(f.cmd().args(["run", "show", "gated", "-o", "wide"]));
+    assert!(shown.contains("health gate shop (http, soak 3s)"), "{shown}");
+    assert!(shown.contains("answered HTTP 500: shop is degraded"), "{shown}");
+    // Probed again and again, and still nothing on prod.
+    let seen = hits.load(std::sync::atomic::Ordering::SeqCst);
+    f.wait_for("gated", "more probes", |_| hits.load(std::sync::atomic::Ordering::SeqCst) >= seen + 2);
+    let v = f.show("gated");
+    assert_eq!(state(member(&v, "prod-1")), "NotStarted", "{v:#}");
+    assert!(f.kubelets("prod-1").iter().all(|k| k.contains("1.36")), "prod untouched");
+
+    // ------------------------------------------------ kill -9 the driver mid-gate
+    let mut driver = driver;
+    driver.kill().unwrap();
+    driver.wait().unwrap();
+    let probes_before = health_gate(&f.show("gated"), "canary", "shop")["observedAt"].clone();
+    assert!(probes_before.is_string(), "probed before the kill");
+
+    // ------------------------------------------------ 200 for the soak: stage 2 runs
+    // A new driver goes on with the gate where the killed one left it (the run keeps it).
+    status.store(200, std::sync::atomic::Ordering::SeqCst);
+    let (code, out, err) = finish(f.spawn_start("gated"));
+    assert_eq!(code, 0, "{out}{err}");
+    let kinds: Vec<String> =
+        history(&mut f.cmd(), "gated").iter().map(|e| e["event"].as_str().unwrap().to_string()).collect();
+    assert!(kinds.iter().any(|k| k == "DriverTookOver"), "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "HealthGateReached").count(),
+        1,
+        "the gate was taken up, not reached again: {kinds:?}"
+    );
+    let v = f.show("gated");
+    assert_eq!(state(&v), "Completed", "{v:#}");
+    let gate = health_gate(&v, "canary", "shop");
+    assert_eq!(gate["state"], "Passed", "{gate:#}");
+    let passed = ts(&gate["completedAt"]);
+    let held = ts(&gate["holdingSince"]);
+    assert!(passed.duration_since(held).as_secs() >= 3, "held its 3 s soak: {gate:#}");
+    eprintln!(
+        "health gate with a 3s soak passed {} ms after it first held; prod-1 started {} ms after that",
+        passed.duration_since(held).as_millis(),
+        ts(&member(&v, "prod-1")["startedAt"]).duration_since(passed).as_millis()
+    );
+    assert!(ts(&member(&v, "prod-1")["startedAt"]) >= passed, "prod after the gate: {v:#}");
+    assert!(f.kubelets("prod-1").iter().all(|k| k.contains(&to)));
+    let events = fleet_events(&out);
+    assert!(
+        events.iter().any(|e| e["event"] == "HealthGateObserved" && e["observation"]["result"] == "Holds"),
+        "{out}"
+    );
+    assert!(
+        kinds.iter().filter(|k| *k == "HealthGateObserved").count() >= 3,
+        "failing probes before the kill, holding ones after: {kinds:?}"
+    );
+
+    // ------------------------------------------------ a gate that fails pauses the run
+    f.workers_back_to_136(&["canary-1", "prod-1"]);
+    status.store(503, std::sync::atomic::Ordering::SeqCst);
+    let short = f.root.join("short.yaml");
+    std::fs::write(
+        &short,
+        format!(
+            "stages:\n  - name: canary\n    groups: [{{name: canary}}]\n    healthGates: [{{name: shop, type: http, url: '{url}', timeout: 4s}}]\n  - name: prod\n    groups: [{{name: prod}}]\n"
+        ),
+    )
+    .unwrap();
+    f.create("paused", &["--stages", short.to_str().unwrap()]);
+    let (code, out, err) = finish(f.spawn_start("paused"));
+    assert_eq!(code, 1, "a paused run is not done: {out}{err}");
+    let v = f.show("paused");
+    assert_eq!(state(&v), "Stopped", "{v:#}");
+    let gate = health_gate(&v, "canary", "shop");
+    assert_eq!(gate["state"], "Failed", "{gate:#}");
+    // For the report (not asserted: wall-clock): how long after it was reached the gate
+    // stopped the run (its timeout plus at most one poll).
+    eprintln!(
+        "health gate with a 4s timeout failed {} ms after it was reached",
+        ts(&gate["completedAt"]).duration_since(ts(&gate["reachedAt"])).as_millis()
+    );
+    let message = v["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("paused: health gate shop of stage canary failed: timed out after 4s")
+            && message.contains("HTTP 503"),
+        "{v:#}"
+    );
+    assert_eq!(state(member(&v, "prod-1")), "NotStarted");
+    assert!(f.kubelets("prod-1").iter().any(|k| k.contains("1.36")), "prod untouched");
+    let shown = run_ok(f.cmd().args(["run", "show", "paused"]));
+    assert!(shown.contains("paused: health gate shop of stage canary failed"), "{shown}");
+    // Started again once the shop is healthy: the gate is evaluated afresh and prod runs.
+    status.store(200, std::sync::atomic::Ordering::SeqCst);
+    let (code, out, err) = finish(f.spawn_start("paused"));
+    assert_eq!(code, 0, "{out}{err}");
+    let v = f.show("paused");
+    assert_eq!(state(&v), "Completed", "{v:#}");
+    assert_eq!(health_gate(&v, "canary", "shop")["state"], "Passed");
+    assert!(f.kubelets("prod-1").iter().all(|k| k.contains(&to)));
+}

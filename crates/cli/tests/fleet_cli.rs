@@ -265,3 +265,98 @@ fn a_profile_that_can_read_no_member_fails_naming_each_member_and_why() {
     let err = fails(empty.cmd().args(["profile", "generate-run", "weekly"]), 1);
     assert!(err.contains("refit fleet member add"), "{err}");
 }
+
+#[test]
+fn bad_stage_health_gates_are_refused_naming_the_field_and_the_fix_and_nothing_is_stored() {
+    let f = Fleet::new();
+    let stage = |gates: &str| {
+        format!("stages:\n  - name: canary\n    groups: [{{name: canary}}]\n    healthGates: {gates}\n")
+    };
+    for (gates, says) in [
+        ("[{type: pager}]", "health gate 'pager-1': unknown type 'pager' (expected"),
+        (
+            "[{type: http, url: 'gopher://shop/healthz'}]",
+            "url: 'gopher://shop/healthz': the scheme must be http or https",
+        ),
+        ("[{type: http, url: 'http://u:secret@shop/'}]", "remove the user:password@ part"),
+        ("[{type: http}]", "needs url:"),
+        ("[{type: prometheus, url: 'http://prom:9090'}]", "needs query:"),
+        ("[{type: http, url: 'http://shop/', soak: -5m}]", "soak '-5m' is negative"),
+        ("[{type: http, url: 'http://shop/', timeout: 9000h}]", "at most one year"),
+        (
+            "[{type: http, url: 'http://shop/', soak: 10m, timeout: 5m}]",
+            "make the timeout longer than the soak",
+        ),
+        ("[{type: command, command: []}]", "needs command:"),
+        ("[{type: workloads}]", "put it in the members' plan file (gates:)"),
+        ("[{type: http, url: 'http://shop/', sok: 2m}]", "sok"),
+    ] {
+        let p = f.file("s.yaml", &stage(gates));
+        let err = fails(f.cmd().args(["strategy", "create", "x", "-f"]).arg(&p), 2);
+        assert!(err.contains(says), "{gates}: {err}");
+        assert!(!err.contains("secret"), "{err}");
+        // The same file given to `run create --stages` is refused the same way.
+        let err = fails(
+            f.cmd()
+                .args(["run", "create", "r", "--upgrade-type", "Full", "--kubernetes-version", "1.37.1"])
+                .arg("--stages")
+                .arg(&p),
+            2,
+        );
+        assert!(err.contains(says), "{gates}: {err}");
+    }
+    let strategies: Value =
+        serde_json::from_str(&ok(f.cmd().args(["strategy", "list", "-o", "json"]))).unwrap();
+    assert_eq!(strategies, serde_json::json!([]));
+    let runs: Value = serde_json::from_str(&ok(f.cmd().args(["run", "list", "-o", "json"]))).unwrap();
+    assert_eq!(runs, serde_json::json!([]));
+}
+
+#[test]
+fn a_run_carries_its_stage_health_gates_its_policy_and_what_a_failed_gate_does() {
+    let f = Fleet::new();
+    let p = f.file(
+        "s.yaml",
+        "stages:\n  - name: canary\n    groups: [{name: canary}]\n    healthGates: [{name: shop, type: http, url: 'http://127.0.0.1:9/healthz', soak: 30s, timeout: 5m}]\n  - name: prod\n    groups: [{name: prod}]\n",
+    );
+    let create = |name: &str, extra: &[&str]| {
+        let mut c = f.cmd();
+        c.args([
+            "run",
+            "create",
+            name,
+            "--upgrade-type",
+            "Full",
+            "--kubernetes-version",
+            "1.37.1",
+            "--stages",
+        ])
+        .arg(&p)
+        .args(extra);
+        c
+    };
+    ok(&mut create("strict", &["--policy", "strict", "--on-gate-failure", "fail"]));
+    let v: Value = serde_json::from_str(&ok(f.cmd().args(["run", "show", "strict", "-o", "json"]))).unwrap();
+    assert_eq!(v["spec"]["policy"], "strict", "{v:#}");
+    assert_eq!(v["spec"]["onGateFailure"], "fail", "{v:#}");
+    let gate = &v["stages"][0]["healthGates"][0];
+    assert_eq!(gate["gate"]["name"], "shop", "{v:#}");
+    assert_eq!(gate["gate"]["soakSeconds"], 30);
+    // No member is in the canary group here: the stage is skipped, and its gate with it.
+    assert_eq!(gate["state"], "Skipped");
+    let table = ok(f.cmd().args(["run", "show", "strict"]));
+    assert!(table.contains("version policy: strict; a failed health gate: fails the run"), "{table}");
+    assert!(table.contains("health gate shop (http, soak 30s)"), "{table}");
+    // The defaults, said as such.
+    ok(&mut create("plain", &[]));
+    let table = ok(f.cmd().args(["run", "show", "plain"]));
+    assert!(table.contains("version policy: default; a failed health gate: pauses the run"), "{table}");
+    // Bad values: exit 2, nothing created.
+    for (flag, value) in [("--policy", "lax"), ("--on-gate-failure", "ignore")] {
+        let out = create("bad", &[flag, value]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(value));
+    }
+    let runs: Value = serde_json::from_str(&ok(f.cmd().args(["run", "list", "-o", "json"]))).unwrap();
+    assert_eq!(runs.as_array().map(Vec::len), Some(2), "{runs:#}");
+}

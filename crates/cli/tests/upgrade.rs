@@ -1100,10 +1100,18 @@ async fn auto_batches_stay_in_one_zone_within_every_budget_and_finish() {
     let workers: BTreeSet<String> = batches.iter().flatten().cloned().collect();
     assert_eq!(workers.len(), 6, "every worker in exactly one batch: {batches:?}");
     assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 6, "{batches:?}");
-    for b in &batches {
-        let zones: BTreeSet<&String> = b.iter().filter_map(|n| zone_of.get(n)).collect();
-        assert_eq!(zones.len(), 1, "a batch spans zones: {b:?} {zone_of:?}");
-        assert!(b.len() <= 4, "above the cap: {b:?}");
+    // The window slides: at every choice, the nodes chosen and the ones still under way
+    // (chosen, not finished) are of one zone and within the cap together.
+    let mut flying: BTreeSet<String> = BTreeSet::new();
+    for e in &events {
+        if e["event"] == "unit-finished" {
+            flying.remove(e["node"].as_str().unwrap_or_default());
+        } else if e["event"] == "batch-chosen" {
+            flying.extend(e["nodes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()));
+            let zones: BTreeSet<&String> = flying.iter().filter_map(|n| zone_of.get(n)).collect();
+            assert_eq!(zones.len(), 1, "nodes under way span zones: {flying:?} {zone_of:?}");
+            assert!(flying.len() <= 4, "above the cap: {flying:?}");
+        }
     }
     let summary = events.last().unwrap();
     assert_eq!(summary["outcome"]["state"], "completed", "{summary}");

@@ -117,7 +117,13 @@ pub struct Events {
 impl Events {
     /// A recorder reporting as `refit-controller`, instance `holder`.
     pub fn new(client: kube::Client, holder: &str) -> Events {
-        let reporter = Reporter { controller: "refit-controller".into(), instance: Some(holder.to_string()) };
+        Events::reporting(client, "refit-controller", holder)
+    }
+
+    /// A recorder reporting as `controller` (`refit-serve` for people's actions through
+    /// `refit serve --hub`), instance `instance`.
+    pub fn reporting(client: kube::Client, controller: &str, instance: &str) -> Events {
+        let reporter = Reporter { controller: controller.into(), instance: Some(instance.to_string()) };
         Events { recorder: Recorder::new(client, reporter) }
     }
 
@@ -163,12 +169,36 @@ impl Events {
         self.publish(&r.object_ref(&()), reason, message, warning).await;
     }
 
+    /// An Event on a run about a person's `action` (its Event `action` field), e.g. what
+    /// `refit serve --hub` was asked to do and how it ended.
+    pub async fn person_action(
+        &self,
+        r: &UpdateRun,
+        reason: &str,
+        action: &str,
+        message: &str,
+        warning: bool,
+    ) {
+        self.publish_as(&r.object_ref(&()), reason, action, message, warning).await;
+    }
+
     async fn publish(&self, reference: &ObjectReference, reason: &str, message: &str, warning: bool) {
+        self.publish_as(reference, reason, "Reconcile", message, warning).await;
+    }
+
+    async fn publish_as(
+        &self,
+        reference: &ObjectReference,
+        reason: &str,
+        action: &str,
+        message: &str,
+        warning: bool,
+    ) {
         let ev = KubeEvent {
             type_: if warning { EventType::Warning } else { EventType::Normal },
             reason: reason.to_string(),
             note: Some(message.chars().take(1000).collect()),
-            action: "Reconcile".into(),
+            action: action.into(),
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&ev, reference).await {

@@ -81,15 +81,33 @@ pub async fn approve(
     expires_at: Option<jiff::Timestamp>,
 ) -> Result<String, HubError> {
     let me = whoami(conn).await?;
+    approve_as(conn, &me, namespace, run, gate, expires_at, None).await?;
+    Ok(me)
+}
+
+/// Approves `gate` of `run` as `me` (the connection's user, from [`whoami`]), for
+/// `on_behalf_of` when a front end approves for one of its users (`refit serve --hub`). The
+/// one place a Gate approval is written.
+pub async fn approve_as(
+    conn: &Connection,
+    me: &str,
+    namespace: &str,
+    run: &str,
+    gate: &str,
+    expires_at: Option<jiff::Timestamp>,
+    on_behalf_of: Option<&str>,
+) -> Result<(), HubError> {
     let gates: Api<Gate> = Api::namespaced(conn.client.clone(), namespace);
     let name = gate_object_name(run, gate);
-    let mut approval = json!({"approver": me});
-    if let Some(t) = expires_at {
-        approval["expiresAt"] = json!(t.to_string());
-    }
+    // A merge patch keeps fields it does not name: null removes an earlier approval's.
+    let approval = json!({
+        "approver": me,
+        "expiresAt": expires_at.map(|t| t.to_string()),
+        "onBehalfOf": on_behalf_of,
+    });
     let patch = json!({"spec": {"approval": approval}});
     match gates.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-        Ok(_) => Ok(me),
+        Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => {
             Err(HubError::NoGate { run: run.into(), gate: gate.into(), namespace: namespace.into() })
         }
@@ -100,6 +118,18 @@ pub async fn approve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_approval_made_for_someone_records_them_and_who_vouched() {
+        let mut a = crate::resources::ApprovalRequest {
+            approver: "system:serviceaccount:ops:refit-serve".into(),
+            expires_at: None,
+            on_behalf_of: None,
+        };
+        assert_eq!(a.by(), "system:serviceaccount:ops:refit-serve");
+        a.on_behalf_of = Some("alice".into());
+        assert_eq!(a.by(), "alice (through system:serviceaccount:ops:refit-serve)");
+    }
 
     #[test]
     fn gate_object_names_are_unambiguous() {

@@ -3,7 +3,8 @@
 //! - the CRDs, generated from [`crate::resources`] (schemas from the Rust types);
 //! - RBAC: the controller's ServiceAccount with a Role in its namespace (its resources, the
 //!   members' kubeconfig Secrets, its leader Lease, Events), and two ClusterRoles to bind people
-//!   to: `refit-approver` (approve gates, read runs) and `refit-viewer` (read everything refit);
+//!   to: `refit-approver` (approve gates, read runs) and `refit-viewer` (read everything refit),
+//!   and one for `refit serve --hub`'s own identity (`refit-serve`);
 //! - a ValidatingAdmissionPolicy (+ binding) that refuses a Gate approval whose `approver` is not
 //!   the user making the request — so "who approved" is what the API server authenticated, and
 //!   RBAC (who may write Gates) decides who can approve at all;
@@ -21,6 +22,9 @@ pub const APPROVER_POLICY: &str = "refit-gate-approver";
 pub const APPROVER_ROLE: &str = "refit-approver";
 /// The ClusterRole for read-only access.
 pub const VIEWER_ROLE: &str = "refit-viewer";
+/// The ClusterRole of `refit serve --hub`'s own identity: read the fleet, approve gates on
+/// behalf of its users, stop and start runs, and record (and read back) its actions as Events.
+pub const SERVE_ROLE: &str = "refit-serve";
 /// The controller's ServiceAccount, Role and Deployment.
 pub const CONTROLLER: &str = "refit-controller";
 
@@ -110,6 +114,16 @@ fn rbac(ns: &str) -> Vec<Value> {
                 {"apiGroups": ["refit.dev"], "resources": ["gates"],
                  "verbs": ["get", "list", "watch", "update", "patch"]},
                 {"apiGroups": ["refit.dev"], "resources": RESOURCES, "verbs": ["get", "list", "watch"]},
+            ],
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": SERVE_ROLE},
+            "rules": [
+                {"apiGroups": ["refit.dev"], "resources": RESOURCES, "verbs": ["get", "list", "watch"]},
+                {"apiGroups": ["refit.dev"], "resources": ["gates", "updateruns"], "verbs": ["patch"]},
+                {"apiGroups": ["", "events.k8s.io"], "resources": ["events"],
+                 "verbs": ["create", "patch", "update", "list"]},
             ],
         }),
         json!({

@@ -590,14 +590,13 @@ async fn approvals(store: &mut HubFleet, metrics: &Metrics, run: &str) -> Result
             // Recorded once: the run already holds this approver's approval.
             match cur.gate(&gate) {
                 Some(s)
-                    if s.approval.as_ref().is_some_and(|a| a.by == approval.approver)
-                        || s.state.is_done() =>
+                    if s.approval.as_ref().is_some_and(|a| a.by == approval.by()) || s.state.is_done() =>
                 {
                     Err(refit_fleet::Error::Invalid("already recorded".into()))
                 }
                 _ => Ok(Event::ApproveGate {
                     gate: gate.clone(),
-                    by: approval.approver.clone(),
+                    by: approval.by(),
                     at: jiff::Timestamp::now(),
                     expires_at,
                 }),

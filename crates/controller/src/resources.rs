@@ -284,6 +284,22 @@ pub struct ApprovalRequest {
     /// Optional expiry of a pre-approval (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+    /// The person a front end approved for (`refit serve --hub`: its token's name). The
+    /// approver stays the front end's own hub identity, checked by the admission policy, so
+    /// the record says both: who asked, and who vouched for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
+}
+
+impl ApprovalRequest {
+    /// Who the run records as the approver: `alice (through system:serviceaccount:…)` when a
+    /// front end approved for someone, else the approver.
+    pub fn by(&self) -> String {
+        match &self.on_behalf_of {
+            Some(person) => format!("{person} (through {})", self.approver),
+            None => self.approver.clone(),
+        }
+    }
 }
 
 /// A gate of a run, one object per gate so approvals are ordinary, auditable writes.

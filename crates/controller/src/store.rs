@@ -189,15 +189,14 @@ impl HubFleet {
         else {
             return Ok(None);
         };
-        let Some(tree) = obj.status.as_ref().and_then(|s| s.run.clone()) else {
+        if obj.status.as_ref().and_then(|s| s.run.as_ref()).is_none() {
             return Ok(Some((obj, None)));
-        };
-        let version = version_of(&obj)?;
+        }
         let details = self.read_details(name).await?;
-        let state = crate::layout::join(tree, &details);
+        let stored = stored_run(&obj, &details)?;
         self.details.insert(name.to_string(), details);
         self.objects.insert(name.to_string(), obj.clone());
-        Ok(Some((obj, Some(StoredRun { state, version }))))
+        Ok(Some((obj, stored)))
     }
 
     async fn read_details(&self, run: &str) -> Result<BTreeMap<String, MemberDetail>, refit_fleet::Error> {
@@ -206,11 +205,7 @@ impl HubFleet {
             .list(&ListParams::default().labels(&format!("{RUN_LABEL}={run}")))
             .await
             .map_err(|e| fleet_err(format!("listing the ClusterUpgrades of {run}"), e))?;
-        Ok(list
-            .items
-            .into_iter()
-            .filter_map(|cu| Some((cu.spec.member.clone(), cu.status?.detail?)))
-            .collect())
+        Ok(details_of(&list.items))
     }
 
     /// Writes the status of `obj` for `state` (conditions from the state), naming the
@@ -349,20 +344,7 @@ impl HubFleet {
                 p
             }
         };
-        Ok(MemberRecord {
-            name,
-            kubeconfig: kubeconfig.map(|p| p.display().to_string()),
-            context: Some(m.spec.context.clone()),
-            cluster_uid: m.status.as_ref().and_then(|s| s.cluster_uid.clone()),
-            labels: m.spec.labels.clone(),
-            update_group: m.spec.update_group.clone(),
-            maintenance_window: m.spec.maintenance_window.clone(),
-            node_image_source: None,
-            pending_budget_seconds: m.spec.pending_budget_seconds,
-            action: m.spec.action.clone(),
-            plan_file: None,
-            upgrade_args: m.spec.upgrade_args.clone(),
-        })
+        Ok(member_record(m, kubeconfig.map(|p| p.display().to_string())))
     }
 
     /// The member's kubeconfig from its Secret, written to its file (None: unreadable; the
@@ -440,6 +422,47 @@ impl HubFleet {
             }
         }
         Ok(())
+    }
+}
+
+/// The run an UpdateRun holds — its tree joined with its members' details from their
+/// ClusterUpgrades ([`details_of`]) — at the object's resourceVersion; None while it is not
+/// initialized. The one mapping of the hub's objects to core's run: the driver reads through it
+/// ([`HubFleet::run_object`]), and so do readers that keep a watch cache (`refit serve --hub`).
+pub fn stored_run(
+    obj: &UpdateRun,
+    details: &BTreeMap<String, MemberDetail>,
+) -> Result<Option<StoredRun>, refit_fleet::Error> {
+    let Some(tree) = obj.status.as_ref().and_then(|s| s.run.clone()) else { return Ok(None) };
+    Ok(Some(StoredRun { state: crate::layout::join(tree, details), version: version_of(obj)? }))
+}
+
+/// Each member's detail, by member, from a run's ClusterUpgrades.
+pub fn details_of<'a>(
+    upgrades: impl IntoIterator<Item = &'a ClusterUpgrade>,
+) -> BTreeMap<String, MemberDetail> {
+    upgrades
+        .into_iter()
+        .filter_map(|cu| Some((cu.spec.member.clone(), cu.status.as_ref()?.detail.clone()?)))
+        .collect()
+}
+
+/// A Member as the fleet library sees it, with the kubeconfig file written from its Secret
+/// (None for readers that never touch Secrets).
+pub fn member_record(m: &Member, kubeconfig: Option<String>) -> MemberRecord {
+    MemberRecord {
+        name: m.metadata.name.clone().unwrap_or_default(),
+        kubeconfig,
+        context: Some(m.spec.context.clone()),
+        cluster_uid: m.status.as_ref().and_then(|s| s.cluster_uid.clone()),
+        labels: m.spec.labels.clone(),
+        update_group: m.spec.update_group.clone(),
+        maintenance_window: m.spec.maintenance_window.clone(),
+        node_image_source: None,
+        pending_budget_seconds: m.spec.pending_budget_seconds,
+        action: m.spec.action.clone(),
+        plan_file: None,
+        upgrade_args: m.spec.upgrade_args.clone(),
     }
 }
 

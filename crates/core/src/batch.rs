@@ -245,6 +245,21 @@ pub enum Hold {
         /// The node.
         node: String,
     },
+    /// The nodes in flight already fill the cap.
+    Full {
+        /// Nodes under way.
+        in_flight: usize,
+        /// The cap in nodes.
+        cap: usize,
+    },
+    /// Every candidate left is in another zone than the nodes in flight: the next zone starts
+    /// when they finish.
+    OtherZone {
+        /// Nodes under way.
+        in_flight: usize,
+        /// Their zone (None: no zone label, or they span several — a resumed run).
+        zone: Option<String>,
+    },
     /// No worker is left to choose from.
     NothingLeft,
 }
@@ -271,6 +286,17 @@ impl fmt::Display for Hold {
             Hold::NoRoom { pod, node } => write!(
                 f,
                 "pod {pod} on {node} would find no room on the nodes left schedulable (add capacity or free some)"
+            ),
+            Hold::Full { in_flight, cap } => {
+                write!(f, "the {in_flight} node(s) under way fill the cap ({cap} nodes)")
+            }
+            Hold::OtherZone { in_flight, zone: Some(z) } => write!(
+                f,
+                "the workers left are in other zones than the {in_flight} node(s) under way in zone {z}: the next zone starts when they finish"
+            ),
+            Hold::OtherZone { in_flight, zone: None } => write!(
+                f,
+                "the workers left are in other zones than the {in_flight} node(s) under way: the next zone starts when they finish"
             ),
             Hold::NothingLeft => f.write_str("no worker is left to upgrade"),
         }
@@ -318,13 +344,25 @@ fn zone_of<'a>(snapshot: &'a Snapshot, node: &str) -> Option<&'a str> {
     snapshot.nodes.iter().find(|n| n.name == node).and_then(|n| n.labels.get(ZONE_LABEL)).map(String::as_str)
 }
 
-/// The next worker batch under `auto`, from the live `snapshot`.
+/// The next worker batch under `auto`, from the live `snapshot`: the nodes to start now, on
+/// top of the nodes `in_flight` (started earlier, not finished yet: cordoned, draining or in
+/// their action).
+///
+/// The window slides: whenever a node finishes the engine asks again, so the union of the
+/// nodes under way and the nodes chosen must keep every rule at every instant. The nodes in
+/// flight therefore count as already disrupted: their pods still bound to them are counted
+/// against the budgets as if evicted now (the pods they already evicted show in the budgets'
+/// current allowance, as unready or missing replacements), their pods need room outside the
+/// union, they fill the cap, and their zone is the only one new nodes may come from (unless
+/// `--across-zones`). A budget the nodes in flight already overdraw (pods elsewhere became
+/// unready meanwhile) is not a reason to hold nodes that take nothing from it.
 ///
 /// `candidates` are the workers still to upgrade, in schedule order; `workers` is how many
 /// workers the run upgrades (what a percentage cap is of); `checks` carries the drain
 /// allowances (which pods a drain evicts).
 pub fn choose(
     snapshot: &Snapshot,
+    in_flight: &[String],
     candidates: &[String],
     workers: usize,
     auto: Auto,
@@ -333,7 +371,7 @@ pub fn choose(
     let cap = auto.cap.batch_size(workers);
     let capacity = Capacity::new(snapshot);
     let index = PdbIndex::new(&snapshot.pdbs);
-    // Disruptions each candidate takes from each budget if its drain evicts everything at once.
+    // Disruptions each node takes from each budget if its drain evicts everything at once.
     let demand = |node: &str| -> BTreeMap<usize, usize> {
         let mut d: BTreeMap<usize, usize> = BTreeMap::new();
         let evicted = capacity
@@ -349,35 +387,74 @@ pub fn choose(
         }
         d
     };
+    let flying: BTreeSet<&str> = in_flight.iter().map(String::as_str).collect();
+    if flying.len() >= cap && !flying.is_empty() {
+        return Err(Hold::Full { in_flight: flying.len(), cap });
+    }
+    // The budgets' disruptions and the room the nodes in flight already take.
+    let mut base_used: BTreeMap<usize, usize> = BTreeMap::new();
+    for n in &flying {
+        for (i, k) in demand(n) {
+            let c = base_used.entry(i).or_default();
+            *c = c.saturating_add(k);
+        }
+    }
+    let base: BTreeSet<String> = flying.iter().map(|n| n.to_string()).collect();
+    if !base.is_empty()
+        && let Some(f) = capacity.check(&base, checks).into_iter().find(|f| f.check == "capacity")
+    {
+        let pod = f.subject.strip_prefix("pod/").unwrap_or(&f.subject).to_string();
+        return Err(Hold::NoRoom { pod, node: f.node.unwrap_or_default() });
+    }
+    // The zones of the nodes in flight: new nodes must share their one zone.
+    let flying_zones: BTreeSet<Option<&str>> = if auto.across_zones {
+        BTreeSet::new()
+    } else {
+        flying.iter().map(|n| zone_of(snapshot, n)).collect()
+    };
     // Zones in the order their first candidate appears; one group for all with --across-zones.
     let mut zones: Vec<(Option<&str>, Vec<&str>)> = Vec::new();
     let mut seen: BTreeSet<&str> = BTreeSet::new();
-    for c in candidates.iter().map(String::as_str).filter(|c| seen.insert(c)) {
+    for c in candidates.iter().map(String::as_str).filter(|c| !flying.contains(c) && seen.insert(c)) {
         let zone = if auto.across_zones { None } else { zone_of(snapshot, c) };
         match zones.iter_mut().find(|(z, _)| *z == zone) {
             Some((_, nodes)) => nodes.push(c),
             None => zones.push((zone, vec![c])),
         }
     }
+    if zones.is_empty() {
+        return Err(Hold::NothingLeft);
+    }
+    if let Some(&only) = flying_zones.iter().next() {
+        zones.retain(|(z, _)| flying_zones.len() == 1 && *z == only);
+        if zones.is_empty() {
+            let zone = (flying_zones.len() == 1).then(|| only.map(str::to_string)).flatten();
+            return Err(Hold::OtherZone { in_flight: flying.len(), zone });
+        }
+    }
     let mut first_hold: Option<Hold> = None;
     for (zone, nodes) in zones {
-        let mut batch: BTreeSet<String> = BTreeSet::new();
+        let mut batch: BTreeSet<String> = base.clone();
         let mut order: Vec<String> = Vec::new();
-        let mut used: BTreeMap<usize, usize> = BTreeMap::new();
+        let mut used = base_used.clone();
         let mut held: Option<Hold> = None;
         let mut limit = Limit::Candidates;
         for node in nodes {
-            if order.len() >= cap {
+            if batch.len() >= cap {
                 limit = Limit::Cap { cap };
                 break;
             }
+            let mine = demand(node);
             let mut with = used.clone();
-            for (i, n) in demand(node) {
+            for (&i, &n) in &mine {
                 let c = with.entry(i).or_default();
                 *c = c.saturating_add(n);
             }
-            let over = with.iter().find_map(|(&i, &needed)| {
+            // Only the budgets this node takes from: one the nodes in flight overdraw holds
+            // no node that leaves it alone.
+            let over = mine.keys().find_map(|&i| {
                 let pdb = snapshot.pdbs.get(i)?;
+                let needed = with.get(&i).copied().unwrap_or(0);
                 let allowed = usize::try_from(pdb.disruptions_allowed).unwrap_or(0);
                 (needed > allowed).then(|| Hold::Budget {
                     pdb: pdb.key(),
@@ -432,17 +509,19 @@ pub enum Next {
     Wait(Hold),
 }
 
-/// [`choose`], falling back to one node whose drain only has to wait for a budget.
+/// [`choose`], falling back to one node whose drain only has to wait for a budget — only
+/// while nothing is in flight: with nodes under way, a slot freeing is what to wait for.
 pub fn next(
     snapshot: &Snapshot,
+    in_flight: &[String],
     candidates: &[String],
     workers: usize,
     auto: Auto,
     checks: &CheckOptions,
 ) -> Next {
-    match choose(snapshot, candidates, workers, auto, checks) {
+    match choose(snapshot, in_flight, candidates, workers, auto, checks) {
         Ok(choice) => Next::Batch(choice),
-        Err(hold @ Hold::Budget { .. }) if hold.drains_slowly() => match &hold {
+        Err(hold @ Hold::Budget { .. }) if hold.drains_slowly() && in_flight.is_empty() => match &hold {
             Hold::Budget { node, .. } => Next::Alone { node: node.clone(), hold },
             _ => Next::Wait(hold),
         },
@@ -468,6 +547,11 @@ mod tests {
         build::budget(app, 10, 10 - allowed, 10)
     }
 
+    /// The `web` budget holding `node`.
+    fn web_hold(allowed: i32, needed: usize, node: &str) -> Hold {
+        Hold::Budget { pdb: "default/web".into(), allowed, needed, node: node.into() }
+    }
+
     fn names(ns: &[&str]) -> Vec<String> {
         ns.iter().map(|s| s.to_string()).collect()
     }
@@ -490,18 +574,18 @@ mod tests {
     fn takes_a_whole_zone_when_nothing_limits_it() {
         let s = cluster();
         let all = names(&["w-0", "w-3", "w-1", "w-4", "w-2", "w-5"]);
-        let c = choose(&s, &all, 6, auto(10), &CheckOptions::default()).unwrap();
+        let c = choose(&s, &[], &all, 6, auto(10), &CheckOptions::default()).unwrap();
         assert_eq!(c.nodes, names(&["w-0", "w-1", "w-2"]), "one zone, the first candidate's");
         assert_eq!(c.zone.as_deref(), Some("a"));
         assert_eq!(c.limit, Limit::Candidates);
         let across = Auto { across_zones: true, ..auto(10) };
-        let c = choose(&s, &all, 6, across, &CheckOptions::default()).unwrap();
+        let c = choose(&s, &[], &all, 6, across, &CheckOptions::default()).unwrap();
         assert_eq!(c.nodes.len(), 5, "the last node must stay to take the evicted pods");
         assert_eq!(c.limit, Limit::Held(Hold::NoRoom { pod: "default/web-0".into(), node: "w-5".into() }));
-        let c = choose(&s, &all, 6, auto(2), &CheckOptions::default()).unwrap();
+        let c = choose(&s, &[], &all, 6, auto(2), &CheckOptions::default()).unwrap();
         assert_eq!((c.nodes.len(), c.limit), (2, Limit::Cap { cap: 2 }));
         let pct = Auto { cap: MaxUnavailable::Percent(50), across_zones: true };
-        assert_eq!(choose(&s, &all, 6, pct, &CheckOptions::default()).unwrap().nodes.len(), 3);
+        assert_eq!(choose(&s, &[], &all, 6, pct, &CheckOptions::default()).unwrap().nodes.len(), 3);
     }
 
     #[test]
@@ -509,20 +593,12 @@ mod tests {
         let mut s = cluster();
         s.pdbs.push(budget("web", 2));
         let all = names(&["w-0", "w-1", "w-2"]);
-        let c = choose(&s, &all, 6, auto(10), &CheckOptions::default()).unwrap();
+        let c = choose(&s, &[], &all, 6, auto(10), &CheckOptions::default()).unwrap();
         assert_eq!(c.nodes, names(&["w-0", "w-1"]));
-        assert_eq!(
-            c.limit,
-            Limit::Held(Hold::Budget {
-                pdb: "default/web".into(),
-                allowed: 2,
-                needed: 3,
-                node: "w-2".into()
-            })
-        );
+        assert_eq!(c.limit, Limit::Held(web_hold(2, 3, "w-2")));
         // An unready pod takes no disruption: w-2's pod does not count.
         s.pods[2].ready = false;
-        assert_eq!(choose(&s, &all, 6, auto(10), &CheckOptions::default()).unwrap().nodes.len(), 3);
+        assert_eq!(choose(&s, &[], &all, 6, auto(10), &CheckOptions::default()).unwrap().nodes.len(), 3);
     }
 
     #[test]
@@ -530,13 +606,13 @@ mod tests {
         let mut s = cluster();
         s.pdbs.push(budget("web", 0));
         let all = names(&["w-0", "w-1", "w-3"]);
-        let hold = choose(&s, &all, 6, auto(10), &CheckOptions::default()).unwrap_err();
+        let hold = choose(&s, &[], &all, 6, auto(10), &CheckOptions::default()).unwrap_err();
         assert_eq!(
             hold,
             Hold::Budget { pdb: "default/web".into(), allowed: 0, needed: 1, node: "w-0".into() }
         );
         assert!(hold.to_string().contains("default/web allows no disruption now"), "{hold}");
-        assert_eq!(next(&s, &all, 6, auto(10), &CheckOptions::default()), Next::Wait(hold));
+        assert_eq!(next(&s, &[], &all, 6, auto(10), &CheckOptions::default()), Next::Wait(hold));
     }
 
     #[test]
@@ -545,7 +621,7 @@ mod tests {
         place(&mut s, "web-extra", "web", "w-0", 100);
         s.pdbs.push(budget("web", 1));
         let all = names(&["w-0"]);
-        let n = next(&s, &all, 6, auto(10), &CheckOptions::default());
+        let n = next(&s, &[], &all, 6, auto(10), &CheckOptions::default());
         let Next::Alone { node, hold } = n else { panic!("{n:?}") };
         assert_eq!(node, "w-0");
         assert!(
@@ -553,7 +629,7 @@ mod tests {
             "{hold}"
         );
         // With another candidate that fits, the busy node is passed over instead.
-        let c = choose(&s, &names(&["w-0", "w-1"]), 6, auto(10), &CheckOptions::default()).unwrap();
+        let c = choose(&s, &[], &names(&["w-0", "w-1"]), 6, auto(10), &CheckOptions::default()).unwrap();
         assert_eq!(c.nodes, names(&["w-1"]));
     }
 
@@ -566,16 +642,16 @@ mod tests {
             place(&mut s, &format!("big-{i}"), &format!("big{i}"), &format!("w-{i}"), 3400);
         }
         let all = names(&["w-0", "w-1", "w-2"]);
-        let c = choose(&s, &all, 6, auto(10), &CheckOptions::default()).unwrap();
+        let c = choose(&s, &[], &all, 6, auto(10), &CheckOptions::default()).unwrap();
         assert_eq!(c.nodes, names(&["w-0", "w-1", "w-2"]), "zone b has 3 × 3.9 CPUs free");
         // Taint zone b: only zone a's own nodes take the pods, and one node's worth at most.
         for n in s.nodes.iter_mut().filter(|n| n.labels[ZONE_LABEL] == "b") {
             n.taints.push(Taint { key: "k".into(), value: String::new(), effect: "NoSchedule".into() });
         }
-        let hold = choose(&s, &all, 6, auto(10), &CheckOptions::default()).unwrap_err();
+        let hold = choose(&s, &[], &all, 6, auto(10), &CheckOptions::default()).unwrap_err();
         assert_eq!(hold, Hold::NoRoom { pod: "default/big-0".into(), node: "w-0".into() });
         assert!(hold.to_string().contains("no room"), "{hold}");
-        assert_eq!(next(&s, &all, 6, auto(10), &CheckOptions::default()), Next::Wait(hold));
+        assert_eq!(next(&s, &[], &all, 6, auto(10), &CheckOptions::default()), Next::Wait(hold));
     }
 
     #[test]
@@ -593,15 +669,103 @@ mod tests {
         }
         // Without the constraint all of zone a goes; with it, its last node must stay to take
         // the evicted pods (moved elsewhere, zone a would be the empty domain: skew 2).
-        let c = choose(&s, &names(&["w-0", "w-1", "w-2"]), 6, auto(10), &CheckOptions::default()).unwrap();
+        let c =
+            choose(&s, &[], &names(&["w-0", "w-1", "w-2"]), 6, auto(10), &CheckOptions::default()).unwrap();
         assert_eq!(c.nodes, names(&["w-0", "w-1"]));
         assert_eq!(c.limit, Limit::Held(Hold::NoRoom { pod: "default/web-0".into(), node: "w-2".into() }));
     }
 
     #[test]
+    fn nodes_in_flight_fill_the_cap_and_fix_the_zone() {
+        let s = cluster();
+        let opts = CheckOptions::default();
+        let rest = names(&["w-3", "w-1", "w-4", "w-2", "w-5"]);
+        // w-0 (zone a) under way: only zone a may join, up to the cap with it.
+        let c = choose(&s, &names(&["w-0"]), &rest, 6, auto(2), &opts).unwrap();
+        assert_eq!(
+            (c.nodes, c.zone.as_deref(), c.limit),
+            (names(&["w-1"]), Some("a"), Limit::Cap { cap: 2 })
+        );
+        let c = choose(&s, &names(&["w-0"]), &rest, 6, auto(10), &opts).unwrap();
+        assert_eq!((c.nodes, c.limit), (names(&["w-1", "w-2"]), Limit::Candidates));
+        let full = choose(&s, &names(&["w-0", "w-1"]), &rest, 6, auto(2), &opts).unwrap_err();
+        assert_eq!(full, Hold::Full { in_flight: 2, cap: 2 });
+        assert!(full.to_string().contains("2 node(s) under way fill the cap"), "{full}");
+        // Zone a all under way: zone b waits for them.
+        let other = choose(&s, &names(&["w-0", "w-1", "w-2"]), &names(&["w-3", "w-4"]), 6, auto(10), &opts);
+        assert_eq!(other, Err(Hold::OtherZone { in_flight: 3, zone: Some("a".into()) }));
+        // In flight in two zones (a resumed run): nothing joins until they finish.
+        let two = choose(&s, &names(&["w-0", "w-3"]), &names(&["w-1", "w-4"]), 6, auto(10), &opts);
+        assert_eq!(two, Err(Hold::OtherZone { in_flight: 2, zone: None }));
+        // --across-zones: any zone, the cap and room still hold.
+        let across = Auto { across_zones: true, ..auto(4) };
+        let c = choose(&s, &names(&["w-0", "w-3"]), &rest, 6, across, &opts).unwrap();
+        assert_eq!((c.nodes, c.limit), (names(&["w-1", "w-4"]), Limit::Cap { cap: 4 }));
+        // A candidate listed as in flight is not chosen twice.
+        let c = choose(&s, &names(&["w-0"]), &names(&["w-0", "w-1"]), 6, auto(10), &opts).unwrap();
+        assert_eq!(c.nodes, names(&["w-1"]));
+    }
+
+    #[test]
+    fn pods_still_on_nodes_in_flight_count_against_their_budgets() {
+        let mut s = cluster();
+        let opts = CheckOptions::default();
+        s.pdbs.push(budget("web", 2));
+        // w-0's pod is not evicted yet: with it, one more web pod fits the allowance of 2.
+        let c = choose(&s, &names(&["w-0"]), &names(&["w-1", "w-2"]), 6, auto(10), &opts).unwrap();
+        assert_eq!(c.nodes, names(&["w-1"]));
+        assert_eq!(c.limit, Limit::Held(web_hold(2, 3, "w-2")));
+        // Once w-0's pod is evicted, its replacement is unready and the allowance shows it.
+        s.pods.retain(|p| p.name != "web-0");
+        s.pdbs[0] = budget("web", 1);
+        let c = choose(&s, &names(&["w-0"]), &names(&["w-1", "w-2"]), 6, auto(10), &opts).unwrap();
+        assert_eq!(c.nodes, names(&["w-1"]));
+        // A budget the nodes in flight overdraw holds only the nodes that take from it.
+        s.pdbs[0] = budget("web", 0);
+        place(&mut s, "web-0", "web", "w-0", 100);
+        s.pods.retain(|p| p.name != "web-2");
+        let c = choose(&s, &names(&["w-0"]), &names(&["w-1", "w-2"]), 6, auto(10), &opts).unwrap();
+        assert_eq!(c.nodes, names(&["w-2"]));
+        // With nodes under way, a budget that only drains slowly waits for a slot rather
+        // than sending a node alone.
+        let mut s = cluster();
+        place(&mut s, "web-extra", "web", "w-1", 100);
+        s.pdbs.push(budget("web", 1));
+        let hold =
+            |needed| Hold::Budget { pdb: "default/web".into(), allowed: 1, needed, node: "w-1".into() };
+        assert_eq!(next(&s, &names(&["w-2"]), &names(&["w-1"]), 6, auto(10), &opts), Next::Wait(hold(3)));
+        assert_eq!(
+            next(&s, &[], &names(&["w-1"]), 6, auto(10), &opts),
+            Next::Alone { node: "w-1".into(), hold: hold(2) }
+        );
+    }
+
+    #[test]
+    fn pods_on_nodes_in_flight_keep_their_room() {
+        let mut s = cluster();
+        let opts = CheckOptions::default();
+        for i in 0..3 {
+            place(&mut s, &format!("big-{i}"), &format!("big{i}"), &format!("w-{i}"), 3400);
+        }
+        // Of zone b only w-3 takes pods: room for one big pod.
+        for n in s.nodes.iter_mut().filter(|n| n.name == "w-4" || n.name == "w-5") {
+            n.taints.push(Taint { key: "k".into(), value: String::new(), effect: "NoSchedule".into() });
+        }
+        // Alone, w-1's big pod would go to w-3; with w-0 under way, w-0's own big pod takes
+        // that room, so nothing joins.
+        let c = choose(&s, &[], &names(&["w-1"]), 6, auto(10), &opts).unwrap();
+        assert_eq!(c.nodes, names(&["w-1"]));
+        let hold = choose(&s, &names(&["w-0"]), &names(&["w-1", "w-2"]), 6, auto(10), &opts).unwrap_err();
+        assert_eq!(hold, Hold::NoRoom { pod: "default/big-1".into(), node: "w-1".into() });
+        // Nodes in flight whose own pods have no room hold everything, naming their pod.
+        let hold = choose(&s, &names(&["w-0", "w-1"]), &names(&["w-2"]), 6, auto(10), &opts).unwrap_err();
+        assert!(matches!(&hold, Hold::NoRoom { node, .. } if node == "w-0" || node == "w-1"), "{hold:?}");
+    }
+
+    #[test]
     fn nothing_left_is_its_own_hold() {
         let s = cluster();
-        assert_eq!(choose(&s, &[], 6, auto(1), &CheckOptions::default()), Err(Hold::NothingLeft));
+        assert_eq!(choose(&s, &[], &[], 6, auto(1), &CheckOptions::default()), Err(Hold::NothingLeft));
     }
 
     #[test]
@@ -718,31 +882,47 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever the cluster: a chosen batch never asks a budget for more than it allows
-        /// when all of its pods are evicted at once, never leaves an evicted pod without
-        /// room, never spans two zones (unless told to) and stays within the cap; and a hold
-        /// means no candidate could have gone alone.
+        /// Whatever the cluster and whatever is already in flight: the union of the nodes in
+        /// flight and a chosen batch never asks a budget the batch takes from for more than it
+        /// allows when all of their pods are evicted at once, never leaves an evicted pod
+        /// without room (nor its topology spread unkept), never spans two zones (unless told
+        /// to) and stays within the cap; and a hold means no candidate could have joined alone.
         #[test]
-        fn auto_batches_are_safe((s, cands, cap, across) in arb_cluster()) {
+        fn auto_batches_are_safe((s, cands, cap, across) in arb_cluster(), flying in any::<bool>(), mask in any::<u16>()) {
             let opts = CheckOptions::default();
             let a = Auto { cap: MaxUnavailable::Count(cap), across_zones: across };
-            match choose(&s, &cands, cands.len(), a, &opts) {
+            // Half the cases start with nothing in flight; the others with a random subset.
+            let mut i = 0u32;
+            let (in_flight, cands): (Vec<String>, Vec<String>) = if flying {
+                cands.into_iter().partition(|_| {
+                    i = i.wrapping_add(1);
+                    mask & (1 << (i % 16)) != 0
+                })
+            } else {
+                (Vec::new(), cands)
+            };
+            let workers = in_flight.len() + cands.len();
+            match choose(&s, &in_flight, &cands, workers, a, &opts) {
                 Ok(c) => {
-                    prop_assert!(!c.nodes.is_empty() && c.nodes.len() <= cap as usize);
-                    let set: BTreeSet<String> = c.nodes.iter().cloned().collect();
-                    prop_assert_eq!(set.len(), c.nodes.len(), "no node twice");
-                    prop_assert!(c.nodes.iter().all(|n| cands.contains(n)));
+                    let new: BTreeSet<String> = c.nodes.iter().cloned().collect();
+                    prop_assert_eq!(new.len(), c.nodes.len(), "no node twice");
+                    prop_assert!(c.nodes.iter().all(|n| cands.contains(n) && !in_flight.contains(n)));
+                    let set: BTreeSet<String> = new.iter().chain(&in_flight).cloned().collect();
+                    prop_assert!(!c.nodes.is_empty() && set.len() <= cap as usize);
+                    let takes = |nodes: &BTreeSet<String>, pdb: &crate::pdb::PdbInfo| s.pods.iter()
+                        .filter(|p| p.node.as_ref().is_some_and(|n| nodes.contains(n)))
+                        .filter(|p| p.consumes_disruption() && pdb.covers(p))
+                        .filter(|p| matches!(drain::decide(p, opts.drain), drain::Decision::Evict { .. }))
+                        .count();
                     for pdb in &s.pdbs {
-                        let taken = s.pods.iter()
-                            .filter(|p| p.node.as_ref().is_some_and(|n| set.contains(n)))
-                            .filter(|p| p.consumes_disruption() && pdb.covers(p))
-                            .filter(|p| matches!(drain::decide(p, opts.drain), drain::Decision::Evict { .. }))
-                            .count();
-                        prop_assert!(taken as i32 <= pdb.disruptions_allowed.max(0), "{} takes {taken}", pdb.key());
+                        if takes(&new, pdb) > 0 {
+                            let taken = takes(&set, pdb);
+                            prop_assert!(taken as i32 <= pdb.disruptions_allowed.max(0), "{} takes {taken} with the nodes in flight", pdb.key());
+                        }
                     }
                     prop_assert!(Capacity::new(&s).check(&set, &opts).is_empty(), "an evicted pod without room");
                     // Topology spread, checked on its own: every evicted pod with a hard spread
-                    // constraint has some node outside the batch that keeps its skew.
+                    // constraint has some node outside the union that keeps its skew.
                     let evicted: Vec<&crate::snapshot::PodInfo> = s.pods.iter()
                         .filter(|p| p.node.as_ref().is_some_and(|n| set.contains(n)))
                         .filter(|p| p.owner.is_some() && !p.phase.is_terminal())
@@ -768,16 +948,16 @@ mod tests {
                         }
                     }
                     if !across {
-                        let zones: BTreeSet<Option<&str>> = c.nodes.iter().map(|n| zone_of(&s, n)).collect();
+                        let zones: BTreeSet<Option<&str>> = set.iter().map(|n| zone_of(&s, n)).collect();
                         prop_assert_eq!(zones.len(), 1, "two zones: {:?}", zones);
                     }
                 }
                 Err(hold) => {
                     for n in &cands {
-                        let alone = choose(&s, std::slice::from_ref(n), cands.len(), a, &opts);
-                        prop_assert!(alone.is_err(), "held by {hold} but {n} could go alone");
+                        let alone = choose(&s, &in_flight, std::slice::from_ref(n), workers, a, &opts);
+                        prop_assert!(alone.is_err(), "held by {hold} but {n} could join alone");
                     }
-                    prop_assert!(!matches!(hold, Hold::NothingLeft));
+                    prop_assert!(!matches!(hold, Hold::NothingLeft) || cands.is_empty());
                 }
             }
         }

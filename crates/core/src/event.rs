@@ -271,6 +271,9 @@ pub enum Event {
         stage: usize,
         /// The nodes, started together.
         nodes: Vec<String>,
+        /// Nodes already under way that they join (the window slides).
+        #[serde(default)]
+        in_flight: usize,
         /// Their zone (None: no zone label, or `--across-zones`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         zone: Option<String>,

@@ -13,7 +13,8 @@ use crate::catalog::{Catalog, Support};
 use crate::version::{MinorVersion, Version, VersionRequest};
 
 /// When the next minor is reachable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Policy {
     /// Any higher patch; the next minor from any patch.
@@ -121,9 +122,7 @@ impl Serialize for Forced {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
     /// The target is older than the current version.
-    #[error(
-        "{to} is older than {from}: downgrades are not supported upstream; refit refuses them unless --force"
-    )]
+    #[error("{to} is older than {from}: downgrades are not supported upstream; refit refuses them")]
     Downgrade {
         /// Current.
         from: String,
@@ -131,9 +130,7 @@ pub enum PathError {
         to: String,
     },
     /// The target release is not in the catalog.
-    #[error(
-        "{to} is not a known Kubernetes release (the catalog knows {known}); refresh the catalog with --catalog FILE, or use --force"
-    )]
+    #[error("{to} is not a known Kubernetes release (the catalog knows {known})")]
     UnknownRelease {
         /// Requested.
         to: String,
@@ -141,7 +138,7 @@ pub enum PathError {
         known: String,
     },
     /// A minor with no known patch (an unknown minor, or a gap the path must cross).
-    #[error("no known release of {minor}: the catalog ends at {newest}; refresh it with --catalog FILE")]
+    #[error("no known release of {minor}: the catalog ends at {newest}")]
     UnknownMinor {
         /// The minor.
         minor: MinorVersion,
@@ -149,15 +146,26 @@ pub enum PathError {
         newest: MinorVersion,
     },
     /// The target minor is out of support.
-    #[error(
-        "{to} reached end of life on {since}: choose a supported target (see `refit versions`), or use --force"
-    )]
+    #[error("{to} reached end of life on {since}: choose a supported target (see `refit versions`)")]
     EndOfLife {
         /// Requested.
         to: String,
         /// Support ended.
         since: String,
     },
+}
+
+impl PathError {
+    /// The ways out a front end offers with the message (core names no flag: the CLI renders
+    /// these as `--force`, `refit catalog update`, an API as fields).
+    pub fn remedies(&self) -> Vec<crate::remedy::Remedy> {
+        use crate::remedy::Remedy;
+        match self {
+            PathError::Downgrade { .. } | PathError::EndOfLife { .. } => vec![Remedy::OverrideVersionRule],
+            PathError::UnknownRelease { .. } => vec![Remedy::RefreshCatalog, Remedy::OverrideVersionRule],
+            PathError::UnknownMinor { .. } => vec![Remedy::RefreshCatalog],
+        }
+    }
 }
 
 /// Targets reachable in one control-plane step from `from` under `policy`, ascending.
@@ -339,6 +347,23 @@ mod tests {
             e.to_string().contains("1.38"),
             "a forced unknown target still cannot skip an unknown minor: {e}"
         );
+    }
+
+    #[test]
+    fn refusals_name_no_flag_and_carry_their_ways_out() {
+        use crate::remedy::Remedy::{OverrideVersionRule, RefreshCatalog};
+        let c = fixture::catalog();
+        let cases = [
+            (("1.37.1", "1.36.4", false), vec![OverrideVersionRule]),
+            (("1.36.1", "1.36.9", false), vec![RefreshCatalog, OverrideVersionRule]),
+            (("1.33.0", "1.33.2", false), vec![OverrideVersionRule]),
+            (("1.36.0", "1.39", true), vec![RefreshCatalog]),
+        ];
+        for ((from, to, force), want) in cases {
+            let e = upgrade_path(&c, &v(from), &req(to), Policy::Default, force, today()).unwrap_err();
+            assert!(!e.to_string().contains("--"), "core names no flag: {e}");
+            assert_eq!(e.remedies(), want, "{e}");
+        }
     }
 
     proptest! {

@@ -275,7 +275,8 @@ pub enum PlanError {
     #[error("--partial-ok leaves out workers only, but {0} failed its checks; fix it first")]
     PartialControlPlane(String),
     /// Nothing to upgrade.
-    #[error("every node is already at {0}; nothing to do (use --force to include them)")]
+    /// (Its way out is [`crate::remedy::Remedy::Force`]: include the nodes at the target.)
+    #[error("every node is already at {0}; nothing to do")]
     NothingToDo(String),
 }
 

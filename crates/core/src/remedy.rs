@@ -28,6 +28,11 @@ pub enum Remedy {
     MinFreeDisk,
     /// Include nodes already at the target.
     Force,
+    /// Override a version rule (a downgrade, an unknown release, an end-of-life target) on the
+    /// operator's own responsibility.
+    OverrideVersionRule,
+    /// Bring the release catalog up to date (newer releases than the one refit knows).
+    RefreshCatalog,
 }
 
 impl Remedy {
@@ -40,6 +45,8 @@ impl Remedy {
             Remedy::LowerMaxUnavailable => "or lower",
             Remedy::MinFreeDisk => "or set",
             Remedy::Force => "include it with",
+            Remedy::OverrideVersionRule => "or override with",
+            Remedy::RefreshCatalog => "refresh it with",
         }
     }
 }
@@ -57,6 +64,8 @@ mod tests {
             Remedy::LowerMaxUnavailable,
             Remedy::MinFreeDisk,
             Remedy::Force,
+            Remedy::OverrideVersionRule,
+            Remedy::RefreshCatalog,
         ];
         for r in all {
             let json = serde_json::to_string(&r).unwrap();

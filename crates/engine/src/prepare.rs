@@ -104,6 +104,9 @@ pub enum PrepareError {
     /// file names nodes the cluster does not have, ...): bad input.
     #[error("{0}")]
     Input(String),
+    /// No upgrade path to what was asked (bad input too), with its ways out.
+    #[error(transparent)]
+    Path(#[from] refit_core::path::PathError),
     /// Every node is already at the target.
     #[error("{0}")]
     NothingToDo(String),
@@ -118,8 +121,8 @@ pub async fn prepare(conn: &Connection, input: &PlanInput) -> Result<Prepared, P
     // Fetch (1): the version the path starts from.
     let current = refit_kube::apis::oldest_apiserver_version(conn).await?;
     // Validate (1): the path.
-    let path = upgrade_path(&input.catalog, &current, &input.request, input.policy, input.force, input.today)
-        .map_err(|e| PrepareError::Input(e.to_string()))?;
+    let path =
+        upgrade_path(&input.catalog, &current, &input.request, input.policy, input.force, input.today)?;
     tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "connected, path resolved");
     // Fetch (2): the removed-API signals (each apiserver's metrics, metadata-only lists, Helm
     // releases) do not depend on the snapshot, so both are read at once. The snapshot's lists
@@ -239,7 +242,7 @@ fn decide(
             .filter(|p| p.kind == refit_core::plan::PhaseKind::Workers)
             .flat_map(|p| p.batches.iter().flat_map(|b| b.units.iter().map(|u| u.node.clone())))
             .collect();
-        let first = batch::next(snapshot, &candidates, candidates.len(), settings, &check_opts);
+        let first = batch::next(snapshot, &[], &candidates, candidates.len(), settings, &check_opts);
         AutoPreview { settings, first }
     });
     let addresses: BTreeMap<String, String> =

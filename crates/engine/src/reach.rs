@@ -151,8 +151,7 @@ pub async fn probe(
     let mut report = probe_nodes(probe, without_plan(requests(&path)), PROBE_TIMEOUT).await;
     let narrowed =
         reach::narrow(catalog, path.from.minor_version(), reach::kept_minor(request), &report.observed);
-    let resolved = upgrade_path(&narrowed, &path.from, request, policy, force, today)
-        .map_err(|e| PrepareError::Input(e.to_string()))?;
+    let resolved = upgrade_path(&narrowed, &path.from, request, policy, force, today)?;
     let asked = requests(&resolved);
     match probe {
         // An exec probe answers for exact versions: ask again about the ones now chosen.

@@ -742,6 +742,74 @@ async fn auto_takes_a_zone_at_a_time_as_the_budgets_allow() {
     assert_eq!(w.cluster.snapshots_taken.load(Ordering::SeqCst), 3, "one fresh read per batch");
 }
 
+/// Issue 14: the auto window slides — a node joins as soon as a slot frees, without waiting
+/// for the slowest node under way; the next zone starts only when the last node of the
+/// previous one has finished.
+#[tokio::test(start_paused = true)]
+async fn auto_window_slides_without_waiting_for_the_slowest_node() {
+    let (w, mut spec) = auto_world(6);
+    let auto =
+        refit_core::batch::Auto { cap: refit_core::plan::MaxUnavailable::Count(2), across_zones: false };
+    spec.schedule.batch_automatically(auto, 2);
+    w.cluster.drain_times.lock().unwrap().insert("w-01".into(), Duration::from_secs(400));
+    let id = w.create("r1", &spec);
+    let o = run(&w, &id, spec, None).await;
+    assert_eq!(o.state, RunState::Completed, "{:?}", o.reason);
+    assert_eq!(w.cluster.at(TO), 6);
+    let events = w.events();
+    let batches: Vec<Vec<String>> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::BatchChosen { nodes, .. } => Some(nodes.clone()),
+            _ => None,
+        })
+        .collect();
+    let names = |ns: &[&str]| ns.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        batches,
+        vec![names(&["w-01", "w-02"]), names(&["w-03"]), names(&["w-04", "w-05"]), names(&["w-06"])],
+        "w-03 fills w-02's slot; zone b waits for w-01"
+    );
+    let at = |pred: &dyn Fn(&Event) -> bool| events.iter().position(pred).unwrap();
+    let w03_chosen =
+        at(&|e| matches!(e, Event::BatchChosen { nodes, in_flight: 1, .. } if nodes[0] == "w-03"));
+    let w01_done = at(&|e| matches!(e, Event::UnitFinished { node, .. } if node == "w-01"));
+    let w04_chosen = at(&|e| matches!(e, Event::BatchChosen { nodes, .. } if nodes[0] == "w-04"));
+    assert!(w03_chosen < w01_done, "w-03 started while the slow w-01 was still under way");
+    assert!(w01_done < w04_chosen, "one zone at a time");
+    assert_eq!(w.cluster.max_unschedulable_workers.load(Ordering::SeqCst), 2, "never above the cap");
+}
+
+/// A sliding window reads the cluster whenever a node ends: a read that fails is retried, not
+/// a reason to stop the run; reads that keep failing with nothing under way stop it after the
+/// drain timeout, saying why.
+#[tokio::test(start_paused = true)]
+async fn auto_retries_a_failed_read_of_the_cluster() {
+    let (w, mut spec) = auto_world(4);
+    let auto =
+        refit_core::batch::Auto { cap: refit_core::plan::MaxUnavailable::Count(1), across_zones: false };
+    spec.schedule.batch_automatically(auto, 1);
+    w.cluster.snapshots_fail_after.store(1, Ordering::SeqCst);
+    w.cluster.snapshots_failing.store(3, Ordering::SeqCst);
+    let id = w.create("r1", &spec);
+    let o = run(&w, &id, spec, None).await;
+    assert_eq!(o.state, RunState::Completed, "{:?}", o.reason);
+    assert_eq!(w.cluster.at(TO), 4);
+
+    let (w, spec) = auto_world(2);
+    w.cluster.snapshots_fail_after.store(1, Ordering::SeqCst);
+    w.cluster.snapshots_failing.store(usize::MAX / 2, Ordering::SeqCst);
+    let id = w.create("r1", &spec);
+    let o = run(&w, &id, spec, None).await;
+    assert_eq!(o.state, RunState::Failed);
+    let reason = o.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("within the drain timeout: cannot read the cluster to choose the next batch"),
+        "{reason}"
+    );
+    assert_eq!(w.cluster.at(TO), 1, "zone a's node (the one read) finished; zone b's never started");
+}
+
 #[tokio::test(start_paused = true)]
 async fn auto_with_no_headroom_waits_then_names_the_budget() {
     let (w, spec) = auto_world(2);
@@ -762,7 +830,7 @@ async fn auto_with_no_headroom_waits_then_names_the_budget() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn auto_finishes_the_node_an_earlier_attempt_began_before_choosing_others() {
+async fn auto_starts_the_node_an_earlier_attempt_began_first_and_counts_it_in_flight() {
     let (w, spec) = auto_world(4);
     let id = w.create("r1", &spec);
     // An earlier attempt cordoned w-03 (zone b) and recorded it, then died.
@@ -778,11 +846,20 @@ async fn auto_finishes_the_node_an_earlier_attempt_began_before_choosing_others(
     let o = run(&w, &id, spec, None).await;
     assert_eq!(o.state, RunState::Completed, "{:?}", o.reason);
     assert_eq!(w.cluster.at(TO), 4);
-    let first = w.events().into_iter().find_map(|e| match e {
-        Event::BatchChosen { nodes, .. } => Some(nodes),
-        _ => None,
-    });
-    assert_eq!(first, Some(vec!["w-03".to_string()]), "the begun node alone, first");
+    let batches: Vec<Vec<String>> = w
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::BatchChosen { nodes, .. } => Some(nodes),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(batches.first(), Some(&vec!["w-03".to_string()]), "the begun node alone, first");
+    assert_eq!(
+        batches.get(1),
+        Some(&vec!["w-04".to_string()]),
+        "then its zone's other node joins it while it is in flight"
+    );
     assert!(
         w.cluster.max_unschedulable_workers.load(Ordering::SeqCst) <= 2,
         "never two zones' worth at once"

@@ -6,14 +6,16 @@
 //! is repeated) or, when it cannot be reached, record it Pending (`core::fleet::outcome`) →
 //! observe the members the current stage may start (concurrently, a timeout each) →
 //! `next(run, facts, now)` → record each decision (one versioned, fenced transaction) and
-//! launch the members it starts *after* their `MemberStarted` was recorded → repeat until only
+//! launch the members it starts *after* their `MemberStarted` was recorded (the current
+//! stage's health gates that are due are probed first and their observations passed in the
+//! facts, so `next` records them and the soak rule judges them) → repeat until only
 //! a `Wait` comes back. Between ticks the driver sleeps until the earliest `Wait { until }`, a
 //! member's outcome, or [`DriverConfig::poll`] (approvals, stops and skips arrive through the
 //! store). Its leases are renewed by a timer ([`crate::lease::Renewer`]), not by this loop; if
 //! another driver took a run over, the run's writes are refused, its member upgrades are
 //! cancelled and the run is left to the new holder.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +25,7 @@ use refit_core::Version;
 use refit_core::fleet::{
     Decision, Event, Facts, MemberFacts, MemberTarget, RunState, UpdateState, UpgradeEnd, UpgradeType,
 };
+use refit_core::health::Observation;
 use refit_store::fleet::{MemberProgress, MemberRecord};
 use tokio::sync::mpsc;
 
@@ -389,7 +392,8 @@ impl<L: MemberLauncher, O: Observer, S: DriverStore> Driver<L, O, S> {
         for _ in 0..200 {
             let state = load_run_on(&mut self.store, run).await?.state;
             self.relaunch(&state).await?;
-            let facts = self.facts_for(&state).await?;
+            let mut facts = self.facts_for(&state).await?;
+            facts.health = probe_health(&state).await;
             let decisions = refit_core::fleet::next(&state, &facts, now());
             let mut acted = false;
             for d in decisions {
@@ -456,7 +460,7 @@ impl<L: MemberLauncher, O: Observer, S: DriverStore> Driver<L, O, S> {
                 (m.name.clone(), f)
             })
             .collect();
-        Ok(Facts { members: out })
+        Ok(Facts { members: out, ..Facts::default() })
     }
 
     /// Members the store says are under way but no task of ours runs: relaunched (their
@@ -522,6 +526,7 @@ impl<L: MemberLauncher, O: Observer, S: DriverStore> Driver<L, O, S> {
             target,
             control_plane,
             not_after,
+            policy: state.spec.policy,
         };
         let launcher = self.launcher.clone();
         let task = tokio::spawn(async move {
@@ -538,6 +543,23 @@ impl<L: MemberLauncher, O: Observer, S: DriverStore> Driver<L, O, S> {
         self.children.insert(key, task);
         Ok(())
     }
+}
+
+/// Probes the current stage's health gates that are due (core says which), concurrently,
+/// each through `refit_exec::gate::probe` — the same probe the engine's gates between worker
+/// batches use — and bounded by its probe timeout. A command gate gets the run and stage in
+/// `REFIT_FLEET_RUN` / `REFIT_FLEET_STAGE`.
+async fn probe_health(state: &RunState) -> BTreeMap<(String, String), Observation> {
+    let due = state.health_gates_due(now());
+    let probes = due.into_iter().map(|(stage, gate)| async move {
+        let env = [
+            ("REFIT_FLEET_RUN".to_string(), state.name.clone()),
+            ("REFIT_FLEET_STAGE".to_string(), stage.clone()),
+        ];
+        let seen = refit_exec::gate::probe(&gate.check, &env).await;
+        ((stage, gate.name), seen)
+    });
+    futures::future::join_all(probes).await.into_iter().collect()
 }
 
 impl<L: MemberLauncher, O: Observer, S: DriverStore> Drop for Driver<L, O, S> {

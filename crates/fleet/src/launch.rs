@@ -44,6 +44,8 @@ pub struct MemberUpgrade {
     pub control_plane: Option<Version>,
     /// Start no node after this (its maintenance window closes).
     pub not_after: Option<Timestamp>,
+    /// The run's version rule (`--policy strict` is passed on; default is the default).
+    pub policy: refit_core::path::Policy,
 }
 
 /// Receives what a member upgrade reports on its way.
@@ -167,6 +169,9 @@ pub fn upgrade_argv(exe: &Path, store: &Path, up: &MemberUpgrade) -> Result<Vec<
     }
     if let Some(t) = up.not_after {
         argv.extend(["--not-after".into(), t.to_string()]);
+    }
+    if up.policy != refit_core::path::Policy::Default {
+        argv.extend(["--policy".into(), up.policy.to_string()]);
     }
     match up.upgrade_type {
         UpgradeType::ControlPlaneOnly => argv.push("--control-plane-only".into()),
@@ -466,12 +471,16 @@ mod tests {
             target: MemberTarget { kubernetes: Some("1.37.1".parse().unwrap()), ..Default::default() },
             control_plane: None,
             not_after: Some("2026-06-10T14:00:00Z".parse().unwrap()),
+            policy: refit_core::path::Policy::Strict,
         };
         let argv = upgrade_argv(Path::new("/bin/refit"), Path::new("/s/refit.db"), &up).unwrap();
         assert_eq!(
             argv.join(" "),
-            "/bin/refit upgrade --to 1.37.1 --yes -o json --store /s/refit.db --kubeconfig /k/m.conf --context m --not-after 2026-06-10T14:00:00Z --control-plane-only --action sandbox:/tmp/m --max-unavailable=2"
+            "/bin/refit upgrade --to 1.37.1 --yes -o json --store /s/refit.db --kubeconfig /k/m.conf --context m --not-after 2026-06-10T14:00:00Z --policy strict --control-plane-only --action sandbox:/tmp/m --max-unavailable=2"
         );
+        let plain = MemberUpgrade { policy: refit_core::path::Policy::Default, ..up.clone() };
+        let argv = upgrade_argv(Path::new("/bin/refit"), Path::new("/s/refit.db"), &plain).unwrap();
+        assert!(!argv.iter().any(|a| a == "--policy"), "{argv:?}");
         let images = MemberUpgrade { upgrade_type: UpgradeType::NodeImageOnly, ..up };
         assert!(
             upgrade_argv(Path::new("/bin/refit"), Path::new("/s"), &images)

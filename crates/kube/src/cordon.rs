@@ -79,7 +79,7 @@ struct Observed {
 }
 
 async fn observe(api: &Api<Node>, node: &str) -> Result<Observed, Error> {
-    let n = match api.get(node).await {
+    let n = match crate::retry::retrying("reading a node", || api.get(node)).await {
         Ok(n) => n,
         Err(kube::Error::Api(s)) if s.code == 404 => {
             return Err(Error::NodeNotFound { node: node.to_string() });
@@ -158,7 +158,9 @@ async fn guarded_patch(
 ) -> Result<bool, Error> {
     patch["metadata"]["resourceVersion"] = json!(resource_version);
     let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_string()), ..PatchParams::default() };
-    match api.patch(node, &params, &Patch::Merge(&patch)).await {
+    // Guarded by the resourceVersion: a repeat after a lost answer is a 409 (re-observed).
+    let patch = Patch::Merge(&patch);
+    match crate::retry::retrying("patching a node", || api.patch(node, &params, &patch)).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
         Err(kube::Error::Api(s)) if s.code == 404 => Err(Error::NodeNotFound { node: node.to_string() }),

@@ -106,7 +106,9 @@ fn object(name: &str, claim: &LeaseClaim, prev: Option<&LeaseRecord>, taking: bo
 /// Reads the Lease `namespace/name` (None: there is none).
 pub async fn read(conn: &Connection, namespace: &str, name: &str) -> Result<Option<LeaseRecord>, Error> {
     let api: Api<Lease> = Api::namespaced(conn.client.clone(), namespace);
-    let l = api.get_opt(name).await.map_err(|e| api_err(format!("reading lease {namespace}/{name}"), e))?;
+    let what = format!("reading lease {namespace}/{name}");
+    let l =
+        crate::retry::retrying(&what, || api.get_opt(name)).await.map_err(|e| api_err(what.clone(), e))?;
     Ok(l.map(record))
 }
 
@@ -118,7 +120,9 @@ pub async fn create(
     claim: &LeaseClaim,
 ) -> Result<Write, Error> {
     let api: Api<Lease> = Api::namespaced(conn.client.clone(), namespace);
-    match api.create(&PostParams::default(), &object(name, claim, None, true)).await {
+    // A repeat after a lost answer finds it created (409): `Lost`, and the caller reads it back.
+    let (pp, obj) = (PostParams::default(), object(name, claim, None, true));
+    match crate::retry::retrying("creating a lease", || api.create(&pp, &obj)).await {
         Ok(l) => Ok(Write::Written(record(l))),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(Write::Lost),
         Err(e) => Err(api_err(format!("creating lease {namespace}/{name}"), e)),
@@ -136,7 +140,9 @@ pub async fn replace(
     taking: bool,
 ) -> Result<Write, Error> {
     let api: Api<Lease> = Api::namespaced(conn.client.clone(), namespace);
-    match api.replace(name, &PostParams::default(), &object(name, claim, Some(prev), taking)).await {
+    // Guarded by `prev`'s resourceVersion: a repeat after a lost answer is a 409 (`Lost`).
+    let (pp, obj) = (PostParams::default(), object(name, claim, Some(prev), taking));
+    match crate::retry::retrying("writing a lease", || api.replace(name, &pp, &obj)).await {
         Ok(l) => Ok(Write::Written(record(l))),
         Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(Write::Lost),
         Err(e) => Err(api_err(format!("writing lease {namespace}/{name}"), e)),
@@ -159,7 +165,8 @@ pub async fn delete(
         }),
         ..DeleteParams::default()
     };
-    match api.delete(name, &dp).await {
+    // Guarded by UID and resourceVersion: a repeat after a lost answer is a 404 (`Ok(false)`).
+    match crate::retry::retrying("deleting a lease", || api.delete(name, &dp)).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(false),
         Err(e) => Err(api_err(format!("deleting lease {namespace}/{name}"), e)),

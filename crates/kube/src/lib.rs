@@ -15,6 +15,7 @@ pub mod health;
 pub mod inventory;
 pub mod lease;
 pub mod node;
+pub mod retry;
 pub mod snapshot;
 
 pub use connect::{ClusterTarget, Connection, connect};

@@ -62,7 +62,8 @@ fn is_ready(n: &Node) -> bool {
 /// Reads one node (a missing node is `exists: false`, not an error).
 pub async fn node_state(conn: &Connection, node: &str) -> Result<NodeState, Error> {
     let api: Api<Node> = Api::all(conn.client.clone());
-    match api.get_opt(node).await.map_err(|e| api_err(format!("reading node {node}"), e))? {
+    let what = format!("reading node {node}");
+    match crate::retry::retrying(&what, || api.get_opt(node)).await.map_err(|e| api_err(what.clone(), e))? {
         Some(n) => Ok(state_of(&n)),
         None => Ok(NodeState::default()),
     }
@@ -71,8 +72,31 @@ pub async fn node_state(conn: &Connection, node: &str) -> Result<NodeState, Erro
 /// Every node's state, by name (one list).
 pub async fn node_states(conn: &Connection) -> Result<BTreeMap<String, NodeState>, Error> {
     let api: Api<Node> = Api::all(conn.client.clone());
-    let list = api.list(&ListParams::default()).await.map_err(|e| api_err("listing nodes", e))?;
+    let lp = ListParams::default();
+    let list = crate::retry::retrying("listing nodes", || api.list(&lp))
+        .await
+        .map_err(|e| api_err("listing nodes", e))?;
     Ok(list.items.iter().map(|n| (n.metadata.name.clone().unwrap_or_default(), state_of(n))).collect())
+}
+
+/// kube-runtime's `await_condition` on one node, watched again after a transient failure (an
+/// etcd restart ends a watch with an error; the condition is what matters, not the stream). The
+/// caller's timeout bounds it; an error that is not transient ends it.
+async fn watch_until(
+    api: &Api<Node>,
+    node: &str,
+    cond: impl Fn(Option<&Node>) -> bool + Clone,
+) -> Result<(), kube::runtime::wait::Error> {
+    loop {
+        match await_condition(api.clone(), node, cond.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(kube::runtime::wait::Error::ProbeFailed(e)) if crate::retry::is_transient_watch(&e) => {
+                tracing::warn!("watching node {node}: {e}; watching again");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Waits (through a watch) until `node` is Ready with its kubelet at `version`.
@@ -90,8 +114,8 @@ pub async fn wait_ready_at(
             s.ready && s.kubelet.as_ref().is_some_and(|k| k.release() == want)
         })
     };
-    match tokio::time::timeout(timeout, await_condition(api, node, cond)).await {
-        Ok(Ok(_)) => Ok(()),
+    match tokio::time::timeout(timeout, watch_until(&api, node, cond)).await {
+        Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
             Err(Error::Wait { what: format!("node {node} Ready at {version}"), detail: e.to_string() })
         }
@@ -116,8 +140,8 @@ pub async fn wait_ready_at(
 /// Waits (through a watch) until the Node object is gone.
 pub async fn wait_gone(conn: &Connection, node: &str, timeout: Duration) -> Result<(), Error> {
     let api: Api<Node> = Api::all(conn.client.clone());
-    match tokio::time::timeout(timeout, await_condition(api, node, |n: Option<&Node>| n.is_none())).await {
-        Ok(Ok(_)) => Ok(()),
+    match tokio::time::timeout(timeout, watch_until(&api, node, |n: Option<&Node>| n.is_none())).await {
+        Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(Error::Wait { what: format!("node {node} removed"), detail: e.to_string() }),
         Err(_) => Err(Error::Wait {
             what: format!("node {node} removed"),
@@ -155,7 +179,8 @@ pub async fn custom_metadata(
     carry: &carried_over::CarryOver,
 ) -> Result<CustomMetadata, Error> {
     let api: Api<Node> = Api::all(conn.client.clone());
-    let n = api.get(node).await.map_err(|e| api_err(format!("reading node {node}"), e))?;
+    let what = format!("reading node {node}");
+    let n = crate::retry::retrying(&what, || api.get(node)).await.map_err(|e| api_err(what.clone(), e))?;
     let labels = n.metadata.labels.unwrap_or_default().into_iter().filter(|(k, _)| carry.label(k)).collect();
     let annotations =
         n.metadata.annotations.unwrap_or_default().into_iter().filter(|(k, _)| carry.annotation(k)).collect();
@@ -179,7 +204,8 @@ pub async fn apply_custom_metadata(
     meta: &CustomMetadata,
 ) -> Result<(), Error> {
     let api: Api<Node> = Api::all(conn.client.clone());
-    let n = api.get(node).await.map_err(|e| api_err(format!("reading node {node}"), e))?;
+    let what = format!("reading node {node}");
+    let n = crate::retry::retrying(&what, || api.get(node)).await.map_err(|e| api_err(what.clone(), e))?;
     let missing = |have: Option<&BTreeMap<String, String>>, want: &BTreeMap<String, String>| {
         want.iter()
             .filter(|(k, _)| !have.is_some_and(|h| h.contains_key(*k)))

@@ -2,7 +2,8 @@
 //!
 //! Errors are JSON `{"error": "..."}` with the status that says who must act: 400 malformed
 //! request, 401 no or wrong token, 403 missing CSRF token or foreign origin, 404 unknown run,
-//! 409 the run's rules refuse the action (nothing changed), 500 the store failed.
+//! 409 the run's rules refuse the action (nothing changed), 500 the store failed, 502 the hub
+//! failed (`refit serve --hub`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use serde_json::json;
 use crate::Config;
 use crate::auth::{self, Identity, Tokens};
 use crate::metrics::Metrics;
-use crate::source::{ActError, Action, Source};
+use crate::source::{ActError, Action, ReadError, Source};
 use crate::stream::Hub;
 use crate::tls::ClientName;
 
@@ -89,6 +90,16 @@ impl From<refit_store::Error> for ApiError {
     }
 }
 
+impl From<ReadError> for ApiError {
+    fn from(e: ReadError) -> ApiError {
+        match e {
+            ReadError::Store(e) => e.into(),
+            // The hub failed, not this server: a gateway error.
+            e @ ReadError::Hub { .. } => ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()),
+        }
+    }
+}
+
 impl From<ActError> for ApiError {
     fn from(e: ActError) -> ApiError {
         match e {
@@ -97,6 +108,7 @@ impl From<ActError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, e.to_string())
             }
             ActError::Store(e) => e.into(),
+            ActError::Read(e) => e.into(),
         }
     }
 }

@@ -161,9 +161,10 @@ async fn index(
     axum::Extension(caller): axum::Extension<Caller>,
     q: Query<Fragment>,
 ) -> Response {
-    let data =
-        blocking(&state, |s| -> Result<_, refit_store::Error> { Ok((s.fleet_runs()?, s.cluster_runs()?)) })
-            .await;
+    let data = blocking(&state, |s| -> Result<_, crate::source::ReadError> {
+        Ok((s.fleet_runs()?, s.cluster_runs()?))
+    })
+    .await;
     let (runs, clusters) = match data {
         Ok(d) => d,
         Err(e) => return (e.status, Html(format!("<p>{}</p>", esc(&e.message)))).into_response(),

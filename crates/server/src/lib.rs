@@ -4,11 +4,11 @@
 //! build step), Prometheus metrics, and webhook notifications.
 //!
 //! The server never talks to SQLite itself: it reads and acts through [`source::Source`], which
-//! the local store implements today ([`source::LocalStore`]) and a hub cluster can implement
-//! later. Actions (approve a gate, skip, stop, start) are core's fleet events applied the way the
+//! the local store implements ([`source::LocalStore`]) and so does a hub cluster's fleet
+//! ([`hub::HubSource`], `refit serve --hub`: watch caches, changes pushed to the stream). Actions (approve a gate, skip, stop, start) are core's fleet events applied the way the
 //! CLI applies them, and every one is audited with the name of the token that asked.
 //!
-//! Layout: `auth` (tokens, sessions, CSRF), `api` (JSON routes), `stream` (the journal tail and
+//! Layout: `auth` (tokens, sessions, CSRF), `api` (JSON routes), `hub` (the hub source), `stream` (the journal tail and
 //! its broadcast), `metrics`, `dashboard` (HTML), `view` (pure projections: a cluster run's
 //! per-node timeline, blockers and ETA), `notify` (webhook rules and delivery), `openapi`.
 
@@ -17,6 +17,7 @@
 pub mod api;
 pub mod auth;
 pub mod dashboard;
+pub mod hub;
 pub mod metrics;
 pub mod notify;
 pub mod openapi;
@@ -31,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use auth::Tokens;
+pub use hub::HubSource;
 pub use source::{LocalStore, Source};
 
 /// Everything that can go wrong when the server starts or runs.
@@ -39,6 +41,9 @@ pub enum Error {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] refit_store::Error),
+    /// The state could not be read.
+    #[error(transparent)]
+    Read(#[from] source::ReadError),
     /// The listening socket could not be opened.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -130,7 +135,9 @@ pub async fn serve_on(
 ) -> Result<(), Error> {
     let metrics = Arc::new(metrics::Metrics::new());
     let hub = stream::Hub::start(source.clone(), metrics.clone(), config.poll_interval).await?;
-    let notifier = notify::Notifier::start(source.clone(), hub.subscribe(), metrics.clone());
+    // Webhooks are configured in, and delivered from, a local store.
+    let notifier = (source.home() == source::Home::Local)
+        .then(|| notify::Notifier::start(source.clone(), hub.subscribe(), metrics.clone()));
     let state = api::AppState::new(source, config.clone(), hub, metrics);
     let app = api::router(state);
     let result = match &config.tls {
@@ -140,6 +147,8 @@ pub async fn serve_on(
             .map_err(Error::Serve),
         Some(files) => tls::serve(listener, app, files, shutdown).await,
     };
-    notifier.abort();
+    if let Some(n) = notifier {
+        n.abort();
+    }
     result
 }

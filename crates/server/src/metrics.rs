@@ -69,7 +69,11 @@ impl Metrics {
     }
 
     /// The text exposition, reading states from `source` now.
-    pub fn render(&self, source: &dyn Source, stream_clients: usize) -> Result<String, refit_store::Error> {
+    pub fn render(
+        &self,
+        source: &dyn Source,
+        stream_clients: usize,
+    ) -> Result<String, crate::source::ReadError> {
         let mut r = Registry::default();
 
         let run_state = Family::<Labels, Gauge>::default();

@@ -293,7 +293,7 @@ impl Notifier {
 }
 
 /// Queues every notice each hook wants that happened since the hook was added.
-pub fn queue(source: &dyn Source) -> Result<(), refit_store::Error> {
+pub fn queue(source: &dyn Source) -> Result<(), crate::source::ReadError> {
     let hooks: Vec<Hook> = source.hooks()?;
     if hooks.is_empty() {
         return Ok(());
@@ -315,7 +315,7 @@ pub fn queue(source: &dyn Source) -> Result<(), refit_store::Error> {
 
 async fn deliver_due(source: &Arc<dyn Source>, http: &HttpClient) {
     let s = source.clone();
-    let Ok(Ok((due, hooks))) = tokio::task::spawn_blocking(move || -> Result<_, refit_store::Error> {
+    let Ok(Ok((due, hooks))) = tokio::task::spawn_blocking(move || -> Result<_, crate::source::ReadError> {
         Ok((s.due_deliveries(50)?, s.hooks()?))
     })
     .await

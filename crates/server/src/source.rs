@@ -1,6 +1,6 @@
 //! Where the server's state comes from and where its actions go: [`Source`], implemented by
-//! the local SQLite store ([`LocalStore`]); a hub cluster (custom resources) can implement the
-//! same trait later, and the API, stream, metrics and notifier stay as they are.
+//! the local SQLite store ([`LocalStore`]) and by a hub cluster's custom resources
+//! ([`crate::hub::HubSource`]); the API, stream, metrics and notifier stay as they are.
 //!
 //! The trait is synchronous on purpose: the store is, and every call is short. The server calls
 //! it from `spawn_blocking`, so a slow disk never stalls the async workers.
@@ -64,6 +64,36 @@ impl Action {
     }
 }
 
+/// Why a read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The local store failed.
+    #[error(transparent)]
+    Store(#[from] refit_store::Error),
+    /// The hub could not be read (or written).
+    #[error("the hub: {context}: {source}")]
+    Hub {
+        /// What was asked.
+        context: String,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Where the server's state lives: what it can and cannot show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Home {
+    /// The local SQLite store: fleets, cluster runs, webhooks, the audit trail.
+    Local,
+    /// A hub cluster's custom resources in this namespace: fleets only (member upgrades
+    /// journal where the controller runs them; webhooks are configured in a local store).
+    Hub {
+        /// The fleet's namespace.
+        namespace: String,
+    },
+}
+
 /// Why an action did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum ActError {
@@ -79,44 +109,79 @@ pub enum ActError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] refit_store::Error),
+    /// Reading or writing the state failed.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+}
+
+/// When a pre-approval asked for `secs` from `now` expires (a user-given number: checked).
+pub(crate) fn expiry(now: Timestamp, secs: Option<u64>) -> Result<Option<Timestamp>, ActError> {
+    let Some(s) = secs else { return Ok(None) };
+    let too_large = || ActError::Unsupported(format!("expiresInSeconds {s} is too large"));
+    let secs = i64::try_from(s).map_err(|_| too_large())?;
+    Ok(Some(now.checked_add(jiff::SignedDuration::from_secs(secs)).map_err(|_| too_large())?))
+}
+
+/// How an action ended, as the audit trail records it: done, refused (nothing changed) with
+/// the reason, or failed with the error.
+pub(crate) fn audit_outcome(result: &Result<RunState, ActError>) -> (AuditOutcome, String) {
+    match result {
+        Ok(_) => (AuditOutcome::Done, String::new()),
+        Err(e @ (ActError::Refused(_) | ActError::NoRun(_) | ActError::Unsupported(_))) => {
+            (AuditOutcome::Refused, e.to_string())
+        }
+        Err(e) => (AuditOutcome::Failed, e.to_string()),
+    }
 }
 
 /// Everything the server reads and does.
 pub trait Source: Send + Sync + 'static {
+    /// Where the state lives.
+    fn home(&self) -> Home {
+        Home::Local
+    }
+    /// Starts sending new events to `tx` itself (a hub's watches) and says so; false: the
+    /// server tails the journals ([`Source::journal_after`]) every poll interval.
+    fn push_events(
+        &self,
+        _tx: &tokio::sync::broadcast::Sender<std::sync::Arc<crate::stream::StreamEvent>>,
+    ) -> bool {
+        false
+    }
     /// Fleet members, by name.
-    fn members(&self) -> Result<Vec<MemberRecord>, refit_store::Error>;
+    fn members(&self) -> Result<Vec<MemberRecord>, ReadError>;
     /// Stored strategies, by name.
-    fn strategies(&self) -> Result<Vec<(String, refit_core::fleet::Strategy)>, refit_store::Error>;
+    fn strategies(&self) -> Result<Vec<(String, refit_core::fleet::Strategy)>, ReadError>;
     /// Every fleet run, oldest first.
-    fn fleet_runs(&self) -> Result<Vec<StoredRun>, refit_store::Error>;
+    fn fleet_runs(&self) -> Result<Vec<StoredRun>, ReadError>;
     /// One fleet run.
-    fn fleet_run(&self, name: &str) -> Result<Option<StoredRun>, refit_store::Error>;
+    fn fleet_run(&self, name: &str) -> Result<Option<StoredRun>, ReadError>;
     /// A fleet run's history.
-    fn fleet_run_events(&self, name: &str) -> Result<Vec<RunEvent>, refit_store::Error>;
+    fn fleet_run_events(&self, name: &str) -> Result<Vec<RunEvent>, ReadError>;
     /// What the driver last saw of each member's cluster run.
-    fn member_progress(&self, run: &str) -> Result<Vec<MemberProgress>, refit_store::Error>;
+    fn member_progress(&self, run: &str) -> Result<Vec<MemberProgress>, ReadError>;
     /// Who drives a fleet run.
-    fn lease(&self, run: &str) -> Result<Option<Lease>, refit_store::Error>;
+    fn lease(&self, run: &str) -> Result<Option<Lease>, ReadError>;
     /// Every cluster run, newest first.
-    fn cluster_runs(&self) -> Result<Vec<RunRow>, refit_store::Error>;
+    fn cluster_runs(&self) -> Result<Vec<RunRow>, ReadError>;
     /// One cluster run.
-    fn cluster_run(&self, id: &str) -> Result<Option<RunRow>, refit_store::Error>;
+    fn cluster_run(&self, id: &str) -> Result<Option<RunRow>, ReadError>;
     /// A cluster run's journaled steps.
-    fn steps(&self, id: &str) -> Result<Vec<StepRow>, refit_store::Error>;
+    fn steps(&self, id: &str) -> Result<Vec<StepRow>, ReadError>;
     /// A cluster run's journal with times.
-    fn run_journal(&self, id: &str) -> Result<Vec<JournalEntry>, refit_store::Error>;
+    fn run_journal(&self, id: &str) -> Result<Vec<JournalEntry>, ReadError>;
     /// Cluster journal entries after `seq`.
-    fn journal_after(&self, seq: i64, limit: u32) -> Result<Vec<JournalEntry>, refit_store::Error>;
+    fn journal_after(&self, seq: i64, limit: u32) -> Result<Vec<JournalEntry>, ReadError>;
     /// Fleet history entries after `seq`.
-    fn fleet_history_after(&self, seq: i64, limit: u32) -> Result<Vec<FleetEntry>, refit_store::Error>;
+    fn fleet_history_after(&self, seq: i64, limit: u32) -> Result<Vec<FleetEntry>, ReadError>;
     /// The newest sequence numbers (cluster journal, fleet history).
-    fn journal_heads(&self) -> Result<(i64, i64), refit_store::Error>;
+    fn journal_heads(&self) -> Result<(i64, i64), ReadError>;
     /// Performs `action` on `run` for `actor`, audited before and after.
     fn act(&self, actor: &str, run: &str, action: &Action, now: Timestamp) -> Result<RunState, ActError>;
     /// The audit trail (of one run, or all).
-    fn audit(&self, run: Option<&str>) -> Result<Vec<AuditRecord>, refit_store::Error>;
+    fn audit(&self, run: Option<&str>) -> Result<Vec<AuditRecord>, ReadError>;
     /// Webhooks.
-    fn hooks(&self) -> Result<Vec<Hook>, refit_store::Error>;
+    fn hooks(&self) -> Result<Vec<Hook>, ReadError>;
     /// Queues a notification once per (hook, key).
     fn enqueue_delivery(
         &self,
@@ -125,19 +190,15 @@ pub trait Source: Send + Sync + 'static {
         kind: NotifyKind,
         run: &str,
         payload: &str,
-    ) -> Result<bool, refit_store::Error>;
+    ) -> Result<bool, ReadError>;
     /// Deliveries due now.
-    fn due_deliveries(&self, limit: u32) -> Result<Vec<Delivery>, refit_store::Error>;
+    fn due_deliveries(&self, limit: u32) -> Result<Vec<Delivery>, ReadError>;
     /// When the next pending delivery is due (Unix ms).
-    fn next_delivery_due_ms(&self) -> Result<Option<i64>, refit_store::Error>;
+    fn next_delivery_due_ms(&self) -> Result<Option<i64>, ReadError>;
     /// Records a delivery attempt.
-    fn record_attempt(
-        &self,
-        id: i64,
-        result: Result<(), (&str, Option<i64>)>,
-    ) -> Result<(), refit_store::Error>;
+    fn record_attempt(&self, id: i64, result: Result<(), (&str, Option<i64>)>) -> Result<(), ReadError>;
     /// Failed delivery attempts per hook.
-    fn delivery_failures(&self) -> Result<Vec<(String, u64)>, refit_store::Error>;
+    fn delivery_failures(&self) -> Result<Vec<(String, u64)>, ReadError>;
 }
 
 /// The local store (the same file the CLI uses).
@@ -148,7 +209,7 @@ pub struct LocalStore {
 
 impl LocalStore {
     /// Opens the store at `path` (creating and migrating it like the CLI does).
-    pub fn open(path: &Path) -> Result<LocalStore, refit_store::Error> {
+    pub fn open(path: &Path) -> Result<LocalStore, ReadError> {
         Ok(LocalStore { store: Mutex::new(Store::open(path)?) })
     }
 
@@ -166,20 +227,12 @@ impl LocalStore {
         now: Timestamp,
     ) -> Result<Event, ActError> {
         Ok(match action {
-            Action::ApproveGate { gate, expires_in_seconds } => {
-                let expires_at = match expires_in_seconds {
-                    None => None,
-                    Some(s) => {
-                        let secs = i64::try_from(*s).map_err(|_| {
-                            ActError::Unsupported(format!("expiresInSeconds {s} is too large"))
-                        })?;
-                        Some(now.checked_add(jiff::SignedDuration::from_secs(secs)).map_err(|_| {
-                            ActError::Unsupported(format!("expiresInSeconds {s} is too large"))
-                        })?)
-                    }
-                };
-                Event::ApproveGate { gate: gate.clone(), by: actor.to_string(), at: now, expires_at }
-            }
+            Action::ApproveGate { gate, expires_in_seconds } => Event::ApproveGate {
+                gate: gate.clone(),
+                by: actor.to_string(),
+                at: now,
+                expires_at: expiry(now, *expires_in_seconds)?,
+            },
             Action::Skip { targets } => {
                 Event::Skip { targets: targets.clone(), by: Some(actor.to_string()), at: now }
             }
@@ -247,67 +300,60 @@ impl LocalStore {
 }
 
 impl Source for LocalStore {
-    fn members(&self) -> Result<Vec<MemberRecord>, refit_store::Error> {
-        self.s().members()
+    fn members(&self) -> Result<Vec<MemberRecord>, ReadError> {
+        Ok(self.s().members()?)
     }
-    fn strategies(&self) -> Result<Vec<(String, refit_core::fleet::Strategy)>, refit_store::Error> {
-        self.s().strategies()
+    fn strategies(&self) -> Result<Vec<(String, refit_core::fleet::Strategy)>, ReadError> {
+        Ok(self.s().strategies()?)
     }
-    fn fleet_runs(&self) -> Result<Vec<StoredRun>, refit_store::Error> {
-        self.s().fleet_runs()
+    fn fleet_runs(&self) -> Result<Vec<StoredRun>, ReadError> {
+        Ok(self.s().fleet_runs()?)
     }
-    fn fleet_run(&self, name: &str) -> Result<Option<StoredRun>, refit_store::Error> {
-        self.s().fleet_run(name)
+    fn fleet_run(&self, name: &str) -> Result<Option<StoredRun>, ReadError> {
+        Ok(self.s().fleet_run(name)?)
     }
-    fn fleet_run_events(&self, name: &str) -> Result<Vec<RunEvent>, refit_store::Error> {
-        self.s().fleet_run_events(name)
+    fn fleet_run_events(&self, name: &str) -> Result<Vec<RunEvent>, ReadError> {
+        Ok(self.s().fleet_run_events(name)?)
     }
-    fn member_progress(&self, run: &str) -> Result<Vec<MemberProgress>, refit_store::Error> {
-        self.s().member_progress(run)
+    fn member_progress(&self, run: &str) -> Result<Vec<MemberProgress>, ReadError> {
+        Ok(self.s().member_progress(run)?)
     }
-    fn lease(&self, run: &str) -> Result<Option<Lease>, refit_store::Error> {
-        self.s().lease(run)
+    fn lease(&self, run: &str) -> Result<Option<Lease>, ReadError> {
+        Ok(self.s().lease(run)?)
     }
-    fn cluster_runs(&self) -> Result<Vec<RunRow>, refit_store::Error> {
-        self.s().runs()
+    fn cluster_runs(&self) -> Result<Vec<RunRow>, ReadError> {
+        Ok(self.s().runs()?)
     }
-    fn cluster_run(&self, id: &str) -> Result<Option<RunRow>, refit_store::Error> {
-        self.s().run(id)
+    fn cluster_run(&self, id: &str) -> Result<Option<RunRow>, ReadError> {
+        Ok(self.s().run(id)?)
     }
-    fn steps(&self, id: &str) -> Result<Vec<StepRow>, refit_store::Error> {
-        self.s().steps(id)
+    fn steps(&self, id: &str) -> Result<Vec<StepRow>, ReadError> {
+        Ok(self.s().steps(id)?)
     }
-    fn run_journal(&self, id: &str) -> Result<Vec<JournalEntry>, refit_store::Error> {
-        self.s().run_journal(id)
+    fn run_journal(&self, id: &str) -> Result<Vec<JournalEntry>, ReadError> {
+        Ok(self.s().run_journal(id)?)
     }
-    fn journal_after(&self, seq: i64, limit: u32) -> Result<Vec<JournalEntry>, refit_store::Error> {
-        self.s().journal_after(seq, limit)
+    fn journal_after(&self, seq: i64, limit: u32) -> Result<Vec<JournalEntry>, ReadError> {
+        Ok(self.s().journal_after(seq, limit)?)
     }
-    fn fleet_history_after(&self, seq: i64, limit: u32) -> Result<Vec<FleetEntry>, refit_store::Error> {
-        self.s().fleet_history_after(seq, limit)
+    fn fleet_history_after(&self, seq: i64, limit: u32) -> Result<Vec<FleetEntry>, ReadError> {
+        Ok(self.s().fleet_history_after(seq, limit)?)
     }
-    fn journal_heads(&self) -> Result<(i64, i64), refit_store::Error> {
-        self.s().journal_heads()
+    fn journal_heads(&self) -> Result<(i64, i64), ReadError> {
+        Ok(self.s().journal_heads()?)
     }
     fn act(&self, actor: &str, run: &str, action: &Action, now: Timestamp) -> Result<RunState, ActError> {
         let seq = self.s().audit_request(actor, action.name(), &action.target(run))?;
         let result = self.commit(actor, run, action, now);
-        let (outcome, detail) = match &result {
-            Ok(_) => (AuditOutcome::Done, String::new()),
-            Err(ActError::Refused(e)) => (AuditOutcome::Refused, e.to_string()),
-            Err(ActError::NoRun(_) | ActError::Unsupported(_)) => {
-                (AuditOutcome::Refused, result.as_ref().err().map(ToString::to_string).unwrap_or_default())
-            }
-            Err(e) => (AuditOutcome::Failed, e.to_string()),
-        };
+        let (outcome, detail) = audit_outcome(&result);
         self.s().audit_outcome(seq, outcome, &detail)?;
         result
     }
-    fn audit(&self, run: Option<&str>) -> Result<Vec<AuditRecord>, refit_store::Error> {
-        self.s().audit(run)
+    fn audit(&self, run: Option<&str>) -> Result<Vec<AuditRecord>, ReadError> {
+        Ok(self.s().audit(run)?)
     }
-    fn hooks(&self) -> Result<Vec<Hook>, refit_store::Error> {
-        self.s().hooks()
+    fn hooks(&self) -> Result<Vec<Hook>, ReadError> {
+        Ok(self.s().hooks()?)
     }
     fn enqueue_delivery(
         &self,
@@ -316,23 +362,19 @@ impl Source for LocalStore {
         kind: NotifyKind,
         run: &str,
         payload: &str,
-    ) -> Result<bool, refit_store::Error> {
-        self.s().enqueue_delivery(hook, key, kind, run, payload)
+    ) -> Result<bool, ReadError> {
+        Ok(self.s().enqueue_delivery(hook, key, kind, run, payload)?)
     }
-    fn due_deliveries(&self, limit: u32) -> Result<Vec<Delivery>, refit_store::Error> {
-        self.s().due_deliveries(limit)
+    fn due_deliveries(&self, limit: u32) -> Result<Vec<Delivery>, ReadError> {
+        Ok(self.s().due_deliveries(limit)?)
     }
-    fn next_delivery_due_ms(&self) -> Result<Option<i64>, refit_store::Error> {
-        self.s().next_delivery_due_ms()
+    fn next_delivery_due_ms(&self) -> Result<Option<i64>, ReadError> {
+        Ok(self.s().next_delivery_due_ms()?)
     }
-    fn record_attempt(
-        &self,
-        id: i64,
-        result: Result<(), (&str, Option<i64>)>,
-    ) -> Result<(), refit_store::Error> {
-        self.s().record_attempt(id, result)
+    fn record_attempt(&self, id: i64, result: Result<(), (&str, Option<i64>)>) -> Result<(), ReadError> {
+        Ok(self.s().record_attempt(id, result)?)
     }
-    fn delivery_failures(&self) -> Result<Vec<(String, u64)>, refit_store::Error> {
-        self.s().delivery_failures()
+    fn delivery_failures(&self) -> Result<Vec<(String, u64)>, ReadError> {
+        Ok(self.s().delivery_failures()?)
     }
 }

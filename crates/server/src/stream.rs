@@ -2,7 +2,10 @@
 //! history every poll interval (by sequence number, so nothing is missed or read twice) and
 //! broadcasts them to every event-stream client, the metrics and the notifier.
 //!
-//! Why polling: the writers are other processes (`refit upgrade`, the fleet driver, the CLI),
+//! A hub source ([`crate::hub::HubSource`]) needs no tail: its watches on UpdateRuns,
+//! ClusterUpgrades and Gates send each change as it happens ([`Source::push_events`]).
+//!
+//! Why polling the local store: the writers are other processes (`refit upgrade`, the fleet driver, the CLI),
 //! and SQLite has no cross-process notification; an indexed `seq > ?` read of a WAL database
 //! every 200 ms costs microseconds, and bounds the engine-to-browser latency.
 
@@ -22,7 +25,8 @@ use crate::view::store_time;
 pub enum Origin {
     /// A cluster run (`refit upgrade`): the body is a `refit_core::event::Event`.
     Cluster,
-    /// A fleet run's history: the body is a `refit_core::fleet::Event`.
+    /// A fleet run's history: the body is a `refit_core::fleet::Event` (local store); on a
+    /// hub, a change of one of the run's objects ([`crate::hub::ObjectChange`]).
     Fleet,
 }
 
@@ -78,6 +82,10 @@ impl Hub {
     ) -> Result<Hub, crate::Error> {
         let (tx, _) = broadcast::channel(1024);
         let hub = Hub { tx: tx.clone() };
+        // A hub's watches send their changes themselves: nothing to tail.
+        if source.push_events(&tx) {
+            return Ok(hub);
+        }
         let heads = {
             let s = source.clone();
             tokio::task::spawn_blocking(move || s.journal_heads())
@@ -91,7 +99,7 @@ impl Hub {
             loop {
                 tick.tick().await;
                 let s = source.clone();
-                let read = tokio::task::spawn_blocking(move || -> Result<_, refit_store::Error> {
+                let read = tokio::task::spawn_blocking(move || -> Result<_, crate::source::ReadError> {
                     Ok((s.journal_after(cluster, BATCH)?, s.fleet_history_after(fleet, BATCH)?))
                 })
                 .await;

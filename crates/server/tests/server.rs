@@ -50,6 +50,7 @@ fn members() -> Vec<FleetMember> {
 fn drive(mut run: RunState, store: &mut Store) -> RunState {
     let facts = Facts {
         members: members().into_iter().map(|m| (m.name, MemberFacts::default())).collect::<BTreeMap<_, _>>(),
+        ..Default::default()
     };
     for _ in 0..50 {
         let now = Timestamp::now();

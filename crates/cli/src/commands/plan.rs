@@ -188,9 +188,15 @@ pub async fn connect(args: &PlanArgs) -> anyhow::Result<Connection> {
 pub fn prepare_error(e: PrepareError) -> anyhow::Error {
     match e {
         PrepareError::Input(m) => usage(m),
-        PrepareError::NothingToDo(m) => anyhow::Error::new(NothingToDo(m)),
+        PrepareError::Path(e) => usage(crate::remedy::sentence(&e.to_string(), &e.remedies())),
+        PrepareError::NothingToDo(m) => anyhow::Error::new(NothingToDo(nothing_to_do(&m))),
         PrepareError::Cluster(e) => anyhow::Error::new(e),
     }
+}
+
+/// "Every node is already at the target", with its way out (core's `Remedy::Force`).
+pub fn nothing_to_do(message: &str) -> String {
+    crate::remedy::sentence(message, &[refit_core::remedy::Remedy::Force])
 }
 
 /// Prints the `--offline` warning when it applies, and one for each acceptance that matched
@@ -215,7 +221,7 @@ pub async fn run(args: PlanArgs, format: Format) -> anyhow::Result<ExitCode> {
     let conn = connect(&args).await?;
     let prepared = match prepare(&conn, &input).await {
         Ok(p) => p,
-        Err(PrepareError::NothingToDo(m)) => return Err(usage(m)),
+        Err(PrepareError::NothingToDo(m)) => return Err(usage(nothing_to_do(&m))),
         Err(e) => return Err(prepare_error(e)),
     };
     warn_offline(&prepared);

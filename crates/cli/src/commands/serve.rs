@@ -1,6 +1,8 @@
-//! `refit serve`: the HTTP API, dashboard, metrics and webhooks over the local store. Thin:
-//! checks the flags (bad or unsafe ones exit 2 before anything listens), picks the tokens, binds,
-//! prints where it listens, and hands over to `refit_server`.
+//! `refit serve`: the HTTP API, dashboard, metrics and webhooks over the local store, or with
+//! `--hub` over a hub cluster's fleet. Thin: checks the flags (bad or unsafe ones exit 2 before
+//! anything listens), opens the source (a hub that cannot be reached or has no refit CRDs is
+//! exit 2 too), picks the tokens, binds, prints where it listens, and hands over to
+//! `refit_server`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use refit_server::{Config, LocalStore, Tokens, tls::TlsFiles};
+use refit_server::{Config, HubSource, LocalStore, Source, Tokens, tls::TlsFiles};
 
 use crate::output::usage;
 
@@ -20,7 +22,8 @@ pub struct ServeArgs {
     /// and TLS (--tls-cert, --tls-key).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// The store to show (the same file `refit upgrade` and `refit fleet` use).
+    /// The store to show (the same file `refit upgrade` and `refit fleet` use). With --hub, only
+    /// where the generated loopback token is kept.
     #[arg(long, env = "REFIT_STORE")]
     pub store: Option<PathBuf>,
     /// Bearer tokens, one `TOKEN,NAME` per line (kube-apiserver's static token file shape; mode
@@ -39,9 +42,18 @@ pub struct ServeArgs {
     /// caller's name.
     #[arg(long, requires = "tls_cert")]
     pub client_ca: Option<PathBuf>,
-    /// Read a hub cluster instead of the local store (the controller mode; not built yet).
+    /// Show and steer the fleet of a hub cluster (`refit controller` mode) instead of the local
+    /// store: runs, members, strategies and gates from its custom resources, approvals and
+    /// stop/start written as the objects its controller acts on. Cluster runs and webhooks
+    /// stay local-store features.
     #[arg(long, value_name = "KUBECONFIG")]
     pub hub: Option<PathBuf>,
+    /// The hub kubeconfig's context (default: its current context).
+    #[arg(long, requires = "hub")]
+    pub context: Option<String>,
+    /// The hub namespace the fleet lives in.
+    #[arg(long, short = 'n', default_value = "refit-system", requires = "hub")]
+    pub namespace: String,
     /// How often the store's journals are read for new events (the event stream's latency).
     #[arg(long, default_value = "200ms", value_name = "DURATION")]
     pub poll_interval: String,
@@ -54,11 +66,6 @@ fn local_name() -> String {
 
 /// Runs `refit serve` until Ctrl-C or SIGTERM.
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    if args.hub.is_some() {
-        return Err(usage(
-            "--hub: refit has no hub (controller) mode yet; refit serve reads the local store (--store)",
-        ));
-    }
     // Milliseconds (`200ms`) are this flag's usual unit; longer ones read like every duration.
     let poll = match args.poll_interval.strip_suffix("ms").map(str::parse::<u64>) {
         Some(Ok(ms)) => Duration::from_millis(ms),
@@ -85,6 +92,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Some(p) => p,
         None => refit_store::default_path()?,
     };
+    let (source, shown): (Arc<dyn Source>, String) = match &args.hub {
+        Some(kubeconfig) => {
+            let target = refit_kube::ClusterTarget {
+                kubeconfig: Some(kubeconfig.clone()),
+                context: args.context.clone(),
+            };
+            // A hub that cannot be reached, a context it lacks, or no refit CRDs: the flags
+            // point at the wrong place (exit 2).
+            let conn = refit_kube::connect(&target).await.map_err(|e| usage(format!("--hub: {e}")))?;
+            let hub = HubSource::open(conn, &args.namespace).await.map_err(|e| {
+                if e.is_usage() { usage(format!("--hub: {e}")) } else { anyhow::Error::new(e) }
+            })?;
+            let shown =
+                format!("hub {} namespace {} as {}", kubeconfig.display(), args.namespace, hub.identity());
+            (Arc::new(hub), shown)
+        }
+        None => (Arc::new(LocalStore::open(&store)?), format!("store {}", store.display())),
+    };
     let (tokens, token_note) = match &args.token_file {
         Some(f) => (Tokens::from_file(f).map_err(|e| usage(e.to_string()))?, String::new()),
         None => {
@@ -98,7 +123,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             (tokens, format!("; actions need the token in {} (log in with it)", file.display()))
         }
     };
-    let source = Arc::new(LocalStore::open(&store)?);
     let config = Config {
         listen: args.listen,
         open_reads: args.token_file.is_none() && args.listen.ip().is_loopback(),
@@ -111,7 +135,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    println!("refit serve: {scheme}://{addr}/ (store {}){token_note}", store.display());
+    println!("refit serve: {scheme}://{addr}/ ({shown}){token_note}");
     refit_server::serve_on(listener, config, source, shutdown()).await?;
     Ok(ExitCode::SUCCESS)
 }

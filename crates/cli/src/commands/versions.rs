@@ -62,7 +62,7 @@ pub fn run(args: VersionsArgs, format: Format) -> anyhow::Result<ExitCode> {
         (Some(from), Some(to)) => {
             let to: VersionRequest = to.parse().map_err(|e| usage(format!("--to: {e}")))?;
             let path = upgrade_path(&catalog, from, &to, policy, args.force, today)
-                .map_err(|e| usage(e.to_string()))?;
+                .map_err(|e| usage(crate::remedy::sentence(&e.to_string(), &e.remedies())))?;
             print_path(&path, format)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -137,7 +137,9 @@ fn list_from(
         }
         println!("{t}");
         if result.targets.is_empty() {
-            println!("no newer release is known; refresh the catalog with --catalog FILE");
+            println!(
+                "no newer release is known; refresh the catalog with `refit catalog update` (or --catalog FILE)"
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

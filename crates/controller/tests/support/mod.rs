@@ -47,7 +47,7 @@ pub fn finished_run(n: usize) -> RunState {
         kubernetes_version: Some("1.37.1".parse::<Version>().unwrap()),
         node_image_selection: NodeImageSelection::Latest,
         pending_budget_seconds: Some(43_200),
-        at_most_one_minor: false,
+        ..UpgradeSpec::new(UpgradeType::Full, None)
     };
     let t0: Timestamp = "2026-12-05T06:00:00Z".parse().unwrap();
     let mut run = RunState::new("to-137", spec.clone(), strategy, plan, t0).unwrap();

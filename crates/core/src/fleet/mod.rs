@@ -40,9 +40,9 @@ pub use profile::{
     Channel, HeldBack, Profile, ProfileError, ProfileTarget, Trigger, TriggerStatus, target_for,
 };
 pub use run::{
-    Decision, Event, Facts, GroupState, Intent, Level, MEMBER_TRANSITIONS, MemberFacts, MemberState,
-    PARENT_TRANSITIONS, PendingReason, Progress, RunState, SkipCause, SkipTarget, StageState, Status,
-    TransitionError, UpdateState, allowed, apply, follow_up, next,
+    Decision, Event, Facts, GroupState, HealthGateState, HealthGateStatus, HealthWait, Intent, Level,
+    MEMBER_TRANSITIONS, MemberFacts, MemberState, PARENT_TRANSITIONS, PendingReason, Progress, RunState,
+    SkipCause, SkipTarget, StageState, Status, TransitionError, UpdateState, allowed, apply, follow_up, next,
 };
 pub use strategy::{FleetMember, LabelSelector, Limit, RunPlan, Strategy, StrategyError, resolve};
 pub use target::{

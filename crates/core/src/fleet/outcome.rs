@@ -143,7 +143,7 @@ mod tests {
         let plan = resolve(&strategy, &members).unwrap();
         let spec = UpgradeSpec::new(UpgradeType::Full, Some("1.37.1".parse().unwrap()));
         let run = RunState::new("r", spec, strategy, plan, t0()).unwrap();
-        let all = Facts { members: [("m".to_string(), facts())].into() };
+        let all = Facts { members: [("m".to_string(), facts())].into(), ..Facts::default() };
         let targets = freeze_targets(&run.spec, all.members.values().map(|f| &f.versions));
         let run =
             apply(&run, &Event::Start { at: t0(), targets: Some(targets), plan: None, by: None }).unwrap();

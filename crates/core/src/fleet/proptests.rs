@@ -135,7 +135,7 @@ fn arb_scenario() -> impl Strategy<Value = Scenario> {
     (proptest::collection::vec(stage, 1..=3), proptest::option::of(0u64..20_000)).prop_map(
         |(stages, budget)| {
             let mut members = Vec::new();
-            let mut facts = Facts { members: BTreeMap::new() };
+            let mut facts = Facts::default();
             let mut specs = Vec::new();
             let mut n = 0;
             for (si, st) in stages.iter().enumerate() {

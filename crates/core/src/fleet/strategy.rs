@@ -245,8 +245,8 @@ pub struct StageSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub after_gates: Vec<GateSpec>,
     /// Health gates checked after the stage's members finish, before the next stage starts
-    /// (alongside the after-gates and the wait). Not in the hub's schema: fleet runs refuse
-    /// them until the driver runs them (`Strategy::check_runnable`).
+    /// (alongside the after-gates and the wait): prometheus, http or command (a `workloads`
+    /// gate judges one cluster's batch and is refused here). Not in the hub's schema yet.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[cfg_attr(feature = "schema", schemars(skip))]
     pub health_gates: Vec<crate::health::HealthGateSpec>,
@@ -388,19 +388,6 @@ pub enum StrategyError {
 }
 
 impl Strategy {
-    /// Whether a fleet run can carry this strategy out as written. Stage health gates parse
-    /// and validate, but the fleet driver does not run them yet: a strategy that has them is
-    /// refused rather than silently run without them.
-    pub fn check_runnable(&self) -> Result<(), String> {
-        match self.stages.iter().find(|st| !st.health_gates.is_empty()) {
-            Some(st) => Err(format!(
-                "stage '{}': healthGates are not run by fleet runs yet; remove them (gates between a cluster's worker batches go in the member's plan file, `gates:`)",
-                st.name
-            )),
-            None => Ok(()),
-        }
-    }
-
     /// Parses a strategy from YAML or JSON, then validates it.
     pub fn parse(text: &str) -> Result<Strategy, StrategyError> {
         // JSON is YAML: one reader, so JSON files get the same field-naming errors.
@@ -480,8 +467,17 @@ impl Strategy {
                 });
             }
             check_gates(&at, &st.before_gates, &st.after_gates)?;
-            crate::health::gate::resolve_all(&st.health_gates)
+            let health = crate::health::gate::resolve_all(&st.health_gates)
                 .map_err(|e| StrategyError::Gate { at: at.clone(), problem: e.to_string() })?;
+            if let Some(w) = health.iter().find(|g| g.check == crate::health::GateCheck::Workloads) {
+                return Err(StrategyError::Gate {
+                    at: at.clone(),
+                    problem: format!(
+                        "health gate '{}': a workloads gate judges the workloads one cluster's batch touched and means nothing after a fleet stage; put it in the members' plan file (gates:) or use a prometheus, http or command gate here",
+                        w.name
+                    ),
+                });
+            }
             if let Some(sel) = &st.member_selector {
                 sel.check(&at)?;
             }
@@ -612,6 +608,9 @@ pub struct PlannedStage {
     pub before_gates: Vec<GateSpec>,
     /// Gates after.
     pub after_gates: Vec<GateSpec>,
+    /// Health gates after its groups are done (validated).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_gates: Vec<crate::health::HealthGate>,
 }
 
 /// A strategy resolved against the fleet: who is in which group, with numeric limits. Frozen
@@ -690,6 +689,10 @@ pub fn resolve(strategy: &Strategy, members: &[FleetMember]) -> Result<RunPlan, 
             after_stage_wait_in_seconds: st.after_stage_wait_in_seconds,
             before_gates: st.before_gates.clone(),
             after_gates: st.after_gates.clone(),
+            health_gates: st.health_gates().map_err(|e| StrategyError::Gate {
+                at: format!("stage '{}'", st.name),
+                problem: e.to_string(),
+            })?,
         });
     }
     let unselected =
@@ -741,13 +744,17 @@ mod tests {
             ("errors", 300, 1800)
         );
         assert!(s.stages[1].health_gates().unwrap().is_empty());
-        assert!(s.check_runnable().unwrap_err().contains("stage 'canary': healthGates are not run"));
+        let plan = resolve(&s, &[]).unwrap();
+        assert_eq!(plan.stages[0].health_gates, gates);
         let back = Strategy::parse(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s);
         for (bad, says) in [
             ("healthGates: [{type: pager}]", "stage 'canary': health gate 'pager-1': unknown type 'pager'"),
             ("healthGates: [{type: http, url: 'gopher://x'}]", "scheme must be http or https"),
             ("healthGates: [{type: http, url: 'http://x', soak: -10s}]", "negative"),
+            ("healthGates: [{type: workloads}]", "health gate 'workloads-1': a workloads gate judges"),
+            ("healthGates: [{type: prometheus, url: 'http://p:9090'}]", "needs query:"),
+            ("healthGates: [{type: http, url: 'http://x', timeout: 9000h}]", "at most one year"),
         ] {
             let text = format!("stages:\n  - name: canary\n    groups: [{{name: canary}}]\n    {bad}\n");
             let e = Strategy::parse(&text).unwrap_err().to_string();

@@ -618,6 +618,7 @@ impl Condition {
 
 /// What a failing gate (a health gate or the control plane's) does to the run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum OnGateFailure {
     /// The run stops `paused` (exit 3); the same command resumes it, starting with the gate.

@@ -10,7 +10,8 @@
 use std::time::Duration;
 
 /// What one probe of a gate saw.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "result", content = "detail")]
 pub enum Observation {
     /// The condition holds; the text says what was seen (`3 < 5`).
     Holds(String),
@@ -58,6 +59,27 @@ impl Soak {
     /// For a [`super::HealthGate`].
     pub fn for_gate(gate: &super::HealthGate) -> Soak {
         Soak::new(gate.soak(), gate.timeout())
+    }
+
+    /// A gate's evaluation taken up again from what was kept of it (a fleet run keeps its
+    /// stage gates in the store, so a restarted driver goes on where the last one was):
+    /// held without a dip since `holding_since` (gate time), the last failure's reason.
+    pub fn resume(
+        gate: &super::HealthGate,
+        holding_since: Option<Duration>,
+        last_failure: Option<String>,
+    ) -> Soak {
+        Soak { holding_since, last_failure, ..Soak::for_gate(gate) }
+    }
+
+    /// Since when (gate time) the check has held without a dip.
+    pub fn holding_since(&self) -> Option<Duration> {
+        self.holding_since
+    }
+
+    /// The last failing observation's reason.
+    pub fn last_failure(&self) -> Option<&str> {
+        self.last_failure.as_deref()
     }
 
     /// How long to wait between probes: a fifth of the soak, between 1 s and 5 s (2 s with no
@@ -118,7 +140,8 @@ impl Soak {
     }
 }
 
-fn show(d: Duration) -> String {
+/// A duration as progress shows it (`1m30s`).
+pub fn show(d: Duration) -> String {
     let s = d.as_secs();
     match (s / 3600, (s % 3600) / 60, s % 60) {
         (0, 0, s) => format!("{s}s"),

@@ -110,6 +110,12 @@ impl Engine {
         })
     }
 
+    /// Updates the run's ETA bookkeeping without sending an ETA (the event that follows,
+    /// a unit's end, sends one).
+    pub(crate) fn note_live(&self, change: impl FnOnce(&mut refit_core::eta::Live)) {
+        change(&mut self.live.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
     /// Updates the live ETA with `change` and sends the new expected ends.
     pub(crate) fn eta(&self, change: impl FnOnce(&mut refit_core::eta::Live)) {
         let e = {

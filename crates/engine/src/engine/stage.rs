@@ -15,6 +15,16 @@ use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::Instant;
 
 use super::{Engine, Start, not_started};
+
+/// What [`Engine::choose`] found.
+enum Chosen {
+    /// Start these now.
+    Nodes(Vec<String>),
+    /// Nothing can join now, for this reason.
+    Held(batch::Hold),
+    /// The snapshot could not be read.
+    Unreadable(String),
+}
 use crate::report::{StepError, UnitReport, UnitResult, millis};
 
 /// How often a held `auto` stage re-reads the cluster.
@@ -168,13 +178,19 @@ impl Engine {
         nodes.insert(handle.id(), (unit.node.clone(), stage.to.to_string()));
     }
 
-    /// A worker stage under `--max-unavailable auto`: before each batch, a fresh snapshot of
-    /// the cluster and core's [`batch::next`] decide which of the units not yet started go
-    /// together; the batch runs to its end before the next is chosen, so pods evicted by one
-    /// batch have settled (or show as unready, taking no budget) when the next is measured.
-    /// When nothing can start, the stage waits for the budget or room (re-reading the cluster
-    /// every [`AUTO_RETRY`]) up to the drain timeout, then stops with the hold as its reason.
-    /// A node left cordoned counts against the cap for the rest of the stage.
+    /// A worker stage under `--max-unavailable auto`, as a sliding window: whenever a unit
+    /// ends (a slot frees), a fresh snapshot of the cluster and core's [`batch::next`] choose
+    /// which of the units not yet started join the ones still in flight; core counts those as
+    /// already disrupted (their pods against the budgets and the room, their zone, the cap),
+    /// so every rule holds for all the nodes under way at every instant. A choice held by a
+    /// budget or by room is asked again every [`AUTO_RETRY`] as well (replacement pods become
+    /// Ready without a unit ending). When nothing can start and nothing is in flight, the
+    /// stage says which budget or pod holds it (`BatchHeld`) and waits, re-reading the cluster
+    /// every [`AUTO_RETRY`], up to the drain timeout, then stops with the hold as its reason.
+    /// With health gates the window does not slide: a batch runs to its end, the gates pass,
+    /// then the next is chosen (the batch's effect is what the gates observe). A node left
+    /// cordoned counts against the cap for the rest of the stage. Units under way always
+    /// finish, whatever stops the stage.
     async fn run_auto_stage(
         self: Arc<Self>,
         index: usize,
@@ -191,8 +207,10 @@ impl Engine {
         let mut waiting_since: Option<Instant> = None;
         let mut gate_stop: Option<String> = None;
         let workers = stage.units.len();
+        let gated = !self.spec.gates.is_empty();
+        let stage_started = Instant::now();
         // Units an earlier attempt began are already unavailable (cordoned, half drained):
-        // they finish first, as one batch, before the chooser counts anything else.
+        // they start first, and the chooser counts them as in flight.
         let mut begun: Vec<String> = Vec::new();
         for unit in &left {
             if let Ok(j) = self.journal(&unit.node).await
@@ -202,40 +220,52 @@ impl Engine {
             }
         }
         let mut resumed = (!begun.is_empty()).then_some(begun);
-        while !left.is_empty() {
-            let batch_started = Instant::now();
-            // Units the deadline or a stop rules out are reported, not chosen.
-            let mut keep = Vec::new();
-            let mut stop = None;
-            for unit in left {
-                if stop.is_some() {
-                    keep.push(unit);
-                    continue;
-                }
-                match self.may_start(unit).await {
-                    Start::Yes => keep.push(unit),
-                    Start::Skip(why) => reports.push(not_started(index, unit, why)),
-                    Start::Stop(why) => {
-                        stop = Some(why);
+        // Whether to choose now (at the start, after a unit ended, after a retry), whether
+        // the stage starts nothing more, and whether a hold is worth a timed retry.
+        let (mut choose_now, mut stopping, mut retry) = (true, false, false);
+        loop {
+            if self.halted().is_some() {
+                stopping = true;
+            }
+            // Gated, a batch runs to its end (and the gates) before the next is chosen.
+            let may_choose = |stopping: bool, left: &[&UnitWork], tasks: &JoinSet<UnitReport>| {
+                !stopping && !left.is_empty() && (!gated || tasks.is_empty())
+            };
+            if choose_now && may_choose(stopping, &left, &tasks) {
+                choose_now = false;
+                retry = false;
+                // Units the deadline or a stop rules out are reported, not chosen.
+                let mut keep = Vec::new();
+                for unit in left {
+                    if stopping {
                         keep.push(unit);
+                        continue;
+                    }
+                    match self.may_start(unit).await {
+                        Start::Yes => keep.push(unit),
+                        Start::Skip(why) => reports.push(not_started(index, unit, why)),
+                        Start::Stop(_) => {
+                            stopping = true;
+                            keep.push(unit);
+                        }
                     }
                 }
-            }
-            left = keep;
-            if stop.is_some() || left.is_empty() {
-                break;
-            }
-            let chosen: Vec<String> = match resumed.take() {
-                Some(nodes) => {
+                left = keep;
+                let chosen = if stopping || left.is_empty() {
+                    Vec::new()
+                } else if let Some(nodes) = resumed.take() {
                     self.emit(Event::BatchChosen {
                         stage: index,
                         nodes: nodes.clone(),
+                        in_flight: 0,
                         zone: None,
                         limit: "under way when the run stopped: finished first".into(),
                     });
+                    // Others may join them at once.
+                    choose_now = true;
                     nodes
-                }
-                None => {
+                } else {
+                    let in_flight: Vec<String> = nodes_of.values().map(|(n, _)| n.clone()).collect();
                     let cap = auto.cap.batch_size(workers).saturating_sub(held.load(Ordering::SeqCst));
                     if cap == 0 {
                         reason = Some(format!(
@@ -243,87 +273,106 @@ impl Engine {
                             stage.concurrency
                         ));
                         self.fail_fast();
-                        break;
+                        stopping = true;
+                        Vec::new()
+                    } else if in_flight.len() >= cap {
+                        // The window is full: a unit ending frees a slot.
+                        Vec::new()
+                    } else {
+                        match self.choose(index, stage, &in_flight, &left, cap, auto, &checks).await {
+                            Chosen::Nodes(nodes) => nodes,
+                            other => {
+                                // Held, or the cluster could not be read (one failed read
+                                // among hundreds is no reason to stop a run).
+                                let (why, timed) = match &other {
+                                    Chosen::Held(h) => (
+                                        h.to_string(),
+                                        matches!(h, batch::Hold::Budget { .. } | batch::Hold::NoRoom { .. }),
+                                    ),
+                                    Chosen::Unreadable(why) => (why.clone(), true),
+                                    Chosen::Nodes(_) => (String::new(), false),
+                                };
+                                if in_flight.is_empty() {
+                                    // Nothing can start and nothing is under way: name the
+                                    // hold, wait for it up to the drain timeout.
+                                    let first = waiting_since.is_none();
+                                    let since = *waiting_since.get_or_insert_with(Instant::now);
+                                    if first {
+                                        self.emit(Event::BatchHeld { stage: index, reason: why.clone() });
+                                    }
+                                    if since.elapsed() >= self.spec.drain_timeout() {
+                                        reason = Some(format!(
+                                            "no worker batch could start within the drain timeout: {why}"
+                                        ));
+                                        self.fail_fast();
+                                        stopping = true;
+                                    }
+                                    retry = true;
+                                } else {
+                                    // A unit ending frees a slot or a zone; a budget, room or
+                                    // the API may also come back while they run.
+                                    retry = timed;
+                                }
+                                Vec::new()
+                            }
+                        }
                     }
-                    let snapshot = match self.ctx.cluster.snapshot().await {
-                        Ok(s) => s,
-                        Err(e) => {
-                            reason = Some(format!("cannot read the cluster to choose the next batch: {e}"));
-                            self.fail_fast();
-                            break;
-                        }
-                    };
-                    let candidates: Vec<String> = left.iter().map(|u| u.node.clone()).collect();
-                    let this = batch::Auto {
-                        cap: MaxUnavailable::Count(u32::try_from(cap).unwrap_or(u32::MAX)),
-                        ..auto
-                    };
-                    match batch::next(&snapshot, &candidates, workers, this, &checks) {
-                        batch::Next::Batch(choice) => {
-                            self.emit(Event::BatchChosen {
-                                stage: index,
-                                nodes: choice.nodes.clone(),
-                                zone: choice.zone.clone(),
-                                limit: choice.limit.to_string(),
-                            });
-                            choice.nodes
-                        }
-                        batch::Next::Alone { node, hold } => {
-                            self.emit(Event::BatchChosen {
-                                stage: index,
-                                nodes: vec![node.clone()],
-                                zone: None,
-                                limit: format!("{hold}: it drains alone, waiting on the budget"),
-                            });
-                            vec![node]
-                        }
-                        batch::Next::Wait(hold) => {
-                            let first = waiting_since.is_none();
-                            let since = *waiting_since.get_or_insert_with(Instant::now);
-                            if first {
-                                self.emit(Event::BatchHeld { stage: index, reason: hold.to_string() });
+                };
+                if !chosen.is_empty() {
+                    waiting_since = None;
+                    for unit in left.iter().filter(|u| chosen.contains(&u.node)) {
+                        let held = held.clone();
+                        self.spawn_unit(&mut tasks, &mut nodes_of, index, stage, unit, move |result| {
+                            if matches!(result, UnitResult::LeftCordoned(_)) {
+                                held.fetch_add(1, Ordering::SeqCst);
                             }
-                            if since.elapsed() >= self.spec.drain_timeout() {
-                                reason = Some(format!(
-                                    "no worker batch could start within the drain timeout: {hold}"
-                                ));
-                                self.fail_fast();
-                                break;
-                            }
-                            tokio::select! {
-                                _ = tokio::time::sleep(AUTO_RETRY) => {}
-                                _ = self.stop_requested() => {}
-                            }
-                            continue;
-                        }
+                        });
+                    }
+                    left.retain(|u| !chosen.contains(&u.node));
+                    let now = stage_started.elapsed();
+                    self.eta(|l| l.in_flight(index, tasks.len(), now));
+                }
+            }
+            if tasks.is_empty() {
+                if stopping || left.is_empty() {
+                    break;
+                }
+                // Held with nothing in flight: look again after a while (or when stopped).
+                tokio::select! {
+                    _ = tokio::time::sleep(AUTO_RETRY) => {}
+                    _ = self.stop_requested() => {}
+                }
+                choose_now = true;
+                continue;
+            }
+            if choose_now && may_choose(stopping, &left, &tasks) {
+                continue;
+            }
+            tokio::select! {
+                Some(done) = tasks.join_next_with_id() => {
+                    reports.push(self.joined(index, done, &mut nodes_of));
+                    // Every unit that ended meanwhile, before choosing once for all of them.
+                    while let Some(done) = tasks.try_join_next_with_id() {
+                        reports.push(self.joined(index, done, &mut nodes_of));
+                    }
+                    let now = stage_started.elapsed();
+                    self.note_live(|l| l.in_flight(index, tasks.len(), now));
+                    choose_now = true;
+                    // Health gates after each batch, before the next is chosen.
+                    if gated
+                        && tasks.is_empty()
+                        && !left.is_empty()
+                        && !stopping
+                        && self.halted().is_none()
+                        && let Err(why) = self.health_gates().await
+                    {
+                        gate_stop = Some(why);
+                        stopping = true;
                     }
                 }
-            };
-            waiting_since = None;
-            self.eta(|l| l.batch_chosen(index, chosen.len()));
-            for unit in left.iter().filter(|u| chosen.contains(&u.node)) {
-                let held = held.clone();
-                self.spawn_unit(&mut tasks, &mut nodes_of, index, stage, unit, move |result| {
-                    if matches!(result, UnitResult::LeftCordoned(_)) {
-                        held.fetch_add(1, Ordering::SeqCst);
-                    }
-                });
-            }
-            left.retain(|u| !chosen.contains(&u.node));
-            while let Some(done) = tasks.join_next_with_id().await {
-                reports.push(self.joined(index, done, &mut nodes_of));
-            }
-            self.eta(|l| l.batch_ended(index, batch_started.elapsed()));
-            if self.halted().is_some() {
-                break;
-            }
-            // Health gates after each batch, before the next is chosen.
-            if !left.is_empty()
-                && !self.spec.gates.is_empty()
-                && let Err(why) = self.health_gates().await
-            {
-                gate_stop = Some(why);
-                break;
+                _ = tokio::time::sleep(AUTO_RETRY), if retry => {
+                    choose_now = true;
+                }
             }
         }
         let why =
@@ -331,6 +380,52 @@ impl Engine {
         reports.extend(left.into_iter().map(|u| not_started(index, u, &why)));
         reports.sort_by_key(|r| stage.units.iter().position(|u| u.node == r.node));
         (reports, reason)
+    }
+
+    /// Asks core which of `left` join the units `in_flight`, from a fresh snapshot, within
+    /// `cap` nodes in all; emits the choice.
+    #[allow(clippy::too_many_arguments)]
+    async fn choose(
+        &self,
+        index: usize,
+        stage: &Stage,
+        in_flight: &[String],
+        left: &[&UnitWork],
+        cap: usize,
+        auto: batch::Auto,
+        checks: &CheckOptions,
+    ) -> Chosen {
+        let snapshot = match self.ctx.cluster.snapshot().await {
+            Ok(s) => s,
+            Err(e) => {
+                return Chosen::Unreadable(format!("cannot read the cluster to choose the next batch: {e}"));
+            }
+        };
+        let candidates: Vec<String> = left.iter().map(|u| u.node.clone()).collect();
+        let this = batch::Auto { cap: MaxUnavailable::Count(u32::try_from(cap).unwrap_or(u32::MAX)), ..auto };
+        match batch::next(&snapshot, in_flight, &candidates, stage.units.len(), this, checks) {
+            batch::Next::Batch(choice) => {
+                self.emit(Event::BatchChosen {
+                    stage: index,
+                    nodes: choice.nodes.clone(),
+                    in_flight: in_flight.len(),
+                    zone: choice.zone.clone(),
+                    limit: choice.limit.to_string(),
+                });
+                Chosen::Nodes(choice.nodes)
+            }
+            batch::Next::Alone { node, hold } => {
+                self.emit(Event::BatchChosen {
+                    stage: index,
+                    nodes: vec![node.clone()],
+                    in_flight: in_flight.len(),
+                    zone: None,
+                    limit: format!("{hold}: it drains alone, waiting on the budget"),
+                });
+                Chosen::Nodes(vec![node])
+            }
+            batch::Next::Wait(hold) => Chosen::Held(hold),
+        }
     }
 
     /// A finished unit task's report. A panic is a bug in refit: the unit is reported failed

@@ -70,6 +70,8 @@ pub struct FakeCluster {
     pub undrainable: Mutex<BTreeSet<String>>,
     /// How long a drain takes.
     pub drain_time: Mutex<Duration>,
+    /// Drains that take another time than `drain_time`, by node.
+    pub drain_times: Mutex<BTreeMap<String, Duration>>,
     /// Nodes whose reads fail (the API server answering errors for them).
     pub unreadable: Mutex<BTreeSet<String>>,
     /// Most workers unschedulable at one moment.
@@ -80,6 +82,10 @@ pub struct FakeCluster {
     pub workloads: Mutex<Snapshot>,
     /// How many snapshots the engine read.
     pub snapshots_taken: AtomicUsize,
+    /// Snapshots after this many taken fail (the API server answering errors); 0: none do.
+    pub snapshots_fail_after: AtomicUsize,
+    /// How many snapshots fail once they start failing.
+    pub snapshots_failing: AtomicUsize,
 }
 
 impl FakeCluster {
@@ -133,7 +139,11 @@ fn missing(node: &str) -> refit_kube::Error {
 
 impl Cluster for FakeCluster {
     fn snapshot(&self) -> BoxFuture<'_, Result<Snapshot, refit_kube::Error>> {
-        self.snapshots_taken.fetch_add(1, Ordering::SeqCst);
+        let taken = self.snapshots_taken.fetch_add(1, Ordering::SeqCst) + 1;
+        let after = self.snapshots_fail_after.load(Ordering::SeqCst);
+        if after > 0 && taken > after && taken <= after + self.snapshots_failing.load(Ordering::SeqCst) {
+            return async { Err(missing("snapshot")) }.boxed();
+        }
         let zones = self.zones.lock().unwrap().clone();
         let mut s = self.workloads.lock().unwrap().clone();
         s.nodes = self
@@ -245,7 +255,8 @@ impl Cluster for FakeCluster {
                     ..DrainReport::default()
                 });
             }
-            let t = *self.drain_time.lock().unwrap();
+            let t = self.drain_times.lock().unwrap().get(node).copied();
+            let t = t.unwrap_or_else(|| *self.drain_time.lock().unwrap());
             tokio::time::sleep(t).await;
             if !self.nodes.lock().unwrap().contains_key(node) {
                 return Err(missing(node));

@@ -285,6 +285,24 @@ pub struct RunCreateArgs {
     /// members may override.
     #[arg(long, value_name = "DURATION", value_parser = crate::args::duration)]
     pub pending_budget: Option<std::time::Duration>,
+    /// What a stage health gate (strategy `healthGates:`) that fails does: pause (the run
+    /// stops; `run start` evaluates the gate again) or fail the run.
+    #[arg(long, value_name = "pause|fail", default_value = "pause", value_parser = on_gate_failure)]
+    pub on_gate_failure: refit_core::health::OnGateFailure,
+    /// Version rule of every member upgrade: default (the next minor from any patch) or
+    /// strict (the next minor only from the newest patch of the current one).
+    #[arg(long, value_name = "default|strict", default_value = "default", value_parser = policy)]
+    pub policy: refit_core::path::Policy,
+}
+
+/// clap value parser for `--on-gate-failure`.
+fn on_gate_failure(s: &str) -> Result<refit_core::health::OnGateFailure, String> {
+    s.parse()
+}
+
+/// clap value parser for `--policy`.
+fn policy(s: &str) -> Result<refit_core::path::Policy, String> {
+    s.parse()
 }
 
 /// `refit fleet gate ...`

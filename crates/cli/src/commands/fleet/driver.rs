@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use refit_core::fleet::Event;
+use refit_core::health::Observation;
 use refit_fleet::{Driver, DriverConfig, KubeObserver, Report, Sink, SubprocessLauncher};
 
 use super::fleet_err;
@@ -69,6 +70,13 @@ pub fn describe(e: &Event) -> String {
         Event::ApproveGate { gate, by, .. } => format!("gate {gate} approved by {by}"),
         Event::GateReached { gate, .. } => format!("gate {gate} reached"),
         Event::GateTimeReached { gate, .. } => format!("gate {gate}: its scheduled time came"),
+        Event::HealthGateReached { stage, gate, .. } => {
+            format!("health gate {gate} of stage {stage} reached: probing")
+        }
+        Event::HealthGateObserved { stage, gate, observation, .. } => match observation {
+            Observation::Holds(d) => format!("health gate {gate} of stage {stage}: holds ({d})"),
+            Observation::Fails(r) => format!("health gate {gate} of stage {stage}: fails ({r})"),
+        },
         Event::AfterStageWaitStarted { stage, .. } => format!("after-stage wait of {stage} started"),
         Event::AfterStageWaitElapsed { stage, .. } => format!("after-stage wait of {stage} elapsed"),
         Event::MemberStarted { member, target, .. } => format!(

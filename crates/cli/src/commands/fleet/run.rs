@@ -125,6 +125,8 @@ pub async fn create(a: &RunCreateArgs, store: &Path) -> anyhow::Result<RunState>
     if let Some(b) = &a.pending_budget {
         spec.pending_budget_seconds = Some(b.as_secs());
     }
+    spec.on_gate_failure = a.on_gate_failure;
+    spec.policy = a.policy;
     spec.validate().map_err(|e| usage(e.to_string()))?;
     let s = open(store)?;
     let strategy = match (&a.strategy, &a.stages) {

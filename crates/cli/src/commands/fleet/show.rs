@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use jiff::{SignedDuration, Timestamp};
-use refit_core::fleet::{GateState, GateStatus, PendingReason, RunState, Status};
+use refit_core::fleet::{GateState, GateStatus, HealthGateState, PendingReason, RunState, Status};
 use refit_store::fleet::{Lease, MemberProgress};
 
 use crate::output::{shorten, table};
@@ -80,6 +80,29 @@ fn gate_row(g: &GateState, indent: &str) -> Vec<String> {
     ]
 }
 
+fn health_row(h: &HealthGateState) -> Vec<String> {
+    let detail = match (&h.waiting, &h.message) {
+        (Some(w), _) => format!("{} — {w}", h.gate.check),
+        (None, Some(m)) => m.clone(),
+        (None, None) => h.gate.check.to_string(),
+    };
+    let soak = if h.gate.soak_seconds > 0 {
+        format!(
+            ", soak {}",
+            human(SignedDuration::from_secs(i64::try_from(h.gate.soak_seconds).unwrap_or(i64::MAX)))
+        )
+    } else {
+        String::new()
+    };
+    vec![
+        format!("  health gate {} ({}{soak})", h.gate.name, h.gate.check.kind()),
+        format!("{:?}", h.state),
+        when(h.reached_at),
+        String::new(),
+        detail,
+    ]
+}
+
 /// The run as a table tree at `now`; `wide` keeps long reasons whole.
 pub fn render(
     run: &RunState,
@@ -107,7 +130,13 @@ pub fn render(
     );
     if let Some(e) = &run.status.error {
         out.push_str(&format!("  failed: {e}\n"));
+    } else if let Some(m) = &run.status.message {
+        out.push_str(&format!("  {m}\n"));
     }
+    out.push_str(&format!(
+        "  version policy: {}; a failed health gate: {}s the run\n",
+        run.spec.policy, run.spec.on_gate_failure
+    ));
     if let Some(t) = &run.targets {
         out.push_str(&format!(
             "  frozen targets: kubernetes {}, node images {:?}\n",
@@ -172,6 +201,9 @@ pub fn render(
         }
         for g in &st.after_gates {
             rows.push(gate_row(g, "  "));
+        }
+        for h in &st.health_gates {
+            rows.push(health_row(h));
         }
         if let Some(w) = &st.after_stage_wait {
             // Counting down is work under way: shown as Running with the time left.

@@ -13,7 +13,6 @@ use crate::output::{Format, print_structured, table, usage};
 pub fn parse_file(flag: &str, path: &Path) -> anyhow::Result<Strategy> {
     let text = read_file(flag, path)?;
     let s = Strategy::parse(&text).map_err(|e| usage(format!("{}: {e}", path.display())))?;
-    s.check_runnable().map_err(|e| usage(format!("{}: {e}", path.display())))?;
     Ok(s)
 }
 

@@ -145,6 +145,7 @@ async fn upgrade(
     let prepared = match prepare(conn, &input.plan).await {
         Ok(p) => p,
         Err(PrepareError::NothingToDo(m)) => {
+            let m = crate::commands::plan::nothing_to_do(&m);
             if format == Format::Table {
                 say(&format!("{m}\n"));
             }

@@ -294,11 +294,12 @@ fn raw_line_for(e: &Event) -> Option<String> {
             refit_core::event::GateState::Passed => format!("health gate {gate}: passed ({reason})"),
             refit_core::event::GateState::Failed => format!("health gate {gate}: FAILED: {reason}"),
         },
-        Event::BatchChosen { nodes, zone, limit, .. } => format!(
-            "next batch: {} node(s){} ({}); not larger: {limit}",
+        Event::BatchChosen { nodes, in_flight, zone, limit, .. } => format!(
+            "next batch: {} node(s){} ({}){}; not larger: {limit}",
             nodes.len(),
             zone.as_ref().map(|z| format!(" in zone {z}")).unwrap_or_default(),
-            nodes.join(", ")
+            nodes.join(", "),
+            if *in_flight > 0 { format!(", joining {in_flight} under way") } else { String::new() }
         ),
         Event::BatchHeld { reason, .. } => format!("no worker batch can start: {reason}"),
         Event::Eta { phases, ends_in_secs } => eta_line(phases, *ends_in_secs),

@@ -8,6 +8,7 @@ use crate::fleet::gate::{Approval, GateRef, GateState, GateStatus, GateTiming};
 use crate::fleet::strategy::RunPlan;
 
 use super::event::*;
+use super::health::*;
 use super::reason::*;
 use super::rollup::*;
 use super::state::*;
@@ -80,6 +81,7 @@ pub(super) fn mutate(run: &mut RunState, event: &Event) -> Result<(), Transition
             if run.status.state != NotStarted {
                 reset_for_restart(run, true, at);
             }
+            run.status.message = None;
             run.intent = Intent::Run;
             run.attempt += 1;
         }
@@ -205,6 +207,49 @@ pub(super) fn mutate(run: &mut RunState, event: &Event) -> Result<(), Transition
                         state: format!("{:?} (starts at {:?})", g.state, g.starts_at),
                         action: "complete it on its schedule",
                     });
+                }
+            }
+        }
+        Event::HealthGateReached { stage, gate, .. } => {
+            run.ensure_active("reach a health gate")?;
+            let si = run.locate_stage(stage)?;
+            let what = format!("health gate {gate} of stage {stage}");
+            run.ensure_stage_open(si, &what)?;
+            if !run.stages[si].groups_done() {
+                return Err(TransitionError::NotReached { what, why: "its groups are still working".into() });
+            }
+            let h = health_mut(run, si, gate)?;
+            if h.state != HealthGateStatus::NotStarted {
+                return Err(TransitionError::State {
+                    what,
+                    state: format!("{:?}", h.state),
+                    action: "reach it",
+                });
+            }
+            h.reach(at);
+        }
+        Event::HealthGateObserved { stage, gate, observation, .. } => {
+            run.ensure_active("record a health gate's probe")?;
+            let si = run.locate_stage(stage)?;
+            let h = health_mut(run, si, gate)?;
+            if h.state != HealthGateStatus::Pending || h.reached_at.is_some_and(|r| at < r) {
+                return Err(TransitionError::State {
+                    what: format!("health gate {gate} of stage {stage}"),
+                    state: format!("{:?}", h.state),
+                    action: "record a probe",
+                });
+            }
+            if let Some(reason) = h.observe(at, observation.clone()) {
+                let why = format!("health gate {gate} of stage {stage} failed: {reason}");
+                match run.spec.on_gate_failure {
+                    // Paused: nothing new starts; `run start` evaluates the gate again.
+                    crate::health::OnGateFailure::Pause => {
+                        run.intent = Intent::Stop;
+                        halt_members(run, at);
+                        run.status.message = Some(format!("paused: {why}"));
+                    }
+                    // The stage fails through the rollup (a failed gate counts as its failure).
+                    crate::health::OnGateFailure::Fail => {}
                 }
             }
         }
@@ -391,6 +436,18 @@ pub(super) fn message_of(event: &Event) -> Option<String> {
     }
 }
 
+pub(super) fn health_mut<'a>(
+    run: &'a mut RunState,
+    si: usize,
+    gate: &str,
+) -> Result<&'a mut HealthGateState, TransitionError> {
+    let unknown = TransitionError::UnknownGate {
+        run: run.name.clone(),
+        gate: format!("{}/health/{gate}", run.stages[si].name),
+    };
+    run.stages[si].health_gates.iter_mut().find(|h| h.gate.name == gate).ok_or(unknown)
+}
+
 pub(super) fn wait_mut(run: &mut RunState, si: usize) -> Result<&mut WaitState, TransitionError> {
     let name = run.stages[si].name.clone();
     run.stages[si].after_stage_wait.as_mut().ok_or(TransitionError::State {
@@ -458,6 +515,17 @@ pub(super) fn reset_for_restart(run: &mut RunState, skipped_too: bool, at: Times
             }
             if skipped_too {
                 g.before_gates.iter_mut().chain(&mut g.after_gates).for_each(GateState::reset_skipped);
+            }
+        }
+        // A failed gate is evaluated again. A skipped one too, unless its stage completed
+        // with it skipped: skipping the stage is how an operator gets past a gate that keeps
+        // failing, and starting the run again must not take that back.
+        let completed = st.status.state == Completed;
+        for h in &mut st.health_gates {
+            if h.state == HealthGateStatus::Failed
+                || (skipped_too && h.state == HealthGateStatus::Skipped && !completed)
+            {
+                h.reset();
             }
         }
         if skipped_too {
@@ -589,6 +657,7 @@ pub(super) fn skip_one(
             let st = &mut run.stages[si];
             st.groups.iter_mut().for_each(skip_group);
             st.before_gates.iter_mut().chain(&mut st.after_gates).for_each(|x| x.skip(at));
+            st.health_gates.iter_mut().for_each(|h| h.skip(at));
             if let Some(w) = &mut st.after_stage_wait
                 && !w.state.is_done()
             {

@@ -38,6 +38,10 @@ pub struct MemberFacts {
 pub struct Facts {
     /// By member name.
     pub members: BTreeMap<String, MemberFacts>,
+    /// What the driver's probes of the health gates due ([`super::RunState::health_gates_due`])
+    /// saw, by (stage, gate name).
+    #[serde(skip)]
+    pub health: BTreeMap<(String, String), crate::health::Observation>,
 }
 
 /// Something that happened to a run. Every event carries its instant.
@@ -110,6 +114,28 @@ pub enum Event {
         gate: GateRef,
         /// When.
         at: Timestamp,
+    },
+    /// The stage's groups are done: its health gate starts being probed (from [`next`]).
+    HealthGateReached {
+        /// The stage.
+        stage: String,
+        /// The gate's name.
+        gate: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// A probe of a stage's health gate (from [`next`], with the driver's observation):
+    /// judged by the soak rule, it passes the gate, keeps it waiting, or fails it — which
+    /// pauses (stops) or fails the run as its `onGateFailure` says.
+    HealthGateObserved {
+        /// The stage.
+        stage: String,
+        /// The gate's name.
+        gate: String,
+        /// When.
+        at: Timestamp,
+        /// What the probe saw.
+        observation: crate::health::Observation,
     },
     /// The after-stage wait began (from [`next`]).
     AfterStageWaitStarted {
@@ -249,6 +275,8 @@ impl Event {
             | Event::ApproveGate { at, .. }
             | Event::GateReached { at, .. }
             | Event::GateTimeReached { at, .. }
+            | Event::HealthGateReached { at, .. }
+            | Event::HealthGateObserved { at, .. }
             | Event::AfterStageWaitStarted { at, .. }
             | Event::AfterStageWaitElapsed { at, .. }
             | Event::MemberStarted { at, .. }

@@ -21,12 +21,14 @@
 //! skipped work is re-applied; members skipped because they were already at the target stay
 //! skipped), or retried (only failed members are re-applied, with the same frozen targets).
 //!
-//! Modules: [`state`] (the eight states and the transition tables), [`reason`] (why Pending,
+//! Modules: [`state`] (the eight states and the transition tables), [`health`] (a stage's
+//! health gates: reached, probed, judged by the soak rule), [`reason`] (why Pending,
 //! what a skip names), [`tree`] (the run tree and its queries), [`event`] (events, facts,
 //! decisions, errors), [`rollup`] (parents from children), [`apply`], [`next`].
 
 mod apply;
 mod event;
+mod health;
 mod next;
 mod reason;
 mod rollup;
@@ -35,6 +37,7 @@ mod tree;
 
 pub use apply::{apply, follow_up};
 pub use event::{Decision, Event, Facts, MemberFacts, TransitionError};
+pub use health::{HealthGateState, HealthGateStatus, HealthWait};
 pub use next::next;
 pub use reason::{PendingReason, SkipCause, SkipTarget};
 pub use state::{Level, MEMBER_TRANSITIONS, PARENT_TRANSITIONS, UpdateState, allowed};

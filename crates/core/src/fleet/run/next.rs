@@ -7,6 +7,7 @@ use crate::fleet::target::{self, MemberTarget, Targets};
 use crate::fleet::window::{self, WindowPriority};
 
 use super::event::*;
+use super::health::*;
 use super::reason::*;
 use super::rollup::*;
 use super::state::*;
@@ -87,6 +88,42 @@ pub(super) fn gate_step(
         }
     }
     gates_done(gates)
+}
+
+/// Reaches a done stage's health gates, and records the driver's probes of those due.
+fn health_step(
+    st: &StageState,
+    facts: &Facts,
+    now: Timestamp,
+    out: &mut Vec<Decision>,
+    waits: &mut Vec<(Option<Timestamp>, String)>,
+) {
+    for h in &st.health_gates {
+        let (stage, gate) = (st.name.clone(), h.gate.name.clone());
+        match h.state {
+            HealthGateStatus::NotStarted => {
+                out.push(Decision::Record(Event::HealthGateReached { stage, gate, at: now }))
+            }
+            HealthGateStatus::Pending => match facts.health.get(&(stage, gate)) {
+                Some(observation) if h.due(now) => out.push(Decision::Record(Event::HealthGateObserved {
+                    stage: st.name.clone(),
+                    gate: h.gate.name.clone(),
+                    at: now,
+                    observation: observation.clone(),
+                })),
+                _ => waits.push((
+                    h.next_probe(),
+                    format!(
+                        "health gate {} ({}): {}",
+                        h.gate.name,
+                        h.gate.check,
+                        h.waiting.clone().unwrap_or(HealthWait::FirstProbe)
+                    ),
+                )),
+            },
+            HealthGateStatus::Passed | HealthGateStatus::Failed | HealthGateStatus::Skipped => {}
+        }
+    }
 }
 
 /// What the driver should do now. Decisions of one call are independent of each other;
@@ -205,6 +242,7 @@ pub fn next(run: &RunState, facts: &Facts, now: Timestamp) -> Vec<Decision> {
         }
         if st.groups_done() {
             gate_step(&st.after_gates, now, &mut out, &mut waits);
+            health_step(st, facts, now, &mut out, &mut waits);
             if let Some(w) = &st.after_stage_wait {
                 match (w.state, w.until) {
                     (GateStatus::NotStarted, _) => out.push(Decision::Record(Event::AfterStageWaitStarted {

@@ -48,6 +48,17 @@ pub enum PendingReason {
         /// When it completes by itself.
         starts_at: Timestamp,
     },
+    /// A stage's health gate has not passed yet.
+    HealthGate {
+        /// The stage.
+        stage: String,
+        /// The gate's name.
+        gate: String,
+        /// What it checks (`http://… answers 2xx`).
+        check: String,
+        /// Why it still waits.
+        waiting: super::health::HealthWait,
+    },
     /// The pause after a stage.
     AfterStageWait {
         /// The stage.
@@ -106,6 +117,9 @@ impl fmt::Display for PendingReason {
             }
             PendingReason::AfterStageWait { stage, until } => {
                 write!(f, "after-stage wait of {stage} until {until}")
+            }
+            PendingReason::HealthGate { stage, gate, check, waiting } => {
+                write!(f, "health gate {gate} of stage {stage} ({check}): {waiting}")
             }
             PendingReason::Waiting { on, reason } => write!(f, "{on}: {reason}"),
         }

@@ -4,6 +4,7 @@ use jiff::Timestamp;
 
 use crate::fleet::gate::{GateSpec, GateState, GateStatus};
 
+use super::health::*;
 use super::reason::*;
 use super::state::*;
 use super::tree::*;
@@ -164,17 +165,35 @@ pub(super) fn roll_group(g: &mut GroupState, intent: Intent, at: Timestamp) {
     g.status.error = error;
 }
 
-pub(super) fn roll_stage(st: &mut StageState, intent: Intent, at: Timestamp) {
+/// The reason of the first health gate still waiting.
+pub(super) fn pending_health(st: &StageState) -> Option<PendingReason> {
+    st.health_gates.iter().find(|h| h.state == HealthGateStatus::Pending).map(|h| PendingReason::HealthGate {
+        stage: st.name.clone(),
+        gate: h.gate.name.clone(),
+        check: h.gate.check.to_string(),
+        waiting: h.waiting.clone().unwrap_or(HealthWait::FirstProbe),
+    })
+}
+
+/// `fail_on_gate`: a failed health gate fails the stage (`onGateFailure: fail`); otherwise
+/// it paused the run when it failed, and the stage only waits.
+pub(super) fn roll_stage(st: &mut StageState, intent: Intent, fail_on_gate: bool, at: Timestamp) {
     let failed: u32 = st.groups.iter().map(|g| g.failure_count).sum();
     st.failure_count = failed;
+    let gate_failed = st.health_gates.iter().find(|h| h.state == HealthGateStatus::Failed);
     let failure = match st.groups.iter().find(|g| g.status.state == Failed) {
         Some(g) => Some(format!("group {} failed: {}", g.name, g.status.error.clone().unwrap_or_default())),
-        None => (failed > st.max_allowed_failures).then(|| {
-            format!(
-                "{failed} member failure(s) across the stage, more than maxAllowedFailures {}",
-                st.max_allowed_failures
-            )
-        }),
+        None => match gate_failed {
+            Some(h) if fail_on_gate => {
+                Some(format!("health gate {} failed: {}", h.gate.name, h.message.clone().unwrap_or_default()))
+            }
+            _ => (failed > st.max_allowed_failures).then(|| {
+                format!(
+                    "{failed} member failure(s) across the stage, more than maxAllowedFailures {}",
+                    st.max_allowed_failures
+                )
+            }),
+        },
     };
     let wait = st.after_stage_wait.as_ref().and_then(|w| match (w.state, w.until) {
         (GateStatus::Pending, Some(until)) => {
@@ -191,12 +210,13 @@ pub(super) fn roll_stage(st: &mut StageState, intent: Intent, at: Timestamp) {
             || gates_reached(&st.before_gates)
             || gates_reached(&st.after_gates)
             || st.after_stage_wait.as_ref().is_some_and(|w| w.started_at.is_some())
+            || st.health_gates.iter().any(|h| h.reached_at.is_some())
             || st.groups.iter().any(|g| !matches!(g.status.state, NotStarted | Skipped)),
         before: pending_gate(&st.before_gates),
         before_done: gates_done(&st.before_gates),
         // An after-gate is named before the wait: it needs a person.
-        after: pending_gate(&st.after_gates).or(wait),
-        after_done: gates_done(&st.after_gates) && st.wait_done(),
+        after: pending_gate(&st.after_gates).or(pending_health(st)).or(wait),
+        after_done: gates_done(&st.after_gates) && health_done(&st.health_gates) && st.wait_done(),
         waiting: waiting_on(
             st.groups
                 .iter()
@@ -215,6 +235,7 @@ pub(super) fn roll_stage(st: &mut StageState, intent: Intent, at: Timestamp) {
     let (state, pending, error) = decide(rollup, intent);
     if state == Skipped {
         st.before_gates.iter_mut().chain(&mut st.after_gates).for_each(|x| x.skip(at));
+        st.health_gates.iter_mut().for_each(|h| h.skip(at));
         if let Some(w) = &mut st.after_stage_wait
             && !w.state.is_done()
         {
@@ -261,11 +282,12 @@ pub(super) fn roll_run(run: &mut RunState, at: Timestamp) {
 /// Recomputes every parent from its children; a failure halts the run.
 pub(super) fn rollup(run: &mut RunState, at: Timestamp) {
     let intent = run.intent;
+    let fail_on_gate = run.spec.on_gate_failure == crate::health::OnGateFailure::Fail;
     for st in &mut run.stages {
         for g in &mut st.groups {
             roll_group(g, intent, at);
         }
-        roll_stage(st, intent, at);
+        roll_stage(st, intent, fail_on_gate, at);
     }
     roll_run(run, at);
     if run.status.state == Failed && run.intent == Intent::Run {

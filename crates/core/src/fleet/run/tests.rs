@@ -54,7 +54,10 @@ fn fleet(members: &[(&str, &str)]) -> (Vec<FleetMember>, Facts) {
             update_group: Some(g.to_string()),
         })
         .collect();
-    let facts = Facts { members: members.iter().map(|(n, _)| (n.to_string(), behind())).collect() };
+    let facts = Facts {
+        members: members.iter().map(|(n, _)| (n.to_string(), behind())).collect(),
+        ..Facts::default()
+    };
     (fm, facts)
 }
 
@@ -1090,4 +1093,241 @@ fn relaunches_and_driver_takeovers_are_history_that_changes_no_state() {
     assert!(matches!(err, TransitionError::State { .. }), "{err}");
     let err = apply(&run, &Event::MemberRelaunched { member: "ghost".into(), at }).unwrap_err();
     assert!(matches!(err, TransitionError::UnknownMember { .. }), "{err}");
+}
+
+const HEALTH: &str = "stages:\n  - name: canary\n    groups: [{name: canary}]\n    afterGates: [{type: Approval}]\n    healthGates:\n      - {name: shop, type: http, url: 'http://127.0.0.1:8080/healthz', soak: 10s, timeout: 60s}\n  - name: prod\n    groups: [{name: prod}]\n";
+
+fn secs(s: i64) -> SignedDuration {
+    SignedDuration::from_secs(s)
+}
+
+/// `facts` with the probe of canary's `shop` gate saying `holds`.
+fn probed(facts: &Facts, holds: bool) -> Facts {
+    let seen = if holds {
+        crate::health::Observation::Holds("HTTP 200".into())
+    } else {
+        crate::health::Observation::Fails("answered HTTP 500".into())
+    };
+    let mut f = facts.clone();
+    f.health.insert(("canary".into(), "shop".into()), seen);
+    f
+}
+
+/// The canary stage done and its approval given: only the health gate holds prod back.
+fn canary_done(spec: UpgradeSpec) -> (RunState, Facts) {
+    let (members, facts) = fleet(&[("c1", "canary"), ("p1", "prod")]);
+    let mut run = start(&new_run(HEALTH, &members, spec), &facts, t0());
+    assert_eq!(settle(&mut run, &facts, t0()).0, ["c1"]);
+    run = succeed(&run, "c1", t0());
+    let gate: GateRef = "canary/after/1".parse().unwrap();
+    run = ok(&run, Event::ApproveGate { gate, by: "ann".into(), at: t0(), expires_at: None });
+    settle(&mut run, &facts, t0());
+    (run, facts)
+}
+
+#[test]
+fn a_stage_health_gate_holds_the_next_stage_until_it_held_for_its_soak() {
+    let (mut run, facts) = canary_done(spec());
+    let h = &stage(&run, "canary").health_gates[0];
+    assert_eq!(h.state, HealthGateStatus::Pending);
+    assert_eq!(h.waiting, Some(HealthWait::FirstProbe));
+    assert!(run.health_gates_due(t0()).iter().any(|(s, g)| s == "canary" && g.name == "shop"));
+    // Failing: the run waits on it, typed, and prod is untouched.
+    let (started, wait) = settle(&mut run, &probed(&facts, false), t0());
+    assert!(started.is_empty());
+    assert!(
+        matches!(wait, Some(Decision::Wait { until: Some(_), ref reason }) if reason.contains("health gate shop"))
+    );
+    assert_eq!(run.status.state, Pending);
+    match &run.status.pending {
+        Some(PendingReason::Waiting { reason, .. }) => assert!(
+            matches!(&**reason, PendingReason::HealthGate { gate, waiting: HealthWait::Failing { reason }, .. } if gate == "shop" && reason.contains("500")),
+            "{reason:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(state_of(&run, "p1"), NotStarted);
+    // Not due again before its poll interval (soak 10s: every 2s).
+    assert!(run.health_gates_due(t0() + secs(1)).is_empty());
+    // Holding: soaking, still waiting.
+    let (started, _) = settle(&mut run, &probed(&facts, true), t0() + secs(2));
+    assert!(started.is_empty());
+    let h = &stage(&run, "canary").health_gates[0];
+    assert!(matches!(&h.waiting, Some(HealthWait::Soaking { held_seconds: 0, soak_seconds: 10, .. })));
+    // A dip restarts the soak.
+    settle(&mut run, &probed(&facts, false), t0() + secs(8));
+    settle(&mut run, &probed(&facts, true), t0() + secs(10));
+    assert!(settle(&mut run, &probed(&facts, true), t0() + secs(16)).0.is_empty());
+    // Held 10 s without a dip: passed, prod starts.
+    let (started, _) = settle(&mut run, &probed(&facts, true), t0() + secs(20));
+    assert_eq!(started, ["p1"]);
+    let h = &stage(&run, "canary").health_gates[0];
+    assert_eq!(h.state, HealthGateStatus::Passed);
+    assert_eq!(stage(&run, "canary").status.state, Completed);
+}
+
+#[test]
+fn a_failed_stage_health_gate_pauses_the_run_and_a_start_evaluates_it_again() {
+    let (mut run, facts) = canary_done(spec());
+    settle(&mut run, &probed(&facts, false), t0());
+    // The timeout (60 s) runs out while it fails: the run stops (paused), prod never starts.
+    let (started, _) = settle(&mut run, &probed(&facts, false), t0() + secs(61));
+    assert!(started.is_empty());
+    assert_eq!(run.status.state, Stopped);
+    assert_eq!(run.intent, Intent::Stop);
+    assert!(
+        run.status.message.as_deref().is_some_and(
+            |m| m.contains("paused: health gate shop of stage canary failed: timed out after 1m")
+        ),
+        "{:?}",
+        run.status.message
+    );
+    let h = &stage(&run, "canary").health_gates[0];
+    assert_eq!(h.state, HealthGateStatus::Failed);
+    assert_eq!(state_of(&run, "p1"), NotStarted);
+    assert!(run.health_gates_due(t0() + secs(70)).is_empty());
+    // Started again: the gate is evaluated afresh; passing, prod goes.
+    run = ok(&run, Event::Start { at: t0() + secs(100), targets: None, plan: None, by: None });
+    assert_eq!(run.status.message, None);
+    settle(&mut run, &facts, t0() + secs(100));
+    assert_eq!(stage(&run, "canary").health_gates[0].state, HealthGateStatus::Pending);
+    assert!(settle(&mut run, &probed(&facts, true), t0() + secs(101)).0.is_empty(), "soaking");
+    let (started, _) = settle(&mut run, &probed(&facts, true), t0() + secs(111));
+    assert_eq!(started, ["p1"]);
+}
+
+#[test]
+fn a_failed_stage_health_gate_fails_the_run_with_on_gate_failure_fail() {
+    let mut s = spec();
+    s.on_gate_failure = crate::health::OnGateFailure::Fail;
+    let (mut run, facts) = canary_done(s);
+    settle(&mut run, &probed(&facts, false), t0());
+    settle(&mut run, &probed(&facts, false), t0() + secs(61));
+    assert_eq!(run.status.state, Failed);
+    assert!(
+        run.status
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("stage canary failed: health gate shop failed")),
+        "{:?}",
+        run.status.error
+    );
+    assert_eq!(state_of(&run, "p1"), NotStarted);
+}
+
+#[test]
+fn a_skipped_stage_skips_its_health_gates_and_an_observation_out_of_turn_is_refused() {
+    let (members, facts) = fleet(&[("c1", "canary"), ("p1", "prod")]);
+    let run = start(&new_run(HEALTH, &members, spec()), &facts, t0());
+    let seen = Event::HealthGateObserved {
+        stage: "canary".into(),
+        gate: "shop".into(),
+        at: t0(),
+        observation: crate::health::Observation::Holds("ok".into()),
+    };
+    assert!(apply(&run, &seen).is_err(), "not reached yet");
+    let reached = Event::HealthGateReached { stage: "canary".into(), gate: "shop".into(), at: t0() };
+    assert!(apply(&run, &reached).is_err(), "its groups are still working");
+    let mut run =
+        ok(&run, Event::Skip { targets: vec![SkipTarget::Stage("canary".into())], by: None, at: t0() });
+    assert_eq!(stage(&run, "canary").health_gates[0].state, HealthGateStatus::Skipped);
+    assert_eq!(settle(&mut run, &facts, t0()).0, ["p1"]);
+}
+
+#[test]
+fn a_restarted_driver_goes_on_with_the_soak_where_it_was() {
+    let (mut run, facts) = canary_done(spec());
+    settle(&mut run, &probed(&facts, true), t0());
+    settle(&mut run, &probed(&facts, true), t0() + secs(6));
+    // The state goes through the store (JSON) as a new driver reads it.
+    let mut back: RunState = serde_json::from_str(&serde_json::to_string(&run).unwrap()).unwrap();
+    assert_eq!(back, run);
+    let (started, _) = settle(&mut back, &probed(&facts, true), t0() + secs(10));
+    assert_eq!(started, ["p1"], "held since t0: 10 s of soak across the restart");
+}
+
+proptest::proptest! {
+    /// Whatever the probes see and whenever the driver looks (and restarts, reading the run
+    /// back from JSON): prod starts only after canary's health gate passed; a gate decided
+    /// Failed leaves the run Stopped (paused) with prod untouched; while undecided the run
+    /// waits on it with a typed reason; and the gate passes exactly when the soak rule says.
+    #[test]
+    fn the_next_stage_starts_only_after_its_health_gate_passed(
+        steps in proptest::collection::vec((1i64..8, proptest::bool::ANY, proptest::bool::ANY), 1..40),
+    ) {
+        let (mut run, facts) = canary_done(spec());
+        let mut model = crate::health::Soak::new(std::time::Duration::from_secs(10), std::time::Duration::from_secs(60));
+        let reached = stage(&run, "canary").health_gates[0].reached_at.unwrap();
+        let mut at = t0();
+        for (dt, holds, restart) in steps {
+            at += secs(dt);
+            if restart {
+                run = serde_json::from_str(&serde_json::to_string(&run).unwrap()).unwrap();
+            }
+            let due = !run.health_gates_due(at).is_empty();
+            let (started, _) = settle(&mut run, &probed(&facts, holds), at);
+            let h = stage(&run, "canary").health_gates[0].clone();
+            let expected = if due {
+                let seen = if holds {
+                    crate::health::Observation::Holds("HTTP 200".into())
+                } else {
+                    crate::health::Observation::Fails("answered HTTP 500".into())
+                };
+                let gate_time = std::time::Duration::from_millis(u64::try_from(at.duration_since(reached).as_millis()).unwrap());
+                Some(model.observe(gate_time, seen))
+            } else {
+                None
+            };
+            match h.state {
+                HealthGateStatus::Passed => {
+                    proptest::prop_assert!(matches!(expected, Some(crate::health::Verdict::Passed { .. })), "{expected:?}");
+                    proptest::prop_assert_eq!(started, vec!["p1".to_string()]);
+                    break;
+                }
+                HealthGateStatus::Failed => {
+                    proptest::prop_assert!(matches!(expected, Some(crate::health::Verdict::Failed { .. })), "{expected:?}");
+                    proptest::prop_assert_eq!(run.status.state, Stopped);
+                    proptest::prop_assert_eq!(state_of(&run, "p1"), NotStarted);
+                    break;
+                }
+                HealthGateStatus::Pending => {
+                    let decided = matches!(
+                        expected,
+                        Some(crate::health::Verdict::Passed { .. } | crate::health::Verdict::Failed { .. })
+                    );
+                    proptest::prop_assert!(!decided, "{:?}", expected);
+                    proptest::prop_assert!(started.is_empty());
+                    proptest::prop_assert_eq!(state_of(&run, "p1"), NotStarted);
+                    proptest::prop_assert_eq!(run.status.state, Pending);
+                    let waits_on_gate = matches!(
+                        &run.status.pending,
+                        Some(PendingReason::Waiting { reason, .. }) if matches!(&**reason, PendingReason::HealthGate { .. })
+                    );
+                    proptest::prop_assert!(waits_on_gate, "{:?}", run.status.pending);
+                }
+                other => proptest::prop_assert!(false, "{other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn skipping_the_stage_gets_past_a_health_gate_that_keeps_failing() {
+    let (mut run, facts) = canary_done(spec());
+    settle(&mut run, &probed(&facts, false), t0());
+    settle(&mut run, &probed(&facts, false), t0() + secs(61));
+    assert_eq!(run.status.state, Stopped);
+    run = ok(
+        &run,
+        Event::Skip {
+            targets: vec![SkipTarget::Stage("canary".into())],
+            by: Some("ann".into()),
+            at: t0() + secs(70),
+        },
+    );
+    assert_eq!(stage(&run, "canary").status.state, Completed, "its member is done, its gate skipped");
+    run = ok(&run, Event::Start { at: t0() + secs(80), targets: None, plan: None, by: None });
+    assert_eq!(stage(&run, "canary").health_gates[0].state, HealthGateStatus::Skipped);
+    let (started, _) = settle(&mut run, &probed(&facts, false), t0() + secs(80));
+    assert_eq!(started, ["p1"]);
 }

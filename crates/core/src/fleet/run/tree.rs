@@ -8,6 +8,7 @@ use crate::fleet::strategy::{PlannedGroup, PlannedStage, RunPlan, Strategy};
 use crate::fleet::target::{MemberTarget, SpecError, Targets, UpgradeSpec};
 
 use super::event::*;
+use super::health::*;
 use super::reason::*;
 use super::rollup::*;
 use super::state::*;
@@ -249,6 +250,10 @@ pub struct StageState {
     /// The pause after it, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_stage_wait: Option<WaitState>,
+    /// Health gates checked after its groups are done (alongside the after-gates and the
+    /// wait), before the next stage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_gates: Vec<HealthGateState>,
     /// Groups.
     pub groups: Vec<GroupState>,
 }
@@ -265,6 +270,11 @@ impl StageState {
 
     pub(super) fn wait_done(&self) -> bool {
         self.after_stage_wait.as_ref().is_none_or(|w| w.state.is_done())
+    }
+
+    /// The health gate named `name`.
+    pub fn health_gate(&self, name: &str) -> Option<&HealthGateState> {
+        self.health_gates.iter().find(|h| h.gate.name == name)
     }
 }
 
@@ -372,6 +382,7 @@ pub(super) fn stage_state(s: &PlannedStage) -> StageState {
             started_at: None,
             until: None,
         }),
+        health_gates: health_states(&s.health_gates),
         groups: s.groups.iter().map(|g| group_state(&s.name, g)).collect(),
     }
 }
@@ -449,6 +460,20 @@ impl RunState {
     /// The gate `gate`.
     pub fn gate(&self, gate: &GateRef) -> Option<&GateState> {
         self.gates().find(|g| &g.gate == gate)
+    }
+
+    /// The health gates of the current stage whose probe is due at `now` (the driver probes
+    /// these and passes the observations in [`Facts::health`]): only while the run makes
+    /// progress and the stage's groups are done.
+    pub fn health_gates_due(&self, now: Timestamp) -> Vec<(String, crate::health::HealthGate)> {
+        if self.intent != Intent::Run || !matches!(self.status.state, Running | Pending) {
+            return Vec::new();
+        }
+        let Some(st) = self.current_stage().map(|i| &self.stages[i]) else { return Vec::new() };
+        if !st.groups_done() {
+            return Vec::new();
+        }
+        st.health_gates.iter().filter(|h| h.due(now)).map(|h| (st.name.clone(), h.gate.clone())).collect()
     }
 
     /// The first stage not yet done (Completed or Skipped).
