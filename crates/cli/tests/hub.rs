@@ -26,7 +26,9 @@ use k8s_openapi::api::events::v1::Event as KubeEvent;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use refit_testbed::{Testbed, TestbedConfig, TestbedVersions};
 use serde_json::json;
-use support::{Sandbox, http_get, http_request, refit, refused, release, start_controller};
+use support::{
+    Sandbox, http_get, http_request, refit, refused, release, start_controller, start_controller_with,
+};
 
 const NS: &str = "fleet";
 
@@ -280,20 +282,6 @@ fn event_stream(addr: std::net::SocketAddr) -> std::sync::mpsc::Receiver<String>
 const SANDBOX_ACCEPTS: [&str; 3] =
     ["--accept=etcd-members", "--accept=control-plane-count", "--accept=worker-count"];
 
-/// A sandbox cluster at 1.36 with one worker, and the exec action that upgrades its nodes.
-fn sandbox(root: &Path, name: &str, script: &Path) -> (Sandbox, PathBuf, String) {
-    let dir = root.join(name);
-    let out = refit()
-        .args(["sandbox", "up", "--version", &release(36), "--workers", "1", "--dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let guard = Sandbox(dir.clone());
-    assert!(out.status.success(), "sandbox up: {}", String::from_utf8_lossy(&out.stderr));
-    let action = format!("exec:{} {} {{node}} {{to}}", script.display(), dir.display());
-    (guard, dir, action)
-}
-
 /// The kube-system UID of the cluster `kubeconfig` reaches.
 async fn cluster_uid(kubeconfig: &Path) -> String {
     let cfg = kube::Config::from_custom_kubeconfig(
@@ -343,58 +331,135 @@ async fn eventually<T>(
             return v;
         }
         if Instant::now() >= deadline {
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            panic!("{what}: not within {timeout:?}; controller log:\n{log}");
+            // The controller's log, and what lies beside it (the takeover test's member logs).
+            let mut shown = String::new();
+            let dir = log.parent().unwrap();
+            let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+                .unwrap()
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .flat_map(|p| {
+                    let actions = ["actions.log", "done.log", "concurrent.log"].map(|n| p.join(n));
+                    std::iter::once(p).chain(actions)
+                })
+                .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "log") && p.as_path() != log)
+                .collect();
+            files.sort();
+            for f in std::iter::once(log.to_path_buf()).chain(files) {
+                let text = std::fs::read_to_string(&f).unwrap_or_default();
+                shown.push_str(&format!("--- {}:\n{text}\n", f.display()));
+            }
+            panic!("{what}: not within {timeout:?}; controller log:\n{shown}");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_member_is_refused() {
-    let versions = TestbedVersions::from_env().unwrap();
-    let version = versions.kubernetes.last().cloned().expect("the testbed builds at least one release");
-    let hub = Testbed::start(TestbedConfig::new(version.clone(), 0)).await.unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let log = root.join("controller.log");
-    let kubectl = |args: &[&str]| {
-        let out = Command::new(hub.kubectl(&version).unwrap())
+/// A hub with refit's CRDs applied from `refit controller manifests`, and the node action
+/// script its sandbox members use.
+struct Hub {
+    tb: Testbed,
+    version: refit_core::Version,
+    client: kube::Client,
+    /// The node action: logs each node it starts (`actions.log`) and finishes (`done.log`),
+    /// records in `concurrent.log` a start while another action of the same sandbox still runs,
+    /// sleeps `$dir/slow` seconds when that file exists, then upgrades the node.
+    script: PathBuf,
+    tmp: tempfile::TempDir,
+}
+
+impl Hub {
+    /// The hub's testbed and the node action script, no manifests applied yet.
+    async fn bare() -> Hub {
+        let versions = TestbedVersions::from_env().unwrap();
+        let version = versions.kubernetes.last().cloned().expect("the testbed builds at least one release");
+        let tb = Testbed::start(TestbedConfig::new(version.clone(), 0)).await.unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let client = tb.client().await.unwrap();
+        let script = tmp.path().join("node.sh");
+        std::fs::write(
+            &script,
+            format!(
+                r#"#!/bin/sh
+# $1: the sandbox's directory, $2: the node, $3: the version.
+# Another action of this sandbox still runs: the same process (pid and start time; one that
+# exited and awaits reaping does not count).
+if [ -f "$1/running" ]; then
+  set -- "$@" $(cat "$1/running")
+  st=$(cut -d' ' -f3,4,22 "/proc/$4/stat" 2>/dev/null)
+  case "$st" in
+    Z*|X*|"") ;;
+    *) if [ "${{st##* }}" = "$6" ]; then
+         echo "$2 (pid $$) started while action $4 ($5, state/parent/start $st) runs" >> "$1/concurrent.log"
+       fi ;;
+  esac
+fi
+echo "$$ $2 $(cut -d' ' -f22 /proc/$$/stat)" > "$1/running"
+echo "$2 (pid $$, parent $PPID)" >> "$1/actions.log"
+if [ -f "$1/slow" ]; then sleep "$(cat "$1/slow")"; fi
+'{}' sandbox upgrade-node --dir "$1" "$2" --to "$3" || exit $?
+echo "$2" >> "$1/done.log"
+rm -f "$1/running"
+"#,
+                assert_cmd::cargo::cargo_bin("refit").display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Hub { tb, version, client, script, tmp }
+    }
+
+    /// A hub with the manifests applied.
+    async fn start() -> Hub {
+        let hub = Hub::bare().await;
+        hub.apply_manifests();
+        hub
+    }
+
+    /// `kubectl apply` of `refit controller manifests`; returns when the CRDs are served.
+    fn apply_manifests(&self) {
+        let hub = self;
+        let manifests = hub.root().join("hub.yaml");
+        std::fs::write(&manifests, support::stdout(refit().args(["controller", "manifests", "-n", NS])))
+            .unwrap();
+        hub.kubectl(&["apply", "-f", manifests.to_str().unwrap()]);
+        for crd in
+            ["members", "updatestrategies", "updateruns", "gates", "clusterupgrades", "autoupgradeprofiles"]
+        {
+            hub.kubectl(&[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                &format!("crd/{crd}.refit.dev"),
+            ]);
+        }
+    }
+
+    fn root(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    fn kubectl(&self, args: &[&str]) -> String {
+        let out = Command::new(self.tb.kubectl(&self.version).unwrap())
             .arg("--kubeconfig")
-            .arg(hub.kubeconfig())
+            .arg(self.tb.kubeconfig())
             .args(args)
             .output()
             .unwrap();
         assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
-    };
-    serve_refuses_hubs_it_cannot_serve(root, &hub.kubeconfig());
-
-    let manifests = root.join("hub.yaml");
-    std::fs::write(&manifests, support::stdout(refit().args(["controller", "manifests", "-n", NS]))).unwrap();
-    kubectl(&["apply", "-f", manifests.to_str().unwrap()]);
-    for crd in ["members", "updatestrategies", "updateruns", "gates", "clusterupgrades"] {
-        kubectl(&["wait", "--for=condition=Established", "--timeout=60s", &format!("crd/{crd}.refit.dev")]);
     }
 
-    // Two sandbox members; their node action upgrades the node in the sandbox.
-    let script = root.join("node.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\necho \"$2\" >> \"$1/actions.log\"\nexec '{}' sandbox upgrade-node --dir \"$1\" \"$2\" --to \"$3\"\n",
-            assert_cmd::cargo::cargo_bin("refit").display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (_g1, canary_dir, canary_action) = sandbox(root, "canary-1", &script);
-    let (_g2, prod_dir, prod_action) = sandbox(root, "prod-1", &script);
+    /// A sandbox member cluster at 1.36 with one worker, and its node action.
+    fn sandbox(&self, name: &str) -> (Sandbox, PathBuf, String) {
+        let dir = self.root().join(name);
+        let guard = support::sandbox_up(&dir, &release(36), 1, 1);
+        let action = format!("exec:{} {} {{node}} {{to}}", self.script.display(), dir.display());
+        (guard, dir, action)
+    }
 
-    let client = hub.client().await.unwrap();
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
-    let dynamic = |kind: &str| {
+    /// The fleet namespace's objects of a refit kind.
+    fn api(&self, kind: &str) -> Api<kube::api::DynamicObject> {
         let ar = kube::api::ApiResource {
             group: "refit.dev".into(),
             version: "v1alpha1".into(),
@@ -402,11 +467,11 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
             kind: kind.into(),
             plural: format!("{}s", kind.to_lowercase()).replace("strategys", "strategies"),
         };
-        Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), NS, &ar)
-    };
-    let members = dynamic("Member");
-    let post = PostParams::default();
-    let add_member = async |name: &str, group: &str, kubeconfig: &Path, action: &str| {
+        Api::namespaced_with(self.client.clone(), NS, &ar)
+    }
+
+    /// A Member (and its kubeconfig Secret) of `group` reaching `kubeconfig`.
+    async fn add_member(&self, name: &str, group: &str, kubeconfig: &Path, action: &str) {
         // The exec action's upgrade backs up the member sandbox's own etcd (issue 18 item 9).
         let sandbox = kubeconfig.parent().unwrap();
         let mut upgrade_args: Vec<String> = SANDBOX_ACCEPTS.iter().map(|a| a.to_string()).collect();
@@ -416,7 +481,8 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
             "stringData": {"kubeconfig": std::fs::read_to_string(kubeconfig).unwrap()}
         }))
         .unwrap();
-        secrets.create(&post, &secret).await.unwrap();
+        let post = PostParams::default();
+        Api::<Secret>::namespaced(self.client.clone(), NS).create(&post, &secret).await.unwrap();
         let m: kube::api::DynamicObject = serde_json::from_value(json!({
             "apiVersion": "refit.dev/v1alpha1", "kind": "Member",
             "metadata": {"name": name},
@@ -429,12 +495,47 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
             }
         }))
         .unwrap();
-        members.create(&post, &m).await.unwrap();
-    };
-    add_member("canary-1", "canary", &canary_dir.join("kubeconfig"), &canary_action).await;
-    add_member("prod-1", "prod", &prod_dir.join("kubeconfig"), &prod_action).await;
+        self.api("Member").create(&post, &m).await.unwrap();
+    }
+
+    async fn add_strategy(&self, name: &str, stages: serde_json::Value) {
+        let s: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "refit.dev/v1alpha1", "kind": "UpdateStrategy",
+            "metadata": {"name": name}, "spec": {"stages": stages}
+        }))
+        .unwrap();
+        self.api("UpdateStrategy").create(&PostParams::default(), &s).await.unwrap();
+    }
+
+    /// Creates an UpdateRun to 1.37 with `state: Run`.
+    async fn run(&self, name: &str, strategy: &str) {
+        let r: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "refit.dev/v1alpha1", "kind": "UpdateRun",
+            "metadata": {"name": name},
+            "spec": {"upgradeType": "Full", "kubernetesVersion": release(37), "strategy": strategy, "state": "Run"}
+        }))
+        .unwrap();
+        self.api("UpdateRun").create(&PostParams::default(), &r).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_member_is_refused() {
+    let hub = Hub::bare().await;
+    serve_refuses_hubs_it_cannot_serve(hub.root(), &hub.tb.kubeconfig());
+    hub.apply_manifests();
+    let root = hub.root();
+    let log = root.join("controller.log");
+    let client = hub.client.clone();
+
+    // Two sandbox members; their node action upgrades the node in the sandbox.
+    let (_g1, canary_dir, canary_action) = hub.sandbox("canary-1");
+    let (_g2, prod_dir, prod_action) = hub.sandbox("prod-1");
+    let members = hub.api("Member");
+    hub.add_member("canary-1", "canary", &canary_dir.join("kubeconfig"), &canary_action).await;
+    hub.add_member("prod-1", "prod", &prod_dir.join("kubeconfig"), &prod_action).await;
     // Bound to prod-1's cluster, but its Secret now reaches canary-1's: a swapped kubeconfig.
-    add_member("rogue-1", "rogue", &canary_dir.join("kubeconfig"), &canary_action).await;
+    hub.add_member("rogue-1", "rogue", &canary_dir.join("kubeconfig"), &canary_action).await;
     let prod_uid = cluster_uid(&prod_dir.join("kubeconfig")).await;
     members
         .patch_status(
@@ -444,43 +545,43 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
         )
         .await
         .unwrap();
-
-    let strategies = dynamic("UpdateStrategy");
-    for (name, stages) in [
-        (
-            "two-stage",
-            json!([
-                {"name": "canary", "groups": [{"name": "canary"}], "afterGates": [{"type": "Approval"}]},
-                {"name": "prod", "groups": [{"name": "prod"}]}
-            ]),
-        ),
-        ("rogue-only", json!([{"name": "rogue", "groups": [{"name": "rogue"}]}])),
-    ] {
-        let s: kube::api::DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "refit.dev/v1alpha1", "kind": "UpdateStrategy",
-            "metadata": {"name": name}, "spec": {"stages": stages}
-        }))
-        .unwrap();
-        strategies.create(&post, &s).await.unwrap();
-    }
-    let runs = dynamic("UpdateRun");
-    let new_run = |name: &str, strategy: &str| -> kube::api::DynamicObject {
-        serde_json::from_value(json!({
-            "apiVersion": "refit.dev/v1alpha1", "kind": "UpdateRun",
-            "metadata": {"name": name},
-            "spec": {"upgradeType": "Full", "kubernetesVersion": release(37), "strategy": strategy, "state": "Run"}
-        }))
-        .unwrap()
-    };
-    runs.create(&post, &new_run("to-137", "two-stage")).await.unwrap();
+    hub.add_strategy(
+        "two-stage",
+        json!([
+            {"name": "canary", "groups": [{"name": "canary"}], "afterGates": [{"type": "Approval"}]},
+            {"name": "prod", "groups": [{"name": "prod"}]}
+        ]),
+    )
+    .await;
+    hub.add_strategy("rogue-only", json!([{"name": "rogue", "groups": [{"name": "rogue"}]}])).await;
+    let runs = hub.api("UpdateRun");
+    hub.run("to-137", "two-stage").await;
 
     let before = hub_requests(&client).await;
     let started = Instant::now();
-    let controller = start_controller(&hub.kubeconfig(), NS, Some(&log));
+    // A newer release catalog the controller refreshes from on its schedule (as from a
+    // mirror): 1.37.9, out since before today.
+    let newer = root.join("newer-catalog.yaml");
+    let shipped = include_str!("../../../data/catalog.yaml");
+    let with_patch = shipped.replacen(r#""1.37.2"]"#, r#""1.37.2", "1.37.9"]"#, 1);
+    assert_ne!(with_patch, shipped, "the shipped catalog's 1.37 patches moved: update this test");
+    let updated = jiff::Zoned::now().date().to_string();
+    let catalog = with_patch
+        .lines()
+        .map(|l| if l.starts_with("updated:") { format!("updated: \"{updated}\"") } else { l.to_string() })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&newer, catalog + "\n").unwrap();
+    let controller = start_controller_with(
+        &hub.tb.kubeconfig(),
+        NS,
+        Some(&log),
+        &["--catalog-refresh-every", "2s", "--catalog-from", newer.to_str().unwrap()],
+    );
     let mut polls: u64 = 0;
 
     // The canary is upgraded, then the run waits on the gate; prod-1 has not started.
-    let gates = dynamic("Gate");
+    let gates = hub.api("Gate");
     eventually("the canary's after-stage gate is reached", Duration::from_secs(300), &log, async || {
         polls += 1;
         let g = gates.get_opt("to-137.canary.after.1").await.unwrap()?;
@@ -497,7 +598,7 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
     assert!(std::fs::read_to_string(canary_dir.join("actions.log")).unwrap().lines().count() >= 2);
 
     // `refit serve --hub` shows the waiting run; alice approves through it.
-    let serve = ServeHub::start(root, &hub.kubeconfig(), &kubectl);
+    let serve = ServeHub::start(root, &hub.tb.kubeconfig(), &|a: &[&str]| hub.kubectl(a));
     serve.shows_the_waiting_run_and_refuses_bad_requests(&prod_dir);
     serve.approves_the_gate_and_streams_the_change();
     let run = eventually("the run succeeds", Duration::from_secs(300), &log, async || {
@@ -529,7 +630,7 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
     assert_eq!(gate.data["status"]["approvedBy"], recorded.as_str());
     serve.shows_the_completed_run(&recorded, &runs, &log).await;
     // The CLI's approval shares the Gate write; an unknown gate is bad input.
-    refused(refit().args(["fleet", "--hub"]).arg(hub.kubeconfig()).args([
+    refused(refit().args(["fleet", "--hub"]).arg(hub.tb.kubeconfig()).args([
         "--hub-namespace",
         NS,
         "gate",
@@ -538,7 +639,7 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
         "nope/after/1",
     ]));
     // Each member's detail and journal object.
-    let upgrades = dynamic("ClusterUpgrade");
+    let upgrades = hub.api("ClusterUpgrade");
     for m in ["canary-1", "prod-1"] {
         let cu = upgrades.get(&format!("to-137.{m}")).await.unwrap();
         assert_eq!(cu.data["status"]["state"], "Completed", "{m}: {:?}", cu.data);
@@ -551,19 +652,8 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
     }
 
     // Events, as `kubectl describe` shows them.
-    let events: Api<KubeEvent> = Api::namespaced(client.clone(), NS);
-    let list = events.list(&ListParams::default()).await.unwrap();
-    let seen: Vec<(String, String)> = list
-        .items
-        .iter()
-        .map(|e| {
-            (
-                e.regarding.as_ref().and_then(|r| r.kind.clone()).unwrap_or_default(),
-                e.reason.clone().unwrap_or_default(),
-            )
-        })
-        .collect();
-    for want in [
+    // (Published right after the status write the test saw: waited for.)
+    for (kind, reason) in [
         ("UpdateRun", "Initialized"),
         ("UpdateRun", "Started"),
         ("Gate", "WaitingOnGate"),
@@ -574,7 +664,10 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
         ("Member", "UpgradeSucceeded"),
         ("UpdateRun", "Completed"),
     ] {
-        assert!(seen.iter().any(|(k, r)| (k.as_str(), r.as_str()) == want), "no {want:?} event in {seen:?}");
+        eventually(&format!("a {reason} event about a {kind}"), Duration::from_secs(30), &log, async || {
+            seen_event(&client, kind, reason).await.then_some(())
+        })
+        .await;
     }
 
     // Metrics of the leader (its gauges are set by its next pass over the run).
@@ -584,6 +677,11 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
         "refit_controller_run_state{run=\"to-137\",state=\"Pending\"} 0",
         "refit_controller_gates_pending{run=\"to-137\"} 0",
         "refit_controller_member_upgrade_duration_seconds_count{outcome=\"succeeded\"} 2",
+        // Two nodes per member, each step timed by the member upgrade itself.
+        "refit_controller_node_step_duration_seconds_count{step=\"upgrade\"} 4",
+        "refit_controller_node_step_duration_seconds_count{step=\"validate\"} 4",
+        // The one gate, Pending until approved.
+        "refit_controller_approval_latency_seconds_count 1",
     ];
     let mut metrics = String::new();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -604,7 +702,7 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
     // A member whose Secret reaches another cluster than the one it is bound to: refused,
     // nothing launched at that cluster.
     let actions_before = std::fs::read_to_string(canary_dir.join("actions.log")).unwrap();
-    runs.create(&post, &new_run("rogue-run", "rogue-only")).await.unwrap();
+    hub.run("rogue-run", "rogue-only").await;
     let why = eventually("the rebound member is refused", Duration::from_secs(120), &log, async || {
         let r = runs.get("rogue-run").await.unwrap();
         let tree = serde_json::to_string(&r.data["status"]).unwrap();
@@ -624,6 +722,52 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
     serve.stops("rogue-run", &runs, &log).await;
     drop(serve);
 
+    // Auto-upgrade profiles fire by themselves: members at 1.37.1 and the catalog the
+    // controller refreshed (newest 1.37 patch: 1.37.9, which the built-in one does not list)
+    // give the Rapid profile a run to 1.37.9, generated and started once; its strategy's
+    // before-stage Approval holds it (the testbed has no such release to install). A disabled
+    // profile generates nothing.
+    hub.add_strategy(
+        "gated",
+        json!([{"name": "all", "groups": [{"name": "canary"}, {"name": "prod"}, {"name": "rogue"}],
+                "beforeGates": [{"type": "Approval"}]}]),
+    )
+    .await;
+    let profiles = hub.api("AutoUpgradeProfile");
+    let post = PostParams::default();
+    for (name, disabled) in [("auto", false), ("off", true)] {
+        let p: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "refit.dev/v1alpha1", "kind": "AutoUpgradeProfile",
+            "metadata": {"name": name},
+            "spec": {"channel": "Rapid", "strategy": "gated", "disabled": disabled}
+        }))
+        .unwrap();
+        profiles.create(&post, &p).await.unwrap();
+    }
+    let generated = eventually("the profile generates its run", Duration::from_secs(120), &log, async || {
+        let p = profiles.get("auto").await.unwrap();
+        p.data["status"]["lastGeneratedRun"].as_str().map(str::to_string)
+    })
+    .await;
+    assert_eq!(generated, "auto-rapid-1-37-9", "the refreshed catalog's release");
+    let r = eventually("the generated run waits on its gate", Duration::from_secs(60), &log, async || {
+        let r = runs.get(&generated).await.unwrap();
+        (r.data["status"]["state"] == "Pending").then_some(r)
+    })
+    .await;
+    assert_eq!(r.data["spec"]["state"], "Run");
+    assert_eq!(r.data["spec"]["strategy"], "gated");
+    let profile = profiles.get("auto").await.unwrap();
+    assert_eq!(profile.data["status"]["lastTarget"], r.data["spec"]["kubernetesVersion"]);
+    let all = runs.list(&ListParams::default()).await.unwrap();
+    let names: Vec<String> = all.items.iter().filter_map(|r| r.metadata.name.clone()).collect();
+    assert_eq!(names.iter().filter(|n| n.starts_with("auto-")).count(), 1, "{names:?}");
+    assert!(!names.iter().any(|n| n.starts_with("off-")), "a disabled profile generated a run: {names:?}");
+    eventually("a RunGenerated event", Duration::from_secs(30), &log, async || {
+        seen_event(&client, "AutoUpgradeProfile", "RunGenerated").await.then_some(())
+    })
+    .await;
+
     // What the hub served for the first run (its two member upgrades), less this test's own
     // polling (GETs of updateruns and gates): printed, not asserted.
     let mut by_kind: Vec<((String, String), u64)> = after
@@ -638,5 +782,204 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
         total / 2
     );
     drop(controller);
-    hub.stop();
+    hub.tb.stop();
+}
+
+/// Whether the fleet namespace has an Event of `reason` about a `kind`.
+async fn seen_event(client: &kube::Client, kind: &str, reason: &str) -> bool {
+    let events: Api<KubeEvent> = Api::namespaced(client.clone(), NS);
+    events.list(&ListParams::default()).await.unwrap().items.iter().any(|e| {
+        e.reason.as_deref() == Some(reason)
+            && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some(kind)
+    })
+}
+
+/// Whether process `pid` runs (an exited one not reaped yet does not).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').and_then(|i| s.get(i + 2..i + 3)).map(|st| !matches!(st, "Z" | "X" | "x")))
+        .unwrap_or(false)
+}
+
+/// A client of the sandbox cluster in `dir`.
+async fn member_client(dir: &Path) -> kube::Client {
+    Testbed::attach(dir).unwrap().client().await.unwrap()
+}
+
+/// The pid of the `refit upgrade` holding the cluster lock of the sandbox in `dir`, if any.
+async fn lock_holder(dir: &Path) -> Option<u32> {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(member_client(dir).await, "kube-system");
+    let lease = leases.get_opt("refit-upgrade").await.ok()??;
+    lease.metadata.annotations?.get("refit.dev/pid")?.parse().ok()
+}
+
+/// The pid of the node action running in the sandbox in `dir` (its script's marker), if alive.
+fn running_action(dir: &Path) -> Option<u32> {
+    let marker = std::fs::read_to_string(dir.join("running")).ok()?;
+    let pid = marker.split_whitespace().next()?.parse().ok()?;
+    alive(pid).then_some(pid)
+}
+
+/// Issue 15: two controller replicas; the leader is killed with SIGKILL while a member's
+/// control-plane node action runs. Its `refit upgrade` child dies with it (the launcher's
+/// guardian kills the whole group), the other replica takes the leader Lease, relaunches the
+/// member upgrades the run says are in flight, and the run completes: every node upgraded
+/// exactly once to the end, never two node actions of one member at once, and while the
+/// relaunched upgrade holds a member's cluster lock a second `refit upgrade` is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_killed_during_a_member_upgrade_is_taken_over_and_every_member_is_upgraded_once() {
+    let hub = Hub::start().await;
+    let root = hub.root();
+    let (_g1, east, east_action) = hub.sandbox("east-1");
+    let (_g2, west, west_action) = hub.sandbox("west-1");
+    for dir in [&east, &west] {
+        // Each node action waits a while first: the kill lands inside one.
+        std::fs::write(dir.join("slow"), "6").unwrap();
+    }
+    hub.add_member("east-1", "all", &east.join("kubeconfig"), &east_action).await;
+    hub.add_member("west-1", "all", &west.join("kubeconfig"), &west_action).await;
+    hub.add_strategy("one-stage", json!([{"name": "all", "groups": [{"name": "all"}]}])).await;
+    hub.run("to-137", "one-stage").await;
+
+    let logs = [root.join("replica-1.log"), root.join("replica-2.log")];
+    let mut replicas: Vec<_> =
+        logs.iter().map(|l| start_controller(&hub.tb.kubeconfig(), NS, Some(l))).collect();
+    let leads = |r: &support::ControllerProcess| http_get(r.addr, "/readyz").1 == "leader\n";
+    let leader = eventually("a replica leads", Duration::from_secs(60), &logs[0], async || {
+        replicas.iter().position(leads)
+    })
+    .await;
+    let (old_log, new_log) = (logs[leader].clone(), logs[1 - leader].clone());
+
+    // East-1's first node action (its control plane's) is under way: kill -9 the leader.
+    let action =
+        eventually("east-1's first node action starts", Duration::from_secs(300), &old_log, async || {
+            running_action(&east)
+        })
+        .await;
+    let upgrade = lock_holder(&east).await.expect("east-1's upgrade holds its cluster lock");
+    assert!(alive(upgrade), "the cluster lock's holder {upgrade} runs");
+    // East-1's nodes as the test sees them, every second from now on (shown on failure).
+    let watch_nodes = {
+        let (kubectl, kubeconfig, out) =
+            (hub.tb.kubectl(&hub.version).unwrap(), east.join("kubeconfig"), root.join("east-nodes.log"));
+        std::thread::spawn(move || {
+            for _ in 0..600 {
+                let o = Command::new(&kubectl)
+                    .arg("--kubeconfig")
+                    .arg(&kubeconfig)
+                    .args(["get", "nodes", "--no-headers", "-o"])
+                    .arg("custom-columns=N:.metadata.name,V:.status.nodeInfo.kubeletVersion,U:.spec.unschedulable,BY:.metadata.annotations.refit\\.dev/cordoned-by")
+                    .output();
+                if let Ok(o) = o {
+                    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&out).unwrap();
+                    use std::io::Write;
+                    let _ = f.write_all(&o.stdout);
+                    let _ = f.write_all(&o.stderr);
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+    };
+    drop(watch_nodes);
+    let mut killed = replicas.remove(leader);
+    let killed_at = Instant::now();
+    killed.child.kill().unwrap();
+    killed.child.wait().unwrap();
+    // Its orphaned member upgrade does not run on: it and its node action die with it.
+    eventually(
+        "the killed leader's member upgrade and node action end",
+        Duration::from_secs(15),
+        &old_log,
+        async || (!alive(upgrade) && !alive(action)).then_some(()),
+    )
+    .await;
+    let survivor = &replicas[0];
+    eventually("the other replica leads", Duration::from_secs(60), &new_log, async || {
+        leads(survivor).then_some(())
+    })
+    .await;
+    let takeover = killed_at.elapsed();
+
+    // The new leader relaunched east-1's upgrade: a new `refit upgrade` holds its lock and its
+    // node action runs. A second upgrade of east-1 meanwhile is refused by that lock.
+    let relaunched =
+        eventually("east-1's upgrade is relaunched", Duration::from_secs(180), &new_log, async || {
+            let holder = lock_holder(&east).await.filter(|p| *p != upgrade && alive(*p))?;
+            running_action(&east).filter(|p| *p != action).map(|_| holder)
+        })
+        .await;
+    let relaunched_after = killed_at.elapsed();
+    let out = refit()
+        .args(["upgrade", "--to", &release(37), "--context", "refit-testbed", "--yes", "--kubeconfig"])
+        .arg(east.join("kubeconfig"))
+        .arg("--store")
+        .arg(root.join("second.db"))
+        .args(["--action", &east_action])
+        .args(SANDBOX_ACCEPTS)
+        .args(support::etcd_backup_args(&Testbed::attach(&east).unwrap()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second upgrade ran next to the relaunched one: {stderr}");
+    assert!(stderr.contains("another refit upgrade is running against this cluster"), "{stderr}");
+    assert!(stderr.contains(&format!("pid {relaunched}")), "refused naming the relaunched upgrade: {stderr}");
+
+    let runs = hub.api("UpdateRun");
+    let run = eventually("the run ends", Duration::from_secs(400), &new_log, async || {
+        let r = runs.get("to-137").await.unwrap();
+        matches!(r.data["status"]["state"].as_str(), Some("Completed" | "Failed")).then_some(r)
+    })
+    .await;
+    let status = &run.data["status"];
+    assert_eq!(status["state"], "Completed", "{status}");
+    assert_eq!((status["done"].as_u64(), status["members"].as_u64()), (Some(2), Some(2)), "{status}");
+    let upgrades = hub.api("ClusterUpgrade");
+    for (member, dir) in [("east-1", &east), ("west-1", &west)] {
+        let cu = upgrades.get(&format!("to-137.{member}")).await.unwrap();
+        assert_eq!(cu.data["status"]["state"], "Completed", "{member}: {:?}", cu.data);
+        assert!(
+            !dir.join("concurrent.log").exists(),
+            "{member}: two node actions at once: {}; actions started:\n{}",
+            std::fs::read_to_string(dir.join("concurrent.log")).unwrap_or_default(),
+            std::fs::read_to_string(dir.join("actions.log")).unwrap_or_default()
+        );
+        // Every node upgraded, each node action run to its end exactly once (an action
+        // killed with the leader is started again, never finished twice).
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(member_client(dir).await);
+        let nodes = nodes.list(&ListParams::default()).await.unwrap().items;
+        let done = std::fs::read_to_string(dir.join("done.log")).unwrap_or_default();
+        let started = std::fs::read_to_string(dir.join("actions.log")).unwrap_or_default();
+        for n in &nodes {
+            let name = n.metadata.name.clone().unwrap();
+            let info = n.status.as_ref().and_then(|s| s.node_info.as_ref()).unwrap();
+            assert_eq!(info.kubelet_version.trim_start_matches('v'), release(37), "{member}/{name}");
+            assert!(
+                !n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false),
+                "{member}/{name} cordoned"
+            );
+            let finished = done.lines().filter(|l| *l == name).count();
+            assert!(
+                started.lines().any(|l| l.starts_with(&format!("{name} "))),
+                "{member}/{name}: {started}"
+            );
+            assert_eq!(finished, 1, "{member}/{name} finished {finished} times; started:\n{started}");
+        }
+        assert_eq!(done.lines().count(), nodes.len(), "{member}: {done}");
+    }
+    let (code, metrics) = http_get(survivor.addr, "/metrics");
+    assert_eq!(code, 200);
+    for line in ["refit_controller_leader 1", "refit_controller_leader_changes_total 1"] {
+        assert!(metrics.lines().any(|l| l == line), "no '{line}' in\n{metrics}");
+    }
+    println!(
+        "takeover after kill -9 of the leader: leading again after {:.1} s, east-1's upgrade relaunched after {:.1} s; east-1 node actions started: {:?}",
+        takeover.as_secs_f64(),
+        relaunched_after.as_secs_f64(),
+        std::fs::read_to_string(east.join("actions.log")).unwrap_or_default().lines().collect::<Vec<_>>()
+    );
+    drop(replicas);
+    hub.tb.stop();
 }

@@ -153,6 +153,17 @@ impl Events {
         self.publish(&m.object_ref(&()), reason, message, warning).await;
     }
 
+    /// An Event on an auto-upgrade profile.
+    pub async fn profile(
+        &self,
+        p: &crate::resources::AutoUpgradeProfile,
+        reason: &'static str,
+        message: &str,
+        warning: bool,
+    ) {
+        self.publish(&p.object_ref(&()), reason, message, warning).await;
+    }
+
     /// An Event on a run.
     pub async fn run(&self, r: &UpdateRun, reason: &'static str, message: &str, warning: bool) {
         self.publish(&r.object_ref(&()), reason, message, warning).await;

@@ -34,7 +34,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use refit_core::fleet::{Event, GateRef, GateStatus, RunState, UpdateState, resolve};
 use refit_fleet::driver::{Driver, DriverConfig, Report, Sink};
-use refit_fleet::observe::{KubeObserver, fleet_members};
+use refit_fleet::observe::{KubeObserver, fleet_members, observe_all};
 use refit_fleet::store::{DriverStore, FleetStore};
 use refit_fleet::{SubprocessLauncher, commit_on};
 use serde_json::json;
@@ -42,7 +42,8 @@ use tokio::sync::Notify;
 
 use crate::leader::Role;
 use crate::resources::{
-    Gate, GateResourceSpec, GateResourceStatus, GateType, RunRequest, UpdateRun, UpdateStrategy,
+    AutoUpgradeProfile, Gate, GateResourceSpec, GateResourceStatus, GateType, RunRequest, UpdateRun,
+    UpdateRunSpec, UpdateStrategy,
 };
 use crate::store::{HubFleet, Leadership, fleet_err};
 
@@ -61,12 +62,42 @@ pub struct Metrics {
     pub member_upgrade: Family<Labels, Histogram>,
     /// `refit_controller_gates_pending{run}`: gates reached and waiting.
     pub gates_pending: Family<Labels, Gauge>,
+    /// `refit_controller_node_step_duration_seconds{step}`: the node steps (cordon, drain,
+    /// upgrade, validate, uncordon, remove) of member upgrades, timed by the upgrades
+    /// themselves (their `step-done` events).
+    pub node_step: Family<Labels, Histogram>,
+    /// `refit_controller_approval_latency_seconds`: from a gate's reaching (Pending) to its
+    /// approval being recorded (pre-approvals, given before the gate was reached, wait for
+    /// nobody and are not counted).
+    pub approval_latency: Histogram,
+    /// `refit_controller_pods_blocking_drains{member}`: pods whose eviction is refused (a PDB,
+    /// or a pod drain rules keep) on the node the member's upgrade drains now.
+    pub pods_blocking_drains: Family<Labels, Gauge>,
     started: Arc<Mutex<HashMap<(String, String), Instant>>>,
+    blocking: Arc<Mutex<HashMap<String, std::collections::BTreeSet<String>>>>,
 }
 
 fn duration_buckets() -> Histogram {
     // 5 s … about 11 h.
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(5.0, 2.0, 14))
+}
+
+fn step_buckets() -> Histogram {
+    // 0.25 s … about 34 min.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.25, 2.0, 14))
+}
+
+fn approval_buckets() -> Histogram {
+    // 1 s … about 2 days (people approve in minutes to days).
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1.0, 3.0, 12))
+}
+
+/// How long `gate` waited Pending for its approval; None when it was approved before it was
+/// reached (or is not approved).
+pub fn approval_latency(gate: &refit_core::fleet::GateState) -> Option<Duration> {
+    let (reached, approved) = (gate.reached_at?, gate.approval.as_ref()?.at);
+    let ms = approved.as_millisecond().checked_sub(reached.as_millisecond())?;
+    u64::try_from(ms).ok().map(Duration::from_millis)
 }
 
 impl Metrics {
@@ -76,7 +107,11 @@ impl Metrics {
             run_state: Family::default(),
             member_upgrade: Family::new_with_constructor(duration_buckets as fn() -> Histogram),
             gates_pending: Family::default(),
+            node_step: Family::new_with_constructor(step_buckets as fn() -> Histogram),
+            approval_latency: approval_buckets(),
+            pods_blocking_drains: Family::default(),
             started: Arc::default(),
+            blocking: Arc::default(),
         };
         registry.register("run_state", "1 for each update run's current state", m.run_state.clone());
         registry.register_with_unit(
@@ -86,7 +121,54 @@ impl Metrics {
             m.member_upgrade.clone(),
         );
         registry.register("gates_pending", "Gates of a run reached and waiting", m.gates_pending.clone());
+        registry.register_with_unit(
+            "node_step_duration",
+            "How long member upgrades' node steps took, by step",
+            prometheus_client::registry::Unit::Seconds,
+            m.node_step.clone(),
+        );
+        registry.register_with_unit(
+            "approval_latency",
+            "How long gates waited Pending for their approval",
+            prometheus_client::registry::Unit::Seconds,
+            m.approval_latency.clone(),
+        );
+        registry.register(
+            "pods_blocking_drains",
+            "Pods refusing eviction from the node a member upgrade drains",
+            m.pods_blocking_drains.clone(),
+        );
         m
+    }
+
+    /// Times node steps and counts blocking pods from what a member upgrade prints.
+    pub fn upgrade_event(&self, member: &str, e: &refit_core::event::Event) {
+        use refit_core::event::Event as E;
+        let labels = || vec![("member".to_string(), member.to_string())];
+        let mut blocking = self.blocking.lock().unwrap_or_else(|e| e.into_inner());
+        match e {
+            E::StepDone { step, millis, .. } => {
+                self.node_step
+                    .get_or_create(&vec![("step".to_string(), step.clone())])
+                    .observe(Duration::from_millis(*millis).as_secs_f64());
+                if step == "drain" {
+                    blocking.remove(member);
+                    self.pods_blocking_drains.get_or_create(&labels()).set(0);
+                }
+            }
+            E::StepFailed { step, .. } if step == "drain" => {
+                blocking.remove(member);
+                self.pods_blocking_drains.get_or_create(&labels()).set(0);
+            }
+            E::Blocked { pod, .. } => {
+                let pods = blocking.entry(member.to_string()).or_default();
+                pods.insert(pod.clone());
+                self.pods_blocking_drains
+                    .get_or_create(&labels())
+                    .set(i64::try_from(pods.len()).unwrap_or(i64::MAX));
+            }
+            _ => {}
+        }
     }
 
     /// Sets the state and pending gates of `run`.
@@ -158,7 +240,12 @@ pub async fn lead(lead: Lead) -> Result<(), refit_fleet::Error> {
     let Lead { client, namespace, holder, leadership, metrics, journal, driver } = lead;
     let store = HubFleet::new(client.clone(), &namespace, &holder, leadership.clone())
         .map_err(|e| refit_fleet::Error::Invalid(format!("cannot create the kubeconfig directory: {e}")))?;
-    let launcher = SubprocessLauncher::this_binary(&journal)?;
+    let launcher = {
+        let metrics = metrics.clone();
+        SubprocessLauncher::this_binary(&journal)?.with_events(Arc::new(
+            move |member: &str, e: &refit_core::event::Event| metrics.upgrade_event(member, e),
+        ))
+    };
     let sink: Sink = {
         let metrics = metrics.clone();
         Arc::new(move |r: Report<'_>| match r {
@@ -176,11 +263,12 @@ pub async fn lead(lead: Lead) -> Result<(), refit_fleet::Error> {
         tokio::spawn(nudge_on::<Gate>(client.clone(), namespace.clone(), nudge.clone())),
     ];
     let mut role = leadership.role.clone();
+    let mut profiles_due = Instant::now();
     let result = loop {
         if leadership.leading().is_none() {
             break Ok(());
         }
-        let wake = match pass(&mut d, &metrics).await {
+        let wake = match pass(&mut d, &metrics, &mut profiles_due).await {
             Ok(w) => w,
             Err(e @ refit_fleet::Error::Store(refit_store::Error::Deposed { .. })) => {
                 tracing::warn!("{e}");
@@ -247,9 +335,104 @@ where
     }
 }
 
+/// How often the leader evaluates the AutoUpgradeProfiles (each evaluation reads every
+/// member's version).
+pub const PROFILES_EVERY: Duration = Duration::from_secs(30);
+
+/// Whether a profile whose last generated run is `last` generates a run for `target` now:
+/// once per target — a run the profile generated and someone deleted is not generated again.
+pub fn profile_due(last: Option<&str>, target: &refit_core::fleet::ProfileTarget) -> bool {
+    last != Some(target.run_name.as_str())
+}
+
+/// Every enabled AutoUpgradeProfile whose channel points past some member's version generates
+/// its run and starts it (`state: Run`), exactly once per target: the run's name is
+/// deterministic (core's `target_for`) and recorded in the profile's status.
+async fn profiles(store: &mut HubFleet) -> Result<(), refit_fleet::Error> {
+    let api: Api<AutoUpgradeProfile> = Api::namespaced(store.client().clone(), store.namespace());
+    let list =
+        api.list(&ListParams::default()).await.map_err(|e| fleet_err("listing AutoUpgradeProfiles", e))?;
+    if list.items.iter().all(|p| p.spec.disabled) {
+        return Ok(());
+    }
+    let catalog = match refit_engine::catalog::load(None, None) {
+        Ok((c, _)) => c,
+        Err(e) => return Err(refit_fleet::Error::Invalid(format!("the release catalog: {e}"))),
+    };
+    let members = FleetStore::members(store).await?;
+    let facts = observe_all(&Arc::new(KubeObserver), &members, refit_fleet::observe::OBSERVE_TIMEOUT).await;
+    let versions: std::collections::BTreeMap<String, refit_core::Version> = facts
+        .into_iter()
+        .filter(|(_, f)| f.unavailable.is_none())
+        .filter_map(|(m, f)| Some((m, f.versions.control_plane?)))
+        .collect();
+    let today = jiff::Zoned::now().date();
+    let runs: Api<UpdateRun> = Api::namespaced(store.client().clone(), store.namespace());
+    for p in list.items {
+        let Some(name) = p.metadata.name.clone() else { continue };
+        let profile = refit_core::fleet::Profile {
+            name: name.clone(),
+            channel: p.spec.channel,
+            target_kubernetes_version: p
+                .spec
+                .target_kubernetes_version
+                .as_deref()
+                .and_then(|m| m.parse().ok()),
+            strategy: p.spec.strategy.clone(),
+            node_image_selection: p.spec.node_image_selection,
+            disabled: p.spec.disabled,
+            last_trigger: None,
+        };
+        let Some(target) = refit_core::fleet::profile::target_for(&profile, &catalog, &versions, today)
+        else {
+            continue;
+        };
+        let last = p.status.as_ref().and_then(|s| s.last_generated_run.as_deref());
+        if !profile_due(last, &target) {
+            continue;
+        }
+        let Some(strategy) = p.spec.strategy.clone() else {
+            let why = format!("profile {name}: no run generated: name an UpdateStrategy in spec.strategy");
+            store.events().profile(&p, "NoStrategy", &why, true).await;
+            continue;
+        };
+        let mut run = UpdateRun::new(
+            &target.run_name,
+            UpdateRunSpec { upgrade: target.spec.clone(), strategy, state: Some(RunRequest::Run) },
+        );
+        run.metadata.namespace = Some(store.namespace().to_string());
+        match runs.create(&PostParams::default(), &run).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(fleet_err(format!("creating UpdateRun {}", target.run_name), e)),
+        }
+        let status = json!({"status": {
+            "lastGeneratedRun": target.run_name,
+            "lastTarget": target.spec.kubernetes_version,
+        }});
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .map_err(|e| fleet_err(format!("writing AutoUpgradeProfile {name}"), e))?;
+        let held = target.held_back.iter().map(|h| format!("; held back: {} ({})", h.member, h.reason));
+        let message = format!("generated and started run {}{}", target.run_name, held.collect::<String>());
+        store.events().profile(&p, "RunGenerated", &message, false).await;
+    }
+    Ok(())
+}
+
 /// One pass over every UpdateRun (see the module doc); the earliest wake-up asked for.
-async fn pass(d: &mut HubDriver, metrics: &Metrics) -> Result<Option<jiff::Timestamp>, refit_fleet::Error> {
+async fn pass(
+    d: &mut HubDriver,
+    metrics: &Metrics,
+    profiles_due: &mut Instant,
+) -> Result<Option<jiff::Timestamp>, refit_fleet::Error> {
     d.store().bind_members().await?;
+    if Instant::now() >= *profiles_due {
+        *profiles_due = Instant::now() + PROFILES_EVERY;
+        if let Err(e) = profiles(d.store()).await {
+            tracing::warn!("auto-upgrade profiles: {e}");
+        }
+    }
     let api: Api<UpdateRun> = Api::namespaced(d.store().client().clone(), d.store().namespace());
     let runs = api.list(&ListParams::default()).await.map_err(|e| fleet_err("listing UpdateRuns", e))?;
     let mut wake: Option<jiff::Timestamp> = None;
@@ -307,7 +490,7 @@ async fn reconcile_run(
     if d.store().is_settled(&obj) {
         return Ok(None);
     }
-    if approvals(d.store(), name).await? {
+    if approvals(d.store(), metrics, name).await? {
         run = refit_fleet::commit::load_run_on(d.store(), name).await?;
     }
     let mut wake = None;
@@ -391,7 +574,7 @@ async fn initialize(store: &mut HubFleet, obj: &UpdateRun) -> Result<(), refit_f
 }
 
 /// Approvals written to the run's Gate objects, recorded in the run; whether any was.
-async fn approvals(store: &mut HubFleet, run: &str) -> Result<bool, refit_fleet::Error> {
+async fn approvals(store: &mut HubFleet, metrics: &Metrics, run: &str) -> Result<bool, refit_fleet::Error> {
     let mut recorded = false;
     let gates: Api<Gate> = Api::namespaced(store.client().clone(), store.namespace());
     let list = gates
@@ -402,6 +585,7 @@ async fn approvals(store: &mut HubFleet, run: &str) -> Result<bool, refit_fleet:
         let Some(approval) = g.spec.approval.clone() else { continue };
         let Ok(gate) = g.spec.gate.parse::<GateRef>() else { continue };
         let expires_at = approval.expires_at.as_deref().and_then(|t| t.parse::<jiff::Timestamp>().ok());
+        let approved = gate.clone();
         let event = move |cur: &RunState| {
             // Recorded once: the run already holds this approver's approval.
             match cur.gate(&gate) {
@@ -419,7 +603,12 @@ async fn approvals(store: &mut HubFleet, run: &str) -> Result<bool, refit_fleet:
             }
         };
         match commit_on(store, run, None, event).await {
-            Ok(_) => recorded = true,
+            Ok(now) => {
+                recorded = true;
+                if let Some(waited) = now.state.gate(&approved).and_then(approval_latency) {
+                    metrics.approval_latency.observe(waited.as_secs_f64());
+                }
+            }
             Err(refit_fleet::Error::Invalid(_) | refit_fleet::Error::Refused(_)) => {}
             Err(e) => return Err(e),
         }
@@ -454,4 +643,73 @@ async fn mirror_gates(store: &mut HubFleet, run: &RunState) -> Result<(), refit_
             .map_err(|e| fleet_err(format!("writing Gate {name}"), e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use refit_core::fleet::{Approval, GateSpec, GateState};
+
+    #[test]
+    fn approval_latency_counts_from_reaching_to_approving_and_not_pre_approvals() {
+        let at = |s: i64| jiff::Timestamp::from_second(s).unwrap();
+        let mut g = GateState::new("s/after/1".parse().unwrap(), GateSpec::Approval { display_name: None });
+        assert_eq!(approval_latency(&g), None, "neither reached nor approved");
+        g.reached_at = Some(at(100));
+        assert_eq!(approval_latency(&g), None, "reached, not approved");
+        g.approval = Some(Approval { by: "alice".into(), at: at(160), expires_at: None });
+        assert_eq!(approval_latency(&g), Some(Duration::from_secs(60)));
+        g.approval = Some(Approval { by: "alice".into(), at: at(40), expires_at: None });
+        assert_eq!(approval_latency(&g), None, "approved before it was reached");
+    }
+
+    #[test]
+    fn a_profile_generates_once_per_target() {
+        let spec: refit_core::fleet::UpgradeSpec =
+            serde_json::from_value(json!({"upgradeType": "Full", "kubernetesVersion": "1.37.2"})).unwrap();
+        let t = refit_core::fleet::ProfileTarget {
+            run_name: "auto-rapid-1-37-2".into(),
+            spec,
+            held_back: vec![],
+        };
+        assert!(profile_due(None, &t));
+        assert!(profile_due(Some("auto-rapid-1-37-1"), &t), "a newer target");
+        assert!(!profile_due(Some("auto-rapid-1-37-2"), &t), "generated already (even if deleted since)");
+    }
+
+    #[test]
+    fn node_steps_are_timed_and_blocking_pods_counted_until_the_drain_ends() {
+        use refit_core::event::Event as E;
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        let step = |step: &str, millis| E::StepDone {
+            node: "w1".into(),
+            step: step.into(),
+            to: "1.37.1".into(),
+            millis,
+            detail: String::new(),
+        };
+        let blocked = |pod: &str| E::Blocked {
+            node: "w1".into(),
+            pod: pod.into(),
+            pdb: Some("web".into()),
+            reason: "disruption budget".into(),
+            remedy: None,
+        };
+        m.upgrade_event("m1", &blocked("shop/web-1"));
+        m.upgrade_event("m1", &blocked("shop/web-1"));
+        m.upgrade_event("m1", &blocked("shop/web-2"));
+        let text = || {
+            let mut t = String::new();
+            prometheus_client::encoding::text::encode(&mut t, &registry).unwrap();
+            t
+        };
+        assert!(text().lines().any(|l| l == "pods_blocking_drains{member=\"m1\"} 2"), "{}", text());
+        m.upgrade_event("m1", &step("drain", 1500));
+        m.upgrade_event("m1", &step("upgrade", 4000));
+        let t = text();
+        assert!(t.lines().any(|l| l == "pods_blocking_drains{member=\"m1\"} 0"), "{t}");
+        assert!(t.lines().any(|l| l == "node_step_duration_seconds_count{step=\"drain\"} 1"), "{t}");
+        assert!(t.lines().any(|l| l == "node_step_duration_seconds_sum{step=\"upgrade\"} 4.0"), "{t}");
+    }
 }

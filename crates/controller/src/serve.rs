@@ -42,6 +42,36 @@ pub struct Config {
     /// The local store member upgrades journal into (None: a private directory of this
     /// replica's, removed when it exits).
     pub journal: Option<std::path::PathBuf>,
+    /// Refresh the release catalog on a schedule (None: never; `refit catalog update` by hand).
+    pub catalog_refresh: Option<CatalogRefresh>,
+}
+
+/// The controller's own `refit catalog update`, on a schedule: new releases reach the
+/// auto-upgrade profiles without a new build or an operator.
+#[derive(Debug, Clone)]
+pub struct CatalogRefresh {
+    /// Where from (upstream's release markers, or a whole catalog by URL or file).
+    pub source: refit_engine::catalog::Source,
+    /// How often (the first refresh is at start).
+    pub every: std::time::Duration,
+}
+
+/// Refreshes the kept catalog (beside the default store, where every command and the
+/// profiles read it) now and every `r.every`; a failed refresh keeps the catalog as it was.
+async fn refresh_catalog(r: CatalogRefresh) {
+    loop {
+        let today = jiff::Zoned::now().date();
+        match refit_engine::catalog::update(r.source.clone(), None, today).await {
+            Ok(u) => tracing::info!(
+                "catalog refreshed from {:?}: dated {}, kept at {}",
+                u.source,
+                u.updated,
+                u.path.display()
+            ),
+            Err(e) => tracing::warn!("catalog refresh: {e} (the catalog is unchanged)"),
+        }
+        tokio::time::sleep(r.every).await;
+    }
 }
 
 struct Shared {
@@ -113,6 +143,9 @@ pub async fn run(cfg: Config, on_listen: impl FnOnce(SocketAddr)) -> Result<(), 
             }
         }
     });
+    if let Some(r) = cfg.catalog_refresh.clone() {
+        tokio::spawn(refresh_catalog(r));
+    }
     tokio::spawn(leader::campaign(conn, cfg.election.clone(), me, tx));
     let shared = Arc::new(Shared { role, registry, _journal: private });
     let app = Router::new()

@@ -61,22 +61,43 @@ pub trait MemberLauncher: Send + Sync + 'static {
     ) -> impl Future<Output = UpgradeEnd> + Send;
 }
 
+/// Sees every typed event a member upgrade prints, with the member's name (the hub
+/// controller's node-step metrics are timed from them).
+pub type OnEvent = Arc<dyn Fn(&str, &Event) + Send + Sync>;
+
 /// Member upgrades as `refit upgrade -o json` subprocesses of `exe` on the store at `store`,
 /// through `refit_exec::command::run_command` (own process group, killed with the driver by
 /// PR_SET_PDEATHSIG, lines streamed).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SubprocessLauncher {
     /// The `refit` binary.
     pub exe: PathBuf,
     /// The store the upgrades journal into.
     pub store: PathBuf,
+    /// Told of each event the upgrades print, if set.
+    pub on_event: Option<OnEvent>,
+}
+
+impl std::fmt::Debug for SubprocessLauncher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubprocessLauncher")
+            .field("exe", &self.exe)
+            .field("store", &self.store)
+            .field("on_event", &self.on_event.is_some())
+            .finish()
+    }
 }
 
 impl SubprocessLauncher {
     /// Launches with this process's own binary.
     pub fn this_binary(store: &Path) -> Result<SubprocessLauncher, crate::Error> {
         let exe = std::env::current_exe().map_err(crate::Error::Exe)?;
-        Ok(SubprocessLauncher { exe, store: store.to_path_buf() })
+        Ok(SubprocessLauncher { exe, store: store.to_path_buf(), on_event: None })
+    }
+
+    /// This launcher, telling `on_event` of every event the upgrades print.
+    pub fn with_events(self, on_event: OnEvent) -> SubprocessLauncher {
+        SubprocessLauncher { on_event: Some(on_event), ..self }
     }
 }
 
@@ -96,6 +117,11 @@ impl MemberLauncher for SubprocessLauncher {
         let member = up.member.name.clone();
         let on_line = |line: refit_exec::command::OutputLine| {
             let refit_exec::command::OutputLine::Stdout(text) = line else { return };
+            if let Some(hook) = &self.on_event
+                && let Ok(e) = serde_json::from_str::<Event>(&text)
+            {
+                hook(&member, &e);
+            }
             let mut r = reader.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((operation, detail)) = r.line(&text) {
                 progress(MemberProgress { member: member.clone(), operation, detail });

@@ -93,6 +93,43 @@ async fn observe(api: &Api<Node>, node: &str) -> Result<Observed, Error> {
     })
 }
 
+/// The taint the node lifecycle controller keeps on an unschedulable node.
+pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
+
+/// Waits (up to `timeout`) until an uncordoned `node` no longer carries
+/// [`UNSCHEDULABLE_TAINT`]: the controller removes it a moment after the uncordon, and until
+/// then nothing without a toleration schedules there — a plan made at once would count the
+/// node out. Whether it is gone.
+pub async fn wait_untainted(
+    conn: &Connection,
+    node: &str,
+    timeout: std::time::Duration,
+) -> Result<bool, Error> {
+    let api: Api<Node> = Api::all(conn.client.clone());
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let n = match api.get(node).await {
+            Ok(n) => n,
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(true),
+            Err(e) => {
+                return Err(Error::Api { context: format!("reading node {node}"), source: Box::new(e) });
+            }
+        };
+        let tainted = n
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .is_some_and(|t| t.iter().any(|t| t.key == UNSCHEDULABLE_TAINT));
+        if !tainted {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// The run whose cordon this is: [`CORDONED_BY`]'s value, when refit's field manager still
 /// owns `spec.unschedulable` (or the object has no managedFields to say otherwise). `None`
 /// when someone else's write set the flag since, whatever the annotation says.

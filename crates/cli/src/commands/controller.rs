@@ -30,6 +30,14 @@ pub struct ControllerArgs {
     /// replica's, removed when it exits).
     #[arg(long)]
     pub store: Option<std::path::PathBuf>,
+    /// Refresh the release catalog this often (e.g. 6h; 1s to one year), as `refit catalog
+    /// update` does, so auto-upgrade profiles see new releases without a new build.
+    #[arg(long, value_name = "DURATION", value_parser = crate::args::duration)]
+    pub catalog_refresh_every: Option<std::time::Duration>,
+    /// Where the scheduled refresh reads: a whole catalog by http(s) URL or file (default:
+    /// upstream's release markers).
+    #[arg(long, value_name = "URL|FILE", requires = "catalog_refresh_every")]
+    pub catalog_from: Option<String>,
 }
 
 /// The controller's subcommands.
@@ -64,6 +72,15 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
                 namespace: args.namespace,
                 listen: args.listen,
                 journal: args.store,
+                catalog_refresh: args.catalog_refresh_every.map(|every| {
+                    refit_controller::serve::CatalogRefresh {
+                        source: refit_engine::catalog::Source::parse(
+                            args.catalog_from.as_deref(),
+                            refit_engine::catalog::UPSTREAM,
+                        ),
+                        every,
+                    }
+                }),
             };
             refit_controller::serve::run(cfg, |addr| {
                 eprintln!("refit controller: listening on http://{addr}")

@@ -170,11 +170,26 @@ pub fn start_controller(
     namespace: &str,
     log: Option<&std::path::Path>,
 ) -> ControllerProcess {
+    start_controller_with(kubeconfig, namespace, log, &[])
+}
+
+/// [`start_controller`] with more arguments.
+pub fn start_controller_with(
+    kubeconfig: &std::path::Path,
+    namespace: &str,
+    log: Option<&std::path::Path>,
+    extra: &[&str],
+) -> ControllerProcess {
     use std::io::{BufRead, Write};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_refit"))
         .args(["controller", "-n", namespace, "--listen", "127.0.0.1:0", "--kubeconfig"])
         .arg(kubeconfig)
+        .args(extra)
         .env("RUST_LOG", "info")
+        // Its private journal directory goes beside the log (a killed replica leaves it), and
+        // so does its state directory (no catalog kept on this machine is read).
+        .env("TMPDIR", log.and_then(|l| l.parent()).unwrap_or(&std::env::temp_dir()))
+        .env("REFIT_STATE_DIR", log.and_then(|l| l.parent()).unwrap_or(&std::env::temp_dir()))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -166,6 +166,8 @@ pub struct Lock {
     state: Arc<Mutex<State>>,
     renewer: tokio::task::JoinHandle<()>,
     lost: watch::Receiver<bool>,
+    /// The run the previous holder executed, when its lock was taken over.
+    taken_from: Option<String>,
 }
 
 impl Lock {
@@ -193,6 +195,7 @@ impl Lock {
             let life =
                 seen.as_ref().and_then(|h| h.holder.as_ref()).map_or(Liveness::Unknown, |h| liveness(h, &me));
             let decision = decide(seen.as_ref(), &me, life, SystemTime::now(), break_lock);
+            let previous_run = seen.as_ref().and_then(|h| h.holder.as_ref()).and_then(|h| h.run.clone());
             let written = match (&decision, &current) {
                 (LockDecision::Refuse, _) => {
                     let seen = seen.unwrap_or(Held {
@@ -230,10 +233,11 @@ impl Lock {
                 LockDecision::TakeOver(why) => Some((why, current.map(|c| c.holder).unwrap_or_default())),
                 _ => None,
             };
+            let taken_from = takeover.as_ref().and(previous_run);
             let state = Arc::new(Mutex::new(State { me, record, place: place.clone() }));
             let (lost_tx, lost) = watch::channel(false);
             let renewer = tokio::spawn(renew(conn.clone(), state.clone(), lost_tx));
-            return Ok((Lock { conn: conn.clone(), state, renewer, lost }, takeover));
+            return Ok((Lock { conn: conn.clone(), state, renewer, lost, taken_from }, takeover));
         }
         Err(LockError::Contended)
     }
@@ -252,6 +256,12 @@ impl Lock {
             // The renewal task finds out whether it is still ours and says so.
             Write::Lost => Ok(()),
         }
+    }
+
+    /// The run of the holder whose lock this one took over (its process gone, or its lease
+    /// not renewed in time, or broken): that run executes nothing any more.
+    pub fn taken_from_run(&self) -> Option<&str> {
+        self.taken_from.as_deref()
     }
 
     /// Turns true if someone else took the lock during the run (`--break-lock` elsewhere):

@@ -80,6 +80,15 @@ pub async fn abandon(
     journal: &dyn Journal,
     run: &str,
 ) -> Result<Vec<String>, LifecycleError> {
+    let released = give_back_cordons(conn, run).await?;
+    journal.set_run_state(run, RunState::Abandoned).await?;
+    Ok(released)
+}
+
+/// Uncordons the nodes `run` cordoned; the nodes uncordoned. Returns once they lost the
+/// unschedulable taint too (or after [`UNTAINT_WAIT`]): a plan made right after must be able to
+/// count them as room for the pods it moves.
+pub async fn give_back_cordons(conn: &Connection, run: &str) -> Result<Vec<String>, LifecycleError> {
     let mut released = Vec::new();
     for (node, state) in refit_kube::node::node_states(conn).await? {
         if state.unschedulable && state.cordoned_by.as_deref() == Some(run) {
@@ -87,8 +96,37 @@ pub async fn abandon(
             released.push(node);
         }
     }
-    journal.set_run_state(run, RunState::Abandoned).await?;
+    for node in &released {
+        if !refit_kube::cordon::wait_untainted(conn, node, UNTAINT_WAIT).await? {
+            tracing::warn!(
+                "{node} still carries the unschedulable taint {UNTAINT_WAIT:?} after its uncordon"
+            );
+        }
+    }
     Ok(released)
+}
+
+/// How long [`give_back_cordons`] waits for the node lifecycle controller to lift the
+/// unschedulable taint of the nodes it uncordoned.
+pub const UNTAINT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The run whose cordons a new run gives back before planning: the run of the lock holder
+/// this command took the cluster lock over from, when this store has no record of it (its
+/// journal is elsewhere: another machine's, or a hub controller replica's that died). That run
+/// executes nothing any more (its lock was taken under core's rules), and nobody could ever
+/// resume it from here; its cordons would otherwise stop this run at those nodes
+/// ([`refit_core::lock::foreign_cordon`]) or, on a node it already upgraded, stay for good.
+/// Given back, the nodes are planned from what the cluster shows, like any other.
+pub async fn orphaned_run(
+    journal: Option<&dyn Journal>,
+    lock: &lock::Lock,
+) -> Result<Option<String>, LifecycleError> {
+    let Some(run) = lock.taken_from_run() else { return Ok(None) };
+    let known = match journal {
+        Some(j) => j.run(run).await?.is_some(),
+        None => false,
+    };
+    Ok((!known).then(|| run.to_string()))
 }
 
 /// How to behave while executing: what a rerun may change about a run (an operator reruns

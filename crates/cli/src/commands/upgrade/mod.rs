@@ -128,6 +128,17 @@ async fn upgrade(
             }
             journal = Some(j);
         }
+        let known: Option<&dyn refit_engine::context::Journal> =
+            journal.as_deref().map(|j| j as &dyn refit_engine::context::Journal);
+        if let Some(orphan) = lifecycle::orphaned_run(known, lock).await? {
+            let nodes = lifecycle::give_back_cordons(conn, &orphan).await?;
+            if !nodes.is_empty() {
+                eprintln!(
+                    "note: run {orphan} of the lock's previous holder is not in this store (its journal is elsewhere): uncordoned {}, which this run plans from what the cluster shows",
+                    nodes.join(", ")
+                );
+            }
+        }
         cluster = Some(uid);
     }
 
