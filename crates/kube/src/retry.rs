@@ -46,6 +46,30 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, kube::Error>>,
 {
+    retrying_when(what, is_transient, call).await
+}
+
+/// [`retrying`] for calls that already return this crate's error (a paged list): repeated when
+/// the API error under it is transient.
+pub async fn retrying_listed<T, F, Fut>(what: &str, call: F) -> Result<T, crate::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, crate::Error>>,
+{
+    retrying_when(
+        what,
+        |e: &crate::Error| matches!(e, crate::Error::Api { source, .. } if is_transient(source)),
+        call,
+    )
+    .await
+}
+
+async fn retrying_when<T, E, F, Fut>(what: &str, transient: fn(&E) -> bool, call: F) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
     let start = Instant::now();
     let backoff = ExponentialBuilder::default()
         .with_min_delay(API_RETRIES.first_delay)
@@ -54,7 +78,7 @@ where
         .with_jitter();
     call.retry(backoff)
         .sleep(tokio::time::sleep)
-        .when(|e| is_transient(e) && start.elapsed() < GIVE_UP_AFTER)
+        .when(|e| transient(e) && start.elapsed() < GIVE_UP_AFTER)
         .notify(|e, delay| tracing::warn!("{what}: {e}; trying again in {:.1}s", delay.as_secs_f64()))
         .await
 }

@@ -254,6 +254,35 @@ async fn a_single_member_control_plane_survives_an_apiserver_restart() {
     tb.wait_nodes_ready(&[]).await.unwrap();
 }
 
+/// An apiserver (re)started while etcd is down exits at its start-up deadline ("etcd grpc
+/// connection not ready"); as a kubelet restarts a crashing static pod, the testbed starts it
+/// again, so the restart completes once etcd is back (the chaos test overlapped both faults).
+#[tokio::test]
+async fn an_apiserver_started_during_an_etcd_outage_is_started_again_until_etcd_is_back() {
+    let tb = std::sync::Arc::new(Testbed::start(TestbedConfig::new(release(36), 0)).await.unwrap());
+    tb.stop_apiserver(0).unwrap();
+    tb.stop_etcd();
+    let restart = {
+        let tb = tb.clone();
+        tokio::spawn(async move { tb.start_apiserver_again(0).await })
+    };
+    // Longer than the apiserver's etcd deadline (~20 s): it exits at least once meanwhile.
+    let log = tb.dir().join("logs/kube-apiserver-0.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("etcd grpc connection not ready") || text.contains("command failed") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the apiserver never gave up on etcd: {log:?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(!restart.is_finished(), "the restart must still be waiting, not failed or done");
+    tb.start_etcd_again().await.unwrap();
+    restart.await.unwrap().expect("started again once etcd is back");
+    assert_eq!(tb.apiserver_version(0).await.unwrap(), release(36).git_version());
+}
+
 #[tokio::test]
 async fn dropping_a_testbed_leaves_no_process_behind() {
     let tb = Testbed::start(TestbedConfig::new(release(36), 1)).await.unwrap();

@@ -271,7 +271,8 @@ async fn run(
     let client = conn.client.clone();
 
     // A misspelt node must not look like an empty, drained one.
-    match Api::<Node>::all(client.clone()).get_metadata(node).await {
+    let nodes = Api::<Node>::all(client.clone());
+    match crate::retry::retrying("reading a node", || nodes.get_metadata(node)).await {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 404 => {
             return Err(Error::NodeNotFound { node: node.to_string() });
@@ -280,11 +281,11 @@ async fn run(
     }
     let pods_api: Api<Pod> = Api::all(client.clone());
     let fields = format!("spec.nodeName={node}");
-    let (pods, _version) =
-        list_paged(&pods_api, ListParams::default().fields(&fields), &format!("pods on node {node}"), |p| {
-            pod_info(p).0
-        })
-        .await?;
+    let what = format!("pods on node {node}");
+    let (pods, _version) = crate::retry::retrying_listed(&what, || {
+        list_paged(&pods_api, ListParams::default().fields(&fields), &what, |p| pod_info(p).0)
+    })
+    .await?;
 
     let mut report = DrainReport::default();
     let sorted = node_work(&pods, cfg.rules, mode);

@@ -134,10 +134,29 @@ impl Testbed {
             (m.binaries.apiserver.clone(), Self::apiserver_args(&st, &m), m)
         };
         let name = format!("{APISERVER}-{index}");
-        let pid = self.spawn(&name, &program, args)?;
-        self.st().members[index].pids.insert(APISERVER.into(), pid);
-        self.save()?;
-        self.wait_apiserver(&member).await
+        // An apiserver that cannot reach etcd within its start-up deadline exits ("etcd grpc
+        // connection not ready"); under kubeadm the kubelet restarts its static pod, so a
+        // restart that overlaps an etcd outage recovers once etcd is back. The testbed does the
+        // same: it starts an apiserver that exited again, within READY_TIMEOUT in all.
+        let started = Instant::now();
+        let mut restarts = 0u32;
+        loop {
+            let pid = self.spawn(&name, &program, args.clone())?;
+            self.st().members[index].pids.insert(APISERVER.into(), pid);
+            self.save()?;
+            match self.wait_apiserver(&member).await {
+                Err(e)
+                    if !self.running(&name)
+                        && started.elapsed() < READY_TIMEOUT
+                        && restarts < MAX_RESTARTS =>
+                {
+                    restarts += 1;
+                    tracing::warn!("{name} exited while starting ({e}); starting it again ({restarts})");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     pub(super) async fn wait_apiserver(&self, member: &Member) -> Result<(), Error> {

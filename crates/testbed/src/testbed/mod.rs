@@ -203,6 +203,9 @@ impl std::fmt::Debug for Testbed {
 
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How often a component that exits while starting is started again (as a kubelet restarts a
+/// crashing static pod), within [`READY_TIMEOUT`].
+const MAX_RESTARTS: u32 = 8;
 
 /// The apiserver, controller-manager and scheduler names used in pids and logs.
 const APISERVER: &str = "kube-apiserver";
