@@ -53,19 +53,13 @@ impl Testbed {
         self.st().etcd_pid = pid;
         self.save()?;
         let client = tls_client(&client, &st.pki).await?;
-        wait_while_alive(
-            "etcd",
-            &self.log_path("etcd"),
-            READY_TIMEOUT,
-            || self.running("etcd"),
-            || {
-                let client = client.clone();
-                async move {
-                    let body = get_text(&client, "/health").await?;
-                    if body.contains("\"health\":\"true\"") { Ok(()) } else { Err(body) }
-                }
-            },
-        )
+        self.wait_ready("etcd", || {
+            let client = client.clone();
+            async move {
+                let body = get_text(&client, "/health").await?;
+                if body.contains("\"health\":\"true\"") { Ok(()) } else { Err(body) }
+            }
+        })
         .await
     }
 
@@ -163,28 +157,22 @@ impl Testbed {
         let client = self.member_client(member.index).await?;
         let want = member.binaries.version.git_version();
         let name = format!("{APISERVER}-{}", member.index);
-        wait_while_alive(
-            &name,
-            &self.log_path(&name),
-            READY_TIMEOUT,
-            || self.running(&name),
-            || {
-                let client = client.clone();
-                let want = want.clone();
-                async move {
-                    let ready = get_text(&client, "/readyz").await?;
-                    if ready.trim() != "ok" {
-                        return Err(ready);
-                    }
-                    let v = client.apiserver_version().await.map_err(|e| e.to_string())?;
-                    if v.git_version == want {
-                        Ok(())
-                    } else {
-                        Err(format!("reports {} not {want}", v.git_version))
-                    }
+        self.wait_ready(&name, || {
+            let client = client.clone();
+            let want = want.clone();
+            async move {
+                let ready = get_text(&client, "/readyz").await?;
+                if ready.trim() != "ok" {
+                    return Err(ready);
                 }
-            },
-        )
+                let v = client.apiserver_version().await.map_err(|e| e.to_string())?;
+                if v.git_version == want {
+                    Ok(())
+                } else {
+                    Err(format!("reports {} not {want}", v.git_version))
+                }
+            }
+        })
         .await
     }
 
@@ -257,19 +245,13 @@ impl Testbed {
         };
         let client = tls_client(&url, &pki).await?;
         let name = format!("{component}-{index}");
-        wait_while_alive(
-            &name,
-            &self.log_path(&name),
-            READY_TIMEOUT,
-            || self.running(&name),
-            || {
-                let client = client.clone();
-                async move {
-                    let body = get_text(&client, "/healthz").await?;
-                    if body.trim() == "ok" { Ok(()) } else { Err(body) }
-                }
-            },
-        )
+        self.wait_ready(&name, || {
+            let client = client.clone();
+            async move {
+                let body = get_text(&client, "/healthz").await?;
+                if body.trim() == "ok" { Ok(()) } else { Err(body) }
+            }
+        })
         .await
     }
 
@@ -302,18 +284,12 @@ impl Testbed {
             }
             self.save()?;
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-            let log = self.log_path("kwok");
-            let ready = wait_while_alive(
-                "kwok",
-                &log,
-                READY_TIMEOUT,
-                || self.running("kwok"),
-                || async move {
+            let ready = self
+                .wait_ready("kwok", || async move {
                     let body = plain_http_get(addr, "/healthz").await?;
                     if body.trim() == "ok" { Ok(()) } else { Err(body) }
-                },
-            )
-            .await;
+                })
+                .await;
             match ready {
                 Err(e) if attempt < 2 && !self.running("kwok") => {
                     attempt += 1;

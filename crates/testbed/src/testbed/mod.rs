@@ -459,6 +459,16 @@ impl Testbed {
         Ok(pid)
     }
 
+    /// Waits until `probe` passes for our process `name` (its log named on failure), giving up at
+    /// once if the process exits.
+    async fn wait_ready<F, Fut>(&self, name: &str, probe: F) -> Result<(), Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        wait_while_alive(name, &self.log_path(name), READY_TIMEOUT, || self.running(name), probe).await
+    }
+
     /// Whether our process `name` still runs: false only when we know it exited (one we do not
     /// hold counts as running, so a wait on it runs to its timeout as before).
     fn running(&self, name: &str) -> bool {
