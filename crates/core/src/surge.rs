@@ -23,7 +23,30 @@
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{BatchingError, MaxSurge, MaxUnavailableSetting};
-use crate::plan::MaxUnavailable;
+use crate::plan::{MaxUnavailable, Step};
+
+/// A drain-first unit's steps: its old node is cordoned and drained before the replacement is
+/// created, and removed once the replacement is Ready (a replace unit's own order is
+/// replacement first: upgrade, validate, cordon, drain, remove).
+pub const DRAIN_FIRST: [Step; 5] = [Step::Cordon, Step::Drain, Step::Upgrade, Step::Validate, Step::Remove];
+
+/// Whether the unit about to run `step` (of `steps`) ends the adding half: the step after
+/// validation (cordon when the replacement came first, remove when the old node drained
+/// first) starts retiring the old node.
+pub fn retires_at(step: Step, steps: &[Step]) -> bool {
+    previous(step, steps) == Some(Step::Validate)
+}
+
+/// Whether `step` (of `steps`) must wait for a surge slot: the replacement's creation after
+/// a drain first.
+pub fn waits_for_slot(step: Step, steps: &[Step]) -> bool {
+    step == Step::Upgrade && previous(step, steps) == Some(Step::Drain)
+}
+
+fn previous(step: Step, steps: &[Step]) -> Option<Step> {
+    let at = steps.iter().position(|s| *s == step)?;
+    steps.get(at.checked_sub(1)?).copied()
+}
 
 /// `--max-surge` and `--max-unavailable` of a surge run, as the user gave them (percentages
 /// are resolved per stage by [`Surge::limits`]).
@@ -264,6 +287,17 @@ mod tests {
         assert_eq!(resumed(true, false, false, false), Phase::Draining);
         assert_eq!(resumed(true, true, false, false), Phase::Drained);
         assert_eq!(resumed(true, true, true, false), Phase::DrainedAdding);
+    }
+
+    #[test]
+    fn the_halves_meet_after_validation() {
+        let replace_first = [Step::Upgrade, Step::Validate, Step::Cordon, Step::Drain, Step::Remove];
+        assert!(retires_at(Step::Cordon, &replace_first));
+        assert!(!retires_at(Step::Remove, &replace_first));
+        assert!(retires_at(Step::Remove, &DRAIN_FIRST));
+        assert!(waits_for_slot(Step::Upgrade, &DRAIN_FIRST));
+        assert!(!waits_for_slot(Step::Upgrade, &replace_first));
+        assert!(!retires_at(Step::Upgrade, &DRAIN_FIRST));
     }
 
     proptest! {

@@ -171,6 +171,9 @@ async fn upgrade(
     if let Some(a) = &prepared.auto {
         sched.batch_automatically(a.settings, prepared.worker_concurrency);
     }
+    if let Some(s) = input.plan.surge {
+        sched.surge(s);
+    }
     // A run that changes etcd or the control plane has a backup, or the operator said not to
     // (`None` here: no stage touches them, or none is configured — refused below).
     let needs_backup = refit_engine::spec::touches_control_plane(&sched);
