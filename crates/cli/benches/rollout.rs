@@ -665,6 +665,20 @@ fn breakdown(setting: &str, events: &[Value], workers: usize) -> String {
     ));
     parts.push(format!("between steps {:.2}", per(unit.0, unit.1) - listed));
     out.push_str(&format!("\n      steps (s/node): {}", parts.join(", ")));
+    // Every eviction is a pod deleted by the simulated kubelet, recreated by its ReplicaSet,
+    // scheduled and made Ready: the cluster's pod churn, which bounds every setting alike.
+    let evicted = events.iter().filter(|e| e["event"] == "evicted").count();
+    let run_secs = match (
+        events.iter().find(|e| e["event"] == "stage-started").and_then(at),
+        events.iter().rev().find(|e| e["event"] == "run-finished").and_then(at),
+    ) {
+        (Some(a), Some(b)) => secs_between(a, b),
+        _ => 0.0,
+    };
+    out.push_str(&format!(
+        "\n      pods evicted: {evicted}, {:.1} per second of the worker stage",
+        if run_secs > 0.0 { evicted as f64 / run_secs } else { 0.0 }
+    ));
     let refusals: usize = refused.values().sum();
     out.push_str(&format!(
         "\n      evictions refused by a budget: {refusals} ({:.1} per node",
@@ -726,6 +740,19 @@ fn replay(setting: &str, events: &[Value], workers: usize) -> String {
         excluded: Vec::new(),
     };
     let mut live = Live::of(&schedule);
+    // The engine reports every worker's zone from its first snapshot; the trace names the
+    // zone of each batch chosen.
+    live.zones(
+        0,
+        events.iter().filter(|e| e["event"] == "batch-chosen").flat_map(|e| {
+            let zone = e["zone"].as_str().map(str::to_string);
+            e["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(move |n| Some((n.as_str()?.to_string(), zone.clone()?)))
+        }),
+    );
     let mut in_flight = 0usize;
     let mut finished = 0usize;
     let mut marks =
@@ -743,7 +770,7 @@ fn replay(setting: &str, events: &[Value], workers: usize) -> String {
             "unit-finished" => {
                 let upgraded = (e["result"] == "upgraded")
                     .then(|| Duration::from_millis(e["millis"].as_u64().unwrap_or(0)));
-                live.unit_ended(0, upgraded);
+                live.unit_ended(0, e["node"].as_str().unwrap_or_default(), upgraded);
                 in_flight = in_flight.saturating_sub(1);
                 live.in_flight(0, in_flight, now);
                 finished += 1;
