@@ -22,7 +22,10 @@
 //! while FILE exists, before measuring, for profiling requests by hand (or to measure only
 //! once the machine is quiet). `REFIT_BENCH_CREATES=N` sets how many pod creates are in flight
 //! at once (default 32); `REFIT_BENCH_SETTLE_SECS` caps the wait for a settled apiserver
-//! (default 600: at 5,000 nodes the lease renewals alone keep it busier than the threshold).
+//! (default 600: at 5,000 nodes the lease renewals alone keep it busier than the threshold);
+//! workers beyond `REFIT_BENCH_NODE_CHUNK` (default 500) are added that many at a time (the
+//! testbed waits 180 s for each start's workers to be Ready, and kwok readies a few per second
+//! on a loaded 2-core machine: 5,000 at once did not make it).
 //!
 //! At the end of population and after each round it prints the testbed's own resident memory
 //! (etcd, kube-apiserver, kwok, controller-manager, scheduler), which is what limits the size
@@ -178,7 +181,18 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let version = default_version().unwrap();
     let started = Instant::now();
-    let tb = rt.block_on(Testbed::start(TestbedConfig::new(version.clone(), nodes))).unwrap();
+    // kwok readies nodes at a few per second on a loaded 2-core machine, and the testbed
+    // waits 180 s for its workers to be Ready: beyond 500 they are added 500 at a time.
+    let chunk = env("REFIT_BENCH_NODE_CHUNK", 500).max(1);
+    let tb = rt.block_on(Testbed::start(TestbedConfig::new(version.clone(), nodes.min(chunk)))).unwrap();
+    let mut up = nodes.min(chunk);
+    while up < nodes {
+        let n = (nodes - up).min(chunk);
+        let t = Instant::now();
+        rt.block_on(tb.add_workers(tb.next_worker_specs(n, &version))).unwrap();
+        up += n;
+        println!("  {up} workers Ready ({n} more in {:.0}s)", t.elapsed().as_secs_f64());
+    }
     println!("testbed: {nodes} workers in {:.0}s", started.elapsed().as_secs_f64());
     rt.block_on(async {
         tb.create_namespace("scale").await.unwrap();
