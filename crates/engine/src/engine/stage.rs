@@ -178,7 +178,7 @@ impl Engine {
             });
             let upgraded = matches!(report.result, UnitResult::Upgraded)
                 .then(|| std::time::Duration::from_millis(report.millis));
-            engine.eta(|l| l.unit_ended(index, upgraded));
+            engine.eta(|l| l.unit_ended(index, &report.node, upgraded));
             report
         });
         nodes.insert(handle.id(), (unit.node.clone(), stage.to.to_string()));
@@ -407,6 +407,8 @@ impl Engine {
                 return Chosen::Unreadable(format!("cannot read the cluster to choose the next batch: {e}"));
             }
         };
+        // The ETA counts each zone's nodes left (from the first snapshot the stage reads).
+        self.note_live(|l| l.zones(index, refit_core::eta::zones_of(&stage.units, &snapshot)));
         let candidates: Vec<String> = left.iter().map(|u| u.node.clone()).collect();
         let this = batch::Auto { cap: MaxUnavailable::Count(u32::try_from(cap).unwrap_or(u32::MAX)), ..auto };
         match batch::next(&snapshot, in_flight, &candidates, stage.units.len(), this, checks) {
