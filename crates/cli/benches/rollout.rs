@@ -735,6 +735,7 @@ fn replay(setting: &str, events: &[Value], workers: usize) -> String {
                 })
                 .collect(),
             auto,
+            surge: None,
         }],
         cluster_services: false,
         excluded: Vec::new(),
