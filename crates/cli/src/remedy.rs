@@ -10,6 +10,7 @@ pub fn flag(r: &Remedy) -> String {
         Remedy::DeleteEmptyDirData => "--delete-emptydir-data".into(),
         Remedy::DeleteUnmanagedPods => "--delete-unmanaged-pods".into(),
         Remedy::Accept { check, subject } => format!("--accept {check}={subject}"),
+        Remedy::AcceptEach => "--accept CHECK=SUBJECT".into(),
         Remedy::LowerMaxUnavailable => "--max-unavailable".into(),
         Remedy::MinFreeDisk => "--min-free-disk".into(),
         Remedy::Force | Remedy::OverrideVersionRule => "--force".into(),

@@ -271,13 +271,27 @@ pub struct Plan {
 /// Why no plan could be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
-    /// `--partial-ok` cannot leave out etcd or control-plane members.
-    #[error("--partial-ok leaves out workers only, but {0} failed its checks; fix it first")]
+    /// Leaving out the nodes that failed their checks (the CLI's `--partial-ok`) cannot
+    /// leave out etcd or control-plane members. (Its way out besides a fix is
+    /// [`crate::remedy::Remedy::AcceptEach`].)
+    #[error(
+        "leaving out the nodes that failed their checks covers workers only, but {0} failed its checks; fix it first"
+    )]
     PartialControlPlane(String),
     /// Nothing to upgrade.
     /// (Its way out is [`crate::remedy::Remedy::Force`]: include the nodes at the target.)
     #[error("every node is already at {0}; nothing to do")]
     NothingToDo(String),
+}
+
+impl PlanError {
+    /// Its ways out, for a front end to spell (a flag, a request field).
+    pub fn remedies(&self) -> Vec<crate::remedy::Remedy> {
+        match self {
+            PlanError::PartialControlPlane(_) => vec![crate::remedy::Remedy::AcceptEach],
+            PlanError::NothingToDo(_) => vec![crate::remedy::Remedy::Force],
+        }
+    }
 }
 
 /// A node's roles: the plan file's, the control-plane label, a stacked etcd member (an etcd

@@ -490,6 +490,9 @@ mod tests {
         // The lone control plane blocks (etcd-members, control-plane-count): refused.
         let e = preflight(&s, None, vec![], &p, &c).unwrap_err();
         assert_eq!(e, PlanError::PartialControlPlane("cp-1".into()));
+        // Core names no flag: a front end spells the way out.
+        assert!(!e.to_string().contains("--"), "{e}");
+        assert_eq!(e.remedies(), vec![crate::remedy::Remedy::AcceptEach]);
         let members =
             Acceptances::new(&[], &["etcd-members".parse().unwrap(), "control-plane-count".parse().unwrap()]);
         let plan = preflight_accepting(&s, None, vec![], &p, &c, &members).unwrap();

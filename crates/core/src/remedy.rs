@@ -22,6 +22,9 @@ pub enum Remedy {
         /// What it concerns, as the plan prints it (e.g. `pod/NS/NAME`).
         subject: String,
     },
+    /// Accept the findings in the way one by one, each for its subject (when the plan does
+    /// not know which the operator means: they are listed in the plan).
+    AcceptEach,
     /// Take fewer workers at once (a smaller max-unavailable).
     LowerMaxUnavailable,
     /// Lower the free-disk threshold of the readiness probe.
@@ -42,6 +45,7 @@ impl Remedy {
         match self {
             Remedy::DeleteEmptyDirData | Remedy::DeleteUnmanagedPods => "allow with",
             Remedy::Accept { .. } => "accept with",
+            Remedy::AcceptEach => "or accept its findings one by one with",
             Remedy::LowerMaxUnavailable => "or lower",
             Remedy::MinFreeDisk => "or set",
             Remedy::Force => "include it with",
@@ -61,6 +65,7 @@ mod tests {
             Remedy::DeleteEmptyDirData,
             Remedy::DeleteUnmanagedPods,
             Remedy::Accept { check: "local-data".into(), subject: "pod/a/b".into() },
+            Remedy::AcceptEach,
             Remedy::LowerMaxUnavailable,
             Remedy::MinFreeDisk,
             Remedy::Force,

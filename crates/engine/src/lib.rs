@@ -31,6 +31,7 @@ pub mod real;
 pub mod report;
 pub mod spec;
 mod unit;
+pub mod upgrade;
 
 pub use context::{Context, EventSink};
 pub use engine::{CLUSTER_UNIT, Engine};

@@ -110,6 +110,10 @@ pub enum PrepareError {
     /// Every node is already at the target.
     #[error("{0}")]
     NothingToDo(String),
+    /// The checks' findings leave no plan (bad input: what was asked cannot be honoured),
+    /// with its ways out.
+    #[error(transparent)]
+    Refused(refit_core::plan::PlanError),
     /// The cluster could not be read.
     #[error(transparent)]
     Cluster(#[from] refit_kube::Error),
@@ -230,7 +234,7 @@ fn decide(
     )
     .map_err(|e| match e {
         refit_core::plan::PlanError::NothingToDo(_) => PrepareError::NothingToDo(e.to_string()),
-        e => PrepareError::Input(e.to_string()),
+        e => PrepareError::Refused(e),
     })?;
     plan.blocked |= refit_core::reach::blocks_regardless_of_mode(&plan);
     let unused_accepts = accept.unused(&plan.accepted).into_iter().cloned().collect();

@@ -190,8 +190,21 @@ pub fn prepare_error(e: PrepareError) -> anyhow::Error {
         PrepareError::Input(m) => usage(m),
         PrepareError::Path(e) => usage(crate::remedy::sentence(&e.to_string(), &e.remedies())),
         PrepareError::NothingToDo(m) => anyhow::Error::new(NothingToDo(nothing_to_do(&m))),
+        PrepareError::Refused(e) => usage(refused(&e)),
         PrepareError::Cluster(e) => anyhow::Error::new(e),
     }
+}
+
+/// A plan the checks refused, in this command line's words: core's "leaving out the nodes that
+/// failed their checks" is `--partial-ok` here.
+fn refused(e: &refit_core::plan::PlanError) -> String {
+    let message = match e {
+        refit_core::plan::PlanError::PartialControlPlane(node) => {
+            format!("--partial-ok leaves out workers only, but {node} failed its checks; fix it first")
+        }
+        e => e.to_string(),
+    };
+    crate::remedy::sentence(&message, &e.remedies())
 }
 
 /// "Every node is already at the target", with its way out (core's `Remedy::Force`).
@@ -394,6 +407,16 @@ mod tests {
     use refit_core::plan::MaxUnavailable;
     use refit_core::plan::PlanOptions;
     use refit_core::snapshot::Snapshot;
+
+    #[test]
+    fn a_refused_partial_plan_names_the_flags_of_this_command_line() {
+        let e = refit_core::plan::PlanError::PartialControlPlane("cp-1".into());
+        assert_eq!(
+            refused(&e),
+            "--partial-ok leaves out workers only, but cp-1 failed its checks; fix it first \
+             (or accept its findings one by one with --accept CHECK=SUBJECT)"
+        );
+    }
     use serde_json::json;
 
     fn node(name: &str, cp: bool) -> serde_json::Value {

@@ -8,7 +8,7 @@ use refit_core::VersionRequest;
 use refit_core::planfile::Action;
 use refit_core::run::OnUndrainable;
 use refit_engine::lifecycle::Behaviour;
-use refit_engine::prepare::PlanInput;
+use refit_engine::upgrade::Request;
 use refit_engine::{BackupSpec, EtcdEndpointSpec, NodeAction};
 
 use crate::args::UpgradeArgs;
@@ -18,27 +18,14 @@ use crate::output::usage;
 
 /// Everything `refit upgrade` was asked, parsed.
 pub struct Input {
-    /// What to plan.
-    pub plan: PlanInput,
-    /// The node action (`--action`, else the plan file's).
-    pub action: Option<NodeAction>,
-    /// How to behave while executing.
-    pub behaviour: Behaviour,
-    /// The etcd backup: configured, the action's own default, or the operator's opt-out;
-    /// `None` when there is none (a run that touches etcd or the control plane is refused).
-    pub backup: Option<BackupSpec>,
+    /// The upgrade, as the engine takes it.
+    pub request: Request,
     /// `--not-after`.
     pub not_after: Option<std::time::SystemTime>,
     /// The journal's file.
     pub store_path: PathBuf,
     /// `--stop-grace`.
     pub stop_grace: Duration,
-    /// The plan file's health gates between batches.
-    pub gates: Vec<refit_core::health::HealthGate>,
-    /// Where the control-plane gate reads etcd's health (the backup's `--etcd-endpoint`s).
-    pub etcd_health: Vec<EtcdEndpointSpec>,
-    /// `--control-plane-gate-timeout` (zero: the gate is off).
-    pub control_plane_gate: Duration,
 }
 
 impl Input {
@@ -77,18 +64,19 @@ impl Input {
             Some(BackupSpec::Etcd { endpoints, .. }) => endpoints.clone(),
             _ => Vec::new(),
         };
-        Ok(Input {
+        let request = Request {
+            cluster_services: !args.skip_cluster_services && !plan.control_plane_only,
             plan,
             action,
             behaviour,
             backup,
-            not_after,
-            store_path,
-            stop_grace,
             gates,
             etcd_health,
             control_plane_gate: args.control_plane_gate_timeout,
-        })
+            confirm_downgrade: args.confirm_downgrade,
+            abandon: args.abandon,
+        };
+        Ok(Input { request, not_after, store_path, stop_grace })
     }
 }
 

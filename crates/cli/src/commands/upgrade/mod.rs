@@ -1,7 +1,7 @@
 //! `refit upgrade --to V`: parses the arguments (`input.rs`), then calls the engine library in
-//! its lifecycle order — cluster lock → resume, abandon or refuse the cluster's latest run →
-//! prepare (exactly `refit plan`) → schedule → confirmation → new run → execute → release —
-//! and renders (`render.rs`, the live view in `progress.rs`). Stop signals: `signals.rs`.
+//! its lifecycle order (`refit_engine::upgrade`) — cluster lock → begin (resume, abandon or
+//! refuse the cluster's latest run) → plan (exactly `refit plan`, then the schedule) →
+//! confirmation → record the new run → execute → release — and renders (`render.rs`, the live view in `progress.rs`). Stop signals: `signals.rs`.
 
 mod input;
 mod progress;
@@ -14,12 +14,12 @@ use std::sync::Arc;
 
 use refit_core::event::Event;
 use refit_core::lock::Takeover;
-use refit_core::run::{RunState, Schedule, Style, schedule};
+use refit_core::run::{RunState, Schedule};
 use refit_engine::lifecycle::lock::{Lock, this_process};
-use refit_engine::lifecycle::{self, Decision};
-use refit_engine::prepare::{PrepareError, prepare};
+use refit_engine::prepare::PrepareError;
 use refit_engine::real::SqliteJournal;
-use refit_engine::{Engine, EventSink, NodeAction, RunSpec};
+use refit_engine::upgrade::{self, Begun, Note, UpgradeError};
+use refit_engine::{Engine, EventSink, RunSpec};
 use refit_kube::Connection;
 use serde::Serialize;
 
@@ -79,6 +79,7 @@ pub async fn run(args: UpgradeArgs, format: Format) -> anyhow::Result<ExitCode> 
 }
 
 /// Everything after the lock: `lock` is None for a dry run, which changes and records nothing.
+/// The order is the engine's (`refit_engine::upgrade`); this renders and confirms in between.
 async fn upgrade(
     args: &UpgradeArgs,
     input: Input,
@@ -86,65 +87,36 @@ async fn upgrade(
     lock: Option<&Lock>,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
+    let request = &input.request;
     // The journal is opened once, and created only when a run is recorded.
     let mut journal: Option<Arc<SqliteJournal>> = None;
     let mut cluster = None;
     if let Some(lock) = lock {
         let uid = refit_kube::node::cluster_uid(conn).await?;
         if input.store_path.exists() {
-            let j = Arc::new(SqliteJournal::open(&input.store_path)?);
-            // A run of this cluster that did not finish: continue it as it was planned.
-            match lifecycle::decide(j.as_ref(), &uid, &input.plan.request, &input.plan.catalog, args.abandon)
-                .await?
-            {
-                Decision::Fresh => {}
-                Decision::Abandon(prev) => {
-                    for node in lifecycle::abandon(conn, j.as_ref(), &prev.id).await? {
-                        if format == Format::Table {
-                            say(&format!("abandoning run {}: uncordoned {node}\n", prev.id));
-                        }
-                    }
-                    if format == Format::Table {
-                        say(&format!("run {} abandoned\n", prev.id));
-                    }
-                }
-                Decision::Conflict(prev) => {
-                    return Err(usage(format!(
-                        "run {} of this cluster (to {}) did not finish; continue it with `refit upgrade --to {}`, or give it up with --abandon",
-                        prev.id, prev.target, prev.target
-                    )));
-                }
-                Decision::Resume(prev) => {
-                    let spec = lifecycle::resume_spec(&prev, input.behaviour)?;
-                    if format == Format::Table {
-                        say(&format!(
-                            "resuming run {} ({}, target {}): finished steps are not repeated\n",
-                            prev.id, prev.state, prev.target
-                        ));
-                    }
-                    lock.set_run(&prev.id).await?;
-                    return execute(conn, j, prev.id, spec, &input, lock, format).await;
-                }
-            }
-            journal = Some(j);
+            journal = Some(Arc::new(SqliteJournal::open(&input.store_path)?));
         }
-        let known: Option<&dyn refit_engine::context::Journal> =
-            journal.as_deref().map(|j| j as &dyn refit_engine::context::Journal);
-        if let Some(orphan) = lifecycle::orphaned_run(known, lock).await? {
-            let nodes = lifecycle::give_back_cordons(conn, &orphan).await?;
-            if !nodes.is_empty() {
-                eprintln!(
-                    "note: run {orphan} of the lock's previous holder is not in this store (its journal is elsewhere): uncordoned {}, which this run plans from what the cluster shows",
-                    nodes.join(", ")
-                );
+        let known = journal.as_deref().map(|j| j as &dyn refit_engine::context::Journal);
+        match upgrade::begin(conn, known, &uid, request, lock).await.map_err(refused)? {
+            Begun::Resume { run, spec } => {
+                if format == Format::Table {
+                    say(&format!(
+                        "resuming run {} ({}, target {}): finished steps are not repeated\n",
+                        run.id, run.state, run.target
+                    ));
+                }
+                // A resumed run came from the journal, so there is one.
+                let Some(j) = journal else { anyhow::bail!("internal: a run was resumed without a journal") };
+                return execute(conn, j, run.id, *spec, &input, lock, format).await;
             }
+            Begun::Fresh(notes) => notes.iter().for_each(|n| tell(n, format)),
         }
         cluster = Some(uid);
     }
 
-    let prepared = match prepare(conn, &input.plan).await {
+    let planned = match upgrade::plan(conn, request).await {
         Ok(p) => p,
-        Err(PrepareError::NothingToDo(m)) => {
+        Err(UpgradeError::Prepare(PrepareError::NothingToDo(m))) => {
             let m = crate::commands::plan::nothing_to_do(&m);
             if format == Format::Table {
                 say(&format!("{m}\n"));
@@ -152,116 +124,105 @@ async fn upgrade(
             nothing_to_do_summary(format, &m)?;
             return Ok(ExitCode::SUCCESS);
         }
-        Err(e) => return Err(prepare_error(e)),
+        Err(e) => return Err(refused(e)),
     };
-    warn_offline(&prepared);
-    if prepared.path.forced.iter().any(|f| f.is_downgrade()) && !args.confirm_downgrade {
-        return Err(usage(format!(
-            "{} → {} is a downgrade: components may not read data newer releases wrote; if you mean it, add --confirm-downgrade",
-            prepared.current, prepared.path.to
-        )));
-    }
-    let style = match &input.action {
-        Some(NodeAction::Replace { .. }) => Style::Replace,
-        _ => Style::InPlace,
-    };
-    let cluster_services = !args.skip_cluster_services && !args.plan.control_plane_only;
-    let mut sched =
-        schedule(&prepared.plan, &prepared.path, style, prepared.worker_concurrency, cluster_services);
-    if let Some(a) = &prepared.auto {
-        sched.batch_automatically(a.settings, prepared.worker_concurrency);
-    }
-    // A run that changes etcd or the control plane has a backup, or the operator said not to
-    // (`None` here: no stage touches them, or none is configured — refused below).
-    let needs_backup = refit_engine::spec::touches_control_plane(&sched);
-    let backup_shown = if needs_backup { Some(input.backup.as_ref().ok_or(NO_BACKUP)) } else { None };
-    let out = PlanOutput::new(&conn.context, &prepared);
+    warn_offline(&planned.prepared);
+    let backup_shown = planned.backup_shown().map(|b| b.map_err(|()| NO_BACKUP));
+    let out = PlanOutput::new(&conn.context, &planned.prepared);
+    let sched = &planned.schedule;
     let (Some(lock), Some(cluster)) = (lock, cluster) else {
-        let dry = DryRun { plan: out, schedule: &sched, etcd_backup: backup_shown.and_then(Result::ok) };
+        let dry = DryRun { plan: out, schedule: sched, etcd_backup: backup_shown.and_then(Result::ok) };
         if !print_structured(format, &dry)? {
             say(&render(&dry.plan));
-            say(&render_schedule(&sched, backup_shown));
+            say(&render_schedule(sched, backup_shown));
             say("dry run: nothing was changed\n");
         }
         if let Some(Err(no)) = backup_shown {
             return Err(usage(no));
         }
-        return Ok(if prepared.plan.blocked { ExitCode::from(1) } else { ExitCode::SUCCESS });
+        return Ok(if planned.prepared.plan.blocked { ExitCode::from(1) } else { ExitCode::SUCCESS });
     };
     if format == Format::Table {
         say(&render(&out));
-        say(&render_schedule(&sched, backup_shown));
+        say(&render_schedule(sched, backup_shown));
     }
-    if prepared.plan.blocked {
-        if format != Format::Table {
-            print_structured(format, &out)?;
+    let spec = match planned.spec(request) {
+        Ok(Some(spec)) => spec,
+        Ok(None) => {
+            let nothing = format!("nothing to upgrade: every planned node is already at {}", sched.target);
+            if format == Format::Table {
+                say(&format!("{nothing}\n"));
+            }
+            nothing_to_do_summary(format, &nothing)?;
+            return Ok(ExitCode::SUCCESS);
         }
-        if format == Format::Json {
-            // The typed line a fleet driver reads (the plan above is for people and tools).
-            let blocked = refit_core::event::Event::PlanBlocked {
-                blockers: refit_core::event::Blocker::of(&prepared.plan.findings),
-            };
-            say(&format!("{}\n", serde_json::to_string(&blocked)?));
+        Err(UpgradeError::Blocked) => {
+            if format != Format::Table {
+                print_structured(format, &out)?;
+            }
+            if format == Format::Json {
+                // The typed line a fleet driver reads (the plan above is for people and tools).
+                let blocked = refit_core::event::Event::PlanBlocked {
+                    blockers: refit_core::event::Blocker::of(&planned.prepared.plan.findings),
+                };
+                say(&format!("{}\n", serde_json::to_string(&blocked)?));
+            }
+            return Ok(ExitCode::from(1));
         }
-        return Ok(ExitCode::from(1));
-    }
-    let backup = match backup_shown {
-        Some(Ok(b)) => b.clone(),
-        Some(Err(no)) => return Err(usage(no)),
-        // Never used: no stage touches etcd or the control plane.
-        None => refit_engine::BackupSpec::OptedOut,
+        Err(e) => return Err(refused(e)),
     };
-    let Some(action) = input.action.clone() else {
-        return Err(usage(
-            "no node action: pass --action (exec:PROGRAM ARG..., ssh, sandbox, replace-sandbox) or set `action:` in the plan file (-f)",
-        ));
-    };
-    if sched.stages.is_empty() {
-        let nothing = format!("nothing to upgrade: every planned node is already at {}", sched.target);
-        if format == Format::Table {
-            say(&format!("{nothing}\n"));
-        }
-        nothing_to_do_summary(format, &nothing)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    if !args.yes && !confirm(&sched)? {
+    if !args.yes && !confirm(sched)? {
         eprintln!("nothing was changed");
         return Ok(ExitCode::from(1));
     }
-    let b = input.behaviour;
-    // The ssh action checks it reaches the hosts the readiness probe saw.
-    let action = match action {
-        NodeAction::Ssh { action, .. } => NodeAction::Ssh { action, identities: prepared.identities.clone() },
-        other => other,
-    };
-    let spec = RunSpec {
-        cluster_services: cluster_services.then(|| refit_core::addons::AddonTargets {
-            owner: action.addon_owner(),
-            ..refit_core::addons::targets(&input.plan.catalog, &sched.target)
-        }),
-        schedule: sched,
-        action,
-        drain_rules: b.drain_rules,
-        drain_timeout_secs: b.drain_timeout_secs,
-        node_timeout_secs: b.node_timeout_secs,
-        on_undrainable: b.on_undrainable,
-        force: args.plan.force,
-        addresses: prepared.addresses.clone(),
-        backup,
-        eviction_concurrency: b.eviction_concurrency,
-        accepted: prepared.plan.accepted.iter().map(refit_core::accept::Record::from).collect(),
-        gates: input.gates.clone(),
-        on_gate_failure: b.on_gate_failure,
-        etcd_health: input.etcd_health.clone(),
-        control_plane_gate_secs: input.control_plane_gate.as_secs(),
-    };
     let journal = match journal {
         Some(j) => j,
         None => Arc::new(SqliteJournal::open(&input.store_path)?),
     };
-    let id = lifecycle::create_run(journal.as_ref(), &cluster, &spec, &jiff::Zoned::now()).await?;
-    lock.set_run(&id).await?;
+    let id = upgrade::record(journal.as_ref(), &cluster, &spec, lock).await.map_err(refused)?;
     execute(conn, journal, id, spec, &input, lock, format).await
+}
+
+/// What happened to earlier runs, for the operator.
+fn tell(note: &Note, format: Format) {
+    match note {
+        Note::Abandoned { run, uncordoned } => {
+            if format == Format::Table {
+                for node in uncordoned {
+                    say(&format!("abandoning run {run}: uncordoned {node}\n"));
+                }
+                say(&format!("run {run} abandoned\n"));
+            }
+        }
+        Note::OrphanCordonsGivenBack { run, uncordoned } if !uncordoned.is_empty() => eprintln!(
+            "note: run {run} of the lock's previous holder is not in this store (its journal is elsewhere): uncordoned {}, which this run plans from what the cluster shows",
+            uncordoned.join(", ")
+        ),
+        Note::OrphanCordonsGivenBack { .. } => {}
+    }
+}
+
+/// The engine's refusals in this command line's words: bad input exits 2 naming the flag
+/// that takes the way out; the journal, the lock or the cluster failing exit 1.
+fn refused(e: UpgradeError) -> anyhow::Error {
+    match e {
+        UpgradeError::Prepare(e) => prepare_error(e),
+        UpgradeError::Conflict(prev) => usage(format!(
+            "run {} of this cluster (to {}) did not finish; continue it with `refit upgrade --to {}`, or give it up with --abandon",
+            prev.id, prev.target, prev.target
+        )),
+        UpgradeError::Downgrade(d) => usage(format!(
+            "{} → {} is a downgrade: components may not read data newer releases wrote; if you mean it, add --confirm-downgrade",
+            d.from, d.to
+        )),
+        UpgradeError::NoBackup => usage(NO_BACKUP),
+        UpgradeError::NoAction => usage(
+            "no node action: pass --action (exec:PROGRAM ARG..., ssh, sandbox, replace-sandbox) or set `action:` in the plan file (-f)",
+        ),
+        e @ (UpgradeError::Lifecycle(_) | UpgradeError::Lock(_) | UpgradeError::Blocked) => {
+            anyhow::Error::new(e)
+        }
+    }
 }
 
 /// Asks on the terminal; refuses to guess when there is none.
