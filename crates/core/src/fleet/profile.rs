@@ -428,6 +428,38 @@ mod tests {
         p.disabled = false;
     }
 
+    proptest::proptest! {
+        /// Whatever the fleet and the channel: a disabled profile never fires, a target fires
+        /// once however often the profile is looked at, and the run it fires is never the one it
+        /// generated last.
+        #[test]
+        fn a_profile_fires_at_most_once_per_target(
+            versions in proptest::collection::btree_map("[a-e]", (35u64..=37, 0u64..=9), 0..5),
+            channel in proptest::sample::select(vec![Channel::Stable, Channel::Rapid, Channel::NodeImage]),
+            disabled in proptest::bool::ANY,
+            looks in 1usize..5,
+        ) {
+            let cat = fixture::catalog();
+            let today = date("2026-11-21");
+            let fleet: BTreeMap<String, Version> =
+                versions.into_iter().map(|(n, (mi, pa))| (n, v(&format!("1.{mi}.{pa}")))).collect();
+            let mut p = profile(channel);
+            p.disabled = disabled;
+            let mut fired = 0;
+            for _ in 0..looks {
+                if let Some(t) = fire(&p, p.last_generated_run.as_deref(), &cat, &fleet, today) {
+                    proptest::prop_assert!(!disabled);
+                    proptest::prop_assert_ne!(p.last_generated_run.as_deref(), Some(t.run_name.as_str()));
+                    let target = target_for(&p, &cat, &fleet, today);
+                    proptest::prop_assert_eq!(Some(&t), target.as_ref());
+                    p.last_generated_run = Some(t.run_name);
+                    fired += 1;
+                }
+            }
+            proptest::prop_assert!(fired <= 1, "fired {} times", fired);
+        }
+    }
+
     #[test]
     fn node_image_profiles_generate_a_consistent_image_run_per_day() {
         let cat = fixture::catalog();
