@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use refit_engine::spec::defaults;
 
 use crate::output::Format;
 
@@ -418,14 +419,14 @@ pub struct UpgradeArgs {
     pub break_lock: bool,
     /// After Ctrl-C, SIGTERM or SIGHUP: how long node actions under way may take to finish
     /// before refit leaves anyway (the journal lets a rerun continue).
-    #[arg(long, default_value = "10m", value_parser = duration)]
+    #[arg(long, default_value = defaults::STOP_GRACE_TEXT, value_parser = duration)]
     pub stop_grace: Duration,
     /// Per-node drain deadline (e.g. 300s, 10m; 1s to one year).
-    #[arg(long, default_value = "10m", value_parser = duration)]
+    #[arg(long, default_value = defaults::DRAIN_TIMEOUT_TEXT, value_parser = duration)]
     pub drain_timeout: Duration,
     /// Per-node deadline for the action and for the node to be Ready at the version (1s to
     /// one year).
-    #[arg(long, default_value = "15m", value_parser = duration)]
+    #[arg(long, default_value = defaults::NODE_TIMEOUT_TEXT, value_parser = duration)]
     pub node_timeout: Duration,
     /// A node that cannot be drained: stop (fail), leave it cordoned and go on (skip), or delete what remains (force).
     #[arg(long, default_value = "fail")]
@@ -438,10 +439,10 @@ pub struct UpgradeArgs {
     /// member and after the last: how long to wait for every apiserver's /readyz and etcd's
     /// health and quorum (with --etcd-endpoint) before the run stops as --on-gate-failure
     /// says (0 turns the gate off).
-    #[arg(long, default_value = "2m", value_parser = gate_timeout)]
+    #[arg(long, default_value = defaults::CONTROL_PLANE_GATE_TEXT, value_parser = gate_timeout)]
     pub control_plane_gate_timeout: Duration,
     /// Evictions in flight per node (1 to 1000).
-    #[arg(long, default_value_t = 16, value_parser = eviction_concurrency)]
+    #[arg(long, default_value_t = defaults::EVICTION_CONCURRENCY, value_parser = eviction_concurrency)]
     pub eviction_concurrency: usize,
     /// Leave kube-proxy and CoreDNS alone (add-ons managed elsewhere).
     #[arg(long)]
@@ -492,6 +493,14 @@ pub struct PlanArgs {
     /// percentage of the workers [default: 25%].
     #[arg(long)]
     pub max_unavailable_cap: Option<String>,
+    /// With the replace action: replacement workers created ahead of the old ones they
+    /// replace, a count or a percentage of the workers (rounded up), as a Deployment's
+    /// maxSurge. Each old node is cordoned only once its replacement is Ready; with it,
+    /// --max-unavailable (N, P% or 0) counts old nodes drained before their replacement
+    /// exists. `--max-surge 2 --max-unavailable 0`: two extra nodes at most, capacity never
+    /// drops. Without it, each replacement is created when its old node's turn comes.
+    #[arg(long, value_name = "N|P%")]
+    pub max_surge: Option<String>,
     /// Under --max-unavailable auto, let a batch take workers of several zones
     /// (topology.kubernetes.io/zone); by default one zone at a time.
     #[arg(long)]

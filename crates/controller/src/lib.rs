@@ -15,6 +15,8 @@
 //! - [`events`]: Kubernetes Events for what people watch.
 //! - [`resources`]: the custom resource types (schemas generated from them and from core's).
 //! - [`hub`]: `refit fleet --hub` verbs (gate approval as the hub's authenticated user).
+//! - [`journal`]: the engine's journal of each member upgrade on its ClusterUpgrade (fenced
+//!   by an owner every write tests; the next leader resumes the same run from it).
 //! - [`layout`]: which part of a run lives in the UpdateRun, which in each ClusterUpgrade
 //!   (an UpdateRun of 5,000 members stays under 1 MiB).
 //! - [`manifests`]: CRDs, RBAC, the approver admission policy and the Deployment.
@@ -25,6 +27,7 @@
 
 pub mod events;
 pub mod hub;
+pub mod journal;
 pub mod layout;
 pub mod leader;
 pub mod manifests;

@@ -448,10 +448,46 @@ pub struct ClusterUpgradeStatus {
     /// The node step under way (`cp-1: drain`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
-    /// The journal's records, in order (the engine's, as the local store keeps them).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(schema_with = "open_list")]
-    pub journal: Vec<serde_json::Value>,
+    /// The engine's journal of this member upgrade ([`crate::journal`]): written before and
+    /// after every node step by the replica that owns it, read by the next one to resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<UpgradeJournal>,
+}
+
+/// A member upgrade's engine journal, compact enough for a 5,000-node member to fit one etcd
+/// object ([`crate::journal`] has the sizes): the runs' records, and the newest run's step
+/// states as one string per node instead of one record per transition.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeJournal {
+    /// Who writes it (`REPLICA/TERM`): claimed with the object's resourceVersion, and every
+    /// write tests it first, so a deposed leader's write fails instead of landing.
+    pub owner: String,
+    /// The engine runs of this member upgrade, oldest first.
+    #[serde(default)]
+    pub runs: Vec<JournalRun>,
+    /// The newest run's steps: node → `step@version=state` entries, comma-separated, in the
+    /// order first recorded (`cordon@1.37.1=done,drain@1.37.1=started`).
+    #[serde(default)]
+    pub steps: BTreeMap<String, String>,
+}
+
+/// One engine run as the hub journal keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JournalRun {
+    /// Run id (`up-20261205-154501-1-37-1`).
+    pub id: String,
+    /// The member cluster's identity (kube-system UID).
+    pub cluster: String,
+    /// Target version.
+    pub target: String,
+    /// Its state (`running`, `completed`, ...).
+    pub state: String,
+    /// The frozen run spec, JSON, gzip, base64 (a 5,000-node schedule is ~1 MB of JSON and
+    /// ~58 KB so); empty for runs superseded by a newer one (only the newest resumes).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub spec: String,
 }
 
 /// An object whose fields are kept as written (only the controller writes it).
@@ -459,13 +495,5 @@ fn open_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": true
-    })
-}
-
-/// A list of such objects.
-fn open_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({
-        "type": "array",
-        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
     })
 }

@@ -316,8 +316,7 @@ impl HubFleet {
                 Err(e) => return Err(fleet_err(format!("creating ClusterUpgrade {name}"), e)),
             }
         }
-        let status =
-            ClusterUpgradeStatus { state, detail: Some(detail.clone()), step: None, journal: vec![] };
+        let status = ClusterUpgradeStatus { state, detail: Some(detail.clone()), step: None, journal: None };
         let patch = json!({"status": {"state": status.state, "detail": status.detail}});
         api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await

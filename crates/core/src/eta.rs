@@ -503,6 +503,7 @@ mod tests {
                         cap: crate::plan::MaxUnavailable::Count(u32::try_from(concurrency).unwrap()),
                         across_zones: false,
                     }),
+                    surge: None,
                 })
                 .collect(),
             cluster_services: services,

@@ -184,6 +184,51 @@ pub struct RunSpec {
 /// member's upgrade to become ready again, short enough that a broken one stops the run soon.
 pub const DEFAULT_CONTROL_PLANE_GATE_SECS: u64 = 120;
 
+/// The defaults of how a run behaves, in one place: `refit upgrade`'s flags show and use the
+/// texts (clap's `default_value`), a library caller (the hub's in-process member upgrade)
+/// takes the values through [`Behaviour::default`](crate::lifecycle::Behaviour). Each text
+/// is the value as the flag spells it; a unit test keeps the two equal.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// Per-node drain deadline (`--drain-timeout`).
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
+    /// [`DRAIN_TIMEOUT`] as the flag spells it.
+    pub const DRAIN_TIMEOUT_TEXT: &str = "10m";
+    /// Per-node deadline for the action and the node's readiness (`--node-timeout`).
+    pub const NODE_TIMEOUT: Duration = Duration::from_secs(900);
+    /// [`NODE_TIMEOUT`] as the flag spells it.
+    pub const NODE_TIMEOUT_TEXT: &str = "15m";
+    /// How long node actions under way may finish after a stop (`--stop-grace`).
+    pub const STOP_GRACE: Duration = Duration::from_secs(600);
+    /// [`STOP_GRACE`] as the flag spells it.
+    pub const STOP_GRACE_TEXT: &str = "10m";
+    /// The control-plane gate's wait (`--control-plane-gate-timeout`).
+    pub const CONTROL_PLANE_GATE: Duration = Duration::from_secs(super::DEFAULT_CONTROL_PLANE_GATE_SECS);
+    /// [`CONTROL_PLANE_GATE`] as the flag spells it.
+    pub const CONTROL_PLANE_GATE_TEXT: &str = "2m";
+    /// Evictions in flight per node (`--eviction-concurrency`).
+    pub const EVICTION_CONCURRENCY: usize = 16;
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn each_flag_text_is_its_value() {
+            for (text, value) in [
+                (DRAIN_TIMEOUT_TEXT, DRAIN_TIMEOUT),
+                (NODE_TIMEOUT_TEXT, NODE_TIMEOUT),
+                (STOP_GRACE_TEXT, STOP_GRACE),
+                (CONTROL_PLANE_GATE_TEXT, CONTROL_PLANE_GATE),
+            ] {
+                assert_eq!(refit_core::duration::parse(text).unwrap(), value, "{text}");
+            }
+            assert!(refit_core::drain::parse_eviction_concurrency(&EVICTION_CONCURRENCY.to_string()).is_ok());
+        }
+    }
+}
+
 fn default_control_plane_gate_secs() -> u64 {
     DEFAULT_CONTROL_PLANE_GATE_SECS
 }

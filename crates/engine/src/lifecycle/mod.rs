@@ -148,6 +148,21 @@ pub struct Behaviour {
     pub on_gate_failure: refit_core::health::OnGateFailure,
 }
 
+/// The behaviour `refit upgrade` has with no flag given ([`crate::spec::defaults`]).
+impl Default for Behaviour {
+    fn default() -> Behaviour {
+        use crate::spec::defaults;
+        Behaviour {
+            on_undrainable: OnUndrainable::default(),
+            drain_timeout_secs: defaults::DRAIN_TIMEOUT.as_secs(),
+            node_timeout_secs: defaults::NODE_TIMEOUT.as_secs(),
+            eviction_concurrency: defaults::EVICTION_CONCURRENCY,
+            drain_rules: refit_core::drain::DrainOptions::default(),
+            on_gate_failure: refit_core::health::OnGateFailure::default(),
+        }
+    }
+}
+
 impl RunSpec {
     /// This spec with `b`'s behaviour.
     pub fn with_behaviour(mut self, b: Behaviour) -> RunSpec {
