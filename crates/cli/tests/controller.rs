@@ -166,10 +166,11 @@ async fn fleet_hub_gate_approve_records_the_user_the_hub_authenticates() {
             .output()
             .unwrap()
     };
-    // mallory has no RBAC binding: refused by the hub, nothing recorded.
+    // mallory has no RBAC binding: refused by the hub (the operator's to fix: exit 2), nothing
+    // recorded.
     let out = fleet("mallory", &["gate", "approve", "to-137", "canary/after/1"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("forbidden") && err.contains("mallory"), "{err}");
     // --by means nothing on a hub: bad input.
     let out = fleet("alice", &["gate", "approve", "to-137", "canary/after/1", "--by", "bob"]);

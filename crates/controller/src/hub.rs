@@ -63,9 +63,11 @@ pub enum HubError {
 }
 
 impl HubError {
-    /// Bad input (exit 2): a name that does not exist.
+    /// Bad input (exit 2): a name that does not exist, or a request the hub refuses (RBAC, the
+    /// admission policy, a schema) — the operator's to fix, as every hub verb's refusal is
+    /// (`HubClient`'s reads map the same statuses to `Invalid`).
     pub fn is_usage(&self) -> bool {
-        matches!(self, HubError::NoGate { .. })
+        matches!(self, HubError::NoGate { .. } | HubError::Refused(_))
     }
 }
 
@@ -473,7 +475,7 @@ impl FleetApi for HubClient {
         approve_as(&self.conn, &self.me, &self.namespace, run, &gate.to_string(), expires_at, None)
             .await
             .map_err(|e| match e {
-                e @ HubError::NoGate { .. } => refit_fleet::Error::Invalid(e.to_string()),
+                e if e.is_usage() => refit_fleet::Error::Invalid(e.to_string()),
                 e => refit_fleet::Error::Backend {
                     context: format!("approving {gate} of {run}"),
                     source: Box::new(e),
