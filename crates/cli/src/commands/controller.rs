@@ -26,8 +26,9 @@ pub struct ControllerArgs {
     /// Where /healthz, /readyz and /metrics listen.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
-    /// The local store member upgrades journal into (default: a private directory of this
-    /// replica's, removed when it exits).
+    /// The local store path member upgrades are given: their etcd backups and node-action
+    /// locks lie beside it (default: a private directory of this replica's, removed when it
+    /// exits). Their journals are on the hub.
     #[arg(long)]
     pub store: Option<std::path::PathBuf>,
     /// Refresh the release catalog this often (e.g. 6h; 1s to one year), as `refit catalog
@@ -72,6 +73,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
                 namespace: args.namespace,
                 listen: args.listen,
                 journal: args.store,
+                requests: member_requests(),
                 catalog_refresh: args.catalog_refresh_every.map(|every| {
                     refit_controller::serve::CatalogRefresh {
                         source: refit_engine::catalog::Source::parse(
@@ -96,6 +98,19 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// A member upgrade's engine request: the command line the local driver gives its `refit
+/// upgrade` children (`refit_fleet::launch::upgrade_argv`), parsed by this binary's own parser
+/// (`refit upgrade`'s clap arguments, then its `Input`) — one spelling of every flag for both.
+fn member_requests() -> refit_controller::launcher::Requests {
+    refit_controller::launcher::Requests(std::sync::Arc::new(
+        |up: &refit_fleet::MemberUpgrade, store: &std::path::Path| {
+            let exe = std::path::Path::new("refit");
+            let argv = refit_fleet::launch::upgrade_argv(exe, store, up)?;
+            crate::commands::upgrade::request_of(&argv).map_err(|e| format!("{e:#}"))
+        },
+    ))
 }
 
 fn check_namespace(ns: &str) -> anyhow::Result<()> {
