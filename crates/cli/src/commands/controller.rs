@@ -131,3 +131,53 @@ fn is_dns_label(s: &str) -> bool {
         && b.first().is_some_and(|c| *c != b'-')
         && b.last().is_some_and(|c| *c != b'-')
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use refit_core::fleet::{MemberTarget, UpgradeType};
+    use refit_engine::NodeAction;
+    use refit_store::fleet::MemberRecord;
+
+    fn member_upgrade(action: &str, args: &[&str]) -> refit_fleet::MemberUpgrade {
+        refit_fleet::MemberUpgrade {
+            run: "to-137".into(),
+            member: MemberRecord {
+                name: "east-1".into(),
+                context: Some("east".into()),
+                action: Some(action.into()),
+                upgrade_args: args.iter().map(|a| a.to_string()).collect(),
+                ..MemberRecord::default()
+            },
+            upgrade_type: UpgradeType::ControlPlaneOnly,
+            target: MemberTarget {
+                kubernetes: Some("1.37.1".parse().unwrap()),
+                node_images: Default::default(),
+            },
+            control_plane: None,
+            not_after: None,
+            policy: refit_core::path::Policy::Default,
+        }
+    }
+
+    #[test]
+    fn a_members_request_means_what_its_refit_upgrade_command_line_means() {
+        let build = member_requests();
+        let store = std::path::Path::new("/tmp/refit-test-store/refit.db");
+        let up = member_upgrade("exec:./up.sh {node} {to}", &["--drain-timeout=5m", "--no-etcd-backup"]);
+        let r = (build.0)(&up, store).unwrap();
+        assert_eq!(
+            r.action,
+            Some(NodeAction::Exec { command: vec!["./up.sh".into(), "{node}".into(), "{to}".into()] })
+        );
+        assert_eq!(r.behaviour.drain_timeout_secs, 300);
+        assert_eq!(r.backup, Some(refit_engine::BackupSpec::OptedOut));
+        assert!(r.plan.control_plane_only, "the run's upgrade type reaches the plan");
+        assert!(!r.cluster_services);
+        // Bad settings are refused with the command line's own words, before any contact.
+        let err = (build.0)(&member_upgrade("teleport", &[]), store).unwrap_err();
+        assert!(err.contains("--action 'teleport'"), "{err}");
+        let err = (build.0)(&member_upgrade("ssh", &["--drain-timeout=forever"]), store).unwrap_err();
+        assert!(err.contains("--drain-timeout"), "{err}");
+    }
+}
