@@ -13,9 +13,23 @@
 //!
 //! Not a test: it prints the numbers and their ratio; it asserts nothing about time.
 //!
-//! Run: `cargo bench -p refit-cli --bench plan_scale` (about 10 minutes on 2 cores).
-//! `REFIT_BENCH_HOLD=FILE` keeps the populated testbed up (its kubeconfig printed) while FILE
-//! exists, before measuring, for profiling requests by hand.
+//! Run: `cargo bench -p refit-cli --bench plan_scale` (about 10 minutes on 2 cores at the
+//! default size; `cargo bench` measures the release `refit` it builds). `cargo test -p refit-cli
+//! --bench plan_scale` runs the harness from the debug build; `REFIT_BENCH_REFIT=PATH` then
+//! names the `refit` binary measured (e.g. `target/release/refit` from `cargo build --release
+//! -p refit-cli --bin refit`: users run a release build, not a debug one). The binary measured
+//! is printed. `REFIT_BENCH_HOLD=FILE` keeps the populated testbed up (its kubeconfig printed)
+//! while FILE exists, before measuring, for profiling requests by hand (or to measure only
+//! once the machine is quiet). `REFIT_BENCH_CREATES=N` sets how many pod creates are in flight
+//! at once (default 32); `REFIT_BENCH_SETTLE_SECS` caps the wait for a settled apiserver
+//! (default 600: at 5,000 nodes the lease renewals alone keep it busier than the threshold);
+//! workers beyond `REFIT_BENCH_NODE_CHUNK` (default 500) are added that many at a time (the
+//! testbed waits 180 s for each start's workers to be Ready, and kwok readies a few per second
+//! on a loaded 2-core machine: 5,000 at once did not make it).
+//!
+//! At the end of population and after each round it prints the testbed's own resident memory
+//! (etcd, kube-apiserver, kwok, controller-manager, scheduler), which is what limits the size
+//! this machine holds.
 
 #![allow(unsafe_code)] // wait4(2) for per-child peak RSS
 
@@ -122,6 +136,41 @@ async fn serve_pods(client: &kube::Client, wire: Wire, paged: bool) -> (f64, usi
     }
 }
 
+/// Resident and peak resident memory of a process, in MiB, from /proc/PID/status.
+fn rss_mib(pid: u64) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// One line with the resident (and peak) memory of every testbed process.
+fn testbed_memory(state: &serde_json::Value) -> String {
+    let mut parts = Vec::new();
+    let mut total = 0.0;
+    let mut collect = |name: &str, pid: Option<u64>| {
+        if let Some(pid) = pid {
+            let (rss, peak) = rss_mib(pid);
+            total += rss;
+            parts.push(format!("{name} {rss:.0} MiB (peak {peak:.0})"));
+        }
+    };
+    for (name, pid) in state["members"][0]["pids"].as_object().into_iter().flatten() {
+        collect(name, pid.as_u64());
+    }
+    for (name, pid) in state.as_object().into_iter().flatten() {
+        if let Some(pid) = pid.as_u64().filter(|_| name.ends_with("pid")) {
+            collect(name, Some(pid));
+        }
+    }
+    format!("{} | total {total:.0} MiB", parts.join(", "))
+}
+
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -132,7 +181,18 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let version = default_version().unwrap();
     let started = Instant::now();
-    let tb = rt.block_on(Testbed::start(TestbedConfig::new(version.clone(), nodes))).unwrap();
+    // kwok readies nodes at a few per second on a loaded 2-core machine, and the testbed
+    // waits 180 s for its workers to be Ready: beyond 500 they are added 500 at a time.
+    let chunk = env("REFIT_BENCH_NODE_CHUNK", 500).max(1);
+    let tb = rt.block_on(Testbed::start(TestbedConfig::new(version.clone(), nodes.min(chunk)))).unwrap();
+    let mut up = nodes.min(chunk);
+    while up < nodes {
+        let n = (nodes - up).min(chunk);
+        let t = Instant::now();
+        rt.block_on(tb.add_workers(tb.next_worker_specs(n, &version))).unwrap();
+        up += n;
+        println!("  {up} workers Ready ({n} more in {:.0}s)", t.elapsed().as_secs_f64());
+    }
     println!("testbed: {nodes} workers in {:.0}s", started.elapsed().as_secs_f64());
     rt.block_on(async {
         tb.create_namespace("scale").await.unwrap();
@@ -179,22 +239,32 @@ fn main() {
                 retry(|| pod_api.create(&post, &pod)).await;
             }
         });
-        futures::stream::iter(creates).buffer_unordered(16).collect::<Vec<()>>().await;
+        let mut created = futures::stream::iter(creates).buffer_unordered(env("REFIT_BENCH_CREATES", 32));
+        let mut n = 0usize;
+        while created.next().await.is_some() {
+            n += 1;
+            if n.is_multiple_of(10_000) {
+                println!("  {n} pods created after {:.0}s", t.elapsed().as_secs_f64());
+            }
+        }
         println!("pods: {pods} created in {:.0}s", t.elapsed().as_secs_f64());
     });
     // Let kwok mark the pods Running and the disruption controller publish budgets, then wait
     // (up to 10 minutes) until the apiserver is down to the steady work of the cluster (lease
     // renewals of every node), so that neither tool is measured against a settling cluster.
     std::thread::sleep(Duration::from_secs(60));
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tb.dir().join("state.json")).unwrap()).unwrap();
+    let state = || -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(tb.dir().join("state.json")).unwrap()).unwrap()
+    };
+    println!("testbed memory: {}", testbed_memory(&state()));
+    let state = state();
     let apiserver = state["members"][0]["pids"]["kube-apiserver"].as_u64().unwrap();
     let settle = Instant::now();
     let idle = loop {
         let c = cpu_seconds(apiserver);
         std::thread::sleep(Duration::from_secs(10));
         let busy = (cpu_seconds(apiserver) - c) / 10.0;
-        if busy < 0.5 || settle.elapsed() > Duration::from_secs(600) {
+        if busy < 0.5 || settle.elapsed() > Duration::from_secs(env("REFIT_BENCH_SETTLE_SECS", 600) as u64) {
             break busy;
         }
     };
@@ -209,7 +279,9 @@ fn main() {
         }
     }
     let kubectl = tb.kubectl(&version).unwrap();
-    let refit = std::path::PathBuf::from(env!("CARGO_BIN_EXE_refit"));
+    let refit = std::env::var_os("REFIT_BENCH_REFIT")
+        .map_or_else(|| std::path::PathBuf::from(env!("CARGO_BIN_EXE_refit")), std::path::PathBuf::from);
+    println!("measuring {}", refit.display());
     let target = format!("1.{}", version.minor + 1);
     let client = rt.block_on(tb.client()).unwrap();
     for round in 1..=2 {
@@ -263,6 +335,7 @@ fn main() {
             rt_ / kt,
             rm / km
         );
+        println!("round {round}: testbed memory: {}", testbed_memory(&state));
     }
     drop(tb);
 }

@@ -22,6 +22,13 @@
 //! sequential, so they scale linearly). Between runs every worker is put back one minor
 //! behind and the bench waits until every pod is Ready again.
 //!
+//! Where each run's time went, from refit's own events: per upgraded node the mean seconds of
+//! each step (cordon, drain — split into evicting, until the last pod was evicted, and waiting
+//! for the evicted pods to be gone — action, uncordon) and the evictions a budget refused
+//! (429s); the mean number of nodes in flight; under `auto`, the slots the cap left idle, by
+//! what held the window (a budget, room, the zone, the cap, nothing left in the zone), in
+//! slot-seconds. `REFIT_BENCH_TRACE=DIR` keeps each run's NDJSON events there.
+//!
 //! Not a test: it prints the table; it asserts nothing about time.
 //! Run: `cargo bench -p refit-cli --bench rollout` (about 30 minutes on 2 cores;
 //! REFIT_BENCH_WORKERS, REFIT_BENCH_ACTION_SECS, REFIT_BENCH_RUNS=1,10%,25%,auto to change it).
@@ -235,6 +242,22 @@ fn main() {
         .split(',')
         .map(str::to_string)
         .collect();
+    if let Ok(dir) = std::env::var("REFIT_BENCH_REPLAY") {
+        // No cluster: the breakdown and this build's ETA model over runs recorded with
+        // REFIT_BENCH_TRACE.
+        for setting in &runs {
+            let file =
+                std::path::Path::new(&dir).join(format!("refit-{}.ndjson", setting.replace('%', "pct")));
+            let Ok(text) = std::fs::read_to_string(&file) else {
+                println!("  --max-unavailable {setting:5}: no trace at {}", file.display());
+                continue;
+            };
+            let events: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+            println!("{}", replay(setting, &events, workers));
+            println!("{}", breakdown(setting, &events, workers));
+        }
+        return;
+    }
     let versions = TestbedVersions::from_env().unwrap();
     let to = versions.kubernetes_for_minor(MinorVersion::new(1, 37)).unwrap().clone();
     let from = versions.kubernetes_for_minor(MinorVersion::new(1, 36)).unwrap().clone();
@@ -322,6 +345,8 @@ fn main() {
 
     let mut rows: Vec<Row> = Vec::new();
     let mut eta_report: Vec<String> = Vec::new();
+    let mut breakdowns: Vec<String> = Vec::new();
+    let mut eta_replays: Vec<String> = Vec::new();
 
     // The peer: one node after the other, as the shell loops in runbooks do.
     seen.lock().unwrap().reset();
@@ -379,8 +404,16 @@ fn main() {
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect();
+        if let Ok(dir) = std::env::var("REFIT_BENCH_TRACE") {
+            let file =
+                std::path::Path::new(&dir).join(format!("refit-{}.ndjson", setting.replace('%', "pct")));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&file, &out.stdout).unwrap();
+        }
         let upgraded =
             events.iter().filter(|e| e["event"] == "unit-finished" && e["result"] == "upgraded").count();
+        breakdowns.push(breakdown(setting, &events, workers));
+        eta_replays.push(replay(setting, &events, workers));
         if !one {
             if !out.status.success() {
                 // What went wrong, before the store's directory is gone.
@@ -508,7 +541,252 @@ fn main() {
     for l in &eta_report {
         println!("{l}");
     }
+    for l in &eta_replays {
+        println!("{l}");
+    }
+    println!("where the time went (per upgraded node, from refit's events):");
+    for b in &breakdowns {
+        println!("{b}");
+    }
     println!(
         "columns: batch = largest batch refit started (auto: most nodes in flight at once in its sliding window); unsched = most workers unschedulable at once, viol. = PDBs seen with fewer healthy pods than required, no-room = most pods Pending as Unschedulable at once, zones = most zones with an unschedulable worker at once (all four from the watcher); 429s = evictions refused by a PDB (refit's events)"
     );
+}
+
+/// Seconds between two events' timestamps.
+fn secs_between(a: jiff::Timestamp, b: jiff::Timestamp) -> f64 {
+    b.duration_since(a).as_secs_f64()
+}
+
+/// What held an `auto` window, from a `batch-chosen` limit or a `batch-held` reason.
+fn hold_kind(text: &str) -> &'static str {
+    if text.contains("disruption budget") {
+        "budget"
+    } else if text.contains("no room") {
+        "room"
+    } else if text.contains("other zones") {
+        "zone change"
+    } else if text.contains("no other worker of its zone") {
+        "zone exhausted"
+    } else if text.contains("cap") {
+        "cap"
+    } else {
+        "other"
+    }
+}
+
+/// Where one run's time went (see the module's documentation).
+fn breakdown(setting: &str, events: &[Value], workers: usize) -> String {
+    let mut steps: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    let mut unit = (0.0, 0usize);
+    let mut refused: BTreeMap<String, usize> = BTreeMap::new();
+    // Per node: when its drain started, when its last pod was evicted.
+    let mut drain_start: BTreeMap<String, jiff::Timestamp> = BTreeMap::new();
+    let mut last_evicted: BTreeMap<String, jiff::Timestamp> = BTreeMap::new();
+    let (mut evicting, mut gone, mut drains) = (0.0, 0.0, 0usize);
+    // The window: +1 at a node's first step, -1 at its end; idle slots by the last hold.
+    let mut in_flight: BTreeSet<String> = BTreeSet::new();
+    let mut last: Option<jiff::Timestamp> = None;
+    let (mut area, mut span) = (0.0, 0.0);
+    let mut held: &'static str = "start";
+    let mut idle: BTreeMap<&'static str, f64> = BTreeMap::new();
+    let cap = events
+        .iter()
+        .find(|e| e["event"] == "stage-started" && e["phase"] == "workers")
+        .and_then(|e| e["concurrency"].as_u64())
+        .unwrap_or(1) as f64;
+    for e in events {
+        let Some(t) = at(e) else { continue };
+        let node = e["node"].as_str().unwrap_or_default().to_string();
+        let kind = e["event"].as_str().unwrap_or_default();
+        // Time since the last event, at the window's width until now.
+        let started = kind == "step-started" && !in_flight.contains(&node);
+        if let Some(l) = last.filter(|_| !in_flight.is_empty() || started) {
+            let dt = secs_between(l, t);
+            area += dt * in_flight.len() as f64;
+            span += dt;
+            *idle.entry(held).or_default() += dt * (cap - in_flight.len() as f64).max(0.0);
+        }
+        last = Some(t);
+        match kind {
+            "step-started" => {
+                in_flight.insert(node.clone());
+                if e["step"] == "drain" {
+                    drain_start.insert(node, t);
+                }
+            }
+            "evicted" => {
+                last_evicted.insert(node, t);
+            }
+            "blocked" => {
+                *refused.entry(e["pdb"].as_str().unwrap_or("(no budget)").to_string()).or_default() += 1;
+            }
+            "step-done" => {
+                let step = e["step"].as_str().unwrap_or_default().to_string();
+                let s = steps.entry(step.clone()).or_default();
+                s.0 += e["millis"].as_f64().unwrap_or(0.0) / 1000.0;
+                s.1 += 1;
+                if step == "drain"
+                    && let Some(start) = drain_start.remove(&node)
+                {
+                    let evicted = last_evicted.remove(&node).unwrap_or(start);
+                    evicting += secs_between(start, evicted);
+                    gone += secs_between(evicted, t);
+                    drains += 1;
+                }
+            }
+            "unit-finished" => {
+                in_flight.remove(&node);
+                if e["result"] == "upgraded" {
+                    unit.0 += e["millis"].as_f64().unwrap_or(0.0) / 1000.0;
+                    unit.1 += 1;
+                }
+            }
+            "batch-chosen" => held = hold_kind(e["limit"].as_str().unwrap_or_default()),
+            "batch-held" => held = hold_kind(e["reason"].as_str().unwrap_or_default()),
+            _ => {}
+        }
+    }
+    let per = |total: f64, n: usize| if n == 0 { 0.0 } else { total / n as f64 };
+    let mut out = format!(
+        "  --max-unavailable {setting:5}: {} nodes, {:.1} s each in flight, {:.1} in flight on average over {:.0} s",
+        unit.1,
+        per(unit.0, unit.1),
+        if span > 0.0 { area / span } else { 0.0 },
+        span
+    );
+    let listed: f64 = steps.values().map(|(t, n)| per(*t, *n)).sum();
+    let mut parts: Vec<String> =
+        steps.iter().map(|(name, (t, n))| format!("{name} {:.2}", per(*t, *n))).collect();
+    parts.push(format!(
+        "(drain: evicting {:.2}, pods going {:.2})",
+        per(evicting, drains),
+        per(gone, drains)
+    ));
+    parts.push(format!("between steps {:.2}", per(unit.0, unit.1) - listed));
+    out.push_str(&format!("\n      steps (s/node): {}", parts.join(", ")));
+    // Every eviction is a pod deleted by the simulated kubelet, recreated by its ReplicaSet,
+    // scheduled and made Ready: the cluster's pod churn, which bounds every setting alike.
+    let evicted = events.iter().filter(|e| e["event"] == "evicted").count();
+    let run_secs = match (
+        events.iter().find(|e| e["event"] == "stage-started").and_then(at),
+        events.iter().rev().find(|e| e["event"] == "run-finished").and_then(at),
+    ) {
+        (Some(a), Some(b)) => secs_between(a, b),
+        _ => 0.0,
+    };
+    out.push_str(&format!(
+        "\n      pods evicted: {evicted}, {:.1} per second of the worker stage",
+        if run_secs > 0.0 { evicted as f64 / run_secs } else { 0.0 }
+    ));
+    let refusals: usize = refused.values().sum();
+    out.push_str(&format!(
+        "\n      evictions refused by a budget: {refusals} ({:.1} per node",
+        per(refusals as f64, workers)
+    ));
+    if let Some((pdb, n)) = refused.iter().max_by_key(|(_, n)| **n) {
+        out.push_str(&format!("; most: {pdb} {n}"));
+    }
+    out.push(')');
+    if setting == "auto" {
+        let total: f64 = idle.values().sum();
+        let parts: Vec<String> = idle.iter().map(|(k, v)| format!("{k} {v:.0}")).collect();
+        out.push_str(&format!(
+            "\n      idle slots of the cap ({cap:.0}), slot-seconds by what held the window: {} (total {total:.0})",
+            parts.join(", ")
+        ));
+    }
+    out
+}
+
+/// This build's ETA model replayed over a run's events (what the engine reports to
+/// [`refit_core::eta::Live`]: each choice's nodes in flight, each unit's end and time), and its
+/// error against the run's actual end after 10%, 25% and 50% of the workers. Lets a change to
+/// the model be judged on a recorded run (`REFIT_BENCH_REPLAY=DIR`) without running it again.
+fn replay(setting: &str, events: &[Value], workers: usize) -> String {
+    use refit_core::eta::{Estimate, Live};
+    let stage_start = events.iter().find(|e| e["event"] == "stage-started" && e["phase"] == "workers");
+    let (Some(t0), Some(end)) =
+        (stage_start.and_then(at), events.iter().rev().find(|e| e["event"] == "run-finished").and_then(at))
+    else {
+        return format!("  --max-unavailable {setting:5}: no worker stage or no end in the trace");
+    };
+    let concurrency = stage_start.and_then(|e| e["concurrency"].as_u64()).unwrap_or(1) as usize;
+    let version = refit_core::Version::new(1, 37, 1);
+    let auto = (setting == "auto").then_some(refit_core::batch::Auto {
+        cap: refit_core::plan::MaxUnavailable::Count(u32::try_from(concurrency).unwrap_or(u32::MAX)),
+        across_zones: false,
+    });
+    let schedule = refit_core::run::Schedule {
+        target: version.clone(),
+        stages: vec![refit_core::run::Stage {
+            phase: refit_core::plan::PhaseKind::Workers,
+            to: version.clone(),
+            concurrency,
+            units: (0..workers)
+                .map(|i| refit_core::run::UnitWork {
+                    node: format!("worker-{i:03}"),
+                    roles: Default::default(),
+                    from: "v1.36.0".into(),
+                    to: version.clone(),
+                    steps: Vec::new(),
+                    external: false,
+                    first_control_plane: false,
+                })
+                .collect(),
+            auto,
+            surge: None,
+        }],
+        cluster_services: false,
+        excluded: Vec::new(),
+    };
+    let mut live = Live::of(&schedule);
+    // The engine reports every worker's zone from its first snapshot; the trace names the
+    // zone of each batch chosen.
+    live.zones(
+        0,
+        events.iter().filter(|e| e["event"] == "batch-chosen").flat_map(|e| {
+            let zone = e["zone"].as_str().map(str::to_string);
+            e["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(move |n| Some((n.as_str()?.to_string(), zone.clone()?)))
+        }),
+    );
+    let mut in_flight = 0usize;
+    let mut finished = 0usize;
+    let mut marks =
+        vec![workers.div_ceil(10), workers.div_ceil(4), workers.div_ceil(2)].into_iter().peekable();
+    let mut out = Vec::new();
+    for e in events {
+        let Some(t) = at(e) else { continue };
+        let now = Duration::from_secs_f64(secs_between(t0, t).max(0.0));
+        match e["event"].as_str().unwrap_or_default() {
+            "batch-chosen" => {
+                in_flight =
+                    e["in_flight"].as_u64().unwrap_or(0) as usize + e["nodes"].as_array().map_or(0, Vec::len);
+                live.in_flight(0, in_flight, now);
+            }
+            "unit-finished" => {
+                let upgraded = (e["result"] == "upgraded")
+                    .then(|| Duration::from_millis(e["millis"].as_u64().unwrap_or(0)));
+                live.unit_ended(0, e["node"].as_str().unwrap_or_default(), upgraded);
+                in_flight = in_flight.saturating_sub(1);
+                live.in_flight(0, in_flight, now);
+                finished += 1;
+                if marks.peek() == Some(&finished) {
+                    marks.next();
+                    let predicted = live.eta(&Estimate::default()).ends_in.as_secs_f64();
+                    let actual = secs_between(t, end);
+                    out.push(format!(
+                        "after {finished}: {predicted:.0} s vs {actual:.0} s ({:+.1}%)",
+                        (predicted - actual) / actual * 100.0
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    format!("  --max-unavailable {setting:5}: this build's model replayed: {}", out.join("; "))
 }

@@ -493,6 +493,14 @@ pub struct PlanArgs {
     /// percentage of the workers [default: 25%].
     #[arg(long)]
     pub max_unavailable_cap: Option<String>,
+    /// With the replace action: replacement workers created ahead of the old ones they
+    /// replace, a count or a percentage of the workers (rounded up), as a Deployment's
+    /// maxSurge. Each old node is cordoned only once its replacement is Ready; with it,
+    /// --max-unavailable (N, P% or 0) counts old nodes drained before their replacement
+    /// exists. `--max-surge 2 --max-unavailable 0`: two extra nodes at most, capacity never
+    /// drops. Without it, each replacement is created when its old node's turn comes.
+    #[arg(long, value_name = "N|P%")]
+    pub max_surge: Option<String>,
     /// Under --max-unavailable auto, let a batch take workers of several zones
     /// (topology.kubernetes.io/zone); by default one zone at a time.
     #[arg(long)]

@@ -1181,3 +1181,106 @@ fn a_stage_health_gate_holds_the_next_stage_until_its_check_passes_and_a_failing
     assert_eq!(health_gate(&v, "canary", "shop")["state"], "Passed");
     assert!(f.kubelets("prod-1").iter().all(|k| k.contains(&to)));
 }
+
+/// A catalog newer than the built-in one listing 1.37.9 (out since before today), as a mirror
+/// would serve it.
+fn catalog_with_1_37_9() -> String {
+    let shipped = include_str!("../../../data/catalog.yaml");
+    let with_patch = shipped.replacen(r#""1.37.2"]"#, r#""1.37.2", "1.37.9"]"#, 1);
+    assert_ne!(with_patch, shipped, "the shipped catalog's 1.37 patches moved: update this test");
+    let updated = jiff::Zoned::now().date().to_string();
+    let lines: Vec<String> = with_patch
+        .lines()
+        .map(|l| if l.starts_with("updated:") { format!("updated: \"{updated}\"") } else { l.to_string() })
+        .collect();
+    lines.join("\n") + "\n"
+}
+
+#[test]
+fn the_daemon_fires_an_enabled_profile_once_per_target_and_a_disabled_one_never() {
+    // One sandbox member at 1.36 and a catalog refreshed to list 1.37.9: the Rapid profile's
+    // target. Its strategy holds the run at a before-stage Approval, so nothing is upgraded.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let store = root.join("refit.db");
+    let dir = root.join("only-1");
+    let _guard = support::sandbox_up(&dir, &release(36), 1, 0);
+    let fleet = || {
+        let mut c = Fleet::cmd_in(&store);
+        c.env("REFIT_STATE_DIR", root);
+        c
+    };
+    run_ok(
+        fleet()
+            .args(["member", "add", "only-1", "--update-group", "all", "--context", "refit-testbed"])
+            .arg("--kubeconfig")
+            .arg(dir.join("kubeconfig")),
+    );
+    let gated = root.join("gated.yaml");
+    std::fs::write(
+        &gated,
+        "stages:\n  - name: all\n    groups: [{name: all}]\n    beforeGates: [{type: Approval}]\n",
+    )
+    .unwrap();
+    run_ok(fleet().args(["strategy", "create", "gated", "-f"]).arg(&gated));
+    let newer = root.join("newer-catalog.yaml");
+    std::fs::write(&newer, catalog_with_1_37_9()).unwrap();
+    run_ok(
+        Command::new(assert_cmd::cargo::cargo_bin("refit"))
+            .env("REFIT_STATE_DIR", root)
+            .args(["catalog", "update", "--from"])
+            .arg(&newer),
+    );
+    run_ok(fleet().args(["profile", "create", "auto", "--channel", "Rapid", "--strategy", "gated"]));
+    run_ok(fleet().args([
+        "profile",
+        "create",
+        "off",
+        "--channel",
+        "Rapid",
+        "--strategy",
+        "gated",
+        "--disabled",
+    ]));
+    let runs = || -> Vec<Value> {
+        serde_json::from_str::<Value>(&run_ok(fleet().args(["run", "list", "-o", "json"])))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    assert!(runs().is_empty());
+
+    // The daemon generates the run and starts it; it waits at its gate.
+    let daemon = fleet().arg("daemon").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let run = loop {
+        let all = runs();
+        if let Some(r) = all.iter().find(|r| r["state"] == "Pending") {
+            break r.clone();
+        }
+        assert!(Instant::now() < deadline, "no run generated and started: {all:#?}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(run["name"], "auto-rapid-1-37-9", "{run:#}");
+    assert_eq!(run["spec"]["kubernetesVersion"], "1.37.9", "the refreshed catalog's release");
+    let mut killed = daemon;
+    killed.kill().unwrap();
+    let (_, out, err) = finish(killed);
+    assert!(out.contains("profile auto: run auto-rapid-1-37-9 generated and started"), "{out}\n{err}");
+    let all = runs();
+    assert_eq!(all.len(), 1, "exactly one run, none from the disabled profile: {all:#?}");
+    let profile: Value =
+        serde_json::from_str(&run_ok(fleet().args(["profile", "show", "auto", "-o", "json"]))).unwrap();
+    assert_eq!(profile["lastGeneratedRun"], "auto-rapid-1-37-9", "{profile:#}");
+    assert_eq!(profile["lastTrigger"]["status"], "Succeeded", "{profile:#}");
+    let off: Value =
+        serde_json::from_str(&run_ok(fleet().args(["profile", "show", "off", "-o", "json"]))).unwrap();
+    assert!(off.get("lastTrigger").is_none() && off.get("lastGeneratedRun").is_none(), "{off:#}");
+
+    // Deleted by a person: a new daemon does not make it again (once per target).
+    run_ok(fleet().args(["run", "delete", "auto-rapid-1-37-9"]));
+    let again = fleet().args(["daemon", "--exit-when-idle"]).output().unwrap();
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(runs().is_empty(), "a deleted run was generated again: {:#?}", runs());
+}

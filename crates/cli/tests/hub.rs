@@ -1010,3 +1010,269 @@ async fn a_leader_killed_during_a_member_upgrade_is_taken_over_and_every_member_
     drop(replicas);
     hub.tb.stop();
 }
+
+/// `refit fleet --hub KUBECONFIG -n NS ARGS...`.
+fn hub_fleet(hub: &Hub) -> assert_cmd::Command {
+    let mut c = refit();
+    c.args(["fleet", "--hub"]).arg(hub.tb.kubeconfig()).args(["--hub-namespace", NS]);
+    c
+}
+
+/// The member's state and reason in a run (`run show -o json`).
+fn member_state(run: &serde_json::Value, member: &str) -> (String, String) {
+    for s in run["stages"].as_array().unwrap() {
+        for g in s["groups"].as_array().unwrap() {
+            for m in g["members"].as_array().unwrap() {
+                if m["name"] == member {
+                    return (m["state"].as_str().unwrap_or_default().to_string(), m.to_string());
+                }
+            }
+        }
+    }
+    panic!("no member {member} in {run:#}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_fleet_verb_works_against_the_hub_as_in_local_mode() {
+    // The local fleet tests' scenarios — stop/start, a maintenance window, skip, a failed
+    // member retried — driven only through `refit fleet --hub`, the controller reconciling;
+    // bad input is refused (exit 2) with nothing written.
+    let hub = Hub::start().await;
+    let root = hub.root().to_path_buf();
+    let log = root.join("controller.log");
+    // A node action that logs the node, fails while `fail` exists, waits while `hold` exists.
+    let script = root.join("act.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$2\" >> \"$1/actions.log\"\nif [ -e \"$1/fail\" ]; then echo \"simulated failure on $2\" >&2; exit 3; fi\nwhile [ -e \"$1/hold\" ]; do sleep 0.1; done\nexec '{}' sandbox upgrade-node --dir \"$1\" \"$2\" --to \"$3\"\n",
+            assert_cmd::cargo::cargo_bin("refit").display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut guards = Vec::new();
+    for (name, group) in [("m-a", "a"), ("m-b", "b")] {
+        let dir = root.join(name);
+        guards.push(support::sandbox_up(&dir, &release(36), 1, 1));
+        let action = format!("exec:{} {} {{node}} {{to}}", script.display(), dir.display());
+        let backup = support::etcd_backup_args(&Testbed::attach(&dir).unwrap());
+        support::stdout(
+            hub_fleet(&hub)
+                .args(["member", "add", name, "--update-group", group, "--context", "refit-testbed"])
+                .arg("--kubeconfig")
+                .arg(dir.join("kubeconfig"))
+                .args(["--action", &action])
+                .args(SANDBOX_ACCEPTS.iter().map(|a| format!("--upgrade-arg={a}")))
+                .args(backup.iter().map(|a| format!("--upgrade-arg={a}"))),
+        );
+    }
+    let dir = |m: &str| root.join(m);
+    // Bound to its cluster as the controller binds; the kubeconfig is in a Secret, not the Member.
+    let members = hub.api("Member");
+    let m = members.get("m-a").await.unwrap();
+    assert_eq!(m.data["status"]["clusterUid"], cluster_uid(&dir("m-a").join("kubeconfig")).await.as_str());
+    assert_eq!(m.data["spec"]["kubeconfigSecret"]["name"], "m-a-kubeconfig");
+    let secret = Api::<Secret>::namespaced(hub.client.clone(), NS).get("m-a-kubeconfig").await.unwrap();
+    assert!(secret.data.unwrap().contains_key("kubeconfig"));
+    let listed: serde_json::Value =
+        serde_json::from_str(&support::stdout(hub_fleet(&hub).args(["member", "list", "-o", "json"])))
+            .unwrap();
+    let names: Vec<&str> = listed.as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["m-a", "m-b"]);
+
+    // Bad input: one line, exit 2, nothing written.
+    // (A CRD's storage answers 429 "(re)initializing" for a moment after its first use.)
+    let count = |kind: &str| {
+        let api = hub.api(kind);
+        async move {
+            for _ in 0..20 {
+                match api.list(&ListParams::default()).await {
+                    Ok(l) => return l.items.len(),
+                    Err(kube::Error::Api(s)) if s.code == 429 => {
+                        tokio::time::sleep(Duration::from_millis(500)).await
+                    }
+                    Err(e) => panic!("listing: {e}"),
+                }
+            }
+            panic!("the hub kept answering 429")
+        }
+    };
+    refused(hub_fleet(&hub).args(["member", "show", "nope"]));
+    refused(
+        hub_fleet(&hub)
+            .args(["member", "add", "m-a", "--context", "refit-testbed", "--kubeconfig"])
+            .arg(dir("m-a").join("kubeconfig")),
+    );
+    let bad = root.join("bad.yaml");
+    std::fs::write(&bad, "stages:\n  - name: x\n    groups: [{name: a, maxConcurrency: zero}]\n").unwrap();
+    refused(hub_fleet(&hub).args(["strategy", "create", "bad", "-f"]).arg(&bad));
+    assert_eq!(count("UpdateStrategy").await, 0);
+    let create_r0 = || {
+        let mut c = hub_fleet(&hub);
+        c.args(["run", "create", "r0", "--upgrade-type", "Full", "--kubernetes-version", &release(37)]);
+        c
+    };
+    refused(create_r0().args(["--strategy", "nope"]));
+    refused(create_r0().arg("--stages").arg(&bad));
+    assert_eq!(count("UpdateRun").await, 0);
+    refused(hub_fleet(&hub).arg("daemon"));
+    refused(hub_fleet(&hub).args(["profile", "generate-run", "x"]));
+    assert_eq!((count("Member").await, count("AutoUpgradeProfile").await), (2, 0));
+
+    // Stage a, then stage b; m-b's window opens in two hours.
+    let two = root.join("two.yaml");
+    std::fs::write(
+        &two,
+        "stages:\n  - name: a\n    groups: [{name: a}]\n  - name: b\n    groups: [{name: b}]\n",
+    )
+    .unwrap();
+    support::stdout(hub_fleet(&hub).args(["strategy", "create", "two", "-f"]).arg(&two));
+    std::fs::write(root.join("only-b.yaml"), "stages:\n  - name: b\n    groups: [{name: b}]\n").unwrap();
+    support::stdout(
+        hub_fleet(&hub).args(["strategy", "create", "only-b", "-f"]).arg(root.join("only-b.yaml")),
+    );
+    let shown: serde_json::Value = serde_json::from_str(&support::stdout(
+        hub_fleet(&hub).args(["strategy", "show", "two", "-o", "json"]),
+    ))
+    .unwrap();
+    assert_eq!(shown["stages"][1]["name"], "b");
+    let opens =
+        (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(2)).to_zoned(jiff::tz::TimeZone::UTC);
+    let window = root.join("later.yaml");
+    std::fs::write(
+        &window,
+        format!(
+            "recurrence: {{weekly: [Monday, Tuesday, Wednesday, Thursday, Friday, Saturday, Sunday]}}\nstart: \"{}\"\ndurationMinutes: 30\ntimeZone: UTC\n",
+            opens.strftime("%H:%M")
+        ),
+    )
+    .unwrap();
+    support::stdout(hub_fleet(&hub).args(["member", "update", "m-b", "--window"]).arg(&window));
+    assert!(members.get("m-b").await.unwrap().data["spec"]["maintenanceWindow"].is_object());
+
+    let _controller = start_controller_with(&hub.tb.kubeconfig(), NS, Some(&log), &[]);
+    let to = release(37);
+    support::stdout(hub_fleet(&hub).args([
+        "run",
+        "create",
+        "r1",
+        "--upgrade-type",
+        "Full",
+        "--kubernetes-version",
+        &to,
+        "--strategy",
+        "two",
+    ]));
+    let show = |run: &str| -> serde_json::Value {
+        let out = hub_fleet(&hub).args(["run", "show", run, "-o", "json"]).output().unwrap();
+        if out.status.success() { serde_json::from_slice(&out.stdout).unwrap() } else { json!({}) }
+    };
+    let until = |what: &str, run: &str, pred: &dyn Fn(&serde_json::Value) -> bool| -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let v = show(run);
+            if pred(&v) {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{what}: not within 2 minutes: {v:#}\ncontroller log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    until("the controller initializes r1", "r1", &|v| v["state"] == "NotStarted");
+
+    // Stop while m-a's upgrade is under way: it finishes, nothing new starts.
+    std::fs::write(dir("m-a").join("hold"), "").unwrap();
+    support::stdout(hub_fleet(&hub).args(["run", "start", "r1"]));
+    until("m-a's upgrade is under way", "r1", &|v| {
+        v.get("stages").is_some() && member_state(v, "m-a").0 == "Running"
+    });
+    support::stdout(hub_fleet(&hub).args(["run", "stop", "r1"]));
+    until("the stop is acted on", "r1", &|v| v["state"] == "Stopping");
+    std::fs::remove_file(dir("m-a").join("hold")).unwrap();
+    let v = until("r1 stops", "r1", &|v| v["state"] == "Stopped");
+    assert_eq!(member_state(&v, "m-a").0, "Completed", "{v:#}");
+    assert_eq!(member_state(&v, "m-b").0, "NotStarted", "{v:#}");
+    // Started again: m-b waits for its window.
+    support::stdout(hub_fleet(&hub).args(["run", "start", "r1"]));
+    let v = until("m-b waits for its window", "r1", &|v| {
+        v.get("stages").is_some() && member_state(v, "m-b").0 == "Pending"
+    });
+    assert!(member_state(&v, "m-b").1.contains("WindowClosed"), "{v:#}");
+    // Skipped (a skip of a member the run does not have is refused, nothing written).
+    refused(hub_fleet(&hub).args(["run", "skip", "r1", "--targets", "Member:nope"]));
+    refused(hub_fleet(&hub).args(["run", "skip", "r1", "--targets", "Member:m-b", "--by", "mallory"]));
+    support::stdout(hub_fleet(&hub).args(["run", "skip", "r1", "--targets", "Member:m-b"]));
+    let v = until("r1 completes", "r1", &|v| v["state"] == "Completed");
+    assert_eq!(member_state(&v, "m-b").0, "Skipped", "{v:#}");
+    // m-a's two nodes, each once (the stop did not interrupt or repeat one).
+    assert_eq!(std::fs::read_to_string(dir("m-a").join("actions.log")).unwrap().lines().count(), 2);
+    assert!(!dir("m-b").join("actions.log").exists(), "m-b was touched");
+
+    // A failed member retried: m-b's window cleared, its node action fails once.
+    support::stdout(hub_fleet(&hub).args(["member", "update", "m-b", "--clear-window"]));
+    std::fs::write(dir("m-b").join("fail"), "").unwrap();
+    support::stdout(hub_fleet(&hub).args([
+        "run",
+        "create",
+        "r2",
+        "--upgrade-type",
+        "Full",
+        "--kubernetes-version",
+        &to,
+        "--strategy",
+        "only-b",
+    ]));
+    until("the controller initializes r2", "r2", &|v| v["state"] == "NotStarted");
+    let out = hub_fleet(&hub).args(["run", "start", "r2", "--wait"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(member_state(&show("r2"), "m-b").0, "Failed");
+    std::fs::remove_file(dir("m-b").join("fail")).unwrap();
+    let out =
+        hub_fleet(&hub).args(["run", "retry", "r2", "--failed", "--wait", "-o", "json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = show("r2");
+    assert_eq!((v["state"].as_str(), member_state(&v, "m-b").0.as_str()), (Some("Completed"), "Completed"));
+
+    // Lists, gates and deletes.
+    let runs: serde_json::Value =
+        serde_json::from_str(&support::stdout(hub_fleet(&hub).args(["run", "list", "-o", "json"]))).unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 2);
+    support::stdout(hub_fleet(&hub).args(["gate", "list", "--all"]));
+    support::stdout(hub_fleet(&hub).args(["run", "delete", "r2"]));
+    assert!(hub.api("UpdateRun").get_opt("r2").await.unwrap().is_none());
+    assert!(hub.api("ClusterUpgrade").get_opt("r2.m-b").await.unwrap().is_none());
+    support::stdout(hub_fleet(&hub).args([
+        "profile",
+        "create",
+        "weekly",
+        "--channel",
+        "Stable",
+        "--strategy",
+        "two",
+        "--disabled",
+    ]));
+    let p: serde_json::Value = serde_json::from_str(&support::stdout(
+        hub_fleet(&hub).args(["profile", "show", "weekly", "-o", "json"]),
+    ))
+    .unwrap();
+    assert_eq!((p["channel"].as_str(), p["disabled"].as_bool()), (Some("Stable"), Some(true)));
+    support::stdout(hub_fleet(&hub).args(["profile", "delete", "weekly"]));
+    support::stdout(hub_fleet(&hub).args(["member", "remove", "m-b"]));
+    assert!(
+        Api::<Secret>::namespaced(hub.client.clone(), NS).get_opt("m-b-kubeconfig").await.unwrap().is_none()
+    );
+    drop(guards);
+    hub.tb.stop();
+}

@@ -639,6 +639,71 @@ async fn replace_creates_a_new_node_with_the_old_ones_labels_and_taints_and_remo
     assert_eq!(kubelet(&cp), format!("v{to}"));
 }
 
+/// `--max-surge 2 --max-unavailable 0` with the replace action (issue 14): an independent
+/// watcher sees the schedulable workers (Ready, not cordoned) never below the start and never
+/// more than 2 worker nodes beyond it, and the surge used; every worker is replaced. Bad
+/// combinations are refused first (exit 2, nothing changed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn surge_replaces_workers_without_ever_dropping_capacity() {
+    let to = release(37);
+    let c = Cluster::up(&release(36), 1, 4);
+    for (args, says) in [
+        (&["--action", "sandbox", "--max-surge", "2"][..], "--max-surge applies only to the replace action"),
+        (
+            &["--action", "replace-sandbox", "--max-unavailable", "0"][..],
+            "--max-unavailable 0 without --max-surge",
+        ),
+        (&["--action", "replace-sandbox", "--max-surge", "101%"][..], "--max-surge '101%'"),
+        (&["--action", "replace-sandbox", "--max-surge", "2", "--max-unavailable", "auto"][..], "not auto"),
+    ] {
+        let out = c.upgrade(&to).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    assert!(
+        !c.store.exists() || refit_store::Store::open(&c.store).unwrap().runs().unwrap().is_empty(),
+        "bad input records no run"
+    );
+    let client = c.client().await;
+    let watcher = Watcher::start(client.clone(), NS).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !watcher.synced() {
+        assert!(std::time::Instant::now() < deadline, "the watcher never listed the nodes");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = std::time::Instant::now();
+    let out = c
+        .upgrade(&to)
+        .args(["--action", "replace-sandbox", "--max-surge", "2", "--max-unavailable", "0", "-o", "json"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let seen = watcher.stop();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    let names: BTreeSet<String> = c.nodes().await.iter().filter_map(|n| n.metadata.name.clone()).collect();
+    let v = to.replace('.', "-");
+    let expected: BTreeSet<String> = std::iter::once("control-plane-1".to_string())
+        .chain((1..=4).map(|i| format!("worker-{i:03}-v{v}")))
+        .collect();
+    assert_eq!(names, expected, "every worker replaced");
+    eprintln!(
+        "surge 2 / unavailable 0 on 4 workers: {took:?}, fewest schedulable workers {:?}, most worker nodes {}",
+        seen.min_schedulable_workers, seen.max_worker_nodes
+    );
+    assert_eq!(seen.min_schedulable_workers, Some(4), "capacity never dropped below the 4 workers");
+    assert_eq!(seen.max_worker_nodes, 6, "never more than 2 extra nodes, and the surge used");
+    let surge_lines = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| {
+            e["event"] == "batch-chosen" && e["limit"].as_str().is_some_and(|l| l.starts_with("surge: "))
+        })
+        .count();
+    assert!(surge_lines >= 2, "the events say where the surge stands:\n{stdout}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_stops_cleanly_gives_back_the_cordon_and_a_rerun_finishes() {
     let to = release(37);

@@ -365,15 +365,8 @@ where
     }
 }
 
-/// How often the leader evaluates the AutoUpgradeProfiles (each evaluation reads every
-/// member's version).
-pub const PROFILES_EVERY: Duration = Duration::from_secs(30);
-
-/// Whether a profile whose last generated run is `last` generates a run for `target` now:
-/// once per target — a run the profile generated and someone deleted is not generated again.
-pub fn profile_due(last: Option<&str>, target: &refit_core::fleet::ProfileTarget) -> bool {
-    last != Some(target.run_name.as_str())
-}
+/// How often the leader evaluates the AutoUpgradeProfiles (as `refit fleet daemon` does).
+pub const PROFILES_EVERY: Duration = refit_fleet::runs::PROFILES_EVERY;
 
 /// Every enabled AutoUpgradeProfile whose channel points past some member's version generates
 /// its run and starts it (`state: Run`), exactly once per target: the run's name is
@@ -412,15 +405,13 @@ async fn profiles(store: &mut HubFleet) -> Result<(), refit_fleet::Error> {
             node_image_selection: p.spec.node_image_selection,
             disabled: p.spec.disabled,
             last_trigger: None,
+            last_generated_run: None,
         };
-        let Some(target) = refit_core::fleet::profile::target_for(&profile, &catalog, &versions, today)
-        else {
-            continue;
-        };
+        // Core's rule, shared with `refit fleet daemon`: once per target, never when disabled.
         let last = p.status.as_ref().and_then(|s| s.last_generated_run.as_deref());
-        if !profile_due(last, &target) {
+        let Some(target) = refit_core::fleet::fire(&profile, last, &catalog, &versions, today) else {
             continue;
-        }
+        };
         let Some(strategy) = p.spec.strategy.clone() else {
             let why = format!("profile {name}: no run generated: name an UpdateStrategy in spec.strategy");
             store.events().profile(&p, "NoStrategy", &why, true).await;
@@ -691,20 +682,6 @@ mod tests {
         assert_eq!(approval_latency(&g), Some(Duration::from_secs(60)));
         g.approval = Some(Approval { by: "alice".into(), at: at(40), expires_at: None });
         assert_eq!(approval_latency(&g), None, "approved before it was reached");
-    }
-
-    #[test]
-    fn a_profile_generates_once_per_target() {
-        let spec: refit_core::fleet::UpgradeSpec =
-            serde_json::from_value(json!({"upgradeType": "Full", "kubernetesVersion": "1.37.2"})).unwrap();
-        let t = refit_core::fleet::ProfileTarget {
-            run_name: "auto-rapid-1-37-2".into(),
-            spec,
-            held_back: vec![],
-        };
-        assert!(profile_due(None, &t));
-        assert!(profile_due(Some("auto-rapid-1-37-1"), &t), "a newer target");
-        assert!(!profile_due(Some("auto-rapid-1-37-2"), &t), "generated already (even if deleted since)");
     }
 
     #[test]

@@ -46,6 +46,7 @@ fn spec() -> RunSpec {
                     concurrency: 1,
                     units: vec![unit("cp-1", Role::ControlPlane, true)],
                     auto: None,
+                    surge: None,
                 },
                 Stage {
                     phase: PhaseKind::Workers,
@@ -53,6 +54,7 @@ fn spec() -> RunSpec {
                     concurrency: 1,
                     units: vec![unit("worker-1", Role::Worker, false)],
                     auto: None,
+                    surge: None,
                 },
             ],
             cluster_services: false,

@@ -49,6 +49,9 @@ pub enum MaxUnavailableSetting {
     Fixed(MaxUnavailable),
     /// As many as is safe now ([`choose`]).
     Auto,
+    /// `0`: no old node out of service without a Ready replacement; only with `--max-surge`
+    /// ([`crate::surge`]), where the surge moves the stage.
+    Zero,
 }
 
 impl FromStr for MaxUnavailableSetting {
@@ -56,6 +59,9 @@ impl FromStr for MaxUnavailableSetting {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.trim() == "auto" {
             return Ok(MaxUnavailableSetting::Auto);
+        }
+        if matches!(s.trim(), "0" | "0%") {
+            return Ok(MaxUnavailableSetting::Zero);
         }
         s.parse::<MaxUnavailable>().map(MaxUnavailableSetting::Fixed).map_err(|_| {
             format!("--max-unavailable '{s}' is not a count (e.g. 2), a percentage (e.g. 10%) or auto")
@@ -68,6 +74,7 @@ impl fmt::Display for MaxUnavailableSetting {
         match self {
             MaxUnavailableSetting::Fixed(m) => m.fmt(f),
             MaxUnavailableSetting::Auto => f.write_str("auto"),
+            MaxUnavailableSetting::Zero => f.write_str("0"),
         }
     }
 }
@@ -110,6 +117,16 @@ pub enum BatchingError {
         "--max-surge applies only to the replace action (it creates replacement nodes before the old ones drain); drop it or use --action replace"
     )]
     SurgeNeedsReplace,
+    /// `--max-unavailable 0` without a surge.
+    #[error(
+        "--max-unavailable 0 without --max-surge: no node could ever be upgraded; give --max-surge N (with the replace action) or --max-unavailable 1 or more"
+    )]
+    Stalled,
+    /// `--max-surge` with `--max-unavailable auto`.
+    #[error(
+        "--max-surge takes a fixed --max-unavailable (a count, a percentage or 0), not auto: the surge slots set a replace run's pace"
+    )]
+    SurgeWithAuto,
 }
 
 impl Batching {
@@ -128,6 +145,7 @@ impl Batching {
             }
             MaxUnavailableSetting::Fixed(_) if across_zones => Err(BatchingError::AutoOnly("--across-zones")),
             MaxUnavailableSetting::Fixed(m) => Ok(Batching::Fixed(m)),
+            MaxUnavailableSetting::Zero => Err(BatchingError::Stalled),
         }
     }
 
@@ -200,26 +218,6 @@ impl MaxSurge {
             (_, Style::InPlace) => Err(BatchingError::SurgeNeedsReplace),
         }
     }
-}
-
-/// One round of a replace-style rollout with surge, combined as in a Deployment: `create`
-/// replacements are made first (up to the surge), then `drain` old nodes leave at once — the
-/// replacements already serving plus the unavailability allowed. With `unavailable` 0 the
-/// schedulable capacity never drops below what it was.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct SurgeRound {
-    /// Replacement nodes created before any old node is cordoned.
-    pub create: usize,
-    /// Old nodes cordoned and drained together once those replacements are Ready.
-    pub drain: usize,
-}
-
-/// The next round for `remaining` old nodes: `surge` extra nodes at most, `unavailable` old
-/// nodes out beyond what the surge replaced. At least one node moves while any remain.
-pub fn surge_round(remaining: usize, surge: usize, unavailable: usize) -> SurgeRound {
-    let create = surge.min(remaining);
-    let drain = create.saturating_add(unavailable).clamp(1, remaining.max(1)).min(remaining);
-    SurgeRound { create, drain }
 }
 
 /// Why a batch cannot take a node.
@@ -805,17 +803,6 @@ mod tests {
         assert_eq!(MaxSurge::Count(1).check_style(Style::InPlace), Err(BatchingError::SurgeNeedsReplace));
         assert!(MaxSurge::Count(1).check_style(Style::Replace).is_ok());
         assert!(MaxSurge::None.check_style(Style::InPlace).is_ok());
-    }
-
-    #[test]
-    fn surge_rounds_combine_like_a_deployment() {
-        assert_eq!(surge_round(10, 2, 0), SurgeRound { create: 2, drain: 2 }, "capacity never drops");
-        assert_eq!(surge_round(10, 2, 1), SurgeRound { create: 2, drain: 3 });
-        assert_eq!(surge_round(1, 2, 1), SurgeRound { create: 1, drain: 1 });
-        assert_eq!(surge_round(5, 0, 2), SurgeRound { create: 0, drain: 2 });
-        assert_eq!(surge_round(5, 0, 0), SurgeRound { create: 0, drain: 1 }, "always moves");
-        assert_eq!(surge_round(0, 3, 3), SurgeRound { create: 0, drain: 0 });
-        assert_eq!(surge_round(4, usize::MAX, usize::MAX), SurgeRound { create: 4, drain: 4 });
     }
 
     /// A random cluster: nodes in up to three zones (some without one), some tainted, pods of

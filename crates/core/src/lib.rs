@@ -44,6 +44,7 @@ pub mod run;
 pub mod schema;
 pub mod skew;
 pub mod snapshot;
+pub mod surge;
 pub mod transient;
 pub mod version;
 pub mod yaml;

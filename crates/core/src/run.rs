@@ -289,6 +289,11 @@ pub struct Stage {
     /// schedules stored before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto: Option<crate::batch::Auto>,
+    /// `--max-surge` with the replace action: each unit's two halves (add the replacement,
+    /// retire the old node) are started by [`crate::surge::next`] within these limits
+    /// instead of a window of `concurrency` units.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub surge: Option<crate::surge::Limits>,
 }
 
 /// Everything a run executes, frozen when it starts.
@@ -312,6 +317,17 @@ impl Schedule {
         for s in self.stages.iter_mut().filter(|s| s.phase == PhaseKind::Workers) {
             s.auto = Some(auto);
             s.concurrency = width.max(1);
+        }
+    }
+
+    /// Schedules the replace-style worker stages by `surge` (its limits resolved against each
+    /// stage's workers); "at once" becomes the nodes that may be under way together.
+    pub fn surge(&mut self, surge: crate::surge::Surge) {
+        let replace = |s: &Stage| s.units.iter().all(|u| u.steps.contains(&Step::Remove));
+        for s in self.stages.iter_mut().filter(|s| s.phase == PhaseKind::Workers && replace(s)) {
+            let limits = surge.limits(s.units.len());
+            s.surge = Some(limits);
+            s.concurrency = limits.surge.saturating_add(limits.unavailable).clamp(1, s.units.len().max(1));
         }
     }
 
@@ -422,6 +438,7 @@ pub fn schedule(
                 concurrency: worker_concurrency.max(1),
                 units,
                 auto: None,
+                surge: None,
             });
         }
         if let Some(&(phase, _)) = control.first() {
@@ -442,7 +459,7 @@ pub fn schedule(
                     work(u, was, to, first)
                 })
                 .collect();
-            stages.push(Stage { phase, to: to.clone(), concurrency: 1, units, auto: None });
+            stages.push(Stage { phase, to: to.clone(), concurrency: 1, units, auto: None, surge: None });
         }
     }
     let remaining: Vec<UnitWork> = workers
@@ -467,6 +484,7 @@ pub fn schedule(
             concurrency: worker_concurrency.max(1),
             units: remaining,
             auto: None,
+            surge: None,
         });
     }
     Schedule {
@@ -1081,6 +1099,7 @@ mod tests {
                 concurrency: 1,
                 units: vec![r.clone()],
                 auto: None,
+                surge: None,
             }],
             cluster_services: false,
             excluded: vec![("left-out".into(), Exclusion::ControlPlaneOnly)],

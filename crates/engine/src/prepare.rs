@@ -31,6 +31,8 @@ pub struct PlanInput {
     pub max_unavailable: MaxUnavailable,
     /// `--max-unavailable auto` with its cap and `--across-zones`.
     pub auto: Option<Auto>,
+    /// `--max-surge` with the replace action, and `--max-unavailable` beside it.
+    pub surge: Option<refit_core::surge::Surge>,
     /// Online, ignoring safety checks, or offline.
     pub mode: Mode,
     /// The plan file (empty when none was given).
@@ -76,6 +78,8 @@ pub struct Prepared {
     pub worker_concurrency: usize,
     /// Under `--max-unavailable auto`: what it would do with the cluster as it is now.
     pub auto: Option<AutoPreview>,
+    /// Under `--max-surge`: its limits in nodes for this cluster's workers.
+    pub surge: Option<refit_core::surge::Limits>,
     /// What the node action can reach (None: it has no probe).
     pub reach: Option<crate::reach::ReachReport>,
     /// The version policy the path was resolved under.
@@ -259,6 +263,7 @@ fn decide(
         addresses,
         worker_concurrency: input.max_unavailable.batch_size(workers),
         auto,
+        surge: input.surge.map(|s| s.limits(workers)),
         reach: reached.report,
         identities: reached.identities,
         policy: input.policy,

@@ -212,6 +212,9 @@ pub async fn plan(conn: &Connection, request: &Request) -> Result<Planned, Upgra
     if let Some(a) = &prepared.auto {
         sched.batch_automatically(a.settings, prepared.worker_concurrency);
     }
+    if let Some(s) = request.plan.surge {
+        sched.surge(s);
+    }
     let backup = match (touches_control_plane(&sched), &request.backup) {
         (false, _) => Backup::NotNeeded,
         (true, Some(b)) => Backup::Configured(b.clone()),

@@ -178,6 +178,19 @@ async fn a_stop_lets_actions_finish_abandons_drains_and_gives_cordons_back() {
     }
 }
 
+/// Runs `spec` until the journal's write `n`, which never returns: the run is dropped there,
+/// as kill -9 would leave it.
+async fn die_at_write(w: &World, id: &str, spec: &refit_engine::RunSpec, n: usize) {
+    *w.journal.fault.lock().unwrap() = Fault::HangAt(n);
+    let (_stop, rx) = watch::channel(false);
+    let engine = Engine::new(w.context(), id.to_string(), spec.clone(), rx, None);
+    let hung = w.journal.hung.notified();
+    tokio::select! {
+        _ = engine.execute() => panic!("write {n} was never reached"),
+        _ = hung => {}
+    }
+}
+
 /// The process dies at each journal write in turn (the write never returns and the run is
 /// dropped, as a kill -9 would leave it); a new engine on the same journal and cluster
 /// finishes the run. No node finished before a crash is upgraded again, nothing is left
@@ -196,14 +209,7 @@ async fn a_run_resumes_after_a_crash_at_every_journal_write() {
         let w = World::new(1, 3);
         let spec = w.spec(2, OnUndrainable::Fail);
         let id = w.create("r1", &spec);
-        *w.journal.fault.lock().unwrap() = Fault::HangAt(crash_at);
-        let (_stop, rx) = watch::channel(false);
-        let engine = Engine::new(w.context(), id.clone(), spec.clone(), rx, None);
-        let hung = w.journal.hung.notified();
-        tokio::select! {
-            _ = engine.execute() => panic!("write {crash_at} was never reached"),
-            _ = hung => {}
-        }
+        die_at_write(&w, &id, &spec, crash_at).await;
         let finished: Vec<String> = ["cp-1", "w-01", "w-02", "w-03"]
             .into_iter()
             .filter(|n| {
@@ -958,4 +964,102 @@ async fn the_eta_follows_the_runs_own_pace() {
     assert_eq!(*ends_in_secs, expected, "4 rounds of the measured mean");
     let Some((_, Event::Eta { phases, ends_in_secs })) = etas.last() else { unreachable!() };
     assert_eq!((phases.len(), *ends_in_secs), (0, 0), "nothing left");
+}
+
+/// The old workers gone, each replaced exactly once by its replacement at the target.
+fn assert_replaced(w: &World, workers: usize) {
+    let nodes = w.cluster.nodes.lock().unwrap().clone();
+    for n in 1..=workers {
+        let old = format!("w-{n:02}");
+        let new = refit_core::run::replacement_name(&old, &support::v(TO));
+        assert!(!nodes.contains_key(&old), "{old} removed");
+        assert_eq!(nodes.get(&new).map(|n| n.kubelet.to_string()), Some(TO.to_string()), "{new}");
+        assert_eq!(w.cluster.created.lock().unwrap().get(&new), Some(&1), "{new} created once");
+    }
+    assert_eq!(nodes.len(), workers);
+}
+
+/// `--max-surge 2 --max-unavailable 0`: capacity never drops (every old node is cordoned only
+/// once its replacement is Ready), never more than 2 extra nodes, and both slots are used.
+#[tokio::test(start_paused = true)]
+async fn surge_two_unavailable_zero_never_drops_capacity_nor_exceeds_the_surge() {
+    let w = World::new(0, 6);
+    let spec = w.surge_spec(2, 0);
+    let id = w.create("r1", &spec);
+    let o = run(&w, &id, spec, None).await;
+    assert_eq!(o.state, RunState::Completed, "{:?}", o.reason);
+    assert_replaced(&w, 6);
+    assert_eq!(w.cluster.min_schedulable_workers.load(Ordering::SeqCst), 6, "capacity never dropped");
+    assert_eq!(w.cluster.max_worker_nodes.load(Ordering::SeqCst), 8, "2 extra nodes at most, and used");
+    let surge_events = w
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, Event::BatchChosen { limit, .. } if limit.starts_with("surge: ")))
+        .count();
+    assert!(surge_events >= 3, "each start says where the surge stands ({surge_events})");
+}
+
+/// `--max-surge 1 --max-unavailable 1`: one replacement ahead, and one old node drained first
+/// meanwhile (a Deployment's combination): never below 5 schedulable, never above 7 nodes;
+/// the allowance is used, so the stage goes faster than the surge alone.
+#[tokio::test(start_paused = true)]
+async fn surge_and_unavailable_combine_like_a_deployment() {
+    let timed = |surge, unavailable| async move {
+        let w = World::new(0, 6);
+        let spec = w.surge_spec(surge, unavailable);
+        let id = w.create("r1", &spec);
+        let t = tokio::time::Instant::now();
+        let o = run(&w, &id, spec, None).await;
+        assert_eq!(o.state, RunState::Completed, "{:?}", o.reason);
+        assert_replaced(&w, 6);
+        (w, t.elapsed())
+    };
+    let (w, both) = timed(1, 1).await;
+    assert_eq!(w.cluster.min_schedulable_workers.load(Ordering::SeqCst), 5, "one old node out, used");
+    assert_eq!(w.cluster.max_worker_nodes.load(Ordering::SeqCst), 7, "one extra node at most");
+    let (w, alone) = timed(1, 0).await;
+    assert_eq!(w.cluster.min_schedulable_workers.load(Ordering::SeqCst), 6);
+    assert!(both < alone, "draining first within the allowance overlaps work: {both:?} vs {alone:?}");
+}
+
+/// kill -9 at every journal write of a surge run (2 ahead, 1 drained first), the first one
+/// between "replacement Ready" (validate done) and "old node cordoned" included: the rerun
+/// finishes, never creates a replacement twice, leaves nothing cordoned, and the limits hold
+/// across the crash and the resume.
+#[tokio::test(start_paused = true)]
+async fn a_surge_run_resumes_after_a_crash_at_every_journal_write() {
+    let total = {
+        let w = World::new(0, 4);
+        let spec = w.surge_spec(2, 1);
+        let id = w.create("r1", &spec);
+        run(&w, &id, spec, None).await;
+        w.journal.writes.load(Ordering::SeqCst)
+    };
+    assert!(total > 20, "{total} writes");
+    let mut between_ready_and_cordon = 0;
+    for crash_at in 0..total {
+        let w = World::new(0, 4);
+        let spec = w.surge_spec(2, 1);
+        let id = w.create("r1", &spec);
+        die_at_write(&w, &id, &spec, crash_at).await;
+        let ready_not_cordoned = (1..=4).any(|n| {
+            let n = format!("w-{n:02}");
+            w.journal.step(&id, &n, &format!("validate@{TO}")) == Some(refit_core::run::StepState::Done)
+                && w.journal.step(&id, &n, &format!("cordon@{TO}")).is_none()
+        });
+        if ready_not_cordoned {
+            between_ready_and_cordon += 1;
+        }
+        *w.journal.fault.lock().unwrap() = Fault::None;
+        let o = run(&w, &id, spec, None).await;
+        assert_eq!(o.state, RunState::Completed, "crash at write {crash_at}: {:?}", o.reason);
+        assert_replaced(&w, 4);
+        assert!(w.cluster.unschedulable().is_empty(), "crash at write {crash_at}");
+        assert!(w.cluster.max_worker_nodes.load(Ordering::SeqCst) <= 6, "crash at write {crash_at}");
+        assert!(w.cluster.min_schedulable_workers.load(Ordering::SeqCst) >= 3, "crash at write {crash_at}");
+    }
+    assert!(
+        between_ready_and_cordon > 0,
+        "some crash fell between a Ready replacement and its old node's cordon"
+    );
 }

@@ -181,7 +181,19 @@ impl<L: MemberLauncher, O: Observer, S: DriverStore> Driver<L, O, S> {
 
     /// Drives every run that has work, until `exit_when_idle` and nothing is left.
     pub async fn daemon(&mut self, exit_when_idle: bool) -> Result<(), Error> {
+        self.daemon_with(exit_when_idle, || async {}).await
+    }
+
+    /// [`Driver::daemon`], awaiting `before_pass` before each look at the runs: where
+    /// `refit fleet daemon` fires its auto-upgrade profiles, so a run a profile starts is
+    /// driven in the same pass.
+    pub async fn daemon_with<F, Fut>(&mut self, exit_when_idle: bool, mut before_pass: F) -> Result<(), Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
         loop {
+            before_pass().await;
             let runs = self.store.runs().await?;
             let mut wake: Option<Timestamp> = None;
             let mut busy = false;

@@ -4,6 +4,8 @@
 //! upgrade's end means — is `refit_core::fleet`'s. This crate does the I/O around them, for any
 //! front end (the `refit fleet` commands today; an HTTP server or a hub controller next):
 //!
+//! - [`api`]: [`FleetApi`], the seam people's verbs (`refit fleet member|strategy|run|gate|
+//!   profile`) run on, in the SQLite store or on a hub.
 //! - [`commit`]: every change to a run is read (state, version) → `core::fleet::apply(event)`
 //!   (+ `follow_up`) → one versioned write of the event(s), read again on a conflict — so
 //!   people's commands (stop, skip, approve) and the driver's decisions never overwrite each
@@ -22,6 +24,7 @@
 // (clippy.toml lets tests unwrap and expect).
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod api;
 pub mod commit;
 pub mod driver;
 pub mod launch;
@@ -30,6 +33,7 @@ pub mod observe;
 pub mod runs;
 pub mod store;
 
+pub use api::{FleetApi, StrategySource};
 pub use commit::{commit, commit_on, commit_with};
 pub use driver::{Driver, DriverConfig, Report, Sink};
 pub use launch::{MemberLauncher, MemberUpgrade, SubprocessLauncher};

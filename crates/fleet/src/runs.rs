@@ -8,10 +8,11 @@ use jiff::Timestamp;
 use jiff::civil::Date;
 use refit_core::catalog::Catalog;
 use refit_core::fleet::{
-    Event, HeldBack, MemberVersions, NodeImageSelection, RunState, Strategy, Trigger, TriggerStatus,
-    UpdateState, UpgradeSpec, freeze_targets, resolve, target_for,
+    Event, HeldBack, MemberVersions, NodeImageSelection, Profile, ProfileTarget, RunState, Strategy, Trigger,
+    TriggerStatus, UpdateState, UpgradeSpec, fire, freeze_targets, resolve, target_for,
 };
 use refit_store::Store;
+use refit_store::fleet::MemberRecord;
 use serde::Serialize;
 
 use crate::commit::{commit_on, load_run_on};
@@ -26,8 +27,17 @@ pub fn create_from(
     spec: UpgradeSpec,
     strategy: Strategy,
 ) -> Result<RunState, Error> {
-    let mut s = Store::open(store)?;
-    let fleet = fleet_members(&s.members()?);
+    create_in(&mut Store::open(store)?, name, spec, strategy)
+}
+
+/// [`create_from`] on an open store.
+pub fn create_in(
+    s: &mut Store,
+    name: &str,
+    spec: UpgradeSpec,
+    strategy: Strategy,
+) -> Result<RunState, Error> {
+    let fleet = fleet_members(&Store::members(s)?);
     let plan = resolve(&strategy, &fleet).map_err(|e| Error::Invalid(e.to_string()))?;
     let run = RunState::new(name, spec, strategy, plan, now()).map_err(|e| Error::Invalid(e.to_string()))?;
     s.create_fleet_run(&run)?;
@@ -129,20 +139,7 @@ pub async fn generate<O: Observer>(
 ) -> Result<Generated, Error> {
     let mut profile = Store::open(store)?.profile(name)?.ok_or_else(|| Error::NoProfile(name.to_string()))?;
     let members = Store::open(store)?.members()?;
-    let facts = observe_all(observer, &members, crate::observe::OBSERVE_TIMEOUT).await;
-    let mut versions = BTreeMap::new();
-    let mut unreachable = Vec::new();
-    for (member, f) in facts {
-        match (f.unavailable, f.versions.control_plane) {
-            (Some(why), _) => unreachable.push(format!("{member}: {why}")),
-            (None, Some(v)) => {
-                versions.insert(member, v);
-            }
-            (None, None) => {
-                unreachable.push(format!("{member}: its control-plane version could not be read"))
-            }
-        }
-    }
+    let (versions, unreachable) = control_planes(observer, &members).await;
     let outcome: Result<Generated, Error> = (|| {
         let Some(target) = target_for(&profile, catalog, &versions, today) else {
             let why = if profile.disabled {
@@ -211,4 +208,108 @@ pub async fn generate<O: Observer>(
     }
     Store::open(store)?.put_profile(&profile, true)?;
     outcome
+}
+
+/// Each member's control-plane version, and why each member that was not read was not.
+async fn control_planes<O: Observer>(
+    observer: &Arc<O>,
+    members: &[MemberRecord],
+) -> (BTreeMap<String, refit_core::Version>, Vec<String>) {
+    let facts = observe_all(observer, members, crate::observe::OBSERVE_TIMEOUT).await;
+    let mut versions = BTreeMap::new();
+    let mut unreachable = Vec::new();
+    for (member, f) in facts {
+        match (f.unavailable, f.versions.control_plane) {
+            (Some(why), _) => unreachable.push(format!("{member}: {why}")),
+            (None, Some(v)) => {
+                versions.insert(member, v);
+            }
+            (None, None) => {
+                unreachable.push(format!("{member}: its control-plane version could not be read"))
+            }
+        }
+    }
+    (versions, unreachable)
+}
+
+/// How often `refit fleet daemon` and the controller's leader evaluate the auto-upgrade
+/// profiles (each evaluation reads every member's version).
+pub const PROFILES_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What a profile did by itself.
+#[derive(Debug, Clone)]
+pub struct Fired {
+    /// The profile.
+    pub profile: String,
+    /// The run it generated (or found not started) and started, or why it could not.
+    pub outcome: Result<ProfileTarget, String>,
+}
+
+/// Every enabled profile whose channel points past a member's version generates its run and
+/// starts it, exactly once per target (core's [`fire`], the controller's rule too): a run
+/// `profile generate-run` made and nobody started is started; a run generated once and
+/// deleted since is not made again. Each firing is recorded in the profile (last trigger,
+/// last generated run). Members that cannot be read count for nothing (no run is made for
+/// them); a profile that fails (its strategy is gone, say) is tried again next time.
+pub async fn fire_profiles<O: Observer>(
+    store: &Path,
+    observer: &Arc<O>,
+    catalog: &Catalog,
+    today: Date,
+    at: Timestamp,
+) -> Result<Vec<Fired>, Error> {
+    let profiles = Store::open(store)?.profiles()?;
+    if profiles.iter().all(|p| p.disabled) {
+        return Ok(vec![]);
+    }
+    let members = Store::open(store)?.members()?;
+    let (versions, _) = control_planes(observer, &members).await;
+    let mut fired = Vec::new();
+    for mut p in profiles {
+        let Some(target) = fire(&p, p.last_generated_run.as_deref(), catalog, &versions, today) else {
+            continue;
+        };
+        let outcome = generate_and_start(store, observer, &p, &target).await;
+        match &outcome {
+            Ok(()) => {
+                p.last_generated_run = Some(target.run_name.clone());
+                p.record_trigger(at, Ok(&target), Some("generated and started by refit fleet daemon".into()));
+            }
+            Err(e) => p.record_trigger(at, Err(e.to_string()), None),
+        }
+        Store::open(store)?.put_profile(&p, true)?;
+        fired.push(Fired {
+            profile: p.name.clone(),
+            outcome: outcome.map(|()| target).map_err(|e| e.to_string()),
+        });
+    }
+    Ok(fired)
+}
+
+/// Creates `target`'s run of `profile` unless it exists, and starts it if it has not started.
+async fn generate_and_start<O: Observer>(
+    store: &Path,
+    observer: &Arc<O>,
+    profile: &Profile,
+    target: &ProfileTarget,
+) -> Result<(), Error> {
+    let s = Store::open(store)?;
+    let existing = s.fleet_run(&target.run_name)?;
+    if existing.is_none() {
+        let strategy = match &profile.strategy {
+            Some(n) => s.strategy(n)?.ok_or_else(|| {
+                Error::NoStrategy(format!(
+                    "profile {} names strategy '{n}', which does not exist",
+                    profile.name
+                ))
+            })?,
+            None => Strategy::one_by_one(),
+        };
+        drop(s);
+        create_from(store, &target.run_name, target.spec.clone(), strategy)?;
+    }
+    if existing.is_none_or(|r| r.state.status.state == UpdateState::NotStarted) {
+        start(store, observer, &target.run_name, false, Some(format!("profile {}", profile.name))).await?;
+    }
+    Ok(())
 }

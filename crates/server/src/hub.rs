@@ -30,7 +30,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::events::v1::Event as KubeEvent;
 use kube::Resource;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use refit_controller::resources::{ClusterUpgrade, Gate, Member, RunRequest, UpdateRun, UpdateStrategy};
@@ -40,7 +40,6 @@ use refit_store::fleet::{Lease, MemberProgress, MemberRecord, RunEvent, StoredRu
 use refit_store::notify::{AuditOutcome, AuditRecord, Delivery, FleetEntry, Hook, JournalEntry, NotifyKind};
 use refit_store::{RunRow, StepRow};
 use serde::Serialize;
-use serde_json::json;
 use tokio::sync::broadcast;
 
 use crate::source::{ActError, Action, Home, ReadError, Source, audit_outcome, expiry};
@@ -49,8 +48,8 @@ use crate::stream::{Origin, StreamEvent};
 /// The Event reporting controller of people's actions through this server.
 pub const REPORTER: &str = "refit-serve";
 
-/// The annotation naming who last asked a run to stop or start through this server.
-pub const REQUESTED_BY: &str = "refit.dev/requested-by";
+/// The annotation naming who last asked a run to stop or start (shared with `refit fleet --hub`).
+pub use refit_controller::hub::REQUESTED_BY;
 
 /// How long the first listing of each kind may take before the server gives up.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
@@ -410,17 +409,9 @@ impl HubSource {
                 if !(request == RunRequest::Run && cur.status.state == UpdateState::NotStarted) {
                     apply(cur, &event)?;
                 }
-                let api: Api<UpdateRun> = Api::namespaced(self.conn.client.clone(), &self.namespace);
-                for state in spec_writes(obj.spec.state, request) {
-                    let patch = json!({
-                        "metadata": {"annotations": {REQUESTED_BY: actor}},
-                        "spec": {"state": state},
-                    });
-                    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-                        .await
-                        .map_err(|e| ActError::Read(read_err(format!("writing UpdateRun {name}"), e)))?;
-                }
-                Ok(())
+                refit_controller::hub::request(&self.conn.client, &self.namespace, obj, request, actor)
+                    .await
+                    .map_err(|e| ActError::Read(read_err(format!("writing UpdateRun {name}"), e)))
             }
         }
     }
@@ -454,17 +445,6 @@ impl HubSource {
             outcome,
             detail,
         })
-    }
-}
-
-/// The `spec.state` writes that make the controller act on `want`. It acts once per generation
-/// of the spec, so starting again a run whose spec already says Run (it failed, say) writes
-/// Stop first — a stop the run's rules refuse on a finished run, so nothing but the new
-/// generation comes of it. A stop is always one write: it never passes through Run.
-fn spec_writes(current: Option<RunRequest>, want: RunRequest) -> Vec<RunRequest> {
-    match (current, want) {
-        (Some(RunRequest::Run), RunRequest::Run) => vec![RunRequest::Stop, RunRequest::Run],
-        (_, want) => vec![want],
     }
 }
 
@@ -692,17 +672,6 @@ mod tests {
             assert_eq!(r.actor, "alice: ops");
             assert_eq!((r.action.as_str(), r.outcome, r.detail.as_str()), ("approve-gate", outcome, detail));
             assert!(r.target.ends_with("to-137/canary/after/1"), "{}", r.target);
-        }
-    }
-
-    #[test]
-    fn starting_again_passes_through_stop_and_stopping_never_through_run() {
-        use RunRequest::{Run, Stop};
-        assert_eq!(spec_writes(None, Run), [Run]);
-        assert_eq!(spec_writes(Some(Stop), Run), [Run]);
-        assert_eq!(spec_writes(Some(Run), Run), [Stop, Run]);
-        for current in [None, Some(Run), Some(Stop)] {
-            assert_eq!(spec_writes(current, Stop), [Stop]);
         }
     }
 

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use refit_core::VersionRequest;
-use refit_core::batch::{Batching, MaxUnavailableSetting, parse_cap};
+use refit_core::batch::{Batching, MaxSurge, MaxUnavailableSetting, parse_cap};
 use refit_core::catalog::Catalog;
 use refit_core::drain::DrainOptions;
 use refit_core::plan::{Mode, Plan};
@@ -36,6 +36,9 @@ pub struct PlanOutput<'a> {
     /// `--max-unavailable auto`: its settings and the first batch it would take now.
     #[serde(skip_serializing_if = "Option::is_none")]
     auto: Option<&'a refit_engine::prepare::AutoPreview>,
+    /// `--max-surge` (replace action): replacements ahead and old nodes out, in nodes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    surge: Option<refit_core::surge::Limits>,
     /// When the run is expected to end (estimates: nothing ran yet), and the window.
     #[serde(skip_serializing_if = "Option::is_none")]
     eta: Option<PlanEta>,
@@ -84,6 +87,7 @@ impl<'a> PlanOutput<'a> {
             plan: &p.plan,
             reach: p.reach.as_ref(),
             auto: p.auto.as_ref(),
+            surge: p.surge,
             eta: None,
         }
     }
@@ -131,10 +135,15 @@ pub fn plan_input(
 ) -> anyhow::Result<PlanInput> {
     let setting: MaxUnavailableSetting = args.max_unavailable.parse().map_err(usage)?;
     let cap = args.max_unavailable_cap.as_deref().map(parse_cap).transpose().map_err(usage)?;
-    let (max_unavailable, auto) = match Batching::new(setting, cap, args.across_zones) {
-        Ok(Batching::Fixed(m)) => (m, None),
-        Ok(Batching::Auto(a)) => (a.cap, Some(a)),
-        Err(e) => return Err(usage(e.to_string())),
+    let max_surge: MaxSurge =
+        args.max_surge.as_deref().map(str::parse).transpose().map_err(usage)?.unwrap_or_default();
+    let surge = refit_core::surge::Surge::new(max_surge, setting).map_err(|e| usage(e.to_string()))?;
+    let (max_unavailable, auto) = match (surge, Batching::new(setting, cap, args.across_zones)) {
+        // The plan's batches show the old nodes out at once beside the surge (at least one).
+        (Some(s), _) => (s.unavailable.unwrap_or(refit_core::plan::MaxUnavailable::Count(1)), None),
+        (None, Ok(Batching::Fixed(m))) => (m, None),
+        (None, Ok(Batching::Auto(a))) => (a.cap, Some(a)),
+        (None, Err(e)) => return Err(usage(e.to_string())),
     };
     let mode = match (args.offline, args.ignore_safety_checks) {
         (true, true) => return Err(usage("--offline and --ignore-safety-checks exclude each other")),
@@ -146,12 +155,21 @@ pub fn plan_input(
     if let Some(refit_engine::spec::NodeAction::Ssh { action, .. }) = &action {
         plan_file.check_external_etcd(Some(action)).map_err(|e| usage(e.to_string()))?;
     }
+    let style = match &action {
+        Some(refit_engine::spec::NodeAction::Replace { .. }) => refit_core::run::Style::Replace,
+        _ => refit_core::run::Style::InPlace,
+    };
+    max_surge.check_style(style).map_err(|e| usage(e.to_string()))?;
+    if surge.is_some() && cap.is_some() {
+        return Err(usage(refit_core::batch::BatchingError::AutoOnly("--max-unavailable-cap").to_string()));
+    }
     let probe = crate::commands::reach::target_probe(args.action.as_deref(), &plan_file)?;
     Ok(PlanInput {
         catalog,
         request,
         max_unavailable,
         auto,
+        surge,
         mode,
         plan_file,
         partial_ok: args.partial_ok,
@@ -299,15 +317,21 @@ fn render_auto(a: &refit_engine::prepare::AutoPreview) -> String {
 /// The plan as tables.
 pub fn render(o: &PlanOutput<'_>) -> String {
     let p = o.plan;
+    let pace = match o.surge {
+        Some(l) => format!(
+            "{l} (replace: up to {} replacement(s) created ahead of the old nodes, each old node cordoned once its replacement is Ready; {} old node(s) may drain before theirs exists)",
+            l.surge, l.unavailable
+        ),
+        None => format!("max-unavailable {}", p.max_unavailable),
+    };
     let mut s = format!(
-        "Plan for context {}: {} → {} (hops: {}), mode {:?}, policy {}, max-unavailable {}\n\n",
+        "Plan for context {}: {} → {} (hops: {}), mode {:?}, policy {}, {pace}\n\n",
         o.context,
         o.current,
         p.target,
         if o.path.is_empty() { "none".into() } else { o.path.join(" → ") },
         p.mode,
         o.policy,
-        p.max_unavailable
     );
     if p.findings.is_empty() {
         s.push_str("Findings: none\n\n");
@@ -466,6 +490,7 @@ mod tests {
             plan,
             reach: None,
             auto: None,
+            surge: None,
             eta: None,
         }
     }

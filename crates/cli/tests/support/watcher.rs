@@ -28,6 +28,14 @@ pub fn unschedulable(n: &Node) -> bool {
     n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false)
 }
 
+/// Whether the node's Ready condition is True.
+pub fn node_ready(n: &Node) -> bool {
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 pub fn minor(v: &str) -> u32 {
     v.trim_start_matches('v').split('.').nth(1).and_then(|m| m.parse().ok()).unwrap_or(0)
 }
@@ -40,6 +48,10 @@ pub struct Seen {
     pub min_healthy: BTreeMap<String, usize>,
     /// Moments a worker ran a newer kubelet minor than some control-plane node.
     pub skew_breaches: Vec<String>,
+    /// Once the first list is in: the fewest schedulable workers (Ready, not cordoned) and the
+    /// most worker nodes at any moment (replacements beside the nodes they replace).
+    pub min_schedulable_workers: Option<usize>,
+    pub max_worker_nodes: usize,
 }
 
 impl Seen {
@@ -77,6 +89,7 @@ impl Watcher {
             let api: Api<Node> = Api::all(client.clone());
             tokio::spawn(async move {
                 let mut nodes: HashMap<String, Node> = HashMap::new();
+                let mut synced = false;
                 let mut stream = watcher(api, watcher::Config::default()).boxed();
                 while let Some(ev) = stream.next().await {
                     match ev {
@@ -86,7 +99,17 @@ impl Watcher {
                         Ok(watcher::Event::Delete(n)) => {
                             nodes.remove(&n.metadata.name.clone().unwrap_or_default());
                         }
+                        Ok(watcher::Event::InitDone) => synced = true,
                         _ => continue,
+                    }
+                    if synced {
+                        let workers = nodes.values().filter(|n| !is_cp(n));
+                        let schedulable =
+                            workers.clone().filter(|n| !unschedulable(n) && node_ready(n)).count();
+                        let mut s = seen.lock().unwrap();
+                        s.min_schedulable_workers =
+                            Some(s.min_schedulable_workers.map_or(schedulable, |m| m.min(schedulable)));
+                        s.max_worker_nodes = s.max_worker_nodes.max(workers.count());
                     }
                     let workers: Vec<&Node> = nodes.values().filter(|n| !is_cp(n)).collect();
                     let cordoned = workers.iter().filter(|n| unschedulable(n)).count();
@@ -151,6 +174,11 @@ impl Watcher {
             })
         };
         Watcher { seen, tasks: vec![nodes_task, pods_task] }
+    }
+
+    /// Whether the node watch has its first full list (the minimum it records starts then).
+    pub fn synced(&self) -> bool {
+        self.seen.lock().unwrap().min_schedulable_workers.is_some()
     }
 
     pub fn stop(self) -> Seen {

@@ -37,7 +37,7 @@ mod proptests;
 pub use gate::{Approval, GateRef, GateSpec, GateState, GateStatus, GateTiming};
 pub use outcome::UpgradeEnd;
 pub use profile::{
-    Channel, HeldBack, Profile, ProfileError, ProfileTarget, Trigger, TriggerStatus, target_for,
+    Channel, HeldBack, Profile, ProfileError, ProfileTarget, Trigger, TriggerStatus, fire, target_for,
 };
 pub use run::{
     Decision, Event, Facts, GroupState, HealthGateState, HealthGateStatus, HealthWait, Intent, Level,

@@ -120,6 +120,11 @@ pub struct Profile {
     /// Its last trigger.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_trigger: Option<Trigger>,
+    /// The run it generated last (kept apart from the last trigger, which a "nothing to do"
+    /// overwrites): [`fire`] generates a target's run once, so a run deleted since is not
+    /// generated again. The hub keeps it in the profile's `status.lastGeneratedRun`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_generated_run: Option<String>,
 }
 
 /// Why a profile was refused.
@@ -313,6 +318,22 @@ pub fn target_for(
     })
 }
 
+/// The run a profile fires by itself now — the controller's and `refit fleet daemon`'s one
+/// rule: the channel's target (none when the profile is disabled or nothing moves, see
+/// [`target_for`]), exactly once per target. `last_generated` is the run the profile generated
+/// last: a target whose run was generated already is not generated again, even when that run
+/// was deleted since (deleting a run is how a person says "not this one").
+pub fn fire(
+    profile: &Profile,
+    last_generated: Option<&str>,
+    catalog: &Catalog,
+    member_versions: &BTreeMap<String, Version>,
+    today: Date,
+) -> Option<ProfileTarget> {
+    target_for(profile, catalog, member_versions, today)
+        .filter(|t| last_generated != Some(t.run_name.as_str()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,6 +356,7 @@ mod tests {
             node_image_selection: NodeImageSelection::Latest,
             disabled: false,
             last_trigger: None,
+            last_generated_run: None,
         }
     }
 
@@ -385,6 +407,57 @@ mod tests {
         let mut off = profile(Channel::Rapid);
         off.disabled = true;
         assert_eq!(target_for(&off, &cat, &fleet, today), None);
+    }
+
+    #[test]
+    fn a_profile_fires_once_per_target_never_when_disabled_and_not_again_for_a_deleted_run() {
+        let cat = fixture::catalog();
+        let today = date("2026-11-21");
+        let fleet = members(&[("a", "1.36.2")]);
+        let mut p = profile(Channel::Rapid);
+        let t = fire(&p, None, &cat, &fleet, today).unwrap();
+        assert_eq!(t.run_name, "fleet-a-rapid-1-37-1");
+        assert_eq!(
+            fire(&p, Some("fleet-a-rapid-1-37-0"), &cat, &fleet, today),
+            Some(t.clone()),
+            "a newer target"
+        );
+        assert_eq!(fire(&p, Some("fleet-a-rapid-1-37-1"), &cat, &fleet, today), None, "generated already");
+        p.disabled = true;
+        assert_eq!(fire(&p, None, &cat, &fleet, today), None, "disabled");
+        p.disabled = false;
+    }
+
+    proptest::proptest! {
+        /// Whatever the fleet and the channel: a disabled profile never fires, a target fires
+        /// once however often the profile is looked at, and the run it fires is never the one it
+        /// generated last.
+        #[test]
+        fn a_profile_fires_at_most_once_per_target(
+            versions in proptest::collection::btree_map("[a-e]", (35u64..=37, 0u64..=9), 0..5),
+            channel in proptest::sample::select(vec![Channel::Stable, Channel::Rapid, Channel::NodeImage]),
+            disabled in proptest::bool::ANY,
+            looks in 1usize..5,
+        ) {
+            let cat = fixture::catalog();
+            let today = date("2026-11-21");
+            let fleet: BTreeMap<String, Version> =
+                versions.into_iter().map(|(n, (mi, pa))| (n, v(&format!("1.{mi}.{pa}")))).collect();
+            let mut p = profile(channel);
+            p.disabled = disabled;
+            let mut fired = 0;
+            for _ in 0..looks {
+                if let Some(t) = fire(&p, p.last_generated_run.as_deref(), &cat, &fleet, today) {
+                    proptest::prop_assert!(!disabled);
+                    proptest::prop_assert_ne!(p.last_generated_run.as_deref(), Some(t.run_name.as_str()));
+                    let target = target_for(&p, &cat, &fleet, today);
+                    proptest::prop_assert_eq!(Some(&t), target.as_ref());
+                    p.last_generated_run = Some(t.run_name);
+                    fired += 1;
+                }
+            }
+            proptest::prop_assert!(fired <= 1, "fired {} times", fired);
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod cluster;
 mod gates;
 mod stage;
+pub(crate) mod surge;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

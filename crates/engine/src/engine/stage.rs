@@ -41,6 +41,9 @@ impl Engine {
         index: usize,
         stage: &Stage,
     ) -> (Vec<UnitReport>, Option<String>) {
+        if let Some(limits) = stage.surge {
+            return self.run_surge_stage(index, stage, limits).await;
+        }
         if let Some(auto) = stage.auto {
             return self.run_auto_stage(index, stage, auto).await;
         }
@@ -124,7 +127,7 @@ impl Engine {
                 break;
             }
             let held = held.clone();
-            self.spawn_unit(&mut tasks, &mut nodes, index, stage, unit, move |result| {
+            self.spawn_unit(&mut tasks, &mut nodes, index, stage, unit, None, move |result| {
                 if matches!(result, UnitResult::LeftCordoned(_)) {
                     held.fetch_add(1, Ordering::SeqCst);
                     permit.forget();
@@ -146,13 +149,16 @@ impl Engine {
     }
 
     /// Starts `unit` as a task; `on_result` runs when the unit ends, before its report.
-    fn spawn_unit(
+    /// `link`: the unit's surge stage, told of its phases (a surge stage's units only).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn spawn_unit(
         self: &Arc<Self>,
         tasks: &mut JoinSet<UnitReport>,
         nodes: &mut HashMap<Id, (String, String)>,
         index: usize,
         stage: &Stage,
         unit: &UnitWork,
+        link: Option<super::surge::SurgeLink>,
         on_result: impl FnOnce(&UnitResult) + Send + 'static,
     ) {
         let engine = self.clone();
@@ -161,7 +167,7 @@ impl Engine {
         let handle = tasks.spawn(async move {
             let t = Instant::now();
             engine.note_workloads(&work).await;
-            let result = engine.run_unit(&work).await;
+            let result = engine.run_unit(&work, link.as_ref()).await;
             on_result(&result);
             let report = UnitReport::new(index, &work.node, &stage_to, result, millis(t.elapsed()));
             engine.emit(Event::UnitFinished {
@@ -172,7 +178,7 @@ impl Engine {
             });
             let upgraded = matches!(report.result, UnitResult::Upgraded)
                 .then(|| std::time::Duration::from_millis(report.millis));
-            engine.eta(|l| l.unit_ended(index, upgraded));
+            engine.eta(|l| l.unit_ended(index, &report.node, upgraded));
             report
         });
         nodes.insert(handle.id(), (unit.node.clone(), stage.to.to_string()));
@@ -322,7 +328,7 @@ impl Engine {
                     waiting_since = None;
                     for unit in left.iter().filter(|u| chosen.contains(&u.node)) {
                         let held = held.clone();
-                        self.spawn_unit(&mut tasks, &mut nodes_of, index, stage, unit, move |result| {
+                        self.spawn_unit(&mut tasks, &mut nodes_of, index, stage, unit, None, move |result| {
                             if matches!(result, UnitResult::LeftCordoned(_)) {
                                 held.fetch_add(1, Ordering::SeqCst);
                             }
@@ -401,6 +407,8 @@ impl Engine {
                 return Chosen::Unreadable(format!("cannot read the cluster to choose the next batch: {e}"));
             }
         };
+        // The ETA counts each zone's nodes left (from the first snapshot the stage reads).
+        self.note_live(|l| l.zones(index, refit_core::eta::zones_of(&stage.units, &snapshot)));
         let candidates: Vec<String> = left.iter().map(|u| u.node.clone()).collect();
         let this = batch::Auto { cap: MaxUnavailable::Count(u32::try_from(cap).unwrap_or(u32::MAX)), ..auto };
         match batch::next(&snapshot, in_flight, &candidates, stage.units.len(), this, checks) {
@@ -430,7 +438,7 @@ impl Engine {
 
     /// A finished unit task's report. A panic is a bug in refit: the unit is reported failed
     /// with kind `panic` (the node is left as the task left it) and the run stops.
-    fn joined(
+    pub(super) fn joined(
         &self,
         index: usize,
         done: Result<(Id, UnitReport), JoinError>,

@@ -39,8 +39,15 @@ impl Engine {
     /// Moves one unit through the steps it still needs. A journal that cannot be written
     /// ends the unit where it is (nothing acts unrecorded); so does a node that cannot be read
     /// (nothing is decided blind), which also stops the run like any failed step.
-    pub(crate) async fn run_unit(&self, u: &UnitWork) -> UnitResult {
-        match self.unit_steps(u).await {
+    ///
+    /// `link`: a surge stage's unit tells its stage of its phases through it, and waits there
+    /// for a surge slot when it drained first.
+    pub(crate) async fn run_unit(
+        &self,
+        u: &UnitWork,
+        link: Option<&crate::engine::surge::SurgeLink>,
+    ) -> UnitResult {
+        match self.unit_steps(u, link).await {
             Ok(r) => r,
             Err(e) => {
                 if e.kind != FailureKind::Journal {
@@ -61,7 +68,11 @@ impl Engine {
         }
     }
 
-    async fn unit_steps(&self, u: &UnitWork) -> Result<UnitResult, StepError> {
+    async fn unit_steps(
+        &self,
+        u: &UnitWork,
+        link: Option<&crate::engine::surge::SurgeLink>,
+    ) -> Result<UnitResult, StepError> {
         let observed = if u.external { Observed::default() } else { self.observe(&u.node).await? };
         let journal = self.journal(&u.node).await?;
         let at = match resume_point(u, &journal, &observed, self.spec.force) {
@@ -80,6 +91,14 @@ impl Engine {
             // Before a node is changed, work can be abandoned and its cordon given back.
             let abandonable = matches!(step, Step::Cordon | Step::Drain) || u.steps.first() == Some(&step);
             if abandonable && self.stopping() {
+                self.give_back(u).await;
+                return Ok(UnitResult::Interrupted);
+            }
+            // A surge stage's unit that drained first waits here for a slot; refused, it
+            // gives back the cordon of its drained, unchanged node.
+            if let Some(link) = link
+                && !link.before(step, &u.steps).await
+            {
                 self.give_back(u).await;
                 return Ok(UnitResult::Interrupted);
             }

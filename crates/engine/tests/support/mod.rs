@@ -76,6 +76,15 @@ pub struct FakeCluster {
     pub unreadable: Mutex<BTreeSet<String>>,
     /// Most workers unschedulable at one moment.
     pub max_unschedulable_workers: AtomicUsize,
+    /// Fewest schedulable workers (existing, not cordoned) at one moment, and most worker
+    /// nodes at one moment (replacements beside their old nodes).
+    pub min_schedulable_workers: AtomicUsize,
+    pub max_worker_nodes: AtomicUsize,
+    /// Replacements that joined (the replace action's `create NAME` command ran to its end),
+    /// by name.
+    pub created: Mutex<BTreeMap<String, usize>>,
+    /// How long creating a replacement takes.
+    pub create_time: Mutex<Duration>,
     /// Zones of the nodes (`topology.kubernetes.io/zone`), for `auto` batching.
     pub zones: Mutex<BTreeMap<String, String>>,
     /// Pods and budgets the snapshot shows (nodes come from `nodes`).
@@ -107,6 +116,9 @@ impl FakeCluster {
             }
         }
         *c.drain_time.lock().unwrap() = Duration::from_secs(20);
+        *c.create_time.lock().unwrap() = Duration::from_secs(30);
+        c.min_schedulable_workers.store(usize::MAX, Ordering::SeqCst);
+        c.note();
         Arc::new(c)
     }
 
@@ -120,8 +132,32 @@ impl FakeCluster {
     }
 
     fn note(&self) {
-        let n = self.nodes.lock().unwrap().values().filter(|n| n.worker && n.unschedulable).count();
+        let nodes = self.nodes.lock().unwrap();
+        let n = nodes.values().filter(|n| n.worker && n.unschedulable).count();
+        let workers = nodes.values().filter(|n| n.worker).count();
+        drop(nodes);
         self.max_unschedulable_workers.fetch_max(n, Ordering::SeqCst);
+        self.min_schedulable_workers.fetch_min(workers - n, Ordering::SeqCst);
+        self.max_worker_nodes.fetch_max(workers, Ordering::SeqCst);
+    }
+
+    /// The replace action's `create NAME`: after `create_time` the replacement joins, Ready
+    /// at the target (a name already taken is an error, as a second machine would be).
+    pub async fn create(&self, name: &str) -> Result<(), String> {
+        let t = *self.create_time.lock().unwrap();
+        tokio::time::sleep(t).await;
+        let mut nodes = self.nodes.lock().unwrap();
+        if nodes.contains_key(name) {
+            return Err(format!("{name} exists"));
+        }
+        nodes.insert(
+            name.to_string(),
+            FakeNode { kubelet: v(TO), unschedulable: false, cordoned_by: None, worker: true },
+        );
+        drop(nodes);
+        *self.created.lock().unwrap().entry(name.to_string()).or_default() += 1;
+        self.note();
+        Ok(())
     }
 
     pub fn unschedulable(&self) -> Vec<String> {
@@ -320,6 +356,7 @@ impl Cluster for FakeCluster {
 
     fn delete_node<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<(), refit_kube::Error>> {
         self.nodes.lock().unwrap().remove(node);
+        self.note();
         async move { Ok(()) }.boxed()
     }
 
@@ -448,6 +485,15 @@ impl NodeActions for FakeActions {
         _on_line: OnLine<'a>,
     ) -> BoxFuture<'a, Result<(), ActionFailure>> {
         async move {
+            if let [create, name] = argv
+                && create == "create"
+            {
+                return self
+                    .cluster
+                    .create(name)
+                    .await
+                    .map_err(|message| ActionFailure { message, node_unchanged: true });
+            }
             if argv.first().map(String::as_str) != Some("sh") {
                 return Ok(());
             }
@@ -785,6 +831,7 @@ impl World {
                 concurrency: 1,
                 units: cps,
                 auto: None,
+                surge: None,
             });
         }
         if !workers.is_empty() {
@@ -794,9 +841,30 @@ impl World {
                 concurrency: max_unavailable,
                 units: workers,
                 auto: None,
+                surge: None,
             });
         }
         Schedule { target: v(TO), stages, cluster_services: false, excluded: Vec::new() }
+    }
+
+    /// The replace schedule of this cluster's workers under `--max-surge`: replacement first
+    /// (`create {new}`, validate, cordon, drain, remove), started by the surge rule.
+    pub fn surge_spec(&self, surge: usize, unavailable: usize) -> RunSpec {
+        let mut spec = self.spec(1, OnUndrainable::Fail);
+        for s in &mut spec.schedule.stages {
+            for u in &mut s.units {
+                u.steps = vec![Step::Upgrade, Step::Validate, Step::Cordon, Step::Drain, Step::Remove];
+            }
+            s.surge = Some(refit_core::surge::Limits { surge, unavailable });
+            s.concurrency = surge + unavailable;
+        }
+        spec.action = NodeAction::Replace {
+            create: vec!["create".into(), "{new}".into()],
+            remove: Vec::new(),
+            control_plane: Vec::new(),
+            carry_over: Default::default(),
+        };
+        spec
     }
 
     pub fn spec(&self, max_unavailable: usize, on_undrainable: OnUndrainable) -> RunSpec {

@@ -41,13 +41,17 @@ pub enum FleetCommand {
     /// Auto-upgrade profiles: keep the fleet on a channel by generating update runs.
     #[command(subcommand)]
     Profile(ProfileCommand),
-    /// Drive every running update run until killed (resumes from the store, never twice).
+    /// Drive every running update run until killed (resumes from the store, never twice), and
+    /// fire enabled auto-upgrade profiles.
     #[command(after_help = "\
 Examples:
   refit fleet daemon &                  drive runs started with `refit fleet run start NAME`
   refit fleet daemon --store /var/lib/refit/refit.db
 Killing it at any moment is safe: a new daemon (or `run start --wait`) continues from the store,
-relaunching member upgrades that were under way (each resumes its own journal).")]
+relaunching member upgrades that were under way (each resumes its own journal).
+At its start and every 30 s, each enabled profile whose channel (by the catalog `refit catalog
+update` keeps) points past a member's version gets its run generated and started, once per
+target: a generated run that is deleted is not made again.")]
     Daemon(DaemonArgs),
     /// Webhook notifications (gate pending, stage completed, run failed or completed), delivered by `refit serve`.
     #[command(subcommand)]

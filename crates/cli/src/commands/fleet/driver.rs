@@ -41,8 +41,49 @@ pub async fn daemon(store: &Path, exit_when_idle: bool, format: Format) -> anyho
     if format.is_table() {
         println!("fleet daemon {} driving runs in {}", d.holder(), store.display());
     }
-    d.daemon(exit_when_idle).await.map_err(fleet_err)?;
+    let path = store.to_path_buf();
+    let mut next_look = std::time::Instant::now();
+    d.daemon_with(exit_when_idle, move || {
+        let due = std::time::Instant::now() >= next_look;
+        if due {
+            next_look = std::time::Instant::now() + refit_fleet::runs::PROFILES_EVERY;
+        }
+        let path = path.clone();
+        async move {
+            if due {
+                fire_profiles(&path, format).await;
+            }
+        }
+    })
+    .await
+    .map_err(fleet_err)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The daemon's look at the auto-upgrade profiles (`refit_fleet::runs::fire_profiles`), with
+/// the catalog as it is now (a `refit catalog update` meanwhile counts); what fired is printed,
+/// a failure is a warning (the daemon goes on driving).
+async fn fire_profiles(store: &Path, format: Format) {
+    let catalog = match refit_engine::catalog::load(None, None) {
+        Ok((c, _)) => c,
+        Err(e) => return eprintln!("warning: auto-upgrade profiles: the release catalog: {e}"),
+    };
+    let (today, at) = (jiff::Zoned::now().date(), jiff::Timestamp::now());
+    match refit_fleet::runs::fire_profiles(store, &Arc::new(KubeObserver), &catalog, today, at).await {
+        Ok(fired) => {
+            for f in fired {
+                match (&f.outcome, format) {
+                    (Ok(t), Format::Json) => println!(
+                        "{}",
+                        serde_json::json!({"profile": f.profile, "generatedRun": t.run_name, "heldBack": t.held_back})
+                    ),
+                    (Ok(t), _) => println!("profile {}: run {} generated and started", f.profile, t.run_name),
+                    (Err(e), _) => eprintln!("warning: profile {}: no run generated: {e}", f.profile),
+                }
+            }
+        }
+        Err(e) => eprintln!("warning: auto-upgrade profiles: {e}"),
+    }
 }
 
 /// " by NAME" when the event says who asked.

@@ -1,13 +1,13 @@
 //! `refit fleet gate list|approve`.
 
-use std::path::Path;
 use std::process::ExitCode;
 
-use refit_core::fleet::{Event, GateRef, GateStatus};
+use refit_core::fleet::{GateRef, GateStatus};
+use refit_fleet::FleetApi;
 use serde::Serialize;
 
 use super::args::GateCommand;
-use super::{commit, load_run, now, open, who};
+use super::{actor, fleet_err, now};
 use crate::output::{Format, print_structured, table, usage};
 
 /// A gate as listed.
@@ -44,13 +44,12 @@ fn list_table(listed: &[Listed]) -> comfy_table::Table {
     t
 }
 
-pub fn run(cmd: GateCommand, store: &Path, format: Format) -> anyhow::Result<ExitCode> {
+pub async fn run<A: FleetApi>(cmd: GateCommand, api: &mut A, format: Format) -> anyhow::Result<ExitCode> {
     match cmd {
         GateCommand::List { run, all } => {
-            let s = open(store)?;
             let runs = match &run {
-                Some(name) => vec![load_run(&s, name)?],
-                None => s.fleet_runs()?,
+                Some(name) => vec![api.get_run(name).await.map_err(fleet_err)?],
+                None => api.list_runs().await.map_err(fleet_err)?,
             };
             let listed: Vec<Listed> = runs
                 .iter()
@@ -66,18 +65,12 @@ pub fn run(cmd: GateCommand, store: &Path, format: Format) -> anyhow::Result<Exi
             let gate: GateRef = gate.parse().map_err(usage)?;
             let at = now();
             let expires_at = expires_in.map(|d| refit_core::duration::timestamp_after(at, d.as_secs()));
-            let by = who(by);
-            let mut s = open(store)?;
-            load_run(&s, &run)?;
-            let r = commit(
-                &mut s,
-                &run,
-                &Event::ApproveGate { gate: gate.clone(), by: by.clone(), at, expires_at },
-            )?;
-            let g = r.state.gate(&gate).cloned();
+            let by = actor(api, by)?;
+            let done = api.approve(&run, &gate, expires_at, by).await.map_err(fleet_err)?;
+            let g = done.gate;
             if !print_structured(format, &g)? {
                 let state = g.map(|g| format!("{:?}", g.state)).unwrap_or_default();
-                println!("gate {gate} of run {run} approved by {by} at {at} (gate now {state})");
+                println!("gate {gate} of run {run} approved by {} at {at} (gate now {state})", done.by);
             }
             Ok(ExitCode::SUCCESS)
         }

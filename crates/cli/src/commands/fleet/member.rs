@@ -8,16 +8,18 @@ use refit_core::fleet::MaintenanceWindow;
 use refit_store::fleet::MemberRecord;
 
 use super::args::{MemberCommand, MemberFields};
-use super::{check_name, open, read_file, store_err};
+use refit_fleet::FleetApi;
+
+use super::{check_name, fleet_err, read_file};
 use crate::output::{Format, print_structured, table, usage};
 
-pub async fn run(cmd: MemberCommand, store: &Path, format: Format) -> anyhow::Result<ExitCode> {
+pub async fn run<A: FleetApi>(cmd: MemberCommand, api: &mut A, format: Format) -> anyhow::Result<ExitCode> {
     match cmd {
         MemberCommand::Add { name, fields } => {
             check_name("member", &name)?;
             let mut m = MemberRecord { name, ..Default::default() };
             apply_fields(&mut m, &fields)?;
-            if open(store)?.member(&m.name)?.is_some() {
+            if api.get_member(&m.name).await.map_err(fleet_err)?.is_some() {
                 return Err(usage(format!("member '{}' exists already", m.name)));
             }
             let (Some(kubeconfig), Some(context)) = (&m.kubeconfig, &m.context) else {
@@ -26,15 +28,14 @@ pub async fn run(cmd: MemberCommand, store: &Path, format: Format) -> anyhow::Re
                 ));
             };
             m.cluster_uid = Some(identity(kubeconfig, context).await?);
-            let mut s = open(store)?;
-            s.add_member(&m).map_err(store_err)?;
+            api.add_member(&m).await.map_err(fleet_err)?;
             done(format, &m, "added")
         }
         MemberCommand::Update { name, fields, clear_window, clear_labels } => {
-            let mut s = open(store)?;
-            let mut m = s
-                .member(&name)?
-                .ok_or_else(|| usage(format!("no member named '{name}' (see refit fleet member list)")))?;
+            let mut m =
+                api.get_member(&name).await.map_err(fleet_err)?.ok_or_else(|| {
+                    usage(format!("no member named '{name}' (see refit fleet member list)"))
+                })?;
             if clear_window {
                 m.maintenance_window = None;
             }
@@ -60,11 +61,11 @@ pub async fn run(cmd: MemberCommand, store: &Path, format: Format) -> anyhow::Re
                     _ => m.cluster_uid = Some(found),
                 }
             }
-            s.update_member(&m).map_err(store_err)?;
+            api.update_member(&m).await.map_err(fleet_err)?;
             done(format, &m, "updated")
         }
         MemberCommand::List => {
-            let members = open(store)?.members()?;
+            let members = api.list_members().await.map_err(fleet_err)?;
             if !print_structured(format, &members)? {
                 let mut t = table(&["name", "update group", "labels", "window", "context", "action"]);
                 for m in &members {
@@ -82,16 +83,17 @@ pub async fn run(cmd: MemberCommand, store: &Path, format: Format) -> anyhow::Re
             Ok(ExitCode::SUCCESS)
         }
         MemberCommand::Show { name } => {
-            let m = open(store)?
-                .member(&name)?
-                .ok_or_else(|| usage(format!("no member named '{name}' (see refit fleet member list)")))?;
+            let m =
+                api.get_member(&name).await.map_err(fleet_err)?.ok_or_else(|| {
+                    usage(format!("no member named '{name}' (see refit fleet member list)"))
+                })?;
             if !print_structured(format, &m)? {
                 print!("{}", serde_saphyr::to_string(&m)?);
             }
             Ok(ExitCode::SUCCESS)
         }
         MemberCommand::Remove { name } => {
-            if !open(store)?.remove_member(&name)? {
+            if !api.remove_member(&name).await.map_err(fleet_err)? {
                 return Err(usage(format!("no member named '{name}' (see refit fleet member list)")));
             }
             if format.is_table() {

@@ -19,57 +19,77 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use jiff::Timestamp;
-use refit_core::fleet::Event;
+use refit_fleet::FleetApi;
 use refit_store::Store;
-use refit_store::fleet::StoredRun;
 
 use crate::output::{Format, UsageError, usage};
 use args::{FleetArgs, FleetCommand};
 
-/// Runs `refit fleet ...`.
+/// Runs `refit fleet ...`: each verb written once against `refit_fleet::FleetApi`, for the
+/// SQLite store or (`--hub`) the hub's resources.
 pub async fn run(args: FleetArgs, format: Format) -> anyhow::Result<ExitCode> {
     if let Some(hub) = &args.hub {
-        return hub_run(hub, &args.hub_namespace, args.command).await;
+        return hub_run(hub, &args.hub_namespace, args.command, format).await;
     }
     let store = store_path(args.store.as_ref())?;
     match args.command {
-        FleetCommand::Member(cmd) => member::run(cmd, &store, format).await,
-        FleetCommand::Strategy(cmd) => strategy::run(cmd, &store, format),
-        FleetCommand::Run(cmd) => run::run(cmd, &store, format).await,
-        FleetCommand::Gate(cmd) => gate::run(cmd, &store, format),
-        FleetCommand::Profile(cmd) => profile::run(cmd, &store, format).await,
+        FleetCommand::Member(cmd) => member::run(cmd, &mut open(&store)?, format).await,
+        FleetCommand::Strategy(cmd) => strategy::run(cmd, &mut open(&store)?, format).await,
+        FleetCommand::Run(cmd) => run::run(cmd, &mut open(&store)?, Some(&store), format).await,
+        FleetCommand::Gate(cmd) => gate::run(cmd, &mut open(&store)?, format).await,
+        FleetCommand::Profile(cmd) => profile::run(cmd, &mut open(&store)?, Some(&store), format).await,
         FleetCommand::Daemon(a) => driver::daemon(&store, a.exit_when_idle, format).await,
         FleetCommand::Notify(cmd) => notify::run(cmd, &store, format),
     }
 }
 
-/// `refit fleet --hub KUBECONFIG ...`: the verbs hub mode has so far (crates/controller's hub).
-async fn hub_run(hub: &std::path::Path, namespace: &str, command: FleetCommand) -> anyhow::Result<ExitCode> {
-    use args::GateCommand;
-    let FleetCommand::Gate(GateCommand::Approve { run, gate, expires_in, by }) = command else {
-        return Err(UsageError(
-            "with --hub only `gate approve` works so far; use kubectl for the hub's other objects \
-             (kubectl get updateruns,gates,members)"
-                .into(),
-        )
-        .into());
-    };
-    if by.is_some() {
-        return Err(UsageError(
-            "--by has no meaning with --hub: the approver is the user the hub authenticates".into(),
-        )
-        .into());
-    }
-    let expires_at = expires_in.map(|d| refit_core::duration::timestamp_after(Timestamp::now(), d.as_secs()));
-    let target = refit_kube::ClusterTarget { kubeconfig: Some(hub.to_path_buf()), context: None };
-    let conn = refit_kube::connect(&target).await?;
-    match refit_controller::hub::approve(&conn, namespace, &run, &gate, expires_at).await {
-        Ok(who) => {
-            println!("approved {run} {gate} as {who}");
-            Ok(ExitCode::SUCCESS)
+/// `refit fleet --hub KUBECONFIG ...`: the same verbs on the hub's resources
+/// (`refit_controller::hub::HubClient`); what has no meaning there says so (exit 2).
+async fn hub_run(
+    hub: &std::path::Path,
+    namespace: &str,
+    command: FleetCommand,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let no_meaning = |what: &str| -> anyhow::Result<ExitCode> { Err(UsageError(what.to_string()).into()) };
+    match command {
+        FleetCommand::Member(cmd) => member::run(cmd, &mut connect_hub(hub, namespace).await?, format).await,
+        FleetCommand::Strategy(cmd) => {
+            strategy::run(cmd, &mut connect_hub(hub, namespace).await?, format).await
         }
-        Err(e) if e.is_usage() => Err(UsageError(e.to_string()).into()),
-        Err(e) => Err(e.into()),
+        FleetCommand::Run(cmd) => run::run(cmd, &mut connect_hub(hub, namespace).await?, None, format).await,
+        FleetCommand::Gate(cmd) => gate::run(cmd, &mut connect_hub(hub, namespace).await?, format).await,
+        FleetCommand::Profile(cmd) => {
+            profile::run(cmd, &mut connect_hub(hub, namespace).await?, None, format).await
+        }
+        FleetCommand::Daemon(_) => no_meaning(
+            "`fleet daemon` has no meaning with --hub: the hub's runs and profiles are driven by `refit controller --kubeconfig HUB`",
+        ),
+        FleetCommand::Notify(_) => no_meaning(
+            "`fleet notify` has no meaning with --hub yet: the hub records Kubernetes Events (kubectl get events -n NAMESPACE)",
+        ),
+    }
+}
+
+/// The hub's fleet, as the user its kubeconfig authenticates.
+async fn connect_hub(
+    hub: &std::path::Path,
+    namespace: &str,
+) -> anyhow::Result<refit_controller::hub::HubClient> {
+    let target = refit_kube::ClusterTarget { kubeconfig: Some(hub.to_path_buf()), context: None };
+    let conn =
+        refit_kube::connect(&target).await.map_err(|e| usage(format!("--hub {}: {e}", hub.display())))?;
+    refit_controller::hub::HubClient::new(conn, namespace).await.map_err(fleet_err)
+}
+
+/// Who acts: the user the hub authenticates (then `--by` is refused), else [`who`].
+fn actor<A: FleetApi>(api: &A, by: Option<String>) -> anyhow::Result<String> {
+    match (api.authenticated(), by) {
+        (Some(_), Some(_)) => {
+            Err(usage("--by has no meaning with --hub: the hub records the user it authenticates"))
+        }
+        (Some(me), None) => Ok(me.to_string()),
+        (None, by) => Ok(who(by)),
     }
 }
 
@@ -111,17 +131,6 @@ fn list_of(kind: &str) -> &str {
         "update run" => "run",
         k => k,
     }
-}
-
-/// The run named `name`, or a usage error.
-fn load_run(store: &Store, name: &str) -> anyhow::Result<StoredRun> {
-    refit_fleet::commit::load_run(store, name).map_err(fleet_err)
-}
-
-/// Applies a person's `event` to the stored run (see `refit_fleet::commit`); a refusal by the
-/// state machine is bad input (exit 2) and changes nothing.
-fn commit(store: &mut Store, name: &str, event: &Event) -> anyhow::Result<StoredRun> {
-    refit_fleet::commit(store, name, event).map_err(fleet_err)
 }
 
 /// Who is acting: `--by`, else $USER, else the operating system's name of this process's

@@ -8,15 +8,23 @@ use refit_core::fleet::{Channel, NodeImageSelection, Profile};
 use refit_fleet::KubeObserver;
 
 use super::args::{ProfileCommand, ProfileCreateArgs};
-use super::{fleet_err, now, open, read_file, store_err};
+use refit_fleet::FleetApi;
+
+use super::{fleet_err, now, read_file};
 use crate::commands::load_catalog;
 use crate::output::{Format, print_structured, table, usage};
 
-pub async fn run(cmd: ProfileCommand, store: &Path, format: Format) -> anyhow::Result<ExitCode> {
+/// `local`: the store's path (None on a hub, where the controller generates runs itself).
+pub async fn run<A: FleetApi>(
+    cmd: ProfileCommand,
+    api: &mut A,
+    local: Option<&Path>,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
     match cmd {
         ProfileCommand::Create(a) => {
             let p = from_args(&a)?;
-            open(store)?.put_profile(&p, false).map_err(store_err)?;
+            api.create_profile(&p).await.map_err(fleet_err)?;
             if !print_structured(format, &p)? {
                 println!(
                     "profile {} created ({:?}{})",
@@ -28,14 +36,14 @@ pub async fn run(cmd: ProfileCommand, store: &Path, format: Format) -> anyhow::R
             Ok(ExitCode::SUCCESS)
         }
         ProfileCommand::Show { name } => {
-            let p = get(store, &name)?;
+            let p = api.get_profile(&name).await.map_err(fleet_err)?.ok_or_else(|| no_profile(&name))?;
             if !print_structured(format, &p)? {
                 print!("{}", serde_saphyr::to_string(&p)?);
             }
             Ok(ExitCode::SUCCESS)
         }
         ProfileCommand::List => {
-            let all = open(store)?.profiles()?;
+            let all = api.list_profiles().await.map_err(fleet_err)?;
             if !print_structured(format, &all)? {
                 let mut t = table(&["name", "channel", "strategy", "disabled", "last trigger"]);
                 for p in &all {
@@ -66,24 +74,25 @@ pub async fn run(cmd: ProfileCommand, store: &Path, format: Format) -> anyhow::R
             Ok(ExitCode::SUCCESS)
         }
         ProfileCommand::Delete { name } => {
-            if !open(store)?.delete_profile(&name)? {
-                return Err(usage(format!("no profile named '{name}' (see refit fleet profile list)")));
+            if !api.delete_profile(&name).await.map_err(fleet_err)? {
+                return Err(no_profile(&name));
             }
             if !print_structured(format, &serde_json::json!({"deleted": name}))? {
                 println!("profile {name} deleted (runs it generated stay)");
             }
             Ok(ExitCode::SUCCESS)
         }
-        ProfileCommand::GenerateRun { name, catalog } => {
-            generate(store, &name, catalog.as_deref(), format).await
-        }
+        ProfileCommand::GenerateRun { name, catalog } => match local {
+            Some(store) => generate(store, &name, catalog.as_deref(), format).await,
+            None => Err(usage(
+                "`profile generate-run` has no meaning with --hub: the controller generates each profile's run by itself (kubectl get autoupgradeprofiles)",
+            )),
+        },
     }
 }
 
-fn get(store: &Path, name: &str) -> anyhow::Result<Profile> {
-    open(store)?
-        .profile(name)?
-        .ok_or_else(|| usage(format!("no profile named '{name}' (see refit fleet profile list)")))
+fn no_profile(name: &str) -> anyhow::Error {
+    usage(format!("no profile named '{name}' (see refit fleet profile list)"))
 }
 
 fn from_args(a: &ProfileCreateArgs) -> anyhow::Result<Profile> {
@@ -114,6 +123,7 @@ fn from_args(a: &ProfileCreateArgs) -> anyhow::Result<Profile> {
                 node_image_selection: NodeImageSelection::Latest,
                 disabled: false,
                 last_trigger: None,
+                last_generated_run: None,
             }
         }
     };

@@ -1,35 +1,50 @@
-//! `refit fleet run create|start|stop|skip|show|list|delete|retry`.
+//! `refit fleet run create|start|stop|skip|show|list|delete|retry`, in the store or on a hub
+//! (`refit_fleet::FleetApi`).
 
 use std::path::Path;
 use std::process::ExitCode;
 
-use std::sync::Arc;
-
 use refit_core::VersionRequest;
 use refit_core::fleet::{
-    Event, NodeImageSelection, RunState, SkipTarget, Strategy, UpdateState, UpgradeSpec, UpgradeType,
+    Event, NodeImageSelection, RunState, SkipTarget, UpdateState, UpgradeSpec, UpgradeType,
 };
-use refit_fleet::KubeObserver;
 use refit_fleet::runs::Started;
+use refit_fleet::{FleetApi, StrategySource};
 use serde::Serialize;
 
 use super::args::{RunCommand, RunCreateArgs};
-use super::{commit, fleet_err, load_run, now, open, who};
+use super::{actor, fleet_err, now, open};
 use crate::commands::load_catalog;
 use crate::output::{Format, print_structured, table, usage};
 
-pub async fn run(cmd: RunCommand, store: &Path, format: Format) -> anyhow::Result<ExitCode> {
+/// `local`: the store's path (None on a hub, whose controller drives runs: `--wait` waits for
+/// it).
+pub async fn run<A: FleetApi>(
+    cmd: RunCommand,
+    api: &mut A,
+    local: Option<&Path>,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
     match cmd {
         RunCommand::Create(a) => {
-            let state = create(&a, store).await?;
-            show_state(store, &state.name, format, false)?;
+            let (spec, strategy) = create_args(&a)?;
+            match api.create_run(&a.name, spec, strategy).await.map_err(fleet_err)? {
+                Some(state) => show_state(api, local, &state.name, format, false).await?,
+                None => {
+                    if !print_structured(format, &serde_json::json!({"created": a.name}))? {
+                        println!(
+                            "run {} created: the controller copies its strategy on its next pass (not started)",
+                            a.name
+                        );
+                    }
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
-        RunCommand::Start { name, wait } => start(store, &name, wait, format).await,
+        RunCommand::Start { name, wait } => start(api, local, &name, wait, format).await,
         RunCommand::Stop { name } => {
-            let mut s = open(store)?;
-            load_run(&s, &name)?;
-            let r = commit(&mut s, &name, &Event::Stop { at: now(), by: Some(who(None)) })?;
+            let by = actor(api, None)?;
+            let r = api.act(&name, Event::Stop { at: now(), by: Some(by) }).await.map_err(fleet_err)?;
             report(format, &r.state, "stop requested: no new member starts; upgrades under way finish")
         }
         RunCommand::Skip { name, targets, by } => {
@@ -37,18 +52,18 @@ pub async fn run(cmd: RunCommand, store: &Path, format: Format) -> anyhow::Resul
                 .iter()
                 .map(|t| t.parse::<SkipTarget>().map_err(usage))
                 .collect::<anyhow::Result<_>>()?;
-            let mut s = open(store)?;
-            load_run(&s, &name)?;
+            let by = actor(api, by)?;
             let listed = targets.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(" ");
-            let r = commit(&mut s, &name, &Event::Skip { targets, by: Some(who(by)), at: now() })?;
+            let event = Event::Skip { targets, by: Some(by), at: now() };
+            let r = api.act(&name, event).await.map_err(fleet_err)?;
             report(format, &r.state, &format!("skipped {listed}"))
         }
         RunCommand::Show { name, events } => {
-            show_state(store, &name, format, events)?;
+            show_state(api, local, &name, format, events).await?;
             Ok(ExitCode::SUCCESS)
         }
         RunCommand::List => {
-            let runs = open(store)?.fleet_runs()?;
+            let runs = api.list_runs().await.map_err(fleet_err)?;
             let states: Vec<&RunState> = runs.iter().map(|r| &r.state).collect();
             if !print_structured(format, &states)? {
                 let mut t = table(&["name", "type", "target", "state", "members", "created"]);
@@ -71,26 +86,19 @@ pub async fn run(cmd: RunCommand, store: &Path, format: Format) -> anyhow::Resul
             Ok(ExitCode::SUCCESS)
         }
         RunCommand::Delete { name } => {
-            let mut s = open(store)?;
-            let r = load_run(&s, &name)?;
-            if r.state.progress().in_flight > 0 {
-                return Err(usage(format!(
-                    "run {name} has member upgrades under way: stop it and wait until it is Stopped, then delete it"
-                )));
-            }
-            s.delete_fleet_run(&name)?;
+            api.delete_run(&name).await.map_err(fleet_err)?;
             if !print_structured(format, &serde_json::json!({"deleted": name}))? {
                 println!("run {name} deleted");
             }
             Ok(ExitCode::SUCCESS)
         }
         RunCommand::Retry { name, failed: _, wait } => {
-            let mut s = open(store)?;
-            load_run(&s, &name)?;
-            let r = commit(&mut s, &name, &Event::RetryFailed { at: now(), by: Some(who(None)) })?;
+            let by = actor(api, None)?;
+            let before = api.get_run(&name).await.map_err(fleet_err)?.state.status.state;
+            let r =
+                api.act(&name, Event::RetryFailed { at: now(), by: Some(by) }).await.map_err(fleet_err)?;
             if wait {
-                drop(s);
-                return drive(store, &name, format).await;
+                return drive(api, local, &name, format, before).await;
             }
             report(
                 format,
@@ -101,8 +109,8 @@ pub async fn run(cmd: RunCommand, store: &Path, format: Format) -> anyhow::Resul
     }
 }
 
-/// `run create`: everything is checked before the run is written.
-pub async fn create(a: &RunCreateArgs, store: &Path) -> anyhow::Result<RunState> {
+/// `run create`'s goal and strategy, every flag checked before anything is written.
+fn create_args(a: &RunCreateArgs) -> anyhow::Result<(UpgradeSpec, StrategySource)> {
     check_run_name(&a.name)?;
     let upgrade_type: UpgradeType = a.upgrade_type.parse().map_err(usage)?;
     let version = match &a.kubernetes_version {
@@ -128,25 +136,12 @@ pub async fn create(a: &RunCreateArgs, store: &Path) -> anyhow::Result<RunState>
     spec.on_gate_failure = a.on_gate_failure;
     spec.policy = a.policy;
     spec.validate().map_err(|e| usage(e.to_string()))?;
-    let s = open(store)?;
     let strategy = match (&a.strategy, &a.stages) {
-        (Some(name), _) => s
-            .strategy(name)?
-            .ok_or_else(|| usage(format!("no strategy named '{name}' (see refit fleet strategy list)")))?,
-        (None, Some(file)) => super::strategy::parse_file("--stages", file)?,
-        (None, None) => Strategy::one_by_one(),
+        (Some(name), _) => StrategySource::Named(name.clone()),
+        (None, Some(file)) => StrategySource::Inline(super::strategy::parse_file("--stages", file)?),
+        (None, None) => StrategySource::OneByOne,
     };
-    create_from(store, &a.name, spec, strategy)
-}
-
-/// Writes a new run of `strategy` resolved against the fleet as it is now.
-pub fn create_from(
-    store: &Path,
-    name: &str,
-    spec: UpgradeSpec,
-    strategy: Strategy,
-) -> anyhow::Result<RunState> {
-    refit_fleet::runs::create_from(store, name, spec, strategy).map_err(fleet_err)
+    Ok((spec, strategy))
 }
 
 /// Run names: the fleet pattern, up to 63 characters (profile-generated names are long).
@@ -165,29 +160,49 @@ fn check_run_name(name: &str) -> anyhow::Result<()> {
     }
 }
 
-async fn start(store: &Path, name: &str, wait: bool, format: Format) -> anyhow::Result<ExitCode> {
-    let started = refit_fleet::runs::start(store, &Arc::new(KubeObserver), name, wait, Some(who(None)))
-        .await
-        .map_err(fleet_err)?;
+async fn start<A: FleetApi>(
+    api: &mut A,
+    local: Option<&Path>,
+    name: &str,
+    wait: bool,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let by = actor(api, None)?;
+    let before = api.get_run(name).await.map_err(fleet_err)?.state.status.state;
+    let started = api.start(name, wait, by).await.map_err(fleet_err)?;
     if let Started::AlreadyActive(state) = started
         && format.is_table()
     {
         println!("run {name} is {state}: driving it (finished members are not repeated)");
     }
     if wait {
-        return drive(store, name, format).await;
+        return drive(api, local, name, format, before).await;
     }
-    let r = load_run(&open(store)?, name)?;
-    report(format, &r.state, "started (refit fleet daemon drives it; or run start --wait)")
+    let r = api.get_run(name).await.map_err(fleet_err)?;
+    let driven_by = match local {
+        Some(_) => "refit fleet daemon drives it; or run start --wait",
+        None => "the controller drives it",
+    };
+    report(format, &r.state, &format!("started ({driven_by})"))
 }
 
-/// Drives the run in the foreground; exit 0 when it completed (or had nothing to do).
-async fn drive(store: &Path, name: &str, format: Format) -> anyhow::Result<ExitCode> {
-    let mut d = super::driver::driver(store, format)?;
-    let end = d.drive(name).await.map_err(fleet_err)?;
-    drop(d);
-    let s = open(store)?;
-    let progress = s.member_progress(name)?;
+/// Drives the run in the foreground (local), or waits for the hub's controller to finish it
+/// (`before`: its state before the request); exit 0 when it completed (or had nothing to do).
+async fn drive<A: FleetApi>(
+    api: &mut A,
+    local: Option<&Path>,
+    name: &str,
+    format: Format,
+    before: UpdateState,
+) -> anyhow::Result<ExitCode> {
+    let end = match local {
+        Some(store) => {
+            let mut d = super::driver::driver(store, format)?;
+            d.drive(name).await.map_err(fleet_err)?
+        }
+        None => wait_for_end(api, name, before).await?,
+    };
+    let progress = api.progress(name).await.map_err(fleet_err)?;
     match format {
         Format::Table | Format::Wide => {
             print!("{}", super::show::render(&end, &progress, None, now(), format == Format::Wide))
@@ -204,6 +219,29 @@ async fn drive(store: &Path, name: &str, format: Format) -> anyhow::Result<ExitC
         UpdateState::Completed | UpdateState::Skipped => ExitCode::SUCCESS,
         _ => ExitCode::from(1),
     })
+}
+
+/// How often `--wait` on a hub looks at the run.
+const HUB_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The run once the hub's controller has acted on the request and nothing of it is under way
+/// (Completed, Failed, Stopped, Skipped). Until the controller acts, the run still shows its
+/// state `before` the request: a finished state counts only once the run was seen under way
+/// or left `before`.
+async fn wait_for_end<A: FleetApi>(api: &mut A, name: &str, before: UpdateState) -> anyhow::Result<RunState> {
+    let mut seen_under_way = false;
+    loop {
+        let r = api.get_run(name).await.map_err(fleet_err)?.state;
+        let under_way = matches!(
+            r.status.state,
+            UpdateState::NotStarted | UpdateState::Running | UpdateState::Pending | UpdateState::Stopping
+        ) || r.progress().in_flight > 0;
+        seen_under_way |= under_way;
+        if !under_way && (seen_under_way || r.status.state != before) {
+            return Ok(r);
+        }
+        tokio::time::sleep(HUB_POLL).await;
+    }
 }
 
 fn report(format: Format, state: &RunState, what: &str) -> anyhow::Result<ExitCode> {
@@ -225,15 +263,31 @@ struct Shown<'a> {
     events: Option<Vec<Event>>,
 }
 
-fn show_state(store: &Path, name: &str, format: Format, events: bool) -> anyhow::Result<()> {
-    let s = open(store)?;
-    let r = load_run(&s, name)?;
-    let progress = s.member_progress(name)?;
-    let driver = s.lease(name)?;
-    let history = if events {
-        Some(s.fleet_run_events(name)?.into_iter().map(|e| e.event).collect::<Vec<_>>())
-    } else {
-        None
+async fn show_state<A: FleetApi>(
+    api: &mut A,
+    local: Option<&Path>,
+    name: &str,
+    format: Format,
+    events: bool,
+) -> anyhow::Result<()> {
+    let r = api.get_run(name).await.map_err(fleet_err)?;
+    let progress = api.progress(name).await.map_err(fleet_err)?;
+    let (driver, history) = match local {
+        Some(store) => {
+            let s = open(store)?;
+            let history = if events {
+                Some(s.fleet_run_events(name)?.into_iter().map(|e| e.event).collect::<Vec<_>>())
+            } else {
+                None
+            };
+            (s.lease(name)?, history)
+        }
+        None if events => {
+            return Err(usage(format!(
+                "--events has no meaning with --hub: a hub run's history is its Kubernetes Events (kubectl describe updaterun {name})"
+            )));
+        }
+        None => (None, None),
     };
     let shown = Shown { run: &r.state, progress, driver, events: history };
     if !print_structured(format, &shown)? {

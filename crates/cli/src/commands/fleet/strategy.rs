@@ -4,9 +4,10 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use refit_core::fleet::Strategy;
+use refit_fleet::FleetApi;
 
 use super::args::StrategyCommand;
-use super::{check_name, open, read_file, store_err};
+use super::{check_name, fleet_err, read_file};
 use crate::output::{Format, print_structured, table, usage};
 
 /// Reads and validates a strategy file; every problem is one line and exit code 2.
@@ -16,7 +17,7 @@ pub fn parse_file(flag: &str, path: &Path) -> anyhow::Result<Strategy> {
     Ok(s)
 }
 
-pub fn run(cmd: StrategyCommand, store: &Path, format: Format) -> anyhow::Result<ExitCode> {
+pub async fn run<A: FleetApi>(cmd: StrategyCommand, api: &mut A, format: Format) -> anyhow::Result<ExitCode> {
     match cmd {
         StrategyCommand::Create { name, file, replace } => {
             let mut s = parse_file("-f", &file)?;
@@ -32,7 +33,7 @@ pub fn run(cmd: StrategyCommand, store: &Path, format: Format) -> anyhow::Result
             };
             check_name("strategy", &name)?;
             s.name = Some(name.clone());
-            open(store)?.put_strategy(&name, &s, replace).map_err(store_err)?;
+            api.put_strategy(&name, &s, replace).await.map_err(fleet_err)?;
             if !print_structured(format, &s)? {
                 let groups: usize = s.stages.iter().map(|st| st.effective_groups().len()).sum();
                 println!("strategy {name} stored: {} stage(s), {groups} group(s)", s.stages.len());
@@ -40,7 +41,7 @@ pub fn run(cmd: StrategyCommand, store: &Path, format: Format) -> anyhow::Result
             Ok(ExitCode::SUCCESS)
         }
         StrategyCommand::Show { name } => {
-            let s = open(store)?.strategy(&name)?.ok_or_else(|| {
+            let s = api.get_strategy(&name).await.map_err(fleet_err)?.ok_or_else(|| {
                 usage(format!("no strategy named '{name}' (see refit fleet strategy list)"))
             })?;
             if !print_structured(format, &s)? {
@@ -49,7 +50,7 @@ pub fn run(cmd: StrategyCommand, store: &Path, format: Format) -> anyhow::Result
             Ok(ExitCode::SUCCESS)
         }
         StrategyCommand::List => {
-            let all = open(store)?.strategies()?;
+            let all = api.list_strategies().await.map_err(fleet_err)?;
             let items: Vec<&Strategy> = all.iter().map(|(_, s)| s).collect();
             if !print_structured(format, &items)? {
                 let mut t = table(&["name", "stages"]);
@@ -70,7 +71,7 @@ pub fn run(cmd: StrategyCommand, store: &Path, format: Format) -> anyhow::Result
             Ok(ExitCode::SUCCESS)
         }
         StrategyCommand::Delete { name } => {
-            if !open(store)?.delete_strategy(&name)? {
+            if !api.delete_strategy(&name).await.map_err(fleet_err)? {
                 return Err(usage(format!("no strategy named '{name}' (see refit fleet strategy list)")));
             }
             if !print_structured(format, &serde_json::json!({"deleted": name}))? {

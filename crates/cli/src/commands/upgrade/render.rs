@@ -26,7 +26,10 @@ pub fn render_schedule(s: &Schedule, backup: Option<Result<&BackupSpec, &str>>) 
             (i + 1).to_string(),
             phase_name(st.phase).into(),
             st.to.to_string(),
-            st.concurrency.to_string(),
+            match st.surge {
+                Some(l) => format!("{} ({l})", st.concurrency),
+                None => st.concurrency.to_string(),
+            },
             shown,
             steps,
         ]);
