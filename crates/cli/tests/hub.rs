@@ -807,7 +807,8 @@ async fn member_client(dir: &Path) -> kube::Client {
     Testbed::attach(dir).unwrap().client().await.unwrap()
 }
 
-/// The pid of the `refit upgrade` holding the cluster lock of the sandbox in `dir`, if any.
+/// The pid of the process holding the cluster lock of the sandbox in `dir`, if any (a
+/// controller replica: member upgrades run in its process).
 async fn lock_holder(dir: &Path) -> Option<u32> {
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(member_client(dir).await, "kube-system");
@@ -822,12 +823,27 @@ fn running_action(dir: &Path) -> Option<u32> {
     alive(pid).then_some(pid)
 }
 
-/// Issue 15: two controller replicas; the leader is killed with SIGKILL while a member's
-/// control-plane node action runs. Its `refit upgrade` child dies with it (the launcher's
-/// guardian kills the whole group), the other replica takes the leader Lease, relaunches the
-/// member upgrades the run says are in flight, and the run completes: every node upgraded
-/// exactly once to the end, never two node actions of one member at once, and while the
-/// relaunched upgrade holds a member's cluster lock a second `refit upgrade` is refused.
+/// The journal a member upgrade keeps on its ClusterUpgrade: (owner, run ids, steps per node).
+async fn hub_journal(
+    upgrades: &Api<kube::api::DynamicObject>,
+    name: &str,
+) -> Option<(String, Vec<String>, serde_json::Value)> {
+    let cu = upgrades.get_opt(name).await.ok()??;
+    let j = cu.data["status"]["journal"].clone();
+    let owner = j["owner"].as_str()?.to_string();
+    let runs = j["runs"].as_array()?.iter().filter_map(|r| r["id"].as_str().map(str::to_string)).collect();
+    Some((owner, runs, j["steps"].clone()))
+}
+
+/// Issue 15: two controller replicas run member upgrades in their own process, journaled on
+/// each member's ClusterUpgrade. The leader is killed with SIGKILL while a member's
+/// control-plane node action runs: the action dies with it (its guardian kills the group),
+/// the other replica takes the leader Lease and the member's cluster lock (the holder's
+/// process is gone), claims the member's journal and resumes the same run — same id, one run,
+/// no cordon given back as an orphan's — and the run completes: every node upgraded and each
+/// node action finished exactly once, never two node actions of one member at once, and
+/// while the resumed upgrade holds a member's cluster lock a second `refit upgrade` is refused.
+/// Prints the takeover time and the hub API requests per member upgrade.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_leader_killed_during_a_member_upgrade_is_taken_over_and_every_member_is_upgraded_once() {
     let hub = Hub::start().await;
@@ -841,6 +857,7 @@ async fn a_leader_killed_during_a_member_upgrade_is_taken_over_and_every_member_
     hub.add_member("east-1", "all", &east.join("kubeconfig"), &east_action).await;
     hub.add_member("west-1", "all", &west.join("kubeconfig"), &west_action).await;
     hub.add_strategy("one-stage", json!([{"name": "all", "groups": [{"name": "all"}]}])).await;
+    let before = hub_requests(&hub.client).await;
     hub.run("to-137", "one-stage").await;
 
     let logs = [root.join("replica-1.log"), root.join("replica-2.log")];
@@ -852,6 +869,7 @@ async fn a_leader_killed_during_a_member_upgrade_is_taken_over_and_every_member_
     })
     .await;
     let (old_log, new_log) = (logs[leader].clone(), logs[1 - leader].clone());
+    let upgrades = hub.api("ClusterUpgrade");
 
     // East-1's first node action (its control plane's) is under way: kill -9 the leader.
     let action =
@@ -859,42 +877,19 @@ async fn a_leader_killed_during_a_member_upgrade_is_taken_over_and_every_member_
             running_action(&east)
         })
         .await;
-    let upgrade = lock_holder(&east).await.expect("east-1's upgrade holds its cluster lock");
-    assert!(alive(upgrade), "the cluster lock's holder {upgrade} runs");
-    // East-1's nodes as the test sees them, every second from now on (shown on failure).
-    let watch_nodes = {
-        let (kubectl, kubeconfig, out) =
-            (hub.tb.kubectl(&hub.version).unwrap(), east.join("kubeconfig"), root.join("east-nodes.log"));
-        std::thread::spawn(move || {
-            for _ in 0..600 {
-                let o = Command::new(&kubectl)
-                    .arg("--kubeconfig")
-                    .arg(&kubeconfig)
-                    .args(["get", "nodes", "--no-headers", "-o"])
-                    .arg("custom-columns=N:.metadata.name,V:.status.nodeInfo.kubeletVersion,U:.spec.unschedulable,BY:.metadata.annotations.refit\\.dev/cordoned-by")
-                    .output();
-                if let Ok(o) = o {
-                    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&out).unwrap();
-                    use std::io::Write;
-                    let _ = f.write_all(&o.stdout);
-                    let _ = f.write_all(&o.stderr);
-                }
-                std::thread::sleep(Duration::from_secs(1));
-            }
-        })
-    };
-    drop(watch_nodes);
+    let leader_pid = replicas[leader].child.id();
+    assert_eq!(lock_holder(&east).await, Some(leader_pid), "the leader holds east-1's cluster lock");
+    let (old_owner, old_runs, _) =
+        hub_journal(&upgrades, "to-137.east-1").await.expect("east-1's journal is on the hub");
+    assert_eq!(old_runs.len(), 1, "{old_runs:?}");
     let mut killed = replicas.remove(leader);
     let killed_at = Instant::now();
     killed.child.kill().unwrap();
     killed.child.wait().unwrap();
-    // Its orphaned member upgrade does not run on: it and its node action die with it.
-    eventually(
-        "the killed leader's member upgrade and node action end",
-        Duration::from_secs(15),
-        &old_log,
-        async || (!alive(upgrade) && !alive(action)).then_some(()),
-    )
+    // Its node action does not run on: it dies with the replica.
+    eventually("the killed leader's node action ends", Duration::from_secs(15), &old_log, async || {
+        (!alive(action)).then_some(())
+    })
     .await;
     let survivor = &replicas[0];
     eventually("the other replica leads", Duration::from_secs(60), &new_log, async || {
@@ -903,15 +898,18 @@ async fn a_leader_killed_during_a_member_upgrade_is_taken_over_and_every_member_
     .await;
     let takeover = killed_at.elapsed();
 
-    // The new leader relaunched east-1's upgrade: a new `refit upgrade` holds its lock and its
-    // node action runs. A second upgrade of east-1 meanwhile is refused by that lock.
-    let relaunched =
-        eventually("east-1's upgrade is relaunched", Duration::from_secs(180), &new_log, async || {
-            let holder = lock_holder(&east).await.filter(|p| *p != upgrade && alive(*p))?;
-            running_action(&east).filter(|p| *p != action).map(|_| holder)
+    // The new leader resumed east-1's upgrade: it holds its cluster lock, owns its journal,
+    // and a node action runs again. A second upgrade of east-1 meanwhile is refused by the lock.
+    let survivor_pid = survivor.child.id();
+    let new_owner =
+        eventually("east-1's upgrade is resumed", Duration::from_secs(180), &new_log, async || {
+            lock_holder(&east).await.filter(|p| *p == survivor_pid)?;
+            let (owner, _, _) = hub_journal(&upgrades, "to-137.east-1").await?;
+            running_action(&east).filter(|p| *p != action)?;
+            (owner != old_owner).then_some(owner)
         })
         .await;
-    let relaunched_after = killed_at.elapsed();
+    let resumed_after = killed_at.elapsed();
     let out = refit()
         .args(["upgrade", "--to", &release(37), "--context", "refit-testbed", "--yes", "--kubeconfig"])
         .arg(east.join("kubeconfig"))
@@ -923,9 +921,9 @@ async fn a_leader_killed_during_a_member_upgrade_is_taken_over_and_every_member_
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "a second upgrade ran next to the relaunched one: {stderr}");
+    assert!(!out.status.success(), "a second upgrade ran next to the resumed one: {stderr}");
     assert!(stderr.contains("another refit upgrade is running against this cluster"), "{stderr}");
-    assert!(stderr.contains(&format!("pid {relaunched}")), "refused naming the relaunched upgrade: {stderr}");
+    assert!(stderr.contains(&format!("pid {survivor_pid}")), "refused naming the survivor: {stderr}");
 
     let runs = hub.api("UpdateRun");
     let run = eventually("the run ends", Duration::from_secs(400), &new_log, async || {
@@ -933,10 +931,17 @@ async fn a_leader_killed_during_a_member_upgrade_is_taken_over_and_every_member_
         matches!(r.data["status"]["state"].as_str(), Some("Completed" | "Failed")).then_some(r)
     })
     .await;
+    let after = hub_requests(&hub.client).await;
     let status = &run.data["status"];
     assert_eq!(status["state"], "Completed", "{status}");
     assert_eq!((status["done"].as_u64(), status["members"].as_u64()), (Some(2), Some(2)), "{status}");
-    let upgrades = hub.api("ClusterUpgrade");
+    // The same run resumed from the hub's journal, under the survivor's claim: one run, the
+    // killed leader's id, every step done.
+    let (owner, east_runs, steps) = hub_journal(&upgrades, "to-137.east-1").await.unwrap();
+    assert_eq!(owner, new_owner);
+    assert_eq!(east_runs, old_runs, "east-1's run was not resumed: {steps}");
+    let log = std::fs::read_to_string(&new_log).unwrap_or_default();
+    assert!(!log.contains("given back"), "the survivor gave back an orphan's cordons:\n{log}");
     for (member, dir) in [("east-1", &east), ("west-1", &west)] {
         let cu = upgrades.get(&format!("to-137.{member}")).await.unwrap();
         assert_eq!(cu.data["status"]["state"], "Completed", "{member}: {:?}", cu.data);
@@ -946,8 +951,10 @@ async fn a_leader_killed_during_a_member_upgrade_is_taken_over_and_every_member_
             std::fs::read_to_string(dir.join("concurrent.log")).unwrap_or_default(),
             std::fs::read_to_string(dir.join("actions.log")).unwrap_or_default()
         );
+        let steps = cu.data["status"]["journal"]["steps"].as_object().cloned().unwrap_or_default();
         // Every node upgraded, each node action run to its end exactly once (an action
-        // killed with the leader is started again, never finished twice).
+        // killed with the leader is started again, never finished twice), each node's steps
+        // journaled done.
         let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(member_client(dir).await);
         let nodes = nodes.list(&ListParams::default()).await.unwrap().items;
         let done = std::fs::read_to_string(dir.join("done.log")).unwrap_or_default();
@@ -966,6 +973,11 @@ async fn a_leader_killed_during_a_member_upgrade_is_taken_over_and_every_member_
                 "{member}/{name}: {started}"
             );
             assert_eq!(finished, 1, "{member}/{name} finished {finished} times; started:\n{started}");
+            let journaled = steps.get(&name).and_then(|s| s.as_str()).unwrap_or_default();
+            assert!(
+                !journaled.is_empty() && journaled.split(',').all(|s| s.ends_with("=done")),
+                "{member}/{name}: journaled steps '{journaled}'"
+            );
         }
         assert_eq!(done.lines().count(), nodes.len(), "{member}: {done}");
     }
@@ -974,11 +986,26 @@ async fn a_leader_killed_during_a_member_upgrade_is_taken_over_and_every_member_
     for line in ["refit_controller_leader 1", "refit_controller_leader_changes_total 1"] {
         assert!(metrics.lines().any(|l| l == line), "no '{line}' in\n{metrics}");
     }
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("refit_controller_node_step_duration_seconds_count{step=\"upgrade\"}")),
+        "the in-process upgrades' node steps are not timed:\n{metrics}"
+    );
+    let total: u64 = after.iter().map(|(k, n)| n.saturating_sub(before.get(k).copied().unwrap_or(0))).sum();
+    let mut by_kind: Vec<((String, String), u64)> = after
+        .iter()
+        .map(|(k, n)| (k.clone(), n.saturating_sub(before.get(k).copied().unwrap_or(0))))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    by_kind.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     println!(
-        "takeover after kill -9 of the leader: leading again after {:.1} s, east-1's upgrade relaunched after {:.1} s; east-1 node actions started: {:?}",
+        "takeover after kill -9 of the leader: leading again after {:.1} s, east-1's run {} resumed after {:.1} s; east-1 node actions started: {:?}; hub API requests (refit resources, Secrets, Events; the test's polls included) for 2 member upgrades: {total} (~{} per member upgrade): {by_kind:?}",
         takeover.as_secs_f64(),
-        relaunched_after.as_secs_f64(),
-        std::fs::read_to_string(east.join("actions.log")).unwrap_or_default().lines().collect::<Vec<_>>()
+        old_runs.join(","),
+        resumed_after.as_secs_f64(),
+        std::fs::read_to_string(east.join("actions.log")).unwrap_or_default().lines().collect::<Vec<_>>(),
+        total / 2
     );
     drop(replicas);
     hub.tb.stop();

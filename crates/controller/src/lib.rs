@@ -17,6 +17,8 @@
 //! - [`hub`]: `refit fleet --hub` verbs (gate approval as the hub's authenticated user).
 //! - [`journal`]: the engine's journal of each member upgrade on its ClusterUpgrade (fenced
 //!   by an owner every write tests; the next leader resumes the same run from it).
+//! - [`launcher`]: member upgrades in-process through the engine library, journaled by
+//!   [`journal`] (the default; the local driver keeps `refit upgrade` children).
 //! - [`layout`]: which part of a run lives in the UpdateRun, which in each ClusterUpgrade
 //!   (an UpdateRun of 5,000 members stays under 1 MiB).
 //! - [`manifests`]: CRDs, RBAC, the approver admission policy and the Deployment.
@@ -28,6 +30,7 @@
 pub mod events;
 pub mod hub;
 pub mod journal;
+pub mod launcher;
 pub mod layout;
 pub mod leader;
 pub mod manifests;

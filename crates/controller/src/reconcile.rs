@@ -33,13 +33,14 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use refit_core::fleet::{Event, GateRef, GateStatus, RunState, UpdateState, resolve};
+use refit_fleet::commit_on;
 use refit_fleet::driver::{Driver, DriverConfig, Report, Sink};
 use refit_fleet::observe::{KubeObserver, fleet_members, observe_all};
 use refit_fleet::store::{DriverStore, FleetStore};
-use refit_fleet::{SubprocessLauncher, commit_on};
 use serde_json::json;
 use tokio::sync::Notify;
 
+use crate::launcher::InProcessLauncher;
 use crate::leader::Role;
 use crate::resources::{
     AutoUpgradeProfile, Gate, GateResourceSpec, GateResourceStatus, GateType, RunRequest, UpdateRun,
@@ -227,24 +228,52 @@ pub struct Lead {
     pub leadership: Leadership,
     /// Metrics.
     pub metrics: Metrics,
-    /// The local store member upgrades journal into (`refit upgrade --store`).
+    /// The local path member upgrades are given as their store (`--store`): their etcd
+    /// backups and the exec action's node locks lie beside it. Their journals are on the hub.
     pub journal: PathBuf,
+    /// Each member upgrade's engine request (the binary's parser of `refit upgrade`).
+    pub requests: crate::launcher::Requests,
     /// The driver's timings.
     pub driver: DriverConfig,
 }
 
-type HubDriver = Driver<SubprocessLauncher, KubeObserver, HubFleet>;
+type HubDriver = Driver<InProcessLauncher, KubeObserver, HubFleet>;
 
 /// Reconciles until this replica stops leading (Ok) or the hub fails for good (Err).
 pub async fn lead(lead: Lead) -> Result<(), refit_fleet::Error> {
-    let Lead { client, namespace, holder, leadership, metrics, journal, driver } = lead;
+    let Lead { client, namespace, holder, leadership, metrics, journal, requests, driver } = lead;
+    let Some(term) = leadership.leading() else { return Ok(()) };
     let store = HubFleet::new(client.clone(), &namespace, &holder, leadership.clone())
         .map_err(|e| refit_fleet::Error::Invalid(format!("cannot create the kubeconfig directory: {e}")))?;
+    // Member upgrades stop starting nodes as soon as this term ends (the next leader resumes
+    // them from their journals on the hub).
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let stopper = {
+        let leadership = leadership.clone();
+        let mut role = leadership.role.clone();
+        tokio::spawn(async move {
+            while leadership.leading() == Some(term) {
+                if role.changed().await.is_err() {
+                    break;
+                }
+            }
+            let _ = stop_tx.send(true);
+        })
+    };
     let launcher = {
         let metrics = metrics.clone();
-        SubprocessLauncher::this_binary(&journal)?.with_events(Arc::new(
-            move |member: &str, e: &refit_core::event::Event| metrics.upgrade_event(member, e),
-        ))
+        let still = leadership.clone();
+        InProcessLauncher {
+            upgrades: Api::namespaced(client.clone(), &namespace),
+            owner: format!("{holder}/{term}"),
+            leading: Arc::new(move || still.leading() == Some(term)),
+            stop,
+            requests,
+            store: journal,
+            on_event: Some(Arc::new(move |member: &str, e: &refit_core::event::Event| {
+                metrics.upgrade_event(member, e)
+            })),
+        }
     };
     let sink: Sink = {
         let metrics = metrics.clone();
@@ -300,6 +329,7 @@ pub async fn lead(lead: Lead) -> Result<(), refit_fleet::Error> {
     for w in watches {
         w.abort();
     }
+    stopper.abort();
     result
 }
 

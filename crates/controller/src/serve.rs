@@ -39,9 +39,13 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Leader election.
     pub election: leader::Config,
-    /// The local store member upgrades journal into (None: a private directory of this
-    /// replica's, removed when it exits).
+    /// The local store path member upgrades are given: their etcd backups and node-action
+    /// locks lie beside it (None: a private directory of this replica's, removed when it
+    /// exits). Their journals are on the hub.
     pub journal: Option<std::path::PathBuf>,
+    /// Each member upgrade's engine request (the binary parses it as `refit upgrade`'s
+    /// arguments).
+    pub requests: crate::launcher::Requests,
     /// Refresh the release catalog on a schedule (None: never; `refit catalog update` by hand).
     pub catalog_refresh: Option<CatalogRefresh>,
 }
@@ -114,6 +118,7 @@ pub async fn run(cfg: Config, on_listen: impl FnOnce(SocketAddr)) -> Result<(), 
     let leadership = Leadership { role: role.clone(), term: term.clone() };
     let client = conn.client.clone();
     let namespace = cfg.namespace.clone();
+    let requests = cfg.requests.clone();
     tokio::spawn(async move {
         let mut watch_role = leadership.role.clone();
         loop {
@@ -126,6 +131,7 @@ pub async fn run(cfg: Config, on_listen: impl FnOnce(SocketAddr)) -> Result<(), 
                     leadership: leadership.clone(),
                     metrics: reconciler_metrics.clone(),
                     journal: journal.clone(),
+                    requests: requests.clone(),
                     driver: refit_fleet::DriverConfig::default(),
                 };
                 match crate::reconcile::lead(lead).await {

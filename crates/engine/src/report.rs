@@ -169,6 +169,19 @@ pub struct Outcome {
     pub backup_opted_out: bool,
 }
 
+impl Outcome {
+    /// The run's end as its `summary` event carries it (what a fleet driver reads, from a
+    /// child's line or from an upgrade run in-process).
+    pub fn summary(&self) -> refit_core::event::RunSummary {
+        refit_core::event::RunSummary {
+            run: Some(self.run.clone()),
+            state: self.state,
+            reason: self.reason.clone(),
+            remedies: self.remedies.clone(),
+        }
+    }
+}
+
 /// Milliseconds of a duration, saturating (a run never lasts 584 million years).
 pub(crate) fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)

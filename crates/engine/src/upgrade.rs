@@ -4,20 +4,27 @@
 //! cordons of a run whose journal is elsewhere) → [`plan`] (prepare, exactly `refit plan`,
 //! then the schedule) → [`Planned::spec`] (the refusals before a run: blocked, no etcd
 //! backup, no node action) → [`record`] (a new run with a unique id, the lock pointing at it)
-//! → [`crate::Engine::execute`]. Front ends render, and confirm, in between; nothing here
-//! prints or reads an argument.
+//! → [`execute`] (the engine under the cluster lock: a lost lock stops it). Front ends
+//! render, and confirm, in between; nothing here prints or reads an argument.
+//! [`unattended`] is the same order with nobody to confirm (the hub controller's in-process
+//! member upgrades): lock → begin → plan → spec → record → execute → release, one typed end.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use refit_core::Version;
+use refit_core::event::{Blocker, Event};
 use refit_core::run::{Schedule, Style, schedule};
 use refit_kube::Connection;
+use tokio::sync::watch;
 
-use crate::context::{Journal, RunRecord};
+use crate::context::{Context, Journal, RunRecord};
 use crate::lifecycle::lock::Lock;
 use crate::lifecycle::{self, Behaviour, Decision, LifecycleError};
 use crate::prepare::{PlanInput, PrepareError, Prepared, prepare};
+use crate::report::Outcome;
 use crate::spec::{BackupSpec, EtcdEndpointSpec, NodeAction, RunSpec, touches_control_plane};
+use refit_core::lock::Holder;
 
 /// What an upgrade is asked, parsed (the CLI from its arguments, the controller from a
 /// member and its run).
@@ -73,6 +80,12 @@ pub enum UpgradeError {
     /// No node action.
     #[error("no node action")]
     NoAction,
+    /// The cluster's identity could not be read.
+    #[error("reading the cluster's identity: {0}")]
+    Cluster(#[source] refit_kube::Error),
+    /// The run failed to execute (its journal, the cluster around it).
+    #[error(transparent)]
+    Execute(#[from] crate::Error),
 }
 
 /// A downgrade's two ends.
@@ -278,4 +291,146 @@ pub async fn record(
     let id = lifecycle::create_run(journal, cluster, spec, &jiff::Zoned::now()).await?;
     lock.set_run(&id).await?;
     Ok(id)
+}
+
+/// Executes run `id` under `lock` until it ends, `stop` turns true (start no new node; nodes
+/// under way finish) or someone takes the lock (`--break-lock` elsewhere: the same stop, with a
+/// warning on the sink). Every front end executes through here, so a lost lock stops them
+/// all alike.
+pub async fn execute(
+    ctx: Context,
+    id: String,
+    spec: crate::RunSpec,
+    lock: &Lock,
+    mut stop: watch::Receiver<bool>,
+    not_after: Option<SystemTime>,
+) -> Result<Outcome, crate::Error> {
+    let (stop_tx, stop_rx) = watch::channel(*stop.borrow());
+    let mut lost = lock.lost();
+    let warn = ctx.sink.clone();
+    let watcher = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                r = stop.changed() => {
+                    if r.is_err() {
+                        // Nobody can ask any more: only the lock can stop the run now.
+                        let _ = lost.wait_for(|l| *l).await;
+                        return lock_lost(&warn, &stop_tx);
+                    }
+                    if *stop.borrow() {
+                        let _ = stop_tx.send(true);
+                        return;
+                    }
+                }
+                r = lost.changed() => {
+                    if r.is_ok() && *lost.borrow() {
+                        return lock_lost(&warn, &stop_tx);
+                    }
+                    if r.is_err() {
+                        let _ = stop.wait_for(|s| *s).await;
+                        let _ = stop_tx.send(true);
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let outcome = crate::Engine::new(ctx, id, spec, stop_rx, not_after).execute().await;
+    watcher.abort();
+    outcome
+}
+
+fn lock_lost(sink: &Arc<dyn crate::EventSink>, stop: &watch::Sender<bool>) {
+    sink.emit(&Event::Warning {
+        message: "the cluster lock was taken by another refit (--break-lock): no new node starts; nodes under way finish".into(),
+    });
+    let _ = stop.send(true);
+}
+
+/// How an [`unattended`] upgrade ended, when it did not fail.
+#[derive(Debug, Clone)]
+pub enum End {
+    /// A run executed (resumed or new) to this outcome: completed, failed, interrupted or
+    /// paused.
+    Ran(Box<Outcome>),
+    /// No run was needed: why (e.g. every node is at the target already).
+    NothingToDo(String),
+    /// The plan is blocked: nothing was recorded or changed.
+    Blocked(Vec<Blocker>),
+}
+
+/// One cluster upgrade with nobody to confirm it, in [`begin`]'s order: the cluster lock for
+/// `holder` → [`begin`] (an unfinished run of `ctx.journal` to the same target is resumed) →
+/// [`plan`] → [`Planned::spec`] → [`record`] → [`execute`] → the lock released on every path.
+/// `ctx` is the run's context (`crate::real::context`): its journal is where the run is
+/// recorded and resumed from, its sink sees every event (notes about earlier runs come as
+/// warnings). `stop` asks for a clean stop (shutdown, lost leadership).
+pub async fn unattended(
+    conn: &Connection,
+    ctx: Context,
+    holder: Holder,
+    request: &Request,
+    stop: watch::Receiver<bool>,
+    not_after: Option<SystemTime>,
+) -> Result<End, UpgradeError> {
+    let (lock, takeover) = Lock::acquire(conn, holder, false).await?;
+    if let Some((_, whose)) = takeover {
+        ctx.sink.emit(&Event::Warning { message: format!("took the cluster lock over from {whose}") });
+    }
+    let end = unattended_locked(conn, ctx, &lock, request, stop, not_after).await;
+    lock.release().await;
+    end
+}
+
+async fn unattended_locked(
+    conn: &Connection,
+    ctx: Context,
+    lock: &Lock,
+    request: &Request,
+    stop: watch::Receiver<bool>,
+    not_after: Option<SystemTime>,
+) -> Result<End, UpgradeError> {
+    let uid = refit_kube::node::cluster_uid(conn).await.map_err(UpgradeError::Cluster)?;
+    let journal = ctx.journal.clone();
+    match begin(conn, Some(journal.as_ref()), &uid, request, lock).await? {
+        Begun::Resume { run, spec } => {
+            let outcome = execute(ctx, run.id, *spec, lock, stop, not_after).await?;
+            return Ok(End::Ran(Box::new(outcome)));
+        }
+        Begun::Fresh(notes) => {
+            for n in notes {
+                let message = match n {
+                    Note::Abandoned { run, uncordoned } => {
+                        format!("run {run} abandoned; uncordoned: {}", uncordoned.join(", "))
+                    }
+                    Note::OrphanCordonsGivenBack { run, uncordoned } => format!(
+                        "run {run} of the lock's previous holder is not in this journal: its cordons given back ({})",
+                        uncordoned.join(", ")
+                    ),
+                };
+                ctx.sink.emit(&Event::Warning { message });
+            }
+        }
+    }
+    let planned = match plan(conn, request).await {
+        Ok(p) => p,
+        Err(UpgradeError::Prepare(PrepareError::NothingToDo(m))) => return Ok(End::NothingToDo(m)),
+        Err(e) => return Err(e),
+    };
+    let spec = match planned.spec(request) {
+        Ok(Some(spec)) => spec,
+        Ok(None) => {
+            return Ok(End::NothingToDo(format!(
+                "nothing to upgrade: every planned node is already at {}",
+                planned.schedule.target
+            )));
+        }
+        Err(UpgradeError::Blocked) => {
+            return Ok(End::Blocked(Blocker::of(&planned.prepared.plan.findings)));
+        }
+        Err(e) => return Err(e),
+    };
+    let id = record(journal.as_ref(), &uid, &spec, lock).await?;
+    let outcome = execute(ctx, id, spec, lock, stop, not_after).await?;
+    Ok(End::Ran(Box::new(outcome)))
 }

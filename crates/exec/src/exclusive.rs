@@ -39,6 +39,9 @@ pub struct RunScope {
     pub run: String,
     /// A private local directory for the exec action's per-node locks (the store's `locks/`).
     pub lock_dir: PathBuf,
+    /// Added to the environment of the run's local commands (a fleet member upgrade's
+    /// `REFIT_NODE_IMAGES`, given by the hub controller that runs it in-process).
+    pub env: Vec<(String, String)>,
 }
 
 /// A name for one action of one run, safe as a file name and a systemd unit name on any node:

@@ -87,6 +87,7 @@ pub async fn run_exec_exclusive(
     let argv = substitute(command, &vars);
     let mut env = ctx.env();
     env.push(("REFIT_RUN".into(), scope.run.clone()));
+    env.extend(scope.env.iter().cloned());
     let result = run_command_holding(&argv, &env, timeout, Some(lock.file()), on_line).await.map(|_| ());
     drop(lock);
     result

@@ -317,7 +317,7 @@ async fn helper_run_an_exclusive_action() {
         );
     };
     let dir = PathBuf::from(dir);
-    let scope = RunScope { run: "up-test".into(), lock_dir: dir.join("locks") };
+    let scope = RunScope { run: "up-test".into(), lock_dir: dir.join("locks"), env: Vec::new() };
     let _ = run_exec_exclusive(&forking_action(&dir), &ctx("worker-001"), &scope, LONG, &|_| {}).await;
 }
 
@@ -348,7 +348,7 @@ async fn an_exec_action_under_way_dies_with_refit_and_the_rerun_runs_it_once_alo
     assert!(gone(helper).await, "the action's helper {helper} outlived the kill -9 of refit");
 
     // The relaunch: same run, same node.
-    let scope = RunScope { run: "up-test".into(), lock_dir: dir.path().join("locks") };
+    let scope = RunScope { run: "up-test".into(), lock_dir: dir.path().join("locks"), env: Vec::new() };
     let lines = Lines::default();
     let mut action = forking_action(dir.path());
     action.splice(0..0, ["env".to_string(), "REFIT_TEST_WORK=1".to_string()]);
@@ -367,7 +367,7 @@ async fn an_exec_action_under_way_dies_with_refit_and_the_rerun_runs_it_once_alo
 #[tokio::test]
 async fn two_copies_of_one_nodes_action_in_one_run_never_overlap() {
     let dir = tempfile::tempdir().unwrap();
-    let scope = RunScope { run: "up-test".into(), lock_dir: dir.path().join("locks") };
+    let scope = RunScope { run: "up-test".into(), lock_dir: dir.path().join("locks"), env: Vec::new() };
     let mut action = forking_action(dir.path());
     action.splice(0..0, ["env".to_string(), "REFIT_TEST_WORK=1".to_string()]);
     let (a, b) = (Lines::default(), Lines::default());

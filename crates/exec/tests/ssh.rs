@@ -397,7 +397,11 @@ async fn the_kubeadm_recipe_runs_over_ssh_exactly_as_written() {
 }
 
 fn scope(run: &str) -> RunScope {
-    RunScope { run: run.into(), lock_dir: std::env::temp_dir().join("refit-test-unused-locks") }
+    RunScope {
+        run: run.into(),
+        lock_dir: std::env::temp_dir().join("refit-test-unused-locks"),
+        env: Vec::new(),
+    }
 }
 
 /// Issue 18 item 5: the ssh client dies mid-recipe (refit killed, or its time ran out); the

@@ -228,6 +228,12 @@ impl Reader {
                 return None;
             }
         };
+        self.event(event)
+    }
+
+    /// Reads one typed event (a line of a child, or an event of an upgrade run in-process);
+    /// the progress to record (operation, detail), if it moved.
+    pub fn event(&mut self, event: Event) -> Option<(Option<String>, String)> {
         self.reached = true;
         match event {
             Event::RunStarted { run, units, .. } => {
@@ -255,6 +261,13 @@ impl Reader {
             self.current.clone()
         };
         Some((self.operation.clone(), detail))
+    }
+
+    /// An upgrade that failed before its end could be reported (an error of the upgrade run
+    /// in-process: its journal, its cluster lock, its cluster).
+    pub fn failed(self, error: &str) -> UpgradeEnd {
+        let op = self.operation.as_ref().map(|o| format!(" (run {o})")).unwrap_or_default();
+        UpgradeEnd::Failed { error: format!("refit upgrade failed{op}: {error}"), reached: self.reached }
     }
 
     /// How the upgrade ended, from what it reported and how its process exited (Err: why).

@@ -26,8 +26,9 @@ pub struct ControllerArgs {
     /// Where /healthz, /readyz and /metrics listen.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
-    /// The local store member upgrades journal into (default: a private directory of this
-    /// replica's, removed when it exits).
+    /// The local store path member upgrades are given: their etcd backups and node-action
+    /// locks lie beside it (default: a private directory of this replica's, removed when it
+    /// exits). Their journals are on the hub.
     #[arg(long)]
     pub store: Option<std::path::PathBuf>,
     /// Refresh the release catalog this often (e.g. 6h; 1s to one year), as `refit catalog
@@ -72,6 +73,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
                 namespace: args.namespace,
                 listen: args.listen,
                 journal: args.store,
+                requests: member_requests(),
                 catalog_refresh: args.catalog_refresh_every.map(|every| {
                     refit_controller::serve::CatalogRefresh {
                         source: refit_engine::catalog::Source::parse(
@@ -98,6 +100,19 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// A member upgrade's engine request: the command line the local driver gives its `refit
+/// upgrade` children (`refit_fleet::launch::upgrade_argv`), parsed by this binary's own parser
+/// (`refit upgrade`'s clap arguments, then its `Input`) — one spelling of every flag for both.
+fn member_requests() -> refit_controller::launcher::Requests {
+    refit_controller::launcher::Requests(std::sync::Arc::new(
+        |up: &refit_fleet::MemberUpgrade, store: &std::path::Path| {
+            let exe = std::path::Path::new("refit");
+            let argv = refit_fleet::launch::upgrade_argv(exe, store, up)?;
+            crate::commands::upgrade::request_of(&argv).map_err(|e| format!("{e:#}"))
+        },
+    ))
+}
+
 fn check_namespace(ns: &str) -> anyhow::Result<()> {
     if is_dns_label(ns) {
         return Ok(());
@@ -115,4 +130,54 @@ fn is_dns_label(s: &str) -> bool {
         && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b.first().is_some_and(|c| *c != b'-')
         && b.last().is_some_and(|c| *c != b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use refit_core::fleet::{MemberTarget, UpgradeType};
+    use refit_engine::NodeAction;
+    use refit_store::fleet::MemberRecord;
+
+    fn member_upgrade(action: &str, args: &[&str]) -> refit_fleet::MemberUpgrade {
+        refit_fleet::MemberUpgrade {
+            run: "to-137".into(),
+            member: MemberRecord {
+                name: "east-1".into(),
+                context: Some("east".into()),
+                action: Some(action.into()),
+                upgrade_args: args.iter().map(|a| a.to_string()).collect(),
+                ..MemberRecord::default()
+            },
+            upgrade_type: UpgradeType::ControlPlaneOnly,
+            target: MemberTarget {
+                kubernetes: Some("1.37.1".parse().unwrap()),
+                node_images: Default::default(),
+            },
+            control_plane: None,
+            not_after: None,
+            policy: refit_core::path::Policy::Default,
+        }
+    }
+
+    #[test]
+    fn a_members_request_means_what_its_refit_upgrade_command_line_means() {
+        let build = member_requests();
+        let store = std::path::Path::new("/tmp/refit-test-store/refit.db");
+        let up = member_upgrade("exec:./up.sh {node} {to}", &["--drain-timeout=5m", "--no-etcd-backup"]);
+        let r = (build.0)(&up, store).unwrap();
+        assert_eq!(
+            r.action,
+            Some(NodeAction::Exec { command: vec!["./up.sh".into(), "{node}".into(), "{to}".into()] })
+        );
+        assert_eq!(r.behaviour.drain_timeout_secs, 300);
+        assert_eq!(r.backup, Some(refit_engine::BackupSpec::OptedOut));
+        assert!(r.plan.control_plane_only, "the run's upgrade type reaches the plan");
+        assert!(!r.cluster_services);
+        // Bad settings are refused with the command line's own words, before any contact.
+        let err = (build.0)(&member_upgrade("teleport", &[]), store).unwrap_err();
+        assert!(err.contains("--action 'teleport'"), "{err}");
+        let err = (build.0)(&member_upgrade("ssh", &["--drain-timeout=forever"]), store).unwrap_err();
+        assert!(err.contains("--drain-timeout"), "{err}");
+    }
 }

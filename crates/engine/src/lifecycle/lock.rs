@@ -294,6 +294,14 @@ impl Lock {
     }
 }
 
+/// A lock dropped without [`Lock::release`] (its upgrade cancelled: the hub controller's
+/// member upgrades when the replica stops leading) stops being renewed, and expires.
+impl Drop for Lock {
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
+}
+
 /// Renews the lock every [`RENEW_EVERY`] until aborted; says so on `lost` if someone else
 /// took it. A failed renewal (the apiserver restarting) is retried at the next tick.
 async fn renew(conn: Connection, state: Arc<Mutex<State>>, lost: watch::Sender<bool>) {

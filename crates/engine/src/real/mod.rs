@@ -41,10 +41,23 @@ pub fn context(
     sink: Arc<dyn EventSink>,
     lock_dir: PathBuf,
 ) -> Context {
+    context_with_env(conn, journal, sink, lock_dir, Vec::new())
+}
+
+/// [`context`] whose node actions' local commands get `env` added to their environment (a
+/// fleet member upgrade's `REFIT_NODE_IMAGES`, where the upgrade runs in the controller's
+/// process rather than in a child that inherits it).
+pub fn context_with_env(
+    conn: Connection,
+    journal: Arc<dyn Journal>,
+    sink: Arc<dyn EventSink>,
+    lock_dir: PathBuf,
+    env: Vec<(String, String)>,
+) -> Context {
     Context {
         health: Arc::new(KubeControlPlane(conn.clone())),
         cluster: Arc::new(KubeCluster(conn)),
-        actions: Arc::new(ExecActions { lock_dir }),
+        actions: Arc::new(ExecActions { lock_dir, env }),
         journal,
         clock: Arc::new(SystemClock),
         sink,
@@ -214,6 +227,9 @@ fn etcd_endpoints(endpoints: &[EtcdEndpointSpec]) -> Vec<refit_exec::backup::Etc
 pub struct ExecActions {
     /// Where the exec action's per-node locks live (issue 18 items 5, 17).
     pub lock_dir: PathBuf,
+    /// Added to the environment of every local command (the exec action, the replace
+    /// action's commands).
+    pub env: Vec<(String, String)>,
 }
 
 impl NodeActions for ExecActions {
@@ -234,7 +250,11 @@ impl NodeActions for ExecActions {
         on_line: OnLine<'a>,
     ) -> BoxFuture<'a, Result<(), ActionFailure>> {
         async move {
-            let scope = refit_exec::RunScope { run: run.to_string(), lock_dir: self.lock_dir.clone() };
+            let scope = refit_exec::RunScope {
+                run: run.to_string(),
+                lock_dir: self.lock_dir.clone(),
+                env: self.env.clone(),
+            };
             let lines = |l: OutputLine| on_line(l.text());
             let changed =
                 |e: refit_exec::Error| ActionFailure { message: e.to_string(), node_unchanged: false };
@@ -284,7 +304,8 @@ impl NodeActions for ExecActions {
     ) -> BoxFuture<'a, Result<(), ActionFailure>> {
         async move {
             let lines = |l: OutputLine| on_line(l.text());
-            refit_exec::command::run_command(argv, env, timeout, &lines)
+            let env: Vec<(String, String)> = env.iter().chain(&self.env).cloned().collect();
+            refit_exec::command::run_command(argv, &env, timeout, &lines)
                 .await
                 .map(|_| ())
                 .map_err(|e| ActionFailure { message: e.to_string(), node_unchanged: false })

@@ -19,7 +19,7 @@ use refit_engine::lifecycle::lock::{Lock, this_process};
 use refit_engine::prepare::PrepareError;
 use refit_engine::real::SqliteJournal;
 use refit_engine::upgrade::{self, Begun, Note, UpgradeError};
-use refit_engine::{Engine, EventSink, RunSpec};
+use refit_engine::{EventSink, RunSpec};
 use refit_kube::Connection;
 use serde::Serialize;
 
@@ -53,6 +53,18 @@ fn say(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
+}
+
+/// The engine request of a `refit upgrade` command line (`argv[0]` the program), parsed
+/// exactly as the command parses its own arguments: the hub controller's in-process member
+/// upgrades take theirs so.
+pub(crate) fn request_of(argv: &[String]) -> anyhow::Result<upgrade::Request> {
+    use clap::Parser;
+    let cli = crate::args::Cli::try_parse_from(argv).map_err(|e| usage(e.to_string().trim().to_string()))?;
+    let crate::args::Command::Upgrade(args) = cli.command else {
+        return Err(usage("internal: a member upgrade's command line is not `refit upgrade`"));
+    };
+    Ok(Input::parse(&args)?.request)
 }
 
 pub async fn run(args: UpgradeArgs, format: Format) -> anyhow::Result<ExitCode> {
@@ -219,9 +231,11 @@ fn refused(e: UpgradeError) -> anyhow::Error {
         UpgradeError::NoAction => usage(
             "no node action: pass --action (exec:PROGRAM ARG..., ssh, sandbox, replace-sandbox) or set `action:` in the plan file (-f)",
         ),
-        e @ (UpgradeError::Lifecycle(_) | UpgradeError::Lock(_) | UpgradeError::Blocked) => {
-            anyhow::Error::new(e)
-        }
+        e @ (UpgradeError::Lifecycle(_)
+        | UpgradeError::Lock(_)
+        | UpgradeError::Blocked
+        | UpgradeError::Cluster(_)
+        | UpgradeError::Execute(_)) => anyhow::Error::new(e),
     }
 }
 
@@ -278,27 +292,12 @@ async fn execute(
         Arc::new(move |e: &Event| view.handle(e))
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    signals::on_stop(stop_tx.clone(), input.stop_grace);
-    // Someone took the cluster lock (--break-lock elsewhere): start nothing new.
-    let mut lost = lock.lost();
-    let warn = sink.clone();
-    let watcher = tokio::spawn(async move {
-        while lost.changed().await.is_ok() {
-            if *lost.borrow() {
-                warn.emit(&Event::Warning {
-                    message: "the cluster lock was taken by another refit (--break-lock): no new node starts; nodes under way finish".into(),
-                });
-                let _ = stop_tx.send(true);
-                return;
-            }
-        }
-    });
+    signals::on_stop(stop_tx, input.stop_grace);
     // The exec action's per-node locks live next to the store (private, like it).
     let lock_dir = input.store_path.parent().map_or_else(|| "locks".into(), |p| p.join("locks"));
     let ctx = refit_engine::real::context(conn.clone(), journal, sink, lock_dir);
-    let engine = Engine::new(ctx, id, spec, stop_rx, input.not_after);
-    let outcome = engine.execute().await;
-    watcher.abort();
+    // Someone taking the cluster lock (--break-lock elsewhere) stops it like a signal.
+    let outcome = upgrade::execute(ctx, id, spec, lock, stop_rx, input.not_after).await;
     let outcome = outcome?;
     view.finish();
     match format {
