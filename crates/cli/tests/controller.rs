@@ -113,7 +113,7 @@ fn kubeconfig_as(tb: &Testbed, dir: &std::path::Path, user: &str) -> std::path::
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn fleet_hub_gate_approve_records_the_user_the_hub_authenticates() {
+async fn a_gate_approval_records_the_user_the_hub_authenticates_and_a_forged_one_is_refused() {
     let versions = TestbedVersions::from_env().unwrap();
     let version = versions.kubernetes.last().cloned().expect("the testbed builds at least one release");
     let tb = Testbed::start(TestbedConfig::new(version.clone(), 0)).await.unwrap();
@@ -175,23 +175,46 @@ async fn fleet_hub_gate_approve_records_the_user_the_hub_authenticates() {
     // --by means nothing on a hub: bad input.
     let out = fleet("alice", &["gate", "approve", "to-137", "canary/after/1", "--by", "bob"]);
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = fleet("alice", &["gate", "approve", "to-137", "nope/after/1"]);
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no gate nope/after/1 of run to-137"));
+    // Core's rules are checked before the hub is written: an approval of a run the hub does not
+    // have is bad input, and nothing is written.
+    let out = fleet("alice", &["gate", "approve", "to-137", "canary/after/1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no update run named 'to-137'"), "{err}");
 
     let nothing =
         kubectl(&["-n", NS, "get", "gate", "to-137.canary.after.1", "-o", "jsonpath={.spec.approval}"]);
     assert_eq!(nothing, "", "a refused approval left something behind");
-    let out = fleet("alice", &["gate", "approve", "to-137", "canary/after/1", "--expires-in", "4h"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(text.trim(), "approved to-137 canary/after/1 as alice");
-    let approval = |field: &str| {
-        let path = format!("jsonpath={{.spec.approval{field}}}");
-        kubectl(&["-n", NS, "get", "gate", "to-137.canary.after.1", "-o", &path])
+    // kubectl as alice: the admission policy refuses an approval in another name, and records
+    // hers (the hub's own identity, not a flag).
+    let kubectl_as = |user: &str, patch: &str| {
+        Command::new(tb.kubectl(&version).unwrap())
+            .arg("--kubeconfig")
+            .arg(kubeconfig_as(&tb, dir.path(), user))
+            .args(["-n", NS, "patch", "gate", "to-137.canary.after.1", "--type", "merge", "-p", patch])
+            .output()
+            .unwrap()
     };
-    assert_eq!(approval(".approver"), "alice");
-    let expires = approval(".expiresAt");
-    assert!(expires.parse::<jiff::Timestamp>().is_ok(), "{expires}");
+    let forged = kubectl_as("alice", r#"{"spec":{"approval":{"approver":"bob"}}}"#);
+    let err = String::from_utf8_lossy(&forged.stderr);
+    assert!(!forged.status.success(), "a forged approver was accepted");
+    assert!(err.contains("must be the user making the request (alice)"), "{err}");
+    assert_eq!(
+        kubectl(&["-n", NS, "get", "gate", "to-137.canary.after.1", "-o", "jsonpath={.spec.approval}"]),
+        "",
+        "a forged approval left something behind"
+    );
+    let honest = kubectl_as("alice", r#"{"spec":{"approval":{"approver":"alice"}}}"#);
+    assert!(honest.status.success(), "{}", String::from_utf8_lossy(&honest.stderr));
+    let approver = kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "gate",
+        "to-137.canary.after.1",
+        "-o",
+        "jsonpath={.spec.approval.approver}",
+    ]);
+    assert_eq!(approver, "alice");
     tb.stop();
 }
