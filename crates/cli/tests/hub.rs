@@ -857,6 +857,11 @@ async fn a_leader_killed_during_a_member_upgrade_is_taken_over_and_every_member_
     hub.add_member("east-1", "all", &east.join("kubeconfig"), &east_action).await;
     hub.add_member("west-1", "all", &west.join("kubeconfig"), &west_action).await;
     hub.add_strategy("one-stage", json!([{"name": "all", "groups": [{"name": "all"}]}])).await;
+    // Independent watchers on both members (nodes: skew, cordons) for the whole run.
+    let watchers = [
+        support::watcher::Watcher::start(member_client(&east).await, "default").await,
+        support::watcher::Watcher::start(member_client(&west).await, "default").await,
+    ];
     let before = hub_requests(&hub.client).await;
     hub.run("to-137", "one-stage").await;
 
@@ -935,6 +940,13 @@ async fn a_leader_killed_during_a_member_upgrade_is_taken_over_and_every_member_
     let status = &run.data["status"];
     assert_eq!(status["state"], "Completed", "{status}");
     assert_eq!((status["done"].as_u64(), status["members"].as_u64()), (Some(2), Some(2)), "{status}");
+    // What the watchers saw through the kill and the takeover: no worker kubelet ever newer
+    // than a control plane's, never more than the one worker unschedulable at once.
+    for (member, w) in ["east-1", "west-1"].into_iter().zip(watchers) {
+        let seen = w.stop();
+        assert!(seen.skew_breaches.is_empty(), "{member}: {:?}", seen.skew_breaches);
+        assert!(seen.max_unschedulable_workers <= 1, "{member}: {seen:?}");
+    }
     // The same run resumed from the hub's journal, under the survivor's claim: one run, the
     // killed leader's id, every step done.
     let (owner, east_runs, steps) = hub_journal(&upgrades, "to-137.east-1").await.unwrap();
