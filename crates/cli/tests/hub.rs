@@ -1137,7 +1137,7 @@ async fn every_fleet_verb_works_against_the_hub_as_in_local_mode() {
     let two = root.join("two.yaml");
     std::fs::write(
         &two,
-        "stages:\n  - name: a\n    groups: [{name: a}]\n  - name: b\n    groups: [{name: b}]\n",
+        "stages:\n  - name: a\n    groups: [{name: a}]\n    afterGates: [{type: Approval}]\n  - name: b\n    groups: [{name: b}]\n",
     )
     .unwrap();
     support::stdout(hub_fleet(&hub).args(["strategy", "create", "two", "-f"]).arg(&two));
@@ -1211,8 +1211,21 @@ async fn every_fleet_verb_works_against_the_hub_as_in_local_mode() {
     let v = until("r1 stops", "r1", &|v| v["state"] == "Stopped");
     assert_eq!(member_state(&v, "m-a").0, "Completed", "{v:#}");
     assert_eq!(member_state(&v, "m-b").0, "NotStarted", "{v:#}");
-    // Started again: m-b waits for its window.
+    // Started again: stage a's approval holds stage b; approved through `refit fleet --hub` as
+    // the user the hub authenticates (the admission policy checks the recorded approver).
     support::stdout(hub_fleet(&hub).args(["run", "start", "r1"]));
+    let v =
+        until("r1 waits on stage a's approval", "r1", &|v| v["pending"].to_string().contains("a/after/1"));
+    assert_eq!(member_state(&v, "m-b").0, "NotStarted", "{v:#}");
+    let approved = support::stdout(hub_fleet(&hub).args(["gate", "approve", "r1", "a/after/1"]));
+    let user = approved
+        .split_once("approved by ")
+        .and_then(|(_, rest)| rest.split_once(" at "))
+        .map(|(user, _)| user)
+        .unwrap_or_else(|| panic!("{approved}"));
+    let gate = hub.api("Gate").get("r1.a.after.1").await.unwrap();
+    assert_eq!(gate.data["spec"]["approval"]["approver"], user, "{:?}", gate.data);
+    // Then m-b waits for its window.
     let v = until("m-b waits for its window", "r1", &|v| {
         v.get("stages").is_some() && member_state(v, "m-b").0 == "Pending"
     });
