@@ -300,6 +300,29 @@ async fn etcd_stopped_an_apiserver_down_kwok_restarted_and_refit_killed_the_reru
             })
         })
         .collect();
+    // Stands in for kubelets that never lose their pods: a kwok restarted while pods are being
+    // bound can miss one for good (`Testbed::nudge_pods_kwok_missed`); its PDB would then hold
+    // every drain. Pods nudged are printed.
+    let nudger = {
+        let (done, dir) = (done.clone(), c.dir.clone());
+        tokio::spawn(async move {
+            let mut nudged = Vec::new();
+            while !done.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let Ok(tb) = Testbed::attach(&dir) else { continue };
+                match tb.nudge_pods_kwok_missed(Duration::from_secs(45)).await {
+                    Ok(pods) if !pods.is_empty() => {
+                        eprintln!("nudged pods kwok left Pending: {pods:?}");
+                        nudged.extend(pods);
+                    }
+                    Ok(_) => {}
+                    // The API down under a fault: next round.
+                    Err(e) => eprintln!("nudge: {e}"),
+                }
+            }
+            nudged
+        })
+    };
     let err = c.tmp.path().join("refit.stderr");
     let started = Instant::now();
     let mut ends = Vec::new();
@@ -329,6 +352,8 @@ async fn etcd_stopped_an_apiserver_down_kwok_restarted_and_refit_killed_the_reru
         faults_done.extend(task.await.unwrap());
     }
     let injected = faults_done;
+    let nudged = nudger.await.unwrap();
+    eprintln!("pods nudged after kwok missed them: {}", nudged.len());
     let seen = watcher.stop();
     eprintln!("{} attempts in {:.0}s: {ends:?}", ends.len(), started.elapsed().as_secs_f64());
 

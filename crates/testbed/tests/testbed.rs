@@ -261,6 +261,8 @@ async fn a_single_member_control_plane_survives_an_apiserver_restart() {
 async fn an_apiserver_started_during_an_etcd_outage_is_started_again_until_etcd_is_back() {
     let tb = std::sync::Arc::new(Testbed::start(TestbedConfig::new(release(36), 0)).await.unwrap());
     tb.stop_apiserver(0).unwrap();
+    // Another process's handle, read before etcd and the apiserver get new pids.
+    let stale = Testbed::attach(&tb.dir()).unwrap();
     tb.stop_etcd();
     let restart = {
         let tb = tb.clone();
@@ -281,6 +283,14 @@ async fn an_apiserver_started_during_an_etcd_outage_is_started_again_until_etcd_
     tb.start_etcd_again().await.unwrap();
     restart.await.unwrap().expect("started again once etcd is back");
     assert_eq!(tb.apiserver_version(0).await.unwrap(), release(36).git_version());
+    // The stale handle saves its copy (as a `refit sandbox upgrade-node` started before the
+    // outage would): the new pids survive it (CI once lost etcd's, and the sandbox looked
+    // stopped to every later command).
+    stale.stop_apiserver(0).unwrap();
+    assert!(refit_testbed::sandbox::running(&tb.dir()).is_some(), "etcd's new pid was written back over");
+    let recorded = Testbed::attach(&tb.dir()).unwrap().recorded_pids();
+    assert!(recorded.iter().all(|(_, _, alive)| *alive), "every recorded pid is alive: {recorded:?}");
+    assert!(recorded.iter().any(|(n, _, _)| n == "kube-apiserver-0"), "{recorded:?}");
 }
 
 #[tokio::test]

@@ -139,16 +139,63 @@ impl Testbed {
         self.start_kwok().await
     }
 
+    /// Chaos, after [`Testbed::restart_kwok`]: touches every pod bound to a node that is still
+    /// Pending `older_than` after its creation (an annotation, so kwok gets a fresh watch event).
+    /// Why: a kwok started while pods are being created and bound can handle a pod's event
+    /// before it knows the pod's node, and then never starts that pod (seen in the chaos test:
+    /// a pod created the second kwok's informers synced stayed Pending for minutes, its PDB
+    /// allowed nothing, every drain waited on it). A kubelet never misses its own pods; this
+    /// stands in for that. Returns the pods touched (`namespace/name`).
+    pub async fn nudge_pods_kwok_missed(&self, older_than: Duration) -> Result<Vec<String>, Error> {
+        use k8s_openapi::api::core::v1::Pod;
+        let client = self.client().await?;
+        let pending = ListParams::default().fields("status.phase=Pending");
+        let pods = Api::<Pod>::all(client.clone())
+            .list(&pending)
+            .await
+            .map_err(|e| Error::kube("listing Pending pods", e))?;
+        let now = jiff::Timestamp::now();
+        let mut touched = Vec::new();
+        for pod in pods.items {
+            let bound = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
+            let created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            let old = created.is_some_and(|t| {
+                Duration::try_from(now.duration_since(t)).is_ok_and(|age| age >= older_than)
+            });
+            if !bound || !old || pod.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let (Some(ns), Some(name)) = (pod.metadata.namespace, pod.metadata.name) else { continue };
+            let patch = json!({"metadata": {"annotations": {"testbed.refit.dev/nudged": now.to_string()}}});
+            match Api::<Pod>::namespaced(client.clone(), &ns)
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => touched.push(format!("{ns}/{name}")),
+                // Gone or replaced meanwhile: nothing to nudge.
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(Error::kube(format!("annotating pod {ns}/{name}"), e)),
+            }
+        }
+        Ok(touched)
+    }
+
     /// Re-reads the state file (a detached sandbox's state changes under other processes) so
     /// that the next save writes back what they wrote.
     pub(super) fn reload(&self) -> Result<(), Error> {
-        let path = self.dir().join("state.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let mut fresh: State = serde_json::from_str(&text)
+        let dir = self.dir();
+        let path = dir.join("state.json");
+        let value = {
+            let _lock = state_file::Locked::take(&dir)?;
+            state_file::read(&dir)?
+                .ok_or_else(|| Error::io(&path, std::io::Error::from(std::io::ErrorKind::NotFound)))?
+        };
+        let mut fresh: State = serde_json::from_value(value.clone())
             .map_err(|e| Error::State { path: path.clone(), detail: e.to_string() })?;
         let mut st = self.st();
         fresh.lifetime = st.lifetime;
         *st = fresh;
+        *self.base.lock().unwrap_or_else(|e| e.into_inner()) = value;
         Ok(())
     }
 

@@ -30,6 +30,7 @@ mod boot;
 mod clients;
 mod members;
 mod nodes;
+mod state_file;
 
 pub(crate) use boot::write_kwok_config;
 use clients::*;
@@ -189,6 +190,9 @@ struct State {
 /// A running testbed.
 pub struct Testbed {
     state: Mutex<State>,
+    /// `state` as this process last read or wrote the file: what a save merges against
+    /// ([`state_file::merge3`]).
+    base: Mutex<serde_json::Value>,
     procs: Mutex<HashMap<String, Proc>>,
     lb: Mutex<Option<LoadBalancer>>,
     cache: Cache,
@@ -302,6 +306,7 @@ impl Testbed {
         };
         let testbed = Testbed {
             state: Mutex::new(state),
+            base: Mutex::new(serde_json::Value::Null),
             procs: Mutex::new(HashMap::new()),
             lb: Mutex::new(None),
             cache,
@@ -355,8 +360,10 @@ impl Testbed {
                 procs.insert(name.clone(), Proc::adopt(&name, *pid));
             }
         }
+        let base = serde_json::to_value(&state).map_err(|e| Error::Config(e.to_string()))?;
         Ok(Testbed {
             state: Mutex::new(state),
+            base: Mutex::new(base),
             procs: Mutex::new(procs),
             lb: Mutex::new(None),
             cache: Cache::from_env()?,
@@ -368,13 +375,26 @@ impl Testbed {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Writes the state, merged with what other processes wrote since this one last read or
+    /// wrote it (see [`state_file`]); this process's copy becomes the merged state.
     fn save(&self) -> Result<(), Error> {
-        let st = self.st().clone();
-        let path = st.dir.join("state.json");
-        let tmp = st.dir.join("state.json.tmp");
-        let text = serde_json::to_string_pretty(&st).map_err(|e| Error::Config(e.to_string()))?;
-        write_file(&tmp, &text, true)?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+        let dir = self.dir();
+        let _lock = state_file::Locked::take(&dir)?;
+        let ours = serde_json::to_value(&*self.st()).map_err(|e| Error::Config(e.to_string()))?;
+        let mut base = self.base.lock().unwrap_or_else(|e| e.into_inner());
+        let merged = match state_file::read(&dir)? {
+            Some(theirs) => state_file::merge3(&base, &ours, &theirs),
+            None => ours,
+        };
+        state_file::write(&dir, &merged)?;
+        let path = dir.join("state.json");
+        let mut fresh: State = serde_json::from_value(merged.clone())
+            .map_err(|e| Error::State { path, detail: e.to_string() })?;
+        let mut st = self.st();
+        fresh.lifetime = st.lifetime;
+        *st = fresh;
+        *base = merged;
+        Ok(())
     }
 
     /// The testbed's directory (state, certificates, logs).
