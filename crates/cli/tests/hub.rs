@@ -154,7 +154,7 @@ impl ServeHub {
 
     /// While the run waits on its gate: the tree from the hub (each member's detail joined in
     /// from its ClusterUpgrade), the dashboard's page, gates and members; no token → 401, an
-    /// unknown run → JSON 404, an action without CSRF → 403, a skip (no hub verb) → 409.
+    /// unknown run → JSON 404, an action without CSRF → 403, a skip core refuses → 409.
     fn shows_the_waiting_run_and_refuses_bad_requests(&self, prod_dir: &Path) {
         let tree = self.get("/api/fleet/runs/to-137");
         assert_eq!(tree["state"], "Pending", "{tree}");
@@ -185,9 +185,11 @@ impl ServeHub {
         let (code, body) =
             http_request(self.addr, "POST", "/api/fleet/runs/to-137/approve", &self.auth(), APPROVE);
         assert_eq!(code, 403, "{body}");
-        let (code, body) = self.post("/api/fleet/runs/to-137/skip", r#"{"targets": ["Member:prod-1"]}"#);
+        // Core's rules answer a skip on a hub as anywhere: canary-1 is done, nothing to skip.
+        let (code, body) = self.post("/api/fleet/runs/to-137/skip", r#"{"targets": ["Member:canary-1"]}"#);
         assert_eq!(code, 409, "{body}");
-        assert!(body.contains("not available on a hub"), "{body}");
+        assert!(body.contains("Completed"), "{body}");
+        assert_eq!(member_state(&self.get("/api/fleet/runs/to-137"), "canary-1").0, "Completed");
         assert!(std::fs::read_to_string(prod_dir.join("actions.log")).is_err(), "prod-1 was touched");
     }
 
@@ -720,7 +722,6 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
             .is_none_or(|cu| cu.data["status"]["state"] != "Running")
     );
     serve.stops("rogue-run", &runs, &log).await;
-    drop(serve);
 
     // Auto-upgrade profiles fire by themselves: members at 1.37.1 and the catalog the
     // controller refreshed (newest 1.37 patch: 1.37.9, which the built-in one does not list)
@@ -759,6 +760,24 @@ async fn a_hub_run_waits_on_its_gate_until_approved_and_succeeds_and_a_rebound_m
     assert_eq!(r.data["spec"]["strategy"], "gated");
     let profile = profiles.get("auto").await.unwrap();
     assert_eq!(profile.data["status"]["lastTarget"], r.data["spec"]["kubernetesVersion"]);
+    // A skip through the server on a hub: written to the run's status by the driver's commit
+    // loop, recorded as alice through the server's identity; the controller's driver keeps it.
+    let (code, body) =
+        serve.post(&format!("/api/fleet/runs/{generated}/skip"), r#"{"targets": ["Member:rogue-1"]}"#);
+    assert_eq!(code, 200, "{body}");
+    let r = runs.get(&generated).await.unwrap();
+    let status = serde_json::to_string(&r.data["status"]).unwrap();
+    assert!(status.contains("alice (through "), "the skip names who asked and through whom: {status}");
+    let tree = eventually("the server shows the skip", Duration::from_secs(30), &log, async || {
+        let tree = serve.get(&format!("/api/fleet/runs/{generated}"));
+        (member_state(&tree, "rogue-1").0 == "Skipped").then_some(tree)
+    })
+    .await;
+    assert_eq!(member_state(&tree, "canary-1").0, "NotStarted", "{tree}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let tree = serve.get(&format!("/api/fleet/runs/{generated}"));
+    assert_eq!(member_state(&tree, "rogue-1").0, "Skipped", "the driver kept the skip: {tree}");
+    drop(serve);
     let all = runs.list(&ListParams::default()).await.unwrap();
     let names: Vec<String> = all.items.iter().filter_map(|r| r.metadata.name.clone()).collect();
     assert_eq!(names.iter().filter(|n| n.starts_with("auto-")).count(), 1, "{names:?}");

@@ -28,7 +28,6 @@ use refit_kube::Connection;
 use refit_store::fleet::{MemberProgress, MemberRecord, StoredRun};
 use serde_json::json;
 
-use crate::leader::Role;
 use crate::resources::{
     AutoUpgradeProfile, AutoUpgradeProfileSpec, ClusterUpgrade, Gate, Member, MemberSpec, RunRequest,
     SecretKeyRef, UpdateRun, UpdateRunSpec, UpdateStrategy, UpdateStrategySpec,
@@ -213,9 +212,7 @@ impl HubClient {
             source: Box::new(e),
         })?;
         // A person's commands hold no lease and lead nothing: their writes are unfenced.
-        let (_, role) = tokio::sync::watch::channel(Role::Follower(String::new()));
-        let leadership = Leadership { role, term: std::sync::Arc::default() };
-        let fleet = HubFleet::new(conn.client.clone(), namespace, &me, leadership)
+        let fleet = HubFleet::new(conn.client.clone(), namespace, &me, Leadership::none())
             .map_err(|e| refit_fleet::Error::Invalid(format!("cannot create a private directory: {e}")))?;
         Ok(HubClient { conn, namespace: namespace.to_string(), me, fleet })
     }

@@ -23,7 +23,7 @@ pub const APPROVER_ROLE: &str = "refit-approver";
 /// The ClusterRole for read-only access.
 pub const VIEWER_ROLE: &str = "refit-viewer";
 /// The ClusterRole of `refit serve --hub`'s own identity: read the fleet, approve gates on
-/// behalf of its users, stop and start runs, and record (and read back) its actions as Events.
+/// behalf of its users, stop, start and skip in runs, and record (and read back) its actions as Events.
 pub const SERVE_ROLE: &str = "refit-serve";
 /// The controller's ServiceAccount, Role and Deployment.
 pub const CONTROLLER: &str = "refit-controller";
@@ -122,6 +122,12 @@ fn rbac(ns: &str) -> Vec<Value> {
             "rules": [
                 {"apiGroups": ["refit.dev"], "resources": RESOURCES, "verbs": ["get", "list", "watch"]},
                 {"apiGroups": ["refit.dev"], "resources": ["gates", "updateruns"], "verbs": ["patch"]},
+                // Skips: applied to the run's status by the driver's commit loop (a write
+                // naming the resourceVersion it read, re-applied on a conflict), with the
+                // skipped member's detail on its ClusterUpgrade (created if it has none yet).
+                {"apiGroups": ["refit.dev"], "resources": ["updateruns/status", "clusterupgrades/status"],
+                 "verbs": ["update", "patch"]},
+                {"apiGroups": ["refit.dev"], "resources": ["clusterupgrades"], "verbs": ["create"]},
                 {"apiGroups": ["", "events.k8s.io"], "resources": ["events"],
                  "verbs": ["create", "patch", "update", "list"]},
             ],

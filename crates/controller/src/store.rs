@@ -60,6 +60,13 @@ pub struct Leadership {
 }
 
 impl Leadership {
+    /// A person's (or a server acting for one): leads nothing, so its writes are unfenced and
+    /// it never drives a run.
+    pub fn none() -> Leadership {
+        let (_, role) = watch::channel(Role::Follower(String::new()));
+        Leadership { role, term: Arc::default() }
+    }
+
     /// The term this replica leads in, if it leads.
     pub fn leading(&self) -> Option<i64> {
         (*self.role.borrow() == Role::Leader).then(|| self.term.load(Ordering::SeqCst))

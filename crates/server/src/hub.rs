@@ -16,7 +16,10 @@
 //!   not, is a Kubernetes Event on the run (reporting controller `refit-serve`): the audit.
 //! - **Local only** (nothing on a hub to show): single-cluster runs and their journals (member
 //!   upgrades journal where the controller runs them), webhooks (`refit fleet notify`), the
-//!   fleet run's event history, skipping (no hub verb yet: 409 saying so).
+//!   fleet run's event history.
+//! - **Skips** are written to the run's status through the fleet driver's commit loop
+//!   ([`refit_fleet::commit_on`] over an unfenced `HubFleet`, as `refit fleet --hub run skip`),
+//!   recorded as `alice (through USER)`; the controller's driver reads them as its own.
 //!
 //! The [`Source`] trait is synchronous and called from blocking threads: writes and the audit
 //! read run on the runtime through a captured handle.
@@ -101,6 +104,9 @@ pub enum OpenError {
     /// Who we are could not be learnt.
     #[error(transparent)]
     Identity(#[from] refit_controller::hub::HubError),
+    /// The private directory for members' kubeconfigs could not be made.
+    #[error("cannot create a private directory: {0}")]
+    Private(#[source] std::io::Error),
 }
 
 impl OpenError {
@@ -270,6 +276,10 @@ pub struct HubSource {
     strategies: Store<UpdateStrategy>,
     tx: Arc<OnceLock<Sender>>,
     events: refit_controller::events::Events,
+    /// The hub's fleet as a person's commands see it (unfenced, leading nothing): skips are
+    /// applied to the run's status through the driver's own commit loop, as `refit fleet --hub
+    /// run skip` does.
+    fleet: tokio::sync::Mutex<refit_controller::store::HubFleet>,
     runtime: tokio::runtime::Handle,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -318,7 +328,15 @@ impl HubSource {
         let (members, t4) = watch::<Member>(Api::namespaced(client.clone(), namespace), tx.clone());
         let (strategies, t5) =
             watch::<UpdateStrategy>(Api::namespaced(client.clone(), namespace), tx.clone());
+        let fleet = refit_controller::store::HubFleet::new(
+            client.clone(),
+            namespace,
+            &me,
+            refit_controller::store::Leadership::none(),
+        )
+        .map_err(OpenError::Private)?;
         let source = HubSource {
+            fleet: tokio::sync::Mutex::new(fleet),
             events: refit_controller::events::Events::reporting(client, REPORTER, &me),
             conn,
             namespace: namespace.to_string(),
@@ -394,9 +412,21 @@ impl HubSource {
                     e => ActError::Read(read_err(format!("approving {gate} of {name}"), e)),
                 })
             }
-            Action::Skip { .. } => Err(ActError::Unsupported(format!(
-                "skipping is not available on a hub yet: stop the run (POST /api/fleet/runs/{name}/stop) or change its UpdateStrategy"
-            ))),
+            Action::Skip { targets } => {
+                // Recorded as approvals through this server are: the person, and who vouched.
+                let by = format!("{actor} (through {})", self.me);
+                let event = Event::Skip { targets: targets.clone(), by: Some(by), at: now };
+                apply(cur, &event)?;
+                let mut fleet = self.fleet.lock().await;
+                refit_fleet::commit_on(&mut *fleet, name, None, |_| Ok(event.clone()))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| match e {
+                        // The run moved on since it was read, and the skip no longer applies.
+                        refit_fleet::Error::Refused(e) => ActError::Refused(e),
+                        e => ActError::Read(read_err(format!("skipping in {name}"), e)),
+                    })
+            }
             Action::Stop | Action::Start => {
                 let (request, event) = match action {
                     Action::Stop => (RunRequest::Stop, Event::Stop { at: now, by: Some(actor.to_string()) }),
