@@ -1021,37 +1021,6 @@ fn a_window_closing_mid_member_pauses_it_the_daemon_resumes_it_and_budgets_defer
     assert!(minors[1].minor >= 37, "Rapid is at least what the members run: {minors:?}");
 }
 
-/// A loopback HTTP server the test controls: every request is answered with the status in
-/// the returned cell (and counted).
-fn health_server()
--> (u16, std::sync::Arc<std::sync::atomic::AtomicU16>, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::io::{Read, Write};
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let status = Arc::new(AtomicU16::new(500));
-    let hits = Arc::new(AtomicUsize::new(0));
-    let (s, h) = (status.clone(), hits.clone());
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut c) = conn else { continue };
-            let mut buf = [0u8; 4096];
-            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = c.read(&mut buf);
-            h.fetch_add(1, Ordering::SeqCst);
-            let code = s.load(Ordering::SeqCst);
-            let body = if code == 200 { "ok" } else { "shop is degraded" };
-            let _ = write!(
-                c,
-                "HTTP/1.1 {code} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    (port, status, hits)
-}
-
 /// The health gate `name` of `stage_name` in a run's JSON.
 fn health_gate<'a>(v: &'a Value, stage_name: &str, name: &str) -> &'a Value {
     stage(v, stage_name)["healthGates"]
@@ -1064,7 +1033,7 @@ fn health_gate<'a>(v: &'a Value, stage_name: &str, name: &str) -> &'a Value {
 
 #[test]
 fn a_stage_health_gate_holds_the_next_stage_until_its_check_passes_and_a_failing_one_pauses_the_run() {
-    let (port, status, hits) = health_server();
+    let (port, status, hits) = support::health_server();
     let url = format!("http://127.0.0.1:{port}/healthz");
     let strategy = format!(
         "stages:\n  - name: canary\n    groups: [{{name: canary}}]\n    healthGates: [{{name: shop, type: http, url: '{url}', soak: 3s, timeout: 10m}}]\n  - name: prod\n    groups: [{{name: prod}}]\n"

@@ -1139,6 +1139,10 @@ async fn every_fleet_verb_works_against_the_hub_as_in_local_mode() {
     let bad = root.join("bad.yaml");
     std::fs::write(&bad, "stages:\n  - name: x\n    groups: [{name: a, maxConcurrency: zero}]\n").unwrap();
     refused(hub_fleet(&hub).args(["strategy", "create", "bad", "-f"]).arg(&bad));
+    // A command health gate would run in the controller: a hub refuses it (a local fleet runs it).
+    std::fs::write(&bad, "stages:\n  - name: x\n    groups: [{name: a}]\n    healthGates: [{type: command, command: [./smoke.sh]}]\n").unwrap();
+    let why = refused(hub_fleet(&hub).args(["strategy", "create", "bad", "-f"]).arg(&bad));
+    assert!(why.contains("prometheus and http health gates only"), "{why}");
     assert_eq!(count("UpdateStrategy").await, 0);
     let create_r0 = || {
         let mut c = hub_fleet(&hub);
@@ -1153,10 +1157,13 @@ async fn every_fleet_verb_works_against_the_hub_as_in_local_mode() {
     assert_eq!((count("Member").await, count("AutoUpgradeProfile").await), (2, 0));
 
     // Stage a, then stage b; m-b's window opens in two hours.
+    // Stage a also has a health gate (http, answered by this test): the controller's driver
+    // probes it as a local driver does.
+    let (port, health, hits) = support::health_server();
     let two = root.join("two.yaml");
     std::fs::write(
         &two,
-        "stages:\n  - name: a\n    groups: [{name: a}]\n    afterGates: [{type: Approval}]\n  - name: b\n    groups: [{name: b}]\n",
+        format!("stages:\n  - name: a\n    groups: [{{name: a}}]\n    afterGates: [{{type: Approval}}]\n    healthGates: [{{name: shop, type: http, url: 'http://127.0.0.1:{port}/healthz'}}]\n  - name: b\n    groups: [{{name: b}}]\n"),
     )
     .unwrap();
     support::stdout(hub_fleet(&hub).args(["strategy", "create", "two", "-f"]).arg(&two));
@@ -1230,11 +1237,15 @@ async fn every_fleet_verb_works_against_the_hub_as_in_local_mode() {
     let v = until("r1 stops", "r1", &|v| v["state"] == "Stopped");
     assert_eq!(member_state(&v, "m-a").0, "Completed", "{v:#}");
     assert_eq!(member_state(&v, "m-b").0, "NotStarted", "{v:#}");
-    // Started again: stage a's approval holds stage b; approved through `refit fleet --hub` as
-    // the user the hub authenticates (the admission policy checks the recorded approver).
+    // Started again: stage a's approval and its failing health gate hold stage b; approved
+    // through `refit fleet --hub` as the user the hub authenticates (the admission policy checks
+    // the recorded approver).
     support::stdout(hub_fleet(&hub).args(["run", "start", "r1"]));
-    let v =
-        until("r1 waits on stage a's approval", "r1", &|v| v["pending"].to_string().contains("a/after/1"));
+    let v = until("r1 waits on stage a's failing health gate", "r1", &|v| {
+        v.get("stages").is_some() && v["stages"][0]["healthGates"][0]["waiting"]["kind"] == "Failing"
+    });
+    let waiting = v["stages"][0]["healthGates"][0]["waiting"]["reason"].as_str().unwrap_or_default();
+    assert!(waiting.contains("HTTP 500"), "{v:#}");
     assert_eq!(member_state(&v, "m-b").0, "NotStarted", "{v:#}");
     let approved = support::stdout(hub_fleet(&hub).args(["gate", "approve", "r1", "a/after/1"]));
     let user = approved
@@ -1244,6 +1255,13 @@ async fn every_fleet_verb_works_against_the_hub_as_in_local_mode() {
         .unwrap_or_else(|| panic!("{approved}"));
     let gate = hub.api("Gate").get("r1.a.after.1").await.unwrap();
     assert_eq!(gate.data["spec"]["approval"]["approver"], user, "{:?}", gate.data);
+    // Approved, but the health gate still fails: probed again, stage b does not start; once it
+    // answers 200 the gate passes.
+    let seen = hits.load(std::sync::atomic::Ordering::SeqCst);
+    until("probed again", "r1", &|_| hits.load(std::sync::atomic::Ordering::SeqCst) >= seen + 2);
+    assert_eq!(member_state(&show("r1"), "m-b").0, "NotStarted", "the health gate holds stage b");
+    health.store(200, std::sync::atomic::Ordering::SeqCst);
+    until("stage a's health gate passes", "r1", &|v| v["stages"][0]["healthGates"][0]["state"] == "Passed");
     // Then m-b waits for its window.
     let v = until("m-b waits for its window", "r1", &|v| {
         v.get("stages").is_some() && member_state(v, "m-b").0 == "Pending"

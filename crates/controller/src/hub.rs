@@ -599,6 +599,9 @@ impl FleetApi for HubClient {
         s: &Strategy,
         replace: bool,
     ) -> Result<(), refit_fleet::Error> {
+        if let Some(e) = s.hub_refusal() {
+            return Err(refit_fleet::Error::Invalid(e.to_string()));
+        }
         let api = self.api::<UpdateStrategy>();
         let mut obj = UpdateStrategy::new(name, UpdateStrategySpec { stages: s.stages.clone() });
         obj.metadata.namespace = Some(self.namespace.clone());

@@ -149,6 +149,37 @@ async fn manifests_apply_schemas_refuse_malformed_objects_and_approvals_carry_th
                  spec: {stages: [{name: canary, afterGates: [{type: Approval, startDay: Monday}]}]}\n";
     let err = k.refused(&["apply", "-f", "-"], Some(mixed));
     assert!(err.contains("an Approval gate has no startDay"), "{err}");
+    // Health gates: a hub takes prometheus and http, never a command (it would run in the
+    // controller); the schema's CEL rules say which fields each needs.
+    let command = "apiVersion: refit.dev/v1alpha1\nkind: UpdateStrategy\nmetadata: {name: bad, namespace: fleet}\n\
+                   spec: {stages: [{name: canary, healthGates: [{type: command, url: 'http://x', command: [./smoke.sh]}]}]}\n";
+    let err = k.refused(&["apply", "-f", "-"], Some(command));
+    assert!(err.contains("unknown field \"spec.stages[0].healthGates[0].command\""), "{err}");
+    let command_type = "apiVersion: refit.dev/v1alpha1\nkind: UpdateStrategy\nmetadata: {name: bad, namespace: fleet}\n\
+                        spec: {stages: [{name: canary, healthGates: [{type: command, url: 'http://x'}]}]}\n";
+    let err = k.refused(&["apply", "-f", "-"], Some(command_type));
+    assert!(err.contains("healthGates[0].type") && err.contains("Unsupported value"), "{err}");
+    let no_query = "apiVersion: refit.dev/v1alpha1\nkind: UpdateStrategy\nmetadata: {name: bad, namespace: fleet}\n\
+                    spec: {stages: [{name: canary, healthGates: [{type: prometheus, url: 'http://p:9090'}]}]}\n";
+    let err = k.refused(&["apply", "-f", "-"], Some(no_query));
+    assert!(err.contains("a prometheus gate needs a query"), "{err}");
+    let healthy = "apiVersion: refit.dev/v1alpha1\nkind: UpdateStrategy\nmetadata: {name: healthy, namespace: fleet}\n\
+                   spec: {stages: [{name: canary, groups: [{name: canary}], healthGates: [{type: http, url: 'http://shop/healthz', soak: 2m, timeout: 600},\n\
+                   {name: errors, type: prometheus, url: 'http://prom:9090', query: 'up == 0', condition: empty}]}]}\n";
+    k.ok(&["apply", "-f", "-"], Some(healthy));
+    let kept = k.ok(&["-n", NS, "get", "updatestrategy", "healthy", "-o", "json"], None);
+    let kept: serde_json::Value = serde_json::from_str(&kept).unwrap();
+    let gates = &kept["spec"]["stages"][0]["healthGates"];
+    assert_eq!(gates[0]["type"], "http", "{kept}");
+    assert_eq!(gates[0]["soak"], "2m", "{kept}");
+    assert_eq!(gates[0]["timeout"], 600, "{kept}");
+    assert_eq!(gates[1]["query"], "up == 0", "{kept}");
+    // What the controller reads back is core's strategy, with the gates resolved.
+    let spec: refit_controller::resources::UpdateStrategySpec =
+        serde_json::from_value(kept["spec"].clone()).unwrap();
+    let strategy = spec.strategy("healthy");
+    assert!(strategy.hub_refusal().is_none());
+    assert_eq!(strategy.stages[0].health_gates().unwrap().len(), 2);
     let no_secret = "apiVersion: refit.dev/v1alpha1\nkind: Member\nmetadata: {name: m, namespace: fleet}\n\
                      spec: {context: c1}\n";
     let err = k.refused(&["apply", "-f", "-"], Some(no_secret));

@@ -132,6 +132,42 @@ impl JsonSchema for GateSpec {
     }
 }
 
+impl JsonSchema for crate::health::HealthGateSpec {
+    fn schema_name() -> Cow<'static, str> {
+        "HealthGateSpec".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        // A hub takes prometheus and http gates only: a `command` gate would run a program in
+        // the controller for anyone allowed to write an UpdateStrategy (a local fleet runs it
+        // as the operator who wrote the file). `workloads` judges one cluster's batch and no
+        // stage takes it. Fields the schema does not list (`command`) are pruned.
+        let duration = json_schema!({
+            "x-kubernetes-int-or-string": true,
+            "description": "A duration: 30s, 10m, 1h, or plain seconds."
+        });
+        json_schema!({
+            "type": "object",
+            "description": "A stage health gate: prometheus (url, query, condition) or http (url); soak and timeout.",
+            "required": ["type", "url"],
+            "properties": {
+                "type": {"type": "string", "enum": ["prometheus", "http"]},
+                "name": {"type": "string", "maxLength": 63},
+                "url": {"type": "string", "pattern": "^https?://"},
+                "query": {"type": "string", "maxLength": crate::health::gate::MAX_QUERY_LEN},
+                "condition": {"type": "string"},
+                "soak": duration.clone(),
+                "timeout": duration,
+            },
+            "x-kubernetes-validations": [
+                {"rule": "self.type != 'prometheus' || has(self.query)",
+                 "message": "a prometheus gate needs a query"},
+                {"rule": "self.type != 'http' || (!has(self.query) && !has(self.condition))",
+                 "message": "an http gate has no query or condition"},
+            ],
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

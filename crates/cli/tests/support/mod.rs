@@ -239,3 +239,34 @@ pub fn http_request(
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
 }
+
+/// A loopback HTTP server the test controls: every request is answered with the status in
+/// the returned cell (and counted).
+pub fn health_server()
+-> (u16, std::sync::Arc<std::sync::atomic::AtomicU16>, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let status = Arc::new(AtomicU16::new(500));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let (s, h) = (status.clone(), hits.clone());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+            let _ = c.read(&mut buf);
+            h.fetch_add(1, Ordering::SeqCst);
+            let code = s.load(Ordering::SeqCst);
+            let body = if code == 200 { "ok" } else { "shop is degraded" };
+            let _ = write!(
+                c,
+                "HTTP/1.1 {code} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, status, hits)
+}

@@ -246,9 +246,9 @@ pub struct StageSpec {
     pub after_gates: Vec<GateSpec>,
     /// Health gates checked after the stage's members finish, before the next stage starts
     /// (alongside the after-gates and the wait): prometheus, http or command (a `workloads`
-    /// gate judges one cluster's batch and is refused here). Not in the hub's schema yet.
+    /// gate judges one cluster's batch and is refused here). A hub takes prometheus and http
+    /// only (its schema, `crate::schema`; [`Strategy::hub_refusal`] for what reaches it anyway).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[cfg_attr(feature = "schema", schemars(skip))]
     pub health_gates: Vec<crate::health::HealthGateSpec>,
 }
 
@@ -388,6 +388,21 @@ pub enum StrategyError {
 }
 
 impl Strategy {
+    /// Why a hub cannot run this strategy, if it cannot: a `command` health gate would run a
+    /// program in the controller for anyone allowed to write an UpdateStrategy. The hub's
+    /// schema refuses one already; this is the rule the controller and `refit fleet --hub`
+    /// apply to whatever reaches them anyway (an older CRD, a strategy written before).
+    pub fn hub_refusal(&self) -> Option<StrategyError> {
+        self.stages.iter().find_map(|stage| {
+            let gate = stage.health_gates.iter().find(|g| g.kind == "command")?;
+            let name = gate.name.clone().unwrap_or_else(|| "command".into());
+            Some(StrategyError::Gate {
+                at: format!("stage '{}' health gate '{name}'", stage.name),
+                problem: "a hub takes prometheus and http health gates only (a command would run in the controller); check it with one of those, or run this fleet locally".into(),
+            })
+        })
+    }
+
     /// Parses a strategy from YAML or JSON, then validates it.
     pub fn parse(text: &str) -> Result<Strategy, StrategyError> {
         // JSON is YAML: one reader, so JSON files get the same field-naming errors.
@@ -760,6 +775,28 @@ mod tests {
             let e = Strategy::parse(&text).unwrap_err().to_string();
             assert!(e.contains(says) && !e.contains('\n'), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn a_hub_refuses_command_health_gates_and_takes_the_others() {
+        let with = |gates: &str| {
+            Strategy::parse(&format!(
+                "stages:\n  - name: canary\n    groups: [{{name: canary}}]\n  - name: rest\n    groups: [{{name: rest}}]\n    healthGates: {gates}\n"
+            ))
+            .unwrap()
+        };
+        assert!(with("[]").hub_refusal().is_none());
+        assert!(
+            with("[{type: http, url: 'http://x'}, {type: prometheus, url: 'http://p', query: up}]")
+                .hub_refusal()
+                .is_none()
+        );
+        let e = with("[{type: http, url: 'http://x'}, {name: smoke, type: command, command: [./smoke.sh]}]")
+            .hub_refusal()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("stage 'rest' health gate 'smoke'") && e.contains("prometheus and http"), "{e}");
+        assert!(!e.contains('\n') && !e.contains("--"), "one line, no flag: {e}");
     }
 
     #[test]
