@@ -76,6 +76,9 @@ fn processes_in(netns: &Path) -> Vec<(i32, String)> {
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             (pid, text(&cmd).replace('\0', " ").trim().to_string())
         })
+        // An empty command line is a process already exiting (a zombie): nothing that could
+        // survive, and `alive_with(pid, "")` would match whatever reuses its pid (seen once).
+        .filter(|(_, cmd)| !cmd.is_empty())
         .collect()
 }
 
