@@ -551,13 +551,13 @@ async fn initialize(store: &mut HubFleet, obj: &UpdateRun) -> Result<(), refit_f
     };
     let strategy = s.spec.strategy(&obj.spec.strategy);
     let members = FleetStore::members(store).await?;
-    let refused = strategy.hub_refusal().map_or(Ok(()), |e| Err(e.to_string()));
-    let made = refused
-        .and_then(|()| resolve(&strategy, &fleet_members(&members)).map_err(|e| e.to_string()))
-        .and_then(|plan| {
+    let made = match strategy.hub_refusal() {
+        Some(e) => Err(e.to_string()),
+        None => resolve(&strategy, &fleet_members(&members)).map_err(|e| e.to_string()).and_then(|plan| {
             RunState::new(&name, obj.spec.upgrade.clone(), strategy, plan, jiff::Timestamp::now())
                 .map_err(|e| e.to_string())
-        });
+        }),
+    };
     let run = match made {
         Ok(r) => r,
         Err(why) => {

@@ -296,10 +296,16 @@ impl ApprovalRequest {
     /// front end approved for someone, else the approver.
     pub fn by(&self) -> String {
         match &self.on_behalf_of {
-            Some(person) => format!("{person} (through {})", self.approver),
+            Some(person) => on_behalf_of(person, &self.approver),
             None => self.approver.clone(),
         }
     }
+}
+
+/// Who a run records for what a front end did for someone (an approval, a skip):
+/// `alice (through system:serviceaccount:…)`.
+pub fn on_behalf_of(person: &str, through: &str) -> String {
+    format!("{person} (through {through})")
 }
 
 /// A gate of a run, one object per gate so approvals are ordinary, auditable writes.

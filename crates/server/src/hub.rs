@@ -414,7 +414,7 @@ impl HubSource {
             }
             Action::Skip { targets } => {
                 // Recorded as approvals through this server are: the person, and who vouched.
-                let by = format!("{actor} (through {})", self.me);
+                let by = refit_controller::resources::on_behalf_of(actor, &self.me);
                 let event = Event::Skip { targets: targets.clone(), by: Some(by), at: now };
                 apply(cur, &event)?;
                 let mut fleet = self.fleet.lock().await;

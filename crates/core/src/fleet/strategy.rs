@@ -393,11 +393,15 @@ impl Strategy {
     /// schema refuses one already; this is the rule the controller and `refit fleet --hub`
     /// apply to whatever reaches them anyway (an older CRD, a strategy written before).
     pub fn hub_refusal(&self) -> Option<StrategyError> {
+        // Judged on the resolved gate, as a run would run it (not on the text of its type).
+        // A gate that does not resolve is refused by the strategy's own validation.
         self.stages.iter().find_map(|stage| {
-            let gate = stage.health_gates.iter().find(|g| g.kind == "command")?;
-            let name = gate.name.clone().unwrap_or_else(|| "command".into());
+            let gate = stage.health_gates.iter().enumerate().find_map(|(i, g)| {
+                let g = g.resolve(i).ok()?;
+                matches!(g.check, crate::health::GateCheck::Command { .. }).then_some(g)
+            })?;
             Some(StrategyError::Gate {
-                at: format!("stage '{}' health gate '{name}'", stage.name),
+                at: format!("stage '{}' health gate '{}'", stage.name, gate.name),
                 problem: "a hub takes prometheus and http health gates only (a command would run in the controller); check it with one of those, or run this fleet locally".into(),
             })
         })
@@ -791,6 +795,12 @@ mod tests {
                 .hub_refusal()
                 .is_none()
         );
+        // Whatever spelling resolves to a command gate is one.
+        let e = with("[{type: http, url: 'http://x'}, {type: ' command', command: [./smoke.sh]}]")
+            .hub_refusal()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("health gate 'command-2'"), "{e}");
         let e = with("[{type: http, url: 'http://x'}, {name: smoke, type: command, command: [./smoke.sh]}]")
             .hub_refusal()
             .unwrap()

@@ -184,18 +184,13 @@ impl Testbed {
     /// that the next save writes back what they wrote.
     pub(super) fn reload(&self) -> Result<(), Error> {
         let dir = self.dir();
-        let path = dir.join("state.json");
         let value = {
             let _lock = state_file::Locked::take(&dir)?;
-            state_file::read(&dir)?
-                .ok_or_else(|| Error::io(&path, std::io::Error::from(std::io::ErrorKind::NotFound)))?
+            state_file::read(&dir)?.ok_or_else(|| {
+                Error::io(&dir.join("state.json"), std::io::Error::from(std::io::ErrorKind::NotFound))
+            })?
         };
-        let mut fresh: State = serde_json::from_value(value.clone())
-            .map_err(|e| Error::State { path: path.clone(), detail: e.to_string() })?;
-        let mut st = self.st();
-        fresh.lifetime = st.lifetime;
-        *st = fresh;
-        *self.base.lock().unwrap_or_else(|e| e.into_inner()) = value;
+        self.install(state_from(&dir, &value)?, value);
         Ok(())
     }
 

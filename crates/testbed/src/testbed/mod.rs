@@ -381,20 +381,25 @@ impl Testbed {
         let dir = self.dir();
         let _lock = state_file::Locked::take(&dir)?;
         let ours = serde_json::to_value(&*self.st()).map_err(|e| Error::Config(e.to_string()))?;
-        let mut base = self.base.lock().unwrap_or_else(|e| e.into_inner());
+        let base = self.base.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let merged = match state_file::read(&dir)? {
             Some(theirs) => state_file::merge3(&base, &ours, &theirs),
             None => ours,
         };
+        // Checked before it is written: a merge that is not a state never reaches the file.
+        let fresh = state_from(&dir, &merged)?;
         state_file::write(&dir, &merged)?;
-        let path = dir.join("state.json");
-        let mut fresh: State = serde_json::from_value(merged.clone())
-            .map_err(|e| Error::State { path, detail: e.to_string() })?;
+        self.install(fresh, merged);
+        Ok(())
+    }
+
+    /// Makes `fresh` (parsed from `value`, the file's content) this process's state, keeping
+    /// its own lifetime, and `value` the base of its next save.
+    fn install(&self, mut fresh: State, value: serde_json::Value) {
         let mut st = self.st();
         fresh.lifetime = st.lifetime;
         *st = fresh;
-        *base = merged;
-        Ok(())
+        *self.base.lock().unwrap_or_else(|e| e.into_inner()) = value;
     }
 
     /// The testbed's directory (state, certificates, logs).
@@ -564,6 +569,12 @@ impl Testbed {
         }
         out.into_iter().map(|(n, p)| (n, p, pid_alive(p))).collect()
     }
+}
+
+/// The state in `value`, as read from (or about to be written to) `dir/state.json`.
+fn state_from(dir: &Path, value: &serde_json::Value) -> Result<State, Error> {
+    serde_json::from_value(value.clone())
+        .map_err(|e| Error::State { path: dir.join("state.json"), detail: e.to_string() })
 }
 
 impl Drop for Testbed {
