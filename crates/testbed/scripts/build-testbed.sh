@@ -12,6 +12,9 @@
 # into OUTDIR.tmp and renames it to OUTDIR at the end, so a killed build never leaves a
 # half-populated OUTDIR behind. GOCACHE and GOMODCACHE are the user's, so rebuilds are warm.
 set -euo pipefail
+# Version checks read a program's whole output first (`grep -q PAT <<<"$(prog --version)"`):
+# piped, grep -q exits at its first match and a program still writing gets SIGPIPE, which
+# pipefail turns into a failed build (it failed a cold etcd build this way).
 
 kind=${1:?usage: build-testbed.sh k8s|k8s-node|etcd|kwok|prometheus VERSION OUTDIR}
 ver=${2:?missing VERSION}
@@ -66,7 +69,7 @@ k8s)
   go build -trimpath -ldflags "-s -w$x" -o "$tmp/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
-  "$tmp/kube-apiserver" --version | grep -qx "Kubernetes v$ver" \
+  grep -qx "Kubernetes v$ver" <<<"$("$tmp/kube-apiserver" --version)" \
     || { echo "kube-apiserver --version does not report v$ver" >&2; exit 1; }
   ;;
 k8s-node)
@@ -75,7 +78,7 @@ k8s-node)
   go build -trimpath -ldflags "-s -w$x" -o "$tmp/" k8s.io/kubernetes/cmd/kubeadm k8s.io/kubernetes/cmd/kubelet
   [ "$("$tmp/kubeadm" version -o short)" = "v$ver" ] \
     || { echo "kubeadm version -o short does not report v$ver" >&2; exit 1; }
-  "$tmp/kubelet" --version | grep -qx "Kubernetes v$ver" \
+  grep -qx "Kubernetes v$ver" <<<"$("$tmp/kubelet" --version)" \
     || { echo "kubelet --version does not report v$ver" >&2; exit 1; }
   ;;
 etcd)
@@ -87,7 +90,7 @@ etcd)
   step "compiling etcd and etcdctl"
   go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3
   go build -trimpath -ldflags "-s -w" -o "$tmp/etcdctl" go.etcd.io/etcd/etcdctl/v3
-  "$tmp/etcd" --version | grep -q "etcd Version: $ver" \
+  grep -q "etcd Version: $ver" <<<"$("$tmp/etcd" --version)" \
     || { echo "etcd --version does not report $ver" >&2; exit 1; }
   ;;
 kwok)
@@ -128,7 +131,7 @@ prometheus)
   go build -trimpath -tags remove_all_sd \
     -ldflags "-s -w -X github.com/prometheus/common/version.Version=$ver -X github.com/prometheus/common/version.Branch=HEAD -X github.com/prometheus/common/version.Revision=0000000" \
     -o "$tmp/prometheus" github.com/prometheus/prometheus/cmd/prometheus
-  "$tmp/prometheus" --version 2>&1 | grep -q "prometheus, version $ver " \
+  grep -q "prometheus, version $ver " <<<"$("$tmp/prometheus" --version 2>&1)" \
     || { echo "prometheus --version does not report $ver" >&2; exit 1; }
   ;;
 *)
