@@ -29,6 +29,10 @@
 //! what held the window (a budget, room, the zone, the cap, nothing left in the zone), in
 //! slot-seconds. `REFIT_BENCH_TRACE=DIR` keeps each run's NDJSON events there.
 //!
+//! The floor, last: every bench pod deleted at once and timed until as many replacements are
+//! Ready — the testbed's pod churn, which no rollout moving every pod can beat
+//! (REFIT_BENCH_FLOOR=0 skips it).
+//!
 //! Not a test: it prints the table; it asserts nothing about time.
 //! Run: `cargo bench -p refit-cli --bench rollout` (about 30 minutes on 2 cores;
 //! REFIT_BENCH_WORKERS, REFIT_BENCH_ACTION_SECS, REFIT_BENCH_RUNS=1,10%,25%,auto to change it).
@@ -500,6 +504,31 @@ fn main() {
         reset(workers);
     }
 
+    // The testbed's pod churn: every bench pod deleted at once (as evictions delete them, with
+    // their grace period), until as many replacements are Ready. Any rollout moves every pod at
+    // least once, so none can end sooner on this testbed: `1`'s time over this is the most any
+    // setting could be faster than `1` here.
+    let floor = (std::env::var("REFIT_BENCH_FLOOR").as_deref() != Ok("0")).then(|| {
+        let before: BTreeSet<String> = seen.lock().unwrap().ready.clone();
+        let t = Instant::now();
+        rt.block_on(async {
+            let api: Api<Pod> = Api::namespaced(client.clone(), NS);
+            api.delete_collection(&Default::default(), &Default::default()).await.unwrap();
+        });
+        loop {
+            let fresh = seen.lock().unwrap().ready.difference(&before).count();
+            if fresh >= pods {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(3600),
+                "{fresh} of {pods} replacements Ready after an hour"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        t.elapsed().as_secs_f64()
+    });
+
     println!();
     println!(
         "rollout of {workers} workers (3 zones), {pods} pods, {pdbs} PDBs, simulated action {action_secs} s; independent watcher"
@@ -535,6 +564,14 @@ fn main() {
             o / a,
             a / fastest,
             p / a
+        );
+    }
+    if let Some(f) = floor {
+        println!(
+            "floor: all {pods} pods deleted at once and as many replacements Ready in {f:.1} s ({:.1} pods/s, the testbed's churn): no rollout that moves every pod can end sooner here{}",
+            pods as f64 / f,
+            one.map(|o| format!("; --max-unavailable 1 / floor = {:.1}× is the most any setting can gain over 1 on this machine", o / f))
+                .unwrap_or_default()
         );
     }
     println!("ETA accuracy (first ETA after 10% of the workers vs the actual end):");
@@ -679,6 +716,29 @@ fn breakdown(setting: &str, events: &[Value], workers: usize) -> String {
         "\n      pods evicted: {evicted}, {:.1} per second of the worker stage",
         if run_secs > 0.0 { evicted as f64 / run_secs } else { 0.0 }
     ));
+    // Whether later nodes carried more: each node's evictions, nodes in the order they
+    // started, averaged per tenth of the run.
+    let mut order: Vec<String> = Vec::new();
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for e in events {
+        let node = e["node"].as_str().unwrap_or_default();
+        match e["event"].as_str().unwrap_or_default() {
+            "step-started" if !order.iter().any(|n| n == node) => order.push(node.to_string()),
+            "evicted" => *per_node.entry(node.to_string()).or_default() += 1,
+            _ => {}
+        }
+    }
+    if !order.is_empty() {
+        let tenth = order.len().div_ceil(10);
+        let means: Vec<String> = order
+            .chunks(tenth)
+            .map(|c| {
+                let sum: usize = c.iter().map(|n| per_node.get(n).copied().unwrap_or(0)).sum();
+                format!("{:.0}", sum as f64 / c.len() as f64)
+            })
+            .collect();
+        out.push_str(&format!("\n      pods evicted per node, by tenth of the run: {}", means.join(" ")));
+    }
     let refusals: usize = refused.values().sum();
     out.push_str(&format!(
         "\n      evictions refused by a budget: {refusals} ({:.1} per node",
@@ -755,6 +815,7 @@ fn replay(setting: &str, events: &[Value], workers: usize) -> String {
         }),
     );
     let mut in_flight = 0usize;
+    let mut started = 0usize;
     let mut finished = 0usize;
     let mut marks =
         vec![workers.div_ceil(10), workers.div_ceil(4), workers.div_ceil(2)].into_iter().peekable();
@@ -764,8 +825,20 @@ fn replay(setting: &str, events: &[Value], workers: usize) -> String {
         let now = Duration::from_secs_f64(secs_between(t0, t).max(0.0));
         match e["event"].as_str().unwrap_or_default() {
             "batch-chosen" => {
-                in_flight =
-                    e["in_flight"].as_u64().unwrap_or(0) as usize + e["nodes"].as_array().map_or(0, Vec::len);
+                let chosen = e["nodes"].as_array().map_or(0, Vec::len);
+                started += chosen;
+                // Traces from before the choices carried their pods replay without them.
+                if let (Some(pods), Some(left)) = (e["pods"].as_array(), e["pods_left"].as_u64()) {
+                    let nodes = e["nodes"].as_array().into_iter().flatten().filter_map(|n| n.as_str());
+                    let pods = pods.iter().map(|p| p.as_u64().unwrap_or(0) as usize);
+                    live.load(
+                        0,
+                        nodes.map(str::to_string).zip(pods),
+                        workers.saturating_sub(started),
+                        left as usize,
+                    );
+                }
+                in_flight = e["in_flight"].as_u64().unwrap_or(0) as usize + chosen;
                 live.in_flight(0, in_flight, now);
             }
             "unit-finished" => {

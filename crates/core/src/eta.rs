@@ -218,6 +218,23 @@ pub fn zones_of(
     units.iter().filter_map(|u| Some((u.node.clone(), zone.get(u.node.as_str())?.to_string()))).collect()
 }
 
+/// The pods a drain of `nodes` would see gone, from `snapshot`: those [`crate::drain::decide`]
+/// evicts when nothing is refused (DaemonSet, mirror and terminating pods stay or are already
+/// going). What [`Live::load`] weighs the work left by.
+pub fn pods_to_move<'a>(
+    snapshot: &crate::snapshot::Snapshot,
+    nodes: impl IntoIterator<Item = &'a str>,
+) -> usize {
+    let nodes: std::collections::BTreeSet<&str> = nodes.into_iter().collect();
+    let all = crate::drain::DrainOptions { delete_emptydir_data: true, force: true };
+    snapshot
+        .pods
+        .iter()
+        .filter(|p| p.node.as_deref().is_some_and(|n| nodes.contains(n)))
+        .filter(|p| matches!(crate::drain::decide(p, all), crate::drain::Decision::Evict { .. }))
+        .count()
+}
+
 /// A run's expected end as it goes: the schedule's stages with the units each has left and
 /// the times measured so far, turned into [`PhaseWork`] for [`eta`] whenever a unit or a batch
 /// ends. Pure bookkeeping (no clock): the engine reports what ended and how long it took.
@@ -265,6 +282,37 @@ struct LiveStage {
     widest: usize,
     /// Per zone, the units not ended yet; and each unit's zone (None: not reported yet).
     zones: Option<Zones>,
+    /// The pods on the units it chose and on those not started yet (see [`Live::load`]).
+    load: Load,
+}
+
+/// What an `auto` stage's choices said of the pods to move, for [`Live::load`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Load {
+    /// Pods on each unit chosen and not ended yet, when chosen.
+    chosen: std::collections::BTreeMap<String, usize>,
+    /// Units upgraded (whose times the pace is measured on), and the pods they had.
+    measured: usize,
+    measured_pods: usize,
+    /// At the last choice: the units not started yet, and the pods on them.
+    left: usize,
+    left_pods: usize,
+}
+
+impl Load {
+    /// The units not started yet, weighed by their pods against the pods of the units the pace
+    /// was measured on: `not_started × (pods per unit left ÷ pods per unit measured)`, rounded
+    /// up. None before a measured unit with pods and a choice that left units.
+    fn weighed(&self, not_started: usize) -> Option<usize> {
+        if self.measured == 0 || self.measured_pods == 0 || self.left == 0 {
+            return None;
+        }
+        let wide = |n: usize| u128::try_from(n).unwrap_or(u128::MAX);
+        let num = wide(not_started).saturating_mul(wide(self.left_pods)).saturating_mul(wide(self.measured));
+        let den = wide(self.left).saturating_mul(wide(self.measured_pods));
+        let weighed = num.div_ceil(den);
+        Some(usize::try_from(weighed).unwrap_or(usize::MAX))
+    }
 }
 
 /// The units an `auto` stage has left in each zone.
@@ -353,6 +401,7 @@ impl Live {
                     window: Window::default(),
                     widest: 0,
                     zones: None,
+                    load: Load::default(),
                 })
                 .collect(),
             measured: Vec::new(),
@@ -370,6 +419,12 @@ impl Live {
             && let Some(left) = z.left.get_mut(&zone)
         {
             *left = left.saturating_sub(1);
+        }
+        if let Some(pods) = s.load.chosen.remove(node)
+            && upgraded.is_some()
+        {
+            s.load.measured = s.load.measured.saturating_add(1);
+            s.load.measured_pods = s.load.measured_pods.saturating_add(pods);
         }
         if let Some(d) = upgraded {
             let kind = s.kind;
@@ -401,6 +456,24 @@ impl Live {
             }
         }
         s.zones = Some(z);
+    }
+
+    /// An `auto` stage chose units, each with the pods its drain will move ([`pods_to_move`]),
+    /// leaving `left` units not started with `left_pods` pods on them. Evicted pods land on the
+    /// nodes not upgraded yet, so later nodes carry more than the first did: the units not
+    /// started are weighed by their pods against those the pace was measured on.
+    pub fn load(
+        &mut self,
+        stage: usize,
+        chosen: impl IntoIterator<Item = (String, usize)>,
+        left: usize,
+        left_pods: usize,
+    ) {
+        if let Some(s) = self.stages.get_mut(stage) {
+            s.load.chosen.extend(chosen);
+            s.load.left = left;
+            s.load.left_pods = left_pods;
+        }
     }
 
     /// The cluster-services phase is over (or will not run).
@@ -436,8 +509,17 @@ impl Live {
                     (s.concurrency, units())
                 };
                 // Measured pace, zone tails counted (a plain count before any measurement).
-                let remaining =
-                    if s.auto && !measured.is_empty() { s.in_whole_windows() } else { s.remaining };
+                let remaining = if s.auto && !measured.is_empty() {
+                    // The units not started, weighed by their pods (the in-flight ones as they are).
+                    let not_started = s.remaining.saturating_sub(s.window.count).min(s.load.left);
+                    let whole = s.in_whole_windows();
+                    match s.load.weighed(not_started) {
+                        Some(w) => whole.saturating_sub(not_started).saturating_add(w),
+                        None => whole,
+                    }
+                } else {
+                    s.remaining
+                };
                 PhaseWork { kind: s.kind, remaining, concurrency, measured }
             })
             .collect();
@@ -696,6 +778,74 @@ mod tests {
         }
         plain.in_flight(0, 0, S * 10);
         assert_eq!(plain.eta(&Estimate::default()).ends_in, S * 65);
+    }
+
+    #[test]
+    fn units_not_started_are_weighed_by_the_pods_on_them() {
+        let s = schedule(&[(PhaseKind::Workers, 100, 50, true)], false);
+        let chosen = |from: usize, pods: usize| (from..from + 10).map(move |i| (format!("n-{i}"), pods));
+        let mut live = Live::of(&s);
+        // Ten units of 30 pods chosen and run 10 at a time for 20 s: a pace of 2 s per unit.
+        live.load(0, chosen(0, 30), 90, 2700);
+        live.in_flight(0, 10, Duration::ZERO);
+        for i in 0..10 {
+            live.unit_ended(0, &format!("n-{i}"), Some(S * 20));
+        }
+        live.in_flight(0, 0, S * 20);
+        // The 90 left carry 30 pods each, as the measured ten did: 90 × 2 s.
+        assert_eq!(live.eta(&Estimate::default()).ends_in, S * 180);
+        // Ten more chosen with 45 each (the first ten's pods landed on them); the 80 left now
+        // carry 36 each: the 10 in flight as they are, the 80 weighed against the 30 pods of
+        // the units measured: 80 × 36 / 30 = 96; 106 units at 2 s.
+        live.load(0, chosen(10, 45), 80, 2880);
+        live.in_flight(0, 10, S * 20);
+        assert_eq!(live.eta(&Estimate::default()).ends_in, S * 212);
+        // Once they end, they are measured with their 45 pods (37.5 per unit measured): 80 ×
+        // 36 / 37.5 = 76.8 → 77 units; the pace is now 20 units in 30 s of 10 at once → 1.5 s.
+        for i in 10..20 {
+            live.unit_ended(0, &format!("n-{i}"), Some(S * 10));
+        }
+        live.in_flight(0, 0, S * 30);
+        assert_eq!(live.eta(&Estimate::default()).ends_in, S * 231 / 2);
+        // No pods anywhere (nothing to weigh by): the units as they are.
+        let plain = |load: bool| {
+            let mut l = Live::of(&s);
+            if load {
+                l.load(0, chosen(0, 0), 90, 0);
+            }
+            l.in_flight(0, 10, Duration::ZERO);
+            l.unit_ended(0, "n-0", Some(S * 20));
+            l.in_flight(0, 9, S * 20);
+            l
+        };
+        assert_eq!(plain(true).eta(&Estimate::default()), plain(false).eta(&Estimate::default()));
+        // Huge counts saturate rather than overflow.
+        let mut huge = plain(false);
+        huge.load(0, [("n-1".to_string(), usize::MAX)], usize::MAX, usize::MAX);
+        huge.unit_ended(0, "n-1", Some(S));
+        let _ = huge.eta(&Estimate::default());
+    }
+
+    #[test]
+    fn pods_to_move_are_those_a_drain_evicts() {
+        use crate::snapshot::build;
+        let on = |name: &str, node: &str| {
+            let mut p = build::pod(name);
+            p.node = Some(node.into());
+            p
+        };
+        let mut snap = crate::snapshot::Snapshot::default();
+        // Unmanaged pods count too: the ETA weighs what a drain moves once it may start.
+        snap.pods.extend([on("web-1", "n-0"), on("web-2", "n-1"), on("web-3", "n-2")]);
+        let mut ds = on("proxy", "n-0");
+        ds.owner = Some(crate::snapshot::Owner { kind: "DaemonSet".into(), name: "proxy".into() });
+        let mut going = on("old", "n-0");
+        going.terminating = true;
+        let mut mirror = on("etcd", "n-1");
+        mirror.mirror = true;
+        snap.pods.extend([ds, going, mirror]);
+        assert_eq!(pods_to_move(&snap, ["n-0", "n-1"]), 2, "DaemonSet, terminating and mirror pods stay");
+        assert_eq!(pods_to_move(&snap, []), 0);
     }
 
     #[test]

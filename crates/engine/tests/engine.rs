@@ -746,6 +746,21 @@ async fn auto_takes_a_zone_at_a_time_as_the_budgets_allow() {
     );
     assert_eq!(w.cluster.max_unschedulable_workers.load(Ordering::SeqCst), 3);
     assert_eq!(w.cluster.snapshots_taken.load(Ordering::SeqCst), 3, "one fresh read per batch");
+    // Each choice says what its drains move and what is left on the nodes still to start
+    // (the ETA weighs the work left by it).
+    let loads: Vec<(Vec<usize>, Option<usize>)> = w
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::BatchChosen { pods, pods_left, .. } => Some((pods, pods_left)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        loads,
+        vec![(vec![1, 0], Some(1)), (vec![1], Some(0)), (vec![0, 0, 0], Some(0))],
+        "web-1 on w-01, web-2 on w-02"
+    );
 }
 
 /// Issue 14: the auto window slides — a node joins as soon as a slot frees, without waiting

@@ -266,6 +266,8 @@ impl Engine {
                         in_flight: 0,
                         zone: None,
                         limit: "under way when the run stopped: finished first".into(),
+                        pods: Vec::new(),
+                        pods_left: None,
                     });
                     // Others may join them at once.
                     choose_now = true;
@@ -411,24 +413,43 @@ impl Engine {
         self.note_live(|l| l.zones(index, refit_core::eta::zones_of(&stage.units, &snapshot)));
         let candidates: Vec<String> = left.iter().map(|u| u.node.clone()).collect();
         let this = batch::Auto { cap: MaxUnavailable::Count(u32::try_from(cap).unwrap_or(u32::MAX)), ..auto };
+        // The pods the chosen nodes' drains move and those on the nodes still to start: the
+        // ETA weighs the work left by them (evicted pods pile onto the nodes not upgraded yet).
+        let load = |nodes: &[String]| {
+            let pods: Vec<usize> =
+                nodes.iter().map(|n| refit_core::eta::pods_to_move(&snapshot, [n.as_str()])).collect();
+            let rest: Vec<&str> =
+                candidates.iter().filter(|c| !nodes.contains(c)).map(String::as_str).collect();
+            let left = refit_core::eta::pods_to_move(&snapshot, rest.iter().copied());
+            self.note_live(|l| {
+                l.load(index, nodes.iter().cloned().zip(pods.iter().copied()), rest.len(), left)
+            });
+            (pods, Some(left))
+        };
         match batch::next(&snapshot, in_flight, &candidates, stage.units.len(), this, checks) {
             batch::Next::Batch(choice) => {
+                let (pods, pods_left) = load(&choice.nodes);
                 self.emit(Event::BatchChosen {
                     stage: index,
                     nodes: choice.nodes.clone(),
                     in_flight: in_flight.len(),
                     zone: choice.zone.clone(),
                     limit: choice.limit.to_string(),
+                    pods,
+                    pods_left,
                 });
                 Chosen::Nodes(choice.nodes)
             }
             batch::Next::Alone { node, hold } => {
+                let (pods, pods_left) = load(std::slice::from_ref(&node));
                 self.emit(Event::BatchChosen {
                     stage: index,
                     nodes: vec![node.clone()],
                     in_flight: in_flight.len(),
                     zone: None,
                     limit: format!("{hold}: it drains alone, waiting on the budget"),
+                    pods,
+                    pods_left,
                 });
                 Chosen::Nodes(vec![node])
             }

@@ -112,6 +112,8 @@ impl Engine {
                 in_flight: 0,
                 zone: None,
                 limit: format!("surge: under way when the run stopped, finished first ({limits})"),
+                pods: Vec::new(),
+                pods_left: None,
             });
             for &(i, u, p) in &resumed {
                 self.spawn_unit(
@@ -186,6 +188,8 @@ impl Engine {
                         limit: format!(
                             "surge: {extra} replacement(s) ahead, {short} old node(s) out of service without one ({limits})"
                         ),
+                        pods: Vec::new(),
+                        pods_left: None,
                     });
                 }
             }
