@@ -145,6 +145,10 @@ impl Engine {
         if keep {
             self.ctx.journal.record_event(&self.run_id, &e);
         }
+        if let Event::Evicted { node, .. } = &e {
+            // An auto stage's ETA goes at its eviction rate.
+            self.note_live(|l| l.evicted(node));
+        }
         self.ctx.sink.emit(&e);
     }
 

@@ -287,7 +287,19 @@ impl Engine {
                         // The window is full: a unit ending frees a slot.
                         Vec::new()
                     } else {
-                        match self.choose(index, stage, &in_flight, &left, cap, auto, &checks).await {
+                        match self
+                            .choose(
+                                index,
+                                stage,
+                                &in_flight,
+                                &left,
+                                cap,
+                                auto,
+                                &checks,
+                                stage_started.elapsed(),
+                            )
+                            .await
+                        {
                             Chosen::Nodes(nodes) => nodes,
                             other => {
                                 // Held, or the cluster could not be read (one failed read
@@ -391,7 +403,7 @@ impl Engine {
     }
 
     /// Asks core which of `left` join the units `in_flight`, from a fresh snapshot, within
-    /// `cap` nodes in all; emits the choice.
+    /// `cap` nodes in all; emits the choice (`at`: the stage's clock, for the ETA).
     #[allow(clippy::too_many_arguments)]
     async fn choose(
         &self,
@@ -402,6 +414,7 @@ impl Engine {
         cap: usize,
         auto: batch::Auto,
         checks: &CheckOptions,
+        at: std::time::Duration,
     ) -> Chosen {
         let snapshot = match self.ctx.cluster.snapshot().await {
             Ok(s) => s,
@@ -418,12 +431,9 @@ impl Engine {
         let load = |nodes: &[String]| {
             let pods: Vec<usize> =
                 nodes.iter().map(|n| refit_core::eta::pods_to_move(&snapshot, [n.as_str()])).collect();
-            let rest: Vec<&str> =
-                candidates.iter().filter(|c| !nodes.contains(c)).map(String::as_str).collect();
-            let left = refit_core::eta::pods_to_move(&snapshot, rest.iter().copied());
-            self.note_live(|l| {
-                l.load(index, nodes.iter().cloned().zip(pods.iter().copied()), rest.len(), left)
-            });
+            let rest = candidates.iter().filter(|c| !nodes.contains(c)).map(String::as_str);
+            let left = refit_core::eta::pods_to_move(&snapshot, rest);
+            self.note_live(|l| l.load(index, nodes.iter().cloned().zip(pods.iter().copied()), left, at));
             (pods, Some(left))
         };
         match batch::next(&snapshot, in_flight, &candidates, stage.units.len(), this, checks) {
