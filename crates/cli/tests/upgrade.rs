@@ -1162,6 +1162,13 @@ async fn auto_batches_stay_in_one_zone_within_every_budget_and_finish() {
         .map(|e| e["nodes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect())
         .collect();
     assert!(!batches.is_empty(), "no batch-chosen event: {stdout}");
+    // Each choice says what each chosen node's drain moves and what is left on the nodes not
+    // started (the ETA goes by them).
+    for e in events.iter().filter(|e| e["event"] == "batch-chosen") {
+        let nodes = e["nodes"].as_array().map(Vec::len);
+        assert_eq!(e["pods"].as_array().map(Vec::len), nodes, "one count per chosen node: {e}");
+        assert!(e["pods_left"].is_u64(), "{e}");
+    }
     let workers: BTreeSet<String> = batches.iter().flatten().cloned().collect();
     assert_eq!(workers.len(), 6, "every worker in exactly one batch: {batches:?}");
     assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 6, "{batches:?}");
