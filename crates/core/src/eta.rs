@@ -323,7 +323,7 @@ struct Load {
 
 /// The share of evicted pods landing on nodes not upgraded yet, per unit of the fraction of
 /// nodes not upgraded, assumed before a run has seen its own: on the rollout benchmark's
-/// 200-worker testbed whole runs evicted 1.19 and 1.23 pods per pod (k ≈ 0.35–0.4 in
+/// 200-worker testbed whole runs evicted 1.15, 1.19 and 1.23 pods per pod (k ≈ 0.3–0.4 in
 /// [`Load::moves_per_pod`]); the scheduler prefers the empty upgraded nodes, so far below
 /// the uniform placement's k = 1 (1.72 per pod).
 const PILE_UP_PRIOR: f64 = 0.35;
