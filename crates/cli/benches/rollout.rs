@@ -283,6 +283,8 @@ fn main() {
         }
     };
     let mut pods = 0usize;
+    // Every Deployment's name (the floor deletes their pods one Deployment at a time).
+    let mut apps: Vec<String> = Vec::new();
     let t = Instant::now();
     rt.block_on(async {
         tb.create_namespace(NS).await.unwrap();
@@ -302,6 +304,7 @@ fn main() {
         }
         for (d, b) in objects {
             pods += d["spec"]["replicas"].as_u64().unwrap() as usize;
+            apps.extend(d["metadata"]["name"].as_str().map(str::to_string));
             if let Some(b) = b {
                 apply::<PodDisruptionBudget>(&client, b).await.unwrap();
             }
@@ -564,15 +567,10 @@ fn main() {
     // sooner on this testbed: `1`'s time over this is the most any setting can gain over `1`.
     if std::env::var("REFIT_BENCH_FLOOR").as_deref() != Ok("0") {
         let before: BTreeSet<String> = seen.lock().unwrap().ready.clone();
-        let apps: Vec<String> = (0..40 / div)
-            .flat_map(|i| [format!("tight-{i:02}"), format!("quorum-{i:02}")])
-            .chain((0..20 / div).map(|i| format!("pct-{i:02}")))
-            .chain((0..47 / div).map(|i| format!("free-{i:02}")))
-            .collect();
         let t = Instant::now();
         let failed = rt.block_on(async {
             let api: Api<Pod> = Api::namespaced(client.clone(), NS);
-            futures::stream::iter(apps)
+            futures::stream::iter(apps.iter())
                 .map(|app| {
                     let api = api.clone();
                     async move {

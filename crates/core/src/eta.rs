@@ -218,21 +218,29 @@ pub fn zones_of(
     units.iter().filter_map(|u| Some((u.node.clone(), zone.get(u.node.as_str())?.to_string()))).collect()
 }
 
-/// The pods a drain of `nodes` would see gone, from `snapshot`: those [`crate::drain::decide`]
-/// evicts when nothing is refused (DaemonSet, mirror and terminating pods stay or are already
-/// going). What [`Live::load`] counts the work left in.
-pub fn pods_to_move<'a>(
+/// What one `auto` choice moves: the pods each chosen node's drain will see gone (in the order
+/// of `chosen`), and the pods on the candidates not chosen — the nodes still to start. A pod
+/// counts when [`crate::drain::decide`] evicts it with nothing refused (DaemonSet, mirror and
+/// terminating pods stay or are already going). One pass over the snapshot's pods. What
+/// [`Live::load`] counts the work left in.
+pub fn choice_load(
     snapshot: &crate::snapshot::Snapshot,
-    nodes: impl IntoIterator<Item = &'a str>,
-) -> usize {
-    let nodes: std::collections::BTreeSet<&str> = nodes.into_iter().collect();
+    chosen: &[String],
+    candidates: &[String],
+) -> (Vec<usize>, usize) {
     let all = crate::drain::DrainOptions { delete_emptydir_data: true, force: true };
-    snapshot
-        .pods
-        .iter()
-        .filter(|p| p.node.as_deref().is_some_and(|n| nodes.contains(n)))
-        .filter(|p| matches!(crate::drain::decide(p, all), crate::drain::Decision::Evict { .. }))
-        .count()
+    let mut on: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for p in &snapshot.pods {
+        if let Some(node) = p.node.as_deref()
+            && matches!(crate::drain::decide(p, all), crate::drain::Decision::Evict { .. })
+        {
+            let n = on.entry(node).or_default();
+            *n = n.saturating_add(1);
+        }
+    }
+    let count = |node: &String| on.get(node.as_str()).copied().unwrap_or(0);
+    let left = candidates.iter().filter(|c| !chosen.contains(c)).map(count).fold(0, usize::saturating_add);
+    (chosen.iter().map(count).collect(), left)
 }
 
 /// A run's expected end as it goes: the schedule's stages with the units each has left and
@@ -303,15 +311,14 @@ struct LiveStage {
 /// What an `auto` stage's choices and drains said of the pods to move, for [`Live::load`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct Load {
-    /// Whether a choice reported pods (the pod model applies only then).
-    reported: bool,
     /// Each unit chosen and not ended: the pods on it when chosen, and those evicted since.
     chosen: std::collections::BTreeMap<String, (usize, usize)>,
     /// At the last choice: the pods on the units not started yet.
     left_pods: usize,
     /// Evictions from the stage's units so far.
     evicted: usize,
-    /// When the first choice was reported (the caller's clock offset).
+    /// When the first choice was reported (the caller's clock offset; None: no choice reported
+    /// pods, and the pod model does not apply).
     since: Option<Duration>,
     /// Pods that appeared on units not started between two choices (evicted pods the scheduler
     /// put there), and the evictions and units ended at the last choice (what that is measured
@@ -355,7 +362,7 @@ impl Load {
     /// choice reported pods and an eviction was seen over some time.
     fn time_left(&self, now: Duration, left: usize, units: usize, unit: Duration) -> Option<Duration> {
         let span = now.checked_sub(self.since?)?.as_secs_f64();
-        if !self.reported || self.evicted == 0 || span <= 0.0 {
+        if self.evicted == 0 || span <= 0.0 {
             return None;
         }
         let rate = self.evicted as f64 / span;
@@ -511,7 +518,7 @@ impl Live {
     }
 
     /// An `auto` stage chose units at `at` (the caller's clock, as for [`Live::in_flight`]),
-    /// each with the pods its drain will move ([`pods_to_move`]), leaving `left_pods` pods on
+    /// each with the pods its drain will move ([`choice_load`]), leaving `left_pods` pods on
     /// the units not started. From then on its time left is the pods still to move — those
     /// left, those not evicted yet from the units under way, and the ones evicted pods will
     /// bring to nodes not upgraded yet ([`Load::moves_per_pod`]) — at its measured eviction
@@ -527,7 +534,7 @@ impl Live {
         let Some(s) = self.stages.get_mut(stage) else { return };
         let l = &mut s.load;
         let chosen: Vec<(String, usize)> = chosen.into_iter().collect();
-        if l.reported {
+        if l.since.is_some() {
             // Pods on the units left now, beyond those left last time less the ones chosen
             // now: evicted pods the scheduler put on nodes still to upgrade.
             let newly: usize = chosen.iter().map(|(_, p)| *p).fold(0, usize::saturating_add);
@@ -535,7 +542,6 @@ impl Live {
             l.arrived = l.arrived.saturating_add(left_pods.saturating_sub(expected));
         }
         l.chosen.extend(chosen.into_iter().map(|(n, p)| (n, (p, 0))));
-        l.reported = true;
         l.left_pods = left_pods;
         l.since.get_or_insert(at);
         l.evicted_then = l.evicted;
@@ -921,7 +927,7 @@ mod tests {
     }
 
     #[test]
-    fn pods_to_move_are_those_a_drain_evicts() {
+    fn a_choice_moves_the_pods_a_drain_evicts() {
         use crate::snapshot::build;
         let on = |name: &str, node: &str| {
             let mut p = build::pod(name);
@@ -930,16 +936,23 @@ mod tests {
         };
         let mut snap = crate::snapshot::Snapshot::default();
         // Unmanaged pods count too: the ETA weighs what a drain moves once it may start.
-        snap.pods.extend([on("web-1", "n-0"), on("web-2", "n-1"), on("web-3", "n-2")]);
+        snap.pods.extend([on("web-1", "n-0"), on("web-2", "n-1"), on("web-3", "n-2"), on("web-4", "n-2")]);
         let mut ds = on("proxy", "n-0");
         ds.owner = Some(crate::snapshot::Owner { kind: "DaemonSet".into(), name: "proxy".into() });
         let mut going = on("old", "n-0");
         going.terminating = true;
         let mut mirror = on("etcd", "n-1");
         mirror.mirror = true;
-        snap.pods.extend([ds, going, mirror]);
-        assert_eq!(pods_to_move(&snap, ["n-0", "n-1"]), 2, "DaemonSet, terminating and mirror pods stay");
-        assert_eq!(pods_to_move(&snap, []), 0);
+        let mut unbound = build::pod("pending");
+        unbound.node = None;
+        snap.pods.extend([ds, going, mirror, unbound]);
+        let names = |ns: &[&str]| ns.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            choice_load(&snap, &names(&["n-1", "n-0"]), &names(&["n-0", "n-1", "n-2", "n-3"])),
+            (vec![1, 1], 2),
+            "DaemonSet, terminating and mirror pods stay; n-2's two are left, n-3 has none"
+        );
+        assert_eq!(choice_load(&snap, &[], &[]), (vec![], 0));
     }
 
     #[test]

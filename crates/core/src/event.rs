@@ -280,11 +280,11 @@ pub enum Event {
         /// Why the batch is not larger, for people.
         limit: String,
         /// The pods each one's drain will move, in the order of `nodes`, from the snapshot the
-        /// choice was made from ([`crate::eta::pods_to_move`]; empty: not read from one).
+        /// choice was made from ([`crate::eta::choice_load`]; empty: not read from one).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         pods: Vec<usize>,
-        /// The pods on the stage's units not started yet after this choice: what the ETA weighs
-        /// the work left by ([`crate::eta::Live::load`]).
+        /// The pods on the stage's units not started yet after this choice: what the ETA counts
+        /// the work left in ([`crate::eta::Live::load`]).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pods_left: Option<usize>,
     },

@@ -747,7 +747,7 @@ async fn auto_takes_a_zone_at_a_time_as_the_budgets_allow() {
     assert_eq!(w.cluster.max_unschedulable_workers.load(Ordering::SeqCst), 3);
     assert_eq!(w.cluster.snapshots_taken.load(Ordering::SeqCst), 3, "one fresh read per batch");
     // Each choice says what its drains move and what is left on the nodes still to start
-    // (the ETA weighs the work left by it).
+    // (the ETA counts the work left in pods).
     let loads: Vec<(Vec<usize>, Option<usize>)> = w
         .events()
         .into_iter()

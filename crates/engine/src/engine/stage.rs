@@ -427,12 +427,9 @@ impl Engine {
         let candidates: Vec<String> = left.iter().map(|u| u.node.clone()).collect();
         let this = batch::Auto { cap: MaxUnavailable::Count(u32::try_from(cap).unwrap_or(u32::MAX)), ..auto };
         // The pods the chosen nodes' drains move and those on the nodes still to start: the
-        // ETA weighs the work left by them (evicted pods pile onto the nodes not upgraded yet).
+        // ETA counts the work left in pods (evicted pods pile onto the nodes not upgraded yet).
         let load = |nodes: &[String]| {
-            let pods: Vec<usize> =
-                nodes.iter().map(|n| refit_core::eta::pods_to_move(&snapshot, [n.as_str()])).collect();
-            let rest = candidates.iter().filter(|c| !nodes.contains(c)).map(String::as_str);
-            let left = refit_core::eta::pods_to_move(&snapshot, rest);
+            let (pods, left) = refit_core::eta::choice_load(&snapshot, nodes, &candidates);
             self.note_live(|l| l.load(index, nodes.iter().cloned().zip(pods.iter().copied()), left, at));
             (pods, Some(left))
         };
