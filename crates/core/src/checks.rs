@@ -260,7 +260,12 @@ pub fn workload_safety(snapshot: &Snapshot, nodes: &BTreeSet<String>, opts: &Che
             });
         }
     }
-    // DaemonSets scheduled on a single node.
+    // DaemonSets scheduled on a single node. The DaemonSet controller's own count of the nodes
+    // it wants (`desiredNumberScheduled`) decides when it is known: right after a DaemonSet or
+    // a node appears, its pods are created on every node but bound one by one by the
+    // scheduler, and counting bound pods alone would call a DaemonSet of every node
+    // single-node (seen in CI: kube-proxy on a fresh 9-node cluster). A count of 0 is a status
+    // the controller has not written yet, so the pods decide.
     let mut ds_nodes: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
     for p in &snapshot.pods {
         if let (Some(o), Some(n)) = (&p.owner, &p.node)
@@ -270,7 +275,8 @@ pub fn workload_safety(snapshot: &Snapshot, nodes: &BTreeSet<String>, opts: &Che
         }
     }
     for ((ns, name), on) in ds_nodes {
-        if on.len() == 1 && on.iter().all(|n| nodes.contains(n)) {
+        let wanted = index.get("DaemonSet", &ns, &name).map(|w| w.replicas).filter(|d| *d > 0);
+        if on.len() == 1 && wanted.is_none_or(|d| d == 1) && on.iter().all(|n| nodes.contains(n)) {
             out.push(Finding {
                 check: "daemonset-single-node",
                 severity: Severity::Blocker,
@@ -492,6 +498,38 @@ mod tests {
             ],
             "the drain allowances cover emptyDir and unmanaged pods only; the rest of Kismatic's table still blocks"
         );
+    }
+
+    #[test]
+    fn a_daemonset_is_single_node_by_its_controllers_count_when_it_has_one() {
+        let on = |name: &str, node: &str| PodInfo {
+            node: Some(node.into()),
+            ..pod(name).owned_by("DaemonSet", "proxy")
+        };
+        let batch = BTreeSet::from(["w-1".to_string()]);
+        let single = |s: &Snapshot| {
+            workload_safety(s, &batch, &CheckOptions::default())
+                .iter()
+                .any(|f| f.check == "daemonset-single-node")
+        };
+        let mut s = Snapshot { nodes: vec![node("w-1"), node("w-2"), node("w-3")], ..Default::default() };
+        // Pods created for every node, one bound so far; the controller wants three.
+        s.pods = vec![
+            on("proxy-a", "w-1"),
+            PodInfo { node: None, ..pod("proxy-b").owned_by("DaemonSet", "proxy") },
+        ];
+        s.workloads = vec![workload("DaemonSet", "proxy", 3)];
+        assert!(!single(&s), "a DaemonSet of three nodes whose pods are still being bound");
+        s.workloads = vec![workload("DaemonSet", "proxy", 1)];
+        assert!(single(&s), "the controller wants one node");
+        s.workloads = vec![workload("DaemonSet", "proxy", 0)];
+        assert!(single(&s), "a status not written yet: the bound pods decide");
+        s.workloads.clear();
+        assert!(single(&s), "no DaemonSet listed: the bound pods decide");
+        s.pods.push(on("proxy-c", "w-2"));
+        assert!(!single(&s), "pods on two nodes");
+        s.pods = vec![on("proxy-a", "w-2")];
+        assert!(!single(&s), "its one node is not in the batch");
     }
 
     #[test]

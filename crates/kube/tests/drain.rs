@@ -789,19 +789,25 @@ async fn the_workloads_gate_sees_a_drained_deployment_come_back_or_not() {
     let web: std::collections::BTreeSet<_> =
         touched.iter().filter(|w| w.name.starts_with("web-")).cloned().collect();
     until_holds(web).await;
-    // The controller may take a moment to count the evicted pod out; then it stays out.
+    // The controllers may take a moment to count the evicted pods out (web's status can still
+    // read from before the drain when it first holds: seen under CI load); then web is back
+    // and only stuck fails, and stays so.
+    let stuck_only = format!("Deployment {ns}/stuck: 0 of 1 ready, 0 available");
     let start = Instant::now();
-    let reason = loop {
+    loop {
         let statuses = workload_statuses(&c, &touched).await.unwrap();
-        if let Observation::Fails(r) = judge(&statuses) {
-            break r;
+        match judge(&statuses) {
+            Observation::Fails(r) if r == stuck_only => break,
+            other => assert!(
+                start.elapsed() < READY,
+                "never web back and only stuck failing: {other:?} from {statuses:?}"
+            ),
         }
-        assert!(start.elapsed() < READY, "stuck's status never dropped: {statuses:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert_eq!(reason, format!("Deployment {ns}/stuck: 0 of 1 ready, 0 available"));
+    }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(matches!(judge(&workload_statuses(&c, &touched).await.unwrap()), Observation::Fails(_)));
+    let later = judge(&workload_statuses(&c, &touched).await.unwrap());
+    assert!(matches!(&later, Observation::Fails(r) if *r == stuck_only), "{later:?}");
     assert_eq!(uncordon(&c, node, "run-wl").await.unwrap(), UncordonOutcome::Uncordoned);
     label(&c.client, node, &stuck_key, false).await;
 }
