@@ -89,6 +89,23 @@ impl fmt::Display for NodeAddress {
     }
 }
 
+/// A lowercase RFC 1123 label of 1 to `max` characters: lowercase letters, digits and inner
+/// dashes (`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`). Kubernetes object names of that kind
+/// (namespaces, node names refit creates) are at most 63; fleet objects shorter (see
+/// [`crate::fleet::is_valid_name`]). The one spelling of this grammar for every caller.
+pub fn is_dns_label(s: &str, max: usize) -> bool {
+    let b = s.as_bytes();
+    let inner = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-';
+    !b.is_empty()
+        && b.len() <= max
+        && b.iter().all(inner)
+        && b.first().is_some_and(|c| *c != b'-')
+        && b.last().is_some_and(|c| *c != b'-')
+}
+
+/// The longest Kubernetes label-shaped name (RFC 1123).
+pub const DNS_LABEL_MAX: usize = 63;
+
 /// RFC 1123 host name: dot-separated labels of ASCII letters, digits and inner dashes, each
 /// 1–63 characters, 253 in all; one trailing dot allowed. No label starts with a dash, so no
 /// name reads as an option.
@@ -231,6 +248,19 @@ mod tests {
                 let t = a.to_string();
                 prop_assert!(!t.starts_with('-'));
                 prop_assert!(!t.chars().any(|c| c.is_control() || c.is_whitespace()));
+            }
+        }
+
+        #[test]
+        fn a_dns_label_is_exactly_its_pattern(s in "[a-z0-9-]{0,70}|\\PC{0,10}", max in 1usize..70) {
+            let pattern = !s.is_empty()
+                && s.len() <= max
+                && s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+                && !s.starts_with('-')
+                && !s.ends_with('-');
+            prop_assert_eq!(is_dns_label(&s, max), pattern);
+            if is_dns_label(&s, max) {
+                prop_assert!(is_dns_name(&s), "a label is a host name");
             }
         }
 

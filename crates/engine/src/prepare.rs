@@ -91,6 +91,40 @@ pub struct Prepared {
     pub unused_accepts: Vec<AcceptRule>,
 }
 
+/// The plan's expected duration.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlanEta {
+    /// Each phase's expected end, from the start.
+    pub phases: Vec<refit_core::eta::PhaseEta>,
+    /// The run's expected end, from the start, in seconds.
+    pub ends_in_secs: u64,
+    /// Against `--not-after`, when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<refit_core::eta::Fit>,
+}
+
+impl Prepared {
+    /// The expected duration of this plan (estimates: nothing ran yet), and how much of it
+    /// fits a window closing `window` from now. Workers go in batches of the concurrency the
+    /// run would use: `auto`'s first batch as it would be chosen now (one node when a budget
+    /// holds it), else the fixed batch size.
+    pub fn eta(&self, window: Option<std::time::Duration>) -> PlanEta {
+        let width = match self.auto.as_ref().map(|a| &a.first) {
+            Some(refit_core::batch::Next::Batch(c)) => c.nodes.len(),
+            Some(_) => 1,
+            None => self.worker_concurrency,
+        };
+        let work = refit_core::eta::plan_work(&self.plan, self.path.hops.len(), width);
+        let estimate = refit_core::eta::Estimate::default();
+        let e = refit_core::eta::eta(&work, &estimate);
+        PlanEta {
+            phases: e.phases,
+            ends_in_secs: e.ends_in.as_secs(),
+            window: window.map(|w| refit_core::eta::fit(&work, &estimate, w)),
+        }
+    }
+}
+
 /// `--max-unavailable auto` in a plan: its settings and the first batch it would choose now
 /// (each later batch is chosen from the cluster as it is then).
 #[derive(Debug, Clone, serde::Serialize)]

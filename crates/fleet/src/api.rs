@@ -36,6 +36,29 @@ pub struct Approved {
     pub gate: Option<GateState>,
 }
 
+/// The run once a request made while it was `before` has been acted on and nothing of it is
+/// under way ([`RunState::under_way`]), read every `poll`: how `--wait` follows a run that a
+/// hub's controller drives. Until the controller acts, the run still shows its state from
+/// before the request, so a resting state counts only once the run was seen under way or has
+/// left `before`.
+pub async fn wait_for_end<A: FleetApi>(
+    api: &mut A,
+    name: &str,
+    before: refit_core::fleet::UpdateState,
+    poll: std::time::Duration,
+) -> Result<RunState, Error> {
+    let mut seen_under_way = false;
+    loop {
+        let r = api.get_run(name).await?.state;
+        let under_way = r.under_way();
+        seen_under_way |= under_way;
+        if !under_way && (seen_under_way || r.status.state != before) {
+            return Ok(r);
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
 /// People's fleet verbs (see the module doc).
 pub trait FleetApi {
     /// Every run.

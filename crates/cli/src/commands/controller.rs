@@ -114,22 +114,13 @@ fn member_requests() -> refit_controller::launcher::Requests {
 }
 
 fn check_namespace(ns: &str) -> anyhow::Result<()> {
-    if is_dns_label(ns) {
+    if refit_core::identity::is_dns_label(ns, refit_core::identity::DNS_LABEL_MAX) {
         return Ok(());
     }
     Err(UsageError(format!(
         "--namespace '{ns}' is not a namespace name (lowercase letters, digits and '-', at most 63)"
     ))
     .into())
-}
-
-/// A Kubernetes namespace name (RFC 1123 label).
-fn is_dns_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    (1..=63).contains(&b.len())
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b.first().is_some_and(|c| *c != b'-')
-        && b.last().is_some_and(|c| *c != b'-')
 }
 
 #[cfg(test)]

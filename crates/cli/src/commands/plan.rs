@@ -41,38 +41,7 @@ pub struct PlanOutput<'a> {
     surge: Option<refit_core::surge::Limits>,
     /// When the run is expected to end (estimates: nothing ran yet), and the window.
     #[serde(skip_serializing_if = "Option::is_none")]
-    eta: Option<PlanEta>,
-}
-
-/// The plan's expected duration.
-#[derive(Serialize)]
-pub struct PlanEta {
-    /// Each phase's expected end, from the start.
-    phases: Vec<refit_core::eta::PhaseEta>,
-    /// The run's expected end, from the start, in seconds.
-    ends_in_secs: u64,
-    /// Against `--not-after`, when given.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    window: Option<refit_core::eta::Fit>,
-}
-
-impl PlanEta {
-    /// The estimate for `p`, and the window closing `window` from now.
-    fn new(p: &Prepared, window: Option<std::time::Duration>) -> PlanEta {
-        let width = match p.auto.as_ref().map(|a| &a.first) {
-            Some(refit_core::batch::Next::Batch(c)) => c.nodes.len(),
-            Some(_) => 1,
-            None => p.worker_concurrency,
-        };
-        let work = refit_core::eta::plan_work(&p.plan, p.path.hops.len(), width);
-        let estimate = refit_core::eta::Estimate::default();
-        let e = refit_core::eta::eta(&work, &estimate);
-        PlanEta {
-            phases: e.phases,
-            ends_in_secs: e.ends_in.as_secs(),
-            window: window.map(|w| refit_core::eta::fit(&work, &estimate, w)),
-        }
-    }
+    eta: Option<refit_engine::prepare::PlanEta>,
 }
 
 impl<'a> PlanOutput<'a> {
@@ -94,7 +63,7 @@ impl<'a> PlanOutput<'a> {
 
     /// With the expected duration (and the window closing `window` from now).
     pub fn with_eta(mut self, p: &Prepared, window: Option<std::time::Duration>) -> PlanOutput<'a> {
-        self.eta = Some(PlanEta::new(p, window));
+        self.eta = Some(p.eta(window));
         self
     }
 }
@@ -265,7 +234,7 @@ pub async fn run(args: PlanArgs, format: Format) -> anyhow::Result<ExitCode> {
 }
 
 /// The expected duration, and the warning when the window is too short.
-fn render_eta(e: &PlanEta) -> String {
+fn render_eta(e: &refit_engine::prepare::PlanEta) -> String {
     let mins = |secs: u64| format!("{}m{:02}s", secs / 60, secs % 60);
     let phases: Vec<String> = e
         .phases

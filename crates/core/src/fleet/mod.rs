@@ -59,14 +59,13 @@ pub const MAX_NAME_LEN: usize = 50;
 /// requires). Names appear in skip targets (`Group:g`) and gate references (`s/g/before/1`),
 /// so they must not contain `:` or `/`.
 pub fn is_valid_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    let inner = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-';
-    let edge = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    !b.is_empty()
-        && b.len() <= MAX_NAME_LEN
-        && b.iter().all(inner)
-        && b.first().is_some_and(edge)
-        && b.last().is_some_and(edge)
+    crate::identity::is_dns_label(name, MAX_NAME_LEN)
+}
+
+/// Whether `name` is usable as an update run's name: the same pattern, up to 63 characters (a
+/// profile's generated run names are long; a run is a Kubernetes object on a hub).
+pub fn is_valid_run_name(name: &str) -> bool {
+    crate::identity::is_dns_label(name, crate::identity::DNS_LABEL_MAX)
 }
 
 #[cfg(test)]
@@ -82,5 +81,9 @@ mod tests {
         for bad in ["", "-a", "a-", "Stage", "a_b", "a/b", "a:b", "a b", long.as_str()] {
             assert!(!is_valid_name(bad), "{bad}");
         }
+        let run = "r".repeat(63);
+        assert!(is_valid_run_name(&run) && !is_valid_name(&run), "run names go to 63");
+        assert!(!is_valid_run_name(&"r".repeat(64)));
+        assert!(!is_valid_run_name("Run-1") && !is_valid_run_name("-r") && is_valid_run_name("r-1"));
     }
 }

@@ -734,12 +734,7 @@ fn prefixed(option: &str, path: &Path) -> OsString {
 }
 
 fn validate_name(name: &str) -> Result<(), Error> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
+    if refit_core::identity::is_dns_label(name, MAX_NAME_LEN) {
         Ok(())
     } else {
         Err(Error::Config(format!(

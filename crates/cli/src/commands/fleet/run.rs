@@ -146,12 +146,7 @@ fn create_args(a: &RunCreateArgs) -> anyhow::Result<(UpgradeSpec, StrategySource
 
 /// Run names: the fleet pattern, up to 63 characters (profile-generated names are long).
 fn check_run_name(name: &str) -> anyhow::Result<()> {
-    let ok = name.len() <= 63
-        && !name.is_empty()
-        && name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
+    if refit_core::fleet::is_valid_run_name(name) {
         Ok(())
     } else {
         Err(usage(format!(
@@ -200,7 +195,7 @@ async fn drive<A: FleetApi>(
             let mut d = super::driver::driver(store, format)?;
             d.drive(name).await.map_err(fleet_err)?
         }
-        None => wait_for_end(api, name, before).await?,
+        None => refit_fleet::api::wait_for_end(api, name, before, HUB_POLL).await.map_err(fleet_err)?,
     };
     let progress = api.progress(name).await.map_err(fleet_err)?;
     match format {
@@ -215,34 +210,11 @@ async fn drive<A: FleetApi>(
         ),
         Format::Yaml => print!("{}", serde_saphyr::to_string(&end)?),
     }
-    Ok(match end.status.state {
-        UpdateState::Completed | UpdateState::Skipped => ExitCode::SUCCESS,
-        _ => ExitCode::from(1),
-    })
+    Ok(if end.status.state.is_done() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// How often `--wait` on a hub looks at the run.
 const HUB_POLL: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// The run once the hub's controller has acted on the request and nothing of it is under way
-/// (Completed, Failed, Stopped, Skipped). Until the controller acts, the run still shows its
-/// state `before` the request: a finished state counts only once the run was seen under way
-/// or left `before`.
-async fn wait_for_end<A: FleetApi>(api: &mut A, name: &str, before: UpdateState) -> anyhow::Result<RunState> {
-    let mut seen_under_way = false;
-    loop {
-        let r = api.get_run(name).await.map_err(fleet_err)?.state;
-        let under_way = matches!(
-            r.status.state,
-            UpdateState::NotStarted | UpdateState::Running | UpdateState::Pending | UpdateState::Stopping
-        ) || r.progress().in_flight > 0;
-        seen_under_way |= under_way;
-        if !under_way && (seen_under_way || r.status.state != before) {
-            return Ok(r);
-        }
-        tokio::time::sleep(HUB_POLL).await;
-    }
-}
 
 fn report(format: Format, state: &RunState, what: &str) -> anyhow::Result<ExitCode> {
     if !print_structured(format, state)? {

@@ -321,9 +321,11 @@ fn scheduled_start_gates_complete_at_their_time_or_when_approved() {
 fn stop_lets_upgrades_under_way_finish_and_start_continues() {
     let (members, facts) = fleet(&[("a", "g"), ("b", "g"), ("c", "g")]);
     let mut run = new_run("stages: [{name: s, groups: [{name: g, maxConcurrency: 2}]}]", &members, spec());
+    assert!(run.under_way(), "not started yet: a --wait waits");
     run = start(&run, &facts, t0());
     assert_eq!(settle(&mut run, &facts, t0()).0, ["a", "b"]);
     run = ok(&run, Event::Stop { at: t0(), by: None });
+    assert!(run.under_way(), "stopping with upgrades in flight");
     assert_eq!(run.status.state, Stopping);
     assert_eq!((state_of(&run, "a"), state_of(&run, "b")), (Stopping, Stopping));
     assert!(matches!(&next(&run, &facts, t0())[..], [Decision::Wait { until: None, .. }]));
@@ -347,6 +349,7 @@ fn stop_lets_upgrades_under_way_finish_and_start_continues() {
     assert_eq!(run.status.state, Stopping);
     run = succeed(&run, "b", t0());
     assert_eq!(run.status.state, Stopped);
+    assert!(!run.under_way(), "stopped, nothing in flight: where a --wait ends");
     assert_eq!(group(&run, "g").status.state, Stopped);
     assert_eq!(state_of(&run, "c"), NotStarted);
     assert!(next(&run, &facts, t0()).is_empty());
@@ -356,6 +359,7 @@ fn stop_lets_upgrades_under_way_finish_and_start_continues() {
     assert_eq!(settle(&mut run, &facts, t0()).0, ["c"]);
     run = succeed(&run, "c", t0());
     assert_eq!(run.status.state, Completed);
+    assert!(!run.under_way());
 }
 
 #[test]

@@ -435,6 +435,16 @@ impl RunState {
         Ok(run)
     }
 
+    /// Whether the run has work under way or still ahead of it without anyone acting: not
+    /// started, running, pending, stopping, or a member upgrade still in flight. What a
+    /// `--wait` waits out (Completed, Failed, Stopped and Skipped are where it rests).
+    pub fn under_way(&self) -> bool {
+        matches!(
+            self.status.state,
+            UpdateState::NotStarted | UpdateState::Running | UpdateState::Pending | UpdateState::Stopping
+        ) || self.progress().in_flight > 0
+    }
+
     /// The member named `name`.
     pub fn member(&self, name: &str) -> Option<&MemberState> {
         self.stages.iter().flat_map(|s| &s.groups).flat_map(|g| &g.members).find(|m| m.name == name)
