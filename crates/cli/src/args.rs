@@ -574,7 +574,7 @@ pub struct PlanArgs {
 
 /// clap value parser for `--accept`: core's rule grammar (unknown checks refused, exit 2).
 fn accept_rule(s: &str) -> Result<refit_core::accept::AcceptRule, String> {
-    s.parse().map_err(|e: refit_core::accept::AcceptError| e.to_string())
+    s.parse().map_err(|e: refit_core::accept::AcceptError| crate::remedy::spelled(&e))
 }
 
 /// clap value parser for `--min-free-disk`: a Kubernetes quantity (2Gi, 500Mi, 0).

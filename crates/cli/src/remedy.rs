@@ -3,6 +3,38 @@
 //! it. An HTTP API or the hub controller spells the same value as a field of its request.
 
 use refit_core::remedy::Remedy;
+use refit_core::setting::{Setting, Spelled};
+
+/// The flag that gives setting `s` on this command line.
+pub fn setting_flag(s: Setting) -> String {
+    match s {
+        Setting::To => "--to",
+        Setting::MaxUnavailable => "--max-unavailable",
+        Setting::MaxUnavailableCap => "--max-unavailable-cap",
+        Setting::AcrossZones => "--across-zones",
+        Setting::MaxSurge => "--max-surge",
+        Setting::Action => "--action",
+        Setting::OnUndrainable => "--on-undrainable",
+        Setting::NotAfter => "--not-after",
+        Setting::UpgradeType => "--upgrade-type",
+        Setting::KubernetesVersion => "--kubernetes-version",
+        Setting::TargetKubernetesVersion => "--target-kubernetes-version",
+        Setting::Accept => "--accept",
+        Setting::PartialOk => "--partial-ok",
+        Setting::IgnoreSafetyChecks => "--ignore-safety-checks",
+    }
+    .into()
+}
+
+/// A core message that names settings, with this command line's flags.
+pub fn spelled(m: &impl Spelled) -> String {
+    m.spell(&setting_flag)
+}
+
+/// A core refusal naming settings as bad input (exit 2), spelled with this command line's flags.
+pub fn usage_spelled(m: impl Spelled) -> anyhow::Error {
+    crate::output::usage(spelled(&m))
+}
 
 /// The flag (with its argument, when the remedy names one) that takes `r`.
 pub fn flag(r: &Remedy) -> String {
@@ -27,6 +59,48 @@ pub fn sentence<'a>(message: &str, remedies: impl IntoIterator<Item = &'a Remedy
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every long flag of every subcommand.
+    fn long_flags(c: &clap::Command, out: &mut std::collections::BTreeSet<String>) {
+        out.extend(c.get_arguments().filter_map(|a| a.get_long()).map(|l| format!("--{l}")));
+        for sub in c.get_subcommands() {
+            long_flags(sub, out);
+        }
+    }
+
+    #[test]
+    fn every_setting_is_spelled_as_a_flag_this_command_line_has() {
+        use refit_core::setting::Setting::*;
+        let mut flags = std::collections::BTreeSet::new();
+        long_flags(&<crate::args::Cli as clap::CommandFactory>::command(), &mut flags);
+        for s in [
+            To,
+            MaxUnavailable,
+            MaxUnavailableCap,
+            AcrossZones,
+            MaxSurge,
+            Action,
+            OnUndrainable,
+            NotAfter,
+            UpgradeType,
+            KubernetesVersion,
+            TargetKubernetesVersion,
+            Accept,
+            PartialOk,
+            IgnoreSafetyChecks,
+        ] {
+            assert!(
+                flags.contains(&setting_flag(s)),
+                "{s:?} is spelled {}, which no command takes",
+                setting_flag(s)
+            );
+        }
+        let e = refit_core::batch::BatchingError::AutoOnly(AcrossZones);
+        assert_eq!(
+            spelled(&e),
+            "--across-zones applies only to --max-unavailable auto (a fixed size is its own cap and ignores zones)"
+        );
+    }
 
     #[test]
     fn a_message_reads_with_its_flags() {

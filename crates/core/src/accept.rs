@@ -19,6 +19,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::checks::{Finding, Severity};
+use crate::setting::{Setting, Spelled};
 
 /// The checks an operator may accept one by one: Kismatic's safety and availability table, row
 /// by row (`local-data` covers its three volume rows: emptyDir, hostPath, hostPath PV).
@@ -34,21 +35,40 @@ pub const ACCEPTABLE: &[&str] = &[
     "storage-node",
 ];
 
-/// Why an acceptance was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why an acceptance was refused (settings spelled by the edge: [`Spelled`]; a plan file's
+/// `accept:` list reads the field names).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AcceptError {
     /// Not one of [`ACCEPTABLE`].
-    #[error(
-        "--accept '{0}': not a check that can be accepted (one of: {list}); readiness, capacity, PDB, skew and removed-API blockers are fixed, or left to --partial-ok / --ignore-safety-checks",
-        list = ACCEPTABLE.join(", ")
-    )]
     UnknownCheck(String),
     /// `CHECK=` with nothing after it, or a subject with whitespace or control characters.
-    #[error(
-        "--accept '{0}': the subject after '=' must be one as the plan prints it (e.g. pod/NAMESPACE/NAME, deployment/NAMESPACE/NAME, node/NAME)"
-    )]
     BadSubject(String),
 }
+
+impl Spelled for AcceptError {
+    fn spell(&self, name: &dyn Fn(Setting) -> String) -> String {
+        let accept = name(Setting::Accept);
+        match self {
+            AcceptError::UnknownCheck(s) => format!(
+                "{accept} '{s}': not a check that can be accepted (one of: {}); readiness, capacity, PDB, skew and removed-API blockers are fixed, or left to {} / {}",
+                ACCEPTABLE.join(", "),
+                name(Setting::PartialOk),
+                name(Setting::IgnoreSafetyChecks)
+            ),
+            AcceptError::BadSubject(s) => format!(
+                "{accept} '{s}': the subject after '=' must be one as the plan prints it (e.g. pod/NAMESPACE/NAME, deployment/NAMESPACE/NAME, node/NAME)"
+            ),
+        }
+    }
+}
+
+impl fmt::Display for AcceptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.with_fields())
+    }
+}
+
+impl std::error::Error for AcceptError {}
 
 /// One acceptance: a check, and optionally the one subject it is accepted for.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

@@ -32,6 +32,7 @@ use crate::drain;
 use crate::pdb::PdbIndex;
 use crate::plan::MaxUnavailable;
 use crate::run::Style;
+use crate::setting::{BadValue, Setting, Spelled};
 use crate::snapshot::Snapshot;
 
 /// The node label naming a node's failure domain.
@@ -55,7 +56,7 @@ pub enum MaxUnavailableSetting {
 }
 
 impl FromStr for MaxUnavailableSetting {
-    type Err = String;
+    type Err = BadValue;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.trim() == "auto" {
             return Ok(MaxUnavailableSetting::Auto);
@@ -64,7 +65,7 @@ impl FromStr for MaxUnavailableSetting {
             return Ok(MaxUnavailableSetting::Zero);
         }
         s.parse::<MaxUnavailable>().map(MaxUnavailableSetting::Fixed).map_err(|_| {
-            format!("--max-unavailable '{s}' is not a count (e.g. 2), a percentage (e.g. 10%) or auto")
+            BadValue::new(Setting::MaxUnavailable, s, "a count (e.g. 2), a percentage (e.g. 10%) or auto")
         })
     }
 }
@@ -79,11 +80,14 @@ impl fmt::Display for MaxUnavailableSetting {
     }
 }
 
-/// Parses `--max-unavailable-cap`: a count or a percentage, like a fixed `--max-unavailable`.
-pub fn parse_cap(s: &str) -> Result<MaxUnavailable, String> {
+/// Parses auto's cap ([`Setting::MaxUnavailableCap`]): a count or a percentage, like a fixed
+/// max-unavailable.
+pub fn parse_cap(s: &str) -> Result<MaxUnavailable, BadValue> {
     s.parse::<MaxUnavailable>().map_err(|_| {
-        format!(
-            "--max-unavailable-cap '{s}' is not a count (e.g. 20) or a percentage (e.g. 25%); it bounds --max-unavailable auto"
+        BadValue::new(
+            Setting::MaxUnavailableCap,
+            s,
+            "a count (e.g. 20) or a percentage (e.g. 25%): the most workers auto takes at once",
         )
     })
 }
@@ -106,28 +110,49 @@ pub enum Batching {
     Auto(Auto),
 }
 
-/// Flags that contradict each other.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Settings that contradict each other (named by [`Setting`], spelled by the edge: see
+/// [`Spelled`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BatchingError {
-    /// `--max-unavailable-cap` or `--across-zones` with a fixed size.
-    #[error("{0} applies only to --max-unavailable auto (a fixed size is its own cap and ignores zones)")]
-    AutoOnly(&'static str),
-    /// `--max-surge` with an action that upgrades nodes in place.
-    #[error(
-        "--max-surge applies only to the replace action (it creates replacement nodes before the old ones drain); drop it or use --action replace"
-    )]
+    /// The cap or across-zones with a fixed size.
+    AutoOnly(Setting),
+    /// A surge with an action that upgrades nodes in place.
     SurgeNeedsReplace,
-    /// `--max-unavailable 0` without a surge.
-    #[error(
-        "--max-unavailable 0 without --max-surge: no node could ever be upgraded; give --max-surge N (with the replace action) or --max-unavailable 1 or more"
-    )]
+    /// Max-unavailable 0 without a surge.
     Stalled,
-    /// `--max-surge` with `--max-unavailable auto`.
-    #[error(
-        "--max-surge takes a fixed --max-unavailable (a count, a percentage or 0), not auto: the surge slots set a replace run's pace"
-    )]
+    /// A surge with max-unavailable auto.
     SurgeWithAuto,
 }
+
+impl Spelled for BatchingError {
+    fn spell(&self, name: &dyn Fn(Setting) -> String) -> String {
+        let (mu, ms) = (name(Setting::MaxUnavailable), name(Setting::MaxSurge));
+        match self {
+            BatchingError::AutoOnly(s) => format!(
+                "{} applies only to {mu} auto (a fixed size is its own cap and ignores zones)",
+                name(*s)
+            ),
+            BatchingError::SurgeNeedsReplace => format!(
+                "{ms} applies only to the replace action (it creates replacement nodes before the old ones drain); drop it or use {} replace",
+                name(Setting::Action)
+            ),
+            BatchingError::Stalled => format!(
+                "{mu} 0 without {ms}: no node could ever be upgraded; give {ms} N (with the replace action) or {mu} 1 or more"
+            ),
+            BatchingError::SurgeWithAuto => format!(
+                "{ms} takes a fixed {mu} (a count, a percentage or 0), not auto: the surge slots set a replace run's pace"
+            ),
+        }
+    }
+}
+
+impl fmt::Display for BatchingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.with_fields())
+    }
+}
+
+impl std::error::Error for BatchingError {}
 
 impl Batching {
     /// Resolves `--max-unavailable`, `--max-unavailable-cap` and `--across-zones`.
@@ -141,9 +166,11 @@ impl Batching {
                 Ok(Batching::Auto(Auto { cap: cap.unwrap_or(DEFAULT_CAP), across_zones }))
             }
             MaxUnavailableSetting::Fixed(_) if cap.is_some() => {
-                Err(BatchingError::AutoOnly("--max-unavailable-cap"))
+                Err(BatchingError::AutoOnly(Setting::MaxUnavailableCap))
             }
-            MaxUnavailableSetting::Fixed(_) if across_zones => Err(BatchingError::AutoOnly("--across-zones")),
+            MaxUnavailableSetting::Fixed(_) if across_zones => {
+                Err(BatchingError::AutoOnly(Setting::AcrossZones))
+            }
             MaxUnavailableSetting::Fixed(m) => Ok(Batching::Fixed(m)),
             MaxUnavailableSetting::Zero => Err(BatchingError::Stalled),
         }
@@ -170,10 +197,11 @@ pub enum MaxSurge {
 }
 
 impl FromStr for MaxSurge {
-    type Err = String;
+    type Err = BadValue;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad =
-            || format!("--max-surge '{s}' is not a count (e.g. 2) or a percentage (e.g. 10%) of the workers");
+        let bad = || {
+            BadValue::new(Setting::MaxSurge, s, "a count (e.g. 2) or a percentage (e.g. 10%) of the workers")
+        };
         match s.trim().strip_suffix('%') {
             Some(p) => match p.parse::<u32>() {
                 Ok(0) => Ok(MaxSurge::None),
@@ -771,9 +799,12 @@ mod tests {
         assert_eq!("auto".parse(), Ok(MaxUnavailableSetting::Auto));
         assert_eq!("10%".parse(), Ok(MaxUnavailableSetting::Fixed(MaxUnavailable::Percent(10))));
         let e = "many".parse::<MaxUnavailableSetting>().unwrap_err();
-        assert!(e.contains("'many'") && e.contains("or auto"), "{e}");
+        assert_eq!(e.setting, Setting::MaxUnavailable);
+        assert!(e.to_string().starts_with("maxUnavailable 'many'") && e.expected.ends_with("or auto"), "{e}");
         assert_eq!(parse_cap("20"), Ok(MaxUnavailable::Count(20)));
-        assert!(parse_cap("auto").unwrap_err().contains("--max-unavailable-cap 'auto'"));
+        assert!(
+            parse_cap("auto").unwrap_err().to_string().starts_with("maxUnavailableCap 'auto' is not a count")
+        );
         assert!(parse_cap("0").is_err() && parse_cap("101%").is_err());
 
         let auto = MaxUnavailableSetting::Auto;
@@ -785,11 +816,11 @@ mod tests {
         assert_eq!(Batching::new(auto, None, false).unwrap().most(200), 50, "the default cap, 25%");
         assert_eq!(Batching::new(fixed, None, false).unwrap().most(200), 3);
         let e = Batching::new(fixed, Some(MaxUnavailable::Count(2)), false).unwrap_err();
-        assert!(
-            e.to_string().starts_with("--max-unavailable-cap applies only to --max-unavailable auto"),
-            "{e}"
-        );
-        assert_eq!(Batching::new(fixed, None, true), Err(BatchingError::AutoOnly("--across-zones")));
+        assert_eq!(e, BatchingError::AutoOnly(Setting::MaxUnavailableCap));
+        assert!(e.to_string().starts_with("maxUnavailableCap applies only to maxUnavailable auto"), "{e}");
+        let flags = |s: Setting| format!("--{}", s.field().to_lowercase());
+        assert!(e.spell(&flags).starts_with("--maxunavailablecap applies only to --maxunavailable auto"));
+        assert_eq!(Batching::new(fixed, None, true), Err(BatchingError::AutoOnly(Setting::AcrossZones)));
 
         assert_eq!("2".parse(), Ok(MaxSurge::Count(2)));
         assert_eq!("0".parse(), Ok(MaxSurge::None));
@@ -798,7 +829,7 @@ mod tests {
         assert_eq!(MaxSurge::Count(3).to_string(), "3");
         for bad in ["", "-1", "x", "101%", "1.5"] {
             let e = bad.parse::<MaxSurge>().unwrap_err();
-            assert!(e.starts_with("--max-surge"), "{e}");
+            assert_eq!(e.setting, Setting::MaxSurge, "{e}");
         }
         assert_eq!(MaxSurge::Count(1).check_style(Style::InPlace), Err(BatchingError::SurgeNeedsReplace));
         assert!(MaxSurge::Count(1).check_style(Style::Replace).is_ok());

@@ -80,6 +80,9 @@ pub struct Warning {
     pub subject: String,
     /// What to do.
     pub message: String,
+    /// The way out, when it is a setting or command (each edge spells it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remedy: Option<crate::remedy::Remedy>,
 }
 
 /// The assessed status of a cluster.
@@ -133,6 +136,7 @@ pub fn assess(inventory: Inventory, catalog: &Catalog, today: Date) -> StatusRep
                 "unreachable ({}); its version is unknown",
                 o.error.as_deref().unwrap_or("no answer")
             ),
+            remedy: None,
         });
     }
     for n in &inventory.nodes {
@@ -140,6 +144,7 @@ pub fn assess(inventory: Inventory, catalog: &Catalog, today: Date) -> StatusRep
             warnings.push(Warning {
                 subject: format!("node {}", n.name),
                 message: format!("kubelet reports '{}', not a Kubernetes version", n.kubelet),
+                remedy: None,
             });
         }
     }
@@ -154,14 +159,17 @@ pub fn assess(inventory: Inventory, catalog: &Catalog, today: Date) -> StatusRep
                     "out of support{}: upgrade to a supported minor",
                     since.map(|d| format!(" since {d}")).unwrap_or_default()
                 ),
+                remedy: None,
             }),
             Some(Support::EndingSoon { end_of_life, days_left }) => warnings.push(Warning {
                 subject: format!("control plane {minor}"),
                 message: format!("support ends {end_of_life} ({days_left} days): plan the upgrade"),
+                remedy: None,
             }),
             Some(Support::Unknown) => warnings.push(Warning {
                 subject: format!("control plane {minor}"),
-                message: "newer than the release catalog: refresh it with --catalog FILE".into(),
+                message: "newer than the release catalog".into(),
+                remedy: Some(crate::remedy::Remedy::RefreshCatalog),
             }),
             _ => {}
         }
@@ -178,6 +186,7 @@ pub fn assess(inventory: Inventory, catalog: &Catalog, today: Date) -> StatusRep
                         message: format!(
                             "kubelet {v} is {lag} minors behind: upgrade it before the control plane moves to {next}"
                         ),
+                        remedy: None,
                     });
                 }
             }

@@ -42,6 +42,7 @@ pub mod removed;
 pub mod run;
 #[cfg(feature = "schema")]
 pub mod schema;
+pub mod setting;
 pub mod skew;
 pub mod snapshot;
 pub mod surge;

@@ -151,9 +151,15 @@ impl MaxUnavailable {
 }
 
 impl FromStr for MaxUnavailable {
-    type Err = String;
+    type Err = crate::setting::BadValue;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("--max-unavailable '{s}' is not a count (e.g. 2) or a percentage (e.g. 10%)");
+        let bad = || {
+            crate::setting::BadValue::new(
+                crate::setting::Setting::MaxUnavailable,
+                s,
+                "a count (e.g. 2) or a percentage (e.g. 10%)",
+            )
+        };
         match s.trim().strip_suffix('%') {
             Some(p) => match p.parse::<u32>() {
                 Ok(p) if (1..=100).contains(&p) => Ok(MaxUnavailable::Percent(p)),

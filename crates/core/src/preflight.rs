@@ -72,7 +72,7 @@ pub fn forced_findings(path: &UpgradePath) -> Vec<Finding> {
             severity: Severity::Warning,
             subject: "cluster".into(),
             node: None,
-            message: format!("--force: {forced}"),
+            message: format!("forced past the version rules: {forced}"),
             remedy: None,
         })
         .collect()

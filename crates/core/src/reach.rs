@@ -181,7 +181,7 @@ pub fn resolution_note(
             subject: "cluster".into(),
             node: None,
             message: format!(
-                "--to {m} is {target}: the newest patch every node can reach (the catalog's newest is {catalog_target})"
+                "target {m} is {target}: the newest patch every node can reach (the catalog's newest is {catalog_target})"
             ),
             remedy: None,
         }),

@@ -43,13 +43,17 @@ pub enum OnUndrainable {
 }
 
 impl FromStr for OnUndrainable {
-    type Err = String;
+    type Err = crate::setting::BadValue;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "fail" => Ok(OnUndrainable::Fail),
             "skip" => Ok(OnUndrainable::Skip),
             "force" => Ok(OnUndrainable::Force),
-            _ => Err(format!("--on-undrainable '{s}': expected fail, skip or force")),
+            _ => Err(crate::setting::BadValue::new(
+                crate::setting::Setting::OnUndrainable,
+                s,
+                "one of fail, skip or force",
+            )),
         }
     }
 }
@@ -804,7 +808,10 @@ pub fn final_state(
         }
         (None, Some(Halt::Deadline)) if work_left => (
             RunState::Paused,
-            Some("the deadline (--not-after) passed: no node was started after it; rerun the same command to continue".into()),
+            Some(
+                "the run's deadline passed: no node was started after it; rerun the same command to continue"
+                    .into(),
+            ),
         ),
         (None, _) => (RunState::Completed, None),
     }

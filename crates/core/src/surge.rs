@@ -251,7 +251,7 @@ mod tests {
         let zero: MaxUnavailableSetting = "0".parse().unwrap();
         let e = Surge::new(MaxSurge::None, zero).unwrap_err();
         assert_eq!(e, BatchingError::Stalled);
-        assert!(e.to_string().contains("--max-surge"), "names the fix: {e}");
+        assert!(e.to_string().contains("maxSurge N"), "names the fix: {e}");
         assert_eq!(
             Surge::new(MaxSurge::None, MaxUnavailableSetting::Fixed(MaxUnavailable::Count(2))),
             Ok(None)

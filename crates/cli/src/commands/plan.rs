@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::args::PlanArgs;
 use crate::commands::load_catalog;
 use crate::output::{Format, print_structured, table, usage};
+use crate::remedy::usage_spelled;
 
 /// `refit plan`'s output.
 #[derive(Serialize)]
@@ -102,17 +103,17 @@ pub fn plan_input(
     request: VersionRequest,
     plan_file: PlanFile,
 ) -> anyhow::Result<PlanInput> {
-    let setting: MaxUnavailableSetting = args.max_unavailable.parse().map_err(usage)?;
-    let cap = args.max_unavailable_cap.as_deref().map(parse_cap).transpose().map_err(usage)?;
+    let setting: MaxUnavailableSetting = args.max_unavailable.parse().map_err(usage_spelled)?;
+    let cap = args.max_unavailable_cap.as_deref().map(parse_cap).transpose().map_err(usage_spelled)?;
     let max_surge: MaxSurge =
-        args.max_surge.as_deref().map(str::parse).transpose().map_err(usage)?.unwrap_or_default();
-    let surge = refit_core::surge::Surge::new(max_surge, setting).map_err(|e| usage(e.to_string()))?;
+        args.max_surge.as_deref().map(str::parse).transpose().map_err(usage_spelled)?.unwrap_or_default();
+    let surge = refit_core::surge::Surge::new(max_surge, setting).map_err(usage_spelled)?;
     let (max_unavailable, auto) = match (surge, Batching::new(setting, cap, args.across_zones)) {
         // The plan's batches show the old nodes out at once beside the surge (at least one).
         (Some(s), _) => (s.unavailable.unwrap_or(refit_core::plan::MaxUnavailable::Count(1)), None),
         (None, Ok(Batching::Fixed(m))) => (m, None),
         (None, Ok(Batching::Auto(a))) => (a.cap, Some(a)),
-        (None, Err(e)) => return Err(usage(e.to_string())),
+        (None, Err(e)) => return Err(usage_spelled(e)),
     };
     let mode = match (args.offline, args.ignore_safety_checks) {
         (true, true) => return Err(usage("--offline and --ignore-safety-checks exclude each other")),
@@ -128,9 +129,11 @@ pub fn plan_input(
         Some(refit_engine::spec::NodeAction::Replace { .. }) => refit_core::run::Style::Replace,
         _ => refit_core::run::Style::InPlace,
     };
-    max_surge.check_style(style).map_err(|e| usage(e.to_string()))?;
+    max_surge.check_style(style).map_err(usage_spelled)?;
     if surge.is_some() && cap.is_some() {
-        return Err(usage(refit_core::batch::BatchingError::AutoOnly("--max-unavailable-cap").to_string()));
+        return Err(usage_spelled(refit_core::batch::BatchingError::AutoOnly(
+            refit_core::setting::Setting::MaxUnavailableCap,
+        )));
     }
     let probe = crate::commands::reach::target_probe(args.action.as_deref(), &plan_file)?;
     Ok(PlanInput {

@@ -129,7 +129,7 @@ pub fn render(context: &str, server: &str, r: &StatusReport) -> String {
         s.push_str(&format!("{t}\n"));
     }
     for w in &r.warnings {
-        s.push_str(&format!("WARNING {}: {}\n", w.subject, w.message));
+        s.push_str(&format!("WARNING {}: {}\n", w.subject, crate::remedy::sentence(&w.message, &w.remedy)));
     }
     s.push_str(&format!("\nNext versions (one control-plane step): {}\n", compact(&r.next_versions)));
     s

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::is_valid_name;
 use super::target::{NodeImageSelection, UpgradeSpec, UpgradeType};
 use crate::catalog::Catalog;
+use crate::setting::{Setting, Spelled};
 use crate::version::{MinorVersion, Version};
 
 /// The longest profile name: leaves room for the generated run's suffix in 63 characters.
@@ -127,29 +128,49 @@ pub struct Profile {
     pub last_generated_run: Option<String>,
 }
 
-/// Why a profile was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a profile was refused (its settings spelled by the edge: [`Spelled`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProfileError {
     /// A name that does not follow the pattern.
-    #[error(
-        "profile name '{0}' is not valid: use lowercase letters, digits and inner dashes, 1–40 characters"
-    )]
     BadName(String),
     /// TargetKubernetesVersion without a minor.
-    #[error("channel TargetKubernetesVersion needs --target-kubernetes-version MINOR (e.g. 1.36)")]
     TargetRequired,
     /// A minor on another channel.
-    #[error(
-        "--target-kubernetes-version applies only to channel TargetKubernetesVersion (this profile follows {0:?})"
-    )]
     TargetNotAllowed(Channel),
     /// The strategy name does not follow the pattern.
-    #[error("strategy name '{0}' is not valid")]
     BadStrategy(String),
     /// Not YAML/JSON of the expected shape.
-    #[error("the profile is not valid: {0} (refit formats profile shows a complete one)")]
     Parse(String),
 }
+
+impl Spelled for ProfileError {
+    fn spell(&self, name: &dyn Fn(Setting) -> String) -> String {
+        let target = name(Setting::TargetKubernetesVersion);
+        match self {
+            ProfileError::BadName(n) => format!(
+                "profile name '{n}' is not valid: use lowercase letters, digits and inner dashes, 1–40 characters"
+            ),
+            ProfileError::TargetRequired => {
+                format!("channel TargetKubernetesVersion needs {target} MINOR (e.g. 1.36)")
+            }
+            ProfileError::TargetNotAllowed(c) => format!(
+                "{target} applies only to channel TargetKubernetesVersion (this profile follows {c:?})"
+            ),
+            ProfileError::BadStrategy(n) => format!("strategy name '{n}' is not valid"),
+            ProfileError::Parse(e) => {
+                format!("the profile is not valid: {e} (refit formats profile shows a complete one)")
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ProfileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.with_fields())
+    }
+}
+
+impl std::error::Error for ProfileError {}
 
 /// A member held back because the target is more than one minor ahead of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,6 +12,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::setting::{Setting, Spelled};
 use crate::version::Version;
 
 /// What a run upgrades on each member.
@@ -112,16 +113,35 @@ fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
 
-/// Why an upgrade spec was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why an upgrade spec was refused (its settings spelled by the edge: [`Spelled`]; a hub's
+/// UpdateRun reads `upgradeType`, the CLI `--upgrade-type`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SpecError {
     /// Full and ControlPlaneOnly need a version.
-    #[error("--upgrade-type {0} needs --kubernetes-version (e.g. 1.37.1)")]
     VersionRequired(UpgradeType),
     /// NodeImageOnly must not have one.
-    #[error("--upgrade-type NodeImageOnly upgrades node images only: drop --kubernetes-version")]
     VersionNotAllowed,
 }
+
+impl Spelled for SpecError {
+    fn spell(&self, name: &dyn Fn(Setting) -> String) -> String {
+        let (ty, version) = (name(Setting::UpgradeType), name(Setting::KubernetesVersion));
+        match self {
+            SpecError::VersionRequired(t) => format!("{ty} {t} needs {version} (e.g. 1.37.1)"),
+            SpecError::VersionNotAllowed => {
+                format!("{ty} NodeImageOnly upgrades node images only: drop {version}")
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for SpecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.with_fields())
+    }
+}
+
+impl std::error::Error for SpecError {}
 
 impl UpgradeSpec {
     /// A spec with defaults for the optional parts.

@@ -35,7 +35,7 @@ enum Start {
 }
 
 /// Why a unit was not started after the deadline.
-const DEADLINE: &str = "not started: the deadline (--not-after) passed";
+const DEADLINE: &str = "not started: the run's deadline passed";
 
 /// The journal's unit name for cluster-wide steps (backup, cluster services).
 pub const CLUSTER_UNIT: &str = "(cluster)";

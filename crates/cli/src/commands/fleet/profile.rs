@@ -137,7 +137,11 @@ fn from_args(a: &ProfileCreateArgs) -> anyhow::Result<Profile> {
         p.node_image_selection = n.parse().map_err(usage)?;
     }
     p.disabled |= a.disabled;
-    p.validate().map_err(|e| usage(e.to_string()))?;
+    // A file's settings are its fields; the flags' are flags.
+    p.validate().map_err(|e| match &a.file {
+        Some(f) => usage(format!("{}: {e}", f.display())),
+        None => crate::remedy::usage_spelled(e),
+    })?;
     Ok(p)
 }
 

@@ -135,7 +135,7 @@ fn create_args(a: &RunCreateArgs) -> anyhow::Result<(UpgradeSpec, StrategySource
     }
     spec.on_gate_failure = a.on_gate_failure;
     spec.policy = a.policy;
-    spec.validate().map_err(|e| usage(e.to_string()))?;
+    spec.validate().map_err(crate::remedy::usage_spelled)?;
     let strategy = match (&a.strategy, &a.stages) {
         (Some(name), _) => StrategySource::Named(name.clone()),
         (None, Some(file)) => StrategySource::Inline(super::strategy::parse_file("--stages", file)?),

@@ -34,7 +34,8 @@ impl Input {
         // Durations and the eviction concurrency were checked by clap (core's ranges).
         let (drain_timeout, node_timeout, stop_grace) =
             (args.drain_timeout, args.node_timeout, args.stop_grace);
-        let on_undrainable: OnUndrainable = args.on_undrainable.parse().map_err(usage)?;
+        let on_undrainable: OnUndrainable =
+            args.on_undrainable.parse().map_err(crate::remedy::usage_spelled)?;
         let on_gate_failure: refit_core::health::OnGateFailure =
             args.on_gate_failure.parse().map_err(|e: String| usage(format!("--on-gate-failure {e}")))?;
         let plan_file = read_plan_file(args.plan.file.as_deref())?;

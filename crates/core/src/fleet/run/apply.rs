@@ -61,7 +61,9 @@ pub(super) fn mutate(run: &mut RunState, event: &Event) -> Result<(), Transition
                     action: "start",
                     hint: match run.status.state {
                         Stopping => "wait until the member upgrades under way finish (Stopped)",
-                        Completed => "it is finished; create a new run, or retry --failed if members failed",
+                        Completed => {
+                            "it is finished; create a new run, or retry its failed members if any failed"
+                        }
                         Skipped => "every stage is skipped: there is nothing to do",
                         _ => "it is already running",
                     },
