@@ -70,32 +70,16 @@ mod tests {
 
     #[test]
     fn every_setting_is_spelled_as_a_flag_this_command_line_has() {
-        use refit_core::setting::Setting::*;
         let mut flags = std::collections::BTreeSet::new();
         long_flags(&<crate::args::Cli as clap::CommandFactory>::command(), &mut flags);
-        for s in [
-            To,
-            MaxUnavailable,
-            MaxUnavailableCap,
-            AcrossZones,
-            MaxSurge,
-            Action,
-            OnUndrainable,
-            NotAfter,
-            UpgradeType,
-            KubernetesVersion,
-            TargetKubernetesVersion,
-            Accept,
-            PartialOk,
-            IgnoreSafetyChecks,
-        ] {
+        for s in Setting::ALL {
             assert!(
                 flags.contains(&setting_flag(s)),
                 "{s:?} is spelled {}, which no command takes",
                 setting_flag(s)
             );
         }
-        let e = refit_core::batch::BatchingError::AutoOnly(AcrossZones);
+        let e = refit_core::batch::BatchingError::AutoOnly(Setting::AcrossZones);
         assert_eq!(
             spelled(&e),
             "--across-zones applies only to --max-unavailable auto (a fixed size is its own cap and ignores zones)"

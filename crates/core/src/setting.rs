@@ -40,6 +40,24 @@ pub enum Setting {
 }
 
 impl Setting {
+    /// Every setting (for edges that check they spell each one).
+    pub const ALL: [Setting; 14] = [
+        Setting::To,
+        Setting::MaxUnavailable,
+        Setting::MaxUnavailableCap,
+        Setting::AcrossZones,
+        Setting::MaxSurge,
+        Setting::Action,
+        Setting::OnUndrainable,
+        Setting::NotAfter,
+        Setting::UpgradeType,
+        Setting::KubernetesVersion,
+        Setting::TargetKubernetesVersion,
+        Setting::Accept,
+        Setting::PartialOk,
+        Setting::IgnoreSafetyChecks,
+    ];
+
     /// The setting as a field of a hub object or an HTTP request (lowerCamelCase).
     pub fn field(self) -> &'static str {
         match self {
@@ -117,22 +135,7 @@ mod tests {
 
     #[test]
     fn fields_are_lower_camel_case_and_distinct() {
-        let all = [
-            Setting::To,
-            Setting::MaxUnavailable,
-            Setting::MaxUnavailableCap,
-            Setting::AcrossZones,
-            Setting::MaxSurge,
-            Setting::Action,
-            Setting::OnUndrainable,
-            Setting::NotAfter,
-            Setting::UpgradeType,
-            Setting::KubernetesVersion,
-            Setting::TargetKubernetesVersion,
-            Setting::Accept,
-            Setting::PartialOk,
-            Setting::IgnoreSafetyChecks,
-        ];
+        let all = Setting::ALL;
         let fields: std::collections::BTreeSet<&str> = all.iter().map(|s| s.field()).collect();
         assert_eq!(fields.len(), all.len());
         for f in fields {
