@@ -8,14 +8,12 @@ use refit_core::setting::{Setting, Spelled};
 /// The flag that gives setting `s` on this command line.
 pub fn setting_flag(s: Setting) -> String {
     match s {
-        Setting::To => "--to",
         Setting::MaxUnavailable => "--max-unavailable",
         Setting::MaxUnavailableCap => "--max-unavailable-cap",
         Setting::AcrossZones => "--across-zones",
         Setting::MaxSurge => "--max-surge",
         Setting::Action => "--action",
         Setting::OnUndrainable => "--on-undrainable",
-        Setting::NotAfter => "--not-after",
         Setting::UpgradeType => "--upgrade-type",
         Setting::KubernetesVersion => "--kubernetes-version",
         Setting::TargetKubernetesVersion => "--target-kubernetes-version",
@@ -72,7 +70,7 @@ mod tests {
     fn every_setting_is_spelled_as_a_flag_this_command_line_has() {
         let mut flags = std::collections::BTreeSet::new();
         long_flags(&<crate::args::Cli as clap::CommandFactory>::command(), &mut flags);
-        for s in Setting::ALL {
+        for &s in Setting::ALL {
             assert!(
                 flags.contains(&setting_flag(s)),
                 "{s:?} is spelled {}, which no command takes",

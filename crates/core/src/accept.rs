@@ -62,13 +62,7 @@ impl Spelled for AcceptError {
     }
 }
 
-impl fmt::Display for AcceptError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.with_fields())
-    }
-}
-
-impl std::error::Error for AcceptError {}
+crate::setting::display_with_fields!(AcceptError);
 
 /// One acceptance: a check, and optionally the one subject it is accepted for.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

@@ -146,13 +146,7 @@ impl Spelled for BatchingError {
     }
 }
 
-impl fmt::Display for BatchingError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.with_fields())
-    }
-}
-
-impl std::error::Error for BatchingError {}
+crate::setting::display_with_fields!(BatchingError);
 
 impl Batching {
     /// Resolves `--max-unavailable`, `--max-unavailable-cap` and `--across-zones`.

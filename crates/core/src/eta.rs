@@ -239,7 +239,8 @@ pub fn choice_load(
         }
     }
     let count = |node: &String| on.get(node.as_str()).copied().unwrap_or(0);
-    let left = candidates.iter().filter(|c| !chosen.contains(c)).map(count).fold(0, usize::saturating_add);
+    let picked: std::collections::BTreeSet<&String> = chosen.iter().collect();
+    let left = candidates.iter().filter(|c| !picked.contains(c)).map(count).fold(0, usize::saturating_add);
     (chosen.iter().map(count).collect(), left)
 }
 

@@ -6,78 +6,73 @@
 //! [`Spelled::spell`] with the edge's namer: the CLI passes its flag names, everything else
 //! gets the field names of [`Setting::field`] (also what `Display` prints).
 
-/// A setting a person gives refit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Setting {
-    /// The target version (`refit upgrade --to`).
-    To,
-    /// Workers drained at once: a count, a percentage, 0 (with a surge) or `auto`.
-    MaxUnavailable,
-    /// The most workers `auto` takes in one batch.
-    MaxUnavailableCap,
-    /// Whether an `auto` batch may span zones.
-    AcrossZones,
-    /// Replacement nodes created ahead of the old ones (the replace action).
-    MaxSurge,
-    /// The node action.
-    Action,
-    /// What a node that cannot be drained does: fail, skip or force.
-    OnUndrainable,
-    /// The deadline after which no node starts.
-    NotAfter,
-    /// A fleet run's upgrade type.
-    UpgradeType,
-    /// A fleet run's Kubernetes version.
-    KubernetesVersion,
-    /// A profile's target minor (channel TargetKubernetesVersion).
-    TargetKubernetesVersion,
-    /// A blocker accepted by check (and subject).
-    Accept,
-    /// Leave out the workers with blockers and upgrade the rest.
-    PartialOk,
-    /// Go on past every safety check.
-    IgnoreSafetyChecks,
-}
-
-impl Setting {
-    /// Every setting (for edges that check they spell each one).
-    pub const ALL: [Setting; 14] = [
-        Setting::To,
-        Setting::MaxUnavailable,
-        Setting::MaxUnavailableCap,
-        Setting::AcrossZones,
-        Setting::MaxSurge,
-        Setting::Action,
-        Setting::OnUndrainable,
-        Setting::NotAfter,
-        Setting::UpgradeType,
-        Setting::KubernetesVersion,
-        Setting::TargetKubernetesVersion,
-        Setting::Accept,
-        Setting::PartialOk,
-        Setting::IgnoreSafetyChecks,
-    ];
-
-    /// The setting as a field of a hub object or an HTTP request (lowerCamelCase).
-    pub fn field(self) -> &'static str {
-        match self {
-            Setting::To => "to",
-            Setting::MaxUnavailable => "maxUnavailable",
-            Setting::MaxUnavailableCap => "maxUnavailableCap",
-            Setting::AcrossZones => "acrossZones",
-            Setting::MaxSurge => "maxSurge",
-            Setting::Action => "action",
-            Setting::OnUndrainable => "onUndrainable",
-            Setting::NotAfter => "notAfter",
-            Setting::UpgradeType => "upgradeType",
-            Setting::KubernetesVersion => "kubernetesVersion",
-            Setting::TargetKubernetesVersion => "targetKubernetesVersion",
-            Setting::Accept => "accept",
-            Setting::PartialOk => "partialOk",
-            Setting::IgnoreSafetyChecks => "ignoreSafetyChecks",
+/// The settings, each once: the enum, [`Setting::ALL`] and [`Setting::field`] come from this
+/// one list, so a setting cannot be added to one and missed in another.
+macro_rules! settings {
+    ($($(#[doc = $doc:literal])* $variant:ident => $field:literal,)*) => {
+        /// A setting a person gives refit.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Setting {
+            $($(#[doc = $doc])* $variant,)*
         }
-    }
+
+        impl Setting {
+            /// Every setting (for edges that check they spell each one).
+            pub const ALL: &'static [Setting] = &[$(Setting::$variant),*];
+
+            /// The setting as a field of a hub object or an HTTP request (lowerCamelCase).
+            pub fn field(self) -> &'static str {
+                match self {
+                    $(Setting::$variant => $field,)*
+                }
+            }
+        }
+    };
 }
+
+settings! {
+    /// Workers drained at once: a count, a percentage, 0 (with a surge) or `auto`.
+    MaxUnavailable => "maxUnavailable",
+    /// The most workers `auto` takes in one batch.
+    MaxUnavailableCap => "maxUnavailableCap",
+    /// Whether an `auto` batch may span zones.
+    AcrossZones => "acrossZones",
+    /// Replacement nodes created ahead of the old ones (the replace action).
+    MaxSurge => "maxSurge",
+    /// The node action.
+    Action => "action",
+    /// What a node that cannot be drained does: fail, skip or force.
+    OnUndrainable => "onUndrainable",
+    /// A fleet run's upgrade type.
+    UpgradeType => "upgradeType",
+    /// A fleet run's Kubernetes version.
+    KubernetesVersion => "kubernetesVersion",
+    /// A profile's target minor (channel TargetKubernetesVersion).
+    TargetKubernetesVersion => "targetKubernetesVersion",
+    /// A blocker accepted by check (and subject).
+    Accept => "accept",
+    /// Leave out the workers with blockers and upgrade the rest.
+    PartialOk => "partialOk",
+    /// Go on past every safety check.
+    IgnoreSafetyChecks => "ignoreSafetyChecks",
+}
+
+/// `Display` (the field names, [`Spelled::with_fields`]) and `Error` for error types that are
+/// [`Spelled`]: what every edge but the CLI shows.
+macro_rules! display_with_fields {
+    ($($t:ty),+ $(,)?) => {
+        $(
+            impl std::fmt::Display for $t {
+                fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str(&$crate::setting::Spelled::with_fields(self))
+                }
+            }
+
+            impl std::error::Error for $t {}
+        )+
+    };
+}
+pub(crate) use display_with_fields;
 
 /// A message that names settings, spelled by whoever shows it.
 pub trait Spelled {
@@ -103,8 +98,9 @@ pub struct BadValue {
 
 impl BadValue {
     /// `value` refused for `setting`, which takes `expected`.
+    /// The value is kept printable (a value from a file or an object could carry escapes).
     pub fn new(setting: Setting, value: &str, expected: &'static str) -> BadValue {
-        BadValue { setting, value: value.to_string(), expected }
+        BadValue { setting, value: crate::identity::printable(value, false), expected }
     }
 }
 
@@ -114,13 +110,7 @@ impl Spelled for BadValue {
     }
 }
 
-impl std::fmt::Display for BadValue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.with_fields())
-    }
-}
-
-impl std::error::Error for BadValue {}
+display_with_fields!(BadValue);
 
 #[cfg(test)]
 mod tests {
@@ -135,12 +125,17 @@ mod tests {
 
     #[test]
     fn fields_are_lower_camel_case_and_distinct() {
-        let all = Setting::ALL;
-        let fields: std::collections::BTreeSet<&str> = all.iter().map(|s| s.field()).collect();
-        assert_eq!(fields.len(), all.len());
+        let fields: std::collections::BTreeSet<&str> = Setting::ALL.iter().map(|s| s.field()).collect();
+        assert_eq!(fields.len(), Setting::ALL.len());
         for f in fields {
             assert!(f.chars().next().is_some_and(|c| c.is_ascii_lowercase()), "{f}");
             assert!(f.chars().all(|c| c.is_ascii_alphanumeric()), "{f}");
         }
+    }
+
+    #[test]
+    fn a_bad_value_never_carries_control_characters() {
+        let e = BadValue::new(Setting::MaxSurge, "1\u{1b}[2J", "a count");
+        assert!(!e.to_string().contains('\u{1b}'), "{e}");
     }
 }

@@ -164,13 +164,7 @@ impl Spelled for ProfileError {
     }
 }
 
-impl std::fmt::Display for ProfileError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.with_fields())
-    }
-}
-
-impl std::error::Error for ProfileError {}
+crate::setting::display_with_fields!(ProfileError);
 
 /// A member held back because the target is more than one minor ahead of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

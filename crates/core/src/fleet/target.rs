@@ -135,13 +135,7 @@ impl Spelled for SpecError {
     }
 }
 
-impl std::fmt::Display for SpecError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.with_fields())
-    }
-}
-
-impl std::error::Error for SpecError {}
+crate::setting::display_with_fields!(SpecError);
 
 impl UpgradeSpec {
     /// A spec with defaults for the optional parts.
