@@ -32,8 +32,8 @@ use refit_core::Version;
 use refit_core::fleet::{FleetMember, MemberFacts, MemberVersions, NodeImage};
 use refit_store::fleet::MemberRecord;
 
-/// The node annotation naming the node's image.
-pub const NODE_IMAGE_ANNOTATION: &str = "refit.dev/node-image";
+/// The node annotation naming the node's image (core's, which the sandbox writes).
+pub use refit_core::fleet::NODE_IMAGE_ANNOTATION;
 
 /// How long observing one member may take before it counts as unreachable.
 pub const OBSERVE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -238,29 +238,6 @@ pub fn parse_image_targets(spec: Option<&str>) -> Result<BTreeMap<String, String
         }
     }
     Ok(out)
-}
-
-/// The node's image annotation, if any.
-pub fn node_image_of(node: &Node) -> Option<String> {
-    node.metadata.annotations.as_ref()?.get(NODE_IMAGE_ANNOTATION).cloned()
-}
-
-/// Moves the node's image to the target of its family (a node without an image, or of a
-/// family without a target, keeps what it has). Returns the node's image afterwards.
-pub async fn move_node_image(
-    client: &kube::Client,
-    node: &str,
-    current: Option<&str>,
-    targets: &BTreeMap<String, String>,
-) -> Result<Option<String>, kube::Error> {
-    let Some(cur) = current.and_then(|c| parse_image(c).ok()) else { return Ok(current.map(str::to_string)) };
-    let Some(version) = targets.get(&cur.family) else { return Ok(current.map(str::to_string)) };
-    let image = format!("{}/{version}", cur.family);
-    let patch = serde_json::json!({"metadata": {"annotations": {NODE_IMAGE_ANNOTATION: image}}});
-    Api::<Node>::all(client.clone())
-        .patch(node, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
-        .await?;
-    Ok(Some(image))
 }
 
 #[cfg(test)]

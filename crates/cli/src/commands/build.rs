@@ -39,60 +39,88 @@ pub fn run(args: BuildArgs, format: Format) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Builds what is missing with a spinner per component; used by `build`, `sandbox up` and `demo`.
+/// Builds what is missing with a spinner per component; `refit sandbox build`'s.
 pub fn ensure(cache: &Cache, components: &[Component], check: Check) -> anyhow::Result<Vec<Built>> {
-    // On a terminal a spinner shows the latest line; elsewhere (CI logs) each step is a line.
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let bar = if tty { ProgressBar::new_spinner() } else { ProgressBar::hidden() };
-    bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {prefix}: {wide_msg}")?);
-    bar.enable_steady_tick(Duration::from_millis(120));
-    let mut results = Vec::new();
-    let mut on_event = |e: BuildEvent| match e {
-        BuildEvent::Cached(c) => {
-            results.push(Built {
-                path: cache.entry_dir(&c).display().to_string(),
-                component: c.to_string(),
-                state: "cached",
-                seconds: None,
-            });
-        }
-        BuildEvent::Started { component, reason } => {
-            bar.reset_elapsed();
-            bar.set_prefix(format!("building {component}"));
-            bar.set_message(reason.clone());
-            let line = match component {
-                Component::KubernetesDebs(_) => {
-                    format!("packaging {component} from the cached binaries ({reason})")
-                }
-                _ => format!(
-                    "building {component} from the Go module proxy ({reason}; cold builds take minutes)"
-                ),
-            };
-            if tty { bar.println(line) } else { eprintln!("{line}") }
-        }
-        BuildEvent::Output { line, .. } => {
-            if !tty && line.starts_with("[build") {
-                eprintln!("{line}");
-            }
-            bar.set_message(line)
-        }
-        BuildEvent::Finished { component, seconds } => {
-            let line = format!("built {component} in {seconds}s");
-            if tty {
-                bar.println(line)
-            } else {
-                eprintln!("{line}")
-            }
-            results.push(Built {
-                path: cache.entry_dir(&component).display().to_string(),
-                component: component.to_string(),
-                state: "built",
-                seconds: Some(seconds),
-            });
-        }
-    };
-    let outcome = cache.ensure(components, check, &mut on_event);
-    bar.finish_and_clear();
+    let mut view = BuildView::new(BuildView::style()?);
+    let outcome = cache.ensure(components, check, &mut |e| view.show(e));
+    let results = view.finish();
     outcome?;
-    Ok(results)
+    Ok(results
+        .into_iter()
+        .map(|(component, seconds)| Built {
+            path: cache.entry_dir(&component).display().to_string(),
+            component: component.to_string(),
+            state: if seconds.is_some() { "built" } else { "cached" },
+            seconds,
+        })
+        .collect())
+}
+
+/// A build's progress as people see it: on a terminal a spinner shows the latest line;
+/// elsewhere (CI logs) each step is a line. Used by `build`, and by `sandbox up`,
+/// `sandbox upgrade-node` and `demo` for the builds the sandbox library runs.
+pub struct BuildView {
+    tty: bool,
+    bar: ProgressBar,
+    /// Each component, with its build's seconds (None: it was cached).
+    results: Vec<(Component, Option<u64>)>,
+}
+
+impl BuildView {
+    /// The spinner's style.
+    pub fn style() -> anyhow::Result<ProgressStyle> {
+        Ok(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {prefix}: {wide_msg}")?)
+    }
+
+    /// Shows the spinner (on a terminal) until [`BuildView::finish`].
+    pub fn new(style: ProgressStyle) -> BuildView {
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let bar = if tty { ProgressBar::new_spinner() } else { ProgressBar::hidden() };
+        bar.set_style(style);
+        bar.enable_steady_tick(Duration::from_millis(120));
+        BuildView { tty, bar, results: Vec::new() }
+    }
+
+    /// Shows one step of the build.
+    pub fn show(&mut self, e: BuildEvent) {
+        let (bar, tty) = (&self.bar, self.tty);
+        match e {
+            BuildEvent::Cached(c) => self.results.push((c, None)),
+            BuildEvent::Started { component, reason } => {
+                bar.reset_elapsed();
+                bar.set_prefix(format!("building {component}"));
+                bar.set_message(reason.clone());
+                let line = match component {
+                    Component::KubernetesDebs(_) => {
+                        format!("packaging {component} from the cached binaries ({reason})")
+                    }
+                    _ => format!(
+                        "building {component} from the Go module proxy ({reason}; cold builds take minutes)"
+                    ),
+                };
+                if tty { bar.println(line) } else { eprintln!("{line}") }
+            }
+            BuildEvent::Output { line, .. } => {
+                if !tty && line.starts_with("[build") {
+                    eprintln!("{line}");
+                }
+                bar.set_message(line)
+            }
+            BuildEvent::Finished { component, seconds } => {
+                let line = format!("built {component} in {seconds}s");
+                if tty {
+                    bar.println(line)
+                } else {
+                    eprintln!("{line}")
+                }
+                self.results.push((component, Some(seconds)));
+            }
+        }
+    }
+
+    /// Clears the spinner; each component with its build's seconds (None: it was cached).
+    pub fn finish(self) -> Vec<(Component, Option<u64>)> {
+        self.bar.finish_and_clear();
+        self.results
+    }
 }

@@ -10,19 +10,20 @@ use indicatif::{ProgressBar, ProgressStyle};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
 use refit_core::{Version, VersionRequest};
-use refit_testbed::kubeadm::cluster::{KubeadmCluster, KubeadmConfig};
-use refit_testbed::sandbox::{SandboxStart, SandboxStatus};
-use refit_testbed::{Cache, Check, Component, Lifetime, Testbed, TestbedVersions, WorkerSpec};
+use refit_testbed::kubeadm::cluster::KubeadmCluster;
+use refit_testbed::sandbox::{
+    KubeadmSandbox, NodeUpgrade, Progress, Refusal, SandboxError, SandboxKind, SandboxStart, SandboxStatus,
+};
+use refit_testbed::{Cache, Testbed, TestbedVersions, WorkerSpec};
 use serde::Serialize;
+
+use crate::commands::build::BuildView;
 
 use crate::args::{
     AddNodeArgs, NodeAgentArgs, NodeArgs, SandboxDir, ServeLbArgs, ServeRepoArgs, UpArgs, UpgradeNodeArgs,
     Workloads,
 };
 use crate::output::{Format, print_structured, table, usage};
-
-/// The namespace `--workloads demo` uses.
-pub use refit_testbed::sandbox::DEMO_NAMESPACE;
 
 /// The sandbox directory: `--dir`, `REFIT_SANDBOX_DIR`, else `<state dir>/refit/sandbox`.
 pub fn sandbox_dir(dir: &SandboxDir) -> anyhow::Result<PathBuf> {
@@ -61,12 +62,107 @@ pub fn resolve_version(input: &str, versions: &TestbedVersions) -> anyhow::Resul
     }
 }
 
-fn spinner(msg: &str) -> anyhow::Result<ProgressBar> {
-    let bar = ProgressBar::new_spinner();
-    bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")?);
-    bar.enable_steady_tick(Duration::from_millis(120));
-    bar.set_message(msg.to_string());
-    Ok(bar)
+/// A sandbox operation's [`Progress`] as people see it: each build as `refit sandbox build`
+/// shows it, a spinner for each phase (hidden when quiet), notices on stderr.
+struct SandboxView {
+    build_style: ProgressStyle,
+    phase_style: ProgressStyle,
+    quiet: bool,
+    build: Option<BuildView>,
+    phase: Option<ProgressBar>,
+}
+
+impl SandboxView {
+    fn new(quiet: bool) -> anyhow::Result<SandboxView> {
+        Ok(SandboxView {
+            build_style: BuildView::style()?,
+            phase_style: ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")?,
+            quiet,
+            build: None,
+            phase: None,
+        })
+    }
+
+    fn show(&mut self, p: Progress<'_>) {
+        match p {
+            Progress::Building => self.build = Some(BuildView::new(self.build_style.clone())),
+            Progress::Build(e) => {
+                if let Some(build) = &mut self.build {
+                    build.show(e);
+                }
+            }
+            Progress::Phase(msg) => {
+                let (style, quiet) = (&self.phase_style, self.quiet);
+                let bar = self.phase.get_or_insert_with(|| {
+                    if quiet {
+                        return ProgressBar::hidden();
+                    }
+                    let bar = ProgressBar::new_spinner();
+                    bar.set_style(style.clone());
+                    bar.enable_steady_tick(Duration::from_millis(120));
+                    bar
+                });
+                bar.set_message(msg.to_string());
+            }
+            Progress::Idle => {
+                if let Some(build) = self.build.take() {
+                    build.finish();
+                }
+                if let Some(bar) = self.phase.take() {
+                    bar.finish_and_clear();
+                }
+            }
+            Progress::ApiServerDown { node, error } => {
+                eprintln!("the API server does not answer ({error}); finishing {node}'s upgrade first");
+            }
+        }
+    }
+}
+
+/// A sandbox refusal as the one usage line that names this CLI's flags (exit 2).
+fn refused(r: Refusal) -> anyhow::Error {
+    usage(match r {
+        Refusal::ControlPlanes(n) => format!("--control-plane must be 1, 2 or 3, not {n}"),
+        Refusal::Workers { kind: SandboxKind::Testbed, asked, at_most } => {
+            format!("--workers {asked} is more than one testbed can simulate here (at most {at_most})")
+        }
+        Refusal::Workers { kind: SandboxKind::Kubeadm, asked, at_most } => format!(
+            "--workers {asked} is more kubeadm nodes than one machine holds here (at most {at_most}; each runs sshd and an agent)"
+        ),
+        Refusal::Exists(dir) => format!(
+            "a sandbox already exists in {}; stop it with `refit sandbox down` or pass another --dir",
+            dir.display()
+        ),
+        Refusal::Missing(dir) => {
+            format!("no sandbox in {}; start one with `refit sandbox up`", dir.display())
+        }
+        Refusal::NotRunning(dir) => format!(
+            "the sandbox in {} is not running; `refit sandbox down` then `refit sandbox up`",
+            dir.display()
+        ),
+        Refusal::NoSuchNode(node) => {
+            format!("no node named {node} in the sandbox (see `refit sandbox status`)")
+        }
+    })
+}
+
+/// A sandbox error as before the library ran these steps: refusals as usage lines, the
+/// testbed's own errors as they are (main maps some to exit 2), the others with their step.
+fn sandbox_error(e: SandboxError) -> anyhow::Error {
+    match e {
+        SandboxError::Refused(r) => refused(r),
+        SandboxError::Testbed(e) => e.into(),
+        other => other.into(),
+    }
+}
+
+/// How the sandbox runs this binary's own `refit sandbox NAME` subcommands as processes that
+/// outlive this command (load balancer, node agents, package repository); `what` names them
+/// should the binary not be found.
+fn own_commands(what: &str) -> anyhow::Result<impl Fn(&str) -> Vec<String>> {
+    let exe = std::env::current_exe().with_context(|| format!("locating the refit binary for {what}"))?;
+    let exe = exe.display().to_string();
+    Ok(move |name: &str| vec![exe.clone(), "sandbox".to_string(), name.to_string()])
 }
 
 #[derive(Serialize)]
@@ -88,41 +184,17 @@ pub async fn start(
     workloads: Option<Workloads>,
     quiet: bool,
 ) -> anyhow::Result<Testbed> {
-    if !(1..=3).contains(&control_planes) {
-        return Err(usage(format!("--control-plane must be 1, 2 or 3, not {control_planes}")));
-    }
-    if workers > 2000 {
-        return Err(usage(format!(
-            "--workers {workers} is more than one testbed can simulate here (at most 2000)"
-        )));
-    }
     let versions = TestbedVersions::from_env()?;
-    let cache = Cache::from_env()?;
-    crate::commands::build::ensure(
-        &cache,
-        &[
-            Component::Etcd(versions.etcd.clone()),
-            Component::Kwok(versions.kwok.clone()),
-            Component::Kubernetes(version.clone()),
-        ],
-        Check::Quick,
-    )?;
-    let exe = std::env::current_exe().context("locating the refit binary for the load balancer")?;
-    let bar = if quiet { ProgressBar::hidden() } else { spinner("starting the sandbox")? };
-    let started = refit_testbed::sandbox::start(
-        SandboxStart {
-            dir,
-            version: version.clone(),
-            control_planes,
-            workers,
-            lb_command: vec![exe.display().to_string(), "sandbox".into(), "serve-lb".into()],
-            demo: matches!(workloads, Some(Workloads::Demo)),
-        },
-        &|phase| bar.set_message(phase.to_string()),
-    )
-    .await;
-    bar.finish_and_clear();
-    started.context("starting the sandbox")
+    let start = SandboxStart {
+        dir,
+        version: version.clone(),
+        control_planes,
+        workers,
+        lb_command: own_commands("the load balancer")?("serve-lb"),
+        demo: matches!(workloads, Some(Workloads::Demo)),
+    };
+    let mut view = SandboxView::new(quiet)?;
+    refit_testbed::sandbox::up(start, &versions, &mut |p| view.show(p)).await.map_err(sandbox_error)
 }
 
 pub async fn up(args: UpArgs, format: Format) -> anyhow::Result<ExitCode> {
@@ -216,16 +288,7 @@ pub fn print_status(status: &SandboxStatus, format: Format) -> anyhow::Result<()
 }
 
 fn attach_running(dir: &SandboxDir) -> anyhow::Result<Testbed> {
-    let dir = sandbox_dir(dir)?;
-    if !dir.join("state.json").exists() {
-        return Err(usage(format!("no sandbox in {}; start one with `refit sandbox up`", dir.display())));
-    }
-    refit_testbed::sandbox::running(&dir).ok_or_else(|| {
-        usage(format!(
-            "the sandbox in {} is not running; `refit sandbox down` then `refit sandbox up`",
-            dir.display()
-        ))
-    })
+    refit_testbed::sandbox::attach_running(&sandbox_dir(dir)?).map_err(refused)
 }
 
 pub async fn status(dir: SandboxDir, format: Format) -> anyhow::Result<ExitCode> {
@@ -240,79 +303,17 @@ pub async fn status(dir: SandboxDir, format: Format) -> anyhow::Result<ExitCode>
     Ok(if all_running { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-#[derive(Serialize)]
-struct NodeChange {
-    node: String,
-    /// Its node image after the change (`refit.dev/node-image`), when it has one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    image: Option<String>,
-    role: &'static str,
-    from: String,
-    to: String,
-    seconds: f64,
-}
-
 pub async fn upgrade_node(args: UpgradeNodeArgs, format: Format) -> anyhow::Result<ExitCode> {
     let tb = attach_running(&args.dir)?;
     let versions = TestbedVersions::from_env()?;
-    let target = resolve_version(&args.to, &versions)?;
-    let images = refit_fleet::observe::parse_image_targets(args.node_images.as_deref()).map_err(usage)?;
-    let client = tb.client().await?;
-    let member = tb.member_for_node(&args.node);
-    // A control-plane member is known from the state file, without the API server: after an
-    // upgrade killed between stopping the old apiserver and starting the new one there is no
-    // API server until this command has finished the swap (issue 18 item 19).
-    let node = match Api::<Node>::all(client.clone()).get_opt(&args.node).await {
-        Ok(node) => node,
-        Err(e) if member.is_some() => {
-            eprintln!("the API server does not answer ({e}); finishing {}'s upgrade first", args.node);
-            None
-        }
-        Err(e) => return Err(anyhow::Error::new(e).context("reading the node")),
-    };
-    if node.is_none() && member.is_none() {
-        return Err(usage(format!(
-            "no node named {} in the sandbox (see `refit sandbox status`)",
-            args.node
-        )));
-    }
-    let image_before = node.as_ref().and_then(refit_fleet::observe::node_image_of);
-    let from = match (&node, &member) {
-        (Some(n), _) => {
-            n.status.as_ref().and_then(|s| s.node_info.as_ref()).map(|i| i.kubelet_version.clone())
-        }
-        (None, Some(m)) => Some(m.binaries.version.git_version()),
-        (None, None) => None,
-    }
-    .unwrap_or_default();
-    let started = Instant::now();
-    let role = match member {
-        Some(member) => {
-            // Build the target first if needed: an operator's script would fetch packages.
-            crate::commands::build::ensure(
-                &Cache::from_env()?,
-                &[Component::Kubernetes(target.clone())],
-                Check::Quick,
-            )?;
-            tb.upgrade_member(member.index, &target).await?;
-            "control-plane"
-        }
-        None => {
-            tb.set_node_version(&args.node, &target, &target).await?;
-            "worker"
-        }
-    };
-    let image = refit_fleet::observe::move_node_image(&client, &args.node, image_before.as_deref(), &images)
+    let to = resolve_version(&args.to, &versions)?;
+    let node_images =
+        refit_fleet::observe::parse_image_targets(args.node_images.as_deref()).map_err(usage)?;
+    let upgrade = NodeUpgrade { node: args.node, to, node_images };
+    let mut view = SandboxView::new(false)?;
+    let change = refit_testbed::sandbox::upgrade_node(&tb, &upgrade, &mut |p| view.show(p))
         .await
-        .with_context(|| format!("setting the node image of {}", args.node))?;
-    let change = NodeChange {
-        node: args.node.clone(),
-        image,
-        role,
-        from,
-        to: target.git_version(),
-        seconds: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
-    };
+        .map_err(sandbox_error)?;
     if !print_structured(format, &change)? {
         println!(
             "{} ({}) upgraded {} -> {} in {:.1}s",
@@ -472,62 +473,21 @@ async fn kubeadm_up(
     format: Format,
     started: Instant,
 ) -> anyhow::Result<ExitCode> {
-    if !(1..=3).contains(&args.control_planes) {
-        return Err(usage(format!("--control-plane must be 1, 2 or 3, not {}", args.control_planes)));
-    }
-    if args.workers > 50 {
-        return Err(usage(format!(
-            "--workers {} is more kubeadm nodes than one machine holds here (at most 50; each runs sshd and an agent)",
-            args.workers
-        )));
-    }
-    if KubeadmCluster::exists(&dir) || dir.join("state.json").exists() {
-        return Err(usage(format!(
-            "a sandbox already exists in {}; stop it with `refit sandbox down` or pass another --dir",
-            dir.display()
-        )));
-    }
-    refit_testbed::kubeadm::host::check_prerequisites()?;
-    let cache = Cache::from_env()?;
-    let mut needed = vec![Component::Etcd(versions.etcd.clone()), Component::Kwok(versions.kwok.clone())];
-    for r in &versions.kubernetes {
-        needed.extend([
-            Component::Kubernetes(r.clone()),
-            Component::KubernetesNode(r.clone()),
-            Component::KubernetesDebs(r.clone()),
-        ]);
-    }
-    crate::commands::build::ensure(&cache, &needed, Check::Quick)?;
-    let exe = std::env::current_exe()
-        .context("locating the refit binary for the node agents")?
-        .display()
-        .to_string();
-    let sub = |name: &str| vec![exe.clone(), "sandbox".to_string(), name.to_string()];
-    let bar = spinner(&format!(
-        "kubeadm init/join of {} control-plane and {} worker node(s) at v{version}",
-        args.control_planes, args.workers
-    ))?;
-    let cluster = KubeadmCluster::start(KubeadmConfig {
+    let sub = own_commands("the node agents")?;
+    let sandbox = KubeadmSandbox {
         dir: dir.clone(),
         version: version.clone(),
-        releases: versions.kubernetes.clone(),
+        versions: versions.clone(),
         control_planes: args.control_planes,
         workers: args.workers,
-        lifetime: Lifetime::Detached,
+        demo: matches!(args.workloads, Some(Workloads::Demo)),
         agent_command: sub("node-agent"),
-        lb_command: Some(sub("serve-lb")),
-        repo_command: Some(sub("serve-repo")),
-    })
-    .await;
-    bar.finish_and_clear();
-    let cluster = cluster.context("starting the kubeadm sandbox")?;
-    if let Some(Workloads::Demo) = args.workloads {
-        let client = cluster.client().await?;
-        let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-        let body = serde_json::from_value(serde_json::json!({"metadata": {"name": DEMO_NAMESPACE}}))?;
-        ns.create(&Default::default(), &body).await.context("creating the demo namespace")?;
-        refit_testbed::workloads::install_demo(&client, DEMO_NAMESPACE).await?;
-    }
+        lb_command: sub("serve-lb"),
+        repo_command: sub("serve-repo"),
+    };
+    let mut view = SandboxView::new(false)?;
+    let cluster =
+        refit_testbed::sandbox::kubeadm_up(sandbox, &mut |p| view.show(p)).await.map_err(sandbox_error)?;
     let result = KubeadmUp {
         dir: dir.display().to_string(),
         kubeconfig: cluster.kubeconfig().display().to_string(),

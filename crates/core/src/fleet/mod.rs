@@ -46,8 +46,8 @@ pub use run::{
 };
 pub use strategy::{FleetMember, LabelSelector, Limit, RunPlan, Strategy, StrategyError, resolve};
 pub use target::{
-    MemberTarget, MemberVersions, NodeImage, NodeImageSelection, NodeImageTargets, SpecError, Targets,
-    UpgradeSpec, UpgradeType, freeze_targets, parse_image_source,
+    MemberTarget, MemberVersions, NODE_IMAGE_ANNOTATION, NodeImage, NodeImageSelection, NodeImageTargets,
+    SpecError, Targets, UpgradeSpec, UpgradeType, freeze_targets, parse_image_source,
 };
 pub use window::{Day, MaintenanceWindow, Recurrence, WindowError, WindowPriority};
 

@@ -192,7 +192,27 @@ impl NodeImage {
             crate::identity::printable(shown, false)
         )
     }
+
+    /// The image a node with this image moves to, given the targets of a member upgrade
+    /// (family → version, its `REFIT_NODE_IMAGES`): its family's target, or None when its
+    /// family has none (the node keeps what it has; a target never changes a family).
+    pub fn moved(&self, targets: &BTreeMap<String, String>) -> Option<NodeImage> {
+        targets
+            .get(&self.family)
+            .map(|version| NodeImage { family: self.family.clone(), version: version.clone() })
+    }
 }
+
+/// `FAMILY/VERSION`, the form [`NodeImage::parse`] reads and the node annotation holds.
+impl fmt::Display for NodeImage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.family, self.version)
+    }
+}
+
+/// The node annotation naming a node's image (`FAMILY/VERSION`): the fleet observer reads it,
+/// the sandbox's node action writes it when it moves a node's image.
+pub const NODE_IMAGE_ANNOTATION: &str = "refit.dev/node-image";
 
 /// One entry of a node-image source file: `FAMILY/VERSION` or `{family, version}`.
 #[derive(Deserialize)]
@@ -433,6 +453,19 @@ mod tests {
 
     fn img(f: &str, v: &str) -> NodeImage {
         NodeImage { family: f.into(), version: v.into() }
+    }
+
+    #[test]
+    fn a_node_image_moves_to_its_familys_target_only() {
+        let targets: BTreeMap<String, String> =
+            [("ubuntu-2404".to_string(), "202607.1.0".to_string())].into_iter().collect();
+        let moved = img("ubuntu-2404", "202606.10.0").moved(&targets);
+        assert_eq!(moved, Some(img("ubuntu-2404", "202607.1.0")));
+        assert_eq!(moved.map(|m| m.to_string()).as_deref(), Some("ubuntu-2404/202607.1.0"));
+        assert_eq!(img("azl", "3.1").moved(&targets), None);
+        assert_eq!(img("azl", "3.1").moved(&BTreeMap::new()), None);
+        let shown = img("azl", "3.1").to_string();
+        assert_eq!(NodeImage::parse(&shown), Ok(img("azl", "3.1")));
     }
 
     #[test]
