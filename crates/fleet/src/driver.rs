@@ -33,6 +33,7 @@ use crate::commit::{commit_on, load_run_on};
 use crate::launch::{MemberLauncher, MemberUpgrade, OnProgress};
 use crate::lease::Identity;
 use crate::observe::{Observer, observe_all, observe_within, static_facts};
+use crate::runs::ProfileCadence;
 use crate::store::{DriverStore, LocalFleet};
 use crate::{Error, now};
 
@@ -179,21 +180,19 @@ impl<L: MemberLauncher, O: Observer, S: DriverStore> Driver<L, O, S> {
         }
     }
 
-    /// Drives every run that has work, until `exit_when_idle` and nothing is left.
-    pub async fn daemon(&mut self, exit_when_idle: bool) -> Result<(), Error> {
-        self.daemon_with(exit_when_idle, || async {}).await
-    }
-
-    /// [`Driver::daemon`], awaiting `before_pass` before each look at the runs: where
-    /// `refit fleet daemon` fires its auto-upgrade profiles, so a run a profile starts is
-    /// driven in the same pass.
-    pub async fn daemon_with<F, Fut>(&mut self, exit_when_idle: bool, mut before_pass: F) -> Result<(), Error>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = ()>,
-    {
+    /// Drives every run that has work, until `exit_when_idle` and nothing is left. With
+    /// `profiles` (`refit fleet daemon`), the auto-upgrade profiles are looked at on their
+    /// cadence before a pass over the runs, so that a run a profile starts is driven in the
+    /// same pass.
+    pub async fn daemon(
+        &mut self,
+        exit_when_idle: bool,
+        mut profiles: Option<&mut ProfileCadence>,
+    ) -> Result<(), Error> {
         loop {
-            before_pass().await;
+            if let Some(p) = profiles.as_deref_mut() {
+                p.look_if_due(&self.observer).await;
+            }
             let runs = self.store.runs().await?;
             let mut wake: Option<Timestamp> = None;
             let mut busy = false;

@@ -286,6 +286,67 @@ pub async fn fire_profiles<O: Observer>(
     Ok(fired)
 }
 
+/// Where the daemon's looks at the profiles take the release catalog. It is loaded again at
+/// each look, so that a `refit catalog update` meanwhile counts; the front end passes the
+/// engine's loader (the fleet does not depend on the engine).
+pub type CatalogSource = Box<dyn Fn() -> Result<Catalog, Box<dyn std::error::Error + Send + Sync>> + Send>;
+
+/// What one look at the profiles came to: what fired (each with its outcome), or why the look
+/// did not happen. Either way the daemon goes on driving and looks again next time.
+pub type ProfilesLook = Result<Vec<Fired>, ProfilesError>;
+
+/// Why a look at the profiles did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfilesError {
+    /// The release catalog could not be loaded (the channels are read against it).
+    #[error("the release catalog: {0}")]
+    Catalog(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The store could not be read or written.
+    #[error(transparent)]
+    Fleet(#[from] Error),
+}
+
+/// The auto-upgrade profiles on `refit fleet daemon`'s cadence: looked at before the first
+/// pass over the runs, then before the first pass once [`PROFILES_EVERY`] has gone by (each
+/// look reads every member's version), each time with the catalog as it is then
+/// ([`fire_profiles`]). Every look's outcome goes to the front end's `report`.
+pub struct ProfileCadence {
+    store: std::path::PathBuf,
+    catalog: CatalogSource,
+    report: Box<dyn FnMut(ProfilesLook) + Send>,
+    next_look: std::time::Instant,
+}
+
+impl ProfileCadence {
+    /// The profiles of the store at `store`; the first call of [`ProfileCadence::look_if_due`]
+    /// looks at them.
+    pub fn new(
+        store: &Path,
+        catalog: CatalogSource,
+        report: Box<dyn FnMut(ProfilesLook) + Send>,
+    ) -> ProfileCadence {
+        ProfileCadence { store: store.to_path_buf(), catalog, report, next_look: std::time::Instant::now() }
+    }
+
+    /// Looks at the profiles when a look is due, observing members with `observer`, and
+    /// reports what it came to; does nothing otherwise.
+    pub async fn look_if_due<O: Observer>(&mut self, observer: &Arc<O>) {
+        let now = std::time::Instant::now();
+        if now < self.next_look {
+            return;
+        }
+        self.next_look = now + PROFILES_EVERY;
+        let look = self.look(observer).await;
+        (self.report)(look);
+    }
+
+    async fn look<O: Observer>(&self, observer: &Arc<O>) -> ProfilesLook {
+        let catalog = (self.catalog)().map_err(ProfilesError::Catalog)?;
+        let (today, at) = (jiff::Zoned::now().date(), now());
+        Ok(fire_profiles(&self.store, observer, &catalog, today, at).await?)
+    }
+}
+
 /// Creates `target`'s run of `profile` unless it exists, and starts it if it has not started.
 async fn generate_and_start<O: Observer>(
     store: &Path,
@@ -312,4 +373,37 @@ async fn generate_and_start<O: Observer>(
         start(store, observer, &target.run_name, false, Some(format!("profile {}", profile.name))).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::KubeObserver;
+
+    #[tokio::test]
+    async fn profiles_are_looked_at_first_then_once_per_period_and_a_catalog_failure_is_reported() {
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let record = seen.clone();
+        let mut cadence = ProfileCadence::new(
+            Path::new("/nonexistent/refit.db"),
+            Box::new(|| Err("unreadable".into())),
+            Box::new(move |look| {
+                let line = match look {
+                    Ok(fired) => format!("{} fired", fired.len()),
+                    Err(e) => e.to_string(),
+                };
+                record.lock().unwrap().push(line);
+            }),
+        );
+        let observer = Arc::new(KubeObserver);
+        cadence.look_if_due(&observer).await;
+        // Within PROFILES_EVERY: no second look (the catalog is not even loaded).
+        cadence.look_if_due(&observer).await;
+        assert_eq!(*seen.lock().unwrap(), ["the release catalog: unreadable"]);
+        cadence.next_look = std::time::Instant::now();
+        cadence.look_if_due(&observer).await;
+        assert_eq!(seen.lock().unwrap().len(), 2, "due again once the period is over");
+    }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use refit_core::fleet::Event;
 use refit_core::health::Observation;
+use refit_fleet::runs::{CatalogSource, ProfileCadence, ProfilesLook};
 use refit_fleet::{Driver, DriverConfig, KubeObserver, Report, Sink, SubprocessLauncher};
 
 use super::fleet_err;
@@ -35,41 +36,25 @@ fn printer(format: Format) -> Sink {
     })
 }
 
-/// `refit fleet daemon`: drives every run that has work, until killed.
+/// `refit fleet daemon`: drives every run that has work, until killed, firing the auto-upgrade
+/// profiles on their cadence with the catalog as it is at each look (a `refit catalog update`
+/// meanwhile counts).
 pub async fn daemon(store: &Path, exit_when_idle: bool, format: Format) -> anyhow::Result<ExitCode> {
     let mut d = driver(store, format)?;
     if format.is_table() {
         println!("fleet daemon {} driving runs in {}", d.holder(), store.display());
     }
-    let path = store.to_path_buf();
-    let mut next_look = std::time::Instant::now();
-    d.daemon_with(exit_when_idle, move || {
-        let due = std::time::Instant::now() >= next_look;
-        if due {
-            next_look = std::time::Instant::now() + refit_fleet::runs::PROFILES_EVERY;
-        }
-        let path = path.clone();
-        async move {
-            if due {
-                fire_profiles(&path, format).await;
-            }
-        }
-    })
-    .await
-    .map_err(fleet_err)?;
+    let catalog: CatalogSource = Box::new(|| Ok(refit_engine::catalog::load(None, None).map(|(c, _)| c)?));
+    let mut profiles =
+        ProfileCadence::new(store, catalog, Box::new(move |look| print_profiles(look, format)));
+    d.daemon(exit_when_idle, Some(&mut profiles)).await.map_err(fleet_err)?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// The daemon's look at the auto-upgrade profiles (`refit_fleet::runs::fire_profiles`), with
-/// the catalog as it is now (a `refit catalog update` meanwhile counts); what fired is printed,
-/// a failure is a warning (the daemon goes on driving).
-async fn fire_profiles(store: &Path, format: Format) {
-    let catalog = match refit_engine::catalog::load(None, None) {
-        Ok((c, _)) => c,
-        Err(e) => return eprintln!("warning: auto-upgrade profiles: the release catalog: {e}"),
-    };
-    let (today, at) = (jiff::Zoned::now().date(), jiff::Timestamp::now());
-    match refit_fleet::runs::fire_profiles(store, &Arc::new(KubeObserver), &catalog, today, at).await {
+/// What a look at the profiles came to: what fired is printed, a failure is a warning (the
+/// daemon goes on driving).
+fn print_profiles(look: ProfilesLook, format: Format) {
+    match look {
         Ok(fired) => {
             for f in fired {
                 match (&f.outcome, format) {
