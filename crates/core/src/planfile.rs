@@ -412,9 +412,74 @@ impl PlanFile {
     }
 }
 
+/// What a node action named in one word looks like (the refusal's "expected" phrase).
+pub const NAMED_ACTIONS: &str = "exec:PROGRAM ARG..., ssh, sandbox[:DIR] or replace-sandbox[:DIR]";
+
+/// A node action named in one word, as `refit upgrade` and a fleet member's `action` take it
+/// (the plan file's `action:` says the rest): the ONE reading of that word, for the upgrade,
+/// its target probe, its backup and a member's check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamedAction<'a> {
+    /// `sandbox[:DIR]`: the testbed sandbox's own `upgrade-node` (DIR, else the default one).
+    Sandbox(Option<&'a str>),
+    /// `replace-sandbox[:DIR]`: sandbox workers replaced (added, then removed).
+    ReplaceSandbox(Option<&'a str>),
+    /// `ssh` (anything after a `:` is ignored): the plan file's ssh action, else its defaults.
+    Ssh,
+    /// `exec:PROGRAM ARG...`: what follows the `:`, split on white space (never a shell).
+    Exec(&'a str),
+}
+
+impl<'a> NamedAction<'a> {
+    /// Reads the word; anything else is refused with what it should look like.
+    pub fn parse(word: &'a str) -> Result<NamedAction<'a>, crate::setting::BadValue> {
+        let (kind, arg) = match word.split_once(':') {
+            Some((kind, arg)) => (kind, Some(arg)),
+            None => (word, None),
+        };
+        match kind {
+            "sandbox" => Ok(NamedAction::Sandbox(arg)),
+            "replace-sandbox" => Ok(NamedAction::ReplaceSandbox(arg)),
+            "ssh" => Ok(NamedAction::Ssh),
+            _ => word.strip_prefix("exec:").map(NamedAction::Exec).ok_or_else(|| {
+                crate::setting::BadValue::new(crate::setting::Setting::Action, word, NAMED_ACTIONS)
+            }),
+        }
+    }
+
+    /// The directory a sandbox action names (`Some(None)`: the default sandbox); None for the
+    /// actions that are not the sandbox's.
+    pub fn sandbox(self) -> Option<Option<&'a str>> {
+        match self {
+            NamedAction::Sandbox(dir) | NamedAction::ReplaceSandbox(dir) => Some(dir),
+            NamedAction::Ssh | NamedAction::Exec(_) => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_named_action_is_read_one_way() {
+        assert_eq!(NamedAction::parse("sandbox"), Ok(NamedAction::Sandbox(None)));
+        assert_eq!(NamedAction::parse("sandbox:/tmp/sb"), Ok(NamedAction::Sandbox(Some("/tmp/sb"))));
+        assert_eq!(NamedAction::parse("replace-sandbox:d"), Ok(NamedAction::ReplaceSandbox(Some("d"))));
+        assert_eq!(NamedAction::parse("ssh"), Ok(NamedAction::Ssh));
+        assert_eq!(NamedAction::parse("ssh:x"), Ok(NamedAction::Ssh));
+        assert_eq!(
+            NamedAction::parse("exec:/bin/up {node} {to}"),
+            Ok(NamedAction::Exec("/bin/up {node} {to}"))
+        );
+        assert_eq!(NamedAction::parse("exec:"), Ok(NamedAction::Exec("")));
+        assert_eq!(NamedAction::parse("sandbox:d").ok().and_then(NamedAction::sandbox), Some(Some("d")));
+        assert_eq!(NamedAction::parse("ssh").ok().and_then(NamedAction::sandbox), None);
+        for bad in ["", "exec", "kubeadm", "Sandbox", "exec /bin/up"] {
+            let e = NamedAction::parse(bad).unwrap_err();
+            assert_eq!((e.setting, e.expected), (crate::setting::Setting::Action, NAMED_ACTIONS), "{bad}");
+        }
+    }
 
     #[test]
     fn parses_validates_and_adds_roles() {

@@ -26,14 +26,14 @@ pub async fn run(args: DemoArgs, format: Format) -> anyhow::Result<ExitCode> {
             refit_testbed::Check::Quick,
         )?;
     }
-    let tb = match refit_testbed::Testbed::attach(&dir) {
-        Ok(tb) if tb.recorded_pids().iter().any(|(n, _, alive)| n == "etcd" && *alive) => {
+    let tb = match refit_testbed::sandbox::running(&dir) {
+        Some(tb) => {
             if format == Format::Table {
                 println!("reusing the sandbox running in {}", dir.display());
             }
             tb
         }
-        _ => {
+        None => {
             if format == Format::Table {
                 println!(
                     "starting a sandbox: Kubernetes v{version}, 1 control-plane member, {} workers, demo workloads",

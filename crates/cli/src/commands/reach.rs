@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use refit_core::planfile::{Action, PlanFile};
+use refit_core::planfile::{Action, NamedAction, PlanFile};
 use refit_core::reach::Observation;
 use refit_engine::reach::ReachReport;
 use refit_exec::SshOptions;
@@ -14,17 +14,18 @@ use crate::output::{table, usage};
 /// The probe of the node action `--action` (else the plan file's) names; None when it has none
 /// (an `exec:` flag, an exec action without `probe`, a replace action, no action).
 pub fn target_probe(flag: Option<&str>, plan: &PlanFile) -> anyhow::Result<Option<TargetProbe>> {
-    let kind = flag.map(|f| f.split_once(':').map_or(f, |(k, _)| k));
-    if matches!(kind, Some("sandbox" | "replace-sandbox")) {
+    // An action word that does not parse names no probe here: the upgrade refuses it.
+    let named = flag.map(NamedAction::parse);
+    if matches!(named, Some(Ok(NamedAction::Sandbox(_) | NamedAction::ReplaceSandbox(_)))) {
         let versions = refit_testbed::TestbedVersions::from_env()?;
         let mut buildable: BTreeSet<refit_core::Version> = versions.kubernetes.iter().cloned().collect();
         buildable.extend(refit_testbed::Cache::from_env()?.built_kubernetes());
         return Ok(Some(TargetProbe::Releases(buildable)));
     }
     let ssh_default;
-    let action = match kind {
+    let action = match named {
         None => plan.action.as_ref(),
-        Some("ssh") => match &plan.action {
+        Some(Ok(NamedAction::Ssh)) => match &plan.action {
             Some(a @ Action::Ssh { .. }) => Some(a),
             _ => {
                 ssh_default = PlanFile::from_yaml("action: {type: ssh}")

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use refit_core::fleet::MaintenanceWindow;
+use refit_core::planfile::{NAMED_ACTIONS, NamedAction};
 use refit_store::fleet::MemberRecord;
 
 use super::args::{MemberCommand, MemberFields};
@@ -175,15 +176,12 @@ fn apply_fields(m: &mut MemberRecord, f: &MemberFields) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The actions `refit upgrade --action` understands (it checks the details when it runs).
+/// The actions `refit upgrade --action` understands (core's reading of the word; the upgrade
+/// checks the details when it runs), an `exec:` naming no program refused already.
 fn check_action(a: &str) -> anyhow::Result<()> {
-    let kind = a.split_once(':').map(|(k, _)| k).unwrap_or(a);
-    match kind {
-        "sandbox" | "replace-sandbox" | "ssh" => Ok(()),
-        "exec" if a.len() > "exec:".len() => Ok(()),
-        _ => Err(usage(format!(
-            "--action '{a}': expected exec:PROGRAM ARG..., ssh, sandbox[:DIR] or replace-sandbox[:DIR]"
-        ))),
+    match NamedAction::parse(a) {
+        Ok(NamedAction::Exec("")) | Err(_) => Err(usage(format!("--action '{a}': expected {NAMED_ACTIONS}"))),
+        Ok(_) => Ok(()),
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use refit_core::VersionRequest;
-use refit_core::planfile::Action;
+use refit_core::planfile::{Action, NamedAction};
 use refit_core::run::OnUndrainable;
 use refit_engine::lifecycle::Behaviour;
 use refit_engine::upgrade::Request;
@@ -114,18 +114,16 @@ pub(crate) fn resolve_action(
     let sandbox = |dir: Option<&str>| -> anyhow::Result<(String, String)> {
         Ok((exe()?, sandbox_dir(dir)?.display().to_string()))
     };
-    let (kind, arg) = match flag.split_once(':') {
-        Some((k, a)) => (k, Some(a)),
-        None => (flag, None),
-    };
-    let action = match kind {
-        "sandbox" => {
+    let named =
+        NamedAction::parse(flag).map_err(|e| usage(format!("--action '{flag}': expected {}", e.expected)))?;
+    let action = match named {
+        NamedAction::Sandbox(arg) => {
             let (exe, dir) = sandbox(arg)?;
             NodeAction::Exec {
                 command: svec(&[&exe, "sandbox", "upgrade-node", "--dir", &dir, "{node}", "--to", "{to}"]),
             }
         }
-        "replace-sandbox" => {
+        NamedAction::ReplaceSandbox(arg) => {
             let (exe, dir) = sandbox(arg)?;
             NodeAction::Replace {
                 create: svec(&[&exe, "sandbox", "add-node", "--dir", &dir, "{new}", "--version", "{to}"]),
@@ -147,7 +145,7 @@ pub(crate) fn resolve_action(
                 },
             }
         }
-        "ssh" => match plan_action {
+        NamedAction::Ssh => match plan_action {
             Some(a @ Action::Ssh { .. }) => {
                 NodeAction::Ssh { action: a.clone(), identities: Default::default() }
             }
@@ -159,22 +157,15 @@ pub(crate) fn resolve_action(
                     .ok_or_else(|| usage("internal: the default ssh action does not parse"))?,
             },
         },
-        _ => match flag.strip_prefix("exec:") {
-            Some(cmd) => {
-                let command: Vec<String> = cmd.split_whitespace().map(str::to_string).collect();
-                let probe = refit_core::planfile::PlanFile {
-                    action: Some(Action::Exec { command: command.clone(), probe: Vec::new() }),
-                    ..Default::default()
-                };
-                probe.validate(&Default::default()).map_err(|e| usage(format!("--action: {e}")))?;
-                NodeAction::Exec { command }
-            }
-            None => {
-                return Err(usage(format!(
-                    "--action '{flag}': expected exec:PROGRAM ARG..., ssh, sandbox[:DIR] or replace-sandbox[:DIR]"
-                )));
-            }
-        },
+        NamedAction::Exec(cmd) => {
+            let command: Vec<String> = cmd.split_whitespace().map(str::to_string).collect();
+            let probe = refit_core::planfile::PlanFile {
+                action: Some(Action::Exec { command: command.clone(), probe: Vec::new() }),
+                ..Default::default()
+            };
+            probe.validate(&Default::default()).map_err(|e| usage(format!("--action: {e}")))?;
+            NodeAction::Exec { command }
+        }
     };
     Ok(Some(action))
 }
@@ -258,10 +249,7 @@ fn etcd_endpoints(args: &UpgradeArgs) -> anyhow::Result<Vec<EtcdEndpointSpec>> {
 /// `--action sandbox[:DIR]` and `replace-sandbox[:DIR]` back it up through the etcd API.
 fn sandbox_backup(action_flag: Option<&str>, dir: PathBuf) -> anyhow::Result<Option<BackupSpec>> {
     let Some(flag) = action_flag else { return Ok(None) };
-    let (kind, arg) = flag.split_once(':').map_or((flag, None), |(k, a)| (k, Some(a)));
-    if kind != "sandbox" && kind != "replace-sandbox" {
-        return Ok(None);
-    }
+    let Some(arg) = NamedAction::parse(flag).ok().and_then(NamedAction::sandbox) else { return Ok(None) };
     let sandbox = sandbox_dir(arg)?;
     if !sandbox.join("state.json").exists() {
         // Not a testbed sandbox (or not up): nothing known about its etcd.
