@@ -852,7 +852,9 @@ fn replay(setting: &str, events: &[Value], workers: usize) -> String {
                 if let (Some(pods), Some(left)) = (e["pods"].as_array(), e["pods_left"].as_u64()) {
                     let nodes = e["nodes"].as_array().into_iter().flatten().filter_map(|n| n.as_str());
                     let pods = pods.iter().map(|p| p.as_u64().unwrap_or(0) as usize);
-                    live.load(0, nodes.map(str::to_string).zip(pods), left as usize, now);
+                    // Traces from before the choices named their pacing budgets replay without.
+                    let pacing = serde_json::from_value(e["pacing"].clone()).unwrap_or_default();
+                    live.load(0, nodes.map(str::to_string).zip(pods), left as usize, pacing, now);
                 }
                 in_flight = e["in_flight"].as_u64().unwrap_or(0) as usize + chosen;
                 live.in_flight(0, in_flight, now);
@@ -861,7 +863,7 @@ fn replay(setting: &str, events: &[Value], workers: usize) -> String {
             "unit-finished" => {
                 let upgraded = (e["result"] == "upgraded")
                     .then(|| Duration::from_millis(e["millis"].as_u64().unwrap_or(0)));
-                live.unit_ended(0, e["node"].as_str().unwrap_or_default(), upgraded);
+                live.unit_ended(0, e["node"].as_str().unwrap_or_default(), upgraded, now);
                 in_flight = in_flight.saturating_sub(1);
                 live.in_flight(0, in_flight, now);
                 finished += 1;

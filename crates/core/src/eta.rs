@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::plan::PhaseKind;
 
@@ -218,30 +218,108 @@ pub fn zones_of(
     units.iter().filter_map(|u| Some((u.node.clone(), zone.get(u.node.as_str())?.to_string()))).collect()
 }
 
-/// What one `auto` choice moves: the pods each chosen node's drain will see gone (in the order
-/// of `chosen`), and the pods on the candidates not chosen — the nodes still to start. A pod
-/// counts when [`crate::drain::decide`] evicts it with nothing refused (DaemonSet, mirror and
-/// terminating pods stay or are already going). One pass over the snapshot's pods. What
-/// [`Live::load`] counts the work left in.
+/// The budget that sets an `auto` stage's pace in one zone: of the budgets covering pods on
+/// the zone's nodes not started yet, the one those pods take the most rounds of (a round lets
+/// through as many of its pods as it allows at once, [`crate::pdb::PdbInfo::ceiling`]). Carried
+/// by each choice's event, so a run's progress says which budget its ETA waits on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pacing {
+    /// The zone (None: nodes without a zone label, or one window over every zone).
+    pub zone: Option<String>,
+    /// The budget, `namespace/name`.
+    pub budget: String,
+    /// Its pods that the drains of the zone's nodes not started yet will evict.
+    pub pods: usize,
+    /// The most disruptions it allows at once with every pod healthy (at least 1).
+    pub allows: usize,
+}
+
+impl Pacing {
+    /// Whether this budget takes more rounds than `other` (`pods / allows`, compared exactly).
+    fn slower_than(&self, other: &Pacing) -> bool {
+        let cross = |a: usize, b: usize| u128::try_from(a).unwrap_or(u128::MAX).saturating_mul(b as u128);
+        cross(self.pods, other.allows) > cross(other.pods, self.allows)
+    }
+
+    /// Its rounds: `pods / allows`.
+    fn rounds(&self) -> f64 {
+        self.pods as f64 / self.allows.max(1) as f64
+    }
+}
+
+/// What one `auto` choice moves, from the snapshot it was made from ([`choice_load`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ChoiceLoad {
+    /// The pods each chosen node's drain will see gone, in the order of `chosen`.
+    pub pods: Vec<usize>,
+    /// The pods on the candidates not chosen: the nodes still to start.
+    pub left: usize,
+    /// Per zone of the candidates not chosen, the budget that sets the pace ([`Pacing`]);
+    /// empty when no budget that can ever allow a disruption covers their pods.
+    pub pacing: Vec<Pacing>,
+}
+
+/// What one `auto` choice moves: the pods each chosen node's drain will see gone, the pods on
+/// the candidates not chosen — the nodes still to start — and, per zone of those (one group
+/// with `across_zones`), the budget their pods take the most rounds of. A pod counts when
+/// [`crate::drain::decide`] evicts it with nothing refused (DaemonSet, mirror and terminating
+/// pods stay or are already going); for a budget, when it also uses up a disruption
+/// ([`crate::snapshot::PodInfo::consumes_disruption`]). Budgets that can never allow one
+/// (ceiling 0) are left out: they hold the run, which the chooser says, and set no pace. One
+/// pass over the snapshot's pods. What [`Live::load`] counts the work left in.
 pub fn choice_load(
     snapshot: &crate::snapshot::Snapshot,
     chosen: &[String],
     candidates: &[String],
-) -> (Vec<usize>, usize) {
+    across_zones: bool,
+) -> ChoiceLoad {
+    use std::collections::{BTreeMap, BTreeSet};
     let all = crate::drain::DrainOptions { delete_emptydir_data: true, force: true };
-    let mut on: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    let picked: BTreeSet<&str> = chosen.iter().map(String::as_str).collect();
+    let waiting: BTreeSet<&str> =
+        candidates.iter().map(String::as_str).filter(|c| !picked.contains(c)).collect();
+    let zone_of: BTreeMap<&str, &str> = snapshot
+        .nodes
+        .iter()
+        .filter(|_| !across_zones)
+        .filter_map(|n| Some((n.name.as_str(), n.labels.get(crate::batch::ZONE_LABEL)?.as_str())))
+        .collect();
+    let index = crate::pdb::PdbIndex::new(&snapshot.pdbs);
+    let mut on: BTreeMap<&str, usize> = BTreeMap::new();
+    // (zone, budget index) → pods the drains of nodes not started will evict under it.
+    let mut covered: BTreeMap<(Option<&str>, usize), usize> = BTreeMap::new();
     for p in &snapshot.pods {
-        if let Some(node) = p.node.as_deref()
-            && matches!(crate::drain::decide(p, all), crate::drain::Decision::Evict { .. })
-        {
-            let n = on.entry(node).or_default();
-            *n = n.saturating_add(1);
+        let Some(node) = p.node.as_deref() else { continue };
+        if !matches!(crate::drain::decide(p, all), crate::drain::Decision::Evict { .. }) {
+            continue;
+        }
+        let n = on.entry(node).or_default();
+        *n = n.saturating_add(1);
+        if waiting.contains(node) && p.consumes_disruption() {
+            for i in index.covering(p) {
+                let c = covered.entry((zone_of.get(node).copied(), i)).or_default();
+                *c = c.saturating_add(1);
+            }
         }
     }
-    let count = |node: &String| on.get(node.as_str()).copied().unwrap_or(0);
-    let picked: std::collections::BTreeSet<&String> = chosen.iter().collect();
-    let left = candidates.iter().filter(|c| !picked.contains(c)).map(count).fold(0, usize::saturating_add);
-    (chosen.iter().map(count).collect(), left)
+    let count = |node: &str| on.get(node).copied().unwrap_or(0);
+    let mut pacing: BTreeMap<Option<&str>, Pacing> = BTreeMap::new();
+    for ((zone, i), pods) in covered {
+        let Some(budget) = snapshot.pdbs.get(i) else { continue };
+        let Some(allows) = usize::try_from(budget.ceiling()).ok().filter(|a| *a > 0) else { continue };
+        let this = Pacing { zone: zone.map(str::to_string), budget: budget.key(), pods, allows };
+        match pacing.get(&zone) {
+            Some(slowest) if !this.slower_than(slowest) => {}
+            _ => {
+                pacing.insert(zone, this);
+            }
+        }
+    }
+    ChoiceLoad {
+        pods: chosen.iter().map(|c| count(c)).collect(),
+        left: waiting.iter().map(|c| count(c)).fold(0, usize::saturating_add),
+        pacing: pacing.into_values().collect(),
+    }
 }
 
 /// A run's expected end as it goes: the schedule's stages with the units each has left and
@@ -279,8 +357,24 @@ pub fn choice_load(
 /// they will cause again ([`Load::moves_per_pod`]), at the stage's measured eviction rate.
 /// Replayed over two recorded 200-worker runs, the error after 10% / 25% / 50% / 75% of the
 /// nodes went from −51% / +2% / +14% / −8% and −56% / −30% / −2% / +8% (the node model) to
-/// −8% / −5% / +6% / −6% and −25% / +6% / −6% / −7%. What is left is early: at 10% the stage
+/// −8% / −5% / +6% / −6% and −25% / +6% / −6% / −7%. What was left is early: at 10% the stage
 /// has seen only its first window's burst on fresh budgets, faster than the steady rate.
+///
+/// So the budgets get a model of their own. A choice under `auto` never takes more of a
+/// budget's pods than it allows at once, so a budget whose pods are spread over many nodes
+/// lets them through in rounds — evicted, replaced, Ready, then the next — and zones go one
+/// after the other: the stage cannot end before, in each zone, its slowest budget's pods have
+/// gone through ([`Pacing`]: `pods / allows` rounds, pods counted with the pile-up). A round
+/// lasts what the stage's first choice took from its start until its last unit ended (the
+/// first choice is the fullest round: every budget fresh); until then, the time since. When
+/// budgets set the pace, the stage's time left is their rounds (`Σ zones × round`): a round's
+/// time already holds the churn of a round's pods, and the pod model's pile-up, measured
+/// while no node was upgraded yet to take the evicted pods, runs high early. Without budgets,
+/// the pod model as above. Counted from the evictions of three recorded 200-worker runs (the
+/// benchmark's 10% budgets set the pace: 4.0–4.6 rounds per zone), the time per round was
+/// 23.3, 24.9 and 23.8 s against first choices of 24.0, 25.2 and 26.7 s, and rounds counted
+/// from the evictions still to come after 10% / 15% / 25% / 50% of the nodes gave errors of
+/// −8/−5/+5/−1%, −13/−4/−3/−3% and −3/−7/−1/−9%.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Live {
     stages: Vec<LiveStage>,
@@ -327,6 +421,13 @@ struct Load {
     arrived: usize,
     evicted_then: usize,
     ended_then: usize,
+    /// At the last choice: per zone, the budget that sets the pace ([`Pacing`]).
+    pacing: Vec<Pacing>,
+    /// The first choice's units not ended yet, the longest of them that ended upgraded, and
+    /// once all ended, how long that first round took.
+    first: std::collections::BTreeSet<String>,
+    first_longest: Duration,
+    round: Option<Duration>,
 }
 
 /// The share of evicted pods landing on nodes not upgraded yet, per unit of the fraction of
@@ -358,9 +459,26 @@ impl Load {
         if s < 1e-9 { 1.0 } else { s.exp_m1() / s }
     }
 
-    /// The time left by the pods still to move at the stage's measured eviction rate, plus one
-    /// `unit` time for the last nodes' own steps after their last eviction. None before a
-    /// choice reported pods and an eviction was seen over some time.
+    /// How long a round of the budgets takes ([`Live`]): the first choice's time from its
+    /// start to its last unit's end, or the time since it started while some still run.
+    fn round(&self, now: Duration) -> Option<Duration> {
+        self.round.or_else(|| Some(now.checked_sub(self.since?)?.max(self.first_longest)))
+    }
+
+    /// The time the budgets' rounds need: in each zone, the slowest budget's pods (with the
+    /// moves they will cause again) over what it allows at once, summed over the zones, times
+    /// a round. None when no budget sets a pace or no round has been timed.
+    fn rounds_left(&self, now: Duration, moves: f64) -> Option<Duration> {
+        let round = self.round(now).filter(|r| !r.is_zero())?;
+        let rounds: f64 = self.pacing.iter().map(Pacing::rounds).sum::<f64>() * moves;
+        (rounds > 0.0)
+            .then(|| Duration::try_from_secs_f64(round.as_secs_f64() * rounds).unwrap_or(Duration::MAX))
+    }
+
+    /// The time left: the budgets' rounds when budgets set the pace ([`Load::rounds_left`]),
+    /// else the pods still to move at the stage's measured eviction rate, plus one `unit` time
+    /// for the last nodes' own steps after their last eviction. None before a choice reported
+    /// pods and an eviction was seen over some time.
     fn time_left(&self, now: Duration, left: usize, units: usize, unit: Duration) -> Option<Duration> {
         let span = now.checked_sub(self.since?)?.as_secs_f64();
         if self.evicted == 0 || span <= 0.0 {
@@ -373,9 +491,12 @@ impl Load {
             .map(|(pods, gone)| pods.saturating_sub(*gone))
             .fold(0, usize::saturating_add);
         let pods = self.left_pods.saturating_add(in_flight) as f64;
-        let secs = pods * self.moves_per_pod(left, units) / rate;
-        let left = Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX);
-        Some(left.saturating_add(unit))
+        let moves = self.moves_per_pod(left, units);
+        if let Some(rounds) = self.rounds_left(now, moves) {
+            return Some(rounds);
+        }
+        let secs = pods * moves / rate;
+        Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX).saturating_add(unit))
     }
 }
 
@@ -474,10 +595,15 @@ impl Live {
         }
     }
 
-    /// Unit `node` of stage `stage` ended; `upgraded` is how long it took when it was
-    /// upgraded (a skipped or failed unit is no measurement).
-    pub fn unit_ended(&mut self, stage: usize, node: &str, upgraded: Option<Duration>) {
+    /// Unit `node` of stage `stage` ended at `at` (the caller's clock, as for
+    /// [`Live::in_flight`]; the count in flight is reported after); `upgraded` is how long it
+    /// took when it was upgraded (a skipped or failed unit is no measurement).
+    pub fn unit_ended(&mut self, stage: usize, node: &str, upgraded: Option<Duration>, at: Duration) {
         let Some(s) = self.stages.get_mut(stage) else { return };
+        // The ETA sent now is computed at `at`, not at the last window report.
+        if s.window.first.is_some() {
+            s.window.report(s.window.count, at);
+        }
         s.remaining = s.remaining.saturating_sub(1);
         if let Some(z) = &mut s.zones
             && let Some(zone) = z.of_node.remove(node)
@@ -486,6 +612,12 @@ impl Live {
             *left = left.saturating_sub(1);
         }
         s.load.chosen.remove(node);
+        if s.load.first.remove(node) {
+            s.load.first_longest = s.load.first_longest.max(upgraded.unwrap_or_default());
+            if s.load.first.is_empty() {
+                s.load.round = Some(s.load.first_longest);
+            }
+        }
         if let Some(d) = upgraded {
             let kind = s.kind;
             match self.measured.iter_mut().find(|(k, _)| *k == kind) {
@@ -520,16 +652,19 @@ impl Live {
 
     /// An `auto` stage chose units at `at` (the caller's clock, as for [`Live::in_flight`]),
     /// each with the pods its drain will move ([`choice_load`]), leaving `left_pods` pods on
-    /// the units not started. From then on its time left is the pods still to move — those
-    /// left, those not evicted yet from the units under way, and the ones evicted pods will
-    /// bring to nodes not upgraded yet ([`Load::moves_per_pod`]) — at its measured eviction
-    /// rate (every pod's replacement must be scheduled and become Ready before the budgets let
-    /// the next go: the cluster's pod churn sets the pace, whatever the window's width).
+    /// the units not started and `pacing`, the budget that sets the pace in each zone. From
+    /// then on its time left is the pods still to move — those left, those not evicted yet
+    /// from the units under way, and the ones evicted pods will bring to nodes not upgraded yet
+    /// ([`Load::moves_per_pod`]) — at its measured eviction rate (every pod's replacement must
+    /// be scheduled and become Ready before the budgets let the next go: the cluster's pod
+    /// churn sets the pace, whatever the window's width), or the budgets' rounds when they take
+    /// longer (see [`Live`]).
     pub fn load(
         &mut self,
         stage: usize,
         chosen: impl IntoIterator<Item = (String, usize)>,
         left_pods: usize,
+        pacing: Vec<Pacing>,
         at: Duration,
     ) {
         let Some(s) = self.stages.get_mut(stage) else { return };
@@ -542,8 +677,12 @@ impl Live {
             let expected = l.left_pods.saturating_sub(newly);
             l.arrived = l.arrived.saturating_add(left_pods.saturating_sub(expected));
         }
+        if l.since.is_none() {
+            l.first = chosen.iter().map(|(n, _)| n.clone()).collect();
+        }
         l.chosen.extend(chosen.into_iter().map(|(n, p)| (n, (p, 0))));
         l.left_pods = left_pods;
+        l.pacing = pacing;
         l.since.get_or_insert(at);
         l.evicted_then = l.evicted;
         l.ended_then = s.units.saturating_sub(s.remaining);
@@ -781,19 +920,19 @@ mod tests {
         // Before anything: the estimate (240 + 240 + 2 × 120 + 30).
         assert_eq!(live.eta(&Estimate::default()).ends_in, S * 750);
         // The first hop took 60 s: the second is expected to take as long.
-        live.unit_ended(0, "n-0", Some(S * 60));
+        live.unit_ended(0, "n-0", Some(S * 60), Duration::ZERO);
         let e = live.eta(&Estimate::default());
         assert_eq!(
             (e.phases[0].kind, e.phases[0].per_round, e.phases[0].measured),
             (PhaseKind::ControlPlane, S * 60, true)
         );
         assert_eq!(e.ends_in, S * (60 + 240 + 30));
-        live.unit_ended(1, "n-0", Some(S * 80));
+        live.unit_ended(1, "n-0", Some(S * 80), Duration::ZERO);
         // Workers: 4 upgraded (10 s each), one skipped: 5 left = one round of 5.
         for _ in 0..4 {
-            live.unit_ended(2, "n-0", Some(S * 10));
+            live.unit_ended(2, "n-0", Some(S * 10), Duration::ZERO);
         }
-        live.unit_ended(2, "n-0", None);
+        live.unit_ended(2, "n-0", None, Duration::ZERO);
         let e = live.eta(&Estimate::default());
         assert_eq!(e.phases.iter().map(|p| p.ends_in.as_secs()).collect::<Vec<_>>(), vec![10, 40]);
         live.cluster_services_done();
@@ -814,7 +953,7 @@ mod tests {
         assert_eq!(live.eta(&Estimate::default()).ends_in, S * 960);
         // Units of 20 s: 90 left × 20 s / (40/3) = 135 s.
         for _ in 0..10 {
-            live.unit_ended(0, "n-0", Some(S * 20));
+            live.unit_ended(0, "n-0", Some(S * 20), Duration::ZERO);
         }
         live.in_flight(0, 10, S * 35);
         let e = live.eta(&Estimate::default());
@@ -825,7 +964,7 @@ mod tests {
         assert_eq!(live.eta(&Estimate::default()).ends_in, S * 180);
         // Reports out of order count as the last one; a stage that does not exist changes nothing.
         live.in_flight(0, 0, S * 40);
-        live.unit_ended(7, "n-0", Some(S));
+        live.unit_ended(7, "n-0", Some(S), Duration::ZERO);
         live.in_flight(7, 3, S * 50);
         assert_eq!(live.eta(&Estimate::default()).ends_in, S * 180);
     }
@@ -844,7 +983,7 @@ mod tests {
             // Four at once in zone a for 10 s; they end after 10 s each.
             live.in_flight(0, 4, Duration::ZERO);
             for i in [0, 3, 6, 9] {
-                live.unit_ended(0, &format!("n-{i}"), Some(S * 10));
+                live.unit_ended(0, &format!("n-{i}"), Some(S * 10), Duration::ZERO);
             }
             live.in_flight(0, 0, S * 10);
             live
@@ -858,12 +997,12 @@ mod tests {
         // zone report is not rounded either.
         let mut live = zoned(false);
         live.zones(0, [("n-1".to_string(), "a".to_string())]);
-        live.unit_ended(0, "elsewhere", None);
+        live.unit_ended(0, "elsewhere", None, Duration::ZERO);
         assert_eq!(live.eta(&Estimate::default()).ends_in, S * 80);
         let mut plain = Live::of(&schedule(&[(PhaseKind::Workers, 30, 30, true)], false));
         plain.in_flight(0, 4, Duration::ZERO);
         for i in [0, 3, 6, 9] {
-            plain.unit_ended(0, &format!("n-{i}"), Some(S * 10));
+            plain.unit_ended(0, &format!("n-{i}"), Some(S * 10), Duration::ZERO);
         }
         plain.in_flight(0, 0, S * 10);
         assert_eq!(plain.eta(&Estimate::default()).ends_in, S * 65);
@@ -881,13 +1020,13 @@ mod tests {
         let mut live = Live::of(&s);
         // Ten units of 30 pods chosen at 0 s; their 300 pods evicted and the units ended by
         // 20 s (units of 20 s): 15 pods per second.
-        live.load(0, chosen(0, 30), 2700, Duration::ZERO);
+        live.load(0, chosen(0, 30), 2700, Vec::new(), Duration::ZERO);
         live.in_flight(0, 10, Duration::ZERO);
         for i in 0..10 {
             for _ in 0..30 {
                 live.evicted(&format!("n-{i}"));
             }
-            live.unit_ended(0, &format!("n-{i}"), Some(S * 20));
+            live.unit_ended(0, &format!("n-{i}"), Some(S * 20), Duration::ZERO);
         }
         live.in_flight(0, 0, S * 20);
         // 2,700 pods left, no arrival seen yet: the prior (k = 0.35 over the 90% not done),
@@ -896,7 +1035,7 @@ mod tests {
         // Ten more chosen at 20 s with 45 each; 2,400 left where 2,700 − 450 were expected:
         // 150 of the 300 evicted pods arrived on units not started (k measured from that,
         // blended with the prior). In flight: 450 pods not evicted yet.
-        live.load(0, chosen(10, 45), 2400, S * 20);
+        live.load(0, chosen(10, 45), 2400, Vec::new(), S * 20);
         live.in_flight(0, 10, S * 20);
         let not_done = 1.0 - 0.1 / 2.0;
         let k = (150.0 + 0.35 * 500.0 * not_done) / (300.0 + 500.0) / not_done;
@@ -910,7 +1049,7 @@ mod tests {
         let plain = |load: bool| {
             let mut l = Live::of(&s);
             if load {
-                l.load(0, chosen(0, 30), 2700, Duration::ZERO);
+                l.load(0, chosen(0, 30), 2700, Vec::new(), Duration::ZERO);
             }
             l.in_flight(0, 10, Duration::ZERO);
             l.in_flight(0, 10, S * 20);
@@ -919,10 +1058,16 @@ mod tests {
         assert_eq!(plain(true).eta(&Estimate::default()), plain(false).eta(&Estimate::default()));
         // Huge counts and times saturate rather than overflow or panic.
         let mut huge = plain(true);
-        huge.load(0, [("x".to_string(), usize::MAX)], usize::MAX, Duration::MAX);
+        huge.load(
+            0,
+            [("x".to_string(), usize::MAX)],
+            usize::MAX,
+            vec![Pacing { zone: None, budget: "b".into(), pods: usize::MAX, allows: 1 }],
+            Duration::MAX,
+        );
         huge.evicted("x");
         huge.evicted("n-1");
-        huge.unit_ended(0, "n-1", Some(Duration::MAX));
+        huge.unit_ended(0, "n-1", Some(Duration::MAX), Duration::ZERO);
         huge.in_flight(0, usize::MAX, Duration::MAX);
         let _ = huge.eta(&Estimate::default());
     }
@@ -948,12 +1093,114 @@ mod tests {
         unbound.node = None;
         snap.pods.extend([ds, going, mirror, unbound]);
         let names = |ns: &[&str]| ns.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let load = choice_load(&snap, &names(&["n-1", "n-0"]), &names(&["n-0", "n-1", "n-2", "n-3"]), false);
         assert_eq!(
-            choice_load(&snap, &names(&["n-1", "n-0"]), &names(&["n-0", "n-1", "n-2", "n-3"])),
+            (load.pods, load.left),
             (vec![1, 1], 2),
             "DaemonSet, terminating and mirror pods stay; n-2's two are left, n-3 has none"
         );
-        assert_eq!(choice_load(&snap, &[], &[]), (vec![], 0));
+        assert_eq!(load.pacing, vec![], "no budget");
+        assert_eq!(choice_load(&snap, &[], &[], false), ChoiceLoad::default());
+    }
+
+    #[test]
+    fn each_zone_is_paced_by_the_budget_its_pods_take_most_rounds_of() {
+        use crate::snapshot::build;
+        let mut snap = crate::snapshot::Snapshot::default();
+        for (n, zone) in [("a-0", "a"), ("a-1", "a"), ("a-2", "a"), ("b-0", "b"), ("b-1", "b")] {
+            let mut node = build::node(n);
+            node.labels.insert(crate::batch::ZONE_LABEL.into(), zone.into());
+            snap.nodes.push(node);
+        }
+        // `wide`: 50 pods, 5 at once; `tight`: 3 pods, 1 at once; `never`: 2 pods, none ever.
+        snap.pdbs.extend([
+            build::budget("wide", 50, 45, 50),
+            build::budget("tight", 3, 2, 3),
+            build::budget("never", 2, 2, 2),
+        ]);
+        let mut i = 0;
+        let mut put = |snap: &mut crate::snapshot::Snapshot, app: &str, node: &str, n: usize| {
+            for _ in 0..n {
+                build::place(snap, &format!("{app}-{i}"), app, node, 10);
+                i += 1;
+            }
+        };
+        put(&mut snap, "wide", "a-0", 10); // chosen: not counted
+        put(&mut snap, "wide", "a-1", 8);
+        put(&mut snap, "wide", "a-2", 4); // a: 12 of wide → 2.4 rounds
+        put(&mut snap, "tight", "a-1", 2); // a: 2 of tight → 2 rounds
+        put(&mut snap, "tight", "b-0", 1); // b: 1 of tight → 1 round
+        put(&mut snap, "wide", "b-1", 4); // b: 4 of wide → 0.8 round
+        put(&mut snap, "never", "b-1", 2); // never allows one: no pace
+        put(&mut snap, "free", "b-1", 7); // no budget
+        // A pod that is not Ready uses up no disruption: evicted, but not under the budget.
+        build::place(&mut snap, "wide-sick", "wide", "b-1", 10);
+        snap.pods.last_mut().unwrap().ready = false;
+        let names = |ns: &[&str]| ns.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let all = names(&["a-0", "a-1", "a-2", "b-0", "b-1"]);
+        let load = choice_load(&snap, &names(&["a-0"]), &all, false);
+        assert_eq!((load.pods, load.left), (vec![10], 8 + 4 + 2 + 1 + 4 + 2 + 7 + 1));
+        let pace = |zone: Option<&str>, budget: &str, pods, allows| Pacing {
+            zone: zone.map(str::to_string),
+            budget: format!("default/{budget}"),
+            pods,
+            allows,
+        };
+        assert_eq!(load.pacing, vec![pace(Some("a"), "wide", 12, 5), pace(Some("b"), "tight", 1, 1)]);
+        // Across zones: one group, the slowest budget over every node left.
+        let load = choice_load(&snap, &names(&["a-0"]), &all, true);
+        // (wide: 8 + 4 + 4 = 16 pods, 3.2 rounds; tight: 3 rounds.)
+        assert_eq!(load.pacing, vec![pace(None, "wide", 16, 5)]);
+        // Nodes without a zone label count as one group of their own.
+        snap.nodes.retain(|n| n.name != "b-1");
+        assert_eq!(
+            choice_load(&snap, &names(&["a-0"]), &all, false).pacing,
+            vec![pace(None, "wide", 4, 5), pace(Some("a"), "wide", 12, 5), pace(Some("b"), "tight", 1, 1),]
+        );
+    }
+
+    #[test]
+    fn an_auto_stage_paced_by_budgets_goes_by_their_rounds() {
+        let s = schedule(&[(PhaseKind::Workers, 100, 50, true)], false);
+        let chosen = |from: usize, pods: usize| (from..from + 10).map(move |i| (format!("n-{i}"), pods));
+        let pace = |zone: &str, pods: usize, allows: usize| Pacing {
+            zone: Some(zone.into()),
+            budget: "default/wide".into(),
+            pods,
+            allows,
+        };
+        let close = |live: &Live, want: f64| {
+            let got = live.eta(&Estimate::default()).ends_in.as_secs_f64();
+            assert!((got - want).abs() < 1.0, "ETA {got:.1} s, expected {want:.1} s");
+        };
+        let moves = |k: f64, left: f64| (k * left).exp_m1() / (k * left);
+        // Ten units of 30 pods chosen at 0 s; the budgets: 8 + 4 rounds left in two zones.
+        let mut live = Live::of(&s);
+        live.load(0, chosen(0, 30), 2700, vec![pace("a", 40, 5), pace("b", 20, 5)], Duration::ZERO);
+        live.in_flight(0, 10, Duration::ZERO);
+        for i in 0..10u32 {
+            for _ in 0..30 {
+                live.evicted(&format!("n-{i}"));
+            }
+            // Its units take 20 to 29 s and end then.
+            live.unit_ended(0, &format!("n-{i}"), Some(S * (20 + i)), S * (20 + i));
+            // While the first choice runs, a round is the time since it started (the clock of
+            // the unit's end, not of the last window report).
+            if i == 4 {
+                close(&live, 12.0 * moves(0.35, 0.95) * 24.0);
+            }
+        }
+        // Once all ended, a round is the longest of them: 29 s.
+        live.in_flight(0, 0, S * 29);
+        close(&live, 12.0 * moves(0.35, 0.9) * 29.0);
+        // The next choice leaves 2 rounds; the round stays what the first choice took. No pod
+        // arrived on the units not started, so k is the prior's weight alone.
+        live.load(0, chosen(10, 30), 2400, vec![pace("a", 10, 5)], S * 30);
+        close(&live, 2.0 * moves(0.35 * 500.0 / 800.0, 0.9) * 29.0);
+        // No budget sets the pace: the pods (2,100 left, 600 chosen and not evicted yet) at the
+        // eviction rate (300 in the 29 s to the last report) plus a unit's mean time, as before.
+        live.load(0, chosen(20, 30), 2100, Vec::new(), S * 30);
+        close(&live, (2100.0 + 600.0) * moves(0.35 * 500.0 / 800.0, 0.9) / (300.0 / 29.0) + 24.5);
     }
 
     #[test]
@@ -973,7 +1220,7 @@ mod tests {
         let mut live = Live::of(&s);
         live.in_flight(0, 10, S * 5);
         // A unit ended but no span of time was reported: its time over the cap.
-        live.unit_ended(0, "n-0", Some(S * 50));
+        live.unit_ended(0, "n-0", Some(S * 50), Duration::ZERO);
         assert_eq!(live.eta(&Estimate::default()).ends_in, S * 99);
         // Huge numbers saturate rather than overflow.
         live.in_flight(0, usize::MAX, Duration::MAX);

@@ -287,6 +287,10 @@ pub enum Event {
         /// the work left in ([`crate::eta::Live::load`]).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pods_left: Option<usize>,
+        /// Per zone of the units not started yet, the budget that sets the pace: the one their
+        /// pods take the most rounds of ([`crate::eta::Pacing`]; empty: none does).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pacing: Vec<crate::eta::Pacing>,
     },
     /// `--max-unavailable auto` could start no node: the budget or pod that holds it.
     BatchHeld {

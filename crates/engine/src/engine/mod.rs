@@ -56,6 +56,9 @@ pub struct Engine {
     gate_failed: Mutex<Option<String>>,
     /// What is left and how fast it went so far: the live ETA ([`Event::Eta`]).
     live: Mutex<refit_core::eta::Live>,
+    /// The origin of the offsets the live ETA is told (when this engine was made): one clock
+    /// for a stage's choices, window reports and unit ends, so none of them is stale.
+    live_origin: Instant,
     /// The workloads with pods on the nodes started since the last gates passed (what a
     /// `workloads` gate waits for).
     touched: Mutex<std::collections::BTreeSet<refit_core::health::workloads::WorkloadRef>>,
@@ -106,6 +109,7 @@ impl Engine {
             left_cordoned: Mutex::new(Vec::new()),
             gate_failed: Mutex::new(None),
             live: Mutex::new(refit_core::eta::Live::of(&spec.schedule)),
+            live_origin: Instant::now(),
             spec,
             touched: Mutex::default(),
         })
@@ -115,6 +119,11 @@ impl Engine {
     /// a unit's end, sends one).
     pub(crate) fn note_live(&self, change: impl FnOnce(&mut refit_core::eta::Live)) {
         change(&mut self.live.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Now, as an offset on the live ETA's clock.
+    pub(crate) fn live_now(&self) -> std::time::Duration {
+        self.live_origin.elapsed()
     }
 
     /// Updates the live ETA with `change` and sends the new expected ends.

@@ -178,7 +178,8 @@ impl Engine {
             });
             let upgraded = matches!(report.result, UnitResult::Upgraded)
                 .then(|| std::time::Duration::from_millis(report.millis));
-            engine.eta(|l| l.unit_ended(index, &report.node, upgraded));
+            let at = engine.live_now();
+            engine.eta(|l| l.unit_ended(index, &report.node, upgraded, at));
             report
         });
         nodes.insert(handle.id(), (unit.node.clone(), stage.to.to_string()));
@@ -214,7 +215,6 @@ impl Engine {
         let mut gate_stop: Option<String> = None;
         let workers = stage.units.len();
         let gated = !self.spec.gates.is_empty();
-        let stage_started = Instant::now();
         // Units an earlier attempt began are already unavailable (cordoned, half drained):
         // they start first, and the chooser counts them as in flight.
         let mut begun: Vec<String> = Vec::new();
@@ -268,6 +268,7 @@ impl Engine {
                         limit: "under way when the run stopped: finished first".into(),
                         pods: Vec::new(),
                         pods_left: None,
+                        pacing: Vec::new(),
                     });
                     // Others may join them at once.
                     choose_now = true;
@@ -288,16 +289,7 @@ impl Engine {
                         Vec::new()
                     } else {
                         match self
-                            .choose(
-                                index,
-                                stage,
-                                &in_flight,
-                                &left,
-                                cap,
-                                auto,
-                                &checks,
-                                stage_started.elapsed(),
-                            )
+                            .choose(index, stage, &in_flight, &left, cap, auto, &checks, self.live_now())
                             .await
                         {
                             Chosen::Nodes(nodes) => nodes,
@@ -349,7 +341,7 @@ impl Engine {
                         });
                     }
                     left.retain(|u| !chosen.contains(&u.node));
-                    let now = stage_started.elapsed();
+                    let now = self.live_now();
                     self.eta(|l| l.in_flight(index, tasks.len(), now));
                 }
             }
@@ -375,7 +367,7 @@ impl Engine {
                     while let Some(done) = tasks.try_join_next_with_id() {
                         reports.push(self.joined(index, done, &mut nodes_of));
                     }
-                    let now = stage_started.elapsed();
+                    let now = self.live_now();
                     self.note_live(|l| l.in_flight(index, tasks.len(), now));
                     choose_now = true;
                     // Health gates after each batch, before the next is chosen.
@@ -428,14 +420,18 @@ impl Engine {
         let this = batch::Auto { cap: MaxUnavailable::Count(u32::try_from(cap).unwrap_or(u32::MAX)), ..auto };
         // The pods the chosen nodes' drains move and those on the nodes still to start: the
         // ETA counts the work left in pods (evicted pods pile onto the nodes not upgraded yet).
+        // Per zone, the budget whose rounds set the pace (the ETA's other bound).
         let load = |nodes: &[String]| {
-            let (pods, left) = refit_core::eta::choice_load(&snapshot, nodes, &candidates);
-            self.note_live(|l| l.load(index, nodes.iter().cloned().zip(pods.iter().copied()), left, at));
-            (pods, Some(left))
+            let c = refit_core::eta::choice_load(&snapshot, nodes, &candidates, auto.across_zones);
+            let pacing = c.pacing.clone();
+            self.note_live(|l| {
+                l.load(index, nodes.iter().cloned().zip(c.pods.iter().copied()), c.left, pacing, at)
+            });
+            (c.pods, Some(c.left), c.pacing)
         };
         match batch::next(&snapshot, in_flight, &candidates, stage.units.len(), this, checks) {
             batch::Next::Batch(choice) => {
-                let (pods, pods_left) = load(&choice.nodes);
+                let (pods, pods_left, pacing) = load(&choice.nodes);
                 self.emit(Event::BatchChosen {
                     stage: index,
                     nodes: choice.nodes.clone(),
@@ -444,11 +440,12 @@ impl Engine {
                     limit: choice.limit.to_string(),
                     pods,
                     pods_left,
+                    pacing,
                 });
                 Chosen::Nodes(choice.nodes)
             }
             batch::Next::Alone { node, hold } => {
-                let (pods, pods_left) = load(std::slice::from_ref(&node));
+                let (pods, pods_left, pacing) = load(std::slice::from_ref(&node));
                 self.emit(Event::BatchChosen {
                     stage: index,
                     nodes: vec![node.clone()],
@@ -457,6 +454,7 @@ impl Engine {
                     limit: format!("{hold}: it drains alone, waiting on the budget"),
                     pods,
                     pods_left,
+                    pacing,
                 });
                 Chosen::Nodes(vec![node])
             }

@@ -114,6 +114,7 @@ impl Engine {
                 limit: format!("surge: under way when the run stopped, finished first ({limits})"),
                 pods: Vec::new(),
                 pods_left: None,
+                pacing: Vec::new(),
             });
             for &(i, u, p) in &resumed {
                 self.spawn_unit(
@@ -190,6 +191,7 @@ impl Engine {
                         ),
                         pods: Vec::new(),
                         pods_left: None,
+                        pacing: Vec::new(),
                     });
                 }
             }
