@@ -242,7 +242,7 @@ impl Pacing {
     }
 
     /// Its rounds: `pods / allows`.
-    fn rounds(&self) -> f64 {
+    pub fn rounds(&self) -> f64 {
         self.pods as f64 / self.allows.max(1) as f64
     }
 }

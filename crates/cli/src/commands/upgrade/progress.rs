@@ -294,12 +294,13 @@ fn raw_line_for(e: &Event) -> Option<String> {
             refit_core::event::GateState::Passed => format!("health gate {gate}: passed ({reason})"),
             refit_core::event::GateState::Failed => format!("health gate {gate}: FAILED: {reason}"),
         },
-        Event::BatchChosen { nodes, in_flight, zone, limit, .. } => format!(
-            "next batch: {} node(s){} ({}){}; not larger: {limit}",
+        Event::BatchChosen { nodes, in_flight, zone, limit, pacing, .. } => format!(
+            "next batch: {} node(s){} ({}){}; not larger: {limit}{}",
             nodes.len(),
             zone.as_ref().map(|z| format!(" in zone {z}")).unwrap_or_default(),
             nodes.join(", "),
-            if *in_flight > 0 { format!(", joining {in_flight} under way") } else { String::new() }
+            if *in_flight > 0 { format!(", joining {in_flight} under way") } else { String::new() },
+            paced_by(pacing)
         ),
         Event::BatchHeld { reason, .. } => format!("no worker batch can start: {reason}"),
         Event::Eta { phases, ends_in_secs } => eta_line(phases, *ends_in_secs),
@@ -315,9 +316,54 @@ fn raw_line_for(e: &Event) -> Option<String> {
     })
 }
 
+/// "; paced by …": the budget the ETA waits on longest — the one whose pods left take the most
+/// rounds in their zone (empty when no budget sets the pace).
+fn paced_by(pacing: &[refit_core::eta::Pacing]) -> String {
+    pacing.iter().max_by(|a, b| a.rounds().total_cmp(&b.rounds())).map_or_else(String::new, |p| {
+        format!(
+            "; paced by PDB {}{}: {} pod(s) left, {} at a time",
+            p.budget,
+            p.zone.as_ref().map(|z| format!(" in zone {z}")).unwrap_or_default(),
+            p.pods,
+            p.allows
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_line_names_the_budget_that_paces_the_stage() {
+        let pace = |zone: &str, pods, allows| refit_core::eta::Pacing {
+            zone: Some(zone.into()),
+            budget: format!("shop/web-{zone}"),
+            pods,
+            allows,
+        };
+        let chosen = |pacing| Event::BatchChosen {
+            stage: 0,
+            nodes: vec!["w-1".into(), "w-2".into()],
+            in_flight: 3,
+            zone: Some("a".into()),
+            limit: "the cap".into(),
+            pods: vec![4, 5],
+            pods_left: Some(40),
+            pacing,
+        };
+        assert_eq!(
+            line_for(&chosen(vec![pace("a", 12, 5), pace("b", 3, 1)])).as_deref(),
+            Some(
+                "next batch: 2 node(s) in zone a (w-1, w-2), joining 3 under way; not larger: the cap; \
+                 paced by PDB shop/web-b in zone b: 3 pod(s) left, 1 at a time"
+            )
+        );
+        assert_eq!(
+            line_for(&chosen(Vec::new())).as_deref(),
+            Some("next batch: 2 node(s) in zone a (w-1, w-2), joining 3 under way; not larger: the cap")
+        );
+    }
 
     /// The bars view drawing to nowhere, for checking which lines it keeps.
     fn hidden_view() -> View {
