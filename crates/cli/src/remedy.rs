@@ -20,6 +20,7 @@ pub fn setting_flag(s: Setting) -> String {
         Setting::Accept => "--accept",
         Setting::PartialOk => "--partial-ok",
         Setting::IgnoreSafetyChecks => "--ignore-safety-checks",
+        Setting::NodeImages => "--node-images",
     }
     .into()
 }
@@ -81,6 +82,11 @@ mod tests {
         assert_eq!(
             spelled(&e),
             "--across-zones applies only to --max-unavailable auto (a fixed size is its own cap and ignores zones)"
+        );
+        let e = refit_core::fleet::parse_image_targets(Some("ubuntu/1")).unwrap_err();
+        assert_eq!(
+            spelled(&e),
+            "--node-images 'ubuntu/1': expected FAMILY=VERSION (e.g. ubuntu-2404=202606.10.0)"
         );
     }
 

@@ -55,6 +55,8 @@ settings! {
     PartialOk => "partialOk",
     /// Go on past every safety check.
     IgnoreSafetyChecks => "ignoreSafetyChecks",
+    /// Node-image targets, family → version (what a member upgrade moves its nodes' images to).
+    NodeImages => "nodeImages",
 }
 
 /// `Display` (the field names, [`Spelled::with_fields`]) and `Error` for error types that are

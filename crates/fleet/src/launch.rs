@@ -193,8 +193,7 @@ pub fn node_image_env(target: &MemberTarget) -> Vec<(String, String)> {
     if target.node_images.is_empty() {
         return Vec::new();
     }
-    let list: Vec<String> = target.node_images.iter().map(|(f, v)| format!("{f}={v}")).collect();
-    vec![("REFIT_NODE_IMAGES".into(), list.join(","))]
+    vec![("REFIT_NODE_IMAGES".into(), refit_core::fleet::image_targets_text(&target.node_images))]
 }
 
 /// What a member's `refit upgrade -o json` reported so far, read line by line.

@@ -17,7 +17,8 @@
 //! `refit sandbox upgrade-node NODE --to V --node-images FAMILY=VERSION`). The images offered to
 //! a member come from its node-image source, a file listing `FAMILY/VERSION` entries. A member
 //! upgrade that moves images passes the targets to `refit upgrade` as
-//! `REFIT_NODE_IMAGES=FAMILY=VERSION[,FAMILY=VERSION]`, which the node action inherits.
+//! `REFIT_NODE_IMAGES=FAMILY=VERSION[,FAMILY=VERSION]`, which the node action inherits (core's
+//! `fleet::image_targets_text` writes that form, `fleet::parse_image_targets` reads it).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -222,24 +223,6 @@ async fn versions(m: &MemberRecord) -> Result<MemberVersions, String> {
     })
 }
 
-/// Parses `FAMILY=VERSION[,FAMILY=VERSION]` (the `--node-images` / REFIT_NODE_IMAGES form).
-pub fn parse_image_targets(spec: Option<&str>) -> Result<BTreeMap<String, String>, String> {
-    let mut out = BTreeMap::new();
-    for item in spec.unwrap_or("").split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        match item.split_once('=') {
-            Some((f, v)) if !f.is_empty() && !v.is_empty() && !f.contains('/') && !v.contains('/') => {
-                out.insert(f.to_string(), v.to_string());
-            }
-            _ => {
-                return Err(format!(
-                    "--node-images '{item}': expected FAMILY=VERSION (e.g. ubuntu-2404=202606.10.0)"
-                ));
-            }
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,8 +244,6 @@ mod tests {
         assert!(read_image_source(&p).unwrap_err().contains("FAMILY/VERSION"));
         std::fs::write(&p, "images: 3\n").unwrap();
         assert!(read_image_source(&p).is_err());
-        assert_eq!(parse_image_targets(Some("u=1, a=2")).unwrap().len(), 2);
-        assert!(parse_image_targets(Some("u/1")).unwrap_err().contains("FAMILY=VERSION"));
     }
 
     use std::sync::atomic::{AtomicUsize, Ordering};

@@ -307,8 +307,8 @@ pub async fn upgrade_node(args: UpgradeNodeArgs, format: Format) -> anyhow::Resu
     let tb = attach_running(&args.dir)?;
     let versions = TestbedVersions::from_env()?;
     let to = resolve_version(&args.to, &versions)?;
-    let node_images =
-        refit_fleet::observe::parse_image_targets(args.node_images.as_deref()).map_err(usage)?;
+    let node_images = refit_core::fleet::parse_image_targets(args.node_images.as_deref())
+        .map_err(crate::remedy::usage_spelled)?;
     let upgrade = NodeUpgrade { node: args.node, to, node_images };
     let mut view = SandboxView::new(false)?;
     let change = refit_testbed::sandbox::upgrade_node(&tb, &upgrade, &mut |p| view.show(p))

@@ -46,8 +46,9 @@ pub use run::{
 };
 pub use strategy::{FleetMember, LabelSelector, Limit, RunPlan, Strategy, StrategyError, resolve};
 pub use target::{
-    MemberTarget, MemberVersions, NODE_IMAGE_ANNOTATION, NodeImage, NodeImageSelection, NodeImageTargets,
-    SpecError, Targets, UpgradeSpec, UpgradeType, freeze_targets, parse_image_source,
+    ImageTargetsError, MemberTarget, MemberVersions, NODE_IMAGE_ANNOTATION, NodeImage, NodeImageSelection,
+    NodeImageTargets, SpecError, Targets, UpgradeSpec, UpgradeType, freeze_targets, image_targets_text,
+    parse_image_source, parse_image_targets,
 };
 pub use window::{Day, MaintenanceWindow, Recurrence, WindowError, WindowPriority};
 

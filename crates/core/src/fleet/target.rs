@@ -203,6 +203,50 @@ impl NodeImage {
     }
 }
 
+/// The node-image targets of a member upgrade as one line, `FAMILY=VERSION[,FAMILY=VERSION]`:
+/// what a fleet member upgrade passes to its node action (`REFIT_NODE_IMAGES`) and what the
+/// sandbox's `upgrade-node` reads back ([`parse_image_targets`]). Written and read here, once.
+pub fn image_targets_text(targets: &BTreeMap<String, String>) -> String {
+    let items: Vec<String> = targets.iter().map(|(f, v)| format!("{f}={v}")).collect();
+    items.join(",")
+}
+
+/// Reads [`image_targets_text`]'s form (blanks around items ignored; nothing, or an empty
+/// line, is no targets). Each item needs a family and a version, neither with a `/` (that is
+/// the annotation's `FAMILY/VERSION`, a likely slip).
+pub fn parse_image_targets(text: Option<&str>) -> Result<BTreeMap<String, String>, ImageTargetsError> {
+    let mut out = BTreeMap::new();
+    for item in text.unwrap_or("").split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match item.split_once('=') {
+            Some((f, v)) if !f.is_empty() && !v.is_empty() && !f.contains('/') && !v.contains('/') => {
+                out.insert(f.to_string(), v.to_string());
+            }
+            _ => return Err(ImageTargetsError { item: crate::identity::printable(item, false) }),
+        }
+    }
+    Ok(out)
+}
+
+/// An item of node-image targets that is not `FAMILY=VERSION`. The setting is
+/// [`Setting::NodeImages`], spelled by the edge: the sandbox's `--node-images` on the CLI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageTargetsError {
+    /// The item as given (kept printable).
+    pub item: String,
+}
+
+impl Spelled for ImageTargetsError {
+    fn spell(&self, name: &dyn Fn(Setting) -> String) -> String {
+        format!(
+            "{} '{}': expected FAMILY=VERSION (e.g. ubuntu-2404=202606.10.0)",
+            name(Setting::NodeImages),
+            self.item
+        )
+    }
+}
+
+crate::setting::display_with_fields!(ImageTargetsError);
+
 /// `FAMILY/VERSION`, the form [`NodeImage::parse`] reads and the node annotation holds.
 impl fmt::Display for NodeImage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -466,6 +510,33 @@ mod tests {
         assert_eq!(img("azl", "3.1").moved(&BTreeMap::new()), None);
         let shown = img("azl", "3.1").to_string();
         assert_eq!(NodeImage::parse(&shown), Ok(img("azl", "3.1")));
+    }
+
+    #[test]
+    fn image_targets_are_written_and_read_back_in_one_form() {
+        let targets: BTreeMap<String, String> =
+            [("u".to_string(), "1".to_string()), ("a".to_string(), "2".to_string())].into_iter().collect();
+        assert_eq!(image_targets_text(&targets), "a=2,u=1");
+        assert_eq!(parse_image_targets(Some(image_targets_text(&targets).as_str())), Ok(targets.clone()));
+        assert_eq!(parse_image_targets(Some(" u=1, a=2 ,")), Ok(targets));
+        assert_eq!(parse_image_targets(None), Ok(BTreeMap::new()));
+        assert_eq!(parse_image_targets(Some("")), Ok(BTreeMap::new()));
+        assert_eq!(image_targets_text(&BTreeMap::new()), "");
+        for bad in ["u/1", "u", "=1", "u=", "u=1/2", "a=1,u/1"] {
+            assert!(parse_image_targets(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_bad_image_target_names_the_setting_as_the_edge_spells_it() {
+        let e = parse_image_targets(Some("a=1, u/1")).unwrap_err();
+        assert_eq!(e.to_string(), "nodeImages 'u/1': expected FAMILY=VERSION (e.g. ubuntu-2404=202606.10.0)");
+        assert_eq!(
+            e.spell(&|_| "--node-images".to_string()),
+            "--node-images 'u/1': expected FAMILY=VERSION (e.g. ubuntu-2404=202606.10.0)"
+        );
+        let shown = parse_image_targets(Some("u\u{1b}[2J")).unwrap_err().to_string();
+        assert!(!shown.contains('\u{1b}'), "{shown}");
     }
 
     #[test]
