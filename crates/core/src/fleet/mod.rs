@@ -8,6 +8,7 @@
 //! - [`strategy`]: stages (in order) → groups (in parallel) → members (one at a time by default),
 //!   parsed from YAML or JSON, validated, and resolved against the fleet's members into a frozen
 //!   [`strategy::RunPlan`].
+//! - [`binding`]: a member stays bound to the cluster it was added with (its kube-system UID).
 //! - [`gate`]: Approval and ScheduledStart gates before and after stages and groups.
 //! - [`window`]: per-member maintenance windows (weekly or monthly, IANA time zone, DST-correct,
 //!   blackout dates) and the order in which members are taken.
@@ -23,6 +24,7 @@
 //! the store can keep it as JSON and the CLI can print it with `-o json|yaml`. (Time-zone rules
 //! come from jiff's time-zone database, which on Linux is the system's `/usr/share/zoneinfo`.)
 
+pub mod binding;
 pub mod gate;
 pub mod outcome;
 pub mod profile;

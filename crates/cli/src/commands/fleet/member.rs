@@ -51,16 +51,13 @@ pub async fn run<A: FleetApi>(cmd: MemberCommand, api: &mut A, format: Format) -
                     ));
                 };
                 let found = identity(kubeconfig, context).await?;
-                match &m.cluster_uid {
-                    Some(bound) if *bound != found => {
-                        return Err(usage(format!(
-                            "--kubeconfig/--context reach another cluster (kube-system UID {found}) than member {}'s ({bound}): a member stays bound to its cluster; remove it and add it again to bind another",
-                            m.name
-                        )));
-                    }
-                    // A member added before refit recorded identities is bound now.
-                    _ => m.cluster_uid = Some(found),
-                }
+                let uid = refit_core::fleet::binding::rebind(m.cluster_uid.as_deref(), &found).map_err(|e| {
+                    usage(format!(
+                        "--kubeconfig/--context reach another cluster (kube-system UID {}) than member {}'s ({}): a member stays bound to its cluster; remove it and add it again to bind another",
+                        e.found, m.name, e.bound
+                    ))
+                })?;
+                m.cluster_uid = Some(uid);
             }
             api.update_member(&m).await.map_err(fleet_err)?;
             done(format, &m, "updated")
