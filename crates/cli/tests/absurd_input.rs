@@ -121,6 +121,46 @@ fn bad_acceptances_policies_thresholds_and_uncovered_etcd_hosts_are_refused() {
     assert!(help.contains("--accept <CHECK[=SUBJECT]>") && help.contains("--policy"), "{help}");
 }
 
+/// Worker settings that contradict each other (core's `WorkerSettings::resolve`), each refused
+/// with its whole message in flags, by `plan` and `upgrade` alike, before the (dead) cluster.
+#[test]
+fn contradicting_worker_settings_are_refused_in_flags() {
+    let d = Dir::new();
+    let kubeconfig = d.file("dead.conf", DEAD_KUBECONFIG);
+    let sandbox = d.path("sandbox");
+    let replace = format!("replace-sandbox:{}", sandbox.display());
+    let auto_only = "applies only to --max-unavailable auto (a fixed size is its own cap and ignores zones)";
+    for (args, says) in [
+        (vec!["--max-unavailable", "2", "--max-unavailable-cap", "3"], format!("--max-unavailable-cap {auto_only}")),
+        (vec!["--max-unavailable", "2", "--across-zones"], format!("--across-zones {auto_only}")),
+        (
+            vec!["--max-unavailable", "0"],
+            "--max-unavailable 0 without --max-surge: no node could ever be upgraded; give --max-surge N (with the replace action) or --max-unavailable 1 or more".into(),
+        ),
+        (
+            vec!["--max-surge", "2"],
+            "--max-surge applies only to the replace action (it creates replacement nodes before the old ones drain); drop it or use --action replace".into(),
+        ),
+        (
+            vec!["--max-surge", "2", "--max-unavailable", "auto"],
+            "--max-surge takes a fixed --max-unavailable (a count, a percentage or 0), not auto: the surge slots set a replace run's pace".into(),
+        ),
+        (
+            vec!["--action", &replace, "--max-surge", "2", "--max-unavailable-cap", "3"],
+            format!("--max-unavailable-cap {auto_only}"),
+        ),
+        (vec!["--action", &replace, "--max-surge", "x"], "--max-surge 'x' is not a count".into()),
+    ] {
+        let err = refused(refit().args(["plan", "--to", "1.37", "--kubeconfig"]).arg(&kubeconfig).args(&args));
+        assert!(err.contains(&says), "plan {args:?}: {err}");
+        let mut upgrade = refit();
+        upgrade.args(["upgrade", "--to", "1.37", "--yes", "--kubeconfig"]).arg(&kubeconfig);
+        let err = refused(upgrade.arg("--store").arg(d.path("state/refit.db")).args(&args));
+        assert!(err.contains(&says), "upgrade {args:?}: {err}");
+    }
+    assert!(!d.path("state").exists() && !sandbox.exists(), "nothing written");
+}
+
 #[test]
 fn absurd_fleet_durations_are_refused_and_change_nothing() {
     let d = Dir::new();

@@ -34,6 +34,7 @@ use crate::plan::MaxUnavailable;
 use crate::run::Style;
 use crate::setting::{BadValue, Setting, Spelled};
 use crate::snapshot::Snapshot;
+use crate::surge::Surge;
 
 /// The node label naming a node's failure domain.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
@@ -175,6 +176,60 @@ impl Batching {
         match self {
             Batching::Fixed(m) | Batching::Auto(Auto { cap: m, .. }) => m.batch_size(workers),
         }
+    }
+}
+
+/// The worker settings as given, each already parsed on its own ([`Setting::MaxUnavailable`],
+/// [`Setting::MaxUnavailableCap`], [`Setting::AcrossZones`], [`Setting::MaxSurge`]). They only
+/// make sense together, so they are resolved together, once ([`WorkerSettings::resolve`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerSettings {
+    /// A fixed size, `auto`, or 0 (only with a surge).
+    pub max_unavailable: MaxUnavailableSetting,
+    /// `auto`'s cap, when given.
+    pub cap: Option<MaxUnavailable>,
+    /// Whether an `auto` batch may span zones.
+    pub across_zones: bool,
+    /// Replacements ahead of the old nodes (the replace action).
+    pub max_surge: MaxSurge,
+}
+
+/// How the workers move, the settings resolved: what a plan and a run take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerWindows {
+    /// The plan's worker batch size: the fixed size, `auto`'s cap, or with a surge the old
+    /// nodes out at once (at least one, so the plan's batches still show the nodes in order).
+    pub max_unavailable: MaxUnavailable,
+    /// `auto`'s settings: each batch is chosen from the live cluster ([`choose`]).
+    pub auto: Option<Auto>,
+    /// A replace run's surge ([`Surge`]).
+    pub surge: Option<Surge>,
+}
+
+impl WorkerSettings {
+    /// Resolves the settings for a run of `style`. Refused, in this order (the first mistake
+    /// found is the one reported): a surge with 0 or `auto` ([`Surge::new`]); without a surge,
+    /// 0, or the cap or across-zones with a fixed size ([`Batching::new`]); a surge where
+    /// nothing is replaced ([`MaxSurge::check_style`]); a surge with a cap (the cap is
+    /// `auto`'s, and a surge takes no `auto`).
+    pub fn resolve(self, style: Style) -> Result<WorkerWindows, BatchingError> {
+        let surge = Surge::new(self.max_surge, self.max_unavailable)?;
+        let windows = match surge {
+            Some(s) => WorkerWindows {
+                max_unavailable: s.unavailable.unwrap_or(MaxUnavailable::Count(1)),
+                auto: None,
+                surge: Some(s),
+            },
+            None => match Batching::new(self.max_unavailable, self.cap, self.across_zones)? {
+                Batching::Fixed(m) => WorkerWindows { max_unavailable: m, auto: None, surge: None },
+                Batching::Auto(a) => WorkerWindows { max_unavailable: a.cap, auto: Some(a), surge: None },
+            },
+        };
+        self.max_surge.check_style(style)?;
+        if windows.surge.is_some() && self.cap.is_some() {
+            return Err(BatchingError::AutoOnly(Setting::MaxUnavailableCap));
+        }
+        Ok(windows)
     }
 }
 
@@ -828,6 +883,102 @@ mod tests {
         assert_eq!(MaxSurge::Count(1).check_style(Style::InPlace), Err(BatchingError::SurgeNeedsReplace));
         assert!(MaxSurge::Count(1).check_style(Style::Replace).is_ok());
         assert!(MaxSurge::None.check_style(Style::InPlace).is_ok());
+    }
+
+    /// The worker settings of one case: `max_unavailable`, cap, across-zones, `max_surge`.
+    fn settings(m: &str, cap: Option<u32>, across_zones: bool, surge: &str) -> WorkerSettings {
+        WorkerSettings {
+            max_unavailable: m.parse().unwrap(),
+            cap: cap.map(MaxUnavailable::Count),
+            across_zones,
+            max_surge: surge.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn worker_settings_resolve_to_their_windows() {
+        let (n, p) = (MaxUnavailable::Count, MaxUnavailable::Percent);
+        let windows = |m, auto, surge| Ok(WorkerWindows { max_unavailable: m, auto, surge });
+        for style in [Style::InPlace, Style::Replace] {
+            // Fixed: its own size, nothing else.
+            assert_eq!(settings("3", None, false, "0").resolve(style), windows(n(3), None, None));
+            assert_eq!(settings("10%", None, false, "0").resolve(style), windows(p(10), None, None));
+            // Auto: the plan shows its cap; the default cap unless one is given.
+            let auto = |cap, across_zones| Some(Auto { cap, across_zones });
+            assert_eq!(
+                settings("auto", None, false, "0").resolve(style),
+                windows(DEFAULT_CAP, auto(DEFAULT_CAP, false), None)
+            );
+            assert_eq!(
+                settings("auto", Some(4), true, "0").resolve(style),
+                windows(n(4), auto(n(4), true), None)
+            );
+        }
+        // A surge (replace only): the old nodes out at once as given, at least one in the plan.
+        let surge = |s, unavailable| Some(Surge { surge: MaxSurge::Count(s), unavailable });
+        assert_eq!(
+            settings("2", None, false, "3").resolve(Style::Replace),
+            windows(n(2), None, surge(3, Some(n(2))))
+        );
+        assert_eq!(
+            settings("0", None, false, "3").resolve(Style::Replace),
+            windows(n(1), None, surge(3, None))
+        );
+    }
+
+    #[test]
+    fn worker_settings_that_contradict_each_other_are_refused() {
+        use BatchingError::*;
+        for (case, style, refused) in [
+            (settings("3", Some(2), false, "0"), Style::InPlace, AutoOnly(Setting::MaxUnavailableCap)),
+            (settings("3", None, true, "0"), Style::InPlace, AutoOnly(Setting::AcrossZones)),
+            (settings("3", Some(2), true, "0"), Style::InPlace, AutoOnly(Setting::MaxUnavailableCap)),
+            (settings("0", None, false, "0"), Style::Replace, Stalled),
+            (settings("0", Some(2), true, "0"), Style::InPlace, Stalled),
+            (settings("auto", None, false, "2"), Style::Replace, SurgeWithAuto),
+            // The surge with auto is the first mistake, before the style's.
+            (settings("auto", None, false, "2"), Style::InPlace, SurgeWithAuto),
+            (settings("2", None, false, "2"), Style::InPlace, SurgeNeedsReplace),
+            (settings("0", None, false, "10%"), Style::InPlace, SurgeNeedsReplace),
+            (settings("2", Some(3), false, "2"), Style::Replace, AutoOnly(Setting::MaxUnavailableCap)),
+            (settings("0", Some(3), false, "2"), Style::Replace, AutoOnly(Setting::MaxUnavailableCap)),
+            // The style's mistake before the cap's.
+            (settings("2", Some(3), false, "2"), Style::InPlace, SurgeNeedsReplace),
+        ] {
+            assert_eq!(case.resolve(style), Err(refused.clone()), "{case:?} {style:?}");
+        }
+        let flag = |s: Setting| match s {
+            Setting::MaxUnavailableCap => "--max-unavailable-cap".to_string(),
+            Setting::MaxUnavailable => "--max-unavailable".to_string(),
+            s => format!("--{s:?}"),
+        };
+        let e = settings("2", Some(3), false, "2").resolve(Style::Replace).unwrap_err();
+        assert_eq!(
+            e.spell(&flag),
+            "--max-unavailable-cap applies only to --max-unavailable auto (a fixed size is its own cap and ignores zones)"
+        );
+    }
+
+    /// Every combination: accepted ones keep each setting where it belongs.
+    #[test]
+    fn every_accepted_combination_keeps_its_settings() {
+        for m in ["3", "auto", "0"] {
+            for cap in [None, Some(4)] {
+                for across_zones in [false, true] {
+                    for surge in ["0", "2"] {
+                        for style in [Style::InPlace, Style::Replace] {
+                            let case = settings(m, cap, across_zones, surge);
+                            let Ok(w) = case.resolve(style) else { continue };
+                            assert_eq!(w.auto.is_some(), m == "auto", "{case:?}");
+                            assert_eq!(w.surge.is_some(), surge != "0", "{case:?}");
+                            assert!(w.surge.is_none() || style == Style::Replace, "{case:?} {style:?}");
+                            assert!(w.surge.is_none() || cap.is_none(), "{case:?}");
+                            assert!(m != "0" || w.surge.is_some(), "0 only with a surge: {case:?}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// A random cluster: nodes in up to three zones (some without one), some tainted, pods of

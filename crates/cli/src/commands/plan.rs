@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use refit_core::VersionRequest;
-use refit_core::batch::{Batching, MaxSurge, MaxUnavailableSetting, parse_cap};
+use refit_core::batch::{WorkerSettings, WorkerWindows, parse_cap};
 use refit_core::catalog::Catalog;
 use refit_core::drain::DrainOptions;
 use refit_core::plan::{Mode, Plan};
@@ -103,17 +103,17 @@ pub fn plan_input(
     request: VersionRequest,
     plan_file: PlanFile,
 ) -> anyhow::Result<PlanInput> {
-    let setting: MaxUnavailableSetting = args.max_unavailable.parse().map_err(usage_spelled)?;
-    let cap = args.max_unavailable_cap.as_deref().map(parse_cap).transpose().map_err(usage_spelled)?;
-    let max_surge: MaxSurge =
-        args.max_surge.as_deref().map(str::parse).transpose().map_err(usage_spelled)?.unwrap_or_default();
-    let surge = refit_core::surge::Surge::new(max_surge, setting).map_err(usage_spelled)?;
-    let (max_unavailable, auto) = match (surge, Batching::new(setting, cap, args.across_zones)) {
-        // The plan's batches show the old nodes out at once beside the surge (at least one).
-        (Some(s), _) => (s.unavailable.unwrap_or(refit_core::plan::MaxUnavailable::Count(1)), None),
-        (None, Ok(Batching::Fixed(m))) => (m, None),
-        (None, Ok(Batching::Auto(a))) => (a.cap, Some(a)),
-        (None, Err(e)) => return Err(usage_spelled(e)),
+    let workers = WorkerSettings {
+        max_unavailable: args.max_unavailable.parse().map_err(usage_spelled)?,
+        cap: args.max_unavailable_cap.as_deref().map(parse_cap).transpose().map_err(usage_spelled)?,
+        across_zones: args.across_zones,
+        max_surge: args
+            .max_surge
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(usage_spelled)?
+            .unwrap_or_default(),
     };
     let mode = match (args.offline, args.ignore_safety_checks) {
         (true, true) => return Err(usage("--offline and --ignore-safety-checks exclude each other")),
@@ -129,12 +129,8 @@ pub fn plan_input(
         Some(refit_engine::spec::NodeAction::Replace { .. }) => refit_core::run::Style::Replace,
         _ => refit_core::run::Style::InPlace,
     };
-    max_surge.check_style(style).map_err(usage_spelled)?;
-    if surge.is_some() && cap.is_some() {
-        return Err(usage_spelled(refit_core::batch::BatchingError::AutoOnly(
-            refit_core::setting::Setting::MaxUnavailableCap,
-        )));
-    }
+    // Core's rule for how the worker settings combine; it needs the action's style.
+    let WorkerWindows { max_unavailable, auto, surge } = workers.resolve(style).map_err(usage_spelled)?;
     let probe = crate::commands::reach::target_probe(args.action.as_deref(), &plan_file)?;
     Ok(PlanInput {
         catalog,
