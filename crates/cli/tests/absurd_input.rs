@@ -149,6 +149,7 @@ fn contradicting_worker_settings_are_refused_in_flags() {
             vec!["--action", &replace, "--max-surge", "2", "--max-unavailable-cap", "3"],
             format!("--max-unavailable-cap {auto_only}"),
         ),
+        (vec!["--action", &replace, "--max-surge", "2", "--across-zones"], format!("--across-zones {auto_only}")),
         (vec!["--action", &replace, "--max-surge", "x"], "--max-surge 'x' is not a count".into()),
     ] {
         let err = refused(refit().args(["plan", "--to", "1.37", "--kubeconfig"]).arg(&kubeconfig).args(&args));

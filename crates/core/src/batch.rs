@@ -210,8 +210,8 @@ impl WorkerSettings {
     /// Resolves the settings for a run of `style`. Refused, in this order (the first mistake
     /// found is the one reported): a surge with 0 or `auto` ([`Surge::new`]); without a surge,
     /// 0, or the cap or across-zones with a fixed size ([`Batching::new`]); a surge where
-    /// nothing is replaced ([`MaxSurge::check_style`]); a surge with a cap (the cap is
-    /// `auto`'s, and a surge takes no `auto`).
+    /// nothing is replaced ([`MaxSurge::check_style`]); a surge with a cap or across-zones
+    /// (both are `auto`'s, and a surge takes no `auto`).
     pub fn resolve(self, style: Style) -> Result<WorkerWindows, BatchingError> {
         let surge = Surge::new(self.max_surge, self.max_unavailable)?;
         let windows = match surge {
@@ -226,8 +226,14 @@ impl WorkerSettings {
             },
         };
         self.max_surge.check_style(style)?;
-        if windows.surge.is_some() && self.cap.is_some() {
-            return Err(BatchingError::AutoOnly(Setting::MaxUnavailableCap));
+        if windows.surge.is_some() {
+            // A surge takes a fixed size, so `auto`'s own settings are refused as with one.
+            if self.cap.is_some() {
+                return Err(BatchingError::AutoOnly(Setting::MaxUnavailableCap));
+            }
+            if self.across_zones {
+                return Err(BatchingError::AutoOnly(Setting::AcrossZones));
+            }
         }
         Ok(windows)
     }
@@ -942,6 +948,10 @@ mod tests {
             (settings("0", None, false, "10%"), Style::InPlace, SurgeNeedsReplace),
             (settings("2", Some(3), false, "2"), Style::Replace, AutoOnly(Setting::MaxUnavailableCap)),
             (settings("0", Some(3), false, "2"), Style::Replace, AutoOnly(Setting::MaxUnavailableCap)),
+            (settings("2", None, true, "2"), Style::Replace, AutoOnly(Setting::AcrossZones)),
+            (settings("0", None, true, "2"), Style::Replace, AutoOnly(Setting::AcrossZones)),
+            // The cap's mistake before across-zones'.
+            (settings("2", Some(3), true, "2"), Style::Replace, AutoOnly(Setting::MaxUnavailableCap)),
             // The style's mistake before the cap's.
             (settings("2", Some(3), false, "2"), Style::InPlace, SurgeNeedsReplace),
         ] {
@@ -973,6 +983,7 @@ mod tests {
                             assert_eq!(w.surge.is_some(), surge != "0", "{case:?}");
                             assert!(w.surge.is_none() || style == Style::Replace, "{case:?} {style:?}");
                             assert!(w.surge.is_none() || cap.is_none(), "{case:?}");
+                            assert!(w.surge.is_none() || !across_zones, "{case:?}");
                             assert!(m != "0" || w.surge.is_some(), "0 only with a surge: {case:?}");
                         }
                     }
