@@ -164,19 +164,25 @@ async fn identity_of(conn: &refit_kube::Connection) -> Result<String, String> {
 
 /// Whether the cluster `conn` reaches is the one `m` was added with (why not, when not).
 pub async fn check_bound(m: &MemberRecord, conn: &refit_kube::Connection) -> Result<(), String> {
-    let Some(bound) = &m.cluster_uid else {
-        return Err(format!(
-            "member {} is bound to no cluster (added before refit recorded cluster identities): run refit fleet member update {} --kubeconfig FILE --context NAME",
-            m.name, m.name
-        ));
-    };
-    let found = identity_of(conn).await?;
-    if &found != bound {
-        return Err(format!(
-            "its kubeconfig now reaches another cluster (kube-system UID {found}, the member was added with {bound}): refusing to touch it; fix the kubeconfig, or remove the member and add it again"
-        ));
+    use refit_core::fleet::binding::{NotBound, OtherCluster, verify};
+    if m.cluster_uid.is_none() {
+        // Before the read: an unbound member is refused whatever its access reaches.
+        return Err(unbound(&m.name));
     }
-    Ok(())
+    let found = identity_of(conn).await?;
+    match verify(m.cluster_uid.as_deref(), &found) {
+        Ok(()) => Ok(()),
+        Err(NotBound::Unbound) => Err(unbound(&m.name)),
+        Err(NotBound::OtherCluster(OtherCluster { bound, found })) => Err(format!(
+            "its kubeconfig now reaches another cluster (kube-system UID {found}, the member was added with {bound}): refusing to touch it; fix the kubeconfig, or remove the member and add it again"
+        )),
+    }
+}
+
+fn unbound(name: &str) -> String {
+    format!(
+        "member {name} is bound to no cluster (added before refit recorded cluster identities): run refit fleet member update {name} --kubeconfig FILE --context NAME"
+    )
 }
 
 /// Connects to the member's cluster and checks it is the one the member is bound to.

@@ -7,12 +7,37 @@
 /// added before refit recorded identities) and the one its new access `found`: the same
 /// cluster keeps its binding, an unbound member is bound now, another cluster is refused.
 pub fn rebind(recorded: Option<&str>, found: &str) -> Result<String, OtherCluster> {
-    match recorded {
-        Some(bound) if bound != found => {
-            Err(OtherCluster { bound: bound.to_string(), found: found.to_string() })
-        }
-        _ => Ok(found.to_string()),
+    if let Some(bound) = recorded {
+        same(bound, found)?;
     }
+    Ok(found.to_string())
+}
+
+/// Whether a member's access, which `found` a cluster, may be used: only when it reaches the
+/// cluster the member is bound to. An unbound member is touched by nothing until it is bound
+/// (by updating its access, [`rebind`]).
+pub fn verify(recorded: Option<&str>, found: &str) -> Result<(), NotBound> {
+    match recorded {
+        None => Err(NotBound::Unbound),
+        Some(bound) => same(bound, found).map_err(NotBound::OtherCluster),
+    }
+}
+
+fn same(bound: &str, found: &str) -> Result<(), OtherCluster> {
+    if bound == found {
+        Ok(())
+    } else {
+        Err(OtherCluster { bound: bound.to_string(), found: found.to_string() })
+    }
+}
+
+/// Why a member's access may not be used ([`verify`]); the edge says what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotBound {
+    /// The member was added before refit recorded cluster identities.
+    Unbound,
+    /// Its access now reaches another cluster.
+    OtherCluster(OtherCluster),
 }
 
 /// The member's new access reaches another cluster than the one it is bound to (nothing is
@@ -40,6 +65,16 @@ mod tests {
     #[test]
     fn an_unbound_member_is_bound_to_what_its_access_reaches() {
         assert_eq!(rebind(None, "uid-a"), Ok("uid-a".to_string()));
+    }
+
+    #[test]
+    fn only_the_bound_cluster_may_be_used() {
+        assert_eq!(verify(Some("uid-a"), "uid-a"), Ok(()));
+        assert_eq!(verify(None, "uid-a"), Err(NotBound::Unbound));
+        assert_eq!(
+            verify(Some("uid-a"), "uid-b"),
+            Err(NotBound::OtherCluster(OtherCluster { bound: "uid-a".into(), found: "uid-b".into() }))
+        );
     }
 
     #[test]
