@@ -3,6 +3,9 @@
 //! This file only wires things together: parse arguments, set up logging, run the command,
 //! turn its error into the documented exit code (0 done, 1 failed or blocked, 2 bad input).
 
+// Library code may not panic on a missing value or an index (clippy.toml lets tests).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod args;
 mod commands;
 mod output;

@@ -25,7 +25,7 @@
 
 // A panic here would take a fleet (or the hub) down with it: none outside tests
 // (clippy.toml lets tests unwrap and expect).
-#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 pub mod events;
 pub mod hub;

@@ -19,12 +19,9 @@ pub mod drain;
 pub mod duration;
 pub mod eta;
 pub mod event;
-pub mod identity;
-// The fleet modules are being split by a parallel change (issue 12 item 5); their lint fixes
-// land with that split rather than as conflicting edits now.
-#[allow(clippy::indexing_slicing, clippy::arithmetic_side_effects, clippy::unwrap_used, clippy::expect_used)]
 pub mod fleet;
 pub mod health;
+pub mod identity;
 pub mod inventory;
 pub mod lock;
 pub mod path;

@@ -22,7 +22,7 @@
 
 // A panic here would take a fleet (or the hub) down with it: none outside tests
 // (clippy.toml lets tests unwrap and expect).
-#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 pub mod api;
 pub mod commit;

@@ -149,14 +149,19 @@ pub fn cordon_owner(n: &Node) -> Option<String> {
     if !unschedulable || refit_owns { Some(by) } else { None }
 }
 
-/// Applies `patch` only if the node still has `resource_version`. `Ok(false)` = lost a race.
+/// Sets the node's cordon (`unschedulable`) and refit's `annotations` (a `null` removes one)
+/// only if the node still has `resource_version`. `Ok(false)` = lost a race.
 async fn guarded_patch(
     api: &Api<Node>,
     node: &str,
-    mut patch: Value,
+    annotations: Value,
+    unschedulable: bool,
     resource_version: &str,
 ) -> Result<bool, Error> {
-    patch["metadata"]["resourceVersion"] = json!(resource_version);
+    let patch = json!({
+        "metadata": {"annotations": annotations, "resourceVersion": resource_version},
+        "spec": {"unschedulable": unschedulable},
+    });
     let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_string()), ..PatchParams::default() };
     // Guarded by the resourceVersion: a repeat after a lost answer is a 409 (re-observed).
     let patch = Patch::Merge(&patch);
@@ -184,11 +189,8 @@ pub async fn cordon(conn: &Connection, node: &str, run_id: &str) -> Result<Cordo
         // Schedulable: nobody holds a cordon, whatever stale annotation says (an earlier run's
         // cordon that someone lifted with `kubectl uncordon`). The node becomes ours.
         let at = k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-        let patch = json!({
-            "metadata": {"annotations": {CORDONED_BY: run_id, CORDONED_AT: at}},
-            "spec": {"unschedulable": true},
-        });
-        if guarded_patch(&api, node, patch, &seen.resource_version).await? {
+        let annotations = json!({CORDONED_BY: run_id, CORDONED_AT: at});
+        if guarded_patch(&api, node, annotations, true, &seen.resource_version).await? {
             return Ok(CordonOutcome::Cordoned);
         }
     }
@@ -209,11 +211,8 @@ pub async fn uncordon(conn: &Connection, node: &str, run_id: &str) -> Result<Unc
             });
         }
         // `null` removes an annotation in a merge patch.
-        let patch = json!({
-            "metadata": {"annotations": {CORDONED_BY: null, CORDONED_AT: null}},
-            "spec": {"unschedulable": false},
-        });
-        if guarded_patch(&api, node, patch, &seen.resource_version).await? {
+        let annotations = json!({CORDONED_BY: null, CORDONED_AT: null});
+        if guarded_patch(&api, node, annotations, false, &seen.resource_version).await? {
             return Ok(if seen.unschedulable {
                 UncordonOutcome::Uncordoned
             } else {

@@ -5,6 +5,9 @@
 //! connect and read timeouts so an unreachable cluster fails in seconds instead of hanging, and
 //! no automatic retry of 429/503/504 so that a PDB refusal of an eviction reaches the caller.
 
+// Library code may not panic on a missing value or an index (clippy.toml lets tests).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 pub mod addons;
 pub mod apis;
 pub mod connect;

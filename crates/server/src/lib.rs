@@ -12,7 +12,7 @@
 //! its broadcast), `metrics`, `dashboard` (HTML), `view` (pure projections: a cluster run's
 //! per-node timeline, blockers and ETA), `notify` (webhook rules and delivery), `openapi`.
 
-#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 pub mod api;
 pub mod auth;

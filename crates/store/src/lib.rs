@@ -11,6 +11,9 @@
 //! write still refused is retried with jittered backoff ([`with_busy_retry`]) before it
 //! becomes an [`Error::Busy`] naming the file.
 
+// Library code may not panic on a missing value or an index (clippy.toml lets tests).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 pub mod catalog;
 pub mod fleet;
 pub mod notify;

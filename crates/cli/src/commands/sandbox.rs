@@ -354,7 +354,13 @@ pub async fn add_node(args: AddNodeArgs, format: Format) -> anyhow::Result<ExitC
     let taints = args.taints.iter().map(|t| parse_taint(t)).collect::<anyhow::Result<Vec<_>>>()?;
     let version = match &args.kube_version {
         Some(v) => resolve_version(v, &TestbedVersions::from_env()?)?,
-        None => tb.members()[0].binaries.version.clone(),
+        None => {
+            let members = tb.members();
+            let first = members
+                .first()
+                .context("the sandbox has no control-plane member to take a version from: give --version")?;
+            first.binaries.version.clone()
+        }
     };
     let client = tb.client().await?;
     if Api::<Node>::all(client).get_opt(&args.node).await?.is_some() {

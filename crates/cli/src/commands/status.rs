@@ -46,7 +46,7 @@ async fn local_kubectl(bin: &str) -> Option<Observed> {
     let run = tokio::process::Command::new(bin).args(["version", "--client", "-o", "json"]).output();
     let out = tokio::time::timeout(Duration::from_secs(10), run).await.ok()?.ok()?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    let git = v["clientVersion"]["gitVersion"].as_str()?.to_string();
+    let git = v.pointer("/clientVersion/gitVersion")?.as_str()?.to_string();
     Some(Observed {
         location: format!("local ({bin})"),
         reported: Some(git),

@@ -20,20 +20,14 @@ struct VersionRow {
 
 /// Compacts a sorted version list into per-minor ranges: `1.35.9, 1.36.0–1.36.4`.
 pub fn compact(versions: &[Version]) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < versions.len() {
-        let mut j = i;
-        while j + 1 < versions.len() && versions[j + 1].minor_version() == versions[i].minor_version() {
-            j += 1;
-        }
-        parts.push(if i == j {
-            versions[i].to_string()
-        } else {
-            format!("{}–{}", versions[i], versions[j])
-        });
-        i = j + 1;
-    }
+    let parts: Vec<String> = versions
+        .chunk_by(|a, b| a.minor_version() == b.minor_version())
+        .filter_map(|minor| match minor {
+            [one] => Some(one.to_string()),
+            [first, .., last] => Some(format!("{first}–{last}")),
+            [] => None,
+        })
+        .collect();
     if parts.is_empty() { "-".into() } else { parts.join(", ") }
 }
 

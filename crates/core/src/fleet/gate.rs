@@ -88,7 +88,7 @@ impl FromStr for UtcOffset {
             return Ok(UtcOffset(Offset::UTC));
         }
         let (sign, rest) = match s.as_bytes().first() {
-            Some(b'+') => (1, &s[1..]),
+            Some(b'+') => (1i32, &s[1..]),
             Some(b'-') => (-1, &s[1..]),
             _ => return Err(bad()),
         };
@@ -96,12 +96,16 @@ impl FromStr for UtcOffset {
         if h.len() != 2 || m.len() != 2 {
             return Err(bad());
         }
-        let h: i32 = h.parse().map_err(|_| bad())?;
-        let m: i32 = m.parse().map_err(|_| bad())?;
-        if m >= 60 || h * 60 + m > 14 * 60 {
+        let h: u8 = h.parse().map_err(|_| bad())?;
+        let m: u8 = m.parse().map_err(|_| bad())?;
+        // Two digits each: the products below stay far inside i32.
+        let minutes = i32::from(h).saturating_mul(60).saturating_add(i32::from(m));
+        if m >= 60 || minutes > 14 * 60 {
             return Err(bad());
         }
-        Offset::from_seconds(sign * (h * 3600 + m * 60)).map(UtcOffset).map_err(|_| bad())
+        Offset::from_seconds(sign.saturating_mul(minutes.saturating_mul(60)))
+            .map(UtcOffset)
+            .map_err(|_| bad())
     }
 }
 
@@ -130,9 +134,9 @@ impl<'de> Deserialize<'de> for UtcOffset {
 /// passed this week means next week (Azure's rule for ScheduledStart gates).
 pub fn next_scheduled(day: Day, time: Time, offset: UtcOffset, now: Timestamp) -> Timestamp {
     let local = offset.0.to_datetime(now);
-    let ahead = (i64::from(day.weekday().to_monday_zero_offset())
-        - i64::from(local.weekday().to_monday_zero_offset()))
-    .rem_euclid(7);
+    let ahead = i64::from(day.weekday().to_monday_zero_offset())
+        .saturating_sub(i64::from(local.weekday().to_monday_zero_offset()))
+        .rem_euclid(7);
     let date = local.date().checked_add(jiff::Span::new().days(ahead)).unwrap_or(local.date());
     let mut at = date.to_datetime(time);
     if at < local {

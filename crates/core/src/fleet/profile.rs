@@ -303,7 +303,7 @@ pub fn target_for(
     let target = channel_version(profile, catalog, today)?;
     let tm = target.minor_version();
     let mut held_back = Vec::new();
-    let mut movable = 0;
+    let mut movable = 0usize;
     for (name, v) in member_versions {
         if tm.minors_ahead_of(v.minor_version()) > 1 {
             held_back.push(HeldBack {
@@ -316,7 +316,7 @@ pub fn target_for(
                 ),
             });
         } else if v.release() < target {
-            movable += 1;
+            movable = movable.saturating_add(1);
         }
     }
     if movable == 0 {

@@ -49,7 +49,7 @@ impl Limit {
         match self {
             Limit::Count(c) => c,
             Limit::Percent(p) => {
-                let scaled = u64::from(p) * n as u64;
+                let scaled = u64::from(p).saturating_mul(u64::try_from(n).unwrap_or(u64::MAX));
                 let v = if up { scaled.div_ceil(100) } else { scaled / 100 };
                 u32::try_from(v).unwrap_or(u32::MAX)
             }
@@ -656,8 +656,8 @@ pub fn resolve(strategy: &Strategy, members: &[FleetMember]) -> Result<RunPlan, 
     strategy.validate()?;
     let mut sorted: Vec<&FleetMember> = members.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
-    if let Some(w) = sorted.windows(2).find(|w| w[0].name == w[1].name) {
-        return Err(StrategyError::DuplicateMember(w[0].name.clone()));
+    if let Some([a, _]) = sorted.windows(2).find(|w| matches!(w, [a, b] if a.name == b.name)) {
+        return Err(StrategyError::DuplicateMember(a.name.clone()));
     }
     let mut owner: BTreeMap<String, String> = BTreeMap::new();
     let mut stages = Vec::with_capacity(strategy.stages.len());

@@ -354,8 +354,8 @@ impl Schedule<'_> {
     /// Local dates whose occurrence could still be open at an instant whose local date is `d`.
     fn candidates_around(&self, d: Date) -> impl Iterator<Item = Date> + '_ {
         // An occurrence lasts at most 7 days; a day more on each side covers offset changes.
-        let back = i64::from(self.window.duration_minutes / (24 * 60)) + 2;
-        (-back..=1).filter_map(move |k| d.checked_add(jiff::Span::new().days(k)).ok())
+        let back = i64::from(self.window.duration_minutes / (24 * 60)).saturating_add(2);
+        (back.saturating_neg()..=1).filter_map(move |k| d.checked_add(jiff::Span::new().days(k)).ok())
     }
 
     /// The occurrence open at `now` that started first, if any.

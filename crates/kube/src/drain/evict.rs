@@ -257,10 +257,10 @@ pub(super) async fn post_eviction(
     pod: &PodRef,
     grace_period: Option<i64>,
 ) -> Result<(), kube::Error> {
-    let mut delete_options = json!({"preconditions": {"uid": pod.uid}});
-    if let Some(g) = grace(grace_period) {
-        delete_options["gracePeriodSeconds"] = json!(g);
-    }
+    let delete_options = match grace(grace_period) {
+        Some(g) => json!({"preconditions": {"uid": pod.uid}, "gracePeriodSeconds": g}),
+        None => json!({"preconditions": {"uid": pod.uid}}),
+    };
     let body = json!({
         "apiVersion": "policy/v1",
         "kind": "Eviction",

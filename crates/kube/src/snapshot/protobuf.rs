@@ -177,6 +177,12 @@ impl Head {
     }
 }
 
+/// The value of the field `h` at the start of `bytes` (whose length the caller checked against
+/// `h.end()`).
+fn body_of<'a>(bytes: &'a [u8], h: &Head) -> Result<&'a [u8], Error> {
+    bytes.get(h.head..h.end()).ok_or(Error::Malformed("field longer than its message"))
+}
+
 /// The head of the field at the start of `bytes`; `None` while the bytes end inside it.
 fn field_head(bytes: &[u8]) -> Result<Option<Head>, Error> {
     let mut cursor = Fields(bytes);
@@ -222,7 +228,8 @@ impl<D: Item> ListStream<D> {
         self.buf.extend_from_slice(chunk);
         let mut pos = 0;
         loop {
-            let rest = &self.buf[pos..];
+            // `pos` only moves over bytes already in the buffer.
+            let rest = self.buf.get(pos..).unwrap_or_default();
             match self.state {
                 StreamState::Magic => {
                     if rest.len() < MAGIC.len() {
@@ -246,7 +253,7 @@ impl<D: Item> ListStream<D> {
                         break;
                     }
                     if h.wire_type == 2 {
-                        check_envelope_field(h.number, &rest[h.head..h.end()], self.kind)?;
+                        check_envelope_field(h.number, body_of(rest, &h)?, self.kind)?;
                     }
                     pos += h.end();
                 }
@@ -259,7 +266,7 @@ impl<D: Item> ListStream<D> {
                         break;
                     }
                     if h.wire_type == 2 && h.number == 2 {
-                        each(D::decode(&rest[h.head..h.end()])?);
+                        each(D::decode(body_of(rest, &h)?)?);
                     }
                     pos += h.end();
                     self.state = StreamState::List { remaining: remaining - h.end() };
@@ -418,7 +425,8 @@ impl<'a> Fields<'a> {
                 2 => {
                     let len = self.varint()?;
                     let payload = self.take(len)?;
-                    let raw = &start[..start.len() - self.0.len()];
+                    let used = start.len() - self.0.len();
+                    let raw = start.get(..used).ok_or(Error::Malformed("field past its message"))?;
                     return Ok(Some(Field { number: key >> 3, payload, raw }));
                 }
                 _ => return Err(Error::Malformed("group wire type")),

@@ -13,7 +13,11 @@ pub fn render_schedule(s: &Schedule, backup: Option<Result<&BackupSpec, &str>>) 
     for (i, st) in s.stages.iter().enumerate() {
         let nodes: Vec<&str> = st.units.iter().map(|u| u.node.as_str()).collect();
         let shown = if nodes.len() > 6 {
-            format!("{} … (+{})", nodes[..6].join(", "), nodes.len() - 6)
+            format!(
+                "{} … (+{})",
+                nodes.iter().take(6).copied().collect::<Vec<_>>().join(", "),
+                nodes.len() - 6
+            )
         } else {
             nodes.join(", ")
         };

@@ -85,7 +85,7 @@ pub(super) fn mutate(run: &mut RunState, event: &Event) -> Result<(), Transition
             }
             run.status.message = None;
             run.intent = Intent::Run;
-            run.attempt += 1;
+            run.attempt = run.attempt.saturating_add(1);
         }
         Event::Stop { .. } => {
             if !(run.intent == Intent::Run && matches!(run.status.state, Running | Pending)) {
@@ -117,7 +117,7 @@ pub(super) fn mutate(run: &mut RunState, event: &Event) -> Result<(), Transition
             }
             reset_for_restart(run, false, at);
             run.intent = Intent::Run;
-            run.attempt += 1;
+            run.attempt = run.attempt.saturating_add(1);
         }
         Event::Skip { targets, by, .. } => skip(run, targets, by.as_deref(), at)?,
         Event::ApproveGate { gate, by, expires_at, .. } => {
@@ -160,7 +160,7 @@ pub(super) fn mutate(run: &mut RunState, event: &Event) -> Result<(), Transition
                 }
                 (None, GateTiming::After) => {
                     run.ensure_stage_open(si, &what)?;
-                    if !run.stages[si].groups_done() {
+                    if !run.stage_at(si)?.groups_done() {
                         return Err(TransitionError::NotReached {
                             what,
                             why: format!("groups of stage {} are still working", gate.stage),
@@ -178,7 +178,7 @@ pub(super) fn mutate(run: &mut RunState, event: &Event) -> Result<(), Transition
                     run.ensure_stage_open(si, &what)?;
                     if timing == GateTiming::After {
                         run.ensure_group_open(si, gi, &what)?;
-                        let grp = &run.stages[si].groups[gi];
+                        let grp = run.group_at(si, gi)?;
                         if !grp.members.iter().all(|m| matches!(m.status.state, Completed | Skipped | Failed))
                         {
                             return Err(TransitionError::NotReached {
@@ -217,7 +217,7 @@ pub(super) fn mutate(run: &mut RunState, event: &Event) -> Result<(), Transition
             let si = run.locate_stage(stage)?;
             let what = format!("health gate {gate} of stage {stage}");
             run.ensure_stage_open(si, &what)?;
-            if !run.stages[si].groups_done() {
+            if !run.stage_at(si)?.groups_done() {
                 return Err(TransitionError::NotReached { what, why: "its groups are still working".into() });
             }
             let h = health_mut(run, si, gate)?;
@@ -260,7 +260,7 @@ pub(super) fn mutate(run: &mut RunState, event: &Event) -> Result<(), Transition
             let si = run.locate_stage(stage)?;
             let what = format!("the after-stage wait of {stage}");
             run.ensure_stage_open(si, &what)?;
-            if !run.stages[si].groups_done() {
+            if !run.stage_at(si)?.groups_done() {
                 return Err(TransitionError::NotReached { what, why: "its groups are still working".into() });
             }
             let w = wait_mut(run, si)?;
@@ -293,11 +293,11 @@ pub(super) fn mutate(run: &mut RunState, event: &Event) -> Result<(), Transition
             run.ensure_active("start a member")?;
             let (si, gi, mi) = run.locate_member(member)?;
             run.ensure_group_open(si, gi, &format!("member {member}"))?;
-            let m = &run.stages[si].groups[gi].members[mi];
+            let m = run.member_at(si, gi, mi)?;
             if !matches!(m.status.state, NotStarted | Pending) {
                 return Err(member_state_error(m, "start it"));
             }
-            let (st, g) = (&run.stages[si], &run.stages[si].groups[gi]);
+            let (st, g) = (run.stage_at(si)?, run.group_at(si, gi)?);
             if g.in_flight() >= g.max_concurrency {
                 return Err(TransitionError::Concurrency {
                     member: member.clone(),
@@ -312,7 +312,7 @@ pub(super) fn mutate(run: &mut RunState, event: &Event) -> Result<(), Transition
                     max: st.max_concurrency,
                 });
             }
-            let m = &mut run.stages[si].groups[gi].members[mi];
+            let m = run.member_at_mut(si, gi, mi)?;
             m.status.set_member(Running, None, at);
             m.status.started_at = Some(at);
             m.status.error = None;
@@ -321,12 +321,12 @@ pub(super) fn mutate(run: &mut RunState, event: &Event) -> Result<(), Transition
             m.target = Some(target.clone());
             m.operation = operation.clone();
             m.window_closes_at = *window_closes_at;
-            m.attempts += 1;
+            m.attempts = m.attempts.saturating_add(1);
         }
         Event::MemberSucceeded { member, .. } | Event::MemberFailed { member, .. } => {
             let failed = matches!(event, Event::MemberFailed { .. });
             let (si, gi, mi) = run.locate_member(member)?;
-            let m = &mut run.stages[si].groups[gi].members[mi];
+            let m = run.member_at_mut(si, gi, mi)?;
             if !m.status.state.in_flight() {
                 return Err(member_state_error(
                     m,
@@ -350,7 +350,7 @@ pub(super) fn mutate(run: &mut RunState, event: &Event) -> Result<(), Transition
                 _ => (PendingReason::Unavailable { message: message.clone() }, "wait for it to be reachable"),
             };
             let (si, gi, mi) = run.locate_member(member)?;
-            let m = &mut run.stages[si].groups[gi].members[mi];
+            let m = run.member_at_mut(si, gi, mi)?;
             if m.status.state.in_flight() {
                 m.unfinished = true;
             }
@@ -370,7 +370,7 @@ pub(super) fn mutate(run: &mut RunState, event: &Event) -> Result<(), Transition
             run.ensure_active("mark a member pending")?;
             let (si, gi, mi) = run.locate_member(member)?;
             run.ensure_group_open(si, gi, &format!("member {member}"))?;
-            let m = &mut run.stages[si].groups[gi].members[mi];
+            let m = run.member_at_mut(si, gi, mi)?;
             if !matches!(m.status.state, NotStarted | Pending) {
                 return Err(member_state_error(m, "mark it pending"));
             }
@@ -379,7 +379,7 @@ pub(super) fn mutate(run: &mut RunState, event: &Event) -> Result<(), Transition
         }
         Event::MemberUnblocked { member, .. } => {
             let (si, gi, mi) = run.locate_member(member)?;
-            let m = &mut run.stages[si].groups[gi].members[mi];
+            let m = run.member_at_mut(si, gi, mi)?;
             if m.status.state != Pending {
                 return Err(member_state_error(m, "unblock it"));
             }
@@ -393,7 +393,7 @@ pub(super) fn mutate(run: &mut RunState, event: &Event) -> Result<(), Transition
             run.ensure_active("skip a member")?;
             let (si, gi, mi) = run.locate_member(member)?;
             run.ensure_group_open(si, gi, &format!("member {member}"))?;
-            let m = &mut run.stages[si].groups[gi].members[mi];
+            let m = run.member_at_mut(si, gi, mi)?;
             if !matches!(m.status.state, NotStarted | Pending) {
                 return Err(member_state_error(m, "skip it"));
             }
@@ -402,7 +402,7 @@ pub(super) fn mutate(run: &mut RunState, event: &Event) -> Result<(), Transition
         Event::DriverTookOver { .. } => {}
         Event::MemberRelaunched { member, .. } => {
             let (si, gi, mi) = run.locate_member(member)?;
-            let m = &run.stages[si].groups[gi].members[mi];
+            let m = run.member_at(si, gi, mi)?;
             if !m.status.state.in_flight() {
                 return Err(member_state_error(m, "relaunch its upgrade"));
             }
@@ -443,16 +443,17 @@ pub(super) fn health_mut<'a>(
     si: usize,
     gate: &str,
 ) -> Result<&'a mut HealthGateState, TransitionError> {
-    let unknown = TransitionError::UnknownGate {
-        run: run.name.clone(),
-        gate: format!("{}/health/{gate}", run.stages[si].name),
-    };
-    run.stages[si].health_gates.iter_mut().find(|h| h.gate.name == gate).ok_or(unknown)
+    let run_name = run.name.clone();
+    let stage = run.stage_at_mut(si)?;
+    let unknown =
+        TransitionError::UnknownGate { run: run_name, gate: format!("{}/health/{gate}", stage.name) };
+    stage.health_gates.iter_mut().find(|h| h.gate.name == gate).ok_or(unknown)
 }
 
 pub(super) fn wait_mut(run: &mut RunState, si: usize) -> Result<&mut WaitState, TransitionError> {
-    let name = run.stages[si].name.clone();
-    run.stages[si].after_stage_wait.as_mut().ok_or(TransitionError::State {
+    let stage = run.stage_at_mut(si)?;
+    let name = stage.name.clone();
+    stage.after_stage_wait.as_mut().ok_or(TransitionError::State {
         what: format!("stage {name}"),
         state: "without an after-stage wait".into(),
         action: "use its after-stage wait",
@@ -572,7 +573,7 @@ pub(super) fn skip(
         match t {
             SkipTarget::Member(n) => {
                 let (si, gi, mi) = run.locate_member(n)?;
-                let m = &run.stages[si].groups[gi].members[mi];
+                let m = run.member_at(si, gi, mi)?;
                 if m.status.state.in_flight() {
                     return Err(TransitionError::State {
                         what: format!("member {n}"),
@@ -589,7 +590,7 @@ pub(super) fn skip(
             }
             SkipTarget::Group(n) => {
                 let (si, gi) = run.locate_group(n)?;
-                let g = &run.stages[si].groups[gi];
+                let g = run.group_at(si, gi)?;
                 if g.status.state == Completed {
                     return Err(TransitionError::State {
                         what: format!("group {n}"),
@@ -600,7 +601,7 @@ pub(super) fn skip(
             }
             SkipTarget::Stage(n) => {
                 let si = run.locate_stage(n)?;
-                if run.stages[si].status.state == Completed {
+                if run.stage_at(si)?.status.state == Completed {
                     return Err(TransitionError::State {
                         what: format!("stage {n}"),
                         state: "Completed".into(),
@@ -648,15 +649,15 @@ pub(super) fn skip_one(
     match t {
         SkipTarget::Member(n) => {
             let (si, gi, mi) = run.locate_member(n)?;
-            skip_member(&mut run.stages[si].groups[gi].members[mi]);
+            skip_member(run.member_at_mut(si, gi, mi)?);
         }
         SkipTarget::Group(n) => {
             let (si, gi) = run.locate_group(n)?;
-            skip_group(&mut run.stages[si].groups[gi]);
+            skip_group(run.group_at_mut(si, gi)?);
         }
         SkipTarget::Stage(n) => {
             let si = run.locate_stage(n)?;
-            let st = &mut run.stages[si];
+            let st = run.stage_at_mut(si)?;
             st.groups.iter_mut().for_each(skip_group);
             st.before_gates.iter_mut().chain(&mut st.after_gates).for_each(|x| x.skip(at));
             st.health_gates.iter_mut().for_each(|h| h.skip(at));

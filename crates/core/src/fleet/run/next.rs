@@ -150,8 +150,7 @@ pub fn next(run: &RunState, facts: &Facts, now: Timestamp) -> Vec<Decision> {
         }
         return out;
     }
-    let Some(si) = run.current_stage() else { return out };
-    let st = &run.stages[si];
+    let Some(st) = run.current_stage().and_then(|si| run.stages.get(si)) else { return out };
     let mut waits: Vec<(Option<Timestamp>, String)> = Vec::new();
     if gate_step(&st.before_gates, now, &mut out, &mut waits) {
         let mut stage_slots = st.max_concurrency.saturating_sub(st.in_flight());
@@ -224,8 +223,8 @@ pub fn next(run: &RunState, facts: &Facts, now: Timestamp) -> Vec<Decision> {
                     }
                     Assessment::Ready { target, closes_at } => {
                         if group_slots > 0 && stage_slots > 0 {
-                            group_slots -= 1;
-                            stage_slots -= 1;
+                            group_slots = group_slots.saturating_sub(1);
+                            stage_slots = stage_slots.saturating_sub(1);
                             out.push(Decision::StartMember {
                                 stage: st.name.clone(),
                                 group: g.name.clone(),

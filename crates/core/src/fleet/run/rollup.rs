@@ -264,7 +264,7 @@ pub(super) fn roll_run(run: &mut RunState, at: Timestamp) {
     } else if run.intent == Intent::Stop {
         (if in_flight { Stopping } else { Stopped }, None)
     } else {
-        match run.current_stage().map(|i| &run.stages[i]) {
+        match run.current_stage().and_then(|i| run.stages.get(i)) {
             Some(s) if s.status.state == Pending => (
                 Pending,
                 s.status.pending.as_ref().map(|r| PendingReason::Waiting {

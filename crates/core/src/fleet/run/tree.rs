@@ -347,7 +347,12 @@ pub(super) fn gate_states(
         .enumerate()
         .map(|(i, spec)| {
             GateState::new(
-                GateRef { stage: stage.to_string(), group: group.map(str::to_string), timing, index: i + 1 },
+                GateRef {
+                    stage: stage.to_string(),
+                    group: group.map(str::to_string),
+                    timing,
+                    index: i.saturating_add(1),
+                },
                 spec.clone(),
             )
         })
@@ -479,7 +484,7 @@ impl RunState {
         if self.intent != Intent::Run || !matches!(self.status.state, Running | Pending) {
             return Vec::new();
         }
-        let Some(st) = self.current_stage().map(|i| &self.stages[i]) else { return Vec::new() };
+        let Some(st) = self.current_stage().and_then(|i| self.stages.get(i)) else { return Vec::new() };
         if !st.groups_done() {
             return Vec::new();
         }
@@ -495,17 +500,66 @@ impl RunState {
     pub fn progress(&self) -> Progress {
         let mut p = Progress::default();
         for (_, _, m) in self.members() {
-            p.total += 1;
+            let one_more = |n: &mut u32| *n = n.saturating_add(1);
+            one_more(&mut p.total);
             match m.status.state {
-                Completed => p.completed += 1,
-                Skipped => p.skipped += 1,
-                Failed => p.failed += 1,
-                Running | Stopping => p.in_flight += 1,
-                Pending => p.pending += 1,
+                Completed => one_more(&mut p.completed),
+                Skipped => one_more(&mut p.skipped),
+                Failed => one_more(&mut p.failed),
+                Running | Stopping => one_more(&mut p.in_flight),
+                Pending => one_more(&mut p.pending),
                 _ => {}
             }
         }
         p
+    }
+
+    /// Stage `si` (a position [`Self::locate_stage`] gave). Out of range only if the run
+    /// changed between locating and reading, which is reported rather than a panic.
+    pub(super) fn stage_at(&self, si: usize) -> Result<&StageState, TransitionError> {
+        self.stages.get(si).ok_or_else(|| self.lost_stage(si))
+    }
+
+    pub(super) fn stage_at_mut(&mut self, si: usize) -> Result<&mut StageState, TransitionError> {
+        let lost = self.lost_stage(si);
+        self.stages.get_mut(si).ok_or(lost)
+    }
+
+    /// Group `gi` of stage `si` (a position [`Self::locate_group`] gave).
+    pub(super) fn group_at(&self, si: usize, gi: usize) -> Result<&GroupState, TransitionError> {
+        self.stage_at(si)?.groups.get(gi).ok_or_else(|| self.lost_group(si, gi))
+    }
+
+    pub(super) fn group_at_mut(&mut self, si: usize, gi: usize) -> Result<&mut GroupState, TransitionError> {
+        let lost = self.lost_group(si, gi);
+        self.stage_at_mut(si)?.groups.get_mut(gi).ok_or(lost)
+    }
+
+    /// Member `mi` of group `(si, gi)` (a position [`Self::locate_member`] gave).
+    pub(super) fn member_at(&self, si: usize, gi: usize, mi: usize) -> Result<&MemberState, TransitionError> {
+        self.group_at(si, gi)?.members.get(mi).ok_or_else(|| self.lost_member(si, gi, mi))
+    }
+
+    pub(super) fn member_at_mut(
+        &mut self,
+        si: usize,
+        gi: usize,
+        mi: usize,
+    ) -> Result<&mut MemberState, TransitionError> {
+        let lost = self.lost_member(si, gi, mi);
+        self.group_at_mut(si, gi)?.members.get_mut(mi).ok_or(lost)
+    }
+
+    fn lost_stage(&self, si: usize) -> TransitionError {
+        TransitionError::UnknownStage { run: self.name.clone(), name: format!("#{si}") }
+    }
+
+    fn lost_group(&self, si: usize, gi: usize) -> TransitionError {
+        TransitionError::UnknownGroup { run: self.name.clone(), name: format!("#{si}.{gi}") }
+    }
+
+    fn lost_member(&self, si: usize, gi: usize, mi: usize) -> TransitionError {
+        TransitionError::UnknownMember { run: self.name.clone(), name: format!("#{si}.{gi}.{mi}") }
     }
 
     pub(super) fn locate_member(&self, name: &str) -> Result<(usize, usize, usize), TransitionError> {
@@ -571,13 +625,17 @@ impl RunState {
     /// Stage `si` is the current one and its before-gates passed.
     pub(super) fn ensure_stage_open(&self, si: usize, what: &str) -> Result<(), TransitionError> {
         let not = |why: String| Err(TransitionError::NotReached { what: what.to_string(), why });
+        let stage = self.stage_at(si)?;
         match self.current_stage() {
             Some(c) if c == si => {}
-            Some(c) if c < si => return not(format!("stage {} comes first", self.stages[c].name)),
-            _ => return not(format!("stage {} is already done", self.stages[si].name)),
+            Some(c) if c < si => {
+                let first = self.stage_at(c)?;
+                return not(format!("stage {} comes first", first.name));
+            }
+            _ => return not(format!("stage {} is already done", stage.name)),
         }
-        if !self.stages[si].before_gates.iter().all(|g| g.state.is_done()) {
-            return not(format!("the gates before stage {} have not passed", self.stages[si].name));
+        if !stage.before_gates.iter().all(|g| g.state.is_done()) {
+            return not(format!("the gates before stage {} have not passed", stage.name));
         }
         Ok(())
     }
@@ -585,7 +643,7 @@ impl RunState {
     /// Group `(si, gi)` is open for member work.
     pub(super) fn ensure_group_open(&self, si: usize, gi: usize, what: &str) -> Result<(), TransitionError> {
         self.ensure_stage_open(si, what)?;
-        let g = &self.stages[si].groups[gi];
+        let g = self.group_at(si, gi)?;
         if !g.before_gates.iter().all(|x| x.state.is_done()) {
             return Err(TransitionError::NotReached {
                 what: what.to_string(),
