@@ -17,7 +17,8 @@
 //!   (issue 18 item 17: one node upgraded twice at once). The guardian gets `SIGTERM` when refit
 //!   dies and then kills the whole group, itself included; the program gets `SIGKILL` if the
 //!   guardian dies. The death signal fires when the *thread* that forked exits, so guardians
-//!   are forked from one long-lived spawner thread, never from a tokio worker that may retire.
+//!   are forked from one long-lived spawner thread (`refit_spawner`, shared with the testbed),
+//!   never from a tokio worker that may retire.
 //!   Processes that leave the group on purpose (`setsid`, as the sandbox's daemons do) are not
 //!   the action's to kill. The guardian may also hold a lock file for the action (the exec
 //!   action's per-node lock, [`crate::exec`]): the lock is free exactly when the guardian, and
@@ -31,7 +32,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
-use std::sync::{Mutex, OnceLock, mpsc};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -402,7 +403,7 @@ impl Tails {
 }
 
 fn last(lines: &[String], n: usize) -> Vec<String> {
-    lines[lines.len().saturating_sub(n)..].to_vec()
+    lines.iter().skip(lines.len().saturating_sub(n)).cloned().collect()
 }
 
 /// Reads `reader` to its end, handing each line to `on_line` as it completes and keeping the
@@ -433,13 +434,18 @@ pub(crate) async fn pump<R: AsyncRead + Unpin>(
             }
             return Ok(());
         }
-        buf.extend_from_slice(&chunk[..n]);
-        let mut start = 0;
-        while let Some(pos) = buf[start..].iter().position(|b| *b == b'\n') {
-            emit(&buf[start..start + pos]);
-            start += pos + 1;
+        let Some(read) = chunk.get(..n) else {
+            return Err(io::Error::other(format!("a read of {n} bytes into a buffer of {}", chunk.len())));
+        };
+        buf.extend_from_slice(read);
+        // Every piece but an unfinished last one ends with a newline.
+        let mut consumed = 0;
+        for piece in buf.split_inclusive(|b| *b == b'\n') {
+            let Some(line) = piece.strip_suffix(b"\n") else { break };
+            emit(line);
+            consumed += piece.len();
         }
-        buf.drain(..start);
+        buf.drain(..consumed);
         while buf.len() >= MAX_LINE_BYTES {
             let rest = buf.split_off(MAX_LINE_BYTES);
             emit(&buf);
@@ -448,46 +454,23 @@ pub(crate) async fn pump<R: AsyncRead + Unpin>(
     }
 }
 
-type SpawnReply = oneshot::Sender<io::Result<Child>>;
-type SpawnRequest = (Command, Handle, SpawnReply);
-type Spawner = Mutex<Option<mpsc::Sender<SpawnRequest>>>;
-
-/// The long-lived thread that forks children (see the module docs for why).
-fn spawner() -> &'static Spawner {
-    static SPAWNER: OnceLock<Spawner> = OnceLock::new();
-    SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnRequest>();
-        let started = std::thread::Builder::new().name("refit-exec-spawner".into()).spawn(move || {
-            for (mut cmd, handle, reply) in rx {
-                // tokio registers the child with the runtime of the caller, so enter it here.
-                let _runtime = handle.enter();
-                let spawned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cmd.spawn()))
-                    .unwrap_or_else(|_| Err(io::Error::other("the runtime refused to spawn the process")));
-                if let Err(Ok(child)) = reply.send(spawned) {
-                    // The caller gave up while we were forking: end what we started.
-                    if let Some(pid) = child.id() {
-                        kill_group(pid as libc::pid_t);
-                    }
-                }
-            }
-            // The sender lives in a static, so the loop only ends as the process exits; the
-            // thread must not end before its children do (their death signal is tied to it).
-            loop {
-                std::thread::park();
-            }
-        });
-        Mutex::new(started.ok().map(|_| tx))
-    })
-}
-
-async fn spawn_attached(cmd: Command) -> io::Result<Child> {
+/// Forks `cmd` on `refit_spawner`'s long-lived thread (see the module docs for why) without
+/// blocking this runtime's worker.
+async fn spawn_attached(mut cmd: Command) -> io::Result<Child> {
     let handle = Handle::try_current().map_err(|_| io::Error::other("run_command needs a tokio runtime"))?;
-    let (reply, answer) = oneshot::channel();
-    {
-        let guard = spawner().lock().unwrap_or_else(|p| p.into_inner());
-        let sender =
-            guard.as_ref().ok_or_else(|| io::Error::other("the spawner thread could not be started"))?;
-        sender.send((cmd, handle, reply)).map_err(|_| io::Error::other("the spawner thread is gone"))?;
-    }
+    let (reply, answer) = oneshot::channel::<io::Result<Child>>();
+    refit_spawner::run(Box::new(move || {
+        // tokio registers the child with the runtime of the caller, so enter it here.
+        let _runtime = handle.enter();
+        let spawned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cmd.spawn()))
+            .unwrap_or_else(|_| Err(io::Error::other("the runtime refused to spawn the process")));
+        if let Err(Ok(child)) = reply.send(spawned) {
+            // The caller gave up while we were forking: end what we started.
+            if let Some(pid) = child.id() {
+                kill_group(pid as libc::pid_t);
+            }
+        }
+    }))
+    .map_err(io::Error::other)?;
     answer.await.map_err(|_| io::Error::other("the spawner thread dropped the request"))?
 }

@@ -80,30 +80,38 @@ pub async fn etcd_health(endpoints: &[EtcdEndpoint]) -> Result<EtcdHealth, Strin
     let alarms = post(ep, "/v3/maintenance/alarm", r#"{"action":"GET"}"#)
         .await
         .map_err(|e| format!("{}: reading alarms: {e}", ep.url))?;
-    let alarms = alarms["alarms"]
-        .as_array()
+    let alarms = alarms
+        .get("alarms")
+        .and_then(|a| a.as_array())
         .map(|a| {
             a.iter()
                 .filter_map(|x| {
-                    Some((id(&x["memberID"]).unwrap_or(0), EtcdAlarm::parse(x["alarm"].as_str()?)))
+                    let member = x.get("memberID").and_then(id).unwrap_or(0);
+                    Some((member, EtcdAlarm::parse(x.get("alarm")?.as_str()?)))
                 })
                 .filter(|(_, a)| *a != EtcdAlarm::Other("NONE".into()))
                 .collect()
         })
         .unwrap_or_default();
-    let raw = list["members"].as_array().cloned().unwrap_or_default();
+    let raw = list.get("members").and_then(|m| m.as_array()).cloned().unwrap_or_default();
     let statuses = raw.iter().map(|m| async move {
-        let url = m["clientURLs"].as_array().and_then(|u| u.first()).and_then(|u| u.as_str());
+        let url =
+            m.get("clientURLs").and_then(|u| u.as_array()).and_then(|u| u.first()).and_then(|u| u.as_str());
         let Some(url) = url else {
             return (false, Some("no client URL (not started yet?)".to_string()));
         };
         let member_ep = EtcdEndpoint { url: url.to_string(), ..ep.clone() };
         match post(&member_ep, "/v3/maintenance/status", "{}").await {
-            Ok(st) if st["errors"].as_array().is_some_and(|e| !e.is_empty()) => {
-                (false, Some(format!("reports errors: {}", st["errors"])))
+            Ok(st) => {
+                let errors = st.get("errors").filter(|e| e.as_array().is_some_and(|e| !e.is_empty()));
+                if let Some(errors) = errors {
+                    (false, Some(format!("reports errors: {errors}")))
+                } else if st.get("leader").and_then(id).unwrap_or(0) == 0 {
+                    (false, Some("has no leader".to_string()))
+                } else {
+                    (true, None)
+                }
             }
-            Ok(st) if id(&st["leader"]).unwrap_or(0) == 0 => (false, Some("has no leader".to_string())),
-            Ok(_) => (true, None),
             Err(e) => (false, Some(e.to_string())),
         }
     });
@@ -112,10 +120,10 @@ pub async fn etcd_health(endpoints: &[EtcdEndpoint]) -> Result<EtcdHealth, Strin
         .iter()
         .zip(statuses)
         .map(|(m, (healthy, problem))| EtcdMember {
-            id: id(&m["ID"]).unwrap_or(0),
-            name: m["name"].as_str().unwrap_or_default().to_string(),
+            id: m.get("ID").and_then(id).unwrap_or(0),
+            name: m.get("name").and_then(|n| n.as_str()).unwrap_or_default().to_string(),
             healthy,
-            learner: m["isLearner"].as_bool().unwrap_or(false),
+            learner: m.get("isLearner").and_then(|l| l.as_bool()).unwrap_or(false),
             problem,
         })
         .collect();

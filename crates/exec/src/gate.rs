@@ -161,13 +161,13 @@ fn percent_encode(s: &str) -> String {
 pub fn query_result(status: u16, body: &str) -> Result<Vec<Sample>, String> {
     let v: serde_json::Value = serde_json::from_str(body)
         .map_err(|_| format!("HTTP {status} and not Prometheus' API answer: {}", first_line(body, 200)))?;
-    if v["status"] != "success" {
-        let kind = v["errorType"].as_str().unwrap_or("error");
-        let msg = v["error"].as_str().unwrap_or("no message");
+    if v.get("status").and_then(|s| s.as_str()) != Some("success") {
+        let kind = v.get("errorType").and_then(|k| k.as_str()).unwrap_or("error");
+        let msg = v.get("error").and_then(|m| m.as_str()).unwrap_or("no message");
         return Err(format!("{kind}: {msg}"));
     }
-    let value = |pair: &serde_json::Value| -> Result<f64, String> {
-        let text = pair.get(1).and_then(|t| t.as_str()).ok_or("a sample without a value")?;
+    let value = |pair: Option<&serde_json::Value>| -> Result<f64, String> {
+        let text = pair.and_then(|p| p.get(1)).and_then(|t| t.as_str()).ok_or("a sample without a value")?;
         // Prometheus writes NaN, +Inf and -Inf as text.
         match text {
             "NaN" => Ok(f64::NAN),
@@ -176,15 +176,19 @@ pub fn query_result(status: u16, body: &str) -> Result<Vec<Sample>, String> {
             t => t.parse().map_err(|_| format!("sample value '{t}' is not a number")),
         }
     };
-    let data = &v["data"];
-    match data["resultType"].as_str() {
-        Some("vector") => data["result"]
-            .as_array()
+    let data = v.get("data");
+    let result = data.and_then(|d| d.get("result"));
+    match data.and_then(|d| d.get("resultType")).and_then(|t| t.as_str()) {
+        Some("vector") => result
+            .and_then(|r| r.as_array())
             .ok_or("a vector result without series")?
             .iter()
-            .map(|s| Ok(Sample { labels: labels(&s["metric"]), value: value(&s["value"])? }))
+            .map(|s| {
+                let labels = s.get("metric").map(labels).unwrap_or_default();
+                Ok(Sample { labels, value: value(s.get("value"))? })
+            })
             .collect(),
-        Some("scalar") => Ok(vec![Sample { labels: String::new(), value: value(&data["result"])? }]),
+        Some("scalar") => Ok(vec![Sample { labels: String::new(), value: value(result)? }]),
         Some(other) => Err(format!(
             "the query returns a {other}; a gate needs an instant vector or a scalar (drop the range selector [..])"
         )),

@@ -18,6 +18,9 @@
 //!
 //! Nothing here reads or prints credentials: identity files are passed to ssh by path.
 
+// Library code may not panic on a missing value or an index (clippy.toml lets tests).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 pub mod backup;
 pub mod command;
 pub mod detached;

@@ -608,7 +608,10 @@ pub(crate) fn sha256_file(path: &Path) -> std::io::Result<String> {
         if n == 0 {
             break;
         }
-        hasher.update(&buf[..n]);
+        let Some(read) = buf.get(..n) else {
+            return Err(std::io::Error::other(format!("a read of {n} bytes into a buffer of {}", buf.len())));
+        };
+        hasher.update(read);
     }
     Ok(hex::encode(hasher.finalize()))
 }

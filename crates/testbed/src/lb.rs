@@ -100,7 +100,7 @@ pub async fn serve(listener: TcpListener, backends: Vec<SocketAddr>) {
         tokio::spawn(async move {
             let start = next.fetch_add(1, Ordering::Relaxed);
             for i in 0..backends.len() {
-                let backend = backends[(start + i) % backends.len()];
+                let Some(&backend) = backends.get((start + i) % backends.len()) else { continue };
                 let connect = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(backend)).await;
                 if let Ok(Ok(mut upstream)) = connect {
                     let mut client = client;

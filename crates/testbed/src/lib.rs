@@ -7,6 +7,9 @@
 //! hands tests one testbed per test binary; the sandbox is a detached testbed whose state
 //! lives in a directory.
 
+// Library code may not panic on a missing value or an index (clippy.toml lets tests).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 pub mod cache;
 pub mod etcd_cluster;
 pub mod kubeadm;

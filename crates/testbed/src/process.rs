@@ -4,8 +4,9 @@
 //! started it, even after a panic with `panic=abort`, a `kill -9`, or a test harness that exits
 //! without running destructors: its children are spawned from one long-lived spawner thread
 //! with `PR_SET_PDEATHSIG=SIGKILL`, so the kernel kills them when this process dies. (The
-//! death signal fires when the *thread* that forked exits, which is why spawning happens on a
-//! thread that lives as long as the process and not on whatever tokio worker asked.)
+//! death signal fires when the *thread* that forked exits, which is why spawning happens on
+//! `refit_spawner`'s thread, which lives as long as the process, and not on whatever tokio
+//! worker asked.)
 //! A *detached* testbed (the sandbox) must outlive the CLI that started it: its children get
 //! a new session and are found again later by PID from the saved state.
 
@@ -16,7 +17,6 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -42,29 +42,6 @@ pub struct Proc {
     pub pid: i32,
     /// The handle, when this process started it (lets us reap it and avoid zombies).
     child: Option<Child>,
-}
-
-type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
-
-/// The long-lived thread that forks attached children (see the module docs for why).
-fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
-    SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnRequest>();
-        // If the thread cannot start, the receiver is dropped with the closure and every
-        // spawn reports "spawner gone" instead of panicking.
-        let _ = std::thread::Builder::new().name("testbed-spawner".into()).spawn(move || {
-            for (mut cmd, reply) in rx {
-                let _ = reply.send(cmd.spawn());
-            }
-            // The channel's sender lives in a static, so this loop never ends while the
-            // process lives; when it does end the process is exiting anyway.
-            loop {
-                std::thread::park();
-            }
-        });
-        Mutex::new(tx)
-    })
 }
 
 impl Proc {
@@ -103,12 +80,13 @@ impl Proc {
                     });
                 }
                 let (tx, rx) = mpsc::channel();
-                spawner()
-                    .lock()
-                    .map_err(|_| Error::Process { name: name.into(), detail: "spawner poisoned".into() })?
-                    .send((cmd, tx))
-                    .map_err(|_| Error::Process { name: name.into(), detail: "spawner gone".into() })?;
-                rx.recv().map_err(|_| Error::Process { name: name.into(), detail: "spawner gone".into() })?
+                let gone =
+                    |e: &dyn std::fmt::Display| Error::Process { name: name.into(), detail: e.to_string() };
+                refit_spawner::run(Box::new(move || {
+                    let _ = tx.send(cmd.spawn());
+                }))
+                .map_err(|e| gone(&e))?;
+                rx.recv().map_err(|_| gone(&refit_spawner::Unavailable))?
             }
             Lifetime::Detached => {
                 // SAFETY: setsid is async-signal-safe; it makes the child a session and group
@@ -240,11 +218,8 @@ pub fn group_alive(pgid: i32) -> bool {
                     std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().is_some_and(|stat| {
                         let Some((_, rest)) = stat.rsplit_once(')') else { return false };
                         let fields: Vec<&str> = rest.split_whitespace().collect();
-                        // fields[0] = state, fields[2] = pgrp
-                        fields.len() > 2
-                            && fields[2] == pgid.to_string()
-                            && fields[0] != "Z"
-                            && fields[0] != "X"
+                        let [state, _ppid, pgrp, ..] = fields.as_slice() else { return false };
+                        *pgrp == pgid.to_string() && *state != "Z" && *state != "X"
                     })
                 },
             )

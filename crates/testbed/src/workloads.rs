@@ -42,8 +42,8 @@ where
         + std::fmt::Debug,
     K::DynamicType: Default,
 {
-    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
-    let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+    let name = obj.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or_default().to_string();
+    let ns = obj.pointer("/metadata/namespace").and_then(|n| n.as_str()).unwrap_or("default").to_string();
     let api: Api<K> = Api::namespaced(client.clone(), &ns);
     api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&obj))
         .await
@@ -77,15 +77,20 @@ pub async fn apply_static_pods(
     }
     for (component, image) in components {
         let name = format!("{component}-{node}");
-        let mut annotations = json!({
-            "kubernetes.io/config.mirror": format!("{component}-{}", version.git_version()),
-            "kubernetes.io/config.source": "file",
-            "kubernetes.io/config.seen": "2026-01-01T00:00:00Z",
-        });
+        let mut annotations = serde_json::Map::from_iter([
+            (
+                "kubernetes.io/config.mirror".to_string(),
+                json!(format!("{component}-{}", version.git_version())),
+            ),
+            ("kubernetes.io/config.source".to_string(), json!("file")),
+            ("kubernetes.io/config.seen".to_string(), json!("2026-01-01T00:00:00Z")),
+        ]);
         if component == "kube-apiserver" {
             // kubeadm records where each apiserver listens; tools use it to ask each one.
-            annotations["kubeadm.kubernetes.io/kube-apiserver.advertise-address.endpoint"] =
-                json!(apiserver_endpoint);
+            annotations.insert(
+                "kubeadm.kubernetes.io/kube-apiserver.advertise-address.endpoint".to_string(),
+                json!(apiserver_endpoint),
+            );
         }
         let pod = json!({
             "apiVersion": "v1",
@@ -267,9 +272,17 @@ pub async fn install_demo(client: &Client, namespace: &str) -> Result<(), Error>
     apply::<Deployment>(client, deployment(namespace, "singleton", 1)).await?;
     // Pods with emptyDir: their data is lost when evicted.
     let mut cache = deployment(namespace, "cache", 2);
-    cache["spec"]["template"]["spec"]["volumes"] = json!([{"name": "scratch", "emptyDir": {}}]);
-    cache["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] =
-        json!([{"name": "scratch", "mountPath": "/scratch"}]);
+    let no_container = || Error::Config("the cache deployment has no pod spec with a container".into());
+    cache
+        .pointer_mut("/spec/template/spec")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(no_container)?
+        .insert("volumes".to_string(), json!([{"name": "scratch", "emptyDir": {}}]));
+    cache
+        .pointer_mut("/spec/template/spec/containers/0")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(no_container)?
+        .insert("volumeMounts".to_string(), json!([{"name": "scratch", "mountPath": "/scratch"}]));
     apply::<Deployment>(client, cache).await?;
     let db = json!({"app": "db"});
     apply::<StatefulSet>(

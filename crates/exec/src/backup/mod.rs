@@ -762,14 +762,14 @@ impl LineSplitter {
     fn push(&mut self, data: &[u8]) -> Result<Vec<Vec<u8>>, String> {
         self.buf.extend_from_slice(data);
         let mut out = Vec::new();
-        let mut start = 0;
-        while let Some(i) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+        // Only the bytes after `scanned` can hold a newline; everything up to the last one
+        // found is complete lines.
+        let new = self.buf.get(self.scanned..).unwrap_or_default();
+        if let Some(i) = new.iter().rposition(|&b| b == b'\n') {
             let end = self.scanned + i + 1;
-            out.push(self.buf[start..end].to_vec());
-            start = end;
-            self.scanned = end;
+            let complete: Vec<u8> = self.buf.drain(..end).collect();
+            out = complete.split_inclusive(|&b| b == b'\n').map(<[u8]>::to_vec).collect();
         }
-        self.buf.drain(..start);
         self.scanned = self.buf.len();
         if self.buf.len() > MAX_LINE {
             return Err(format!("a line of more than {MAX_LINE} bytes: not etcd's snapshot stream"));
@@ -862,21 +862,23 @@ impl Verifier {
         self.whole.update(blob);
         self.bytes += blob.len() as u64;
         if self.head.len() < HEAD {
-            let take = (HEAD - self.head.len()).min(blob.len());
-            self.head.extend_from_slice(&blob[..take]);
+            let take = HEAD - self.head.len();
+            self.head.extend(blob.iter().take(take));
         }
         // Everything but the newest 32 bytes is certainly database: hash it straight from the
         // chunk; keep only the last 32 bytes back.
-        if blob.len() >= TRAILER {
+        if let Some((db, last)) = blob.split_last_chunk::<TRAILER>() {
             self.db.update(&self.tail);
-            self.db.update(&blob[..blob.len() - TRAILER]);
+            self.db.update(db);
             self.tail.clear();
-            self.tail.extend_from_slice(&blob[blob.len() - TRAILER..]);
+            self.tail.extend_from_slice(last);
         } else {
             self.tail.extend_from_slice(blob);
-            if self.tail.len() > TRAILER {
-                let cut = self.tail.len() - TRAILER;
-                self.db.update(&self.tail[..cut]);
+            if let Some((db, _)) = self.tail.split_last_chunk::<TRAILER>()
+                && !db.is_empty()
+            {
+                self.db.update(db);
+                let cut = db.len();
                 self.tail.drain(..cut);
             }
         }

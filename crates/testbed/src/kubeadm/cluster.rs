@@ -291,13 +291,13 @@ impl KubeadmCluster {
         listen: SocketAddr,
         backends: Vec<SocketAddr>,
     ) -> Result<(), Error> {
-        match (&cfg.lifetime, &cfg.lb_command) {
-            (Lifetime::Detached, Some(cmd)) if !cmd.is_empty() => {
-                let mut args: Vec<String> = cmd.iter().skip(1).cloned().collect();
+        match (&cfg.lifetime, cfg.lb_command.as_deref()) {
+            (Lifetime::Detached, Some([program, rest @ ..])) => {
+                let mut args: Vec<String> = rest.to_vec();
                 args.push(format!("--listen={listen}"));
                 args.extend(backends.iter().map(|b| format!("--backend={b}")));
                 let log = self.state.dir.join("logs").join("lb.log");
-                let proc = Proc::spawn("lb", Path::new(&cmd[0]), &args, &[], &log, Lifetime::Detached)?;
+                let proc = Proc::spawn("lb", Path::new(program), &args, &[], &log, Lifetime::Detached)?;
                 self.state.pids.insert("lb".into(), proc.release());
             }
             (Lifetime::Detached, _) => {
@@ -310,11 +310,11 @@ impl KubeadmCluster {
 
     fn start_repo(&mut self, cfg: &KubeadmConfig, gateway: Ipv4Addr) -> Result<(), Error> {
         let root = self.state.dir.join("repo");
-        let addr = match (&cfg.lifetime, &cfg.repo_command) {
-            (Lifetime::Detached, Some(cmd)) if !cmd.is_empty() => {
+        let addr = match (&cfg.lifetime, cfg.repo_command.as_deref()) {
+            (Lifetime::Detached, Some([program, rest @ ..])) => {
                 let port = free_port_on(gateway)?;
                 let addr = SocketAddr::from((gateway, port));
-                let mut args: Vec<String> = cmd.iter().skip(1).cloned().collect();
+                let mut args: Vec<String> = rest.to_vec();
                 args.extend([
                     "--root".to_string(),
                     root.display().to_string(),
@@ -322,7 +322,7 @@ impl KubeadmCluster {
                     addr.to_string(),
                 ]);
                 let log = self.state.dir.join("logs").join("repo.log");
-                let proc = Proc::spawn("repo", Path::new(&cmd[0]), &args, &[], &log, Lifetime::Detached)?;
+                let proc = Proc::spawn("repo", Path::new(program), &args, &[], &log, Lifetime::Detached)?;
                 self.state.pids.insert("repo".into(), proc.release());
                 addr
             }

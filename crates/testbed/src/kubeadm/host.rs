@@ -175,8 +175,11 @@ impl Network {
                 .and_then(|mut f| f.read_exact(&mut bytes))
                 .map_err(|e| Error::io(Path::new("/dev/urandom"), e))?;
             const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-            let id: String =
-                bytes.iter().map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char).collect();
+            let id: String = bytes
+                .iter()
+                .filter_map(|b| ALPHABET.get(usize::from(*b) % ALPHABET.len()))
+                .map(|c| char::from(*c))
+                .collect();
             let netns_prefix = format!("refit-{id}-");
             let netns_taken = fs::read_dir(NETNS_DIR).is_ok_and(|entries| {
                 entries
@@ -308,19 +311,23 @@ fn parse_prefixes(addrs: &str, routes: &str) -> Result<Vec<(Ipv4Addr, u8)>, Stri
     };
     let mut out = Vec::new();
     for link in parse(addrs)? {
-        for info in link["addr_info"].as_array().into_iter().flatten() {
-            if info["family"] != "inet" {
+        for info in link.get("addr_info").and_then(|a| a.as_array()).into_iter().flatten() {
+            if info.get("family").and_then(|f| f.as_str()) != Some("inet") {
                 continue;
             }
-            let local = info["local"].as_str().and_then(|s| s.parse::<Ipv4Addr>().ok());
-            let len = info["prefixlen"].as_u64().and_then(|l| u8::try_from(l).ok()).filter(|l| *l <= 32);
+            let local = info.get("local").and_then(|l| l.as_str()).and_then(|s| s.parse::<Ipv4Addr>().ok());
+            let len = info
+                .get("prefixlen")
+                .and_then(|l| l.as_u64())
+                .and_then(|l| u8::try_from(l).ok())
+                .filter(|l| *l <= 32);
             if let (Some(local), Some(len)) = (local, len) {
                 out.push((local, len));
             }
         }
     }
     for route in parse(routes)? {
-        let Some(dst) = route["dst"].as_str() else { continue };
+        let Some(dst) = route.get("dst").and_then(|d| d.as_str()) else { continue };
         if dst == "default" {
             continue;
         }
@@ -945,23 +952,20 @@ fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>, Error> {
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
 fn unescape_mountinfo(field: &str) -> Vec<u8> {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
+    let mut out = Vec::with_capacity(field.len());
+    let mut rest = field.as_bytes();
+    while let [first, after_first @ ..] = rest {
+        if *first == b'\\'
+            && let Some((digits, after_escape)) = after_first.split_first_chunk::<3>()
+            && digits.iter().all(|b| (b'0'..=b'7').contains(b))
+            && let Ok(b) = u8::try_from(digits.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0')))
         {
-            let value = bytes[i + 1..i + 4].iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
-            if let Ok(b) = u8::try_from(value) {
-                out.push(b);
-                i += 4;
-                continue;
-            }
+            out.push(b);
+            rest = after_escape;
+            continue;
         }
-        out.push(bytes[i]);
-        i += 1;
+        out.push(*first);
+        rest = after_first;
     }
     out
 }
@@ -1260,18 +1264,19 @@ impl Hosts {
         self.state.nodes.push(host);
         self.register(None)?;
         self.state.ssh.write(&self.state.nodes)?;
-        Ok(&self.state.nodes[self.state.nodes.len() - 1])
+        self.state.nodes.last().ok_or_else(|| Error::NotFound(format!("no sandbox node named {name}")))
     }
 
     /// Destroys node `name` and drops it from known_hosts and ssh_config.
     pub fn remove_node(&mut self, name: &str) -> Result<(), Error> {
-        let pos = self
+        let (pos, node) = self
             .state
             .nodes
             .iter()
-            .position(|n| n.name == name)
+            .enumerate()
+            .find(|(_, n)| n.name == name)
             .ok_or_else(|| Error::NotFound(format!("no sandbox node named {name}")))?;
-        self.state.nodes[pos].destroy()?;
+        node.destroy()?;
         self.state.nodes.remove(pos);
         self.register(None)?;
         self.reap_sshds();
@@ -1414,7 +1419,7 @@ fn check_output(what: &str, out: Output) -> Result<Output, Error> {
 fn tail(bytes: &[u8], n: usize) -> String {
     let text = String::from_utf8_lossy(bytes);
     let lines: Vec<&str> = text.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].join(" | ")
+    lines.get(lines.len().saturating_sub(n)..).unwrap_or_default().join(" | ")
 }
 
 fn log_tail(log: &Path) -> String {

@@ -731,19 +731,15 @@ fn resolve(root: &Path, request_path: &str) -> Option<PathBuf> {
 }
 
 fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let mut out = Vec::with_capacity(s.len());
+    let mut rest = s;
+    while let Some((plain, escaped)) = rest.split_once('%') {
+        out.extend_from_slice(plain.as_bytes());
+        let (hex, after) = escaped.split_at_checked(2)?;
+        out.push(u8::from_str_radix(hex, 16).ok()?);
+        rest = after;
     }
+    out.extend_from_slice(rest.as_bytes());
     let decoded = String::from_utf8(out).ok()?;
     (!decoded.contains('\0')).then_some(decoded)
 }

@@ -68,14 +68,14 @@ impl Testbed {
         let listen: SocketAddr = ([127, 0, 0, 1], st.lb_port).into();
         let backends: Vec<SocketAddr> =
             st.members.iter().map(|m| SocketAddr::from(([127, 0, 0, 1], m.apiserver_port))).collect();
-        match (&st.lifetime, &st.lb_command) {
-            (Lifetime::Detached, Some(cmd)) if !cmd.is_empty() => {
-                let mut args: Vec<String> = cmd[1..].to_vec();
+        match (&st.lifetime, st.lb_command.as_deref()) {
+            (Lifetime::Detached, Some([program, rest @ ..])) => {
+                let mut args: Vec<String> = rest.to_vec();
                 args.push(format!("--listen={listen}"));
                 for b in &backends {
                     args.push(format!("--backend={b}"));
                 }
-                let pid = self.spawn("load-balancer", Path::new(&cmd[0]), args)?;
+                let pid = self.spawn("load-balancer", Path::new(program), args)?;
                 self.st().lb_pid = Some(pid);
                 self.save()?;
             }
@@ -136,7 +136,7 @@ impl Testbed {
         let mut restarts = 0u32;
         loop {
             let pid = self.spawn(&name, &program, args.clone())?;
-            self.st().members[index].pids.insert(APISERVER.into(), pid);
+            self.st().member_mut(index)?.pids.insert(APISERVER.into(), pid);
             self.save()?;
             match self.wait_apiserver(&member).await {
                 Err(e)
@@ -203,7 +203,7 @@ impl Testbed {
     pub(super) fn start_controller_manager(&self, index: usize) -> Result<(), Error> {
         let (program, args) = {
             let st = self.st();
-            let m = &st.members[index];
+            let m = st.member(index)?;
             let mut args = Self::controller_args(&st, index, m.controller_manager_port);
             args.extend([
                 format!("--root-ca-file={}", st.pki.ca_cert.display()),
@@ -220,25 +220,25 @@ impl Testbed {
             (m.binaries.controller_manager.clone(), args)
         };
         let pid = self.spawn(&format!("{CONTROLLER_MANAGER}-{index}"), &program, args)?;
-        self.st().members[index].pids.insert(CONTROLLER_MANAGER.into(), pid);
+        self.st().member_mut(index)?.pids.insert(CONTROLLER_MANAGER.into(), pid);
         self.save()
     }
 
     pub(super) fn start_scheduler(&self, index: usize) -> Result<(), Error> {
         let (program, args) = {
             let st = self.st();
-            let m = &st.members[index];
+            let m = st.member(index)?;
             (m.binaries.scheduler.clone(), Self::controller_args(&st, index, m.scheduler_port))
         };
         let pid = self.spawn(&format!("{SCHEDULER}-{index}"), &program, args)?;
-        self.st().members[index].pids.insert(SCHEDULER.into(), pid);
+        self.st().member_mut(index)?.pids.insert(SCHEDULER.into(), pid);
         self.save()
     }
 
     pub(super) async fn wait_component_health(&self, index: usize, component: &str) -> Result<(), Error> {
         let (url, pki) = {
             let st = self.st();
-            let m = &st.members[index];
+            let m = st.member(index)?;
             let port =
                 if component == CONTROLLER_MANAGER { m.controller_manager_port } else { m.scheduler_port };
             (format!("https://127.0.0.1:{port}"), st.pki.clone())

@@ -151,7 +151,7 @@ where
 pub(super) fn log_tail(log: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let tail = lines[lines.len().saturating_sub(n)..].join(" | ");
+    let tail = lines.get(lines.len().saturating_sub(n)..).unwrap_or_default().join(" | ");
     let count = tail.chars().count();
     tail.chars().skip(count.saturating_sub(400)).collect()
 }

@@ -32,7 +32,7 @@ impl Testbed {
         let (etcd, endpoint) = {
             let st = self.st();
             let etcd = if index == 0 { Some(st.etcd_version.clone()) } else { None };
-            (etcd, format!("127.0.0.1:{}", st.members[index].apiserver_port))
+            (etcd, format!("127.0.0.1:{}", st.member(index)?.apiserver_port))
         };
         crate::workloads::apply_static_pods(&client, &node, version, etcd.as_ref(), &endpoint).await?;
         Ok(())
@@ -68,7 +68,7 @@ impl Testbed {
             } else {
                 // Known by pid when this handle attached: stopped whichever process started it.
                 self.stop_proc(&name);
-                self.st().members[index].pids.remove(component);
+                self.st().member_mut(index)?.pids.remove(component);
                 self.save()?;
                 hold_after_stop(&self.dir(), &name, component);
                 match component {
@@ -79,7 +79,7 @@ impl Testbed {
             }
             match component {
                 APISERVER => {
-                    let member = self.st().members[index].clone();
+                    let member = self.st().member(index)?.clone();
                     self.wait_apiserver(&member).await?
                 }
                 _ => self.wait_component_health(index, component).await?,
@@ -101,7 +101,7 @@ impl Testbed {
             return Err(Error::NotFound(format!("no control-plane member {index}")));
         }
         self.stop_proc(&format!("{APISERVER}-{index}"));
-        self.st().members[index].pids.remove(APISERVER);
+        self.st().member_mut(index)?.pids.remove(APISERVER);
         self.save()
     }
 
@@ -127,7 +127,7 @@ impl Testbed {
             return Err(Error::NotFound(format!("no control-plane member {index}")));
         }
         self.stop_proc(&format!("{APISERVER}-{index}"));
-        self.st().members[index].pids.remove(APISERVER);
+        self.st().member_mut(index)?.pids.remove(APISERVER);
         self.save()
     }
 

@@ -187,6 +187,18 @@ struct State {
     apiserver_args: Vec<String>,
 }
 
+impl State {
+    /// Control-plane member `index`.
+    fn member(&self, index: usize) -> Result<&Member, Error> {
+        self.members.get(index).ok_or_else(|| Error::NotFound(format!("no control-plane member {index}")))
+    }
+
+    /// Control-plane member `index`, to change.
+    fn member_mut(&mut self, index: usize) -> Result<&mut Member, Error> {
+        self.members.get_mut(index).ok_or_else(|| Error::NotFound(format!("no control-plane member {index}")))
+    }
+}
+
 /// A running testbed.
 pub struct Testbed {
     state: Mutex<State>,
@@ -268,19 +280,27 @@ impl Testbed {
 
         let n = config.control_planes;
         let ports = free_ports(4 + 3 * n)?;
+        let port = |i: usize| {
+            ports.get(i).copied().ok_or_else(|| Error::Process {
+                name: "ports".into(),
+                detail: format!("{} free ports found, {} needed", ports.len(), 4 + 3 * n),
+            })
+        };
         let etcd_dir = cache.entry_dir(&Component::Etcd(versions.etcd.clone()));
         let kwok_dir = cache.entry_dir(&Component::Kwok(versions.kwok.clone()));
         let members = (0..n)
-            .map(|i| Member {
-                index: i,
-                node: format!("control-plane-{}", i + 1),
-                binaries: binaries.clone(),
-                apiserver_port: ports[4 + 3 * i],
-                controller_manager_port: ports[5 + 3 * i],
-                scheduler_port: ports[6 + 3 * i],
-                pids: BTreeMap::new(),
+            .map(|i| {
+                Ok(Member {
+                    index: i,
+                    node: format!("control-plane-{}", i + 1),
+                    binaries: binaries.clone(),
+                    apiserver_port: port(4 + 3 * i)?,
+                    controller_manager_port: port(5 + 3 * i)?,
+                    scheduler_port: port(6 + 3 * i)?,
+                    pids: BTreeMap::new(),
+                })
             })
-            .collect();
+            .collect::<Result<_, Error>>()?;
         let state = State {
             kubeconfig: dir.join("kubeconfig"),
             dir: dir.clone(),
@@ -289,15 +309,15 @@ impl Testbed {
             etcd_binary: etcd_dir.join("etcd"),
             etcdctl_binary: etcd_dir.join("etcdctl"),
             etcd_version: versions.etcd.clone(),
-            etcd_client_port: ports[0],
-            etcd_peer_port: ports[1],
+            etcd_client_port: port(0)?,
+            etcd_peer_port: port(1)?,
             etcd_pid: 0,
-            lb_port: ports[2],
+            lb_port: port(2)?,
             lb_pid: None,
             lb_command: config.lb_command.clone(),
             kwok_binary: kwok_dir.join("kwok"),
             kwok_config: kwok_dir.join("kwok.yaml"),
-            kwok_port: ports[3],
+            kwok_port: port(3)?,
             kwok_pid: 0,
             members,
             next_worker: 1,

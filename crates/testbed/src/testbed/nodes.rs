@@ -150,11 +150,10 @@ impl Testbed {
                         nodes.items.iter().filter_map(|n| n.metadata.name.clone()).collect();
                     not_ready.extend(names.iter().filter(|n| !present.contains(n)).cloned());
                 }
-                if not_ready.is_empty() {
-                    Ok(())
-                } else {
-                    not_ready.sort();
-                    Err(format!("{} not ready yet (first: {})", not_ready.len(), not_ready[0]))
+                not_ready.sort();
+                match not_ready.first() {
+                    None => Ok(()),
+                    Some(first) => Err(format!("{} not ready yet (first: {first})", not_ready.len())),
                 }
             }
         })
@@ -215,13 +214,17 @@ pub(super) fn node_object(
     annotations: &BTreeMap<String, String>,
     taints: &[serde_json::Value],
 ) -> serde_json::Value {
-    let zones = ["zone-a", "zone-b", "zone-c"];
+    let zone = match index % 3 {
+        0 => "zone-a",
+        1 => "zone-b",
+        _ => "zone-c",
+    };
     let mut all_labels = BTreeMap::from([
         ("kubernetes.io/hostname".to_string(), name.to_string()),
         ("kubernetes.io/os".to_string(), "linux".to_string()),
         ("kubernetes.io/arch".to_string(), "amd64".to_string()),
         ("topology.kubernetes.io/region".to_string(), "local".to_string()),
-        ("topology.kubernetes.io/zone".to_string(), zones[index % zones.len()].to_string()),
+        ("topology.kubernetes.io/zone".to_string(), zone.to_string()),
         ("node.kubernetes.io/instance-type".to_string(), "kwok.8x32".to_string()),
         (TESTBED_LABEL.to_string(), "true".to_string()),
     ]);
@@ -269,7 +272,7 @@ pub(super) fn node_object(
 
 pub(super) async fn create_node(client: &Client, node: serde_json::Value) -> Result<(), Error> {
     let api: Api<Node> = Api::all(client.clone());
-    let name = node["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let name = node.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or_default().to_string();
     let obj: Node = serde_json::from_value(node).map_err(|e| Error::Config(e.to_string()))?;
     match api.create(&PostParams::default(), &obj).await {
         Ok(_) => Ok(()),

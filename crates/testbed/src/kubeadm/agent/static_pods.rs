@@ -72,7 +72,10 @@ pub fn manifest_hash(bytes: &[u8], node: &str) -> String {
     h.update(bytes);
     h.update(b"\0host:");
     h.update(node.as_bytes());
-    hex::encode(&h.finalize()[..16])
+    // The first 16 bytes of the digest: 32 hex digits.
+    let mut hash = hex::encode(h.finalize());
+    hash.truncate(32);
+    hash
 }
 
 /// The manifests in `dir`: `*.yaml`/`*.yml`/`*.json`, dot-files skipped (the kubelet package
