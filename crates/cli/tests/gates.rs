@@ -100,12 +100,13 @@ fn sandbox_up(tmp: &std::path::Path, from: &str, args: &[&str]) -> (PathBuf, San
     (dir, guard)
 }
 
-/// The last lines of `refit upgrade -o json` output (the summary or the plan's blockers),
-/// for a failure message: an unexpected exit code says why there, not on stderr.
-fn last_lines(stdout: &[u8]) -> String {
-    let text = String::from_utf8_lossy(stdout);
+/// The run ended paused (exit 3). Otherwise the failure shows stderr and the last lines of
+/// `refit upgrade -o json` output: the summary or the plan's blockers say why, not stderr.
+fn assert_paused(out: &std::process::Output) {
+    let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(5)..].join("\n")
+    let last = lines[lines.len().saturating_sub(5)..].join("\n");
+    assert_eq!(out.status.code(), Some(3), "paused: {}\n{last}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Events of one kind from `refit upgrade -o json` output.
@@ -159,13 +160,7 @@ fn a_failing_gate_pauses_the_run_after_a_batch_and_the_same_command_continues_it
     // The gate fails: the control plane and the first batch of two workers are upgraded, then
     // nothing more starts and the run ends paused.
     let out = upgrade().output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "paused: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        last_lines(&out.stdout)
-    );
+    assert_paused(&out);
     let gates = events(&out.stdout, "gate");
     let failed: Vec<_> = gates.iter().filter(|g| g["state"] == "failed").collect();
     assert_eq!(failed.len(), 1, "{gates:?}");
@@ -253,13 +248,7 @@ fn an_apiserver_down_pauses_the_run_before_the_next_control_plane_member() {
     let out = child.join().unwrap();
     let took = stopped.elapsed();
     eprintln!("the run stopped {took:?} after the apiserver went down (gate timeout 10s)");
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "paused: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        last_lines(&out.stdout)
-    );
+    assert_paused(&out);
     let summary = events(&out.stdout, "summary").pop().unwrap();
     let reason = summary["outcome"]["reason"].as_str().unwrap();
     let port = format!(":{}", down.apiserver_port);
@@ -352,13 +341,7 @@ fn a_three_member_etcd_with_one_down_is_never_given_a_second_member_down() {
         c.arg("--etcd-endpoint").arg(url);
     }
     let out = c.output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "paused: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        last_lines(&out.stdout)
-    );
+    assert_paused(&out);
     let summary = events(&out.stdout, "summary").pop().unwrap();
     let reason = summary["outcome"]["reason"].as_str().unwrap();
     assert!(

@@ -164,25 +164,19 @@ async fn identity_of(conn: &refit_kube::Connection) -> Result<String, String> {
 
 /// Whether the cluster `conn` reaches is the one `m` was added with (why not, when not).
 pub async fn check_bound(m: &MemberRecord, conn: &refit_kube::Connection) -> Result<(), String> {
-    use refit_core::fleet::binding::{NotBound, OtherCluster, verify};
-    if m.cluster_uid.is_none() {
-        // Before the read: an unbound member is refused whatever its access reaches.
-        return Err(unbound(&m.name));
-    }
+    let Some(bound) = &m.cluster_uid else {
+        return Err(format!(
+            "member {} is bound to no cluster (added before refit recorded cluster identities): run refit fleet member update {} --kubeconfig FILE --context NAME",
+            m.name, m.name
+        ));
+    };
     let found = identity_of(conn).await?;
-    match verify(m.cluster_uid.as_deref(), &found) {
-        Ok(()) => Ok(()),
-        Err(NotBound::Unbound) => Err(unbound(&m.name)),
-        Err(NotBound::OtherCluster(OtherCluster { bound, found })) => Err(format!(
-            "its kubeconfig now reaches another cluster (kube-system UID {found}, the member was added with {bound}): refusing to touch it; fix the kubeconfig, or remove the member and add it again"
-        )),
-    }
-}
-
-fn unbound(name: &str) -> String {
-    format!(
-        "member {name} is bound to no cluster (added before refit recorded cluster identities): run refit fleet member update {name} --kubeconfig FILE --context NAME"
-    )
+    refit_core::fleet::binding::same(bound, &found).map_err(|e| {
+        format!(
+            "its kubeconfig now reaches another cluster (kube-system UID {}, the member was added with {}): refusing to touch it; fix the kubeconfig, or remove the member and add it again",
+            e.found, e.bound
+        )
+    })
 }
 
 /// Connects to the member's cluster and checks it is the one the member is bound to.

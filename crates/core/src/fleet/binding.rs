@@ -13,31 +13,15 @@ pub fn rebind(recorded: Option<&str>, found: &str) -> Result<String, OtherCluste
     Ok(found.to_string())
 }
 
-/// Whether a member's access, which `found` a cluster, may be used: only when it reaches the
-/// cluster the member is bound to. An unbound member is touched by nothing until it is bound
-/// (by updating its access, [`rebind`]).
-pub fn verify(recorded: Option<&str>, found: &str) -> Result<(), NotBound> {
-    match recorded {
-        None => Err(NotBound::Unbound),
-        Some(bound) => same(bound, found).map_err(NotBound::OtherCluster),
-    }
-}
-
-fn same(bound: &str, found: &str) -> Result<(), OtherCluster> {
+/// Whether access that `found` a cluster may be used for a member `bound` to one: only when
+/// it is the same cluster. (A member bound to none is touched by nothing until its access is
+/// updated, which binds it: [`rebind`].)
+pub fn same(bound: &str, found: &str) -> Result<(), OtherCluster> {
     if bound == found {
         Ok(())
     } else {
         Err(OtherCluster { bound: bound.to_string(), found: found.to_string() })
     }
-}
-
-/// Why a member's access may not be used ([`verify`]); the edge says what to do about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NotBound {
-    /// The member was added before refit recorded cluster identities.
-    Unbound,
-    /// Its access now reaches another cluster.
-    OtherCluster(OtherCluster),
 }
 
 /// The member's new access reaches another cluster than the one it is bound to (nothing is
@@ -69,11 +53,10 @@ mod tests {
 
     #[test]
     fn only_the_bound_cluster_may_be_used() {
-        assert_eq!(verify(Some("uid-a"), "uid-a"), Ok(()));
-        assert_eq!(verify(None, "uid-a"), Err(NotBound::Unbound));
+        assert_eq!(same("uid-a", "uid-a"), Ok(()));
         assert_eq!(
-            verify(Some("uid-a"), "uid-b"),
-            Err(NotBound::OtherCluster(OtherCluster { bound: "uid-a".into(), found: "uid-b".into() }))
+            same("uid-a", "uid-b"),
+            Err(OtherCluster { bound: "uid-a".into(), found: "uid-b".into() })
         );
     }
 
